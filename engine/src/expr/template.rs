@@ -1,0 +1,410 @@
+//! How one string of a flow is compiled and rendered.
+//!
+//! Every string goes through [`compile`], which decides what it is:
+//!
+//! - `$.…` / `$[…` → a JSONPath ([`super::jsonpath`]);
+//! - no `{{` → a literal;
+//! - otherwise it is parsed once by handlebars' own parser, and the parsed template is inspected:
+//!   - exactly one `{{ simple.path }}` → [`Leaf::Path`], rendered typed;
+//!   - only text and simple paths → [`Leaf::Pieces`], rendered here without handlebars: no
+//!     clone of the context, no registry lookup (the common case: `Hi {{trigger.body.name}}`);
+//!   - anything else (helpers, blocks, `@root`, `../`) → registered in the flow's handlebars
+//!     registry as [`Leaf::Handlebars`]. Before registering, every bare value expression
+//!     (`{{x.y}}`, `{{this}}` inside `#each`) is rewritten into a call of the internal value
+//!     helper, so that objects and arrays render as compact JSON (as they do on the fast path)
+//!     rather than handlebars' `[object]`.
+//!
+//! A *simple path* is what handlebars calls a relative path made only of named segments:
+//! `a.b`, `a.0`, `a.[0]`, `a.[odd key]`. Numeric segments index arrays. A segment that does not
+//! exist renders `null` (typed) or `""` (text). One known difference from handlebars proper: a
+//! non-numeric segment on an array is simply missing here, whereas inside a handlebars template
+//! (with helpers or blocks) handlebars reports it as an error.
+
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::fmt::Write as _;
+
+use handlebars::template::{Parameter, Template, TemplateElement};
+use handlebars::{Context, Handlebars, Path, PathSeg, RenderErrorReason};
+use serde_json::Value;
+
+use super::helpers;
+use super::jsonpath::JsonPathExpr;
+use super::{ExprError, Templates};
+
+/// A string, compiled.
+pub(super) enum Compiled {
+    /// No expression: the text itself (with escaped mustaches unescaped).
+    Literal(String),
+    /// An expression.
+    Leaf(Leaf),
+}
+
+/// A string that holds an expression.
+#[derive(Debug, Clone)]
+pub(super) enum Leaf {
+    /// `{{ a.b.c }}` alone: the value at the path, typed.
+    Path(SimplePath),
+    /// A JSONPath.
+    JsonPath(JsonPathExpr),
+    /// Text and simple paths only.
+    Pieces(Vec<Piece>),
+    /// A handlebars template, registered under this name.
+    Handlebars(String),
+}
+
+/// A part of a [`Leaf::Pieces`] template.
+#[derive(Debug, Clone)]
+pub(super) enum Piece {
+    Text(String),
+    Path(SimplePath),
+}
+
+/// Dotted path segments into the context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SimplePath(Box<[String]>);
+
+impl SimplePath {
+    /// The value at this path, if any.
+    pub(super) fn lookup<'v>(&self, data: &'v Value) -> Option<&'v Value> {
+        let mut current = data;
+        for seg in self.0.iter() {
+            current = match current {
+                Value::Object(map) => map.get(seg)?,
+                Value::Array(items) => items.get(seg.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(current)
+    }
+}
+
+/// What one `render`/`evaluate` call renders against: the context, and the handlebars
+/// [`Context`] built from it the first time a handlebars template needs one.
+pub(super) struct Scope<'a> {
+    templates: &'a Templates,
+    data: &'a Value,
+    handlebars_context: OnceCell<Context>,
+}
+
+impl<'a> Scope<'a> {
+    pub(super) fn new(templates: &'a Templates, data: &'a Value) -> Self {
+        Self {
+            templates,
+            data,
+            handlebars_context: OnceCell::new(),
+        }
+    }
+
+    fn handlebars_context(&self) -> &Context {
+        // handlebars owns its data: this is the one clone of the context per render call.
+        self.handlebars_context
+            .get_or_init(|| Context::from(self.data.clone()))
+    }
+}
+
+impl Leaf {
+    /// Renders to a JSON value: paths keep the type of what they select, templates give strings.
+    pub(super) fn render_value(&self, scope: &Scope<'_>) -> Result<Value, ExprError> {
+        match self {
+            Leaf::Path(path) => Ok(path.lookup(scope.data).cloned().unwrap_or(Value::Null)),
+            Leaf::JsonPath(jp) => jp.select(scope.data),
+            Leaf::Pieces(_) | Leaf::Handlebars(_) => self.render_text(scope).map(Value::String),
+        }
+    }
+
+    /// Renders to text.
+    pub(super) fn render_text(&self, scope: &Scope<'_>) -> Result<String, ExprError> {
+        match self {
+            Leaf::Path(path) => {
+                let mut out = String::new();
+                if let Some(v) = path.lookup(scope.data) {
+                    write_text(&mut out, v);
+                }
+                Ok(out)
+            }
+            Leaf::JsonPath(jp) => {
+                let mut out = String::new();
+                write_text(&mut out, &jp.select(scope.data)?);
+                Ok(out)
+            }
+            Leaf::Pieces(pieces) => {
+                let mut out = String::new();
+                for piece in pieces {
+                    match piece {
+                        Piece::Text(t) => out.push_str(t),
+                        Piece::Path(p) => {
+                            if let Some(v) = p.lookup(scope.data) {
+                                write_text(&mut out, v);
+                            }
+                        }
+                    }
+                }
+                Ok(out)
+            }
+            Leaf::Handlebars(name) => scope
+                .templates
+                .0
+                .registry
+                .render_with_context(name, scope.handlebars_context())
+                .map_err(|e| {
+                    ExprError::new(
+                        "",
+                        render_error_message(&e, &scope.templates.0.registry, name),
+                    )
+                }),
+        }
+    }
+}
+
+/// A value as text: strings as they are, `null` as nothing, numbers and booleans as JSON,
+/// objects and arrays as compact JSON.
+pub(super) fn write_text(out: &mut String, value: &Value) {
+    match value {
+        Value::Null => {}
+        Value::String(s) => out.push_str(s),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::Array(_) | Value::Object(_) => {
+            let _ = write!(out, "{value}");
+        }
+    }
+}
+
+/// [`write_text`] into a new string.
+pub(super) fn to_text(value: &Value) -> String {
+    let mut out = String::new();
+    write_text(&mut out, value);
+    out
+}
+
+/// Compiles one string (see the module docs); `name` is the registry name to use if it turns
+/// out to need handlebars. Errors are messages for the flow's author.
+pub(super) fn compile(
+    text: &str,
+    registry: &mut Handlebars<'static>,
+    name: &str,
+) -> Result<Compiled, String> {
+    if text.starts_with("$.") || text.starts_with("$[") {
+        return JsonPathExpr::compile(text).map(|jp| Compiled::Leaf(Leaf::JsonPath(jp)));
+    }
+    if !text.contains("{{") {
+        return Ok(Compiled::Literal(text.to_owned()));
+    }
+    let mut template = Template::compile(text).map_err(|e| parse_error_message(text, &e))?;
+    check_names(&template.elements)?;
+
+    if let [TemplateElement::Expression(ht) | TemplateElement::HtmlExpression(ht)] =
+        template.elements.as_slice()
+    {
+        if let Some(path) = bare_path(ht).and_then(simple_path) {
+            return Ok(Compiled::Leaf(Leaf::Path(path)));
+        }
+    }
+
+    if let Some(pieces) = pieces(&template) {
+        return Ok(match pieces.as_slice() {
+            [] => Compiled::Literal(String::new()),
+            [Piece::Text(t)] => Compiled::Literal(t.clone()),
+            _ => Compiled::Leaf(Leaf::Pieces(pieces)),
+        });
+    }
+
+    rewrite_bare_values(&mut template);
+    template.name = Some(name.to_owned());
+    registry.register_template(name, template);
+    Ok(Compiled::Leaf(Leaf::Handlebars(name.to_owned())))
+}
+
+/// A parse error as one line: where, a hint in plain words, and handlebars' own reason (its
+/// list of grammar rules expected, cut short).
+fn parse_error_message(text: &str, e: &handlebars::TemplateError) -> String {
+    let reason = match e.reason() {
+        handlebars::TemplateErrorReason::InvalidSyntax(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let reason = cut(&reason, 100);
+    let Some((line, col)) = e.pos() else {
+        return format!("invalid template: {reason}");
+    };
+    let rest: String = text
+        .split('\n')
+        .nth(line.saturating_sub(1))
+        .unwrap_or_default()
+        .chars()
+        .skip(col.saturating_sub(1))
+        .collect();
+    let hint = if rest.trim().is_empty() && line >= text.split('\n').count() {
+        "the template ends too early (is a `}}` or a closing `{{/…}}` missing?)".to_owned()
+    } else {
+        let near: String = rest
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(12)
+            .collect();
+        format!("unexpected `{near}`")
+    };
+    format!("invalid template at line {line}, column {col}: {hint} (handlebars: {reason})")
+}
+
+/// `s`, cut to `max` characters.
+fn cut(s: &str, max: usize) -> Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        Some((idx, _)) => Cow::Owned(format!("{}…", &s[..idx])),
+        None => Cow::Borrowed(s),
+    }
+}
+
+/// Refuses, at build time, what could only fail at render time: helpers we do not have,
+/// partials and decorators (a flow has no partials to include).
+fn check_names(elements: &[TemplateElement]) -> Result<(), String> {
+    for element in elements {
+        match element {
+            TemplateElement::Expression(ht)
+            | TemplateElement::HtmlExpression(ht)
+            | TemplateElement::HelperBlock(ht) => check_helper(ht)?,
+            TemplateElement::PartialExpression(_) | TemplateElement::PartialBlock(_) => {
+                return Err("partials (`{{> name}}`) are not supported in flows".to_owned());
+            }
+            TemplateElement::DecoratorExpression(_) | TemplateElement::DecoratorBlock(_) => {
+                return Err("decorators (`{{* name}}`) are not supported in flows".to_owned());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_helper(ht: &handlebars::template::HelperTemplate) -> Result<(), String> {
+    if let Parameter::Name(name) = &ht.name {
+        if !helpers::is_helper(name) {
+            return Err(format!(
+                "unknown helper `{name}` (there are: {})",
+                helpers::public_names().join(", ")
+            ));
+        }
+    }
+    for param in ht.params.iter().chain(ht.hash.values()) {
+        if let Parameter::Subexpression(sub) = param {
+            check_names(std::slice::from_ref(sub.as_element()))?;
+        }
+    }
+    if let Parameter::Subexpression(sub) = &ht.name {
+        check_names(std::slice::from_ref(sub.as_element()))?;
+    }
+    for inner in [&ht.template, &ht.inverse].into_iter().flatten() {
+        check_names(&inner.elements)?;
+    }
+    Ok(())
+}
+
+/// The path of a bare value expression (`{{a.b}}`, no parameters, not a helper call).
+fn bare_path(ht: &handlebars::template::HelperTemplate) -> Option<&Path> {
+    if ht.block || !ht.params.is_empty() || !ht.hash.is_empty() || ht.block_param.is_some() {
+        return None;
+    }
+    match &ht.name {
+        Parameter::Path(path) if !is_helper_name(path) => Some(path),
+        _ => None,
+    }
+}
+
+/// Whether handlebars would call a helper for this bare name (`{{upper}}`).
+fn is_helper_name(path: &Path) -> bool {
+    match path {
+        Path::Relative((segs, _)) => match segs.as_slice() {
+            [PathSeg::Named(name)] => helpers::is_helper(name),
+            _ => false,
+        },
+        Path::Local(_) => false,
+    }
+}
+
+/// The path as [`SimplePath`], when it is one (no `this`, `@root`, `../`, `@index`).
+fn simple_path(path: &Path) -> Option<SimplePath> {
+    let Path::Relative((segs, _)) = path else {
+        return None;
+    };
+    if segs.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(segs.len());
+    for (i, seg) in segs.iter().enumerate() {
+        match seg {
+            PathSeg::Named(name) if !(i == 0 && name == "this") => out.push(name.clone()),
+            _ => return None,
+        }
+    }
+    Some(SimplePath(out.into_boxed_slice()))
+}
+
+/// The template as text and simple paths, when that is all it is.
+fn pieces(template: &Template) -> Option<Vec<Piece>> {
+    let mut out: Vec<Piece> = Vec::with_capacity(template.elements.len());
+    for element in &template.elements {
+        match element {
+            TemplateElement::RawString(text) => match out.last_mut() {
+                Some(Piece::Text(prev)) => prev.push_str(text),
+                _ if text.is_empty() => {}
+                _ => out.push(Piece::Text(text.clone())),
+            },
+            TemplateElement::Comment(_) => {}
+            TemplateElement::Expression(ht) | TemplateElement::HtmlExpression(ht) => {
+                out.push(Piece::Path(bare_path(ht).and_then(simple_path)?));
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Rewrites every bare value expression `{{p}}` into `{{<value helper> p}}`, recursively into
+/// blocks, so that handlebars renders objects and arrays through our [`write_text`].
+fn rewrite_bare_values(template: &mut Template) {
+    for element in &mut template.elements {
+        match element {
+            TemplateElement::Expression(ht) | TemplateElement::HtmlExpression(ht) => {
+                if let Some(path) = bare_path(ht).cloned() {
+                    ht.name = Parameter::Name(helpers::VALUE_HELPER.to_owned());
+                    ht.params = vec![Parameter::Path(path)];
+                }
+            }
+            TemplateElement::HelperBlock(ht) => {
+                if let Some(inner) = ht.template.as_mut() {
+                    rewrite_bare_values(inner);
+                }
+                if let Some(inner) = ht.inverse.as_mut() {
+                    rewrite_bare_values(inner);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A render error in the words of the flow's author (our generated template names stay hidden).
+fn render_error_message(
+    e: &handlebars::RenderError,
+    registry: &Handlebars<'_>,
+    name: &str,
+) -> String {
+    if let RenderErrorReason::TemplateNotFound(_) = e.reason() {
+        if registry.get_template(name).is_none() {
+            return "this expression was compiled for another flow's templates".to_owned();
+        }
+    }
+    let reason = match e.reason() {
+        RenderErrorReason::Other(msg) => msg.clone(),
+        other => other.to_string(),
+    };
+    match (e.line_no, e.column_no) {
+        (Some(line), Some(col)) => {
+            format!("template failed at line {line}, column {col}: {reason}")
+        }
+        _ => format!("template failed: {reason}"),
+    }
+}

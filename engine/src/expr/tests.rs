@@ -1,0 +1,1019 @@
+//! Behaviour of expressions and conditions against a sample run context.
+
+use serde_json::{json, Value};
+
+use super::*;
+
+fn ctx() -> Value {
+    json!({
+        "trigger": {
+            "method": "POST",
+            "headers": { "content-type": "application/json", "X-Signature": "abc" },
+            "query": { "ref": "ad" },
+            "body": {
+                "amount": 42,
+                "small": 5,
+                "amount_text": "42",
+                "price": 1.5,
+                "name": "  Ada Lovelace ",
+                "email": "ada@example.com",
+                "vip": true,
+                "customer": { "id": 7, "tier": "gold" },
+                "items": [ { "id": "a", "qty": 1 }, { "id": "b", "qty": 3 } ],
+                "tags": ["Urgent", "new"],
+                "note": "",
+                "nothing": null,
+                "empty_list": [],
+                "empty_object": {},
+                "created": "2024-05-01T10:00:00Z",
+                "due": "2024-05-03",
+                "zip": "02134"
+            },
+            "received_at": "2024-05-01T10:00:05Z"
+        },
+        "steps": { "lookup": { "threshold": 10, "plan": "Pro", "allowed": ["gold", "silver"] } },
+        "run": { "id": "run_01", "flow": "orders", "attempt": 1, "idempotency_key": "k1" }
+    })
+}
+
+fn render(value: Value) -> Value {
+    let mut c = Compiler::new();
+    let expr = c.value(&value).expect("compiles");
+    let t = c.finish();
+    expr.render(&t, &ctx()).expect("renders")
+}
+
+fn text(s: &str) -> String {
+    let mut c = Compiler::new();
+    let expr = c.text(s).expect("compiles");
+    let t = c.finish();
+    expr.render(&t, &ctx()).expect("renders")
+}
+
+fn value_errors(value: Value) -> Vec<(String, String)> {
+    let mut c = Compiler::new();
+    c.value(&value)
+        .expect_err("should not compile")
+        .into_iter()
+        .map(|e| (e.field, e.message))
+        .collect()
+}
+
+fn spec(v: Value) -> ConditionSpec {
+    serde_json::from_value(v).expect("valid condition spec")
+}
+
+fn verdict(v: Value) -> Verdict {
+    let mut c = Compiler::new();
+    let cond = c.condition(&spec(v)).expect("condition compiles");
+    let t = c.finish();
+    cond.evaluate(&t, &ctx()).expect("evaluates")
+}
+
+fn passes(v: Value) -> bool {
+    verdict(v).passed
+}
+
+fn condition_errors(v: Value) -> Vec<(String, String)> {
+    let mut c = Compiler::new();
+    c.condition(&spec(v))
+        .expect_err("should not compile")
+        .into_iter()
+        .map(|e| (e.field, e.message))
+        .collect()
+}
+
+fn fields(errors: &[(String, String)]) -> Vec<&str> {
+    errors.iter().map(|(f, _)| f.as_str()).collect()
+}
+
+// ---- values -------------------------------------------------------------------------------
+
+#[test]
+fn whole_path_keeps_the_type() {
+    assert_eq!(render(json!("{{ trigger.body.amount }}")), json!(42));
+    assert_eq!(render(json!("{{trigger.body.vip}}")), json!(true));
+    assert_eq!(
+        render(json!("{{trigger.body.customer}}")),
+        json!({ "id": 7, "tier": "gold" })
+    );
+    assert_eq!(
+        render(json!("{{trigger.body.tags}}")),
+        json!(["Urgent", "new"])
+    );
+    assert_eq!(
+        render(json!("{{trigger.body.email}}")),
+        json!("ada@example.com")
+    );
+}
+
+#[test]
+fn whole_path_indexes_arrays() {
+    assert_eq!(render(json!("{{trigger.body.items.1.id}}")), json!("b"));
+    assert_eq!(render(json!("{{trigger.body.items.[0].qty}}")), json!(1));
+    assert_eq!(
+        render(json!("{{trigger.headers.[content-type]}}")),
+        json!("application/json")
+    );
+}
+
+#[test]
+fn whole_path_missing_is_null() {
+    assert_eq!(render(json!("{{trigger.body.nope}}")), Value::Null);
+    assert_eq!(render(json!("{{trigger.body.items.9.id}}")), Value::Null);
+    assert_eq!(render(json!("{{trigger.body.amount.deeper}}")), Value::Null);
+    assert_eq!(render(json!("{{steps.never_ran}}")), Value::Null);
+}
+
+#[test]
+fn jsonpath_definite_selects_one_or_null() {
+    assert_eq!(render(json!("$.trigger.body.amount")), json!(42));
+    assert_eq!(
+        render(json!("$['trigger']['body']['items'][1]['qty']")),
+        json!(3)
+    );
+    assert_eq!(render(json!("$.trigger.body.nope")), Value::Null);
+    assert_eq!(
+        render(json!("$.trigger.body.customer")),
+        json!({ "id": 7, "tier": "gold" })
+    );
+}
+
+#[test]
+fn jsonpath_indefinite_is_always_an_array() {
+    assert_eq!(
+        render(json!("$.trigger.body.items[*].id")),
+        json!(["a", "b"])
+    );
+    assert_eq!(render(json!("$..qty")), json!([1, 3]));
+    assert_eq!(
+        render(json!("$.trigger.body.items[?@.qty > 2].id")),
+        json!(["b"])
+    );
+    assert_eq!(render(json!("$.trigger.body.items[0:1].id")), json!(["a"]));
+    assert_eq!(
+        render(json!("$.trigger.body.tags[0,1]")),
+        json!(["Urgent", "new"])
+    );
+    assert_eq!(render(json!("$.trigger.body.nope[*]")), json!([]));
+}
+
+#[test]
+fn bad_jsonpath_is_an_error_with_the_parser_message() {
+    let errors = value_errors(json!("$.trigger.body[?"));
+    assert_eq!(fields(&errors), [""]);
+    assert!(
+        errors[0].1.starts_with("invalid JSONPath at column "),
+        "{}",
+        errors[0].1
+    );
+    assert!(!errors[0].1.contains('\n'), "one line: {}", errors[0].1);
+}
+
+#[test]
+fn mixed_templates_render_text() {
+    assert_eq!(
+        render(json!(
+            "Order of {{trigger.body.amount}} for {{trigger.body.email}}"
+        )),
+        json!("Order of 42 for ada@example.com")
+    );
+    assert_eq!(render(json!(" {{trigger.body.amount}}")), json!(" 42"));
+    assert_eq!(
+        render(json!(
+            "customer={{trigger.body.customer}} tags={{trigger.body.tags}}"
+        )),
+        json!(r#"customer={"id":7,"tier":"gold"} tags=["Urgent","new"]"#)
+    );
+}
+
+#[test]
+fn missing_fields_render_empty_in_text() {
+    assert_eq!(render(json!("[{{trigger.body.nope}}]")), json!("[]"));
+    assert_eq!(render(json!("[{{trigger.body.nothing}}]")), json!("[]"));
+    assert_eq!(
+        render(json!(
+            "{{#if trigger.body.vip}}[{{trigger.body.nope}}]{{/if}}"
+        )),
+        json!("[]")
+    );
+}
+
+#[test]
+fn no_html_escaping() {
+    assert_eq!(
+        render(json!("<b>{{trigger.query.ref}} & {{upper \"a<b\"}}</b>")),
+        json!("<b>ad & A<B</b>")
+    );
+}
+
+#[test]
+fn literals_stay_literal() {
+    assert_eq!(
+        render(json!({ "a": 1, "b": [true, null], "c": "plain $ text" })),
+        json!({ "a": 1, "b": [true, null], "c": "plain $ text" })
+    );
+    assert_eq!(
+        render(json!(r"\{{not a template}}")),
+        json!("{{not a template}}")
+    );
+    assert_eq!(render(json!("{{! only a comment }}")), json!(""));
+    let mut c = Compiler::new();
+    assert_eq!(
+        c.value(&json!([1, "x"])).unwrap().as_literal(),
+        Some(&json!([1, "x"]))
+    );
+    assert!(c.value(&json!(["{{a}}"])).unwrap().as_literal().is_none());
+}
+
+#[test]
+fn value_trees_render_every_string() {
+    let rendered = render(json!({
+        "email": "{{trigger.body.email}}",
+        "amount": "{{trigger.body.amount}}",
+        "ids": "$.trigger.body.items[*].id",
+        "lines": [ "fixed", "{{trigger.body.items.0.qty}} x {{trigger.body.items.0.id}}" ],
+        "nested": { "tier": "{{trigger.body.customer.tier}}", "n": 3 }
+    }));
+    assert_eq!(
+        rendered,
+        json!({
+            "email": "ada@example.com",
+            "amount": 42,
+            "ids": ["a", "b"],
+            "lines": ["fixed", "1 x a"],
+            "nested": { "tier": "gold", "n": 3 }
+        })
+    );
+}
+
+#[test]
+fn value_errors_are_all_reported_with_their_field() {
+    let errors = value_errors(json!({
+        "email": "{{#if x}}never closed",
+        "ok": "{{trigger.body.email}}",
+        "items": ["ok", "{{x}}", "{{bad"],
+        "a": { "b": "$.[" },
+        "odd key": "{{"
+    }));
+    assert_eq!(
+        fields(&errors),
+        ["email", "items[2]", "a.b", r#"["odd key"]"#]
+    );
+    let (_, message) = &errors[1];
+    assert!(
+        message.starts_with("invalid template at line 1, column "),
+        "{message}"
+    );
+    assert!(!message.contains('\n'), "one line: {message}");
+
+    assert_eq!(fields(&value_errors(json!("{{bad"))), [""]);
+}
+
+#[test]
+fn template_errors_are_caught_at_build() {
+    let message = |v: Value| value_errors(v).remove(0).1;
+    let m = message(json!("Hi {{#if trigger.body.vip}}VIP"));
+    assert!(m.contains("the template ends too early"), "{m}");
+    assert!(m.contains("(handlebars: expected"), "{m}");
+    let m = message(json!("{{}}"));
+    assert!(
+        m.starts_with("invalid template at line 1, column 3: unexpected `}}`"),
+        "{m}"
+    );
+    let m = message(json!("{{uppercase trigger.body.email}}"));
+    assert!(
+        m.starts_with("unknown helper `uppercase` (there are: upper, lower"),
+        "{m}"
+    );
+    let m = message(json!("{{#each trigger.body.items}}{{fmt qty}}{{/each}}"));
+    assert!(m.starts_with("unknown helper `fmt`"), "{m}");
+    let m = message(json!("{{upper (fmt trigger.body.email)}}"));
+    assert!(m.starts_with("unknown helper `fmt`"), "{m}");
+    let m = message(json!("{{> footer}}"));
+    assert!(m.contains("partials"), "{m}");
+}
+
+// ---- text ---------------------------------------------------------------------------------
+
+#[test]
+fn text_renders_values_as_text() {
+    assert_eq!(text("{{trigger.body.amount}}"), "42");
+    assert_eq!(text("{{trigger.body.price}}"), "1.5");
+    assert_eq!(text("{{trigger.body.vip}}"), "true");
+    assert_eq!(text("{{trigger.body.nope}}"), "");
+    assert_eq!(text("{{trigger.body.nothing}}"), "");
+    assert_eq!(
+        text("{{trigger.body.customer}}"),
+        r#"{"id":7,"tier":"gold"}"#
+    );
+    assert_eq!(text("$.trigger.body.items[*].id"), r#"["a","b"]"#);
+    assert_eq!(text("$.trigger.body.email"), "ada@example.com");
+    assert_eq!(text("just text"), "just text");
+    assert_eq!(text("Hi {{trigger.body.email}}"), "Hi ada@example.com");
+}
+
+#[test]
+fn text_reports_a_bad_template() {
+    let mut c = Compiler::new();
+    let err = c.text("Hi {{trigger.body.name").expect_err("bad template");
+    assert_eq!(err.field, "");
+    assert!(
+        err.message
+            .starts_with("invalid template at line 1, column"),
+        "{}",
+        err.message
+    );
+}
+
+// ---- helpers ------------------------------------------------------------------------------
+
+#[test]
+fn helpers_transform_text() {
+    assert_eq!(text("{{upper trigger.body.email}}"), "ADA@EXAMPLE.COM");
+    assert_eq!(text("{{lower steps.lookup.plan}}"), "pro");
+    assert_eq!(text("[{{trim trigger.body.name}}]"), "[Ada Lovelace]");
+    assert_eq!(text("{{upper trigger.body.amount}}"), "42");
+    assert_eq!(text("[{{upper trigger.body.nope}}]"), "[]");
+}
+
+#[test]
+fn default_helper_falls_back_on_empty() {
+    assert_eq!(text("{{default trigger.body.nope \"unknown\"}}"), "unknown");
+    assert_eq!(text("{{default trigger.body.note \"unknown\"}}"), "unknown");
+    assert_eq!(
+        text("{{default trigger.body.nothing \"unknown\"}}"),
+        "unknown"
+    );
+    assert_eq!(
+        text("{{default trigger.body.email \"unknown\"}}"),
+        "ada@example.com"
+    );
+    assert_eq!(
+        text("{{default trigger.body.nope trigger.body.note \"last\"}}"),
+        "last"
+    );
+    assert_eq!(text("{{default trigger.body.amount 0}}"), "42");
+}
+
+#[test]
+fn json_helper_and_objects_in_handlebars() {
+    assert_eq!(
+        text("{{json trigger.body.customer}}"),
+        r#"{"id":7,"tier":"gold"}"#
+    );
+    assert_eq!(text("{{json trigger.body.email}}"), r#""ada@example.com""#);
+    assert_eq!(text("{{json trigger.body.nope}}"), "null");
+    assert_eq!(
+        text("{{#each trigger.body.items}}{{this}};{{/each}}"),
+        r#"{"id":"a","qty":1};{"id":"b","qty":3};"#
+    );
+    assert_eq!(
+        text("{{#with trigger.body}}{{customer}} {{tags}}{{/with}}"),
+        r#"{"id":7,"tier":"gold"} ["Urgent","new"]"#
+    );
+    assert_eq!(
+        text("{{default trigger.body.nope trigger.body.customer}}"),
+        r#"{"id":7,"tier":"gold"}"#
+    );
+}
+
+#[test]
+fn helpers_nest_and_blocks_work() {
+    assert_eq!(
+        text("{{upper (default trigger.body.nope \"anon\")}}"),
+        "ANON"
+    );
+    assert_eq!(
+        text("{{#if trigger.body.vip}}VIP{{else}}regular{{/if}} {{#each trigger.body.tags}}{{@index}}={{lower this}} {{/each}}"),
+        "VIP 0=urgent 1=new "
+    );
+    assert_eq!(text("{{#if trigger.body.nope}}yes{{else}}no{{/if}}"), "no");
+}
+
+#[test]
+fn fast_path_and_handlebars_agree() {
+    let inner = "{{trigger.body.customer}}|{{trigger.body.items.0.id}}|{{trigger.body.nope}}|{{trigger.body.price}}|{{trigger.body.tags}}|{{trigger.body.vip}}";
+    let forced = format!("{{{{#if true}}}}{inner}{{{{/if}}}}");
+    assert_eq!(text(inner), text(&forced));
+}
+
+#[test]
+fn helper_failure_is_a_render_error() {
+    let mut c = Compiler::new();
+    let expr = c
+        .value(&json!({ "x": ["{{upper trigger.body.email trigger.body.name}}"] }))
+        .unwrap();
+    let t = c.finish();
+    let err = expr.render(&t, &ctx()).expect_err("upper takes one value");
+    assert_eq!(err.field, "x[0]");
+    assert!(
+        err.message.contains("upper takes one value, got 2"),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("line 1, column 1"), "{}", err.message);
+}
+
+#[test]
+fn templates_of_another_flow_are_refused() {
+    let mut a = Compiler::new();
+    let expr = a.text("{{upper trigger.body.email}}").unwrap();
+    let _ = a.finish();
+    let mut b = Compiler::new();
+    b.text("{{lower trigger.body.email}}").unwrap();
+    let other = b.finish();
+    let err = expr.render(&other, &ctx()).expect_err("wrong templates");
+    assert!(err.message.contains("another flow"), "{}", err.message);
+}
+
+#[test]
+fn templates_are_shareable() {
+    fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync::<Templates>();
+    assert_send_sync::<ValueExpr>();
+    assert_send_sync::<TextExpr>();
+    assert_send_sync::<Condition>();
+}
+
+// ---- conditions: operators ----------------------------------------------------------------
+
+#[test]
+fn equals_compares_with_coercions() {
+    assert!(passes(
+        json!({ "value": "{{trigger.body.amount}}", "equals": 42 })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.amount_text}}", "equals": 42 })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.amount}}", "equals": "42" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.price}}", "equals": "1.50" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.amount}}", "equals": 42.0 })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.vip}}", "equals": "true" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.customer}}", "equals": { "tier": "gold", "id": "7" } })
+    ));
+    assert!(!passes(
+        json!({ "value": "{{trigger.body.amount}}", "equals": 43 })
+    ));
+    assert!(!passes(
+        json!({ "value": "{{trigger.body.zip}}", "equals": "2134" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.zip}}", "equals": 2134 })
+    ));
+    assert!(!passes(
+        json!({ "value": "{{steps.lookup.plan}}", "equals": "pro" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{steps.lookup.plan}}", "equals": "pro", "ignore_case": true })
+    ));
+    assert!(passes(
+        json!({ "value": "{{steps.lookup.plan}}", "not_equals": "pro" })
+    ));
+    assert!(!passes(
+        json!({ "value": "{{steps.lookup.plan}}", "not_equals": "PRO", "ignore_case": true })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.amount}}", "not_equals": "41" })
+    ));
+}
+
+#[test]
+fn ordering_compares_numbers() {
+    assert!(passes(
+        json!({ "value": "{{trigger.body.amount}}", "gt": 10 })
+    ));
+    assert!(
+        passes(json!({ "value": "{{trigger.body.amount_text}}", "gt": "9" })),
+        "numeric strings compare as numbers"
+    );
+    assert!(!passes(
+        json!({ "value": "{{trigger.body.amount}}", "gt": 42 })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.amount}}", "gte": 42 })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.price}}", "lt": 2 })
+    ));
+    assert!(!passes(
+        json!({ "value": "{{trigger.body.price}}", "lt": 1.5 })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.price}}", "lte": "1.5" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.amount}}", "gt": "{{steps.lookup.threshold}}" })
+    ));
+    assert!(
+        !passes(json!({ "value": "{{trigger.body.email}}", "gt": 1 })),
+        "text is not ordered"
+    );
+    assert!(
+        !passes(json!({ "value": "{{trigger.body.email}}", "lt": "zzz" })),
+        "text is not ordered"
+    );
+    assert!(!passes(
+        json!({ "value": "{{trigger.body.vip}}", "gte": 0 })
+    ));
+}
+
+#[test]
+fn ordering_compares_dates() {
+    assert!(passes(
+        json!({ "value": "{{trigger.body.created}}", "gt": "2024-04-30" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.created}}", "lt": "2024-05-01T10:00:01Z" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.created}}", "lt": "2024-05-01T12:00:00+01:00" })
+    ));
+    assert!(!passes(
+        json!({ "value": "{{trigger.body.created}}", "lt": "2024-05-01T10:00:00+01:00" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.due}}", "gte": "{{trigger.body.created}}" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.due}}", "lte": "2024-05-03" })
+    ));
+    assert!(
+        !passes(json!({ "value": "{{trigger.body.due}}", "gt": "2024-13-01" })),
+        "not a date"
+    );
+}
+
+#[test]
+fn contains_on_strings_lists_and_objects() {
+    assert!(passes(
+        json!({ "value": "{{trigger.body.email}}", "contains": "@example." })
+    ));
+    assert!(!passes(
+        json!({ "value": "{{trigger.body.email}}", "contains": "EXAMPLE" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.email}}", "contains": "EXAMPLE", "ignore_case": true })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.tags}}", "contains": "new" })
+    ));
+    assert!(!passes(
+        json!({ "value": "{{trigger.body.tags}}", "contains": "urgent" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.tags}}", "contains": "urgent", "ignore_case": true })
+    ));
+    assert!(passes(
+        json!({ "value": "$.trigger.body.items[*].qty", "contains": "3" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.headers}}", "contains": "content-type" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.headers}}", "contains": "x-signature", "ignore_case": true })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.amount}}", "contains": 2 })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.email}}", "not_contains": "gmail" })
+    ));
+    assert!(!passes(
+        json!({ "value": "{{trigger.body.tags}}", "not_contains": "new" })
+    ));
+}
+
+#[test]
+fn starts_ends_and_matches() {
+    assert!(passes(
+        json!({ "value": "{{trigger.body.email}}", "starts_with": "ada@" })
+    ));
+    assert!(!passes(
+        json!({ "value": "{{trigger.body.email}}", "starts_with": "ADA" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.email}}", "starts_with": "ADA", "ignore_case": true })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.email}}", "ends_with": ".com" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.amount}}", "ends_with": 2 })
+    ));
+    assert!(!passes(
+        json!({ "value": "{{trigger.body.tags}}", "starts_with": "Urgent" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.email}}", "matches": "^[a-z]+@example\\.com$" })
+    ));
+    assert!(!passes(
+        json!({ "value": "{{trigger.body.email}}", "matches": "^ADA@" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.email}}", "matches": "^ADA@", "ignore_case": true })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.amount}}", "matches": "^\\d+$" })
+    ));
+}
+
+#[test]
+fn in_and_not_in() {
+    assert!(passes(
+        json!({ "value": "{{trigger.body.customer.tier}}", "in": ["silver", "gold"] })
+    ));
+    assert!(!passes(
+        json!({ "value": "{{trigger.body.customer.tier}}", "in": ["GOLD"] })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.customer.tier}}", "in": ["GOLD"], "ignore_case": true })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.amount}}", "in": ["41", "42"] })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.customer.tier}}", "in": ["{{steps.lookup.allowed.0}}"] })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.customer.tier}}", "not_in": ["bronze"] })
+    ));
+    assert!(!passes(
+        json!({ "value": "{{trigger.body.customer.tier}}", "not_in": ["gold"] })
+    ));
+}
+
+#[test]
+fn exists_and_is_empty() {
+    assert!(passes(
+        json!({ "value": "{{trigger.body.email}}", "exists": true })
+    ));
+    assert!(
+        passes(json!({ "value": "{{trigger.body.note}}", "exists": true })),
+        "\"\" exists"
+    );
+    assert!(!passes(
+        json!({ "value": "{{trigger.body.nope}}", "exists": true })
+    ));
+    assert!(
+        !passes(json!({ "value": "{{trigger.body.nothing}}", "exists": true })),
+        "null counts as missing"
+    );
+    assert!(passes(
+        json!({ "value": "{{trigger.body.nope}}", "exists": false })
+    ));
+    assert!(passes(
+        json!({ "value": "$.trigger.body.nope", "exists": false })
+    ));
+    for empty in ["note", "nothing", "nope", "empty_list", "empty_object"] {
+        let value = format!("{{{{trigger.body.{empty}}}}}");
+        assert!(
+            passes(json!({ "value": value, "is_empty": true })),
+            "{empty} is empty"
+        );
+        assert!(
+            !passes(json!({ "value": value, "is_empty": false })),
+            "{empty} is empty"
+        );
+    }
+    for full in ["email", "amount", "vip", "tags", "customer"] {
+        let value = format!("{{{{trigger.body.{full}}}}}");
+        assert!(
+            !passes(json!({ "value": value, "is_empty": true })),
+            "{full} is not empty"
+        );
+        assert!(
+            passes(json!({ "value": value, "is_empty": false })),
+            "{full} is not empty"
+        );
+    }
+    assert!(passes(
+        json!({ "value": "$.trigger.body.nope[*]", "is_empty": true })
+    ));
+}
+
+#[test]
+fn a_missing_value_passes_only_negative_operators() {
+    let missing = "{{trigger.body.nope}}";
+    let operators = [
+        ("equals", json!("x"), false),
+        ("equals", json!(""), false),
+        ("not_equals", json!("x"), true),
+        ("gt", json!(0), false),
+        ("gte", json!(0), false),
+        ("lt", json!(0), false),
+        ("lte", json!(0), false),
+        ("contains", json!(""), false),
+        ("not_contains", json!("x"), true),
+        ("starts_with", json!(""), false),
+        ("ends_with", json!(""), false),
+        ("matches", json!(".*"), false),
+        ("in", json!(["x", ""]), false),
+        ("not_in", json!(["x"]), true),
+        ("exists", json!(true), false),
+        ("exists", json!(false), true),
+        ("is_empty", json!(true), true),
+        ("is_empty", json!(false), false),
+    ];
+    for (op, operand, expected) in operators {
+        let mut condition = serde_json::Map::new();
+        condition.insert("value".into(), json!(missing));
+        condition.insert(op.into(), operand.clone());
+        assert_eq!(
+            passes(Value::Object(condition)),
+            expected,
+            "{op}: {operand} on a missing value"
+        );
+    }
+}
+
+#[test]
+fn a_missing_operand_is_compared_like_null() {
+    assert!(!passes(
+        json!({ "value": "{{trigger.body.email}}", "equals": "{{steps.lookup.nope}}" })
+    ));
+    assert!(passes(
+        json!({ "value": "{{trigger.body.email}}", "not_equals": "{{steps.lookup.nope}}" })
+    ));
+    assert!(!passes(
+        json!({ "value": "{{trigger.body.amount}}", "gt": "{{steps.lookup.nope}}" })
+    ));
+}
+
+#[test]
+fn groups_combine() {
+    let gold = json!({ "value": "{{trigger.body.customer.tier}}", "equals": "gold" });
+    let big = json!({ "value": "{{trigger.body.amount}}", "gt": 100 });
+    assert!(!passes(json!({ "all": [gold, big] })));
+    assert!(passes(json!({ "any": [gold, big] })));
+    assert!(passes(json!({ "not": big })));
+    assert!(!passes(json!({ "not": gold })));
+    assert!(passes(
+        json!({ "all": [gold, { "not": big }, { "any": [big, gold] }] })
+    ));
+    assert!(!passes(json!({ "any": [big, { "not": gold }] })));
+}
+
+// ---- conditions: reasons ------------------------------------------------------------------
+
+#[test]
+fn a_passing_verdict_has_no_reason() {
+    assert_eq!(
+        verdict(json!({ "value": "{{trigger.body.amount}}", "gt": 10 })),
+        Verdict {
+            passed: true,
+            reason: None
+        }
+    );
+}
+
+#[test]
+fn reasons_name_the_condition_the_value_and_what_it_was() {
+    let reason = |v: Value| verdict(v).reason.expect("failed with a reason");
+    assert_eq!(
+        reason(json!({ "all": [
+            { "value": "{{trigger.body.email}}", "exists": true },
+            { "value": "{{trigger.body.small}}", "gt": 10 }
+        ] })),
+        "all[1]: {{trigger.body.small}} (was 5) is not greater than 10"
+    );
+    assert_eq!(
+        reason(json!({ "all": [{ "value": "{{trigger.body.nope}}", "exists": true }] })),
+        "all[0]: {{trigger.body.nope}} does not exist"
+    );
+    assert_eq!(
+        reason(json!({ "value": "{{trigger.body.email}}", "exists": false })),
+        r#"{{trigger.body.email}} (was "ada@example.com") exists"#
+    );
+    assert_eq!(
+        reason(json!({ "value": "{{trigger.body.nope}}", "gt": 10 })),
+        "{{trigger.body.nope}} (was missing) is not greater than 10"
+    );
+    assert_eq!(
+        reason(json!({ "value": "{{trigger.body.email}}", "gt": 10 })),
+        r#"{{trigger.body.email}} (was "ada@example.com") is not greater than 10 (only numbers and dates can be compared)"#
+    );
+    assert_eq!(
+        reason(json!({ "value": "{{trigger.body.small}}", "gte": "{{steps.lookup.threshold}}" })),
+        "{{trigger.body.small}} (was 5) is not greater than or equal to {{steps.lookup.threshold}} (which is 10)"
+    );
+    assert_eq!(
+        reason(
+            json!({ "value": "{{steps.lookup.plan}}", "equals": "enterprise", "ignore_case": true })
+        ),
+        r#"{{steps.lookup.plan}} (was "Pro") does not equal "enterprise" (ignoring case)"#
+    );
+    assert_eq!(
+        reason(json!({ "value": "{{trigger.body.customer.tier}}", "in": ["silver", "bronze"] })),
+        r#"{{trigger.body.customer.tier}} (was "gold") is not one of ["silver","bronze"]"#
+    );
+    assert_eq!(
+        reason(json!({ "value": "{{trigger.body.email}}", "matches": "^bob" })),
+        r#"{{trigger.body.email}} (was "ada@example.com") does not match /^bob/"#
+    );
+    assert_eq!(
+        reason(json!({ "value": "{{trigger.body.note}}", "is_empty": false })),
+        r#"{{trigger.body.note}} (was "") is empty"#
+    );
+}
+
+#[test]
+fn reasons_for_groups() {
+    let reason = |v: Value| verdict(v).reason.expect("failed with a reason");
+    assert_eq!(
+        reason(json!({ "any": [
+            { "value": "{{trigger.body.small}}", "gt": 10 },
+            { "value": "{{trigger.body.customer.tier}}", "equals": "platinum" }
+        ] })),
+        r#"any: none passed (any[0]: {{trigger.body.small}} (was 5) is not greater than 10; any[1]: {{trigger.body.customer.tier}} (was "gold") does not equal "platinum")"#
+    );
+    assert_eq!(
+        reason(
+            json!({ "all": [{ "not": { "value": "{{trigger.body.customer.tier}}", "equals": "gold" } }] })
+        ),
+        r#"all[0].not: {{trigger.body.customer.tier}} (was "gold") equals "gold""#
+    );
+    assert_eq!(
+        reason(json!({ "not": { "all": [{ "value": "{{trigger.body.amount}}", "gt": 1 }] } })),
+        "not.all: every condition passed"
+    );
+}
+
+#[test]
+fn long_values_are_cut_in_reasons() {
+    let mut c = Compiler::new();
+    let cond = c
+        .condition(&spec(
+            json!({ "value": "{{trigger.body.text}}", "equals": "short" }),
+        ))
+        .unwrap();
+    let t = c.finish();
+    let long = "x".repeat(500);
+    let verdict = cond
+        .evaluate(&t, &json!({ "trigger": { "body": { "text": long } } }))
+        .unwrap();
+    let reason = verdict.reason.unwrap();
+    assert!(reason.len() < 200, "{reason}");
+    assert!(reason.contains('…'), "{reason}");
+}
+
+// ---- conditions: build errors -------------------------------------------------------------
+
+#[test]
+fn condition_errors_are_all_reported_with_their_field() {
+    let errors = condition_errors(json!({ "all": [
+        { "value": "{{trigger.body.email", "exists": true },
+        { "value": "{{trigger.body.amount}}", "gt": "$.steps[" },
+        { "any": [{ "value": "{{trigger.body.email}}", "matches": "(unclosed" }] },
+        { "value": "{{trigger.body.amount}}", "gt": 1, "lt": 5 },
+        { "value": "{{trigger.body.amount}}" },
+        { "value": "{{trigger.body.amount}}", "in": ["ok", "{{bad"] },
+        { "not": { "value": "{{trigger.body.amount}}", "equals": null } }
+    ] }));
+    assert_eq!(
+        fields(&errors),
+        [
+            "all[0].value",
+            "all[1].gt",
+            "all[2].any[0].matches",
+            "all[3]",
+            "all[4]",
+            "all[5].in[1]",
+            "all[6].not.equals"
+        ]
+    );
+    let message = |i: usize| errors[i].1.as_str();
+    assert!(message(0).starts_with("invalid template"), "{}", message(0));
+    assert!(message(1).starts_with("invalid JSONPath"), "{}", message(1));
+    assert!(
+        message(2).starts_with("invalid regular expression: "),
+        "{}",
+        message(2)
+    );
+    assert!(!message(2).contains('\n'), "{}", message(2));
+    assert!(
+        message(3).contains("several operators (gt, lt)"),
+        "{}",
+        message(3)
+    );
+    assert!(message(4).starts_with("no operator"), "{}", message(4));
+    assert!(message(6).contains("exists: false"), "{}", message(6));
+}
+
+#[test]
+fn condition_shape_errors() {
+    let errors = condition_errors(json!({ "all": [] }));
+    assert_eq!(fields(&errors), ["all"]);
+    assert!(errors[0].1.contains("at least one"), "{}", errors[0].1);
+
+    let errors = condition_errors(json!({ "any": [{ "all": [] }, {}] }));
+    assert_eq!(fields(&errors), ["any[0].all", "any[1]"]);
+    assert!(
+        errors[1].1.starts_with("empty condition"),
+        "{}",
+        errors[1].1
+    );
+
+    let errors = condition_errors(
+        json!({ "all": [{ "value": "x", "equals": 1 }], "value": "y", "equals": 2 }),
+    );
+    assert_eq!(fields(&errors), [""]);
+    assert!(
+        errors[0].1.contains("both (all and value, equals)"),
+        "{}",
+        errors[0].1
+    );
+
+    let errors = condition_errors(
+        json!({ "all": [{ "value": "x", "equals": 1 }], "any": [{ "value": "x", "equals": 1 }] }),
+    );
+    assert_eq!(fields(&errors), [""]);
+    assert!(
+        errors[0].1.contains("several groups (all, any)"),
+        "{}",
+        errors[0].1
+    );
+
+    let errors = condition_errors(json!({
+        "all": [{ "value": "x" }],
+        "not": { "value": "{{bad", "exists": true }
+    }));
+    assert_eq!(
+        fields(&errors),
+        ["", "all[0]", "not.value"],
+        "groups are still checked"
+    );
+
+    let errors = condition_errors(json!({ "equals": 2 }));
+    assert_eq!(fields(&errors), [""]);
+    assert!(errors[0].1.starts_with("missing value"), "{}", errors[0].1);
+
+    let errors = condition_errors(json!({ "value": "x" }));
+    assert_eq!(fields(&errors), [""]);
+    assert!(errors[0].1.starts_with("no operator"), "{}", errors[0].1);
+
+    let errors =
+        condition_errors(json!({ "any": [{ "value": "x", "equals": "x" }], "ignore_case": true }));
+    assert_eq!(fields(&errors), ["ignore_case"]);
+}
+
+#[test]
+fn condition_spec_rejects_unknown_fields() {
+    let err = serde_json::from_value::<ConditionSpec>(json!({ "value": "x", "equal": 1 }))
+        .expect_err("unknown field");
+    assert!(err.to_string().contains("unknown field `equal`"), "{err}");
+}
+
+#[test]
+fn condition_spec_has_a_documented_schema() {
+    let schema = serde_json::to_value(schemars::schema_for!(ConditionSpec)).unwrap();
+    let properties = &schema["properties"];
+    for key in [
+        "all",
+        "any",
+        "not",
+        "value",
+        "equals",
+        "in",
+        "not_in",
+        "matches",
+        "ignore_case",
+    ] {
+        let description = properties[key]["description"].as_str().unwrap_or_default();
+        assert!(!description.is_empty(), "{key} has a description");
+    }
+    assert_eq!(schema["additionalProperties"], json!(false));
+}
+
+#[test]
+fn huge_values_are_cut_in_reasons() {
+    let mut c = Compiler::new();
+    let cond = c
+        .condition(&spec(
+            json!({ "value": "{{trigger.body.list}}", "contains": "needle" }),
+        ))
+        .unwrap();
+    let t = c.finish();
+    let list: Vec<String> = (0..100_000).map(|i| format!("élément {i}")).collect();
+    let verdict = cond
+        .evaluate(&t, &json!({ "trigger": { "body": { "list": list } } }))
+        .unwrap();
+    let reason = verdict.reason.unwrap();
+    assert!(
+        reason.starts_with(r#"{{trigger.body.list}} (was ["élément 0","élément 1""#),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("…) does not contain \"needle\""),
+        "{reason}"
+    );
+}

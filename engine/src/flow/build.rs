@@ -1,0 +1,335 @@
+//! Validates a flow file into a runtime [`Flow`], collecting every problem with its position.
+//!
+//! Order: parse the text into [`FlowSpec`] (a structural error stops here: the shape is unknown);
+//! then check the id, the trigger, and each step on its own (id, kind through the registry, the
+//! kind's config, `needs`), so one bad step does not hide the problems of another; then the graph
+//! (unknown `needs`, cycles).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::position::{split_serde_yaml_error, Position, PositionIndex};
+use super::spec::{FlowSpec, StepSpec, TriggerSpec, COMMON_STEP_KEYS};
+use super::{env, EnvLookup, Flow, FlowError, Step, Trigger};
+use crate::expr::Compiler;
+use crate::ids::{FlowId, StepId};
+use crate::model::Revision;
+use crate::runtime::retry::RetryPolicy;
+use crate::steps::{join_path, BuildContext, Registry};
+
+/// The default time one step attempt may take.
+const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default time `respond: result` waits.
+const DEFAULT_RESPOND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Collects located problems for one file.
+struct Problems<'a> {
+    file: &'a str,
+    index: PositionIndex,
+    errors: Vec<FlowError>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, path: &str, message: impl Into<String>) {
+        let Position { line, col } = self.index.locate(path);
+        self.push(path, line, col, message.into());
+    }
+
+    fn push(&mut self, path: &str, line: usize, col: usize, message: String) {
+        let file = self.file.to_owned();
+        self.errors.push(FlowError { file, line, col, path: path.to_owned(), message });
+    }
+}
+
+/// Parses and validates one flow file's text. `file` names it in errors.
+pub fn parse_flow(
+    file: &str,
+    text: &str,
+    registry: &Registry,
+    env: EnvLookup<'_>,
+) -> Result<Flow, Vec<FlowError>> {
+    // serde_yaml misreads a leading byte-order mark; editors on Windows add one.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut problems = Problems { file, index: PositionIndex::new(text), errors: Vec::new() };
+    let spec: FlowSpec = match serde_yaml::from_str(text) {
+        Ok(spec) => spec,
+        Err(e) => {
+            let (path, pos, message) = split_serde_yaml_error(&e);
+            let pos = pos.unwrap_or_else(|| problems.index.locate(&path));
+            problems.push(&path, pos.line, pos.col, message);
+            return Err(problems.errors);
+        }
+    };
+
+    let id = spec.id.parse::<FlowId>().map_err(|e| problems.at("id", e.to_string())).ok();
+    let trigger = match spec.trigger {
+        TriggerSpec { webhook: Some(w), manual: None } => Trigger::Webhook {
+            respond: w.respond,
+            respond_timeout: w.respond_timeout.map_or(DEFAULT_RESPOND_TIMEOUT, |d| d.0),
+        },
+        TriggerSpec { webhook: None, manual: Some(_) } => Trigger::Manual,
+        TriggerSpec { webhook: Some(_), manual: Some(_) } => {
+            problems.at("trigger.manual", "a flow has one trigger: `webhook` or `manual` (any flow can also be run by hand)");
+            Trigger::Manual
+        }
+        TriggerSpec { webhook: None, manual: None } => {
+            problems.at("trigger", "the trigger is empty: use `webhook:` or `manual:`");
+            Trigger::Manual
+        }
+    };
+    if spec.steps.is_empty() {
+        problems.at("steps", "a flow needs at least one step");
+    }
+
+    let mut compiler = Compiler::new();
+    let mut secrets = Vec::new();
+    let mut steps = Vec::with_capacity(spec.steps.len());
+    let mut first_use: HashMap<StepId, usize> = HashMap::new();
+    for (i, step_spec) in spec.steps.into_iter().enumerate() {
+        let prev = steps.last().map(|s: &Step| s.id.clone());
+        let built = build_step(i, step_spec, prev, registry, env, &mut compiler, &mut secrets, &mut problems);
+        let Some(step) = built else { continue };
+        if let Some(first) = first_use.get(&step.id) {
+            problems.at(&format!("steps[{i}].id"), format!("duplicate step id `{}` (first used by steps[{first}])", step.id));
+            continue;
+        }
+        first_use.insert(step.id.clone(), i);
+        steps.push(step);
+    }
+    check_graph(&steps, &first_use, &mut problems);
+
+    match id {
+        Some(id) if problems.errors.is_empty() => Ok(Flow {
+            name: spec.name.unwrap_or_else(|| id.to_string()),
+            id,
+            description: spec.description,
+            file: file.to_owned(),
+            source: Arc::from(text),
+            revision: Revision::of(text),
+            trigger,
+            steps,
+            templates: compiler.finish(),
+            secrets,
+        }),
+        _ => Err(problems.errors),
+    }
+}
+
+/// Validates one step; `None` (with problems recorded) if it cannot be built.
+#[allow(clippy::too_many_arguments)]
+fn build_step(
+    i: usize,
+    spec: StepSpec,
+    prev: Option<StepId>,
+    registry: &Registry,
+    env: EnvLookup<'_>,
+    compiler: &mut Compiler,
+    secrets: &mut Vec<String>,
+    problems: &mut Problems<'_>,
+) -> Option<Step> {
+    let here = format!("steps[{i}]");
+    let id = match &spec.id {
+        None => {
+            problems.at(&here, "missing field `id`: every step needs an id, e.g. `id: notify_sales`");
+            None
+        }
+        Some(raw) => raw.parse::<StepId>().map_err(|e| problems.at(&format!("{here}.id"), e.to_string())).ok(),
+    };
+    let known = || registry.kinds().map(|(k, _)| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+    let mut kinds = spec.kinds.into_iter();
+    let (kind_name, mut config) = match (kinds.next(), kinds.next()) {
+        (None, _) => {
+            problems.at(&here, format!("the step has no kind: add one of {}", known()));
+            return None;
+        }
+        (Some(first), Some(second)) => {
+            let (a, b) = (&first.0, &second.0);
+            let message = if registry.get(a).is_some() && registry.get(b).is_some() {
+                format!("a step has exactly one kind, but this one has `{a}` and `{b}`: split it into two steps")
+            } else {
+                let unknown = if registry.get(a).is_some() { b } else { a };
+                unknown_key_message(unknown, registry)
+            };
+            problems.at(&format!("{here}.{}", second.0), message);
+            return None;
+        }
+        (Some(only), None) => only,
+    };
+    let kind_path = format!("{here}.{kind_name}");
+    let Some((kind, entry)) = registry.get_key_value(&kind_name) else {
+        problems.at(&kind_path, unknown_key_message(&kind_name, registry));
+        return None;
+    };
+
+    for (field, message) in env::substitute(&mut config, env, secrets) {
+        problems.at(&join_path(&kind_path, &field), message);
+    }
+    let mut cx = BuildContext::new(compiler);
+    let action = match entry.build(config, &mut cx) {
+        Ok(action) => action,
+        Err(e) => {
+            let message = e.to_string();
+            let path = unknown_field(&message)
+                .and_then(|name| problems.index.find_key_under(&kind_path, name))
+                .unwrap_or_else(|| kind_path.clone());
+            problems.at(&path, strip_location(&message));
+            None
+        }
+    };
+    for (field, message) in cx.into_errors() {
+        problems.at(&join_path(&kind_path, &field), message);
+    }
+
+    let needs = match spec.needs {
+        Some(list) => {
+            let mut ids = Vec::new();
+            for (j, raw) in list.iter().enumerate() {
+                match raw.parse::<StepId>() {
+                    Ok(id) => ids.push(id),
+                    Err(e) => problems.at(&format!("{here}.needs[{j}]"), e.to_string()),
+                }
+            }
+            ids
+        }
+        None => prev.into_iter().collect(),
+    };
+    let line = problems.index.locate(&here).line;
+    Some(Step {
+        id: id?,
+        name: spec.name,
+        kind,
+        needs,
+        retry: spec.retry.as_ref().map(RetryPolicy::from_spec).unwrap_or_default(),
+        timeout: spec.timeout.map_or(DEFAULT_STEP_TIMEOUT, |d| d.0),
+        action: action?,
+        line,
+    })
+}
+
+/// Checks `needs` names and looks for cycles.
+fn check_graph(steps: &[Step], index_of: &HashMap<StepId, usize>, problems: &mut Problems<'_>) {
+    let mut graph_ok = true;
+    for step in steps {
+        let i = index_of[&step.id];
+        for (j, need) in step.needs.iter().enumerate() {
+            if !index_of.contains_key(need) {
+                graph_ok = false;
+                let known: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+                let hint = closest(need.as_str(), known.iter().copied())
+                    .map(|c| format!(" (did you mean `{c}`?)"))
+                    .unwrap_or_default();
+                problems.at(&format!("steps[{i}].needs[{j}]"), format!("`needs` names an unknown step `{need}`{hint}"));
+            }
+        }
+    }
+    if !graph_ok {
+        return;
+    }
+    // Depth-first search; a grey node reached again closes a cycle.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        White,
+        Grey,
+        Black,
+    }
+    let by_id: HashMap<&StepId, &Step> = steps.iter().map(|s| (&s.id, s)).collect();
+    let mut marks: HashMap<&StepId, Mark> = steps.iter().map(|s| (&s.id, Mark::White)).collect();
+    fn visit<'s>(
+        id: &'s StepId,
+        by_id: &HashMap<&'s StepId, &'s Step>,
+        marks: &mut HashMap<&'s StepId, Mark>,
+        stack: &mut Vec<&'s StepId>,
+    ) -> Option<Vec<&'s StepId>> {
+        marks.insert(id, Mark::Grey);
+        stack.push(id);
+        for need in &by_id[id].needs {
+            match marks[need] {
+                Mark::Grey => {
+                    let start = stack.iter().position(|s| *s == need).unwrap_or(0);
+                    let mut cycle: Vec<&StepId> = stack[start..].to_vec();
+                    cycle.push(need);
+                    return Some(cycle);
+                }
+                Mark::White => {
+                    if let Some(c) = visit(need, by_id, marks, stack) {
+                        return Some(c);
+                    }
+                }
+                Mark::Black => {}
+            }
+        }
+        stack.pop();
+        marks.insert(id, Mark::Black);
+        None
+    }
+    for step in steps {
+        if marks[&step.id] == Mark::White {
+            if let Some(cycle) = visit(&step.id, &by_id, &mut marks, &mut Vec::new()) {
+                let i = index_of[cycle[0]];
+                let path: Vec<&str> = cycle.iter().map(|s| s.as_str()).collect();
+                problems.at(&format!("steps[{i}].needs"), format!("the steps form a cycle: {}", path.join(" → ")));
+                return;
+            }
+        }
+    }
+}
+
+fn unknown_key_message(key: &str, registry: &Registry) -> String {
+    let kinds: Vec<&str> = registry.kinds().map(|(k, _)| k).collect();
+    let hint = closest(key, kinds.iter().copied().chain(COMMON_STEP_KEYS))
+        .map(|c| format!("did you mean `{c}`? "))
+        .unwrap_or_default();
+    format!("unknown step kind or field `{key}`: {hint}step kinds are {}; other step fields are {}",
+        kinds.join(", "), COMMON_STEP_KEYS.join(", "))
+}
+
+/// The field name in a serde "unknown field `x`" message.
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.split("unknown field `").nth(1)?;
+    rest.split('`').next()
+}
+
+/// serde_yaml appends " at line L column C" to some messages; the position is shown separately.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// The candidate closest to `word` by edit distance, if close enough to be a likely typo.
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_names_only() {
+        assert_eq!(closest("htp", ["filter", "map", "http"].into_iter()), Some("http"));
+        assert_eq!(closest("webhook_sender", ["filter", "map", "http"].into_iter()), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+}

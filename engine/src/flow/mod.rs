@@ -1,0 +1,219 @@
+//! Flows: the YAML model (`spec`), its validation into runtime [`Flow`]s (`build`), errors that
+//! point at file, line, column and field, and the JSON Schema of the format (`schema`).
+//!
+//! All YAML parsing lives in this module. A flow file is deserialized straight from its text with
+//! serde_yaml (structural errors carry serde_yaml's location), and a [`position::PositionIndex`] of
+//! the same text locates every later, semantic error (unknown step kind, duplicate id, cycle, bad
+//! template, …). Every problem of every flow is collected; nothing stops at the first.
+
+mod build;
+mod env;
+pub mod position;
+pub mod schema;
+pub mod spec;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::expr::Templates;
+use crate::ids::{FlowId, StepId};
+use crate::model::Revision;
+use crate::runtime::retry::RetryPolicy;
+use crate::steps::{Action, Registry};
+
+pub use build::parse_flow;
+pub use spec::Respond;
+
+/// A validated flow, ready to run.
+#[derive(Debug)]
+pub struct Flow {
+    /// The flow's id.
+    pub id: FlowId,
+    /// Its human name (the id if none was given).
+    pub name: String,
+    /// What it is for.
+    pub description: Option<String>,
+    /// The file it came from, as given.
+    pub file: String,
+    /// The file's text.
+    pub source: Arc<str>,
+    /// The content hash of `source`.
+    pub revision: Revision,
+    /// What starts a run.
+    pub trigger: Trigger,
+    /// The steps, in file order.
+    pub steps: Vec<Step>,
+    /// The compiled templates the steps render with.
+    pub templates: Templates,
+    /// Values substituted from the environment: redacted wherever they would be recorded.
+    pub secrets: Vec<String>,
+}
+
+impl Flow {
+    /// The step with an id.
+    pub fn step(&self, id: &StepId) -> Option<&Step> {
+        self.steps.iter().find(|s| &s.id == id)
+    }
+
+    /// The steps that need no other step: where a run starts.
+    pub fn roots(&self) -> impl Iterator<Item = &Step> {
+        self.steps.iter().filter(|s| s.needs.is_empty())
+    }
+}
+
+/// What starts a flow's runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trigger {
+    /// Requests to the flow's catch URL.
+    Webhook {
+        /// When the hook answers.
+        respond: Respond,
+        /// How long `respond: result` waits.
+        respond_timeout: Duration,
+    },
+    /// Started by hand.
+    Manual,
+}
+
+/// A validated step.
+#[derive(Debug)]
+pub struct Step {
+    /// The step's id.
+    pub id: StepId,
+    /// Its human name.
+    pub name: Option<String>,
+    /// Its kind (`filter`, `map`, `http`, …).
+    pub kind: &'static str,
+    /// The steps it waits for.
+    pub needs: Vec<StepId>,
+    /// How failed attempts are retried.
+    pub retry: RetryPolicy,
+    /// How long one attempt may take.
+    pub timeout: Duration,
+    /// What it does.
+    pub action: Arc<dyn Action>,
+    /// The line of the step in its file.
+    pub line: usize,
+}
+
+/// One problem in a flow file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowError {
+    /// The file.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub col: usize,
+    /// The field's path, e.g. `steps[2].http.url` (empty for the file as a whole).
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for FlowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.col)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for FlowError {}
+
+/// Where to read environment variables (`${env:NAME}`) from.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment, as an [`EnvLookup`].
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Whether a path names a flow file (`.yaml`/`.yml`, not a `.test.yaml` flow test).
+pub fn is_flow_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    (name.ends_with(".yaml") || name.ends_with(".yml")) && !name.contains(".test.")
+}
+
+/// The flow files among `paths`: files as given, directories' flow files (not recursive), sorted.
+pub fn flow_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FlowError> {
+    let mut files = Vec::new();
+    for path in paths {
+        let io_error = |e: std::io::Error| FlowError {
+            file: path.display().to_string(),
+            line: 1,
+            col: 1,
+            path: String::new(),
+            message: format!("cannot read: {e}"),
+        };
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(io_error)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && is_flow_file(p))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            std::fs::metadata(path).map_err(io_error)?;
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Loads and validates the flows at `paths` (files or directories). Returns the valid flows and
+/// every problem found; two files with the same flow id are a problem too.
+pub fn load(paths: &[PathBuf], registry: &Registry, env: EnvLookup<'_>) -> (Vec<Flow>, Vec<FlowError>) {
+    let files = match flow_files(paths) {
+        Ok(files) => files,
+        Err(e) => return (Vec::new(), vec![e]),
+    };
+    let sources = files.iter().map(|f| {
+        let text = std::fs::read_to_string(f);
+        (f.display().to_string(), text.map_err(|e| e.to_string()))
+    });
+    load_sources(sources, registry, env)
+}
+
+/// Validates flows from (file name, text or read error) pairs; see [`load`].
+pub fn load_sources(
+    sources: impl IntoIterator<Item = (String, Result<String, String>)>,
+    registry: &Registry,
+    env: EnvLookup<'_>,
+) -> (Vec<Flow>, Vec<FlowError>) {
+    let mut flows: Vec<Flow> = Vec::new();
+    let mut errors = Vec::new();
+    for (file, text) in sources {
+        let text = match text {
+            Ok(t) => t,
+            Err(e) => {
+                let message = format!("cannot read: {e}");
+                errors.push(FlowError { file, line: 1, col: 1, path: String::new(), message });
+                continue;
+            }
+        };
+        match parse_flow(&file, &text, registry, env) {
+            Ok(flow) => match flows.iter().find(|f| f.id == flow.id) {
+                Some(first) => {
+                    let index = position::PositionIndex::new(&text);
+                    let at = index.locate("id");
+                    errors.push(FlowError {
+                        file,
+                        line: at.line,
+                        col: at.col,
+                        path: "id".into(),
+                        message: format!("flow id `{}` is already used by {}", flow.id, first.file),
+                    });
+                }
+                None => flows.push(flow),
+            },
+            Err(errs) => errors.extend(errs),
+        }
+    }
+    (flows, errors)
+}

@@ -1,0 +1,201 @@
+//! The flow file as written: serde types deserialized straight from the YAML text.
+//!
+//! These types only describe shape; `flow::build` validates them into the runtime [`super::Flow`].
+//! A step's kind-specific config stays a `serde_yaml::Value` here, because only the step kind
+//! (found through the registry) knows its type.
+
+use std::fmt;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+/// A flow: a trigger and the steps each event runs through.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSpec {
+    /// The flow's stable id (letters, digits, `_`, `-`); it appears in the catch URL.
+    pub id: String,
+    /// A human name shown in the UI.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What the flow is for.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// What starts a run.
+    pub trigger: TriggerSpec,
+    /// The steps, run in order unless `needs` says otherwise.
+    pub steps: Vec<StepSpec>,
+}
+
+/// What starts a run of the flow: exactly one of `webhook` or `manual`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// An HTTP request to the flow's catch URL (`webhook:` alone means the defaults).
+    #[serde(default, deserialize_with = "present")]
+    pub webhook: Option<WebhookSpec>,
+    /// Started by hand (CLI, API, UI) with a given payload.
+    #[serde(default, deserialize_with = "present")]
+    pub manual: Option<ManualSpec>,
+}
+
+/// Options of a webhook trigger.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// `accepted` (default): answer 202 once the event is stored. `result`: wait for the run and
+    /// answer with its result, for callers that need a reply.
+    #[serde(default)]
+    pub respond: Respond,
+    /// How long `respond: result` waits before answering 202 with the run id (default `10s`).
+    #[serde(default)]
+    pub respond_timeout: Option<HumanDuration>,
+}
+
+/// When a catch hook answers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Respond {
+    /// As soon as the event is durably stored.
+    #[default]
+    Accepted,
+    /// When the run finishes (or the timeout passes).
+    Result,
+}
+
+/// Options of a manual trigger (none yet).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManualSpec {}
+
+/// A key that is present is `Some`, even with nothing after it (`webhook:` means the defaults).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Some(Option::<T>::deserialize(d)?.unwrap_or_default()))
+}
+
+/// A step as written: common keys plus exactly one kind key (`filter:`, `map:`, `http:`, …).
+///
+/// Missing or extra kinds and a missing id are not parse errors: the builder reports them with
+/// positions, together with every other problem.
+#[derive(Debug, Default)]
+pub struct StepSpec {
+    /// The step's id, unique in the flow.
+    pub id: Option<String>,
+    /// A human name.
+    pub name: Option<String>,
+    /// What the step does, for readers.
+    pub description: Option<String>,
+    /// The steps this one waits for; default: the step before it. `[]` makes it a root.
+    pub needs: Option<Vec<String>>,
+    /// How failed attempts are retried.
+    pub retry: Option<RetrySpec>,
+    /// How long one attempt may take (default `30s`).
+    pub timeout: Option<HumanDuration>,
+    /// Every other key: the kind(s), with their config.
+    pub kinds: Vec<(String, serde_yaml::Value)>,
+}
+
+/// The keys every step may have besides its kind.
+pub const COMMON_STEP_KEYS: [&str; 6] = ["id", "name", "description", "needs", "retry", "timeout"];
+
+impl<'de> Deserialize<'de> for StepSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct StepVisitor;
+        impl<'de> Visitor<'de> for StepVisitor {
+            type Value = StepSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a step: a mapping with `id` and one step kind such as `map:`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StepSpec, A::Error> {
+                let mut step = StepSpec::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "id" => step.id = Some(map.next_value()?),
+                        "name" => step.name = map.next_value()?,
+                        "description" => step.description = map.next_value()?,
+                        "needs" => step.needs = Some(map.next_value()?),
+                        "retry" => step.retry = map.next_value()?,
+                        "timeout" => step.timeout = map.next_value()?,
+                        _ => step.kinds.push((key, map.next_value()?)),
+                    }
+                }
+                Ok(step)
+            }
+        }
+        d.deserialize_map(StepVisitor)
+    }
+}
+
+impl JsonSchema for StepSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Step".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // Replaced by one alternative per registered kind in `flow::schema`.
+        schemars::json_schema!({ "type": "object" })
+    }
+}
+
+/// How a step's failed attempts are retried. Unset fields keep the default schedule
+/// (5s, 30s, 2m, 10m, 1h, 3h).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts in all, including the first (`1` = never retry). Default 7.
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// `exponential` (doubling from `initial` up to `max`) or `fixed` (`initial` each time).
+    #[serde(default)]
+    pub backoff: Option<Backoff>,
+    /// The first delay (default `5s`).
+    #[serde(default)]
+    pub initial: Option<HumanDuration>,
+    /// The longest delay (default `3h`).
+    #[serde(default)]
+    pub max: Option<HumanDuration>,
+    /// Spread delays by ±20 % (default `true`).
+    #[serde(default)]
+    pub jitter: Option<bool>,
+}
+
+/// A backoff kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Backoff {
+    /// Doubling delays.
+    Exponential,
+    /// The same delay each time.
+    Fixed,
+}
+
+/// A duration written for humans: `500ms`, `30s`, `5m`, `2h`, `1d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(HumanDuration).map_err(|e| {
+            de::Error::custom(format!("`{text}` is not a duration like `30s`, `5m` or `2h` ({e})"))
+        })
+    }
+}
+
+impl JsonSchema for HumanDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A duration such as `500ms`, `30s`, `5m`, `2h` or `1d`.",
+            "pattern": "^\\s*\\d+\\s*[a-z]+(\\s*\\d+\\s*[a-z]+)*\\s*$"
+        })
+    }
+}

@@ -1,0 +1,32 @@
+//! hookflow's engine: the flow model and the durable runtime. No HTTP server lives here; the
+//! `hookflow` binary wires this crate to its server and CLI.
+//!
+//! # Layout
+//! - [`ids`], [`model`]: identifiers and the records the engine keeps (events, runs, step records,
+//!   queue items).
+//! - [`flow`]: flow files — YAML spec, validation with `file:line:col` errors, JSON Schema.
+//! - [`expr`]: templates (handlebars), JSONPath selection and filter conditions.
+//! - [`steps`]: the `Action` contract, the kind registry, and the built-in steps `filter`, `map`, `http`.
+//! - [`outbound`]: the shared HTTP client and the policy that keeps actions off private networks.
+//! - [`store`]: the `Store` trait and its sled backend.
+//! - [`runtime`]: ingest, the queue dispatcher and workers, retry policies, the pure decision
+//!   function `advance`.
+//!
+//! # How an event moves
+//! `Engine::ingest` writes the event, its run and the run's first queue items in one durable batch
+//! (the caller acknowledges only after it returns). Workers claim due items with a lease, render the
+//! step's input, execute it, and commit the step record and the next items atomically through
+//! `Store::update_run`. A crash loses at most in-flight attempts, which run again with the same
+//! idempotency key.
+
+pub mod error;
+pub mod expr;
+pub mod flow;
+pub mod ids;
+pub mod model;
+pub mod outbound;
+pub mod runtime;
+pub mod steps;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,300 @@
+//! The records the engine keeps: events, runs, step records and queue items.
+//!
+//! These are plain data, shared by the store (which persists them) and the runtime (which decides
+//! how they change). A queue item carries ids only; payloads live in the event and step records.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::ids::{EventId, FlowId, ItemId, RunId, StepId};
+
+/// A point in time, in milliseconds since the Unix epoch; shown as RFC 3339 (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// The current time.
+    pub fn now() -> Self {
+        Self((OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64)
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    /// This time plus a duration.
+    pub fn plus(self, d: std::time::Duration) -> Self {
+        Self(self.0.saturating_add(d.as_millis().min(i64::MAX as u128) as i64))
+    }
+
+    /// Milliseconds from `earlier` to `self`, zero if negative.
+    pub fn millis_since(self, earlier: Timestamp) -> u64 {
+        self.0.saturating_sub(earlier.0).max(0) as u64
+    }
+
+    /// The time as an RFC 3339 string, e.g. `2026-11-22T10:00:00.123Z`.
+    pub fn to_rfc3339(self) -> String {
+        OffsetDateTime::from_unix_timestamp_nanos(self.0 as i128 * 1_000_000)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_else(|| self.0.to_string())
+    }
+
+    /// Parses an RFC 3339 string.
+    pub fn parse_rfc3339(s: &str) -> Option<Self> {
+        let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+        Some(Self((t.unix_timestamp_nanos() / 1_000_000) as i64))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse_rfc3339(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not an RFC 3339 time")))
+    }
+}
+
+/// A flow revision: a short hash of the flow file's content.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Revision(pub String);
+
+impl Revision {
+    /// The revision of a flow file's text.
+    pub fn of(text: &str) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(text.as_bytes());
+        Self(digest[..6].iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Something that happened and starts a run: a webhook delivery or a manual trigger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The event's id.
+    pub id: EventId,
+    /// The flow it was sent to.
+    pub flow_id: FlowId,
+    /// When hookflow received it.
+    pub received_at: Timestamp,
+    /// What templates see as `trigger`: `method`, `headers`, `query`, `body`, `received_at`.
+    pub trigger: Value,
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Accepted and waiting for a worker.
+    Queued,
+    /// At least one step has started.
+    Running,
+    /// Every step finished successfully.
+    Succeeded,
+    /// A step failed for good (its attempts ran out or the error was not retryable).
+    Failed,
+    /// A filter stopped the run: not an error.
+    Filtered,
+}
+
+impl RunStatus {
+    /// Every status, in display order.
+    pub const ALL: [RunStatus; 5] = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Filtered,
+    ];
+
+    /// Whether the run will not change any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Filtered)
+    }
+
+    /// The status as written in the API and CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Filtered => "filtered",
+        }
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RunStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| {
+            format!("unknown run status `{s}` (expected queued, running, succeeded, failed or filtered)")
+        })
+    }
+}
+
+/// Where one step of a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Waiting for the steps it needs.
+    Pending,
+    /// In the queue, due now or later (a retry waits here).
+    Queued,
+    /// Finished successfully.
+    Succeeded,
+    /// Finished with an error, for good.
+    Failed,
+    /// A filter step whose conditions did not pass: it stopped the run.
+    Filtered,
+    /// Not run, because the run ended before it.
+    Skipped,
+}
+
+impl StepStatus {
+    /// Whether the step will not run again in this run.
+    pub fn is_done(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Filtered | Self::Skipped)
+    }
+}
+
+/// A run of a flow for one event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// The run's id.
+    pub id: RunId,
+    /// The flow it runs.
+    pub flow_id: FlowId,
+    /// The flow revision it runs (the flow file's content hash when the run was created).
+    pub revision: Revision,
+    /// The event that started it.
+    pub event_id: EventId,
+    /// Where the run stands.
+    pub status: RunStatus,
+    /// When the run was created.
+    pub created_at: Timestamp,
+    /// When the run last changed.
+    pub updated_at: Timestamp,
+    /// When the run reached a final status.
+    pub finished_at: Option<Timestamp>,
+    /// Each step's status, in the flow's order.
+    pub steps: Vec<StepProgress>,
+    /// Why the run failed or which condition filtered it.
+    pub reason: Option<String>,
+}
+
+impl Run {
+    /// The status of one step.
+    pub fn step_status(&self, step: &StepId) -> Option<StepStatus> {
+        self.steps.iter().find(|s| &s.id == step).map(|s| s.status)
+    }
+
+    /// Sets the status of one step; unknown ids are ignored.
+    pub fn set_step_status(&mut self, step: &StepId, status: StepStatus) {
+        if let Some(s) = self.steps.iter_mut().find(|s| &s.id == step) {
+            s.status = status;
+        }
+    }
+}
+
+/// One step's status within a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepProgress {
+    /// The step's id.
+    pub id: StepId,
+    /// Where it stands.
+    pub status: StepStatus,
+}
+
+/// What one step of one run received, returned and went through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// The run.
+    pub run_id: RunId,
+    /// The step.
+    pub step_id: StepId,
+    /// The step's kind (`filter`, `map`, `http`, …).
+    pub kind: String,
+    /// The status after the latest attempt.
+    pub status: StepStatus,
+    /// The rendered input of the latest attempt (secrets redacted).
+    pub input: Value,
+    /// The output of the successful attempt.
+    pub output: Option<Value>,
+    /// The error of the latest failed attempt.
+    pub error: Option<StepFailure>,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<Attempt>,
+}
+
+/// Why a step attempt failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepFailure {
+    /// A sentence a RevOps engineer can act on.
+    pub message: String,
+    /// Structured detail (e.g. an HTTP status and body excerpt).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub detail: Value,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+}
+
+/// One attempt at a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1 for the first attempt.
+    pub number: u32,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+    /// The error, if it failed.
+    pub error: Option<String>,
+    /// When the next attempt is due, if one was scheduled.
+    pub retry_at: Option<Timestamp>,
+}
+
+/// One unit of queued work: run a step of a run, due at a time. Carries ids only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueItem {
+    /// The item's id (unique; its time part orders items due at the same moment).
+    pub id: ItemId,
+    /// The run.
+    pub run_id: RunId,
+    /// The step to run.
+    pub step_id: StepId,
+    /// The attempt this item is (1 for the first).
+    pub attempt: u32,
+    /// When it may run.
+    pub due_at: Timestamp,
+}

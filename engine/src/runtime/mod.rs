@@ -1,0 +1,363 @@
+//! The durable runtime: ingest, the dispatcher that claims due queue items, and the workers that
+//! execute steps.
+//!
+//! The queue lives in the store, so memory does not grow with the backlog and nothing is lost on a
+//! crash. One dispatcher task claims up to as many items as there are free worker slots, with a
+//! lease; each item runs in its own task: load the run, render the step's input, execute, and commit
+//! the outcome through [`Store::update_run`] with the pure [`advance::advance`]. Ingest and commits
+//! wake the dispatcher; otherwise it sleeps until the next item is due (at most a second).
+
+pub mod advance;
+pub mod catalog;
+pub mod context;
+pub mod retry;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::{broadcast, Notify, Semaphore};
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use self::advance::{Attempted, StepResult};
+use self::catalog::Catalog;
+use self::context::{idempotency_key, redact, redact_text, run_context};
+use crate::flow::Flow;
+use crate::ids::{EventId, FlowId, RunId};
+use crate::model::{Event, QueueItem, Run, RunStatus, Timestamp};
+use crate::outbound::HttpClient;
+use crate::steps::{ExecContext, Outcome, StepError};
+use crate::store::Store;
+use crate::Result;
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How many steps may execute at once.
+    pub workers: usize,
+    /// How long a claimed item is leased; an item whose lease ends is claimed again.
+    pub lease: Duration,
+    /// Describe side effects instead of performing them (`hookflow run --dry-run`).
+    pub dry_run: bool,
+    /// Never retry failed steps (`hookflow run`).
+    pub no_retries: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { workers: 32, lease: Duration::from_secs(15 * 60), dry_run: false, no_retries: false }
+    }
+}
+
+/// A run that reached a final status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunFinished {
+    /// The run.
+    pub run_id: RunId,
+    /// Its final status.
+    pub status: RunStatus,
+}
+
+/// What `ingest` answers: the ids the caller needs to find its run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Accepted {
+    /// The stored event.
+    pub event_id: EventId,
+    /// The run it started.
+    pub run_id: RunId,
+}
+
+/// The runtime: store, flows, workers.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    catalog: Catalog,
+    http: HttpClient,
+    config: EngineConfig,
+    wake: Notify,
+    slots: Arc<Semaphore>,
+    finished: broadcast::Sender<RunFinished>,
+}
+
+impl Engine {
+    /// An engine over a store; flows are added with [`Engine::deploy`].
+    pub fn new(store: Arc<dyn Store>, catalog: Catalog, http: HttpClient, config: EngineConfig) -> Arc<Self> {
+        let slots = Arc::new(Semaphore::new(config.workers.max(1)));
+        let (finished, _) = broadcast::channel(1024);
+        Arc::new(Self { store, catalog, http, config, wake: Notify::new(), slots, finished })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// The deployed flows.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Makes flows current: keeps their source in the store and makes sure each has a catch-hook
+    /// token. Returns each flow's token.
+    pub async fn deploy(&self, flows: Vec<Flow>) -> Result<Vec<(Arc<Flow>, String)>> {
+        let mut deployed = Vec::with_capacity(flows.len());
+        for flow in flows {
+            self.store.put_revision(&flow.id, &flow.revision, &flow.source).await?;
+            let token = self.store.hook_token(&flow.id, &new_token()).await?;
+            let flow = Arc::new(flow);
+            self.catalog.deploy(flow.clone());
+            deployed.push((flow, token));
+        }
+        Ok(deployed)
+    }
+
+    /// The catch-hook token of a flow.
+    pub async fn hook_token(&self, flow: &FlowId) -> Result<String> {
+        Ok(self.store.hook_token(flow, &new_token()).await?)
+    }
+
+    /// Stores an event for `flow` with its new run, durably; the caller may acknowledge after this.
+    pub async fn ingest(&self, flow: &Flow, trigger: Value) -> Result<Accepted> {
+        let now = Timestamp::now();
+        let event = Event { id: EventId::new(), flow_id: flow.id.clone(), received_at: now, trigger };
+        let accepted = Accepted { event_id: event.id, run_id: RunId::new() };
+        let new_run = advance::start(flow, event, accepted.run_id, now);
+        self.store.ingest(new_run).await?;
+        debug!(flow = %flow.id, run_id = %accepted.run_id, "event accepted");
+        self.wake.notify_one();
+        Ok(accepted)
+    }
+
+    /// Final statuses as runs finish.
+    pub fn subscribe(&self) -> broadcast::Receiver<RunFinished> {
+        self.finished.subscribe()
+    }
+
+    /// Waits until `run_id` is final or `timeout` passes; returns the run as it then is.
+    pub async fn wait_for(&self, run_id: RunId, timeout: Duration) -> Result<Option<Run>> {
+        let mut finished = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let run = self.store.run(run_id).await?;
+            if run.as_ref().is_none_or(|r| r.status.is_final()) {
+                return Ok(run);
+            }
+            // Wait for this run's notice (or any lag, which means: look again).
+            loop {
+                match tokio::time::timeout_at(deadline, finished.recv()).await {
+                    Err(_) => return Ok(self.store.run(run_id).await?),
+                    Ok(Ok(done)) if done.run_id != run_id => continue,
+                    Ok(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Runs the dispatcher until `shutdown` resolves, then waits up to `drain` for executing steps
+    /// to finish; what is left stays queued (or leased, and is recovered at the next start).
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>, drain: Duration) -> Result<()> {
+        let recovered = self.store.requeue_expired(Timestamp(i64::MAX)).await?;
+        if recovered > 0 {
+            info!(recovered, "requeued steps that were in flight when the server last stopped");
+        }
+        tokio::pin!(shutdown);
+        let mut last_sweep = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                result = self.dispatch_once() => {
+                    if let Err(e) = result {
+                        error!(error = %e, "dispatcher: store error; retrying in a second");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            if last_sweep.elapsed() > Duration::from_secs(30) {
+                last_sweep = Instant::now();
+                let n = self.store.requeue_expired(Timestamp::now()).await?;
+                if n > 0 {
+                    warn!(n, "requeued steps whose lease expired");
+                }
+            }
+        }
+        let workers = self.config.workers.max(1) as u32;
+        match tokio::time::timeout(drain, self.slots.acquire_many(workers)).await {
+            Ok(_) => info!("stopped: no step in flight"),
+            Err(_) => warn!("stopped with steps still in flight; they will run again at the next start"),
+        }
+        Ok(())
+    }
+
+    /// Claims what free slots allow and starts it, or waits for work.
+    async fn dispatch_once(self: &Arc<Self>) -> Result<()> {
+        // Wait for at least one free slot.
+        drop(self.slots.acquire().await.expect("semaphore never closed"));
+        let free = self.slots.available_permits();
+        let now = Timestamp::now();
+        let items = self.store.claim_due(now, free, now.plus(self.config.lease)).await?;
+        let claimed = items.len();
+        for item in items {
+            let permit = self.slots.clone().acquire_owned().await.expect("semaphore never closed");
+            let engine = self.clone();
+            let span = info_span!("step", run_id = %item.run_id, step_id = %item.step_id, attempt = item.attempt);
+            tokio::spawn(
+                async move {
+                    if let Err(e) = engine.execute(&item).await {
+                        error!(error = %e, "step could not be completed; it will be retried when its lease expires");
+                    }
+                    drop(permit);
+                    engine.wake.notify_one();
+                }
+                .instrument(span),
+            );
+        }
+        if claimed < free {
+            let wait = match self.store.next_due().await? {
+                Some(due) => Duration::from_millis(due.millis_since(Timestamp::now()).min(1000)),
+                None => Duration::from_secs(1),
+            };
+            let _ = tokio::time::timeout(wait, self.wake.notified()).await;
+        }
+        Ok(())
+    }
+
+    /// Executes one queue item and commits its outcome.
+    async fn execute(&self, item: &QueueItem) -> Result<()> {
+        let store = self.store.as_ref();
+        let Some(run) = store.run(item.run_id).await? else {
+            warn!("queue item for a run that does not exist; dropped");
+            store.update_run(item.run_id, Some(item.id), &|_| None).await?;
+            return Ok(());
+        };
+        let stale = run.status.is_final() || run.step_status(&item.step_id).is_none_or(|s| s.is_done());
+        if stale {
+            store.update_run(run.id, Some(item.id), &|_| None).await?;
+            return Ok(());
+        }
+        let flow = match self.catalog.revision(store, &run.flow_id, &run.revision).await {
+            Ok(flow) => flow,
+            Err(e) if !e.is_retryable() => {
+                error!(error = %e, "the run's flow revision cannot be loaded; failing the step");
+                let done = self.attempted(item, Value::Null, Timestamp::now(), Instant::now(), StepResult::Failed(StepError::permanent(e.to_string())), None);
+                return self.commit(None, item, &done).await;
+            }
+            Err(e) => return Err(e),
+        };
+        let event = store
+            .event(run.event_id)
+            .await?
+            .ok_or_else(|| crate::store::StoreError::Backend(format!("event {} of run {} is missing", run.event_id, run.id)))?;
+        let records = store.step_records(run.id).await?;
+        let step = flow.step(&item.step_id).expect("a run's steps come from its flow revision");
+        let ctx = run_context(&event, &run, &records, &step.id, item.attempt);
+        let started_at = Timestamp::now();
+        let clock = Instant::now();
+        let (mut input, result) = match step.action.render(&flow.templates, &ctx) {
+            Err(e) => (Value::Null, StepResult::Failed(e)),
+            Ok(input) => {
+                let cx = ExecContext {
+                    run_id: run.id,
+                    step_id: step.id.clone(),
+                    attempt: item.attempt,
+                    idempotency_key: idempotency_key(&run, &step.id),
+                    dry_run: self.config.dry_run,
+                    timeout: step.timeout,
+                    http: self.http.clone(),
+                };
+                let outcome = tokio::time::timeout(step.timeout, step.action.execute(input.clone(), &cx)).await;
+                let result = match outcome {
+                    Err(_) => StepResult::Failed(StepError::transient(format!("the step timed out after {:?}", step.timeout))),
+                    Ok(Err(e)) => StepResult::Failed(e),
+                    Ok(Ok(Outcome::Output(v))) => StepResult::Output(v),
+                    Ok(Ok(Outcome::Stop { output, reason })) => StepResult::Stop { output, reason },
+                };
+                (input, result)
+            }
+        };
+        redact(&mut input, &flow.secrets);
+        let result = redact_result(result, &flow.secrets);
+        let retry_in = match &result {
+            StepResult::Failed(e) if e.retryable && !self.config.no_retries => step.retry.next_delay(item.attempt, e.retry_after),
+            _ => None,
+        };
+        match &result {
+            StepResult::Failed(e) => warn!(error = %e.message, retry_in = ?retry_in, "step failed"),
+            _ => debug!("step done"),
+        }
+        let done = self.attempted(item, input, started_at, clock, result, retry_in);
+        let previous = records.iter().find(|r| r.step_id == item.step_id);
+        self.commit_with(&flow, previous, item, &done).await
+    }
+
+    fn attempted(&self, item: &QueueItem, input: Value, started_at: Timestamp, clock: Instant, result: StepResult, retry_in: Option<Duration>) -> Attempted {
+        Attempted {
+            step_id: item.step_id.clone(),
+            attempt: item.attempt,
+            input,
+            result,
+            started_at,
+            duration_ms: clock.elapsed().as_millis() as u64,
+            retry_in,
+        }
+    }
+
+    /// Commits an attempt for a run whose flow could not be loaded: the run fails.
+    async fn commit(&self, _flow: Option<&Flow>, item: &QueueItem, done: &Attempted) -> Result<()> {
+        let StepResult::Failed(e) = &done.result else { return Ok(()) };
+        let reason = format!("step `{}` failed: {}", done.step_id, e.message);
+        let now = Timestamp::now();
+        let run = self
+            .store
+            .update_run(item.run_id, Some(item.id), &|mut run| {
+                run.status = RunStatus::Failed;
+                run.reason = Some(reason.clone());
+                run.finished_at = Some(now);
+                run.updated_at = now;
+                Some(crate::store::RunUpdate { run, records: Vec::new(), enqueue: Vec::new() })
+            })
+            .await?;
+        self.announce(run);
+        Ok(())
+    }
+
+    async fn commit_with(&self, flow: &Flow, previous: Option<&crate::model::StepRecord>, item: &QueueItem, done: &Attempted) -> Result<()> {
+        let now = Timestamp::now();
+        let run = self
+            .store
+            .update_run(item.run_id, Some(item.id), &|run| advance::advance(flow, run, previous, done, now))
+            .await?;
+        self.announce(run);
+        Ok(())
+    }
+
+    fn announce(&self, run: Option<Run>) {
+        if let Some(run) = run.filter(|r| r.status.is_final()) {
+            info!(run_id = %run.id, status = %run.status, "run finished");
+            let _ = self.finished.send(RunFinished { run_id: run.id, status: run.status });
+        }
+    }
+}
+
+fn redact_result(result: StepResult, secrets: &[String]) -> StepResult {
+    match result {
+        StepResult::Output(mut v) => {
+            redact(&mut v, secrets);
+            StepResult::Output(v)
+        }
+        StepResult::Stop { mut output, reason } => {
+            redact(&mut output, secrets);
+            StepResult::Stop { output, reason: redact_text(&reason, secrets) }
+        }
+        StepResult::Failed(mut e) => {
+            e.message = redact_text(&e.message, secrets);
+            redact(&mut e.detail, secrets);
+            StepResult::Failed(e)
+        }
+    }
+}
+
+/// A new catch-hook token: 160 random bits, hex.
+fn new_token() -> String {
+    let bytes: [u8; 20] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

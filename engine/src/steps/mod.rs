@@ -1,0 +1,245 @@
+//! Steps: the [`Action`] contract every step kind implements, and the [`Registry`] of kinds.
+//!
+//! A step kind is a typed config struct ([`StepKind`]) that the flow loader deserializes from the
+//! step's YAML and then `build`s into an [`Action`]: the runtime object the executor calls. The
+//! engine knows kinds only through the registry, so connectors add kinds without touching the
+//! flow parser. Built-in kinds: [`filter`], [`map`], [`http`].
+//!
+//! An action works in two phases. `render` (pure, synchronous) turns the run context into the step's
+//! input — the exact thing recorded in run history as "what the step received"; `execute` then acts
+//! on that input (I/O happens only here).
+
+pub mod filter;
+pub mod http;
+pub mod map;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::expr::{Compiler, Condition, ConditionSpec, ExprError, Templates, TextExpr, ValueExpr};
+use crate::ids::{RunId, StepId};
+use crate::outbound::HttpClient;
+
+/// A step's runtime behaviour.
+#[async_trait]
+pub trait Action: Send + Sync + fmt::Debug {
+    /// Renders the step's input from the run context (`trigger`, `steps`, `run`).
+    fn render(&self, templates: &Templates, ctx: &Value) -> Result<Value, StepError>;
+
+    /// Acts on the rendered input.
+    async fn execute(&self, input: Value, cx: &ExecContext) -> Result<Outcome, StepError>;
+}
+
+/// What a step's execution has access to besides its input.
+#[derive(Debug, Clone)]
+pub struct ExecContext {
+    /// The run.
+    pub run_id: RunId,
+    /// The step.
+    pub step_id: StepId,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// Stable across attempts of this step in this run: `{run_id}:{step_id}`.
+    pub idempotency_key: String,
+    /// When set, actions with side effects describe what they would do instead of doing it.
+    pub dry_run: bool,
+    /// How long the step may take.
+    pub timeout: Duration,
+    /// The shared outbound HTTP client (with the outbound address policy applied).
+    pub http: HttpClient,
+}
+
+/// How a successful step ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The step produced an output; the run goes on.
+    Output(Value),
+    /// The step stopped the run on purpose (a filter that did not pass): the run is `filtered`.
+    Stop {
+        /// What the step records as its output.
+        output: Value,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// Why a step attempt failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    /// A sentence a RevOps engineer can act on.
+    pub message: String,
+    /// Structured detail (an HTTP status and body excerpt, …).
+    pub detail: Value,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+    /// The earliest time to retry, when the target said so (`Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl StepError {
+    /// An error that another attempt will not fix (bad input, a 4xx).
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self { message: message.into(), detail: Value::Null, retryable: false, retry_after: None }
+    }
+
+    /// An error that another attempt may fix (a timeout, a 5xx).
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self { retryable: true, ..Self::permanent(message) }
+    }
+
+    /// The same error with structured detail.
+    pub fn with_detail(mut self, detail: Value) -> Self {
+        self.detail = detail;
+        self
+    }
+}
+
+impl From<ExprError> for StepError {
+    fn from(e: ExprError) -> Self {
+        let at = if e.field.is_empty() { String::new() } else { format!(" at `{}`", e.field) };
+        Self::permanent(format!("could not render the step's input{at}: {}", e.message))
+    }
+}
+
+/// A step kind's YAML config: deserialized from the step's `<kind>:` value, then built.
+pub trait StepKind: DeserializeOwned + JsonSchema + 'static {
+    /// The YAML key that selects this kind (`filter`, `http`, `hubspot`, …).
+    const KIND: &'static str;
+
+    /// Builds the action, compiling expressions through `cx` (which collects every error).
+    /// Returns `None` when an error was recorded.
+    fn build(self, cx: &mut BuildContext<'_>) -> Option<Arc<dyn Action>>;
+}
+
+/// Collects compiled expressions and errors while one step's config is built.
+pub struct BuildContext<'a> {
+    compiler: &'a mut Compiler,
+    errors: Vec<(String, String)>,
+}
+
+impl<'a> BuildContext<'a> {
+    /// A context compiling into a flow's compiler.
+    pub fn new(compiler: &'a mut Compiler) -> Self {
+        Self { compiler, errors: Vec::new() }
+    }
+
+    /// Compiles a value (its strings may be templates or JSONPaths) at config field `field`.
+    pub fn value(&mut self, field: &str, value: &Value) -> Option<ValueExpr> {
+        self.compiler.value(value).map_err(|errs| self.expr_errors(field, errs)).ok()
+    }
+
+    /// Compiles a text template at config field `field`.
+    pub fn text(&mut self, field: &str, text: &str) -> Option<TextExpr> {
+        self.compiler.text(text).map_err(|e| self.expr_errors(field, vec![e])).ok()
+    }
+
+    /// Compiles a condition at config field `field`.
+    pub fn condition(&mut self, field: &str, spec: &ConditionSpec) -> Option<Condition> {
+        self.compiler.condition(spec).map_err(|errs| self.expr_errors(field, errs)).ok()
+    }
+
+    /// Records a problem at config field `field` (relative to the step's kind key).
+    pub fn error(&mut self, field: &str, message: impl Into<String>) {
+        self.errors.push((field.to_owned(), message.into()));
+    }
+
+    /// The problems recorded: (field path relative to the kind key, message).
+    pub fn into_errors(self) -> Vec<(String, String)> {
+        self.errors
+    }
+
+    fn expr_errors(&mut self, field: &str, errs: Vec<ExprError>) {
+        for e in errs {
+            let path = join_path(field, &e.field);
+            self.errors.push((path, e.message));
+        }
+    }
+}
+
+/// Joins two field paths: `a` + `b` → `a.b`, `a` + `[0]` → `a[0]`, with empty parts dropped.
+pub fn join_path(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_owned(),
+        (_, true) => a.to_owned(),
+        _ if b.starts_with('[') => format!("{a}{b}"),
+        _ => format!("{a}.{b}"),
+    }
+}
+
+type BuildFn =
+    fn(serde_yaml::Value, &mut BuildContext<'_>) -> Result<Option<Arc<dyn Action>>, serde_yaml::Error>;
+
+/// One registered step kind.
+#[derive(Clone, Copy)]
+pub struct KindEntry {
+    build: BuildFn,
+    schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+}
+
+impl KindEntry {
+    /// Deserializes the kind's config and builds its action.
+    pub fn build(
+        &self,
+        config: serde_yaml::Value,
+        cx: &mut BuildContext<'_>,
+    ) -> Result<Option<Arc<dyn Action>>, serde_yaml::Error> {
+        (self.build)(config, cx)
+    }
+
+    /// The JSON Schema of the kind's config (shared definitions go to `generator`).
+    pub fn schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        (self.schema)(generator)
+    }
+}
+
+/// The step kinds a flow may use, by YAML key.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, KindEntry>,
+}
+
+impl Registry {
+    /// The built-in kinds: `filter`, `map`, `http`.
+    pub fn builtin() -> Self {
+        let mut r = Self::default();
+        r.register::<filter::FilterSpec>();
+        r.register::<map::MapSpec>();
+        r.register::<http::HttpSpec>();
+        r
+    }
+
+    /// Adds a kind.
+    pub fn register<K: StepKind>(&mut self) {
+        fn build<K: StepKind>(
+            config: serde_yaml::Value,
+            cx: &mut BuildContext<'_>,
+        ) -> Result<Option<Arc<dyn Action>>, serde_yaml::Error> {
+            Ok(serde_yaml::from_value::<K>(config)?.build(cx))
+        }
+        let entry = KindEntry { build: build::<K>, schema: |g| g.subschema_for::<K>() };
+        self.kinds.insert(K::KIND, entry);
+    }
+
+    /// The kind registered under `name`.
+    pub fn get(&self, name: &str) -> Option<&KindEntry> {
+        self.kinds.get(name)
+    }
+
+    /// The kind registered under `name`, with its name as registered.
+    pub fn get_key_value(&self, name: &str) -> Option<(&'static str, &KindEntry)> {
+        self.kinds.get_key_value(name).map(|(k, v)| (*k, v))
+    }
+
+    /// Every kind, by name.
+    pub fn kinds(&self) -> impl Iterator<Item = (&'static str, &KindEntry)> {
+        self.kinds.iter().map(|(k, v)| (*k, v))
+    }
+}

@@ -1,0 +1,146 @@
+//! The store: everything the runtime persists, behind one small trait.
+//!
+//! [`Store`] is what the runtime needs and nothing more: ingest an event with its run and first queue
+//! items (durable before it returns), claim due queue items with a lease, apply a step's outcome to a
+//! run atomically together with its queue changes, and read history back. Backends: [`sled`] (the
+//! embedded default). Every backend passes the same conformance suite (`conformance.rs`).
+//!
+//! Invariants every backend keeps:
+//! - `ingest` returns only after the event, run and items are durable (fsync); concurrent calls may
+//!   share one fsync (group commit).
+//! - A queue item is in exactly one place: queued (due at a time) or leased (until a time).
+//! - `update_run` reads the run, calls the decision function, and writes its run, records and new
+//!   queue items and removes the finished item, all in one atomic transaction.
+
+pub mod sled;
+
+#[cfg(test)]
+mod conformance;
+
+use async_trait::async_trait;
+
+use crate::ids::{EventId, FlowId, ItemId, RunId};
+use crate::model::{Event, QueueItem, Revision, Run, RunStatus, StepRecord, Timestamp};
+
+/// What can go wrong in a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, database error).
+    #[error("store backend error: {0}")]
+    Backend(String),
+    /// A stored record could not be decoded.
+    #[error("corrupt record in {tree}: {detail}")]
+    Corrupt {
+        /// Where the record is.
+        tree: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+}
+
+/// A store result.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// An accepted event with its new run and the run's first queue items.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// The event.
+    pub event: Event,
+    /// The run, status `queued`.
+    pub run: Run,
+    /// The first items (the flow's root steps).
+    pub items: Vec<QueueItem>,
+}
+
+/// What a decision function wants written for a run.
+#[derive(Debug, Clone)]
+pub struct RunUpdate {
+    /// The run's new state.
+    pub run: Run,
+    /// Step records to write (each replaces the record of the same run and step).
+    pub records: Vec<StepRecord>,
+    /// New queue items.
+    pub enqueue: Vec<QueueItem>,
+}
+
+/// Decides a run's update from its current state; `None` writes nothing (the finished item is still
+/// removed). Called again if the transaction conflicts, so it must be pure.
+pub type Decide<'a> = &'a (dyn Fn(Run) -> Option<RunUpdate> + Send + Sync);
+
+/// Which runs to list.
+#[derive(Debug, Clone, Default)]
+pub struct RunQuery {
+    /// Only runs of this flow.
+    pub flow_id: Option<FlowId>,
+    /// Only runs with this status.
+    pub status: Option<RunStatus>,
+    /// Only runs older than this one (the cursor from the previous page).
+    pub before: Option<RunId>,
+    /// At most this many runs (the backend caps it at 1000).
+    pub limit: usize,
+}
+
+/// A page of runs, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RunPage {
+    /// The runs.
+    pub runs: Vec<Run>,
+    /// The cursor for the next page, if there may be more.
+    pub next: Option<RunId>,
+}
+
+/// Persistence for the runtime. See the module docs for the invariants.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Writes an event, its run and its first queue items atomically and durably.
+    async fn ingest(&self, new: NewRun) -> Result<()>;
+
+    /// Leases up to `limit` items due at or before `now` until `lease_until`, oldest due first.
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        lease_until: Timestamp,
+    ) -> Result<Vec<QueueItem>>;
+
+    /// When the earliest queued (not leased) item is due.
+    async fn next_due(&self) -> Result<Option<Timestamp>>;
+
+    /// Atomically: reads the run, applies `decide`, writes the result, and removes the finished
+    /// leased item `done`. Returns the run as written (or as it was, if `decide` returned `None`);
+    /// `None` if the run does not exist.
+    async fn update_run(
+        &self,
+        run_id: RunId,
+        done: Option<ItemId>,
+        decide: Decide<'_>,
+    ) -> Result<Option<Run>>;
+
+    /// Puts leased items whose lease ended at or before `now` back in the queue, due now.
+    /// Returns how many. Called at start-up with the far future to recover from a crash.
+    async fn requeue_expired(&self, now: Timestamp) -> Result<usize>;
+
+    /// One run.
+    async fn run(&self, id: RunId) -> Result<Option<Run>>;
+
+    /// One event.
+    async fn event(&self, id: EventId) -> Result<Option<Event>>;
+
+    /// The step records of a run (in no particular order).
+    async fn step_records(&self, run_id: RunId) -> Result<Vec<StepRecord>>;
+
+    /// Runs matching a query, newest first.
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage>;
+
+    /// The flow's catch-hook token: the stored one, or `candidate` after storing it durably.
+    async fn hook_token(&self, flow_id: &FlowId, candidate: &str) -> Result<String>;
+
+    /// Keeps a flow revision's source, so runs stay explainable (and runnable) after edits.
+    async fn put_revision(&self, flow_id: &FlowId, revision: &Revision, source: &str) -> Result<()>;
+
+    /// A kept flow revision's source.
+    async fn revision(&self, flow_id: &FlowId, revision: &Revision) -> Result<Option<String>>;
+
+    /// Makes every write so far durable (called at shutdown).
+    async fn flush(&self) -> Result<()>;
+}

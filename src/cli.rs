@@ -1,0 +1,132 @@
+//! The command line: `hookflow serve | validate | schema | run | hooks | runs | inspect`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::LogFormat;
+
+/// hookflow: webhooks in, durable flows out.
+#[derive(Debug, Parser)]
+#[command(name = "hookflow", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A hookflow command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the server: catch hooks, workers, API and UI.
+    Serve(ServeArgs),
+    /// Check flow files and print every problem as `file:line:col: field: message`.
+    Validate {
+        /// Flow files or directories (default: flows).
+        paths: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of the flow format (for editor autocomplete).
+    Schema,
+    /// Run a flow once, locally, without a server, and print each step's output.
+    Run {
+        /// The flow file.
+        flow: PathBuf,
+        /// A JSON file with the event's body (what a webhook sender would post).
+        #[arg(long)]
+        event: PathBuf,
+        /// Render HTTP actions and show them instead of sending them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Private networks (CIDR) HTTP actions may reach, e.g. 127.0.0.1.
+        #[arg(long = "allow-outbound", value_name = "CIDR")]
+        allow_outbound: Vec<String>,
+    },
+    /// List the flows of a running server with their catch URLs.
+    Hooks(ClientArgs),
+    /// Look at runs on a running server.
+    Runs {
+        /// Which runs command.
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// Show what the server's request inspector received (`/inspect/BIN`).
+    Inspect {
+        /// The bin; without it, list the bins.
+        bin: Option<String>,
+        /// Server options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `hookflow runs …`.
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        /// Only runs of this flow.
+        #[arg(long)]
+        flow: Option<String>,
+        /// Only runs with this status: queued, running, succeeded, failed, filtered.
+        #[arg(long)]
+        status: Option<String>,
+        /// How many runs.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Continue after this cursor (printed at the end of a full page).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Server options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one run: its event and every step's input, output, error and attempts.
+    Show {
+        /// The run id (`run_…`).
+        run_id: String,
+        /// Server options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Options of commands that talk to a running server.
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// The server's base URL.
+    #[arg(long, env = "HOOKFLOW_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Print the API's JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `hookflow serve` options; each overrides the configuration file.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// A YAML configuration file (default: the embedded default; see src/default-config.yaml).
+    #[arg(long, env = "HOOKFLOW_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The address to listen on (port 0 picks a free port).
+    #[arg(long, env = "HOOKFLOW_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The directory of flow files.
+    #[arg(long, env = "HOOKFLOW_FLOWS")]
+    pub flows: Option<PathBuf>,
+    /// The data directory (sled).
+    #[arg(long, env = "HOOKFLOW_DATA")]
+    pub data: Option<PathBuf>,
+    /// Private networks (CIDR) HTTP actions may reach, e.g. 127.0.0.1 or 10.0.0.0/8.
+    #[arg(long = "allow-outbound", value_name = "CIDR")]
+    pub allow_outbound: Vec<String>,
+    /// How many steps may execute at once.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// The largest catch-hook body, in bytes.
+    #[arg(long)]
+    pub max_body_bytes: Option<usize>,
+    /// Log format.
+    #[arg(long)]
+    pub log_format: Option<LogFormat>,
+}

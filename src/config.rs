@@ -1,0 +1,100 @@
+//! Server configuration: an embedded default, an optional YAML file (`--config`), and command-line
+//! flags on top, in that order.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// The configuration used when no file is given; also the reference for the file's format.
+pub const DEFAULT_CONFIG: &str = include_str!("default-config.yaml");
+
+/// How a hookflow server runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// The base URL senders reach this server at, for the catch URLs printed and shown
+    /// (default: `http://` + `listen`).
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// The directory of flow files.
+    pub flows: PathBuf,
+    /// The directory of the sled database.
+    pub data: PathBuf,
+    /// The largest request body a catch hook accepts, in bytes.
+    pub max_body_bytes: usize,
+    /// How many steps may execute at once.
+    pub workers: usize,
+    /// Outbound HTTP settings.
+    #[serde(default)]
+    pub outbound: OutboundConfig,
+    /// `text` or `json` logs.
+    pub log_format: LogFormat,
+}
+
+/// Outbound HTTP settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Private, loopback or link-local networks (CIDR) that HTTP actions may reach anyway.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// The configuration from a file, or the embedded default.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+                serde_yaml::from_str(&text).with_context(|| format!("{}: invalid configuration", p.display()))
+            }
+            None => Ok(serde_yaml::from_str(DEFAULT_CONFIG).expect("the embedded default configuration parses")),
+        }
+    }
+
+    /// The base URL of this server.
+    pub fn base_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+
+    /// The outbound policy, with this server's own address allowed for the request inspector.
+    pub fn outbound_policy(&self, own_address: SocketAddr) -> anyhow::Result<hookflow_engine::outbound::OutboundPolicy> {
+        let allow = self
+            .outbound
+            .allow
+            .iter()
+            .map(|n| n.parse().map_err(|e: String| anyhow::anyhow!("outbound.allow: {e}")))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(hookflow_engine::outbound::OutboundPolicy { allow, own_address: Some(own_address) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.base_url(), "http://127.0.0.1:8080");
+    }
+}

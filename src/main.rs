@@ -1,0 +1,57 @@
+//! The `hookflow` binary: wires the engine, the connectors and the web UI to a CLI and an HTTP server.
+//!
+//! # Layout
+//! - `cli`: the command line (clap).
+//! - `config`: the server configuration (embedded default, file, flags).
+//! - `serve`: `hookflow serve`: store, engine, workers, HTTP server, graceful shutdown.
+//! - `server`: the axum application: catch hooks, REST API, request inspector.
+//! - `local`: commands that work on files without a server (`validate`, `schema`, `run`).
+//! - `client`: commands that talk to a running server's API (`hooks`, `runs`, `inspect`).
+
+mod cli;
+mod client;
+mod config;
+mod local;
+mod serve;
+mod server;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use hookflow_engine::steps::Registry;
+
+use crate::cli::{Cli, Command, RunsCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::serve(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Validate { paths } => Ok(local::validate(&paths)),
+            Command::Schema => local::schema().map(|()| ExitCode::SUCCESS),
+            Command::Run { flow, event, dry_run, allow_outbound } => {
+                local::run(&flow, &event, dry_run, &allow_outbound).await
+            }
+            Command::Hooks(c) => client::hooks(&c).await.map(|()| ExitCode::SUCCESS),
+            Command::Runs { command: RunsCommand::List { flow, status, limit, cursor, client } } => {
+                client::list_runs(&client, flow, status, limit, cursor).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Runs { command: RunsCommand::Show { run_id, client } } => {
+                client::show_run(&client, &run_id).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Inspect { bin, client } => client::inspect(&client, bin.as_deref()).await.map(|()| ExitCode::SUCCESS),
+        }
+    });
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+/// The step kinds: the engine's built-ins and every connector's.
+fn registry() -> Registry {
+    let mut registry = Registry::builtin();
+    hookflow_connectors::register_all(&mut registry);
+    registry
+}

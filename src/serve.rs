@@ -1,0 +1,160 @@
+//! `hookflow serve`: opens the store, loads and deploys the flows, starts the workers and the HTTP
+//! server, and shuts down gracefully on Ctrl-C or SIGTERM (stop accepting, let executing steps finish
+//! for a while, leave the rest queued for the next start).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hookflow_engine::flow::{self, process_env, Flow, FlowError};
+use hookflow_engine::outbound::HttpClient;
+use hookflow_engine::runtime::catalog::Catalog;
+use hookflow_engine::runtime::{Engine, EngineConfig};
+use hookflow_engine::store::sled::SledStore;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::ServeArgs;
+use crate::config::{Config, LogFormat};
+use crate::server::{self, AppState, Inspector};
+
+/// How long executing steps may take to finish after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// The flows shipped in `flows/`, used when the flows directory does not exist (e.g. an installed
+/// binary started outside the repository).
+const EMBEDDED_FLOWS: [(&str, &str); 2] = [
+    ("flows/plan-change-sync.yaml", include_str!("../flows/plan-change-sync.yaml")),
+    ("flows/new-lead-routing.yaml", include_str!("../flows/new-lead-routing.yaml")),
+];
+
+/// Runs the server until a shutdown signal.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    apply_flags(&mut config, args);
+    init_logging(config.log_format);
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let base_url = match &config.public_url {
+        Some(_) => config.base_url(),
+        None => format!("http://{address}"),
+    };
+
+    std::fs::create_dir_all(&config.data).with_context(|| format!("cannot create {}", config.data.display()))?;
+    let store = SledStore::open(&config.data).with_context(|| format!("cannot open the data directory {}", config.data.display()))?;
+    let http = HttpClient::new(config.outbound_policy(address)?).context("cannot set up the HTTP client")?;
+    let engine_config = EngineConfig { workers: config.workers, ..EngineConfig::default() };
+    let engine = Engine::new(Arc::new(store), Catalog::new(crate::registry()), http, engine_config);
+
+    let flows = load_flows(&config, engine.catalog().registry());
+    let deployed = engine.deploy(flows).await?;
+
+    println!("hookflow {} listening on {base_url}", env!("CARGO_PKG_VERSION"));
+    println!("data: {}   flows: {}", config.data.display(), config.flows.display());
+    if deployed.is_empty() {
+        println!("no flows loaded: add a flow file to {} and restart", config.flows.display());
+    }
+    for (flow, token) in &deployed {
+        match flow.trigger {
+            flow::Trigger::Webhook { .. } => println!("  {:<24} POST {base_url}/hooks/catch/{}/{token}", flow.id, flow.id),
+            flow::Trigger::Manual => println!("  {:<24} (manual trigger)", flow.id),
+        }
+    }
+    println!("request inspector: {base_url}/inspect/NAME   (see what HTTP actions sent: hookflow inspect NAME)");
+
+    let (stop, stopped) = watch::channel(false);
+    let workers = {
+        let engine = engine.clone();
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move { engine.run(async move { let _ = stopped.wait_for(|s| *s).await; }, DRAIN).await })
+    };
+    let state = AppState { engine: engine.clone(), base_url: base_url.into(), max_body_bytes: config.max_body_bytes, inspector: Inspector::default() };
+    let app = server::router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            info!("shutting down: no new requests; letting executing steps finish");
+            let _ = stop.send(true);
+        })
+        .await
+        .context("the HTTP server failed")?;
+    workers.await.context("the workers panicked")??;
+    engine.store().flush().await?;
+    info!("stopped");
+    Ok(())
+}
+
+fn apply_flags(config: &mut Config, args: ServeArgs) {
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.flows {
+        config.flows = v;
+    }
+    if let Some(v) = args.data {
+        config.data = v;
+    }
+    if let Some(v) = args.workers {
+        config.workers = v;
+    }
+    if let Some(v) = args.max_body_bytes {
+        config.max_body_bytes = v;
+    }
+    if let Some(v) = args.log_format {
+        config.log_format = v;
+    }
+    config.outbound.allow.extend(args.allow_outbound);
+}
+
+/// Loads the flows, logging every problem; invalid flows are left out, the rest are served.
+fn load_flows(config: &Config, registry: &hookflow_engine::steps::Registry) -> Vec<Flow> {
+    let (flows, errors): (Vec<Flow>, Vec<FlowError>) = if config.flows.exists() {
+        flow::load(&[config.flows.clone()], registry, &process_env)
+    } else {
+        warn!(dir = %config.flows.display(), "the flows directory does not exist; serving the built-in example flows");
+        let sources = EMBEDDED_FLOWS.iter().map(|(f, t)| (f.to_string(), Ok(t.to_string())));
+        flow::load_sources(sources, registry, &process_env)
+    };
+    for e in &errors {
+        warn!("{e}");
+    }
+    if !errors.is_empty() {
+        eprintln!("{} problem(s) in flow files; the flows with problems are not served (see `hookflow validate`)", errors.len());
+    }
+    flows
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn,sled=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+

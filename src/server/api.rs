@@ -1,0 +1,109 @@
+//! The REST API under `/api/v1`: flows with their catch URLs, runs (filtered, cursor-paged), and a
+//! run's detail with its event and every step's record.
+
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use hookflow_engine::flow::{Flow, Trigger};
+use hookflow_engine::ids::{FlowId, RunId};
+use hookflow_engine::model::{Run, RunStatus};
+use hookflow_engine::store::RunQuery;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/flows", get(list_flows))
+        .route("/api/v1/runs", get(list_runs))
+        .route("/api/v1/runs/{run_id}", get(show_run))
+}
+
+async fn list_flows(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let mut flows = Vec::new();
+    for flow in state.engine.catalog().all() {
+        let catch_url = match flow.trigger {
+            Trigger::Webhook { .. } => {
+                let token = state.engine.hook_token(&flow.id).await.map_err(|e| ApiError::unavailable(&e))?;
+                Some(format!("{}/hooks/catch/{}/{token}", state.base_url, flow.id))
+            }
+            Trigger::Manual => None,
+        };
+        flows.push(flow_json(&flow, catch_url));
+    }
+    Ok(Json(json!({ "flows": flows })))
+}
+
+fn flow_json(flow: &Flow, catch_url: Option<String>) -> Value {
+    let trigger = match flow.trigger {
+        Trigger::Webhook { respond, .. } => json!({ "type": "webhook", "respond": format!("{respond:?}").to_lowercase() }),
+        Trigger::Manual => json!({ "type": "manual" }),
+    };
+    let steps: Vec<Value> = flow
+        .steps
+        .iter()
+        .map(|s| json!({ "id": s.id, "name": s.name, "kind": s.kind, "needs": s.needs, "line": s.line }))
+        .collect();
+    json!({
+        "id": flow.id, "name": flow.name, "description": flow.description, "file": flow.file,
+        "revision": flow.revision, "trigger": trigger, "catch_url": catch_url, "steps": steps,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct RunsParams {
+    flow: Option<String>,
+    status: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_runs(State(state): State<AppState>, Query(params): Query<RunsParams>) -> Result<Json<Value>, ApiError> {
+    let bad = |field: &'static str, e: String| ApiError::bad_request("invalid_parameter", format!("`{field}`: {e}"));
+    let query = RunQuery {
+        flow_id: params.flow.map(|f| f.parse::<FlowId>()).transpose().map_err(|e| bad("flow", e.to_string()))?,
+        status: params.status.map(|s| s.parse::<RunStatus>()).transpose().map_err(|e| bad("status", e))?,
+        before: params.cursor.map(|c| c.parse::<RunId>()).transpose().map_err(|e| bad("cursor", e.to_string()))?,
+        limit: params.limit.unwrap_or(50).clamp(1, 1000),
+    };
+    let page = state.engine.store().list_runs(&query).await?;
+    let runs: Vec<Value> = page.runs.iter().map(run_summary).collect();
+    Ok(Json(json!({ "runs": runs, "next_cursor": page.next })))
+}
+
+fn run_summary(run: &Run) -> Value {
+    let duration_ms = run.finished_at.map(|f| f.millis_since(run.created_at));
+    json!({
+        "id": run.id, "flow_id": run.flow_id, "revision": run.revision, "event_id": run.event_id,
+        "status": run.status, "created_at": run.created_at, "finished_at": run.finished_at,
+        "duration_ms": duration_ms, "reason": run.reason,
+    })
+}
+
+async fn show_run(State(state): State<AppState>, Path(run_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let run_id: RunId = run_id.parse().map_err(|e: hookflow_engine::ids::InvalidId| ApiError::bad_request("invalid_run_id", e.to_string()))?;
+    let store = state.engine.store();
+    let run = store.run(run_id).await?.ok_or_else(|| ApiError::not_found(format!("no run {run_id}")))?;
+    let event = store.event(run.event_id).await?;
+    let records = store.step_records(run_id).await?;
+    // Steps in flow order; a step that has not run yet shows its status without a record.
+    let steps: Vec<Value> = run
+        .steps
+        .iter()
+        .map(|p| match records.iter().find(|r| r.step_id == p.id) {
+            Some(r) => {
+                let duration_ms: u64 = r.attempts.iter().map(|a| a.duration_ms).sum();
+                json!({
+                    "id": p.id, "kind": r.kind, "status": p.status, "input": r.input, "output": r.output,
+                    "error": r.error, "attempts": r.attempts, "duration_ms": duration_ms,
+                })
+            }
+            None => json!({ "id": p.id, "status": p.status, "attempts": [] }),
+        })
+        .collect();
+    let mut answer = run_summary(&run);
+    answer["event"] = json!(event);
+    answer["steps"] = json!(steps);
+    Ok(Json(answer))
+}

@@ -1,0 +1,181 @@
+//! Catch hooks: `GET|POST|PUT /hooks/catch/{flow_id}/{token}`.
+//!
+//! A request becomes the run's `trigger` (`method`, `headers`, `query`, `body`, `received_at`) and is
+//! stored with its run before the answer: a 2xx means the event is durable. JSON and form bodies are
+//! parsed (a body that does not parse as its content type says is a 400); other bodies are kept as
+//! text. The flow may ask to answer with the run's result instead (`respond: result`).
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hookflow_engine::flow::{Respond, Trigger};
+use hookflow_engine::ids::FlowId;
+use hookflow_engine::model::Timestamp;
+use serde_json::{json, Map, Value};
+
+use super::{ApiError, AppState};
+
+/// Request headers not kept in the stored event (credentials the sender may attach).
+const DROPPED_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new().route("/hooks/catch/{flow_id}/{token}", get(catch).post(catch).put(catch))
+}
+
+async fn catch(
+    State(state): State<AppState>,
+    Path((flow_id, token)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let unknown = || ApiError::not_found("no catch hook at this URL: check the flow id and token (`hookflow hooks` lists them)");
+    let flow_id: FlowId = flow_id.parse().map_err(|_| unknown())?;
+    let flow = state.engine.catalog().current(&flow_id).ok_or_else(unknown)?;
+    let Trigger::Webhook { respond, respond_timeout } = flow.trigger else { return Err(unknown()) };
+    let expected = state.engine.hook_token(&flow_id).await.map_err(|e| ApiError::unavailable(&e))?;
+    if !constant_time_eq(expected.as_bytes(), token.as_bytes()) {
+        return Err(unknown());
+    }
+
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than this hook accepts ({} bytes)", state.max_body_bytes),
+        )
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > state.max_body_bytes) {
+        return Err(too_large());
+    }
+    let bytes = to_bytes(body, state.max_body_bytes).await.map_err(|_| too_large())?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let trigger = json!({
+        "method": method.as_str(),
+        "headers": header_map(&headers),
+        "query": query_map(uri.query().unwrap_or_default()),
+        "body": parse_body(content_type, &bytes)?,
+        "received_at": Timestamp::now(),
+    });
+
+    let accepted = state.engine.ingest(&flow, trigger).await.map_err(|e| ApiError::unavailable(&e))?;
+    let ids = json!({ "event_id": accepted.event_id, "run_id": accepted.run_id });
+    if respond == Respond::Accepted {
+        return Ok((StatusCode::OK, Json(json!({ "status": "queued", "event_id": ids["event_id"], "run_id": ids["run_id"] }))).into_response());
+    }
+    let run = state.engine.wait_for(accepted.run_id, respond_timeout).await.map_err(|e| ApiError::unavailable(&e))?;
+    match run {
+        Some(run) if run.status.is_final() => {
+            let records = state.engine.store().step_records(run.id).await?;
+            // The output of the last step (in flow order) that produced one.
+            let output = flow
+                .steps
+                .iter()
+                .rev()
+                .find_map(|s| records.iter().find(|r| r.step_id == s.id).and_then(|r| r.output.clone()))
+                .unwrap_or(Value::Null);
+            let answer = json!({
+                "status": run.status, "event_id": ids["event_id"], "run_id": ids["run_id"],
+                "reason": run.reason, "output": output,
+            });
+            Ok((StatusCode::OK, Json(answer)).into_response())
+        }
+        _ => {
+            let answer = json!({ "status": "running", "event_id": ids["event_id"], "run_id": ids["run_id"] });
+            Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+        }
+    }
+}
+
+/// Parses a body by its content type: JSON, form, or text (JSON is also recognised without a type).
+fn parse_body(content_type: &str, bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    let mime = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    if mime == "application/json" || mime.ends_with("+json") {
+        return serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")));
+    }
+    if mime == "application/x-www-form-urlencoded" {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes)
+            .map_err(|e| ApiError::bad_request("invalid_form", format!("the body is not valid form data: {e}")))?;
+        return Ok(pairs_to_object(pairs));
+    }
+    if mime.is_empty() {
+        if let Ok(v) = serde_json::from_slice(bytes) {
+            return Ok(v);
+        }
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Ok(Value::String(text.to_owned())),
+        Err(_) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_body",
+            "the body is binary; catch hooks accept JSON, form data and text",
+        )),
+    }
+}
+
+/// Pairs as an object; a repeated key becomes an array of its values.
+fn pairs_to_object(pairs: Vec<(String, String)>) -> Value {
+    let mut map = Map::new();
+    for (k, v) in pairs {
+        match map.get_mut(&k) {
+            None => {
+                map.insert(k, Value::String(v));
+            }
+            Some(Value::Array(items)) => items.push(Value::String(v)),
+            Some(existing) => *existing = json!([existing.take(), v]),
+        }
+    }
+    Value::Object(map)
+}
+
+fn query_map(query: &str) -> Value {
+    pairs_to_object(serde_urlencoded::from_str(query).unwrap_or_default())
+}
+
+fn header_map(headers: &HeaderMap) -> Value {
+    let mut map = Map::new();
+    for (name, value) in headers {
+        if DROPPED_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        map.insert(name.as_str().to_owned(), json!(String::from_utf8_lossy(value.as_bytes())));
+    }
+    Value::Object(map)
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_parse_by_content_type() {
+        assert_eq!(parse_body("application/json", br#"{"a":1}"#).unwrap(), json!({"a": 1}));
+        assert_eq!(parse_body("", br#"{"a":1}"#).unwrap(), json!({"a": 1}));
+        assert_eq!(parse_body("application/x-www-form-urlencoded", b"a=1&b=x&a=2").unwrap(), json!({"a": ["1", "2"], "b": "x"}));
+        assert_eq!(parse_body("text/plain", b"hello").unwrap(), json!("hello"));
+        assert_eq!(parse_body("application/json", b"").unwrap(), Value::Null);
+        assert!(parse_body("application/json; charset=utf-8", b"{nope").is_err());
+        assert!(parse_body("application/octet-stream", &[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,93 @@
+//! The HTTP server: catch hooks, the REST API, the request inspector, health, and the web UI.
+//!
+//! Routers are functions of [`AppState`]; errors answer `{code, detail}` JSON with a 4xx or 5xx
+//! status, and internals are logged, not leaked.
+
+mod api;
+mod hooks;
+mod inspector;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hookflow_engine::runtime::Engine;
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+
+pub use inspector::Inspector;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The runtime.
+    pub engine: Arc<Engine>,
+    /// The base URL catch URLs are shown with.
+    pub base_url: Arc<str>,
+    /// The largest body a catch hook accepts.
+    pub max_body_bytes: usize,
+    /// Recent requests to `/inspect/…`.
+    pub inspector: Inspector,
+}
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(hooks::router())
+        .merge(api::router())
+        .merge(inspector::router())
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .merge(hookflow_web_ui::router())
+        .fallback(|| async { ApiError::not_found("nothing here: see /api/v1/flows for this server's flows") })
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// An error answer: a status and `{code, detail}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+}
+
+impl ApiError {
+    /// Any status, code and detail.
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, code, detail: detail.into() }
+    }
+
+    /// 404.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    /// 400.
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    /// 503 for a store failure: logged in full, answered in general terms.
+    pub fn unavailable(error: &hookflow_engine::Error) -> Self {
+        tracing::error!(error = %error, "store error while answering a request");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the server could not read or store data right now; try again",
+        )
+    }
+}
+
+impl From<hookflow_engine::store::StoreError> for ApiError {
+    fn from(e: hookflow_engine::store::StoreError) -> Self {
+        Self::unavailable(&e.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "code": self.code, "detail": self.detail }))).into_response()
+    }
+}
