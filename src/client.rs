@@ -8,13 +8,23 @@ use crate::cli::ClientArgs;
 /// GETs an API path and returns its JSON, turning `{code, detail}` answers into errors.
 async fn get(client: &ClientArgs, path_and_query: &str) -> anyhow::Result<Value> {
     let url = format!("{}{path_and_query}", client.server.trim_end_matches('/'));
-    let response = reqwest::get(&url)
-        .await
-        .with_context(|| format!("cannot reach the hookflow server at {} (is `hookflow serve` running? set --server)", client.server))?;
+    let response = reqwest::get(&url).await.with_context(|| {
+        format!(
+            "cannot reach the hookflow server at {} (is `hookflow serve` running? set --server)",
+            client.server
+        )
+    })?;
     let status = response.status();
-    let body: Value = response.json().await.with_context(|| format!("{url} did not answer JSON"))?;
+    let body: Value = response
+        .json()
+        .await
+        .with_context(|| format!("{url} did not answer JSON"))?;
     if !status.is_success() {
-        bail!("{}: {}", status, body["detail"].as_str().unwrap_or("request failed"));
+        bail!(
+            "{}: {}",
+            status,
+            body["detail"].as_str().unwrap_or("request failed")
+        );
     }
     Ok(body)
 }
@@ -35,7 +45,9 @@ pub async fn hooks(client: &ClientArgs) -> anyhow::Result<()> {
         println!("no flows on this server");
     }
     for f in flows {
-        let target = f["catch_url"].as_str().map_or("(manual trigger)".to_owned(), |u| format!("POST {u}"));
+        let target = f["catch_url"]
+            .as_str()
+            .map_or("(manual trigger)".to_owned(), |u| format!("POST {u}"));
         println!("{:<24} {target}", f["id"].as_str().unwrap_or_default());
     }
     Ok(())
@@ -63,7 +75,10 @@ pub async fn list_runs(
         println!("no runs");
         return Ok(());
     }
-    println!("{:<31} {:<24} {:<10} {:<25} REASON", "RUN", "FLOW", "STATUS", "CREATED");
+    println!(
+        "{:<31} {:<24} {:<10} {:<25} REASON",
+        "RUN", "FLOW", "STATUS", "CREATED"
+    );
     for r in &runs {
         println!(
             "{:<31} {:<24} {:<10} {:<25} {}",
@@ -87,7 +102,11 @@ pub async fn show_run(client: &ClientArgs, run_id: &str) -> anyhow::Result<()> {
         return print_json(&run);
     }
     println!("run      {}", text(&run["id"]));
-    println!("flow     {} (revision {})", text(&run["flow_id"]), text(&run["revision"]));
+    println!(
+        "flow     {} (revision {})",
+        text(&run["flow_id"]),
+        text(&run["revision"])
+    );
     println!("status   {}", text(&run["status"]));
     if !run["reason"].is_null() {
         println!("reason   {}", text(&run["reason"]));
@@ -95,7 +114,12 @@ pub async fn show_run(client: &ClientArgs, run_id: &str) -> anyhow::Result<()> {
     println!("created  {}", text(&run["created_at"]));
     println!("finished {}", text(&run["finished_at"]));
     println!("\ntrigger payload (event {}):", text(&run["event"]["id"]));
-    println!("{}", indent(&serde_json::to_string_pretty(&run["event"]["trigger"]["body"])?));
+    println!(
+        "{}",
+        indent(&serde_json::to_string_pretty(
+            &run["event"]["trigger"]["body"]
+        )?)
+    );
     for step in run["steps"].as_array().cloned().unwrap_or_default() {
         let attempts = step["attempts"].as_array().map_or(0, Vec::len);
         println!(
@@ -107,15 +131,25 @@ pub async fn show_run(client: &ClientArgs, run_id: &str) -> anyhow::Result<()> {
         );
         for (label, key) in [("input", "input"), ("output", "output")] {
             if !step[key].is_null() {
-                println!("  {label}:\n{}", indent(&indent(&serde_json::to_string_pretty(&step[key])?)));
+                println!(
+                    "  {label}:\n{}",
+                    indent(&indent(&serde_json::to_string_pretty(&step[key])?))
+                );
             }
         }
         if !step["error"].is_null() {
             println!("  error: {}", text(&step["error"]["message"]));
         }
         for a in step["attempts"].as_array().cloned().unwrap_or_default() {
-            let outcome = a["error"].as_str().map_or("ok".to_owned(), |e| format!("failed: {e}"));
-            println!("  attempt {} at {} ({} ms): {outcome}", a["number"], text(&a["started_at"]), a["duration_ms"]);
+            let outcome = a["error"]
+                .as_str()
+                .map_or("ok".to_owned(), |e| format!("failed: {e}"));
+            println!(
+                "  attempt {} at {} ({} ms): {outcome}",
+                a["number"],
+                text(&a["started_at"]),
+                a["duration_ms"]
+            );
         }
     }
     Ok(())
@@ -130,7 +164,10 @@ pub async fn inspect(client: &ClientArgs, bin: Option<&str>) -> anyhow::Result<(
         }
         let bins = body["bins"].as_array().cloned().unwrap_or_default();
         if bins.is_empty() {
-            println!("the inspector has received nothing yet; point an HTTP action at {}/inspect/NAME", client.server);
+            println!(
+                "the inspector has received nothing yet; point an HTTP action at {}/inspect/NAME",
+                client.server
+            );
         }
         for b in bins {
             println!("{:<24} {} request(s)", text(&b["bin"]), b["requests"]);
@@ -142,7 +179,12 @@ pub async fn inspect(client: &ClientArgs, bin: Option<&str>) -> anyhow::Result<(
         return print_json(&body);
     }
     for r in body["requests"].as_array().cloned().unwrap_or_default() {
-        println!("{} {} {}", text(&r["received_at"]), text(&r["method"]), text(&r["path"]));
+        println!(
+            "{} {} {}",
+            text(&r["received_at"]),
+            text(&r["method"]),
+            text(&r["path"])
+        );
         println!("{}\n", indent(&serde_json::to_string_pretty(&r["body"])?));
     }
     Ok(())
@@ -157,5 +199,8 @@ fn text(v: &Value) -> String {
 }
 
 fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

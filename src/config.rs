@@ -10,6 +10,9 @@ use serde::Deserialize;
 /// The configuration used when no file is given; also the reference for the file's format.
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.yaml");
 
+/// The largest `max_body_bytes` allowed: the store keeps events up to this size fully durable.
+pub const MAX_BODY_LIMIT: usize = 1024 * 1024;
+
 /// How a hookflow server runs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,11 +62,26 @@ impl Config {
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
         match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-                serde_yaml::from_str(&text).with_context(|| format!("{}: invalid configuration", p.display()))
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
+                serde_yaml::from_str(&text)
+                    .with_context(|| format!("{}: invalid configuration", p.display()))
             }
-            None => Ok(serde_yaml::from_str(DEFAULT_CONFIG).expect("the embedded default configuration parses")),
+            None => Ok(serde_yaml::from_str(DEFAULT_CONFIG)
+                .expect("the embedded default configuration parses")),
         }
+    }
+
+    /// Checks values the types cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        // Larger events would leave sled's log for blob files, which sled does not sync.
+        anyhow::ensure!(
+            self.max_body_bytes <= MAX_BODY_LIMIT,
+            "max_body_bytes may be at most {MAX_BODY_LIMIT} (1 MiB), not {}",
+            self.max_body_bytes
+        );
+        anyhow::ensure!(self.workers > 0, "workers must be at least 1");
+        Ok(())
     }
 
     /// The base URL of this server.
@@ -75,14 +93,23 @@ impl Config {
     }
 
     /// The outbound policy, with this server's own address allowed for the request inspector.
-    pub fn outbound_policy(&self, own_address: SocketAddr) -> anyhow::Result<hookflow_engine::outbound::OutboundPolicy> {
+    pub fn outbound_policy(
+        &self,
+        own_address: SocketAddr,
+    ) -> anyhow::Result<hookflow_engine::outbound::OutboundPolicy> {
         let allow = self
             .outbound
             .allow
             .iter()
-            .map(|n| n.parse().map_err(|e: String| anyhow::anyhow!("outbound.allow: {e}")))
+            .map(|n| {
+                n.parse()
+                    .map_err(|e: String| anyhow::anyhow!("outbound.allow: {e}"))
+            })
             .collect::<anyhow::Result<_>>()?;
-        Ok(hookflow_engine::outbound::OutboundPolicy { allow, own_address: Some(own_address) })
+        Ok(hookflow_engine::outbound::OutboundPolicy {
+            allow,
+            own_address: Some(own_address),
+        })
     }
 }
 

@@ -20,7 +20,11 @@ use serde_json::{json, Value};
 
 /// `hookflow validate`: prints every problem; exit code 1 if there is one.
 pub fn validate(paths: &[PathBuf]) -> ExitCode {
-    let paths = if paths.is_empty() { vec![PathBuf::from("flows")] } else { paths.to_vec() };
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from("flows")]
+    } else {
+        paths.to_vec()
+    };
     let (flows, errors) = flow::load(&paths, &crate::registry(), &process_env);
     for e in &errors {
         println!("{e}");
@@ -36,7 +40,10 @@ pub fn validate(paths: &[PathBuf]) -> ExitCode {
 
 /// `hookflow schema`.
 pub fn schema() -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(&json_schema(&crate::registry()))?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json_schema(&crate::registry()))?
+    );
     Ok(())
 }
 
@@ -44,7 +51,12 @@ pub fn schema() -> anyhow::Result<()> {
 const LOCAL_RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// `hookflow run`: one event through one flow, printing each step.
-pub async fn run(flow_path: &Path, event_path: &Path, dry_run: bool, allow: &[String]) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    flow_path: &Path,
+    event_path: &Path,
+    dry_run: bool,
+    allow: &[String],
+) -> anyhow::Result<ExitCode> {
     let registry = crate::registry();
     let (mut flows, errors) = flow::load(&[flow_path.to_path_buf()], &registry, &process_env);
     if !errors.is_empty() {
@@ -53,39 +65,78 @@ pub async fn run(flow_path: &Path, event_path: &Path, dry_run: bool, allow: &[St
         }
         bail!("{} has {} problem(s)", flow_path.display(), errors.len());
     }
-    let Some(flow) = flows.pop() else { bail!("{} is not a flow file", flow_path.display()) };
-    let text = std::fs::read_to_string(event_path).with_context(|| format!("cannot read {}", event_path.display()))?;
-    let body: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", event_path.display()))?;
+    let Some(flow) = flows.pop() else {
+        bail!("{} is not a flow file", flow_path.display())
+    };
+    let text = std::fs::read_to_string(event_path)
+        .with_context(|| format!("cannot read {}", event_path.display()))?;
+    let body: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", event_path.display()))?;
 
-    let allow = allow.iter().map(|n| n.parse().map_err(|e: String| anyhow::anyhow!(e))).collect::<anyhow::Result<_>>()?;
-    let http = HttpClient::new(OutboundPolicy { allow, own_address: None })?;
+    let allow = allow
+        .iter()
+        .map(|n| n.parse().map_err(|e: String| anyhow::anyhow!(e)))
+        .collect::<anyhow::Result<_>>()?;
+    let http = HttpClient::new(OutboundPolicy {
+        allow,
+        own_address: None,
+    })?;
     let store = SledStore::temporary().context("cannot create a temporary store")?;
-    let config = EngineConfig { dry_run, no_retries: true, ..EngineConfig::default() };
+    let config = EngineConfig {
+        dry_run,
+        no_retries: true,
+        ..EngineConfig::default()
+    };
     let engine = Engine::new(Arc::new(store), Catalog::new(registry), http, config);
     let flow = engine.deploy(vec![flow]).await?.remove(0).0;
     let trigger = json!({ "method": "POST", "headers": {}, "query": {}, "body": body, "received_at": Timestamp::now() });
     let accepted = engine.ingest(&flow, trigger).await?;
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let workers = tokio::spawn(engine.clone().run(async move { let _ = stopped.await; }, Duration::from_secs(1)));
+    let workers = tokio::spawn(engine.clone().run(
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(1),
+    ));
     let run = engine.wait_for(accepted.run_id, LOCAL_RUN_TIMEOUT).await?;
     let _ = stop.send(());
     workers.await??;
-    let Some(run) = run.filter(|r| r.status.is_final()) else { bail!("the run did not finish within {LOCAL_RUN_TIMEOUT:?}") };
+    let Some(run) = run.filter(|r| r.status.is_final()) else {
+        bail!("the run did not finish within {LOCAL_RUN_TIMEOUT:?}")
+    };
 
     let records = engine.store().step_records(run.id).await?;
-    println!("flow {} (revision {}){}", flow.id, flow.revision, if dry_run { " — dry run: HTTP actions were not sent" } else { "" });
+    println!(
+        "flow {} (revision {}){}",
+        flow.id,
+        flow.revision,
+        if dry_run {
+            " — dry run: HTTP actions were not sent"
+        } else {
+            ""
+        }
+    );
     for progress in &run.steps {
-        let step = flow.step(&progress.id).expect("the run's steps are the flow's");
+        let step = flow
+            .step(&progress.id)
+            .expect("the run's steps are the flow's");
         let record = records.iter().find(|r| r.step_id == progress.id);
-        let ms: u64 = record.map(|r| r.attempts.iter().map(|a| a.duration_ms).sum()).unwrap_or_default();
+        let ms: u64 = record
+            .map(|r| r.attempts.iter().map(|a| a.duration_ms).sum())
+            .unwrap_or_default();
         let mark = match progress.status {
             StepStatus::Succeeded => "✔",
             StepStatus::Failed => "✘",
             StepStatus::Filtered => "⊘",
             _ => "·",
         };
-        println!("\n{mark} {} ({}) — {} in {ms} ms", step.id, step.kind, status_word(progress.status));
+        println!(
+            "\n{mark} {} ({}) — {} in {ms} ms",
+            step.id,
+            step.kind,
+            status_word(progress.status)
+        );
         if let Some(r) = record {
             if let Some(out) = &r.output {
                 println!("{}", indent(&serde_json::to_string_pretty(out)?));
@@ -95,14 +146,32 @@ pub async fn run(flow_path: &Path, event_path: &Path, dry_run: bool, allow: &[St
             }
         }
     }
-    println!("\nrun {}: {}{}", run.id, run.status, run.reason.as_deref().map(|r| format!(" — {r}")).unwrap_or_default());
-    Ok(if run.status == RunStatus::Failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    println!(
+        "\nrun {}: {}{}",
+        run.id,
+        run.status,
+        run.reason
+            .as_deref()
+            .map(|r| format!(" — {r}"))
+            .unwrap_or_default()
+    );
+    Ok(if run.status == RunStatus::Failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn status_word(s: StepStatus) -> String {
-    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

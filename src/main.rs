@@ -24,23 +24,42 @@ use crate::cli::{Cli, Command, RunsCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await.map(|()| ExitCode::SUCCESS),
             Command::Validate { paths } => Ok(local::validate(&paths)),
             Command::Schema => local::schema().map(|()| ExitCode::SUCCESS),
-            Command::Run { flow, event, dry_run, allow_outbound } => {
-                local::run(&flow, &event, dry_run, &allow_outbound).await
-            }
+            Command::Run {
+                flow,
+                event,
+                dry_run,
+                allow_outbound,
+            } => local::run(&flow, &event, dry_run, &allow_outbound).await,
             Command::Hooks(c) => client::hooks(&c).await.map(|()| ExitCode::SUCCESS),
-            Command::Runs { command: RunsCommand::List { flow, status, limit, cursor, client } } => {
-                client::list_runs(&client, flow, status, limit, cursor).await.map(|()| ExitCode::SUCCESS)
-            }
-            Command::Runs { command: RunsCommand::Show { run_id, client } } => {
-                client::show_run(&client, &run_id).await.map(|()| ExitCode::SUCCESS)
-            }
-            Command::Inspect { bin, client } => client::inspect(&client, bin.as_deref()).await.map(|()| ExitCode::SUCCESS),
+            Command::Runs {
+                command:
+                    RunsCommand::List {
+                        flow,
+                        status,
+                        limit,
+                        cursor,
+                        client,
+                    },
+            } => client::list_runs(&client, flow, status, limit, cursor)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Runs {
+                command: RunsCommand::Show { run_id, client },
+            } => client::show_run(&client, &run_id)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Inspect { bin, client } => client::inspect(&client, bin.as_deref())
+                .await
+                .map(|()| ExitCode::SUCCESS),
         }
     });
     result.unwrap_or_else(|e| {

@@ -25,14 +25,21 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// The flows shipped in `flows/`, used when the flows directory does not exist (e.g. an installed
 /// binary started outside the repository).
 const EMBEDDED_FLOWS: [(&str, &str); 2] = [
-    ("flows/plan-change-sync.yaml", include_str!("../flows/plan-change-sync.yaml")),
-    ("flows/new-lead-routing.yaml", include_str!("../flows/new-lead-routing.yaml")),
+    (
+        "flows/plan-change-sync.yaml",
+        include_str!("../flows/plan-change-sync.yaml"),
+    ),
+    (
+        "flows/new-lead-routing.yaml",
+        include_str!("../flows/new-lead-routing.yaml"),
+    ),
 ];
 
 /// Runs the server until a shutdown signal.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref())?;
     apply_flags(&mut config, args);
+    config.validate()?;
     init_logging(config.log_format);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -44,23 +51,47 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => format!("http://{address}"),
     };
 
-    std::fs::create_dir_all(&config.data).with_context(|| format!("cannot create {}", config.data.display()))?;
-    let store = SledStore::open(&config.data).with_context(|| format!("cannot open the data directory {}", config.data.display()))?;
-    let http = HttpClient::new(config.outbound_policy(address)?).context("cannot set up the HTTP client")?;
-    let engine_config = EngineConfig { workers: config.workers, ..EngineConfig::default() };
-    let engine = Engine::new(Arc::new(store), Catalog::new(crate::registry()), http, engine_config);
+    std::fs::create_dir_all(&config.data)
+        .with_context(|| format!("cannot create {}", config.data.display()))?;
+    let store = SledStore::open(&config.data)
+        .with_context(|| format!("cannot open the data directory {}", config.data.display()))?;
+    let http = HttpClient::new(config.outbound_policy(address)?)
+        .context("cannot set up the HTTP client")?;
+    let engine_config = EngineConfig {
+        workers: config.workers,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(
+        Arc::new(store),
+        Catalog::new(crate::registry()),
+        http,
+        engine_config,
+    );
 
     let flows = load_flows(&config, engine.catalog().registry());
     let deployed = engine.deploy(flows).await?;
 
-    println!("hookflow {} listening on {base_url}", env!("CARGO_PKG_VERSION"));
-    println!("data: {}   flows: {}", config.data.display(), config.flows.display());
+    println!(
+        "hookflow {} listening on {base_url}",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!(
+        "data: {}   flows: {}",
+        config.data.display(),
+        config.flows.display()
+    );
     if deployed.is_empty() {
-        println!("no flows loaded: add a flow file to {} and restart", config.flows.display());
+        println!(
+            "no flows loaded: add a flow file to {} and restart",
+            config.flows.display()
+        );
     }
     for (flow, token) in &deployed {
         match flow.trigger {
-            flow::Trigger::Webhook { .. } => println!("  {:<24} POST {base_url}/hooks/catch/{}/{token}", flow.id, flow.id),
+            flow::Trigger::Webhook { .. } => println!(
+                "  {:<24} POST {base_url}/hooks/catch/{}/{token}",
+                flow.id, flow.id
+            ),
             flow::Trigger::Manual => println!("  {:<24} (manual trigger)", flow.id),
         }
     }
@@ -70,9 +101,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let workers = {
         let engine = engine.clone();
         let mut stopped = stopped.clone();
-        tokio::spawn(async move { engine.run(async move { let _ = stopped.wait_for(|s| *s).await; }, DRAIN).await })
+        tokio::spawn(async move {
+            engine
+                .run(
+                    async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    },
+                    DRAIN,
+                )
+                .await
+        })
     };
-    let state = AppState { engine: engine.clone(), base_url: base_url.into(), max_body_bytes: config.max_body_bytes, inspector: Inspector::default() };
+    let state = AppState {
+        engine: engine.clone(),
+        base_url: base_url.into(),
+        max_body_bytes: config.max_body_bytes,
+        inspector: Inspector::default(),
+    };
     let app = server::router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -113,10 +158,12 @@ fn apply_flags(config: &mut Config, args: ServeArgs) {
 /// Loads the flows, logging every problem; invalid flows are left out, the rest are served.
 fn load_flows(config: &Config, registry: &hookflow_engine::steps::Registry) -> Vec<Flow> {
     let (flows, errors): (Vec<Flow>, Vec<FlowError>) = if config.flows.exists() {
-        flow::load(&[config.flows.clone()], registry, &process_env)
+        flow::load(std::slice::from_ref(&config.flows), registry, &process_env)
     } else {
         warn!(dir = %config.flows.display(), "the flows directory does not exist; serving the built-in example flows");
-        let sources = EMBEDDED_FLOWS.iter().map(|(f, t)| (f.to_string(), Ok(t.to_string())));
+        let sources = EMBEDDED_FLOWS
+            .iter()
+            .map(|(f, t)| (f.to_string(), Ok(t.to_string())));
         flow::load_sources(sources, registry, &process_env)
     };
     for e in &errors {
@@ -129,8 +176,11 @@ fn load_flows(config: &Config, registry: &hookflow_engine::steps::Registry) -> V
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn,sled=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn,sled=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -157,4 +207,3 @@ async fn shutdown_signal() {
         () = term => {},
     }
 }
-

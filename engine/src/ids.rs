@@ -164,7 +164,10 @@ fn validate_name(s: &str) -> Result<(), &'static str> {
     if !s.starts_with(|c: char| c.is_ascii_alphabetic()) {
         return Err("it must start with a letter");
     }
-    if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         return Err("use only letters, digits, `_` and `-`");
     }
     Ok(())

@@ -29,7 +29,10 @@ impl Timestamp {
 
     /// This time plus a duration.
     pub fn plus(self, d: std::time::Duration) -> Self {
-        Self(self.0.saturating_add(d.as_millis().min(i64::MAX as u128) as i64))
+        Self(
+            self.0
+                .saturating_add(d.as_millis().min(i64::MAX as u128) as i64),
+        )
     }
 
     /// Milliseconds from `earlier` to `self`, zero if negative.
@@ -184,7 +187,10 @@ pub enum StepStatus {
 impl StepStatus {
     /// Whether the step will not run again in this run.
     pub fn is_done(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Filtered | Self::Skipped)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Filtered | Self::Skipped
+        )
     }
 }
 

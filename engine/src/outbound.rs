@@ -26,11 +26,15 @@ impl Network {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, canonical(ip)) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -57,7 +61,10 @@ impl FromStr for Network {
                 .ok_or_else(|| format!("`{s}`: the prefix length must be 0 to {max}"))?,
             None => max,
         };
-        Ok(Self { addr: canonical(addr), prefix })
+        Ok(Self {
+            addr: canonical(addr),
+            prefix,
+        })
     }
 }
 
@@ -74,9 +81,12 @@ pub struct OutboundPolicy {
 impl OutboundPolicy {
     /// Whether `ip:port` is hookflow's own listen address.
     fn is_own(&self, ip: IpAddr, port: Option<u16>) -> bool {
-        let Some(own) = self.own_address else { return false };
+        let Some(own) = self.own_address else {
+            return false;
+        };
         let ip = canonical(ip);
-        port == Some(own.port()) && (ip == own.ip() || (own.ip().is_unspecified() && ip.is_loopback()))
+        port == Some(own.port())
+            && (ip == own.ip() || (own.ip().is_unspecified() && ip.is_loopback()))
     }
 
     /// Why `ip` may not be reached, or `None` if it may.
@@ -146,7 +156,9 @@ impl HttpClient {
             .user_agent(concat!("hookflow/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(60))
-            .dns_resolver(Arc::new(GuardedResolver { policy: policy.clone() }))
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: policy.clone(),
+            }))
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
                 if attempt.previous().len() >= 5 {
                     return attempt.error("too many redirects (more than 5)");
@@ -210,7 +222,8 @@ impl Resolve for GuardedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let mut refusals = Vec::new();
             let allowed: Vec<SocketAddr> = resolved
                 .into_iter()
@@ -223,7 +236,9 @@ impl Resolve for GuardedResolver {
                 })
                 .collect();
             if allowed.is_empty() {
-                let why = refusals.pop().unwrap_or_else(|| format!("`{host}` did not resolve"));
+                let why = refusals
+                    .pop()
+                    .unwrap_or_else(|| format!("`{host}` did not resolve"));
                 return Err(format!("{host}: {why}").into());
             }
             let addrs: Addrs = Box::new(allowed.into_iter());
@@ -243,7 +258,19 @@ mod tests {
     #[test]
     fn refuses_non_public_addresses_unless_allowed() {
         let policy = OutboundPolicy::default();
-        for refused in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "0.0.0.0", "100.64.0.1"] {
+        for refused in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+            "100.64.0.1",
+        ] {
             assert!(policy.refusal(ip(refused)).is_some(), "{refused} allowed");
         }
         for allowed in ["93.184.216.34", "2606:4700::1111", "8.8.8.8"] {
@@ -264,7 +291,10 @@ mod tests {
         assert!("::1/128".parse::<Network>().is_ok());
         assert!("10.0.0.0/33".parse::<Network>().is_err());
         assert!("nonsense".parse::<Network>().is_err());
-        assert!("0.0.0.0/0".parse::<Network>().unwrap().contains(ip("1.2.3.4")));
+        assert!("0.0.0.0/0"
+            .parse::<Network>()
+            .unwrap()
+            .contains(ip("1.2.3.4")));
     }
 
     #[test]
@@ -275,9 +305,16 @@ mod tests {
         assert!(client.check_url(&url("http://localhost:9/x")).is_err());
         assert!(client.check_url(&url("ftp://example.com/x")).is_err());
         assert!(client.check_url(&url("https://example.com/x")).is_ok());
-        let own = OutboundPolicy { allow: vec![], own_address: Some("127.0.0.1:8080".parse().unwrap()) };
+        let own = OutboundPolicy {
+            allow: vec![],
+            own_address: Some("127.0.0.1:8080".parse().unwrap()),
+        };
         let client = HttpClient::new(own).unwrap();
-        assert!(client.check_url(&url("http://127.0.0.1:8080/inspect/x")).is_ok());
-        assert!(client.check_url(&url("http://127.0.0.1:8081/inspect/x")).is_err());
+        assert!(client
+            .check_url(&url("http://127.0.0.1:8080/inspect/x"))
+            .is_ok());
+        assert!(client
+            .check_url(&url("http://127.0.0.1:8081/inspect/x"))
+            .is_err());
     }
 }

@@ -25,8 +25,15 @@ async fn list_flows(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     for flow in state.engine.catalog().all() {
         let catch_url = match flow.trigger {
             Trigger::Webhook { .. } => {
-                let token = state.engine.hook_token(&flow.id).await.map_err(|e| ApiError::unavailable(&e))?;
-                Some(format!("{}/hooks/catch/{}/{token}", state.base_url, flow.id))
+                let token = state
+                    .engine
+                    .hook_token(&flow.id)
+                    .await
+                    .map_err(|e| ApiError::unavailable(&e))?;
+                Some(format!(
+                    "{}/hooks/catch/{}/{token}",
+                    state.base_url, flow.id
+                ))
             }
             Trigger::Manual => None,
         };
@@ -37,7 +44,9 @@ async fn list_flows(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 
 fn flow_json(flow: &Flow, catch_url: Option<String>) -> Value {
     let trigger = match flow.trigger {
-        Trigger::Webhook { respond, .. } => json!({ "type": "webhook", "respond": format!("{respond:?}").to_lowercase() }),
+        Trigger::Webhook { respond, .. } => {
+            json!({ "type": "webhook", "respond": format!("{respond:?}").to_lowercase() })
+        }
         Trigger::Manual => json!({ "type": "manual" }),
     };
     let steps: Vec<Value> = flow
@@ -59,12 +68,29 @@ struct RunsParams {
     limit: Option<usize>,
 }
 
-async fn list_runs(State(state): State<AppState>, Query(params): Query<RunsParams>) -> Result<Json<Value>, ApiError> {
-    let bad = |field: &'static str, e: String| ApiError::bad_request("invalid_parameter", format!("`{field}`: {e}"));
+async fn list_runs(
+    State(state): State<AppState>,
+    Query(params): Query<RunsParams>,
+) -> Result<Json<Value>, ApiError> {
+    let bad = |field: &'static str, e: String| {
+        ApiError::bad_request("invalid_parameter", format!("`{field}`: {e}"))
+    };
     let query = RunQuery {
-        flow_id: params.flow.map(|f| f.parse::<FlowId>()).transpose().map_err(|e| bad("flow", e.to_string()))?,
-        status: params.status.map(|s| s.parse::<RunStatus>()).transpose().map_err(|e| bad("status", e))?,
-        before: params.cursor.map(|c| c.parse::<RunId>()).transpose().map_err(|e| bad("cursor", e.to_string()))?,
+        flow_id: params
+            .flow
+            .map(|f| f.parse::<FlowId>())
+            .transpose()
+            .map_err(|e| bad("flow", e.to_string()))?,
+        status: params
+            .status
+            .map(|s| s.parse::<RunStatus>())
+            .transpose()
+            .map_err(|e| bad("status", e))?,
+        before: params
+            .cursor
+            .map(|c| c.parse::<RunId>())
+            .transpose()
+            .map_err(|e| bad("cursor", e.to_string()))?,
         limit: params.limit.unwrap_or(50).clamp(1, 1000),
     };
     let page = state.engine.store().list_runs(&query).await?;
@@ -81,10 +107,20 @@ fn run_summary(run: &Run) -> Value {
     })
 }
 
-async fn show_run(State(state): State<AppState>, Path(run_id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let run_id: RunId = run_id.parse().map_err(|e: hookflow_engine::ids::InvalidId| ApiError::bad_request("invalid_run_id", e.to_string()))?;
+async fn show_run(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let run_id: RunId = run_id
+        .parse()
+        .map_err(|e: hookflow_engine::ids::InvalidId| {
+            ApiError::bad_request("invalid_run_id", e.to_string())
+        })?;
     let store = state.engine.store();
-    let run = store.run(run_id).await?.ok_or_else(|| ApiError::not_found(format!("no run {run_id}")))?;
+    let run = store
+        .run(run_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run {run_id}")))?;
     let event = store.event(run.event_id).await?;
     let records = store.step_records(run_id).await?;
     // Steps in flow order; a step that has not run yet shows its status without a record.

@@ -22,7 +22,10 @@ use super::{ApiError, AppState};
 const DROPPED_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 
 pub(super) fn router() -> Router<AppState> {
-    Router::new().route("/hooks/catch/{flow_id}/{token}", get(catch).post(catch).put(catch))
+    Router::new().route(
+        "/hooks/catch/{flow_id}/{token}",
+        get(catch).post(catch).put(catch),
+    )
 }
 
 async fn catch(
@@ -33,11 +36,29 @@ async fn catch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let unknown = || ApiError::not_found("no catch hook at this URL: check the flow id and token (`hookflow hooks` lists them)");
+    let unknown = || {
+        ApiError::not_found(
+            "no catch hook at this URL: check the flow id and token (`hookflow hooks` lists them)",
+        )
+    };
     let flow_id: FlowId = flow_id.parse().map_err(|_| unknown())?;
-    let flow = state.engine.catalog().current(&flow_id).ok_or_else(unknown)?;
-    let Trigger::Webhook { respond, respond_timeout } = flow.trigger else { return Err(unknown()) };
-    let expected = state.engine.hook_token(&flow_id).await.map_err(|e| ApiError::unavailable(&e))?;
+    let flow = state
+        .engine
+        .catalog()
+        .current(&flow_id)
+        .ok_or_else(unknown)?;
+    let Trigger::Webhook {
+        respond,
+        respond_timeout,
+    } = flow.trigger
+    else {
+        return Err(unknown());
+    };
+    let expected = state
+        .engine
+        .hook_token(&flow_id)
+        .await
+        .map_err(|e| ApiError::unavailable(&e))?;
     if !constant_time_eq(expected.as_bytes(), token.as_bytes()) {
         return Err(unknown());
     }
@@ -46,15 +67,25 @@ async fn catch(
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the body is larger than this hook accepts ({} bytes)", state.max_body_bytes),
+            format!(
+                "the body is larger than this hook accepts ({} bytes)",
+                state.max_body_bytes
+            ),
         )
     };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|n| n > state.max_body_bytes) {
         return Err(too_large());
     }
-    let bytes = to_bytes(body, state.max_body_bytes).await.map_err(|_| too_large())?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let bytes = to_bytes(body, state.max_body_bytes)
+        .await
+        .map_err(|_| too_large())?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let trigger = json!({
         "method": method.as_str(),
         "headers": header_map(&headers),
@@ -63,12 +94,26 @@ async fn catch(
         "received_at": Timestamp::now(),
     });
 
-    let accepted = state.engine.ingest(&flow, trigger).await.map_err(|e| ApiError::unavailable(&e))?;
+    let accepted = state
+        .engine
+        .ingest(&flow, trigger)
+        .await
+        .map_err(|e| ApiError::unavailable(&e))?;
     let ids = json!({ "event_id": accepted.event_id, "run_id": accepted.run_id });
     if respond == Respond::Accepted {
-        return Ok((StatusCode::OK, Json(json!({ "status": "queued", "event_id": ids["event_id"], "run_id": ids["run_id"] }))).into_response());
+        return Ok((
+            StatusCode::OK,
+            Json(
+                json!({ "status": "queued", "event_id": ids["event_id"], "run_id": ids["run_id"] }),
+            ),
+        )
+            .into_response());
     }
-    let run = state.engine.wait_for(accepted.run_id, respond_timeout).await.map_err(|e| ApiError::unavailable(&e))?;
+    let run = state
+        .engine
+        .wait_for(accepted.run_id, respond_timeout)
+        .await
+        .map_err(|e| ApiError::unavailable(&e))?;
     match run {
         Some(run) if run.status.is_final() => {
             let records = state.engine.store().step_records(run.id).await?;
@@ -77,7 +122,12 @@ async fn catch(
                 .steps
                 .iter()
                 .rev()
-                .find_map(|s| records.iter().find(|r| r.step_id == s.id).and_then(|r| r.output.clone()))
+                .find_map(|s| {
+                    records
+                        .iter()
+                        .find(|r| r.step_id == s.id)
+                        .and_then(|r| r.output.clone())
+                })
                 .unwrap_or(Value::Null);
             let answer = json!({
                 "status": run.status, "event_id": ids["event_id"], "run_id": ids["run_id"],
@@ -97,14 +147,24 @@ fn parse_body(content_type: &str, bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.is_empty() {
         return Ok(Value::Null);
     }
-    let mime = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     if mime == "application/json" || mime.ends_with("+json") {
-        return serde_json::from_slice(bytes)
-            .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")));
+        return serde_json::from_slice(bytes).map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+        });
     }
     if mime == "application/x-www-form-urlencoded" {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes)
-            .map_err(|e| ApiError::bad_request("invalid_form", format!("the body is not valid form data: {e}")))?;
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_form",
+                format!("the body is not valid form data: {e}"),
+            )
+        })?;
         return Ok(pairs_to_object(pairs));
     }
     if mime.is_empty() {
@@ -147,7 +207,10 @@ fn header_map(headers: &HeaderMap) -> Value {
         if DROPPED_HEADERS.contains(&name.as_str()) {
             continue;
         }
-        map.insert(name.as_str().to_owned(), json!(String::from_utf8_lossy(value.as_bytes())));
+        map.insert(
+            name.as_str().to_owned(),
+            json!(String::from_utf8_lossy(value.as_bytes())),
+        );
     }
     Value::Object(map)
 }
@@ -163,9 +226,15 @@ mod tests {
 
     #[test]
     fn bodies_parse_by_content_type() {
-        assert_eq!(parse_body("application/json", br#"{"a":1}"#).unwrap(), json!({"a": 1}));
+        assert_eq!(
+            parse_body("application/json", br#"{"a":1}"#).unwrap(),
+            json!({"a": 1})
+        );
         assert_eq!(parse_body("", br#"{"a":1}"#).unwrap(), json!({"a": 1}));
-        assert_eq!(parse_body("application/x-www-form-urlencoded", b"a=1&b=x&a=2").unwrap(), json!({"a": ["1", "2"], "b": "x"}));
+        assert_eq!(
+            parse_body("application/x-www-form-urlencoded", b"a=1&b=x&a=2").unwrap(),
+            json!({"a": ["1", "2"], "b": "x"})
+        );
         assert_eq!(parse_body("text/plain", b"hello").unwrap(), json!("hello"));
         assert_eq!(parse_body("application/json", b"").unwrap(), Value::Null);
         assert!(parse_body("application/json; charset=utf-8", b"{nope").is_err());

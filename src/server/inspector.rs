@@ -42,7 +42,9 @@ impl Inspector {
 
     fn summary(&self) -> Vec<Value> {
         let bins = self.bins.lock().expect("inspector lock");
-        bins.iter().map(|(name, l)| json!({ "bin": name, "requests": l.len() })).collect()
+        bins.iter()
+            .map(|(name, l)| json!({ "bin": name, "requests": l.len() }))
+            .collect()
     }
 }
 
@@ -65,7 +67,12 @@ async fn receive(
     let parsed = serde_json::from_slice::<Value>(&body).unwrap_or_else(|_| json!(text));
     let headers: serde_json::Map<String, Value> = headers
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), json!(String::from_utf8_lossy(v.as_bytes()))))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                json!(String::from_utf8_lossy(v.as_bytes())),
+            )
+        })
         .collect();
     let received_at = Timestamp::now();
     state.inspector.record(
@@ -79,10 +86,14 @@ async fn list_bins(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "bins": state.inspector.summary() }))
 }
 
-async fn show_bin(State(state): State<AppState>, Path(bin): Path<String>) -> Result<Json<Value>, ApiError> {
-    let requests = state
-        .inspector
-        .requests(&bin)
-        .ok_or_else(|| ApiError::not_found(format!("the inspector has received nothing at /inspect/{bin} yet")))?;
+async fn show_bin(
+    State(state): State<AppState>,
+    Path(bin): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let requests = state.inspector.requests(&bin).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "the inspector has received nothing at /inspect/{bin} yet"
+        ))
+    })?;
     Ok(Json(json!({ "bin": bin, "requests": requests })))
 }

@@ -38,9 +38,14 @@ pub fn router(state: AppState) -> Router {
         .merge(hooks::router())
         .merge(api::router())
         .merge(inspector::router())
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
         .merge(hookflow_web_ui::router())
-        .fallback(|| async { ApiError::not_found("nothing here: see /api/v1/flows for this server's flows") })
+        .fallback(|| async {
+            ApiError::not_found("nothing here: see /api/v1/flows for this server's flows")
+        })
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -56,7 +61,11 @@ pub struct ApiError {
 impl ApiError {
     /// Any status, code and detail.
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, code, detail: detail.into() }
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+        }
     }
 
     /// 404.
@@ -88,6 +97,10 @@ impl From<hookflow_engine::store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "code": self.code, "detail": self.detail }))).into_response()
+        (
+            self.status,
+            Json(json!({ "code": self.code, "detail": self.detail })),
+        )
+            .into_response()
     }
 }

@@ -38,7 +38,13 @@ impl Problems<'_> {
 
     fn push(&mut self, path: &str, line: usize, col: usize, message: String) {
         let file = self.file.to_owned();
-        self.errors.push(FlowError { file, line, col, path: path.to_owned(), message });
+        self.errors.push(FlowError {
+            file,
+            line,
+            col,
+            path: path.to_owned(),
+            message,
+        });
     }
 }
 
@@ -51,7 +57,11 @@ pub fn parse_flow(
 ) -> Result<Flow, Vec<FlowError>> {
     // serde_yaml misreads a leading byte-order mark; editors on Windows add one.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut problems = Problems { file, index: PositionIndex::new(text), errors: Vec::new() };
+    let mut problems = Problems {
+        file,
+        index: PositionIndex::new(text),
+        errors: Vec::new(),
+    };
     let spec: FlowSpec = match serde_yaml::from_str(text) {
         Ok(spec) => spec,
         Err(e) => {
@@ -62,19 +72,41 @@ pub fn parse_flow(
         }
     };
 
-    let id = spec.id.parse::<FlowId>().map_err(|e| problems.at("id", e.to_string())).ok();
+    let id = spec
+        .id
+        .parse::<FlowId>()
+        .map_err(|e| problems.at("id", e.to_string()))
+        .ok();
     let trigger = match spec.trigger {
-        TriggerSpec { webhook: Some(w), manual: None } => Trigger::Webhook {
+        TriggerSpec {
+            webhook: Some(w),
+            manual: None,
+        } => Trigger::Webhook {
             respond: w.respond,
             respond_timeout: w.respond_timeout.map_or(DEFAULT_RESPOND_TIMEOUT, |d| d.0),
         },
-        TriggerSpec { webhook: None, manual: Some(_) } => Trigger::Manual,
-        TriggerSpec { webhook: Some(_), manual: Some(_) } => {
-            problems.at("trigger.manual", "a flow has one trigger: `webhook` or `manual` (any flow can also be run by hand)");
+        TriggerSpec {
+            webhook: None,
+            manual: Some(_),
+        } => Trigger::Manual,
+        TriggerSpec {
+            webhook: Some(_),
+            manual: Some(_),
+        } => {
+            problems.at(
+                "trigger.manual",
+                "a flow has one trigger: `webhook` or `manual` (any flow can also be run by hand)",
+            );
             Trigger::Manual
         }
-        TriggerSpec { webhook: None, manual: None } => {
-            problems.at("trigger", "the trigger is empty: use `webhook:` or `manual:`");
+        TriggerSpec {
+            webhook: None,
+            manual: None,
+        } => {
+            problems.at(
+                "trigger",
+                "the trigger is empty: use `webhook:` or `manual:`",
+            );
             Trigger::Manual
         }
     };
@@ -88,10 +120,25 @@ pub fn parse_flow(
     let mut first_use: HashMap<StepId, usize> = HashMap::new();
     for (i, step_spec) in spec.steps.into_iter().enumerate() {
         let prev = steps.last().map(|s: &Step| s.id.clone());
-        let built = build_step(i, step_spec, prev, registry, env, &mut compiler, &mut secrets, &mut problems);
+        let built = build_step(
+            i,
+            step_spec,
+            prev,
+            registry,
+            env,
+            &mut compiler,
+            &mut secrets,
+            &mut problems,
+        );
         let Some(step) = built else { continue };
         if let Some(first) = first_use.get(&step.id) {
-            problems.at(&format!("steps[{i}].id"), format!("duplicate step id `{}` (first used by steps[{first}])", step.id));
+            problems.at(
+                &format!("steps[{i}].id"),
+                format!(
+                    "duplicate step id `{}` (first used by steps[{first}])",
+                    step.id
+                ),
+            );
             continue;
         }
         first_use.insert(step.id.clone(), i);
@@ -131,16 +178,31 @@ fn build_step(
     let here = format!("steps[{i}]");
     let id = match &spec.id {
         None => {
-            problems.at(&here, "missing field `id`: every step needs an id, e.g. `id: notify_sales`");
+            problems.at(
+                &here,
+                "missing field `id`: every step needs an id, e.g. `id: notify_sales`",
+            );
             None
         }
-        Some(raw) => raw.parse::<StepId>().map_err(|e| problems.at(&format!("{here}.id"), e.to_string())).ok(),
+        Some(raw) => raw
+            .parse::<StepId>()
+            .map_err(|e| problems.at(&format!("{here}.id"), e.to_string()))
+            .ok(),
     };
-    let known = || registry.kinds().map(|(k, _)| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+    let known = || {
+        registry
+            .kinds()
+            .map(|(k, _)| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let mut kinds = spec.kinds.into_iter();
     let (kind_name, mut config) = match (kinds.next(), kinds.next()) {
         (None, _) => {
-            problems.at(&here, format!("the step has no kind: add one of {}", known()));
+            problems.at(
+                &here,
+                format!("the step has no kind: add one of {}", known()),
+            );
             return None;
         }
         (Some(first), Some(second)) => {
@@ -200,7 +262,11 @@ fn build_step(
         name: spec.name,
         kind,
         needs,
-        retry: spec.retry.as_ref().map(RetryPolicy::from_spec).unwrap_or_default(),
+        retry: spec
+            .retry
+            .as_ref()
+            .map(RetryPolicy::from_spec)
+            .unwrap_or_default(),
         timeout: spec.timeout.map_or(DEFAULT_STEP_TIMEOUT, |d| d.0),
         action: action?,
         line,
@@ -219,7 +285,10 @@ fn check_graph(steps: &[Step], index_of: &HashMap<StepId, usize>, problems: &mut
                 let hint = closest(need.as_str(), known.iter().copied())
                     .map(|c| format!(" (did you mean `{c}`?)"))
                     .unwrap_or_default();
-                problems.at(&format!("steps[{i}].needs[{j}]"), format!("`needs` names an unknown step `{need}`{hint}"));
+                problems.at(
+                    &format!("steps[{i}].needs[{j}]"),
+                    format!("`needs` names an unknown step `{need}`{hint}"),
+                );
             }
         }
     }
@@ -268,7 +337,10 @@ fn check_graph(steps: &[Step], index_of: &HashMap<StepId, usize>, problems: &mut
             if let Some(cycle) = visit(&step.id, &by_id, &mut marks, &mut Vec::new()) {
                 let i = index_of[cycle[0]];
                 let path: Vec<&str> = cycle.iter().map(|s| s.as_str()).collect();
-                problems.at(&format!("steps[{i}].needs"), format!("the steps form a cycle: {}", path.join(" → ")));
+                problems.at(
+                    &format!("steps[{i}].needs"),
+                    format!("the steps form a cycle: {}", path.join(" → ")),
+                );
                 return;
             }
         }
@@ -280,8 +352,11 @@ fn unknown_key_message(key: &str, registry: &Registry) -> String {
     let hint = closest(key, kinds.iter().copied().chain(COMMON_STEP_KEYS))
         .map(|c| format!("did you mean `{c}`? "))
         .unwrap_or_default();
-    format!("unknown step kind or field `{key}`: {hint}step kinds are {}; other step fields are {}",
-        kinds.join(", "), COMMON_STEP_KEYS.join(", "))
+    format!(
+        "unknown step kind or field `{key}`: {hint}step kinds are {}; other step fields are {}",
+        kinds.join(", "),
+        COMMON_STEP_KEYS.join(", ")
+    )
 }
 
 /// The field name in a serde "unknown field `x`" message.
@@ -302,7 +377,7 @@ fn strip_location(message: &str) -> String {
 fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .map(|c| (edit_distance(word, c), c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
@@ -328,8 +403,19 @@ mod tests {
 
     #[test]
     fn suggests_close_names_only() {
-        assert_eq!(closest("htp", ["filter", "map", "http"].into_iter()), Some("http"));
-        assert_eq!(closest("webhook_sender", ["filter", "map", "http"].into_iter()), None);
+        assert_eq!(
+            closest("htp", ["filter", "map", "http"].into_iter()),
+            Some("http")
+        );
+        assert_eq!(
+            closest("webhook_sender", ["filter", "map", "http"].into_iter()),
+            None
+        );
+        assert_eq!(closest("zz", ["a", "b"].into_iter()), None);
+        assert_eq!(
+            closest("metod", ["method", "url"].into_iter()),
+            Some("method")
+        );
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

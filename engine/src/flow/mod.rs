@@ -135,7 +135,10 @@ pub fn process_env(name: &str) -> Option<String> {
 
 /// Whether a path names a flow file (`.yaml`/`.yml`, not a `.test.yaml` flow test).
 pub fn is_flow_file(path: &Path) -> bool {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     (name.ends_with(".yaml") || name.ends_with(".yml")) && !name.contains(".test.")
 }
 
@@ -168,7 +171,11 @@ pub fn flow_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FlowError> {
 
 /// Loads and validates the flows at `paths` (files or directories). Returns the valid flows and
 /// every problem found; two files with the same flow id are a problem too.
-pub fn load(paths: &[PathBuf], registry: &Registry, env: EnvLookup<'_>) -> (Vec<Flow>, Vec<FlowError>) {
+pub fn load(
+    paths: &[PathBuf],
+    registry: &Registry,
+    env: EnvLookup<'_>,
+) -> (Vec<Flow>, Vec<FlowError>) {
     let files = match flow_files(paths) {
         Ok(files) => files,
         Err(e) => return (Vec::new(), vec![e]),
@@ -193,7 +200,13 @@ pub fn load_sources(
             Ok(t) => t,
             Err(e) => {
                 let message = format!("cannot read: {e}");
-                errors.push(FlowError { file, line: 1, col: 1, path: String::new(), message });
+                errors.push(FlowError {
+                    file,
+                    line: 1,
+                    col: 1,
+                    path: String::new(),
+                    message,
+                });
                 continue;
             }
         };

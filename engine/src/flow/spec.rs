@@ -181,9 +181,13 @@ pub struct HumanDuration(pub Duration);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map(HumanDuration).map_err(|e| {
-            de::Error::custom(format!("`{text}` is not a duration like `30s`, `5m` or `2h` ({e})"))
-        })
+        humantime::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(|e| {
+                de::Error::custom(format!(
+                    "`{text}` is not a duration like `30s`, `5m` or `2h` ({e})"
+                ))
+            })
     }
 }
 

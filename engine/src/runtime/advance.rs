@@ -57,7 +57,11 @@ pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun
         .iter()
         .map(|s| StepProgress {
             id: s.id.clone(),
-            status: if s.needs.is_empty() { StepStatus::Queued } else { StepStatus::Pending },
+            status: if s.needs.is_empty() {
+                StepStatus::Queued
+            } else {
+                StepStatus::Pending
+            },
         })
         .collect();
     let items = flow.roots().map(|s| item(run_id, &s.id, 1, now)).collect();
@@ -77,7 +81,13 @@ pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun
 }
 
 fn item(run_id: RunId, step: &StepId, attempt: u32, due_at: Timestamp) -> QueueItem {
-    QueueItem { id: ItemId::new(), run_id, step_id: step.clone(), attempt, due_at }
+    QueueItem {
+        id: ItemId::new(),
+        run_id,
+        step_id: step.clone(),
+        attempt,
+        due_at,
+    }
 }
 
 /// How `run` changes after the attempt `done`. `previous` is the step's record before this attempt.
@@ -100,9 +110,20 @@ pub fn advance(
         StepResult::Output(v) => (StepStatus::Succeeded, Some(v.clone()), None, None),
         StepResult::Stop { output, .. } => (StepStatus::Filtered, Some(output.clone()), None, None),
         StepResult::Failed(e) => {
-            let retry_at = done.retry_in.filter(|_| !run_was_final).map(|d| now.plus(d));
-            let status = if retry_at.is_some() { StepStatus::Queued } else { StepStatus::Failed };
-            let failure = StepFailure { message: e.message.clone(), detail: e.detail.clone(), retryable: e.retryable };
+            let retry_at = done
+                .retry_in
+                .filter(|_| !run_was_final)
+                .map(|d| now.plus(d));
+            let status = if retry_at.is_some() {
+                StepStatus::Queued
+            } else {
+                StepStatus::Failed
+            };
+            let failure = StepFailure {
+                message: e.message.clone(),
+                detail: e.detail.clone(),
+                retryable: e.retryable,
+            };
             (status, None, Some(failure), retry_at)
         }
     };
@@ -147,7 +168,10 @@ pub fn advance(
                 run.status = RunStatus::Running;
                 for step in &flow.steps {
                     let ready = run.step_status(&step.id) == Some(StepStatus::Pending)
-                        && step.needs.iter().all(|n| run.step_status(n) == Some(StepStatus::Succeeded));
+                        && step
+                            .needs
+                            .iter()
+                            .all(|n| run.step_status(n) == Some(StepStatus::Succeeded));
                     if ready {
                         run.set_step_status(&step.id, StepStatus::Queued);
                         enqueue.push(item(run.id, &step.id, 1, now));
@@ -159,7 +183,11 @@ pub fn advance(
             }
         }
     }
-    Some(RunUpdate { run, records: vec![record], enqueue })
+    Some(RunUpdate {
+        run,
+        records: vec![record],
+        enqueue,
+    })
 }
 
 /// Ends a run: the steps that had not run are skipped.

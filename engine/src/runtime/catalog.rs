@@ -22,7 +22,11 @@ pub struct Catalog {
 impl Catalog {
     /// An empty catalog building flows with `registry`.
     pub fn new(registry: Registry) -> Self {
-        Self { registry, current: RwLock::default(), revisions: RwLock::default() }
+        Self {
+            registry,
+            current: RwLock::default(),
+            revisions: RwLock::default(),
+        }
     }
 
     /// The step kinds flows may use.
@@ -33,8 +37,14 @@ impl Catalog {
     /// Makes `flow` the current revision of its id.
     pub fn deploy(&self, flow: Arc<Flow>) {
         let key = (flow.id.clone(), flow.revision.clone());
-        self.revisions.write().expect("catalog lock").insert(key, flow.clone());
-        self.current.write().expect("catalog lock").insert(flow.id.clone(), flow);
+        self.revisions
+            .write()
+            .expect("catalog lock")
+            .insert(key, flow.clone());
+        self.current
+            .write()
+            .expect("catalog lock")
+            .insert(flow.id.clone(), flow);
     }
 
     /// The current revision of a flow.
@@ -44,13 +54,24 @@ impl Catalog {
 
     /// Every deployed flow, by id.
     pub fn all(&self) -> Vec<Arc<Flow>> {
-        let mut flows: Vec<_> = self.current.read().expect("catalog lock").values().cloned().collect();
+        let mut flows: Vec<_> = self
+            .current
+            .read()
+            .expect("catalog lock")
+            .values()
+            .cloned()
+            .collect();
         flows.sort_by(|a, b| a.id.cmp(&b.id));
         flows
     }
 
     /// A given revision of a flow: from memory, else rebuilt from the source the store kept.
-    pub async fn revision(&self, store: &dyn Store, id: &FlowId, revision: &Revision) -> Result<Arc<Flow>> {
+    pub async fn revision(
+        &self,
+        store: &dyn Store,
+        id: &FlowId,
+        revision: &Revision,
+    ) -> Result<Arc<Flow>> {
         let key = (id.clone(), revision.clone());
         if let Some(flow) = self.revisions.read().expect("catalog lock").get(&key) {
             return Ok(flow.clone());
@@ -58,12 +79,18 @@ impl Catalog {
         let source = store
             .revision(id, revision)
             .await?
-            .ok_or_else(|| Error::RevisionMissing { flow: id.clone(), revision: revision.clone() })?;
+            .ok_or_else(|| Error::RevisionMissing {
+                flow: id.clone(),
+                revision: revision.clone(),
+            })?;
         let file = format!("{id}@{revision}");
         let flow = parse_flow(&file, &source, &self.registry, &process_env)
             .map_err(|errors: Vec<FlowError>| Error::InvalidFlow { errors })?;
         let flow = Arc::new(flow);
-        self.revisions.write().expect("catalog lock").insert(key, flow.clone());
+        self.revisions
+            .write()
+            .expect("catalog lock")
+            .insert(key, flow.clone());
         Ok(flow)
     }
 }

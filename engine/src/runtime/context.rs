@@ -26,7 +26,13 @@ const SENSITIVE_KEYS: [&str; 10] = [
 ];
 
 /// The context for an attempt of `step` in `run`.
-pub fn run_context(event: &Event, run: &Run, records: &[StepRecord], step: &StepId, attempt: u32) -> Value {
+pub fn run_context(
+    event: &Event,
+    run: &Run,
+    records: &[StepRecord],
+    step: &StepId,
+    attempt: u32,
+) -> Value {
     let steps: Map<String, Value> = records
         .iter()
         .filter(|r| r.status == StepStatus::Succeeded || r.status == StepStatus::Filtered)
@@ -76,7 +82,9 @@ pub fn redact(value: &mut Value, secrets: &[String]) {
 
 /// Redacts secrets in a text.
 pub fn redact_text(text: &str, secrets: &[String]) -> String {
-    secrets.iter().fold(text.to_owned(), |t, s| t.replace(s.as_str(), REDACTED))
+    secrets
+        .iter()
+        .fold(text.to_owned(), |t, s| t.replace(s.as_str(), REDACTED))
 }
 
 #[cfg(test)]
@@ -97,6 +105,9 @@ mod tests {
         assert_eq!(v["headers"]["X-Other"], "fine");
         assert_eq!(v["auth"]["bearer"], REDACTED);
         assert_eq!(v["list"][0], REDACTED);
-        assert_eq!(redact_text("got abc123!", &["abc123".to_owned()]), "got [redacted]!");
+        assert_eq!(
+            redact_text("got abc123!", &["abc123".to_owned()]),
+            "got [redacted]!"
+        );
     }
 }

@@ -45,7 +45,12 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { workers: 32, lease: Duration::from_secs(15 * 60), dry_run: false, no_retries: false }
+        Self {
+            workers: 32,
+            lease: Duration::from_secs(15 * 60),
+            dry_run: false,
+            no_retries: false,
+        }
     }
 }
 
@@ -80,10 +85,23 @@ pub struct Engine {
 
 impl Engine {
     /// An engine over a store; flows are added with [`Engine::deploy`].
-    pub fn new(store: Arc<dyn Store>, catalog: Catalog, http: HttpClient, config: EngineConfig) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        catalog: Catalog,
+        http: HttpClient,
+        config: EngineConfig,
+    ) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(config.workers.max(1)));
         let (finished, _) = broadcast::channel(1024);
-        Arc::new(Self { store, catalog, http, config, wake: Notify::new(), slots, finished })
+        Arc::new(Self {
+            store,
+            catalog,
+            http,
+            config,
+            wake: Notify::new(),
+            slots,
+            finished,
+        })
     }
 
     /// The store.
@@ -101,7 +119,9 @@ impl Engine {
     pub async fn deploy(&self, flows: Vec<Flow>) -> Result<Vec<(Arc<Flow>, String)>> {
         let mut deployed = Vec::with_capacity(flows.len());
         for flow in flows {
-            self.store.put_revision(&flow.id, &flow.revision, &flow.source).await?;
+            self.store
+                .put_revision(&flow.id, &flow.revision, &flow.source)
+                .await?;
             let token = self.store.hook_token(&flow.id, &new_token()).await?;
             let flow = Arc::new(flow);
             self.catalog.deploy(flow.clone());
@@ -118,8 +138,16 @@ impl Engine {
     /// Stores an event for `flow` with its new run, durably; the caller may acknowledge after this.
     pub async fn ingest(&self, flow: &Flow, trigger: Value) -> Result<Accepted> {
         let now = Timestamp::now();
-        let event = Event { id: EventId::new(), flow_id: flow.id.clone(), received_at: now, trigger };
-        let accepted = Accepted { event_id: event.id, run_id: RunId::new() };
+        let event = Event {
+            id: EventId::new(),
+            flow_id: flow.id.clone(),
+            received_at: now,
+            trigger,
+        };
+        let accepted = Accepted {
+            event_id: event.id,
+            run_id: RunId::new(),
+        };
         let new_run = advance::start(flow, event, accepted.run_id, now);
         self.store.ingest(new_run).await?;
         debug!(flow = %flow.id, run_id = %accepted.run_id, "event accepted");
@@ -154,10 +182,17 @@ impl Engine {
 
     /// Runs the dispatcher until `shutdown` resolves, then waits up to `drain` for executing steps
     /// to finish; what is left stays queued (or leased, and is recovered at the next start).
-    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>, drain: Duration) -> Result<()> {
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()>,
+        drain: Duration,
+    ) -> Result<()> {
         let recovered = self.store.requeue_expired(Timestamp(i64::MAX)).await?;
         if recovered > 0 {
-            info!(recovered, "requeued steps that were in flight when the server last stopped");
+            info!(
+                recovered,
+                "requeued steps that were in flight when the server last stopped"
+            );
         }
         tokio::pin!(shutdown);
         let mut last_sweep = Instant::now();
@@ -183,7 +218,9 @@ impl Engine {
         let workers = self.config.workers.max(1) as u32;
         match tokio::time::timeout(drain, self.slots.acquire_many(workers)).await {
             Ok(_) => info!("stopped: no step in flight"),
-            Err(_) => warn!("stopped with steps still in flight; they will run again at the next start"),
+            Err(_) => {
+                warn!("stopped with steps still in flight; they will run again at the next start")
+            }
         }
         Ok(())
     }
@@ -194,10 +231,18 @@ impl Engine {
         drop(self.slots.acquire().await.expect("semaphore never closed"));
         let free = self.slots.available_permits();
         let now = Timestamp::now();
-        let items = self.store.claim_due(now, free, now.plus(self.config.lease)).await?;
+        let items = self
+            .store
+            .claim_due(now, free, now.plus(self.config.lease))
+            .await?;
         let claimed = items.len();
         for item in items {
-            let permit = self.slots.clone().acquire_owned().await.expect("semaphore never closed");
+            let permit = self
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore never closed");
             let engine = self.clone();
             let span = info_span!("step", run_id = %item.run_id, step_id = %item.step_id, attempt = item.attempt);
             tokio::spawn(
@@ -226,29 +271,47 @@ impl Engine {
         let store = self.store.as_ref();
         let Some(run) = store.run(item.run_id).await? else {
             warn!("queue item for a run that does not exist; dropped");
-            store.update_run(item.run_id, Some(item.id), &|_| None).await?;
+            store
+                .update_run(item.run_id, Some(item.id), &|_| None)
+                .await?;
             return Ok(());
         };
-        let stale = run.status.is_final() || run.step_status(&item.step_id).is_none_or(|s| s.is_done());
+        let stale =
+            run.status.is_final() || run.step_status(&item.step_id).is_none_or(|s| s.is_done());
         if stale {
             store.update_run(run.id, Some(item.id), &|_| None).await?;
             return Ok(());
         }
-        let flow = match self.catalog.revision(store, &run.flow_id, &run.revision).await {
+        let flow = match self
+            .catalog
+            .revision(store, &run.flow_id, &run.revision)
+            .await
+        {
             Ok(flow) => flow,
             Err(e) if !e.is_retryable() => {
                 error!(error = %e, "the run's flow revision cannot be loaded; failing the step");
-                let done = self.attempted(item, Value::Null, Timestamp::now(), Instant::now(), StepResult::Failed(StepError::permanent(e.to_string())), None);
+                let done = self.attempted(
+                    item,
+                    Value::Null,
+                    Timestamp::now(),
+                    Instant::now(),
+                    StepResult::Failed(StepError::permanent(e.to_string())),
+                    None,
+                );
                 return self.commit(None, item, &done).await;
             }
             Err(e) => return Err(e),
         };
-        let event = store
-            .event(run.event_id)
-            .await?
-            .ok_or_else(|| crate::store::StoreError::Backend(format!("event {} of run {} is missing", run.event_id, run.id)))?;
+        let event = store.event(run.event_id).await?.ok_or_else(|| {
+            crate::store::StoreError::Backend(format!(
+                "event {} of run {} is missing",
+                run.event_id, run.id
+            ))
+        })?;
         let records = store.step_records(run.id).await?;
-        let step = flow.step(&item.step_id).expect("a run's steps come from its flow revision");
+        let step = flow
+            .step(&item.step_id)
+            .expect("a run's steps come from its flow revision");
         let ctx = run_context(&event, &run, &records, &step.id, item.attempt);
         let started_at = Timestamp::now();
         let clock = Instant::now();
@@ -264,9 +327,14 @@ impl Engine {
                     timeout: step.timeout,
                     http: self.http.clone(),
                 };
-                let outcome = tokio::time::timeout(step.timeout, step.action.execute(input.clone(), &cx)).await;
+                let outcome =
+                    tokio::time::timeout(step.timeout, step.action.execute(input.clone(), &cx))
+                        .await;
                 let result = match outcome {
-                    Err(_) => StepResult::Failed(StepError::transient(format!("the step timed out after {:?}", step.timeout))),
+                    Err(_) => StepResult::Failed(StepError::transient(format!(
+                        "the step timed out after {:?}",
+                        step.timeout
+                    ))),
                     Ok(Err(e)) => StepResult::Failed(e),
                     Ok(Ok(Outcome::Output(v))) => StepResult::Output(v),
                     Ok(Ok(Outcome::Stop { output, reason })) => StepResult::Stop { output, reason },
@@ -277,7 +345,9 @@ impl Engine {
         redact(&mut input, &flow.secrets);
         let result = redact_result(result, &flow.secrets);
         let retry_in = match &result {
-            StepResult::Failed(e) if e.retryable && !self.config.no_retries => step.retry.next_delay(item.attempt, e.retry_after),
+            StepResult::Failed(e) if e.retryable && !self.config.no_retries => {
+                step.retry.next_delay(item.attempt, e.retry_after)
+            }
             _ => None,
         };
         match &result {
@@ -289,7 +359,15 @@ impl Engine {
         self.commit_with(&flow, previous, item, &done).await
     }
 
-    fn attempted(&self, item: &QueueItem, input: Value, started_at: Timestamp, clock: Instant, result: StepResult, retry_in: Option<Duration>) -> Attempted {
+    fn attempted(
+        &self,
+        item: &QueueItem,
+        input: Value,
+        started_at: Timestamp,
+        clock: Instant,
+        result: StepResult,
+        retry_in: Option<Duration>,
+    ) -> Attempted {
         Attempted {
             step_id: item.step_id.clone(),
             attempt: item.attempt,
@@ -303,7 +381,9 @@ impl Engine {
 
     /// Commits an attempt for a run whose flow could not be loaded: the run fails.
     async fn commit(&self, _flow: Option<&Flow>, item: &QueueItem, done: &Attempted) -> Result<()> {
-        let StepResult::Failed(e) = &done.result else { return Ok(()) };
+        let StepResult::Failed(e) = &done.result else {
+            return Ok(());
+        };
         let reason = format!("step `{}` failed: {}", done.step_id, e.message);
         let now = Timestamp::now();
         let run = self
@@ -313,18 +393,30 @@ impl Engine {
                 run.reason = Some(reason.clone());
                 run.finished_at = Some(now);
                 run.updated_at = now;
-                Some(crate::store::RunUpdate { run, records: Vec::new(), enqueue: Vec::new() })
+                Some(crate::store::RunUpdate {
+                    run,
+                    records: Vec::new(),
+                    enqueue: Vec::new(),
+                })
             })
             .await?;
         self.announce(run);
         Ok(())
     }
 
-    async fn commit_with(&self, flow: &Flow, previous: Option<&crate::model::StepRecord>, item: &QueueItem, done: &Attempted) -> Result<()> {
+    async fn commit_with(
+        &self,
+        flow: &Flow,
+        previous: Option<&crate::model::StepRecord>,
+        item: &QueueItem,
+        done: &Attempted,
+    ) -> Result<()> {
         let now = Timestamp::now();
         let run = self
             .store
-            .update_run(item.run_id, Some(item.id), &|run| advance::advance(flow, run, previous, done, now))
+            .update_run(item.run_id, Some(item.id), &|run| {
+                advance::advance(flow, run, previous, done, now)
+            })
             .await?;
         self.announce(run);
         Ok(())
@@ -333,7 +425,10 @@ impl Engine {
     fn announce(&self, run: Option<Run>) {
         if let Some(run) = run.filter(|r| r.status.is_final()) {
             info!(run_id = %run.id, status = %run.status, "run finished");
-            let _ = self.finished.send(RunFinished { run_id: run.id, status: run.status });
+            let _ = self.finished.send(RunFinished {
+                run_id: run.id,
+                status: run.status,
+            });
         }
     }
 }
@@ -346,7 +441,10 @@ fn redact_result(result: StepResult, secrets: &[String]) -> StepResult {
         }
         StepResult::Stop { mut output, reason } => {
             redact(&mut output, secrets);
-            StepResult::Stop { output, reason: redact_text(&reason, secrets) }
+            StepResult::Stop {
+                output,
+                reason: redact_text(&reason, secrets),
+            }
         }
         StepResult::Failed(mut e) => {
             e.message = redact_text(&e.message, secrets);

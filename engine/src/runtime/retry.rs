@@ -42,8 +42,15 @@ pub enum Delays {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        let schedule = DEFAULT_SCHEDULE.iter().map(|s| Duration::from_secs(*s)).collect();
-        Self { attempts: DEFAULT_SCHEDULE.len() as u32 + 1, delays: Delays::Schedule(schedule), jitter: true }
+        let schedule = DEFAULT_SCHEDULE
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect();
+        Self {
+            attempts: DEFAULT_SCHEDULE.len() as u32 + 1,
+            delays: Delays::Schedule(schedule),
+            jitter: true,
+        }
     }
 }
 
@@ -56,7 +63,10 @@ impl RetryPolicy {
             (Some(Backoff::Fixed), i) => Delays::Fixed(i.unwrap_or(Duration::from_secs(5))),
             (Some(Backoff::Exponential), i) | (None, i @ Some(_)) => Delays::Exponential {
                 initial: i.unwrap_or(Duration::from_secs(5)),
-                max: spec.max.map(|d| d.0).unwrap_or(Duration::from_secs(3 * 3600)),
+                max: spec
+                    .max
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(3 * 3600)),
             },
             (None, None) => default.delays,
         };
@@ -69,7 +79,11 @@ impl RetryPolicy {
 
     /// A policy that never retries.
     pub fn never() -> Self {
-        Self { attempts: 1, delays: Delays::Fixed(Duration::ZERO), jitter: false }
+        Self {
+            attempts: 1,
+            delays: Delays::Fixed(Duration::ZERO),
+            jitter: false,
+        }
     }
 
     /// The delay before attempt `failed + 1`, after attempt `failed` failed; `None` when attempts
@@ -80,10 +94,14 @@ impl RetryPolicy {
         }
         let n = failed.saturating_sub(1);
         let base = match &self.delays {
-            Delays::Schedule(list) => list.get(n as usize).or(list.last()).copied().unwrap_or_default(),
-            Delays::Exponential { initial, max } => {
-                initial.saturating_mul(2u32.saturating_pow(n.min(30))).min(*max)
-            }
+            Delays::Schedule(list) => list
+                .get(n as usize)
+                .or(list.last())
+                .copied()
+                .unwrap_or_default(),
+            Delays::Exponential { initial, max } => initial
+                .saturating_mul(2u32.saturating_pow(n.min(30)))
+                .min(*max),
             Delays::Fixed(d) => *d,
         };
         let jittered = if self.jitter && !base.is_zero() {
@@ -102,8 +120,13 @@ mod tests {
 
     #[test]
     fn default_schedule_then_gives_up() {
-        let p = RetryPolicy { jitter: false, ..RetryPolicy::default() };
-        let delays: Vec<_> = (1..=6).map(|n| p.next_delay(n, None).unwrap().as_secs()).collect();
+        let p = RetryPolicy {
+            jitter: false,
+            ..RetryPolicy::default()
+        };
+        let delays: Vec<_> = (1..=6)
+            .map(|n| p.next_delay(n, None).unwrap().as_secs())
+            .collect();
         assert_eq!(delays, [5, 30, 120, 600, 3600, 10800]);
         assert_eq!(p.next_delay(7, None), None);
     }
@@ -118,9 +141,14 @@ mod tests {
             jitter: Some(false),
         };
         let p = RetryPolicy::from_spec(&spec);
-        let delays: Vec<_> = (1..=5).map(|n| p.next_delay(n, None).unwrap().as_secs()).collect();
+        let delays: Vec<_> = (1..=5)
+            .map(|n| p.next_delay(n, None).unwrap().as_secs())
+            .collect();
         assert_eq!(delays, [1, 2, 4, 5, 5]);
-        assert_eq!(p.next_delay(1, Some(Duration::from_secs(30))), Some(Duration::from_secs(30)));
+        assert_eq!(
+            p.next_delay(1, Some(Duration::from_secs(30))),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(p.next_delay(10, None), None);
     }
 

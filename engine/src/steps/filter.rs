@@ -41,7 +41,13 @@ impl Action for Filter {
         if input["passed"] == Value::Bool(true) {
             return Ok(Outcome::Output(input));
         }
-        let reason = input["reason"].as_str().unwrap_or("the conditions did not pass").to_owned();
-        Ok(Outcome::Stop { output: input, reason })
+        let reason = input["reason"]
+            .as_str()
+            .unwrap_or("the conditions did not pass")
+            .to_owned();
+        Ok(Outcome::Stop {
+            output: input,
+            reason,
+        })
     }
 }

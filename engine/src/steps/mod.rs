@@ -87,12 +87,20 @@ pub struct StepError {
 impl StepError {
     /// An error that another attempt will not fix (bad input, a 4xx).
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { message: message.into(), detail: Value::Null, retryable: false, retry_after: None }
+        Self {
+            message: message.into(),
+            detail: Value::Null,
+            retryable: false,
+            retry_after: None,
+        }
     }
 
     /// An error that another attempt may fix (a timeout, a 5xx).
     pub fn transient(message: impl Into<String>) -> Self {
-        Self { retryable: true, ..Self::permanent(message) }
+        Self {
+            retryable: true,
+            ..Self::permanent(message)
+        }
     }
 
     /// The same error with structured detail.
@@ -104,8 +112,15 @@ impl StepError {
 
 impl From<ExprError> for StepError {
     fn from(e: ExprError) -> Self {
-        let at = if e.field.is_empty() { String::new() } else { format!(" at `{}`", e.field) };
-        Self::permanent(format!("could not render the step's input{at}: {}", e.message))
+        let at = if e.field.is_empty() {
+            String::new()
+        } else {
+            format!(" at `{}`", e.field)
+        };
+        Self::permanent(format!(
+            "could not render the step's input{at}: {}",
+            e.message
+        ))
     }
 }
 
@@ -128,22 +143,34 @@ pub struct BuildContext<'a> {
 impl<'a> BuildContext<'a> {
     /// A context compiling into a flow's compiler.
     pub fn new(compiler: &'a mut Compiler) -> Self {
-        Self { compiler, errors: Vec::new() }
+        Self {
+            compiler,
+            errors: Vec::new(),
+        }
     }
 
     /// Compiles a value (its strings may be templates or JSONPaths) at config field `field`.
     pub fn value(&mut self, field: &str, value: &Value) -> Option<ValueExpr> {
-        self.compiler.value(value).map_err(|errs| self.expr_errors(field, errs)).ok()
+        self.compiler
+            .value(value)
+            .map_err(|errs| self.expr_errors(field, errs))
+            .ok()
     }
 
     /// Compiles a text template at config field `field`.
     pub fn text(&mut self, field: &str, text: &str) -> Option<TextExpr> {
-        self.compiler.text(text).map_err(|e| self.expr_errors(field, vec![e])).ok()
+        self.compiler
+            .text(text)
+            .map_err(|e| self.expr_errors(field, vec![e]))
+            .ok()
     }
 
     /// Compiles a condition at config field `field`.
     pub fn condition(&mut self, field: &str, spec: &ConditionSpec) -> Option<Condition> {
-        self.compiler.condition(spec).map_err(|errs| self.expr_errors(field, errs)).ok()
+        self.compiler
+            .condition(spec)
+            .map_err(|errs| self.expr_errors(field, errs))
+            .ok()
     }
 
     /// Records a problem at config field `field` (relative to the step's kind key).
@@ -174,8 +201,10 @@ pub fn join_path(a: &str, b: &str) -> String {
     }
 }
 
-type BuildFn =
-    fn(serde_yaml::Value, &mut BuildContext<'_>) -> Result<Option<Arc<dyn Action>>, serde_yaml::Error>;
+type BuildFn = fn(
+    serde_yaml::Value,
+    &mut BuildContext<'_>,
+) -> Result<Option<Arc<dyn Action>>, serde_yaml::Error>;
 
 /// One registered step kind.
 #[derive(Clone, Copy)]
@@ -224,7 +253,10 @@ impl Registry {
         ) -> Result<Option<Arc<dyn Action>>, serde_yaml::Error> {
             Ok(serde_yaml::from_value::<K>(config)?.build(cx))
         }
-        let entry = KindEntry { build: build::<K>, schema: |g| g.subschema_for::<K>() };
+        let entry = KindEntry {
+            build: build::<K>,
+            schema: |g| g.subschema_for::<K>(),
+        };
         self.kinds.insert(K::KIND, entry);
     }
 

@@ -64,7 +64,8 @@ pub struct RunUpdate {
 }
 
 /// Decides a run's update from its current state; `None` writes nothing (the finished item is still
-/// removed). Called again if the transaction conflicts, so it must be pure.
+/// removed). Called again if the transaction conflicts, so it must be pure; it may run under a
+/// backend lock, so it must be quick and must not call the store.
 pub type Decide<'a> = &'a (dyn Fn(Run) -> Option<RunUpdate> + Send + Sync);
 
 /// Which runs to list.
@@ -116,8 +117,9 @@ pub trait Store: Send + Sync + 'static {
         decide: Decide<'_>,
     ) -> Result<Option<Run>>;
 
-    /// Puts leased items whose lease ended at or before `now` back in the queue, due now.
-    /// Returns how many. Called at start-up with the far future to recover from a crash.
+    /// Puts leased items whose lease ended at or before `now` back in the queue, keeping their own
+    /// due time (which has passed, so they are due at once). Returns how many. Called at start-up
+    /// with the far future to recover what was in flight when the server stopped.
     async fn requeue_expired(&self, now: Timestamp) -> Result<usize>;
 
     /// One run.
@@ -136,7 +138,8 @@ pub trait Store: Send + Sync + 'static {
     async fn hook_token(&self, flow_id: &FlowId, candidate: &str) -> Result<String>;
 
     /// Keeps a flow revision's source, so runs stay explainable (and runnable) after edits.
-    async fn put_revision(&self, flow_id: &FlowId, revision: &Revision, source: &str) -> Result<()>;
+    async fn put_revision(&self, flow_id: &FlowId, revision: &Revision, source: &str)
+        -> Result<()>;
 
     /// A kept flow revision's source.
     async fn revision(&self, flow_id: &FlowId, revision: &Revision) -> Result<Option<String>>;

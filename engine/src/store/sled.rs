@@ -1,1 +1,1040 @@
-//! stub
+//! The sled backend: hookflow's embedded default store, for one node.
+//!
+//! # Layout
+//!
+//! One sled tree per kind of record, under a fixed name (`TreeName`). A name, once retired, is
+//! never reused, so an old database can never be misread by a newer binary. Keys are built so that
+//! the queries the runtime makes are range scans; values are JSON (simple and debuggable).
+//!
+//! | tree           | key                                                  | value                    |
+//! |----------------|------------------------------------------------------|--------------------------|
+//! | `events`       | event id (16 bytes)                                  | [`Event`]                |
+//! | `runs`         | run id (16 bytes: byte order is creation order)      | [`Run`]                  |
+//! | `runs_by_flow` | flow id, `0x00`, run id                              | empty (an index)         |
+//! | `step_records` | run id, step id                                      | [`StepRecord`]           |
+//! | `queue`        | `due_at` (u64 big-endian ms; before 1970 as 0), item id | [`QueueItem`]         |
+//! | `leases`       | item id                                              | lease end + [`QueueItem`] |
+//! | `hook_tokens`  | flow id                                              | token (a JSON string)    |
+//! | `revisions`    | flow id, `0x00`, revision                            | source (a JSON string)   |
+//!
+//! Flow ids are validated names (letters, digits, `_`, `-`), so they never contain `0x00` and the
+//! separator keeps one flow's prefix from matching another's. Ids are ULIDs, whose bytes sort by
+//! time, so "newest first" is a reverse scan.
+//!
+//! # Atomicity
+//!
+//! Every change that touches more than one record is one multi-tree sled transaction: ingest (event,
+//! run, index, items), claim (queue → leases), update (run, records, new items, lease removal) and
+//! requeue (leases → queue). sled 0.34 runs transactions under a process-wide lock that also excludes
+//! plain reads and writes, so a transaction sees a stable state; a transaction is also recovered
+//! all-or-nothing after a crash. Invariants kept:
+//! - a queue item is in `queue` or in `leases`, never both (every move is one transaction);
+//! - every run has exactly one `runs_by_flow` entry (written in the same transaction as the run).
+//!
+//! # Durability
+//!
+//! sled buffers writes and flushes in the background (every 500 ms by default). `ingest` and
+//! `hook_token` return only after an fsync that covers their write; concurrent callers share one
+//! fsync (`GroupCommit`). A hook token already known to be on disk is answered by a plain read. Other writes become durable with the next flush, whoever triggers it:
+//! losing one in a crash only repeats work (the finished item is still leased and gets requeued),
+//! never loses an acknowledged event. A flush covers every write made before it, so a revision put
+//! before the ingest of a run that uses it is durable when that ingest returns.
+//!
+//! What sled 0.34's flush guarantees: on Linux it writes each log buffer and syncs it with
+//! `sync_file_range`, which survives a process crash (`kill -9`) but does not flush the drive's
+//! write cache or file metadata. So after sled's flush the group commit also calls `fsync` on the
+//! log file (`db`), as sled's own background flusher does. Values larger than a quarter of a
+//! segment are written as separate blob files that sled never syncs; the segment size is raised to
+//! [`SEGMENT_SIZE`] so that events up to the catch hooks' largest accepted body (1 MiB) stay in
+//! the log.
+//!
+//! sled calls are fast and blocking, and are made directly on the async task; only the flush runs
+//! elsewhere (`flush_async`, on sled's own thread pool). While a flush syncs, sled's transactions
+//! wait (they take a process-wide lock the flush also holds, shared), so a transaction can block
+//! its worker thread for the length of an fsync.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use ::sled::transaction::{
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionError, Transactional,
+};
+use ::sled::{Config, Db, IVec, Tree};
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{Decide, NewRun, Result, RunPage, RunQuery, Store, StoreError};
+use crate::ids::{EventId, FlowId, ItemId, RunId, StepId};
+use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
+
+/// Page size of `list_runs` when the query asks for 0 runs.
+const DEFAULT_PAGE: usize = 50;
+/// The most runs `list_runs` returns at once.
+const MAX_PAGE: usize = 1000;
+/// How many scan-then-lease rounds `claim_due` makes when other claimers take its candidates.
+const CLAIM_ROUNDS: usize = 4;
+/// How many expired leases `requeue_expired` moves per transaction.
+const REQUEUE_CHUNK: usize = 512;
+
+/// The sled trees, each under a fixed name.
+///
+/// Retired names (never reuse one): none yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TreeName {
+    Events,
+    Runs,
+    RunsByFlow,
+    StepRecords,
+    Queue,
+    Leases,
+    HookTokens,
+    Revisions,
+}
+
+impl TreeName {
+    /// The tree's name in the database.
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Events => "events",
+            Self::Runs => "runs",
+            Self::RunsByFlow => "runs_by_flow",
+            Self::StepRecords => "step_records",
+            Self::Queue => "queue",
+            Self::Leases => "leases",
+            Self::HookTokens => "hook_tokens",
+            Self::Revisions => "revisions",
+        }
+    }
+}
+
+/// A leased queue item: the item and when its lease ends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Lease {
+    lease_until: Timestamp,
+    item: QueueItem,
+}
+
+/// sled's log segment size. A value over a quarter of a segment becomes an unsynced blob file; 8 MiB
+/// keeps values up to 2 MiB in the log (sled's default is 512 KiB).
+pub const SEGMENT_SIZE: usize = 8 << 20;
+
+/// The sled-backed [`Store`].
+#[derive(Debug)]
+pub struct SledStore {
+    db: Db,
+    /// sled's log file, fsynced after each flush (`None` for a temporary store, which sled never syncs).
+    log_file: Option<std::sync::Arc<std::fs::File>>,
+    events: Tree,
+    runs: Tree,
+    runs_by_flow: Tree,
+    step_records: Tree,
+    queue: Tree,
+    leases: Tree,
+    hook_tokens: Tree,
+    revisions: Tree,
+    commit: GroupCommit,
+    /// Flows whose hook token is known to be on disk. Tokens never change once stored, so these
+    /// are answered by a read, without waiting for a flush (the catch path asks on every request).
+    durable_tokens: Mutex<HashSet<FlowId>>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in a directory. Only one process may have it open at a time.
+    ///
+    /// The directory stays locked for a moment after the store is dropped (sled's I/O threads let
+    /// go of it last), so reopening at once in the same process may fail with a lock error.
+    pub fn open(path: &Path) -> Result<Self> {
+        let config = Config::new().path(path).segment_size(SEGMENT_SIZE);
+        let mut store = Self::with_config(config, &path.display().to_string())?;
+        let log = path.join("db");
+        let file = std::fs::File::open(&log).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot open sled's log {} for fsync: {e}",
+                log.display()
+            ))
+        })?;
+        store.log_file = Some(std::sync::Arc::new(file));
+        Ok(store)
+    }
+
+    /// A store in a temporary directory, deleted when the store is dropped (`hookflow run`, tests).
+    /// sled skips syncing in temporary mode: nothing in it survives a crash.
+    pub fn temporary() -> Result<Self> {
+        let config = Config::new().temporary(true).segment_size(SEGMENT_SIZE);
+        Self::with_config(config, "a temporary directory")
+    }
+
+    fn with_config(config: Config, place: &str) -> Result<Self> {
+        let db = config.open().map_err(|e| {
+            StoreError::Backend(format!("cannot open the sled store in {place}: {e}"))
+        })?;
+        let tree = |name: TreeName| {
+            db.open_tree(name.name())
+                .map_err(|e| backend("open", name, &"the tree", e))
+        };
+        Ok(Self {
+            events: tree(TreeName::Events)?,
+            runs: tree(TreeName::Runs)?,
+            runs_by_flow: tree(TreeName::RunsByFlow)?,
+            step_records: tree(TreeName::StepRecords)?,
+            queue: tree(TreeName::Queue)?,
+            leases: tree(TreeName::Leases)?,
+            hook_tokens: tree(TreeName::HookTokens)?,
+            revisions: tree(TreeName::Revisions)?,
+            commit: GroupCommit::default(),
+            durable_tokens: Mutex::default(),
+            log_file: None,
+            db,
+        })
+    }
+
+    /// Waits until every write this task has made so far is on disk.
+    async fn durable(&self) -> Result<()> {
+        self.commit
+            .wait_durable(|| async {
+                self.db
+                    .flush_async()
+                    .await
+                    .map_err(|e| StoreError::Backend(format!("sled: flush failed: {e}")))?;
+                let Some(file) = self.log_file.clone() else {
+                    return Ok(());
+                };
+                tokio::task::spawn_blocking(move || file.sync_all())
+                    .await
+                    .map_err(|e| StoreError::Backend(format!("fsync task failed: {e}")))?
+                    .map_err(|e| StoreError::Backend(format!("fsync of sled's log failed: {e}")))
+            })
+            .await
+    }
+
+    fn durable_tokens(&self) -> MutexGuard<'_, HashSet<FlowId>> {
+        self.durable_tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Up to `want` queued items due at or before `now`, oldest due first, with their keys.
+    fn due_candidates(&self, now: Timestamp, want: usize) -> Result<Vec<(IVec, QueueItem)>> {
+        let now_key = due_bytes(now);
+        let mut out = Vec::new();
+        for entry in self.queue.iter() {
+            let (key, value) = entry.map_err(|e| backend("scan", TreeName::Queue, &"", e))?;
+            if key.len() < 8 || key[..8] > now_key[..] {
+                break;
+            }
+            let item: QueueItem = decode(TreeName::Queue, &key, &value)?;
+            if item.due_at > now {
+                continue; // only possible for times before 1970, which share key 0
+            }
+            out.push((key, item));
+            if out.len() == want {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves the candidates still queued to `leases`, in one transaction; returns those moved.
+    /// A candidate already gone was taken by a concurrent claimer and is skipped.
+    fn lease(
+        &self,
+        candidates: &[(IVec, QueueItem)],
+        lease_until: Timestamp,
+    ) -> Result<Vec<QueueItem>> {
+        let leases = candidates
+            .iter()
+            .map(|(_, item)| {
+                let lease = Lease {
+                    lease_until,
+                    item: item.clone(),
+                };
+                encode(TreeName::Leases, &item.id, &lease)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        (&self.queue, &self.leases)
+            .transaction(|(queue, leased)| -> TxResult<Vec<QueueItem>> {
+                let mut got = Vec::new();
+                for ((key, item), lease) in candidates.iter().zip(&leases) {
+                    if queue.remove(key)?.is_none() {
+                        continue;
+                    }
+                    leased.insert(&item.id.to_bytes()[..], lease.as_slice())?;
+                    got.push(item.clone());
+                }
+                Ok(got)
+            })
+            .map_err(tx_error("claim", TreeName::Queue))
+    }
+
+    /// Moves the given expired leases back to the queue if they are still leased and expired.
+    fn requeue(&self, expired: &[IVec], now: Timestamp) -> Result<usize> {
+        (&self.leases, &self.queue)
+            .transaction(|(leases, queue)| -> TxResult<usize> {
+                let mut moved = 0;
+                for key in expired {
+                    // Re-read: `update_run` may have finished the item since the scan.
+                    let Some(value) = leases.get(key)? else {
+                        continue;
+                    };
+                    let lease: Lease = decode(TreeName::Leases, key, &value).map_err(abort)?;
+                    if lease.lease_until > now {
+                        continue;
+                    }
+                    let item =
+                        encode(TreeName::Queue, &lease.item.id, &lease.item).map_err(abort)?;
+                    leases.remove(key)?;
+                    queue.insert(&queue_key(&lease.item)[..], item)?;
+                    moved += 1;
+                }
+                Ok(moved)
+            })
+            .map_err(tx_error("requeue", TreeName::Leases))
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        tree: &Tree,
+        name: TreeName,
+        key: &[u8],
+        what: &dyn fmt::Display,
+    ) -> Result<Option<T>> {
+        match tree.get(key).map_err(|e| backend("read", name, what, e))? {
+            Some(value) => decode(name, key, &value).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn ingest(&self, new: NewRun) -> Result<()> {
+        let event_key = new.event.id.to_bytes();
+        let event = encode(TreeName::Events, &new.event.id, &new.event)?;
+        let run_key = new.run.id.to_bytes();
+        let run = encode(TreeName::Runs, &new.run.id, &new.run)?;
+        let index_key = flow_key(&new.run.flow_id, &run_key);
+        let items = new
+            .items
+            .iter()
+            .map(|item| Ok((queue_key(item), encode(TreeName::Queue, &item.id, item)?)))
+            .collect::<Result<Vec<_>>>()?;
+
+        (&self.events, &self.runs, &self.runs_by_flow, &self.queue)
+            .transaction(|(events, runs, by_flow, queue)| -> TxResult<()> {
+                events.insert(&event_key[..], event.as_slice())?;
+                runs.insert(&run_key[..], run.as_slice())?;
+                by_flow.insert(index_key.as_slice(), IVec::default())?;
+                for (key, item) in &items {
+                    queue.insert(&key[..], item.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error("ingest", TreeName::Runs))?;
+
+        // The transaction has returned, so the write is in sled's log: the fsync this waits for
+        // covers it. Only now may the caller acknowledge the event.
+        self.durable().await
+    }
+
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        lease_until: Timestamp,
+    ) -> Result<Vec<QueueItem>> {
+        let mut claimed = Vec::new();
+        for _ in 0..CLAIM_ROUNDS {
+            let want = limit - claimed.len();
+            if want == 0 {
+                break;
+            }
+            let candidates = self.due_candidates(now, want)?;
+            if candidates.is_empty() {
+                break;
+            }
+            let got = self.lease(&candidates, lease_until)?;
+            let exhausted = got.len() == candidates.len() && candidates.len() < want;
+            claimed.extend(got);
+            if exhausted {
+                break;
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>> {
+        match self
+            .queue
+            .first()
+            .map_err(|e| backend("scan", TreeName::Queue, &"", e))?
+        {
+            Some((key, value)) => {
+                let item: QueueItem = decode(TreeName::Queue, &key, &value)?;
+                Ok(Some(item.due_at))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn update_run(
+        &self,
+        run_id: RunId,
+        done: Option<ItemId>,
+        decide: Decide<'_>,
+    ) -> Result<Option<Run>> {
+        let run_key = run_id.to_bytes();
+        let done_key = done.map(|id| id.to_bytes());
+        let trees = (
+            &self.runs,
+            &self.runs_by_flow,
+            &self.step_records,
+            &self.queue,
+            &self.leases,
+        );
+        trees
+            .transaction(
+                |(runs, by_flow, records, queue, leases)| -> TxResult<Option<Run>> {
+                    // The finished item leaves its lease whatever the decision (even with no run).
+                    if let Some(key) = &done_key {
+                        leases.remove(&key[..])?;
+                    }
+                    let Some(value) = runs.get(&run_key[..])? else {
+                        return Ok(None);
+                    };
+                    let current: Run = decode(TreeName::Runs, &run_key, &value).map_err(abort)?;
+                    // sled may run this closure again on a conflict: `decide` is pure by contract.
+                    let Some(update) = decide(current.clone()) else {
+                        return Ok(Some(current));
+                    };
+                    if update.run.id != run_id {
+                        return Err(abort(StoreError::Backend(format!(
+                            "update_run: the decision changed the run id from {run_id} to {}",
+                            update.run.id
+                        ))));
+                    }
+                    if update.run.flow_id != current.flow_id {
+                        by_flow.remove(flow_key(&current.flow_id, &run_key))?;
+                        by_flow.insert(flow_key(&update.run.flow_id, &run_key), IVec::default())?;
+                    }
+                    let run = encode(TreeName::Runs, &run_id, &update.run).map_err(abort)?;
+                    runs.insert(&run_key[..], run)?;
+                    for record in &update.records {
+                        let key = record_key(record.run_id, &record.step_id);
+                        let what = format!("{} {}", record.run_id, record.step_id);
+                        let value = encode(TreeName::StepRecords, &what, record).map_err(abort)?;
+                        records.insert(key, value)?;
+                    }
+                    for item in &update.enqueue {
+                        let value = encode(TreeName::Queue, &item.id, item).map_err(abort)?;
+                        queue.insert(&queue_key(item)[..], value)?;
+                    }
+                    Ok(Some(update.run))
+                },
+            )
+            .map_err(tx_error("update_run", TreeName::Runs))
+    }
+
+    async fn requeue_expired(&self, now: Timestamp) -> Result<usize> {
+        let mut expired = Vec::new();
+        for entry in self.leases.iter() {
+            let (key, value) = entry.map_err(|e| backend("scan", TreeName::Leases, &"", e))?;
+            let lease: Lease = decode(TreeName::Leases, &key, &value)?;
+            if lease.lease_until <= now {
+                expired.push(key);
+            }
+        }
+        let mut moved = 0;
+        for chunk in expired.chunks(REQUEUE_CHUNK) {
+            moved += self.requeue(chunk, now)?;
+        }
+        if moved > 0 {
+            tracing::info!(moved, "requeued queue items whose lease expired");
+        }
+        Ok(moved)
+    }
+
+    async fn run(&self, id: RunId) -> Result<Option<Run>> {
+        self.get(&self.runs, TreeName::Runs, &id.to_bytes(), &id)
+    }
+
+    async fn event(&self, id: EventId) -> Result<Option<Event>> {
+        self.get(&self.events, TreeName::Events, &id.to_bytes(), &id)
+    }
+
+    async fn step_records(&self, run_id: RunId) -> Result<Vec<StepRecord>> {
+        self.step_records
+            .scan_prefix(run_id.to_bytes())
+            .map(|entry| {
+                let (key, value) =
+                    entry.map_err(|e| backend("scan", TreeName::StepRecords, &run_id, e))?;
+                decode(TreeName::StepRecords, &key, &value)
+            })
+            .collect()
+    }
+
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage> {
+        let limit = match query.limit {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let wanted = |run: &Run| query.status.is_none_or(|status| run.status == status);
+        let mut runs = Vec::new();
+        match &query.flow_id {
+            None => {
+                let scan = match query.before {
+                    Some(before) => self.runs.range(..before.to_bytes()),
+                    None => self.runs.iter(),
+                };
+                for entry in scan.rev() {
+                    let (key, value) =
+                        entry.map_err(|e| backend("scan", TreeName::Runs, &"", e))?;
+                    let run: Run = decode(TreeName::Runs, &key, &value)?;
+                    if wanted(&run) {
+                        runs.push(run);
+                        if runs.len() == limit {
+                            break;
+                        }
+                    }
+                }
+            }
+            Some(flow_id) => {
+                let prefix = flow_key(flow_id, &[]);
+                let scan = match query.before {
+                    Some(before) => self
+                        .runs_by_flow
+                        .range(prefix.clone()..flow_key(flow_id, &before.to_bytes())),
+                    None => self.runs_by_flow.scan_prefix(&prefix),
+                };
+                for entry in scan.rev() {
+                    let (key, _) =
+                        entry.map_err(|e| backend("scan", TreeName::RunsByFlow, flow_id, e))?;
+                    let Some(run_id) = id16(&key[prefix.len()..]).map(RunId::from_bytes) else {
+                        return Err(corrupt(TreeName::RunsByFlow, &key, "the key is malformed"));
+                    };
+                    let Some(run) =
+                        self.get::<Run>(&self.runs, TreeName::Runs, &run_id.to_bytes(), &run_id)?
+                    else {
+                        tracing::warn!(%run_id, %flow_id, "the run index names a missing run");
+                        continue;
+                    };
+                    if wanted(&run) {
+                        runs.push(run);
+                        if runs.len() == limit {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let next = if runs.len() == limit {
+            runs.last().map(|run| run.id)
+        } else {
+            None
+        };
+        Ok(RunPage { runs, next })
+    }
+
+    async fn hook_token(&self, flow_id: &FlowId, candidate: &str) -> Result<String> {
+        let name = TreeName::HookTokens;
+        if self.durable_tokens().contains(flow_id) {
+            let key = flow_id.as_str().as_bytes();
+            if let Some(token) = self.get(&self.hook_tokens, name, key, flow_id)? {
+                return Ok(token);
+            }
+        }
+        let value = encode(name, flow_id, candidate)?;
+        let swap = self
+            .hook_tokens
+            .compare_and_swap(flow_id.as_str(), None::<&[u8]>, Some(value))
+            .map_err(|e| backend("write", name, flow_id, e))?;
+        let token = match swap {
+            Ok(()) => candidate.to_owned(),
+            Err(taken) => match taken.current {
+                Some(current) => decode(name, flow_id.as_str().as_bytes(), &current)?,
+                None => {
+                    return Err(StoreError::Backend(format!(
+                        "sled: compare-and-swap on {} for {flow_id} failed with no current value",
+                        name.name()
+                    )))
+                }
+            },
+        };
+        // Also when the token was already there: the writer that stored it may still be waiting for
+        // its fsync, and a token handed out must survive a crash.
+        self.durable().await?;
+        self.durable_tokens().insert(flow_id.clone());
+        Ok(token)
+    }
+
+    async fn put_revision(
+        &self,
+        flow_id: &FlowId,
+        revision: &Revision,
+        source: &str,
+    ) -> Result<()> {
+        let what = format!("{flow_id} {revision}");
+        let value = encode(TreeName::Revisions, &what, source)?;
+        self.revisions
+            .insert(flow_key(flow_id, revision.0.as_bytes()), value)
+            .map_err(|e| backend("write", TreeName::Revisions, &what, e))?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.durable().await
+    }
+
+    async fn revision(&self, flow_id: &FlowId, revision: &Revision) -> Result<Option<String>> {
+        let key = flow_key(flow_id, revision.0.as_bytes());
+        let what = format!("{flow_id} {revision}");
+        self.get(&self.revisions, TreeName::Revisions, &key, &what)
+    }
+}
+
+/// Group commit: concurrent callers that need their writes on disk share one fsync.
+///
+/// Each caller takes a ticket *after* its write is applied (the sled call returned, so the write
+/// is in sled's log buffer). A flush covers every write applied before the flush starts. So:
+/// 1. A caller whose ticket is at most `flushed` is done: a flush that started after its ticket
+///    was taken has completed.
+/// 2. Otherwise it takes the `flushing` mutex (one flush at a time), and checks again: the flush it
+///    waited for may have covered it.
+/// 3. Still not covered: it reads `requested` as the target *before* flushing. Every ticket up to
+///    the target was taken before that read, hence after its write was applied, hence before the
+///    flush starts: the flush covers them all. After the flush succeeds it publishes the target.
+///
+/// A caller never returns before a flush that began after its write, so a 2xx never precedes the
+/// fsync that covers the event. With N concurrent callers there are at most two flushes: the one
+/// in progress when they arrive, and one for all of them. A failed flush publishes nothing: its
+/// caller gets the error (and answers 5xx); the next waiter flushes again. A caller dropped
+/// mid-flush (client gone) releases the mutex; the next waiter flushes again.
+#[derive(Debug, Default)]
+struct GroupCommit {
+    /// Tickets taken so far: one per write that must become durable.
+    requested: AtomicU64,
+    /// Every ticket up to this one is covered by a completed flush.
+    flushed: AtomicU64,
+    /// Held by the caller running a flush.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+impl GroupCommit {
+    /// Returns once a flush (`flush`) that started after this call has completed, running one if
+    /// needed. Call it after the write is applied.
+    async fn wait_durable<F, Fut>(&self, flush: F) -> Result<()>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.flushed.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        let _flushing = self.flushing.lock().await;
+        if self.flushed.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        let target = self.requested.load(Ordering::SeqCst);
+        flush().await?;
+        self.flushed.fetch_max(target, Ordering::SeqCst);
+        tracing::trace!(target, ticket, "group commit flushed");
+        Ok(())
+    }
+}
+
+type TxResult<T> = ConflictableTransactionResult<T, StoreError>;
+
+/// A store error that aborts a transaction.
+fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+/// Maps a failed transaction to a store error naming the operation.
+fn tx_error(
+    op: &'static str,
+    tree: TreeName,
+) -> impl Fn(TransactionError<StoreError>) -> StoreError {
+    move |e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => backend(op, tree, &"(transaction)", e),
+    }
+}
+
+fn backend(op: &str, tree: TreeName, what: &dyn fmt::Display, e: ::sled::Error) -> StoreError {
+    StoreError::Backend(format!("sled: {op} {} {what}: {e}", tree.name()))
+}
+
+fn corrupt(tree: TreeName, key: &[u8], why: impl fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        tree: tree.name(),
+        detail: format!("key {}: {why}", describe_key(tree, key)),
+    }
+}
+
+fn encode<T: Serialize + ?Sized>(
+    tree: TreeName,
+    what: &dyn fmt::Display,
+    value: &T,
+) -> Result<Vec<u8>> {
+    serde_json::to_vec(value)
+        .map_err(|e| StoreError::Backend(format!("cannot encode {what} for {}: {e}", tree.name())))
+}
+
+fn decode<T: DeserializeOwned>(tree: TreeName, key: &[u8], value: &[u8]) -> Result<T> {
+    serde_json::from_slice(value).map_err(|e| corrupt(tree, key, e))
+}
+
+/// A big-endian time key: byte order is time order (times before 1970 become 0).
+fn due_bytes(at: Timestamp) -> [u8; 8] {
+    (at.millis().max(0) as u64).to_be_bytes()
+}
+
+/// `queue` key: due time, then item id (unique, and ordering items due at the same moment).
+fn queue_key(item: &QueueItem) -> [u8; 24] {
+    let mut key = [0; 24];
+    key[..8].copy_from_slice(&due_bytes(item.due_at));
+    key[8..].copy_from_slice(&item.id.to_bytes());
+    key
+}
+
+/// `runs_by_flow` and `revisions` key: flow id, `0x00`, rest.
+fn flow_key(flow_id: &FlowId, rest: &[u8]) -> Vec<u8> {
+    let flow = flow_id.as_str().as_bytes();
+    let mut key = Vec::with_capacity(flow.len() + 1 + rest.len());
+    key.extend_from_slice(flow);
+    key.push(0);
+    key.extend_from_slice(rest);
+    key
+}
+
+/// `step_records` key: run id (fixed length), then step id.
+fn record_key(run_id: RunId, step_id: &StepId) -> Vec<u8> {
+    let mut key = run_id.to_bytes().to_vec();
+    key.extend_from_slice(step_id.as_str().as_bytes());
+    key
+}
+
+fn id16(bytes: &[u8]) -> Option<[u8; 16]> {
+    bytes.try_into().ok()
+}
+
+/// A key as a person reads it (ids with their prefix), for error messages.
+fn describe_key(tree: TreeName, key: &[u8]) -> String {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let split_flow = |k: &[u8]| {
+        k.iter()
+            .position(|&b| b == 0)
+            .map(|i| (text(&k[..i]), k[i + 1..].to_vec()))
+    };
+    let described = match tree {
+        TreeName::Events => id16(key).map(|b| EventId::from_bytes(b).to_string()),
+        TreeName::Runs => id16(key).map(|b| RunId::from_bytes(b).to_string()),
+        TreeName::Leases => id16(key).map(|b| ItemId::from_bytes(b).to_string()),
+        TreeName::StepRecords => (key.len() > 16).then(|| {
+            let run = id16(&key[..16]).map(RunId::from_bytes).unwrap_or_default();
+            format!("{run} {}", text(&key[16..]))
+        }),
+        TreeName::Queue => (key.len() == 24).then(|| {
+            let due = u64::from_be_bytes(key[..8].try_into().unwrap_or_default());
+            let item = id16(&key[8..]).map(ItemId::from_bytes).unwrap_or_default();
+            format!("{} {item}", Timestamp(due as i64))
+        }),
+        TreeName::RunsByFlow => split_flow(key).and_then(|(flow, rest)| {
+            id16(&rest).map(|b| format!("{flow} {}", RunId::from_bytes(b)))
+        }),
+        TreeName::Revisions => {
+            split_flow(key).map(|(flow, rest)| format!("{flow} {}", text(&rest)))
+        }
+        TreeName::HookTokens => Some(text(key)),
+    };
+    described.unwrap_or_else(|| key.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tree names are part of the on-disk format: changing one loses data.
+    #[test]
+    fn tree_names_are_fixed_and_distinct() {
+        let all = [
+            TreeName::Events,
+            TreeName::Runs,
+            TreeName::RunsByFlow,
+            TreeName::StepRecords,
+            TreeName::Queue,
+            TreeName::Leases,
+            TreeName::HookTokens,
+            TreeName::Revisions,
+        ];
+        let names: Vec<_> = all.iter().map(|t| t.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "events",
+                "runs",
+                "runs_by_flow",
+                "step_records",
+                "queue",
+                "leases",
+                "hook_tokens",
+                "revisions"
+            ]
+        );
+    }
+
+    #[test]
+    fn queue_keys_sort_by_due_time_then_id() {
+        let item = |due: i64| QueueItem {
+            id: ItemId::new(),
+            run_id: RunId::new(),
+            step_id: "s".parse().unwrap(),
+            attempt: 1,
+            due_at: Timestamp(due),
+        };
+        let (a, b, c) = (item(5), item(256), item(70_000));
+        assert!(queue_key(&a) < queue_key(&b));
+        assert!(queue_key(&b) < queue_key(&c));
+        assert_eq!(queue_key(&item(-3))[..8], [0; 8]);
+    }
+
+    #[test]
+    fn keys_are_described_readably() {
+        let run = RunId::new();
+        let flow: FlowId = "plan-sync".parse().unwrap();
+        assert_eq!(
+            describe_key(TreeName::Runs, &run.to_bytes()),
+            run.to_string()
+        );
+        assert_eq!(
+            describe_key(TreeName::RunsByFlow, &flow_key(&flow, &run.to_bytes())),
+            format!("plan-sync {run}")
+        );
+        assert_eq!(describe_key(TreeName::Runs, b"\x01\x02"), "0102");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_record_is_reported_with_tree_and_key() {
+        let store = SledStore::temporary().unwrap();
+        let id = RunId::new();
+        store.runs.insert(id.to_bytes(), &b"{not json"[..]).unwrap();
+        match store.run(id).await {
+            Err(StoreError::Corrupt { tree, detail }) => {
+                assert_eq!(tree, "runs");
+                assert!(detail.contains(&id.to_string()), "{detail}");
+            }
+            other => panic!("expected a corrupt-record error, got {other:?}"),
+        }
+    }
+
+    /// Three callers, one flush in progress when the other two arrive: the two share the next
+    /// flush, and nobody returns before a flush that started after its ticket.
+    #[tokio::test]
+    async fn group_commit_shares_one_flush_between_waiters() {
+        use std::sync::Arc;
+        use std::sync::Mutex;
+
+        let commit = Arc::new(GroupCommit::default());
+        // Each flush records the highest ticket taken when it started.
+        let flushes = Arc::new(Mutex::new(Vec::<u64>::new()));
+        let (release_first, first_released) = tokio::sync::oneshot::channel::<()>();
+
+        let first = {
+            let (commit, flushes) = (commit.clone(), flushes.clone());
+            tokio::spawn(async move {
+                let started = commit.clone();
+                commit
+                    .wait_durable(|| async move {
+                        flushes
+                            .lock()
+                            .unwrap()
+                            .push(started.requested.load(Ordering::SeqCst));
+                        first_released.await.unwrap();
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        // Let the first caller take ticket 1 and start its (blocked) flush.
+        while flushes.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let waiter = |commit: Arc<GroupCommit>, flushes: Arc<Mutex<Vec<u64>>>| async move {
+            let started = commit.clone();
+            commit
+                .wait_durable(|| async move {
+                    flushes
+                        .lock()
+                        .unwrap()
+                        .push(started.requested.load(Ordering::SeqCst));
+                    Ok(())
+                })
+                .await
+        };
+        let second = tokio::spawn(waiter(commit.clone(), flushes.clone()));
+        let third = tokio::spawn(waiter(commit.clone(), flushes.clone()));
+        while commit.requested.load(Ordering::SeqCst) < 3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!second.is_finished() && !third.is_finished());
+        release_first.send(()).unwrap();
+        for task in [first, second, third] {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            *flushes.lock().unwrap(),
+            [1, 3],
+            "one flush for ticket 1, one for 2 and 3"
+        );
+        assert_eq!(commit.flushed.load(Ordering::SeqCst), 3);
+    }
+
+    /// Once a flow's token is on disk, asking for it again is a read: no flush.
+    #[tokio::test]
+    async fn a_durable_hook_token_is_read_without_a_flush() {
+        let store = SledStore::temporary().unwrap();
+        let flow_id: FlowId = "orders".parse().unwrap();
+        assert_eq!(store.hook_token(&flow_id, "tok-a").await.unwrap(), "tok-a");
+        let flushes = store.commit.requested.load(Ordering::SeqCst);
+        assert_eq!(store.hook_token(&flow_id, "tok-b").await.unwrap(), "tok-a");
+        assert_eq!(store.commit.requested.load(Ordering::SeqCst), flushes);
+        let other: FlowId = "refunds".parse().unwrap();
+        assert_eq!(store.hook_token(&other, "tok-c").await.unwrap(), "tok-c");
+        assert_eq!(store.commit.requested.load(Ordering::SeqCst), flushes + 1);
+    }
+
+    const CRASH_DIR: &str = "HOOKFLOW_TEST_CRASH_DIR";
+
+    /// Acknowledged ingests survive the process dying with no shutdown at all (`abort`: no
+    /// destructors, no final flush, sled's background flusher off), as after `kill -9`. The
+    /// child is this test binary, run again. (The OS keeps what was written, so this cannot tell
+    /// an fsync from a plain write: losing power is not simulated. The group-commit tests and
+    /// the order of calls in `ingest` cover the fsync.)
+    #[test]
+    fn acknowledged_ingests_survive_an_abort() {
+        if let Some(dir) = std::env::var_os(CRASH_DIR) {
+            crash_after_ingesting(Path::new(&dir));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let this_test = module_path!()
+            .split_once("::")
+            .map(|(_crate, path)| format!("{path}::acknowledged_ingests_survive_an_abort"))
+            .unwrap();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                this_test.as_str(),
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CRASH_DIR, dir.path())
+            .output()
+            .unwrap();
+        assert!(!child.status.success(), "the child was meant to abort");
+        let acked: Vec<RunId> = String::from_utf8_lossy(&child.stdout)
+            .lines()
+            .filter_map(|line| line.split_once("acked ").map(|(_, id)| id))
+            .map(|id| id.parse().unwrap())
+            .collect();
+        assert_eq!(acked.len(), 20, "child output: {child:?}");
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let store = SledStore::open(dir.path()).unwrap();
+            for id in &acked {
+                assert!(
+                    store.run(*id).await.unwrap().is_some(),
+                    "acknowledged run {id} lost"
+                );
+            }
+            let items = store
+                .claim_due(Timestamp(i64::MAX), 100, Timestamp(0))
+                .await
+                .unwrap();
+            assert_eq!(items.len(), acked.len(), "acknowledged queue items lost");
+        });
+    }
+
+    /// The child's side: ingest, print each acknowledged run id, then abort.
+    fn crash_after_ingesting(dir: &Path) -> ! {
+        use std::io::Write;
+
+        use crate::model::{Event, RunStatus};
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let config = Config::new().path(dir).flush_every_ms(None);
+            let store = SledStore::with_config(config, "the crash test directory").unwrap();
+            let flow_id: FlowId = "crash".parse().unwrap();
+            for n in 0..20 {
+                let event = Event {
+                    id: EventId::new(),
+                    flow_id: flow_id.clone(),
+                    received_at: Timestamp(n),
+                    trigger: serde_json::json!({ "n": n }),
+                };
+                let run = Run {
+                    id: RunId::new(),
+                    flow_id: flow_id.clone(),
+                    revision: Revision::of("id: crash"),
+                    event_id: event.id,
+                    status: RunStatus::Queued,
+                    created_at: Timestamp(n),
+                    updated_at: Timestamp(n),
+                    finished_at: None,
+                    steps: vec![],
+                    reason: None,
+                };
+                let item = QueueItem {
+                    id: ItemId::new(),
+                    run_id: run.id,
+                    step_id: "first".parse().unwrap(),
+                    attempt: 1,
+                    due_at: Timestamp(n),
+                };
+                let id = run.id;
+                store
+                    .ingest(NewRun {
+                        event,
+                        run,
+                        items: vec![item],
+                    })
+                    .await
+                    .unwrap();
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "acked {id}").unwrap();
+                out.flush().unwrap();
+            }
+        });
+        std::process::abort()
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_is_reported_and_the_next_caller_flushes_again() {
+        let commit = GroupCommit::default();
+        let failed = commit
+            .wait_durable(|| async { Err(StoreError::Backend("disk full".into())) })
+            .await;
+        assert!(matches!(failed, Err(StoreError::Backend(_))));
+        assert_eq!(commit.flushed.load(Ordering::SeqCst), 0);
+        let mut flushed = false;
+        commit
+            .wait_durable(|| async {
+                flushed = true;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(flushed);
+        assert_eq!(commit.flushed.load(Ordering::SeqCst), 2);
+    }
+}

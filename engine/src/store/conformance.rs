@@ -1,0 +1,951 @@
+//! The store conformance suite: what every [`Store`] backend must do, written against the trait
+//! only, so each backend runs the same checks.
+//!
+//! Each check is an async function taking a fresh store (`Arc<dyn Store>`, so checks can spawn
+//! concurrent tasks), or an [`Open`] function for checks that close and reopen the store. A backend
+//! runs the suite by generating one test per check (see `sled_backend` at the bottom).
+//!
+//! The checks use explicit timestamps, never the clock, and never sleep. Orders asserted are the
+//! trait's: claims oldest due first, runs newest first (run ids are ULIDs, which sort by time).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::task::JoinSet;
+use ulid::Ulid;
+
+use super::{NewRun, RunQuery, RunUpdate, Store};
+use crate::ids::{EventId, FlowId, ItemId, RunId, StepId};
+use crate::model::{
+    Event, QueueItem, Revision, Run, RunStatus, StepProgress, StepRecord, StepStatus, Timestamp,
+};
+
+/// Opens the store under test on the same data each time it is called. The caller drops the
+/// previous store before calling it again.
+pub(crate) type Open<'a> = &'a (dyn Fn() -> Arc<dyn Store> + Send + Sync);
+
+/// A lease end later than any time a check uses.
+const FAR_FUTURE: Timestamp = Timestamp(i64::MAX / 2);
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp(ms)
+}
+
+fn flow(name: &str) -> FlowId {
+    name.parse().unwrap()
+}
+
+fn step(name: &str) -> StepId {
+    name.parse().unwrap()
+}
+
+/// The `n`th run id of a check: ids made from increasing times sort in `n` order.
+fn run_id(n: u64) -> RunId {
+    RunId::from_ulid(Ulid::from_parts(1_700_000_000_000 + n, 0x5eed))
+}
+
+fn item(run_id: RunId, step_id: &str, due_at: Timestamp) -> QueueItem {
+    QueueItem {
+        id: ItemId::new(),
+        run_id,
+        step_id: step(step_id),
+        attempt: 1,
+        due_at,
+    }
+}
+
+/// A queued run of a two-step flow (`first`, `second`) with one item for `first` due at `due_at`.
+fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun {
+    let event = Event {
+        id: EventId::new(),
+        flow_id: flow_id.clone(),
+        received_at: due_at,
+        trigger: json!({ "method": "POST", "body": { "amount": 12, "email": "a@example.com" } }),
+    };
+    let run = Run {
+        id,
+        flow_id: flow_id.clone(),
+        revision: Revision::of("id: test"),
+        event_id: event.id,
+        status: RunStatus::Queued,
+        created_at: due_at,
+        updated_at: due_at,
+        finished_at: None,
+        steps: vec![
+            StepProgress {
+                id: step("first"),
+                status: StepStatus::Queued,
+            },
+            StepProgress {
+                id: step("second"),
+                status: StepStatus::Pending,
+            },
+        ],
+        reason: None,
+    };
+    let items = vec![item(id, "first", due_at)];
+    NewRun { event, run, items }
+}
+
+fn record(run_id: RunId, step_id: &str, output: serde_json::Value) -> StepRecord {
+    StepRecord {
+        run_id,
+        step_id: step(step_id),
+        kind: "map".into(),
+        status: StepStatus::Succeeded,
+        input: json!({ "in": step_id }),
+        output: Some(output),
+        error: None,
+        attempts: vec![],
+    }
+}
+
+/// Ingests all runs concurrently (which also exercises shared fsyncs).
+async fn ingest_all(store: &Arc<dyn Store>, runs: impl IntoIterator<Item = NewRun>) {
+    let mut tasks = JoinSet::new();
+    for new in runs {
+        let store = store.clone();
+        tasks.spawn(async move { store.ingest(new).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().expect("ingest");
+    }
+}
+
+/// Sets a run's status through `update_run`.
+async fn set_status(store: &Arc<dyn Store>, id: RunId, status: RunStatus) {
+    let decide = move |mut run: Run| {
+        run.status = status;
+        Some(RunUpdate {
+            run,
+            records: vec![],
+            enqueue: vec![],
+        })
+    };
+    store
+        .update_run(id, None, &decide)
+        .await
+        .unwrap()
+        .expect("the run exists");
+}
+
+fn ids(runs: &[Run]) -> Vec<RunId> {
+    runs.iter().map(|r| r.id).collect()
+}
+
+fn item_ids(items: &[QueueItem]) -> Vec<ItemId> {
+    items.iter().map(|i| i.id).collect()
+}
+
+/// All runs matching a query, following the cursor page by page; checks the pages don't overlap.
+async fn all_pages(store: &Arc<dyn Store>, mut query: RunQuery) -> Vec<RunId> {
+    let mut seen = Vec::new();
+    for _ in 0..1000 {
+        let page = store.list_runs(&query).await.unwrap();
+        assert!(page.runs.len() <= query.limit.max(1));
+        seen.extend(ids(&page.runs));
+        match page.next {
+            Some(next) => query.before = Some(next),
+            None => return seen,
+        }
+    }
+    panic!("list_runs never stopped paging");
+}
+
+/// An ingested event and run read back as written; unknown ids read as nothing.
+pub(crate) async fn ingest_then_read_back(store: Arc<dyn Store>) {
+    let orders = flow("orders");
+    let mut new = new_run(&orders, RunId::new(), at(1_000));
+    new.items.push(item(new.run.id, "second", at(2_000)));
+    store.ingest(new.clone()).await.unwrap();
+
+    assert_eq!(
+        store.event(new.event.id).await.unwrap(),
+        Some(new.event.clone())
+    );
+    assert_eq!(store.run(new.run.id).await.unwrap(), Some(new.run.clone()));
+    assert!(store.step_records(new.run.id).await.unwrap().is_empty());
+    assert_eq!(store.next_due().await.unwrap(), Some(at(1_000)));
+    let claimed = store.claim_due(at(5_000), 10, at(9_000)).await.unwrap();
+    assert_eq!(claimed, new.items, "both first items, oldest due first");
+
+    assert_eq!(store.run(RunId::new()).await.unwrap(), None);
+    assert_eq!(store.event(EventId::new()).await.unwrap(), None);
+    let page = store.list_runs(&RunQuery::default()).await.unwrap();
+    assert_eq!(page.runs, vec![new.run]);
+    assert_eq!(page.next, None);
+}
+
+/// Claims take only due items, oldest due first, at most `limit`, each once.
+pub(crate) async fn claim_respects_due_time_and_limit(store: Arc<dyn Store>) {
+    let f = flow("orders");
+    let runs: Vec<_> = (1..=5)
+        .map(|n| new_run(&f, run_id(n), at(n as i64 * 100)))
+        .collect();
+    let due = |n: usize| runs[n - 1].items[0].clone();
+    ingest_all(&store, runs.clone()).await;
+    let lease = at(100_000);
+
+    assert!(store.claim_due(at(99), 10, lease).await.unwrap().is_empty());
+    assert!(store.claim_due(at(500), 0, lease).await.unwrap().is_empty());
+    assert_eq!(
+        store.claim_due(at(300), 2, lease).await.unwrap(),
+        [due(1), due(2)]
+    );
+    assert_eq!(
+        store.claim_due(at(300), 2, lease).await.unwrap(),
+        [due(3)],
+        "due at now counts"
+    );
+    assert!(store.claim_due(at(300), 2, lease).await.unwrap().is_empty());
+    assert_eq!(store.next_due().await.unwrap(), Some(at(400)));
+    assert_eq!(
+        store.claim_due(at(10_000), 10, lease).await.unwrap(),
+        [due(4), due(5)]
+    );
+    assert_eq!(store.next_due().await.unwrap(), None);
+    assert!(store
+        .claim_due(FAR_FUTURE, 10, lease)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Concurrent claimers split the due items between them: every item is claimed exactly once.
+pub(crate) async fn claimed_items_are_never_claimed_twice(store: Arc<dyn Store>) {
+    let f = flow("orders");
+    let runs: Vec<_> = (0..120)
+        .map(|n| new_run(&f, RunId::new(), at(n % 17)))
+        .collect();
+    let expected: BTreeSet<ItemId> = runs.iter().map(|r| r.items[0].id).collect();
+    ingest_all(&store, runs).await;
+
+    let mut claimers = JoinSet::new();
+    for _ in 0..6 {
+        let store = store.clone();
+        claimers.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = store.claim_due(at(1_000), 7, at(60_000)).await.unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                assert!(got.len() <= 7);
+                mine.extend(item_ids(&got));
+            }
+        });
+    }
+    let mut claimed = Vec::new();
+    while let Some(mine) = claimers.join_next().await {
+        claimed.extend(mine.unwrap());
+    }
+    let unique: BTreeSet<ItemId> = claimed.iter().copied().collect();
+    assert_eq!(unique.len(), claimed.len(), "an item was claimed twice");
+    assert_eq!(unique, expected, "every item was claimed");
+    assert!(store
+        .claim_due(FAR_FUTURE, 100, FAR_FUTURE)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.requeue_expired(at(59_999)).await.unwrap(), 0);
+}
+
+/// `update_run` writes the run, its records and its next items together and ends the lease.
+pub(crate) async fn update_run_writes_atomically_and_ends_the_lease(store: Arc<dyn Store>) {
+    let f = flow("orders");
+    let new = new_run(&f, RunId::new(), at(100));
+    let id = new.run.id;
+    store.ingest(new.clone()).await.unwrap();
+    let claimed = store.claim_due(at(100), 1, at(60_000)).await.unwrap();
+    assert_eq!(claimed, new.items);
+
+    let first = record(id, "first", json!({ "plan": "PRO" }));
+    let next = item(id, "second", at(5_000));
+    let decide = |mut run: Run| {
+        run.status = RunStatus::Running;
+        run.set_step_status(&step("first"), StepStatus::Succeeded);
+        run.set_step_status(&step("second"), StepStatus::Queued);
+        run.updated_at = at(200);
+        Some(RunUpdate {
+            run,
+            records: vec![first.clone()],
+            enqueue: vec![next.clone()],
+        })
+    };
+    let written = store
+        .update_run(id, Some(claimed[0].id), &decide)
+        .await
+        .unwrap();
+    let written = written.expect("the run exists");
+    assert_eq!(written.status, RunStatus::Running);
+    assert_eq!(
+        written.step_status(&step("second")),
+        Some(StepStatus::Queued)
+    );
+    assert_eq!(store.run(id).await.unwrap(), Some(written));
+    assert_eq!(store.step_records(id).await.unwrap(), [first]);
+    assert_eq!(store.next_due().await.unwrap(), Some(at(5_000)));
+    assert!(store
+        .claim_due(at(4_999), 10, at(60_000))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.requeue_expired(FAR_FUTURE).await.unwrap(),
+        0,
+        "the lease ended"
+    );
+    assert_eq!(
+        store.claim_due(at(5_000), 10, at(60_000)).await.unwrap(),
+        std::slice::from_ref(&next)
+    );
+
+    // A record for the same run and step replaces the earlier one.
+    let first_again = record(id, "first", json!({ "plan": "TEAM" }));
+    let second = record(id, "second", json!({ "sent": true }));
+    let decide = |mut run: Run| {
+        run.status = RunStatus::Succeeded;
+        run.finished_at = Some(at(6_000));
+        Some(RunUpdate {
+            run,
+            records: vec![first_again.clone(), second.clone()],
+            enqueue: vec![],
+        })
+    };
+    store.update_run(id, Some(next.id), &decide).await.unwrap();
+    let mut records = store.step_records(id).await.unwrap();
+    records.sort_by(|a, b| a.step_id.cmp(&b.step_id));
+    assert_eq!(records, [first_again, second]);
+    assert_eq!(
+        store.run(id).await.unwrap().unwrap().status,
+        RunStatus::Succeeded
+    );
+    assert_eq!(store.requeue_expired(FAR_FUTURE).await.unwrap(), 0);
+    assert_eq!(store.next_due().await.unwrap(), None);
+}
+
+/// A decision of `None` writes nothing but still ends the lease; a missing run reads as `None`.
+pub(crate) async fn decide_none_writes_nothing_but_ends_the_lease(store: Arc<dyn Store>) {
+    let f = flow("orders");
+    let new = new_run(&f, RunId::new(), at(100));
+    let id = new.run.id;
+    store.ingest(new.clone()).await.unwrap();
+    let claimed = store.claim_due(at(100), 1, at(60_000)).await.unwrap();
+
+    let unchanged = store
+        .update_run(id, Some(claimed[0].id), &|_| None)
+        .await
+        .unwrap();
+    assert_eq!(unchanged, Some(new.run.clone()));
+    assert_eq!(store.run(id).await.unwrap(), Some(new.run));
+    assert!(store.step_records(id).await.unwrap().is_empty());
+    assert_eq!(
+        store.requeue_expired(FAR_FUTURE).await.unwrap(),
+        0,
+        "the lease ended"
+    );
+    assert_eq!(store.next_due().await.unwrap(), None);
+
+    // A run that does not exist: nothing decided, nothing written, the lease still ends.
+    let other = new_run(&f, RunId::new(), at(200));
+    store.ingest(other).await.unwrap();
+    let claimed = store.claim_due(at(200), 1, at(60_000)).await.unwrap();
+    let never = |_: Run| -> Option<RunUpdate> { panic!("decide called for a missing run") };
+    let missing = RunId::new();
+    assert_eq!(
+        store
+            .update_run(missing, Some(claimed[0].id), &never)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.run(missing).await.unwrap(), None);
+    assert_eq!(
+        store.requeue_expired(FAR_FUTURE).await.unwrap(),
+        0,
+        "the lease ended"
+    );
+}
+
+/// Many concurrent updates of one run, each appending to it: none is lost.
+pub(crate) async fn concurrent_updates_of_one_run_lose_nothing(store: Arc<dyn Store>) {
+    let f = flow("orders");
+    let new = new_run(&f, RunId::new(), at(100));
+    let id = new.run.id;
+    store.ingest(new).await.unwrap();
+
+    let mut tasks = JoinSet::new();
+    for i in 0..40 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let name = format!("s{i}");
+            let decide = |mut run: Run| {
+                run.steps.push(StepProgress {
+                    id: step(&name),
+                    status: StepStatus::Succeeded,
+                });
+                let records = vec![record(run.id, &name, json!(i))];
+                Some(RunUpdate {
+                    run,
+                    records,
+                    enqueue: vec![],
+                })
+            };
+            store
+                .update_run(id, None, &decide)
+                .await
+                .unwrap()
+                .expect("the run exists")
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let run = store.run(id).await.unwrap().unwrap();
+    let appended: BTreeSet<String> = run
+        .steps
+        .iter()
+        .skip(2)
+        .map(|s| s.id.as_str().to_owned())
+        .collect();
+    let expected: BTreeSet<String> = (0..40).map(|i| format!("s{i}")).collect();
+    assert_eq!(run.steps.len(), 42, "an update was lost or applied twice");
+    assert_eq!(appended, expected);
+    assert_eq!(store.step_records(id).await.unwrap().len(), 40);
+}
+
+/// Expired leases go back to the queue with their due time, and can be claimed again; leases
+/// still running stay leased.
+pub(crate) async fn requeue_expired_returns_ended_leases(store: Arc<dyn Store>) {
+    let f = flow("orders");
+    let runs: Vec<_> = (1..=3)
+        .map(|n| new_run(&f, run_id(n), at(n as i64 * 100)))
+        .collect();
+    let due = |n: usize| runs[n - 1].items[0].clone();
+    ingest_all(&store, runs.clone()).await;
+
+    assert_eq!(
+        store.claim_due(at(200), 10, at(1_000)).await.unwrap(),
+        [due(1), due(2)]
+    );
+    assert_eq!(
+        store.claim_due(at(300), 10, at(2_000)).await.unwrap(),
+        [due(3)]
+    );
+    assert_eq!(store.next_due().await.unwrap(), None);
+    assert_eq!(store.requeue_expired(at(999)).await.unwrap(), 0);
+    assert_eq!(
+        store.requeue_expired(at(1_000)).await.unwrap(),
+        2,
+        "ended at now counts"
+    );
+    assert_eq!(store.requeue_expired(at(1_000)).await.unwrap(), 0);
+    assert_eq!(
+        store.next_due().await.unwrap(),
+        Some(at(100)),
+        "the item keeps its due time"
+    );
+
+    let again = store.claim_due(at(1_000), 10, at(3_000)).await.unwrap();
+    assert_eq!(again, [due(1), due(2)], "the same items, unchanged");
+    assert_eq!(store.requeue_expired(FAR_FUTURE).await.unwrap(), 3);
+    let all = store.claim_due(at(1_000), 10, at(3_000)).await.unwrap();
+    assert_eq!(all, [due(1), due(2), due(3)]);
+}
+
+/// Runs list newest first; the cursor pages through all of them without overlap.
+pub(crate) async fn list_runs_pages_newest_first(store: Arc<dyn Store>) {
+    let (a, b) = (flow("alpha"), flow("beta"));
+    let runs: Vec<_> = (0..25)
+        .map(|n| new_run(if n % 2 == 0 { &a } else { &b }, run_id(n), at(100)))
+        .collect();
+    ingest_all(&store, runs).await;
+    let newest_first: Vec<RunId> = (0..25).rev().map(run_id).collect();
+
+    let page = |limit, before| RunQuery {
+        limit,
+        before,
+        ..RunQuery::default()
+    };
+    let first = store.list_runs(&page(10, None)).await.unwrap();
+    assert_eq!(ids(&first.runs), newest_first[..10]);
+    assert_eq!(first.next, Some(run_id(15)));
+    let second = store.list_runs(&page(10, first.next)).await.unwrap();
+    assert_eq!(
+        ids(&second.runs),
+        newest_first[10..20],
+        "the cursor is exclusive"
+    );
+    let third = store.list_runs(&page(10, second.next)).await.unwrap();
+    assert_eq!(ids(&third.runs), newest_first[20..]);
+    assert_eq!(third.next, None, "a short page is the last");
+
+    assert_eq!(
+        all_pages(&store, page(5, None)).await,
+        newest_first,
+        "pages of exactly 5"
+    );
+    assert_eq!(all_pages(&store, page(1, None)).await, newest_first);
+    let default = store.list_runs(&page(0, None)).await.unwrap();
+    assert_eq!(
+        ids(&default.runs),
+        newest_first,
+        "limit 0 means the default page size (50)"
+    );
+    assert_eq!(default.next, None);
+    let huge = store.list_runs(&page(usize::MAX, None)).await.unwrap();
+    assert_eq!(ids(&huge.runs), newest_first);
+
+    // A cursor need not be a stored run.
+    let between = RunId::from_ulid(Ulid::from_parts(1_700_000_000_000 + 10, 0));
+    let from_between = store.list_runs(&page(3, Some(between))).await.unwrap();
+    assert_eq!(ids(&from_between.runs), [run_id(9), run_id(8), run_id(7)]);
+    let older_than_all = store.list_runs(&page(3, Some(run_id(0)))).await.unwrap();
+    assert!(older_than_all.runs.is_empty());
+    assert_eq!(older_than_all.next, None);
+}
+
+/// Flow and status filters, alone and together, with paging.
+pub(crate) async fn list_runs_filters_by_flow_and_status(store: Arc<dyn Store>) {
+    // `acme-eu` starts with `acme`: the flow filter must not mix them.
+    let (acme, acme_eu) = (flow("acme"), flow("acme-eu"));
+    let status_of = |n: u64| match n % 4 {
+        0 => RunStatus::Failed,
+        1 => RunStatus::Succeeded,
+        2 => RunStatus::Running,
+        _ => RunStatus::Queued,
+    };
+    let flow_of = |n: u64| if n % 3 == 0 { &acme_eu } else { &acme };
+    ingest_all(
+        &store,
+        (0..30).map(|n| new_run(flow_of(n), run_id(n), at(100))),
+    )
+    .await;
+    for n in 0..30 {
+        if status_of(n) != RunStatus::Queued {
+            set_status(&store, run_id(n), status_of(n)).await;
+        }
+    }
+
+    let expect = |flow: Option<&FlowId>, status: Option<RunStatus>| -> Vec<RunId> {
+        (0..30)
+            .rev()
+            .filter(|&n| flow.is_none_or(|f| flow_of(n) == f))
+            .filter(|&n| status.is_none_or(|s| status_of(n) == s))
+            .map(run_id)
+            .collect()
+    };
+    let query = |flow: Option<&FlowId>, status, limit| RunQuery {
+        flow_id: flow.cloned(),
+        status,
+        before: None,
+        limit,
+    };
+    for flow in [None, Some(&acme), Some(&acme_eu)] {
+        for status in [None, Some(RunStatus::Failed), Some(RunStatus::Queued)] {
+            let want = expect(flow, status);
+            let one_page = store.list_runs(&query(flow, status, 100)).await.unwrap();
+            assert_eq!(
+                ids(&one_page.runs),
+                want,
+                "flow {flow:?}, status {status:?}"
+            );
+            assert!(one_page
+                .runs
+                .iter()
+                .all(|r| status.is_none_or(|s| r.status == s)));
+            let paged = all_pages(&store, query(flow, status, 2)).await;
+            assert_eq!(paged, want, "paged: flow {flow:?}, status {status:?}");
+        }
+    }
+    let filtered = query(Some(&acme), Some(RunStatus::Filtered), 10);
+    assert!(store.list_runs(&filtered).await.unwrap().runs.is_empty());
+    let unknown = query(Some(&flow("nobody")), None, 10);
+    assert!(store.list_runs(&unknown).await.unwrap().runs.is_empty());
+}
+
+/// A flow's hook token is the first one stored, for every later (and concurrent) caller.
+pub(crate) async fn hook_token_is_stable_and_first_writer_wins(store: Arc<dyn Store>) {
+    let (orders, refunds) = (flow("orders"), flow("refunds"));
+    assert_eq!(store.hook_token(&orders, "tok-a").await.unwrap(), "tok-a");
+    assert_eq!(store.hook_token(&orders, "tok-b").await.unwrap(), "tok-a");
+    assert_eq!(store.hook_token(&refunds, "tok-c").await.unwrap(), "tok-c");
+    assert_eq!(store.hook_token(&orders, "tok-d").await.unwrap(), "tok-a");
+
+    let race = flow("race");
+    let mut tasks = JoinSet::new();
+    for i in 0..16 {
+        let (store, race) = (store.clone(), race.clone());
+        tasks.spawn(async move { store.hook_token(&race, &format!("cand-{i}")).await.unwrap() });
+    }
+    let mut tokens = BTreeSet::new();
+    while let Some(token) = tasks.join_next().await {
+        tokens.insert(token.unwrap());
+    }
+    assert_eq!(tokens.len(), 1, "callers got different tokens: {tokens:?}");
+    let winner = tokens.pop_first().unwrap();
+    assert!(winner.starts_with("cand-"));
+    assert_eq!(store.hook_token(&race, "late").await.unwrap(), winner);
+}
+
+/// Revisions are kept per flow and read back exactly.
+pub(crate) async fn revisions_are_kept_per_flow(store: Arc<dyn Store>) {
+    let (orders, refunds) = (flow("orders"), flow("refunds"));
+    let source = "id: orders\nsteps:\n  - id: shape\n    map: { a: \"ü\" }\n";
+    let rev = Revision::of(source);
+    store.put_revision(&orders, &rev, source).await.unwrap();
+    store.put_revision(&orders, &rev, source).await.unwrap();
+    assert_eq!(
+        store.revision(&orders, &rev).await.unwrap().as_deref(),
+        Some(source)
+    );
+    assert_eq!(store.revision(&refunds, &rev).await.unwrap(), None);
+    assert_eq!(
+        store
+            .revision(&orders, &Revision::of("other"))
+            .await
+            .unwrap(),
+        None
+    );
+
+    let newer = "id: orders\nsteps: []\n";
+    store
+        .put_revision(&orders, &Revision::of(newer), newer)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.revision(&orders, &rev).await.unwrap().as_deref(),
+        Some(source)
+    );
+}
+
+/// Everything written survives closing and reopening the store; leases survive too, and
+/// `requeue_expired(far future)` (what start-up does) recovers them.
+pub(crate) async fn everything_survives_reopen(open: Open<'_>) {
+    let f = flow("orders");
+    let runs: Vec<_> = (1..=3)
+        .map(|n| new_run(&f, run_id(n), at(n as i64 * 100)))
+        .collect();
+    let mut third = runs[2].clone();
+    let late = item(third.run.id, "second", at(10_000));
+    third.items.push(late.clone());
+    let source = "id: orders\n";
+    let rev = Revision::of(source);
+    let first_record = record(run_id(2), "first", json!({ "ok": true }));
+
+    let store = open();
+    ingest_all(&store, [runs[0].clone(), runs[1].clone(), third.clone()]).await;
+    assert_eq!(
+        store.claim_due(at(100), 1, at(50_000)).await.unwrap(),
+        runs[0].items
+    );
+    let decide = |mut run: Run| {
+        run.status = RunStatus::Running;
+        Some(RunUpdate {
+            run,
+            records: vec![first_record.clone()],
+            enqueue: vec![],
+        })
+    };
+    let updated = store
+        .update_run(run_id(2), None, &decide)
+        .await
+        .unwrap()
+        .unwrap();
+    let token = store.hook_token(&f, "tok-1").await.unwrap();
+    store.put_revision(&f, &rev, source).await.unwrap();
+    store.flush().await.unwrap();
+    drop(store);
+
+    let store = open();
+    for new in [&runs[0], &runs[1], &third] {
+        assert_eq!(
+            store.event(new.event.id).await.unwrap().as_ref(),
+            Some(&new.event)
+        );
+    }
+    assert_eq!(
+        store.run(run_id(1)).await.unwrap(),
+        Some(runs[0].run.clone())
+    );
+    assert_eq!(store.run(run_id(2)).await.unwrap(), Some(updated));
+    assert_eq!(store.step_records(run_id(2)).await.unwrap(), [first_record]);
+    let listed = store.list_runs(&RunQuery::default()).await.unwrap();
+    assert_eq!(ids(&listed.runs), [run_id(3), run_id(2), run_id(1)]);
+    let by_flow = RunQuery {
+        flow_id: Some(f.clone()),
+        ..RunQuery::default()
+    };
+    assert_eq!(store.list_runs(&by_flow).await.unwrap().runs.len(), 3);
+    assert_eq!(store.hook_token(&f, "tok-2").await.unwrap(), token);
+    assert_eq!(
+        store.revision(&f, &rev).await.unwrap().as_deref(),
+        Some(source)
+    );
+
+    // Queued items are still queued; the leased one is still leased until recovered.
+    assert_eq!(store.next_due().await.unwrap(), Some(at(200)));
+    assert_eq!(store.requeue_expired(FAR_FUTURE).await.unwrap(), 1);
+    let claimed = store.claim_due(at(300), 10, at(60_000)).await.unwrap();
+    let expected = [&runs[0].items[0], &runs[1].items[0], &third.items[0]];
+    assert_eq!(claimed.iter().collect::<Vec<_>>(), expected);
+    assert_eq!(store.next_due().await.unwrap(), Some(late.due_at));
+    drop(store);
+
+    let store = open();
+    assert_eq!(
+        store.requeue_expired(FAR_FUTURE).await.unwrap(),
+        3,
+        "leases survive reopen"
+    );
+    assert_eq!(
+        store
+            .claim_due(FAR_FUTURE, 10, FAR_FUTURE)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+}
+
+/// Many concurrent ingests all succeed and are all kept.
+pub(crate) async fn concurrent_ingests_are_all_kept(store: Arc<dyn Store>) {
+    let f = flow("orders");
+    let runs: Vec<_> = (0..64).map(|n| new_run(&f, run_id(n), at(100))).collect();
+    ingest_all(&store, runs.clone()).await;
+    for new in &runs {
+        assert_eq!(
+            store.run(new.run.id).await.unwrap().as_ref(),
+            Some(&new.run)
+        );
+    }
+    let all = RunQuery {
+        limit: 100,
+        ..RunQuery::default()
+    };
+    assert_eq!(store.list_runs(&all).await.unwrap().runs.len(), 64);
+    assert_eq!(
+        store
+            .claim_due(at(100), 100, at(1_000))
+            .await
+            .unwrap()
+            .len(),
+        64
+    );
+}
+
+/// A small deterministic pseudo-random generator (SplitMix64), so model runs are reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The store's queue, leases and runs as plain collections.
+#[derive(Default)]
+struct Model {
+    /// Queued items by (due time, id): the claim order.
+    queued: BTreeMap<(Timestamp, ItemId), QueueItem>,
+    leased: HashMap<ItemId, (Timestamp, QueueItem)>,
+    runs: BTreeMap<RunId, Run>,
+}
+
+/// Random operations (ingest, claim, update, requeue, reopen) against the store and a model;
+/// after each, the store's answers match the model's. `seed` picks the sequence.
+pub(crate) async fn matches_a_simple_model(open: Open<'_>, seed: u64, steps: usize) {
+    let mut rng = Rng(seed);
+    let mut model = Model::default();
+    let mut store = open();
+    let f = flow("model");
+    let mut next_run = 0;
+    for op in 0..steps {
+        let now = at(rng.below(1_000) as i64);
+        match rng.below(10) {
+            0..=2 => {
+                next_run += 1;
+                let new = new_run(&f, run_id(next_run), at(rng.below(1_000) as i64));
+                store.ingest(new.clone()).await.unwrap();
+                model.runs.insert(new.run.id, new.run);
+                for item in new.items {
+                    model.queued.insert((item.due_at, item.id), item);
+                }
+            }
+            3..=4 => {
+                let limit = rng.below(4) as usize;
+                let lease_until = now.plus(std::time::Duration::from_millis(rng.below(500)));
+                let claimed = store.claim_due(now, limit, lease_until).await.unwrap();
+                let expected: Vec<_> = model
+                    .queued
+                    .range(..=(now, ItemId::from_bytes([0xff; 16])))
+                    .take(limit)
+                    .map(|(key, item)| (*key, item.clone()))
+                    .collect();
+                assert_eq!(
+                    claimed,
+                    expected.iter().map(|(_, i)| i.clone()).collect::<Vec<_>>()
+                );
+                for (key, item) in expected {
+                    model.queued.remove(&key);
+                    model.leased.insert(item.id, (lease_until, item));
+                }
+            }
+            5..=6 if !model.leased.is_empty() => {
+                // Finish a leased item: mark its step done and maybe enqueue a follow-up.
+                let mut leased: Vec<_> = model.leased.keys().copied().collect();
+                leased.sort();
+                let done = leased[rng.below(leased.len() as u64) as usize];
+                let (_, item) = model.leased.remove(&done).unwrap();
+                let follow_up = (rng.below(2) == 0).then(|| {
+                    let due = now.plus(std::time::Duration::from_millis(rng.below(300)));
+                    QueueItem {
+                        attempt: item.attempt + 1,
+                        ..self::item(item.run_id, "second", due)
+                    }
+                });
+                let status = [RunStatus::Running, RunStatus::Succeeded][rng.below(2) as usize];
+                let decide = |mut run: Run| {
+                    run.status = status;
+                    run.updated_at = now;
+                    Some(RunUpdate {
+                        run,
+                        records: vec![],
+                        enqueue: follow_up.iter().cloned().collect(),
+                    })
+                };
+                let written = store
+                    .update_run(item.run_id, Some(done), &decide)
+                    .await
+                    .unwrap();
+                let run = model.runs.get_mut(&item.run_id).unwrap();
+                run.status = status;
+                run.updated_at = now;
+                assert_eq!(written.as_ref(), Some(&*run));
+                if let Some(next) = follow_up {
+                    model.queued.insert((next.due_at, next.id), next);
+                }
+            }
+            7 => {
+                let moved = store.requeue_expired(now).await.unwrap();
+                let expired: Vec<ItemId> = model
+                    .leased
+                    .iter()
+                    .filter(|(_, (until, _))| *until <= now)
+                    .map(|(id, _)| *id)
+                    .collect();
+                assert_eq!(moved, expired.len(), "op {op}");
+                for id in expired {
+                    let (_, item) = model.leased.remove(&id).unwrap();
+                    model.queued.insert((item.due_at, item.id), item);
+                }
+            }
+            8 => {
+                drop(store);
+                store = open();
+            }
+            _ => {
+                let want = model.queued.keys().next().map(|(due, _)| *due);
+                assert_eq!(store.next_due().await.unwrap(), want, "op {op}");
+                let status = [None, Some(RunStatus::Running), Some(RunStatus::Succeeded)]
+                    [rng.below(3) as usize];
+                let query = RunQuery {
+                    status,
+                    limit: 3,
+                    ..RunQuery::default()
+                };
+                let listed = all_pages(&store, query).await;
+                let expected: Vec<RunId> = model
+                    .runs
+                    .values()
+                    .rev()
+                    .filter(|r| status.is_none_or(|s| r.status == s))
+                    .map(|r| r.id)
+                    .collect();
+                assert_eq!(listed, expected, "op {op}");
+            }
+        }
+    }
+    for run in model.runs.values() {
+        assert_eq!(store.run(run.id).await.unwrap().as_ref(), Some(run));
+    }
+}
+
+/// The suite against the sled backend, each check on a fresh store in its own directory.
+mod sled_backend {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use crate::store::sled::SledStore;
+    use crate::store::Store;
+
+    fn opener(path: PathBuf) -> impl Fn() -> Arc<dyn Store> + Send + Sync {
+        move || Arc::new(open_when_released(&path)) as Arc<dyn Store>
+    }
+
+    /// Opens the store, waiting (a bounded time) for a store dropped just before to let go of
+    /// the directory's lock: sled's I/O threads may still hold the file for a moment after the
+    /// last handle is dropped, and sled has no way to wait for them.
+    fn open_when_released(path: &Path) -> SledStore {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match SledStore::open(path) {
+                Ok(store) => return store,
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    assert!(Instant::now() < deadline, "the store stayed locked: {e}");
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("open the sled store: {e}"),
+            }
+        }
+    }
+
+    macro_rules! on_a_fresh_store {
+        ($($check:ident),* $(,)?) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let dir = tempfile::tempdir().unwrap();
+                super::$check(opener(dir.path().to_owned())()).await;
+            }
+        )*};
+    }
+
+    on_a_fresh_store!(
+        ingest_then_read_back,
+        claim_respects_due_time_and_limit,
+        claimed_items_are_never_claimed_twice,
+        update_run_writes_atomically_and_ends_the_lease,
+        decide_none_writes_nothing_but_ends_the_lease,
+        concurrent_updates_of_one_run_lose_nothing,
+        requeue_expired_returns_ended_leases,
+        list_runs_pages_newest_first,
+        list_runs_filters_by_flow_and_status,
+        hook_token_is_stable_and_first_writer_wins,
+        revisions_are_kept_per_flow,
+        concurrent_ingests_are_all_kept,
+    );
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn everything_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        super::everything_survives_reopen(&opener(dir.path().to_owned())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn matches_a_simple_model() {
+        for seed in 1..=4 {
+            let dir = tempfile::tempdir().unwrap();
+            super::matches_a_simple_model(&opener(dir.path().to_owned()), seed, 150).await;
+        }
+    }
+}

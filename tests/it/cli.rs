@@ -1,0 +1,195 @@
+//! The CLI as a user runs it: `run` (local, with and without `--dry-run`), `hooks`, `runs list`,
+//! `runs show`, `inspect`, `schema`, and the shipped flows end to end.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::support::{eventually, run_cli, Server, Sink};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn run_dry_run_renders_http_actions_without_sending() {
+    let out = run_cli(
+        &[
+            "run",
+            "flows/plan-change-sync.yaml",
+            "--event",
+            "examples/events/plan-change.json",
+            "--dry-run",
+        ],
+        repo(),
+    );
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("✔ shape (map)"), "{text}");
+    assert!(text.contains("\"plan_code\": \"PREMIUM\""), "{text}");
+    assert!(text.contains("\"dry_run\": true"), "{text}");
+    assert!(
+        text.contains("\"email\": \"john.doe@example.com\""),
+        "{text}"
+    );
+    assert!(text.contains(": succeeded"), "{text}");
+}
+
+// Multi-threaded: `run_cli` blocks its thread while the sink must keep answering.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_sends_for_real_and_reports_filtered_events() {
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("f.yaml");
+    let event = dir.path().join("e.json");
+    std::fs::write(&flow, format!("id: f\ntrigger: {{ manual: }}\nsteps:\n  - id: gate\n    filter: {{ all: [{{ value: \"{{{{trigger.body.go}}}}\", equals: true }}] }}\n  - id: send\n    http: {{ url: \"{}/x\", json: {{ n: \"{{{{trigger.body.n}}}}\" }} }}\n", sink.url)).unwrap();
+
+    std::fs::write(&event, r#"{"go": true, "n": 7}"#).unwrap();
+    let out = run_cli(
+        &[
+            "run",
+            flow.to_str().unwrap(),
+            "--event",
+            event.to_str().unwrap(),
+            "--allow-outbound",
+            "127.0.0.1",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert_eq!(sink.received().len(), 1);
+    assert_eq!(sink.received()[0].body, json!({ "n": 7 }));
+
+    std::fs::write(&event, r#"{"go": false}"#).unwrap();
+    let out = run_cli(
+        &[
+            "run",
+            flow.to_str().unwrap(),
+            "--event",
+            event.to_str().unwrap(),
+            "--allow-outbound",
+            "127.0.0.1",
+        ],
+        dir.path(),
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(": filtered"), "{text}");
+    assert_eq!(sink.received().len(), 1, "nothing sent when filtered");
+}
+
+#[test]
+fn schema_describes_every_step_kind() {
+    let out = run_cli(&["schema"], repo());
+    assert!(out.status.success());
+    let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&str> = schema["properties"]["steps"]["items"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["filter", "http", "map"]);
+    assert!(schema["properties"]["trigger"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shipped_flows_succeed_offline_and_the_cli_shows_them() {
+    // Pick the port first so the shipped flows' targets can point at this server's inspector.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let inspector = format!("http://127.0.0.1:{port}/inspect");
+    let envs = [
+        ("CRM_WEBHOOK_URL", format!("{inspector}/crm")),
+        ("SALES_ALERT_URL", format!("{inspector}/sales")),
+        ("CRM_LEADS_URL", format!("{inspector}/crm-leads")),
+    ];
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let flows: Vec<(String, String)> = ["plan-change-sync.yaml", "new-lead-routing.yaml"]
+        .iter()
+        .map(|f| {
+            (
+                f.to_string(),
+                std::fs::read_to_string(repo().join("flows").join(f)).unwrap(),
+            )
+        })
+        .collect();
+    let flows: Vec<(&str, &str)> = flows
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let server = Server::start_on(&format!("127.0.0.1:{port}"), &flows, &[], &envs);
+    let client = ["--server", server.base.as_str()];
+
+    let event: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("examples/events/plan-change.json")).unwrap(),
+    )
+    .unwrap();
+    let (status, ack) = server.send("plan-change-sync", &event).await;
+    assert_eq!(status, 200);
+    let run_id = ack["run_id"].as_str().unwrap();
+    let run = server.finished_run(run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let lead: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("examples/events/new-lead.json")).unwrap(),
+    )
+    .unwrap();
+    let (_, lead_ack) = server.send("new-lead-routing", &lead).await;
+    assert_eq!(
+        server
+            .finished_run(lead_ack["run_id"].as_str().unwrap())
+            .await["status"],
+        "succeeded"
+    );
+
+    let hooks = stdout(&run_cli(&[&["hooks"][..], &client].concat(), repo()));
+    assert!(
+        hooks.contains(&server.catch_url("plan-change-sync")),
+        "{hooks}"
+    );
+
+    let list = stdout(&run_cli(&[&["runs", "list"][..], &client].concat(), repo()));
+    assert!(
+        list.contains(run_id) && list.contains("succeeded"),
+        "{list}"
+    );
+
+    let show = stdout(&run_cli(
+        &[&["runs", "show", run_id][..], &client].concat(),
+        repo(),
+    ));
+    for needle in [
+        "status   succeeded",
+        "john.doe@example.com",
+        "step update_crm (http) — succeeded, 1 attempt(s)",
+        "\"plan_code\": \"PREMIUM\"",
+    ] {
+        assert!(show.contains(needle), "`{needle}` missing from:\n{show}");
+    }
+
+    let inspected = eventually("the inspector to list the CRM call", || async {
+        let out = run_cli(&[&["inspect", "crm"][..], &client].concat(), repo());
+        let text = stdout(&out);
+        text.contains("\"plan_code\": \"PREMIUM\"").then_some(text)
+    })
+    .await;
+    assert!(inspected.contains("POST /inspect/crm"), "{inspected}");
+
+    let bad = run_cli(
+        &["runs", "show", "run_nope", "--server", &server.base],
+        repo(),
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a valid run id"));
+}

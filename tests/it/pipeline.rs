@@ -1,0 +1,302 @@
+//! Events through the whole pipeline: catch hook → durable run → filter/map/HTTP → run history.
+
+use serde_json::json;
+
+use crate::support::{Server, Sink};
+
+fn lead_flow(sink: &Sink, retry: &str) -> String {
+    format!(
+        r#"
+id: leads
+trigger:
+  webhook:
+steps:
+  - id: big_enough
+    filter:
+      all:
+        - {{ value: "{{{{trigger.body.employees}}}}", gte: 50 }}
+  - id: shape
+    map:
+      email: "{{{{lower trigger.body.email}}}}"
+      employees: "{{{{trigger.body.employees}}}}"
+      tags: "$.trigger.body.tags"
+  - id: deliver
+    http:
+      url: "{url}/crm"
+      json:
+        contact: "{{{{steps.shape}}}}"
+        note: "lead {{{{steps.shape.email}}}}"
+    {retry}
+"#,
+        url = sink.url
+    )
+}
+
+#[tokio::test]
+async fn passing_event_delivers_the_mapped_json_and_records_every_step() {
+    let sink = Sink::start().await;
+    let server = Server::start(&[("leads.yaml", &lead_flow(&sink, ""))]);
+    let event = json!({ "email": "Ann@Example.COM", "employees": 120, "tags": ["a", "b"] });
+
+    let (status, ack) = server.send("leads", &event).await;
+    assert_eq!(status, 200, "{ack}");
+    let run_id = ack["run_id"].as_str().unwrap().to_owned();
+    assert!(run_id.starts_with("run_") && ack["event_id"].as_str().unwrap().starts_with("evt_"));
+
+    let run = server.finished_run(&run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let received = sink.received();
+    assert_eq!(received.len(), 1);
+    let expected = json!({
+        "contact": { "email": "ann@example.com", "employees": 120, "tags": ["a", "b"] },
+        "note": "lead ann@example.com",
+    });
+    assert_eq!(
+        received[0].body, expected,
+        "numbers and arrays keep their JSON type"
+    );
+    assert_eq!(
+        received[0].headers["idempotency-key"],
+        format!("{run_id}:deliver").as_str()
+    );
+
+    assert_eq!(run["event"]["trigger"]["body"], event);
+    let steps = run["steps"].as_array().unwrap();
+    let ids: Vec<_> = steps.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["big_enough", "shape", "deliver"]);
+    for step in steps {
+        assert_eq!(step["status"], "succeeded", "{step:#}");
+        assert_eq!(step["attempts"].as_array().unwrap().len(), 1);
+        assert!(step["duration_ms"].is_u64());
+    }
+    assert_eq!(steps[1]["output"], expected["contact"]);
+    assert_eq!(steps[2]["input"]["json"], expected);
+    assert_eq!(steps[2]["output"]["status"], 200);
+}
+
+#[tokio::test]
+async fn event_failing_the_filter_ends_filtered_and_sends_nothing() {
+    let sink = Sink::start().await;
+    let server = Server::start(&[("leads.yaml", &lead_flow(&sink, ""))]);
+
+    let (_, ack) = server
+        .send("leads", &json!({ "email": "x@y.z", "employees": 5 }))
+        .await;
+    let run = server.finished_run(ack["run_id"].as_str().unwrap()).await;
+
+    assert_eq!(run["status"], "filtered");
+    let reason = run["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("big_enough") && reason.contains("all[0]") && reason.contains('5'),
+        "{reason}"
+    );
+    assert_eq!(run["steps"][0]["status"], "filtered");
+    assert_eq!(run["steps"][1]["status"], "skipped");
+    assert_eq!(run["steps"][2]["status"], "skipped");
+    assert!(sink.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_target_is_retried_and_attempts_are_recorded() {
+    let sink = Sink::scripted(&[500]).await;
+    let retry = "retry: { attempts: 3, backoff: fixed, initial: 50ms, jitter: false }";
+    let server = Server::start(&[("leads.yaml", &lead_flow(&sink, retry))]);
+
+    let (_, ack) = server
+        .send("leads", &json!({ "email": "a@b.c", "employees": 99 }))
+        .await;
+    let run_id = ack["run_id"].as_str().unwrap();
+    let run = server.finished_run(run_id).await;
+
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let deliver = &run["steps"][2];
+    let attempts = deliver["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{deliver:#}");
+    assert!(attempts[0]["error"].as_str().unwrap().contains("500"));
+    assert!(attempts[0]["retry_at"].is_string());
+    assert!(attempts[1]["error"].is_null());
+    let received = sink.received();
+    assert_eq!(received.len(), 2);
+    let key = format!("{run_id}:deliver");
+    assert!(
+        received
+            .iter()
+            .all(|r| r.headers["idempotency-key"] == key.as_str()),
+        "same key on every attempt"
+    );
+}
+
+#[tokio::test]
+async fn exhausted_retries_fail_the_run_with_the_last_error() {
+    let sink = Sink::scripted(&[503, 503]).await;
+    let retry = "retry: { attempts: 2, backoff: fixed, initial: 10ms, jitter: false }";
+    let server = Server::start(&[("leads.yaml", &lead_flow(&sink, retry))]);
+
+    let (_, ack) = server
+        .send("leads", &json!({ "email": "a@b.c", "employees": 99 }))
+        .await;
+    let run = server.finished_run(ack["run_id"].as_str().unwrap()).await;
+
+    assert_eq!(run["status"], "failed");
+    assert!(run["reason"].as_str().unwrap().contains("503"), "{run:#}");
+    assert_eq!(run["steps"][2]["status"], "failed");
+    assert_eq!(run["steps"][2]["error"]["detail"]["status"], 503);
+    assert_eq!(run["steps"][2]["attempts"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_client_error_is_not_retried() {
+    let sink = Sink::scripted(&[422]).await;
+    let server = Server::start(&[("leads.yaml", &lead_flow(&sink, ""))]);
+
+    let (_, ack) = server
+        .send("leads", &json!({ "email": "a@b.c", "employees": 99 }))
+        .await;
+    let run = server.finished_run(ack["run_id"].as_str().unwrap()).await;
+
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["steps"][2]["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(run["steps"][2]["error"]["retryable"], false);
+    assert_eq!(sink.received().len(), 1);
+}
+
+#[tokio::test]
+async fn private_addresses_are_refused_unless_allowed() {
+    let sink = Sink::start().await;
+    let server = Server::start_with(&[("leads.yaml", &lead_flow(&sink, ""))], &[], &[]);
+
+    let (_, ack) = server
+        .send("leads", &json!({ "email": "a@b.c", "employees": 99 }))
+        .await;
+    let run = server.finished_run(ack["run_id"].as_str().unwrap()).await;
+
+    assert_eq!(run["status"], "failed");
+    let error = run["steps"][2]["error"]["message"].as_str().unwrap();
+    assert!(error.contains("refused to connect to 127.0.0.1"), "{error}");
+    assert!(sink.received().is_empty());
+}
+
+#[tokio::test]
+async fn independent_steps_both_run_after_the_step_they_need() {
+    let sink = Sink::start().await;
+    let flow = format!(
+        r#"
+id: fanout
+trigger: {{ webhook: {{}} }}
+steps:
+  - id: shape
+    map: {{ email: "{{{{trigger.body.email}}}}" }}
+  - id: crm
+    needs: [shape]
+    http: {{ url: "{url}/crm", json: {{ to: crm, email: "{{{{steps.shape.email}}}}" }} }}
+  - id: chat
+    needs: [shape]
+    http: {{ url: "{url}/chat", json: {{ to: chat, email: "{{{{steps.shape.email}}}}" }} }}
+  - id: done
+    needs: [crm, chat]
+    map: {{ crm_status: "{{{{steps.crm.status}}}}", chat_status: "{{{{steps.chat.status}}}}" }}
+"#,
+        url = sink.url
+    );
+    let server = Server::start(&[("fanout.yaml", &flow)]);
+    let (_, ack) = server.send("fanout", &json!({ "email": "z@z.z" })).await;
+    let run = server.finished_run(ack["run_id"].as_str().unwrap()).await;
+
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let mut targets: Vec<_> = sink
+        .received()
+        .iter()
+        .map(|r| r.body["to"].as_str().unwrap().to_owned())
+        .collect();
+    targets.sort();
+    assert_eq!(targets, ["chat", "crm"]);
+    assert_eq!(
+        run["steps"][3]["output"],
+        json!({ "crm_status": 200, "chat_status": 200 })
+    );
+}
+
+#[tokio::test]
+async fn run_history_survives_a_graceful_restart() {
+    let sink = Sink::start().await;
+    let mut server = Server::start(&[("leads.yaml", &lead_flow(&sink, ""))]);
+    let (_, ack) = server
+        .send("leads", &json!({ "email": "a@b.c", "employees": 99 }))
+        .await;
+    let run_id = ack["run_id"].as_str().unwrap().to_owned();
+    let before = server.finished_run(&run_id).await;
+    let url_before = server.catch_url("leads");
+
+    assert!(server.stop_gracefully(), "clean exit on SIGTERM");
+    server.restart();
+
+    let (status, after) = server.get(&format!("/api/v1/runs/{run_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(after, before, "the run reads back exactly");
+    assert_eq!(
+        server.catch_url("leads"),
+        url_before,
+        "the catch URL's token is kept"
+    );
+    let (_, list) = server.get("/api/v1/runs?flow=leads").await;
+    assert_eq!(list["runs"][0]["id"], run_id.as_str());
+    assert_eq!(sink.received().len(), 1, "nothing ran twice");
+}
+
+#[tokio::test]
+async fn respond_result_answers_with_the_runs_output() {
+    let flow = r#"
+id: quote
+trigger:
+  webhook: { respond: result, respond_timeout: 10s }
+steps:
+  - id: price
+    map: { sku: "{{trigger.body.sku}}", total: "{{trigger.body.qty}}" }
+"#;
+    let server = Server::start(&[("quote.yaml", flow)]);
+    let (status, answer) = server
+        .send("quote", &json!({ "sku": "A-1", "qty": 3 }))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["status"], "succeeded");
+    assert_eq!(answer["output"], json!({ "sku": "A-1", "total": 3 }));
+}
+
+#[tokio::test]
+async fn runs_are_listed_newest_first_with_filters_and_cursor_paging() {
+    let sink = Sink::start().await;
+    let server = Server::start(&[("leads.yaml", &lead_flow(&sink, ""))]);
+    let mut ids = Vec::new();
+    for employees in [10, 100, 20, 200, 30] {
+        let (_, ack) = server
+            .send(
+                "leads",
+                &json!({ "email": "a@b.c", "employees": employees }),
+            )
+            .await;
+        ids.push(ack["run_id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        server.finished_run(id).await;
+    }
+
+    let (_, page1) = server.get("/api/v1/runs?limit=2").await;
+    let cursor = page1["next_cursor"].as_str().unwrap();
+    let (_, page2) = server
+        .get(&format!("/api/v1/runs?limit=2&cursor={cursor}"))
+        .await;
+    let listed: Vec<_> = page1["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(page2["runs"].as_array().unwrap())
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    let newest_first: Vec<_> = ids.iter().rev().take(4).cloned().collect();
+    assert_eq!(listed, newest_first);
+
+    let (_, filtered) = server.get("/api/v1/runs?status=filtered").await;
+    assert_eq!(filtered["runs"].as_array().unwrap().len(), 3);
+    let (_, none) = server.get("/api/v1/runs?flow=other").await;
+    assert!(none["runs"].as_array().unwrap().is_empty());
+}

@@ -1,0 +1,143 @@
+//! Bad requests get a 4xx with a JSON reason and store nothing; the server keeps serving.
+
+use serde_json::{json, Value};
+
+use crate::support::Server;
+
+const FLOW: &str = r#"
+id: echo
+trigger: { webhook: }
+steps:
+  - id: keep
+    map: { body: "{{trigger.body}}", q: "{{trigger.query.source}}", m: "{{trigger.method}}" }
+"#;
+
+async fn post_raw(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.expect("a JSON answer"))
+}
+
+async fn run_count(server: &Server) -> usize {
+    server.get("/api/v1/runs").await.1["runs"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400_with_a_reason() {
+    let server = Server::start(&[("echo.yaml", FLOW)]);
+    let (status, body) = post_raw(&server.catch_url("echo"), "application/json", "{\"a\": ").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["code"], "invalid_json");
+    assert!(body["detail"].as_str().unwrap().contains("not valid JSON"));
+    assert_eq!(run_count(&server).await, 0, "nothing stored");
+}
+
+#[tokio::test]
+async fn unknown_flow_or_token_is_a_404() {
+    let server = Server::start(&[("echo.yaml", FLOW)]);
+    let url = server.catch_url("echo");
+    let wrong_token = format!("{}0", &url[..url.len() - 1]);
+    for target in [
+        wrong_token,
+        format!("{}/hooks/catch/nope/abc", server.base),
+        format!("{}/hooks/catch/echo", server.base),
+    ] {
+        let (status, body) = post_raw(&target, "application/json", "{}").await;
+        assert_eq!(status, 404, "{target}");
+        assert_eq!(body["code"], "not_found");
+    }
+    assert_eq!(run_count(&server).await, 0);
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_a_413_and_the_server_keeps_serving() {
+    let server = Server::start_with(&[("echo.yaml", FLOW)], &["--max-body-bytes", "1000"], &[]);
+    let big = format!("{{\"x\": \"{}\"}}", "a".repeat(2000));
+    let (status, body) = post_raw(&server.catch_url("echo"), "application/json", big).await;
+    assert_eq!(status, 413);
+    assert_eq!(body["code"], "payload_too_large");
+
+    // A chunked body has no Content-Length: the limit applies while reading.
+    let chunks = futures_chunks(3000);
+    let (status, _) = post_raw(&server.catch_url("echo"), "application/json", chunks).await;
+    assert_eq!(status, 413);
+
+    let (status, ack) = server.send("echo", &json!({ "ok": true })).await;
+    assert_eq!(status, 200, "still serving: {ack}");
+    assert_eq!(run_count(&server).await, 1);
+}
+
+fn futures_chunks(total: usize) -> reqwest::Body {
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..total / 100).map(|_| Ok(vec![b' '; 100])).collect();
+    reqwest::Body::wrap_stream(tokio_stream::iter(chunks))
+}
+
+#[tokio::test]
+async fn form_query_and_get_payloads_are_accepted() {
+    let server = Server::start(&[("echo.yaml", FLOW)]);
+    let url = server.catch_url("echo");
+
+    let (status, ack) = post_raw(
+        &format!("{url}?source=form"),
+        "application/x-www-form-urlencoded",
+        "name=Ann&plan=pro",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let run = server.finished_run(ack["run_id"].as_str().unwrap()).await;
+    assert_eq!(
+        run["steps"][0]["output"],
+        json!({ "body": { "name": "Ann", "plan": "pro" }, "q": "form", "m": "POST" })
+    );
+
+    let r = reqwest::get(format!("{url}?source=get")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ack: Value = r.json().await.unwrap();
+    let run = server.finished_run(ack["run_id"].as_str().unwrap()).await;
+    assert_eq!(
+        run["steps"][0]["output"],
+        json!({ "body": null, "q": "get", "m": "GET" })
+    );
+
+    let r = reqwest::Client::new()
+        .put(&url)
+        .json(&json!({ "n": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let (status, body) = post_raw(&url, "application/octet-stream", vec![0xff, 0xfe, 0x00]).await;
+    assert_eq!(status, 415, "{body}");
+    assert_eq!(body["code"], "unsupported_body");
+}
+
+#[tokio::test]
+async fn api_errors_are_json() {
+    let server = Server::start(&[("echo.yaml", FLOW)]);
+    let (status, body) = server.get("/api/v1/runs/not-a-run").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_run_id"))
+    );
+    let (status, body) = server
+        .get("/api/v1/runs/run_01JAAAAAAAAAAAAAAAAAAAAAAA")
+        .await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+    let (status, body) = server.get("/api/v1/runs?status=done").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_parameter"))
+    );
+    let (status, body) = server.get("/healthz").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+}

@@ -1,0 +1,287 @@
+//! The test harness: the real `hookflow` binary on a random port with temporary flow and data
+//! directories, a real HTTP sink on 127.0.0.1, and waiting on conditions with a deadline.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::any;
+use axum::Router;
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// How long any awaited condition may take.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The `hookflow` binary under test.
+pub fn hookflow() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hookflow"))
+}
+
+/// Runs `hookflow ARGS` to completion.
+pub fn run_cli(args: &[&str], cwd: &Path) -> Output {
+    hookflow()
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("hookflow runs")
+}
+
+/// Polls `check` every 25 ms until it yields a value; panics with `what` after [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A `hookflow serve` child process with its own flows and data directories.
+pub struct Server {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The lines printed at start-up.
+    pub banner: Vec<String>,
+    dir: TempDir,
+    extra_args: Vec<String>,
+    envs: Vec<(String, String)>,
+}
+
+impl Server {
+    /// Starts a server with these flow files (name, YAML); HTTP actions may reach 127.0.0.1.
+    pub fn start(flows: &[(&str, &str)]) -> Self {
+        Self::start_with(flows, &["--allow-outbound", "127.0.0.1"], &[])
+    }
+
+    /// Starts a server with extra `serve` arguments and environment variables.
+    pub fn start_with(flows: &[(&str, &str)], extra_args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::start_on("127.0.0.1:0", flows, extra_args, envs)
+    }
+
+    /// Starts a server listening on `listen`.
+    pub fn start_on(
+        listen: &str,
+        flows: &[(&str, &str)],
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("flows")).unwrap();
+        for (name, yaml) in flows {
+            std::fs::write(dir.path().join("flows").join(name), yaml).unwrap();
+        }
+        let mut server = Self {
+            child: None,
+            base: String::new(),
+            banner: Vec::new(),
+            dir,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        server.spawn(listen);
+        server
+    }
+
+    fn spawn(&mut self, listen: &str) {
+        let dir = self.dir.path();
+        let mut child = hookflow()
+            .args(["serve", "--listen", listen])
+            .arg("--flows")
+            .arg(dir.join("flows"))
+            .arg("--data")
+            .arg(dir.join("data"))
+            .args(&self.extra_args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("hookflow serve starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = Vec::new();
+        // The banner ends with the request inspector line.
+        for line in lines.by_ref() {
+            let line = line.expect("stdout readable");
+            let done = line.starts_with("request inspector:");
+            banner.push(line);
+            if done {
+                break;
+            }
+        }
+        let first = banner.first().cloned().unwrap_or_default();
+        let base = first
+            .split(" listening on ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no address in banner {banner:?}"));
+        self.base = base.trim().to_owned();
+        self.banner = banner;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.child = Some(child);
+    }
+
+    /// The catch URL printed for a flow.
+    pub fn catch_url(&self, flow: &str) -> String {
+        self.banner
+            .iter()
+            .find_map(|l| {
+                let mut parts = l.split_whitespace();
+                (parts.next() == Some(flow) && parts.next() == Some("POST"))
+                    .then(|| parts.next().unwrap().to_owned())
+            })
+            .unwrap_or_else(|| panic!("no catch URL for {flow} in {:?}", self.banner))
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.
+    pub fn stop_gracefully(&mut self) -> bool {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "server did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same directories (and the same port).
+    pub fn restart(&mut self) {
+        let listen = self.base.trim_start_matches("http://").to_owned();
+        self.spawn(&listen);
+    }
+
+    /// GETs an API path; returns status and JSON.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = reqwest::get(format!("{}{path}", self.base))
+            .await
+            .expect("server answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("JSON answer"))
+    }
+
+    /// POSTs JSON to a flow's catch URL; returns status and JSON.
+    pub async fn send(&self, flow: &str, body: &Value) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(self.catch_url(flow))
+            .json(body)
+            .send()
+            .await
+            .expect("server answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("JSON answer"))
+    }
+
+    /// Waits until a run is final; returns its detail.
+    pub async fn finished_run(&self, run_id: &str) -> Value {
+        eventually(&format!("run {run_id} to finish"), || async {
+            let (status, run) = self.get(&format!("/api/v1/runs/{run_id}")).await;
+            let done = status == 200
+                && matches!(
+                    run["status"].as_str(),
+                    Some("succeeded" | "failed" | "filtered")
+                );
+            done.then_some(run)
+        })
+        .await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One request the sink received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// The body, parsed as JSON (or a JSON string of the text).
+    pub body: Value,
+}
+
+/// An HTTP server on 127.0.0.1 that records requests and answers with scripted statuses.
+#[derive(Clone)]
+pub struct Sink {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+#[derive(Clone)]
+struct SinkState {
+    received: Arc<Mutex<Vec<Received>>>,
+    script: Arc<Mutex<Vec<u16>>>,
+}
+
+impl Sink {
+    /// A sink answering 200 to everything.
+    pub async fn start() -> Self {
+        Self::scripted(&[]).await
+    }
+
+    /// A sink answering the given statuses in order, then 200.
+    pub async fn scripted(statuses: &[u16]) -> Self {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let state = SinkState {
+            received: received.clone(),
+            script: Arc::new(Mutex::new(statuses.iter().rev().copied().collect())),
+        };
+        let app = Router::new().fallback(any(record)).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, received }
+    }
+
+    /// What was received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+async fn record(
+    State(state): State<SinkState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
+    let parsed = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
+    state.received.lock().unwrap().push(Received {
+        headers,
+        body: parsed,
+    });
+    let status = state.script.lock().unwrap().pop().unwrap_or(200);
+    (StatusCode::from_u16(status).unwrap(), "{}")
+}

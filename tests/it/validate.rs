@@ -1,0 +1,160 @@
+//! `hookflow validate` reports every problem as `file:line:col: field.path: message`.
+
+use std::path::Path;
+
+use crate::support::run_cli;
+
+/// Writes `files` into a temp dir, runs `hookflow validate DIR`, returns (success, stdout lines).
+fn validate(files: &[(&str, &str)]) -> (bool, Vec<String>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let out = run_cli(&["validate", "."], dir.path());
+    let lines = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (out.status.success(), lines, dir)
+}
+
+/// The one line reporting `path` in `file`; asserts its line number.
+fn expect(lines: &[String], file: &str, line: usize, path: &str, needle: &str) {
+    let prefix = format!("./{file}:{line}:");
+    let field = if path.is_empty() {
+        String::new()
+    } else {
+        format!(": {path}: ")
+    };
+    let hit = lines
+        .iter()
+        .find(|l| l.starts_with(&prefix) && l.contains(&field) && l.contains(needle));
+    assert!(
+        hit.is_some(),
+        "no `{prefix}…: {path}: …{needle}…` in:\n{}",
+        lines.join("\n")
+    );
+}
+
+const HEAD: &str = "id: f\ntrigger:\n  webhook:\nsteps:\n";
+
+#[test]
+fn every_problem_is_reported_with_file_line_and_field() {
+    let semantic = format!(
+        "{HEAD}  - id: a\n    map: {{ x: 1 }}\n  - id: a\n    map: {{ x: 2 }}\n  - id: b\n    needs: [zz]\n    map: {{ x: 3 }}\n  - name: no id\n    map: {{ x: 4 }}\n  - id: c\n    htp:\n      url: x\n"
+    );
+    let fields = format!(
+        "{HEAD}  - id: a\n    http:\n      url: \"{{{{#each trigger.body}}}}\"\n      method: POST\n  - id: b\n    map:\n      x: \"$.trigger..[\"\n  - id: c\n    filter:\n      all:\n        - {{ value: \"{{{{trigger.body.n}}}}\", gt: 1, lt: 9 }}\n  - id: d\n    http:\n      url: x\n      metod: POST\n"
+    );
+    let cycle = format!("{HEAD}  - id: a\n    needs: [b]\n    map: {{ x: 1 }}\n  - id: b\n    needs: [a]\n    map: {{ x: 2 }}\n");
+    let template =
+        format!("{HEAD}  - id: a\n    map:\n      x: \"{{{{#if trigger.body.x}}}}yes\"\n");
+    let (ok, lines, _dir) = validate(&[
+        ("semantic.yaml", &semantic),
+        ("fields.yaml", &fields),
+        ("cycle.yaml", &cycle),
+        ("template.yaml", &template),
+    ]);
+
+    assert!(!ok, "exit code is non-zero");
+    expect(
+        &lines,
+        "semantic.yaml",
+        7,
+        "steps[1].id",
+        "duplicate step id `a`",
+    );
+    expect(
+        &lines,
+        "semantic.yaml",
+        10,
+        "steps[2].needs[0]",
+        "unknown step `zz`",
+    );
+    expect(
+        &lines,
+        "semantic.yaml",
+        12,
+        "steps[3]",
+        "missing field `id`",
+    );
+    expect(
+        &lines,
+        "semantic.yaml",
+        15,
+        "steps[4].htp",
+        "did you mean `http`?",
+    );
+    expect(
+        &lines,
+        "fields.yaml",
+        7,
+        "steps[0].http.url",
+        "invalid template",
+    );
+    expect(
+        &lines,
+        "fields.yaml",
+        19,
+        "steps[3].http.metod",
+        "unknown field `metod`",
+    );
+    expect(&lines, "fields.yaml", 11, "steps[1].map.x", "JSONPath");
+    expect(
+        &lines,
+        "fields.yaml",
+        15,
+        "steps[2].filter.all[0]",
+        "several operators",
+    );
+    expect(
+        &lines,
+        "cycle.yaml",
+        6,
+        "steps[0].needs",
+        "cycle: a → b → a",
+    );
+    expect(
+        &lines,
+        "template.yaml",
+        7,
+        "steps[0].map.x",
+        "invalid template",
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("./")).count(),
+        10,
+        "one line per problem:\n{}",
+        lines.join("\n")
+    );
+}
+
+#[test]
+fn a_structural_error_names_line_and_field() {
+    let bad = format!("{HEAD}  - id: a\n    map: {{ x: 1 }}\nextra: true\n");
+    let bad_trigger =
+        "id: f\ntrigger:\n  webhook:\n    respond: later\nsteps:\n  - id: a\n    map: { x: 1 }\n";
+    let (ok, lines, _dir) = validate(&[("top.yaml", &bad), ("trigger.yaml", bad_trigger)]);
+    assert!(!ok);
+    expect(&lines, "top.yaml", 7, "", "unknown field `extra`");
+    expect(
+        &lines,
+        "trigger.yaml",
+        4,
+        "trigger.webhook.respond",
+        "unknown variant `later`",
+    );
+}
+
+#[test]
+fn valid_flows_pass_and_the_shipped_flows_are_valid() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = run_cli(&["validate", "flows"], repo);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 flow(s) valid"));
+}
