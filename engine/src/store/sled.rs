@@ -123,6 +123,12 @@ struct Lease {
 /// keeps values up to 2 MiB in the log (sled's default is 512 KiB).
 pub const SEGMENT_SIZE: usize = 8 << 20;
 
+/// The sled settings every store opens with. sled refuses to reopen a database with another segment
+/// size, so this must never change for existing data directories.
+fn base_config() -> Config {
+    Config::new().segment_size(SEGMENT_SIZE)
+}
+
 /// The sled-backed [`Store`].
 #[derive(Debug)]
 pub struct SledStore {
@@ -149,7 +155,7 @@ impl SledStore {
     /// The directory stays locked for a moment after the store is dropped (sled's I/O threads let
     /// go of it last), so reopening at once in the same process may fail with a lock error.
     pub fn open(path: &Path) -> Result<Self> {
-        let config = Config::new().path(path).segment_size(SEGMENT_SIZE);
+        let config = base_config().path(path);
         let mut store = Self::with_config(config, &path.display().to_string())?;
         let log = path.join("db");
         let file = std::fs::File::open(&log).map_err(|e| {
@@ -165,7 +171,7 @@ impl SledStore {
     /// A store in a temporary directory, deleted when the store is dropped (`hookflow run`, tests).
     /// sled skips syncing in temporary mode: nothing in it survives a crash.
     pub fn temporary() -> Result<Self> {
-        let config = Config::new().temporary(true).segment_size(SEGMENT_SIZE);
+        let config = base_config().temporary(true);
         Self::with_config(config, "a temporary directory")
     }
 
@@ -972,7 +978,7 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let config = Config::new().path(dir).flush_every_ms(None);
+            let config = base_config().path(dir).flush_every_ms(None);
             let store = SledStore::with_config(config, "the crash test directory").unwrap();
             let flow_id: FlowId = "crash".parse().unwrap();
             for n in 0..20 {
