@@ -2,8 +2,9 @@
 //!
 //! A request becomes the run's `trigger` (`method`, `headers`, `query`, `body`, `received_at`) and is
 //! stored with its run before the answer: a 2xx means the event is durable. JSON and form bodies are
-//! parsed (a body that does not parse as its content type says is a 400); other bodies are kept as
-//! text. The flow may ask to answer with the run's result instead (`respond: result`).
+//! parsed (a body that does not parse as its content type says is a 400; a "form" body that is a
+//! JSON object or array is read as JSON, since `curl -d` labels everything a form); other bodies
+//! are kept as text. The flow may ask to answer with the run's result instead (`respond: result`).
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Path, State};
@@ -159,6 +160,13 @@ fn parse_body(content_type: &str, bytes: &[u8]) -> Result<Value, ApiError> {
         });
     }
     if mime == "application/x-www-form-urlencoded" {
+        // curl's `-d` labels everything as a form, JSON included: a body that is a JSON object
+        // or array is what its sender meant.
+        if matches!(bytes.first(), Some(b'{' | b'[')) {
+            if let Ok(v) = serde_json::from_slice(bytes) {
+                return Ok(v);
+            }
+        }
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes).map_err(|e| {
             ApiError::bad_request(
                 "invalid_form",
@@ -234,6 +242,10 @@ mod tests {
         assert_eq!(
             parse_body("application/x-www-form-urlencoded", b"a=1&b=x&a=2").unwrap(),
             json!({"a": ["1", "2"], "b": "x"})
+        );
+        assert_eq!(
+            parse_body("application/x-www-form-urlencoded", br#"{"a":1}"#).unwrap(),
+            json!({"a": 1})
         );
         assert_eq!(parse_body("text/plain", b"hello").unwrap(), json!("hello"));
         assert_eq!(parse_body("application/json", b"").unwrap(), Value::Null);

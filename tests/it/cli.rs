@@ -52,34 +52,25 @@ async fn run_sends_for_real_and_reports_filtered_events() {
     let event = dir.path().join("e.json");
     std::fs::write(&flow, format!("id: f\ntrigger: {{ manual: }}\nsteps:\n  - id: gate\n    filter: {{ all: [{{ value: \"{{{{trigger.body.go}}}}\", equals: true }}] }}\n  - id: send\n    http: {{ url: \"{}/x\", json: {{ n: \"{{{{trigger.body.n}}}}\" }} }}\n", sink.url)).unwrap();
 
-    std::fs::write(&event, r#"{"go": true, "n": 7}"#).unwrap();
-    let out = run_cli(
-        &[
+    let run_with = |body: &str| {
+        std::fs::write(&event, body).unwrap();
+        let args = [
             "run",
             flow.to_str().unwrap(),
             "--event",
             event.to_str().unwrap(),
             "--allow-outbound",
             "127.0.0.1",
-        ],
-        dir.path(),
-    );
+        ];
+        run_cli(&args, dir.path())
+    };
+
+    let out = run_with(r#"{"go": true, "n": 7}"#);
     assert!(out.status.success(), "{}", stdout(&out));
     assert_eq!(sink.received().len(), 1);
     assert_eq!(sink.received()[0].body, json!({ "n": 7 }));
 
-    std::fs::write(&event, r#"{"go": false}"#).unwrap();
-    let out = run_cli(
-        &[
-            "run",
-            flow.to_str().unwrap(),
-            "--event",
-            event.to_str().unwrap(),
-            "--allow-outbound",
-            "127.0.0.1",
-        ],
-        dir.path(),
-    );
+    let out = run_with(r#"{"go": false}"#);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains(": filtered"), "{text}");
