@@ -38,11 +38,6 @@ macro_rules! ulid_id {
                 Self(ulid)
             }
 
-            /// The underlying ULID.
-            pub fn ulid(&self) -> Ulid {
-                self.0
-            }
-
             /// The 16 bytes of the ULID, big-endian, so byte order is time order.
             pub fn to_bytes(&self) -> [u8; 16] {
                 self.0.to_bytes()

@@ -344,12 +344,4 @@ impl TextExpr {
             TextNode::Leaf(leaf) => leaf.render_text(&Scope::new(t, ctx)),
         }
     }
-
-    /// The text itself when it holds no expression at all.
-    pub fn as_literal(&self) -> Option<&str> {
-        match &self.0 {
-            TextNode::Literal(s) => Some(s),
-            TextNode::Leaf(_) => None,
-        }
-    }
 }

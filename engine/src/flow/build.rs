@@ -20,6 +20,9 @@ use crate::steps::{join_path, BuildContext, Registry};
 
 /// The default time one step attempt may take.
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a step attempt may take: well under the runtime's lease (15 min), so a slow step is
+/// never claimed twice.
+const MAX_STEP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// The default time `respond: result` waits.
 const DEFAULT_RESPOND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -256,6 +259,13 @@ fn build_step(
         }
         None => prev.into_iter().collect(),
     };
+    let timeout = spec.timeout.map_or(DEFAULT_STEP_TIMEOUT, |d| d.0);
+    if timeout > MAX_STEP_TIMEOUT || timeout.is_zero() {
+        problems.at(
+            &format!("{here}.timeout"),
+            "a step's timeout must be more than 0 and at most 10m",
+        );
+    }
     let line = problems.index.locate(&here).line;
     Some(Step {
         id: id?,
@@ -267,7 +277,7 @@ fn build_step(
             .as_ref()
             .map(RetryPolicy::from_spec)
             .unwrap_or_default(),
-        timeout: spec.timeout.map_or(DEFAULT_STEP_TIMEOUT, |d| d.0),
+        timeout,
         action: action?,
         line,
     })

@@ -131,16 +131,6 @@ impl PositionIndex {
             .map(|n| n.path.clone())
     }
 
-    /// Number of indexed nodes (keys and values of the first document).
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    /// Whether nothing was indexed (empty or unparsable text).
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
-
     fn node(&self, path: &str) -> Option<&Node> {
         self.by_path.get(normalize(path)).map(|&i| &self.nodes[i])
     }
@@ -608,7 +598,7 @@ next: 2
         assert_eq!(idx.locate("missing.deep[3]"), Position { line: 2, col: 1 });
         assert_eq!(idx.locate(""), Position { line: 2, col: 1 });
         let empty = PositionIndex::new("");
-        assert!(empty.is_empty());
+        assert!(empty.nodes.is_empty());
         assert_eq!(empty.locate("a.b"), Position::START);
     }
 
@@ -679,14 +669,14 @@ steps:
     fn deep_and_large_inputs() {
         let deep = "[".repeat(50_000);
         let idx = PositionIndex::new(&deep);
-        assert!(idx.len() <= MAX_DEPTH + 1);
+        assert!(idx.nodes.len() <= MAX_DEPTH + 1);
 
         let mut nested = String::new();
         for i in 0..400 {
             nested.push_str(&format!("{}k{i}:\n", "  ".repeat(i)));
         }
         let idx = PositionIndex::new(&nested);
-        assert_eq!(idx.len(), MAX_DEPTH + 1);
+        assert_eq!(idx.nodes.len(), MAX_DEPTH + 1);
         assert!(idx.find_key_under("", "k300").is_none());
 
         let mut big = String::from("steps:\n");

@@ -94,7 +94,8 @@ fn item(run_id: RunId, step: &StepId, attempt: u32, due_at: Timestamp) -> QueueI
 ///
 /// Returns `None` when the attempt is stale (the step was already finished, e.g. an item run twice
 /// after a crash): nothing is written. When the run is already final (another branch failed or
-/// filtered it) only the step's record is written.
+/// filtered it while this step was executing) the step's record and status are still written, so
+/// history shows what the step did, but the run does not change.
 pub fn advance(
     flow: &Flow,
     mut run: Run,
@@ -102,10 +103,12 @@ pub fn advance(
     done: &Attempted,
     now: Timestamp,
 ) -> Option<RunUpdate> {
-    if run.step_status(&done.step_id)?.is_done() {
+    let run_was_final = run.status.is_final();
+    let current = run.step_status(&done.step_id)?;
+    let finished_late = run_was_final && current == StepStatus::Skipped;
+    if current.is_done() && !finished_late {
         return None;
     }
-    let run_was_final = run.status.is_final();
     let (status, output, error, retry_at) = match &done.result {
         StepResult::Output(v) => (StepStatus::Succeeded, Some(v.clone()), None, None),
         StepResult::Stop { output, .. } => (StepStatus::Filtered, Some(output.clone()), None, None),
@@ -199,5 +202,227 @@ fn finish(run: &mut Run, status: RunStatus, reason: Option<String>, now: Timesta
         if matches!(s.status, StepStatus::Pending | StepStatus::Queued) {
             s.status = StepStatus::Skipped;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::flow::parse_flow;
+    use crate::steps::Registry;
+
+    /// `a` → (`b`, `c`) → `d`: a fan-out and a join.
+    const DIAMOND: &str = r#"
+id: diamond
+trigger: { webhook: }
+steps:
+  - { id: a, map: { x: 1 } }
+  - { id: b, needs: [a], map: { x: 2 } }
+  - { id: c, needs: [a], map: { x: 3 } }
+  - { id: d, needs: [b, c], map: { x: 4 } }
+"#;
+
+    fn flow(yaml: &str) -> Flow {
+        parse_flow("test.yaml", yaml, &Registry::builtin(), &|_| None).expect("valid flow")
+    }
+
+    fn id(s: &str) -> StepId {
+        s.parse().unwrap()
+    }
+
+    fn new_run(flow: &Flow) -> NewRun {
+        let event = Event {
+            id: crate::ids::EventId::new(),
+            flow_id: flow.id.clone(),
+            received_at: Timestamp(0),
+            trigger: json!({}),
+        };
+        start(flow, event, RunId::new(), Timestamp(0))
+    }
+
+    fn attempt(step: &str, n: u32, result: StepResult, retry_in: Option<Duration>) -> Attempted {
+        Attempted {
+            step_id: id(step),
+            attempt: n,
+            input: json!({}),
+            result,
+            started_at: Timestamp(10),
+            duration_ms: 5,
+            retry_in,
+        }
+    }
+
+    fn ok(step: &str) -> Attempted {
+        attempt(step, 1, StepResult::Output(json!({ "from": step })), None)
+    }
+
+    fn statuses(run: &Run) -> Vec<(String, StepStatus)> {
+        run.steps
+            .iter()
+            .map(|s| (s.id.to_string(), s.status))
+            .collect()
+    }
+
+    fn queued(update: &RunUpdate) -> Vec<String> {
+        update
+            .enqueue
+            .iter()
+            .map(|i| i.step_id.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_new_run_queues_only_its_roots() {
+        let flow = flow(DIAMOND);
+        let new = new_run(&flow);
+        assert_eq!(new.run.status, RunStatus::Queued);
+        assert_eq!(new.items.len(), 1);
+        assert_eq!(new.items[0].step_id, id("a"));
+        assert_eq!(new.items[0].attempt, 1);
+        assert_eq!(new.run.step_status(&id("d")), Some(StepStatus::Pending));
+    }
+
+    #[test]
+    fn outputs_queue_the_steps_that_become_ready_and_the_join_waits_for_both() {
+        let flow = flow(DIAMOND);
+        let run = new_run(&flow).run;
+        let u = advance(&flow, run, None, &ok("a"), Timestamp(20)).unwrap();
+        assert_eq!(u.run.status, RunStatus::Running);
+        assert_eq!(queued(&u), ["b", "c"]);
+        assert_eq!(u.records[0].output, Some(json!({ "from": "a" })));
+
+        let u = advance(&flow, u.run, None, &ok("b"), Timestamp(30)).unwrap();
+        assert!(u.enqueue.is_empty(), "d still waits for c");
+        let u = advance(&flow, u.run, None, &ok("c"), Timestamp(40)).unwrap();
+        assert_eq!(queued(&u), ["d"]);
+        let u = advance(&flow, u.run, None, &ok("d"), Timestamp(50)).unwrap();
+        assert_eq!(u.run.status, RunStatus::Succeeded);
+        assert_eq!(u.run.finished_at, Some(Timestamp(50)));
+    }
+
+    #[test]
+    fn a_repeated_attempt_of_a_finished_step_writes_nothing() {
+        let flow = flow(DIAMOND);
+        let u = advance(&flow, new_run(&flow).run, None, &ok("a"), Timestamp(20)).unwrap();
+        assert!(advance(&flow, u.run, None, &ok("a"), Timestamp(30)).is_none());
+    }
+
+    #[test]
+    fn a_retryable_failure_requeues_the_step_with_the_next_attempt_due_later() {
+        let flow = flow(DIAMOND);
+        let error = StepError::transient("the server answered 503");
+        let failed = attempt(
+            "a",
+            1,
+            StepResult::Failed(error),
+            Some(Duration::from_secs(5)),
+        );
+        let u = advance(&flow, new_run(&flow).run, None, &failed, Timestamp(1_000)).unwrap();
+
+        assert_eq!(u.run.status, RunStatus::Running);
+        assert_eq!(u.run.step_status(&id("a")), Some(StepStatus::Queued));
+        assert_eq!(u.enqueue.len(), 1);
+        assert_eq!(
+            (u.enqueue[0].attempt, u.enqueue[0].due_at),
+            (2, Timestamp(6_000))
+        );
+        let record = &u.records[0];
+        assert_eq!(record.attempts[0].retry_at, Some(Timestamp(6_000)));
+        assert_eq!(
+            record.error.as_ref().unwrap().message,
+            "the server answered 503"
+        );
+
+        let second = advance(
+            &flow,
+            u.run,
+            Some(record),
+            &attempt("a", 2, StepResult::Output(json!(1)), None),
+            Timestamp(7_000),
+        )
+        .unwrap();
+        assert_eq!(second.records[0].attempts.len(), 2, "attempts accumulate");
+        assert!(second.records[0].error.is_none());
+    }
+
+    #[test]
+    fn a_final_failure_fails_the_run_and_skips_what_had_not_run() {
+        let flow = flow(DIAMOND);
+        let u = advance(&flow, new_run(&flow).run, None, &ok("a"), Timestamp(20)).unwrap();
+        let failed = attempt(
+            "b",
+            1,
+            StepResult::Failed(StepError::permanent("bad request")),
+            None,
+        );
+        let u = advance(&flow, u.run, None, &failed, Timestamp(30)).unwrap();
+
+        assert_eq!(u.run.status, RunStatus::Failed);
+        assert_eq!(
+            u.run.reason.as_deref(),
+            Some("step `b` failed: bad request")
+        );
+        assert!(u.enqueue.is_empty());
+        let expected = [
+            ("a", StepStatus::Succeeded),
+            ("b", StepStatus::Failed),
+            ("c", StepStatus::Skipped),
+            ("d", StepStatus::Skipped),
+        ];
+        assert_eq!(statuses(&u.run), expected.map(|(s, st)| (s.to_owned(), st)));
+
+        // c was executing when b failed: its result is recorded; the run stays failed.
+        let late = advance(&flow, u.run.clone(), None, &ok("c"), Timestamp(40)).unwrap();
+        assert_eq!(late.run.status, RunStatus::Failed);
+        assert_eq!(late.run.step_status(&id("c")), Some(StepStatus::Succeeded));
+        assert_eq!(late.records[0].output, Some(json!({ "from": "c" })));
+        assert!(late.enqueue.is_empty());
+        assert!(
+            advance(&flow, late.run, None, &ok("c"), Timestamp(50)).is_none(),
+            "only once"
+        );
+    }
+
+    #[test]
+    fn a_filter_stop_ends_the_run_filtered_with_its_reason() {
+        let flow = flow(DIAMOND);
+        let stop = StepResult::Stop {
+            output: json!({ "passed": false }),
+            reason: "all[0]: x does not exist".into(),
+        };
+        let u = advance(
+            &flow,
+            new_run(&flow).run,
+            None,
+            &attempt("a", 1, stop, None),
+            Timestamp(20),
+        )
+        .unwrap();
+        assert_eq!(u.run.status, RunStatus::Filtered);
+        assert_eq!(
+            u.run.reason.as_deref(),
+            Some("filtered by step `a`: all[0]: x does not exist")
+        );
+        assert_eq!(u.run.step_status(&id("a")), Some(StepStatus::Filtered));
+        assert_eq!(u.run.step_status(&id("b")), Some(StepStatus::Skipped));
+    }
+
+    #[test]
+    fn no_retry_is_scheduled_once_the_run_is_final() {
+        let flow = flow(DIAMOND);
+        let mut run = new_run(&flow).run;
+        run.status = RunStatus::Failed;
+        run.set_step_status(&id("a"), StepStatus::Queued);
+        let failed = attempt(
+            "a",
+            1,
+            StepResult::Failed(StepError::transient("timeout")),
+            Some(Duration::from_secs(5)),
+        );
+        let u = advance(&flow, run, None, &failed, Timestamp(20)).unwrap();
+        assert!(u.enqueue.is_empty());
+        assert_eq!(u.run.step_status(&id("a")), Some(StepStatus::Failed));
     }
 }
