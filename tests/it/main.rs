@@ -2,6 +2,7 @@
 //! One test binary; the harness is in `support`.
 
 mod cli;
+mod crash;
 mod pipeline;
 mod requests;
 mod support;

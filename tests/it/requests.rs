@@ -141,3 +141,18 @@ async fn api_errors_are_json() {
     let (status, body) = server.get("/healthz").await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
 }
+
+#[tokio::test]
+async fn deeply_nested_json_is_refused_and_the_server_keeps_serving() {
+    let server = Server::start(&[("echo.yaml", FLOW)]);
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (status, body) = post_raw(&server.catch_url("echo"), "application/json", deep).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["code"], "invalid_json");
+    assert!(
+        body["detail"].as_str().unwrap().contains("recursion limit"),
+        "{body}"
+    );
+    let (status, _) = server.send("echo", &json!({ "still": "serving" })).await;
+    assert_eq!(status, 200);
+}

@@ -57,6 +57,8 @@ pub struct Server {
     /// The lines printed at start-up.
     pub banner: Vec<String>,
     dir: TempDir,
+    /// One client for every request (building a client per request is slow).
+    client: reqwest::Client,
     extra_args: Vec<String>,
     envs: Vec<(String, String)>,
 }
@@ -89,6 +91,7 @@ impl Server {
             base: String::new(),
             banner: Vec::new(),
             dir,
+            client: reqwest::Client::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             envs: envs
                 .iter()
@@ -135,6 +138,8 @@ impl Server {
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         self.child = Some(child);
+        // Pooled connections to a previous process are dead.
+        self.client = reqwest::Client::new();
     }
 
     /// The catch URL printed for a flow.
@@ -171,6 +176,13 @@ impl Server {
         }
     }
 
+    /// Kills the process with SIGKILL: no shutdown, no final flush.
+    pub fn kill_hard(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL delivered");
+        child.wait().expect("reaped");
+    }
+
     /// Starts the server again on the same directories (and the same port).
     pub fn restart(&mut self) {
         let listen = self.base.trim_start_matches("http://").to_owned();
@@ -179,7 +191,10 @@ impl Server {
 
     /// GETs an API path; returns status and JSON.
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = reqwest::get(format!("{}{path}", self.base))
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
             .await
             .expect("server answers");
         let status = r.status().as_u16();
@@ -188,7 +203,8 @@ impl Server {
 
     /// POSTs JSON to a flow's catch URL; returns status and JSON.
     pub async fn send(&self, flow: &str, body: &Value) -> (u16, Value) {
-        let r = reqwest::Client::new()
+        let r = self
+            .client
             .post(self.catch_url(flow))
             .json(body)
             .send()

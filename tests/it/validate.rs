@@ -158,3 +158,21 @@ fn valid_flows_pass_and_the_shipped_flows_are_valid() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 flow(s) valid"));
 }
+
+#[test]
+fn a_yaml_alias_bomb_is_refused() {
+    // Nine levels of nine aliases: a billion strings if expanded.
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    for (prev, name) in "abcdefgh".chars().zip("bcdefghi".chars()) {
+        let refs = vec![format!("*{prev}"); 9].join(",");
+        bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+    }
+    let (ok, lines, _dir) = validate(&[("bomb.yaml", &bomb)]);
+    assert!(!ok);
+    assert!(
+        lines.iter().any(|l| l.starts_with("./bomb.yaml:")),
+        "{lines:?}"
+    );
+}
