@@ -123,5 +123,47 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.max_body_bytes, 1024 * 1024);
         assert_eq!(c.base_url(), "http://127.0.0.1:8080");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_file_is_read_checked_and_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookflow.yaml");
+        let write = |text: &str| std::fs::write(&path, text).unwrap();
+
+        write("listen: 0.0.0.0:9000\npublic_url: https://hooks.example.com/\nflows: f\ndata: d\nmax_body_bytes: 2048\nworkers: 4\noutbound: { allow: [10.0.0.0/8] }\nlog_format: json\n");
+        let c = Config::load(Some(&path)).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.base_url(), "https://hooks.example.com");
+        assert_eq!(c.log_format, LogFormat::Json);
+        let policy = c.outbound_policy(c.listen).unwrap();
+        assert!(policy.refusal("10.1.1.1".parse().unwrap()).is_none());
+
+        write("listen: 127.0.0.1:1\nflows: f\ndata: d\nmax_body_bytes: 2048\nworkers: 4\nlog_format: text\nworkerz: 3\n");
+        let e = format!("{:#}", Config::load(Some(&path)).unwrap_err());
+        assert!(
+            e.contains("hookflow.yaml") && e.contains("unknown field `workerz`"),
+            "{e}"
+        );
+
+        write("listen: 127.0.0.1:1\nflows: f\ndata: d\nmax_body_bytes: 99999999\nworkers: 4\nlog_format: text\n");
+        let e = Config::load(Some(&path))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 1048576"), "{e}");
+
+        write("listen: 127.0.0.1:1\nflows: f\ndata: d\nmax_body_bytes: 1\nworkers: 4\nlog_format: text\noutbound: { allow: [nonsense] }\n");
+        let e = Config::load(Some(&path))
+            .unwrap()
+            .outbound_policy(c.listen)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("outbound.allow") && e.contains("nonsense"),
+            "{e}"
+        );
     }
 }

@@ -263,6 +263,37 @@ steps:
 }
 
 #[tokio::test]
+async fn respond_result_answers_202_when_the_run_outlasts_the_timeout() {
+    // A target that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let flow = format!(
+        r#"
+id: slow
+trigger:
+  webhook: {{ respond: result, respond_timeout: 200ms }}
+steps:
+  - id: call
+    http: {{ url: "http://{}/never" }}
+    timeout: 1s
+    retry: {{ attempts: 1 }}
+"#,
+        silent.local_addr().unwrap()
+    );
+    let server = Server::start(&[("slow.yaml", &flow)]);
+    let (status, answer) = server.send("slow", &json!({})).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["status"], "running");
+    let run = server
+        .finished_run(answer["run_id"].as_str().unwrap())
+        .await;
+    assert_eq!(run["status"], "failed");
+    assert!(
+        run["reason"].as_str().unwrap().contains("timed out"),
+        "{run:#}"
+    );
+}
+
+#[tokio::test]
 async fn runs_are_listed_newest_first_with_filters_and_cursor_paging() {
     let sink = Sink::start().await;
     let server = Server::start(&[("leads.yaml", &lead_flow(&sink, ""))]);

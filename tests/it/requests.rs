@@ -140,6 +140,19 @@ async fn api_errors_are_json() {
     );
     let (status, body) = server.get("/healthz").await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, body) = server.get("/no/such/page").await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+
+    let page = reqwest::get(&server.base).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(
+        page.text().await.unwrap().contains("/api/v1/flows"),
+        "the page reads the API"
+    );
 }
 
 #[tokio::test]
