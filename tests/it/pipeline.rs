@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::support::{Server, Sink};
+use crate::support::{eventually, Server, Sink};
 
 fn lead_flow(sink: &Sink, retry: &str) -> String {
     format!(
@@ -330,4 +330,112 @@ async fn runs_are_listed_newest_first_with_filters_and_cursor_paging() {
     assert_eq!(filtered["runs"].as_array().unwrap().len(), 3);
     let (_, none) = server.get("/api/v1/runs?flow=other").await;
     assert!(none["runs"].as_array().unwrap().is_empty());
+}
+
+/// A flow whose first step fails once and retries after 3 s, then tags its output with `version`.
+fn versioned_flow(sink: &Sink, version: &str) -> String {
+    format!(
+        r#"
+id: versioned
+trigger: {{ webhook: }}
+steps:
+  - id: call
+    http: {{ url: "{url}/v", headers: {{ X-Token: "${{env:SECRET_TOKEN}}" }} }}
+    retry: {{ attempts: 3, backoff: fixed, initial: 3s, jitter: false }}
+  - id: tag
+    map: {{ version: {version} }}
+"#,
+        url = sink.url
+    )
+}
+
+/// Sends one event and waits until its first attempt failed and a retry is scheduled.
+async fn send_and_wait_for_retry(server: &Server) -> String {
+    let (_, ack) = server.send("versioned", &json!({})).await;
+    let run_id = ack["run_id"].as_str().unwrap().to_owned();
+    eventually("the first attempt to fail", || async {
+        let (_, run) = server.get(&format!("/api/v1/runs/{run_id}")).await;
+        run["steps"][0]["attempts"][0]["retry_at"]
+            .is_string()
+            .then_some(())
+    })
+    .await;
+    run_id
+}
+
+#[tokio::test]
+async fn a_queued_run_finishes_on_the_flow_revision_that_accepted_it() {
+    let sink = Sink::scripted(&[500]).await;
+    let envs = [("SECRET_TOKEN", "t0ps3cret")];
+    let mut server = Server::start_with(
+        &[("versioned.yaml", &versioned_flow(&sink, "A"))],
+        &["--allow-outbound", "127.0.0.1"],
+        &envs,
+    );
+    let run_id = send_and_wait_for_retry(&server).await;
+
+    assert!(server.stop_gracefully());
+    server.write_flow("versioned.yaml", &versioned_flow(&sink, "B"));
+    server.restart();
+
+    let run = server.finished_run(&run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(
+        run["steps"][1]["output"],
+        json!({ "version": "A" }),
+        "the queued run kept its revision"
+    );
+    let (_, new) = server.send("versioned", &json!({})).await;
+    let new = server.finished_run(new["run_id"].as_str().unwrap()).await;
+    assert_eq!(
+        new["steps"][1]["output"],
+        json!({ "version": "B" }),
+        "new events use the edited flow"
+    );
+    assert_ne!(new["revision"], run["revision"]);
+
+    assert!(sink
+        .received()
+        .iter()
+        .all(|r| r.headers["x-token"] == "t0ps3cret"));
+    let recorded = serde_json::to_string(&run).unwrap();
+    assert!(
+        !recorded.contains("t0ps3cret"),
+        "the secret is never recorded: {recorded}"
+    );
+    assert_eq!(run["steps"][0]["input"]["headers"]["X-Token"], "[redacted]");
+}
+
+#[tokio::test]
+async fn a_queued_run_whose_revision_can_no_longer_load_fails_with_the_reason() {
+    let sink = Sink::scripted(&[500]).await;
+    let envs = [("SECRET_TOKEN", "t0ps3cret")];
+    let mut server = Server::start_with(
+        &[("versioned.yaml", &versioned_flow(&sink, "A"))],
+        &["--allow-outbound", "127.0.0.1"],
+        &envs,
+    );
+    let run_id = send_and_wait_for_retry(&server).await;
+
+    assert!(server.stop_gracefully());
+    server.remove_env("SECRET_TOKEN");
+    server.restart();
+
+    let run = server.finished_run(&run_id).await;
+    assert_eq!(run["status"], "failed");
+    let reason = run["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("SECRET_TOKEN") && reason.contains("is not set"),
+        "{reason}"
+    );
+    assert_eq!(run["steps"][1]["status"], "skipped");
+    let (status, _) = server.get("/api/v1/flows").await;
+    assert_eq!(status, 200);
+    assert!(
+        !server
+            .banner
+            .iter()
+            .any(|l| l.contains("/hooks/catch/versioned/")),
+        "the invalid flow is not served"
+    );
 }

@@ -183,6 +183,16 @@ impl Server {
         child.wait().expect("reaped");
     }
 
+    /// Writes (or replaces) a flow file, for the next start.
+    pub fn write_flow(&self, name: &str, yaml: &str) {
+        std::fs::write(self.dir.path().join("flows").join(name), yaml).unwrap();
+    }
+
+    /// Removes an environment variable for the next start.
+    pub fn remove_env(&mut self, name: &str) {
+        self.envs.retain(|(k, _)| k != name);
+    }
+
     /// Starts the server again on the same directories (and the same port).
     pub fn restart(&mut self) {
         let listen = self.base.trim_start_matches("http://").to_owned();

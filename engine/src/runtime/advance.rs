@@ -194,7 +194,7 @@ pub fn advance(
 }
 
 /// Ends a run: the steps that had not run are skipped.
-fn finish(run: &mut Run, status: RunStatus, reason: Option<String>, now: Timestamp) {
+pub(crate) fn finish(run: &mut Run, status: RunStatus, reason: Option<String>, now: Timestamp) {
     run.status = status;
     run.reason = reason;
     run.finished_at = Some(now);

@@ -24,10 +24,10 @@ use self::catalog::Catalog;
 use self::context::{idempotency_key, redact, redact_text, run_context};
 use crate::flow::Flow;
 use crate::ids::{EventId, FlowId, RunId};
-use crate::model::{Event, QueueItem, Run, RunStatus, Timestamp};
+use crate::model::{Event, QueueItem, Run, RunStatus, StepRecord, Timestamp};
 use crate::outbound::HttpClient;
 use crate::steps::{ExecContext, Outcome, StepError};
-use crate::store::Store;
+use crate::store::{RunUpdate, Store, StoreError};
 use crate::Result;
 
 /// How the engine runs.
@@ -52,6 +52,14 @@ impl Default for EngineConfig {
             no_retries: false,
         }
     }
+}
+
+/// What executing one queue item works on.
+struct Work {
+    run: Run,
+    flow: Arc<Flow>,
+    event: Event,
+    records: Vec<StepRecord>,
 }
 
 /// A run that reached a final status.
@@ -268,20 +276,36 @@ impl Engine {
 
     /// Executes one queue item and commits its outcome.
     async fn execute(&self, item: &QueueItem) -> Result<()> {
+        let Some(work) = self.load(item).await? else {
+            return Ok(());
+        };
+        let done = self.attempt(&work, item).await;
+        let now = Timestamp::now();
+        let previous = work.records.iter().find(|r| r.step_id == item.step_id);
+        let run = self
+            .store
+            .update_run(item.run_id, Some(item.id), &|run| {
+                advance::advance(&work.flow, run, previous, &done, now)
+            })
+            .await?;
+        self.announce(run);
+        Ok(())
+    }
+
+    /// What executing an item needs, or `None` when the item needs no execution (it was dropped,
+    /// or its run was failed because its flow revision cannot be loaded).
+    async fn load(&self, item: &QueueItem) -> Result<Option<Work>> {
         let store = self.store.as_ref();
-        let Some(run) = store.run(item.run_id).await? else {
-            warn!("queue item for a run that does not exist; dropped");
+        let run = store.run(item.run_id).await?;
+        let Some(run) = run.filter(|r| {
+            !r.status.is_final() && r.step_status(&item.step_id).is_some_and(|s| !s.is_done())
+        }) else {
+            // A run that is gone or over, or a step already done (an item run twice after a crash).
             store
                 .update_run(item.run_id, Some(item.id), &|_| None)
                 .await?;
-            return Ok(());
+            return Ok(None);
         };
-        let stale =
-            run.status.is_final() || run.step_status(&item.step_id).is_none_or(|s| s.is_done());
-        if stale {
-            store.update_run(run.id, Some(item.id), &|_| None).await?;
-            return Ok(());
-        }
         let flow = match self
             .catalog
             .revision(store, &run.flow_id, &run.revision)
@@ -289,30 +313,39 @@ impl Engine {
         {
             Ok(flow) => flow,
             Err(e) if !e.is_retryable() => {
-                error!(error = %e, "the run's flow revision cannot be loaded; failing the step");
-                let done = self.attempted(
-                    item,
-                    Value::Null,
-                    Timestamp::now(),
-                    Instant::now(),
-                    StepResult::Failed(StepError::permanent(e.to_string())),
-                    None,
-                );
-                return self.commit(None, item, &done).await;
+                error!(error = %e, "the run's flow revision cannot be loaded; failing the run");
+                self.fail_run(item, &e.to_string()).await?;
+                return Ok(None);
             }
             Err(e) => return Err(e),
         };
         let event = store.event(run.event_id).await?.ok_or_else(|| {
-            crate::store::StoreError::Backend(format!(
+            StoreError::Backend(format!(
                 "event {} of run {} is missing",
                 run.event_id, run.id
             ))
         })?;
         let records = store.step_records(run.id).await?;
+        Ok(Some(Work {
+            run,
+            flow,
+            event,
+            records,
+        }))
+    }
+
+    /// Renders and executes the step once; the result is redacted and carries its retry delay.
+    async fn attempt(&self, work: &Work, item: &QueueItem) -> Attempted {
+        let Work {
+            run,
+            flow,
+            event,
+            records,
+        } = work;
         let step = flow
             .step(&item.step_id)
             .expect("a run's steps come from its flow revision");
-        let ctx = run_context(&event, &run, &records, &step.id, item.attempt);
+        let ctx = run_context(event, run, records, &step.id, item.attempt);
         let started_at = Timestamp::now();
         let clock = Instant::now();
         let (mut input, result) = match step.action.render(&flow.templates, &ctx) {
@@ -322,7 +355,7 @@ impl Engine {
                     run_id: run.id,
                     step_id: step.id.clone(),
                     attempt: item.attempt,
-                    idempotency_key: idempotency_key(&run, &step.id),
+                    idempotency_key: idempotency_key(run, &step.id),
                     dry_run: self.config.dry_run,
                     timeout: step.timeout,
                     http: self.http.clone(),
@@ -354,20 +387,6 @@ impl Engine {
             StepResult::Failed(e) => warn!(error = %e.message, retry_in = ?retry_in, "step failed"),
             _ => debug!("step done"),
         }
-        let done = self.attempted(item, input, started_at, clock, result, retry_in);
-        let previous = records.iter().find(|r| r.step_id == item.step_id);
-        self.commit_with(&flow, previous, item, &done).await
-    }
-
-    fn attempted(
-        &self,
-        item: &QueueItem,
-        input: Value,
-        started_at: Timestamp,
-        clock: Instant,
-        result: StepResult,
-        retry_in: Option<Duration>,
-    ) -> Attempted {
         Attempted {
             step_id: item.step_id.clone(),
             attempt: item.attempt,
@@ -379,43 +398,20 @@ impl Engine {
         }
     }
 
-    /// Commits an attempt for a run whose flow could not be loaded: the run fails.
-    async fn commit(&self, _flow: Option<&Flow>, item: &QueueItem, done: &Attempted) -> Result<()> {
-        let StepResult::Failed(e) = &done.result else {
-            return Ok(());
-        };
-        let reason = format!("step `{}` failed: {}", done.step_id, e.message);
+    /// Fails a run that cannot go on (its flow revision cannot be loaded): no step of it can run.
+    async fn fail_run(&self, item: &QueueItem, why: &str) -> Result<()> {
+        let reason = format!("step `{}` could not run: {why}", item.step_id);
         let now = Timestamp::now();
         let run = self
             .store
             .update_run(item.run_id, Some(item.id), &|mut run| {
-                run.status = RunStatus::Failed;
-                run.reason = Some(reason.clone());
-                run.finished_at = Some(now);
+                advance::finish(&mut run, RunStatus::Failed, Some(reason.clone()), now);
                 run.updated_at = now;
-                Some(crate::store::RunUpdate {
+                Some(RunUpdate {
                     run,
                     records: Vec::new(),
                     enqueue: Vec::new(),
                 })
-            })
-            .await?;
-        self.announce(run);
-        Ok(())
-    }
-
-    async fn commit_with(
-        &self,
-        flow: &Flow,
-        previous: Option<&crate::model::StepRecord>,
-        item: &QueueItem,
-        done: &Attempted,
-    ) -> Result<()> {
-        let now = Timestamp::now();
-        let run = self
-            .store
-            .update_run(item.run_id, Some(item.id), &|run| {
-                advance::advance(flow, run, previous, done, now)
             })
             .await?;
         self.announce(run);
