@@ -77,9 +77,11 @@ pub async fn run(
         .iter()
         .map(|n| n.parse().map_err(|e: String| anyhow::anyhow!(e)))
         .collect::<anyhow::Result<_>>()?;
+    // The shipped flows post to a local server's request inspector (the default listen address).
+    let inspector = crate::config::Config::load(None)?.listen;
     let http = HttpClient::new(OutboundPolicy {
         allow,
-        own_address: None,
+        own_address: Some(inspector),
     })?;
     let store = SledStore::temporary().context("cannot create a temporary store")?;
     let config = EngineConfig {
@@ -155,6 +157,9 @@ pub async fn run(
             .map(|r| format!(" — {r}"))
             .unwrap_or_default()
     );
+    if run.status == RunStatus::Failed && !dry_run {
+        println!("tip: `--dry-run` shows HTTP requests without sending them; the shipped flows send to a running `hookflow serve`'s request inspector");
+    }
     Ok(if run.status == RunStatus::Failed {
         ExitCode::FAILURE
     } else {
