@@ -6,6 +6,8 @@
 //! [`Registry`]; the engine's flow parser never changes when one is added. [`register_all`] is what
 //! the `hookflow` binary calls.
 
+#![warn(missing_docs)]
+
 use hookflow_engine::steps::Registry;
 
 /// A family of step kinds for one service.

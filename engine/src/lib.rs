@@ -19,6 +19,8 @@
 //! `Store::update_run`. A crash loses at most in-flight attempts, which run again with the same
 //! idempotency key.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod expr;
 pub mod flow;

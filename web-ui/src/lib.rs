@@ -3,6 +3,8 @@
 //! For now one page that lists the flows (with their catch URLs) and the latest runs through the
 //! REST API; the full UI (flow graphs, run detail, replay) builds on it.
 
+#![warn(missing_docs)]
+
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
