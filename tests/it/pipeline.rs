@@ -349,8 +349,17 @@ steps:
     )
 }
 
-/// Sends one event and waits until its first attempt failed and a retry is scheduled.
-async fn send_and_wait_for_retry(server: &Server) -> String {
+/// A server running flow revision "A" whose run waits for a retry, stopped gracefully: returns
+/// the sink, the stopped server and the run id.
+async fn stopped_with_a_retry_pending() -> (Sink, Server, String) {
+    let sink = Sink::scripted(&[500]).await;
+    let envs = [("SECRET_TOKEN", "t0ps3cret")];
+    let flow = versioned_flow(&sink, "A");
+    let mut server = Server::start_with(
+        &[("versioned.yaml", &flow)],
+        &["--allow-outbound", "127.0.0.1"],
+        &envs,
+    );
     let (_, ack) = server.send("versioned", &json!({})).await;
     let run_id = ack["run_id"].as_str().unwrap().to_owned();
     eventually("the first attempt to fail", || async {
@@ -360,21 +369,13 @@ async fn send_and_wait_for_retry(server: &Server) -> String {
             .then_some(())
     })
     .await;
-    run_id
+    assert!(server.stop_gracefully());
+    (sink, server, run_id)
 }
 
 #[tokio::test]
 async fn a_queued_run_finishes_on_the_flow_revision_that_accepted_it() {
-    let sink = Sink::scripted(&[500]).await;
-    let envs = [("SECRET_TOKEN", "t0ps3cret")];
-    let mut server = Server::start_with(
-        &[("versioned.yaml", &versioned_flow(&sink, "A"))],
-        &["--allow-outbound", "127.0.0.1"],
-        &envs,
-    );
-    let run_id = send_and_wait_for_retry(&server).await;
-
-    assert!(server.stop_gracefully());
+    let (sink, mut server, run_id) = stopped_with_a_retry_pending().await;
     server.write_flow("versioned.yaml", &versioned_flow(&sink, "B"));
     server.restart();
 
@@ -408,16 +409,7 @@ async fn a_queued_run_finishes_on_the_flow_revision_that_accepted_it() {
 
 #[tokio::test]
 async fn a_queued_run_whose_revision_can_no_longer_load_fails_with_the_reason() {
-    let sink = Sink::scripted(&[500]).await;
-    let envs = [("SECRET_TOKEN", "t0ps3cret")];
-    let mut server = Server::start_with(
-        &[("versioned.yaml", &versioned_flow(&sink, "A"))],
-        &["--allow-outbound", "127.0.0.1"],
-        &envs,
-    );
-    let run_id = send_and_wait_for_retry(&server).await;
-
-    assert!(server.stop_gracefully());
+    let (_sink, mut server, run_id) = stopped_with_a_retry_pending().await;
     server.remove_env("SECRET_TOKEN");
     server.restart();
 
