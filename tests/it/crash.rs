@@ -12,9 +12,9 @@ use serde_json::{json, Value};
 use crate::support::{eventually, Server, Sink};
 
 /// Concurrent senders.
-const SENDERS: u64 = 8;
+const SENDERS: u64 = 16;
 /// Acknowledged events before the kill (then the kill lands while more arrive).
-const ACKED_BEFORE_KILL: usize = 150;
+const ACKED_BEFORE_KILL: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_acknowledged_before_a_sigkill_all_finish_after_restart() {
