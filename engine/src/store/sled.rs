@@ -850,27 +850,11 @@ mod tests {
         let flushes = Arc::new(Mutex::new(Vec::<u64>::new()));
         let (release_first, first_released) = tokio::sync::oneshot::channel::<()>();
 
-        let first = {
-            let (commit, flushes) = (commit.clone(), flushes.clone());
-            tokio::spawn(async move {
-                let started = commit.clone();
-                commit
-                    .wait_durable(|| async move {
-                        flushes
-                            .lock()
-                            .unwrap()
-                            .push(started.requested.load(Ordering::SeqCst));
-                        first_released.await.unwrap();
-                        Ok(())
-                    })
-                    .await
-            })
-        };
-        // Let the first caller take ticket 1 and start its (blocked) flush.
-        while flushes.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
-        let waiter = |commit: Arc<GroupCommit>, flushes: Arc<Mutex<Vec<u64>>>| async move {
+        // A caller whose flush records the highest ticket taken when it started, then waits for
+        // `gate` (if any) before reporting success.
+        let waiter = |commit: Arc<GroupCommit>,
+                      flushes: Arc<Mutex<Vec<u64>>>,
+                      gate: Option<tokio::sync::oneshot::Receiver<()>>| async move {
             let started = commit.clone();
             commit
                 .wait_durable(|| async move {
@@ -878,12 +862,24 @@ mod tests {
                         .lock()
                         .unwrap()
                         .push(started.requested.load(Ordering::SeqCst));
+                    if let Some(gate) = gate {
+                        gate.await.unwrap();
+                    }
                     Ok(())
                 })
                 .await
         };
-        let second = tokio::spawn(waiter(commit.clone(), flushes.clone()));
-        let third = tokio::spawn(waiter(commit.clone(), flushes.clone()));
+        let first = tokio::spawn(waiter(
+            commit.clone(),
+            flushes.clone(),
+            Some(first_released),
+        ));
+        // Let the first caller take ticket 1 and start its (blocked) flush.
+        while flushes.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let second = tokio::spawn(waiter(commit.clone(), flushes.clone(), None));
+        let third = tokio::spawn(waiter(commit.clone(), flushes.clone(), None));
         while commit.requested.load(Ordering::SeqCst) < 3 {
             tokio::task::yield_now().await;
         }
