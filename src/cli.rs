@@ -50,6 +50,9 @@ pub enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// Start a run's event again as a new run from the first step, on the flow as it is now or as
+    /// it was; or every run of a flow in a time window (`--flow`).
+    Replay(ReplayArgs),
     /// Show what the server's request inspector received (`/inspect/BIN`).
     Inspect {
         /// The bin; without it, list the bins.
@@ -89,6 +92,58 @@ pub enum RunsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Resume a failed run from the step that failed (succeeded steps keep their outputs); or every
+    /// failed run of a flow in a time window (`--flow`).
+    Retry(RetryArgs),
+}
+
+/// `hookflow runs retry` options.
+#[derive(Debug, clap::Args)]
+pub struct RetryArgs {
+    /// The failed run (`run_…`); leave out and give `--flow` to retry many.
+    pub run_id: Option<String>,
+    /// Which runs, when many.
+    #[command(flatten)]
+    pub bulk: BulkArgs,
+    /// Server options.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `hookflow replay` options.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// The run to replay (`run_…`); leave out and give `--flow` to replay many.
+    pub run_id: Option<String>,
+    /// `current`: the flow as deployed now; `original`: exactly the revision the run ran.
+    #[arg(long, default_value = "current")]
+    pub revision: String,
+    /// Only runs with this status (with `--flow`): queued, running, succeeded, failed, filtered.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Which runs, when many.
+    #[command(flatten)]
+    pub bulk: BulkArgs,
+    /// Server options.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Which runs of a flow a bulk retry or replay applies to. The matching count is shown first.
+#[derive(Debug, clap::Args)]
+pub struct BulkArgs {
+    /// Every matching run of this flow.
+    #[arg(long)]
+    pub flow: Option<String>,
+    /// Only runs created since: a time (RFC 3339) or a duration ago (`2h`, `7d`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only runs created before: a time (RFC 3339) or a duration ago.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Start without asking for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 /// Options of commands that talk to a running server.

@@ -1,14 +1,35 @@
-//! Commands that talk to a running server's REST API: `hooks`, `runs list`, `runs show`, `inspect`.
+//! Commands that talk to a running server's REST API: `hooks`, `runs list`, `runs show`,
+//! `runs retry`, `replay`, `inspect`.
+
+use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{bail, Context};
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::cli::ClientArgs;
+use crate::cli::{BulkArgs, ClientArgs, ReplayArgs, RetryArgs};
 
 /// GETs an API path and returns its JSON, turning `{code, detail}` answers into errors.
 async fn get(client: &ClientArgs, path_and_query: &str) -> anyhow::Result<Value> {
+    call(client, reqwest::Method::GET, path_and_query, None).await
+}
+
+/// POSTs a JSON body to an API path and returns its JSON answer.
+async fn post(client: &ClientArgs, path: &str, body: Value) -> anyhow::Result<Value> {
+    call(client, reqwest::Method::POST, path, Some(body)).await
+}
+
+async fn call(
+    client: &ClientArgs,
+    method: reqwest::Method,
+    path_and_query: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let url = format!("{}{path_and_query}", client.server.trim_end_matches('/'));
-    let response = reqwest::get(&url).await.with_context(|| {
+    let mut request = reqwest::Client::new().request(method, &url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.with_context(|| {
         format!(
             "cannot reach the hookflow server at {} (is `hookflow serve` running? set --server)",
             client.server
@@ -153,6 +174,141 @@ pub async fn show_run(client: &ClientArgs, run_id: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `hookflow runs retry`: one failed run, or every failed run of a flow in a window.
+pub async fn retry(args: &RetryArgs) -> anyhow::Result<()> {
+    let client = &args.client;
+    let Some(run_id) = one_or_many(args.run_id.as_deref(), &args.bulk)? else {
+        let selection = selection(&args.bulk, None, None);
+        return bulk(client, &RETRY, selection, args.bulk.yes).await;
+    };
+    let run = post(client, &format!("/api/v1/runs/{run_id}/retry"), json!({})).await?;
+    if client.json {
+        return print_json(&run);
+    }
+    println!(
+        "run {} resumed from its failed step (status {}); follow it with: hookflow runs show {}",
+        text(&run["id"]),
+        text(&run["status"]),
+        text(&run["id"])
+    );
+    Ok(())
+}
+
+/// `hookflow replay`: one run, or every matching run of a flow in a window.
+pub async fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
+    let client = &args.client;
+    let Some(run_id) = one_or_many(args.run_id.as_deref(), &args.bulk)? else {
+        let selection = selection(&args.bulk, args.status.as_deref(), Some(&args.revision));
+        return bulk(client, &REPLAY, selection, args.bulk.yes).await;
+    };
+    if args.status.is_some() {
+        bail!("--status selects runs of a flow: use it with --flow, not with a run id");
+    }
+    let body = json!({ "revision": args.revision });
+    let started = post(client, &format!("/api/v1/runs/{run_id}/replay"), body).await?;
+    if client.json {
+        return print_json(&started);
+    }
+    println!(
+        "replaying {run_id} on the {} revision as run {}; follow it with: hookflow runs show {}",
+        args.revision,
+        text(&started["run_id"]),
+        text(&started["run_id"])
+    );
+    Ok(())
+}
+
+/// The run id of a one-run command, or `None` for a bulk one; exactly one must be given.
+fn one_or_many<'a>(run_id: Option<&'a str>, bulk: &BulkArgs) -> anyhow::Result<Option<&'a str>> {
+    let bulk_given = bulk.flow.is_some() || bulk.since.is_some() || bulk.until.is_some();
+    match (run_id, bulk_given) {
+        (Some(id), false) => Ok(Some(id)),
+        (None, true) if bulk.flow.is_some() => Ok(None),
+        (None, _) => bail!("give a run id, or --flow (with --since/--until) for many runs"),
+        (Some(_), true) => bail!("give a run id or --flow, not both"),
+    }
+}
+
+fn selection(bulk: &BulkArgs, status: Option<&str>, revision: Option<&str>) -> Value {
+    json!({
+        "flow": bulk.flow, "since": bulk.since, "until": bulk.until, "status": status,
+        "revision": revision,
+    })
+}
+
+/// A bulk action: its API path and how it is described.
+struct BulkAction {
+    path: &'static str,
+    /// What is selected (`failed runs`).
+    what: &'static str,
+    /// The confirmation question.
+    ask: &'static str,
+    /// The past tense (`retried`).
+    done: &'static str,
+}
+
+const RETRY: BulkAction = BulkAction {
+    path: "/api/v1/runs/retry",
+    what: "failed runs",
+    ask: "Retry them from their failed steps? [y/N] ",
+    done: "retried",
+};
+
+const REPLAY: BulkAction = BulkAction {
+    path: "/api/v1/runs/replay",
+    what: "runs",
+    ask: "Replay them as new runs? [y/N] ",
+    done: "replayed",
+};
+
+/// Counts the selection, asks (unless `yes`), then starts the action.
+async fn bulk(
+    client: &ClientArgs,
+    action: &BulkAction,
+    mut selection: Value,
+    yes: bool,
+) -> anyhow::Result<()> {
+    selection["dry_run"] = json!(true);
+    let matched = post(client, action.path, selection.clone()).await?["matched"]
+        .as_u64()
+        .unwrap_or_default();
+    eprintln!(
+        "{matched} {} of flow {} match",
+        action.what,
+        text(&selection["flow"])
+    );
+    if matched == 0 {
+        return Ok(());
+    }
+    if !yes && !confirm(action.ask)? {
+        eprintln!("nothing started (add --yes to start without asking)");
+        return Ok(());
+    }
+    selection["dry_run"] = json!(false);
+    let result = post(client, action.path, selection).await?;
+    if client.json {
+        return print_json(&result);
+    }
+    let started = result["started"].as_array().map_or(0, Vec::len);
+    println!("{} {started} of {} run(s)", action.done, result["matched"]);
+    for f in result["failed"].as_array().cloned().unwrap_or_default() {
+        println!("  {}: {}", text(&f["run_id"]), text(&f["reason"]));
+    }
+    Ok(())
+}
+
+/// Asks on the terminal; without one (a script), the answer is no.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    eprint!("{question}");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 /// `hookflow inspect`.

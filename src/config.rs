@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use hookflow_engine::flow::spec::HumanDuration;
+use hookflow_engine::runtime::RetentionConfig;
 use serde::Deserialize;
 
 /// The configuration used when no file is given; also the reference for the file's format.
@@ -29,13 +31,57 @@ pub struct Config {
     pub data: PathBuf,
     /// The largest request body a catch hook accepts, in bytes.
     pub max_body_bytes: usize,
-    /// How many steps may execute at once.
+    /// How many steps may execute at once (0: store events, execute nothing).
     pub workers: usize,
+    /// How long run history is kept.
+    #[serde(default)]
+    pub retention: RetentionSection,
+    /// The most memory the store's page cache uses, in MiB.
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
     /// Outbound HTTP settings.
     #[serde(default)]
     pub outbound: OutboundConfig,
     /// `text` or `json` logs.
     pub log_format: LogFormat,
+}
+
+fn default_cache_mb() -> u64 {
+    hookflow_engine::store::sled::DEFAULT_CACHE_BYTES >> 20
+}
+
+/// How long run history is kept; a flow's own `retention:` overrides the first two.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    /// Finished runs older than this are deleted.
+    pub max_age: HumanDuration,
+    /// At most this many finished runs are kept per flow (the newest).
+    pub max_runs: usize,
+    /// How often old runs are looked for.
+    pub every: HumanDuration,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        let d = RetentionConfig::default();
+        Self {
+            max_age: HumanDuration(d.max_age),
+            max_runs: d.max_runs,
+            every: HumanDuration(d.every),
+        }
+    }
+}
+
+impl RetentionSection {
+    /// The engine's retention settings.
+    pub fn to_engine(&self) -> RetentionConfig {
+        RetentionConfig {
+            max_age: self.max_age.0,
+            max_runs: self.max_runs,
+            every: self.every.0,
+        }
+    }
 }
 
 /// Outbound HTTP settings.
@@ -80,7 +126,11 @@ impl Config {
             "max_body_bytes may be at most {MAX_BODY_LIMIT} (1 MiB), not {}",
             self.max_body_bytes
         );
-        anyhow::ensure!(self.workers > 0, "workers must be at least 1");
+        anyhow::ensure!(
+            !self.retention.every.0.is_zero(),
+            "retention.every must be longer than 0s"
+        );
+        anyhow::ensure!(self.cache_mb >= 1, "cache_mb must be at least 1");
         Ok(())
     }
 

@@ -57,6 +57,10 @@ fn main() -> ExitCode {
             } => client::show_run(&client, &run_id)
                 .await
                 .map(|()| ExitCode::SUCCESS),
+            Command::Runs {
+                command: RunsCommand::Retry(args),
+            } => client::retry(&args).await.map(|()| ExitCode::SUCCESS),
+            Command::Replay(args) => client::replay(&args).await.map(|()| ExitCode::SUCCESS),
             Command::Inspect { bin, client } => client::inspect(&client, bin.as_deref())
                 .await
                 .map(|()| ExitCode::SUCCESS),

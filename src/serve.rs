@@ -53,12 +53,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("cannot create {}", config.data.display()))?;
-    let store = SledStore::open(&config.data)
+    let store = SledStore::open(&config.data, config.cache_mb << 20)
         .with_context(|| format!("cannot open the data directory {}", config.data.display()))?;
     let http = HttpClient::new(config.outbound_policy(address)?)
         .context("cannot set up the HTTP client")?;
     let engine_config = EngineConfig {
         workers: config.workers,
+        retention: config.retention.to_engine(),
         ..EngineConfig::default()
     };
     let engine = Engine::new(

@@ -47,6 +47,12 @@ macro_rules! ulid_id {
             pub fn from_bytes(bytes: [u8; 16]) -> Self {
                 Self(Ulid::from_bytes(bytes))
             }
+
+            /// The smallest id of a moment (milliseconds since the epoch; before 1970 counts as
+            /// 1970): every id made at or after it sorts at or after this one.
+            pub fn first_at(millis: i64) -> Self {
+                Self(Ulid::from_parts(millis.max(0) as u64, 0))
+            }
         }
 
         impl Default for $name {

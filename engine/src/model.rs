@@ -217,6 +217,9 @@ pub struct Run {
     pub steps: Vec<StepProgress>,
     /// Why the run failed or which condition filtered it.
     pub reason: Option<String>,
+    /// The run this one replays (same event, started again from the first step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<RunId>,
 }
 
 impl Run {
@@ -225,11 +228,31 @@ impl Run {
         self.steps.iter().find(|s| &s.id == step).map(|s| s.status)
     }
 
-    /// Sets the status of one step; unknown ids are ignored.
+    /// Sets the status of one step; unknown ids are ignored. A step that is not `queued` has no
+    /// item.
     pub fn set_step_status(&mut self, step: &StepId, status: StepStatus) {
         if let Some(s) = self.steps.iter_mut().find(|s| &s.id == step) {
             s.status = status;
+            if status != StepStatus::Queued {
+                s.item = None;
+            }
         }
+    }
+
+    /// Queues one step: its status becomes `queued` and `item` the one item that may run it.
+    pub fn queue_step(&mut self, item: &QueueItem) {
+        if let Some(s) = self.steps.iter_mut().find(|s| s.id == item.step_id) {
+            s.status = StepStatus::Queued;
+            s.item = Some(item.id);
+        }
+    }
+
+    /// Whether `item` is the item the run expects for its step: the step is queued and no other
+    /// item was scheduled for it since.
+    pub fn expects(&self, item: &QueueItem) -> bool {
+        self.steps.iter().any(|s| {
+            s.id == item.step_id && s.status == StepStatus::Queued && s.item == Some(item.id)
+        })
     }
 }
 
@@ -240,6 +263,10 @@ pub struct StepProgress {
     pub id: StepId,
     /// Where it stands.
     pub status: StepStatus,
+    /// The queue item that runs it next (while `queued`). Any other item for this step is stale
+    /// (a leftover of a crash or of an earlier try of the run) and is dropped unexecuted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<ItemId>,
 }
 
 /// What one step of one run received, returned and went through.
@@ -297,6 +324,8 @@ pub struct QueueItem {
     pub id: ItemId,
     /// The run.
     pub run_id: RunId,
+    /// The run's flow (queues are kept per flow, for fairness and concurrency limits).
+    pub flow_id: FlowId,
     /// The step to run.
     pub step_id: StepId,
     /// The attempt this item is (1 for the first).

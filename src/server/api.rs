@@ -6,7 +6,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use hookflow_engine::flow::{Flow, Trigger};
 use hookflow_engine::ids::{FlowId, RunId};
-use hookflow_engine::model::{Run, RunStatus};
+use hookflow_engine::model::{Run, RunStatus, Timestamp};
 use hookflow_engine::store::RunQuery;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -64,8 +64,29 @@ fn flow_json(flow: &Flow, catch_url: Option<String>) -> Value {
 struct RunsParams {
     flow: Option<String>,
     status: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
     cursor: Option<String>,
     limit: Option<usize>,
+}
+
+/// A time given as RFC 3339 (`2026-11-22T10:00:00Z`) or as a duration before `now` (`2h`, `7d`).
+pub(super) fn parse_time(text: &str, now: Timestamp) -> Result<Timestamp, String> {
+    if let Some(t) = Timestamp::parse_rfc3339(text) {
+        return Ok(t);
+    }
+    humantime::parse_duration(text)
+        .map(|ago| Timestamp(now.millis().saturating_sub(ago.as_millis() as i64)))
+        .map_err(|_| {
+            format!("`{text}` is neither an RFC 3339 time nor a duration ago such as `2h` or `7d`")
+        })
+}
+
+/// A run id from a path segment, or a 400.
+pub(super) fn parse_run_id(raw: &str) -> Result<RunId, ApiError> {
+    raw.parse().map_err(|e: hookflow_engine::ids::InvalidId| {
+        ApiError::bad_request("invalid_run_id", e.to_string())
+    })
 }
 
 async fn list_runs(
@@ -75,7 +96,18 @@ async fn list_runs(
     let bad = |field: &'static str, e: String| {
         ApiError::bad_request("invalid_parameter", format!("`{field}`: {e}"))
     };
+    let now = Timestamp::now();
     let query = RunQuery {
+        since: params
+            .since
+            .map(|t| parse_time(&t, now))
+            .transpose()
+            .map_err(|e| bad("since", e))?,
+        until: params
+            .until
+            .map(|t| parse_time(&t, now))
+            .transpose()
+            .map_err(|e| bad("until", e))?,
         flow_id: params
             .flow
             .map(|f| f.parse::<FlowId>())
@@ -98,12 +130,13 @@ async fn list_runs(
     Ok(Json(json!({ "runs": runs, "next_cursor": page.next })))
 }
 
-fn run_summary(run: &Run) -> Value {
+/// A run as lists show it.
+pub(super) fn run_summary(run: &Run) -> Value {
     let duration_ms = run.finished_at.map(|f| f.millis_since(run.created_at));
     json!({
         "id": run.id, "flow_id": run.flow_id, "revision": run.revision, "event_id": run.event_id,
         "status": run.status, "created_at": run.created_at, "finished_at": run.finished_at,
-        "duration_ms": duration_ms, "reason": run.reason,
+        "duration_ms": duration_ms, "reason": run.reason, "replay_of": run.replay_of,
     })
 }
 
@@ -111,11 +144,7 @@ async fn show_run(
     State(state): State<AppState>,
     Path(run_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let run_id: RunId = run_id
-        .parse()
-        .map_err(|e: hookflow_engine::ids::InvalidId| {
-            ApiError::bad_request("invalid_run_id", e.to_string())
-        })?;
+    let run_id = parse_run_id(&run_id)?;
     let store = state.engine.store();
     let run = store
         .run(run_id)

@@ -51,6 +51,7 @@ async fn catch(
     let Trigger::Webhook {
         respond,
         respond_timeout,
+        ..
     } = flow.trigger
     else {
         return Err(unknown());
@@ -100,16 +101,21 @@ async fn catch(
         .ingest(&flow, trigger)
         .await
         .map_err(|e| ApiError::unavailable(&e))?;
-    let ids = json!({ "event_id": accepted.event_id, "run_id": accepted.run_id });
-    if respond == Respond::Accepted {
+    if respond == Respond::Accepted || accepted.duplicate {
+        // A repeated delivery is answered at once with the original's ids: the sender only needs
+        // to know it arrived.
+        let status = if accepted.duplicate {
+            "duplicate"
+        } else {
+            "queued"
+        };
         return Ok((
             StatusCode::OK,
-            Json(
-                json!({ "status": "queued", "event_id": ids["event_id"], "run_id": ids["run_id"] }),
-            ),
+            Json(json!({ "status": status, "event_id": accepted.event_id, "run_id": accepted.run_id })),
         )
             .into_response());
     }
+    let ids = json!({ "event_id": accepted.event_id, "run_id": accepted.run_id });
     let run = state
         .engine
         .wait_for(accepted.run_id, respond_timeout)

@@ -6,6 +6,7 @@
 mod api;
 mod hooks;
 mod inspector;
+mod repair;
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(hooks::router())
         .merge(api::router())
+        .merge(repair::router())
         .merge(inspector::router())
         .route(
             "/healthz",
@@ -86,6 +88,24 @@ impl ApiError {
             "unavailable",
             "the server could not read or store data right now; try again",
         )
+    }
+}
+
+impl From<hookflow_engine::Error> for ApiError {
+    fn from(e: hookflow_engine::Error) -> Self {
+        use hookflow_engine::Error as E;
+        let (status, code) = match &e {
+            E::Store(_) => return Self::unavailable(&e),
+            E::RunNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            E::EventGone(_) => (StatusCode::GONE, "event_gone"),
+            E::NotRetryable(_) => (StatusCode::CONFLICT, "not_retryable"),
+            E::FlowNotDeployed(_) => (StatusCode::CONFLICT, "flow_not_deployed"),
+            E::TooManyRuns(_) => (StatusCode::UNPROCESSABLE_ENTITY, "too_many_runs"),
+            E::InvalidFlow { .. } | E::RevisionMissing { .. } => {
+                (StatusCode::CONFLICT, "revision_unavailable")
+            }
+        };
+        Self::new(status, code, e.to_string())
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::position::{split_serde_yaml_error, Position, PositionIndex};
 use super::spec::{FlowSpec, StepSpec, TriggerSpec, COMMON_STEP_KEYS};
-use super::{env, EnvLookup, Flow, FlowError, Step, Trigger};
+use super::{env, Dedupe, EnvLookup, Flow, FlowError, Retention, Step, Trigger};
 use crate::expr::Compiler;
 use crate::ids::{FlowId, StepId};
 use crate::model::Revision;
@@ -25,6 +25,8 @@ const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_STEP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// The default time `respond: result` waits.
 const DEFAULT_RESPOND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default time a dedupe key counts: providers retry deliveries for up to three days.
+const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Collects located problems for one file.
 struct Problems<'a> {
@@ -80,14 +82,26 @@ pub fn parse_flow(
         .parse::<FlowId>()
         .map_err(|e| problems.at("id", e.to_string()))
         .ok();
+    let mut compiler = Compiler::new();
     let trigger = match spec.trigger {
         TriggerSpec {
             webhook: Some(w),
             manual: None,
-        } => Trigger::Webhook {
-            respond: w.respond,
-            respond_timeout: w.respond_timeout.map_or(DEFAULT_RESPOND_TIMEOUT, |d| d.0),
-        },
+        } => {
+            let dedupe = w.dedupe.and_then(|key| {
+                let key = compiler
+                    .text(&key)
+                    .map_err(|e| problems.at("trigger.webhook.dedupe", e.message))
+                    .ok()?;
+                let window = w.dedupe_window.map_or(DEFAULT_DEDUPE_WINDOW, |d| d.0);
+                Some(Dedupe { key, window })
+            });
+            Trigger::Webhook {
+                respond: w.respond,
+                respond_timeout: w.respond_timeout.map_or(DEFAULT_RESPOND_TIMEOUT, |d| d.0),
+                dedupe,
+            }
+        }
         TriggerSpec {
             webhook: None,
             manual: Some(_),
@@ -116,8 +130,18 @@ pub fn parse_flow(
     if spec.steps.is_empty() {
         problems.at("steps", "a flow needs at least one step");
     }
-
-    let mut compiler = Compiler::new();
+    if spec.concurrency == Some(0) {
+        problems.at(
+            "concurrency",
+            "concurrency must be at least 1 (leave it out for no limit)",
+        );
+    }
+    let retention = spec
+        .retention
+        .map_or_else(Retention::default, |r| Retention {
+            max_age: r.max_age.map(|d| d.0),
+            max_runs: r.max_runs,
+        });
     let mut secrets = Vec::new();
     let mut steps = Vec::with_capacity(spec.steps.len());
     let mut first_use: HashMap<StepId, usize> = HashMap::new();
@@ -158,6 +182,8 @@ pub fn parse_flow(
             source: Arc::from(text),
             revision: Revision::of(text),
             trigger,
+            concurrency: spec.concurrency.map(|c| c as usize),
+            retention,
             steps,
             templates: compiler.finish(),
             secrets,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::expr::Templates;
+use crate::expr::{Templates, TextExpr};
 use crate::ids::{FlowId, StepId};
 use crate::model::Revision;
 use crate::runtime::retry::RetryPolicy;
@@ -43,6 +43,10 @@ pub struct Flow {
     pub revision: Revision,
     /// What starts a run.
     pub trigger: Trigger,
+    /// The most steps of this flow that may execute at once (`None`: no limit of its own).
+    pub concurrency: Option<usize>,
+    /// Retention overrides for this flow's history.
+    pub retention: Retention,
     /// The steps, in file order.
     pub steps: Vec<Step>,
     /// The compiled templates the steps render with.
@@ -63,8 +67,17 @@ impl Flow {
     }
 }
 
+/// How long a flow's finished runs are kept; `None` fields take the server's defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Runs older than this are deleted.
+    pub max_age: Option<Duration>,
+    /// At most this many (the newest) are kept.
+    pub max_runs: Option<usize>,
+}
+
 /// What starts a flow's runs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Trigger {
     /// Requests to the flow's catch URL.
     Webhook {
@@ -72,9 +85,20 @@ pub enum Trigger {
         respond: Respond,
         /// How long `respond: result` waits.
         respond_timeout: Duration,
+        /// How repeated deliveries are recognised.
+        dedupe: Option<Dedupe>,
     },
     /// Started by hand.
     Manual,
+}
+
+/// A flow's dedupe rule: events with the same key within the window start one run.
+#[derive(Debug, Clone)]
+pub struct Dedupe {
+    /// Renders an event's key from `{trigger: …}`.
+    pub key: TextExpr,
+    /// How long a key counts.
+    pub window: Duration,
 }
 
 /// A validated step.

@@ -25,8 +25,27 @@ pub struct FlowSpec {
     pub description: Option<String>,
     /// What starts a run.
     pub trigger: TriggerSpec,
+    /// The most steps of this flow that may execute at once (default: no limit but the server's
+    /// `workers`). `1` runs the flow's events one step at a time, in order of arrival.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    /// How long this flow's run history is kept (default: the server's `retention`).
+    #[serde(default)]
+    pub retention: Option<RetentionSpec>,
     /// The steps, run in order unless `needs` says otherwise.
     pub steps: Vec<StepSpec>,
+}
+
+/// How long a flow's finished runs are kept; unset fields take the server's defaults.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSpec {
+    /// Delete finished runs older than this, e.g. `30d`.
+    #[serde(default)]
+    pub max_age: Option<HumanDuration>,
+    /// Keep at most this many finished runs (the newest).
+    #[serde(default)]
+    pub max_runs: Option<usize>,
 }
 
 /// What starts a run of the flow: exactly one of `webhook` or `manual`.
@@ -52,6 +71,14 @@ pub struct WebhookSpec {
     /// How long `respond: result` waits before answering 202 with the run id (default `10s`).
     #[serde(default)]
     pub respond_timeout: Option<HumanDuration>,
+    /// A template giving each event's identity, e.g. `"{{trigger.body.id}}"` (the provider's event
+    /// id). A repeated delivery with the same key is answered with the original run and starts
+    /// nothing. An event whose key renders empty is never a duplicate.
+    #[serde(default)]
+    pub dedupe: Option<String>,
+    /// How long a key counts (default `7d`).
+    #[serde(default)]
+    pub dedupe_window: Option<HumanDuration>,
 }
 
 /// When a catch hook answers.
@@ -162,6 +189,10 @@ pub struct RetrySpec {
     /// Spread delays by ±20 % (default `true`).
     #[serde(default)]
     pub jitter: Option<bool>,
+    /// HTTP statuses to retry besides 5xx, 408, 409, 425 and 429, e.g. `[404]` while a record the
+    /// step looks up may not exist yet.
+    #[serde(default)]
+    pub on_status: Vec<u16>,
 }
 
 /// A backoff kind.

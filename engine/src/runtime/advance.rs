@@ -57,15 +57,11 @@ pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun
         .iter()
         .map(|s| StepProgress {
             id: s.id.clone(),
-            status: if s.needs.is_empty() {
-                StepStatus::Queued
-            } else {
-                StepStatus::Pending
-            },
+            status: StepStatus::Pending,
+            item: None,
         })
         .collect();
-    let items = flow.roots().map(|s| item(run_id, &s.id, 1, now)).collect();
-    let run = Run {
+    let mut run = Run {
         id: run_id,
         flow_id: flow.id.clone(),
         revision: flow.revision.clone(),
@@ -76,18 +72,82 @@ pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun
         finished_at: None,
         steps,
         reason: None,
+        replay_of: None,
     };
-    NewRun { event, run, items }
+    let items = queue_ready(flow, &mut run, now);
+    NewRun {
+        event,
+        run,
+        items,
+        dedupe: None,
+    }
 }
 
-fn item(run_id: RunId, step: &StepId, attempt: u32, due_at: Timestamp) -> QueueItem {
+/// Queues every pending step whose needs have all succeeded; returns their new items.
+fn queue_ready(flow: &Flow, run: &mut Run, now: Timestamp) -> Vec<QueueItem> {
+    let mut items = Vec::new();
+    for step in &flow.steps {
+        let ready = run.step_status(&step.id) == Some(StepStatus::Pending)
+            && step
+                .needs
+                .iter()
+                .all(|n| run.step_status(n) == Some(StepStatus::Succeeded));
+        if ready {
+            let item = item(run, &step.id, 1, now);
+            run.queue_step(&item);
+            items.push(item);
+        }
+    }
+    items
+}
+
+fn item(run: &Run, step: &StepId, attempt: u32, due_at: Timestamp) -> QueueItem {
     QueueItem {
         id: ItemId::new(),
-        run_id,
+        run_id: run.id,
+        flow_id: run.flow_id.clone(),
         step_id: step.clone(),
         attempt,
         due_at,
     }
+}
+
+/// Why a run cannot be retried.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("run {run_id} is {status}: only failed runs can be retried (replay it to run it again)")]
+pub struct NotRetryable {
+    /// The run.
+    pub run_id: RunId,
+    /// Its status.
+    pub status: RunStatus,
+}
+
+/// Resumes a failed run from where it failed: failed and skipped steps become pending again, and
+/// those whose needs have succeeded are queued with a fresh retry budget. Succeeded steps keep their
+/// outputs and do not run again; the retried steps keep their idempotency keys.
+pub fn retry(flow: &Flow, mut run: Run, now: Timestamp) -> Result<RunUpdate, NotRetryable> {
+    if run.status != RunStatus::Failed {
+        return Err(NotRetryable {
+            run_id: run.id,
+            status: run.status,
+        });
+    }
+    for s in &mut run.steps {
+        if matches!(s.status, StepStatus::Failed | StepStatus::Skipped) {
+            s.status = StepStatus::Pending;
+            s.item = None;
+        }
+    }
+    run.status = RunStatus::Running;
+    run.reason = None;
+    run.finished_at = None;
+    run.updated_at = now;
+    let enqueue = queue_ready(flow, &mut run, now);
+    Ok(RunUpdate {
+        run,
+        records: Vec::new(),
+        enqueue,
+    })
 }
 
 /// How `run` changes after the attempt `done`. `previous` is the step's record before this attempt.
@@ -132,7 +192,8 @@ pub fn advance(
     };
     let mut attempts = previous.map(|r| r.attempts.clone()).unwrap_or_default();
     attempts.push(Attempt {
-        number: done.attempt,
+        // Numbered across manual retries too (each of which restarts `done.attempt` at 1).
+        number: attempts.len() as u32 + 1,
         started_at: done.started_at,
         duration_ms: done.duration_ms,
         error: error.as_ref().map(|e| e.message.clone()),
@@ -156,7 +217,9 @@ pub fn advance(
     if !run_was_final {
         match (&done.result, retry_at) {
             (StepResult::Failed(_), Some(at)) => {
-                enqueue.push(item(run.id, &done.step_id, done.attempt + 1, at));
+                let next = item(&run, &done.step_id, done.attempt + 1, at);
+                run.queue_step(&next);
+                enqueue.push(next);
                 run.status = RunStatus::Running;
             }
             (StepResult::Failed(e), None) => {
@@ -169,17 +232,7 @@ pub fn advance(
             }
             (StepResult::Output(_), _) => {
                 run.status = RunStatus::Running;
-                for step in &flow.steps {
-                    let ready = run.step_status(&step.id) == Some(StepStatus::Pending)
-                        && step
-                            .needs
-                            .iter()
-                            .all(|n| run.step_status(n) == Some(StepStatus::Succeeded));
-                    if ready {
-                        run.set_step_status(&step.id, StepStatus::Queued);
-                        enqueue.push(item(run.id, &step.id, 1, now));
-                    }
-                }
+                enqueue = queue_ready(flow, &mut run, now);
                 if run.steps.iter().all(|s| s.status.is_done()) {
                     finish(&mut run, RunStatus::Succeeded, None, now);
                 }
@@ -201,6 +254,7 @@ pub(crate) fn finish(run: &mut Run, status: RunStatus, reason: Option<String>, n
     for s in &mut run.steps {
         if matches!(s.status, StepStatus::Pending | StepStatus::Queued) {
             s.status = StepStatus::Skipped;
+            s.item = None;
         }
     }
 }
@@ -383,6 +437,74 @@ steps:
             advance(&flow, late.run, None, &ok("c"), Timestamp(50)).is_none(),
             "only once"
         );
+    }
+
+    #[test]
+    fn a_retry_resumes_a_failed_run_from_what_did_not_succeed() {
+        let flow = flow(DIAMOND);
+        let run = new_run(&flow).run;
+        assert!(matches!(
+            retry(&flow, run.clone(), Timestamp(1)),
+            Err(NotRetryable {
+                status: RunStatus::Queued,
+                ..
+            })
+        ));
+        let u = advance(&flow, run, None, &ok("a"), Timestamp(20)).unwrap();
+        let stale_c = u
+            .enqueue
+            .iter()
+            .find(|i| i.step_id == id("c"))
+            .unwrap()
+            .clone();
+        let failed = attempt(
+            "b",
+            3,
+            StepResult::Failed(StepError::permanent("400")),
+            None,
+        );
+        let u = advance(&flow, u.run, None, &failed, Timestamp(30)).unwrap();
+        assert!(!u.run.expects(&stale_c), "a failed run expects no item");
+
+        let r = retry(&flow, u.run, Timestamp(40)).unwrap();
+        assert_eq!(r.run.status, RunStatus::Running);
+        assert_eq!((r.run.reason.as_deref(), r.run.finished_at), (None, None));
+        assert_eq!(
+            queued(&r),
+            ["b", "c"],
+            "a keeps its output; b and c run again"
+        );
+        assert!(
+            r.enqueue.iter().all(|i| i.attempt == 1),
+            "a fresh retry budget"
+        );
+        assert!(r.enqueue.iter().all(|i| r.run.expects(i)));
+        assert!(
+            !r.run.expects(&stale_c),
+            "the item left from before the failure is stale"
+        );
+        assert_eq!(r.run.step_status(&id("d")), Some(StepStatus::Pending));
+        assert!(r.records.is_empty(), "history is kept as it was");
+
+        // Attempts are numbered across the retry: b's record had one attempt before.
+        let before = StepRecord {
+            run_id: r.run.id,
+            step_id: id("b"),
+            kind: "map".into(),
+            status: StepStatus::Failed,
+            input: json!({}),
+            output: None,
+            error: None,
+            attempts: vec![Attempt {
+                number: 1,
+                started_at: Timestamp(25),
+                duration_ms: 1,
+                error: Some("400".into()),
+                retry_at: None,
+            }],
+        };
+        let u = advance(&flow, r.run, Some(&before), &ok("b"), Timestamp(50)).unwrap();
+        assert_eq!(u.records[0].attempts.last().unwrap().number, 2);
     }
 
     #[test]

@@ -2,17 +2,22 @@
 //! execute steps.
 //!
 //! The queue lives in the store, so memory does not grow with the backlog and nothing is lost on a
-//! crash. One dispatcher task claims up to as many items as there are free worker slots, with a
-//! lease; each item runs in its own task: load the run, render the step's input, execute, and commit
-//! the outcome through [`Store::update_run`] with the pure [`advance::advance`]. Ingest and commits
-//! wake the dispatcher; otherwise it sleeps until the next item is due (at most a second).
+//! crash. One dispatcher task claims up to as many items as there are free worker slots (and as
+//! flows' concurrency limits allow), with a lease; each item runs in its own task: load the run,
+//! render the step's input, execute, and commit the outcome through [`Store::update_run`] with the
+//! pure [`advance::advance`]. Ingest and commits wake the dispatcher; otherwise it sleeps until the
+//! next item is due (at most a second). Fixing failed runs is in `repair`, pruning history in
+//! `retention`.
 
 pub mod advance;
 pub mod catalog;
 pub mod context;
+mod repair;
+pub mod retention;
 pub mod retry;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -27,13 +32,17 @@ use crate::ids::{EventId, FlowId, RunId};
 use crate::model::{Event, QueueItem, Run, RunStatus, StepRecord, Timestamp};
 use crate::outbound::HttpClient;
 use crate::steps::{ExecContext, Outcome, StepError};
-use crate::store::{RunUpdate, Store, StoreError};
+use crate::store::{DedupeKey, FlowRoom, Ingested, RunUpdate, Store, StoreError};
 use crate::Result;
+
+pub use self::repair::{Bulk, ReplayRevision, RunSelection};
+pub use self::retention::RetentionConfig;
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// How many steps may execute at once.
+    /// How many steps may execute at once; `0` accepts events but executes nothing (an
+    /// ingest-only node, or a server paused while a backlog builds).
     pub workers: usize,
     /// How long a claimed item is leased; an item whose lease ends is claimed again.
     pub lease: Duration,
@@ -41,6 +50,8 @@ pub struct EngineConfig {
     pub dry_run: bool,
     /// Never retry failed steps (`hookflow run`).
     pub no_retries: bool,
+    /// How long run history is kept.
+    pub retention: RetentionConfig,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +61,7 @@ impl Default for EngineConfig {
             lease: Duration::from_secs(15 * 60),
             dry_run: false,
             no_retries: false,
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -74,10 +86,12 @@ pub struct RunFinished {
 /// What `ingest` answers: the ids the caller needs to find its run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Accepted {
-    /// The stored event.
+    /// The stored event (the original, for a duplicate).
     pub event_id: EventId,
-    /// The run it started.
+    /// The run it started (the original's, for a duplicate).
     pub run_id: RunId,
+    /// Whether this was a repeated delivery that started nothing.
+    pub duplicate: bool,
 }
 
 /// The runtime: store, flows, workers.
@@ -88,6 +102,8 @@ pub struct Engine {
     config: EngineConfig,
     wake: Notify,
     slots: Arc<Semaphore>,
+    /// Steps executing now, per flow (for flows' concurrency limits).
+    executing: Mutex<HashMap<FlowId, usize>>,
     finished: broadcast::Sender<RunFinished>,
 }
 
@@ -108,6 +124,7 @@ impl Engine {
             config,
             wake: Notify::new(),
             slots,
+            executing: Mutex::default(),
             finished,
         })
     }
@@ -144,22 +161,39 @@ impl Engine {
     }
 
     /// Stores an event for `flow` with its new run, durably; the caller may acknowledge after this.
+    /// A repeated delivery (same dedupe key within the flow's window) stores nothing and answers
+    /// the original's ids.
     pub async fn ingest(&self, flow: &Flow, trigger: Value) -> Result<Accepted> {
         let now = Timestamp::now();
+        let dedupe = dedupe_key(flow, &trigger, now);
         let event = Event {
             id: EventId::new(),
             flow_id: flow.id.clone(),
             received_at: now,
             trigger,
         };
-        let accepted = Accepted {
-            event_id: event.id,
-            run_id: RunId::new(),
+        let (event_id, run_id) = (event.id, RunId::new());
+        let mut new_run = advance::start(flow, event, run_id, now);
+        new_run.dedupe = dedupe;
+        let accepted = match self.store.ingest(new_run).await? {
+            Ingested::Created => {
+                debug!(flow = %flow.id, %run_id, "event accepted");
+                self.wake.notify_one();
+                Accepted {
+                    event_id,
+                    run_id,
+                    duplicate: false,
+                }
+            }
+            Ingested::Duplicate { event_id, run_id } => {
+                info!(flow = %flow.id, %run_id, "repeated delivery: answered with the original run");
+                Accepted {
+                    event_id,
+                    run_id,
+                    duplicate: true,
+                }
+            }
         };
-        let new_run = advance::start(flow, event, accepted.run_id, now);
-        self.store.ingest(new_run).await?;
-        debug!(flow = %flow.id, run_id = %accepted.run_id, "event accepted");
-        self.wake.notify_one();
         Ok(accepted)
     }
 
@@ -188,13 +222,21 @@ impl Engine {
         }
     }
 
-    /// Runs the dispatcher until `shutdown` resolves, then waits up to `drain` for executing steps
-    /// to finish; what is left stays queued (or leased, and is recovered at the next start).
+    /// Runs the dispatcher (unless `workers` is 0) and the retention sweeper until `shutdown`
+    /// resolves, then waits up to `drain` for executing steps to finish; what is left stays queued
+    /// (or leased, and is recovered at the next start).
     pub async fn run(
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()>,
         drain: Duration,
     ) -> Result<()> {
+        let sweeper = tokio::spawn(retention::sweep_forever(self.clone()));
+        if self.config.workers == 0 {
+            info!("workers: 0 — accepting events, executing none");
+            shutdown.await;
+            sweeper.abort();
+            return Ok(());
+        }
         let recovered = self.store.requeue_expired(Timestamp(i64::MAX)).await?;
         if recovered > 0 {
             info!(
@@ -223,7 +265,13 @@ impl Engine {
                 }
             }
         }
-        let workers = self.config.workers.max(1) as u32;
+        sweeper.abort();
+        let executing = self.executing().values().sum::<usize>();
+        info!(
+            executing,
+            "stopping: no new steps start; waiting for those in flight"
+        );
+        let workers = self.config.workers as u32;
         match tokio::time::timeout(drain, self.slots.acquire_many(workers)).await {
             Ok(_) => info!("stopped: no step in flight"),
             Err(_) => {
@@ -233,15 +281,36 @@ impl Engine {
         Ok(())
     }
 
-    /// Claims what free slots allow and starts it, or waits for work.
+    fn executing(&self) -> std::sync::MutexGuard<'_, HashMap<FlowId, usize>> {
+        self.executing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many more steps each flow with a concurrency limit may start now.
+    fn flow_room(&self) -> FlowRoom {
+        let executing = self.executing();
+        self.catalog
+            .all()
+            .iter()
+            .filter_map(|flow| {
+                let limit = flow.concurrency?;
+                let busy = executing.get(&flow.id).copied().unwrap_or(0);
+                Some((flow.id.clone(), limit.saturating_sub(busy)))
+            })
+            .collect()
+    }
+
+    /// Claims what free slots and flows' limits allow and starts it, or waits for work.
     async fn dispatch_once(self: &Arc<Self>) -> Result<()> {
         // Wait for at least one free slot.
         drop(self.slots.acquire().await.expect("semaphore never closed"));
         let free = self.slots.available_permits();
         let now = Timestamp::now();
+        let room = self.flow_room();
         let items = self
             .store
-            .claim_due(now, free, now.plus(self.config.lease))
+            .claim_due(now, free, now.plus(self.config.lease), &room)
             .await?;
         let claimed = items.len();
         for item in items {
@@ -251,12 +320,16 @@ impl Engine {
                 .acquire_owned()
                 .await
                 .expect("semaphore never closed");
+            *self.executing().entry(item.flow_id.clone()).or_default() += 1;
             let engine = self.clone();
-            let span = info_span!("step", run_id = %item.run_id, step_id = %item.step_id, attempt = item.attempt);
+            let span = info_span!("step", flow = %item.flow_id, run_id = %item.run_id, step_id = %item.step_id, attempt = item.attempt);
             tokio::spawn(
                 async move {
                     if let Err(e) = engine.execute(&item).await {
                         error!(error = %e, "step could not be completed; it will be retried when its lease expires");
+                    }
+                    if let Some(n) = engine.executing().get_mut(&item.flow_id) {
+                        *n = n.saturating_sub(1);
                     }
                     drop(permit);
                     engine.wake.notify_one();
@@ -265,9 +338,12 @@ impl Engine {
             );
         }
         if claimed < free {
+            // Items due now that were not claimed belong to flows at their concurrency limit: wait
+            // for a step to finish (which wakes us) rather than spin.
             let wait = match self.store.next_due().await? {
-                Some(due) => Duration::from_millis(due.millis_since(Timestamp::now()).min(1000)),
-                None => Duration::from_secs(1),
+                Some(due) if due > now => Duration::from_millis(due.millis_since(now).min(1000)),
+                Some(_) if claimed > 0 => Duration::ZERO,
+                _ => Duration::from_secs(1),
             };
             let _ = tokio::time::timeout(wait, self.wake.notified()).await;
         }
@@ -297,10 +373,9 @@ impl Engine {
     async fn load(&self, item: &QueueItem) -> Result<Option<Work>> {
         let store = self.store.as_ref();
         let run = store.run(item.run_id).await?;
-        let Some(run) = run.filter(|r| {
-            !r.status.is_final() && r.step_status(&item.step_id).is_some_and(|s| !s.is_done())
-        }) else {
-            // A run that is gone or over, or a step already done (an item run twice after a crash).
+        let Some(run) = run.filter(|r| !r.status.is_final() && r.expects(item)) else {
+            // A run that is gone or over, or an item the run no longer expects (its step is done,
+            // or was queued again by a manual retry).
             store
                 .update_run(item.run_id, Some(item.id), &|_| None)
                 .await?;
@@ -378,7 +453,7 @@ impl Engine {
         redact(&mut input, &flow.secrets);
         let result = redact_result(result, &flow.secrets);
         let retry_in = match &result {
-            StepResult::Failed(e) if e.retryable && !self.config.no_retries => {
+            StepResult::Failed(e) if step.retry.covers(e) && !self.config.no_retries => {
                 step.retry.next_delay(item.attempt, e.retry_after)
             }
             _ => None,
@@ -448,6 +523,48 @@ fn redact_result(result: StepResult, secrets: &[String]) -> StepResult {
             StepResult::Failed(e)
         }
     }
+}
+
+/// The longest dedupe key kept as it is; longer keys are kept as their SHA-256.
+const MAX_DEDUPE_KEY: usize = 200;
+
+/// The dedupe key of an event for `flow`, if the flow has a dedupe rule and the key renders
+/// non-empty.
+fn dedupe_key(flow: &Flow, trigger: &Value, now: Timestamp) -> Option<DedupeKey> {
+    let crate::flow::Trigger::Webhook {
+        dedupe: Some(rule), ..
+    } = &flow.trigger
+    else {
+        return None;
+    };
+    let ctx = serde_json::json!({ "trigger": trigger });
+    let key = match rule.key.render(&flow.templates, &ctx) {
+        Ok(key) => key.trim().to_owned(),
+        Err(e) => {
+            warn!(flow = %flow.id, error = %e, "the dedupe key could not be rendered; the event is not deduplicated");
+            return None;
+        }
+    };
+    if key.is_empty() {
+        return None;
+    }
+    let key = if key.len() > MAX_DEDUPE_KEY {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        format!(
+            "sha256:{}",
+            digest
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )
+    } else {
+        key
+    };
+    Some(DedupeKey {
+        key,
+        expires_at: now.plus(rule.window),
+    })
 }
 
 /// A new catch-hook token: 160 random bits, hex.

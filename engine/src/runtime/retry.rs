@@ -9,6 +9,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::flow::spec::{Backoff, RetrySpec};
+use crate::steps::StepError;
 
 /// The default delays between attempts.
 const DEFAULT_SCHEDULE: [u64; 6] = [5, 30, 120, 600, 3600, 3 * 3600];
@@ -22,6 +23,8 @@ pub struct RetryPolicy {
     pub delays: Delays,
     /// Whether to spread delays by ±20 %.
     pub jitter: bool,
+    /// HTTP statuses retried although the step called them permanent.
+    pub on_status: Vec<u16>,
 }
 
 /// The delay sequence of a retry policy.
@@ -50,6 +53,7 @@ impl Default for RetryPolicy {
             attempts: DEFAULT_SCHEDULE.len() as u32 + 1,
             delays: Delays::Schedule(schedule),
             jitter: true,
+            on_status: Vec::new(),
         }
     }
 }
@@ -74,6 +78,7 @@ impl RetryPolicy {
             attempts: spec.attempts.unwrap_or(default.attempts).max(1),
             delays,
             jitter: spec.jitter.unwrap_or(true),
+            on_status: spec.on_status.clone(),
         }
     }
 
@@ -83,7 +88,14 @@ impl RetryPolicy {
             attempts: 1,
             delays: Delays::Fixed(Duration::ZERO),
             jitter: false,
+            on_status: Vec::new(),
         }
+    }
+
+    /// Whether this failure may be retried: the step said so, or its HTTP status is listed in
+    /// `on_status`.
+    pub fn covers(&self, e: &StepError) -> bool {
+        e.retryable || e.http_status.is_some_and(|s| self.on_status.contains(&s))
     }
 
     /// The delay before attempt `failed + 1`, after attempt `failed` failed; `None` when attempts
@@ -139,6 +151,7 @@ mod tests {
             initial: Some(HumanDuration(Duration::from_secs(1))),
             max: Some(HumanDuration(Duration::from_secs(5))),
             jitter: Some(false),
+            on_status: vec![404],
         };
         let p = RetryPolicy::from_spec(&spec);
         let delays: Vec<_> = (1..=5)
@@ -150,6 +163,11 @@ mod tests {
             Some(Duration::from_secs(30))
         );
         assert_eq!(p.next_delay(10, None), None);
+        let mut not_found = StepError::permanent("the server answered 404");
+        assert!(!p.covers(&not_found));
+        not_found.http_status = Some(404);
+        assert!(p.covers(&not_found));
+        assert!(!RetryPolicy::default().covers(&not_found));
     }
 
     #[test]

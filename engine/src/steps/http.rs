@@ -376,6 +376,7 @@ async fn read_response(response: reqwest::Response) -> Result<Value, StepError> 
         detail: json!({ "status": code, "body": excerpt }),
         retryable,
         retry_after,
+        http_status: Some(code),
     })
 }
 

@@ -82,6 +82,9 @@ pub struct StepError {
     pub retryable: bool,
     /// The earliest time to retry, when the target said so (`Retry-After`).
     pub retry_after: Option<Duration>,
+    /// The HTTP status the target answered, when the error is one (a step's `retry.on_status`
+    /// can make more statuses retryable).
+    pub http_status: Option<u16>,
 }
 
 impl StepError {
@@ -92,6 +95,7 @@ impl StepError {
             detail: Value::Null,
             retryable: false,
             retry_after: None,
+            http_status: None,
         }
     }
 

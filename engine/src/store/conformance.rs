@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use ulid::Ulid;
 
-use super::{NewRun, RunQuery, RunUpdate, Store};
+use super::{DedupeKey, FlowRoom, Ingested, NewRun, RunQuery, RunUpdate, Store};
 use crate::ids::{EventId, FlowId, ItemId, RunId, StepId};
 use crate::model::{
     Event, QueueItem, Revision, Run, RunStatus, StepProgress, StepRecord, StepStatus, Timestamp,
@@ -45,10 +45,11 @@ fn run_id(n: u64) -> RunId {
     RunId::from_ulid(Ulid::from_parts(1_700_000_000_000 + n, 0x5eed))
 }
 
-fn item(run_id: RunId, step_id: &str, due_at: Timestamp) -> QueueItem {
+fn item(flow_id: &FlowId, run_id: RunId, step_id: &str, due_at: Timestamp) -> QueueItem {
     QueueItem {
         id: ItemId::new(),
         run_id,
+        flow_id: flow_id.clone(),
         step_id: step(step_id),
         attempt: 1,
         due_at,
@@ -76,16 +77,24 @@ fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun {
             StepProgress {
                 id: step("first"),
                 status: StepStatus::Queued,
+                item: None,
             },
             StepProgress {
                 id: step("second"),
                 status: StepStatus::Pending,
+                item: None,
             },
         ],
         reason: None,
+        replay_of: None,
     };
-    let items = vec![item(id, "first", due_at)];
-    NewRun { event, run, items }
+    let items = vec![item(flow_id, id, "first", due_at)];
+    NewRun {
+        event,
+        run,
+        items,
+        dedupe: None,
+    }
 }
 
 fn record(run_id: RunId, step_id: &str, output: serde_json::Value) -> StepRecord {
@@ -157,7 +166,8 @@ async fn all_pages(store: &Arc<dyn Store>, mut query: RunQuery) -> Vec<RunId> {
 pub(crate) async fn ingest_then_read_back(store: Arc<dyn Store>) {
     let orders = flow("orders");
     let mut new = new_run(&orders, RunId::new(), at(1_000));
-    new.items.push(item(new.run.id, "second", at(2_000)));
+    new.items
+        .push(item(&new.run.flow_id, new.run.id, "second", at(2_000)));
     store.ingest(new.clone()).await.unwrap();
 
     assert_eq!(
@@ -167,7 +177,10 @@ pub(crate) async fn ingest_then_read_back(store: Arc<dyn Store>) {
     assert_eq!(store.run(new.run.id).await.unwrap(), Some(new.run.clone()));
     assert!(store.step_records(new.run.id).await.unwrap().is_empty());
     assert_eq!(store.next_due().await.unwrap(), Some(at(1_000)));
-    let claimed = store.claim_due(at(5_000), 10, at(9_000)).await.unwrap();
+    let claimed = store
+        .claim_due(at(5_000), 10, at(9_000), &FlowRoom::new())
+        .await
+        .unwrap();
     assert_eq!(claimed, new.items, "both first items, oldest due first");
 
     assert_eq!(store.run(RunId::new()).await.unwrap(), None);
@@ -187,26 +200,47 @@ pub(crate) async fn claim_respects_due_time_and_limit(store: Arc<dyn Store>) {
     ingest_all(&store, runs.clone()).await;
     let lease = at(100_000);
 
-    assert!(store.claim_due(at(99), 10, lease).await.unwrap().is_empty());
-    assert!(store.claim_due(at(500), 0, lease).await.unwrap().is_empty());
+    assert!(store
+        .claim_due(at(99), 10, lease, &FlowRoom::new())
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .claim_due(at(500), 0, lease, &FlowRoom::new())
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(
-        store.claim_due(at(300), 2, lease).await.unwrap(),
+        store
+            .claim_due(at(300), 2, lease, &FlowRoom::new())
+            .await
+            .unwrap(),
         [due(1), due(2)]
     );
     assert_eq!(
-        store.claim_due(at(300), 2, lease).await.unwrap(),
+        store
+            .claim_due(at(300), 2, lease, &FlowRoom::new())
+            .await
+            .unwrap(),
         [due(3)],
         "due at now counts"
     );
-    assert!(store.claim_due(at(300), 2, lease).await.unwrap().is_empty());
+    assert!(store
+        .claim_due(at(300), 2, lease, &FlowRoom::new())
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(store.next_due().await.unwrap(), Some(at(400)));
     assert_eq!(
-        store.claim_due(at(10_000), 10, lease).await.unwrap(),
+        store
+            .claim_due(at(10_000), 10, lease, &FlowRoom::new())
+            .await
+            .unwrap(),
         [due(4), due(5)]
     );
     assert_eq!(store.next_due().await.unwrap(), None);
     assert!(store
-        .claim_due(FAR_FUTURE, 10, lease)
+        .claim_due(FAR_FUTURE, 10, lease, &FlowRoom::new())
         .await
         .unwrap()
         .is_empty());
@@ -227,7 +261,10 @@ pub(crate) async fn claimed_items_are_never_claimed_twice(store: Arc<dyn Store>)
         claimers.spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let got = store.claim_due(at(1_000), 7, at(60_000)).await.unwrap();
+                let got = store
+                    .claim_due(at(1_000), 7, at(60_000), &FlowRoom::new())
+                    .await
+                    .unwrap();
                 if got.is_empty() {
                     return mine;
                 }
@@ -244,7 +281,7 @@ pub(crate) async fn claimed_items_are_never_claimed_twice(store: Arc<dyn Store>)
     assert_eq!(unique.len(), claimed.len(), "an item was claimed twice");
     assert_eq!(unique, expected, "every item was claimed");
     assert!(store
-        .claim_due(FAR_FUTURE, 100, FAR_FUTURE)
+        .claim_due(FAR_FUTURE, 100, FAR_FUTURE, &FlowRoom::new())
         .await
         .unwrap()
         .is_empty());
@@ -257,11 +294,14 @@ pub(crate) async fn update_run_writes_atomically_and_ends_the_lease(store: Arc<d
     let new = new_run(&f, RunId::new(), at(100));
     let id = new.run.id;
     store.ingest(new.clone()).await.unwrap();
-    let claimed = store.claim_due(at(100), 1, at(60_000)).await.unwrap();
+    let claimed = store
+        .claim_due(at(100), 1, at(60_000), &FlowRoom::new())
+        .await
+        .unwrap();
     assert_eq!(claimed, new.items);
 
     let first = record(id, "first", json!({ "plan": "PRO" }));
-    let next = item(id, "second", at(5_000));
+    let next = item(&f, id, "second", at(5_000));
     let decide = |mut run: Run| {
         run.status = RunStatus::Running;
         run.set_step_status(&step("first"), StepStatus::Succeeded);
@@ -287,7 +327,7 @@ pub(crate) async fn update_run_writes_atomically_and_ends_the_lease(store: Arc<d
     assert_eq!(store.step_records(id).await.unwrap(), [first]);
     assert_eq!(store.next_due().await.unwrap(), Some(at(5_000)));
     assert!(store
-        .claim_due(at(4_999), 10, at(60_000))
+        .claim_due(at(4_999), 10, at(60_000), &FlowRoom::new())
         .await
         .unwrap()
         .is_empty());
@@ -297,7 +337,10 @@ pub(crate) async fn update_run_writes_atomically_and_ends_the_lease(store: Arc<d
         "the lease ended"
     );
     assert_eq!(
-        store.claim_due(at(5_000), 10, at(60_000)).await.unwrap(),
+        store
+            .claim_due(at(5_000), 10, at(60_000), &FlowRoom::new())
+            .await
+            .unwrap(),
         std::slice::from_ref(&next)
     );
 
@@ -331,7 +374,10 @@ pub(crate) async fn decide_none_writes_nothing_but_ends_the_lease(store: Arc<dyn
     let new = new_run(&f, RunId::new(), at(100));
     let id = new.run.id;
     store.ingest(new.clone()).await.unwrap();
-    let claimed = store.claim_due(at(100), 1, at(60_000)).await.unwrap();
+    let claimed = store
+        .claim_due(at(100), 1, at(60_000), &FlowRoom::new())
+        .await
+        .unwrap();
 
     let unchanged = store
         .update_run(id, Some(claimed[0].id), &|_| None)
@@ -350,7 +396,10 @@ pub(crate) async fn decide_none_writes_nothing_but_ends_the_lease(store: Arc<dyn
     // A run that does not exist: nothing decided, nothing written, the lease still ends.
     let other = new_run(&f, RunId::new(), at(200));
     store.ingest(other).await.unwrap();
-    let claimed = store.claim_due(at(200), 1, at(60_000)).await.unwrap();
+    let claimed = store
+        .claim_due(at(200), 1, at(60_000), &FlowRoom::new())
+        .await
+        .unwrap();
     let never = |_: Run| -> Option<RunUpdate> { panic!("decide called for a missing run") };
     let missing = RunId::new();
     assert_eq!(
@@ -384,6 +433,7 @@ pub(crate) async fn concurrent_updates_of_one_run_lose_nothing(store: Arc<dyn St
                 run.steps.push(StepProgress {
                     id: step(&name),
                     status: StepStatus::Succeeded,
+                    item: None,
                 });
                 let records = vec![record(run.id, &name, json!(i))];
                 Some(RunUpdate {
@@ -426,11 +476,17 @@ pub(crate) async fn requeue_expired_returns_ended_leases(store: Arc<dyn Store>) 
     ingest_all(&store, runs.clone()).await;
 
     assert_eq!(
-        store.claim_due(at(200), 10, at(1_000)).await.unwrap(),
+        store
+            .claim_due(at(200), 10, at(1_000), &FlowRoom::new())
+            .await
+            .unwrap(),
         [due(1), due(2)]
     );
     assert_eq!(
-        store.claim_due(at(300), 10, at(2_000)).await.unwrap(),
+        store
+            .claim_due(at(300), 10, at(2_000), &FlowRoom::new())
+            .await
+            .unwrap(),
         [due(3)]
     );
     assert_eq!(store.next_due().await.unwrap(), None);
@@ -447,10 +503,16 @@ pub(crate) async fn requeue_expired_returns_ended_leases(store: Arc<dyn Store>) 
         "the item keeps its due time"
     );
 
-    let again = store.claim_due(at(1_000), 10, at(3_000)).await.unwrap();
+    let again = store
+        .claim_due(at(1_000), 10, at(3_000), &FlowRoom::new())
+        .await
+        .unwrap();
     assert_eq!(again, [due(1), due(2)], "the same items, unchanged");
     assert_eq!(store.requeue_expired(FAR_FUTURE).await.unwrap(), 3);
-    let all = store.claim_due(at(1_000), 10, at(3_000)).await.unwrap();
+    let all = store
+        .claim_due(at(1_000), 10, at(3_000), &FlowRoom::new())
+        .await
+        .unwrap();
     assert_eq!(all, [due(1), due(2), due(3)]);
 }
 
@@ -539,8 +601,8 @@ pub(crate) async fn list_runs_filters_by_flow_and_status(store: Arc<dyn Store>) 
     let query = |flow: Option<&FlowId>, status, limit| RunQuery {
         flow_id: flow.cloned(),
         status,
-        before: None,
         limit,
+        ..RunQuery::default()
     };
     for flow in [None, Some(&acme), Some(&acme_eu)] {
         for status in [None, Some(RunStatus::Failed), Some(RunStatus::Queued)] {
@@ -628,7 +690,7 @@ pub(crate) async fn everything_survives_reopen(open: Open<'_>) {
         .map(|n| new_run(&f, run_id(n), at(n as i64 * 100)))
         .collect();
     let mut third = runs[2].clone();
-    let late = item(third.run.id, "second", at(10_000));
+    let late = item(&third.run.flow_id, third.run.id, "second", at(10_000));
     third.items.push(late.clone());
     let source = "id: orders\n";
     let rev = Revision::of(source);
@@ -637,7 +699,10 @@ pub(crate) async fn everything_survives_reopen(open: Open<'_>) {
     let store = open();
     ingest_all(&store, [runs[0].clone(), runs[1].clone(), third.clone()]).await;
     assert_eq!(
-        store.claim_due(at(100), 1, at(50_000)).await.unwrap(),
+        store
+            .claim_due(at(100), 1, at(50_000), &FlowRoom::new())
+            .await
+            .unwrap(),
         runs[0].items
     );
     let decide = |mut run: Run| {
@@ -687,7 +752,10 @@ pub(crate) async fn everything_survives_reopen(open: Open<'_>) {
     // Queued items are still queued; the leased one is still leased until recovered.
     assert_eq!(store.next_due().await.unwrap(), Some(at(200)));
     assert_eq!(store.requeue_expired(FAR_FUTURE).await.unwrap(), 1);
-    let claimed = store.claim_due(at(300), 10, at(60_000)).await.unwrap();
+    let claimed = store
+        .claim_due(at(300), 10, at(60_000), &FlowRoom::new())
+        .await
+        .unwrap();
     let expected = [&runs[0].items[0], &runs[1].items[0], &third.items[0]];
     assert_eq!(claimed.iter().collect::<Vec<_>>(), expected);
     assert_eq!(store.next_due().await.unwrap(), Some(late.due_at));
@@ -701,7 +769,7 @@ pub(crate) async fn everything_survives_reopen(open: Open<'_>) {
     );
     assert_eq!(
         store
-            .claim_due(FAR_FUTURE, 10, FAR_FUTURE)
+            .claim_due(FAR_FUTURE, 10, FAR_FUTURE, &FlowRoom::new())
             .await
             .unwrap()
             .len(),
@@ -727,7 +795,7 @@ pub(crate) async fn concurrent_ingests_are_all_kept(store: Arc<dyn Store>) {
     assert_eq!(store.list_runs(&all).await.unwrap().runs.len(), 64);
     assert_eq!(
         store
-            .claim_due(at(100), 100, at(1_000))
+            .claim_due(at(100), 100, at(1_000), &FlowRoom::new())
             .await
             .unwrap()
             .len(),
@@ -784,7 +852,10 @@ pub(crate) async fn matches_a_simple_model(open: Open<'_>, seed: u64, steps: usi
             3..=4 => {
                 let limit = rng.below(4) as usize;
                 let lease_until = now.plus(std::time::Duration::from_millis(rng.below(500)));
-                let claimed = store.claim_due(now, limit, lease_until).await.unwrap();
+                let claimed = store
+                    .claim_due(now, limit, lease_until, &FlowRoom::new())
+                    .await
+                    .unwrap();
                 let expected: Vec<_> = model
                     .queued
                     .range(..=(now, ItemId::from_bytes([0xff; 16])))
@@ -810,7 +881,7 @@ pub(crate) async fn matches_a_simple_model(open: Open<'_>, seed: u64, steps: usi
                     let due = now.plus(std::time::Duration::from_millis(rng.below(300)));
                     QueueItem {
                         attempt: item.attempt + 1,
-                        ..self::item(item.run_id, "second", due)
+                        ..self::item(&item.flow_id, item.run_id, "second", due)
                     }
                 });
                 let status = [RunStatus::Running, RunStatus::Succeeded][rng.below(2) as usize];
@@ -880,6 +951,227 @@ pub(crate) async fn matches_a_simple_model(open: Open<'_>, seed: u64, steps: usi
     }
 }
 
+/// A dedupe key starts one run per flow until it expires, also under concurrent deliveries;
+/// expired keys are forgotten and can be taken again.
+pub(crate) async fn dedupe_keys_start_one_run_until_they_expire(store: Arc<dyn Store>) {
+    let orders = flow("orders");
+    let keyed = |n: u64, received: i64, expires: i64| {
+        let mut new = new_run(&orders, run_id(n), at(received));
+        new.dedupe = Some(DedupeKey {
+            key: "evt_1".into(),
+            expires_at: at(expires),
+        });
+        new
+    };
+    let original = keyed(1, 100, 1_000);
+    assert_eq!(
+        store.ingest(original.clone()).await.unwrap(),
+        Ingested::Created
+    );
+    let repeat = keyed(2, 999, 1_999);
+    assert_eq!(
+        store.ingest(repeat.clone()).await.unwrap(),
+        Ingested::Duplicate {
+            event_id: original.event.id,
+            run_id: original.run.id,
+        }
+    );
+    assert_eq!(
+        store.run(repeat.run.id).await.unwrap(),
+        None,
+        "a duplicate stores no run"
+    );
+    assert_eq!(store.event(repeat.event.id).await.unwrap(), None);
+
+    // Another flow may use the same key; the original's key has expired at 1000.
+    let mut other = new_run(&flow("leads"), run_id(3), at(500));
+    other.dedupe = original.dedupe.clone();
+    assert_eq!(store.ingest(other).await.unwrap(), Ingested::Created);
+    let later = keyed(4, 1_000, 2_000);
+    assert_eq!(
+        store.ingest(later.clone()).await.unwrap(),
+        Ingested::Created
+    );
+
+    // Ten concurrent deliveries of a new key: one run.
+    let mut tasks = JoinSet::new();
+    for n in 0..10 {
+        let store = store.clone();
+        let mut new = new_run(&orders, run_id(10 + n), at(1_500));
+        new.dedupe = Some(DedupeKey {
+            key: "evt_2".into(),
+            expires_at: at(5_000),
+        });
+        tasks.spawn(async move { store.ingest(new).await.unwrap() });
+    }
+    let outcomes = tasks.join_all().await;
+    let created = outcomes.iter().filter(|o| **o == Ingested::Created).count();
+    assert_eq!(created, 1, "{outcomes:?}");
+
+    // At 2000 the second take of evt_1 (and the leads flow's key) have expired; evt_2 has not.
+    assert_eq!(
+        store.expire_dedupe(at(1_999), 100).await.unwrap(),
+        1,
+        "the leads key"
+    );
+    assert_eq!(store.expire_dedupe(at(2_000), 100).await.unwrap(), 1);
+    assert_eq!(store.expire_dedupe(at(2_000), 100).await.unwrap(), 0);
+    assert_eq!(
+        store.ingest(keyed(30, 1_900, 3_000)).await.unwrap(),
+        Ingested::Created,
+        "a forgotten key is free"
+    );
+    let mut again = new_run(&orders, run_id(31), at(4_000));
+    again.dedupe = Some(DedupeKey {
+        key: "evt_2".into(),
+        expires_at: at(9_000),
+    });
+    assert!(matches!(
+        store.ingest(again).await.unwrap(),
+        Ingested::Duplicate { .. }
+    ));
+}
+
+/// Flows share a claim's limit, and a flow's room caps its items.
+pub(crate) async fn claims_are_shared_between_flows_within_their_room(store: Arc<dyn Store>) {
+    let (busy, quiet) = (flow("busy"), flow("quiet"));
+    let runs = (1..=10)
+        .map(|n| new_run(&busy, run_id(n), at(n as i64)))
+        .chain((11..=12).map(|n| new_run(&quiet, run_id(n), at(100 + n as i64))));
+    ingest_all(&store, runs).await;
+    assert_eq!(store.next_due().await.unwrap(), Some(at(1)));
+    let lease = at(100_000);
+    let count = |items: &[QueueItem], f: &FlowId| items.iter().filter(|i| &i.flow_id == f).count();
+
+    let got = store
+        .claim_due(at(1_000), 4, lease, &FlowRoom::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        (count(&got, &busy), count(&got, &quiet)),
+        (2, 2),
+        "an equal share each"
+    );
+    assert_eq!(got[0].due_at, at(1), "oldest due first within a flow");
+
+    let room = FlowRoom::from([(busy.clone(), 1)]);
+    let got = store.claim_due(at(1_000), 10, lease, &room).await.unwrap();
+    assert_eq!((count(&got, &busy), count(&got, &quiet)), (1, 0));
+    let room = FlowRoom::from([(busy.clone(), 0)]);
+    assert!(store
+        .claim_due(at(1_000), 10, lease, &room)
+        .await
+        .unwrap()
+        .is_empty());
+    let got = store
+        .claim_due(at(1_000), 10, lease, &FlowRoom::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&got, &busy),
+        7,
+        "what a share leaves goes to whoever has more"
+    );
+}
+
+/// `since` and `until` select runs by creation time (inclusive, exclusive), with any filter.
+pub(crate) async fn list_runs_selects_a_time_window(store: Arc<dyn Store>) {
+    let (a, b) = (flow("a"), flow("b"));
+    let base = 1_700_000_000_000;
+    ingest_all(
+        &store,
+        (1..=9).map(|n| {
+            new_run(
+                if n % 2 == 0 { &a } else { &b },
+                run_id(n),
+                at(base + n as i64),
+            )
+        }),
+    )
+    .await;
+    let window = |flow: Option<&FlowId>, since: u64, until: u64, limit| RunQuery {
+        flow_id: flow.cloned(),
+        since: Some(at(base + since as i64)),
+        until: Some(at(base + until as i64)),
+        limit,
+        ..RunQuery::default()
+    };
+    assert_eq!(
+        all_pages(&store, window(None, 3, 7, 2)).await,
+        [6, 5, 4, 3].map(run_id)
+    );
+    assert_eq!(
+        all_pages(&store, window(Some(&a), 3, 9, 1)).await,
+        [8, 6, 4].map(run_id)
+    );
+    assert!(all_pages(&store, window(Some(&b), 4, 5, 10))
+        .await
+        .is_empty());
+}
+
+/// Pruning deletes final runs older than the cutoff or beyond the newest `keep`, with their
+/// events and records, oldest first and at most `max`; it never deletes a run still going.
+pub(crate) async fn pruning_deletes_old_and_excess_final_runs_only(store: Arc<dyn Store>) {
+    let (orders, leads) = (flow("orders"), flow("leads"));
+    let runs: Vec<_> = (1..=6)
+        .map(|n| new_run(&orders, run_id(n), at(n as i64 * 100)))
+        .collect();
+    ingest_all(&store, runs.clone()).await;
+    ingest_all(&store, [new_run(&leads, run_id(7), at(50))]).await;
+    for n in [1, 3, 4, 5, 6] {
+        set_status(&store, run_id(n), RunStatus::Succeeded).await;
+    }
+    let with_record = run_id(1);
+    store
+        .update_run(with_record, None, &|run| {
+            Some(RunUpdate {
+                records: vec![record(run.id, "first", json!(1))],
+                run,
+                enqueue: vec![],
+            })
+        })
+        .await
+        .unwrap();
+    let mut flows = store.flows_with_runs().await.unwrap();
+    flows.sort();
+    assert_eq!(flows, [leads.clone(), orders.clone()]);
+
+    // Older than 350: runs 1, 2, 3 — but 2 is still queued.
+    assert_eq!(
+        store.prune_runs(&orders, at(350), 100, 1).await.unwrap(),
+        1,
+        "at most max"
+    );
+    assert_eq!(store.run(with_record).await.unwrap(), None);
+    assert_eq!(store.event(runs[0].event.id).await.unwrap(), None);
+    assert!(store.step_records(with_record).await.unwrap().is_empty());
+    assert_eq!(
+        store.prune_runs(&orders, at(350), 100, 10).await.unwrap(),
+        1
+    );
+    assert!(
+        store.run(run_id(2)).await.unwrap().is_some(),
+        "a queued run is kept"
+    );
+    // Keep the newest 2 of the 4 left (2, 4, 5, 6): 4 goes, 2 is not final.
+    assert_eq!(store.prune_runs(&orders, at(0), 2, 10).await.unwrap(), 1);
+    let left = all_pages(
+        &store,
+        RunQuery {
+            flow_id: Some(orders.clone()),
+            limit: 10,
+            ..RunQuery::default()
+        },
+    )
+    .await;
+    assert_eq!(left, [6, 5, 2].map(run_id));
+    assert!(
+        store.run(run_id(7)).await.unwrap().is_some(),
+        "other flows are untouched"
+    );
+    assert_eq!(store.prune_runs(&orders, at(0), 2, 10).await.unwrap(), 0);
+}
+
 /// The suite against the sled backend, each check on a fresh store in its own directory.
 mod sled_backend {
     use std::path::{Path, PathBuf};
@@ -899,7 +1191,7 @@ mod sled_backend {
     fn open_when_released(path: &Path) -> SledStore {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match SledStore::open(path) {
+            match SledStore::open(path, crate::store::sled::DEFAULT_CACHE_BYTES) {
                 Ok(store) => return store,
                 Err(e) if e.to_string().contains("could not acquire lock") => {
                     assert!(Instant::now() < deadline, "the store stayed locked: {e}");
@@ -933,6 +1225,10 @@ mod sled_backend {
         hook_token_is_stable_and_first_writer_wins,
         revisions_are_kept_per_flow,
         concurrent_ingests_are_all_kept,
+        dedupe_keys_start_one_run_until_they_expire,
+        claims_are_shared_between_flows_within_their_room,
+        list_runs_selects_a_time_window,
+        pruning_deletes_old_and_excess_final_runs_only,
     );
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

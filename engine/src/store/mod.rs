@@ -11,11 +11,16 @@
 //! - A queue item is in exactly one place: queued (due at a time) or leased (until a time).
 //! - `update_run` reads the run, calls the decision function, and writes its run, records and new
 //!   queue items and removes the finished item, all in one atomic transaction.
+//! - A dedupe key is checked and recorded in the same transaction as the event it belongs to, so two
+//!   concurrent deliveries of one event never both start a run.
+//! - Pruning removes only final runs, each together with its event and step records.
 
 pub mod sled;
 
 #[cfg(test)]
 mod conformance;
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 
@@ -50,7 +55,37 @@ pub struct NewRun {
     pub run: Run,
     /// The first items (the flow's root steps).
     pub items: Vec<QueueItem>,
+    /// The event's dedupe key, if its flow has one: a later event of the same flow with the same
+    /// key, before the key expires, starts nothing.
+    pub dedupe: Option<DedupeKey>,
 }
+
+/// A key that identifies repeated deliveries of one event (e.g. the provider's event id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupeKey {
+    /// The key, unique within its flow.
+    pub key: String,
+    /// When a repeat stops counting as a duplicate.
+    pub expires_at: Timestamp,
+}
+
+/// What `ingest` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// The event, its run and its items were stored.
+    Created,
+    /// The dedupe key was already taken: nothing was stored; these are the original's ids.
+    Duplicate {
+        /// The original event.
+        event_id: EventId,
+        /// The run the original event started.
+        run_id: RunId,
+    },
+}
+
+/// How many more items of a flow may be claimed now, for flows with a concurrency limit; flows
+/// not listed are unlimited.
+pub type FlowRoom = HashMap<FlowId, usize>;
 
 /// What a decision function wants written for a run.
 #[derive(Debug, Clone)]
@@ -77,6 +112,10 @@ pub struct RunQuery {
     pub status: Option<RunStatus>,
     /// Only runs older than this one (the cursor from the previous page).
     pub before: Option<RunId>,
+    /// Only runs created at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only runs created before this time.
+    pub until: Option<Timestamp>,
     /// At most this many runs (the backend caps it at 1000).
     pub limit: usize,
 }
@@ -93,15 +132,20 @@ pub struct RunPage {
 /// Persistence for the runtime. See the module docs for the invariants.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Writes an event, its run and its first queue items atomically and durably.
-    async fn ingest(&self, new: NewRun) -> Result<()>;
+    /// Writes an event, its run and its first queue items atomically and durably, unless its
+    /// dedupe key is taken (and not expired at the event's `received_at`). Returns once what it
+    /// reports is durable, including an original that another call is still writing.
+    async fn ingest(&self, new: NewRun) -> Result<Ingested>;
 
-    /// Leases up to `limit` items due at or before `now` until `lease_until`, oldest due first.
+    /// Leases up to `limit` items due at or before `now` until `lease_until`, at most
+    /// `room[flow]` of a listed flow. Within a flow, oldest due first; flows share `limit` fairly,
+    /// so one flow's backlog does not hold up another's events.
     async fn claim_due(
         &self,
         now: Timestamp,
         limit: usize,
         lease_until: Timestamp,
+        room: &FlowRoom,
     ) -> Result<Vec<QueueItem>>;
 
     /// When the earliest queued (not leased) item is due.
@@ -143,6 +187,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// A kept flow revision's source.
     async fn revision(&self, flow_id: &FlowId, revision: &Revision) -> Result<Option<String>>;
+
+    /// The flows that have runs stored (deployed or not).
+    async fn flows_with_runs(&self) -> Result<Vec<FlowId>>;
+
+    /// Deletes up to `max` of a flow's final runs, oldest first, with their events and step
+    /// records: those created before `older_than`, and those beyond the newest `keep`. Runs that are
+    /// not final are never deleted. Returns how many were deleted.
+    async fn prune_runs(
+        &self,
+        flow_id: &FlowId,
+        older_than: Timestamp,
+        keep: usize,
+        max: usize,
+    ) -> Result<usize>;
+
+    /// Forgets up to `max` dedupe keys that expired at or before `now`; returns how many.
+    async fn expire_dedupe(&self, now: Timestamp, max: usize) -> Result<usize>;
 
     /// Makes every write so far durable (called at shutdown).
     async fn flush(&self) -> Result<()>;

@@ -12,14 +12,21 @@
 //! | `runs`         | run id (16 bytes: byte order is creation order)      | [`Run`]                  |
 //! | `runs_by_flow` | flow id, `0x00`, run id                              | empty (an index)         |
 //! | `step_records` | run id, step id                                      | [`StepRecord`]           |
-//! | `queue`        | `due_at` (u64 big-endian ms; before 1970 as 0), item id | [`QueueItem`]         |
+//! | `flow_queue`   | flow id, `0x00`, `due_at` (u64 big-endian ms; before 1970 as 0), item id | [`QueueItem`] |
 //! | `leases`       | item id                                              | lease end + [`QueueItem`] |
 //! | `hook_tokens`  | flow id                                              | token (a JSON string)    |
 //! | `revisions`    | flow id, `0x00`, revision                            | source (a JSON string)   |
+//! | `dedupe`       | flow id, `0x00`, dedupe key                          | [`DedupeEntry`]          |
+//! | `dedupe_expiry`| expiry (u64 big-endian ms), flow id, `0x00`, dedupe key | empty (an index)      |
 //!
 //! Flow ids are validated names (letters, digits, `_`, `-`), so they never contain `0x00` and the
 //! separator keeps one flow's prefix from matching another's. Ids are ULIDs, whose bytes sort by
-//! time, so "newest first" is a reverse scan.
+//! time, so "newest first" is a reverse scan and a time window is a key range.
+//!
+//! The queue is kept per flow: a claim visits each flow that has queued items (found by seeking
+//! from one flow prefix to the next) and shares its limit between them, so a large backlog of one
+//! flow does not delay another flow's events, and a flow's concurrency limit is applied without
+//! scanning past its items.
 //!
 //! # Atomicity
 //!
@@ -56,6 +63,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -68,7 +76,7 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{Decide, NewRun, Result, RunPage, RunQuery, Store, StoreError};
+use super::{Decide, FlowRoom, Ingested, NewRun, Result, RunPage, RunQuery, Store, StoreError};
 use crate::ids::{EventId, FlowId, ItemId, RunId, StepId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
 
@@ -80,10 +88,14 @@ const MAX_PAGE: usize = 1000;
 const CLAIM_ROUNDS: usize = 4;
 /// How many expired leases `requeue_expired` moves per transaction.
 const REQUEUE_CHUNK: usize = 512;
+/// How many runs (or dedupe keys) one pruning transaction deletes: small, so ingest never waits
+/// long for sled's transaction lock.
+const PRUNE_CHUNK: usize = 64;
 
 /// The sled trees, each under a fixed name.
 ///
-/// Retired names (never reuse one): none yet.
+/// Retired names (never reuse one): `queue` (a single queue keyed by due time, before queues
+/// were kept per flow).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TreeName {
     Events,
@@ -94,6 +106,8 @@ enum TreeName {
     Leases,
     HookTokens,
     Revisions,
+    Dedupe,
+    DedupeExpiry,
 }
 
 impl TreeName {
@@ -104,12 +118,22 @@ impl TreeName {
             Self::Runs => "runs",
             Self::RunsByFlow => "runs_by_flow",
             Self::StepRecords => "step_records",
-            Self::Queue => "queue",
+            Self::Queue => "flow_queue",
             Self::Leases => "leases",
             Self::HookTokens => "hook_tokens",
             Self::Revisions => "revisions",
+            Self::Dedupe => "dedupe",
+            Self::DedupeExpiry => "dedupe_expiry",
         }
     }
+}
+
+/// A taken dedupe key: the ids of the event that took it, and until when.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DedupeEntry {
+    event_id: EventId,
+    run_id: RunId,
+    expires_at: Timestamp,
 }
 
 /// A leased queue item: the item and when its lease ends.
@@ -123,10 +147,15 @@ struct Lease {
 /// keeps values up to 2 MiB in the log (sled's default is 512 KiB).
 pub const SEGMENT_SIZE: usize = 8 << 20;
 
+/// The most memory sled's page cache uses by default (sled's own default is 1 GiB).
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
 /// The sled settings every store opens with. sled refuses to reopen a database with another segment
-/// size, so this must never change for existing data directories.
-fn base_config() -> Config {
-    Config::new().segment_size(SEGMENT_SIZE)
+/// size, so that must never change for existing data directories; the cache size may.
+fn base_config(cache_bytes: u64) -> Config {
+    Config::new()
+        .segment_size(SEGMENT_SIZE)
+        .cache_capacity(cache_bytes)
 }
 
 /// The sled-backed [`Store`].
@@ -143,6 +172,8 @@ pub struct SledStore {
     leases: Tree,
     hook_tokens: Tree,
     revisions: Tree,
+    dedupe: Tree,
+    dedupe_expiry: Tree,
     commit: GroupCommit,
     /// Flows whose hook token is known to be on disk. Tokens never change once stored, so these
     /// are answered by a read, without waiting for a flush (the catch path asks on every request).
@@ -154,8 +185,9 @@ impl SledStore {
     ///
     /// The directory stays locked for a moment after the store is dropped (sled's I/O threads let
     /// go of it last), so reopening at once in the same process may fail with a lock error.
-    pub fn open(path: &Path) -> Result<Self> {
-        let config = base_config().path(path);
+    /// `cache_bytes` bounds sled's page cache (see [`DEFAULT_CACHE_BYTES`]).
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Self> {
+        let config = base_config(cache_bytes).path(path);
         let mut store = Self::with_config(config, &path.display().to_string())?;
         let log = path.join("db");
         let file = std::fs::File::open(&log).map_err(|e| {
@@ -171,7 +203,7 @@ impl SledStore {
     /// A store in a temporary directory, deleted when the store is dropped (`hookflow run`, tests).
     /// sled skips syncing in temporary mode: nothing in it survives a crash.
     pub fn temporary() -> Result<Self> {
-        let config = base_config().temporary(true);
+        let config = base_config(DEFAULT_CACHE_BYTES).temporary(true);
         Self::with_config(config, "a temporary directory")
     }
 
@@ -192,6 +224,8 @@ impl SledStore {
             leases: tree(TreeName::Leases)?,
             hook_tokens: tree(TreeName::HookTokens)?,
             revisions: tree(TreeName::Revisions)?,
+            dedupe: tree(TreeName::Dedupe)?,
+            dedupe_expiry: tree(TreeName::DedupeExpiry)?,
             commit: GroupCommit::default(),
             durable_tokens: Mutex::default(),
             log_file: None,
@@ -224,22 +258,41 @@ impl SledStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Up to `want` queued items due at or before `now`, oldest due first, with their keys.
-    fn due_candidates(&self, now: Timestamp, want: usize) -> Result<Vec<(IVec, QueueItem)>> {
+    /// Up to `want` queued items due at or before `now`, with their keys: oldest due first within
+    /// a flow, at most `room[flow]` of a listed flow, and `want` shared between flows (an equal
+    /// share each first, then what is left to whoever has more).
+    fn due_candidates(
+        &self,
+        now: Timestamp,
+        want: usize,
+        room: &FlowRoom,
+    ) -> Result<Vec<(IVec, QueueItem)>> {
+        let flows = distinct_flows(&self.queue, TreeName::Queue)?;
         let now_key = due_bytes(now);
+        let share = want.div_ceil(flows.len().max(1));
+        let mut taken = vec![0usize; flows.len()];
         let mut out = Vec::new();
-        for entry in self.queue.iter() {
-            let (key, value) = entry.map_err(|e| backend("scan", TreeName::Queue, &"", e))?;
-            if key.len() < 8 || key[..8] > now_key[..] {
-                break;
-            }
-            let item: QueueItem = decode(TreeName::Queue, &key, &value)?;
-            if item.due_at > now {
-                continue; // only possible for times before 1970, which share key 0
-            }
-            out.push((key, item));
-            if out.len() == want {
-                break;
+        for fair_share in [Some(share), None] {
+            for (flow, taken) in flows.iter().zip(&mut taken) {
+                let allowed = room.get(flow).copied().unwrap_or(usize::MAX);
+                let quota = fair_share.map_or(allowed, |s| s.min(allowed));
+                let prefix = flow_key(flow, &[]);
+                for entry in self.queue.scan_prefix(&prefix).skip(*taken) {
+                    if out.len() == want || *taken >= quota {
+                        break;
+                    }
+                    let (key, value) =
+                        entry.map_err(|e| backend("scan", TreeName::Queue, flow, e))?;
+                    let due = &key[prefix.len()..];
+                    if due.len() < 8 || due[..8] > now_key[..] {
+                        break;
+                    }
+                    let item: QueueItem = decode(TreeName::Queue, &key, &value)?;
+                    *taken += 1;
+                    if item.due_at <= now {
+                        out.push((key, item));
+                    }
+                }
             }
         }
         Ok(out)
@@ -294,12 +347,45 @@ impl SledStore {
                     let item =
                         encode(TreeName::Queue, &lease.item.id, &lease.item).map_err(abort)?;
                     leases.remove(key)?;
-                    queue.insert(&queue_key(&lease.item)[..], item)?;
+                    queue.insert(queue_key(&lease.item), item)?;
                     moved += 1;
                 }
                 Ok(moved)
             })
             .map_err(tx_error("requeue", TreeName::Leases))
+    }
+
+    /// Deletes runs (index key, id, event id) with their events and step records, in one
+    /// transaction.
+    fn delete_runs(&self, doomed: &[(IVec, RunId, Option<EventId>)]) -> Result<()> {
+        let mut record_keys = Vec::new();
+        for (_, run_id, _) in doomed {
+            for key in self.step_records.scan_prefix(run_id.to_bytes()).keys() {
+                record_keys
+                    .push(key.map_err(|e| backend("scan", TreeName::StepRecords, run_id, e))?);
+            }
+        }
+        let trees = (
+            &self.runs,
+            &self.runs_by_flow,
+            &self.events,
+            &self.step_records,
+        );
+        trees
+            .transaction(|(runs, by_flow, events, records)| -> TxResult<()> {
+                for (index_key, run_id, event_id) in doomed {
+                    by_flow.remove(index_key)?;
+                    runs.remove(&run_id.to_bytes()[..])?;
+                    if let Some(event_id) = event_id {
+                        events.remove(&event_id.to_bytes()[..])?;
+                    }
+                }
+                for key in &record_keys {
+                    records.remove(key)?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error("prune", TreeName::Runs))
     }
 
     fn get<T: DeserializeOwned>(
@@ -318,7 +404,7 @@ impl SledStore {
 
 #[async_trait]
 impl Store for SledStore {
-    async fn ingest(&self, new: NewRun) -> Result<()> {
+    async fn ingest(&self, new: NewRun) -> Result<Ingested> {
         let event_key = new.event.id.to_bytes();
         let event = encode(TreeName::Events, &new.event.id, &new.event)?;
         let run_key = new.run.id.to_bytes();
@@ -329,22 +415,65 @@ impl Store for SledStore {
             .iter()
             .map(|item| Ok((queue_key(item), encode(TreeName::Queue, &item.id, item)?)))
             .collect::<Result<Vec<_>>>()?;
-
-        (&self.events, &self.runs, &self.runs_by_flow, &self.queue)
-            .transaction(|(events, runs, by_flow, queue)| -> TxResult<()> {
-                events.insert(&event_key[..], event.as_slice())?;
-                runs.insert(&run_key[..], run.as_slice())?;
-                by_flow.insert(index_key.as_slice(), IVec::default())?;
-                for (key, item) in &items {
-                    queue.insert(&key[..], item.as_slice())?;
-                }
-                Ok(())
+        let dedupe = new
+            .dedupe
+            .as_ref()
+            .map(|d| {
+                let key = flow_key(&new.run.flow_id, d.key.as_bytes());
+                let entry = DedupeEntry {
+                    event_id: new.event.id,
+                    run_id: new.run.id,
+                    expires_at: d.expires_at,
+                };
+                let value = encode(TreeName::Dedupe, &d.key, &entry)?;
+                Ok((key, value))
             })
+            .transpose()?;
+        let received_at = new.event.received_at;
+
+        let trees = (
+            &self.events,
+            &self.runs,
+            &self.runs_by_flow,
+            &self.queue,
+            &self.dedupe,
+            &self.dedupe_expiry,
+        );
+        let outcome = trees
+            .transaction(
+                |(events, runs, by_flow, queue, dedupe_keys, expiry)| -> TxResult<Ingested> {
+                    if let Some((key, value)) = &dedupe {
+                        if let Some(taken) = dedupe_keys.get(key)? {
+                            let taken: DedupeEntry =
+                                decode(TreeName::Dedupe, key, &taken).map_err(abort)?;
+                            if taken.expires_at > received_at {
+                                return Ok(Ingested::Duplicate {
+                                    event_id: taken.event_id,
+                                    run_id: taken.run_id,
+                                });
+                            }
+                            expiry.remove(expiry_key(taken.expires_at, key))?;
+                        }
+                        dedupe_keys.insert(key.as_slice(), value.as_slice())?;
+                        let expires_at = new.dedupe.as_ref().map_or(received_at, |d| d.expires_at);
+                        expiry.insert(expiry_key(expires_at, key), IVec::default())?;
+                    }
+                    events.insert(&event_key[..], event.as_slice())?;
+                    runs.insert(&run_key[..], run.as_slice())?;
+                    by_flow.insert(index_key.as_slice(), IVec::default())?;
+                    for (key, item) in &items {
+                        queue.insert(key.as_slice(), item.as_slice())?;
+                    }
+                    Ok(Ingested::Created)
+                },
+            )
             .map_err(tx_error("ingest", TreeName::Runs))?;
 
         // The transaction has returned, so the write is in sled's log: the fsync this waits for
-        // covers it. Only now may the caller acknowledge the event.
-        self.durable().await
+        // covers it (and, for a duplicate, the original, which was applied before this read it).
+        // Only now may the caller acknowledge the event.
+        self.durable().await?;
+        Ok(outcome)
     }
 
     async fn claim_due(
@@ -352,19 +481,26 @@ impl Store for SledStore {
         now: Timestamp,
         limit: usize,
         lease_until: Timestamp,
+        room: &FlowRoom,
     ) -> Result<Vec<QueueItem>> {
         let mut claimed = Vec::new();
+        let mut room = room.clone();
         for _ in 0..CLAIM_ROUNDS {
             let want = limit - claimed.len();
             if want == 0 {
                 break;
             }
-            let candidates = self.due_candidates(now, want)?;
+            let candidates = self.due_candidates(now, want, &room)?;
             if candidates.is_empty() {
                 break;
             }
             let got = self.lease(&candidates, lease_until)?;
             let exhausted = got.len() == candidates.len() && candidates.len() < want;
+            for item in &got {
+                if let Some(left) = room.get_mut(&item.flow_id) {
+                    *left = left.saturating_sub(1);
+                }
+            }
             claimed.extend(got);
             if exhausted {
                 break;
@@ -374,17 +510,20 @@ impl Store for SledStore {
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>> {
-        match self
-            .queue
-            .first()
-            .map_err(|e| backend("scan", TreeName::Queue, &"", e))?
-        {
-            Some((key, value)) => {
+        let mut next: Option<Timestamp> = None;
+        for flow in distinct_flows(&self.queue, TreeName::Queue)? {
+            let first = self
+                .queue
+                .scan_prefix(flow_key(&flow, &[]))
+                .next()
+                .transpose()
+                .map_err(|e| backend("scan", TreeName::Queue, &flow, e))?;
+            if let Some((key, value)) = first {
                 let item: QueueItem = decode(TreeName::Queue, &key, &value)?;
-                Ok(Some(item.due_at))
+                next = Some(next.map_or(item.due_at, |n| n.min(item.due_at)));
             }
-            None => Ok(None),
         }
+        Ok(next)
     }
 
     async fn update_run(
@@ -437,7 +576,7 @@ impl Store for SledStore {
                     }
                     for item in &update.enqueue {
                         let value = encode(TreeName::Queue, &item.id, item).map_err(abort)?;
-                        queue.insert(&queue_key(item)[..], value)?;
+                        queue.insert(queue_key(item), value)?;
                     }
                     Ok(Some(update.run))
                 },
@@ -489,14 +628,22 @@ impl Store for SledStore {
             n => n.min(MAX_PAGE),
         };
         let wanted = |run: &Run| query.status.is_none_or(|status| run.status == status);
+        // The window as run-id bounds: ids sort by creation time.
+        let lower = query.since.map(|t| RunId::first_at(t.millis()).to_bytes());
+        let upper = [
+            query.until.map(|t| RunId::first_at(t.millis())),
+            query.before,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|id| id.to_bytes());
         let mut runs = Vec::new();
         match &query.flow_id {
             None => {
-                let scan = match query.before {
-                    Some(before) => self.runs.range(..before.to_bytes()),
-                    None => self.runs.iter(),
-                };
-                for entry in scan.rev() {
+                let lower = lower.map_or(Bound::Unbounded, |l| Bound::Included(l.to_vec()));
+                let upper = upper.map_or(Bound::Unbounded, |u| Bound::Excluded(u.to_vec()));
+                for entry in self.runs.range::<Vec<u8>, _>((lower, upper)).rev() {
                     let (key, value) =
                         entry.map_err(|e| backend("scan", TreeName::Runs, &"", e))?;
                     let run: Run = decode(TreeName::Runs, &key, &value)?;
@@ -510,13 +657,12 @@ impl Store for SledStore {
             }
             Some(flow_id) => {
                 let prefix = flow_key(flow_id, &[]);
-                let scan = match query.before {
-                    Some(before) => self
-                        .runs_by_flow
-                        .range(prefix.clone()..flow_key(flow_id, &before.to_bytes())),
-                    None => self.runs_by_flow.scan_prefix(&prefix),
+                let lower = flow_key(flow_id, lower.as_ref().map_or(&[][..], |l| &l[..]));
+                let upper = match upper {
+                    Some(u) => flow_key(flow_id, &u),
+                    None => prefix_end(&prefix),
                 };
-                for entry in scan.rev() {
+                for entry in self.runs_by_flow.range(lower..upper).rev() {
                     let (key, _) =
                         entry.map_err(|e| backend("scan", TreeName::RunsByFlow, flow_id, e))?;
                     let Some(run_id) = id16(&key[prefix.len()..]).map(RunId::from_bytes) else {
@@ -589,6 +735,80 @@ impl Store for SledStore {
             .insert(flow_key(flow_id, revision.0.as_bytes()), value)
             .map_err(|e| backend("write", TreeName::Revisions, &what, e))?;
         Ok(())
+    }
+
+    async fn flows_with_runs(&self) -> Result<Vec<FlowId>> {
+        distinct_flows(&self.runs_by_flow, TreeName::RunsByFlow)
+    }
+
+    async fn prune_runs(
+        &self,
+        flow_id: &FlowId,
+        older_than: Timestamp,
+        keep: usize,
+        max: usize,
+    ) -> Result<usize> {
+        let prefix = flow_key(flow_id, &[]);
+        let scan_error = |e| backend("scan", TreeName::RunsByFlow, flow_id, e);
+        let mut total = 0usize;
+        for key in self.runs_by_flow.scan_prefix(&prefix).keys() {
+            key.map_err(scan_error)?;
+            total += 1;
+        }
+        let beyond_keep = total.saturating_sub(keep);
+        let mut doomed = Vec::new();
+        for (i, key) in self.runs_by_flow.scan_prefix(&prefix).keys().enumerate() {
+            if doomed.len() == max {
+                break;
+            }
+            let key = key.map_err(scan_error)?;
+            let Some(run_id) = id16(&key[prefix.len()..]).map(RunId::from_bytes) else {
+                return Err(corrupt(TreeName::RunsByFlow, &key, "the key is malformed"));
+            };
+            let run: Option<Run> =
+                self.get(&self.runs, TreeName::Runs, &run_id.to_bytes(), &run_id)?;
+            let old = run.as_ref().is_none_or(|r| r.created_at < older_than);
+            if i >= beyond_keep && !old {
+                break; // Newer runs follow: none of them is due for pruning either.
+            }
+            match run {
+                Some(run) if !run.status.is_final() => continue,
+                run => doomed.push((key, run_id, run.map(|r| r.event_id))),
+            }
+        }
+        for chunk in doomed.chunks(PRUNE_CHUNK) {
+            self.delete_runs(chunk)?;
+        }
+        Ok(doomed.len())
+    }
+
+    async fn expire_dedupe(&self, now: Timestamp, max: usize) -> Result<usize> {
+        let end = due_bytes(Timestamp(now.millis().saturating_add(1)));
+        let mut expired = Vec::new();
+        for key in self.dedupe_expiry.range(..end).keys().take(max) {
+            expired.push(key.map_err(|e| backend("scan", TreeName::DedupeExpiry, &"", e))?);
+        }
+        let trees = (&self.dedupe, &self.dedupe_expiry);
+        for chunk in expired.chunks(PRUNE_CHUNK) {
+            trees
+                .transaction(|(dedupe, expiry)| -> TxResult<()> {
+                    for key in chunk {
+                        expiry.remove(key)?;
+                        // The key may have been taken again since (with a later expiry).
+                        let dedupe_key = &key[8..];
+                        if let Some(value) = dedupe.get(dedupe_key)? {
+                            let entry: DedupeEntry =
+                                decode(TreeName::Dedupe, dedupe_key, &value).map_err(abort)?;
+                            if entry.expires_at <= now {
+                                dedupe.remove(dedupe_key)?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(tx_error("expire", TreeName::Dedupe))?;
+        }
+        Ok(expired.len())
     }
 
     async fn flush(&self) -> Result<()> {
@@ -700,12 +920,49 @@ fn due_bytes(at: Timestamp) -> [u8; 8] {
     (at.millis().max(0) as u64).to_be_bytes()
 }
 
-/// `queue` key: due time, then item id (unique, and ordering items due at the same moment).
-fn queue_key(item: &QueueItem) -> [u8; 24] {
-    let mut key = [0; 24];
-    key[..8].copy_from_slice(&due_bytes(item.due_at));
-    key[8..].copy_from_slice(&item.id.to_bytes());
+/// `flow_queue` key: flow id, `0x00`, due time, then item id (unique, and ordering items due at
+/// the same moment).
+fn queue_key(item: &QueueItem) -> Vec<u8> {
+    let mut rest = [0; 24];
+    rest[..8].copy_from_slice(&due_bytes(item.due_at));
+    rest[8..].copy_from_slice(&item.id.to_bytes());
+    flow_key(&item.flow_id, &rest)
+}
+
+/// `dedupe_expiry` key: expiry time, then the `dedupe` key.
+fn expiry_key(expires_at: Timestamp, dedupe_key: &[u8]) -> Vec<u8> {
+    let mut key = due_bytes(expires_at).to_vec();
+    key.extend_from_slice(dedupe_key);
     key
+}
+
+/// The first key after every key that starts with `prefix` (a flow prefix ends in `0x00`).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+/// The flows that have keys in a tree keyed by flow id and `0x00`, by seeking from one flow's
+/// prefix to the next (one read per flow, however many keys each has).
+fn distinct_flows(tree: &Tree, name: TreeName) -> Result<Vec<FlowId>> {
+    let mut flows = Vec::new();
+    let mut from = Vec::new();
+    while let Some(entry) = tree.range(from.clone()..).next() {
+        let (key, _) = entry.map_err(|e| backend("scan", name, &"", e))?;
+        let Some(end) = key.iter().position(|&b| b == 0) else {
+            return Err(corrupt(name, &key, "the key has no flow id"));
+        };
+        let flow = std::str::from_utf8(&key[..end])
+            .ok()
+            .and_then(|f| f.parse::<FlowId>().ok())
+            .ok_or_else(|| corrupt(name, &key, "the flow id is malformed"))?;
+        flows.push(flow);
+        from = prefix_end(&key[..=end]);
+    }
+    Ok(flows)
 }
 
 /// `runs_by_flow` and `revisions` key: flow id, `0x00`, rest.
@@ -745,10 +1002,12 @@ fn describe_key(tree: TreeName, key: &[u8]) -> String {
             let run = id16(&key[..16]).map(RunId::from_bytes).unwrap_or_default();
             format!("{run} {}", text(&key[16..]))
         }),
-        TreeName::Queue => (key.len() == 24).then(|| {
-            let due = u64::from_be_bytes(key[..8].try_into().unwrap_or_default());
-            let item = id16(&key[8..]).map(ItemId::from_bytes).unwrap_or_default();
-            format!("{} {item}", Timestamp(due as i64))
+        TreeName::Queue => split_flow(key).and_then(|(flow, rest)| {
+            (rest.len() == 24).then(|| {
+                let due = u64::from_be_bytes(rest[..8].try_into().unwrap_or_default());
+                let item = id16(&rest[8..]).map(ItemId::from_bytes).unwrap_or_default();
+                format!("{flow} {} {item}", Timestamp(due as i64))
+            })
         }),
         TreeName::RunsByFlow => split_flow(key).and_then(|(flow, rest)| {
             id16(&rest).map(|b| format!("{flow} {}", RunId::from_bytes(b)))
@@ -757,6 +1016,11 @@ fn describe_key(tree: TreeName, key: &[u8]) -> String {
             split_flow(key).map(|(flow, rest)| format!("{flow} {}", text(&rest)))
         }
         TreeName::HookTokens => Some(text(key)),
+        TreeName::Dedupe => split_flow(key).map(|(flow, rest)| format!("{flow} {}", text(&rest))),
+        TreeName::DedupeExpiry => (key.len() > 8).then(|| {
+            let at = u64::from_be_bytes(key[..8].try_into().unwrap_or_default());
+            format!("{} {}", Timestamp(at as i64), text(&key[8..]))
+        }),
     };
     described.unwrap_or_else(|| key.iter().map(|b| format!("{b:02x}")).collect())
 }
@@ -777,6 +1041,8 @@ mod tests {
             TreeName::Leases,
             TreeName::HookTokens,
             TreeName::Revisions,
+            TreeName::Dedupe,
+            TreeName::DedupeExpiry,
         ];
         let names: Vec<_> = all.iter().map(|t| t.name()).collect();
         assert_eq!(
@@ -786,27 +1052,33 @@ mod tests {
                 "runs",
                 "runs_by_flow",
                 "step_records",
-                "queue",
+                "flow_queue",
                 "leases",
                 "hook_tokens",
-                "revisions"
+                "revisions",
+                "dedupe",
+                "dedupe_expiry"
             ]
         );
+        assert!(!names.contains(&"queue"), "a retired name");
     }
 
     #[test]
     fn queue_keys_sort_by_due_time_then_id() {
-        let item = |due: i64| QueueItem {
+        let item = |flow: &str, due: i64| QueueItem {
             id: ItemId::new(),
             run_id: RunId::new(),
+            flow_id: flow.parse().unwrap(),
             step_id: "s".parse().unwrap(),
             attempt: 1,
             due_at: Timestamp(due),
         };
-        let (a, b, c) = (item(5), item(256), item(70_000));
+        let (a, b, c) = (item("f", 5), item("f", 256), item("f", 70_000));
         assert!(queue_key(&a) < queue_key(&b));
         assert!(queue_key(&b) < queue_key(&c));
-        assert_eq!(queue_key(&item(-3))[..8], [0; 8]);
+        assert_eq!(queue_key(&item("f", -3))[2..10], [0; 8]);
+        // One flow's items sort together, before the next flow's, however late they are due.
+        assert!(queue_key(&item("f", i64::MAX)) < queue_key(&item("f-", 0)));
     }
 
     #[test]
@@ -949,7 +1221,7 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
             for id in &acked {
                 assert!(
                     store.run(*id).await.unwrap().is_some(),
@@ -957,7 +1229,7 @@ mod tests {
                 );
             }
             let items = store
-                .claim_due(Timestamp(i64::MAX), 100, Timestamp(0))
+                .claim_due(Timestamp(i64::MAX), 100, Timestamp(0), &FlowRoom::new())
                 .await
                 .unwrap();
             assert_eq!(items.len(), acked.len(), "acknowledged queue items lost");
@@ -974,7 +1246,9 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let config = base_config().path(dir).flush_every_ms(None);
+            let config = base_config(DEFAULT_CACHE_BYTES)
+                .path(dir)
+                .flush_every_ms(None);
             let store = SledStore::with_config(config, "the crash test directory").unwrap();
             let flow_id: FlowId = "crash".parse().unwrap();
             for n in 0..20 {
@@ -995,10 +1269,12 @@ mod tests {
                     finished_at: None,
                     steps: vec![],
                     reason: None,
+                    replay_of: None,
                 };
                 let item = QueueItem {
                     id: ItemId::new(),
                     run_id: run.id,
+                    flow_id: flow_id.clone(),
                     step_id: "first".parse().unwrap(),
                     attempt: 1,
                     due_at: Timestamp(n),
@@ -1009,6 +1285,7 @@ mod tests {
                         event,
                         run,
                         items: vec![item],
+                        dedupe: None,
                     })
                     .await
                     .unwrap();
