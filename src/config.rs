@@ -104,18 +104,21 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// The configuration from a file, or the embedded default.
+    /// The embedded default, with a file's settings on top (a file need only name what it
+    /// changes).
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
-        match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read {}", p.display()))?;
-                serde_yaml::from_str(&text)
-                    .with_context(|| format!("{}: invalid configuration", p.display()))
-            }
-            None => Ok(serde_yaml::from_str(DEFAULT_CONFIG)
-                .expect("the embedded default configuration parses")),
-        }
+        let mut merged: serde_yaml::Value = serde_yaml::from_str(DEFAULT_CONFIG)
+            .expect("the embedded default configuration parses");
+        let Some(p) = path else {
+            return Ok(serde_yaml::from_value(merged).expect("the embedded default is valid"));
+        };
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        let file: serde_yaml::Value = serde_yaml::from_str(&text)
+            .with_context(|| format!("{}: invalid configuration", p.display()))?;
+        overlay(&mut merged, file);
+        serde_yaml::from_value(merged)
+            .with_context(|| format!("{}: invalid configuration", p.display()))
     }
 
     /// Checks values the types cannot.
@@ -160,6 +163,24 @@ impl Config {
             allow,
             own_address: Some(own_address),
         })
+    }
+}
+
+/// Puts `top`'s settings over `base`: mappings merge key by key, anything else replaces.
+fn overlay(base: &mut serde_yaml::Value, top: serde_yaml::Value) {
+    match (base, top) {
+        (serde_yaml::Value::Mapping(base), serde_yaml::Value::Mapping(top)) => {
+            for (key, value) in top {
+                match base.get_mut(&key) {
+                    Some(slot) => overlay(slot, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, serde_yaml::Value::Null) if base.is_mapping() => {}
+        (base, top) => *base = top,
     }
 }
 
@@ -215,5 +236,26 @@ mod tests {
             e.contains("outbound.allow") && e.contains("nonsense"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_file_names_only_what_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookflow.yaml");
+        std::fs::write(
+            &path,
+            "workers: 0\nretention: { max_runs: 5, every: 200ms }\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.workers, c.retention.max_runs), (0, 5));
+        let retention = c.retention.to_engine();
+        assert_eq!(retention.every, std::time::Duration::from_millis(200));
+        assert_eq!(
+            retention.max_age,
+            std::time::Duration::from_secs(14 * 24 * 3600)
+        );
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080", "the default stays");
     }
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod crash;
+mod delivery;
 mod pipeline;
 mod requests;
 mod support;

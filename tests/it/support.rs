@@ -15,6 +15,7 @@ use axum::routing::any;
 use axum::Router;
 use serde_json::Value;
 use tempfile::TempDir;
+use tokio::sync::watch;
 
 /// How long any awaited condition may take: generous, since CI machines can be slow (fsync under
 /// load takes long); a passing test never waits for it.
@@ -113,7 +114,10 @@ impl Server {
             .arg(dir.join("data"))
             .args(&self.extra_args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "error")
+            .env(
+                "RUST_LOG",
+                std::env::var("HOOKFLOW_TEST_LOG").unwrap_or("error".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -157,13 +161,23 @@ impl Server {
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.
     pub fn stop_gracefully(&mut self) -> bool {
-        let mut child = self.child.take().expect("running");
-        let pid = child.id().to_string();
+        self.send_sigterm();
+        self.wait_for_exit()
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn send_sigterm(&self) {
+        let pid = self.pid().to_string();
         let status = Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("kill runs");
         assert!(status.success());
+    }
+
+    /// Waits for the process to exit (after a signal); returns whether it exited successfully.
+    pub fn wait_for_exit(&mut self) -> bool {
+        let mut child = self.child.take().expect("running");
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -174,6 +188,90 @@ impl Server {
                 "server did not stop after SIGTERM"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The server's resident memory, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// The size of the data directory on disk, in bytes.
+    pub fn data_bytes(&self) -> u64 {
+        fn size(path: &Path) -> u64 {
+            std::fs::read_dir(path).map_or(0, |entries| {
+                entries
+                    .flatten()
+                    .map(|e| match e.metadata() {
+                        Ok(m) if m.is_dir() => size(&e.path()),
+                        Ok(m) => m.len(),
+                        Err(_) => 0,
+                    })
+                    .sum()
+            })
+        }
+        size(&self.dir.path().join("data"))
+    }
+
+    /// Replaces the extra `serve` arguments, for the next start.
+    pub fn set_args(&mut self, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Writes a configuration file into the server's directory; returns its path.
+    pub fn write_config(&self, yaml: &str) -> String {
+        let path = self.dir.path().join("hookflow.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        path.display().to_string()
+    }
+
+    /// Runs `hookflow ARGS --server BASE` against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        hookflow()
+            .args(args)
+            .args(["--server", &self.base])
+            .stdin(Stdio::null())
+            .output()
+            .expect("hookflow runs")
+    }
+
+    /// POSTs JSON to an API path; returns status and JSON.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .expect("server answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("JSON answer"))
+    }
+
+    /// Every run of a flow, newest first, following the cursor.
+    pub async fn all_runs(&self, flow: &str) -> Vec<Value> {
+        let mut runs = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let (status, page) = self
+                .get(&format!("/api/v1/runs?flow={flow}&limit=1000{cursor}"))
+                .await;
+            assert_eq!(status, 200, "{page}");
+            runs.extend(page["runs"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => return runs,
+            }
         }
     }
 
@@ -264,12 +362,28 @@ pub struct Sink {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     received: Arc<Mutex<Vec<Received>>>,
+    gate: Arc<watch::Sender<bool>>,
 }
 
 #[derive(Clone)]
 struct SinkState {
     received: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<Vec<u16>>>,
+    retry_after: Option<&'static str>,
+    open: watch::Receiver<bool>,
+}
+
+/// How a sink answers.
+#[derive(Debug, Default)]
+pub struct SinkOptions<'a> {
+    /// Statuses answered in order, then 200.
+    pub statuses: &'a [u16],
+    /// A `Retry-After` header on every non-2xx answer.
+    pub retry_after: Option<&'static str>,
+    /// Hold every answer (after recording the request) until [`Sink::release`].
+    pub held: bool,
+    /// Listen on this port instead of a free one.
+    pub port: Option<u16>,
 }
 
 impl Sink {
@@ -280,16 +394,38 @@ impl Sink {
 
     /// A sink answering the given statuses in order, then 200.
     pub async fn scripted(statuses: &[u16]) -> Self {
+        Self::with(SinkOptions {
+            statuses,
+            ..SinkOptions::default()
+        })
+        .await
+    }
+
+    /// A sink with options.
+    pub async fn with(options: SinkOptions<'_>) -> Self {
         let received = Arc::new(Mutex::new(Vec::new()));
+        let (gate, open) = watch::channel(!options.held);
         let state = SinkState {
             received: received.clone(),
-            script: Arc::new(Mutex::new(statuses.iter().rev().copied().collect())),
+            script: Arc::new(Mutex::new(options.statuses.iter().rev().copied().collect())),
+            retry_after: options.retry_after,
+            open,
         };
         let app = Router::new().fallback(any(record)).with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("127.0.0.1:{}", options.port.unwrap_or(0));
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { url, received }
+        Self {
+            url,
+            received,
+            gate: Arc::new(gate),
+        }
+    }
+
+    /// Lets held answers (and all later ones) go.
+    pub fn release(&self) {
+        self.gate.send_replace(true);
     }
 
     /// What was received so far.
@@ -298,17 +434,31 @@ impl Sink {
     }
 }
 
+/// A port on 127.0.0.1 that nothing listens on (for now): connections to it are refused.
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 async fn record(
-    State(state): State<SinkState>,
+    State(mut state): State<SinkState>,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, &'static str) {
+) -> (StatusCode, HeaderMap, &'static str) {
     let parsed = serde_json::from_slice(&body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
     state.received.lock().unwrap().push(Received {
         headers,
         body: parsed,
     });
+    let _ = state.open.wait_for(|open| *open).await;
     let status = state.script.lock().unwrap().pop().unwrap_or(200);
-    (StatusCode::from_u16(status).unwrap(), "{}")
+    let mut answer = HeaderMap::new();
+    if let (Some(after), false) = (state.retry_after, (200..300).contains(&status)) {
+        answer.insert("retry-after", after.parse().unwrap());
+    }
+    (StatusCode::from_u16(status).unwrap(), answer, "{}")
 }

@@ -327,6 +327,8 @@ fn send_error(e: &reqwest::Error) -> StepError {
         StepError::transient(format!("the request timed out: {cause}"))
     } else if cause.contains("refused to connect to") {
         StepError::permanent(cause)
+    } else if e.is_connect() {
+        StepError::transient(format!("could not connect to the target: {cause}"))
     } else {
         StepError::transient(format!("the request failed: {cause}"))
     }
