@@ -6,5 +6,6 @@ mod crash;
 mod delivery;
 mod pipeline;
 mod requests;
+mod resources;
 mod support;
 mod validate;

@@ -223,18 +223,6 @@ impl Server {
         size(&self.dir.path().join("data"))
     }
 
-    /// Replaces the extra `serve` arguments, for the next start.
-    pub fn set_args(&mut self, extra_args: &[&str]) {
-        self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
-    }
-
-    /// Writes a configuration file into the server's directory; returns its path.
-    pub fn write_config(&self, yaml: &str) -> String {
-        let path = self.dir.path().join("hookflow.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        path.display().to_string()
-    }
-
     /// Runs `hookflow ARGS --server BASE` against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
         hookflow()
