@@ -1,10 +1,10 @@
-//! An acknowledged event is never lost: the server is killed with SIGKILL while events arrive and
-//! runs execute; after a restart on the same data directory, every event that got a 2xx has exactly
-//! one run, the run finishes, and the target received it (a repeat only with the same idempotency
+//! An acknowledged event is never lost: the server is killed with SIGKILL (three times) while
+//! events arrive and runs execute; after each restart on the same data directory, every event that
+//! got a 2xx has exactly one run, the run finishes, and the target received it (a repeat only with the same idempotency
 //! key).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
@@ -13,11 +13,13 @@ use crate::support::{eventually, Server, Sink};
 
 /// Concurrent senders.
 const SENDERS: u64 = 16;
-/// Acknowledged events before the kill (then the kill lands while more arrive).
-const ACKED_BEFORE_KILL: usize = 100;
+/// Acknowledged events per round before the kill (which then lands while more arrive).
+const ACKED_PER_ROUND: usize = 100;
+/// How many times the server is killed.
+const KILLS: usize = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn events_acknowledged_before_a_sigkill_all_finish_after_restart() {
+async fn events_acknowledged_before_repeated_sigkills_all_finish_after_restart() {
     let sink = Sink::start().await;
     let flow = format!(
         r#"
@@ -35,42 +37,46 @@ steps:
     let mut server = Server::start(&[("numbered.yaml", &flow)]);
     let url = server.catch_url("numbered");
 
-    // Senders post numbered events until told to stop, recording which were acknowledged.
+    // Each round: senders post numbered events (numbers never reused) until enough more are
+    // acknowledged, then the server is killed mid-load and restarted on the same data.
     let acked: Arc<Mutex<HashMap<u64, String>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut senders = Vec::new();
-    for s in 0..SENDERS {
-        let (acked, stop, url) = (acked.clone(), stop.clone(), url.clone());
-        senders.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut n = s;
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(r) = client.post(&url).json(&json!({ "n": n })).send().await {
-                    if r.status() == 200 {
-                        let ack: Value = r.json().await.expect("an acknowledgment is JSON");
-                        acked
-                            .lock()
-                            .unwrap()
-                            .insert(n, ack["run_id"].as_str().unwrap().to_owned());
+    let next = Arc::new(AtomicU64::new(0));
+    for round in 1..=KILLS {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut senders = Vec::new();
+        for _ in 0..SENDERS {
+            let (acked, stop, next, url) = (acked.clone(), stop.clone(), next.clone(), url.clone());
+            senders.push(tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(r) = client.post(&url).json(&json!({ "n": n })).send().await {
+                        if r.status() == 200 {
+                            let ack: Value = r.json().await.expect("an acknowledgment is JSON");
+                            acked
+                                .lock()
+                                .unwrap()
+                                .insert(n, ack["run_id"].as_str().unwrap().to_owned());
+                        }
                     }
                 }
-                n += SENDERS;
-            }
-        }));
-    }
-    eventually("enough acknowledged events", || async {
-        (acked.lock().unwrap().len() >= ACKED_BEFORE_KILL).then_some(())
-    })
-    .await;
-    server.kill_hard();
-    stop.store(true, Ordering::Relaxed);
-    for s in senders {
-        s.await.unwrap();
+            }));
+        }
+        let target = round * ACKED_PER_ROUND;
+        eventually("enough acknowledged events", || async {
+            (acked.lock().unwrap().len() >= target).then_some(())
+        })
+        .await;
+        server.kill_hard();
+        stop.store(true, Ordering::Relaxed);
+        for s in senders {
+            s.await.unwrap();
+        }
+        server.restart();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= ACKED_BEFORE_KILL);
+    assert!(acked.len() >= KILLS * ACKED_PER_ROUND);
 
-    server.restart();
     for (n, run_id) in &acked {
         let run = server.finished_run(run_id).await;
         assert_eq!(run["status"], "succeeded", "event {n}: {run:#}");
