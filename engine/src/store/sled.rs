@@ -750,14 +750,23 @@ impl Store for SledStore {
     ) -> Result<usize> {
         let prefix = flow_key(flow_id, &[]);
         let scan_error = |e| backend("scan", TreeName::RunsByFlow, flow_id, e);
-        let mut total = 0usize;
-        for key in self.runs_by_flow.scan_prefix(&prefix).keys() {
-            key.map_err(scan_error)?;
-            total += 1;
-        }
-        let beyond_keep = total.saturating_sub(keep);
+        // The first index key the count keeps: the `keep`-th newest (found from the newest end, so
+        // this costs `keep` reads however many runs the flow has).
+        let kept_from = match keep {
+            0 => prefix_end(&prefix),
+            _ => match self
+                .runs_by_flow
+                .scan_prefix(&prefix)
+                .keys()
+                .rev()
+                .nth(keep - 1)
+            {
+                Some(key) => key.map_err(scan_error)?.to_vec(),
+                None => prefix.clone(), // fewer runs than `keep`: the count keeps them all
+            },
+        };
         let mut doomed = Vec::new();
-        for (i, key) in self.runs_by_flow.scan_prefix(&prefix).keys().enumerate() {
+        for key in self.runs_by_flow.scan_prefix(&prefix).keys() {
             if doomed.len() == max {
                 break;
             }
@@ -768,7 +777,7 @@ impl Store for SledStore {
             let run: Option<Run> =
                 self.get(&self.runs, TreeName::Runs, &run_id.to_bytes(), &run_id)?;
             let old = run.as_ref().is_none_or(|r| r.created_at < older_than);
-            if i >= beyond_keep && !old {
+            if key.as_ref() >= kept_from.as_slice() && !old {
                 break; // Newer runs follow: none of them is due for pruning either.
             }
             match run {
