@@ -147,8 +147,9 @@ struct Lease {
 /// keeps values up to 2 MiB in the log (sled's default is 512 KiB).
 pub const SEGMENT_SIZE: usize = 8 << 20;
 
-/// The most memory sled's page cache uses by default (sled's own default is 1 GiB).
-pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+/// The size of sled's page cache by default (sled's own default is 1 GiB). sled's accounting of it
+/// is loose: measured resident memory grows by several times this much as the cache fills.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 << 20;
 
 /// The sled settings every store opens with. sled refuses to reopen a database with another segment
 /// size, so that must never change for existing data directories; the cache size may.
