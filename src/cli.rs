@@ -67,23 +67,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum RunsCommand {
     /// List runs, newest first.
-    List {
-        /// Only runs of this flow.
-        #[arg(long)]
-        flow: Option<String>,
-        /// Only runs with this status: queued, running, succeeded, failed, filtered.
-        #[arg(long)]
-        status: Option<String>,
-        /// How many runs.
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-        /// Continue after this cursor (printed at the end of a full page).
-        #[arg(long)]
-        cursor: Option<String>,
-        /// Server options.
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    List(ListArgs),
     /// Show one run: its event and every step's input, output, error and attempts.
     Show {
         /// The run id (`run_…`).
@@ -95,6 +79,32 @@ pub enum RunsCommand {
     /// Resume a failed run from the step that failed (succeeded steps keep their outputs); or every
     /// failed run of a flow in a time window (`--flow`).
     Retry(RetryArgs),
+}
+
+/// `hookflow runs list` options.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Only runs of this flow.
+    #[arg(long)]
+    pub flow: Option<String>,
+    /// Only runs with this status: queued, running, succeeded, failed, filtered.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only runs created since: a time (RFC 3339) or a duration ago (`2h`, `7d`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only runs created before: a time (RFC 3339) or a duration ago.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// How many runs.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Continue after this cursor (printed at the end of a full page).
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// Server options.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `hookflow runs retry` options.

@@ -6,7 +6,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use crate::cli::{BulkArgs, ClientArgs, ReplayArgs, RetryArgs};
+use crate::cli::{BulkArgs, ClientArgs, ListArgs, ReplayArgs, RetryArgs};
 
 /// GETs an API path and returns its JSON, turning `{code, detail}` answers into errors.
 async fn get(client: &ClientArgs, path_and_query: &str) -> anyhow::Result<Value> {
@@ -75,17 +75,18 @@ pub async fn hooks(client: &ClientArgs) -> anyhow::Result<()> {
 }
 
 /// `hookflow runs list`.
-pub async fn list_runs(
-    client: &ClientArgs,
-    flow: Option<String>,
-    status: Option<String>,
-    limit: usize,
-    cursor: Option<String>,
-) -> anyhow::Result<()> {
-    let mut query = vec![("limit", limit.to_string())];
-    query.extend(flow.map(|f| ("flow", f)));
-    query.extend(status.map(|s| ("status", s)));
-    query.extend(cursor.map(|c| ("cursor", c)));
+pub async fn list_runs(args: &ListArgs) -> anyhow::Result<()> {
+    let client = &args.client;
+    let mut query = vec![("limit", args.limit.to_string())];
+    for (key, value) in [
+        ("flow", &args.flow),
+        ("status", &args.status),
+        ("since", &args.since),
+        ("until", &args.until),
+        ("cursor", &args.cursor),
+    ] {
+        query.extend(value.clone().map(|v| (key, v)));
+    }
     let query = serde_urlencoded::to_string(&query)?;
     let body = get(client, &format!("/api/v1/runs?{query}")).await?;
     if client.json {

@@ -41,17 +41,8 @@ fn main() -> ExitCode {
             } => local::run(&flow, &event, dry_run, &allow_outbound).await,
             Command::Hooks(c) => client::hooks(&c).await.map(|()| ExitCode::SUCCESS),
             Command::Runs {
-                command:
-                    RunsCommand::List {
-                        flow,
-                        status,
-                        limit,
-                        cursor,
-                        client,
-                    },
-            } => client::list_runs(&client, flow, status, limit, cursor)
-                .await
-                .map(|()| ExitCode::SUCCESS),
+                command: RunsCommand::List(args),
+            } => client::list_runs(&args).await.map(|()| ExitCode::SUCCESS),
             Command::Runs {
                 command: RunsCommand::Show { run_id, client },
             } => client::show_run(&client, &run_id)

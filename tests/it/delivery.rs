@@ -406,6 +406,15 @@ async fn bulk_retry_resumes_every_failed_run_of_a_flow() {
     for id in &ids {
         assert_eq!(server.finished_run(id).await["status"], "failed");
     }
+    let listed = stdout(&server.cli(&[
+        "runs", "list", "--flow", "tagged", "--status", "failed", "--since", "1h",
+    ]));
+    assert!(
+        ids.iter().all(|id| listed.contains(id.as_str())),
+        "{listed}"
+    );
+    let later = stdout(&server.cli(&["runs", "list", "--flow", "tagged", "--since", "0s"]));
+    assert!(later.contains("no runs"), "{later}");
     let out = stdout(&server.cli(&["runs", "retry", "--flow", "tagged", "--since", "1h", "-y"]));
     assert!(out.contains("3 failed runs of flow tagged match"), "{out}");
     assert!(out.contains("retried 3 of 3 run(s)"), "{out}");
