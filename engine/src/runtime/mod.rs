@@ -1,8 +1,8 @@
 //! The durable runtime: ingest, the dispatcher that claims due queue items, and the workers that
 //! execute steps.
 //!
-//! The queue lives in the store, so memory does not grow with the backlog and nothing is lost on a
-//! crash. One dispatcher task claims up to as many items as there are free worker slots (and as
+//! The queue lives in the store, so the backlog is not held in memory (only the store's own
+//! bookkeeping grows with it) and nothing is lost on a crash. One dispatcher task claims up to as many items as there are free worker slots (and as
 //! flows' concurrency limits allow), with a lease; each item runs in its own task: load the run,
 //! render the step's input, execute, and commit the outcome through [`Store::update_run`] with the
 //! pure [`advance::advance`]. Ingest and commits wake the dispatcher; otherwise it sleeps until the
