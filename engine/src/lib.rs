@@ -30,5 +30,6 @@ pub mod outbound;
 pub mod runtime;
 pub mod steps;
 pub mod store;
+pub mod verify;
 
 pub use error::{Error, Result};

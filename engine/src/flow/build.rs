@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::position::{split_serde_yaml_error, Position, PositionIndex};
-use super::spec::{FlowSpec, StepSpec, TriggerSpec, COMMON_STEP_KEYS};
-use super::{env, Dedupe, EnvLookup, Flow, FlowError, Retention, Step, Trigger};
+use super::spec::{FlowSpec, StepSpec, TriggerSpec, VerifySpec, COMMON_STEP_KEYS};
+use super::{env, Dedupe, EnvLookup, Flow, FlowError, Retention, Step, Trigger, Verify};
 use crate::expr::Compiler;
 use crate::ids::{FlowId, StepId};
 use crate::model::Revision;
@@ -25,6 +25,8 @@ const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_STEP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// The default time `respond: result` waits.
 const DEFAULT_RESPOND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How far a signed timestamp may be from now by default (Stripe's and Slack's advice).
+const DEFAULT_SIGNATURE_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 /// The default time a dedupe key counts: providers retry deliveries for up to three days.
 const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -83,6 +85,7 @@ pub fn parse_flow(
         .map_err(|e| problems.at("id", e.to_string()))
         .ok();
     let mut compiler = Compiler::new();
+    let mut secrets = Vec::new();
     let trigger = match spec.trigger {
         TriggerSpec {
             webhook: Some(w),
@@ -96,10 +99,14 @@ pub fn parse_flow(
                 let window = w.dedupe_window.map_or(DEFAULT_DEDUPE_WINDOW, |d| d.0);
                 Some(Dedupe { key, window })
             });
+            let verify = w
+                .verify
+                .and_then(|v| build_verify(v, registry, env, &mut secrets, &mut problems));
             Trigger::Webhook {
                 respond: w.respond,
                 respond_timeout: w.respond_timeout.map_or(DEFAULT_RESPOND_TIMEOUT, |d| d.0),
                 dedupe,
+                verify,
             }
         }
         TriggerSpec {
@@ -142,7 +149,6 @@ pub fn parse_flow(
             max_age: r.max_age.map(|d| d.0),
             max_runs: r.max_runs,
         });
-    let mut secrets = Vec::new();
     let mut steps = Vec::with_capacity(spec.steps.len());
     let mut first_use: HashMap<StepId, usize> = HashMap::new();
     for (i, step_spec) in spec.steps.into_iter().enumerate() {
@@ -190,6 +196,69 @@ pub fn parse_flow(
         }),
         _ => Err(problems.errors),
     }
+}
+
+/// Validates a webhook's signature check: a known provider and at least one secret (taken from the
+/// environment and kept secret).
+fn build_verify(
+    spec: VerifySpec,
+    registry: &Registry,
+    env: EnvLookup<'_>,
+    secrets: &mut Vec<String>,
+    problems: &mut Problems<'_>,
+) -> Option<Verify> {
+    const HERE: &str = "trigger.webhook.verify";
+    let verifier = registry.verifier(&spec.provider);
+    if verifier.is_none() {
+        let known: Vec<_> = registry.providers().map(|p| format!("`{p}`")).collect();
+        problems.at(
+            &format!("{HERE}.provider"),
+            format!(
+                "unknown provider `{}` (expected one of {})",
+                spec.provider,
+                known.join(", ")
+            ),
+        );
+    }
+    let (field, raw) = match (spec.secret, spec.secrets.is_empty()) {
+        (Some(one), true) => ("secret", vec![one]),
+        (None, false) => ("secrets", spec.secrets),
+        (Some(_), false) => {
+            problems.at(
+                &format!("{HERE}.secrets"),
+                "give `secret` or `secrets`, not both",
+            );
+            return None;
+        }
+        (None, true) => {
+            problems.at(
+                HERE,
+                "missing field `secret`: the signing secret, e.g. `${env:STRIPE_WEBHOOK_SECRET}`",
+            );
+            return None;
+        }
+    };
+    let mut values =
+        serde_yaml::Value::Sequence(raw.into_iter().map(serde_yaml::Value::String).collect());
+    for (path, message) in env::substitute(&mut values, env, secrets) {
+        let path = if field == "secret" {
+            String::new()
+        } else {
+            path
+        };
+        problems.at(&format!("{HERE}.{field}{path}"), message);
+    }
+    let values: Vec<String> = serde_yaml::from_value(values).unwrap_or_default();
+    if values.iter().any(String::is_empty) {
+        problems.at(&format!("{HERE}.{field}"), "a signing secret is empty");
+    }
+    let (provider, verifier) = verifier?;
+    Some(Verify {
+        provider,
+        verifier,
+        secrets: values,
+        tolerance: spec.tolerance.map_or(DEFAULT_SIGNATURE_TOLERANCE, |d| d.0),
+    })
 }
 
 /// Validates one step; `None` (with problems recorded) if it cannot be built.

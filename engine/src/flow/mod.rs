@@ -22,6 +22,7 @@ use crate::ids::{FlowId, StepId};
 use crate::model::Revision;
 use crate::runtime::retry::RetryPolicy;
 use crate::steps::{Action, Registry};
+use crate::verify::Verifier;
 
 pub use build::parse_flow;
 pub use spec::Respond;
@@ -87,6 +88,8 @@ pub enum Trigger {
         respond_timeout: Duration,
         /// How repeated deliveries are recognised.
         dedupe: Option<Dedupe>,
+        /// The sender's signature check.
+        verify: Option<Verify>,
     },
     /// Started by hand.
     Manual,
@@ -99,6 +102,30 @@ pub struct Dedupe {
     pub key: TextExpr,
     /// How long a key counts.
     pub window: Duration,
+}
+
+/// A flow's webhook signature check.
+#[derive(Clone)]
+pub struct Verify {
+    /// The provider's name (`stripe`, `github`, …).
+    pub provider: &'static str,
+    /// Its check.
+    pub verifier: Arc<dyn Verifier>,
+    /// The secrets any of which may sign.
+    pub secrets: Vec<String>,
+    /// How far a signed timestamp may be from now.
+    pub tolerance: Duration,
+}
+
+impl fmt::Debug for Verify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the secrets.
+        f.debug_struct("Verify")
+            .field("provider", &self.provider)
+            .field("secrets", &self.secrets.len())
+            .field("tolerance", &self.tolerance)
+            .finish()
+    }
 }
 
 /// A validated step.

@@ -79,6 +79,27 @@ pub struct WebhookSpec {
     /// How long a key counts (default `7d`).
     #[serde(default)]
     pub dedupe_window: Option<HumanDuration>,
+    /// Check the sender's signature; requests that fail get 401 and start nothing.
+    #[serde(default)]
+    pub verify: Option<VerifySpec>,
+}
+
+/// A webhook signature check: the provider's scheme and the signing secret(s).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySpec {
+    /// `stripe`, `github`, `shopify`, `slack`, `hubspot`, `hubspot-v1`, `hubspot-v2`, `twilio`
+    /// or `standard-webhooks`.
+    pub provider: String,
+    /// The signing secret, usually `${env:…}`.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Several secrets, any of which may sign (while a secret is rotated).
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// How far a signed timestamp may be from now (default `5m`), for providers that sign one.
+    #[serde(default)]
+    pub tolerance: Option<HumanDuration>,
 }
 
 /// When a catch hook answers.

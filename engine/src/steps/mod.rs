@@ -26,6 +26,7 @@ use serde_json::Value;
 use crate::expr::{Compiler, Condition, ConditionSpec, ExprError, Templates, TextExpr, ValueExpr};
 use crate::ids::{RunId, StepId};
 use crate::outbound::HttpClient;
+use crate::verify::Verifier;
 
 /// A step's runtime behaviour.
 #[async_trait]
@@ -233,10 +234,11 @@ impl KindEntry {
     }
 }
 
-/// The step kinds a flow may use, by YAML key.
+/// The step kinds a flow may use, by YAML key, and the webhook verifiers, by provider name.
 #[derive(Clone, Default)]
 pub struct Registry {
     kinds: BTreeMap<&'static str, KindEntry>,
+    verifiers: BTreeMap<&'static str, Arc<dyn Verifier>>,
 }
 
 impl Registry {
@@ -277,5 +279,22 @@ impl Registry {
     /// Every kind, by name.
     pub fn kinds(&self) -> impl Iterator<Item = (&'static str, &KindEntry)> {
         self.kinds.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// Adds a webhook verifier for a provider (`stripe`, `github`, …).
+    pub fn register_verifier(&mut self, provider: &'static str, verifier: Arc<dyn Verifier>) {
+        self.verifiers.insert(provider, verifier);
+    }
+
+    /// The verifier of a provider, with its name as registered.
+    pub fn verifier(&self, provider: &str) -> Option<(&'static str, Arc<dyn Verifier>)> {
+        self.verifiers
+            .get_key_value(provider)
+            .map(|(k, v)| (*k, v.clone()))
+    }
+
+    /// Every verifier's provider name.
+    pub fn providers(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.verifiers.keys().copied()
     }
 }

@@ -1,0 +1,592 @@
+//! Inbound webhook signature checks, one per provider, as each documents it. Registered with the
+//! engine by provider name; a flow picks one with `trigger.webhook.verify.provider`.
+//!
+//! Every comparison of a signature is constant-time. A failure says what was wrong (missing
+//! header, no matching signature, stale timestamp) and never shows the expected signature.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use hookflow_engine::model::Timestamp;
+use hookflow_engine::steps::Registry;
+use hookflow_engine::verify::{SignedRequest, Verifier};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+
+/// Registers every provider's check.
+pub fn register(registry: &mut Registry) {
+    let all: [(&'static str, Arc<dyn Verifier>); 9] = [
+        ("stripe", Arc::new(Stripe)),
+        ("github", Arc::new(GitHub)),
+        ("shopify", Arc::new(Shopify)),
+        ("slack", Arc::new(Slack)),
+        ("standard-webhooks", Arc::new(StandardWebhooks)),
+        ("hubspot", Arc::new(HubSpotV3)),
+        ("hubspot-v1", Arc::new(HubSpotV1)),
+        ("hubspot-v2", Arc::new(HubSpotV2)),
+        ("twilio", Arc::new(Twilio)),
+    ];
+    for (name, verifier) in all {
+        registry.register_verifier(name, verifier);
+    }
+}
+
+/// What every failed check says when no secret produced a matching signature.
+const NO_MATCH: &str = "the signature does not match (a wrong secret, or the body was changed)";
+
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn hmac_sha1(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha1>::new_from_slice(key).expect("HMAC takes any key length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn sha256(parts: &[&[u8]]) -> Vec<u8> {
+    let mut digest = Sha256::new();
+    for part in parts {
+        digest.update(part);
+    }
+    digest.finalize().to_vec()
+}
+
+/// Constant-time equality (the length is not secret).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn header<'a>(request: &'a SignedRequest<'_>, name: &str) -> Result<&'a str, String> {
+    request
+        .header(name)
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("the {name} header is missing"))
+}
+
+/// Refuses a signed time (seconds since the epoch) further than `tolerance` from `now`.
+fn fresh(signed_secs: i64, now: Timestamp, tolerance: Duration) -> Result<(), String> {
+    let age = now.millis() / 1000 - signed_secs;
+    if age.unsigned_abs() > tolerance.as_secs() {
+        return Err(format!(
+            "the signed timestamp is {age} s from now (tolerance {} s): a replayed or delayed request",
+            tolerance.as_secs()
+        ));
+    }
+    Ok(())
+}
+
+fn parse_secs(value: &str, name: &str) -> Result<i64, String> {
+    value
+        .parse()
+        .map_err(|_| format!("the {name} header is not a Unix time"))
+}
+
+/// Whether any secret's `expected(secret)` equals any of `given`.
+fn any_match(secrets: &[String], given: &[Vec<u8>], expected: impl Fn(&str) -> Vec<u8>) -> bool {
+    secrets.iter().any(|secret| {
+        let want = expected(secret);
+        given.iter().any(|g| same(g, &want))
+    })
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    hex::decode(text.trim()).unwrap_or_default()
+}
+
+fn unbase64(text: &str) -> Vec<u8> {
+    BASE64.decode(text.trim()).unwrap_or_default()
+}
+
+/// Stripe: `Stripe-Signature: t=…,v1=…[,v1=…]`, HMAC-SHA256 (hex) of `{t}.{body}`.
+struct Stripe;
+
+impl Verifier for Stripe {
+    fn verify(
+        &self,
+        request: &SignedRequest<'_>,
+        secrets: &[String],
+        now: Timestamp,
+        tolerance: Duration,
+    ) -> Result<(), String> {
+        let value = header(request, "stripe-signature")?;
+        let mut timestamp = None;
+        let mut signatures = Vec::new();
+        for part in value.split(',') {
+            match part.trim().split_once('=') {
+                Some(("t", t)) => timestamp = Some(t),
+                Some(("v1", sig)) => signatures.push(unhex(sig)),
+                _ => {}
+            }
+        }
+        let t = timestamp.ok_or("the Stripe-Signature header has no timestamp (t=)")?;
+        if signatures.is_empty() {
+            return Err("the Stripe-Signature header has no v1 signature".into());
+        }
+        let signed =
+            |secret: &str| hmac_sha256(secret.as_bytes(), &[t.as_bytes(), b".", request.body]);
+        if !any_match(secrets, &signatures, signed) {
+            return Err(NO_MATCH.into());
+        }
+        fresh(parse_secs(t, "Stripe-Signature t=")?, now, tolerance)
+    }
+}
+
+/// GitHub: `X-Hub-Signature-256: sha256=…`, HMAC-SHA256 (hex) of the body.
+struct GitHub;
+
+impl Verifier for GitHub {
+    fn verify(
+        &self,
+        request: &SignedRequest<'_>,
+        secrets: &[String],
+        _now: Timestamp,
+        _tolerance: Duration,
+    ) -> Result<(), String> {
+        let value = header(request, "x-hub-signature-256")?;
+        let sig = value
+            .strip_prefix("sha256=")
+            .ok_or("the X-Hub-Signature-256 header does not start with sha256=")?;
+        let expected = |secret: &str| hmac_sha256(secret.as_bytes(), &[request.body]);
+        any_match(secrets, &[unhex(sig)], expected)
+            .then_some(())
+            .ok_or_else(|| NO_MATCH.into())
+    }
+}
+
+/// Shopify: `X-Shopify-Hmac-Sha256`, HMAC-SHA256 (base64) of the body.
+struct Shopify;
+
+impl Verifier for Shopify {
+    fn verify(
+        &self,
+        request: &SignedRequest<'_>,
+        secrets: &[String],
+        _now: Timestamp,
+        _tolerance: Duration,
+    ) -> Result<(), String> {
+        let sig = unbase64(header(request, "x-shopify-hmac-sha256")?);
+        let expected = |secret: &str| hmac_sha256(secret.as_bytes(), &[request.body]);
+        any_match(secrets, &[sig], expected)
+            .then_some(())
+            .ok_or_else(|| NO_MATCH.into())
+    }
+}
+
+/// Slack: `X-Slack-Signature: v0=…`, HMAC-SHA256 (hex) of `v0:{X-Slack-Request-Timestamp}:{body}`.
+struct Slack;
+
+impl Verifier for Slack {
+    fn verify(
+        &self,
+        request: &SignedRequest<'_>,
+        secrets: &[String],
+        now: Timestamp,
+        tolerance: Duration,
+    ) -> Result<(), String> {
+        let t = header(request, "x-slack-request-timestamp")?;
+        let value = header(request, "x-slack-signature")?;
+        let sig = value
+            .strip_prefix("v0=")
+            .ok_or("the X-Slack-Signature header does not start with v0=")?;
+        fresh(parse_secs(t, "X-Slack-Request-Timestamp")?, now, tolerance)?;
+        let expected = |secret: &str| {
+            hmac_sha256(
+                secret.as_bytes(),
+                &[b"v0:", t.as_bytes(), b":", request.body],
+            )
+        };
+        any_match(secrets, &[unhex(sig)], expected)
+            .then_some(())
+            .ok_or_else(|| NO_MATCH.into())
+    }
+}
+
+/// Standard Webhooks: `webhook-signature: v1,… [v1,…]`, HMAC-SHA256 (base64) of
+/// `{webhook-id}.{webhook-timestamp}.{body}`, keyed by the base64 after `whsec_`.
+struct StandardWebhooks;
+
+impl Verifier for StandardWebhooks {
+    fn verify(
+        &self,
+        request: &SignedRequest<'_>,
+        secrets: &[String],
+        now: Timestamp,
+        tolerance: Duration,
+    ) -> Result<(), String> {
+        let id = header(request, "webhook-id")?;
+        let t = header(request, "webhook-timestamp")?;
+        let signatures: Vec<Vec<u8>> = header(request, "webhook-signature")?
+            .split_whitespace()
+            .filter_map(|s| s.strip_prefix("v1,"))
+            .map(unbase64)
+            .collect();
+        if signatures.is_empty() {
+            return Err("the webhook-signature header has no v1 signature".into());
+        }
+        fresh(parse_secs(t, "webhook-timestamp")?, now, tolerance)?;
+        let expected = |secret: &str| {
+            let key = unbase64(secret.strip_prefix("whsec_").unwrap_or(secret));
+            let parts: [&[u8]; 5] = [id.as_bytes(), b".", t.as_bytes(), b".", request.body];
+            hmac_sha256(&key, &parts)
+        };
+        any_match(secrets, &signatures, expected)
+            .then_some(())
+            .ok_or_else(|| NO_MATCH.into())
+    }
+}
+
+/// HubSpot v3: `X-HubSpot-Signature-v3`, HMAC-SHA256 (base64) of method, URL, body and
+/// `X-HubSpot-Request-Timestamp` (milliseconds), keyed by the app's client secret.
+struct HubSpotV3;
+
+impl Verifier for HubSpotV3 {
+    fn verify(
+        &self,
+        request: &SignedRequest<'_>,
+        secrets: &[String],
+        now: Timestamp,
+        tolerance: Duration,
+    ) -> Result<(), String> {
+        let t = header(request, "x-hubspot-request-timestamp")?;
+        let sig = unbase64(header(request, "x-hubspot-signature-v3")?);
+        let millis = parse_secs(t, "X-HubSpot-Request-Timestamp")?;
+        fresh(millis / 1000, now, tolerance)?;
+        let expected = |secret: &str| {
+            let parts: [&[u8]; 4] = [
+                request.method.as_bytes(),
+                request.url.as_bytes(),
+                request.body,
+                t.as_bytes(),
+            ];
+            hmac_sha256(secret.as_bytes(), &parts)
+        };
+        any_match(secrets, &[sig], expected)
+            .then_some(())
+            .ok_or_else(|| NO_MATCH.into())
+    }
+}
+
+/// HubSpot v1 (older apps): `X-HubSpot-Signature`, SHA-256 (hex) of the client secret and the body.
+struct HubSpotV1;
+
+impl Verifier for HubSpotV1 {
+    fn verify(
+        &self,
+        request: &SignedRequest<'_>,
+        secrets: &[String],
+        _now: Timestamp,
+        _tolerance: Duration,
+    ) -> Result<(), String> {
+        let sig = unhex(header(request, "x-hubspot-signature")?);
+        let expected = |secret: &str| sha256(&[secret.as_bytes(), request.body]);
+        any_match(secrets, &[sig], expected)
+            .then_some(())
+            .ok_or_else(|| NO_MATCH.into())
+    }
+}
+
+/// HubSpot v2: `X-HubSpot-Signature`, SHA-256 (hex) of secret, method, URL and body.
+struct HubSpotV2;
+
+impl Verifier for HubSpotV2 {
+    fn verify(
+        &self,
+        request: &SignedRequest<'_>,
+        secrets: &[String],
+        _now: Timestamp,
+        _tolerance: Duration,
+    ) -> Result<(), String> {
+        let sig = unhex(header(request, "x-hubspot-signature")?);
+        let expected = |secret: &str| {
+            let parts: [&[u8]; 4] = [
+                secret.as_bytes(),
+                request.method.as_bytes(),
+                request.url.as_bytes(),
+                request.body,
+            ];
+            sha256(&parts)
+        };
+        any_match(secrets, &[sig], expected)
+            .then_some(())
+            .ok_or_else(|| NO_MATCH.into())
+    }
+}
+
+/// Twilio: `X-Twilio-Signature`, HMAC-SHA1 (base64) keyed by the auth token, of the URL followed by
+/// the form parameters sorted by name (each name then value). A JSON body is signed through the
+/// URL's `bodySHA256` parameter, which must be the body's SHA-256 (hex).
+struct Twilio;
+
+impl Verifier for Twilio {
+    fn verify(
+        &self,
+        request: &SignedRequest<'_>,
+        secrets: &[String],
+        _now: Timestamp,
+        _tolerance: Duration,
+    ) -> Result<(), String> {
+        let sig = unbase64(header(request, "x-twilio-signature")?);
+        let url = url::Url::parse(request.url).map_err(|e| format!("the request URL: {e}"))?;
+        let body_hash = url
+            .query_pairs()
+            .find(|(k, _)| k == "bodySHA256")
+            .map(|(_, v)| v.into_owned());
+        let mut data = request.url.as_bytes().to_vec();
+        match body_hash {
+            Some(hash) => {
+                if !same(
+                    hash.to_lowercase().as_bytes(),
+                    hex::encode(sha256(&[request.body])).as_bytes(),
+                ) {
+                    return Err("the body does not match the URL's bodySHA256".into());
+                }
+            }
+            None => {
+                let mut params: Vec<(String, String)> = url::form_urlencoded::parse(request.body)
+                    .into_owned()
+                    .collect();
+                params.sort();
+                for (k, v) in params {
+                    data.extend_from_slice(k.as_bytes());
+                    data.extend_from_slice(v.as_bytes());
+                }
+            }
+        }
+        let expected = |secret: &str| hmac_sha1(secret.as_bytes(), &[&data]);
+        any_match(secrets, &[sig], expected)
+            .then_some(())
+            .ok_or_else(|| NO_MATCH.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request<'a>(
+        url: &'a str,
+        headers: &'a [(String, String)],
+        body: &'a [u8],
+    ) -> SignedRequest<'a> {
+        SignedRequest {
+            method: "POST",
+            url,
+            headers,
+            body,
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn secs(s: i64) -> Timestamp {
+        Timestamp(s * 1000)
+    }
+
+    const TOLERANCE: Duration = Duration::from_secs(300);
+
+    fn check(
+        v: &dyn Verifier,
+        h: &[(String, String)],
+        body: &[u8],
+        secrets: &[&str],
+        now: Timestamp,
+    ) -> Result<(), String> {
+        let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
+        v.verify(
+            &request("https://hooks.example.com/hooks/catch/f/t", h, body),
+            &secrets,
+            now,
+            TOLERANCE,
+        )
+    }
+
+    #[test]
+    fn github_matches_its_published_example() {
+        // From GitHub's "Validating webhook deliveries" documentation.
+        let h = headers(&[(
+            "x-hub-signature-256",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+        )]);
+        let secret = "It's a Secret to Everybody";
+        assert_eq!(
+            check(&GitHub, &h, b"Hello, World!", &[secret], secs(0)),
+            Ok(())
+        );
+        assert_eq!(
+            check(&GitHub, &h, b"Hello, World?", &[secret], secs(0)).unwrap_err(),
+            NO_MATCH
+        );
+        assert!(
+            check(&GitHub, &h, b"Hello, World!", &["other", secret], secs(0)).is_ok(),
+            "rotation"
+        );
+        assert!(check(&GitHub, &[], b"x", &[secret], secs(0))
+            .unwrap_err()
+            .contains("missing"));
+    }
+
+    #[test]
+    fn standard_webhooks_matches_the_specs_test_vector() {
+        let h = headers(&[
+            ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+            ("webhook-timestamp", "1614265330"),
+            (
+                "webhook-signature",
+                "v1,bm9ldHZhbGlk v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+            ),
+        ]);
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            check(&StandardWebhooks, &h, body, &[secret], secs(1614265330)),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                &StandardWebhooks,
+                &h,
+                body,
+                &["whsec_bm9ldHZhbGlk", secret],
+                secs(1614265330)
+            ),
+            Ok(())
+        );
+        assert!(check(&StandardWebhooks, &h, b"{}", &[secret], secs(1614265330)).is_err());
+        let stale = check(
+            &StandardWebhooks,
+            &h,
+            body,
+            &[secret],
+            secs(1614265330 + 301),
+        );
+        assert!(stale.unwrap_err().contains("tolerance"));
+    }
+
+    #[test]
+    fn stripe_checks_signature_then_timestamp() {
+        let body = br#"{"id":"evt_1","type":"invoice.paid"}"#;
+        let secret = "whsec_test";
+        let sig = hex::encode(hmac_sha256(secret.as_bytes(), &[b"1700000000.", body]));
+        let value = format!("t=1700000000,v1=deadbeef,v1={sig},v0=ignored");
+        let h = headers(&[("stripe-signature", &value)]);
+        assert_eq!(
+            check(&Stripe, &h, body, &[secret], secs(1700000100)),
+            Ok(())
+        );
+        assert_eq!(
+            check(&Stripe, &h, body, &["whsec_other"], secs(1700000100)).unwrap_err(),
+            NO_MATCH
+        );
+        assert!(check(&Stripe, &h, body, &[secret], secs(1700000400))
+            .unwrap_err()
+            .contains("tolerance"));
+        let no_t = headers(&[("stripe-signature", "v1=abc")]);
+        assert!(check(&Stripe, &no_t, body, &[secret], secs(0))
+            .unwrap_err()
+            .contains("t="));
+    }
+
+    #[test]
+    fn shopify_and_slack_round_trip() {
+        let body = b"{\"id\":1}";
+        let shopify = BASE64.encode(hmac_sha256(b"shpss", &[body]));
+        let h = headers(&[("x-shopify-hmac-sha256", &shopify)]);
+        assert_eq!(check(&Shopify, &h, body, &["shpss"], secs(0)), Ok(()));
+        assert!(check(&Shopify, &h, b"{\"id\":2}", &["shpss"], secs(0)).is_err());
+
+        let slack = format!(
+            "v0={}",
+            hex::encode(hmac_sha256(b"s3cr3t", &[b"v0:1531420618:", body]))
+        );
+        let h = headers(&[
+            ("x-slack-signature", &slack),
+            ("x-slack-request-timestamp", "1531420618"),
+        ]);
+        assert_eq!(
+            check(&Slack, &h, body, &["s3cr3t"], secs(1531420618)),
+            Ok(())
+        );
+        assert!(check(&Slack, &h, body, &["s3cr3t"], secs(1531420618 + 3600)).is_err());
+        assert!(check(&Slack, &h, body, &["wrong"], secs(1531420618)).is_err());
+    }
+
+    #[test]
+    fn hubspot_v3_signs_method_url_body_and_timestamp() {
+        let url = "https://hooks.example.com/hooks/catch/f/t";
+        let body = br#"[{"eventId":1,"subscriptionType":"contact.creation"}]"#;
+        let t = "1700000000000";
+        let sig = BASE64.encode(hmac_sha256(
+            b"client-secret",
+            &[b"POST", url.as_bytes(), body, t.as_bytes()],
+        ));
+        let h = headers(&[
+            ("x-hubspot-signature-v3", &sig),
+            ("x-hubspot-request-timestamp", t),
+        ]);
+        assert_eq!(
+            check(&HubSpotV3, &h, body, &["client-secret"], secs(1700000060)),
+            Ok(())
+        );
+        assert!(
+            check(&HubSpotV3, &h, body, &["client-secret"], secs(1700000400)).is_err(),
+            "stale"
+        );
+        let v1 = hex::encode(sha256(&[b"client-secret", body]));
+        let h = headers(&[("x-hubspot-signature", &v1)]);
+        assert_eq!(
+            check(&HubSpotV1, &h, body, &["client-secret"], secs(0)),
+            Ok(())
+        );
+        let v2 = hex::encode(sha256(&[b"client-secret", b"POST", url.as_bytes(), body]));
+        let h = headers(&[("x-hubspot-signature", &v2)]);
+        assert_eq!(
+            check(&HubSpotV2, &h, body, &["client-secret"], secs(0)),
+            Ok(())
+        );
+        assert!(check(&HubSpotV2, &h, b"[]", &["client-secret"], secs(0)).is_err());
+    }
+
+    #[test]
+    fn twilio_signs_the_url_and_sorted_form_fields_or_the_body_hash() {
+        let secrets = vec!["12345".to_string()];
+        let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
+        let body = b"To=%2B18005551212&CallSid=CA1234567890ABCDE&Digits=1234&From=%2B12349013030&Caller=%2B12349013030";
+        let data = format!("{url}CallSidCA1234567890ABCDECaller+12349013030Digits1234From+12349013030To+18005551212");
+        let sig = BASE64.encode(hmac_sha1(b"12345", &[data.as_bytes()]));
+        let h = headers(&[("x-twilio-signature", &sig)]);
+        let ok = Twilio.verify(&request(url, &h, body), &secrets, secs(0), TOLERANCE);
+        assert_eq!(ok, Ok(()));
+        let tampered = Twilio.verify(&request(url, &h, b"To=%2B1"), &secrets, secs(0), TOLERANCE);
+        assert!(tampered.is_err());
+
+        let json = br#"{"MessageSid":"SM1"}"#;
+        let json_url = format!(
+            "https://example.com/hook?bodySHA256={}",
+            hex::encode(sha256(&[json]))
+        );
+        let sig = BASE64.encode(hmac_sha1(b"12345", &[json_url.as_bytes()]));
+        let h = headers(&[("x-twilio-signature", &sig)]);
+        assert_eq!(
+            Twilio.verify(&request(&json_url, &h, json), &secrets, secs(0), TOLERANCE),
+            Ok(())
+        );
+        let changed = Twilio.verify(&request(&json_url, &h, b"{}"), &secrets, secs(0), TOLERANCE);
+        assert!(changed.unwrap_err().contains("bodySHA256"));
+    }
+}
