@@ -5,6 +5,8 @@
 //! parsed (a body that does not parse as its content type says is a 400; a "form" body that is a
 //! JSON object or array is read as JSON, since `curl -d` labels everything a form); other bodies
 //! are kept as text. The flow may ask to answer with the run's result instead (`respond: result`).
+//! A flow with `verify:` has the sender's signature checked over the raw body first: a request that
+//! fails gets 401 `invalid_signature` and stores nothing.
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Path, State};
@@ -12,9 +14,10 @@ use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use hookflow_engine::flow::{Respond, Trigger};
+use hookflow_engine::flow::{Respond, Trigger, Verify};
 use hookflow_engine::ids::FlowId;
 use hookflow_engine::model::Timestamp;
+use hookflow_engine::verify::SignedRequest;
 use serde_json::{json, Map, Value};
 
 use super::{ApiError, AppState};
@@ -51,6 +54,7 @@ async fn catch(
     let Trigger::Webhook {
         respond,
         respond_timeout,
+        ref verify,
         ..
     } = flow.trigger
     else {
@@ -84,6 +88,11 @@ async fn catch(
     let bytes = to_bytes(body, state.max_body_bytes)
         .await
         .map_err(|_| too_large())?;
+    if let Some(verify) = verify {
+        check_signature(&state, verify, &method, &uri, &headers, &bytes).inspect_err(|_| {
+            tracing::warn!(flow = %flow_id, provider = verify.provider, "refused a catch-hook request: its signature does not verify");
+        })?;
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -213,6 +222,48 @@ fn pairs_to_object(pairs: Vec<(String, String)>) -> Value {
 
 fn query_map(query: &str) -> Value {
     pairs_to_object(serde_urlencoded::from_str(query).unwrap_or_default())
+}
+
+/// Checks the sender's signature over the raw request, as the sender made it (the URL is this
+/// server's public URL with the request's path and query).
+fn check_signature(
+    state: &AppState,
+    verify: &Verify,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let url = format!("{}{path}", state.base_url);
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| {
+            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (n.as_str().to_owned(), value)
+        })
+        .collect();
+    let request = SignedRequest {
+        method: method.as_str(),
+        url: &url,
+        headers: &headers,
+        body,
+    };
+    verify
+        .verifier
+        .verify(
+            &request,
+            &verify.secrets,
+            Timestamp::now(),
+            verify.tolerance,
+        )
+        .map_err(|why| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_signature",
+                format!("the {} signature check failed: {why}", verify.provider),
+            )
+        })
 }
 
 fn header_map(headers: &HeaderMap) -> Value {

@@ -7,5 +7,6 @@ mod delivery;
 mod pipeline;
 mod requests;
 mod resources;
+mod signatures;
 mod support;
 mod validate;
