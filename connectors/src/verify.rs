@@ -12,7 +12,8 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use hookflow_engine::model::Timestamp;
 use hookflow_engine::steps::Registry;
-use hookflow_engine::verify::{SignedRequest, Verifier};
+use hookflow_engine::verify::{trigger_header, trigger_text, SignedRequest, Verifier};
+use serde_json::Value;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
@@ -24,9 +25,9 @@ pub fn register(registry: &mut Registry) {
         ("shopify", Arc::new(Shopify)),
         ("slack", Arc::new(Slack)),
         ("standard-webhooks", Arc::new(StandardWebhooks)),
-        ("hubspot", Arc::new(HubSpotV3)),
-        ("hubspot-v1", Arc::new(HubSpotV1)),
-        ("hubspot-v2", Arc::new(HubSpotV2)),
+        ("hubspot", Arc::new(HubSpot(HubSpotVersion::V3))),
+        ("hubspot-v1", Arc::new(HubSpot(HubSpotVersion::V1))),
+        ("hubspot-v2", Arc::new(HubSpot(HubSpotVersion::V2))),
         ("twilio", Arc::new(Twilio)),
     ];
     for (name, verifier) in all {
@@ -140,6 +141,10 @@ impl Verifier for Stripe {
         }
         fresh(parse_secs(t, "Stripe-Signature t=")?, now, tolerance)
     }
+
+    fn event_id(&self, trigger: &Value) -> Option<String> {
+        trigger_text(trigger, "/body/id")
+    }
 }
 
 /// GitHub: `X-Hub-Signature-256: sha256=…`, HMAC-SHA256 (hex) of the body.
@@ -162,6 +167,14 @@ impl Verifier for GitHub {
             .then_some(())
             .ok_or_else(|| NO_MATCH.into())
     }
+
+    fn event_type(&self, trigger: &Value) -> Option<String> {
+        trigger_header(trigger, "x-github-event").map(str::to_owned)
+    }
+
+    fn event_id(&self, trigger: &Value) -> Option<String> {
+        trigger_header(trigger, "x-github-delivery").map(str::to_owned)
+    }
 }
 
 /// Shopify: `X-Shopify-Hmac-Sha256`, HMAC-SHA256 (base64) of the body.
@@ -180,6 +193,16 @@ impl Verifier for Shopify {
         any_match(secrets, &[sig], expected)
             .then_some(())
             .ok_or_else(|| NO_MATCH.into())
+    }
+
+    fn event_type(&self, trigger: &Value) -> Option<String> {
+        trigger_header(trigger, "x-shopify-topic").map(str::to_owned)
+    }
+
+    fn event_id(&self, trigger: &Value) -> Option<String> {
+        trigger_header(trigger, "x-shopify-event-id")
+            .or_else(|| trigger_header(trigger, "x-shopify-webhook-id"))
+            .map(str::to_owned)
     }
 }
 
@@ -209,6 +232,14 @@ impl Verifier for Slack {
         any_match(secrets, &[unhex(sig)], expected)
             .then_some(())
             .ok_or_else(|| NO_MATCH.into())
+    }
+
+    fn event_type(&self, trigger: &Value) -> Option<String> {
+        trigger_text(trigger, "/body/event/type").or_else(|| trigger_text(trigger, "/body/type"))
+    }
+
+    fn event_id(&self, trigger: &Value) -> Option<String> {
+        trigger_text(trigger, "/body/event_id")
     }
 }
 
@@ -244,13 +275,28 @@ impl Verifier for StandardWebhooks {
             .then_some(())
             .ok_or_else(|| NO_MATCH.into())
     }
+
+    fn event_id(&self, trigger: &Value) -> Option<String> {
+        trigger_header(trigger, "webhook-id").map(str::to_owned)
+    }
 }
 
-/// HubSpot v3: `X-HubSpot-Signature-v3`, HMAC-SHA256 (base64) of method, URL, body and
-/// `X-HubSpot-Request-Timestamp` (milliseconds), keyed by the app's client secret.
-struct HubSpotV3;
+/// HubSpot's signature versions.
+#[derive(Debug, Clone, Copy)]
+enum HubSpotVersion {
+    /// `X-HubSpot-Signature`: SHA-256 (hex) of the client secret and the body (older apps).
+    V1,
+    /// `X-HubSpot-Signature`: SHA-256 (hex) of secret, method, URL and body.
+    V2,
+    /// `X-HubSpot-Signature-v3`: HMAC-SHA256 (base64) of method, URL, body and
+    /// `X-HubSpot-Request-Timestamp` (milliseconds), keyed by the client secret.
+    V3,
+}
 
-impl Verifier for HubSpotV3 {
+/// HubSpot: one of its signature versions. HubSpot posts arrays of up to 100 events: each is a run.
+struct HubSpot(HubSpotVersion);
+
+impl Verifier for HubSpot {
     fn verify(
         &self,
         request: &SignedRequest<'_>,
@@ -258,68 +304,45 @@ impl Verifier for HubSpotV3 {
         now: Timestamp,
         tolerance: Duration,
     ) -> Result<(), String> {
-        let t = header(request, "x-hubspot-request-timestamp")?;
-        let sig = unbase64(header(request, "x-hubspot-signature-v3")?);
-        let millis = parse_secs(t, "X-HubSpot-Request-Timestamp")?;
-        fresh(millis / 1000, now, tolerance)?;
-        let expected = |secret: &str| {
-            let parts: [&[u8]; 4] = [
-                request.method.as_bytes(),
-                request.url.as_bytes(),
-                request.body,
-                t.as_bytes(),
-            ];
-            hmac_sha256(secret.as_bytes(), &parts)
+        let (method, url, body) = (
+            request.method.as_bytes(),
+            request.url.as_bytes(),
+            request.body,
+        );
+        let matched = match self.0 {
+            HubSpotVersion::V1 | HubSpotVersion::V2 => {
+                let sig = unhex(header(request, "x-hubspot-signature")?);
+                let v2 = matches!(self.0, HubSpotVersion::V2);
+                let expected = |secret: &str| match v2 {
+                    true => sha256(&[secret.as_bytes(), method, url, body]),
+                    false => sha256(&[secret.as_bytes(), body]),
+                };
+                any_match(secrets, &[sig], expected)
+            }
+            HubSpotVersion::V3 => {
+                let t = header(request, "x-hubspot-request-timestamp")?;
+                let sig = unbase64(header(request, "x-hubspot-signature-v3")?);
+                let millis = parse_secs(t, "X-HubSpot-Request-Timestamp")?;
+                fresh(millis / 1000, now, tolerance)?;
+                let expected = |secret: &str| {
+                    hmac_sha256(secret.as_bytes(), &[method, url, body, t.as_bytes()])
+                };
+                any_match(secrets, &[sig], expected)
+            }
         };
-        any_match(secrets, &[sig], expected)
-            .then_some(())
-            .ok_or_else(|| NO_MATCH.into())
+        matched.then_some(()).ok_or_else(|| NO_MATCH.into())
     }
-}
 
-/// HubSpot v1 (older apps): `X-HubSpot-Signature`, SHA-256 (hex) of the client secret and the body.
-struct HubSpotV1;
-
-impl Verifier for HubSpotV1 {
-    fn verify(
-        &self,
-        request: &SignedRequest<'_>,
-        secrets: &[String],
-        _now: Timestamp,
-        _tolerance: Duration,
-    ) -> Result<(), String> {
-        let sig = unhex(header(request, "x-hubspot-signature")?);
-        let expected = |secret: &str| sha256(&[secret.as_bytes(), request.body]);
-        any_match(secrets, &[sig], expected)
-            .then_some(())
-            .ok_or_else(|| NO_MATCH.into())
+    fn event_type(&self, trigger: &Value) -> Option<String> {
+        trigger_text(trigger, "/body/subscriptionType")
     }
-}
 
-/// HubSpot v2: `X-HubSpot-Signature`, SHA-256 (hex) of secret, method, URL and body.
-struct HubSpotV2;
+    fn event_id(&self, trigger: &Value) -> Option<String> {
+        trigger_text(trigger, "/body/eventId")
+    }
 
-impl Verifier for HubSpotV2 {
-    fn verify(
-        &self,
-        request: &SignedRequest<'_>,
-        secrets: &[String],
-        _now: Timestamp,
-        _tolerance: Duration,
-    ) -> Result<(), String> {
-        let sig = unhex(header(request, "x-hubspot-signature")?);
-        let expected = |secret: &str| {
-            let parts: [&[u8]; 4] = [
-                secret.as_bytes(),
-                request.method.as_bytes(),
-                request.url.as_bytes(),
-                request.body,
-            ];
-            sha256(&parts)
-        };
-        any_match(secrets, &[sig], expected)
-            .then_some(())
-            .ok_or_else(|| NO_MATCH.into())
+    fn batches(&self) -> bool {
+        true
     }
 }
 
@@ -367,6 +390,10 @@ impl Verifier for Twilio {
         any_match(secrets, &[sig], expected)
             .then_some(())
             .ok_or_else(|| NO_MATCH.into())
+    }
+
+    fn event_id(&self, trigger: &Value) -> Option<String> {
+        trigger_header(trigger, "i-twilio-idempotency-token").map(str::to_owned)
     }
 }
 
@@ -540,26 +567,58 @@ mod tests {
             ("x-hubspot-request-timestamp", t),
         ]);
         assert_eq!(
-            check(&HubSpotV3, &h, body, &["client-secret"], secs(1700000060)),
+            check(
+                &HubSpot(HubSpotVersion::V3),
+                &h,
+                body,
+                &["client-secret"],
+                secs(1700000060)
+            ),
             Ok(())
         );
         assert!(
-            check(&HubSpotV3, &h, body, &["client-secret"], secs(1700000400)).is_err(),
+            check(
+                &HubSpot(HubSpotVersion::V3),
+                &h,
+                body,
+                &["client-secret"],
+                secs(1700000400)
+            )
+            .is_err(),
             "stale"
         );
         let v1 = hex::encode(sha256(&[b"client-secret", body]));
         let h = headers(&[("x-hubspot-signature", &v1)]);
         assert_eq!(
-            check(&HubSpotV1, &h, body, &["client-secret"], secs(0)),
+            check(
+                &HubSpot(HubSpotVersion::V1),
+                &h,
+                body,
+                &["client-secret"],
+                secs(0)
+            ),
             Ok(())
         );
         let v2 = hex::encode(sha256(&[b"client-secret", b"POST", url.as_bytes(), body]));
         let h = headers(&[("x-hubspot-signature", &v2)]);
         assert_eq!(
-            check(&HubSpotV2, &h, body, &["client-secret"], secs(0)),
+            check(
+                &HubSpot(HubSpotVersion::V2),
+                &h,
+                body,
+                &["client-secret"],
+                secs(0)
+            ),
             Ok(())
         );
-        assert!(check(&HubSpotV2, &h, b"[]", &["client-secret"], secs(0)).is_err());
+        assert!(check(
+            &HubSpot(HubSpotVersion::V2),
+            &h,
+            b"[]",
+            &["client-secret"],
+            secs(0)
+        )
+        .is_err());
     }
 
     #[test]

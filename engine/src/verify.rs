@@ -1,8 +1,11 @@
 //! Inbound webhook verification: what a provider's signature check (Stripe, GitHub, …) is given and
-//! answers. The checks themselves live in the connectors crate and are registered by name; a flow
-//! names one with `trigger.webhook.verify.provider`.
+//! answers, and what hookflow knows of the provider's events (their type, their id, batches). The
+//! checks themselves live in the connectors crate and are registered by name; a flow names one with
+//! `trigger.webhook.verify.provider`.
 
 use std::time::Duration;
+
+use serde_json::Value;
 
 use crate::model::Timestamp;
 
@@ -41,4 +44,34 @@ pub trait Verifier: Send + Sync {
         now: Timestamp,
         tolerance: Duration,
     ) -> Result<(), String>;
+
+    /// The type of one event (`customer.subscription.updated`, GitHub's `push`), for a flow's
+    /// `events:` filter, from the run's `trigger`. Default: `body.type`.
+    fn event_type(&self, trigger: &Value) -> Option<String> {
+        trigger["body"]["type"].as_str().map(str::to_owned)
+    }
+
+    /// The provider's id of one event: the flow's dedupe key unless it names another. Default: none.
+    fn event_id(&self, _trigger: &Value) -> Option<String> {
+        None
+    }
+
+    /// Whether a JSON array body is a batch of events, each its own run (HubSpot).
+    fn batches(&self) -> bool {
+        false
+    }
+}
+
+/// A header of a run's `trigger` (names are stored in lower case).
+pub fn trigger_header<'a>(trigger: &'a Value, name: &str) -> Option<&'a str> {
+    trigger["headers"][name].as_str()
+}
+
+/// A string or number at a JSON pointer in a run's `trigger`, as text.
+pub fn trigger_text(trigger: &Value, pointer: &str) -> Option<String> {
+    match trigger.pointer(pointer)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }

@@ -105,11 +105,48 @@ async fn catch(
         "received_at": Timestamp::now(),
     });
 
-    let accepted = state
-        .engine
-        .ingest(&flow, trigger)
-        .await
-        .map_err(|e| ApiError::unavailable(&e))?;
+    let batch = flow.batches() && trigger["body"].is_array();
+    let events = flow.split_batch(trigger);
+    let mut answers = Vec::with_capacity(events.len());
+    for event in events {
+        if let Some(why) = flow.ignores(&event) {
+            tracing::info!(flow = %flow_id, reason = %why, "ignored an event");
+            answers.push((None, why));
+            continue;
+        }
+        let accepted = state
+            .engine
+            .ingest(&flow, event)
+            .await
+            .map_err(|e| ApiError::unavailable(&e))?;
+        answers.push((Some(accepted), String::new()));
+    }
+    if batch {
+        // Each event of a batch is its own run (or is ignored); the answer lists them in order.
+        let runs: Vec<Value> = answers
+            .iter()
+            .map(|(accepted, why)| match accepted {
+                Some(a) => json!({
+                    "status": if a.duplicate { "duplicate" } else { "queued" },
+                    "event_id": a.event_id, "run_id": a.run_id,
+                }),
+                None => json!({ "status": "ignored", "reason": why }),
+            })
+            .collect();
+        return Ok((
+            StatusCode::OK,
+            Json(json!({ "status": "accepted", "events": runs })),
+        )
+            .into_response());
+    }
+    let (accepted, why) = answers.pop().expect("a request carries at least one event");
+    let Some(accepted) = accepted else {
+        return Ok((
+            StatusCode::OK,
+            Json(json!({ "status": "ignored", "reason": why })),
+        )
+            .into_response());
+    };
     if respond == Respond::Accepted || accepted.duplicate {
         // A repeated delivery is answered at once with the original's ids: the sender only needs
         // to know it arrived.

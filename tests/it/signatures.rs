@@ -4,7 +4,7 @@
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use serde_json::Value;
+use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::support::{run_cli, Server};
@@ -190,4 +190,92 @@ fn a_bad_verify_block_is_reported_with_its_place() {
         text.contains("nosecret.yaml:5:") && text.contains("missing field `secret`"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_hubspot_batch_becomes_one_run_per_wanted_event_and_redeliveries_are_duplicates() {
+    let hubspot = r#"
+id: hs
+trigger:
+  webhook:
+    verify: { provider: hubspot, secret: "${env:HUBSPOT_SECRET}" }
+    events: [contact.creation]
+steps:
+  - id: shape
+    map: { contact: "{{trigger.body.objectId}}" }
+"#;
+    let github = flow(
+        "gh",
+        r#"{ provider: github, secret: s }
+    events: [push]"#,
+    );
+    let server = Server::start_with(
+        &[("hs.yaml", hubspot), ("gh.yaml", &github)],
+        &[],
+        &[("HUBSPOT_SECRET", "client-secret")],
+    );
+    let batch = json!([
+        { "eventId": 101, "subscriptionType": "contact.creation", "objectId": 1 },
+        { "eventId": 102, "subscriptionType": "contact.creation", "objectId": 2 },
+        { "eventId": 103, "subscriptionType": "contact.deletion", "objectId": 3 },
+    ])
+    .to_string();
+    let url = server.catch_url("hs");
+    let signed = |body: &str| {
+        let t = (now_secs() * 1000).to_string();
+        let sig = hmac_sha256(b"client-secret", format!("POST{url}{body}{t}").as_bytes());
+        vec![
+            ("x-hubspot-request-timestamp", t),
+            (
+                "x-hubspot-signature-v3",
+                base64::engine::general_purpose::STANDARD.encode(sig),
+            ),
+        ]
+    };
+    let (status, answer) = post(&server, "hs", &batch, &signed(&batch)).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("accepted")),
+        "{answer}"
+    );
+    let statuses: Vec<_> = answer["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].clone())
+        .collect();
+    assert_eq!(statuses, ["queued", "queued", "ignored"]);
+    let first = answer["events"][0]["run_id"].clone();
+    let run = server.finished_run(first.as_str().unwrap()).await;
+    assert_eq!(run["steps"][0]["output"]["contact"], 1);
+
+    // HubSpot redelivers the same batch: the provider's event ids make them duplicates.
+    let (_, again) = post(&server, "hs", &batch, &signed(&batch)).await;
+    let statuses: Vec<_> = again["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].clone())
+        .collect();
+    assert_eq!(statuses, ["duplicate", "duplicate", "ignored"]);
+    assert_eq!(again["events"][0]["run_id"], first);
+    assert_eq!(server.all_runs("hs").await.len(), 2);
+
+    let body = r#"{"action":"opened"}"#;
+    let sig = format!("sha256={}", hex::encode(hmac_sha256(b"s", body.as_bytes())));
+    let headers = [
+        ("x-hub-signature-256", sig),
+        ("x-github-event", "issues".to_owned()),
+    ];
+    let (status, answer) = post(&server, "gh", body, &headers).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("ignored")),
+        "{answer}"
+    );
+    assert!(
+        answer["reason"].as_str().unwrap().contains("`issues`"),
+        "{answer}"
+    );
+    assert!(server.all_runs("gh").await.is_empty());
 }

@@ -107,6 +107,7 @@ pub fn parse_flow(
                 respond_timeout: w.respond_timeout.map_or(DEFAULT_RESPOND_TIMEOUT, |d| d.0),
                 dedupe,
                 verify,
+                events: w.events,
             }
         }
         TriggerSpec {

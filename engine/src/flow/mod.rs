@@ -23,6 +23,7 @@ use crate::model::Revision;
 use crate::runtime::retry::RetryPolicy;
 use crate::steps::{Action, Registry};
 use crate::verify::Verifier;
+use serde_json::Value;
 
 pub use build::parse_flow;
 pub use spec::Respond;
@@ -62,6 +63,46 @@ impl Flow {
         self.steps.iter().find(|s| &s.id == id)
     }
 
+    /// The events one request carries: each element of a batch (HubSpot posts arrays), else the
+    /// request itself. Each is a `trigger` whose `body` is that event.
+    pub fn split_batch(&self, trigger: Value) -> Vec<Value> {
+        match (&trigger["body"], self.batches()) {
+            (Value::Array(events), true) => events
+                .iter()
+                .map(|event| {
+                    let mut one = trigger.clone();
+                    one["body"] = event.clone();
+                    one
+                })
+                .collect(),
+            _ => vec![trigger],
+        }
+    }
+
+    /// Whether a JSON array body is a batch of events, each its own run (HubSpot's deliveries).
+    pub fn batches(&self) -> bool {
+        matches!(&self.trigger, Trigger::Webhook { verify: Some(v), .. } if v.verifier.batches())
+    }
+
+    /// Why an event is not for this flow (its type is not in `events`), or `None` to run it.
+    pub fn ignores(&self, trigger: &Value) -> Option<String> {
+        let Trigger::Webhook { events, verify, .. } = &self.trigger else {
+            return None;
+        };
+        if events.is_empty() {
+            return None;
+        }
+        let kind = match verify {
+            Some(v) => v.verifier.event_type(trigger),
+            None => trigger["body"]["type"].as_str().map(str::to_owned),
+        };
+        match kind {
+            Some(kind) if events.contains(&kind) => None,
+            Some(kind) => Some(format!("event type `{kind}` is not in this flow's events")),
+            None => Some("the event has no type, and this flow takes only some types".into()),
+        }
+    }
+
     /// The steps that need no other step: where a run starts.
     pub fn roots(&self) -> impl Iterator<Item = &Step> {
         self.steps.iter().filter(|s| s.needs.is_empty())
@@ -90,6 +131,8 @@ pub enum Trigger {
         dedupe: Option<Dedupe>,
         /// The sender's signature check.
         verify: Option<Verify>,
+        /// The event types that start runs (empty: all).
+        events: Vec<String>,
     },
     /// Started by hand.
     Manual,

@@ -82,6 +82,11 @@ pub struct WebhookSpec {
     /// Check the sender's signature; requests that fail get 401 and start nothing.
     #[serde(default)]
     pub verify: Option<VerifySpec>,
+    /// Only these event types start runs (Stripe's `type`, GitHub's `X-GitHub-Event`, Shopify's
+    /// `X-Shopify-Topic`, HubSpot's `subscriptionType`, else `body.type`); others are answered
+    /// `ignored`. Default: every event.
+    #[serde(default)]
+    pub events: Vec<String>,
 }
 
 /// A webhook signature check: the provider's scheme and the signing secret(s).

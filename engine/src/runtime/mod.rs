@@ -528,22 +528,28 @@ fn redact_result(result: StepResult, secrets: &[String]) -> StepResult {
 /// The longest dedupe key kept as it is; longer keys are kept as their SHA-256.
 const MAX_DEDUPE_KEY: usize = 200;
 
-/// The dedupe key of an event for `flow`, if the flow has a dedupe rule and the key renders
-/// non-empty.
+/// How long a provider's event id counts as a dedupe key when the flow names no rule.
+const PROVIDER_DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The dedupe key of an event for `flow`: the flow's `dedupe` rule rendered, else the provider's
+/// event id (for a verified provider that has one); `None` when there is no key or it is empty.
 fn dedupe_key(flow: &Flow, trigger: &Value, now: Timestamp) -> Option<DedupeKey> {
-    let crate::flow::Trigger::Webhook {
-        dedupe: Some(rule), ..
-    } = &flow.trigger
-    else {
+    let crate::flow::Trigger::Webhook { dedupe, verify, .. } = &flow.trigger else {
         return None;
     };
-    let ctx = serde_json::json!({ "trigger": trigger });
-    let key = match rule.key.render(&flow.templates, &ctx) {
-        Ok(key) => key.trim().to_owned(),
-        Err(e) => {
-            warn!(flow = %flow.id, error = %e, "the dedupe key could not be rendered; the event is not deduplicated");
-            return None;
+    let (key, window) = match (dedupe, verify) {
+        (Some(rule), _) => {
+            let ctx = serde_json::json!({ "trigger": trigger });
+            match rule.key.render(&flow.templates, &ctx) {
+                Ok(key) => (key.trim().to_owned(), rule.window),
+                Err(e) => {
+                    warn!(flow = %flow.id, error = %e, "the dedupe key could not be rendered; the event is not deduplicated");
+                    return None;
+                }
+            }
         }
+        (None, Some(v)) => (v.verifier.event_id(trigger)?, PROVIDER_DEDUPE_WINDOW),
+        (None, None) => return None,
     };
     if key.is_empty() {
         return None;
@@ -563,7 +569,7 @@ fn dedupe_key(flow: &Flow, trigger: &Value, now: Timestamp) -> Option<DedupeKey>
     };
     Some(DedupeKey {
         key,
-        expires_at: now.plus(rule.window),
+        expires_at: now.plus(window),
     })
 }
 
