@@ -12,7 +12,9 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use hookflow_engine::model::Timestamp;
 use hookflow_engine::steps::Registry;
-use hookflow_engine::verify::{trigger_header, trigger_text, SignedRequest, Verifier};
+use hookflow_engine::verify::{
+    standard_webhooks_signature, trigger_header, trigger_text, SignedRequest, Verifier,
+};
 use serde_json::Value;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
@@ -257,23 +259,22 @@ impl Verifier for StandardWebhooks {
     ) -> Result<(), String> {
         let id = header(request, "webhook-id")?;
         let t = header(request, "webhook-timestamp")?;
-        let signatures: Vec<Vec<u8>> = header(request, "webhook-signature")?
+        let signatures: Vec<&str> = header(request, "webhook-signature")?
             .split_whitespace()
-            .filter_map(|s| s.strip_prefix("v1,"))
-            .map(unbase64)
+            .filter(|s| s.starts_with("v1,"))
             .collect();
         if signatures.is_empty() {
             return Err("the webhook-signature header has no v1 signature".into());
         }
-        fresh(parse_secs(t, "webhook-timestamp")?, now, tolerance)?;
-        let expected = |secret: &str| {
-            let key = unbase64(secret.strip_prefix("whsec_").unwrap_or(secret));
-            let parts: [&[u8]; 5] = [id.as_bytes(), b".", t.as_bytes(), b".", request.body];
-            hmac_sha256(&key, &parts)
-        };
-        any_match(secrets, &signatures, expected)
-            .then_some(())
-            .ok_or_else(|| NO_MATCH.into())
+        let signed_at = parse_secs(t, "webhook-timestamp")?;
+        fresh(signed_at, now, tolerance)?;
+        let matched = secrets.iter().any(|secret| {
+            let want = standard_webhooks_signature(secret, id, signed_at, request.body);
+            signatures
+                .iter()
+                .any(|s| same(s.as_bytes(), want.as_bytes()))
+        });
+        matched.then_some(()).ok_or_else(|| NO_MATCH.into())
     }
 
     fn event_id(&self, trigger: &Value) -> Option<String> {

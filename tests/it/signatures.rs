@@ -279,3 +279,66 @@ steps:
     );
     assert!(server.all_runs("gh").await.is_empty());
 }
+
+#[tokio::test]
+async fn an_http_action_signs_with_standard_webhooks_and_a_verified_hook_accepts_it() {
+    // Two flows on one server: `sender` posts to `receiver`'s catch URL, signing with the secret
+    // `receiver` verifies with; `forger` signs with another secret and is refused.
+    let receiver = flow(
+        "receiver",
+        r#"{ provider: standard-webhooks, secret: "${env:SHARED}" }"#,
+    );
+    let sender = |id: &str, secret: &str| {
+        format!(
+            r#"
+id: {id}
+trigger: {{ webhook: }}
+steps:
+  - id: forward
+    http:
+      url: "${{env:RECEIVER_URL}}"
+      json: {{ id: "{{{{trigger.body.id}}}}" }}
+      sign: {{ standard_webhooks: "{secret}" }}
+    retry: {{ attempts: 1 }}
+"#
+        )
+    };
+    let mut server = Server::start_with(
+        &[("receiver.yaml", &receiver)],
+        &[],
+        &[("SHARED", "whsec_c2hhcmVkc2hhcmVk")],
+    );
+    let receiver_url = server.catch_url("receiver");
+    server.stop_gracefully();
+    server.write_flow("sender.yaml", &sender("sender", "${env:SHARED}"));
+    server.write_flow("forger.yaml", &sender("forger", "whsec_Zm9yZ2VkZm9yZ2Vk"));
+    server.set_env("RECEIVER_URL", &receiver_url);
+    server.restart();
+
+    let (_, ack) = server.send("sender", &json!({ "id": "evt_9" })).await;
+    let run = server.finished_run(ack["run_id"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(run["steps"][0]["input"]["sign"], "standard-webhooks");
+    assert!(
+        !run.to_string().contains("c2hhcmVk"),
+        "the secret is not recorded"
+    );
+    let received = server.all_runs("receiver").await;
+    assert_eq!(received.len(), 1);
+    let delivered = server
+        .finished_run(received[0]["id"].as_str().unwrap())
+        .await;
+    let headers = &delivered["event"]["trigger"]["headers"];
+    assert_eq!(
+        headers["webhook-id"],
+        format!("{}:forward", ack["run_id"].as_str().unwrap())
+    );
+    assert_eq!(delivered["event"]["trigger"]["body"]["id"], "evt_9");
+
+    let (_, ack) = server.send("forger", &json!({ "id": "evt_10" })).await;
+    let run = server.finished_run(ack["run_id"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "failed");
+    assert!(run["reason"].as_str().unwrap().contains("401"), "{run:#}");
+    assert_eq!(server.all_runs("receiver").await.len(), 1);
+    assert!(server.stop_gracefully());
+}

@@ -280,6 +280,12 @@ impl Server {
         self.envs.retain(|(k, _)| k != name);
     }
 
+    /// Sets an environment variable for the next start.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.remove_env(name);
+        self.envs.push((name.to_owned(), value.to_owned()));
+    }
+
     /// Starts the server again on the same directories (and the same port).
     pub fn restart(&mut self) {
         let listen = self.base.trim_start_matches("http://").to_owned();

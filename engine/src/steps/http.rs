@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 
 use super::{Action, BuildContext, ExecContext, Outcome, StepError, StepKind};
 use crate::expr::{Templates, TextExpr, ValueExpr};
+use crate::model::Timestamp;
 
 /// How much of a response body an error keeps.
 const BODY_EXCERPT: usize = 500;
@@ -49,6 +50,19 @@ pub struct HttpSpec {
     /// Authentication.
     #[serde(default)]
     pub auth: Option<AuthSpec>,
+    /// Sign the request as a webhook, so its receiver can check it came from you.
+    #[serde(default)]
+    pub sign: Option<SignSpec>,
+}
+
+/// How a request is signed.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignSpec {
+    /// A Standard Webhooks secret (`whsec_…`, usually `${env:…}`): the request gets `webhook-id`
+    /// (the step's idempotency key, the same on every retry), `webhook-timestamp` and
+    /// `webhook-signature`.
+    pub standard_webhooks: String,
 }
 
 /// HTTP authentication: one of `bearer` or `basic`. Use `${env:NAME}` for the secret so it stays
@@ -143,7 +157,15 @@ impl StepKind for HttpSpec {
             .into_iter()
             .map(|(k, v)| v.map(|v| (k, v)))
             .collect::<Option<Vec<_>>>();
+        let sign = self.sign.map(|s| s.standard_webhooks);
+        if sign.as_deref().is_some_and(|s| s.contains("{{")) {
+            cx.error(
+                "sign.standard_webhooks",
+                "the secret is not a template: use `${env:NAME}`",
+            );
+        }
         Some(Arc::new(Http {
+            sign,
             method,
             url: url?,
             headers: headers?,
@@ -156,14 +178,26 @@ impl StepKind for HttpSpec {
 
 const ALLOWED_METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
-#[derive(Debug)]
 struct Http {
+    /// The Standard Webhooks secret to sign with (kept out of the rendered input, so out of history).
+    sign: Option<String>,
     method: String,
     url: TextExpr,
     headers: Vec<(String, TextExpr)>,
     query: ValueExpr,
     body: Body,
     auth: Auth,
+}
+
+impl std::fmt::Debug for Http {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the signing secret.
+        f.debug_struct("Http")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("signed", &self.sign.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -206,6 +240,9 @@ impl Action for Http {
                 req.insert("body".into(), json!(v.render(t, ctx)?));
             }
         }
+        if self.sign.is_some() {
+            req.insert("sign".into(), json!("standard-webhooks"));
+        }
         match &self.auth {
             Auth::None => {}
             Auth::Bearer(tok) => {
@@ -220,7 +257,10 @@ impl Action for Http {
     }
 
     async fn execute(&self, input: Value, cx: &ExecContext) -> Result<Outcome, StepError> {
-        let request = build_request(&input, cx)?;
+        let mut request = build_request(&input, cx)?;
+        if let Some(secret) = &self.sign {
+            sign_standard_webhooks(&mut request, secret, &cx.idempotency_key)?;
+        }
         if cx.dry_run {
             return Ok(Outcome::Output(
                 json!({ "dry_run": true, "request": input }),
@@ -305,6 +345,31 @@ fn build_request(input: &Value, cx: &ExecContext) -> Result<reqwest::Request, St
     builder
         .build()
         .map_err(|e| StepError::permanent(format!("could not build the request: {e}")))
+}
+
+/// Adds the Standard Webhooks headers, signing the request's exact body.
+fn sign_standard_webhooks(
+    request: &mut reqwest::Request,
+    secret: &str,
+    id: &str,
+) -> Result<(), StepError> {
+    let body = request
+        .body()
+        .and_then(reqwest::Body::as_bytes)
+        .unwrap_or_default();
+    let timestamp = Timestamp::now().millis() / 1000;
+    let signature = crate::verify::standard_webhooks_signature(secret, id, timestamp, body);
+    let headers = request.headers_mut();
+    for (name, value) in [
+        ("webhook-id", id.to_owned()),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", signature),
+    ] {
+        let value = HeaderValue::from_str(&value)
+            .map_err(|_| StepError::permanent(format!("cannot send `{name}`: {value}")))?;
+        headers.insert(name, value);
+    }
+    Ok(())
 }
 
 /// A JSON value as a query or form field: strings as they are, the rest as JSON text.
