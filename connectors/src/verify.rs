@@ -95,12 +95,17 @@ fn parse_secs(value: &str, name: &str) -> Result<i64, String> {
         .map_err(|_| format!("the {name} header is not a Unix time"))
 }
 
-/// Whether any secret's `expected(secret)` equals any of `given`.
-fn any_match(secrets: &[String], given: &[Vec<u8>], expected: impl Fn(&str) -> Vec<u8>) -> bool {
-    secrets.iter().any(|secret| {
+/// `Ok` when any secret's `expected(secret)` equals any of `given`.
+fn any_match(
+    secrets: &[String],
+    given: &[Vec<u8>],
+    expected: impl Fn(&str) -> Vec<u8>,
+) -> Result<(), String> {
+    let matched = secrets.iter().any(|secret| {
         let want = expected(secret);
         given.iter().any(|g| same(g, &want))
-    })
+    });
+    matched.then_some(()).ok_or_else(|| NO_MATCH.into())
 }
 
 fn unhex(text: &str) -> Vec<u8> {
@@ -138,9 +143,7 @@ impl Verifier for Stripe {
         }
         let signed =
             |secret: &str| hmac_sha256(secret.as_bytes(), &[t.as_bytes(), b".", request.body]);
-        if !any_match(secrets, &signatures, signed) {
-            return Err(NO_MATCH.into());
-        }
+        any_match(secrets, &signatures, signed)?;
         fresh(parse_secs(t, "Stripe-Signature t=")?, now, tolerance)
     }
 
@@ -166,8 +169,6 @@ impl Verifier for GitHub {
             .ok_or("the X-Hub-Signature-256 header does not start with sha256=")?;
         let expected = |secret: &str| hmac_sha256(secret.as_bytes(), &[request.body]);
         any_match(secrets, &[unhex(sig)], expected)
-            .then_some(())
-            .ok_or_else(|| NO_MATCH.into())
     }
 
     fn event_type(&self, trigger: &Value) -> Option<String> {
@@ -193,8 +194,6 @@ impl Verifier for Shopify {
         let sig = unbase64(header(request, "x-shopify-hmac-sha256")?);
         let expected = |secret: &str| hmac_sha256(secret.as_bytes(), &[request.body]);
         any_match(secrets, &[sig], expected)
-            .then_some(())
-            .ok_or_else(|| NO_MATCH.into())
     }
 
     fn event_type(&self, trigger: &Value) -> Option<String> {
@@ -232,8 +231,6 @@ impl Verifier for Slack {
             )
         };
         any_match(secrets, &[unhex(sig)], expected)
-            .then_some(())
-            .ok_or_else(|| NO_MATCH.into())
     }
 
     fn event_type(&self, trigger: &Value) -> Option<String> {
@@ -310,7 +307,7 @@ impl Verifier for HubSpot {
             request.url.as_bytes(),
             request.body,
         );
-        let matched = match self.0 {
+        match self.0 {
             HubSpotVersion::V1 | HubSpotVersion::V2 => {
                 let sig = unhex(header(request, "x-hubspot-signature")?);
                 let v2 = matches!(self.0, HubSpotVersion::V2);
@@ -330,8 +327,7 @@ impl Verifier for HubSpot {
                 };
                 any_match(secrets, &[sig], expected)
             }
-        };
-        matched.then_some(()).ok_or_else(|| NO_MATCH.into())
+        }
     }
 
     fn event_type(&self, trigger: &Value) -> Option<String> {
@@ -389,8 +385,6 @@ impl Verifier for Twilio {
         }
         let expected = |secret: &str| hmac_sha1(secret.as_bytes(), &[&data]);
         any_match(secrets, &[sig], expected)
-            .then_some(())
-            .ok_or_else(|| NO_MATCH.into())
     }
 
     fn event_id(&self, trigger: &Value) -> Option<String> {
