@@ -501,6 +501,33 @@ mod tests {
     }
 
     #[test]
+    fn slack_matches_its_published_example() {
+        // From Slack's "Verifying requests from Slack" documentation.
+        let body = b"token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+        let h = headers(&[
+            ("x-slack-request-timestamp", "1531420618"),
+            (
+                "x-slack-signature",
+                "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503",
+            ),
+        ]);
+        let secret = "8f742231b10e8888abcd99yyyzzz85a5";
+        assert_eq!(check(&Slack, &h, body, &[secret], secs(1531420618)), Ok(()));
+        assert!(check(&Slack, &h, body, &[secret], secs(1531420618 + 301)).is_err());
+    }
+
+    #[test]
+    fn twilio_matches_its_published_example() {
+        // From Twilio's "Webhooks security" documentation: auth token 12345.
+        let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
+        let body = b"CallSid=CA1234567890ABCDE&Caller=%2B12349013030&Digits=1234&From=%2B12349013030&To=%2B18005551212";
+        let h = headers(&[("x-twilio-signature", "0/KCTR6DLpKmkAf8muzZqo1nDgQ=")]);
+        let secrets = vec!["12345".to_string()];
+        let ok = Twilio.verify(&request(url, &h, body), &secrets, secs(0), TOLERANCE);
+        assert_eq!(ok, Ok(()));
+    }
+
+    #[test]
     fn stripe_checks_signature_then_timestamp() {
         let body = br#"{"id":"evt_1","type":"invoice.paid"}"#;
         let secret = "whsec_test";
