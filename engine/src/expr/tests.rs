@@ -1017,3 +1017,104 @@ fn huge_values_are_cut_in_reasons() {
         "{reason}"
     );
 }
+
+// ---- formatter helpers ----------------------------------------------------------------------
+
+/// The render error of a template (a helper given the wrong kind of input).
+fn render_error(template: &str) -> String {
+    let mut c = Compiler::new();
+    let expr = c.value(&json!(template)).expect("compiles");
+    let t = c.finish();
+    expr.render(&t, &ctx())
+        .expect_err("fails to render")
+        .message
+}
+
+#[test]
+fn text_helpers_reshape_text_and_keep_missing_input_missing() {
+    assert_eq!(
+        text("{{title \"ada LOVELACE-byron\"}}"),
+        "Ada Lovelace-Byron"
+    );
+    assert_eq!(text("{{truncate \"Hello world\" 5}}"), "Hello");
+    assert_eq!(text("{{truncate \"Hello world\" 8 \"…\"}}"), "Hello w…");
+    assert_eq!(text("{{truncate \"short\" 8 \"…\"}}"), "short");
+    assert_eq!(
+        text("{{replace trigger.body.email \"@\" \" at \"}}"),
+        "ada at example.com"
+    );
+    assert_eq!(text("{{split \"a, b,c\" \",\"}}"), r#"["a","b","c"]"#);
+    assert_eq!(text("{{join trigger.body.tags \" + \"}}"), "Urgent + new");
+    assert_eq!(text("{{slug \"  Déjà Vu: Plan #2 \"}}"), "d-j-vu-plan-2");
+    assert_eq!(
+        text("{{extract_email \"Contact: Ada <ada.l@example.co.uk>, thanks\"}}"),
+        "ada.l@example.co.uk"
+    );
+    assert_eq!(
+        text("{{extract_url \"see https://example.com/a?b=1. Bye\"}}"),
+        "https://example.com/a?b=1"
+    );
+    assert_eq!(
+        text("{{extract_number \"Total: $1,234.50 due\"}}"),
+        "1234.5"
+    );
+    assert_eq!(text("{{extract_number \"none here\"}}"), "");
+    assert_eq!(text("{{extract_email trigger.body.nope}}"), "");
+    // Missing input stays missing, so `default` can fill it in.
+    for helper in ["title", "slug", "base64_encode", "url_encode", "sha256"] {
+        assert_eq!(
+            text(&format!("[{{{{{helper} trigger.body.nope}}}}]")),
+            "[]",
+            "{helper}"
+        );
+    }
+    assert_eq!(
+        text("{{default (title trigger.body.nope) \"Friend\"}}"),
+        "Friend"
+    );
+    assert_eq!(text("{{split trigger.body.nope \",\"}}"), "");
+    assert!(render_error("{{join trigger.body.email \",\"}}").contains("join takes a list"));
+    assert!(render_error("{{truncate trigger.body.email}}").contains("truncate needs"));
+    assert!(render_error("{{split trigger.body.email \"\"}}").contains("separator is empty"));
+}
+
+#[test]
+fn number_helpers_take_numbers_or_numeric_text() {
+    assert_eq!(text("{{round 3.14159 2}}"), "3.14");
+    assert_eq!(text("{{round trigger.body.price}}"), "2");
+    assert_eq!(text("{{add trigger.body.amount_text 8}}"), "50");
+    assert_eq!(
+        text("{{subtract trigger.body.amount trigger.body.small}}"),
+        "37"
+    );
+    assert_eq!(text("{{multiply trigger.body.price 3}}"), "4.5");
+    assert_eq!(text("{{divide trigger.body.amount 8}}"), "5.25");
+    assert_eq!(text("{{round (divide 10 3) 3}}"), "3.333");
+    assert_eq!(
+        text("{{add trigger.body.nope 1}}"),
+        "",
+        "missing stays missing"
+    );
+    assert!(render_error("{{divide 1 0}}").contains("cannot divide by zero"));
+    assert!(render_error("{{add trigger.body.email 1}}")
+        .contains("takes numbers, not `ada@example.com`"));
+    assert!(render_error("{{round trigger.body.customer}}").contains("round takes a number"));
+    assert!(render_error("{{add 1}}").contains("takes two numbers"));
+}
+
+#[test]
+fn utility_helpers_encode_hash_and_make_ids() {
+    assert_eq!(text("{{base64_encode \"ada:s3cret\"}}"), "YWRhOnMzY3JldA==");
+    assert_eq!(text("{{base64_decode \"YWRhOnMzY3JldA==\"}}"), "ada:s3cret");
+    assert!(render_error("{{base64_decode \"%%%\"}}").contains("takes base64 text"));
+    assert_eq!(text("{{url_encode \"a b&c=d/é\"}}"), "a+b%26c%3Dd%2F%C3%A9");
+    assert_eq!(
+        text("{{sha256 \"abc\"}}"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    let (a, b) = (text("{{uuid}}"), text("{{uuid}}"));
+    assert_ne!(a, b);
+    let parts: Vec<_> = a.split('-').map(str::len).collect();
+    assert_eq!(parts, [8, 4, 4, 4, 12]);
+    assert_eq!(&a[14..15], "4", "version 4");
+}
