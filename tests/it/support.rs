@@ -235,9 +235,14 @@ impl Server {
 
     /// POSTs JSON to an API path; returns status and JSON.
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_to(&format!("{}{path}", self.base), body).await
+    }
+
+    /// POSTs JSON to a URL; returns status and JSON.
+    async fn post_to(&self, url: &str, body: &Value) -> (u16, Value) {
         let r = self
             .client
-            .post(format!("{}{path}", self.base))
+            .post(url)
             .json(body)
             .send()
             .await
@@ -306,15 +311,7 @@ impl Server {
 
     /// POSTs JSON to a flow's catch URL; returns status and JSON.
     pub async fn send(&self, flow: &str, body: &Value) -> (u16, Value) {
-        let r = self
-            .client
-            .post(self.catch_url(flow))
-            .json(body)
-            .send()
-            .await
-            .expect("server answers");
-        let status = r.status().as_u16();
-        (status, r.json().await.expect("JSON answer"))
+        self.post_to(&self.catch_url(flow), body).await
     }
 
     /// Waits until a run is final; returns its detail.
