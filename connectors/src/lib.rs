@@ -8,9 +8,13 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod hubspot;
+pub mod stripe;
 pub mod verify;
 
-use hookflow_engine::steps::Registry;
+use hookflow_engine::steps::{BuildContext, Registry};
+use serde_json::Value;
 
 /// A family of step kinds for one service.
 pub trait Connector: Sync {
@@ -21,8 +25,8 @@ pub trait Connector: Sync {
     fn register(&self, registry: &mut Registry);
 }
 
-/// The connectors this build ships. None yet: the HubSpot and Stripe actions are the next step.
-const CONNECTORS: &[&dyn Connector] = &[];
+/// The connectors this build ships.
+const CONNECTORS: &[&dyn Connector] = &[&hubspot::HubSpotConnector, &stripe::StripeConnector];
 
 /// Registers every connector's step kinds and every webhook verifier.
 pub fn register_all(registry: &mut Registry) {
@@ -30,4 +34,37 @@ pub fn register_all(registry: &mut Registry) {
     for connector in CONNECTORS {
         connector.register(registry);
     }
+}
+
+/// The one action a connector step names, from its (action, YAML key, config if given) list;
+/// records an error when there is none or more than one.
+fn one_action<Op: Copy, const N: usize>(
+    cx: &mut BuildContext<'_>,
+    actions: [(Op, &'static str, Option<Value>); N],
+) -> Option<(Op, &'static str, Value)> {
+    let mut given = actions
+        .iter()
+        .filter_map(|(op, name, config)| config.clone().map(|c| (*op, *name, c)));
+    match (given.next(), given.next()) {
+        (Some(only), None) => Some(only),
+        (None, _) => {
+            let names: Vec<String> = actions.iter().map(|(_, n, _)| format!("`{n}`")).collect();
+            cx.error("", format!("name one action: {}", names.join(", ")));
+            None
+        }
+        (Some((_, first, _)), Some((_, second, _))) => {
+            cx.error(
+                second,
+                format!("a step does one action, but this one has `{first}` and `{second}`: split it into two steps"),
+            );
+            None
+        }
+    }
+}
+
+/// An action's config as JSON (compiled as templates), when the step gives it.
+fn config<T: serde::Serialize>(action: &Option<T>) -> Option<Value> {
+    action
+        .as_ref()
+        .map(|a| serde_json::to_value(a).expect("action configs serialize"))
 }

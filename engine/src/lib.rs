@@ -8,6 +8,7 @@
 //! - [`expr`]: templates (handlebars), JSONPath selection and filter conditions.
 //! - [`steps`]: the `Action` contract, the kind registry, and the built-in steps `filter`, `map`, `http`.
 //! - [`outbound`]: the shared HTTP client and the policy that keeps actions off private networks.
+//! - [`pacing`]: rate-limit pacing per connector account.
 //! - [`store`]: the `Store` trait and its sled backend.
 //! - [`runtime`]: ingest, the queue dispatcher and workers, retry policies, the pure decision
 //!   function `advance`.
@@ -27,6 +28,7 @@ pub mod flow;
 pub mod ids;
 pub mod model;
 pub mod outbound;
+pub mod pacing;
 pub mod runtime;
 pub mod steps;
 pub mod store;

@@ -247,6 +247,28 @@ pub fn advance(
 }
 
 /// Ends a run: the steps that had not run are skipped.
+/// Puts a step that could not act yet (a rate limit) back in the queue, due after `delay`, with the
+/// same attempt number; its history is unchanged. `None` when the item is stale or the run is over.
+pub fn postpone(
+    mut run: Run,
+    item_done: &QueueItem,
+    delay: Duration,
+    now: Timestamp,
+) -> Option<RunUpdate> {
+    if run.status.is_final() || !run.expects(item_done) {
+        return None;
+    }
+    let next = item(&run, &item_done.step_id, item_done.attempt, now.plus(delay));
+    run.queue_step(&next);
+    run.status = RunStatus::Running;
+    run.updated_at = now;
+    Some(RunUpdate {
+        run,
+        records: Vec::new(),
+        enqueue: vec![next],
+    })
+}
+
 pub(crate) fn finish(run: &mut Run, status: RunStatus, reason: Option<String>, now: Timestamp) {
     run.status = status;
     run.reason = reason;

@@ -31,6 +31,7 @@ use crate::flow::Flow;
 use crate::ids::{EventId, FlowId, RunId};
 use crate::model::{Event, QueueItem, Run, RunStatus, StepRecord, Timestamp};
 use crate::outbound::HttpClient;
+use crate::pacing::Pacer;
 use crate::steps::{ExecContext, Outcome, StepError};
 use crate::store::{DedupeKey, FlowRoom, Ingested, RunUpdate, Store, StoreError};
 use crate::Result;
@@ -74,6 +75,14 @@ struct Work {
     records: Vec<StepRecord>,
 }
 
+/// How executing an item went.
+enum Tried {
+    /// The step made an attempt.
+    Done(Attempted),
+    /// The step could not act yet: run it again after this long.
+    Wait(Duration),
+}
+
 /// A run that reached a final status.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunFinished {
@@ -99,6 +108,7 @@ pub struct Engine {
     store: Arc<dyn Store>,
     catalog: Catalog,
     http: HttpClient,
+    pacer: Pacer,
     config: EngineConfig,
     wake: Notify,
     slots: Arc<Semaphore>,
@@ -118,6 +128,7 @@ impl Engine {
         let slots = Arc::new(Semaphore::new(config.workers.max(1)));
         let (finished, _) = broadcast::channel(1024);
         Arc::new(Self {
+            pacer: Pacer::new(store.clone()),
             store,
             catalog,
             http,
@@ -355,13 +366,14 @@ impl Engine {
         let Some(work) = self.load(item).await? else {
             return Ok(());
         };
-        let done = self.attempt(&work, item).await;
+        let tried = self.attempt(&work, item).await;
         let now = Timestamp::now();
         let previous = work.records.iter().find(|r| r.step_id == item.step_id);
         let run = self
             .store
-            .update_run(item.run_id, Some(item.id), &|run| {
-                advance::advance(&work.flow, run, previous, &done, now)
+            .update_run(item.run_id, Some(item.id), &|run| match &tried {
+                Tried::Done(done) => advance::advance(&work.flow, run, previous, done, now),
+                Tried::Wait(delay) => advance::postpone(run, item, *delay, now),
             })
             .await?;
         self.announce(run);
@@ -410,7 +422,7 @@ impl Engine {
     }
 
     /// Renders and executes the step once; the result is redacted and carries its retry delay.
-    async fn attempt(&self, work: &Work, item: &QueueItem) -> Attempted {
+    async fn attempt(&self, work: &Work, item: &QueueItem) -> Tried {
         let Work {
             run,
             flow,
@@ -434,6 +446,7 @@ impl Engine {
                     dry_run: self.config.dry_run,
                     timeout: step.timeout,
                     http: self.http.clone(),
+                    pacer: self.pacer.clone(),
                 };
                 let outcome =
                     tokio::time::timeout(step.timeout, step.action.execute(input.clone(), &cx))
@@ -446,6 +459,10 @@ impl Engine {
                     Ok(Err(e)) => StepResult::Failed(e),
                     Ok(Ok(Outcome::Output(v))) => StepResult::Output(v),
                     Ok(Ok(Outcome::Stop { output, reason })) => StepResult::Stop { output, reason },
+                    Ok(Ok(Outcome::Wait { delay, reason })) => {
+                        info!(?delay, reason = %redact_text(&reason, &flow.secrets), "step waits");
+                        return Tried::Wait(delay);
+                    }
                 };
                 (input, result)
             }
@@ -462,7 +479,7 @@ impl Engine {
             StepResult::Failed(e) => warn!(error = %e.message, retry_in = ?retry_in, "step failed"),
             _ => debug!("step done"),
         }
-        Attempted {
+        Tried::Done(Attempted {
             step_id: item.step_id.clone(),
             attempt: item.attempt,
             input,
@@ -470,7 +487,7 @@ impl Engine {
             started_at,
             duration_ms: clock.elapsed().as_millis() as u64,
             retry_in,
-        }
+        })
     }
 
     /// Fails a run that cannot go on (its flow revision cannot be loaded): no step of it can run.

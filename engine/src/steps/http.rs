@@ -373,7 +373,7 @@ fn sign_standard_webhooks(
 }
 
 /// A JSON value as a query or form field: strings as they are, the rest as JSON text.
-fn scalar_text(v: &Value) -> String {
+pub fn scalar_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -381,7 +381,9 @@ fn scalar_text(v: &Value) -> String {
     }
 }
 
-fn send_error(e: &reqwest::Error) -> StepError {
+/// The step error for a request that got no answer (timeout, connection refused, …), with its
+/// whole cause chain.
+pub fn send_error(e: &reqwest::Error) -> StepError {
     let mut cause = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -448,7 +450,7 @@ async fn read_response(response: reqwest::Response) -> Result<Value, StepError> 
 }
 
 /// `Retry-After` as seconds (`120`) or an HTTP date.
-fn parse_retry_after(v: &str) -> Option<Duration> {
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
     if let Ok(secs) = v.trim().parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }

@@ -24,8 +24,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::expr::{Compiler, Condition, ConditionSpec, ExprError, Templates, TextExpr, ValueExpr};
+use crate::flow::EnvLookup;
 use crate::ids::{RunId, StepId};
 use crate::outbound::HttpClient;
+use crate::pacing::Pacer;
 use crate::verify::Verifier;
 
 /// A step's runtime behaviour.
@@ -55,6 +57,8 @@ pub struct ExecContext {
     pub timeout: Duration,
     /// The shared outbound HTTP client (with the outbound address policy applied).
     pub http: HttpClient,
+    /// Rate-limit pacing of connector accounts.
+    pub pacer: Pacer,
 }
 
 /// How a successful step ends.
@@ -66,6 +70,14 @@ pub enum Outcome {
     Stop {
         /// What the step records as its output.
         output: Value,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The step cannot act yet (its account's rate limit is used up): it goes back to the queue and
+    /// runs again after `delay`, without counting as an attempt.
+    Wait {
+        /// How long to wait.
+        delay: Duration,
         /// Why, in words.
         reason: String,
     },
@@ -142,16 +154,40 @@ pub trait StepKind: DeserializeOwned + JsonSchema + 'static {
 /// Collects compiled expressions and errors while one step's config is built.
 pub struct BuildContext<'a> {
     compiler: &'a mut Compiler,
+    env: EnvLookup<'a>,
+    secrets: &'a mut Vec<String>,
     errors: Vec<(String, String)>,
 }
 
 impl<'a> BuildContext<'a> {
-    /// A context compiling into a flow's compiler.
-    pub fn new(compiler: &'a mut Compiler) -> Self {
+    /// A context compiling into a flow's compiler, reading settings from `env` and remembering the
+    /// credentials it hands out in `secrets` (the flow's values to redact).
+    pub fn new(
+        compiler: &'a mut Compiler,
+        env: EnvLookup<'a>,
+        secrets: &'a mut Vec<String>,
+    ) -> Self {
         Self {
             compiler,
+            env,
+            secrets,
             errors: Vec::new(),
         }
+    }
+
+    /// A setting from the environment (a connector's base URL, …); empty counts as unset.
+    pub fn setting(&self, name: &str) -> Option<String> {
+        (self.env)(name).filter(|v| !v.is_empty())
+    }
+
+    /// A credential from the environment (an API token): remembered as a secret, so it is
+    /// redacted wherever the run would record it.
+    pub fn credential(&mut self, name: &str) -> Option<String> {
+        let value = self.setting(name)?;
+        if !self.secrets.contains(&value) {
+            self.secrets.push(value.clone());
+        }
+        Some(value)
     }
 
     /// Compiles a value (its strings may be templates or JSONPaths) at config field `field`.

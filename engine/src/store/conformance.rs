@@ -1172,6 +1172,28 @@ pub(crate) async fn pruning_deletes_old_and_excess_final_runs_only(store: Arc<dy
     assert_eq!(store.prune_runs(&orders, at(0), 2, 10).await.unwrap(), 0);
 }
 
+/// Runtime state: the last write under a key wins, keys are independent, and it survives reopen.
+pub(crate) async fn state_is_kept_across_reopen(open: Open<'_>) {
+    let store = open();
+    assert_eq!(store.state("pacing:a").await.unwrap(), None);
+    store
+        .put_state("pacing:a", &json!({ "until": 1 }))
+        .await
+        .unwrap();
+    store
+        .put_state("pacing:a", &json!({ "until": 2 }))
+        .await
+        .unwrap();
+    store.put_state("pacing:b", &json!("other")).await.unwrap();
+    drop(store);
+    let store = open();
+    assert_eq!(
+        store.state("pacing:a").await.unwrap(),
+        Some(json!({ "until": 2 }))
+    );
+    assert_eq!(store.state("pacing:b").await.unwrap(), Some(json!("other")));
+}
+
 /// The suite against the sled backend, each check on a fresh store in its own directory.
 mod sled_backend {
     use std::path::{Path, PathBuf};
@@ -1230,6 +1252,12 @@ mod sled_backend {
         list_runs_selects_a_time_window,
         pruning_deletes_old_and_excess_final_runs_only,
     );
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn state_is_kept_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        super::state_is_kept_across_reopen(&opener(dir.path().to_owned())).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn everything_survives_reopen() {

@@ -205,6 +205,13 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets up to `max` dedupe keys that expired at or before `now`; returns how many.
     async fn expire_dedupe(&self, now: Timestamp, max: usize) -> Result<usize>;
 
+    /// Stores a small piece of runtime state under a key (a connector account's rate-limit pacing,
+    /// …), durably: it survives a restart.
+    async fn put_state(&self, key: &str, value: &serde_json::Value) -> Result<()>;
+
+    /// The state stored under a key.
+    async fn state(&self, key: &str) -> Result<Option<serde_json::Value>>;
+
     /// Makes every write so far durable (called at shutdown).
     async fn flush(&self) -> Result<()>;
 }

@@ -18,6 +18,7 @@
 //! | `revisions`    | flow id, `0x00`, revision                            | source (a JSON string)   |
 //! | `dedupe`       | flow id, `0x00`, dedupe key                          | [`DedupeEntry`]          |
 //! | `dedupe_expiry`| expiry (u64 big-endian ms), flow id, `0x00`, dedupe key | empty (an index)      |
+//! | `state`        | a runtime state key (`pacing:hubspot:…`)             | JSON value               |
 //!
 //! Flow ids are validated names (letters, digits, `_`, `-`), so they never contain `0x00` and the
 //! separator keeps one flow's prefix from matching another's. Ids are ULIDs, whose bytes sort by
@@ -108,6 +109,7 @@ enum TreeName {
     Revisions,
     Dedupe,
     DedupeExpiry,
+    State,
 }
 
 impl TreeName {
@@ -124,6 +126,7 @@ impl TreeName {
             Self::Revisions => "revisions",
             Self::Dedupe => "dedupe",
             Self::DedupeExpiry => "dedupe_expiry",
+            Self::State => "state",
         }
     }
 }
@@ -175,6 +178,7 @@ pub struct SledStore {
     revisions: Tree,
     dedupe: Tree,
     dedupe_expiry: Tree,
+    state: Tree,
     commit: GroupCommit,
     /// Flows whose hook token is known to be on disk. Tokens never change once stored, so these
     /// are answered by a read, without waiting for a flush (the catch path asks on every request).
@@ -227,6 +231,7 @@ impl SledStore {
             revisions: tree(TreeName::Revisions)?,
             dedupe: tree(TreeName::Dedupe)?,
             dedupe_expiry: tree(TreeName::DedupeExpiry)?,
+            state: tree(TreeName::State)?,
             commit: GroupCommit::default(),
             durable_tokens: Mutex::default(),
             log_file: None,
@@ -830,6 +835,18 @@ impl Store for SledStore {
         let what = format!("{flow_id} {revision}");
         self.get(&self.revisions, TreeName::Revisions, &key, &what)
     }
+
+    async fn put_state(&self, key: &str, value: &serde_json::Value) -> Result<()> {
+        let bytes = encode(TreeName::State, &key, value)?;
+        self.state
+            .insert(key.as_bytes(), bytes)
+            .map_err(|e| backend("write", TreeName::State, &key, e))?;
+        self.durable().await
+    }
+
+    async fn state(&self, key: &str) -> Result<Option<serde_json::Value>> {
+        self.get(&self.state, TreeName::State, key.as_bytes(), &key)
+    }
 }
 
 /// Group commit: concurrent callers that need their writes on disk share one fsync.
@@ -1025,7 +1042,7 @@ fn describe_key(tree: TreeName, key: &[u8]) -> String {
         TreeName::Revisions => {
             split_flow(key).map(|(flow, rest)| format!("{flow} {}", text(&rest)))
         }
-        TreeName::HookTokens => Some(text(key)),
+        TreeName::HookTokens | TreeName::State => Some(text(key)),
         TreeName::Dedupe => split_flow(key).map(|(flow, rest)| format!("{flow} {}", text(&rest))),
         TreeName::DedupeExpiry => (key.len() > 8).then(|| {
             let at = u64::from_be_bytes(key[..8].try_into().unwrap_or_default());

@@ -1,0 +1,633 @@
+//! `hubspot`: CRM actions on HubSpot's v3 API (v4 for associations) with a private-app token.
+//!
+//! A step names one action: `create`, `update`, `get`, `search` (any object type: contacts,
+//! companies, deals, …), `upsert_contact` and `upsert_contacts` (by email, create or update in one
+//! call), `associate`, `add_note` and `add_task`. The token is `HUBSPOT_TOKEN` (or
+//! `HUBSPOT_<ACCOUNT>_TOKEN` with `account:`), the API `HUBSPOT_BASE_URL` (default
+//! `https://api.hubapi.com`). HubSpot's rate-limit headers pace every call of the account; its error
+//! JSON (category, message, validation errors) becomes the step's error.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use hookflow_engine::expr::{Templates, ValueExpr};
+use hookflow_engine::model::Timestamp;
+use hookflow_engine::pacing::Observation;
+use hookflow_engine::steps::{
+    Action, BuildContext, ExecContext, Outcome, Registry, StepError, StepKind,
+};
+use reqwest::header::HeaderMap;
+use reqwest::Method;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::api::{
+    self, call, dry_run, header_number, http_error, outcome, render_action, required, segment,
+    text, Account, CallError, Request, Service,
+};
+use crate::{config, Connector};
+
+/// The HubSpot connector.
+pub struct HubSpotConnector;
+
+impl Connector for HubSpotConnector {
+    fn name(&self) -> &'static str {
+        "hubspot"
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register::<HubSpotSpec>();
+    }
+}
+
+/// HubSpot as an API [`Service`].
+pub struct HubSpot;
+
+/// The most records HubSpot's batch endpoints take per call.
+const BATCH: usize = 100;
+
+/// The most results one search page holds.
+const SEARCH_PAGE: u64 = 200;
+
+/// How many search results a step collects by default, and at most (HubSpot's own cap).
+const SEARCH_DEFAULT: u64 = 100;
+const SEARCH_MAX: u64 = 10_000;
+
+impl Service for HubSpot {
+    const NAME: &'static str = "HubSpot";
+    const ENV: &'static str = "HUBSPOT";
+    const CREDENTIAL: &'static str = "TOKEN";
+    const BASE_URL: &'static str = "https://api.hubapi.com";
+
+    fn observe(status: u16, headers: &HeaderMap) -> Option<Observation> {
+        let number = |name| header_number(headers, name);
+        if status == 429 {
+            let wait = api::retry_after(headers)
+                .or_else(|| number("x-hubspot-ratelimit-interval-milliseconds").map(millis))
+                .unwrap_or(std::time::Duration::from_secs(10));
+            return Some(Observation::Limited { wait });
+        }
+        let remaining = number("x-hubspot-ratelimit-remaining")?;
+        let window = number("x-hubspot-ratelimit-interval-milliseconds")
+            .map_or(std::time::Duration::from_secs(10), millis);
+        Some(Observation::Remaining {
+            remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+            window,
+        })
+    }
+
+    fn error(status: u16, headers: &HeaderMap, body: &Value) -> StepError {
+        let category = body["category"]
+            .as_str()
+            .or_else(|| body["errorType"].as_str())
+            .unwrap_or("ERROR");
+        let message = body["message"]
+            .as_str()
+            .map_or_else(|| api::scalar(body), str::to_owned);
+        let details: Vec<String> = body["errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let message = e["message"].as_str()?;
+                let property = e["context"]["propertyName"][0].as_str();
+                Some(match property {
+                    Some(p) => format!("{p}: {message}"),
+                    None => message.to_owned(),
+                })
+            })
+            .collect();
+        let mut text = format!("HubSpot answered {status} {category}: {message}");
+        if !details.is_empty() {
+            text = format!("{text} ({})", details.join("; "));
+        }
+        let detail = json!({
+            "status": status,
+            "category": category,
+            "message": message,
+            "errors": body["errors"],
+            "correlation_id": body["correlationId"],
+        });
+        let retryable = status >= 500 || matches!(status, 408 | 429);
+        http_error(status, headers, text, detail, retryable)
+    }
+}
+
+fn millis(ms: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(ms.max(1))
+}
+
+/// Call HubSpot's CRM: give `account` (optional) and exactly one action.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HubSpotSpec {
+    /// Which HubSpot account: its token is read from `HUBSPOT_<ACCOUNT>_TOKEN` (default:
+    /// `HUBSPOT_TOKEN`).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Create a record.
+    #[serde(default)]
+    pub create: Option<Create>,
+    /// Update a record's properties.
+    #[serde(default)]
+    pub update: Option<Update>,
+    /// Read a record by id or email.
+    #[serde(default)]
+    pub get: Option<Get>,
+    /// Search records by property filters, paging through the results.
+    #[serde(default)]
+    pub search: Option<Search>,
+    /// Create or update the contact with this email, in one call.
+    #[serde(default)]
+    pub upsert_contact: Option<UpsertContact>,
+    /// Create or update many contacts by email (100 per call).
+    #[serde(default)]
+    pub upsert_contacts: Option<UpsertContacts>,
+    /// Associate two records (HubSpot's default association).
+    #[serde(default)]
+    pub associate: Option<Associate>,
+    /// Add a note to a record.
+    #[serde(default)]
+    pub add_note: Option<AddNote>,
+    /// Add a task to a record (e.g. for its owner).
+    #[serde(default)]
+    pub add_task: Option<AddTask>,
+}
+
+fn contacts() -> String {
+    "contacts".into()
+}
+
+/// Create a record.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Create {
+    /// The object type: `contacts` (default), `companies`, `deals`, `tickets` or a custom object.
+    #[serde(default = "contacts")]
+    pub object: String,
+    /// Property values (templates).
+    pub properties: BTreeMap<String, Value>,
+}
+
+/// Update a record.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    /// The object type (default `contacts`).
+    #[serde(default = "contacts")]
+    pub object: String,
+    /// The record's id (or the value of `id_property`).
+    pub id: String,
+    /// A unique property `id` is a value of (e.g. `email`), instead of the record id.
+    #[serde(default)]
+    pub id_property: Option<String>,
+    /// Property values to set (templates); `""` clears one.
+    pub properties: BTreeMap<String, Value>,
+}
+
+/// Read one record.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Get {
+    /// The object type (default `contacts`).
+    #[serde(default = "contacts")]
+    pub object: String,
+    /// The record's id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Or a contact's email.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// The properties to return (HubSpot's defaults when empty).
+    #[serde(default)]
+    pub properties: Vec<String>,
+}
+
+/// Search records.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Search {
+    /// The object type (default `contacts`).
+    #[serde(default = "contacts")]
+    pub object: String,
+    /// Conditions that must all hold.
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    /// The properties to return.
+    #[serde(default)]
+    pub properties: Vec<String>,
+    /// Sort by a property: `createdate` or `-createdate` (descending).
+    #[serde(default)]
+    pub sort: Option<String>,
+    /// The most results to collect, across pages (default 100, at most 10000).
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+/// One search condition.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// The property.
+    pub property: String,
+    /// `EQ` (default), `NEQ`, `LT`, `LTE`, `GT`, `GTE`, `CONTAINS_TOKEN`, `HAS_PROPERTY`, …
+    #[serde(default = "eq")]
+    pub operator: String,
+    /// The value (a template).
+    #[serde(default)]
+    pub value: Option<Value>,
+}
+
+fn eq() -> String {
+    "EQ".into()
+}
+
+/// Create or update a contact by email.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpsertContact {
+    /// The contact's email (a template).
+    pub email: String,
+    /// Property values (templates).
+    #[serde(default)]
+    pub properties: BTreeMap<String, Value>,
+}
+
+/// Create or update many contacts by email.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpsertContacts {
+    /// A list of `{email, properties}` (or a lone `{{path}}` to such a list).
+    pub contacts: Value,
+}
+
+/// A record, by object type and id.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// The object type (default `contacts`).
+    #[serde(default = "contacts")]
+    pub object: String,
+    /// The record's id (a template).
+    pub id: String,
+}
+
+/// Associate two records.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Associate {
+    /// One record.
+    pub from: Record,
+    /// The other.
+    pub to: Record,
+}
+
+/// A note on a record.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddNote {
+    /// The record the note is on (a contact, company, deal or ticket).
+    pub to: Record,
+    /// The note's text (a template; HTML allowed).
+    pub body: String,
+}
+
+/// A task on a record.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddTask {
+    /// The record the task is about (a contact, company, deal or ticket).
+    pub to: Record,
+    /// The task's title.
+    pub subject: String,
+    /// Its description.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// When it is due (RFC 3339 or epoch milliseconds; default: now).
+    #[serde(default)]
+    pub due: Option<String>,
+    /// The HubSpot owner id to assign it to.
+    #[serde(default)]
+    pub owner_id: Option<String>,
+    /// `LOW`, `MEDIUM` or `HIGH`.
+    #[serde(default)]
+    pub priority: Option<String>,
+}
+
+/// The actions, by their YAML key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Create,
+    Update,
+    Get,
+    Search,
+    UpsertContact,
+    UpsertContacts,
+    Associate,
+    AddNote,
+    AddTask,
+}
+
+impl StepKind for HubSpotSpec {
+    const KIND: &'static str = "hubspot";
+
+    fn build(self, cx: &mut BuildContext<'_>) -> Option<Arc<dyn Action>> {
+        let actions = [
+            (Op::Create, "create", config(&self.create)),
+            (Op::Update, "update", config(&self.update)),
+            (Op::Get, "get", config(&self.get)),
+            (Op::Search, "search", config(&self.search)),
+            (
+                Op::UpsertContact,
+                "upsert_contact",
+                config(&self.upsert_contact),
+            ),
+            (
+                Op::UpsertContacts,
+                "upsert_contacts",
+                config(&self.upsert_contacts),
+            ),
+            (Op::Associate, "associate", config(&self.associate)),
+            (Op::AddNote, "add_note", config(&self.add_note)),
+            (Op::AddTask, "add_task", config(&self.add_task)),
+        ];
+        let (op, name, params) = crate::one_action(cx, actions)?;
+        if let Some(get) = &self.get {
+            if get.id.is_some() == get.email.is_some() {
+                cx.error("get", "give `id` or `email`");
+            }
+        }
+        if let Some(limit) = self.search.as_ref().and_then(|s| s.limit) {
+            if limit == 0 || limit > SEARCH_MAX {
+                cx.error("search.limit", format!("must be 1 to {SEARCH_MAX}"));
+            }
+        }
+        let account = Account::resolve::<HubSpot>(cx, self.account.as_deref());
+        let params = cx.value(name, &params);
+        Some(Arc::new(HubSpotStep {
+            op,
+            name,
+            account: account?,
+            params: params?,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct HubSpotStep {
+    op: Op,
+    name: &'static str,
+    account: Account,
+    params: ValueExpr,
+}
+
+#[async_trait]
+impl Action for HubSpotStep {
+    /// `{action, …the action's rendered fields}`.
+    fn render(&self, t: &Templates, ctx: &Value) -> Result<Value, StepError> {
+        render_action(self.name, &self.params, t, ctx)
+    }
+
+    async fn execute(&self, input: Value, cx: &ExecContext) -> Result<Outcome, StepError> {
+        if cx.dry_run {
+            return Ok(dry_run(input));
+        }
+        outcome::<HubSpot>(self.run(&input, cx).await)
+    }
+}
+
+impl HubSpotStep {
+    async fn run(&self, input: &Value, cx: &ExecContext) -> Result<Value, CallError> {
+        let object = segment(&text(input, "object"));
+        let call = |request| call::<HubSpot>(cx, &self.account, request);
+        match self.op {
+            Op::Create => {
+                let body = json!({ "properties": input["properties"] });
+                call(Request::new(Method::POST, format!("/crm/v3/objects/{object}")).json(body))
+                    .await
+            }
+            Op::Update => {
+                let id = segment(&required(input, "id", "the record's id")?);
+                let mut request =
+                    Request::new(Method::PATCH, format!("/crm/v3/objects/{object}/{id}"))
+                        .json(json!({ "properties": input["properties"] }));
+                if let Some(p) = input["id_property"].as_str() {
+                    request = request.query(vec![("idProperty".into(), p.into())]);
+                }
+                call(request).await
+            }
+            Op::Get => {
+                let (id, by) = match input["email"].as_str() {
+                    Some(_) => (required(input, "email", "the contact's email")?, "email"),
+                    None => (required(input, "id", "the record's id")?, ""),
+                };
+                let mut query = Vec::new();
+                if !by.is_empty() {
+                    query.push(("idProperty".to_owned(), by.to_owned()));
+                }
+                if let Some(list) = input["properties"].as_array().filter(|l| !l.is_empty()) {
+                    let names: Vec<String> = list.iter().map(api::scalar).collect();
+                    query.push(("properties".to_owned(), names.join(",")));
+                }
+                let path = format!("/crm/v3/objects/{object}/{}", segment(&id));
+                call(Request::new(Method::GET, path).query(query)).await
+            }
+            Op::Search => self.search(input, &object, cx).await,
+            Op::UpsertContact => {
+                let email = required(input, "email", "the contact's email")?;
+                let contact = json!({ "email": email, "properties": input["properties"] });
+                let mut results = self.upsert(vec![contact], cx).await?;
+                Ok(results.swap_remove(0))
+            }
+            Op::UpsertContacts => {
+                let Some(list) = input["contacts"].as_array() else {
+                    return Err(StepError::permanent(
+                        "`contacts` must be a list of {email, properties}",
+                    )
+                    .into());
+                };
+                let results = self.upsert(list.clone(), cx).await?;
+                Ok(json!({ "results": results }))
+            }
+            Op::Associate => {
+                let part = |side: &str| -> Result<(String, String), StepError> {
+                    let record = &input[side];
+                    let id = required(record, "id", &format!("the `{side}` record's id"))?;
+                    Ok((segment(&text(record, "object")), segment(&id)))
+                };
+                let ((from, from_id), (to, to_id)) = (part("from")?, part("to")?);
+                let path =
+                    format!("/crm/v4/objects/{from}/{from_id}/associations/default/{to}/{to_id}");
+                call(Request::new(Method::PUT, path)).await
+            }
+            Op::AddNote => {
+                let properties = json!({
+                    "hs_note_body": text(input, "body"),
+                    "hs_timestamp": Timestamp::now().to_rfc3339(),
+                });
+                self.engagement("notes", properties, input, cx).await
+            }
+            Op::AddTask => {
+                let mut properties = json!({
+                    "hs_task_subject": required(input, "subject", "the task's subject")?,
+                    "hs_task_status": "NOT_STARTED",
+                    "hs_timestamp": input["due"].as_str().filter(|d| !d.is_empty())
+                        .map_or_else(|| Timestamp::now().to_rfc3339(), str::to_owned),
+                });
+                for (field, property) in [
+                    ("body", "hs_task_body"),
+                    ("owner_id", "hubspot_owner_id"),
+                    ("priority", "hs_task_priority"),
+                ] {
+                    let value = text(input, field);
+                    if !value.is_empty() {
+                        properties[property] = json!(value);
+                    }
+                }
+                self.engagement("tasks", properties, input, cx).await
+            }
+        }
+    }
+
+    /// Collects search results page by page up to the limit: `{total, results}`.
+    async fn search(
+        &self,
+        input: &Value,
+        object: &str,
+        cx: &ExecContext,
+    ) -> Result<Value, CallError> {
+        let filters: Vec<Value> = input["filters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| {
+                let mut filter =
+                    json!({ "propertyName": f["property"], "operator": f["operator"] });
+                if !f["value"].is_null() {
+                    filter["value"] = json!(api::scalar(&f["value"]));
+                }
+                filter
+            })
+            .collect();
+        let limit = input["limit"].as_u64().unwrap_or(SEARCH_DEFAULT);
+        let mut body = json!({
+            "filterGroups": if filters.is_empty() { json!([]) } else { json!([{ "filters": filters }]) },
+            "properties": input["properties"],
+        });
+        if let Some(sort) = input["sort"].as_str().filter(|s| !s.is_empty()) {
+            let (name, direction) = match sort.strip_prefix('-') {
+                Some(name) => (name, "DESCENDING"),
+                None => (sort, "ASCENDING"),
+            };
+            body["sorts"] = json!([{ "propertyName": name, "direction": direction }]);
+        }
+        let mut results = Vec::new();
+        let total = loop {
+            body["limit"] = json!((limit - results.len() as u64).min(SEARCH_PAGE));
+            let path = format!("/crm/v3/objects/{object}/search");
+            let request = Request::new(Method::POST, path).json(body.clone());
+            let page = call::<HubSpot>(cx, &self.account, request).await?;
+            results.extend(page["results"].as_array().cloned().unwrap_or_default());
+            match page["paging"]["next"]["after"].as_str() {
+                Some(after) if (results.len() as u64) < limit => body["after"] = json!(after),
+                _ => break page["total"].clone(),
+            }
+        };
+        Ok(json!({ "total": total, "results": results }))
+    }
+
+    /// Upserts contacts by email, 100 per call; answers each contact's record in order.
+    async fn upsert(
+        &self,
+        contacts: Vec<Value>,
+        cx: &ExecContext,
+    ) -> Result<Vec<Value>, CallError> {
+        let mut results = Vec::new();
+        for chunk in contacts.chunks(BATCH) {
+            let inputs: Vec<Value> = chunk
+                .iter()
+                .map(|c| {
+                    let email = api::scalar(&c["email"]);
+                    let mut properties = c["properties"].as_object().cloned().unwrap_or_default();
+                    properties.insert("email".into(), json!(email));
+                    json!({ "id": email, "idProperty": "email", "properties": properties })
+                })
+                .collect();
+            if let Some(bad) = inputs
+                .iter()
+                .find(|i| i["id"].as_str().is_none_or(|e| !e.contains('@')))
+            {
+                return Err(StepError::permanent(format!(
+                    "every contact needs an email to upsert by; got {}",
+                    bad["id"]
+                ))
+                .into());
+            }
+            let request = Request::new(Method::POST, "/crm/v3/objects/contacts/batch/upsert")
+                .json(json!({ "inputs": inputs }));
+            let answer = call::<HubSpot>(cx, &self.account, request).await?;
+            let mut by_email: BTreeMap<String, Value> = BTreeMap::new();
+            for r in answer["results"].as_array().into_iter().flatten() {
+                let email = r["properties"]["email"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_lowercase();
+                by_email.insert(email, r.clone());
+            }
+            // HubSpot does not promise the inputs' order: match results back by email.
+            for i in &inputs {
+                let email = i["id"].as_str().unwrap_or_default().to_lowercase();
+                results.push(by_email.remove(&email).unwrap_or(Value::Null));
+            }
+        }
+        Ok(results)
+    }
+
+    /// Creates a note or task associated with the `to` record.
+    async fn engagement(
+        &self,
+        kind: &str,
+        properties: Value,
+        input: &Value,
+        cx: &ExecContext,
+    ) -> Result<Value, CallError> {
+        let to = &input["to"];
+        let object = text(to, "object");
+        let id = required(to, "id", "the record's id")?;
+        let type_id = association_type(kind, &object).ok_or_else(|| {
+            StepError::permanent(format!(
+                "a {kind} can be added to contacts, companies, deals or tickets, not `{object}`"
+            ))
+        })?;
+        let body = json!({
+            "properties": properties,
+            "associations": [{
+                "to": { "id": id },
+                "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id }],
+            }],
+        });
+        call::<HubSpot>(
+            cx,
+            &self.account,
+            Request::new(Method::POST, format!("/crm/v3/objects/{kind}")).json(body),
+        )
+        .await
+    }
+}
+
+/// HubSpot's defined association type ids from notes and tasks to records.
+fn association_type(kind: &str, object: &str) -> Option<u32> {
+    Some(match (kind, object) {
+        ("notes", "contacts") => 202,
+        ("notes", "companies") => 190,
+        ("notes", "deals") => 214,
+        ("notes", "tickets") => 228,
+        ("tasks", "contacts") => 204,
+        ("tasks", "companies") => 192,
+        ("tasks", "deals") => 216,
+        ("tasks", "tickets") => 230,
+        _ => return None,
+    })
+}
