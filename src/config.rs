@@ -1,6 +1,7 @@
 //! Server configuration: an embedded default, an optional YAML file (`--config`), and command-line
 //! flags on top, in that order.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -42,6 +43,10 @@ pub struct Config {
     /// Outbound HTTP settings.
     #[serde(default)]
     pub outbound: OutboundConfig,
+    /// A YAML file of `NAME: value` secrets (connector tokens, signing secrets), read where the
+    /// environment has no such variable: `${env:NAME}` in flows and connector credentials.
+    #[serde(default)]
+    pub secrets_file: Option<PathBuf>,
     /// `text` or `json` logs.
     pub log_format: LogFormat,
 }
@@ -135,6 +140,35 @@ impl Config {
         );
         anyhow::ensure!(self.cache_mb >= 1, "cache_mb must be at least 1");
         Ok(())
+    }
+
+    /// The secrets file's values (none without a file). Values must be strings, numbers or
+    /// booleans.
+    pub fn secrets(&self) -> anyhow::Result<HashMap<String, String>> {
+        let Some(path) = &self.secrets_file else {
+            return Ok(HashMap::new());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the secrets file {}", path.display()))?;
+        let values: HashMap<String, serde_yaml::Value> =
+            serde_yaml::from_str(&text).with_context(|| {
+                format!(
+                    "{}: the secrets file must be a map of NAME: value",
+                    path.display()
+                )
+            })?;
+        values
+            .into_iter()
+            .map(|(name, value)| {
+                let text = match value {
+                    serde_yaml::Value::String(s) => s,
+                    serde_yaml::Value::Number(n) => n.to_string(),
+                    serde_yaml::Value::Bool(b) => b.to_string(),
+                    _ => anyhow::bail!("{}: `{name}` must be a text value", path.display()),
+                };
+                Ok((name, text))
+            })
+            .collect()
     }
 
     /// The base URL of this server.

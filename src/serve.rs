@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hookflow_engine::flow::{self, process_env, Flow, FlowError};
+use hookflow_engine::flow::{self, process_env, EnvLookup, Flow, FlowError};
 use hookflow_engine::outbound::HttpClient;
 use hookflow_engine::runtime::catalog::Catalog;
 use hookflow_engine::runtime::{Engine, EngineConfig};
@@ -24,7 +24,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 
 /// The flows shipped in `flows/`, used when the flows directory does not exist (e.g. an installed
 /// binary started outside the repository).
-const EMBEDDED_FLOWS: [(&str, &str); 2] = [
+const EMBEDDED_FLOWS: [(&str, &str); 5] = [
     (
         "flows/plan-change-sync.yaml",
         include_str!("../flows/plan-change-sync.yaml"),
@@ -32,6 +32,18 @@ const EMBEDDED_FLOWS: [(&str, &str); 2] = [
     (
         "flows/new-lead-routing.yaml",
         include_str!("../flows/new-lead-routing.yaml"),
+    ),
+    (
+        "flows/stripe-subscription-to-hubspot.yaml",
+        include_str!("../flows/stripe-subscription-to-hubspot.yaml"),
+    ),
+    (
+        "flows/stripe-payment-failed.yaml",
+        include_str!("../flows/stripe-payment-failed.yaml"),
+    ),
+    (
+        "flows/hubspot-contact-enrichment.yaml",
+        include_str!("../flows/hubspot-contact-enrichment.yaml"),
     ),
 ];
 
@@ -69,7 +81,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engine_config,
     );
 
-    let flows = load_flows(&config, engine.catalog().registry());
+    let secrets = config.secrets()?;
+    let env = |name: &str| process_env(name).or_else(|| secrets.get(name).cloned());
+    let flows = load_flows(&config, engine.catalog().registry(), &env);
     let deployed = engine.deploy(flows).await?;
 
     println!(
@@ -157,15 +171,19 @@ fn apply_flags(config: &mut Config, args: ServeArgs) {
 }
 
 /// Loads the flows, logging every problem; invalid flows are left out, the rest are served.
-fn load_flows(config: &Config, registry: &hookflow_engine::steps::Registry) -> Vec<Flow> {
+fn load_flows(
+    config: &Config,
+    registry: &hookflow_engine::steps::Registry,
+    env: EnvLookup<'_>,
+) -> Vec<Flow> {
     let (flows, errors): (Vec<Flow>, Vec<FlowError>) = if config.flows.exists() {
-        flow::load(std::slice::from_ref(&config.flows), registry, &process_env)
+        flow::load(std::slice::from_ref(&config.flows), registry, env)
     } else {
         warn!(dir = %config.flows.display(), "the flows directory does not exist; serving the built-in example flows");
         let sources = EMBEDDED_FLOWS
             .iter()
             .map(|(f, t)| (f.to_string(), Ok(t.to_string())));
-        flow::load_sources(sources, registry, &process_env)
+        flow::load_sources(sources, registry, env)
     };
     for e in &errors {
         warn!("{e}");

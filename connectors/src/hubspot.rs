@@ -70,10 +70,13 @@ impl Service for HubSpot {
             return Some(Observation::Limited { wait });
         }
         let remaining = number("x-hubspot-ratelimit-remaining")?;
+        let max = number("x-hubspot-ratelimit-max").unwrap_or(remaining);
         let window = number("x-hubspot-ratelimit-interval-milliseconds")
             .map_or(std::time::Duration::from_secs(10), millis);
+        let count = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
         Some(Observation::Remaining {
-            remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+            max: count(max),
+            remaining: count(remaining),
             window,
         })
     }
@@ -555,15 +558,13 @@ impl HubSpotStep {
                     json!({ "id": email, "idProperty": "email", "properties": properties })
                 })
                 .collect();
-            if let Some(bad) = inputs
+            if inputs
                 .iter()
-                .find(|i| i["id"].as_str().is_none_or(|e| !e.contains('@')))
+                .any(|i| i["id"].as_str().is_none_or(str::is_empty))
             {
-                return Err(StepError::permanent(format!(
-                    "every contact needs an email to upsert by; got {}",
-                    bad["id"]
-                ))
-                .into());
+                return Err(
+                    StepError::permanent("every contact needs an email to upsert by").into(),
+                );
             }
             let request = Request::new(Method::POST, "/crm/v3/objects/contacts/batch/upsert")
                 .json(json!({ "inputs": inputs }));

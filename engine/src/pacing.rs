@@ -4,13 +4,17 @@
 //! `X-HubSpot-RateLimit-*` headers; Stripe: a 429 when over). A connector asks [`Pacer::admit`]
 //! before each call: when the account's allowance is used up, it answers how long to wait, and the
 //! step is put back in the queue for then (see `Outcome::Wait`) instead of failing. After each call
-//! the connector reports what the service said with [`Pacer::observe`]. A wait caused by the service
-//! (a 429, or the allowance reported exhausted) is stored, so a restart keeps honouring it.
+//! the connector reports what the service said with [`Pacer::observe`].
+//!
+//! Once a service has reported its limit (`max` calls per `window`), the pacer keeps a log of the
+//! calls it admitted in the last window and admits no more than `max` in any window (a rolling
+//! window, as HubSpot counts). A wait the service imposed (a 429, or the allowance reported
+//! exhausted) holds every call until it ends, and is stored, so a restart keeps honouring it.
 //!
 //! Accounts are named by the connector (`hubspot:<hash of base URL and token>`), never by the
 //! credential itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -23,9 +27,11 @@ use crate::store::Store;
 /// What a service said about an account's allowance after a call.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Observation {
-    /// Calls left in the current window, and the window's length (HubSpot's headers).
+    /// The account's limit and what is left of it (HubSpot's headers).
     Remaining {
-        /// Calls left.
+        /// Calls allowed per window.
+        max: u32,
+        /// Calls left in the current window.
         remaining: u32,
         /// How long the window lasts.
         window: Duration,
@@ -38,14 +44,14 @@ pub enum Observation {
 }
 
 /// One account's known allowance.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Allowance {
     /// No call before this (a 429, or the window's allowance used up).
     blocked_until: Timestamp,
-    /// Calls left in the current window: as last reported, minus calls admitted since.
-    remaining: Option<u32>,
-    /// When the current window ends.
-    window_ends: Timestamp,
+    /// The limit the service reported: calls per window.
+    limit: Option<(u32, Duration)>,
+    /// When the calls admitted within the last window started, oldest first.
+    admitted: VecDeque<Timestamp>,
 }
 
 /// Paces calls per connector account. Cheap to clone.
@@ -79,16 +85,25 @@ impl Pacer {
         if allowance.blocked_until > now {
             return Err(wait(allowance.blocked_until, now));
         }
-        if now >= allowance.window_ends {
-            allowance.remaining = None;
+        let Some((max, window)) = allowance.limit else {
+            return Ok(());
+        };
+        let window_start = Timestamp(now.millis() - window.as_millis() as i64);
+        while allowance
+            .admitted
+            .front()
+            .is_some_and(|t| *t <= window_start)
+        {
+            allowance.admitted.pop_front();
         }
-        match &mut allowance.remaining {
-            Some(0) => Err(wait(allowance.window_ends, now)),
-            Some(n) => {
-                *n -= 1;
+        match allowance.admitted.front() {
+            Some(oldest) if allowance.admitted.len() >= max as usize => {
+                Err(wait(oldest.plus(window), now))
+            }
+            _ => {
+                allowance.admitted.push_back(now);
                 Ok(())
             }
-            None => Ok(()),
         }
     }
 
@@ -99,9 +114,12 @@ impl Pacer {
             let mut accounts = self.accounts();
             let allowance = accounts.entry(account.to_owned()).or_default();
             let until = match observation {
-                Observation::Remaining { remaining, window } => {
-                    allowance.remaining = Some(remaining);
-                    allowance.window_ends = now.plus(window);
+                Observation::Remaining {
+                    max,
+                    remaining,
+                    window,
+                } => {
+                    allowance.limit = Some((max.max(1), window));
                     (remaining == 0).then(|| now.plus(window))
                 }
                 Observation::Limited { wait } => Some(now.plus(wait)),
@@ -175,22 +193,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_reported_allowance_is_counted_down_then_waits_for_the_window() {
+    async fn a_reported_limit_admits_at_most_max_calls_per_window() {
         let p = pacer();
         let window = Duration::from_secs(10);
-        p.observe(
-            "a",
-            Observation::Remaining {
-                remaining: 2,
-                window,
-            },
-        )
-        .await;
+        let limit = Observation::Remaining {
+            max: 2,
+            remaining: 50,
+            window,
+        };
+        p.observe("a", limit).await;
         assert_eq!(p.admit("a").await, Ok(()));
         assert_eq!(p.admit("a").await, Ok(()));
         let wait = p.admit("a").await.unwrap_err();
         assert!(wait > Duration::from_secs(9) && wait <= window, "{wait:?}");
         assert_eq!(p.admit("b").await, Ok(()), "accounts are independent");
+    }
+
+    #[tokio::test]
+    async fn an_exhausted_allowance_holds_calls_for_the_window() {
+        let p = pacer();
+        let window = Duration::from_secs(10);
+        let spent = Observation::Remaining {
+            max: 100,
+            remaining: 0,
+            window,
+        };
+        p.observe("a", spent).await;
+        let wait = p.admit("a").await.unwrap_err();
+        assert!(wait > Duration::from_secs(9) && wait <= window, "{wait:?}");
     }
 
     #[tokio::test]

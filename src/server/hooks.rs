@@ -271,6 +271,17 @@ fn check_signature(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(), ApiError> {
+    if verify.secrets.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "signature_not_configured",
+            format!(
+                "this flow checks {} signatures but has no signing secret yet: set the variable \
+                 its `verify.secret` names and restart",
+                verify.provider
+            ),
+        ));
+    }
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     let url = format!("{}{path}", state.base_url);
     let headers: Vec<(String, String)> = headers

@@ -2,8 +2,10 @@
 //! One test binary; the harness is in `support`.
 
 mod cli;
+mod connectors;
 mod crash;
 mod delivery;
+mod fakes;
 mod pipeline;
 mod requests;
 mod resources;

@@ -239,6 +239,8 @@ fn build_verify(
             return None;
         }
     };
+    // `${env:NAME:-}`: a secret that may be configured later (shipped example flows load without it).
+    let optional = raw.iter().all(|r| r.trim().ends_with(":-}"));
     let mut values =
         serde_yaml::Value::Sequence(raw.into_iter().map(serde_yaml::Value::String).collect());
     for (path, message) in env::substitute(&mut values, env, secrets) {
@@ -249,7 +251,10 @@ fn build_verify(
         };
         problems.at(&format!("{HERE}.{field}{path}"), message);
     }
-    let values: Vec<String> = serde_yaml::from_value(values).unwrap_or_default();
+    let mut values: Vec<String> = serde_yaml::from_value(values).unwrap_or_default();
+    if optional {
+        values.retain(|v| !v.is_empty());
+    }
     if values.iter().any(String::is_empty) {
         problems.at(&format!("{HERE}.{field}"), "a signing secret is empty");
     }

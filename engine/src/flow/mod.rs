@@ -154,7 +154,9 @@ pub struct Verify {
     pub provider: &'static str,
     /// Its check.
     pub verifier: Arc<dyn Verifier>,
-    /// The secrets any of which may sign.
+    /// The secrets any of which may sign. Empty when the flow's secret is an environment
+    /// variable with an empty default (`${env:NAME:-}`) that is not set: the flow loads, and its
+    /// hook refuses every request until the secret is configured.
     pub secrets: Vec<String>,
     /// How far a signed timestamp may be from now.
     pub tolerance: Duration,

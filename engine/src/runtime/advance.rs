@@ -386,6 +386,23 @@ steps:
     }
 
     #[test]
+    fn a_postponed_step_is_queued_again_with_the_same_attempt_and_no_history() {
+        let flow = flow(DIAMOND);
+        let new = new_run(&flow);
+        let claimed = new.items[0].clone();
+        let u = postpone(new.run, &claimed, Duration::from_secs(2), Timestamp(1_000)).unwrap();
+        assert_eq!(u.run.status, RunStatus::Running);
+        assert!(u.records.is_empty(), "waiting is not an attempt");
+        let next = &u.enqueue[0];
+        assert_eq!((next.attempt, next.due_at), (1, Timestamp(3_000)));
+        assert!(u.run.expects(next) && !u.run.expects(&claimed));
+        assert!(
+            postpone(u.run, &claimed, Duration::ZERO, Timestamp(1_000)).is_none(),
+            "a stale item postpones nothing"
+        );
+    }
+
+    #[test]
     fn a_retryable_failure_requeues_the_step_with_the_next_attempt_due_later() {
         let flow = flow(DIAMOND);
         let error = StepError::transient("the server answered 503");

@@ -78,7 +78,7 @@ struct Work {
 /// How executing an item went.
 enum Tried {
     /// The step made an attempt.
-    Done(Attempted),
+    Done(Box<Attempted>),
     /// The step could not act yet: run it again after this long.
     Wait(Duration),
 }
@@ -479,7 +479,7 @@ impl Engine {
             StepResult::Failed(e) => warn!(error = %e.message, retry_in = ?retry_in, "step failed"),
             _ => debug!("step done"),
         }
-        Tried::Done(Attempted {
+        Tried::Done(Box::new(Attempted {
             step_id: item.step_id.clone(),
             attempt: item.attempt,
             input,
@@ -487,7 +487,7 @@ impl Engine {
             started_at,
             duration_ms: clock.elapsed().as_millis() as u64,
             retry_in,
-        })
+        }))
     }
 
     /// Fails a run that cannot go on (its flow revision cannot be loaded): no step of it can run.

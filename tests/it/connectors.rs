@@ -1,0 +1,827 @@
+//! The HubSpot and Stripe connectors through the real server, against local fakes of both APIs
+//! (`fakes`): every action's request as the provider documents it, their answers and errors
+//! mapped into runs, rate limits paced per account (also across a restart), idempotent Stripe
+//! calls under retries, credentials kept out of history, and the shipped seed flows end to end.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::fakes::{self, FakeHubSpot, FakeStripe, Scripted};
+use crate::support::{eventually, run_cli, Server, Sink};
+
+const HUBSPOT_TOKEN: &str = "pat-na1-test-token-7f3a";
+const STRIPE_KEY: &str = "sk_test_51fake";
+
+fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id} in {run:#}"))
+}
+
+fn hubspot_env(fake: &FakeHubSpot) -> Vec<(&'static str, String)> {
+    vec![
+        ("HUBSPOT_TOKEN", HUBSPOT_TOKEN.to_owned()),
+        ("HUBSPOT_BASE_URL", fake.url.clone()),
+    ]
+}
+
+fn stripe_env(fake: &FakeStripe) -> Vec<(&'static str, String)> {
+    vec![
+        ("STRIPE_SECRET_KEY", STRIPE_KEY.to_owned()),
+        ("STRIPE_BASE_URL", fake.url.clone()),
+    ]
+}
+
+fn start(flows: &[(&str, &str)], env: &[(&str, String)]) -> Server {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::start_with(flows, &["--allow-outbound", "127.0.0.1"], &env)
+}
+
+async fn run_of(server: &Server, flow: &str, body: Value) -> Value {
+    let (status, answer) = server.send(flow, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    server
+        .finished_run(answer["run_id"].as_str().unwrap())
+        .await
+}
+
+const CRM_FLOW: &str = r#"
+id: crm
+trigger: { webhook: }
+steps:
+  - id: contact
+    hubspot:
+      upsert_contact:
+        email: "{{trigger.body.email}}"
+        properties: { firstname: "{{trigger.body.first}}", plan: "{{trigger.body.plan}}" }
+  - id: again
+    hubspot:
+      get: { email: "{{trigger.body.email}}", properties: [email, plan] }
+  - id: rename
+    hubspot:
+      update: { id: "{{steps.again.id}}", properties: { lastname: Doe } }
+  - id: company
+    hubspot:
+      create: { object: companies, properties: { name: "{{trigger.body.company}}", domain: acme.com } }
+  - id: deal
+    hubspot:
+      create: { object: deals, properties: { dealname: "{{trigger.body.company}} Pro", amount: 1200 } }
+  - id: link_company
+    hubspot:
+      associate:
+        from: { object: contacts, id: "{{steps.contact.id}}" }
+        to: { object: companies, id: "{{steps.company.id}}" }
+  - id: link_deal
+    hubspot:
+      associate:
+        from: { object: deals, id: "{{steps.deal.id}}" }
+        to: { object: contacts, id: "{{steps.contact.id}}" }
+  - id: note
+    hubspot:
+      add_note: { to: { id: "{{steps.contact.id}}" }, body: "Upgraded to {{trigger.body.plan}}" }
+  - id: task
+    hubspot:
+      add_task:
+        to: { object: deals, id: "{{steps.deal.id}}" }
+        subject: "Call {{trigger.body.first}}"
+        owner_id: "42"
+        priority: HIGH
+  - id: pro_contacts
+    hubspot:
+      search:
+        filters: [{ property: plan, value: pro }]
+        properties: [email]
+        sort: -createdate
+        limit: 5
+  - id: team
+    hubspot:
+      upsert_contacts: { contacts: "$.trigger.body.team" }
+"#;
+
+#[tokio::test]
+async fn every_hubspot_action_sends_what_hubspot_documents() {
+    let hubspot = FakeHubSpot::start(HUBSPOT_TOKEN).await;
+    hubspot.page_size(2);
+    for n in 0..6 {
+        hubspot.insert(
+            "contacts",
+            json!({ "email": format!("pro{n}@example.com"), "plan": "pro" }),
+        );
+    }
+    let server = start(&[("crm.yaml", CRM_FLOW)], &hubspot_env(&hubspot));
+    let run = run_of(
+        &server,
+        "crm",
+        json!({
+            "email": "jane@acme.com", "first": "Jane", "plan": "pro", "company": "Acme",
+            "team": [
+                { "email": "a@acme.com", "properties": { "firstname": "A" } },
+                { "email": "b@acme.com", "properties": { "firstname": "B" } },
+            ],
+        }),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+
+    let contact = &step(&run, "contact")["output"];
+    assert_eq!(contact["new"], true);
+    assert_eq!(contact["properties"]["firstname"], "Jane");
+    let contact_id = contact["id"].as_str().unwrap();
+    assert_eq!(step(&run, "again")["output"]["id"], contact_id);
+    assert_eq!(
+        step(&run, "again")["output"]["properties"],
+        json!({ "email": "jane@acme.com", "plan": "pro" })
+    );
+    let stored = hubspot
+        .records("contacts")
+        .into_iter()
+        .find(|c| c["id"] == contact_id)
+        .unwrap();
+    assert_eq!(stored["properties"]["lastname"], "Doe");
+
+    let company_id = step(&run, "company")["output"]["id"].clone();
+    let deal_id = step(&run, "deal")["output"]["id"].clone();
+    let ids = |v: &Value| v.as_str().unwrap().to_owned();
+    assert_eq!(
+        hubspot.associations(),
+        [
+            (
+                "contacts".into(),
+                contact_id.into(),
+                "companies".into(),
+                ids(&company_id)
+            ),
+            (
+                "deals".into(),
+                ids(&deal_id),
+                "contacts".into(),
+                contact_id.into()
+            ),
+        ]
+    );
+    let note = &hubspot.records("notes")[0];
+    assert_eq!(note["properties"]["hs_note_body"], "Upgraded to pro");
+    assert_eq!(
+        note["associations"][0]["types"][0]["associationTypeId"],
+        202
+    );
+    let task = &hubspot.records("tasks")[0];
+    assert_eq!(task["properties"]["hs_task_subject"], "Call Jane");
+    assert_eq!(task["properties"]["hubspot_owner_id"], "42");
+    assert_eq!(task["properties"]["hs_task_priority"], "HIGH");
+    assert_eq!(
+        task["associations"][0]["types"][0]["associationTypeId"],
+        216
+    );
+
+    // Search pages through results two at a time up to the limit.
+    let search = &step(&run, "pro_contacts")["output"];
+    assert_eq!(search["total"], 7);
+    assert_eq!(search["results"].as_array().unwrap().len(), 5);
+    let pages: Vec<Value> = hubspot
+        .calls()
+        .iter()
+        .filter(|c| c.path.ends_with("/search"))
+        .map(|c| c.json())
+        .collect();
+    assert_eq!(pages.len(), 3);
+    assert_eq!(
+        pages[0]["filterGroups"][0]["filters"][0]["propertyName"],
+        "plan"
+    );
+    assert_eq!(pages[0]["sorts"][0]["direction"], "DESCENDING");
+    assert_eq!(
+        (pages[1]["after"].clone(), pages[2]["limit"].clone()),
+        (json!("2"), json!(1))
+    );
+
+    // Batch upsert answers in the inputs' order, though HubSpot does not keep it.
+    let team = &step(&run, "team")["output"]["results"];
+    assert_eq!(team[0]["properties"]["email"], "a@acme.com");
+    assert_eq!(team[1]["properties"]["firstname"], "B");
+
+    // Every call: HubSpot's paths, the bearer token, JSON bodies.
+    let calls = hubspot.calls();
+    for call in &calls {
+        assert_eq!(
+            call.header("authorization"),
+            Some(format!("Bearer {HUBSPOT_TOKEN}").as_str())
+        );
+        if !call.body.is_empty() {
+            assert_eq!(call.header("content-type"), Some("application/json"));
+        }
+    }
+    let upsert = calls
+        .iter()
+        .find(|c| c.path == "/crm/v3/objects/contacts/batch/upsert")
+        .unwrap();
+    assert_eq!(
+        upsert.json()["inputs"][0],
+        json!({
+            "id": "jane@acme.com",
+            "idProperty": "email",
+            "properties": { "email": "jane@acme.com", "firstname": "Jane", "plan": "pro" },
+        })
+    );
+    let get = calls.iter().find(|c| c.method == "GET").unwrap();
+    assert_eq!(get.path, "/crm/v3/objects/contacts/jane%40acme.com");
+    assert!(get.query.contains(&("idProperty".into(), "email".into())));
+
+    // The token never reaches run history.
+    assert!(!run.to_string().contains(HUBSPOT_TOKEN));
+    assert_eq!(step(&run, "contact")["input"]["action"], "upsert_contact");
+}
+
+#[tokio::test]
+async fn hubspot_errors_are_explained_and_only_transient_ones_retried() {
+    let hubspot = FakeHubSpot::start(HUBSPOT_TOKEN).await;
+    let flows = [
+        (
+            "bad.yaml",
+            r#"
+id: bad
+trigger: { webhook: }
+steps:
+  - id: contact
+    hubspot: { upsert_contact: { email: "{{trigger.body.email}}" } }
+"#,
+        ),
+        (
+            "other.yaml",
+            r#"
+id: other
+trigger: { webhook: }
+steps:
+  - id: contact
+    hubspot: { account: sales, get: { id: "1" } }
+"#,
+        ),
+        (
+            "wrong-token.yaml",
+            r#"
+id: wrong-token
+trigger: { webhook: }
+steps:
+  - id: contact
+    hubspot: { account: old, get: { id: "1" } }
+"#,
+        ),
+    ];
+    let mut env = hubspot_env(&hubspot);
+    env.push(("HUBSPOT_OLD_TOKEN", "pat-revoked".into()));
+    let server = start(&flows, &env);
+
+    let run = run_of(&server, "bad", json!({ "email": "not-an-email" })).await;
+    assert_eq!(run["status"], "failed");
+    let error = &step(&run, "contact")["error"];
+    assert_eq!(
+        error["message"],
+        "HubSpot answered 400 VALIDATION_ERROR: Property values were not valid \
+         (email: Email address not-an-email is invalid)"
+    );
+    assert_eq!(error["detail"]["errors"][0]["code"], "INVALID_EMAIL");
+    assert_eq!(error["retryable"], false);
+    assert_eq!(
+        step(&run, "contact")["attempts"].as_array().unwrap().len(),
+        1
+    );
+
+    let run = run_of(&server, "other", json!({})).await;
+    let message = step(&run, "contact")["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("set `HUBSPOT_SALES_TOKEN`"), "{message}");
+
+    let run = run_of(&server, "wrong-token", json!({})).await;
+    let error = &step(&run, "contact")["error"];
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("HubSpot answered 401 INVALID_AUTHENTICATION"),
+        "{error}"
+    );
+    assert!(!run.to_string().contains("pat-revoked"));
+}
+
+#[tokio::test]
+async fn a_burst_waits_for_hubspots_rate_limit_instead_of_failing() {
+    let hubspot = FakeHubSpot::start(HUBSPOT_TOKEN).await;
+    let window = Duration::from_millis(1000);
+    hubspot.limit(4, window);
+    let flow = r#"
+id: burst
+trigger: { webhook: }
+steps:
+  - id: contact
+    hubspot: { upsert_contact: { email: "{{trigger.body.email}}" } }
+"#;
+    let server = start(&[("burst.yaml", flow)], &hubspot_env(&hubspot));
+    // One call teaches hookflow the account's limit (from HubSpot's headers).
+    let first = run_of(&server, "burst", json!({ "email": "first@example.com" })).await;
+    assert_eq!(first["status"], "succeeded");
+
+    let mut ids = Vec::new();
+    for n in 0..16 {
+        let body = json!({ "email": format!("lead{n}@example.com") });
+        let (status, answer) = server.send("burst", &body).await;
+        assert_eq!(status, 200);
+        ids.push(answer["run_id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let run = server.finished_run(id).await;
+        assert_eq!(run["status"], "succeeded", "{run:#}");
+        let attempts = step(&run, "contact")["attempts"].as_array().unwrap().len();
+        assert!(
+            attempts <= 2,
+            "waiting for the rate limit used attempts: {run:#}"
+        );
+    }
+    let calls = hubspot.calls();
+    let limited = calls.iter().filter(|c| c.status == 429).count();
+    assert!(
+        limited <= 2,
+        "{limited} calls were refused for the rate limit"
+    );
+    // 17 calls at 4 per second: the burst waited in the queue for at least three windows.
+    let sent: Vec<_> = calls
+        .iter()
+        .filter(|c| c.status == 200)
+        .map(|c| c.at)
+        .collect();
+    assert_eq!(sent.len(), 17);
+    assert!(sent[16] - sent[1] >= window * 3, "{:?}", sent[16] - sent[1]);
+}
+
+#[tokio::test]
+async fn a_stripe_rate_limit_wait_is_kept_across_a_restart() {
+    let stripe = FakeStripe::start(STRIPE_KEY).await;
+    stripe.insert(json!({ "id": "cus_1", "object": "customer", "email": "a@example.com" }));
+    let rate_limited = Scripted {
+        status: 429,
+        body: json!({ "error": {
+            "type": "invalid_request_error", "code": "rate_limit",
+            "message": "Request rate limit exceeded.",
+        }}),
+        headers: vec![("retry-after", "3".into())],
+    };
+    stripe.script(vec![rate_limited]);
+    let flow = r#"
+id: lookup
+trigger: { webhook: }
+steps:
+  - id: customer
+    stripe: { get_customer: { id: cus_1 } }
+"#;
+    let mut server = start(&[("lookup.yaml", flow)], &stripe_env(&stripe));
+    let (_, first) = server.send("lookup", &json!({})).await;
+    let refused_at = eventually("Stripe to refuse a call", || async {
+        stripe
+            .calls()
+            .first()
+            .filter(|c| c.status == 429)
+            .map(|c| c.at)
+    })
+    .await;
+    assert!(server.stop_gracefully());
+    server.restart();
+
+    // A new event after the restart still waits for the account's rate limit to end.
+    let (_, second) = server.send("lookup", &json!({})).await;
+    for answer in [&first, &second] {
+        let run = server
+            .finished_run(answer["run_id"].as_str().unwrap())
+            .await;
+        assert_eq!(run["status"], "succeeded", "{run:#}");
+    }
+    let calls = stripe.calls();
+    assert_eq!(calls.len(), 3, "one refused call, then one call per run");
+    for call in &calls[1..] {
+        assert!(
+            call.at - refused_at >= Duration::from_millis(2900),
+            "a call went out {:?} after the 429 that asked for 3s",
+            call.at - refused_at
+        );
+    }
+}
+
+const BILLING_FLOW: &str = r#"
+id: billing
+trigger: { webhook: }
+steps:
+  - id: find
+    stripe: { find_customer: { email: "{{trigger.body.email}}" } }
+  - id: created
+    stripe:
+      create_customer:
+        email: "new-{{trigger.body.email}}"
+        name: Jane Doe
+        metadata: { hubspot_id: "{{trigger.body.hubspot_id}}", seats: 3 }
+  - id: updated
+    stripe: { update_customer: { id: "{{steps.find.customer.id}}", metadata: { plan: pro } } }
+  - id: subscription
+    stripe: { get_subscription: { id: sub_1, expand: [customer] } }
+  - id: upgrade
+    stripe: { change_subscription_price: { id: sub_1, price: price_pro, proration_behavior: none } }
+  - id: invoices
+    stripe: { list_invoices: { customer: "{{steps.find.customer.id}}", limit: 3 } }
+  - id: invoice
+    stripe: { get_invoice: { id: in_2 } }
+  - id: refund
+    stripe: { create_refund: { payment_intent: pi_1, amount: 500, reason: requested_by_customer } }
+  - id: cancel
+    stripe: { cancel_subscription: { id: sub_1, at_period_end: true } }
+  - id: raw
+    stripe: { request: { method: GET, path: /v1/customers/cus_jane } }
+"#;
+
+#[tokio::test]
+async fn every_stripe_action_sends_what_stripe_documents() {
+    let stripe = FakeStripe::start(STRIPE_KEY).await;
+    stripe.page_size(2);
+    stripe.insert(json!({ "id": "cus_jane", "object": "customer", "email": "jane@acme.com", "metadata": { "source": "web" } }));
+    stripe.insert(json!({
+        "id": "sub_1", "object": "subscription", "customer": "cus_jane", "status": "active",
+        "items": { "object": "list", "data": [{ "id": "si_1", "price": { "id": "price_basic" }, "quantity": 1 }] },
+    }));
+    for n in 1..=3 {
+        stripe.insert(json!({ "id": format!("in_{n}"), "object": "invoice", "customer": "cus_jane", "created": n }));
+    }
+    let server = start(&[("billing.yaml", BILLING_FLOW)], &stripe_env(&stripe));
+    let run = run_of(
+        &server,
+        "billing",
+        json!({ "email": "jane@acme.com", "hubspot_id": "901" }),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+
+    assert_eq!(step(&run, "find")["output"]["found"], true);
+    assert_eq!(step(&run, "find")["output"]["customer"]["id"], "cus_jane");
+    let created = &step(&run, "created")["output"];
+    assert_eq!(created["email"], "new-jane@acme.com");
+    assert_eq!(
+        created["metadata"],
+        json!({ "hubspot_id": "901", "seats": "3" })
+    );
+    assert_eq!(
+        stripe.object("cus_jane").unwrap()["metadata"],
+        json!({ "source": "web", "plan": "pro" })
+    );
+    assert_eq!(
+        step(&run, "subscription")["output"]["customer"]["email"],
+        "jane@acme.com"
+    );
+    assert_eq!(
+        stripe.object("sub_1").unwrap()["items"]["data"][0]["price"]["id"],
+        "price_pro"
+    );
+    let invoices: Vec<Value> = step(&run, "invoices")["output"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].clone())
+        .collect();
+    assert_eq!(invoices, ["in_3", "in_2", "in_1"]);
+    assert_eq!(step(&run, "invoice")["output"]["id"], "in_2");
+    assert_eq!(stripe.objects("refund").len(), 1);
+    assert_eq!(
+        stripe.object("sub_1").unwrap()["cancel_at_period_end"],
+        true
+    );
+    assert_eq!(step(&run, "raw")["output"]["id"], "cus_jane");
+
+    // Requests as Stripe documents them: bearer key, form bodies with nested keys, an
+    // idempotency key from the run and step on every mutating call and none on reads.
+    let run_id = run["id"].as_str().unwrap();
+    let calls = stripe.calls();
+    for call in &calls {
+        assert_eq!(
+            call.header("authorization"),
+            Some(format!("Bearer {STRIPE_KEY}").as_str())
+        );
+        match call.method.as_str() {
+            "GET" => assert_eq!(call.header("idempotency-key"), None, "{call:?}"),
+            _ => {
+                assert_eq!(
+                    call.header("content-type"),
+                    Some("application/x-www-form-urlencoded")
+                );
+                let key = call.header("idempotency-key").unwrap_or_default();
+                assert!(key.starts_with(&format!("{run_id}:")), "{call:?}");
+            }
+        }
+    }
+    let post = |path: &str| {
+        calls
+            .iter()
+            .find(|c| c.method == "POST" && c.path == path)
+            .unwrap_or_else(|| panic!("no POST {path}"))
+    };
+    let created = post("/v1/customers").form();
+    assert!(
+        created.contains(&("metadata[seats]".into(), "3".into())),
+        "{created:?}"
+    );
+    assert_eq!(
+        post("/v1/customers").header("idempotency-key"),
+        Some(format!("{run_id}:created").as_str())
+    );
+    let upgrade = post("/v1/subscriptions/sub_1").form();
+    assert_eq!(
+        upgrade,
+        [
+            ("items[0][id]".to_owned(), "si_1".to_owned()),
+            ("items[0][price]".to_owned(), "price_pro".to_owned()),
+            ("proration_behavior".to_owned(), "none".to_owned()),
+        ]
+    );
+    let search = calls
+        .iter()
+        .find(|c| c.path == "/v1/customers/search")
+        .unwrap();
+    assert!(search
+        .query
+        .contains(&("query".into(), "email:'jane@acme.com'".into())));
+    let pages: Vec<_> = calls.iter().filter(|c| c.path == "/v1/invoices").collect();
+    assert_eq!(pages.len(), 2, "three invoices at two per page");
+    assert!(pages[1]
+        .query
+        .contains(&("starting_after".into(), "in_2".into())));
+    assert!(!run.to_string().contains(STRIPE_KEY));
+}
+
+#[tokio::test]
+async fn a_refund_retried_after_a_lost_answer_is_made_once() {
+    let stripe = FakeStripe::start(STRIPE_KEY).await;
+    stripe.slow_refunds(Duration::from_secs(3));
+    let flow = r#"
+id: refund
+trigger: { webhook: }
+steps:
+  - id: refund
+    timeout: 1s
+    retry: { attempts: 3, backoff: fixed, initial: 100ms }
+    stripe: { create_refund: { payment_intent: "{{trigger.body.payment_intent}}" } }
+"#;
+    let server = start(&[("refund.yaml", flow)], &stripe_env(&stripe));
+    let run = run_of(&server, "refund", json!({ "payment_intent": "pi_9" })).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let attempts = step(&run, "refund")["attempts"].as_array().unwrap().clone();
+    assert_eq!(attempts.len(), 2, "{run:#}");
+    assert!(attempts[0]["error"].as_str().unwrap().contains("timed out"));
+    assert_eq!(stripe.objects("refund").len(), 1, "one refund, not two");
+    let keys: Vec<_> = stripe
+        .calls()
+        .iter()
+        .map(|c| c.header("idempotency-key").unwrap().to_owned())
+        .collect();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], keys[1]);
+}
+
+#[tokio::test]
+async fn stripe_errors_follow_stripe_should_retry() {
+    let stripe = FakeStripe::start(STRIPE_KEY).await;
+    stripe.script(vec![
+        Scripted {
+            status: 409,
+            body: json!({ "error": { "type": "invalid_request_error", "code": "lock_timeout",
+                "message": "This object cannot be accessed right now because another API request is modifying it." } }),
+            headers: vec![("stripe-should-retry", "true".into())],
+        },
+        Scripted {
+            status: 402,
+            body: json!({ "error": { "type": "card_error", "code": "card_declined", "decline_code": "insufficient_funds",
+                "message": "Your card has insufficient funds.", "param": "payment_method" } }),
+            headers: vec![("stripe-should-retry", "false".into())],
+        },
+    ]);
+    let flow = r#"
+id: charge
+trigger: { webhook: }
+steps:
+  - id: refund
+    retry: { attempts: 5, backoff: fixed, initial: 100ms }
+    stripe: { create_refund: { charge: ch_1 } }
+"#;
+    let server = start(&[("charge.yaml", flow)], &stripe_env(&stripe));
+    let run = run_of(&server, "charge", json!({})).await;
+    assert_eq!(run["status"], "failed");
+    let refund = step(&run, "refund");
+    assert_eq!(refund["attempts"].as_array().unwrap().len(), 2, "{run:#}");
+    assert_eq!(
+        refund["error"]["message"],
+        "Stripe answered 402 card_error (card_declined): Your card has insufficient funds. \
+         (parameter `payment_method`)"
+    );
+    assert_eq!(
+        refund["error"]["detail"]["decline_code"],
+        "insufficient_funds"
+    );
+}
+
+#[test]
+fn a_connector_step_with_two_actions_or_none_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.yaml");
+    std::fs::write(
+        &path,
+        "id: two\ntrigger: { webhook: }\nsteps:\n  - id: s\n    stripe:\n      get_customer: { id: a }\n      get_invoice: { id: b }\n  - id: t\n    hubspot: { account: x }\n",
+    )
+    .unwrap();
+    let out = run_cli(&["validate", path.to_str().unwrap()], dir.path());
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.contains("two.yaml:7:"), "{text}");
+    assert!(
+        text.contains("this one has `get_customer` and `get_invoice`"),
+        "{text}"
+    );
+    assert!(text.contains("two.yaml:9:"), "{text}");
+    assert!(text.contains("name one action"), "{text}");
+}
+
+// --- the shipped seed flows ------------------------------------------------------------------
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn seed(name: &str) -> String {
+    let path = format!("{}/flows/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(path).unwrap()
+}
+
+async fn post_signed(url: &str, body: &str, headers: Vec<(&str, String)>) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let r = request.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn stripe_event(server: &Server, flow: &str, event: &Value) -> Value {
+    let body = event.to_string();
+    let t = now_secs();
+    let sig = hex::encode(hmac_sha256(b"whsec_seed", format!("{t}.{body}").as_bytes()));
+    let headers = vec![("stripe-signature", format!("t={t},v1={sig}"))];
+    let (status, answer) = post_signed(&server.catch_url(flow), &body, headers).await;
+    assert_eq!(status, 200, "{answer}");
+    server
+        .finished_run(answer["run_id"].as_str().unwrap())
+        .await
+}
+
+#[tokio::test]
+async fn the_seed_flows_connect_stripe_and_hubspot() {
+    let hubspot = FakeHubSpot::start(HUBSPOT_TOKEN).await;
+    let stripe = FakeStripe::start(STRIPE_KEY).await;
+    let alerts = Sink::start().await;
+    let enrichment = fakes::enrichment().await;
+    stripe.insert(json!({ "id": "cus_7", "object": "customer", "email": "Jane@Acme.com" }));
+    let owned = hubspot.insert(
+        "contacts",
+        json!({ "email": "ops@globex.com", "firstname": "Olga", "hubspot_owner_id": "77" }),
+    );
+    let created = hubspot.insert(
+        "contacts",
+        json!({ "email": "new@initech.com", "firstname": "Nia" }),
+    );
+    let mut env = hubspot_env(&hubspot);
+    env.extend(stripe_env(&stripe));
+    env.extend([
+        ("STRIPE_WEBHOOK_SECRET", "whsec_seed".to_owned()),
+        ("HUBSPOT_CLIENT_SECRET", "hs-client-secret".to_owned()),
+        ("BILLING_ALERT_URL", alerts.url.clone()),
+        ("ENRICHMENT_URL", format!("{enrichment}/v1/people")),
+    ]);
+    let names = [
+        "stripe-subscription-to-hubspot.yaml",
+        "stripe-payment-failed.yaml",
+        "hubspot-contact-enrichment.yaml",
+    ];
+    let sources: Vec<String> = names.iter().map(|n| seed(n)).collect();
+    let flows: Vec<(&str, &str)> = names
+        .iter()
+        .copied()
+        .zip(sources.iter().map(String::as_str))
+        .collect();
+    let server = start(&flows, &env);
+
+    // A plan change in Stripe → the HubSpot contact has the new plan.
+    let subscription = json!({
+        "id": "evt_1", "type": "customer.subscription.updated",
+        "data": {
+            "object": { "id": "sub_9", "object": "subscription", "customer": "cus_7", "status": "active",
+                "items": { "data": [{ "id": "si_9", "price": { "id": "price_pro", "nickname": "Pro" } }] } },
+            "previous_attributes": { "items": { "data": [{ "id": "si_9", "price": { "id": "price_basic" } }] } },
+        },
+    });
+    let run = stripe_event(&server, "stripe-subscription-to-hubspot", &subscription).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let jane = hubspot
+        .records("contacts")
+        .into_iter()
+        .find(|c| c["properties"]["email"] == "jane@acme.com")
+        .expect("Jane's contact was created");
+    assert_eq!(jane["properties"]["plan"], "Pro");
+    assert_eq!(jane["properties"]["plan_price_id"], "price_pro");
+    assert_eq!(jane["properties"]["stripe_customer_id"], "cus_7");
+
+    // A failed payment → a task for the contact's owner, and an alert.
+    let failed = json!({
+        "id": "evt_2", "type": "invoice.payment_failed",
+        "data": { "object": { "id": "in_5", "object": "invoice", "customer_email": "ops@globex.com",
+            "amount_due": 4900, "currency": "usd", "number": "INV-0042", "attempt_count": 2,
+            "hosted_invoice_url": "https://invoice.stripe.com/i/in_5" } },
+    });
+    let run = stripe_event(&server, "stripe-payment-failed", &failed).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let task = &hubspot.records("tasks")[0];
+    assert_eq!(task["properties"]["hubspot_owner_id"], "77");
+    assert_eq!(
+        task["properties"]["hs_task_subject"],
+        "Payment failed: call Olga"
+    );
+    assert!(task["properties"]["hs_task_body"]
+        .as_str()
+        .unwrap()
+        .contains("49 USD for invoice INV-0042"));
+    assert_eq!(task["associations"][0]["to"]["id"], owned);
+    let alert = &alerts.received()[0].body;
+    assert!(
+        alert["text"]
+            .as_str()
+            .unwrap()
+            .contains("ops@globex.com: 49 USD"),
+        "{alert}"
+    );
+
+    // A new HubSpot contact → enriched and updated.
+    let batch = json!([{ "eventId": 1, "subscriptionType": "contact.creation", "objectId": created.parse::<u64>().unwrap() }]).to_string();
+    let url = server.catch_url("hubspot-contact-enrichment");
+    let t = (now_secs() * 1000).to_string();
+    let sig = hmac_sha256(
+        b"hs-client-secret",
+        format!("POST{url}{batch}{t}").as_bytes(),
+    );
+    let headers = vec![
+        ("x-hubspot-request-timestamp", t),
+        (
+            "x-hubspot-signature-v3",
+            base64::engine::general_purpose::STANDARD.encode(sig),
+        ),
+    ];
+    let (status, answer) = post_signed(&url, &batch, headers).await;
+    assert_eq!(status, 200, "{answer}");
+    let run = server
+        .finished_run(answer["events"][0]["run_id"].as_str().unwrap())
+        .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let nia = hubspot
+        .records("contacts")
+        .into_iter()
+        .find(|c| c["id"] == created)
+        .unwrap();
+    assert_eq!(nia["properties"]["jobtitle"], "Head of Revenue Operations");
+    assert_eq!(nia["properties"]["company"], "initech Inc");
+    assert_eq!(nia["properties"]["numemployees"], "250");
+}
+
+#[tokio::test]
+async fn seed_flows_without_their_secret_load_and_refuse_every_request() {
+    let source = seed("stripe-payment-failed.yaml");
+    let server = Server::start(&[("stripe-payment-failed.yaml", &source)]);
+    let (status, answer) = server
+        .send("stripe-payment-failed", &json!({ "id": "evt_1" }))
+        .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (401, Some("signature_not_configured")),
+        "{answer}"
+    );
+    assert!(server.all_runs("stripe-payment-failed").await.is_empty());
+}

@@ -1,0 +1,980 @@
+//! Local fakes of the SaaS APIs hookflow's connectors call (HubSpot's CRM, Stripe), on
+//! 127.0.0.1. Each checks requests the way the provider documents them (path, method, bearer
+//! token, body encoding, Stripe's idempotency keys), keeps the objects it was sent, and answers
+//! with the provider's documented response and error shapes, including 429s with rate-limit
+//! headers. Every request is recorded for assertions.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+
+/// One request a fake received.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The method.
+    pub method: Method,
+    /// The path.
+    pub path: String,
+    /// The query string's pairs, decoded.
+    pub query: Vec<(String, String)>,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The body's pairs (form) or JSON, as received.
+    pub body: String,
+    /// The status answered.
+    pub status: u16,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Call {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The JSON body.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The form body's pairs, decoded.
+    pub fn form(&self) -> Vec<(String, String)> {
+        url::form_urlencoded::parse(self.body.as_bytes())
+            .into_owned()
+            .collect()
+    }
+}
+
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The path's segments, percent-decoded (ids and emails arrive encoded).
+fn path_segments(uri: &Uri) -> Vec<String> {
+    uri.path()
+        .trim_start_matches('/')
+        .split('/')
+        .map(|segment| {
+            let pair = format!("s={}", segment.replace('+', "%2B"));
+            url::form_urlencoded::parse(pair.as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// HubSpot
+// ---------------------------------------------------------------------------------------------
+
+/// HubSpot's CRM v3/v4 API, in memory.
+#[derive(Clone)]
+pub struct FakeHubSpot {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    state: Arc<Mutex<HubSpotState>>,
+}
+
+struct HubSpotState {
+    token: String,
+    objects: HashMap<String, BTreeMap<u64, Value>>,
+    associations: Vec<(String, String, String, String)>,
+    next_id: u64,
+    /// Calls allowed per rolling window, as HubSpot's headers report it.
+    limit: Option<(usize, Duration)>,
+    recent: VecDeque<Instant>,
+    /// The most results one search page holds (HubSpot's is 200; smaller to exercise paging).
+    page_size: usize,
+    calls: Vec<Call>,
+}
+
+impl FakeHubSpot {
+    /// A fake accepting `token`, with no rate limit.
+    pub async fn start(token: &str) -> Self {
+        let state = Arc::new(Mutex::new(HubSpotState {
+            token: token.to_owned(),
+            objects: HashMap::new(),
+            associations: Vec::new(),
+            next_id: 101,
+            limit: None,
+            recent: VecDeque::new(),
+            page_size: 200,
+            calls: Vec::new(),
+        }));
+        let app = Router::new()
+            .fallback(any(hubspot))
+            .with_state(state.clone());
+        Self {
+            url: serve(app).await,
+            state,
+        }
+    }
+
+    /// Allows `max` calls per rolling `window`, answering 429 beyond it.
+    pub fn limit(&self, max: usize, window: Duration) {
+        lock(&self.state).limit = Some((max, window));
+    }
+
+    /// Caps search pages at `n` results.
+    pub fn page_size(&self, n: usize) {
+        lock(&self.state).page_size = n;
+    }
+
+    /// Adds a record; answers its id.
+    pub fn insert(&self, object: &str, properties: Value) -> String {
+        let mut s = lock(&self.state);
+        let id = s.next_id;
+        s.next_id += 1;
+        let record = record(id, properties);
+        s.objects
+            .entry(object.to_owned())
+            .or_default()
+            .insert(id, record);
+        id.to_string()
+    }
+
+    /// The records of an object type, by id.
+    pub fn records(&self, object: &str) -> Vec<Value> {
+        lock(&self.state)
+            .objects
+            .get(object)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The associations made: (from type, from id, to type, to id).
+    pub fn associations(&self) -> Vec<(String, String, String, String)> {
+        lock(&self.state).associations.clone()
+    }
+
+    /// Every request received.
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.state).calls.clone()
+    }
+}
+
+fn record(id: u64, properties: Value) -> Value {
+    json!({
+        "id": id.to_string(),
+        "properties": properties,
+        "createdAt": "2026-11-22T10:00:00.000Z",
+        "updatedAt": "2026-11-22T10:00:00.000Z",
+        "archived": false,
+    })
+}
+
+fn hubspot_error(status: StatusCode, category: &str, message: &str, errors: Value) -> Response {
+    let body = json!({
+        "status": "error",
+        "message": message,
+        "correlationId": "4b1d6f1e-0000-4000-8000-000000000000",
+        "category": category,
+        "errors": errors,
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn hubspot(
+    State(state): State<Arc<Mutex<HubSpotState>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut s = lock(&state);
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let mut response = hubspot_answer(&mut s, &method, &uri, &headers, &text);
+    if let Some((max, window)) = s.limit {
+        let remaining = max.saturating_sub(s.recent.len());
+        let h = response.headers_mut();
+        h.insert("x-hubspot-ratelimit-max", max.into());
+        h.insert("x-hubspot-ratelimit-remaining", remaining.into());
+        let window = window.as_millis() as u64;
+        h.insert("x-hubspot-ratelimit-interval-milliseconds", window.into());
+    }
+    s.calls.push(Call {
+        method,
+        path: uri.path().to_owned(),
+        query: query_pairs(&uri),
+        headers,
+        body: text,
+        status: response.status().as_u16(),
+        at: Instant::now(),
+    });
+    response
+}
+
+fn hubspot_answer(
+    s: &mut HubSpotState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &str,
+) -> Response {
+    let bearer = format!("Bearer {}", s.token);
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(bearer.as_str()) {
+        return hubspot_error(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_AUTHENTICATION",
+            "Authentication credentials not found.",
+            json!([]),
+        );
+    }
+    if let Some((max, window)) = s.limit {
+        let now = Instant::now();
+        while s.recent.front().is_some_and(|t| now - *t >= window) {
+            s.recent.pop_front();
+        }
+        if s.recent.len() >= max {
+            let body = json!({
+                "status": "error",
+                "message": "You have reached your ten_secondly_rolling limit.",
+                "errorType": "RATE_LIMIT",
+                "correlationId": "4b1d6f1e-0000-4000-8000-000000000429",
+                "policyName": "TEN_SECONDLY_ROLLING",
+            });
+            return (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+        }
+        s.recent.push_back(now);
+    }
+    let has_body = !body.is_empty();
+    let json_body = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if has_body && !json_body {
+        return hubspot_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "HubSpot takes JSON bodies",
+            json!([]),
+        );
+    }
+    let input: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let query: HashMap<String, String> = query_pairs(uri).into_iter().collect();
+    let parts = path_segments(uri);
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    match (method.as_str(), parts.as_slice()) {
+        ("POST", ["crm", "v3", "objects", "contacts", "batch", "upsert"]) => upsert(s, &input),
+        ("POST", ["crm", "v3", "objects", object, "search"]) => search(s, object, &input),
+        ("POST", ["crm", "v3", "objects", object]) => create(s, object, &input),
+        ("PATCH", ["crm", "v3", "objects", object, id]) => {
+            let Some(found) = find(s, object, id, query.get("idProperty")) else {
+                return not_found();
+            };
+            let record = s.objects.get_mut(*object).unwrap().get_mut(&found).unwrap();
+            for (k, v) in input["properties"].as_object().into_iter().flatten() {
+                record["properties"][k] = v.clone();
+            }
+            Json(record.clone()).into_response()
+        }
+        ("GET", ["crm", "v3", "objects", object, id]) => {
+            let Some(found) = find(s, object, id, query.get("idProperty")) else {
+                return not_found();
+            };
+            let mut record = s.objects[*object][&found].clone();
+            if let Some(wanted) = query.get("properties") {
+                let all = record["properties"].clone();
+                let picked: Map<String, Value> = wanted
+                    .split(',')
+                    .map(|p| (p.to_owned(), all.get(p).cloned().unwrap_or(Value::Null)))
+                    .collect();
+                record["properties"] = Value::Object(picked);
+            }
+            Json(record).into_response()
+        }
+        ("PUT", ["crm", "v4", "objects", from, from_id, "associations", "default", to, to_id]) => {
+            for (object, id) in [(from, from_id), (to, to_id)] {
+                if find(s, object, id, None).is_none() {
+                    return not_found();
+                }
+            }
+            let made = (
+                from.to_string(),
+                from_id.to_string(),
+                to.to_string(),
+                to_id.to_string(),
+            );
+            s.associations.push(made);
+            let spec = json!({ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 1 });
+            Json(json!({
+                "status": "COMPLETE",
+                "results": [{ "from": { "id": from_id }, "to": { "id": to_id }, "associationSpec": spec }],
+            }))
+            .into_response()
+        }
+        _ => hubspot_error(
+            StatusCode::NOT_FOUND,
+            "OBJECT_NOT_FOUND",
+            &format!("no route for {method} {}", uri.path()),
+            json!([]),
+        ),
+    }
+}
+
+fn not_found() -> Response {
+    hubspot_error(
+        StatusCode::NOT_FOUND,
+        "OBJECT_NOT_FOUND",
+        "resource not found",
+        json!([]),
+    )
+}
+
+fn find(s: &HubSpotState, object: &str, id: &str, by: Option<&String>) -> Option<u64> {
+    let records = s.objects.get(object)?;
+    match by.map(String::as_str) {
+        Some(property) => records
+            .iter()
+            .find(|(_, r)| r["properties"][property].as_str() == Some(id))
+            .map(|(k, _)| *k),
+        None => id.parse().ok().filter(|k| records.contains_key(k)),
+    }
+}
+
+fn invalid_email(email: &str) -> Response {
+    hubspot_error(
+        StatusCode::BAD_REQUEST,
+        "VALIDATION_ERROR",
+        "Property values were not valid",
+        json!([{
+            "message": format!("Email address {email} is invalid"),
+            "code": "INVALID_EMAIL",
+            "context": { "propertyName": ["email"] },
+        }]),
+    )
+}
+
+fn create(s: &mut HubSpotState, object: &str, input: &Value) -> Response {
+    let Some(properties) = input["properties"].as_object() else {
+        return hubspot_error(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+            "Invalid input JSON: `properties` is required",
+            json!([]),
+        );
+    };
+    if let Some(email) = properties.get("email").and_then(Value::as_str) {
+        if !email.contains('@') {
+            return invalid_email(email);
+        }
+        if let Some(existing) = find(s, object, email, Some(&"email".to_owned())) {
+            return hubspot_error(
+                StatusCode::CONFLICT,
+                "CONFLICT",
+                &format!("Contact already exists. Existing ID: {existing}"),
+                json!([]),
+            );
+        }
+    }
+    // Notes and tasks must be associated with an existing record, with the defined type id.
+    for association in input["associations"].as_array().into_iter().flatten() {
+        let to = association["to"]["id"].as_str().unwrap_or_default();
+        let type_id = association["types"][0]["associationTypeId"].as_u64();
+        let category = association["types"][0]["associationCategory"].as_str();
+        let target = match (object, type_id) {
+            ("notes", Some(202)) | ("tasks", Some(204)) => "contacts",
+            ("notes", Some(190)) | ("tasks", Some(192)) => "companies",
+            ("notes", Some(214)) | ("tasks", Some(216)) => "deals",
+            _ => "",
+        };
+        if category != Some("HUBSPOT_DEFINED") || find(s, target, to, None).is_none() {
+            return hubspot_error(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                &format!("invalid association to {to} ({type_id:?})"),
+                json!([]),
+            );
+        }
+    }
+    let id = s.next_id;
+    s.next_id += 1;
+    let mut made = record(id, Value::Object(properties.clone()));
+    if let Some(a) = input.get("associations") {
+        made["associations"] = a.clone();
+    }
+    s.objects
+        .entry(object.to_owned())
+        .or_default()
+        .insert(id, made.clone());
+    (StatusCode::CREATED, Json(made)).into_response()
+}
+
+fn upsert(s: &mut HubSpotState, input: &Value) -> Response {
+    let mut results = Vec::new();
+    for item in input["inputs"].as_array().into_iter().flatten() {
+        let email = item["id"].as_str().unwrap_or_default();
+        if item["idProperty"] != "email" {
+            return hubspot_error(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                "idProperty must be a unique property",
+                json!([]),
+            );
+        }
+        if !email.contains('@') {
+            return invalid_email(email);
+        }
+        let properties = item["properties"].as_object().cloned().unwrap_or_default();
+        let existing = find(s, "contacts", email, Some(&"email".to_owned()));
+        let contacts = s.objects.entry("contacts".into()).or_default();
+        let (id, new) = match existing {
+            Some(id) => (id, false),
+            None => {
+                let id = s.next_id;
+                s.next_id += 1;
+                contacts.insert(id, record(id, json!({ "email": email })));
+                (id, true)
+            }
+        };
+        let record = contacts.get_mut(&id).unwrap();
+        for (k, v) in properties {
+            record["properties"][k] = v;
+        }
+        let mut answer = record.clone();
+        answer["new"] = json!(new);
+        results.push(answer);
+    }
+    // HubSpot does not keep the inputs' order.
+    results.reverse();
+    Json(json!({
+        "status": "COMPLETE",
+        "results": results,
+        "startedAt": "2026-11-22T10:00:00.000Z",
+        "completedAt": "2026-11-22T10:00:00.100Z",
+    }))
+    .into_response()
+}
+
+fn search(s: &HubSpotState, object: &str, input: &Value) -> Response {
+    let filters = input["filterGroups"][0]["filters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let matches: Vec<Value> = s
+        .objects
+        .get(object)
+        .map(|m| m.values().cloned().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| {
+            filters.iter().all(|f| {
+                let property = f["propertyName"].as_str().unwrap_or_default();
+                let actual = r["properties"][property].as_str().unwrap_or_default();
+                let wanted = f["value"].as_str().unwrap_or_default();
+                match f["operator"].as_str() {
+                    Some("EQ") => actual.eq_ignore_ascii_case(wanted),
+                    Some("CONTAINS_TOKEN") => actual.contains(wanted.trim_matches('*')),
+                    Some("HAS_PROPERTY") => !actual.is_empty(),
+                    _ => false,
+                }
+            })
+        })
+        .collect();
+    let after: usize = input["after"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
+    let limit = input["limit"].as_u64().unwrap_or(10) as usize;
+    let size = limit.min(s.page_size);
+    let page: Vec<Value> = matches.iter().skip(after).take(size).cloned().collect();
+    let mut answer = json!({ "total": matches.len(), "results": page });
+    if after + size < matches.len() {
+        answer["paging"] = json!({ "next": { "after": (after + size).to_string() } });
+    }
+    Json(answer).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stripe
+// ---------------------------------------------------------------------------------------------
+
+/// Stripe's API, in memory: customers, subscriptions, invoices, refunds, with idempotency keys.
+#[derive(Clone)]
+pub struct FakeStripe {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    state: Arc<Mutex<StripeState>>,
+}
+
+/// A scripted answer, given instead of the real one.
+#[derive(Debug, Clone)]
+pub struct Scripted {
+    /// The status.
+    pub status: u16,
+    /// The body.
+    pub body: Value,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+struct StripeState {
+    key: String,
+    objects: BTreeMap<String, Value>,
+    next: u64,
+    /// Idempotency key → (request fingerprint, status, answer).
+    idempotent: HashMap<String, (String, u16, Value)>,
+    /// Answers given (in order) before any real one.
+    script: VecDeque<Scripted>,
+    /// Refunds are made, then answered this late (a response lost to a client timeout).
+    slow_refunds: Option<Duration>,
+    page_size: usize,
+    calls: Vec<Call>,
+}
+
+impl FakeStripe {
+    /// A fake accepting secret key `key`.
+    pub async fn start(key: &str) -> Self {
+        let state = Arc::new(Mutex::new(StripeState {
+            key: key.to_owned(),
+            objects: BTreeMap::new(),
+            next: 1,
+            idempotent: HashMap::new(),
+            script: VecDeque::new(),
+            slow_refunds: None,
+            page_size: 100,
+            calls: Vec::new(),
+        }));
+        let app = Router::new()
+            .fallback(any(stripe))
+            .with_state(state.clone());
+        Self {
+            url: serve(app).await,
+            state,
+        }
+    }
+
+    /// Answers the next requests with these instead.
+    pub fn script(&self, answers: Vec<Scripted>) {
+        lock(&self.state).script.extend(answers);
+    }
+
+    /// Makes the first refund of each idempotency key, then answers it only after `delay`.
+    pub fn slow_refunds(&self, delay: Duration) {
+        lock(&self.state).slow_refunds = Some(delay);
+    }
+
+    /// Caps list pages at `n` objects.
+    pub fn page_size(&self, n: usize) {
+        lock(&self.state).page_size = n;
+    }
+
+    /// Adds an object (its `id` and `object` fields set by the caller).
+    pub fn insert(&self, object: Value) {
+        let id = object["id"].as_str().unwrap().to_owned();
+        lock(&self.state).objects.insert(id, object);
+    }
+
+    /// An object by id.
+    pub fn object(&self, id: &str) -> Option<Value> {
+        lock(&self.state).objects.get(id).cloned()
+    }
+
+    /// The objects of a kind (`refund`, `customer`).
+    pub fn objects(&self, kind: &str) -> Vec<Value> {
+        lock(&self.state)
+            .objects
+            .values()
+            .filter(|o| o["object"] == kind)
+            .cloned()
+            .collect()
+    }
+
+    /// Every request received.
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.state).calls.clone()
+    }
+}
+
+fn stripe_error(
+    status: StatusCode,
+    kind: &str,
+    code: Option<&str>,
+    message: &str,
+    param: Option<&str>,
+) -> (u16, Value) {
+    let mut error = json!({ "type": kind, "message": message });
+    if let Some(c) = code {
+        error["code"] = json!(c);
+    }
+    if let Some(p) = param {
+        error["param"] = json!(p);
+    }
+    (status.as_u16(), json!({ "error": error }))
+}
+
+/// Stripe's form encoding back to JSON: `a[b]=1&a[c][0]=x` → `{"a": {"b": "1", "c": ["x"]}}`.
+fn parse_form(pairs: &[(String, String)]) -> Value {
+    let mut root = json!({});
+    for (key, value) in pairs {
+        let mut parts: Vec<String> = Vec::new();
+        let (head, rest) = key
+            .split_once('[')
+            .map_or((key.as_str(), ""), |(h, r)| (h, r));
+        parts.push(head.to_owned());
+        for p in rest.split('[') {
+            let p = p.trim_end_matches(']');
+            if !p.is_empty() || !rest.is_empty() {
+                parts.push(p.to_owned());
+            }
+        }
+        let mut node = &mut root;
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let next_is_index = parts.get(i + 1).is_some_and(|n| n.parse::<usize>().is_ok());
+            let slot = match node {
+                Value::Array(items) => {
+                    let index: usize = part.parse().unwrap_or(items.len());
+                    while items.len() <= index {
+                        items.push(Value::Null);
+                    }
+                    &mut items[index]
+                }
+                other => {
+                    if !other.is_object() {
+                        *other = json!({});
+                    }
+                    other
+                        .as_object_mut()
+                        .unwrap()
+                        .entry(part.clone())
+                        .or_insert(Value::Null)
+                }
+            };
+            if last {
+                *slot = json!(value);
+            } else if slot.is_null() {
+                *slot = if next_is_index { json!([]) } else { json!({}) };
+            }
+            node = slot;
+        }
+    }
+    root
+}
+
+async fn stripe(
+    State(state): State<Arc<Mutex<StripeState>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let (status, answer, extra, delay) = {
+        let mut s = lock(&state);
+        let (status, answer, extra) = stripe_answer(&mut s, &method, &uri, &headers, &text);
+        let is_refund = method == Method::POST && uri.path() == "/v1/refunds";
+        let delay = s.slow_refunds.filter(|_| {
+            is_refund && status == 200 && !extra.iter().any(|(k, _)| *k == "idempotent-replayed")
+        });
+        s.calls.push(Call {
+            method,
+            path: uri.path().to_owned(),
+            query: query_pairs(&uri),
+            headers,
+            body: text,
+            status,
+            at: Instant::now(),
+        });
+        (status, answer, extra, delay)
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let mut response = (StatusCode::from_u16(status).unwrap(), Json(answer)).into_response();
+    response
+        .headers_mut()
+        .insert("request-id", "req_fake".parse().unwrap());
+    for (name, value) in extra {
+        response.headers_mut().insert(name, value.parse().unwrap());
+    }
+    response
+}
+
+type Answer = (u16, Value, Vec<(&'static str, String)>);
+
+fn stripe_answer(
+    s: &mut StripeState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &str,
+) -> Answer {
+    let bearer = format!("Bearer {}", s.key);
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(bearer.as_str()) {
+        let (st, b) = stripe_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            None,
+            "Invalid API Key provided.",
+            None,
+        );
+        return (st, b, vec![]);
+    }
+    if let Some(scripted) = s.script.pop_front() {
+        return (scripted.status, scripted.body, scripted.headers);
+    }
+    let mutating = *method == Method::POST || *method == Method::DELETE;
+    if *method == Method::POST && !body.is_empty() {
+        let form = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+        if !form {
+            let (st, b) = stripe_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                "Stripe takes form-encoded bodies",
+                None,
+            );
+            return (st, b, vec![]);
+        }
+    }
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let fingerprint = format!("{method} {} {body}", uri.path());
+    if let (true, Some(k)) = (mutating, &key) {
+        if let Some((seen, status, answer)) = s.idempotent.get(k) {
+            if *seen != fingerprint {
+                let (st, b) = stripe_error(StatusCode::BAD_REQUEST, "idempotency_error", None, "Keys for idempotent requests can only be used with the same parameters they were first used with.", None);
+                return (st, b, vec![]);
+            }
+            return (
+                *status,
+                answer.clone(),
+                vec![("idempotent-replayed", "true".into())],
+            );
+        }
+    }
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let mut params = parse_form(&pairs);
+    let query_pairs = query_pairs(uri);
+    let query = parse_form(&query_pairs);
+    let expand: Vec<String> = params["expand"]
+        .as_array()
+        .or(query["expand"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    if let Some(o) = params.as_object_mut() {
+        o.remove("expand");
+    }
+    let parts = path_segments(uri);
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let (status, mut answer) = match (method.as_str(), parts.as_slice()) {
+        ("GET", ["v1", "customers", "search"]) => {
+            let q = query["query"].as_str().unwrap_or_default();
+            let email = q
+                .strip_prefix("email:'")
+                .and_then(|r| r.strip_suffix('\''))
+                .unwrap_or_default();
+            let data: Vec<Value> = s
+                .objects
+                .values()
+                .filter(|o| o["object"] == "customer" && o["email"] == email)
+                .cloned()
+                .collect();
+            (
+                200,
+                json!({ "object": "search_result", "data": data, "has_more": false, "url": "/v1/customers/search" }),
+            )
+        }
+        ("POST", ["v1", "customers"]) => {
+            let id = format!("cus_{}", s.next);
+            s.next += 1;
+            let mut customer = json!({ "id": id, "object": "customer", "metadata": {} });
+            merge(&mut customer, &params);
+            s.objects.insert(id, customer.clone());
+            (200, customer)
+        }
+        ("POST", ["v1", "refunds"]) => {
+            if params["payment_intent"].is_null() && params["charge"].is_null() {
+                stripe_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    Some("parameter_missing"),
+                    "Must provide either payment_intent or charge.",
+                    Some("payment_intent"),
+                )
+            } else {
+                let id = format!("re_{}", s.next);
+                s.next += 1;
+                let mut refund = json!({ "id": id, "object": "refund", "status": "succeeded" });
+                merge(&mut refund, &params);
+                s.objects.insert(id, refund.clone());
+                (200, refund)
+            }
+        }
+        ("GET", ["v1", "invoices"]) => {
+            let customer = query["customer"].as_str().unwrap_or_default();
+            let limit = query["limit"]
+                .as_str()
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(10usize)
+                .min(s.page_size);
+            let mut all: Vec<Value> = s
+                .objects
+                .values()
+                .filter(|o| o["object"] == "invoice" && o["customer"] == customer)
+                .cloned()
+                .collect();
+            all.sort_by(|a, b| b["created"].as_i64().cmp(&a["created"].as_i64()));
+            let start = match query["starting_after"].as_str() {
+                Some(after) => all
+                    .iter()
+                    .position(|i| i["id"] == after)
+                    .map_or(all.len(), |p| p + 1),
+                None => 0,
+            };
+            let page: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
+            let has_more = start + page.len() < all.len();
+            (
+                200,
+                json!({ "object": "list", "data": page, "has_more": has_more, "url": "/v1/invoices" }),
+            )
+        }
+        (m, ["v1", kind @ ("customers" | "subscriptions" | "invoices"), id]) => {
+            let Some(mut object) = s.objects.get(*id).cloned() else {
+                let (st, b) = stripe_error(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    Some("resource_missing"),
+                    &format!("No such {}: '{id}'", kind.trim_end_matches('s')),
+                    Some("id"),
+                );
+                return (st, b, vec![]);
+            };
+            match m {
+                "GET" => (200, object),
+                "POST" => {
+                    if let Some(items) = params.get("items").and_then(Value::as_array).cloned() {
+                        let current = object["items"]["data"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default();
+                        let mut data = Vec::new();
+                        for change in items {
+                            let Some(mut item) =
+                                current.iter().find(|i| i["id"] == change["id"]).cloned()
+                            else {
+                                let (st, b) = stripe_error(
+                                    StatusCode::BAD_REQUEST,
+                                    "invalid_request_error",
+                                    Some("resource_missing"),
+                                    "No such subscription item",
+                                    Some("items[0][id]"),
+                                );
+                                return (st, b, vec![]);
+                            };
+                            item["price"] = json!({ "id": change["price"], "object": "price" });
+                            if let Some(q) = change["quantity"].as_str() {
+                                item["quantity"] = json!(q.parse::<u64>().unwrap_or(1));
+                            }
+                            data.push(item);
+                        }
+                        object["items"]["data"] = json!(data);
+                        params.as_object_mut().unwrap().remove("items");
+                    }
+                    if params["cancel_at_period_end"] == "true" {
+                        object["cancel_at_period_end"] = json!(true);
+                        params
+                            .as_object_mut()
+                            .unwrap()
+                            .remove("cancel_at_period_end");
+                    }
+                    merge(&mut object, &params);
+                    s.objects.insert(id.to_string(), object.clone());
+                    (200, object)
+                }
+                "DELETE" if *kind == "subscriptions" => {
+                    object["status"] = json!("canceled");
+                    s.objects.insert(id.to_string(), object.clone());
+                    (200, object)
+                }
+                _ => stripe_error(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    None,
+                    "Unrecognized request URL",
+                    None,
+                ),
+            }
+        }
+        _ => stripe_error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            None,
+            &format!("Unrecognized request URL ({method}: {})", uri.path()),
+            None,
+        ),
+    };
+    if status == 200 && expand.iter().any(|e| e == "customer") {
+        if let Some(customer) = answer["customer"].as_str().and_then(|c| s.objects.get(c)) {
+            answer["customer"] = customer.clone();
+        }
+    }
+    if let (true, Some(k)) = (mutating, key) {
+        s.idempotent
+            .insert(k, (fingerprint, status, answer.clone()));
+    }
+    (status, answer, vec![])
+}
+
+/// Sets `params`' fields on `object`, nested objects merged (Stripe's `metadata[x]` updates).
+fn merge(object: &mut Value, params: &Value) {
+    for (k, v) in params.as_object().into_iter().flatten() {
+        match (object.get_mut(k), v) {
+            (Some(existing @ Value::Object(_)), Value::Object(_)) => merge(existing, v),
+            _ => object[k] = v.clone(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// An enrichment API (the shape of a Clearbit-style person lookup)
+// ---------------------------------------------------------------------------------------------
+
+/// A person-enrichment API: `GET /v1/people?email=` answers a title and a company.
+pub async fn enrichment() -> String {
+    async fn person(uri: Uri) -> Response {
+        let query: HashMap<String, String> = query_pairs(&uri).into_iter().collect();
+        let email = query.get("email").cloned().unwrap_or_default();
+        let domain = email.split('@').nth(1).unwrap_or_default().to_owned();
+        Json(json!({
+            "email": email,
+            "person": { "title": "Head of Revenue Operations" },
+            "company": { "name": format!("{} Inc", domain.split('.').next().unwrap_or_default()), "employees": 250 },
+        }))
+        .into_response()
+    }
+    serve(Router::new().route("/v1/people", axum::routing::get(person))).await
+}
