@@ -65,11 +65,13 @@ pub async fn hooks(client: &ClientArgs) -> anyhow::Result<()> {
     if flows.is_empty() {
         println!("no flows on this server");
     }
-    for f in flows {
+    let id = |f: &Value| f["id"].as_str().unwrap_or_default().to_owned();
+    let width = flows.iter().map(|f| id(f).len()).max().unwrap_or(0);
+    for f in &flows {
         let target = f["catch_url"]
             .as_str()
             .map_or("(manual trigger)".to_owned(), |u| format!("POST {u}"));
-        println!("{:<24} {target}", f["id"].as_str().unwrap_or_default());
+        println!("{:<width$} {target}", id(f));
     }
     Ok(())
 }

@@ -101,13 +101,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.flows.display()
         );
     }
+    let width = deployed
+        .iter()
+        .map(|(f, _)| f.id.as_str().len())
+        .max()
+        .unwrap_or(0);
     for (flow, token) in &deployed {
         match flow.trigger {
             flow::Trigger::Webhook { .. } => println!(
-                "  {:<24} POST {base_url}/hooks/catch/{}/{token}",
+                "  {:<width$} POST {base_url}/hooks/catch/{}/{token}",
                 flow.id, flow.id
             ),
-            flow::Trigger::Manual => println!("  {:<24} (manual trigger)", flow.id),
+            flow::Trigger::Manual => println!("  {:<width$} (manual trigger)", flow.id),
         }
     }
     println!("request inspector: {base_url}/inspect/NAME   (see what HTTP actions sent: hookflow inspect NAME)");
