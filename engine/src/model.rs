@@ -267,6 +267,16 @@ pub struct StepProgress {
     /// (a leftover of a crash or of an earlier try of the run) and is dropped unexecuted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<ItemId>,
+    /// How many times a user retried the step after it failed for good (`hookflow runs retry`).
+    /// Part of its idempotency key: automatic retries repeat the key, a manual retry is a new
+    /// request (a target such as Stripe replays its saved answer to a repeated key, failures
+    /// included).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retried: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What one step of one run received, returned and went through.

@@ -627,6 +627,30 @@ steps:
         refund["error"]["detail"]["decline_code"],
         "insufficient_funds"
     );
+
+    // The customer topped up their card: a manual retry is a new request (Stripe would answer the
+    // old key with the saved decline).
+    let run_id = run["id"].as_str().unwrap();
+    let (status, answer) = server
+        .post(&format!("/api/v1/runs/{run_id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let run = server.finished_run(run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(stripe.objects("refund").len(), 1);
+    let keys: Vec<String> = stripe
+        .calls()
+        .iter()
+        .map(|c| c.header("idempotency-key").unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            format!("{run_id}:refund"),
+            format!("{run_id}:refund"),
+            format!("{run_id}:refund:retry1"),
+        ]
+    );
 }
 
 #[test]

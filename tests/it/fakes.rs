@@ -734,9 +734,6 @@ fn stripe_answer(
         );
         return (st, b, vec![]);
     }
-    if let Some(scripted) = s.script.pop_front() {
-        return (scripted.status, scripted.body, scripted.headers);
-    }
     let mutating = *method == Method::POST || *method == Method::DELETE;
     if *method == Method::POST && !body.is_empty() {
         let form = headers
@@ -771,6 +768,16 @@ fn stripe_answer(
                 vec![("idempotent-replayed", "true".into())],
             );
         }
+    }
+    if let Some(scripted) = s.script.pop_front() {
+        // Stripe saves the answer of a request that started executing (a card decline, a
+        // validation error), not of one refused before (a lock timeout, a rate limit).
+        let executed = scripted.status < 500 && !matches!(scripted.status, 409 | 429);
+        if let (true, true, Some(k)) = (executed, mutating, &key) {
+            let saved = (fingerprint, scripted.status, scripted.body.clone());
+            s.idempotent.insert(k.clone(), saved);
+        }
+        return (scripted.status, scripted.body, scripted.headers);
     }
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
         .into_owned()

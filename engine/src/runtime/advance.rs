@@ -59,6 +59,7 @@ pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun
             id: s.id.clone(),
             status: StepStatus::Pending,
             item: None,
+            retried: 0,
         })
         .collect();
     let mut run = Run {
@@ -124,7 +125,8 @@ pub struct NotRetryable {
 
 /// Resumes a failed run from where it failed: failed and skipped steps become pending again, and
 /// those whose needs have succeeded are queued with a fresh retry budget. Succeeded steps keep their
-/// outputs and do not run again; the retried steps keep their idempotency keys.
+/// outputs and do not run again; the failed steps get a new idempotency key (a manual retry is a
+/// new request: the target may have saved its failed answer under the old key).
 pub fn retry(flow: &Flow, mut run: Run, now: Timestamp) -> Result<RunUpdate, NotRetryable> {
     if run.status != RunStatus::Failed {
         return Err(NotRetryable {
@@ -133,6 +135,9 @@ pub fn retry(flow: &Flow, mut run: Run, now: Timestamp) -> Result<RunUpdate, Not
         });
     }
     for s in &mut run.steps {
+        if s.status == StepStatus::Failed {
+            s.retried += 1;
+        }
         if matches!(s.status, StepStatus::Failed | StepStatus::Skipped) {
             s.status = StepStatus::Pending;
             s.item = None;
@@ -524,6 +529,10 @@ steps:
         );
         assert_eq!(r.run.step_status(&id("d")), Some(StepStatus::Pending));
         assert!(r.records.is_empty(), "history is kept as it was");
+        // The failed step's retry is a new request; the others keep their keys.
+        let key = |step: &str| crate::runtime::context::idempotency_key(&r.run, &id(step));
+        assert_eq!(key("b"), format!("{}:b:retry1", r.run.id));
+        assert_eq!(key("c"), format!("{}:c", r.run.id));
 
         // Attempts are numbered across the retry: b's record had one attempt before.
         let before = StepRecord {

@@ -51,9 +51,18 @@ pub fn run_context(
     })
 }
 
-/// The idempotency key of a step in a run: the same for every attempt.
+/// The idempotency key of a step in a run: the same for every attempt, and new after each manual
+/// retry of the run (`{run_id}:{step_id}`, then `{run_id}:{step_id}:retry1`, …).
 pub fn idempotency_key(run: &Run, step: &StepId) -> String {
-    format!("{}:{}", run.id, step)
+    let retried = run
+        .steps
+        .iter()
+        .find(|s| &s.id == step)
+        .map_or(0, |s| s.retried);
+    match retried {
+        0 => format!("{}:{}", run.id, step),
+        n => format!("{}:{}:retry{n}", run.id, step),
+    }
 }
 
 /// Replaces secrets (whole or inside longer strings) and the values of credential keys.

@@ -78,11 +78,13 @@ fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun {
                 id: step("first"),
                 status: StepStatus::Queued,
                 item: None,
+                retried: 0,
             },
             StepProgress {
                 id: step("second"),
                 status: StepStatus::Pending,
                 item: None,
+                retried: 0,
             },
         ],
         reason: None,
@@ -434,6 +436,7 @@ pub(crate) async fn concurrent_updates_of_one_run_lose_nothing(store: Arc<dyn St
                     id: step(&name),
                     status: StepStatus::Succeeded,
                     item: None,
+                    retried: 0,
                 });
                 let records = vec![record(run.id, &name, json!(i))];
                 Some(RunUpdate {
