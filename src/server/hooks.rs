@@ -8,18 +8,21 @@
 //! A flow with `verify:` has the sender's signature checked over the raw body first: a request that
 //! fails gets 401 `invalid_signature` and stores nothing.
 
+use std::time::Duration;
+
 use axum::body::{to_bytes, Body};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use hookflow_engine::flow::{Respond, Trigger, Verify};
+use hookflow_engine::flow::{Flow, Respond, Trigger, Verify};
 use hookflow_engine::ids::FlowId;
 use hookflow_engine::model::Timestamp;
 use hookflow_engine::verify::SignedRequest;
 use serde_json::{json, Map, Value};
 
+use super::hook_log::HookOutcome;
 use super::{ApiError, AppState};
 
 /// Request headers not kept in the stored event (credentials the sender may attach).
@@ -40,35 +43,111 @@ async fn catch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let unknown = || {
-        ApiError::not_found(
-            "no catch hook at this URL: check the flow id and token (`hookflow hooks` lists them)",
-        )
+    let flow = flow_id
+        .parse::<FlowId>()
+        .ok()
+        .and_then(|id| state.engine.catalog().current(&id));
+    let hook = flow.as_deref().and_then(Hook::of);
+    let hook = match hook {
+        Some(hook) if token_matches(&state, &hook.flow.id, &token).await? => hook,
+        _ => {
+            state.hook_log.record_unknown();
+            return Err(ApiError::not_found(
+                "no catch hook at this URL: check the flow id and token (`hookflow hooks` lists them)",
+            ));
+        }
     };
-    let flow_id: FlowId = flow_id.parse().map_err(|_| unknown())?;
-    let flow = state
-        .engine
-        .catalog()
-        .current(&flow_id)
-        .ok_or_else(unknown)?;
-    let Trigger::Webhook {
-        respond,
-        respond_timeout,
-        ref verify,
-        ..
-    } = flow.trigger
-    else {
-        return Err(unknown());
+    let mut bytes = 0;
+    let taken = take(&state, &hook, &method, &uri, &headers, body, &mut bytes).await;
+    let outcome = match &taken {
+        Ok(t) => HookOutcome::Taken {
+            outcome: t.outcome,
+            summary: t.summary.clone(),
+        },
+        Err(e) => HookOutcome::Refused {
+            status: e.status.as_u16(),
+            code: e.code,
+            detail: e.detail.clone(),
+        },
     };
+    state
+        .hook_log
+        .record(&hook.flow.id, method.as_str(), bytes, outcome);
+    taken.map(|t| t.response)
+}
+
+/// Whether `token` is the flow's catch-hook token (compared in constant time).
+async fn token_matches(state: &AppState, flow_id: &FlowId, token: &str) -> Result<bool, ApiError> {
     let expected = state
         .engine
-        .hook_token(&flow_id)
+        .hook_token(flow_id)
         .await
         .map_err(|e| ApiError::unavailable(&e))?;
-    if !constant_time_eq(expected.as_bytes(), token.as_bytes()) {
-        return Err(unknown());
-    }
+    Ok(constant_time_eq(expected.as_bytes(), token.as_bytes()))
+}
 
+/// A webhook flow's catch-hook settings.
+struct Hook<'a> {
+    flow: &'a Flow,
+    respond: Respond,
+    respond_timeout: Duration,
+    verify: Option<&'a Verify>,
+}
+
+impl<'a> Hook<'a> {
+    /// The settings of a flow triggered by a webhook.
+    fn of(flow: &'a Flow) -> Option<Self> {
+        match &flow.trigger {
+            Trigger::Webhook {
+                respond,
+                respond_timeout,
+                verify,
+                ..
+            } => Some(Self {
+                flow,
+                respond: *respond,
+                respond_timeout: *respond_timeout,
+                verify: verify.as_ref(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A taken request: the answer, and what the hook log records of it.
+struct Taken {
+    response: Response,
+    outcome: &'static str,
+    summary: Value,
+}
+
+impl Taken {
+    fn new(outcome: &'static str, status: StatusCode, answer: Value) -> Self {
+        Self {
+            response: (status, Json(answer.clone())).into_response(),
+            outcome,
+            summary: answer,
+        }
+    }
+}
+
+/// Reads, checks and stores a request to a flow's catch hook; sets `size` to the body's length.
+async fn take(
+    state: &AppState,
+    hook: &Hook<'_>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+    size: &mut usize,
+) -> Result<Taken, ApiError> {
+    let Hook {
+        flow,
+        respond,
+        respond_timeout,
+        verify,
+    } = *hook;
+    let flow_id = &flow.id;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -82,14 +161,16 @@ async fn catch(
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    *size = declared.unwrap_or_default();
     if declared.is_some_and(|n| n > state.max_body_bytes) {
         return Err(too_large());
     }
     let bytes = to_bytes(body, state.max_body_bytes)
         .await
         .map_err(|_| too_large())?;
+    *size = bytes.len();
     if let Some(verify) = verify {
-        check_signature(&state, verify, &method, &uri, &headers, &bytes).inspect_err(|_| {
+        check_signature(state, verify, method, uri, headers, &bytes).inspect_err(|_| {
             tracing::warn!(flow = %flow_id, provider = verify.provider, "refused a catch-hook request: its signature does not verify");
         })?;
     }
@@ -99,7 +180,7 @@ async fn catch(
         .unwrap_or_default();
     let trigger = json!({
         "method": method.as_str(),
-        "headers": header_map(&headers),
+        "headers": header_map(headers),
         "query": query_map(uri.query().unwrap_or_default()),
         "body": parse_body(content_type, &bytes)?,
         "received_at": Timestamp::now(),
@@ -116,7 +197,7 @@ async fn catch(
         }
         let accepted = state
             .engine
-            .ingest(&flow, event)
+            .ingest(flow, event)
             .await
             .map_err(|e| ApiError::unavailable(&e))?;
         answers.push((Some(accepted), String::new()));
@@ -133,19 +214,13 @@ async fn catch(
                 None => json!({ "status": "ignored", "reason": why }),
             })
             .collect();
-        return Ok((
-            StatusCode::OK,
-            Json(json!({ "status": "accepted", "events": runs })),
-        )
-            .into_response());
+        let answer = json!({ "status": "accepted", "events": runs });
+        return Ok(Taken::new("accepted", StatusCode::OK, answer));
     }
     let (accepted, why) = answers.pop().expect("a request carries at least one event");
     let Some(accepted) = accepted else {
-        return Ok((
-            StatusCode::OK,
-            Json(json!({ "status": "ignored", "reason": why })),
-        )
-            .into_response());
+        let answer = json!({ "status": "ignored", "reason": why });
+        return Ok(Taken::new("ignored", StatusCode::OK, answer));
     };
     if respond == Respond::Accepted || accepted.duplicate {
         // A repeated delivery is answered at once with the original's ids: the sender only needs
@@ -155,11 +230,9 @@ async fn catch(
         } else {
             "queued"
         };
-        return Ok((
-            StatusCode::OK,
-            Json(json!({ "status": status, "event_id": accepted.event_id, "run_id": accepted.run_id })),
-        )
-            .into_response());
+        let answer =
+            json!({ "status": status, "event_id": accepted.event_id, "run_id": accepted.run_id });
+        return Ok(Taken::new(status, StatusCode::OK, answer));
     }
     let ids = json!({ "event_id": accepted.event_id, "run_id": accepted.run_id });
     let run = state
@@ -186,11 +259,11 @@ async fn catch(
                 "status": run.status, "event_id": ids["event_id"], "run_id": ids["run_id"],
                 "reason": run.reason, "output": output,
             });
-            Ok((StatusCode::OK, Json(answer)).into_response())
+            Ok(Taken::new("queued", StatusCode::OK, answer))
         }
         _ => {
             let answer = json!({ "status": "running", "event_id": ids["event_id"], "run_id": ids["run_id"] });
-            Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+            Ok(Taken::new("queued", StatusCode::ACCEPTED, answer))
         }
     }
 }

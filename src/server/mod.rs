@@ -4,8 +4,10 @@
 //! status, and internals are logged, not leaked.
 
 mod api;
+mod hook_log;
 mod hooks;
 mod inspector;
+mod metrics;
 mod repair;
 
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use hookflow_engine::runtime::Engine;
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
+pub use hook_log::HookLog;
 pub use inspector::Inspector;
 
 /// What every handler shares.
@@ -31,6 +34,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Recent requests to `/inspect/…`.
     pub inspector: Inspector,
+    /// Recent catch-hook requests per flow, and their counters.
+    pub hook_log: HookLog,
 }
 
 /// The whole application.
@@ -40,6 +45,8 @@ pub fn router(state: AppState) -> Router {
         .merge(api::router())
         .merge(repair::router())
         .merge(inspector::router())
+        .merge(hook_log::router())
+        .merge(metrics::router())
         .route(
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),

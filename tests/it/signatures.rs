@@ -117,6 +117,44 @@ async fn only_correctly_signed_requests_start_runs() {
         1,
         "refused requests store nothing"
     );
+    // The flow's hook log shows each request and why it was refused; metrics count them.
+    let (status, log) = server.get("/api/v1/flows/gh/hooks").await;
+    assert_eq!(status, 200);
+    let outcomes: Vec<(&str, &str)> = log["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let why = r["reason"].as_str().unwrap_or_default();
+            (r["outcome"].as_str().unwrap(), why)
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("rejected", "invalid_signature"),
+            ("rejected", "invalid_signature"),
+            ("rejected", "invalid_signature"),
+            ("queued", ""),
+        ],
+        "newest first: {log:#}"
+    );
+    assert!(log["requests"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("missing"));
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"hookflow_events_rejected_total{flow="gh",reason="invalid_signature"} 3"#,
+        r#"hookflow_events_received_total{flow="gh",outcome="queued"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 
     let stripe_header = |t: u64| {
         let sig = hmac_sha256(b"whsec_stripe", format!("{t}.{body}").as_bytes());
