@@ -11,4 +11,5 @@ mod requests;
 mod resources;
 mod signatures;
 mod support;
+mod ui;
 mod validate;
