@@ -849,3 +849,33 @@ async fn seed_flows_without_their_secret_load_and_refuse_every_request() {
     );
     assert!(server.all_runs("stripe-payment-failed").await.is_empty());
 }
+
+#[tokio::test]
+async fn credentials_can_come_from_the_secrets_file() {
+    let hubspot = FakeHubSpot::start(HUBSPOT_TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.yaml");
+    std::fs::write(&secrets, format!("HUBSPOT_TOKEN: {HUBSPOT_TOKEN}\n")).unwrap();
+    let config = dir.path().join("hookflow.yaml");
+    std::fs::write(&config, format!("secrets_file: {}\n", secrets.display())).unwrap();
+    let flow = r#"
+id: lookup
+trigger: { webhook: }
+steps:
+  - id: contact
+    hubspot: { upsert_contact: { email: "{{trigger.body.email}}" } }
+"#;
+    let server = Server::start_with(
+        &[("lookup.yaml", flow)],
+        &[
+            "--allow-outbound",
+            "127.0.0.1",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[("HUBSPOT_BASE_URL", hubspot.url.as_str())],
+    );
+    let run = run_of(&server, "lookup", json!({ "email": "file@example.com" })).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(hubspot.records("contacts").len(), 1);
+}
