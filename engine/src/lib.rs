@@ -10,6 +10,8 @@
 //! - [`outbound`]: the shared HTTP client and the policy that keeps actions off private networks.
 //! - [`pacing`]: rate-limit pacing per connector account.
 //! - [`store`]: the `Store` trait and its sled backend.
+//! - [`authoring`]: offline runs with stubbed calls, and flags for expressions that resolved to
+//!   nothing (previews, `validate --samples`, flow tests).
 //! - [`runtime`]: ingest, the queue dispatcher and workers, retry policies, the pure decision
 //!   function `advance`.
 //!
@@ -22,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+pub mod authoring;
 pub mod error;
 pub mod expr;
 pub mod flow;

@@ -57,7 +57,8 @@ struct Allowance {
 /// Paces calls per connector account. Cheap to clone.
 #[derive(Clone)]
 pub struct Pacer {
-    store: Arc<dyn Store>,
+    /// Where waits are kept (none for an offline run, which makes no calls).
+    store: Option<Arc<dyn Store>>,
     accounts: Arc<Mutex<HashMap<String, Allowance>>>,
 }
 
@@ -71,7 +72,15 @@ impl Pacer {
     /// A pacer keeping its waits in `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
-            store,
+            store: Some(store),
+            accounts: Arc::default(),
+        }
+    }
+
+    /// A pacer that keeps its waits in memory only (offline runs and flow tests).
+    pub fn detached() -> Self {
+        Self {
+            store: None,
             accounts: Arc::default(),
         }
     }
@@ -132,9 +141,12 @@ impl Pacer {
                 _ => return,
             }
         };
+        let Some(store) = &self.store else {
+            return;
+        };
         let key = state_key(account);
         let value = json!({ "blocked_until": blocked_until.millis() });
-        if let Err(e) = self.store.put_state(&key, &value).await {
+        if let Err(e) = store.put_state(&key, &value).await {
             warn!(error = %e, account, "could not store the account's rate-limit wait");
         }
     }
@@ -144,7 +156,10 @@ impl Pacer {
         if self.accounts().contains_key(account) {
             return;
         }
-        let stored = match self.store.state(&state_key(account)).await {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let stored = match store.state(&state_key(account)).await {
             Ok(v) => v,
             Err(e) => {
                 warn!(error = %e, account, "could not read the account's rate-limit wait");

@@ -27,6 +27,8 @@
 //! - `helpers.rs`: the built-in handlebars helpers (`upper`, `lower`, `trim`, `default`, `json`).
 //! - `condition.rs`: [`ConditionSpec`] as written, compiled to a [`Condition`] that yields a
 //!   [`Verdict`].
+//! - `refs.rs`: which context paths a string reads ([`references`]), for flagging expressions
+//!   that resolve to nothing.
 //!
 //! # Invariants
 //!
@@ -40,6 +42,7 @@
 mod condition;
 mod helpers;
 mod jsonpath;
+mod refs;
 mod template;
 #[cfg(test)]
 mod tests;
@@ -52,6 +55,7 @@ use handlebars::Handlebars;
 use serde_json::Value;
 
 pub use condition::{Condition, ConditionSpec, Verdict};
+pub use refs::{references, Reference};
 
 use template::{Compiled, Leaf, Scope};
 

@@ -65,6 +65,16 @@ pub(super) enum Piece {
 pub(super) struct SimplePath(Box<[String]>);
 
 impl SimplePath {
+    /// The segments.
+    pub(super) fn segments(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The segments joined with dots.
+    pub(super) fn dotted(&self) -> String {
+        self.0.join(".")
+    }
+
     /// The value at this path, if any.
     pub(super) fn lookup<'v>(&self, data: &'v Value) -> Option<&'v Value> {
         let mut current = data;
@@ -325,7 +335,7 @@ fn is_helper_name(path: &Path) -> bool {
 }
 
 /// The path as [`SimplePath`], when it is one (no `this`, `@root`, `../`, `@index`).
-fn simple_path(path: &Path) -> Option<SimplePath> {
+pub(super) fn simple_path(path: &Path) -> Option<SimplePath> {
     let Path::Relative((segs, _)) = path else {
         return None;
     };
