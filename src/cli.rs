@@ -25,6 +25,10 @@ pub enum Command {
     Validate {
         /// Flow files or directories (default: flows).
         paths: Vec<PathBuf>,
+        /// Also run each flow offline on each of its samples (`samples/FLOW/*.json` beside it)
+        /// and fail on expressions that resolve to nothing.
+        #[arg(long)]
+        samples: bool,
     },
     /// Print the JSON Schema of the flow format (for editor autocomplete).
     Schema,
@@ -33,9 +37,12 @@ pub enum Command {
         /// The flow file.
         flow: PathBuf,
         /// A JSON file with the event's body (what a webhook sender would post).
+        #[arg(long, required_unless_present = "sample", conflicts_with = "sample")]
+        event: Option<PathBuf>,
+        /// A sample of the flow, by name (`samples/FLOW/NAME.json` beside the flow file).
         #[arg(long)]
-        event: PathBuf,
-        /// Render HTTP actions and show them instead of sending them.
+        sample: Option<String>,
+        /// Run offline: render HTTP and connector calls and show them instead of sending them.
         #[arg(long)]
         dry_run: bool,
         /// Private networks (CIDR) HTTP actions may reach, e.g. 127.0.0.1.

@@ -1,25 +1,31 @@
 //! Commands that work on flow files without a server: `validate`, `schema` and `run`.
 //!
 //! `run` uses the real runtime on a temporary store, so a local run behaves exactly like a served
-//! one, except that failed steps are not retried and `--dry-run` describes HTTP actions instead of
-//! sending them.
+//! one, except that failed steps are not retried; `--dry-run` runs offline and describes HTTP and
+//! connector calls instead of making them. Both flag the expressions that resolved to nothing.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use hookflow_engine::flow::{self, process_env, schema::json_schema};
-use hookflow_engine::model::{RunStatus, StepStatus, Timestamp};
+use hookflow_engine::authoring::offline::{self, Trace};
+use hookflow_engine::authoring::unresolved::unresolved;
+use hookflow_engine::flow::{self, process_env, schema::json_schema, Flow};
+use hookflow_engine::steps::Registry;
+use hookflow_engine::model::{RunStatus, StepStatus};
 use hookflow_engine::outbound::{HttpClient, OutboundPolicy};
 use hookflow_engine::runtime::catalog::Catalog;
 use hookflow_engine::runtime::{Engine, EngineConfig};
 use hookflow_engine::store::sled::SledStore;
 use serde_json::{json, Value};
 
-/// `hookflow validate`: prints every problem; exit code 1 if there is one.
-pub fn validate(paths: &[PathBuf]) -> ExitCode {
+/// `hookflow validate [--samples]`: prints every problem; exit code 1 if there is one. With
+/// `samples`, each flow also runs offline on each of its samples, and every expression that
+/// resolved to nothing is a problem.
+pub async fn validate(paths: &[PathBuf], samples: bool) -> ExitCode {
     let paths = if paths.is_empty() {
         vec![PathBuf::from("flows")]
     } else {
@@ -29,11 +35,38 @@ pub fn validate(paths: &[PathBuf]) -> ExitCode {
     for e in &errors {
         println!("{e}");
     }
-    if errors.is_empty() {
-        println!("{} flow(s) valid", flows.len());
+    let mut problems = errors.len();
+    let mut checked = 0;
+    if samples {
+        for flow in &flows {
+            for (name, path) in crate::samples::list(Path::new(&flow.file), flow.id.as_str()) {
+                checked += 1;
+                let trigger = match crate::samples::load(&path) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        println!("{e:#}");
+                        problems += 1;
+                        continue;
+                    }
+                };
+                let trace = offline::run(flow, trigger, &BTreeMap::new()).await;
+                for u in unresolved(flow, &trace) {
+                    println!("{u} (sample {name})");
+                    problems += 1;
+                }
+            }
+        }
+    }
+    if problems == 0 {
+        let with = if samples {
+            format!(", {checked} sample(s) resolve every expression")
+        } else {
+            String::new()
+        };
+        println!("{} flow(s) valid{with}", flows.len());
         ExitCode::SUCCESS
     } else {
-        eprintln!("{} problem(s) found", errors.len());
+        eprintln!("{problems} problem(s) found");
         ExitCode::FAILURE
     }
 }
@@ -50,10 +83,20 @@ pub fn schema() -> anyhow::Result<()> {
 /// How long a local run may take in all.
 const LOCAL_RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// `hookflow run`: one event through one flow, printing each step.
+/// What a local run starts from.
+pub enum RunInput<'a> {
+    /// A JSON file with the event's body.
+    Event(&'a Path),
+    /// A sample of the flow, by name.
+    Sample(&'a str),
+}
+
+/// `hookflow run`: one event through one flow, printing each step's input and output and every
+/// expression that resolved to nothing. A dry run is offline (nothing is sent, nothing stored);
+/// otherwise the real runtime runs on a temporary store, without retries.
 pub async fn run(
     flow_path: &Path,
-    event_path: &Path,
+    input: RunInput<'_>,
     dry_run: bool,
     allow: &[String],
 ) -> anyhow::Result<ExitCode> {
@@ -68,11 +111,40 @@ pub async fn run(
     let Some(flow) = flows.pop() else {
         bail!("{} is not a flow file", flow_path.display())
     };
-    let text = std::fs::read_to_string(event_path)
-        .with_context(|| format!("cannot read {}", event_path.display()))?;
-    let body: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", event_path.display()))?;
+    let trigger = match input {
+        RunInput::Event(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let body: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", path.display()))?;
+            crate::samples::trigger(&json!({ "body": body }))
+        }
+        RunInput::Sample(name) => {
+            let path = crate::samples::dir(flow_path, flow.id.as_str()).join(format!("{name}.json"));
+            crate::samples::load(&path)?
+        }
+    };
+    let (flow, trace) = if dry_run {
+        let trace = offline::run(&flow, trigger, &BTreeMap::new()).await;
+        (Arc::new(flow), trace)
+    } else {
+        run_served(flow, registry, trigger, allow).await?
+    };
+    print_trace(&flow, &trace, dry_run)?;
+    Ok(if trace.run.status == RunStatus::Failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
 
+/// Runs the event through the real runtime on a temporary store, without retries.
+async fn run_served(
+    flow: Flow,
+    registry: Registry,
+    trigger: Value,
+    allow: &[String],
+) -> anyhow::Result<(Arc<Flow>, Trace)> {
     let allow = allow
         .iter()
         .map(|n| n.parse().map_err(|e: String| anyhow::anyhow!(e)))
@@ -85,13 +157,11 @@ pub async fn run(
     })?;
     let store = SledStore::temporary().context("cannot create a temporary store")?;
     let config = EngineConfig {
-        dry_run,
         no_retries: true,
         ..EngineConfig::default()
     };
     let engine = Engine::new(Arc::new(store), Catalog::new(registry), http, config);
     let flow = engine.deploy(vec![flow]).await?.remove(0).0;
-    let trigger = json!({ "method": "POST", "headers": {}, "query": {}, "body": body, "received_at": Timestamp::now() });
     let accepted = engine.ingest(&flow, trigger).await?;
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -107,14 +177,30 @@ pub async fn run(
     let Some(run) = run.filter(|r| r.status.is_final()) else {
         bail!("the run did not finish within {LOCAL_RUN_TIMEOUT:?}")
     };
+    let store = engine.store();
+    let event = store
+        .event(run.event_id)
+        .await?
+        .context("the run's event is missing")?;
+    let records = store.step_records(run.id).await?;
+    let trace = Trace {
+        event,
+        run,
+        records,
+    };
+    Ok((flow, trace))
+}
 
-    let records = engine.store().step_records(run.id).await?;
+/// Prints each step (status, input, output, error), the expressions that resolved to nothing,
+/// and the run's outcome.
+fn print_trace(flow: &Flow, trace: &Trace, dry_run: bool) -> anyhow::Result<()> {
+    let Trace { run, records, .. } = trace;
     println!(
         "flow {} (revision {}){}",
         flow.id,
         flow.revision,
         if dry_run {
-            " — dry run: HTTP actions were not sent"
+            " — dry run: nothing was sent"
         } else {
             ""
         }
@@ -140,12 +226,22 @@ pub async fn run(
             status_word(progress.status)
         );
         if let Some(r) = record {
+            if step.kind != "map" && step.kind != "filter" {
+                println!("  input:\n{}", indent(&serde_json::to_string_pretty(&r.input)?));
+            }
             if let Some(out) = &r.output {
-                println!("{}", indent(&serde_json::to_string_pretty(out)?));
+                println!("  output:\n{}", indent(&serde_json::to_string_pretty(out)?));
             }
             if let Some(err) = &r.error {
                 println!("  error: {}", err.message);
             }
+        }
+    }
+    let missing = unresolved(flow, trace);
+    if !missing.is_empty() {
+        println!("\n{} expression(s) resolved to nothing:", missing.len());
+        for u in &missing {
+            println!("  ⚠ {u}");
         }
     }
     println!(
@@ -160,11 +256,7 @@ pub async fn run(
     if run.status == RunStatus::Failed && !dry_run {
         println!("tip: `--dry-run` shows HTTP requests without sending them; the shipped flows send to a running `hookflow serve`'s request inspector");
     }
-    Ok(if run.status == RunStatus::Failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(())
 }
 
 fn status_word(s: StepStatus) -> String {

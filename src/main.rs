@@ -12,6 +12,7 @@ mod cli;
 mod client;
 mod config;
 mod local;
+mod samples;
 mod serve;
 mod server;
 
@@ -31,14 +32,27 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await.map(|()| ExitCode::SUCCESS),
-            Command::Validate { paths } => Ok(local::validate(&paths)),
+            Command::Validate { paths, samples } => Ok(local::validate(&paths, samples).await),
             Command::Schema => local::schema().map(|()| ExitCode::SUCCESS),
             Command::Run {
                 flow,
                 event,
+                sample,
                 dry_run,
                 allow_outbound,
-            } => local::run(&flow, &event, dry_run, &allow_outbound).await,
+            } => {
+                match (&event, &sample) {
+                    (Some(path), _) => {
+                        let input = local::RunInput::Event(path);
+                        local::run(&flow, input, dry_run, &allow_outbound).await
+                    }
+                    (None, Some(name)) => {
+                        let input = local::RunInput::Sample(name);
+                        local::run(&flow, input, dry_run, &allow_outbound).await
+                    }
+                    (None, None) => Err(anyhow::anyhow!("give --event FILE or --sample NAME")),
+                }
+            }
             Command::Hooks(c) => client::hooks(&c).await.map(|()| ExitCode::SUCCESS),
             Command::Runs {
                 command: RunsCommand::List(args),
