@@ -30,6 +30,11 @@ pub enum Command {
         #[arg(long)]
         samples: bool,
     },
+    /// Run the flow tests (`FLOW.test.yaml` beside each flow) offline; exit code 1 if one fails.
+    Test {
+        /// Test files or directories (default: flows).
+        paths: Vec<PathBuf>,
+    },
     /// Print the JSON Schema of the flow format (for editor autocomplete).
     Schema,
     /// Run a flow once, locally, without a server, and print each step's output.

@@ -11,6 +11,7 @@
 mod cli;
 mod client;
 mod config;
+mod flow_tests;
 mod local;
 mod samples;
 mod serve;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await.map(|()| ExitCode::SUCCESS),
             Command::Validate { paths, samples } => Ok(local::validate(&paths, samples).await),
+            Command::Test { paths } => Ok(flow_tests::run(&paths).await),
             Command::Schema => local::schema().map(|()| ExitCode::SUCCESS),
             Command::Run {
                 flow,

@@ -62,9 +62,14 @@ fn one_action<Op: Copy, const N: usize>(
     }
 }
 
-/// An action's config as JSON (compiled as templates), when the step gives it.
+/// An action's config as JSON (compiled as templates), when the step gives it; optional fields
+/// left out stay out (not `null`), so the recorded input shows what the flow wrote.
 fn config<T: serde::Serialize>(action: &Option<T>) -> Option<Value> {
-    action
-        .as_ref()
-        .map(|a| serde_json::to_value(a).expect("action configs serialize"))
+    action.as_ref().map(|a| {
+        let mut value = serde_json::to_value(a).expect("action configs serialize");
+        if let Value::Object(fields) = &mut value {
+            fields.retain(|_, v| !v.is_null());
+        }
+        value
+    })
 }

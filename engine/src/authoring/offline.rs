@@ -4,6 +4,7 @@
 //! a served one ([`advance`](crate::runtime::advance)), so statuses, skips and filters match.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use schemars::JsonSchema;
@@ -96,6 +97,14 @@ impl Trace {
     }
 }
 
+/// The HTTP client dry runs build requests with (one per process: building one takes a while).
+fn client() -> Option<HttpClient> {
+    static CLIENT: OnceLock<Option<HttpClient>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| HttpClient::new(OutboundPolicy::default()).ok())
+        .clone()
+}
+
 /// Runs `flow` on `trigger` in memory; `stubs` answer for steps by id.
 pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) -> Trace {
     let now = Timestamp::now();
@@ -109,7 +118,7 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
     let mut run = new.run;
     let mut queue: VecDeque<_> = new.items.into();
     let mut records: Vec<StepRecord> = Vec::new();
-    let http = HttpClient::new(OutboundPolicy::default()).ok();
+    let http = client();
     while let Some(item) = queue.pop_front() {
         let Some(step) = flow.step(&item.step_id).filter(|_| run.expects(&item)) else {
             continue;
