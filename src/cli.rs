@@ -1,4 +1,5 @@
-//! The command line: `hookflow serve | validate | schema | run | hooks | runs | inspect`.
+//! The command line: `hookflow serve | validate | test | schema | run | hooks | runs | replay |
+//! capture | diff | inspect`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,6 +66,27 @@ pub enum Command {
     /// Start a run's event again as a new run from the first step, on the flow as it is now or as
     /// it was; or every run of a flow in a time window (`--flow`).
     Replay(ReplayArgs),
+    /// Keep the next events sent to a flow's catch URL as samples (`samples/FLOW/NAME.json` beside
+    /// the flow, credentials redacted); the flow runs them as usual.
+    Capture {
+        /// The flow's id.
+        flow: String,
+        /// How many events to keep (1 to 100).
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Server options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show what changes between the flows on disk and those the server runs (added, removed,
+    /// changed steps), like a plan before deploying.
+    Diff {
+        /// Flow files or directories (default: flows).
+        paths: Vec<PathBuf>,
+        /// Server options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show what the server's request inspector received (`/inspect/BIN`).
     Inspect {
         /// The bin; without it, list the bins.

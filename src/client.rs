@@ -1,5 +1,5 @@
 //! Commands that talk to a running server's REST API: `hooks`, `runs list`, `runs show`,
-//! `runs retry`, `replay`, `inspect`.
+//! `runs retry`, `replay`, `inspect`, `capture`.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::cli::{BulkArgs, ClientArgs, ListArgs, ReplayArgs, RetryArgs};
 
 /// GETs an API path and returns its JSON, turning `{code, detail}` answers into errors.
-async fn get(client: &ClientArgs, path_and_query: &str) -> anyhow::Result<Value> {
+pub async fn get(client: &ClientArgs, path_and_query: &str) -> anyhow::Result<Value> {
     call(client, reqwest::Method::GET, path_and_query, None).await
 }
 
@@ -52,6 +52,35 @@ async fn call(
 
 fn print_json(v: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// How often `capture` asks the server whether samples arrived.
+const CAPTURE_POLL: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// `hookflow capture FLOW --count N`: keeps the next N events sent to the flow as samples, and
+/// waits until they are written (Ctrl-C stops waiting; the capture stays armed).
+pub async fn capture(client: &ClientArgs, flow: &str, count: usize) -> anyhow::Result<()> {
+    let path = format!("/api/v1/flows/{flow}/capture");
+    let armed = post(client, &path, json!({ "count": count })).await?;
+    println!(
+        "capturing the next {count} event(s) sent to `{flow}` into {}",
+        text(&armed["dir"])
+    );
+    let mut shown = 0;
+    loop {
+        let status = get(client, &path).await?;
+        let samples = status["samples"].as_array().cloned().unwrap_or_default();
+        for name in samples.iter().skip(shown) {
+            println!("  captured {}", text(name));
+        }
+        shown = samples.len();
+        if status["done"] == true {
+            break;
+        }
+        tokio::time::sleep(CAPTURE_POLL).await;
+    }
+    println!("{shown} sample(s) written; preview one with `hookflow run FLOW_FILE --sample NAME --dry-run`");
     Ok(())
 }
 

@@ -147,12 +147,18 @@ async fn run_file(file: &Path) -> anyhow::Result<(usize, usize)> {
     let flow_path = match &tests.flow {
         Some(p) => file.parent().unwrap_or(Path::new(".")).join(p),
         None => {
-            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             file.with_file_name(name.replace(".test.", "."))
         }
     };
-    let (mut flows, errors) =
-        flow::load(&[flow_path.clone()], &crate::registry(), &process_env);
+    let (mut flows, errors) = flow::load(
+        std::slice::from_ref(&flow_path),
+        &crate::registry(),
+        &process_env,
+    );
     if let Some(e) = errors.first() {
         anyhow::bail!("the flow it tests has problems: {e}");
     }
@@ -217,7 +223,9 @@ fn check(expect: &Expect, trace: &Trace) -> Vec<String> {
     if let Some(text) = &expect.reason_contains {
         let reason = run.reason.as_deref().unwrap_or_default();
         if !reason.contains(text.as_str()) {
-            problems.push(format!("the run's reason `{reason}` does not contain `{text}`"));
+            problems.push(format!(
+                "the run's reason `{reason}` does not contain `{text}`"
+            ));
         }
     }
     for (id, want) in &expect.steps {
@@ -225,7 +233,10 @@ fn check(expect: &Expect, trace: &Trace) -> Vec<String> {
         let record = progress.and_then(|p| trace.record(&p.id));
         if let (Some(status), Some(p)) = (want.status, progress) {
             if p.status != status {
-                problems.push(format!("step `{id}` is {:?}, expected {status:?}", p.status));
+                problems.push(format!(
+                    "step `{id}` is {:?}, expected {status:?}",
+                    p.status
+                ));
             }
         }
         let output = record.and_then(|r| r.output.clone()).unwrap_or(Value::Null);
@@ -249,7 +260,11 @@ fn check(expect: &Expect, trace: &Trace) -> Vec<String> {
                 } else {
                     actual.clone()
                 };
-                let kind = if partial { "does not contain" } else { "differs" };
+                let kind = if partial {
+                    "does not contain"
+                } else {
+                    "differs"
+                };
                 problems.push(format!(
                     "step `{id}`: the {what} {kind} what is expected:\n{}",
                     diff(expected, &shown)

@@ -14,11 +14,11 @@ use anyhow::{bail, Context};
 use hookflow_engine::authoring::offline::{self, Trace};
 use hookflow_engine::authoring::unresolved::unresolved;
 use hookflow_engine::flow::{self, process_env, schema::json_schema, Flow};
-use hookflow_engine::steps::Registry;
 use hookflow_engine::model::{RunStatus, StepStatus};
 use hookflow_engine::outbound::{HttpClient, OutboundPolicy};
 use hookflow_engine::runtime::catalog::Catalog;
 use hookflow_engine::runtime::{Engine, EngineConfig};
+use hookflow_engine::steps::Registry;
 use hookflow_engine::store::sled::SledStore;
 use serde_json::{json, Value};
 
@@ -120,7 +120,8 @@ pub async fn run(
             crate::samples::trigger(&json!({ "body": body }))
         }
         RunInput::Sample(name) => {
-            let path = crate::samples::dir(flow_path, flow.id.as_str()).join(format!("{name}.json"));
+            let path =
+                crate::samples::dir(flow_path, flow.id.as_str()).join(format!("{name}.json"));
             crate::samples::load(&path)?
         }
     };
@@ -227,7 +228,10 @@ fn print_trace(flow: &Flow, trace: &Trace, dry_run: bool) -> anyhow::Result<()> 
         );
         if let Some(r) = record {
             if step.kind != "map" && step.kind != "filter" {
-                println!("  input:\n{}", indent(&serde_json::to_string_pretty(&r.input)?));
+                println!(
+                    "  input:\n{}",
+                    indent(&serde_json::to_string_pretty(&r.input)?)
+                );
             }
             if let Some(out) = &r.output {
                 println!("  output:\n{}", indent(&serde_json::to_string_pretty(out)?));

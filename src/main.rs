@@ -6,11 +6,14 @@
 //! - `serve`: `hookflow serve`: store, engine, workers, HTTP server, graceful shutdown.
 //! - `server`: the axum application: catch hooks, REST API, request inspector.
 //! - `local`: commands that work on files without a server (`validate`, `schema`, `run`).
-//! - `client`: commands that talk to a running server's API (`hooks`, `runs`, `inspect`).
+//! - `flow_tests`: `hookflow test`, flow tests beside the flows; `samples`: sample event files.
+//! - `client`: commands that talk to a running server's API (`hooks`, `runs`, `inspect`,
+//!   `capture`); `diff`: the flows on disk against the server's.
 
 mod cli;
 mod client;
 mod config;
+mod diff;
 mod flow_tests;
 mod local;
 mod samples;
@@ -42,19 +45,17 @@ fn main() -> ExitCode {
                 sample,
                 dry_run,
                 allow_outbound,
-            } => {
-                match (&event, &sample) {
-                    (Some(path), _) => {
-                        let input = local::RunInput::Event(path);
-                        local::run(&flow, input, dry_run, &allow_outbound).await
-                    }
-                    (None, Some(name)) => {
-                        let input = local::RunInput::Sample(name);
-                        local::run(&flow, input, dry_run, &allow_outbound).await
-                    }
-                    (None, None) => Err(anyhow::anyhow!("give --event FILE or --sample NAME")),
+            } => match (&event, &sample) {
+                (Some(path), _) => {
+                    let input = local::RunInput::Event(path);
+                    local::run(&flow, input, dry_run, &allow_outbound).await
                 }
-            }
+                (None, Some(name)) => {
+                    let input = local::RunInput::Sample(name);
+                    local::run(&flow, input, dry_run, &allow_outbound).await
+                }
+                (None, None) => Err(anyhow::anyhow!("give --event FILE or --sample NAME")),
+            },
             Command::Hooks(c) => client::hooks(&c).await.map(|()| ExitCode::SUCCESS),
             Command::Runs {
                 command: RunsCommand::List(args),
@@ -68,6 +69,16 @@ fn main() -> ExitCode {
                 command: RunsCommand::Retry(args),
             } => client::retry(&args).await.map(|()| ExitCode::SUCCESS),
             Command::Replay(args) => client::replay(&args).await.map(|()| ExitCode::SUCCESS),
+            Command::Capture {
+                flow,
+                count,
+                client,
+            } => client::capture(&client, &flow, count)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Diff { paths, client } => {
+                diff::diff(&paths, &client).await.map(|_| ExitCode::SUCCESS)
+            }
             Command::Inspect { bin, client } => client::inspect(&client, bin.as_deref())
                 .await
                 .map(|()| ExitCode::SUCCESS),

@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::ServeArgs;
 use crate::config::{Config, LogFormat};
-use crate::server::{self, AppState, HookLog, Inspector};
+use crate::server::{self, AppState, Captures, HookLog, Inspector};
 
 /// How long executing steps may take to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -138,6 +138,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: config.max_body_bytes,
         inspector: Inspector::default(),
         hook_log: HookLog::default(),
+        captures: Captures::default(),
     };
     let app = server::router(state);
     axum::serve(listener, app)

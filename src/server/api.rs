@@ -1,5 +1,7 @@
-//! The REST API under `/api/v1`: flows with their catch URLs, runs (filtered, cursor-paged), and a
-//! run's detail with its event and every step's record.
+//! The REST API under `/api/v1`: flows with their catch URLs (one flow with its source), runs
+//! (filtered, cursor-paged), and a run's detail with its event and every step's record.
+
+use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
@@ -16,6 +18,7 @@ use super::{ApiError, AppState};
 pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/flows", get(list_flows))
+        .route("/api/v1/flows/{flow_id}", get(show_flow))
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{run_id}", get(show_run))
 }
@@ -23,23 +26,46 @@ pub(super) fn router() -> Router<AppState> {
 async fn list_flows(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut flows = Vec::new();
     for flow in state.engine.catalog().all() {
-        let catch_url = match flow.trigger {
-            Trigger::Webhook { .. } => {
-                let token = state
-                    .engine
-                    .hook_token(&flow.id)
-                    .await
-                    .map_err(|e| ApiError::unavailable(&e))?;
-                Some(format!(
-                    "{}/hooks/catch/{}/{token}",
-                    state.base_url, flow.id
-                ))
-            }
-            Trigger::Manual => None,
-        };
-        flows.push(flow_json(&flow, catch_url));
+        flows.push(flow_json(&flow, catch_url(&state, &flow).await?));
     }
     Ok(Json(json!({ "flows": flows })))
+}
+
+/// A deployed flow with its source (the revision running now).
+async fn show_flow(
+    State(state): State<AppState>,
+    Path(flow_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let flow = deployed(&state, &flow_id)?;
+    let mut answer = flow_json(&flow, catch_url(&state, &flow).await?);
+    answer["source"] = json!(flow.source.as_ref());
+    Ok(Json(answer))
+}
+
+/// The deployed flow with this id, or a 404.
+pub(super) fn deployed(state: &AppState, flow_id: &str) -> Result<Arc<Flow>, ApiError> {
+    flow_id
+        .parse::<FlowId>()
+        .ok()
+        .and_then(|id| state.engine.catalog().current(&id))
+        .ok_or_else(|| ApiError::not_found(format!("no flow `{flow_id}` is deployed")))
+}
+
+async fn catch_url(state: &AppState, flow: &Flow) -> Result<Option<String>, ApiError> {
+    match flow.trigger {
+        Trigger::Webhook { .. } => {
+            let token = state
+                .engine
+                .hook_token(&flow.id)
+                .await
+                .map_err(|e| ApiError::unavailable(&e))?;
+            Ok(Some(format!(
+                "{}/hooks/catch/{}/{token}",
+                state.base_url, flow.id
+            )))
+        }
+        Trigger::Manual => Ok(None),
+    }
 }
 
 fn flow_json(flow: &Flow, catch_url: Option<String>) -> Value {

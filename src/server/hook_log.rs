@@ -116,12 +116,8 @@ async fn show(
     State(state): State<AppState>,
     Path(flow_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let flow = flow_id
-        .parse::<FlowId>()
-        .ok()
-        .filter(|f| state.engine.catalog().current(f).is_some())
-        .ok_or_else(|| ApiError::not_found(format!("no flow `{flow_id}` is deployed")))?;
+    let flow = super::api::deployed(&state, &flow_id)?;
     Ok(Json(
-        json!({ "flow": flow, "requests": state.hook_log.recent(&flow) }),
+        json!({ "flow": flow.id, "requests": state.hook_log.recent(&flow.id) }),
     ))
 }

@@ -190,6 +190,7 @@ async fn take(
     let events = flow.split_batch(trigger);
     let mut answers = Vec::with_capacity(events.len());
     for event in events {
+        state.captures.offer(flow, &event).await;
         if let Some(why) = flow.ignores(&event) {
             tracing::info!(flow = %flow_id, reason = %why, "ignored an event");
             answers.push((None, why));

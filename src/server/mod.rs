@@ -4,10 +4,12 @@
 //! status, and internals are logged, not leaked.
 
 mod api;
+mod capture;
 mod hook_log;
 mod hooks;
 mod inspector;
 mod metrics;
+mod preview;
 mod repair;
 
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use hookflow_engine::runtime::Engine;
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
+pub use capture::Captures;
 pub use hook_log::HookLog;
 pub use inspector::Inspector;
 
@@ -36,6 +39,8 @@ pub struct AppState {
     pub inspector: Inspector,
     /// Recent catch-hook requests per flow, and their counters.
     pub hook_log: HookLog,
+    /// Armed sample captures.
+    pub captures: Captures,
 }
 
 /// The whole application.
@@ -46,6 +51,8 @@ pub fn router(state: AppState) -> Router {
         .merge(repair::router())
         .merge(inspector::router())
         .merge(hook_log::router())
+        .merge(capture::router())
+        .merge(preview::router())
         .merge(metrics::router())
         .route(
             "/healthz",

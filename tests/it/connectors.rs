@@ -6,12 +6,10 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use crate::fakes::{self, FakeHubSpot, FakeStripe, Scripted};
-use crate::support::{eventually, run_cli, Server, Sink};
+use crate::support::{eventually, hmac_sha256, now_secs, run_cli, Server, Sink};
 
 const HUBSPOT_TOKEN: &str = "pat-na1-test-token-7f3a";
 const STRIPE_KEY: &str = "sk_test_51fake";
@@ -676,19 +674,6 @@ fn a_connector_step_with_two_actions_or_none_is_refused_with_its_line() {
 }
 
 // --- the shipped seed flows ------------------------------------------------------------------
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn seed(name: &str) -> String {
     let path = format!("{}/flows/{name}", env!("CARGO_MANIFEST_DIR"));

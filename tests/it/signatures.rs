@@ -3,17 +3,9 @@
 //! schemes through the real server, with secrets from the environment and a secret rotation.
 
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
-use crate::support::{run_cli, Server};
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
-}
+use crate::support::{hmac_sha256, now_secs, run_cli, Server};
 
 fn flow(id: &str, verify: &str) -> String {
     format!(
@@ -40,13 +32,6 @@ async fn post(server: &Server, flow: &str, body: &str, headers: &[(&str, String)
     }
     let r = request.send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 #[tokio::test]

@@ -233,6 +233,11 @@ impl Server {
             .expect("hookflow runs")
     }
 
+    /// The directory the server reads its flows from.
+    pub fn flows_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("flows")
+    }
+
     /// POSTs JSON to an API path; returns status and JSON.
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.post_to(&format!("{}{path}", self.base), body).await
@@ -452,4 +457,20 @@ async fn record(
         answer.insert("retry-after", after.parse().unwrap());
     }
     (StatusCode::from_u16(status).unwrap(), answer, "{}")
+}
+
+/// HMAC-SHA256 of `data` with `key` (how most webhook senders sign).
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }

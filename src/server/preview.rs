@@ -1,0 +1,97 @@
+//! Previews for authoring: `GET /api/v1/flows/{flow_id}/samples` lists a flow's samples, and
+//! `POST /api/v1/flows/{flow_id}/preview {"sample": NAME}` (or `{"event": {"body": …}}`) runs the
+//! deployed flow offline on it — nothing sent, nothing stored — and answers each step's rendered
+//! input and output, and every expression that resolved to nothing with its line and a suggestion.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hookflow_engine::authoring::offline;
+use hookflow_engine::authoring::unresolved::unresolved;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/flows/{flow_id}/samples", get(samples))
+        .route("/api/v1/flows/{flow_id}/preview", post(preview))
+}
+
+async fn samples(
+    State(state): State<AppState>,
+    UrlPath(flow_id): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let flow = super::api::deployed(&state, &flow_id)?;
+    let names: Vec<String> = crate::samples::list(Path::new(&flow.file), flow.id.as_str())
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    Ok(Json(json!({ "flow": flow.id, "samples": names })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewRequest {
+    #[serde(default)]
+    sample: Option<String>,
+    #[serde(default)]
+    event: Option<Value>,
+}
+
+async fn preview(
+    State(state): State<AppState>,
+    UrlPath(flow_id): UrlPath<String>,
+    Json(request): Json<PreviewRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let flow = super::api::deployed(&state, &flow_id)?;
+    let trigger = match (request.sample, request.event) {
+        (Some(name), None) => {
+            let known = crate::samples::list(Path::new(&flow.file), flow.id.as_str());
+            let (_, path) = known.into_iter().find(|(n, _)| *n == name).ok_or_else(|| {
+                ApiError::not_found(format!("`{flow_id}` has no sample `{name}`"))
+            })?;
+            crate::samples::load(&path)
+                .map_err(|e| ApiError::bad_request("invalid_sample", format!("{e:#}")))?
+        }
+        (None, Some(event)) => crate::samples::trigger(&event),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_preview",
+                "give `sample` (a sample's name) or `event` (`{\"body\": …}`)",
+            ))
+        }
+    };
+    let trace = offline::run(&flow, trigger, &BTreeMap::new()).await;
+    let steps: Vec<Value> = trace
+        .run
+        .steps
+        .iter()
+        .map(|p| {
+            let record = trace.record(&p.id);
+            json!({
+                "id": p.id, "status": p.status,
+                "input": record.map(|r| &r.input), "output": record.and_then(|r| r.output.as_ref()),
+                "error": record.and_then(|r| r.error.as_ref()).map(|e| &e.message),
+            })
+        })
+        .collect();
+    let missing: Vec<Value> = unresolved(&flow, &trace)
+        .iter()
+        .map(|u| {
+            json!({
+                "step": u.step, "line": u.line, "col": u.col, "field": u.field, "path": u.path,
+                "suggestion": u.suggestion, "message": u.to_string(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "flow": flow.id, "revision": flow.revision,
+        "status": trace.run.status, "reason": trace.run.reason,
+        "steps": steps, "unresolved": missing,
+    })))
+}
