@@ -2,6 +2,7 @@
 //! One test binary; the harness is in `support`.
 
 mod authoring;
+mod browser;
 mod cli;
 mod connectors;
 mod crash;

@@ -1,11 +1,12 @@
-//! The browser UI in a real headless Chromium: the page is rendered with its scripts run against
-//! the live server's REST API, and the rendered DOM is checked.
+//! The browser UI in a real headless Chromium against the live server's REST API: pages rendered
+//! with their scripts run (`--dump-dom`), and driven over WebDriver (clicks, forms).
 
 use std::process::Command;
 
 use serde_json::json;
 
-use crate::support::Server;
+use crate::browser::Browser;
+use crate::support::{eventually, Server};
 
 /// The page at `url` as Chromium renders it (scripts run, fetches answered).
 fn rendered(url: &str) -> String {
@@ -53,4 +54,72 @@ steps:
         row.contains("missing"),
         "the detail says what was missing: {row}"
     );
+}
+
+const PAYMENTS: &str = r#"id: payments
+name: Paid invoices to the CRM
+trigger: { webhook: }
+steps:
+  - id: paid
+    filter: { value: "{{trigger.body.data.object.paid_at}}", exists: true }
+  - id: shape
+    map:
+      email: "{{lower trigger.body.customer_email}}"
+"#;
+
+#[tokio::test]
+async fn the_flow_page_previews_a_sample_marks_the_typo_and_captures_new_samples() {
+    let server = Server::start(&[("payments.yaml", PAYMENTS)]);
+    let samples = server.flows_dir().join("samples/payments");
+    std::fs::create_dir_all(&samples).unwrap();
+    let paid =
+        json!({ "body": { "data": { "object": { "customer_email": "A@X.COM", "paid_at": 1 } } } });
+    std::fs::write(samples.join("paid.json"), paid.to_string()).unwrap();
+
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("{}/#/flows/payments", server.base))
+        .await
+        .unwrap();
+    browser.find("#preview").await.click().await.unwrap();
+    let flag = browser.text_of(".unresolved", "did you mean").await;
+    assert!(flag.contains("line 9"), "{flag}");
+    assert!(flag.contains("trigger.body.customer_email"), "{flag}");
+    assert!(
+        flag.contains("trigger.body.data.object.customer_email"),
+        "{flag}"
+    );
+    let line = browser.find("#line-9").await;
+    assert!(line
+        .attr("class")
+        .await
+        .unwrap()
+        .unwrap_or_default()
+        .contains("flagged"));
+    assert!(line.text().await.unwrap().contains("email:"));
+    browser.text_of("[data-step=shape]", "succeeded").await;
+
+    // Capture the next event from the page.
+    browser.find("#capture").await.click().await.unwrap();
+    browser.text_of("#capture-status", "Waiting for 1").await;
+    let (status, _) = server
+        .send("payments", &json!({ "customer_email": "b@y.com" }))
+        .await;
+    assert_eq!(status, 200);
+    let shown = browser.text_of("#capture-status", "Captured").await;
+    let written = eventually("the captured sample file", || async {
+        let files: Vec<_> = std::fs::read_dir(&samples)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n != "paid.json")
+            .collect();
+        (files.len() == 1).then(|| files[0].clone())
+    })
+    .await;
+    assert!(
+        shown.contains(written.trim_end_matches(".json")),
+        "{shown} vs {written}"
+    );
+    browser.close().await;
 }
