@@ -1,7 +1,7 @@
 //! `hookflow test`: flow tests kept in git beside the flows. A `FLOW.test.yaml` lists cases: an
 //! event (inline or one of the flow's samples), stubbed answers for the steps that would call out,
 //! and expectations (the run's status; a step's status, output, the request it would send, its
-//! error). Cases run offline in milliseconds; a failed expectation prints a diff.
+//! error, the path a switch took). Cases run offline in milliseconds; a failed expectation prints a diff.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -84,6 +84,9 @@ struct StepExpect {
     /// Text its error contains.
     #[serde(default)]
     error_contains: Option<String>,
+    /// For a `switch`: the path it took (`none` when it took none).
+    #[serde(default)]
+    path: Option<String>,
 }
 
 /// `hookflow test [PATH…]`: runs every case of every test file; exit code 1 if one fails.
@@ -268,6 +271,14 @@ fn check(expect: &Expect, trace: &Trace) -> Vec<String> {
                 problems.push(format!(
                     "step `{id}`: the {what} {kind} what is expected:\n{}",
                     diff(expected, &shown)
+                ));
+            }
+        }
+        if let (Some(path), Some(p)) = (&want.path, progress) {
+            let taken = p.path.as_deref().unwrap_or("none");
+            if taken != path {
+                problems.push(format!(
+                    "step `{id}` took path `{taken}`, expected `{path}`"
                 ));
             }
         }

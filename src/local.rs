@@ -220,8 +220,13 @@ fn print_trace(flow: &Flow, trace: &Trace, dry_run: bool) -> anyhow::Result<()> 
             StepStatus::Filtered => "⊘",
             _ => "·",
         };
+        let path = progress
+            .path
+            .as_deref()
+            .map(|p| format!(", took path `{p}`"))
+            .unwrap_or_default();
         println!(
-            "\n{mark} {} ({}) — {} in {ms} ms",
+            "\n{mark} {} ({}) — {} in {ms} ms{path}",
             step.id,
             step.kind,
             status_word(progress.status)

@@ -273,6 +273,9 @@ pub struct StepProgress {
     /// included).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub retried: u32,
+    /// For a branching step (`switch`) that ran: the path it took (`None` also when it took none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

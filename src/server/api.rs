@@ -185,10 +185,14 @@ async fn show_run(
         .map(|p| match records.iter().find(|r| r.step_id == p.id) {
             Some(r) => {
                 let duration_ms: u64 = r.attempts.iter().map(|a| a.duration_ms).sum();
-                json!({
+                let mut step = json!({
                     "id": p.id, "kind": r.kind, "status": p.status, "input": r.input, "output": r.output,
                     "error": r.error, "attempts": r.attempts, "duration_ms": duration_ms,
-                })
+                });
+                if let Some(path) = &p.path {
+                    step["path"] = json!(path);
+                }
+                step
             }
             None => json!({ "id": p.id, "status": p.status, "attempts": [] }),
         })

@@ -132,6 +132,38 @@ const PAYMENTS_TESTS: &str = r#"cases:
           output_contains: { email: a@x.com, amount: 5000 }
 "#;
 
+const ROUTING: &str = r#"id: routing
+trigger: { webhook: }
+steps:
+  - id: route
+    switch:
+      cases:
+        - path: enterprise
+          when: { value: "{{trigger.body.employees}}", gte: 1000 }
+          steps: [assign_ae]
+      default: [nurture]
+  - id: assign_ae
+    map: { owner: ae }
+  - id: nurture
+    map: { sequence: smb }
+"#;
+
+const ROUTING_TESTS: &str = r#"cases:
+  - name: a big company goes to an account executive
+    event: { body: { employees: 5000 } }
+    expect:
+      steps:
+        route: { path: enterprise }
+        nurture: { status: skipped }
+  - name: a small one is nurtured
+    event: { body: { employees: 12 } }
+    expect:
+      steps:
+        route: { path: default }
+        assign_ae: { status: skipped }
+        nurture: { output: { sequence: smb } }
+"#;
+
 #[test]
 fn flow_tests_check_every_expectation_and_show_a_diff_when_one_fails() {
     let dir = tempfile::tempdir().unwrap();
@@ -142,6 +174,8 @@ fn flow_tests_check_every_expectation_and_show_a_diff_when_one_fails() {
     write(dir.path(), "flows/payments.yaml", &fixed);
     write(dir.path(), "flows/samples/payments/paid.json", PAID);
     write(dir.path(), "flows/payments.test.yaml", PAYMENTS_TESTS);
+    write(dir.path(), "flows/routing.yaml", ROUTING);
+    write(dir.path(), "flows/routing.test.yaml", ROUTING_TESTS);
 
     let out = run_cli(&["test", "flows"], dir.path());
     let shown = text(&out);
@@ -153,6 +187,8 @@ fn flow_tests_check_every_expectation_and_show_a_diff_when_one_fails() {
         "✔ flows/payments.test.yaml › a paid invoice is posted with its amount",
         "✔ flows/payments.test.yaml › an unpaid invoice is filtered",
         "✔ flows/payments.test.yaml › a refused post fails the run",
+        "✔ flows/routing.test.yaml › a big company goes to an account executive",
+        "✔ flows/routing.test.yaml › a small one is nurtured",
     ] {
         assert!(shown.contains(passing), "{passing} in\n{shown}");
     }
@@ -167,7 +203,7 @@ fn flow_tests_check_every_expectation_and_show_a_diff_when_one_fails() {
     +  \"amount\": 4900
      }";
     assert!(shown.contains(failure), "{shown}");
-    assert!(shown.contains("3 case(s) passed, 1 failed"), "{shown}");
+    assert!(shown.contains("5 case(s) passed, 1 failed"), "{shown}");
 
     // A stub for a step the flow does not have is a mistake in the test, said plainly.
     write(

@@ -431,3 +431,64 @@ async fn a_queued_run_whose_revision_can_no_longer_load_fails_with_the_reason() 
         "the invalid flow is not served"
     );
 }
+
+#[tokio::test]
+async fn a_switch_runs_only_the_taken_path_and_records_it() {
+    let sink = Sink::start().await;
+    let flow = format!(
+        r#"
+id: routing
+trigger: {{ webhook: }}
+steps:
+  - id: route
+    switch:
+      cases:
+        - path: enterprise
+          when: {{ value: "{{{{trigger.body.employees}}}}", gte: 1000 }}
+          steps: [alert_ae]
+        - path: smb
+          when: {{ value: "{{{{trigger.body.employees}}}}", lt: 1000 }}
+          steps: [nurture]
+  - id: alert_ae
+    http: {{ url: "{url}/ae", json: {{ company: "{{{{trigger.body.company}}}}" }} }}
+  - id: nurture
+    http: {{ url: "{url}/nurture", json: {{ company: "{{{{trigger.body.company}}}}" }} }}
+  - id: record
+    map: {{ ae: "{{{{default steps.alert_ae.status 'none'}}}}" }}
+"#,
+        url = sink.url
+    );
+    let server = Server::start(&[("routing.yaml", &flow)]);
+    let (_, big) = server
+        .send(
+            "routing",
+            &json!({ "company": "Globex", "employees": 5000 }),
+        )
+        .await;
+    let run = server.finished_run(big["run_id"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["path"], "enterprise");
+    let statuses: Vec<&str> = steps
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["succeeded", "succeeded", "skipped", "succeeded"]);
+    assert_eq!(
+        steps[3]["output"]["ae"], "200",
+        "the step after sees the taken path"
+    );
+
+    let (_, small) = server
+        .send("routing", &json!({ "company": "Initech", "employees": 40 }))
+        .await;
+    let run = server.finished_run(small["run_id"].as_str().unwrap()).await;
+    assert_eq!(run["steps"][0]["path"], "smb");
+    assert_eq!(run["steps"][1]["status"], "skipped");
+    let paths: Vec<String> = sink
+        .received()
+        .iter()
+        .map(|r| r.body["company"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(paths, ["Globex", "Initech"], "each event took one path");
+}

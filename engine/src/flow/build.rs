@@ -5,18 +5,19 @@
 //! kind's config, `needs`), so one bad step does not hide the problems of another; then the graph
 //! (unknown `needs`, cycles).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::position::{split_serde_yaml_error, Position, PositionIndex};
 use super::spec::{FlowSpec, StepSpec, TriggerSpec, VerifySpec, COMMON_STEP_KEYS};
-use super::{env, Dedupe, EnvLookup, Flow, FlowError, Retention, Step, Trigger, Verify};
+use super::{env, Dedupe, EnvLookup, Flow, FlowError, Retention, Route, Step, Trigger, Verify};
 use crate::expr::Compiler;
 use crate::ids::{FlowId, StepId};
 use crate::model::Revision;
 use crate::runtime::retry::RetryPolicy;
-use crate::steps::{join_path, BuildContext, Registry};
+use crate::steps::switch::DEFAULT_PATH;
+use crate::steps::{join_path, BuildContext, Path, Registry};
 
 /// The default time one step attempt may take.
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -152,8 +153,14 @@ pub fn parse_flow(
         });
     let mut steps = Vec::with_capacity(spec.steps.len());
     let mut first_use: HashMap<StepId, usize> = HashMap::new();
+    let mut explicit_needs: HashSet<StepId> = HashSet::new();
     for (i, step_spec) in spec.steps.into_iter().enumerate() {
         let prev = steps.last().map(|s: &Step| s.id.clone());
+        if step_spec.needs.is_some() {
+            if let Some(id) = step_spec.id.as_deref().and_then(|i| i.parse().ok()) {
+                explicit_needs.insert(id);
+            }
+        }
         let built = build_step(
             i,
             step_spec,
@@ -178,6 +185,7 @@ pub fn parse_flow(
         first_use.insert(step.id.clone(), i);
         steps.push(step);
     }
+    wire_switches(&mut steps, &explicit_needs, &first_use, &mut problems);
     check_graph(&steps, &first_use, &mut problems);
 
     match id {
@@ -381,7 +389,101 @@ fn build_step(
         timeout,
         action: action?,
         line,
+        route: None,
     })
+}
+
+/// Wires each `switch`'s paths: checks the steps they list (they exist, come after the switch,
+/// are on one path only), gives those steps their route, and fills in the `needs` a step did not
+/// write: a path's first step waits for the switch and each next one for the one before; the
+/// step after the paths waits for the switch and every path's last step.
+fn wire_switches(
+    steps: &mut [Step],
+    explicit_needs: &HashSet<StepId>,
+    index_of: &HashMap<StepId, usize>,
+    problems: &mut Problems<'_>,
+) {
+    let position: HashMap<StepId, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(p, s)| (s.id.clone(), p))
+        .collect();
+    let switches: Vec<(usize, StepId, Vec<Path>)> = steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !s.action.paths().is_empty())
+        .map(|(p, s)| (p, s.id.clone(), s.action.paths().to_vec()))
+        .collect();
+    let mut owner: HashMap<StepId, Route> = HashMap::new();
+    let problems_before = problems.errors.len();
+    for (at, switch, paths) in &switches {
+        let here = format!("steps[{}].switch", index_of[switch]);
+        for (c, path) in paths.iter().enumerate() {
+            for (k, id) in path.steps.iter().enumerate() {
+                let field = if path.name == DEFAULT_PATH {
+                    format!("{here}.default[{k}]")
+                } else {
+                    format!("{here}.cases[{c}].steps[{k}]")
+                };
+                match position.get(id) {
+                    None => problems.at(&field, format!("there is no step `{id}` in this flow")),
+                    Some(p) if p <= at => problems.at(
+                        &field,
+                        format!(
+                            "`{id}` comes before the switch: a path's steps follow it in the file"
+                        ),
+                    ),
+                    Some(_) => {
+                        let route = Route {
+                            switch: switch.clone(),
+                            path: path.name.clone(),
+                        };
+                        if let Some(first) = owner.insert(id.clone(), route) {
+                            problems.at(
+                                &field,
+                                format!(
+                                    "`{id}` is already on path `{}` of `{}`",
+                                    first.path, first.switch
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if problems.errors.len() > problems_before {
+        return;
+    }
+    for step in steps.iter_mut() {
+        step.route = owner.get(&step.id).cloned();
+    }
+    for (_, switch, paths) in &switches {
+        for path in paths {
+            for (k, id) in path.steps.iter().enumerate() {
+                let (Some(p), false) = (position.get(id), explicit_needs.contains(id)) else {
+                    continue;
+                };
+                let need = if k == 0 { switch } else { &path.steps[k - 1] };
+                steps[*p].needs = vec![need.clone()];
+            }
+        }
+    }
+    for p in 1..steps.len() {
+        let id = &steps[p].id;
+        if explicit_needs.contains(id) || owner.contains_key(id) {
+            continue;
+        }
+        let Some(route) = owner.get(&steps[p - 1].id) else {
+            continue;
+        };
+        let Some((_, switch, paths)) = switches.iter().find(|(_, s, _)| *s == route.switch) else {
+            continue;
+        };
+        let mut needs = vec![switch.clone()];
+        needs.extend(paths.iter().filter_map(|path| path.steps.last().cloned()));
+        steps[p].needs = needs;
+    }
 }
 
 /// Checks `needs` names and looks for cycles.

@@ -192,6 +192,17 @@ pub struct Step {
     pub action: Arc<dyn Action>,
     /// The line of the step in its file.
     pub line: usize,
+    /// For a step on a path of a `switch`: it runs only when that path is taken.
+    pub route: Option<Route>,
+}
+
+/// The switch path a step is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The switch.
+    pub switch: StepId,
+    /// The path's name.
+    pub path: String,
 }
 
 /// One problem in a flow file, located.

@@ -60,6 +60,7 @@ pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun
             status: StepStatus::Pending,
             item: None,
             retried: 0,
+            path: None,
         })
         .collect();
     let mut run = Run {
@@ -84,22 +85,51 @@ pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun
     }
 }
 
-/// Queues every pending step whose needs have all succeeded; returns their new items.
+/// Queues every pending step that can run now; returns their new items. A step can run when each
+/// of its needs has succeeded or was skipped (a switch path not taken) and, on a switch path, when
+/// its switch took that path. A step off the taken path, or whose needs were all skipped, is
+/// skipped itself (repeated until nothing changes, so skips flow down a path).
 fn queue_ready(flow: &Flow, run: &mut Run, now: Timestamp) -> Vec<QueueItem> {
     let mut items = Vec::new();
-    for step in &flow.steps {
-        let ready = run.step_status(&step.id) == Some(StepStatus::Pending)
-            && step
-                .needs
+    loop {
+        let mut skipped = false;
+        for step in &flow.steps {
+            if run.step_status(&step.id) != Some(StepStatus::Pending) {
+                continue;
+            }
+            let needs: Vec<Option<StepStatus>> =
+                step.needs.iter().map(|n| run.step_status(n)).collect();
+            let settled = needs
                 .iter()
-                .all(|n| run.step_status(n) == Some(StepStatus::Succeeded));
-        if ready {
+                .all(|s| matches!(s, Some(StepStatus::Succeeded | StepStatus::Skipped)));
+            if !settled {
+                continue;
+            }
+            let off_path = match &step.route {
+                None => false,
+                Some(route) => match run.steps.iter().find(|s| s.id == route.switch) {
+                    Some(s) if s.status == StepStatus::Succeeded => {
+                        s.path.as_deref() != Some(route.path.as_str())
+                    }
+                    Some(s) if s.status == StepStatus::Skipped => true,
+                    _ => continue,
+                },
+            };
+            let all_skipped =
+                !needs.is_empty() && needs.iter().all(|s| *s == Some(StepStatus::Skipped));
+            if off_path || all_skipped {
+                run.set_step_status(&step.id, StepStatus::Skipped);
+                skipped = true;
+                continue;
+            }
             let item = item(run, &step.id, 1, now);
             run.queue_step(&item);
             items.push(item);
         }
+        if !skipped {
+            return items;
+        }
     }
-    items
 }
 
 fn item(run: &Run, step: &StepId, attempt: u32, due_at: Timestamp) -> QueueItem {
@@ -216,6 +246,14 @@ pub fn advance(
         attempts,
     };
     run.set_step_status(&done.step_id, status);
+    if let (StepResult::Output(output), Some(step)) = (&done.result, flow.step(&done.step_id)) {
+        if !step.action.paths().is_empty() {
+            let taken = output["path"].as_str().map(str::to_owned);
+            if let Some(progress) = run.steps.iter_mut().find(|s| s.id == done.step_id) {
+                progress.path = taken;
+            }
+        }
+    }
     run.updated_at = now;
     let mut enqueue = Vec::new();
 

@@ -3,7 +3,7 @@
 //! A step kind is a typed config struct ([`StepKind`]) that the flow loader deserializes from the
 //! step's YAML and then `build`s into an [`Action`]: the runtime object the executor calls. The
 //! engine knows kinds only through the registry, so connectors add kinds without touching the
-//! flow parser. Built-in kinds: [`filter`], [`map`], [`http`].
+//! flow parser. Built-in kinds: [`filter`], [`map`], [`http`], [`switch`].
 //!
 //! An action works in two phases. `render` (pure, synchronous) turns the run context into the step's
 //! input — the exact thing recorded in run history as "what the step received"; `execute` then acts
@@ -12,6 +12,7 @@
 pub mod filter;
 pub mod http;
 pub mod map;
+pub mod switch;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,6 +39,21 @@ pub trait Action: Send + Sync + fmt::Debug {
 
     /// Acts on the rendered input.
     async fn execute(&self, input: Value, cx: &ExecContext) -> Result<Outcome, StepError>;
+
+    /// The paths of a branching step (`switch`): each names the steps that run only when it is
+    /// taken. The step's output says which was taken (`{"path": NAME}`).
+    fn paths(&self) -> &[Path] {
+        &[]
+    }
+}
+
+/// One path of a branching step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Path {
+    /// Its name (`enterprise`, `default`).
+    pub name: String,
+    /// The steps on it, in order.
+    pub steps: Vec<StepId>,
 }
 
 /// What a step's execution has access to besides its input.
@@ -278,12 +294,13 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The built-in kinds: `filter`, `map`, `http`.
+    /// The built-in kinds: `filter`, `map`, `http`, `switch`.
     pub fn builtin() -> Self {
         let mut r = Self::default();
         r.register::<filter::FilterSpec>();
         r.register::<map::MapSpec>();
         r.register::<http::HttpSpec>();
+        r.register::<switch::SwitchSpec>();
         r
     }
 

@@ -79,12 +79,14 @@ fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun {
                 status: StepStatus::Queued,
                 item: None,
                 retried: 0,
+                path: None,
             },
             StepProgress {
                 id: step("second"),
                 status: StepStatus::Pending,
                 item: None,
                 retried: 0,
+                path: None,
             },
         ],
         reason: None,
@@ -437,6 +439,7 @@ pub(crate) async fn concurrent_updates_of_one_run_lose_nothing(store: Arc<dyn St
                     status: StepStatus::Succeeded,
                     item: None,
                     retried: 0,
+                    path: None,
                 });
                 let records = vec![record(run.id, &name, json!(i))];
                 Some(RunUpdate {
