@@ -152,8 +152,16 @@ async fn api_errors_are_json() {
         .unwrap()
         .starts_with("text/html"));
     assert!(
-        page.text().await.unwrap().contains("/api/v1/flows"),
-        "the page reads the API"
+        page.text().await.unwrap().contains("/assets/app.js"),
+        "the page loads the app"
+    );
+    let script = reqwest::get(format!("{}/assets/app.js", server.base))
+        .await
+        .unwrap();
+    assert_eq!(script.headers()["content-type"], "text/javascript");
+    assert!(
+        script.text().await.unwrap().contains("/api/v1/flows"),
+        "the app reads the API"
     );
 }
 
