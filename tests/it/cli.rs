@@ -88,7 +88,10 @@ fn schema_describes_every_step_kind() {
         .iter()
         .map(|k| k["title"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["filter", "http", "hubspot", "map", "stripe", "switch"]);
+    assert_eq!(
+        kinds,
+        ["filter", "http", "hubspot", "map", "stripe", "switch"]
+    );
     assert!(schema["properties"]["trigger"].is_object());
 }
 
