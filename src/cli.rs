@@ -66,6 +66,24 @@ pub enum Command {
     /// Start a run's event again as a new run from the first step, on the flow as it is now or as
     /// it was; or every run of a flow in a time window (`--flow`).
     Replay(ReplayArgs),
+    /// Start a run of a flow on a server with a payload (a `manual:` flow's way to run; any flow
+    /// can be tried this way).
+    Trigger {
+        /// The flow's id.
+        flow: String,
+        /// A JSON file with the payload (the run's `trigger.body`).
+        #[arg(long, required_unless_present = "sample", conflicts_with = "sample")]
+        event: Option<PathBuf>,
+        /// One of the flow's samples, by name.
+        #[arg(long)]
+        sample: Option<String>,
+        /// Wait for the run to finish and print how it ended.
+        #[arg(long)]
+        wait: bool,
+        /// Server options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Keep the next events sent to a flow's catch URL as samples (`samples/FLOW/NAME.json` beside
     /// the flow, credentials redacted); the flow runs them as usual.
     Capture {

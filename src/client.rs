@@ -1,5 +1,5 @@
 //! Commands that talk to a running server's REST API: `hooks`, `runs list`, `runs show`,
-//! `runs retry`, `replay`, `inspect`, `capture`.
+//! `runs retry`, `replay`, `inspect`, `trigger`, `capture`.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -55,8 +55,53 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How often `capture` asks the server whether samples arrived.
-const CAPTURE_POLL: std::time::Duration = std::time::Duration::from_millis(300);
+/// How often `trigger --wait` and `capture` ask the server how things stand.
+const POLL: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// `hookflow trigger FLOW (--event FILE | --sample NAME) [--wait]`: starts a run; with `--wait`,
+/// waits for it to finish (exit code 1 if it failed).
+pub async fn trigger(
+    client: &ClientArgs,
+    flow: &str,
+    event: Option<&std::path::Path>,
+    sample: Option<&str>,
+    wait: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    let request = match (event, sample) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let body: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", path.display()))?;
+            json!({ "body": body })
+        }
+        (None, Some(name)) => json!({ "sample": name }),
+        (None, None) => bail!("give --event FILE or --sample NAME"),
+    };
+    let started = post(client, &format!("/api/v1/flows/{flow}/runs"), request).await?;
+    let run_id = text(&started["run_id"]);
+    println!("started run {run_id}");
+    if !wait {
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    loop {
+        let run = get(client, &format!("/api/v1/runs/{run_id}")).await?;
+        let status = text(&run["status"]);
+        if matches!(status.as_str(), "succeeded" | "failed" | "filtered") {
+            let reason = run["reason"]
+                .as_str()
+                .map(|r| format!(" — {r}"))
+                .unwrap_or_default();
+            println!("run {run_id}: {status}{reason}");
+            return Ok(if status == "failed" {
+                std::process::ExitCode::FAILURE
+            } else {
+                std::process::ExitCode::SUCCESS
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
 
 /// `hookflow capture FLOW --count N`: keeps the next N events sent to the flow as samples, and
 /// waits until they are written (Ctrl-C stops waiting; the capture stays armed).
@@ -78,7 +123,7 @@ pub async fn capture(client: &ClientArgs, flow: &str, count: usize) -> anyhow::R
         if status["done"] == true {
             break;
         }
-        tokio::time::sleep(CAPTURE_POLL).await;
+        tokio::time::sleep(POLL).await;
     }
     println!("{shown} sample(s) written; preview one with `hookflow run FLOW_FILE --sample NAME --dry-run`");
     Ok(())

@@ -69,6 +69,13 @@ fn main() -> ExitCode {
                 command: RunsCommand::Retry(args),
             } => client::retry(&args).await.map(|()| ExitCode::SUCCESS),
             Command::Replay(args) => client::replay(&args).await.map(|()| ExitCode::SUCCESS),
+            Command::Trigger {
+                flow,
+                event,
+                sample,
+                wait,
+                client,
+            } => client::trigger(&client, &flow, event.as_deref(), sample.as_deref(), wait).await,
             Command::Capture {
                 flow,
                 count,

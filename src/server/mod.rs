@@ -11,6 +11,7 @@ mod inspector;
 mod metrics;
 mod preview;
 mod repair;
+mod trigger;
 
 use std::sync::Arc;
 
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .merge(hook_log::router())
         .merge(capture::router())
         .merge(preview::router())
+        .merge(trigger::router())
         .merge(metrics::router())
         .route(
             "/healthz",

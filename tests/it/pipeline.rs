@@ -492,3 +492,62 @@ steps:
         .collect();
     assert_eq!(paths, ["Globex", "Initech"], "each event took one path");
 }
+
+#[tokio::test]
+async fn manual_runs_start_from_the_cli_and_the_api_and_are_never_duplicates() {
+    let manual = "id: monthly-report\ntrigger: { manual: }\nsteps:\n  - { id: shape, map: { month: \"{{trigger.body.month}}\" } }\n";
+    let deduped = "id: leads\ntrigger: { webhook: { dedupe: \"{{trigger.body.email}}\" } }\nsteps:\n  - { id: shape, map: { email: \"{{trigger.body.email}}\" } }\n";
+    let server = Server::start(&[("report.yaml", manual), ("leads.yaml", deduped)]);
+    let dir = tempfile::tempdir().unwrap();
+    let event = dir.path().join("event.json");
+    std::fs::write(&event, r#"{"month": "2026-10"}"#).unwrap();
+    let out = server.cli(&[
+        "trigger",
+        "monthly-report",
+        "--event",
+        event.to_str().unwrap(),
+        "--wait",
+    ]);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(shown.contains(": succeeded"), "{shown}");
+    let runs = server.all_runs("monthly-report").await;
+    assert_eq!(runs.len(), 1);
+    let run = server.finished_run(runs[0]["id"].as_str().unwrap()).await;
+    assert_eq!(run["steps"][0]["output"]["month"], "2026-10");
+    assert_eq!(run["event"]["trigger"]["method"], "MANUAL");
+
+    // A person asking twice gets two runs, even where senders' repeats are deduplicated.
+    for _ in 0..2 {
+        let (status, answer) = server
+            .post(
+                "/api/v1/flows/leads/runs",
+                &json!({ "body": { "email": "a@x.com" } }),
+            )
+            .await;
+        assert_eq!(
+            (status, answer["status"].as_str()),
+            (201, Some("queued")),
+            "{answer}"
+        );
+    }
+    eventually("two manual runs", || async {
+        (server.all_runs("leads").await.len() == 2).then_some(())
+    })
+    .await;
+    let (status, answer) = server
+        .post("/api/v1/flows/leads/runs", &json!({ "payload": {} }))
+        .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("invalid_run"))
+    );
+    let (status, _) = server
+        .post("/api/v1/flows/nope/runs", &json!({ "body": {} }))
+        .await;
+    assert_eq!(status, 404);
+}

@@ -121,5 +121,21 @@ async fn the_flow_page_previews_a_sample_marks_the_typo_and_captures_new_samples
         shown.contains(written.trim_end_matches(".json")),
         "{shown} vs {written}"
     );
+
+    // Start a run with a payload typed into the page.
+    let payload = browser.find("#payload").await;
+    payload.clear().await.unwrap();
+    payload
+        .send_keys(r#"{"customer_email": "typed@example.com"}"#)
+        .await
+        .unwrap();
+    browser.find("#start-run").await.click().await.unwrap();
+    let started = browser.text_of("#run-status", "Started").await;
+    let run_id = started.trim_start_matches("Started ").trim();
+    let run = server.finished_run(run_id).await;
+    assert_eq!(
+        run["event"]["trigger"]["body"]["customer_email"],
+        "typed@example.com"
+    );
     browser.close().await;
 }

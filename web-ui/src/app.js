@@ -99,6 +99,14 @@ async function flowPage(id) {
       <div id="preview-result"></div>
     </div>
 
+    <h2>Run with a payload</h2>
+    <div class="card">
+      <label for="payload">The event's body (JSON)</label>
+      <textarea id="payload" rows="5" spellcheck="false" style="width:100%;font-family:ui-monospace,monospace">{}</textarea>
+      <div class="row"><button type="button" class="primary" id="start-run">Start run</button>
+        <span id="run-status" role="status"></span></div>
+    </div>
+
     <h2>Source</h2>
     <pre class="source" id="source">${lines.map((l, i) => `<span id="line-${i + 1}">${esc(l)}</span>`).join("")}</pre>
 
@@ -115,6 +123,25 @@ async function flowPage(id) {
     preview(path, document.getElementById("sample").value));
   document.getElementById("capture")?.addEventListener("click", () =>
     capture(path, Number(document.getElementById("capture-count").value)));
+  document.getElementById("start-run").addEventListener("click", () =>
+    startRun(path, document.getElementById("payload").value));
+}
+
+async function startRun(path, text) {
+  const status = document.getElementById("run-status");
+  let body;
+  try {
+    body = JSON.parse(text);
+  } catch (e) {
+    status.innerHTML = `<span class="failed">The payload is not JSON: ${esc(e.message)}</span>`;
+    return;
+  }
+  try {
+    const started = await api(`${path}/runs`, { method: "POST", body: JSON.stringify({ body }) });
+    status.innerHTML = `Started <a href="/api/v1/runs/${esc(started.run_id)}"><code>${esc(started.run_id)}</code></a>`;
+  } catch (e) {
+    status.innerHTML = `<span class="failed">${esc(e.message)}</span>`;
+  }
 }
 
 async function preview(path, sample) {

@@ -175,8 +175,23 @@ impl Engine {
     /// A repeated delivery (same dedupe key within the flow's window) stores nothing and answers
     /// the original's ids.
     pub async fn ingest(&self, flow: &Flow, trigger: Value) -> Result<Accepted> {
+        let dedupe = dedupe_key(flow, &trigger, Timestamp::now());
+        self.store_event(flow, trigger, dedupe).await
+    }
+
+    /// Starts a run that a person asked for (`hookflow trigger`, the API, the UI), durably. It is
+    /// never a duplicate: the flow's dedupe rule is for senders' repeated deliveries.
+    pub async fn start_manual(&self, flow: &Flow, trigger: Value) -> Result<Accepted> {
+        self.store_event(flow, trigger, None).await
+    }
+
+    async fn store_event(
+        &self,
+        flow: &Flow,
+        trigger: Value,
+        dedupe: Option<DedupeKey>,
+    ) -> Result<Accepted> {
         let now = Timestamp::now();
-        let dedupe = dedupe_key(flow, &trigger, now);
         let event = Event {
             id: EventId::new(),
             flow_id: flow.id.clone(),
