@@ -220,6 +220,10 @@ pub struct Run {
     /// The run this one replays (same event, started again from the first step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<RunId>,
+    /// While the flow's `on_failure` steps run: why the run failed (it ends `failed` with this
+    /// reason once they are done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 impl Run {

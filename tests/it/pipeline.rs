@@ -551,3 +551,66 @@ async fn manual_runs_start_from_the_cli_and_the_api_and_are_never_duplicates() {
         .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn on_error_continue_goes_on_and_on_failure_steps_alert_when_a_run_fails() {
+    // The enrichment answers 500, the CRM 404, the alert channel 200.
+    let sink = Sink::scripted(&[500, 404]).await;
+    let flow = format!(
+        r#"
+id: guarded
+trigger: {{ webhook: }}
+steps:
+  - id: enrich
+    on_error: continue
+    retry: {{ attempts: 1 }}
+    http: {{ url: "{url}/enrich", json: {{ email: "{{{{trigger.body.email}}}}" }} }}
+  - id: shape
+    map: {{ email: "{{{{trigger.body.email}}}}", enrich_error: "{{{{steps.enrich.error.message}}}}" }}
+  - id: crm
+    http: {{ url: "{url}/crm", json: "$.steps.shape" }}
+  - id: after_crm
+    map: {{ never: true }}
+on_failure:
+  - id: alert
+    http:
+      url: "{url}/alerts"
+      json: {{ text: "Run {{{{run.id}}}} of {{{{run.flow}}}} failed: {{{{run.error}}}}" }}
+"#,
+        url = sink.url
+    );
+    let server = Server::start(&[("guarded.yaml", &flow)]);
+    let (_, answer) = server.send("guarded", &json!({ "email": "a@x.com" })).await;
+    let run_id = answer["run_id"].as_str().unwrap();
+    let run = server.finished_run(run_id).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert!(run["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("step `crm` failed: the server answered 404"));
+    let step = |id: &str| {
+        run["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(step("enrich")["status"], "failed");
+    assert!(step("shape")["output"]["enrich_error"]
+        .as_str()
+        .unwrap()
+        .contains("500"));
+    assert_eq!(step("after_crm")["status"], "skipped");
+    assert_eq!(step("alert")["status"], "succeeded");
+    let received = sink.received();
+    assert_eq!(received.len(), 3, "enrich, crm, alert");
+    let alert = received[2].body["text"].as_str().unwrap().to_owned();
+    assert!(
+        alert.starts_with(&format!(
+            "Run {run_id} of guarded failed: step `crm` failed"
+        )),
+        "{alert}"
+    );
+}

@@ -247,3 +247,104 @@ steps:
         );
     }
 }
+
+#[cfg(test)]
+mod error_handling {
+    use super::*;
+    use crate::flow::parse_flow;
+    use crate::model::{RunStatus, StepStatus};
+    use crate::steps::Registry;
+
+    const FLOW: &str = r#"
+id: handled
+trigger: { webhook: }
+steps:
+  - id: enrich
+    on_error: continue
+    http: { url: "https://enrich.example.com", json: {} }
+  - id: shape
+    map: { enriched: "{{default steps.enrich.body.ok steps.enrich.error.message}}" }
+  - id: post
+    http: { url: "https://crm.example.com", json: {} }
+  - id: never
+    map: { x: 1 }
+on_failure:
+  - id: alert
+    map: { text: "run {{run.id}} failed: {{run.error}}" }
+  - id: page
+    map: { sent: "{{steps.alert.text}}" }
+"#;
+
+    fn flow() -> Flow {
+        parse_flow("handled.yaml", FLOW, &Registry::builtin(), &|_| None).unwrap()
+    }
+
+    fn failing(step: &str, message: &str) -> (String, Stub) {
+        let stub = Stub {
+            error: Some(message.to_owned()),
+            ..Stub::default()
+        };
+        (step.to_owned(), stub)
+    }
+
+    fn status(trace: &Trace, id: &str) -> StepStatus {
+        trace.run.step_status(&id.parse().unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_continued_failure_feeds_its_error_to_the_next_steps() {
+        let flow = flow();
+        let stubs = BTreeMap::from([failing("enrich", "enrichment is down")]);
+        let trace = run(&flow, json!({}), &stubs).await;
+        assert_eq!(
+            trace.run.status,
+            RunStatus::Succeeded,
+            "{:?}",
+            trace.run.reason
+        );
+        assert_eq!(status(&trace, "enrich"), StepStatus::Failed);
+        let shape = trace.record(&"shape".parse().unwrap()).unwrap();
+        assert_eq!(
+            shape.output,
+            Some(json!({ "enriched": "enrichment is down" }))
+        );
+        assert_eq!(
+            status(&trace, "alert"),
+            StepStatus::Skipped,
+            "handlers run only on failure"
+        );
+    }
+
+    #[tokio::test]
+    async fn on_failure_steps_run_after_a_final_failure_and_the_run_ends_failed() {
+        let flow = flow();
+        let stubs = BTreeMap::from([failing("post", "the CRM answered 500")]);
+        let trace = run(&flow, json!({}), &stubs).await;
+        assert_eq!(trace.run.status, RunStatus::Failed);
+        assert_eq!(
+            trace.run.reason.as_deref(),
+            Some("step `post` failed: the CRM answered 500")
+        );
+        assert_eq!(status(&trace, "never"), StepStatus::Skipped);
+        let alert = trace.record(&"alert".parse().unwrap()).unwrap();
+        let text = alert.output.as_ref().unwrap()["text"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            text.ends_with("failed: step `post` failed: the CRM answered 500"),
+            "{text}"
+        );
+        assert_eq!(status(&trace, "page"), StepStatus::Succeeded);
+
+        // A failing handler still ends the run failed, saying both.
+        let stubs = BTreeMap::from([failing("post", "500"), failing("page", "pager down")]);
+        let trace = run(&flow, json!({}), &stubs).await;
+        assert_eq!(trace.run.status, RunStatus::Failed);
+        let reason = trace.run.reason.unwrap();
+        assert!(
+            reason.contains("`post` failed: 500") && reason.contains("pager down"),
+            "{reason}"
+        );
+    }
+}

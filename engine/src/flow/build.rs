@@ -151,42 +151,30 @@ pub fn parse_flow(
             max_age: r.max_age.map(|d| d.0),
             max_runs: r.max_runs,
         });
-    let mut steps = Vec::with_capacity(spec.steps.len());
-    let mut first_use: HashMap<StepId, usize> = HashMap::new();
-    let mut explicit_needs: HashSet<StepId> = HashSet::new();
-    for (i, step_spec) in spec.steps.into_iter().enumerate() {
-        let prev = steps.last().map(|s: &Step| s.id.clone());
-        if step_spec.needs.is_some() {
-            if let Some(id) = step_spec.id.as_deref().and_then(|i| i.parse().ok()) {
-                explicit_needs.insert(id);
-            }
-        }
-        let built = build_step(
-            i,
-            step_spec,
-            prev,
-            registry,
-            env,
-            &mut compiler,
-            &mut secrets,
-            &mut problems,
-        );
-        let Some(step) = built else { continue };
-        if let Some(first) = first_use.get(&step.id) {
+    let mut cx = StepsContext {
+        registry,
+        env,
+        compiler: &mut compiler,
+        secrets: &mut secrets,
+        problems: &mut problems,
+    };
+    let (mut steps, first_use, explicit_needs) = cx.build_all("steps", spec.steps, false);
+    let (handlers, handler_use, _) = cx.build_all("on_failure", spec.on_failure, true);
+    wire_switches(&mut steps, &explicit_needs, &first_use, &mut problems);
+    check_graph("steps", &steps, &first_use, &mut problems);
+    check_graph("on_failure", &handlers, &handler_use, &mut problems);
+    for handler in &handlers {
+        if let Some(first) = first_use.get(&handler.id) {
             problems.at(
-                &format!("steps[{i}].id"),
+                &format!("on_failure[{}].id", handler_use[&handler.id]),
                 format!(
                     "duplicate step id `{}` (first used by steps[{first}])",
-                    step.id
+                    handler.id
                 ),
             );
-            continue;
         }
-        first_use.insert(step.id.clone(), i);
-        steps.push(step);
     }
-    wire_switches(&mut steps, &explicit_needs, &first_use, &mut problems);
-    check_graph(&steps, &first_use, &mut problems);
+    steps.extend(handlers);
 
     match id {
         Some(id) if problems.errors.is_empty() => Ok(Flow {
@@ -275,19 +263,71 @@ fn build_verify(
     })
 }
 
-/// Validates one step; `None` (with problems recorded) if it cannot be built.
-#[allow(clippy::too_many_arguments)]
+/// What building a flow's steps shares.
+struct StepsContext<'a, 'p> {
+    registry: &'a Registry,
+    env: EnvLookup<'a>,
+    compiler: &'a mut Compiler,
+    secrets: &'a mut Vec<String>,
+    problems: &'a mut Problems<'p>,
+}
+
+/// Built steps, each id's index in its list, and the ids whose `needs` were written.
+type BuiltSteps = (Vec<Step>, HashMap<StepId, usize>, HashSet<StepId>);
+
+impl StepsContext<'_, '_> {
+    /// Validates a list of steps (`steps` or `on_failure`); each step by default needs the one
+    /// before it in the list.
+    fn build_all(&mut self, section: &str, specs: Vec<StepSpec>, handler: bool) -> BuiltSteps {
+        let mut steps: Vec<Step> = Vec::with_capacity(specs.len());
+        let mut index: HashMap<StepId, usize> = HashMap::new();
+        let mut explicit_needs = HashSet::new();
+        for (i, spec) in specs.into_iter().enumerate() {
+            let prev = steps.last().map(|s| s.id.clone());
+            if spec.needs.is_some() {
+                if let Some(id) = spec.id.as_deref().and_then(|i| i.parse().ok()) {
+                    explicit_needs.insert(id);
+                }
+            }
+            let here = format!("{section}[{i}]");
+            let Some(mut step) = build_step(&here, spec, prev, self) else {
+                continue;
+            };
+            step.handler = handler;
+            if let Some(first) = index.get(&step.id) {
+                self.problems.at(
+                    &format!("{here}.id"),
+                    format!(
+                        "duplicate step id `{}` (first used by {section}[{first}])",
+                        step.id
+                    ),
+                );
+                continue;
+            }
+            index.insert(step.id.clone(), i);
+            steps.push(step);
+        }
+        (steps, index, explicit_needs)
+    }
+}
+
+/// Validates one step (at `here`, e.g. `steps[2]`); `None` (with problems recorded) if it cannot
+/// be built.
 fn build_step(
-    i: usize,
+    here: &str,
     spec: StepSpec,
     prev: Option<StepId>,
-    registry: &Registry,
-    env: EnvLookup<'_>,
-    compiler: &mut Compiler,
-    secrets: &mut Vec<String>,
-    problems: &mut Problems<'_>,
+    cx: &mut StepsContext<'_, '_>,
 ) -> Option<Step> {
-    let here = format!("steps[{i}]");
+    let StepsContext {
+        registry,
+        env,
+        compiler,
+        secrets,
+        problems,
+    } = cx;
+    let (registry, env) = (*registry, *env);
+    let here = here.to_owned();
     let id = match &spec.id {
         None => {
             problems.at(
@@ -390,6 +430,8 @@ fn build_step(
         action: action?,
         line,
         route: None,
+        on_error: spec.on_error.unwrap_or_default(),
+        handler: false,
     })
 }
 
@@ -486,8 +528,13 @@ fn wire_switches(
     }
 }
 
-/// Checks `needs` names and looks for cycles.
-fn check_graph(steps: &[Step], index_of: &HashMap<StepId, usize>, problems: &mut Problems<'_>) {
+/// Checks `needs` names and looks for cycles within one list of steps (`steps`, `on_failure`).
+fn check_graph(
+    section: &str,
+    steps: &[Step],
+    index_of: &HashMap<StepId, usize>,
+    problems: &mut Problems<'_>,
+) {
     let mut graph_ok = true;
     for step in steps {
         let i = index_of[&step.id];
@@ -499,7 +546,7 @@ fn check_graph(steps: &[Step], index_of: &HashMap<StepId, usize>, problems: &mut
                     .map(|c| format!(" (did you mean `{c}`?)"))
                     .unwrap_or_default();
                 problems.at(
-                    &format!("steps[{i}].needs[{j}]"),
+                    &format!("{section}[{i}].needs[{j}]"),
                     format!("`needs` names an unknown step `{need}`{hint}"),
                 );
             }
@@ -551,7 +598,7 @@ fn check_graph(steps: &[Step], index_of: &HashMap<StepId, usize>, problems: &mut
                 let i = index_of[cycle[0]];
                 let path: Vec<&str> = cycle.iter().map(|s| s.as_str()).collect();
                 problems.at(
-                    &format!("steps[{i}].needs"),
+                    &format!("{section}[{i}].needs"),
                     format!("the steps form a cycle: {}", path.join(" → ")),
                 );
                 return;

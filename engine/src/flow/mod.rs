@@ -26,7 +26,7 @@ use crate::verify::Verifier;
 use serde_json::Value;
 
 pub use build::parse_flow;
-pub use spec::Respond;
+pub use spec::{OnError, Respond};
 
 /// A validated flow, ready to run.
 #[derive(Debug)]
@@ -49,7 +49,7 @@ pub struct Flow {
     pub concurrency: Option<usize>,
     /// Retention overrides for this flow's history.
     pub retention: Retention,
-    /// The steps, in file order.
+    /// The steps, in file order, then the `on_failure` steps (`handler`).
     pub steps: Vec<Step>,
     /// The compiled templates the steps render with.
     pub templates: Templates,
@@ -194,6 +194,10 @@ pub struct Step {
     pub line: usize,
     /// For a step on a path of a `switch`: it runs only when that path is taken.
     pub route: Option<Route>,
+    /// What its final failure does to the run.
+    pub on_error: OnError,
+    /// An `on_failure` step: it runs only when the run has failed for good.
+    pub handler: bool,
 }
 
 /// The switch path a step is on.

@@ -34,6 +34,10 @@ pub struct FlowSpec {
     pub retention: Option<RetentionSpec>,
     /// The steps, run in order unless `needs` says otherwise.
     pub steps: Vec<StepSpec>,
+    /// Steps that run when a run fails for good (after its retries), e.g. an alert with the run's
+    /// id and error (`{{run.id}}`, `{{run.error}}`). The run ends `failed` once they are done.
+    #[serde(default)]
+    pub on_failure: Vec<StepSpec>,
 }
 
 /// How long a flow's finished runs are kept; unset fields take the server's defaults.
@@ -150,12 +154,34 @@ pub struct StepSpec {
     pub retry: Option<RetrySpec>,
     /// How long one attempt may take (default `30s`).
     pub timeout: Option<HumanDuration>,
+    /// What a failure of this step (after its retries) does to the run.
+    pub on_error: Option<OnError>,
     /// Every other key: the kind(s), with their config.
     pub kinds: Vec<(String, serde_yaml::Value)>,
 }
 
 /// The keys every step may have besides its kind.
-pub const COMMON_STEP_KEYS: [&str; 6] = ["id", "name", "description", "needs", "retry", "timeout"];
+pub const COMMON_STEP_KEYS: [&str; 7] = [
+    "id",
+    "name",
+    "description",
+    "needs",
+    "retry",
+    "timeout",
+    "on_error",
+];
+
+/// What a step's final failure does to its run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// The run fails (the default).
+    #[default]
+    Fail,
+    /// The run goes on: the step's output is `{"error": {"message", "detail"}}` and the steps after
+    /// it run.
+    Continue,
+}
 
 impl<'de> Deserialize<'de> for StepSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -175,6 +201,7 @@ impl<'de> Deserialize<'de> for StepSpec {
                         "needs" => step.needs = Some(map.next_value()?),
                         "retry" => step.retry = map.next_value()?,
                         "timeout" => step.timeout = map.next_value()?,
+                        "on_error" => step.on_error = map.next_value()?,
                         _ => step.kinds.push((key, map.next_value()?)),
                     }
                 }

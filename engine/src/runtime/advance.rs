@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::flow::Flow;
+use crate::flow::{Flow, OnError};
 use crate::ids::{ItemId, RunId, StepId};
 use crate::model::{
     Attempt, Event, QueueItem, Run, RunStatus, StepFailure, StepProgress, StepRecord, StepStatus,
@@ -75,6 +75,7 @@ pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun
         steps,
         reason: None,
         replay_of: None,
+        failure: None,
     };
     let items = queue_ready(flow, &mut run, now);
     NewRun {
@@ -94,14 +95,24 @@ fn queue_ready(flow: &Flow, run: &mut Run, now: Timestamp) -> Vec<QueueItem> {
     loop {
         let mut skipped = false;
         for step in &flow.steps {
-            if run.step_status(&step.id) != Some(StepStatus::Pending) {
+            // The on_failure steps run only while the run is failing, the others only before.
+            let failing = run.failure.is_some();
+            if run.step_status(&step.id) != Some(StepStatus::Pending) || step.handler != failing {
                 continue;
             }
             let needs: Vec<Option<StepStatus>> =
                 step.needs.iter().map(|n| run.step_status(n)).collect();
-            let settled = needs
+            let settled = step
+                .needs
                 .iter()
-                .all(|s| matches!(s, Some(StepStatus::Succeeded | StepStatus::Skipped)));
+                .zip(&needs)
+                .all(|(need, status)| match status {
+                    Some(StepStatus::Succeeded | StepStatus::Skipped) => true,
+                    Some(StepStatus::Failed) => flow
+                        .step(need)
+                        .is_some_and(|s| s.on_error == OnError::Continue),
+                    _ => false,
+                });
             if !settled {
                 continue;
             }
@@ -164,7 +175,19 @@ pub fn retry(flow: &Flow, mut run: Run, now: Timestamp) -> Result<RunUpdate, Not
             status: run.status,
         });
     }
+    let handlers: Vec<&StepId> = flow
+        .steps
+        .iter()
+        .filter(|s| s.handler)
+        .map(|s| &s.id)
+        .collect();
     for s in &mut run.steps {
+        if handlers.contains(&&s.id) {
+            // The on_failure steps run again if the retried run fails again.
+            s.status = StepStatus::Pending;
+            s.item = None;
+            continue;
+        }
         if s.status == StepStatus::Failed {
             s.retried += 1;
         }
@@ -225,6 +248,16 @@ pub fn advance(
             (status, None, Some(failure), retry_at)
         }
     };
+    let step = flow.step(&done.step_id);
+    // A final failure of an `on_error: continue` step: the run goes on, and the step's output says
+    // what went wrong.
+    let continues = retry_at.is_none()
+        && matches!(done.result, StepResult::Failed(_))
+        && step.is_some_and(|s| s.on_error == OnError::Continue && !s.handler);
+    let output = match (&error, continues) {
+        (Some(e), true) => Some(json!({ "error": { "message": e.message, "detail": e.detail } })),
+        _ => output,
+    };
     let mut attempts = previous.map(|r| r.attempts.clone()).unwrap_or_default();
     attempts.push(Attempt {
         // Numbered across manual retries too (each of which restarts `done.attempt` at 1).
@@ -234,7 +267,7 @@ pub fn advance(
         error: error.as_ref().map(|e| e.message.clone()),
         retry_at,
     });
-    let kind = flow.step(&done.step_id).map_or("unknown", |s| s.kind);
+    let kind = step.map_or("unknown", |s| s.kind);
     let record = StepRecord {
         run_id: run.id,
         step_id: done.step_id.clone(),
@@ -246,7 +279,7 @@ pub fn advance(
         attempts,
     };
     run.set_step_status(&done.step_id, status);
-    if let (StepResult::Output(output), Some(step)) = (&done.result, flow.step(&done.step_id)) {
+    if let (StepResult::Output(output), Some(step)) = (&done.result, step) {
         if !step.action.paths().is_empty() {
             let taken = output["path"].as_str().map(str::to_owned);
             if let Some(progress) = run.steps.iter_mut().find(|s| s.id == done.step_id) {
@@ -265,21 +298,20 @@ pub fn advance(
                 enqueue.push(next);
                 run.status = RunStatus::Running;
             }
+            (StepResult::Failed(_), None) if continues => enqueue = settle(flow, &mut run, now),
             (StepResult::Failed(e), None) => {
                 let reason = format!("step `{}` failed: {}", done.step_id, e.message);
-                finish(&mut run, RunStatus::Failed, Some(reason), now);
+                enqueue = fail(flow, &mut run, reason, now);
             }
-            (StepResult::Stop { reason, .. }, _) => {
-                let reason = format!("filtered by step `{}`: {reason}", done.step_id);
-                finish(&mut run, RunStatus::Filtered, Some(reason), now);
-            }
-            (StepResult::Output(_), _) => {
-                run.status = RunStatus::Running;
-                enqueue = queue_ready(flow, &mut run, now);
-                if run.steps.iter().all(|s| s.status.is_done()) {
-                    finish(&mut run, RunStatus::Succeeded, None, now);
+            (StepResult::Stop { reason, .. }, _) => match run.failure.take() {
+                // A filter among the on_failure steps ends them.
+                Some(failure) => finish(&mut run, RunStatus::Failed, Some(failure), now),
+                None => {
+                    let reason = format!("filtered by step `{}`: {reason}", done.step_id);
+                    finish(&mut run, RunStatus::Filtered, Some(reason), now);
                 }
-            }
+            },
+            (StepResult::Output(_), _) => enqueue = settle(flow, &mut run, now),
         }
     }
     Some(RunUpdate {
@@ -289,7 +321,51 @@ pub fn advance(
     })
 }
 
-/// Ends a run: the steps that had not run are skipped.
+/// After a step is done: queues what can run now, and ends the run when every step is done
+/// (`failed` with its reason when it was running its `on_failure` steps, else `succeeded`).
+fn settle(flow: &Flow, run: &mut Run, now: Timestamp) -> Vec<QueueItem> {
+    run.status = RunStatus::Running;
+    let enqueue = queue_ready(flow, run, now);
+    // While the run is not failing, its on_failure steps wait for nothing.
+    let failing = run.failure.is_some();
+    let waiting = |s: &StepProgress| {
+        !s.status.is_done() && (failing || !flow.step(&s.id).is_some_and(|f| f.handler))
+    };
+    if !run.steps.iter().any(waiting) {
+        match run.failure.take() {
+            Some(failure) => finish(run, RunStatus::Failed, Some(failure), now),
+            None => finish(run, RunStatus::Succeeded, None, now),
+        }
+    }
+    enqueue
+}
+
+/// A step failed for good: the run fails, after its flow's `on_failure` steps if it has any (the
+/// steps that had not run are skipped, the handlers queued). A failing handler ends the run.
+fn fail(flow: &Flow, run: &mut Run, reason: String, now: Timestamp) -> Vec<QueueItem> {
+    if let Some(failure) = run.failure.take() {
+        let reason = format!("{failure} (then an on_failure step failed: {reason})");
+        finish(run, RunStatus::Failed, Some(reason), now);
+        return Vec::new();
+    }
+    if !flow.steps.iter().any(|s| s.handler) {
+        finish(run, RunStatus::Failed, Some(reason), now);
+        return Vec::new();
+    }
+    run.failure = Some(reason);
+    for s in &mut run.steps {
+        if matches!(s.status, StepStatus::Pending | StepStatus::Queued) {
+            s.status = StepStatus::Skipped;
+            s.item = None;
+        }
+    }
+    // The handlers were skipped with the rest: they are the ones to run now.
+    for handler in flow.steps.iter().filter(|s| s.handler) {
+        run.set_step_status(&handler.id, StepStatus::Pending);
+    }
+    settle(flow, run, now)
+}
+
 /// Puts a step that could not act yet (a rate limit) back in the queue, due after `delay`, with the
 /// same attempt number; its history is unchanged. `None` when the item is stale or the run is over.
 pub fn postpone(
@@ -312,9 +388,11 @@ pub fn postpone(
     })
 }
 
+/// Ends a run: the steps that had not run are skipped.
 pub(crate) fn finish(run: &mut Run, status: RunStatus, reason: Option<String>, now: Timestamp) {
     run.status = status;
     run.reason = reason;
+    run.failure = None;
     run.finished_at = Some(now);
     for s in &mut run.steps {
         if matches!(s.status, StepStatus::Pending | StepStatus::Queued) {

@@ -1,12 +1,13 @@
 //! The run context templates render against, and redaction of what gets recorded.
 //!
-//! Context: `trigger` (the event as received), `steps.<id>` (outputs of finished steps), and `run`
-//! (`id`, `flow`, `revision`, `attempt`, `idempotency_key`).
+//! Context: `trigger` (the event as received), `steps.<id>` (outputs of finished steps, and
+//! `{"error": …}` for a failed `on_error: continue` step), and `run` (`id`, `flow`, `revision`,
+//! `attempt`, `idempotency_key`, and `error`: why the run failed, while its `on_failure` steps run).
 
 use serde_json::{json, Map, Value};
 
 use crate::ids::StepId;
-use crate::model::{Event, Run, StepRecord, StepStatus};
+use crate::model::{Event, Run, StepRecord};
 
 /// What replaces a secret in recorded data.
 pub const REDACTED: &str = "[redacted]";
@@ -35,7 +36,7 @@ pub fn run_context(
 ) -> Value {
     let steps: Map<String, Value> = records
         .iter()
-        .filter(|r| r.status == StepStatus::Succeeded || r.status == StepStatus::Filtered)
+        // Succeeded and filtered steps, and failed ones whose run went on (`on_error: continue`).
         .filter_map(|r| Some((r.step_id.to_string(), r.output.clone()?)))
         .collect();
     json!({
@@ -47,6 +48,7 @@ pub fn run_context(
             "revision": run.revision,
             "attempt": attempt,
             "idempotency_key": idempotency_key(run, step),
+            "error": run.failure,
         },
     })
 }

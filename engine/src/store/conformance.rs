@@ -91,6 +91,7 @@ fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun {
         ],
         reason: None,
         replay_of: None,
+        failure: None,
     };
     let items = vec![item(flow_id, id, "first", due_at)];
     NewRun {

@@ -1297,6 +1297,7 @@ mod tests {
                     steps: vec![],
                     reason: None,
                     replay_of: None,
+                    failure: None,
                 };
                 let item = QueueItem {
                     id: ItemId::new(),
