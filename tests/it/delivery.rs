@@ -545,3 +545,45 @@ async fn sigterm_stops_accepting_finishes_the_step_in_flight_and_leaves_the_rest
         "nothing was accepted after SIGTERM"
     );
 }
+
+#[tokio::test]
+async fn a_delay_holds_the_next_steps_durably_across_a_restart() {
+    let sink = Sink::start().await;
+    let flow = format!(
+        r#"
+id: later
+trigger: {{ webhook: }}
+steps:
+  - id: wait
+    delay: {{ for: 2s }}
+  - id: follow_up
+    http: {{ url: "{}/follow-up", json: {{ email: "{{{{trigger.body.email}}}}" }} }}
+"#,
+        sink.url
+    );
+    let mut server = Server::start(&[("later.yaml", &flow)]);
+    let (_, answer) = server.send("later", &json!({ "email": "a@x.com" })).await;
+    let run_id = answer["run_id"].as_str().unwrap().to_owned();
+    let until = eventually("the delay step to finish", || async {
+        let (_, run) = server.get(&format!("/api/v1/runs/{run_id}")).await;
+        let wait = &run["steps"][0];
+        (wait["status"] == "succeeded")
+            .then(|| wait["output"]["until"].as_str().unwrap().to_owned())
+    })
+    .await;
+    assert!(server.stop_gracefully());
+    assert!(sink.received().is_empty(), "nothing before the delay ends");
+    server.restart();
+
+    let run = server.finished_run(&run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let started = run["steps"][1]["attempts"][0]["started_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        started.as_str() >= until.as_str(),
+        "the step started at {started}, before {until}"
+    );
+    assert_eq!(sink.received().len(), 1);
+}

@@ -298,7 +298,9 @@ pub fn advance(
                 enqueue.push(next);
                 run.status = RunStatus::Running;
             }
-            (StepResult::Failed(_), None) if continues => enqueue = settle(flow, &mut run, now),
+            (StepResult::Failed(_), None) if continues => {
+                enqueue = settle(flow, &mut run, now, now);
+            }
             (StepResult::Failed(e), None) => {
                 let reason = format!("step `{}` failed: {}", done.step_id, e.message);
                 enqueue = fail(flow, &mut run, reason, now);
@@ -311,7 +313,12 @@ pub fn advance(
                     finish(&mut run, RunStatus::Filtered, Some(reason), now);
                 }
             },
-            (StepResult::Output(_), _) => enqueue = settle(flow, &mut run, now),
+            (StepResult::Output(output), _) => {
+                let due = step
+                    .and_then(|s| s.action.resume_at(output))
+                    .map_or(now, |at| at.max(now));
+                enqueue = settle(flow, &mut run, now, due);
+            }
         }
     }
     Some(RunUpdate {
@@ -321,11 +328,12 @@ pub fn advance(
     })
 }
 
-/// After a step is done: queues what can run now, and ends the run when every step is done
-/// (`failed` with its reason when it was running its `on_failure` steps, else `succeeded`).
-fn settle(flow: &Flow, run: &mut Run, now: Timestamp) -> Vec<QueueItem> {
+/// After a step is done: queues what can run (due at `due`: later after a `delay`), and ends the
+/// run when every step is done (`failed` with its reason when it was running its `on_failure`
+/// steps, else `succeeded`).
+fn settle(flow: &Flow, run: &mut Run, now: Timestamp, due: Timestamp) -> Vec<QueueItem> {
     run.status = RunStatus::Running;
-    let enqueue = queue_ready(flow, run, now);
+    let enqueue = queue_ready(flow, run, due);
     // While the run is not failing, its on_failure steps wait for nothing.
     let failing = run.failure.is_some();
     let waiting = |s: &StepProgress| {
@@ -363,7 +371,7 @@ fn fail(flow: &Flow, run: &mut Run, reason: String, now: Timestamp) -> Vec<Queue
     for handler in flow.steps.iter().filter(|s| s.handler) {
         run.set_step_status(&handler.id, StepStatus::Pending);
     }
-    settle(flow, run, now)
+    settle(flow, run, now, now)
 }
 
 /// Puts a step that could not act yet (a rate limit) back in the queue, due after `delay`, with the

@@ -3,12 +3,13 @@
 //! A step kind is a typed config struct ([`StepKind`]) that the flow loader deserializes from the
 //! step's YAML and then `build`s into an [`Action`]: the runtime object the executor calls. The
 //! engine knows kinds only through the registry, so connectors add kinds without touching the
-//! flow parser. Built-in kinds: [`filter`], [`map`], [`http`], [`switch`].
+//! flow parser. Built-in kinds: [`filter`], [`map`], [`http`], [`switch`], [`delay`].
 //!
 //! An action works in two phases. `render` (pure, synchronous) turns the run context into the step's
 //! input — the exact thing recorded in run history as "what the step received"; `execute` then acts
 //! on that input (I/O happens only here).
 
+pub mod delay;
 pub mod filter;
 pub mod http;
 pub mod map;
@@ -44,6 +45,12 @@ pub trait Action: Send + Sync + fmt::Debug {
     /// taken. The step's output says which was taken (`{"path": NAME}`).
     fn paths(&self) -> &[Path] {
         &[]
+    }
+
+    /// For a step that holds the run (`delay`): when the steps after it may start, read from its
+    /// output. `None`: at once.
+    fn resume_at(&self, _output: &Value) -> Option<crate::model::Timestamp> {
+        None
     }
 }
 
@@ -294,13 +301,14 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The built-in kinds: `filter`, `map`, `http`, `switch`.
+    /// The built-in kinds: `filter`, `map`, `http`, `switch`, `delay`.
     pub fn builtin() -> Self {
         let mut r = Self::default();
         r.register::<filter::FilterSpec>();
         r.register::<map::MapSpec>();
         r.register::<http::HttpSpec>();
         r.register::<switch::SwitchSpec>();
+        r.register::<delay::DelaySpec>();
         r
     }
 
