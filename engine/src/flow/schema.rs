@@ -25,6 +25,7 @@ pub fn json_schema(registry: &Registry) -> Value {
             properties.insert("needs".into(), json!({ "type": "array", "items": { "type": "string" }, "description": "The steps this one waits for (default: the step before it; `[]` starts it with the run)." }));
             properties.insert("retry".into(), retry.clone());
             properties.insert("timeout".into(), duration.clone());
+            properties.insert("on_error".into(), json!({ "enum": ["fail", "continue"], "description": "What a failure of this step (after its retries) does: fail the run (default) or go on with `{\"error\": …}` as its output." }));
             properties.insert(name.into(), config);
             json!({
                 "title": name,
@@ -37,6 +38,7 @@ pub fn json_schema(registry: &Registry) -> Value {
         .collect();
     let mut root = generator.into_root_schema_for::<FlowSpec>().to_value();
     root["properties"]["steps"]["items"] = json!({ "oneOf": kinds });
+    root["properties"]["on_failure"]["items"] = json!({ "oneOf": kinds });
     root["title"] = json!("hookflow flow");
     if let Some(defs) = root.get_mut("$defs").and_then(Value::as_object_mut) {
         defs.remove("Step");
