@@ -1,7 +1,8 @@
 //! Built-in handlebars helpers: text (`upper`, `lower`, `trim`, `title`, `truncate`, `replace`,
 //! `split`, `join`, `slug`, `extract_email`, `extract_url`, `extract_number`), numbers (`round`,
 //! `add`, `subtract`, `multiply`, `divide`), utilities (`base64_encode`, `base64_decode`,
-//! `url_encode`, `sha256`, `uuid`), and `default`, `json`.
+//! `url_encode`, `sha256`, `uuid`), and `default`, `json`; numbers, dates, lookups and JSON are in
+//! `formatter.rs`.
 //!
 //! Missing input (`null`) gives `null` (so `default` can supply a fallback); input of the wrong kind
 //! is an error naming the helper.
@@ -30,7 +31,7 @@ use super::template::{to_text, write_text};
 pub(super) const VALUE_HELPER: &str = "__hookflow_value";
 
 /// A helper: its arguments (missing fields are `null`) to its value, or a message.
-type HelperFn = fn(&[&Value]) -> Result<Value, String>;
+pub(super) type HelperFn = fn(&[&Value]) -> Result<Value, String>;
 
 /// Every helper we register, by name.
 const HELPERS: &[(&str, HelperFn)] = &[
@@ -109,20 +110,24 @@ const BUILT_IN: &[&str] = &[
 
 /// Registers our helpers.
 pub(super) fn register(registry: &mut Handlebars<'static>) {
-    for &(name, f) in HELPERS {
+    for &(name, f) in all() {
         registry.register_helper(name, Box::new(FnHelper { name, f }));
     }
 }
 
 /// Whether `{{name}}` alone would call a helper rather than read a field.
 pub(super) fn is_helper(name: &str) -> bool {
-    BUILT_IN.contains(&name) || HELPERS.iter().any(|(n, _)| *n == name)
+    BUILT_IN.contains(&name) || all().any(|(n, _)| *n == name)
+}
+
+/// Our helpers: these and the formatter's.
+fn all() -> impl Iterator<Item = &'static (&'static str, HelperFn)> {
+    HELPERS.iter().chain(super::formatter::HELPERS)
 }
 
 /// The helpers a flow's author can call, for messages.
 pub(super) fn public_names() -> Vec<&'static str> {
-    HELPERS
-        .iter()
+    all()
         .map(|(n, _)| *n)
         .filter(|n| *n != VALUE_HELPER)
         .chain(
@@ -322,7 +327,7 @@ fn extract_number(args: &[&Value]) -> Result<Value, String> {
 }
 
 /// A number, or numeric text.
-fn number(value: &Value) -> Option<f64> {
+pub(super) fn number(value: &Value) -> Option<f64> {
     match value {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.trim().parse().ok(),
@@ -331,7 +336,7 @@ fn number(value: &Value) -> Option<f64> {
 }
 
 /// A float as JSON, whole numbers as integers.
-fn number_value(n: f64) -> Value {
+pub(super) fn number_value(n: f64) -> Value {
     if n.fract() == 0.0 && n.abs() < 9e15 {
         Value::from(n as i64)
     } else {

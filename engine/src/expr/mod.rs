@@ -24,7 +24,8 @@
 //! - `template.rs`: how one string is classified and rendered (simple paths, the fast path for
 //!   templates made only of text and paths, handlebars for the rest).
 //! - `jsonpath.rs`: JSONPath strings, on top of `jsonpath-rust`.
-//! - `helpers.rs`: the built-in handlebars helpers (`upper`, `lower`, `trim`, `default`, `json`).
+//! - `helpers.rs`: the built-in handlebars helpers (text, arithmetic, utilities, `default`, `json`);
+//!   `formatter.rs`: number formatting, dates and timezones, lookups, JSON.
 //! - `condition.rs`: [`ConditionSpec`] as written, compiled to a [`Condition`] that yields a
 //!   [`Verdict`].
 //! - `refs.rs`: which context paths a string reads ([`references`]), for flagging expressions
@@ -40,6 +41,7 @@
 //!   only when a template needs handlebars proper (helpers, blocks).
 
 mod condition;
+mod formatter;
 mod helpers;
 mod jsonpath;
 mod refs;

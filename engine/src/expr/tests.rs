@@ -1118,3 +1118,108 @@ fn utility_helpers_encode_hash_and_make_ids() {
     assert_eq!(parts, [8, 4, 4, 4, 12]);
     assert_eq!(&a[14..15], "4", "version 4");
 }
+
+#[test]
+fn number_helpers_format_amounts() {
+    assert_eq!(text("{{format_number 1234567.891 2}}"), "1,234,567.89");
+    assert_eq!(
+        text("{{format_number 1234567.891 2 \".\" \",\"}}"),
+        "1.234.567,89"
+    );
+    assert_eq!(text("{{format_number -1234}}"), "-1,234");
+    assert_eq!(text("{{format_number -0.001 2}}"), "0.00");
+    assert_eq!(text("{{currency 1234.5 \"usd\"}}"), "$1,234.50");
+    assert_eq!(text("{{currency (divide 490000 100) \"EUR\"}}"), "€4,900.00");
+    assert_eq!(text("{{currency 1500 \"jpy\"}}"), "¥1,500");
+    assert_eq!(text("{{currency -12 \"sek\"}}"), "-12.00 SEK");
+    assert_eq!(text("[{{currency trigger.body.nope \"usd\"}}]"), "[]");
+    assert!(render_error("{{format_number trigger.body.email}}").contains("takes a number"));
+    assert!(render_error("{{currency 5}}").contains("takes an amount and a currency code"));
+}
+
+#[test]
+fn date_helpers_parse_format_shift_and_compare() {
+    for written in [
+        "2026-03-08T09:30:00Z",
+        "2026-03-08T10:30:00+01:00",
+        "Sun, 08 Mar 2026 09:30:00 +0000",
+        "2026-03-08 09:30",
+        "03/08/2026 09:30",
+        "1772962200",
+        "1772962200000",
+    ] {
+        assert_eq!(
+            text(&format!("{{{{date_parse \"{written}\"}}}}")),
+            "2026-03-08T09:30:00Z",
+            "{written}"
+        );
+    }
+    assert_eq!(text("{{date_parse \"2026-03-08\"}}"), "2026-03-08T00:00:00Z");
+    assert_eq!(
+        text("{{date_format \"2026-03-08T09:30:00Z\" \"%d %b %Y, %H:%M\"}}"),
+        "08 Mar 2026, 09:30"
+    );
+    assert_eq!(
+        text("{{date_add \"2026-03-08T09:30:00Z\" \"2d 1h\"}}"),
+        "2026-03-10T10:30:00Z"
+    );
+    assert_eq!(
+        text("{{date_subtract \"2026-03-08T09:30:00Z\" \"90m\"}}"),
+        "2026-03-08T08:00:00Z"
+    );
+    // New York moves to daylight saving time at 2:00 on 8 March 2026: 06:30Z is 01:30 EST, and
+    // 07:30Z is 03:30 EDT.
+    assert_eq!(
+        text("{{date_tz \"2026-03-08T06:30:00Z\" \"America/New_York\"}}"),
+        "2026-03-08T01:30:00-05:00"
+    );
+    assert_eq!(
+        text("{{date_tz \"2026-03-08T07:30:00Z\" \"America/New_York\"}}"),
+        "2026-03-08T03:30:00-04:00"
+    );
+    assert_eq!(
+        text("{{date_format \"2026-07-01T12:00:00Z\" \"%H:%M %Z\" \"Europe/Paris\"}}"),
+        "14:00 CEST"
+    );
+    assert_eq!(
+        text("{{date_diff \"2026-03-01\" \"2026-03-08T12:00:00Z\"}}"),
+        "7"
+    );
+    assert_eq!(
+        text("{{date_diff \"2026-03-08T12:00:00Z\" \"2026-03-08T09:00:00Z\" \"hours\"}}"),
+        "-3"
+    );
+    assert_eq!(text("{{date_before \"2026-01-01\" \"2026-01-02\"}}"), "true");
+    assert_eq!(text("{{date_after \"2026-01-01\" \"2026-01-02\"}}"), "false");
+    assert_eq!(text("[{{date_add trigger.body.nope \"1d\"}}]"), "[]");
+    assert!(render_error("{{date_parse \"next tuesday\"}}").contains("takes a date"));
+    assert!(render_error("{{date_add \"2026-01-01\" \"soon\"}}").contains("takes a duration"));
+    assert!(render_error("{{date_tz \"2026-01-01\" \"Mars/Olympus\"}}").contains("not a timezone"));
+    assert!(render_error("{{date_diff \"2026-01-01\" \"2026-01-02\" \"weeks\"}}").contains("counts seconds"));
+}
+
+#[test]
+fn lookup_and_json_helpers() {
+    let mut c = Compiler::new();
+    let expr = c
+        .value(&json!({
+            "plan": "{{lookup_or trigger.body.plans \"price_pro\" \"Other\"}}",
+            "unknown": "{{lookup_or trigger.body.plans \"price_x\" \"Other\"}}",
+            "parsed": "{{parse_json \"{\\\"a\\\": [1, 2]}\"}}",
+            "picked": "{{pick trigger.body \"email\" \"nope\"}}",
+            "merged": "{{merge (parse_json \"{\\\"a\\\": 1, \\\"b\\\": 1}\") (parse_json \"{\\\"b\\\": 2}\")}}",
+        }))
+        .expect("compiles");
+    let t = c.finish();
+    let mut data = ctx();
+    data["trigger"]["body"]["plans"] = json!({ "price_pro": "Pro" });
+    let out = expr.render(&t, &data).unwrap();
+    assert_eq!(out["plan"], "Pro");
+    assert_eq!(out["unknown"], "Other");
+    assert_eq!(out["parsed"], "{\"a\":[1,2]}", "in a template a value is written as text");
+    assert_eq!(out["picked"], "{\"email\":\"ada@example.com\"}");
+    assert_eq!(out["merged"], "{\"a\":1,\"b\":2}");
+    assert!(render_error("{{parse_json \"{oops\"}}").contains("takes JSON text"));
+    assert!(render_error("{{pick trigger.body.email \"a\"}}").contains("takes an object"));
+    assert!(render_error("{{lookup_or trigger.body.email \"a\" \"b\"}}").contains("takes a table"));
+}
