@@ -66,6 +66,8 @@ pub enum Command {
     /// Start a run's event again as a new run from the first step, on the flow as it is now or as
     /// it was; or every run of a flow in a time window (`--flow`).
     Replay(ReplayArgs),
+    /// List a server's schedule flows and their next fire times.
+    Schedules(ClientArgs),
     /// Start a run of a flow on a server with a payload (a `manual:` flow's way to run; any flow
     /// can be tried this way).
     Trigger {

@@ -55,6 +55,37 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `hookflow schedules`: the schedule flows and their next fire times.
+pub async fn schedules(client: &ClientArgs) -> anyhow::Result<()> {
+    let body = get(client, "/api/v1/flows").await?;
+    if client.json {
+        return print_json(&body);
+    }
+    let flows: Vec<Value> = body["flows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["trigger"]["type"] == "schedule")
+        .cloned()
+        .collect();
+    if flows.is_empty() {
+        println!("no schedule flows on this server");
+    }
+    for f in flows {
+        let t = &f["trigger"];
+        println!(
+            "{}  `{}` ({})",
+            text(&f["id"]),
+            text(&t["cron"]),
+            text(&t["timezone"])
+        );
+        for next in t["next"].as_array().into_iter().flatten() {
+            println!("    next: {}", text(next));
+        }
+    }
+    Ok(())
+}
+
 /// How often `trigger --wait` and `capture` ask the server how things stand.
 const POLL: std::time::Duration = std::time::Duration::from_millis(300);
 

@@ -159,6 +159,7 @@ async fn run_served(
     let store = SledStore::temporary().context("cannot create a temporary store")?;
     let config = EngineConfig {
         no_retries: true,
+        schedules: false,
         ..EngineConfig::default()
     };
     let engine = Engine::new(Arc::new(store), Catalog::new(registry), http, config);

@@ -69,6 +69,7 @@ fn main() -> ExitCode {
                 command: RunsCommand::Retry(args),
             } => client::retry(&args).await.map(|()| ExitCode::SUCCESS),
             Command::Replay(args) => client::replay(&args).await.map(|()| ExitCode::SUCCESS),
+            Command::Schedules(c) => client::schedules(&c).await.map(|()| ExitCode::SUCCESS),
             Command::Trigger {
                 flow,
                 event,

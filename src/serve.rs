@@ -113,6 +113,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 flow.id, flow.id
             ),
             flow::Trigger::Manual => println!("  {:<width$} (manual trigger)", flow.id),
+            flow::Trigger::Schedule(ref s) => println!(
+                "  {:<width$} schedule `{}` ({})",
+                flow.id, s.cron, s.timezone
+            ),
         }
     }
     println!("request inspector: {base_url}/inspect/NAME   (see what HTTP actions sent: hookflow inspect NAME)");

@@ -12,6 +12,7 @@
 //! - [`store`]: the `Store` trait and its sled backend.
 //! - [`authoring`]: offline runs with stubbed calls, and flags for expressions that resolved to
 //!   nothing (previews, `validate --samples`, flow tests).
+//! - [`schedule`]: cron schedules in a timezone (the ticks `schedule:` flows fire at).
 //! - [`runtime`]: ingest, the queue dispatcher and workers, retry policies, the pure decision
 //!   function `advance`.
 //!
@@ -33,6 +34,7 @@ pub mod model;
 pub mod outbound;
 pub mod pacing;
 pub mod runtime;
+pub mod schedule;
 pub mod steps;
 pub mod store;
 pub mod verify;

@@ -64,7 +64,7 @@ async fn catch_url(state: &AppState, flow: &Flow) -> Result<Option<String>, ApiE
                 state.base_url, flow.id
             )))
         }
-        Trigger::Manual => Ok(None),
+        Trigger::Manual | Trigger::Schedule(_) => Ok(None),
     }
 }
 
@@ -74,6 +74,10 @@ fn flow_json(flow: &Flow, catch_url: Option<String>) -> Value {
             json!({ "type": "webhook", "respond": format!("{respond:?}").to_lowercase() })
         }
         Trigger::Manual => json!({ "type": "manual" }),
+        Trigger::Schedule(ref s) => json!({
+            "type": "schedule", "cron": s.cron, "timezone": s.timezone,
+            "next": s.upcoming(hookflow_engine::model::Timestamp::now(), 3),
+        }),
     };
     let steps: Vec<Value> = flow
         .steps

@@ -614,3 +614,111 @@ on_failure:
         "{alert}"
     );
 }
+
+#[tokio::test]
+async fn a_schedule_fires_once_per_tick_and_skips_ticks_missed_while_down() {
+    use time::format_description::well_known::Rfc3339;
+    use time::OffsetDateTime;
+
+    let flow = "id: every-second\ntrigger:\n  schedule: { cron: \"* * * * * *\" }\nsteps:\n  - { id: tick, map: { at: \"{{trigger.body.scheduled_at}}\" } }\n";
+    let mut server = Server::start(&[("every-second.yaml", flow)]);
+    eventually("three fires", || async {
+        (server.all_runs("every-second").await.len() >= 3).then_some(())
+    })
+    .await;
+    assert!(server.stop_gracefully());
+    let stopped = OffsetDateTime::now_utc();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let restarted = OffsetDateTime::now_utc();
+    server.restart();
+    let before = server.all_runs("every-second").await.len();
+    eventually("three more fires", || async {
+        (server.all_runs("every-second").await.len() >= before + 3).then_some(())
+    })
+    .await;
+
+    let mut fired = Vec::new();
+    for run in server.all_runs("every-second").await {
+        let run = server.finished_run(run["id"].as_str().unwrap()).await;
+        let at = run["event"]["trigger"]["body"]["scheduled_at"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        fired.push(OffsetDateTime::parse(&at, &Rfc3339).unwrap());
+    }
+    fired.sort();
+    let unique: std::collections::BTreeSet<_> = fired.iter().collect();
+    assert_eq!(unique.len(), fired.len(), "a tick fired twice: {fired:?}");
+    let (early, late): (Vec<&OffsetDateTime>, Vec<&OffsetDateTime>) =
+        fired.iter().partition(|t| **t <= stopped);
+    assert!(
+        late.iter().all(|t| **t > restarted),
+        "ticks that came due while the server was down are skipped: {fired:?} (down {stopped} to {restarted})"
+    );
+    for side in [&early, &late] {
+        for pair in side.windows(2) {
+            assert_eq!(
+                *pair[1] - *pair[0],
+                time::Duration::seconds(1),
+                "one fire per tick while running: {fired:?}"
+            );
+        }
+    }
+    assert!(early.len() >= 3 && late.len() >= 3, "{fired:?}");
+
+    let out = server.cli(&["schedules"]);
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        listed.contains("every-second  `* * * * * *` (UTC)"),
+        "{listed}"
+    );
+    assert_eq!(listed.matches("    next: ").count(), 3, "{listed}");
+}
+
+#[tokio::test]
+async fn a_catch_up_schedule_fires_the_most_recent_missed_ticks_at_start() {
+    use time::format_description::well_known::Rfc3339;
+    use time::OffsetDateTime;
+
+    let flow = "id: catch-up\ntrigger:\n  schedule: { cron: \"* * * * * *\", missed: catch_up, catch_up_max: 2 }\nsteps:\n  - { id: tick, map: {} }\n";
+    let mut server = Server::start(&[("catch-up.yaml", flow)]);
+    eventually("a fire", || async {
+        (!server.all_runs("catch-up").await.is_empty()).then_some(())
+    })
+    .await;
+    assert!(server.stop_gracefully());
+    let stopped = OffsetDateTime::now_utc();
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let restarted = OffsetDateTime::now_utc();
+    server.restart();
+    // Once a tick after the restart has fired, catching up is done.
+    let fired = eventually("a fire after the restart", || async {
+        let mut fired = Vec::new();
+        for run in server.all_runs("catch-up").await {
+            let (_, run) = server
+                .get(&format!("/api/v1/runs/{}", run["id"].as_str().unwrap()))
+                .await;
+            let at = run["event"]["trigger"]["body"]["scheduled_at"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            fired.push(OffsetDateTime::parse(&at, &Rfc3339).unwrap());
+        }
+        let after = restarted + time::Duration::milliseconds(1500);
+        fired.iter().any(|t| *t > after).then_some(fired)
+    })
+    .await;
+    let missed: Vec<_> = fired
+        .iter()
+        .filter(|t| **t > stopped && **t <= restarted)
+        .collect();
+    // The two most recent ticks before the scheduler started are fired; the older missed ones
+    // (the server was down for 3.5 s) are not.
+    assert!(!missed.is_empty() && missed.len() <= 2, "{missed:?}");
+    assert!(
+        missed
+            .iter()
+            .all(|t| **t > restarted - time::Duration::seconds(2)),
+        "only the most recent: {missed:?}"
+    );
+}

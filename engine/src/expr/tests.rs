@@ -1129,7 +1129,10 @@ fn number_helpers_format_amounts() {
     assert_eq!(text("{{format_number -1234}}"), "-1,234");
     assert_eq!(text("{{format_number -0.001 2}}"), "0.00");
     assert_eq!(text("{{currency 1234.5 \"usd\"}}"), "$1,234.50");
-    assert_eq!(text("{{currency (divide 490000 100) \"EUR\"}}"), "€4,900.00");
+    assert_eq!(
+        text("{{currency (divide 490000 100) \"EUR\"}}"),
+        "€4,900.00"
+    );
     assert_eq!(text("{{currency 1500 \"jpy\"}}"), "¥1,500");
     assert_eq!(text("{{currency -12 \"sek\"}}"), "-12.00 SEK");
     assert_eq!(text("[{{currency trigger.body.nope \"usd\"}}]"), "[]");
@@ -1154,7 +1157,10 @@ fn date_helpers_parse_format_shift_and_compare() {
             "{written}"
         );
     }
-    assert_eq!(text("{{date_parse \"2026-03-08\"}}"), "2026-03-08T00:00:00Z");
+    assert_eq!(
+        text("{{date_parse \"2026-03-08\"}}"),
+        "2026-03-08T00:00:00Z"
+    );
     assert_eq!(
         text("{{date_format \"2026-03-08T09:30:00Z\" \"%d %b %Y, %H:%M\"}}"),
         "08 Mar 2026, 09:30"
@@ -1189,13 +1195,22 @@ fn date_helpers_parse_format_shift_and_compare() {
         text("{{date_diff \"2026-03-08T12:00:00Z\" \"2026-03-08T09:00:00Z\" \"hours\"}}"),
         "-3"
     );
-    assert_eq!(text("{{date_before \"2026-01-01\" \"2026-01-02\"}}"), "true");
-    assert_eq!(text("{{date_after \"2026-01-01\" \"2026-01-02\"}}"), "false");
+    assert_eq!(
+        text("{{date_before \"2026-01-01\" \"2026-01-02\"}}"),
+        "true"
+    );
+    assert_eq!(
+        text("{{date_after \"2026-01-01\" \"2026-01-02\"}}"),
+        "false"
+    );
     assert_eq!(text("[{{date_add trigger.body.nope \"1d\"}}]"), "[]");
     assert!(render_error("{{date_parse \"next tuesday\"}}").contains("takes a date"));
     assert!(render_error("{{date_add \"2026-01-01\" \"soon\"}}").contains("takes a duration"));
     assert!(render_error("{{date_tz \"2026-01-01\" \"Mars/Olympus\"}}").contains("not a timezone"));
-    assert!(render_error("{{date_diff \"2026-01-01\" \"2026-01-02\" \"weeks\"}}").contains("counts seconds"));
+    assert!(
+        render_error("{{date_diff \"2026-01-01\" \"2026-01-02\" \"weeks\"}}")
+            .contains("counts seconds")
+    );
 }
 
 #[test]
@@ -1216,7 +1231,10 @@ fn lookup_and_json_helpers() {
     let out = expr.render(&t, &data).unwrap();
     assert_eq!(out["plan"], "Pro");
     assert_eq!(out["unknown"], "Other");
-    assert_eq!(out["parsed"], "{\"a\":[1,2]}", "in a template a value is written as text");
+    assert_eq!(
+        out["parsed"], "{\"a\":[1,2]}",
+        "in a template a value is written as text"
+    );
     assert_eq!(out["picked"], "{\"email\":\"ada@example.com\"}");
     assert_eq!(out["merged"], "{\"a\":1,\"b\":2}");
     assert!(render_error("{{parse_json \"{oops\"}}").contains("takes JSON text"));

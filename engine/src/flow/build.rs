@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::position::{split_serde_yaml_error, Position, PositionIndex};
-use super::spec::{FlowSpec, StepSpec, TriggerSpec, VerifySpec, COMMON_STEP_KEYS};
+use super::spec::{FlowSpec, Missed, StepSpec, TriggerSpec, VerifySpec, COMMON_STEP_KEYS};
 use super::{env, Dedupe, EnvLookup, Flow, FlowError, Retention, Route, Step, Trigger, Verify};
 use crate::expr::Compiler;
 use crate::ids::{FlowId, StepId};
 use crate::model::Revision;
 use crate::runtime::retry::RetryPolicy;
+use crate::schedule::Schedule;
 use crate::steps::switch::DEFAULT_PATH;
 use crate::steps::{join_path, BuildContext, Path, Registry};
 
@@ -91,6 +92,7 @@ pub fn parse_flow(
         TriggerSpec {
             webhook: Some(w),
             manual: None,
+            schedule: None,
         } => {
             let dedupe = w.dedupe.and_then(|key| {
                 let key = compiler
@@ -114,24 +116,48 @@ pub fn parse_flow(
         TriggerSpec {
             webhook: None,
             manual: Some(_),
+            schedule: None,
         } => Trigger::Manual,
-        TriggerSpec {
-            webhook: Some(_),
-            manual: Some(_),
-        } => {
-            problems.at(
-                "trigger.manual",
-                "a flow has one trigger: `webhook` or `manual` (any flow can also be run by hand)",
-            );
-            Trigger::Manual
-        }
         TriggerSpec {
             webhook: None,
             manual: None,
+            schedule: Some(s),
+        } => match Schedule::parse(&s.cron, s.timezone.as_deref()) {
+            Ok(mut schedule) => {
+                schedule.jitter = s.jitter.map_or(Duration::ZERO, |d| d.0);
+                schedule.missed = match s.missed {
+                    Missed::Skip => crate::schedule::Missed::Skip,
+                    Missed::CatchUp => {
+                        crate::schedule::Missed::CatchUp(s.catch_up_max.unwrap_or(10))
+                    }
+                };
+                Trigger::Schedule(schedule)
+            }
+            Err(message) => {
+                let field = if message.contains("timezone") {
+                    "trigger.schedule.timezone"
+                } else {
+                    "trigger.schedule.cron"
+                };
+                problems.at(field, message);
+                Trigger::Manual
+            }
+        },
+        TriggerSpec {
+            webhook: None,
+            manual: None,
+            schedule: None,
         } => {
             problems.at(
                 "trigger",
-                "the trigger is empty: use `webhook:` or `manual:`",
+                "the trigger is empty: use `webhook:`, `schedule:` or `manual:`",
+            );
+            Trigger::Manual
+        }
+        _ => {
+            problems.at(
+                "trigger",
+                "a flow has one trigger: `webhook`, `schedule` or `manual` (any flow can also be run by hand)",
             );
             Trigger::Manual
         }

@@ -21,6 +21,7 @@ use crate::expr::{Templates, TextExpr};
 use crate::ids::{FlowId, StepId};
 use crate::model::Revision;
 use crate::runtime::retry::RetryPolicy;
+use crate::schedule::Schedule;
 use crate::steps::{Action, Registry};
 use crate::verify::Verifier;
 use serde_json::Value;
@@ -136,6 +137,8 @@ pub enum Trigger {
     },
     /// Started by hand.
     Manual,
+    /// Started on a schedule.
+    Schedule(Schedule),
 }
 
 /// A flow's dedupe rule: events with the same key within the window start one run.

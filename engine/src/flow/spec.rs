@@ -62,6 +62,41 @@ pub struct TriggerSpec {
     /// Started by hand (CLI, API, UI) with a given payload.
     #[serde(default, deserialize_with = "present")]
     pub manual: Option<ManualSpec>,
+    /// Started on a cron schedule.
+    #[serde(default)]
+    pub schedule: Option<ScheduleSpec>,
+}
+
+/// A cron schedule. Each run's `trigger.body` is `{scheduled_at, fired_at}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// `min hour day month weekday` (5 fields), seconds first (6), or `@hourly`, `@daily`,
+    /// `@weekly`, `@monthly`, `@yearly`. Weekdays `0`-`7` (Sunday is 0 and 7) or `MON-FRI`.
+    pub cron: String,
+    /// The IANA timezone the expression is read in (default `UTC`), e.g. `Europe/Paris`.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Fire up to this long after each tick, at random (spreads load), e.g. `30s`.
+    #[serde(default)]
+    pub jitter: Option<HumanDuration>,
+    /// Ticks that came due while the server was down: `skip` (default) or `catch_up`.
+    #[serde(default)]
+    pub missed: Missed,
+    /// With `catch_up`, fire at most this many missed ticks, the most recent (default 10).
+    #[serde(default)]
+    pub catch_up_max: Option<usize>,
+}
+
+/// What happens to ticks missed while the server was down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Missed {
+    /// They are not fired.
+    #[default]
+    Skip,
+    /// They are fired at start-up.
+    CatchUp,
 }
 
 /// Options of a webhook trigger.

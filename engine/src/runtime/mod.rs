@@ -15,6 +15,7 @@ pub mod context;
 mod repair;
 pub mod retention;
 pub mod retry;
+mod scheduler;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -53,6 +54,8 @@ pub struct EngineConfig {
     pub no_retries: bool,
     /// How long run history is kept.
     pub retention: RetentionConfig,
+    /// Whether `schedule:` flows fire (not in local one-off runs).
+    pub schedules: bool,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +66,7 @@ impl Default for EngineConfig {
             dry_run: false,
             no_retries: false,
             retention: RetentionConfig::default(),
+            schedules: true,
         }
     }
 }
@@ -73,6 +77,17 @@ struct Work {
     flow: Arc<Flow>,
     event: Event,
     records: Vec<StepRecord>,
+}
+
+/// Aborts a background task when dropped (when `run` returns, however it returns).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// How executing an item went.
@@ -248,7 +263,7 @@ impl Engine {
         }
     }
 
-    /// Runs the dispatcher (unless `workers` is 0) and the retention sweeper until `shutdown`
+    /// Runs the dispatcher (unless `workers` is 0), the retention sweeper and the scheduler until `shutdown`
     /// resolves, then waits up to `drain` for executing steps to finish; what is left stays queued
     /// (or leased, and is recovered at the next start).
     pub async fn run(
@@ -256,11 +271,15 @@ impl Engine {
         shutdown: impl std::future::Future<Output = ()>,
         drain: Duration,
     ) -> Result<()> {
-        let sweeper = tokio::spawn(retention::sweep_forever(self.clone()));
+        let _sweeper = AbortOnDrop(Some(tokio::spawn(retention::sweep_forever(self.clone()))));
+        let scheduler = self
+            .config
+            .schedules
+            .then(|| tokio::spawn(scheduler::fire_forever(self.clone())));
+        let _scheduler = AbortOnDrop(scheduler);
         if self.config.workers == 0 {
             info!("workers: 0 — accepting events, executing none");
             shutdown.await;
-            sweeper.abort();
             return Ok(());
         }
         let recovered = self.store.requeue_expired(Timestamp(i64::MAX)).await?;
@@ -291,7 +310,6 @@ impl Engine {
                 }
             }
         }
-        sweeper.abort();
         let executing = self.executing().values().sum::<usize>();
         info!(
             executing,
