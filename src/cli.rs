@@ -66,6 +66,12 @@ pub enum Command {
     /// Start a run's event again as a new run from the first step, on the flow as it is now or as
     /// it was; or every run of a flow in a time window (`--flow`).
     Replay(ReplayArgs),
+    /// Look at a server's flows.
+    Flows {
+        /// Which flows command.
+        #[command(subcommand)]
+        command: FlowsCommand,
+    },
     /// List a server's schedule flows and their next fire times.
     Schedules(ClientArgs),
     /// Start a run of a flow on a server with a payload (a `manual:` flow's way to run; any flow
@@ -111,6 +117,19 @@ pub enum Command {
     Inspect {
         /// The bin; without it, list the bins.
         bin: Option<String>,
+        /// Server options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `hookflow flows …`.
+#[derive(Debug, Subcommand)]
+pub enum FlowsCommand {
+    /// A flow's revisions as deployed over time, newest first.
+    History {
+        /// The flow's id.
+        flow: String,
         /// Server options.
         #[command(flatten)]
         client: ClientArgs,

@@ -55,6 +55,27 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `hookflow flows history FLOW`.
+pub async fn flow_history(client: &ClientArgs, flow: &str) -> anyhow::Result<()> {
+    let body = get(client, &format!("/api/v1/flows/{flow}/revisions")).await?;
+    if client.json {
+        return print_json(&body);
+    }
+    for r in body["revisions"].as_array().into_iter().flatten() {
+        let current = if r["current"] == true {
+            "  (current)"
+        } else {
+            ""
+        };
+        println!(
+            "{}  deployed {}{current}",
+            text(&r["revision"]),
+            text(&r["deployed_at"])
+        );
+    }
+    Ok(())
+}
+
 /// `hookflow schedules`: the schedule flows and their next fire times.
 pub async fn schedules(client: &ClientArgs) -> anyhow::Result<()> {
     let body = get(client, "/api/v1/flows").await?;

@@ -3,7 +3,8 @@
 //! # Layout
 //! - `cli`: the command line (clap).
 //! - `config`: the server configuration (embedded default, file, flags).
-//! - `serve`: `hookflow serve`: store, engine, workers, HTTP server, graceful shutdown.
+//! - `serve`: `hookflow serve`: store, engine, workers, HTTP server, graceful shutdown; `reload`:
+//!   the flows directory watched for changes.
 //! - `server`: the axum application: catch hooks, REST API, request inspector.
 //! - `local`: commands that work on files without a server (`validate`, `schema`, `run`).
 //! - `flow_tests`: `hookflow test`, flow tests beside the flows; `samples`: sample event files.
@@ -16,6 +17,7 @@ mod config;
 mod diff;
 mod flow_tests;
 mod local;
+mod reload;
 mod samples;
 mod serve;
 mod server;
@@ -25,7 +27,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use hookflow_engine::steps::Registry;
 
-use crate::cli::{Cli, Command, RunsCommand};
+use crate::cli::{Cli, Command, FlowsCommand, RunsCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -69,6 +71,11 @@ fn main() -> ExitCode {
                 command: RunsCommand::Retry(args),
             } => client::retry(&args).await.map(|()| ExitCode::SUCCESS),
             Command::Replay(args) => client::replay(&args).await.map(|()| ExitCode::SUCCESS),
+            Command::Flows {
+                command: FlowsCommand::History { flow, client },
+            } => client::flow_history(&client, &flow)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Schedules(c) => client::schedules(&c).await.map(|()| ExitCode::SUCCESS),
             Command::Trigger {
                 flow,

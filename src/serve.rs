@@ -1,5 +1,5 @@
-//! `hookflow serve`: opens the store, loads and deploys the flows, starts the workers and the HTTP
-//! server, and shuts down gracefully on Ctrl-C or SIGTERM (stop accepting, let executing steps finish
+//! `hookflow serve`: opens the store, loads and deploys the flows (and watches them for changes),
+//! starts the workers and the HTTP server, and shuts down gracefully on Ctrl-C or SIGTERM (stop accepting, let executing steps finish
 //! for a while, leave the rest queued for the next start).
 
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::ServeArgs;
 use crate::config::{Config, LogFormat};
+use crate::reload::{Env, Problems};
 use crate::server::{self, AppState, Captures, HookLog, Inspector};
 
 /// How long executing steps may take to finish after a shutdown signal.
@@ -82,8 +83,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
 
     let secrets = config.secrets()?;
-    let env = |name: &str| process_env(name).or_else(|| secrets.get(name).cloned());
-    let flows = load_flows(&config, engine.catalog().registry(), &env);
+    let env: Env =
+        Arc::new(move |name: &str| process_env(name).or_else(|| secrets.get(name).cloned()));
+    let problems = Problems::default();
+    let flows = load_flows(&config, engine.catalog().registry(), &|n| env(n), &problems);
     let deployed = engine.deploy(flows).await?;
 
     println!(
@@ -122,6 +125,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("request inspector: {base_url}/inspect/NAME   (see what HTTP actions sent: hookflow inspect NAME)");
 
     let (stop, stopped) = watch::channel(false);
+    if config.flows.exists() {
+        let watcher = crate::reload::watch(
+            engine.clone(),
+            config.flows.clone(),
+            env.clone(),
+            problems.clone(),
+            stopped.clone(),
+        );
+        tokio::spawn(watcher);
+    }
     let workers = {
         let engine = engine.clone();
         let mut stopped = stopped.clone();
@@ -143,6 +156,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         inspector: Inspector::default(),
         hook_log: HookLog::default(),
         captures: Captures::default(),
+        problems,
     };
     let app = server::router(state);
     axum::serve(listener, app)
@@ -186,6 +200,7 @@ fn load_flows(
     config: &Config,
     registry: &hookflow_engine::steps::Registry,
     env: EnvLookup<'_>,
+    problems: &Problems,
 ) -> Vec<Flow> {
     let (flows, errors): (Vec<Flow>, Vec<FlowError>) = if config.flows.exists() {
         flow::load(std::slice::from_ref(&config.flows), registry, env)
@@ -199,6 +214,7 @@ fn load_flows(
     for e in &errors {
         warn!("{e}");
     }
+    problems.set(&errors);
     if !errors.is_empty() {
         eprintln!("{} problem(s) in flow files; the flows with problems are not served (see `hookflow validate`)", errors.len());
     }

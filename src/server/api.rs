@@ -19,6 +19,7 @@ pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/flows", get(list_flows))
         .route("/api/v1/flows/{flow_id}", get(show_flow))
+        .route("/api/v1/flows/{flow_id}/revisions", get(revisions))
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{run_id}", get(show_run))
 }
@@ -28,7 +29,9 @@ async fn list_flows(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     for flow in state.engine.catalog().all() {
         flows.push(flow_json(&flow, catch_url(&state, &flow).await?));
     }
-    Ok(Json(json!({ "flows": flows })))
+    Ok(Json(
+        json!({ "flows": flows, "problems": state.problems.get() }),
+    ))
 }
 
 /// A deployed flow with its source (the revision running now).
@@ -40,6 +43,35 @@ async fn show_flow(
     let mut answer = flow_json(&flow, catch_url(&state, &flow).await?);
     answer["source"] = json!(flow.source.as_ref());
     Ok(Json(answer))
+}
+
+/// A flow's revisions as deployed over time, newest first, the current one marked.
+async fn revisions(
+    State(state): State<AppState>,
+    Path(flow_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = flow_id
+        .parse::<FlowId>()
+        .map_err(|e| ApiError::bad_request("invalid_flow_id", e.to_string()))?;
+    let current = state
+        .engine
+        .catalog()
+        .current(&id)
+        .map(|f| f.revision.clone());
+    let mut history = state.engine.revision_history(&id).await?;
+    if history.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no flow `{flow_id}` was ever deployed"
+        )));
+    }
+    history.reverse();
+    for entry in &mut history {
+        let is_current = current
+            .as_ref()
+            .is_some_and(|c| entry["revision"] == c.0.as_str());
+        entry["current"] = json!(is_current);
+    }
+    Ok(Json(json!({ "flow": id, "revisions": history })))
 }
 
 /// The deployed flow with this id, or a 404.

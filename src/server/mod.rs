@@ -42,6 +42,8 @@ pub struct AppState {
     pub hook_log: HookLog,
     /// Armed sample captures.
     pub captures: Captures,
+    /// The flow files' problems as last loaded.
+    pub problems: crate::reload::Problems,
 }
 
 /// The whole application.

@@ -722,3 +722,82 @@ async fn a_catch_up_schedule_fires_the_most_recent_missed_ticks_at_start() {
         "only the most recent: {missed:?}"
     );
 }
+
+#[tokio::test]
+async fn flow_files_reload_while_the_server_runs_and_bad_edits_are_refused() {
+    let version = |v: &str| {
+        format!("id: reloaded\ntrigger: {{ webhook: }}\nsteps:\n  - {{ id: shape, map: {{ version: {v} }} }}\n")
+    };
+    let other = "id: other\ntrigger: { webhook: }\nsteps:\n  - { id: a, map: {} }\n";
+    let server = Server::start(&[("reloaded.yaml", &version("1")), ("other.yaml", other)]);
+    let output = |answer: serde_json::Value| {
+        let server = &server;
+        async move {
+            let run = server
+                .finished_run(answer["run_id"].as_str().unwrap())
+                .await;
+            run["steps"][0]["output"]["version"].clone()
+        }
+    };
+    let (_, answer) = server.send("reloaded", &json!({})).await;
+    assert_eq!(output(answer).await, 1);
+    let revision = |flows: &serde_json::Value| {
+        flows["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == "reloaded")
+            .map(|f| f["revision"].as_str().unwrap().to_owned())
+    };
+    let (_, flows) = server.get("/api/v1/flows").await;
+    let first = revision(&flows).unwrap();
+
+    // A valid edit takes effect for new runs, same catch URL.
+    server.write_flow("reloaded.yaml", &version("2"));
+    let second = eventually("the new revision", || async {
+        let (_, flows) = server.get("/api/v1/flows").await;
+        revision(&flows).filter(|r| *r != first)
+    })
+    .await;
+    let (_, answer) = server.send("reloaded", &json!({})).await;
+    assert_eq!(output(answer).await, 2);
+
+    // An invalid edit is refused with its place; the previous revision keeps serving.
+    server.write_flow(
+        "reloaded.yaml",
+        "id: reloaded\ntrigger: { webhook: }\nsteps:\n  - { id: shape, mapp: {} }\n",
+    );
+    let problems = eventually("the refused edit's problems", || async {
+        let (_, flows) = server.get("/api/v1/flows").await;
+        let problems = flows["problems"].as_array().cloned().unwrap_or_default();
+        (!problems.is_empty()).then_some(problems)
+    })
+    .await;
+    let problem = problems[0].as_str().unwrap();
+    assert!(
+        problem.contains("reloaded.yaml:4:") && problem.contains("mapp"),
+        "{problem}"
+    );
+    let (_, flows) = server.get("/api/v1/flows").await;
+    assert_eq!(revision(&flows).as_deref(), Some(second.as_str()));
+    let (_, answer) = server.send("reloaded", &json!({})).await;
+    assert_eq!(output(answer).await, 2);
+
+    let out = server.cli(&["flows", "history", "reloaded"]);
+    let history = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 2, "{history}");
+    assert!(
+        lines[0].starts_with(&second) && lines[0].ends_with("(current)"),
+        "{history}"
+    );
+    assert!(lines[1].starts_with(&first), "{history}");
+
+    // A removed file's flow is no longer served.
+    std::fs::remove_file(server.flows_dir().join("other.yaml")).unwrap();
+    eventually("the removed flow to go", || async {
+        let (status, _) = server.send("other", &json!({})).await;
+        (status == 404).then_some(())
+    })
+    .await;
+}

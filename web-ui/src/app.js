@@ -31,12 +31,15 @@ document.addEventListener("click", event => {
 // ---- #/ ------------------------------------------------------------------------------------
 
 async function home() {
-  const [{ flows }, { runs }] = await Promise.all([api("/api/v1/flows"), api("/api/v1/runs?limit=20")]);
+  const [{ flows, problems }, { runs }] = await Promise.all([api("/api/v1/flows"), api("/api/v1/runs?limit=20")]);
   const hooks = flows.filter(f => f.catch_url);
   const logs = await Promise.all(hooks.map(async f =>
     (await api(`/api/v1/flows/${encodeURIComponent(f.id)}/hooks`)).requests.map(r => ({ ...r, flow: f.id }))));
   const requests = logs.flat().sort((a, b) => String(b.at).localeCompare(String(a.at))).slice(0, 30);
   app.innerHTML = `
+    ${problems.length ? `<div class="card problems" role="alert"><strong>Some flow files were refused</strong>
+      (the previous revision of each keeps running):
+      <ul>${problems.map(p => `<li><code>${esc(p)}</code></li>`).join("")}</ul></div>` : ""}
     <h1>Flows</h1>
     ${flows.length ? `<table><thead><tr><th>Flow</th><th>Trigger</th><th>Catch URL</th></tr></thead><tbody>
       ${flows.map(f => `<tr>

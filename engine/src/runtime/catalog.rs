@@ -47,6 +47,12 @@ impl Catalog {
             .insert(flow.id.clone(), flow);
     }
 
+    /// Stops serving a flow (its file was removed): new events are refused; runs already stored
+    /// finish on their revisions.
+    pub fn undeploy(&self, id: &FlowId) {
+        self.current.write().expect("catalog lock").remove(id);
+    }
+
     /// The current revision of a flow.
     pub fn current(&self, id: &FlowId) -> Option<Arc<Flow>> {
         self.current.read().expect("catalog lock").get(id).cloned()

@@ -173,12 +173,39 @@ impl Engine {
             self.store
                 .put_revision(&flow.id, &flow.revision, &flow.source)
                 .await?;
+            self.record_revision(&flow).await?;
             let token = self.store.hook_token(&flow.id, &new_token()).await?;
             let flow = Arc::new(flow);
             self.catalog.deploy(flow.clone());
             deployed.push((flow, token));
         }
         Ok(deployed)
+    }
+
+    /// A flow's revisions as deployed over time, oldest first: `[{revision, deployed_at}]`.
+    pub async fn revision_history(&self, flow: &FlowId) -> Result<Vec<Value>> {
+        let key = format!("revisions:{flow}");
+        let stored = self.store.state(&key).await?;
+        Ok(stored
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default())
+    }
+
+    /// Appends the flow's revision to its history when it differs from the last one deployed.
+    async fn record_revision(&self, flow: &Flow) -> Result<()> {
+        let mut history = self.revision_history(&flow.id).await?;
+        let last = history.last().and_then(|h| h["revision"].as_str());
+        if last == Some(flow.revision.0.as_str()) {
+            return Ok(());
+        }
+        history.push(
+            serde_json::json!({ "revision": flow.revision, "deployed_at": Timestamp::now() }),
+        );
+        let excess = history.len().saturating_sub(MAX_HISTORY);
+        history.drain(..excess);
+        let key = format!("revisions:{}", flow.id);
+        self.store.put_state(&key, &Value::Array(history)).await?;
+        Ok(())
     }
 
     /// The catch-hook token of a flow.
@@ -574,6 +601,9 @@ fn redact_result(result: StepResult, secrets: &[String]) -> StepResult {
         }
     }
 }
+
+/// How many revisions a flow's history keeps (the newest).
+const MAX_HISTORY: usize = 100;
 
 /// The longest dedupe key kept as it is; longer keys are kept as their SHA-256.
 const MAX_DEDUPE_KEY: usize = 200;
