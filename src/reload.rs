@@ -41,7 +41,7 @@ impl Problems {
 }
 
 /// The environment flows are loaded with (process environment, then the secrets file).
-pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+pub use hookflow_engine::flow::SharedEnv as Env;
 
 /// Watches `dir` until `stop` turns true.
 pub async fn watch(

@@ -75,16 +75,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         retention: config.retention.to_engine(),
         ..EngineConfig::default()
     };
+    let secrets = config.secrets()?;
+    let env: Env =
+        Arc::new(move |name: &str| process_env(name).or_else(|| secrets.get(name).cloned()));
     let engine = Engine::new(
         Arc::new(store),
-        Catalog::new(crate::registry()),
+        Catalog::with_env(crate::registry(), env.clone()),
         http,
         engine_config,
     );
 
-    let secrets = config.secrets()?;
-    let env: Env =
-        Arc::new(move |name: &str| process_env(name).or_else(|| secrets.get(name).cloned()));
     let problems = Problems::default();
     let flows = load_flows(&config, engine.catalog().registry(), &|n| env(n), &problems);
     let deployed = engine.deploy(flows).await?;

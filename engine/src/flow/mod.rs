@@ -242,6 +242,10 @@ impl std::error::Error for FlowError {}
 /// Where to read environment variables (`${env:NAME}`) from.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// An environment lookup that can be kept and shared (the server's: process environment, then
+/// the secrets file).
+pub type SharedEnv = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// The process environment, as an [`EnvLookup`].
 pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()

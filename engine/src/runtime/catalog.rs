@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::flow::{parse_flow, process_env, Flow, FlowError};
+use crate::flow::{parse_flow, process_env, Flow, FlowError, SharedEnv};
 use crate::ids::FlowId;
 use crate::model::Revision;
 use crate::steps::Registry;
@@ -15,15 +15,23 @@ use crate::{Error, Result};
 /// Deployed flows and known revisions.
 pub struct Catalog {
     registry: Registry,
+    /// Where `${env:…}` of a rebuilt revision is read.
+    env: SharedEnv,
     current: RwLock<HashMap<FlowId, Arc<Flow>>>,
     revisions: RwLock<HashMap<(FlowId, Revision), Arc<Flow>>>,
 }
 
 impl Catalog {
-    /// An empty catalog building flows with `registry`.
+    /// An empty catalog building flows with `registry`, reading the process environment.
     pub fn new(registry: Registry) -> Self {
+        Self::with_env(registry, std::sync::Arc::new(process_env))
+    }
+
+    /// An empty catalog building flows with `registry`, reading `env` (as the flows were loaded).
+    pub fn with_env(registry: Registry, env: SharedEnv) -> Self {
         Self {
             registry,
+            env,
             current: RwLock::default(),
             revisions: RwLock::default(),
         }
@@ -90,7 +98,8 @@ impl Catalog {
                 revision: revision.clone(),
             })?;
         let file = format!("{id}@{revision}");
-        let flow = parse_flow(&file, &source, &self.registry, &process_env)
+        let env = |name: &str| (self.env)(name);
+        let flow = parse_flow(&file, &source, &self.registry, &env)
             .map_err(|errors: Vec<FlowError>| Error::InvalidFlow { errors })?;
         let flow = Arc::new(flow);
         self.revisions
