@@ -801,3 +801,68 @@ async fn flow_files_reload_while_the_server_runs_and_bad_edits_are_refused() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn foreach_runs_its_steps_per_item_concurrently_and_reports_failed_items() {
+    let sink = crate::support::Sink::with(crate::support::SinkOptions {
+        held: true,
+        ..Default::default()
+    })
+    .await;
+    let dead = crate::support::unused_port();
+    let flow = format!(
+        r#"
+id: orders
+trigger: {{ webhook: }}
+steps:
+  - id: lines
+    foreach:
+      items: "$.trigger.body.lines"
+      concurrency: 2
+      on_item_error: continue
+      steps:
+        - id: post
+          http:
+            url: "{{{{#if item.broken}}}}http://127.0.0.1:{dead}{{{{else}}}}{url}{{{{/if}}}}/lines"
+            json: {{ sku: "{{{{item.sku}}}}" }}
+"#,
+        url = sink.url
+    );
+    let server = Server::start(&[("orders.yaml", &flow)]);
+    let lines = json!({ "lines": [
+        { "sku": "a" }, { "sku": "b" }, { "sku": "c", "broken": true }, { "sku": "d" },
+    ] });
+    let (_, answer) = server.send("orders", &lines).await;
+    let run_id = answer["run_id"].as_str().unwrap();
+    // Two items are in flight at once while the target holds its answers.
+    eventually("two concurrent requests", || async {
+        (sink.received().len() == 2).then_some(())
+    })
+    .await;
+    sink.release();
+    let run = server.finished_run(run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let out = &run["steps"][0]["output"];
+    let statuses: Vec<&str> = out["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["succeeded", "succeeded", "failed", "succeeded"]);
+    assert!(out["items"][2]["error"]
+        .as_str()
+        .unwrap()
+        .contains("could not connect"));
+    let mut keys: Vec<String> = sink
+        .received()
+        .iter()
+        .map(|r| r.headers["idempotency-key"].to_str().unwrap().to_owned())
+        .collect();
+    keys.sort();
+    let expected: Vec<String> = [0, 1, 3]
+        .iter()
+        .map(|i| format!("{run_id}:lines:{i}:post"))
+        .collect();
+    assert_eq!(keys, expected);
+}

@@ -4,7 +4,7 @@
 //! a served one ([`advance`](crate::runtime::advance)), so statuses, skips and filters match.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use schemars::JsonSchema;
@@ -123,7 +123,7 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
         let Some(step) = flow.step(&item.step_id).filter(|_| run.expects(&item)) else {
             continue;
         };
-        let ctx = run_context(&event, &run, &records, &step.id, item.attempt);
+        let ctx = Arc::new(run_context(&event, &run, &records, &step.id, item.attempt));
         let started_at = Timestamp::now();
         let clock = Instant::now();
         let (mut input, result) = match step.action.render(&flow.templates, &ctx) {
@@ -141,6 +141,8 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
                             timeout: step.timeout,
                             http: http.clone(),
                             pacer: Pacer::detached(),
+                            templates: flow.templates.clone(),
+                            context: ctx.clone(),
                         };
                         step.action.execute(input.clone(), &cx).await
                     }

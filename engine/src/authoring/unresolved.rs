@@ -61,9 +61,15 @@ pub fn unresolved(flow: &Flow, trace: &Trace) -> Vec<Unresolved> {
         if trace.record(&step.id).is_none() {
             continue;
         }
-        let field = format!("steps[{i}].{}", step.kind);
+        let mut field = format!("steps[{i}].{}", step.kind);
+        let mut config = &doc["steps"][i][step.kind];
+        if step.kind == "foreach" {
+            // The nested steps read `item`, `index` and each other: only the list is checked here.
+            field.push_str(".items");
+            config = &config["items"];
+        }
         let mut strings = Vec::new();
-        strings_in(&doc["steps"][i][step.kind], &field, false, &mut strings);
+        strings_in(config, &field, false, &mut strings);
         let ctx = trace.context(&step.id);
         for (field, text, optional) in strings {
             for reference in references(&text) {

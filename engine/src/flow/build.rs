@@ -405,7 +405,7 @@ fn build_step(
     for (field, message) in env::substitute(&mut config, env, secrets) {
         problems.at(&join_path(&kind_path, &field), message);
     }
-    let mut cx = BuildContext::new(compiler, env, secrets);
+    let mut cx = BuildContext::new(compiler, env, secrets, registry);
     let action = match entry.build(config, &mut cx) {
         Ok(action) => action,
         Err(e) => {

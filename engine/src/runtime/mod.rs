@@ -492,7 +492,7 @@ impl Engine {
         let step = flow
             .step(&item.step_id)
             .expect("a run's steps come from its flow revision");
-        let ctx = run_context(event, run, records, &step.id, item.attempt);
+        let ctx = Arc::new(run_context(event, run, records, &step.id, item.attempt));
         let started_at = Timestamp::now();
         let clock = Instant::now();
         let (mut input, result) = match step.action.render(&flow.templates, &ctx) {
@@ -507,6 +507,8 @@ impl Engine {
                     timeout: step.timeout,
                     http: self.http.clone(),
                     pacer: self.pacer.clone(),
+                    templates: flow.templates.clone(),
+                    context: ctx.clone(),
                 };
                 let outcome =
                     tokio::time::timeout(step.timeout, step.action.execute(input.clone(), &cx))

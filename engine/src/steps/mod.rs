@@ -3,7 +3,7 @@
 //! A step kind is a typed config struct ([`StepKind`]) that the flow loader deserializes from the
 //! step's YAML and then `build`s into an [`Action`]: the runtime object the executor calls. The
 //! engine knows kinds only through the registry, so connectors add kinds without touching the
-//! flow parser. Built-in kinds: [`filter`], [`map`], [`http`], [`switch`], [`delay`].
+//! flow parser. Built-in kinds: [`filter`], [`map`], [`http`], [`switch`], [`delay`], [`foreach`].
 //!
 //! An action works in two phases. `render` (pure, synchronous) turns the run context into the step's
 //! input — the exact thing recorded in run history as "what the step received"; `execute` then acts
@@ -11,6 +11,7 @@
 
 pub mod delay;
 pub mod filter;
+pub mod foreach;
 pub mod http;
 pub mod map;
 pub mod switch;
@@ -82,6 +83,11 @@ pub struct ExecContext {
     pub http: HttpClient,
     /// Rate-limit pacing of connector accounts.
     pub pacer: Pacer,
+    /// The flow's templates, and the run context the step's input was rendered against (for
+    /// steps that render more as they go: `foreach`).
+    pub templates: Templates,
+    /// See `templates`.
+    pub context: Arc<Value>,
 }
 
 /// How a successful step ends.
@@ -179,23 +185,106 @@ pub struct BuildContext<'a> {
     compiler: &'a mut Compiler,
     env: EnvLookup<'a>,
     secrets: &'a mut Vec<String>,
+    registry: &'a Registry,
     errors: Vec<(String, String)>,
 }
 
+/// A step nested in another's config (a `foreach` body), built.
+#[derive(Debug, Clone)]
+pub struct NestedStep {
+    /// Its id (unique among its siblings).
+    pub id: StepId,
+    /// Its kind.
+    pub kind: &'static str,
+    /// What it does.
+    pub action: Arc<dyn Action>,
+}
+
 impl<'a> BuildContext<'a> {
-    /// A context compiling into a flow's compiler, reading settings from `env` and remembering the
-    /// credentials it hands out in `secrets` (the flow's values to redact).
+    /// A context compiling into a flow's compiler, reading settings from `env`, remembering the
+    /// credentials it hands out in `secrets` (the flow's values to redact), and building nested
+    /// steps with `registry`.
     pub fn new(
         compiler: &'a mut Compiler,
         env: EnvLookup<'a>,
         secrets: &'a mut Vec<String>,
+        registry: &'a Registry,
     ) -> Self {
         Self {
             compiler,
             env,
             secrets,
+            registry,
             errors: Vec::new(),
         }
+    }
+
+    /// Builds a step written inside this one's config at `field`: `{id, <kind>: config}`. Kinds
+    /// that shape the run itself (`switch`, `delay`) are refused.
+    pub fn nested_step(&mut self, field: &str, spec: &serde_yaml::Value) -> Option<NestedStep> {
+        let Some(map) = spec.as_mapping() else {
+            self.error(
+                field,
+                "a step: a mapping with `id` and one step kind such as `map:`",
+            );
+            return None;
+        };
+        let id = match map
+            .get("id")
+            .and_then(|v| v.as_str())
+            .map(str::parse::<StepId>)
+        {
+            Some(Ok(id)) => Some(id),
+            Some(Err(e)) => {
+                self.error(&join_path(field, "id"), e.to_string());
+                None
+            }
+            None => {
+                self.error(field, "missing field `id`");
+                None
+            }
+        };
+        let kinds: Vec<(&str, &serde_yaml::Value)> = map
+            .iter()
+            .filter_map(|(k, v)| k.as_str().filter(|k| *k != "id").map(|k| (k, v)))
+            .collect();
+        let [(kind, config)] = kinds.as_slice() else {
+            self.error(
+                field,
+                "a step has `id` and exactly one kind (`map:`, `http:`, …)",
+            );
+            return None;
+        };
+        let here = join_path(field, kind);
+        let Some((kind, entry)) = self.registry.get_key_value(kind) else {
+            self.error(&here, format!("unknown step kind `{kind}`"));
+            return None;
+        };
+        if matches!(kind, "switch" | "delay") {
+            self.error(
+                &here,
+                format!("`{kind}` shapes the whole run: it cannot be a nested step"),
+            );
+            return None;
+        }
+        let mut nested = BuildContext::new(self.compiler, self.env, self.secrets, self.registry);
+        let built = entry.build((*config).clone(), &mut nested);
+        let errors = nested.into_errors();
+        for (f, message) in errors {
+            self.error(&join_path(&here, &f), message);
+        }
+        let action = match built {
+            Ok(action) => action,
+            Err(e) => {
+                self.error(&here, e.to_string());
+                None
+            }
+        };
+        Some(NestedStep {
+            id: id?,
+            kind,
+            action: action?,
+        })
     }
 
     /// A setting from the environment (a connector's base URL, …); empty counts as unset.
@@ -301,7 +390,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The built-in kinds: `filter`, `map`, `http`, `switch`, `delay`.
+    /// The built-in kinds: `filter`, `map`, `http`, `switch`, `delay`, `foreach`.
     pub fn builtin() -> Self {
         let mut r = Self::default();
         r.register::<filter::FilterSpec>();
@@ -309,6 +398,7 @@ impl Registry {
         r.register::<http::HttpSpec>();
         r.register::<switch::SwitchSpec>();
         r.register::<delay::DelaySpec>();
+        r.register::<foreach::ForeachSpec>();
         r
     }
 
