@@ -241,24 +241,15 @@ async fn take(
         .wait_for(accepted.run_id, respond_timeout)
         .await
         .map_err(|e| ApiError::unavailable(&e))?;
-    match run {
-        Some(run) if run.status.is_final() => {
-            let records = state.engine.store().step_records(run.id).await?;
-            // The output of the last step (in flow order) that produced one.
-            let output = flow
-                .steps
-                .iter()
-                .rev()
-                .find_map(|s| {
-                    records
-                        .iter()
-                        .find(|r| r.step_id == s.id)
-                        .and_then(|r| r.output.clone())
-                })
-                .unwrap_or(Value::Null);
+    let outcome = match run.filter(|r| r.status.is_final()) {
+        Some(run) => state.engine.run_outcome(run.id).await?,
+        None => None,
+    };
+    match outcome {
+        Some(done) => {
             let answer = json!({
-                "status": run.status, "event_id": ids["event_id"], "run_id": ids["run_id"],
-                "reason": run.reason, "output": output,
+                "status": done.status, "event_id": ids["event_id"], "run_id": ids["run_id"],
+                "reason": done.reason, "output": done.output,
             });
             Ok(Taken::new("queued", StatusCode::OK, answer))
         }

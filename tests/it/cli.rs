@@ -90,7 +90,7 @@ fn schema_describes_every_step_kind() {
         .collect();
     assert_eq!(
         kinds,
-        ["delay", "filter", "foreach", "http", "hubspot", "map", "stripe", "switch"]
+        ["delay", "filter", "flow", "foreach", "http", "hubspot", "map", "stripe", "switch"]
     );
     assert!(schema["properties"]["trigger"].is_object());
 }

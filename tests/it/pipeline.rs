@@ -866,3 +866,45 @@ steps:
         .collect();
     assert_eq!(keys, expected);
 }
+
+#[tokio::test]
+async fn a_flow_step_starts_a_sub_flow_once_and_waits_for_its_result() {
+    let child = "id: enrich-contact\ntrigger: { manual: }\nsteps:\n  - { id: pause, delay: { for: 1s } }\n  - { id: shape, map: { domain: \"{{lower trigger.body.domain}}\", caller: \"{{trigger.parent.flow}}\" } }\n";
+    let failing = "id: always-fails\ntrigger: { manual: }\nsteps:\n  - { id: stop, http: { url: \"http://127.0.0.1:9/nope\" }, retry: { attempts: 1 } }\n";
+    let parent = "id: leads\ntrigger: { webhook: }\nsteps:\n  - id: enrich\n    flow: { id: enrich-contact, payload: { domain: \"{{trigger.body.domain}}\" }, wait: true }\n  - { id: use, map: { domain: \"{{steps.enrich.output.domain}}\", by: \"{{steps.enrich.output.caller}}\" } }\n  - id: fire_and_forget\n    flow: { id: always-fails, payload: {} }\n  - id: doomed\n    flow: { id: always-fails, wait: true }\n";
+    let server = Server::start(&[
+        ("child.yaml", child),
+        ("failing.yaml", failing),
+        ("parent.yaml", parent),
+    ]);
+    let (_, answer) = server.send("leads", &json!({ "domain": "ACME.com" })).await;
+    let run = server
+        .finished_run(answer["run_id"].as_str().unwrap())
+        .await;
+    let step = |id: &str| {
+        run["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        step("use")["output"],
+        json!({ "domain": "acme.com", "by": "leads" })
+    );
+    assert_eq!(step("enrich")["output"]["status"], "succeeded");
+    assert_eq!(step("fire_and_forget")["output"]["status"], "queued");
+    assert_eq!(
+        run["status"], "failed",
+        "the awaited failing sub-flow fails the step"
+    );
+    assert!(step("doomed")["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("of flow `always-fails` failed"));
+    // The parent looked at its child more than once while it ran: still one child run.
+    assert_eq!(server.all_runs("enrich-contact").await.len(), 1);
+    assert_eq!(server.all_runs("always-fails").await.len(), 2);
+}

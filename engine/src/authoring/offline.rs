@@ -143,6 +143,7 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
                             pacer: Pacer::detached(),
                             templates: flow.templates.clone(),
                             context: ctx.clone(),
+                            sub_flows: None,
                         };
                         step.action.execute(input.clone(), &cx).await
                     }

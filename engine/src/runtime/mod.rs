@@ -33,7 +33,7 @@ use crate::ids::{EventId, FlowId, RunId};
 use crate::model::{Event, QueueItem, Run, RunStatus, StepRecord, Timestamp};
 use crate::outbound::HttpClient;
 use crate::pacing::Pacer;
-use crate::steps::{ExecContext, Outcome, StepError};
+use crate::steps::{ExecContext, Outcome, RunOutcome, StepError, SubFlows};
 use crate::store::{DedupeKey, FlowRoom, Ingested, RunUpdate, Store, StoreError};
 use crate::Result;
 
@@ -90,6 +90,56 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The engine as `flow` steps see it: starts child runs (once per calling step) and reads how they
+/// ended.
+struct EngineFlows(std::sync::Weak<Engine>);
+
+impl std::fmt::Debug for EngineFlows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EngineFlows")
+    }
+}
+
+#[async_trait::async_trait]
+impl SubFlows for EngineFlows {
+    async fn start(
+        &self,
+        flow: &str,
+        trigger: Value,
+        key: &str,
+    ) -> std::result::Result<RunId, StepError> {
+        let engine = self
+            .0
+            .upgrade()
+            .ok_or_else(|| StepError::transient("the server is stopping"))?;
+        let flow = flow
+            .parse::<FlowId>()
+            .ok()
+            .and_then(|id| engine.catalog.current(&id))
+            .ok_or_else(|| StepError::permanent(format!("no flow `{flow}` is deployed")))?;
+        let key = DedupeKey {
+            key: format!("parent:{key}"),
+            expires_at: Timestamp::now().plus(PROVIDER_DEDUPE_WINDOW),
+        };
+        let accepted = engine
+            .store_event(&flow, trigger, Some(key))
+            .await
+            .map_err(|e| StepError::transient(format!("could not start the sub-flow: {e}")))?;
+        Ok(accepted.run_id)
+    }
+
+    async fn outcome(&self, run: RunId) -> std::result::Result<Option<RunOutcome>, StepError> {
+        let engine = self
+            .0
+            .upgrade()
+            .ok_or_else(|| StepError::transient("the server is stopping"))?;
+        engine
+            .run_outcome(run)
+            .await
+            .map_err(|e| StepError::transient(format!("could not read the sub-flow's run: {e}")))
+    }
+}
+
 /// How executing an item went.
 enum Tried {
     /// The step made an attempt.
@@ -124,6 +174,8 @@ pub struct Engine {
     catalog: Catalog,
     http: HttpClient,
     pacer: Pacer,
+    /// What `flow` steps start child runs with (this engine, weakly held).
+    sub_flows: Arc<dyn SubFlows>,
     config: EngineConfig,
     wake: Notify,
     slots: Arc<Semaphore>,
@@ -142,7 +194,8 @@ impl Engine {
     ) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(config.workers.max(1)));
         let (finished, _) = broadcast::channel(1024);
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            sub_flows: Arc::new(EngineFlows(me.clone())),
             pacer: Pacer::new(store.clone()),
             store,
             catalog,
@@ -153,6 +206,36 @@ impl Engine {
             executing: Mutex::default(),
             finished,
         })
+    }
+
+    /// How a run ended (with the output of its last step that produced one), or `None` while it
+    /// has not (or does not exist).
+    pub async fn run_outcome(&self, run_id: RunId) -> Result<Option<RunOutcome>> {
+        let Some(run) = self
+            .store
+            .run(run_id)
+            .await?
+            .filter(|r| r.status.is_final())
+        else {
+            return Ok(None);
+        };
+        let records = self.store.step_records(run_id).await?;
+        let output = run
+            .steps
+            .iter()
+            .rev()
+            .find_map(|s| {
+                records
+                    .iter()
+                    .find(|r| r.step_id == s.id)
+                    .and_then(|r| r.output.clone())
+            })
+            .unwrap_or(Value::Null);
+        Ok(Some(RunOutcome {
+            status: run.status,
+            reason: run.reason,
+            output,
+        }))
     }
 
     /// The store.
@@ -509,6 +592,7 @@ impl Engine {
                     pacer: self.pacer.clone(),
                     templates: flow.templates.clone(),
                     context: ctx.clone(),
+                    sub_flows: Some(self.sub_flows.clone()),
                 };
                 let outcome =
                     tokio::time::timeout(step.timeout, step.action.execute(input.clone(), &cx))

@@ -3,7 +3,8 @@
 //! A step kind is a typed config struct ([`StepKind`]) that the flow loader deserializes from the
 //! step's YAML and then `build`s into an [`Action`]: the runtime object the executor calls. The
 //! engine knows kinds only through the registry, so connectors add kinds without touching the
-//! flow parser. Built-in kinds: [`filter`], [`map`], [`http`], [`switch`], [`delay`], [`foreach`].
+//! flow parser. Built-in kinds: [`filter`], [`map`], [`http`], [`switch`], [`delay`], [`foreach`],
+//! [`subflow`] (`flow:`).
 //!
 //! An action works in two phases. `render` (pure, synchronous) turns the run context into the step's
 //! input — the exact thing recorded in run history as "what the step received"; `execute` then acts
@@ -14,6 +15,7 @@ pub mod filter;
 pub mod foreach;
 pub mod http;
 pub mod map;
+pub mod subflow;
 pub mod switch;
 
 use std::collections::BTreeMap;
@@ -88,6 +90,29 @@ pub struct ExecContext {
     pub templates: Templates,
     /// See `templates`.
     pub context: Arc<Value>,
+    /// Starts other flows' runs (`flow` steps); `None` offline.
+    pub sub_flows: Option<Arc<dyn SubFlows>>,
+}
+
+/// Starting a run of another flow from a step, and reading how it ended.
+#[async_trait]
+pub trait SubFlows: Send + Sync + fmt::Debug {
+    /// Starts a run of `flow` with `trigger`, once per `key` (a repeat answers the same run).
+    async fn start(&self, flow: &str, trigger: Value, key: &str) -> Result<RunId, StepError>;
+
+    /// How the run ended, or `None` while it has not.
+    async fn outcome(&self, run: RunId) -> Result<Option<RunOutcome>, StepError>;
+}
+
+/// How a finished run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    /// `succeeded`, `failed` or `filtered`.
+    pub status: crate::model::RunStatus,
+    /// Why it failed or was filtered.
+    pub reason: Option<String>,
+    /// The output of its last step (in flow order) that produced one.
+    pub output: Value,
 }
 
 /// How a successful step ends.
@@ -390,7 +415,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The built-in kinds: `filter`, `map`, `http`, `switch`, `delay`, `foreach`.
+    /// The built-in kinds: `filter`, `map`, `http`, `switch`, `delay`, `foreach`, `flow`.
     pub fn builtin() -> Self {
         let mut r = Self::default();
         r.register::<filter::FilterSpec>();
@@ -399,6 +424,7 @@ impl Registry {
         r.register::<switch::SwitchSpec>();
         r.register::<delay::DelaySpec>();
         r.register::<foreach::ForeachSpec>();
+        r.register::<subflow::SubflowSpec>();
         r
     }
 
