@@ -908,3 +908,61 @@ async fn a_flow_step_starts_a_sub_flow_once_and_waits_for_its_result() {
     assert_eq!(server.all_runs("enrich-contact").await.len(), 1);
     assert_eq!(server.all_runs("always-fails").await.len(), 2);
 }
+
+#[tokio::test]
+async fn a_named_queue_serialises_runs_that_share_a_key() {
+    let sink = Sink::start().await;
+    let flow = format!(
+        r#"
+id: contacts
+trigger: {{ webhook: }}
+steps:
+  - id: update
+    queue: {{ name: crm, key: "{{{{lower trigger.body.email}}}}", concurrency: 1, gap: 1s }}
+    http: {{ url: "{}/contacts", json: {{ email: "{{{{trigger.body.email}}}}", n: "{{{{trigger.body.n}}}}" }} }}
+"#,
+        sink.url
+    );
+    let server = Server::start(&[("contacts.yaml", &flow)]);
+    let mut runs = Vec::new();
+    for (n, email) in [(1, "ann@x.com"), (2, "ANN@x.com"), (3, "bob@x.com")] {
+        let (_, answer) = server
+            .send("contacts", &json!({ "email": email, "n": n }))
+            .await;
+        runs.push(answer["run_id"].as_str().unwrap().to_owned());
+    }
+    for id in &runs {
+        let run = server.finished_run(id).await;
+        assert_eq!(run["status"], "succeeded", "{run:#}");
+        assert_eq!(
+            run["steps"][0]["attempts"].as_array().unwrap().len(),
+            1,
+            "waiting is not an attempt"
+        );
+    }
+    let received = sink.received();
+    let at = |email: &str| -> Vec<std::time::Instant> {
+        received
+            .iter()
+            .filter(|r| {
+                r.body["email"]
+                    .as_str()
+                    .unwrap()
+                    .eq_ignore_ascii_case(email)
+            })
+            .map(|r| r.at)
+            .collect()
+    };
+    let ann = at("ann@x.com");
+    assert_eq!(ann.len(), 2);
+    let apart = if ann[1] > ann[0] {
+        ann[1] - ann[0]
+    } else {
+        ann[0] - ann[1]
+    };
+    assert!(
+        apart >= std::time::Duration::from_millis(950),
+        "same key: one at a time, 1s apart ({apart:?})"
+    );
+    assert_eq!(at("bob@x.com").len(), 1);
+}

@@ -350,6 +350,8 @@ pub struct Received {
     pub headers: HeaderMap,
     /// The body, parsed as JSON (or a JSON string of the text).
     pub body: Value,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 /// An HTTP server on 127.0.0.1 that records requests and answers with scripted statuses.
@@ -449,6 +451,7 @@ async fn record(
     state.received.lock().unwrap().push(Received {
         headers,
         body: parsed,
+        at: Instant::now(),
     });
     let _ = state.open.wait_for(|open| *open).await;
     let status = state.script.lock().unwrap().pop().unwrap_or(200);

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use super::position::{split_serde_yaml_error, Position, PositionIndex};
 use super::spec::{FlowSpec, Missed, StepSpec, TriggerSpec, VerifySpec, COMMON_STEP_KEYS};
-use super::{env, Dedupe, EnvLookup, Flow, FlowError, Retention, Route, Step, Trigger, Verify};
+use super::{
+    env, Dedupe, EnvLookup, Flow, FlowError, Retention, Route, Step, StepQueue, Trigger, Verify,
+};
 use crate::expr::Compiler;
 use crate::ids::{FlowId, StepId};
 use crate::model::Revision;
@@ -441,6 +443,26 @@ fn build_step(
             "a step's timeout must be more than 0 and at most 10m",
         );
     }
+    let queue = spec.queue.as_ref().and_then(|q| {
+        let concurrency = q.concurrency.unwrap_or(1);
+        if concurrency == 0 || q.name.is_empty() {
+            problems.at(
+                &format!("{here}.queue"),
+                "a queue needs a `name` and a `concurrency` of at least 1",
+            );
+            return None;
+        }
+        let key = compiler
+            .text(q.key.as_deref().unwrap_or(""))
+            .map_err(|e| problems.at(&format!("{here}.queue.key"), e.message))
+            .ok()?;
+        Some(StepQueue {
+            name: q.name.clone(),
+            key,
+            concurrency,
+            gap: q.gap.map_or(Duration::ZERO, |g| g.0),
+        })
+    });
     let line = problems.index.locate(&here).line;
     Some(Step {
         id: id?,
@@ -458,6 +480,7 @@ fn build_step(
         route: None,
         on_error: spec.on_error.unwrap_or_default(),
         handler: false,
+        queue,
     })
 }
 

@@ -201,6 +201,21 @@ pub struct Step {
     pub on_error: OnError,
     /// An `on_failure` step: it runs only when the run has failed for good.
     pub handler: bool,
+    /// The named queue it runs in.
+    pub queue: Option<StepQueue>,
+}
+
+/// A step's named queue, compiled.
+#[derive(Debug, Clone)]
+pub struct StepQueue {
+    /// The queue's name.
+    pub name: String,
+    /// Renders the key runs are serialised by.
+    pub key: TextExpr,
+    /// How many at a time per key.
+    pub concurrency: usize,
+    /// The pause between one and the next.
+    pub gap: Duration,
 }
 
 /// The switch path a step is on.

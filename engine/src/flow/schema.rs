@@ -6,7 +6,7 @@
 use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
 
-use super::spec::{FlowSpec, HumanDuration, RetrySpec};
+use super::spec::{FlowSpec, HumanDuration, QueueSpec, RetrySpec};
 use crate::steps::Registry;
 
 /// The flow format's JSON Schema (draft 2020-12).
@@ -14,6 +14,7 @@ pub fn json_schema(registry: &Registry) -> Value {
     let mut generator = SchemaSettings::draft2020_12().into_generator();
     let retry = generator.subschema_for::<RetrySpec>().to_value();
     let duration = generator.subschema_for::<HumanDuration>().to_value();
+    let queue = generator.subschema_for::<QueueSpec>().to_value();
     let kinds: Vec<Value> = registry
         .kinds()
         .map(|(name, entry)| {
@@ -26,6 +27,7 @@ pub fn json_schema(registry: &Registry) -> Value {
             properties.insert("retry".into(), retry.clone());
             properties.insert("timeout".into(), duration.clone());
             properties.insert("on_error".into(), json!({ "enum": ["fail", "continue"], "description": "What a failure of this step (after its retries) does: fail the run (default) or go on with `{\"error\": …}` as its output." }));
+            properties.insert("queue".into(), queue.clone());
             properties.insert(name.into(), config);
             json!({
                 "title": name,

@@ -191,12 +191,14 @@ pub struct StepSpec {
     pub timeout: Option<HumanDuration>,
     /// What a failure of this step (after its retries) does to the run.
     pub on_error: Option<OnError>,
+    /// A named queue: runs whose key is the same run this step one (or `concurrency`) at a time.
+    pub queue: Option<QueueSpec>,
     /// Every other key: the kind(s), with their config.
     pub kinds: Vec<(String, serde_yaml::Value)>,
 }
 
 /// The keys every step may have besides its kind.
-pub const COMMON_STEP_KEYS: [&str; 7] = [
+pub const COMMON_STEP_KEYS: [&str; 8] = [
     "id",
     "name",
     "description",
@@ -204,7 +206,26 @@ pub const COMMON_STEP_KEYS: [&str; 7] = [
     "retry",
     "timeout",
     "on_error",
+    "queue",
 ];
+
+/// A named queue (Zapier's Delay After Queue): the step runs for at most `concurrency` runs with
+/// the same key at a time, `gap` apart, e.g. so two events about one contact never race.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSpec {
+    /// The queue's name; steps of any flow that name it share it.
+    pub name: String,
+    /// What serialises (a template), e.g. `"{{steps.shape.email}}"`; empty: one lane for all.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// How many at a time per key (default 1).
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// The pause after one finishes before the next starts, e.g. `1s`.
+    #[serde(default)]
+    pub gap: Option<HumanDuration>,
+}
 
 /// What a step's final failure does to its run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -237,6 +258,7 @@ impl<'de> Deserialize<'de> for StepSpec {
                         "retry" => step.retry = map.next_value()?,
                         "timeout" => step.timeout = map.next_value()?,
                         "on_error" => step.on_error = map.next_value()?,
+                        "queue" => step.queue = map.next_value()?,
                         _ => step.kinds.push((key, map.next_value()?)),
                     }
                 }

@@ -12,6 +12,7 @@
 pub mod advance;
 pub mod catalog;
 pub mod context;
+mod lanes;
 mod repair;
 pub mod retention;
 pub mod retry;
@@ -176,6 +177,8 @@ pub struct Engine {
     pacer: Pacer,
     /// What `flow` steps start child runs with (this engine, weakly held).
     sub_flows: Arc<dyn SubFlows>,
+    /// Named queues' lanes.
+    lanes: lanes::Lanes,
     config: EngineConfig,
     wake: Notify,
     slots: Arc<Semaphore>,
@@ -196,6 +199,7 @@ impl Engine {
         let (finished, _) = broadcast::channel(1024);
         Arc::new_cyclic(|me| Self {
             sub_flows: Arc::new(EngineFlows(me.clone())),
+            lanes: lanes::Lanes::default(),
             pacer: Pacer::new(store.clone()),
             store,
             catalog,
@@ -581,6 +585,17 @@ impl Engine {
         let (mut input, result) = match step.action.render(&flow.templates, &ctx) {
             Err(e) => (Value::Null, StepResult::Failed(e)),
             Ok(input) => {
+                // A step in a named queue waits for a place in its lane (not an attempt).
+                let _place = match &step.queue {
+                    None => None,
+                    Some(q) => {
+                        let key = q.key.render(&flow.templates, &ctx).unwrap_or_default();
+                        match self.lanes.enter(&q.name, &key, q.concurrency, q.gap) {
+                            Ok(place) => Some(place),
+                            Err(wait) => return Tried::Wait(wait),
+                        }
+                    }
+                };
                 let cx = ExecContext {
                     run_id: run.id,
                     step_id: step.id.clone(),
