@@ -778,6 +778,12 @@ async fn flow_files_reload_while_the_server_runs_and_bad_edits_are_refused() {
         problem.contains("reloaded.yaml:4:") && problem.contains("mapp"),
         "{problem}"
     );
+    let page = crate::ui::rendered(&server.base);
+    let banner = page
+        .split("class=\"card problems\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no problems banner in\n{page}"));
+    assert!(banner.contains("reloaded.yaml:4:"), "{banner}");
     let (_, flows) = server.get("/api/v1/flows").await;
     assert_eq!(revision(&flows).as_deref(), Some(second.as_str()));
     let (_, answer) = server.send("reloaded", &json!({})).await;

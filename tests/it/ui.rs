@@ -9,7 +9,7 @@ use crate::browser::Browser;
 use crate::support::{eventually, Server};
 
 /// The page at `url` as Chromium renders it (scripts run, fetches answered).
-fn rendered(url: &str) -> String {
+pub fn rendered(url: &str) -> String {
     let out = Command::new("chromium")
         .args([
             "--headless",
