@@ -581,8 +581,11 @@ steps:
         .as_str()
         .unwrap()
         .to_owned();
+    let parse = |t: &str| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap()
+    };
     assert!(
-        started.as_str() >= until.as_str(),
+        parse(&started) >= parse(&until),
         "the step started at {started}, before {until}"
     );
     assert_eq!(sink.received().len(), 1);

@@ -972,3 +972,50 @@ steps:
     );
     assert_eq!(at("bob@x.com").len(), 1);
 }
+
+#[tokio::test]
+async fn foreach_fails_the_run_on_a_failed_item_by_default() {
+    let sink = Sink::start().await;
+    let dead = crate::support::unused_port();
+    let flow = format!(
+        r#"
+id: strict
+trigger: {{ webhook: }}
+steps:
+  - id: lines
+    retry: {{ attempts: 1 }}
+    foreach:
+      items: "$.trigger.body.lines"
+      steps:
+        - id: post
+          http: {{ url: "{{{{#if item.broken}}}}http://127.0.0.1:{dead}{{{{else}}}}{url}{{{{/if}}}}/lines", json: {{ sku: "{{{{item.sku}}}}" }} }}
+  - id: after
+    map: {{ never: true }}
+"#,
+        url = sink.url
+    );
+    let server = Server::start(&[("strict.yaml", &flow)]);
+    let lines =
+        json!({ "lines": [{ "sku": "a" }, { "sku": "b", "broken": true }, { "sku": "c" }] });
+    let (_, answer) = server.send("strict", &lines).await;
+    let run = server
+        .finished_run(answer["run_id"].as_str().unwrap())
+        .await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert!(run["reason"]
+        .as_str()
+        .unwrap()
+        .contains("item 1 failed: step `post`"));
+    assert_eq!(run["steps"][1]["status"], "skipped");
+    let statuses: Vec<&str> = run["steps"][0]["error"]["detail"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["succeeded", "failed", "succeeded"],
+        "every item's result is recorded"
+    );
+}
