@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::routing::get;
 use axum::{Json, Router};
 use hookflow_engine::flow::{Flow, Trigger};
@@ -21,6 +22,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/api/v1/flows/{flow_id}", get(show_flow))
         .route("/api/v1/flows/{flow_id}/revisions", get(revisions))
         .route("/api/v1/runs", get(list_runs))
+        .route("/api/v1/runs/events", get(run_events))
         .route("/api/v1/runs/{run_id}", get(show_run))
 }
 
@@ -200,6 +202,44 @@ pub(super) fn run_summary(run: &Run) -> Value {
         "status": run.status, "created_at": run.created_at, "finished_at": run.finished_at,
         "duration_ms": duration_ms, "reason": run.reason, "replay_of": run.replay_of,
     })
+}
+
+#[derive(Deserialize)]
+struct EventsParams {
+    flow: Option<String>,
+}
+
+/// `GET /api/v1/runs/events`: server-sent events, one `run` event (a run summary) each time a run
+/// is created or finishes; `?flow=` keeps one flow's.
+async fn run_events(
+    State(state): State<AppState>,
+    Query(params): Query<EventsParams>,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+    let notices = state.engine.subscribe();
+    let stream = futures_util::stream::unfold(notices, move |mut notices| {
+        let state = state.clone();
+        let flow = params.flow.clone();
+        async move {
+            loop {
+                let notice = match notices.recv().await {
+                    Ok(notice) => notice,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                };
+                let Ok(Some(run)) = state.engine.store().run(notice.run_id).await else {
+                    continue;
+                };
+                if flow.as_deref().is_some_and(|f| f != run.flow_id.as_str()) {
+                    continue;
+                }
+                let event = SseEvent::default()
+                    .event("run")
+                    .data(run_summary(&run).to_string());
+                return Some((Ok(event), notices));
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn show_run(

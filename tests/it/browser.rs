@@ -86,6 +86,15 @@ impl Browser {
 }
 
 impl Browser {
+    /// Saves a screenshot of the page as `target/ui-screenshots/NAME.png` (a test artefact; the
+    /// README's pictures are copies).
+    pub async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.expect("a screenshot");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
     /// Ends the session and stops the driver.
     pub async fn close(mut self) {
         let _ = self.client.clone().close().await;

@@ -99,6 +99,7 @@ async fn the_flow_page_previews_a_sample_marks_the_typo_and_captures_new_samples
         .contains("flagged"));
     assert!(line.text().await.unwrap().contains("email:"));
     browser.text_of("[data-step=shape]", "succeeded").await;
+    browser.screenshot("flow-preview").await;
 
     // Capture the next event from the page.
     browser.find("#capture").await.click().await.unwrap();
@@ -137,5 +138,81 @@ async fn the_flow_page_previews_a_sample_marks_the_typo_and_captures_new_samples
         run["event"]["trigger"]["body"]["customer_email"],
         "typed@example.com"
     );
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn runs_appear_live_and_a_failed_run_is_retried_from_its_page() {
+    let sink = crate::support::Sink::scripted(&[500]).await;
+    let flow = format!(
+        r#"
+id: leads
+trigger: {{ webhook: }}
+steps:
+  - id: big
+    filter: {{ value: "{{{{trigger.body.employees}}}}", gte: 10 }}
+  - id: shape
+    map: {{ email: "{{{{lower trigger.body.email}}}}" }}
+  - id: deliver
+    retry: {{ attempts: 1 }}
+    http: {{ url: "{}/crm", json: "$.steps.shape" }}
+"#,
+        sink.url
+    );
+    let server = Server::start(&[("leads.yaml", &flow)]);
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("{}/#/runs", server.base))
+        .await
+        .unwrap();
+    browser.find("#run-filters").await;
+
+    // A new run appears without a reload, and turns failed (the CRM answers 500 once).
+    let (_, answer) = server
+        .send("leads", &json!({ "email": "Ann@X.com", "employees": 50 }))
+        .await;
+    let run_id = answer["run_id"].as_str().unwrap().to_owned();
+    browser
+        .find(&format!("tr[data-run='{run_id}'][data-status='failed']"))
+        .await;
+
+    // Its page shows each step's output; retrying from the page makes it succeed.
+    browser
+        .find(&format!("tr[data-run='{run_id}'] a[href^='#/runs/']"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser
+        .text_of("[data-step=shape] .output", "ann@x.com")
+        .await;
+    browser
+        .text_of("[data-step=deliver] .step-error", "500")
+        .await;
+    browser.find("#retry").await.click().await.unwrap();
+    browser.client.accept_alert().await.unwrap();
+    browser.text_of("#run-state", "succeeded").await;
+    browser.screenshot("run").await;
+
+    // Filter by status.
+    let (_, small) = server
+        .send("leads", &json!({ "email": "b@y.com", "employees": 2 }))
+        .await;
+    let small_id = small["run_id"].as_str().unwrap().to_owned();
+    server.finished_run(&small_id).await;
+    browser
+        .client
+        .goto(&format!("{}/#/runs?status=filtered", server.base))
+        .await
+        .unwrap();
+    browser.find(&format!("tr[data-run='{small_id}']")).await;
+    browser.screenshot("runs").await;
+    let rows = browser
+        .client
+        .find_all(fantoccini::Locator::Css("#runs tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "only the filtered run");
     browser.close().await;
 }

@@ -1,6 +1,7 @@
 // hookflow's browser UI: a small single-page app over the REST API (/api/v1), routed by the URL
-// hash: #/ (flows and latest activity) and #/flows/ID (one flow: its source, samples with a
-// mapping preview, sample capture, catch-hook log and recent runs).
+// hash: #/ (flows and latest activity), #/flows/ID (one flow: its source, samples with a mapping
+// preview, sample capture, catch-hook log and recent runs), #/runs (every run, filtered, paged and
+// live) and #/runs/ID (one run: payload, steps, timeline, retry and replay).
 "use strict";
 
 const esc = s => String(s ?? "").replace(/[&<>"']/g, c =>
@@ -59,9 +60,14 @@ async function home() {
 function runsTable(runs) {
   if (!runs.length) return `<p class="empty">No runs yet.</p>`;
   return `<table><thead><tr><th>Run</th><th>Flow</th><th>Status</th><th>Created</th><th>Reason</th></tr></thead><tbody>
-    ${runs.map(r => `<tr><td><a href="/api/v1/runs/${esc(r.id)}"><code>${esc(r.id)}</code></a></td><td>${esc(r.flow_id)}</td>
-      <td class="${esc(r.status)}">${esc(r.status)}</td><td>${esc(r.created_at)}</td><td>${esc(r.reason)}</td></tr>`).join("")}
+    ${runs.map(runRow).join("")}
     </tbody></table>`;
+}
+
+function runRow(r) {
+  return `<tr data-run="${esc(r.id)}" data-status="${esc(r.status)}"><td><a href="#/runs/${esc(r.id)}"><code>${esc(r.id)}</code></a></td>
+    <td><a href="#/flows/${esc(r.flow_id)}">${esc(r.flow_id)}</a></td>
+    <td class="${esc(r.status)}">${esc(r.status)}</td><td>${esc(r.created_at)}</td><td>${esc(r.reason)}</td></tr>`;
 }
 
 function hookRow(r) {
@@ -161,7 +167,7 @@ async function preview(path, sample) {
         ? p.unresolved.map(u => `<p class="flag unresolved" data-line="${u.line}">⚠ line ${u.line}, <code>${esc(u.field)}</code>:
             <code>${esc(u.path)}</code> resolved to nothing${u.suggestion ? ` — did you mean <code>${esc(u.suggestion)}</code>?` : ""}</p>`).join("")
         : `<p class="succeeded">Every expression resolved.</p>`}</div>
-      ${p.steps.map(s => `<div class="step ${esc(s.status)}" data-step="${esc(s.id)}">
+      ${p.steps.map(s => `<div class="step" data-status="${esc(s.status)}" data-step="${esc(s.id)}">
           <strong>${esc(s.id)}</strong> <span class="${esc(s.status)}">${esc(s.status)}</span>
           ${s.error ? `<p class="failed">${esc(s.error)}</p>` : ""}
           ${s.input !== null || s.output !== null ? `<div class="steps-grid">
@@ -191,13 +197,146 @@ async function capture(path, count) {
   }
 }
 
+// ---- #/runs ----------------------------------------------------------------------------------
+
+let liveRuns = null;
+
+async function runsPage(query) {
+  const params = new URLSearchParams(query);
+  const { flows } = await api("/api/v1/flows");
+  const filter = new URLSearchParams();
+  for (const k of ["flow", "status", "since"]) if (params.get(k)) filter.set(k, params.get(k));
+  filter.set("limit", "50");
+  const page = await api(`/api/v1/runs?${filter}`);
+  const option = (value, label, selected) =>
+    `<option value="${esc(value)}" ${selected ? "selected" : ""}>${esc(label)}</option>`;
+  app.innerHTML = `
+    <h1>Runs</h1>
+    <form id="run-filters" class="row" aria-label="Filter runs">
+      <label for="f-flow">Flow</label>
+      <select id="f-flow" name="flow">${option("", "all flows", !params.get("flow"))}
+        ${flows.map(f => option(f.id, f.name, params.get("flow") === f.id)).join("")}</select>
+      <label for="f-status">Status</label>
+      <select id="f-status" name="status">${option("", "any", !params.get("status"))}
+        ${["queued", "running", "succeeded", "failed", "filtered"].map(st => option(st, st, params.get("status") === st)).join("")}</select>
+      <label for="f-since">Since</label>
+      <select id="f-since" name="since">${option("", "ever", !params.get("since"))}
+        ${["1h", "24h", "7d"].map(d => option(d, `last ${d}`, params.get("since") === d)).join("")}</select>
+      <button type="submit">Show</button>
+    </form>
+    <table><thead><tr><th>Run</th><th>Flow</th><th>Status</th><th>Created</th><th>Reason</th></tr></thead>
+    <tbody id="runs">${page.runs.map(runRow).join("")}</tbody></table>
+    ${page.runs.length ? "" : `<p class="empty" id="no-runs">No runs match.</p>`}
+    <p><button type="button" id="more" ${page.next_cursor ? "" : "hidden"}>Load more</button></p>`;
+  let cursor = page.next_cursor;
+  document.getElementById("run-filters").addEventListener("submit", event => {
+    event.preventDefault();
+    const chosen = new URLSearchParams();
+    for (const [k, v] of new FormData(event.target)) if (v) chosen.set(k, v);
+    location.hash = `#/runs?${chosen}`;
+  });
+  document.getElementById("more").addEventListener("click", async () => {
+    filter.set("cursor", cursor);
+    const next = await api(`/api/v1/runs?${filter}`);
+    document.getElementById("runs").insertAdjacentHTML("beforeend", next.runs.map(runRow).join(""));
+    cursor = next.next_cursor;
+    document.getElementById("more").hidden = !cursor;
+  });
+  // New and finished runs appear without a reload.
+  const live = new EventSource(`/api/v1/runs/events${params.get("flow") ? `?flow=${encodeURIComponent(params.get("flow"))}` : ""}`);
+  liveRuns = live;
+  live.addEventListener("run", event => {
+    const run = JSON.parse(event.data);
+    if (params.get("status") && run.status !== params.get("status")) return;
+    document.getElementById("no-runs")?.remove();
+    const row = document.querySelector(`tr[data-run="${CSS.escape(run.id)}"]`);
+    if (row) row.outerHTML = runRow(run);
+    else document.getElementById("runs").insertAdjacentHTML("afterbegin", runRow(run));
+  });
+}
+
+// ---- #/runs/ID -------------------------------------------------------------------------------
+
+async function runPage(id) {
+  const run = await api(`/api/v1/runs/${encodeURIComponent(id)}`);
+  const total = Math.max(1, ...run.steps.map(s => s.duration_ms || 0));
+  app.innerHTML = `
+    <h1>Run <code>${esc(run.id)}</code></h1>
+    <p class="row"><span class="${esc(run.status)}" id="run-state"><strong>${esc(run.status)}</strong></span>
+      <span class="muted">flow <a href="#/flows/${esc(run.flow_id)}">${esc(run.flow_id)}</a> · revision ${esc(run.revision)}
+      · created ${esc(run.created_at)}${run.duration_ms != null ? ` · ${esc(run.duration_ms)} ms` : ""}</span></p>
+    ${run.reason ? `<p class="${esc(run.status)}" id="run-reason">${esc(run.reason)}</p>` : ""}
+    ${run.replay_of ? `<p>Replay of <a href="#/runs/${esc(run.replay_of)}"><code>${esc(run.replay_of)}</code></a></p>` : ""}
+    <div class="row">
+      ${run.status === "failed" ? `<button type="button" class="primary" id="retry">Retry from failed step</button>` : ""}
+      <button type="button" id="replay">Replay</button>
+      <span id="action-status" role="status"></span>
+    </div>
+    <h2>Timeline</h2>
+    <div class="timeline" aria-label="Step durations">${run.steps.map(s => `
+      <div class="bar-row"><span class="bar-label">${esc(s.id)}</span>
+        <span class="bar ${esc(s.status)}" style="width:${Math.max(2, 100 * (s.duration_ms || 0) / total)}%"></span>
+        <span class="muted">${s.duration_ms != null ? `${esc(s.duration_ms)} ms` : esc(s.status)}</span></div>`).join("")}
+    </div>
+    <h2>Trigger payload</h2>
+    <details open><summary>body</summary><pre id="payload">${json(run.event?.trigger?.body)}</pre></details>
+    <details><summary>headers and query</summary><pre>${json({ headers: run.event?.trigger?.headers, query: run.event?.trigger?.query })}</pre></details>
+    <h2>Steps</h2>
+    ${run.steps.map(s => `<div class="step" data-status="${esc(s.status)}" data-step="${esc(s.id)}">
+      <strong>${esc(s.id)}</strong> <span class="muted">${esc(s.kind || "")}</span> <span class="${esc(s.status)}">${esc(s.status)}</span>
+      ${s.path ? `<span class="muted">took path <code>${esc(s.path)}</code></span>` : ""}
+      ${s.error ? `<p class="failed step-error">${esc(s.error.message)}</p>` : ""}
+      ${s.input !== undefined ? `<div class="steps-grid">
+        <details><summary>input</summary><pre>${json(s.input)}</pre></details>
+        <details ${s.output != null ? "open" : ""}><summary>output</summary><pre class="output">${json(s.output)}</pre></details></div>` : ""}
+      ${s.attempts.length ? `<table class="attempts"><thead><tr><th>Attempt</th><th>Started</th><th>Took</th><th>Error</th><th>Next try</th></tr></thead><tbody>
+        ${s.attempts.map(a => `<tr><td>${esc(a.number)}</td><td>${esc(a.started_at)}</td><td>${esc(a.duration_ms)} ms</td>
+          <td>${esc(a.error)}</td><td>${esc(a.retry_at)}</td></tr>`).join("")}</tbody></table>` : ""}
+    </div>`).join("")}`;
+  const status = document.getElementById("action-status");
+  document.getElementById("retry")?.addEventListener("click", async () => {
+    if (!confirm("Retry this run from its failed step? Steps that succeeded keep their outputs.")) return;
+    try {
+      await api(`/api/v1/runs/${encodeURIComponent(id)}/retry`, { method: "POST", body: "{}" });
+      status.textContent = "Retrying…";
+      await waitForFinal(id);
+      await runPage(id);
+    } catch (e) {
+      status.innerHTML = `<span class="failed">${esc(e.message)}</span>`;
+    }
+  });
+  document.getElementById("replay").addEventListener("click", async () => {
+    if (!confirm("Start a new run of this event on the flow as it is now?")) return;
+    try {
+      const replay = await api(`/api/v1/runs/${encodeURIComponent(id)}/replay`, { method: "POST", body: JSON.stringify({ revision: "current" }) });
+      location.hash = `#/runs/${replay.run_id}`;
+    } catch (e) {
+      status.innerHTML = `<span class="failed">${esc(e.message)}</span>`;
+    }
+  });
+}
+
+async function waitForFinal(id) {
+  for (;;) {
+    const run = await api(`/api/v1/runs/${encodeURIComponent(id)}`);
+    if (["succeeded", "failed", "filtered"].includes(run.status)) return run;
+    await new Promise(r => setTimeout(r, 500));
+  }
+}
+
 // ---- routing -------------------------------------------------------------------------------
 
 async function route() {
   const hash = location.hash.replace(/^#/, "") || "/";
-  const flow = hash.match(/^\/flows\/([^/]+)$/);
+  const flow = hash.match(/^\/flows\/([^/?]+)$/);
+  const run = hash.match(/^\/runs\/([^/?]+)$/);
+  const runs = hash.match(/^\/runs(?:\?(.*))?$/);
+  liveRuns?.close();
+  liveRuns = null;
   try {
     if (flow) await flowPage(decodeURIComponent(flow[1]));
+    else if (run) await runPage(decodeURIComponent(run[1]));
+    else if (runs) await runsPage(runs[1] || "");
     else await home();
   } catch (e) {
     app.innerHTML = `<p class="failed">${esc(e.message)}</p>`;

@@ -149,12 +149,12 @@ enum Tried {
     Wait(Duration),
 }
 
-/// A run that reached a final status.
+/// A run that was created (`queued`) or reached a final status.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RunFinished {
+pub struct RunNotice {
     /// The run.
     pub run_id: RunId,
-    /// Its final status.
+    /// Its status.
     pub status: RunStatus,
 }
 
@@ -184,7 +184,8 @@ pub struct Engine {
     slots: Arc<Semaphore>,
     /// Steps executing now, per flow (for flows' concurrency limits).
     executing: Mutex<HashMap<FlowId, usize>>,
-    finished: broadcast::Sender<RunFinished>,
+    /// Notices of runs created and finished.
+    finished: broadcast::Sender<RunNotice>,
 }
 
 impl Engine {
@@ -334,6 +335,10 @@ impl Engine {
             Ingested::Created => {
                 debug!(flow = %flow.id, %run_id, "event accepted");
                 self.wake.notify_one();
+                let _ = self.finished.send(RunNotice {
+                    run_id,
+                    status: RunStatus::Queued,
+                });
                 Accepted {
                     event_id,
                     run_id,
@@ -352,8 +357,9 @@ impl Engine {
         Ok(accepted)
     }
 
-    /// Final statuses as runs finish.
-    pub fn subscribe(&self) -> broadcast::Receiver<RunFinished> {
+    /// Runs as they are created and as they finish (a receiver that lags misses notices: look at
+    /// the store again).
+    pub fn subscribe(&self) -> broadcast::Receiver<RunNotice> {
         self.finished.subscribe()
     }
 
@@ -674,7 +680,7 @@ impl Engine {
     fn announce(&self, run: Option<Run>) {
         if let Some(run) = run.filter(|r| r.status.is_final()) {
             info!(run_id = %run.id, status = %run.status, "run finished");
-            let _ = self.finished.send(RunFinished {
+            let _ = self.finished.send(RunNotice {
                 run_id: run.id,
                 status: run.status,
             });
