@@ -235,6 +235,9 @@ pub struct ClientArgs {
     /// The server's base URL.
     #[arg(long, env = "HOOKFLOW_SERVER", default_value = "http://127.0.0.1:8080")]
     pub server: String,
+    /// The API token, when the server requires one.
+    #[arg(long, env = "HOOKFLOW_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Print the API's JSON instead of text.
     #[arg(long)]
     pub json: bool,

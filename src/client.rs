@@ -26,6 +26,9 @@ async fn call(
 ) -> anyhow::Result<Value> {
     let url = format!("{}{path_and_query}", client.server.trim_end_matches('/'));
     let mut request = reqwest::Client::new().request(method, &url);
+    if let Some(token) = &client.token {
+        request = request.bearer_auth(token);
+    }
     if let Some(body) = body {
         request = request.json(&body);
     }

@@ -18,7 +18,7 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::ServeArgs;
 use crate::config::{Config, LogFormat};
 use crate::reload::{Env, Problems};
-use crate::server::{self, AppState, Captures, HookLog, Inspector};
+use crate::server::{self, AppState, Auth, Captures, HookLog, Inspector};
 
 /// How long executing steps may take to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -54,6 +54,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     apply_flags(&mut config, args);
     config.validate()?;
     init_logging(config.log_format);
+    let secrets = config.secrets()?;
+    let env: Env =
+        Arc::new(move |name: &str| process_env(name).or_else(|| secrets.get(name).cloned()));
+    let auth = Auth::new(env("HOOKFLOW_ADMIN_PASSWORD"), env("HOOKFLOW_API_TOKEN"));
+    let open_notice = (!auth.enabled()).then(|| {
+        if !config.listen.ip().is_loopback() {
+            config.listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        "no admin credential is set, so the UI and API are open and the server listens on 127.0.0.1 \
+         only; set HOOKFLOW_ADMIN_PASSWORD (login) or HOOKFLOW_API_TOKEN (bearer) to require one"
+    });
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -75,9 +86,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         retention: config.retention.to_engine(),
         ..EngineConfig::default()
     };
-    let secrets = config.secrets()?;
-    let env: Env =
-        Arc::new(move |name: &str| process_env(name).or_else(|| secrets.get(name).cloned()));
     let engine = Engine::new(
         Arc::new(store),
         Catalog::with_env(crate::registry(), env.clone()),
@@ -98,6 +106,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.data.display(),
         config.flows.display()
     );
+    if let Some(notice) = open_notice {
+        println!("{notice}");
+    }
     if deployed.is_empty() {
         println!(
             "no flows loaded: add a flow file to {} and restart",
@@ -157,6 +168,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         hook_log: HookLog::default(),
         captures: Captures::default(),
         problems,
+        auth,
     };
     let app = server::router(state);
     axum::serve(listener, app)

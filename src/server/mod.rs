@@ -4,6 +4,7 @@
 //! status, and internals are logged, not leaked.
 
 mod api;
+mod auth;
 mod capture;
 mod hook_log;
 mod hooks;
@@ -23,6 +24,7 @@ use hookflow_engine::runtime::Engine;
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
+pub use auth::Auth;
 pub use capture::Captures;
 pub use hook_log::HookLog;
 pub use inspector::Inspector;
@@ -44,6 +46,8 @@ pub struct AppState {
     pub captures: Captures,
     /// The flow files' problems as last loaded.
     pub problems: crate::reload::Problems,
+    /// Who may use the UI and the API.
+    pub auth: Auth,
 }
 
 /// The whole application.
@@ -62,10 +66,15 @@ pub fn router(state: AppState) -> Router {
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
+        .merge(auth::router())
         .merge(hookflow_web_ui::router())
         .fallback(|| async {
             ApiError::not_found("nothing here: see /api/v1/flows for this server's flows")
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

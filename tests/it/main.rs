@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `hookflow` binary, real HTTP on 127.0.0.1, a real sled directory.
 //! One test binary; the harness is in `support`.
 
+mod access;
 mod authoring;
 mod browser;
 mod cli;

@@ -9,12 +9,42 @@ const esc = s => String(s ?? "").replace(/[&<>"']/g, c =>
 const json = v => esc(JSON.stringify(v, null, 2));
 const app = document.getElementById("app");
 
+// The session's CSRF token (when the server asks for a login), sent with every change.
+let csrf = null;
+
+class LoginNeeded extends Error {}
+
 async function api(path, options = {}) {
-  const init = { ...options, headers: { "content-type": "application/json", ...(options.headers || {}) } };
-  const response = await fetch(path, init);
+  const headers = { "content-type": "application/json", ...(options.headers || {}) };
+  if (csrf && options.method && options.method !== "GET") headers["x-csrf-token"] = csrf;
+  const response = await fetch(path, { ...options, headers });
   const body = await response.json().catch(() => ({}));
+  if (response.status === 401 && body.code === "unauthenticated") throw new LoginNeeded();
   if (!response.ok) throw new Error(body.detail || `${response.status} ${response.statusText}`);
   return body;
+}
+
+function loginPage(message = "") {
+  app.innerHTML = `
+    <h1>Log in</h1>
+    <form id="login" class="card" style="max-width:24rem">
+      <label for="password">Admin password</label>
+      <div class="row"><input id="password" type="password" autocomplete="current-password" required autofocus>
+        <button type="submit" class="primary">Log in</button></div>
+      <p id="login-error" class="failed" role="alert">${esc(message)}</p>
+    </form>`;
+  document.getElementById("login").addEventListener("submit", async event => {
+    event.preventDefault();
+    try {
+      const session = await api("/api/v1/login", {
+        method: "POST", body: JSON.stringify({ password: document.getElementById("password").value }),
+      });
+      csrf = session.csrf_token;
+      route();
+    } catch (e) {
+      document.getElementById("login-error").textContent = e instanceof LoginNeeded ? "Wrong password." : e.message;
+    }
+  });
 }
 
 function copyButton(text) {
@@ -339,9 +369,13 @@ async function route() {
     else if (runs) await runsPage(runs[1] || "");
     else await home();
   } catch (e) {
-    app.innerHTML = `<p class="failed">${esc(e.message)}</p>`;
+    if (e instanceof LoginNeeded) loginPage();
+    else app.innerHTML = `<p class="failed">${esc(e.message)}</p>`;
   }
 }
 
 window.addEventListener("hashchange", route);
-route();
+api("/api/v1/session").then(session => {
+  csrf = session.csrf_token;
+  route();
+});

@@ -1,0 +1,215 @@
+//! Access to the UI and the API. With an admin password configured, people log in
+//! (`POST /api/v1/login`) and get a session cookie (HttpOnly, SameSite=Strict) plus a CSRF token
+//! that every request other than GET must echo in `X-CSRF-Token`; with an API token configured,
+//! clients send `Authorization: Bearer TOKEN` (no CSRF needed). Without either, nothing is asked —
+//! and the server listens on 127.0.0.1 only (see `serve`).
+//!
+//! Always open: the catch hooks (their token, signatures and rate limits guard them), the request
+//! inspector's receiving end, `/healthz`, the UI's page and assets (the app asks to log in), and
+//! the login itself.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::hooks::constant_time_eq;
+use super::{ApiError, AppState};
+
+/// The session cookie's name.
+const COOKIE: &str = "hookflow_session";
+
+/// How long a session lasts.
+const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// Paths anyone may use.
+const OPEN_PREFIXES: [&str; 4] = ["/hooks/", "/inspect/", "/assets/", "/healthz"];
+const OPEN_PATHS: [&str; 3] = ["/", "/api/v1/login", "/api/v1/session"];
+
+struct Session {
+    csrf: String,
+    expires: Instant,
+}
+
+/// The configured credentials and the live sessions.
+#[derive(Clone, Default)]
+pub struct Auth {
+    password: Option<String>,
+    token: Option<String>,
+    sessions: Arc<Mutex<HashMap<String, Session>>>,
+}
+
+impl Auth {
+    /// Access with an admin password and/or an API token (empty values count as unset).
+    pub fn new(password: Option<String>, token: Option<String>) -> Self {
+        Self {
+            password: password.filter(|p| !p.is_empty()),
+            token: token.filter(|t| !t.is_empty()),
+            sessions: Arc::default(),
+        }
+    }
+
+    /// Whether any credential is configured (else the server stays on 127.0.0.1).
+    pub fn enabled(&self) -> bool {
+        self.password.is_some() || self.token.is_some()
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The CSRF token of the request's live session, if it has one.
+    fn session_csrf(&self, headers: &HeaderMap) -> Option<String> {
+        let id = cookie(headers, COOKIE)?;
+        let mut sessions = self.sessions();
+        let now = Instant::now();
+        sessions.retain(|_, s| s.expires > now);
+        sessions.get(&id).map(|s| s.csrf.clone())
+    }
+
+    fn bearer_ok(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return false;
+        };
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
+    }
+}
+
+/// The middleware: lets open paths through, and the rest only with a bearer token or a session
+/// (plus its CSRF token for anything but GET and HEAD).
+pub(super) async fn require(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let auth = &state.auth;
+    let path = request.uri().path();
+    let open = OPEN_PATHS.contains(&path) || OPEN_PREFIXES.iter().any(|p| path.starts_with(p));
+    if !auth.enabled() || open || auth.bearer_ok(request.headers()) {
+        return next.run(request).await;
+    }
+    let Some(csrf) = auth.session_csrf(request.headers()) else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "log in (POST /api/v1/login) or send `Authorization: Bearer TOKEN`",
+        )
+        .into_response();
+    };
+    let safe = matches!(*request.method(), Method::GET | Method::HEAD);
+    let echoed = request
+        .headers()
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), csrf.as_bytes()));
+    if !safe && !echoed {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "this request needs the session's CSRF token in `X-CSRF-Token`",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/login", post(login))
+        .route("/api/v1/logout", post(logout))
+        .route("/api/v1/session", get(session))
+}
+
+#[derive(Deserialize)]
+struct Login {
+    password: String,
+}
+
+async fn login(State(state): State<AppState>, Json(login): Json<Login>) -> Response {
+    let auth = &state.auth;
+    let Some(password) = &auth.password else {
+        return ApiError::bad_request(
+            "no_login",
+            "no admin password is configured: use the API token, or no credential at all",
+        )
+        .into_response();
+    };
+    if !constant_time_eq(login.password.as_bytes(), password.as_bytes()) {
+        tracing::warn!("refused a login: wrong password");
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong password",
+        )
+        .into_response();
+    }
+    let (id, csrf) = (random_token(), random_token());
+    auth.sessions().insert(
+        id.clone(),
+        Session {
+            csrf: csrf.clone(),
+            expires: Instant::now() + SESSION_TTL,
+        },
+    );
+    let cookie = format!(
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        SESSION_TTL.as_secs()
+    );
+    (
+        [(header::SET_COOKIE, cookie)],
+        Json(json!({ "authenticated": true, "csrf_token": csrf })),
+    )
+        .into_response()
+}
+
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(id) = cookie(&headers, COOKIE) {
+        state.auth.sessions().remove(&id);
+    }
+    let expired = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    (
+        [(header::SET_COOKIE, expired)],
+        Json(json!({ "authenticated": false })),
+    )
+        .into_response()
+}
+
+/// Whether the caller must log in, and its CSRF token when it is logged in.
+async fn session(State(state): State<AppState>, headers: HeaderMap) -> Json<serde_json::Value> {
+    let auth = &state.auth;
+    let csrf = auth.session_csrf(&headers);
+    Json(json!({
+        "auth_required": auth.enabled(),
+        "login": auth.password.is_some(),
+        "authenticated": !auth.enabled() || csrf.is_some() || auth.bearer_ok(&headers),
+        "csrf_token": csrf,
+    }))
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
