@@ -1,5 +1,6 @@
-//! `GET /metrics`: counters in Prometheus' text format. For now the catch hooks' events received
-//! (by flow and outcome) and rejected (by flow and reason).
+//! `GET /metrics`: counters in Prometheus' text format: catch-hook events received (by flow and
+//! outcome) and rejected (by flow and reason), runs finished by flow and status, step durations
+//! (a histogram by flow and kind), retries scheduled, queue depth and store size.
 
 use std::fmt::Write as _;
 
@@ -8,16 +9,23 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use hookflow_engine::runtime::metrics::BUCKETS;
 
-use super::AppState;
+use super::{ApiError, AppState};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new().route("/metrics", get(metrics))
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let counts = state.hook_log.counts();
+/// Writes one metric's `# HELP` and `# TYPE` lines.
+fn describe(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let mut out = String::new();
+    let counts = state.hook_log.counts();
     for (kind, label, help) in [
         (
             "received",
@@ -31,11 +39,67 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         ),
     ] {
         let name = format!("hookflow_events_{kind}_total");
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} counter");
+        describe(&mut out, &name, "counter", help);
         for (flow, _, what, n) in counts.iter().filter(|c| c.1 == kind) {
             let _ = writeln!(out, "{name}{{flow=\"{flow}\",{label}=\"{what}\"}} {n}");
         }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+
+    let engine = state.engine.metrics().snapshot();
+    describe(
+        &mut out,
+        "hookflow_runs_total",
+        "counter",
+        "Runs finished since start, by flow and status.",
+    );
+    for (flow, status, n) in &engine.runs {
+        let _ = writeln!(
+            out,
+            "hookflow_runs_total{{flow=\"{flow}\",status=\"{status}\"}} {n}"
+        );
+    }
+    describe(
+        &mut out,
+        "hookflow_step_retries_total",
+        "counter",
+        "Step retries scheduled, by flow.",
+    );
+    for (flow, n) in &engine.retries {
+        let _ = writeln!(out, "hookflow_step_retries_total{{flow=\"{flow}\"}} {n}");
+    }
+    let name = "hookflow_step_duration_seconds";
+    describe(
+        &mut out,
+        name,
+        "histogram",
+        "Step attempt durations, by flow and kind.",
+    );
+    for (flow, kind, h) in &engine.steps {
+        let labels = format!("flow=\"{flow}\",kind=\"{kind}\"");
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(&h.buckets) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+    }
+
+    let stats = state.engine.store().stats().await?;
+    describe(
+        &mut out,
+        "hookflow_queue_depth",
+        "gauge",
+        "Steps waiting to run or running.",
+    );
+    let _ = writeln!(out, "hookflow_queue_depth {}", stats.queued);
+    describe(
+        &mut out,
+        "hookflow_store_bytes",
+        "gauge",
+        "The store's size on disk.",
+    );
+    let _ = writeln!(out, "hookflow_store_bytes {}", stats.bytes);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

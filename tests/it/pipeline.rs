@@ -1019,3 +1019,40 @@ steps:
         "every item's result is recorded"
     );
 }
+
+#[tokio::test]
+async fn metrics_count_runs_steps_retries_and_the_queue() {
+    let sink = Sink::scripted(&[503]).await;
+    let flow = format!(
+        "id: counted\ntrigger: {{ webhook: }}\nsteps:\n  - id: post\n    retry: {{ attempts: 2, backoff: fixed, initial: 10ms }}\n    http: {{ url: \"{}/x\" }}\n",
+        sink.url
+    );
+    let server = Server::start(&[("counted.yaml", &flow)]);
+    let (_, answer) = server.send("counted", &json!({})).await;
+    let run = server
+        .finished_run(answer["run_id"].as_str().unwrap())
+        .await;
+    assert_eq!(run["status"], "succeeded");
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"hookflow_runs_total{flow="counted",status="succeeded"} 1"#,
+        r#"hookflow_step_retries_total{flow="counted"} 1"#,
+        r#"hookflow_step_duration_seconds_count{flow="counted",kind="http"} 2"#,
+        r#"hookflow_step_duration_seconds_bucket{flow="counted",kind="http",le="+Inf"} 2"#,
+        "hookflow_queue_depth 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    let bytes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hookflow_store_bytes "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(bytes > 0);
+}

@@ -13,6 +13,7 @@ pub mod advance;
 pub mod catalog;
 pub mod context;
 mod lanes;
+pub mod metrics;
 mod repair;
 pub mod retention;
 pub mod retry;
@@ -179,6 +180,8 @@ pub struct Engine {
     sub_flows: Arc<dyn SubFlows>,
     /// Named queues' lanes.
     lanes: lanes::Lanes,
+    /// Counters for `/metrics`.
+    metrics: metrics::Metrics,
     config: EngineConfig,
     wake: Notify,
     slots: Arc<Semaphore>,
@@ -201,6 +204,7 @@ impl Engine {
         Arc::new_cyclic(|me| Self {
             sub_flows: Arc::new(EngineFlows(me.clone())),
             lanes: lanes::Lanes::default(),
+            metrics: metrics::Metrics::default(),
             pacer: Pacer::new(store.clone()),
             store,
             catalog,
@@ -241,6 +245,11 @@ impl Engine {
             reason: run.reason,
             output,
         }))
+    }
+
+    /// The engine's counters.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
     }
 
     /// The store.
@@ -642,6 +651,11 @@ impl Engine {
             }
             _ => None,
         };
+        self.metrics
+            .step_took(flow.id.as_str(), step.kind, clock.elapsed());
+        if retry_in.is_some() {
+            self.metrics.retry_scheduled(flow.id.as_str());
+        }
         match &result {
             StepResult::Failed(e) => warn!(error = %e.message, retry_in = ?retry_in, "step failed"),
             _ => debug!("step done"),
@@ -680,6 +694,7 @@ impl Engine {
     fn announce(&self, run: Option<Run>) {
         if let Some(run) = run.filter(|r| r.status.is_final()) {
             info!(run_id = %run.id, status = %run.status, "run finished");
+            self.metrics.run_finished(run.flow_id.as_str(), run.status);
             let _ = self.finished.send(RunNotice {
                 run_id: run.id,
                 status: run.status,

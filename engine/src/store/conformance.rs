@@ -1201,6 +1201,27 @@ pub(crate) async fn state_is_kept_across_reopen(open: Open<'_>) {
     assert_eq!(store.state("pacing:b").await.unwrap(), Some(json!("other")));
 }
 
+/// Stats count queued and leased items, and report some bytes.
+pub(crate) async fn stats_count_the_queue(store: Arc<dyn Store>) {
+    let f = flow("stats");
+    ingest_all(
+        &store,
+        (1..=3).map(|n| new_run(&f, run_id(n), at(n as i64))),
+    )
+    .await;
+    assert_eq!(store.stats().await.unwrap().queued, 3);
+    let claimed = store
+        .claim_due(at(10), 1, FAR_FUTURE, &FlowRoom::default())
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        store.stats().await.unwrap().queued,
+        3,
+        "leased items count too"
+    );
+}
+
 /// The suite against the sled backend, each check on a fresh store in its own directory.
 mod sled_backend {
     use std::path::{Path, PathBuf};
@@ -1258,6 +1279,7 @@ mod sled_backend {
         claims_are_shared_between_flows_within_their_room,
         list_runs_selects_a_time_window,
         pruning_deletes_old_and_excess_final_runs_only,
+        stats_count_the_queue,
     );
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

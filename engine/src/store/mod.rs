@@ -212,6 +212,19 @@ pub trait Store: Send + Sync + 'static {
     /// The state stored under a key.
     async fn state(&self, key: &str) -> Result<Option<serde_json::Value>>;
 
+    /// How much is stored: queue items waiting or leased, and bytes on disk. Counting may walk
+    /// the queue; call it for metrics, not per event.
+    async fn stats(&self) -> Result<StoreStats>;
+
     /// Makes every write so far durable (called at shutdown).
     async fn flush(&self) -> Result<()>;
+}
+
+/// How much a store holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Queue items waiting to run or running (leased).
+    pub queued: u64,
+    /// The store's size on disk.
+    pub bytes: u64,
 }

@@ -844,6 +844,17 @@ impl Store for SledStore {
         self.durable().await
     }
 
+    async fn stats(&self) -> Result<super::StoreStats> {
+        let bytes = self
+            .db
+            .size_on_disk()
+            .map_err(|e| StoreError::Backend(format!("sled: cannot read the size on disk: {e}")))?;
+        Ok(super::StoreStats {
+            queued: (self.queue.len() + self.leases.len()) as u64,
+            bytes,
+        })
+    }
+
     async fn state(&self, key: &str) -> Result<Option<serde_json::Value>> {
         self.get(&self.state, TreeName::State, key.as_bytes(), &key)
     }

@@ -1,0 +1,106 @@
+//! What the engine counts for `/metrics`: runs finished by flow and status, step durations (a
+//! histogram by flow and kind), and retries scheduled. In memory, since the process started.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crate::model::RunStatus;
+
+/// The histogram's upper bounds, in seconds.
+pub const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// One histogram: counts per bucket (not cumulative), the count and the sum.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// Observations at or under each bound of [`BUCKETS`] (and over the last one, at the end).
+    pub buckets: [u64; BUCKETS.len() + 1],
+    /// How many observations.
+    pub count: u64,
+    /// Their sum, in seconds.
+    pub sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        let i = BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i] += 1;
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    runs: BTreeMap<(String, RunStatus), u64>,
+    retries: BTreeMap<String, u64>,
+    steps: BTreeMap<(String, String), Histogram>,
+}
+
+/// The engine's counters.
+#[derive(Default)]
+pub struct Metrics(Mutex<Counts>);
+
+/// A copy of the counters.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Runs finished, by (flow, status).
+    pub runs: Vec<(String, RunStatus, u64)>,
+    /// Retries scheduled, by flow.
+    pub retries: Vec<(String, u64)>,
+    /// Step attempt durations, by (flow, kind).
+    pub steps: Vec<(String, String, Histogram)>,
+}
+
+impl Metrics {
+    pub(super) fn run_finished(&self, flow: &str, status: RunStatus) {
+        *self
+            .lock()
+            .runs
+            .entry((flow.to_owned(), status))
+            .or_default() += 1;
+    }
+
+    pub(super) fn retry_scheduled(&self, flow: &str) {
+        *self.lock().retries.entry(flow.to_owned()).or_default() += 1;
+    }
+
+    pub(super) fn step_took(&self, flow: &str, kind: &str, took: Duration) {
+        self.lock()
+            .steps
+            .entry((flow.to_owned(), kind.to_owned()))
+            .or_default()
+            .observe(took.as_secs_f64());
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        let counts = self.lock();
+        Snapshot {
+            runs: counts
+                .runs
+                .iter()
+                .map(|((f, s), n)| (f.clone(), *s, *n))
+                .collect(),
+            retries: counts
+                .retries
+                .iter()
+                .map(|(f, n)| (f.clone(), *n))
+                .collect(),
+            steps: counts
+                .steps
+                .iter()
+                .map(|((f, k), h)| (f.clone(), k.clone(), h.clone()))
+                .collect(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Counts> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
