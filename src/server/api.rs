@@ -28,12 +28,41 @@ pub(super) fn router() -> Router<AppState> {
 
 async fn list_flows(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut flows = Vec::new();
+    let now = Timestamp::now();
     for flow in state.engine.catalog().all() {
-        flows.push(flow_json(&flow, catch_url(&state, &flow).await?));
+        let mut answer = flow_json(&flow, catch_url(&state, &flow).await?);
+        answer["activity"] = activity(&state, &flow.id, now).await?;
+        flows.push(answer);
     }
     Ok(Json(
         json!({ "flows": flows, "problems": state.problems.get() }),
     ))
+}
+
+/// How many of the flow's runs started in the last 24 hours (at most the newest 1000 looked at):
+/// by status, per hour (oldest first), and the last run.
+async fn activity(state: &AppState, flow: &FlowId, now: Timestamp) -> Result<Value, ApiError> {
+    const HOUR_MS: i64 = 3_600_000;
+    let query = RunQuery {
+        flow_id: Some(flow.clone()),
+        since: Some(Timestamp(now.millis() - 24 * HOUR_MS)),
+        limit: 1000,
+        ..RunQuery::default()
+    };
+    let page = state.engine.store().list_runs(&query).await?;
+    let mut hourly = [0u32; 24];
+    let mut by_status: std::collections::BTreeMap<String, u32> = Default::default();
+    for run in &page.runs {
+        let hours_ago = ((now.millis() - run.created_at.millis()) / HOUR_MS).clamp(0, 23) as usize;
+        hourly[23 - hours_ago] += 1;
+        *by_status.entry(run.status.to_string()).or_default() += 1;
+    }
+    Ok(json!({
+        "last_24h": by_status,
+        "hourly": hourly,
+        "last_run": page.runs.first().map(run_summary),
+        "capped": page.next.is_some(),
+    }))
 }
 
 /// A deployed flow with its source (the revision running now).
@@ -116,7 +145,16 @@ fn flow_json(flow: &Flow, catch_url: Option<String>) -> Value {
     let steps: Vec<Value> = flow
         .steps
         .iter()
-        .map(|s| json!({ "id": s.id, "name": s.name, "kind": s.kind, "needs": s.needs, "line": s.line }))
+        .map(|s| {
+            let route = s
+                .route
+                .as_ref()
+                .map(|r| json!({ "switch": r.switch, "path": r.path }));
+            json!({
+                "id": s.id, "name": s.name, "kind": s.kind, "needs": s.needs, "line": s.line,
+                "route": route, "on_failure": s.handler,
+            })
+        })
         .collect();
     json!({
         "id": flow.id, "name": flow.name, "description": flow.description, "file": flow.file,

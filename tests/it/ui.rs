@@ -193,6 +193,10 @@ steps:
     browser.find("#retry").await.click().await.unwrap();
     browser.client.accept_alert().await.unwrap();
     browser.text_of("#run-state", "succeeded").await;
+    // The step graph, coloured by the run's statuses.
+    browser
+        .find("#run-graph g.node.succeeded[data-node='deliver']")
+        .await;
     browser.screenshot("run").await;
 
     // Filter by status.
@@ -214,5 +218,17 @@ steps:
         .await
         .unwrap();
     assert_eq!(rows.len(), 1, "only the filtered run");
+
+    // The flows page counts the last day's runs.
+    browser
+        .client
+        .goto(&format!("{}/#/", server.base))
+        .await
+        .unwrap();
+    let counts = browser
+        .text_of("tr[data-flow-row='leads']", "1 filtered")
+        .await;
+    assert!(counts.contains("1 ok"), "{counts}");
+    browser.find("tr[data-flow-row='leads'] svg.spark").await;
     browser.close().await;
 }

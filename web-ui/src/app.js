@@ -59,6 +59,58 @@ document.addEventListener("click", event => {
   }
 });
 
+// ---- drawings -------------------------------------------------------------------------------
+
+const KIND_ICONS = { filter: "▽", map: "⇄", http: "↗", hubspot: "H", stripe: "S", switch: "⑂",
+  delay: "◷", foreach: "↻", flow: "⤴" };
+
+// A flow's steps as an SVG graph: columns by depth (longest chain of `needs`), edges from needs,
+// switch paths labelled; `status` (step id → status) colours the nodes of a run.
+function graph(steps, status = {}) {
+  const depth = {};
+  const byId = Object.fromEntries(steps.map(s => [s.id, s]));
+  const depthOf = (id, seen = new Set()) => {
+    if (depth[id] !== undefined) return depth[id];
+    if (seen.has(id) || !byId[id]) return 0;
+    seen.add(id);
+    const needs = byId[id].needs || [];
+    depth[id] = needs.length ? 1 + Math.max(...needs.map(n => depthOf(n, seen))) : 0;
+    return depth[id];
+  };
+  steps.forEach(s => depthOf(s.id));
+  const columns = [];
+  for (const s of steps) (columns[depth[s.id]] ||= []).push(s);
+  const W = 170, H = 58, GX = 40, GY = 18;
+  const pos = {};
+  columns.forEach((col, x) => col.forEach((s, y) => { pos[s.id] = { x: 10 + x * (W + GX), y: 10 + y * (H + GY) }; }));
+  const width = 20 + columns.length * (W + GX);
+  const height = 20 + Math.max(1, ...columns.map(c => c.length)) * (H + GY);
+  const edges = steps.flatMap(s => (s.needs || []).filter(n => pos[n]).map(n => {
+    const a = pos[n], b = pos[s.id];
+    const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x, y2 = b.y + H / 2, mx = (x1 + x2) / 2;
+    const label = s.route && s.route.switch === n ? `<text x="${mx}" y="${(y1 + y2) / 2 - 4}" class="edge-label">${esc(s.route.path)}</text>` : "";
+    return `<path d="M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}" class="edge"/>${label}`;
+  }));
+  const nodes = steps.map(s => {
+    const p = pos[s.id];
+    const st = status[s.id] || (s.on_failure ? "handler" : "");
+    return `<g class="node ${esc(st)}" data-node="${esc(s.id)}"><title>${esc(s.id)} (${esc(s.kind)})${st ? `: ${esc(st)}` : ""}</title>
+      <rect x="${p.x}" y="${p.y}" width="${W}" height="${H}" rx="8"/>
+      <text x="${p.x + 12}" y="${p.y + 24}" class="icon">${esc(KIND_ICONS[s.kind] || "•")}</text>
+      <text x="${p.x + 34}" y="${p.y + 24}" class="node-id">${esc(s.id.length > 16 ? s.id.slice(0, 15) + "…" : s.id)}</text>
+      <text x="${p.x + 34}" y="${p.y + 43}" class="node-kind">${esc(s.kind)}${s.on_failure ? " · on failure" : ""}${st && st !== "handler" ? ` · ${esc(st)}` : ""}</text></g>`;
+  });
+  return `<svg class="graph" role="img" aria-label="The flow's steps" viewBox="0 0 ${width} ${height}" width="${width}" height="${height}">
+    ${edges.join("")}${nodes.join("")}</svg>`;
+}
+
+// Runs per hour over the last 24 hours, as a small bar chart.
+function sparkline(hourly) {
+  const max = Math.max(1, ...hourly);
+  const bars = hourly.map((n, i) => `<rect x="${i * 4}" y="${20 - 20 * n / max}" width="3" height="${Math.max(0.5, 20 * n / max)}"/>`);
+  return `<svg class="spark" viewBox="0 0 96 20" width="96" height="20" role="img" aria-label="Runs per hour, last 24 hours">${bars.join("")}</svg>`;
+}
+
 // ---- #/ ------------------------------------------------------------------------------------
 
 async function home() {
@@ -72,11 +124,18 @@ async function home() {
       (the previous revision of each keeps running):
       <ul>${problems.map(p => `<li><code>${esc(p)}</code></li>`).join("")}</ul></div>` : ""}
     <h1>Flows</h1>
-    ${flows.length ? `<table><thead><tr><th>Flow</th><th>Trigger</th><th>Catch URL</th></tr></thead><tbody>
-      ${flows.map(f => `<tr>
+    ${flows.length ? `<table><thead><tr><th>Flow</th><th>Trigger</th><th>Last 24 h</th><th>Catch URL</th></tr></thead><tbody>
+      ${flows.map(f => {
+        const a = f.activity || { last_24h: {}, hourly: [] };
+        const n = k => a.last_24h[k] || 0;
+        return `<tr data-flow-row="${esc(f.id)}">
         <td><a href="#/flows/${esc(f.id)}">${esc(f.name)}</a><br><small class="muted">${esc(f.id)}</small></td>
-        <td>${esc(f.trigger.type)}</td>
-        <td>${f.catch_url ? `<code>${esc(f.catch_url)}</code> ${copyButton(f.catch_url)}` : ""}</td></tr>`).join("")}
+        <td>${esc(f.trigger.type)}${f.trigger.cron ? `<br><small class="muted"><code>${esc(f.trigger.cron)}</code></small>` : ""}</td>
+        <td>${sparkline(a.hourly)}<br><small><span class="succeeded">${n("succeeded")} ok</span> ·
+          <span class="failed">${n("failed")} failed</span> · <span class="filtered">${n("filtered")} filtered</span></small>
+          ${a.last_run ? `<br><small class="muted">last <a href="#/runs/${esc(a.last_run.id)}">${esc(a.last_run.created_at)}</a></small>` : ""}</td>
+        <td>${f.catch_url ? `<code>${esc(f.catch_url)}</code> ${copyButton(f.catch_url)}` : ""}</td></tr>`;
+      }).join("")}
       </tbody></table>`
     : `<p class="empty">No flows yet: add a flow file (YAML) to the server's flows directory and restart.</p>`}
     <h2>Latest runs</h2>
@@ -121,6 +180,8 @@ async function flowPage(id) {
     <p class="muted">${esc(flow.id)} · revision ${esc(flow.revision)} · ${esc(flow.file)}</p>
     ${flow.description ? `<p>${esc(flow.description)}</p>` : ""}
     ${flow.catch_url ? `<p class="row"><strong>Catch URL</strong> <code>${esc(flow.catch_url)}</code> ${copyButton(flow.catch_url)}</p>` : ""}
+    <h2>Steps</h2>
+    <div class="graph-box">${graph(flow.steps)}</div>
 
     <h2>Samples and preview</h2>
     <div class="card">
@@ -302,6 +363,8 @@ async function runPage(id) {
       <button type="button" id="replay">Replay</button>
       <span id="action-status" role="status"></span>
     </div>
+    <h2>Graph</h2>
+    <div class="graph-box" id="run-graph"></div>
     <h2>Timeline</h2>
     <div class="timeline" aria-label="Step durations">${run.steps.map(s => `
       <div class="bar-row"><span class="bar-label">${esc(s.id)}</span>
@@ -323,6 +386,11 @@ async function runPage(id) {
         ${s.attempts.map(a => `<tr><td>${esc(a.number)}</td><td>${esc(a.started_at)}</td><td>${esc(a.duration_ms)} ms</td>
           <td>${esc(a.error)}</td><td>${esc(a.retry_at)}</td></tr>`).join("")}</tbody></table>` : ""}
     </div>`).join("")}`;
+  // The graph of the flow as deployed now, coloured by this run's step statuses.
+  api(`/api/v1/flows/${encodeURIComponent(run.flow_id)}`).then(flow => {
+    const statuses = Object.fromEntries(run.steps.map(s => [s.id, s.status]));
+    document.getElementById("run-graph").innerHTML = graph(flow.steps, statuses);
+  }).catch(() => {});
   const status = document.getElementById("action-status");
   document.getElementById("retry")?.addEventListener("click", async () => {
     if (!confirm("Retry this run from its failed step? Steps that succeeded keep their outputs.")) return;
