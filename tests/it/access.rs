@@ -217,6 +217,5 @@ async fn people_log_in_with_the_password_and_a_wrong_one_is_refused() {
         .await
         .unwrap();
     browser.text_of("main", "leads").await;
-    browser.screenshot("flows").await;
     browser.close().await;
 }

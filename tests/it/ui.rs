@@ -230,5 +230,6 @@ steps:
         .await;
     assert!(counts.contains("1 ok"), "{counts}");
     browser.find("tr[data-flow-row='leads'] svg.spark").await;
+    browser.screenshot("flows").await;
     browser.close().await;
 }

@@ -143,7 +143,8 @@ async function home() {
     <h2>Catch-hook log</h2>
     <p class="muted">The latest requests to each flow's catch URL, including refused ones and why.</p>
     <table><thead><tr><th>Flow</th><th>Received</th><th>Request</th><th>Outcome</th><th>Reason</th></tr></thead>
-    <tbody id="hooks">${requests.map(hookRow).join("")}</tbody></table>`;
+    <tbody id="hooks">${requests.map(hookRow).join("")}</tbody></table>
+    ${requests.length ? "" : `<p class="empty">No requests yet. Each flow's page has a curl line to try its catch URL.</p>`}`;
 }
 
 function runsTable(runs) {
