@@ -170,7 +170,12 @@ struct RunsParams {
     until: Option<String>,
     cursor: Option<String>,
     limit: Option<usize>,
+    /// Text the run's payload contains (case-insensitive).
+    q: Option<String>,
 }
+
+/// How many runs one payload search looks at before answering with a cursor to go on.
+const SEARCH_BUDGET: usize = 5_000;
 
 /// A time given as RFC 3339 (`2026-11-22T10:00:00Z`) or as a duration before `now` (`2h`, `7d`).
 pub(super) fn parse_time(text: &str, now: Timestamp) -> Result<Timestamp, String> {
@@ -227,9 +232,48 @@ async fn list_runs(
             .map_err(|e| bad("cursor", e.to_string()))?,
         limit: params.limit.unwrap_or(50).clamp(1, 1000),
     };
-    let page = state.engine.store().list_runs(&query).await?;
-    let runs: Vec<Value> = page.runs.iter().map(run_summary).collect();
-    Ok(Json(json!({ "runs": runs, "next_cursor": page.next })))
+    let store = state.engine.store();
+    let Some(text) = params.q.filter(|q| !q.trim().is_empty()) else {
+        let page = store.list_runs(&query).await?;
+        let runs: Vec<Value> = page.runs.iter().map(run_summary).collect();
+        return Ok(Json(json!({ "runs": runs, "next_cursor": page.next })));
+    };
+    // A payload search walks the runs newest first, at most SEARCH_BUDGET of them per request;
+    // `next_cursor` goes on from where it stopped.
+    let wanted = query.limit;
+    let needle = text.to_lowercase();
+    let mut query = RunQuery {
+        limit: 200,
+        ..query
+    };
+    let (mut found, mut looked) = (Vec::new(), 0);
+    let next = 'pages: loop {
+        let page = store.list_runs(&query).await?;
+        for run in &page.runs {
+            looked += 1;
+            let event = store.event(run.event_id).await?;
+            let matches = event.is_some_and(|e| {
+                e.trigger["body"]
+                    .to_string()
+                    .to_lowercase()
+                    .contains(&needle)
+            });
+            if matches {
+                found.push(run_summary(run));
+            }
+            if found.len() == wanted || looked >= SEARCH_BUDGET {
+                // Go on after this run next time.
+                break 'pages Some(run.id);
+            }
+        }
+        match page.next {
+            Some(cursor) => query.before = Some(cursor),
+            None => break None,
+        }
+    };
+    Ok(Json(
+        json!({ "runs": found, "next_cursor": next, "searched": looked }),
+    ))
 }
 
 /// A run as lists show it.

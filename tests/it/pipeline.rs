@@ -1056,3 +1056,40 @@ async fn metrics_count_runs_steps_retries_and_the_queue() {
         .unwrap();
     assert!(bytes > 0);
 }
+
+#[tokio::test]
+async fn runs_can_be_searched_by_payload_text() {
+    let flow = "id: leads\ntrigger: { webhook: }\nsteps:\n  - { id: a, map: {} }\n";
+    let server = Server::start(&[("leads.yaml", flow)]);
+    let mut ids = Vec::new();
+    for email in [
+        "ann@acme.com",
+        "bob@globex.com",
+        "ANN@acme.com",
+        "cy@initech.com",
+    ] {
+        let (_, answer) = server.send("leads", &json!({ "email": email })).await;
+        ids.push(answer["run_id"].as_str().unwrap().to_owned());
+    }
+    let (status, page) = server.get("/api/v1/runs?q=ann@acme&limit=10").await;
+    assert_eq!(status, 200);
+    let found: Vec<&str> = page["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        found,
+        [ids[2].as_str(), ids[0].as_str()],
+        "newest first, case-insensitive"
+    );
+    // One result per page: the cursor goes on after it.
+    let (_, first) = server.get("/api/v1/runs?q=acme&limit=1").await;
+    assert_eq!(first["runs"][0]["id"], ids[2].as_str());
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = server
+        .get(&format!("/api/v1/runs?q=acme&limit=1&cursor={cursor}"))
+        .await;
+    assert_eq!(second["runs"][0]["id"], ids[0].as_str());
+}

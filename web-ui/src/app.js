@@ -297,7 +297,7 @@ async function runsPage(query) {
   const params = new URLSearchParams(query);
   const { flows } = await api("/api/v1/flows");
   const filter = new URLSearchParams();
-  for (const k of ["flow", "status", "since"]) if (params.get(k)) filter.set(k, params.get(k));
+  for (const k of ["flow", "status", "since", "q"]) if (params.get(k)) filter.set(k, params.get(k));
   filter.set("limit", "50");
   const page = await api(`/api/v1/runs?${filter}`);
   const option = (value, label, selected) =>
@@ -314,6 +314,8 @@ async function runsPage(query) {
       <label for="f-since">Since</label>
       <select id="f-since" name="since">${option("", "ever", !params.get("since"))}
         ${["1h", "24h", "7d"].map(d => option(d, `last ${d}`, params.get("since") === d)).join("")}</select>
+      <label for="f-q">Payload contains</label>
+      <input id="f-q" name="q" type="search" placeholder="an email, an id…" value="${esc(params.get("q") || "")}">
       <button type="submit">Show</button>
     </form>
     <table><thead><tr><th>Run</th><th>Flow</th><th>Status</th><th>Created</th><th>Reason</th></tr></thead>
@@ -340,6 +342,7 @@ async function runsPage(query) {
   live.addEventListener("run", event => {
     const run = JSON.parse(event.data);
     if (params.get("status") && run.status !== params.get("status")) return;
+    if (params.get("q")) return; // live rows carry no payload to search
     document.getElementById("no-runs")?.remove();
     const row = document.querySelector(`tr[data-run="${CSS.escape(run.id)}"]`);
     if (row) row.outerHTML = runRow(run);
