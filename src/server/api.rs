@@ -159,6 +159,7 @@ fn flow_json(flow: &Flow, catch_url: Option<String>) -> Value {
     json!({
         "id": flow.id, "name": flow.name, "description": flow.description, "file": flow.file,
         "revision": flow.revision, "trigger": trigger, "catch_url": catch_url, "steps": steps,
+        "enabled": flow.enabled,
     })
 }
 

@@ -148,6 +148,13 @@ async fn take(
         verify,
     } = *hook;
     let flow_id = &flow.id;
+    if !flow.enabled {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "flow_disabled",
+            "this flow is paused (`enabled: false`): try again later",
+        ));
+    }
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -1093,3 +1093,28 @@ async fn runs_can_be_searched_by_payload_text() {
         .await;
     assert_eq!(second["runs"][0]["id"], ids[0].as_str());
 }
+
+#[tokio::test]
+async fn a_paused_flow_refuses_events_until_it_is_enabled_again() {
+    let paused =
+        "id: paused\nenabled: false\ntrigger: { webhook: }\nsteps:\n  - { id: a, map: {} }\n";
+    let server = Server::start(&[("paused.yaml", paused)]);
+    let (status, answer) = server.send("paused", &json!({})).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (503, Some("flow_disabled"))
+    );
+    assert!(server.all_runs("paused").await.is_empty(), "nothing stored");
+    let (_, flows) = server.get("/api/v1/flows").await;
+    assert_eq!(flows["flows"][0]["enabled"], false);
+
+    server.write_flow(
+        "paused.yaml",
+        &paused.replace("enabled: false", "enabled: true"),
+    );
+    eventually("the flow to be enabled", || async {
+        let (status, _) = server.send("paused", &json!({})).await;
+        (status == 200).then_some(())
+    })
+    .await;
+}

@@ -129,7 +129,7 @@ async function home() {
         const a = f.activity || { last_24h: {}, hourly: [] };
         const n = k => a.last_24h[k] || 0;
         return `<tr data-flow-row="${esc(f.id)}">
-        <td><a href="#/flows/${esc(f.id)}">${esc(f.name)}</a><br><small class="muted">${esc(f.id)}</small></td>
+        <td><a href="#/flows/${esc(f.id)}">${esc(f.name)}</a><br><small class="muted">${esc(f.id)}${f.enabled ? "" : ` · <span class="failed">paused</span>`}</small></td>
         <td>${esc(f.trigger.type)}${f.trigger.cron ? `<br><small class="muted"><code>${esc(f.trigger.cron)}</code></small>` : ""}</td>
         <td>${sparkline(a.hourly)}<br><small><span class="succeeded">${n("succeeded")} ok</span> ·
           <span class="failed">${n("failed")} failed</span> · <span class="filtered">${n("filtered")} filtered</span></small>
@@ -178,7 +178,8 @@ async function flowPage(id) {
   if (lines[lines.length - 1] === "") lines.pop();
   app.innerHTML = `
     <h1>${esc(flow.name)}</h1>
-    <p class="muted">${esc(flow.id)} · revision ${esc(flow.revision)} · ${esc(flow.file)}</p>
+    <p class="muted">${esc(flow.id)} · revision ${esc(flow.revision)} · ${esc(flow.file)}
+      · ${flow.enabled ? `<span class="succeeded">enabled</span>` : `<span class="failed">paused (enabled: false)</span>`}</p>
     ${flow.description ? `<p>${esc(flow.description)}</p>` : ""}
     ${flow.catch_url ? `<p class="row"><strong>Catch URL</strong> <code>${esc(flow.catch_url)}</code> ${copyButton(flow.catch_url)}</p>` : ""}
     <h2>Steps</h2>

@@ -214,6 +214,7 @@ pub fn parse_flow(
             revision: Revision::of(text),
             trigger,
             concurrency: spec.concurrency.map(|c| c as usize),
+            enabled: spec.enabled.unwrap_or(true),
             retention,
             steps,
             templates: compiler.finish(),

@@ -48,6 +48,8 @@ pub struct Flow {
     pub trigger: Trigger,
     /// The most steps of this flow that may execute at once (`None`: no limit of its own).
     pub concurrency: Option<usize>,
+    /// Whether new events start runs (`enabled: false` pauses the flow).
+    pub enabled: bool,
     /// Retention overrides for this flow's history.
     pub retention: Retention,
     /// The steps, in file order, then the `on_failure` steps (`handler`).

@@ -29,6 +29,10 @@ pub struct FlowSpec {
     /// `workers`). `1` runs the flow's events one step at a time, in order of arrival.
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// `false` pauses the flow: its catch hook answers 503 `flow_disabled` (so senders retry
+    /// later) and its schedule does not fire; runs already queued go on. Default `true`.
+    #[serde(default)]
+    pub enabled: Option<bool>,
     /// How long this flow's run history is kept (default: the server's `retention`).
     #[serde(default)]
     pub retention: Option<RetentionSpec>,

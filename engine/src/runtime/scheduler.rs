@@ -41,6 +41,11 @@ pub(super) async fn fire_forever(engine: Arc<Engine>) {
             let Trigger::Schedule(schedule) = &flow.trigger else {
                 continue;
             };
+            if !flow.enabled {
+                // Paused: its ticks pass unfired (re-enabling starts from then).
+                cursors.insert(flow.id.clone(), Timestamp::now());
+                continue;
+            }
             let cursor = match cursors.get(&flow.id) {
                 Some(c) => *c,
                 None => match start_cursor(&engine, &flow, schedule, started).await {
