@@ -66,11 +66,31 @@ async fn activity(state: &AppState, flow: &FlowId, now: Timestamp) -> Result<Val
 }
 
 /// A deployed flow with its source (the revision running now).
+#[derive(Deserialize)]
+struct FlowParams {
+    /// A kept revision instead of the one deployed now (a run's).
+    revision: Option<String>,
+}
+
 async fn show_flow(
     State(state): State<AppState>,
     Path(flow_id): Path<String>,
+    Query(params): Query<FlowParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let flow = deployed(&state, &flow_id)?;
+    let flow = match params.revision {
+        None => deployed(&state, &flow_id)?,
+        Some(revision) => {
+            let id = flow_id
+                .parse::<FlowId>()
+                .map_err(|e| ApiError::bad_request("invalid_flow_id", e.to_string()))?;
+            let revision = hookflow_engine::model::Revision(revision);
+            state
+                .engine
+                .catalog()
+                .revision(state.engine.store(), &id, &revision)
+                .await?
+        }
+    };
     let mut answer = flow_json(&flow, catch_url(&state, &flow).await?);
     answer["source"] = json!(flow.source.as_ref());
     Ok(Json(answer))

@@ -391,8 +391,8 @@ async function runPage(id) {
         ${s.attempts.map(a => `<tr><td>${esc(a.number)}</td><td>${esc(a.started_at)}</td><td>${esc(a.duration_ms)} ms</td>
           <td>${esc(a.error)}</td><td>${esc(a.retry_at)}</td></tr>`).join("")}</tbody></table>` : ""}
     </div>`).join("")}`;
-  // The graph of the flow as deployed now, coloured by this run's step statuses.
-  api(`/api/v1/flows/${encodeURIComponent(run.flow_id)}`).then(flow => {
+  // The graph of the revision the run ran, coloured by its step statuses.
+  api(`/api/v1/flows/${encodeURIComponent(run.flow_id)}?revision=${encodeURIComponent(run.revision)}`).then(flow => {
     const statuses = Object.fromEntries(run.steps.map(s => [s.id, s.status]));
     document.getElementById("run-graph").innerHTML = graph(flow.steps, statuses);
   }).catch(() => {});
