@@ -48,11 +48,18 @@ pub fn load(path: &Path) -> anyhow::Result<Value> {
 
 /// A run's `trigger` from a request's parts (missing parts empty).
 pub fn trigger(request: &Value) -> Value {
+    let part = |name: &str, missing: Value| {
+        request
+            .get(name)
+            .filter(|v| !v.is_null())
+            .cloned()
+            .unwrap_or(missing)
+    };
     json!({
-        "method": request.get("method").cloned().unwrap_or(json!("POST")),
-        "headers": request.get("headers").cloned().unwrap_or(json!({})),
-        "query": request.get("query").cloned().unwrap_or(json!({})),
-        "body": request.get("body").cloned().unwrap_or(Value::Null),
+        "method": part("method", json!("POST")),
+        "headers": part("headers", json!({})),
+        "query": part("query", json!({})),
+        "body": part("body", Value::Null),
         "received_at": Timestamp::now(),
     })
 }

@@ -31,7 +31,13 @@ const COOKIE: &str = "hookflow_session";
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
 /// Paths anyone may use.
-const OPEN_PREFIXES: [&str; 4] = ["/hooks/", "/inspect/", "/assets/", "/healthz"];
+const OPEN_PREFIXES: [&str; 5] = [
+    "/hooks/",
+    "/inspect/",
+    "/assets/",
+    "/healthz",
+    "/api/openapi.json",
+];
 const OPEN_PATHS: [&str; 3] = ["/", "/api/v1/login", "/api/v1/session"];
 
 struct Session {
@@ -132,8 +138,8 @@ pub(super) fn router() -> Router<AppState> {
         .route("/api/v1/session", get(session))
 }
 
-#[derive(Deserialize)]
-struct Login {
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(super) struct Login {
     password: String,
 }
 

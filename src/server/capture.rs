@@ -124,9 +124,9 @@ pub(super) fn router() -> Router<AppState> {
     Router::new().route("/api/v1/flows/{flow_id}/capture", post(arm).get(status))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ArmRequest {
+pub(super) struct ArmRequest {
     /// How many events to keep.
     #[serde(default = "one")]
     count: usize,

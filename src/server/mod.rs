@@ -10,6 +10,7 @@ mod hook_log;
 mod hooks;
 mod inspector;
 mod metrics;
+mod openapi;
 mod preview;
 mod repair;
 mod trigger;
@@ -62,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .merge(preview::router())
         .merge(trigger::router())
         .merge(metrics::router())
+        .merge(openapi::router())
         .route(
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),

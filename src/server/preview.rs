@@ -34,9 +34,9 @@ async fn samples(
     Ok(Json(json!({ "flow": flow.id, "samples": names })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct PreviewRequest {
+pub(super) struct PreviewRequest {
     #[serde(default)]
     sample: Option<String>,
     #[serde(default)]

@@ -50,9 +50,9 @@ async fn retry_one(
     Ok(Json(run_summary(&run)))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ReplayBody {
+pub(super) struct ReplayBody {
     /// `current` (default) or `original`.
     revision: Option<String>,
 }
@@ -78,9 +78,9 @@ async fn replay_one(
 }
 
 /// Which runs a bulk action applies to, and whether to only count them.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct BulkBody {
+pub(super) struct BulkBody {
     flow: Option<String>,
     status: Option<String>,
     since: Option<String>,

@@ -9,7 +9,8 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use serde_json::{json, Map, Value};
+use serde::Deserialize;
+use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
 
@@ -17,36 +18,51 @@ pub(super) fn router() -> Router<AppState> {
     Router::new().route("/api/v1/flows/{flow_id}/runs", post(start))
 }
 
+/// A manual run's payload: `body` (and optionally `headers`, `query`), or a `sample` by name.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StartRequest {
+    /// The run's `trigger.body`.
+    #[serde(default)]
+    body: Option<Value>,
+    /// The run's `trigger.headers`.
+    #[serde(default)]
+    headers: Option<Value>,
+    /// The run's `trigger.query`.
+    #[serde(default)]
+    query: Option<Value>,
+    /// One of the flow's samples, by name, instead.
+    #[serde(default)]
+    sample: Option<String>,
+}
+
 async fn start(
     State(state): State<AppState>,
     UrlPath(flow_id): UrlPath<String>,
-    Json(request): Json<Map<String, Value>>,
+    Json(request): Json<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let flow = super::api::deployed(&state, &flow_id)?;
-    let unknown: Vec<&String> = request
-        .keys()
-        .filter(|k| !["body", "headers", "query", "sample"].contains(&k.as_str()))
-        .collect();
-    if let Some(key) = unknown.first() {
-        return Err(ApiError::bad_request(
+    let request: StartRequest = serde_json::from_value(request).map_err(|e| {
+        ApiError::bad_request(
             "invalid_run",
-            format!("unknown field `{key}`: give `body` (and `headers`, `query`) or `sample`"),
-        ));
-    }
-    let trigger = match (request.get("sample"), request.get("body")) {
-        (Some(Value::String(name)), None) => {
+            format!("{e}: give `body` (and `headers`, `query`) or `sample`"),
+        )
+    })?;
+    let trigger = match (request.sample, request.body) {
+        (Some(name), None) => {
             let known = crate::samples::list(Path::new(&flow.file), flow.id.as_str());
-            let (_, path) = known.into_iter().find(|(n, _)| n == name).ok_or_else(|| {
+            let (_, path) = known.into_iter().find(|(n, _)| *n == name).ok_or_else(|| {
                 ApiError::not_found(format!("`{flow_id}` has no sample `{name}`"))
             })?;
             crate::samples::load(&path)
                 .map_err(|e| ApiError::bad_request("invalid_sample", format!("{e:#}")))?
         }
-        (None, Some(_)) => {
-            let mut manual = Value::Object(request);
-            manual["method"] = json!("MANUAL");
-            crate::samples::trigger(&manual)
-        }
+        (None, Some(body)) => crate::samples::trigger(&json!({
+            "method": "MANUAL",
+            "body": body,
+            "headers": request.headers,
+            "query": request.query,
+        })),
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_run",

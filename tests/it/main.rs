@@ -9,6 +9,7 @@ mod connectors;
 mod crash;
 mod delivery;
 mod fakes;
+mod openapi;
 mod pipeline;
 mod requests;
 mod resources;

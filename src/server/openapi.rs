@@ -1,0 +1,212 @@
+//! The HTTP API's OpenAPI 3 document, served at `/api/openapi.json`. It is built from
+//! [`OPERATIONS`] — one entry per route the server registers, next to its handler's module; a test
+//! checks that every `.route(…)` of the server is listed — with request body and query schemas
+//! derived by schemars from the very types the handlers deserialize.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde_json::{json, Map, Value};
+
+use super::auth::Login;
+use super::capture::ArmRequest;
+use super::preview::PreviewRequest;
+use super::repair::{BulkBody, ReplayBody};
+use super::trigger::StartRequest;
+use super::AppState;
+
+/// A body's schema, from the type the handler reads.
+type BodySchema = fn(&mut SchemaGenerator) -> Schema;
+
+/// What an operation answers when it succeeds.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// A JSON object.
+    Json(u16),
+    /// Server-sent events.
+    Events,
+    /// Text (Prometheus' format).
+    Text,
+    /// Whatever the page is (HTML, or the inspector's echo).
+    Any,
+}
+
+/// One documented operation.
+struct Operation {
+    method: &'static str,
+    path: &'static str,
+    tag: &'static str,
+    summary: &'static str,
+    /// Query parameters: (name, description).
+    query: &'static [(&'static str, &'static str)],
+    body: Option<BodySchema>,
+    answer: Answer,
+    /// Open to anyone (no session or token needed).
+    open: bool,
+}
+
+const fn op(
+    method: &'static str,
+    path: &'static str,
+    tag: &'static str,
+    summary: &'static str,
+) -> Operation {
+    Operation {
+        method,
+        path,
+        tag,
+        summary,
+        query: &[],
+        body: None,
+        answer: Answer::Json(200),
+        open: false,
+    }
+}
+
+fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<T>()
+}
+
+const RUN_FILTERS: &[(&str, &str)] = &[
+    ("flow", "only runs of this flow"),
+    (
+        "status",
+        "only runs with this status: queued, running, succeeded, failed, filtered",
+    ),
+    (
+        "since",
+        "only runs created since: RFC 3339, or a duration ago (`2h`)",
+    ),
+    (
+        "until",
+        "only runs created before: RFC 3339, or a duration ago",
+    ),
+    (
+        "q",
+        "only runs whose payload contains this text (case-insensitive, bounded scan)",
+    ),
+    ("limit", "how many runs (1 to 1000, default 50)"),
+    (
+        "cursor",
+        "go on after this run (`next_cursor` of the previous page)",
+    ),
+];
+
+/// Every route the server registers.
+const OPERATIONS: &[Operation] = &[
+    Operation { open: true, ..op("post", "/hooks/catch/{flow_id}/{token}", "hooks", "Send an event to a flow's catch hook; JSON, form or text bodies") },
+    Operation { open: true, ..op("get", "/hooks/catch/{flow_id}/{token}", "hooks", "Send an event (query string only)") },
+    Operation { open: true, ..op("put", "/hooks/catch/{flow_id}/{token}", "hooks", "Send an event with PUT") },
+    op("get", "/api/v1/flows", "flows", "The deployed flows with catch URLs, last-day activity, and the flow files' problems"),
+    Operation { query: &[("revision", "a kept revision instead of the current one")], ..op("get", "/api/v1/flows/{flow_id}", "flows", "One flow, with its source") },
+    op("get", "/api/v1/flows/{flow_id}/revisions", "flows", "The flow's revisions as deployed, newest first"),
+    op("get", "/api/v1/flows/{flow_id}/hooks", "flows", "The flow's catch-hook log: recent requests and what became of them"),
+    Operation { body: Some(schema::<ArmRequest>), ..op("post", "/api/v1/flows/{flow_id}/capture", "authoring", "Keep the next events sent to the flow as samples") },
+    op("get", "/api/v1/flows/{flow_id}/capture", "authoring", "How a capture stands"),
+    op("get", "/api/v1/flows/{flow_id}/samples", "authoring", "The flow's samples"),
+    Operation { body: Some(schema::<PreviewRequest>), ..op("post", "/api/v1/flows/{flow_id}/preview", "authoring", "Run the flow offline on a sample or event: each step's input and output, unresolved expressions") },
+    Operation { body: Some(schema::<StartRequest>), answer: Answer::Json(201), ..op("post", "/api/v1/flows/{flow_id}/runs", "runs", "Start a run with a payload (manual run)") },
+    Operation { query: RUN_FILTERS, ..op("get", "/api/v1/runs", "runs", "Runs, newest first, filtered and cursor-paged") },
+    Operation { query: &[("flow", "only this flow's runs")], answer: Answer::Events, ..op("get", "/api/v1/runs/events", "runs", "Server-sent `run` events as runs are created and finish") },
+    op("get", "/api/v1/runs/{run_id}", "runs", "A run with its event and every step's record"),
+    op("post", "/api/v1/runs/{run_id}/retry", "runs", "Resume a failed run from its failed step"),
+    Operation { body: Some(schema::<ReplayBody>), answer: Answer::Json(201), ..op("post", "/api/v1/runs/{run_id}/replay", "runs", "Start a new run of the run's event") },
+    Operation { body: Some(schema::<BulkBody>), ..op("post", "/api/v1/runs/retry", "runs", "Retry every failed run of a flow in a time window (or count them)") },
+    Operation { body: Some(schema::<BulkBody>), ..op("post", "/api/v1/runs/replay", "runs", "Replay every run of a flow matching a status and window (or count them)") },
+    Operation { open: true, body: Some(schema::<Login>), ..op("post", "/api/v1/login", "access", "Log in with the admin password: a session cookie and a CSRF token") },
+    op("post", "/api/v1/logout", "access", "End the session"),
+    Operation { open: true, ..op("get", "/api/v1/session", "access", "Whether a login is required, and the session's CSRF token") },
+    op("get", "/api/v1/inspector", "inspector", "The request inspector's bins"),
+    op("get", "/api/v1/inspector/{bin}", "inspector", "What one bin received"),
+    Operation { open: true, answer: Answer::Any, ..op("post", "/inspect/{bin}", "inspector", "Record a request (any method) and answer 200") },
+    Operation { answer: Answer::Text, ..op("get", "/metrics", "operations", "Prometheus metrics") },
+    Operation { open: true, ..op("get", "/healthz", "operations", "Liveness") },
+    Operation { open: true, ..op("get", "/api/openapi.json", "operations", "This document") },
+];
+
+/// The OpenAPI document.
+pub fn document() -> Value {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let mut paths = Map::new();
+    for op in OPERATIONS {
+        let mut parameters: Vec<Value> = op
+            .path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        parameters.extend(op.query.iter().map(|(name, description)| {
+            json!({ "name": name, "in": "query", "required": false, "description": description, "schema": { "type": "string" } })
+        }));
+        let (status, content) = match op.answer {
+            Answer::Json(status) => (
+                status,
+                json!({ "application/json": { "schema": { "type": "object" } } }),
+            ),
+            Answer::Events => (
+                200,
+                json!({ "text/event-stream": { "schema": { "type": "string" } } }),
+            ),
+            Answer::Text => (
+                200,
+                json!({ "text/plain": { "schema": { "type": "string" } } }),
+            ),
+            Answer::Any => (200, json!({ "*/*": { "schema": {} } })),
+        };
+        let error = json!({
+            "description": "An error: `{code, detail}`",
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } },
+        });
+        let mut operation = json!({
+            "tags": [op.tag],
+            "summary": op.summary,
+            "operationId": format!("{}_{}", op.method, op.path.trim_matches('/').replace(['/', '{', '}', '.'], "_")),
+            "parameters": parameters,
+            "responses": { status.to_string(): { "description": "OK", "content": content }, "4XX": error.clone(), "5XX": error },
+        });
+        if let Some(body) = op.body {
+            operation["requestBody"] = json!({
+                "required": true,
+                "content": { "application/json": { "schema": body(&mut generator) } },
+            });
+        }
+        if op.open {
+            operation["security"] = json!([]);
+        }
+        let item = paths.entry(op.path.to_owned()).or_insert_with(|| json!({}));
+        item[op.method] = operation;
+    }
+    let mut schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    schemas.insert(
+        "Error".into(),
+        json!({ "type": "object", "required": ["code", "detail"], "properties": {
+            "code": { "type": "string" }, "detail": { "type": "string" } } }),
+    );
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "hookflow",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "hookflow's HTTP API: catch hooks, flows, runs, authoring, access, operations.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer", "description": "HOOKFLOW_API_TOKEN" },
+                "session": { "type": "apiKey", "in": "cookie", "name": "hookflow_session", "description": "from POST /api/v1/login; changes also need X-CSRF-Token" },
+            },
+        },
+        "security": [{ "bearer": [] }, { "session": [] }],
+    })
+}
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new().route("/api/openapi.json", get(openapi))
+}
+
+async fn openapi(State(_): State<AppState>) -> Json<Value> {
+    Json(document())
+}
