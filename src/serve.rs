@@ -18,7 +18,7 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::ServeArgs;
 use crate::config::{Config, LogFormat};
 use crate::reload::{Env, Problems};
-use crate::server::{self, AppState, Auth, Captures, HookLog, Inspector};
+use crate::server::{self, AppState, Auth, Captures, HookLimits, HookLog, Inspector};
 
 /// How long executing steps may take to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -169,6 +169,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         captures: Captures::default(),
         problems,
         auth,
+        hook_limits: HookLimits::default(),
     };
     let app = server::router(state);
     axum::serve(listener, app)

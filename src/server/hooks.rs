@@ -92,6 +92,7 @@ struct Hook<'a> {
     respond: Respond,
     respond_timeout: Duration,
     verify: Option<&'a Verify>,
+    rate_limit: Option<f64>,
 }
 
 impl<'a> Hook<'a> {
@@ -102,12 +103,14 @@ impl<'a> Hook<'a> {
                 respond,
                 respond_timeout,
                 verify,
+                rate_limit,
                 ..
             } => Some(Self {
                 flow,
                 respond: *respond,
                 respond_timeout: *respond_timeout,
                 verify: verify.as_ref(),
+                rate_limit: *rate_limit,
             }),
             _ => None,
         }
@@ -146,8 +149,21 @@ async fn take(
         respond,
         respond_timeout,
         verify,
+        rate_limit,
     } = *hook;
     let flow_id = &flow.id;
+    if let Some(per_second) = rate_limit {
+        if let Err(wait) = state.hook_limits.admit(flow_id, per_second) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "this hook takes at most {per_second} requests per second: retry in {} s",
+                    wait.as_secs() + 1
+                ),
+            ));
+        }
+    }
     if !flow.enabled {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

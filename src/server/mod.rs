@@ -12,6 +12,7 @@ mod inspector;
 mod metrics;
 mod openapi;
 mod preview;
+mod rate_limit;
 mod repair;
 mod trigger;
 
@@ -29,6 +30,7 @@ pub use auth::Auth;
 pub use capture::Captures;
 pub use hook_log::HookLog;
 pub use inspector::Inspector;
+pub use rate_limit::HookLimits;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -49,6 +51,8 @@ pub struct AppState {
     pub problems: crate::reload::Problems,
     /// Who may use the UI and the API.
     pub auth: Auth,
+    /// Catch hooks' rate limits.
+    pub hook_limits: HookLimits,
 }
 
 /// The whole application.

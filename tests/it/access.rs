@@ -194,7 +194,23 @@ async fn without_credentials_the_server_keeps_to_localhost_and_says_so() {
 
 #[tokio::test]
 async fn people_log_in_with_the_password_and_a_wrong_one_is_refused() {
-    let server = guarded();
+    // The shipped flows, as `cargo run -- serve` serves them.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+    let shipped: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| !p.to_string_lossy().ends_with(".test.yaml"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    let flows: Vec<(&str, &str)> = shipped
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let server = Server::start_with(&flows, &[], &[("HOOKFLOW_ADMIN_PASSWORD", "correct horse")]);
     let browser = Browser::start().await;
     browser.client.goto(&server.base).await.unwrap();
     let password = browser.find("#password").await;
@@ -216,6 +232,14 @@ async fn people_log_in_with_the_password_and_a_wrong_one_is_refused() {
         .click()
         .await
         .unwrap();
-    browser.text_of("main", "leads").await;
+    let page = browser.text_of("main", "Route new business leads").await;
+    for name in [
+        "Sync plan changes to the CRM",
+        "Stripe plan changes update HubSpot",
+        "Failed payments become HubSpot tasks",
+        "Enrich new HubSpot contacts",
+    ] {
+        assert!(page.contains(name), "{name} in {page}");
+    }
     browser.close().await;
 }

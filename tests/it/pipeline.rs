@@ -1118,3 +1118,20 @@ async fn a_paused_flow_refuses_events_until_it_is_enabled_again() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_rate_limited_hook_refuses_the_excess_and_logs_it() {
+    let flow =
+        "id: limited\ntrigger: { webhook: { rate_limit: 2/s } }\nsteps:\n  - { id: a, map: {} }\n";
+    let server = Server::start(&[("limited.yaml", flow)]);
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let (status, answer) = server.send("limited", &json!({})).await;
+        statuses.push((status, answer["code"].as_str().map(str::to_owned)));
+    }
+    assert_eq!(statuses[..2], [(200, None), (200, None)]);
+    assert_eq!(statuses[2], (429, Some("rate_limited".to_owned())));
+    let (_, log) = server.get("/api/v1/flows/limited/hooks").await;
+    assert_eq!(log["requests"][0]["reason"], "rate_limited");
+    assert_eq!(server.all_runs("limited").await.len(), 2);
+}

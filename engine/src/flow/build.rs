@@ -107,12 +107,18 @@ pub fn parse_flow(
             let verify = w
                 .verify
                 .and_then(|v| build_verify(v, registry, env, &mut secrets, &mut problems));
+            let rate_limit = w.rate_limit.as_deref().and_then(|text| {
+                parse_rate(text)
+                    .map_err(|e| problems.at("trigger.webhook.rate_limit", e))
+                    .ok()
+            });
             Trigger::Webhook {
                 respond: w.respond,
                 respond_timeout: w.respond_timeout.map_or(DEFAULT_RESPOND_TIMEOUT, |d| d.0),
                 dedupe,
                 verify,
                 events: w.events,
+                rate_limit,
             }
         }
         TriggerSpec {
@@ -222,6 +228,25 @@ pub fn parse_flow(
         }),
         _ => Err(problems.errors),
     }
+}
+
+/// `100/s`, `600/m` or `3600/h` as requests per second.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let usage = || format!("`{text}` is not a rate: write `100/s`, `600/m` or `3600/h`");
+    let (n, unit) = text.trim().split_once('/').ok_or_else(usage)?;
+    let n: f64 = n
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n: &f64| *n > 0.0)
+        .ok_or_else(usage)?;
+    let seconds = match unit.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(usage()),
+    };
+    Ok(n / seconds)
 }
 
 /// Validates a webhook's signature check: a known provider and at least one secret (taken from the

@@ -136,6 +136,9 @@ pub enum Trigger {
         verify: Option<Verify>,
         /// The event types that start runs (empty: all).
         events: Vec<String>,
+        /// Requests allowed per second (bursts up to a second's worth, at least 1); `None`: no
+        /// limit.
+        rate_limit: Option<f64>,
     },
     /// Started by hand.
     Manual,

@@ -130,6 +130,10 @@ pub struct WebhookSpec {
     /// `ignored`. Default: every event.
     #[serde(default)]
     pub events: Vec<String>,
+    /// At most this many requests to the catch hook, e.g. `100/s` or `600/m` (bursts up to the
+    /// same number); more are answered 429 `rate_limited` (nothing stored). Default: no limit.
+    #[serde(default)]
+    pub rate_limit: Option<String>,
 }
 
 /// A webhook signature check: the provider's scheme and the signing secret(s).
