@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hookflow_engine::authoring::offline;
 use hookflow_engine::authoring::unresolved::unresolved;
+use hookflow_engine::flow::Flow;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -20,6 +21,18 @@ pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/flows/{flow_id}/samples", get(samples))
         .route("/api/v1/flows/{flow_id}/preview", post(preview))
+}
+
+/// The trigger one of the flow's samples stands for: 404 if there is no such sample, 400 if it
+/// does not read.
+pub(super) fn sample_trigger(flow: &Flow, name: &str) -> Result<Value, ApiError> {
+    let known = crate::samples::list(Path::new(&flow.file), flow.id.as_str());
+    let (_, path) = known
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .ok_or_else(|| ApiError::not_found(format!("`{}` has no sample `{name}`", flow.id)))?;
+    crate::samples::load(&path)
+        .map_err(|e| ApiError::bad_request("invalid_sample", format!("{e:#}")))
 }
 
 async fn samples(
@@ -50,14 +63,7 @@ async fn preview(
 ) -> Result<Json<Value>, ApiError> {
     let flow = super::api::deployed(&state, &flow_id)?;
     let trigger = match (request.sample, request.event) {
-        (Some(name), None) => {
-            let known = crate::samples::list(Path::new(&flow.file), flow.id.as_str());
-            let (_, path) = known.into_iter().find(|(n, _)| *n == name).ok_or_else(|| {
-                ApiError::not_found(format!("`{flow_id}` has no sample `{name}`"))
-            })?;
-            crate::samples::load(&path)
-                .map_err(|e| ApiError::bad_request("invalid_sample", format!("{e:#}")))?
-        }
+        (Some(name), None) => super::preview::sample_trigger(&flow, &name)?,
         (None, Some(event)) => crate::samples::trigger(&event),
         _ => {
             return Err(ApiError::bad_request(

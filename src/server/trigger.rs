@@ -3,8 +3,6 @@
 //! only way to run, and a way to try any flow. The event is stored durably before the answer
 //! (`201 {"event_id", "run_id"}`); a manual run is never answered as a duplicate.
 
-use std::path::Path;
-
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::routing::post;
@@ -49,14 +47,7 @@ async fn start(
         )
     })?;
     let trigger = match (request.sample, request.body) {
-        (Some(name), None) => {
-            let known = crate::samples::list(Path::new(&flow.file), flow.id.as_str());
-            let (_, path) = known.into_iter().find(|(n, _)| *n == name).ok_or_else(|| {
-                ApiError::not_found(format!("`{flow_id}` has no sample `{name}`"))
-            })?;
-            crate::samples::load(&path)
-                .map_err(|e| ApiError::bad_request("invalid_sample", format!("{e:#}")))?
-        }
+        (Some(name), None) => super::preview::sample_trigger(&flow, &name)?,
         (None, Some(body)) => crate::samples::trigger(&json!({
             "method": "MANUAL",
             "body": body,
