@@ -9,19 +9,10 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::fakes::{self, FakeHubSpot, FakeStripe, Scripted};
-use crate::support::{eventually, hmac_sha256, now_secs, run_cli, Server, Sink};
+use crate::support::{eventually, hmac_sha256, now_secs, run_cli, step, Server, Sink};
 
 const HUBSPOT_TOKEN: &str = "pat-na1-test-token-7f3a";
 const STRIPE_KEY: &str = "sk_test_51fake";
-
-fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .unwrap_or_else(|| panic!("no step {id} in {run:#}"))
-}
 
 fn hubspot_env(fake: &FakeHubSpot) -> Vec<(&'static str, String)> {
     vec![

@@ -588,15 +588,7 @@ on_failure:
         .as_str()
         .unwrap()
         .starts_with("step `crm` failed: the server answered 404"));
-    let step = |id: &str| {
-        run["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["id"] == id)
-            .unwrap()
-            .clone()
-    };
+    let step = |id: &str| crate::support::step(&run, id).clone();
     assert_eq!(step("enrich")["status"], "failed");
     assert!(step("shape")["output"]["enrich_error"]
         .as_str()
@@ -887,15 +879,7 @@ async fn a_flow_step_starts_a_sub_flow_once_and_waits_for_its_result() {
     let run = server
         .finished_run(answer["run_id"].as_str().unwrap())
         .await;
-    let step = |id: &str| {
-        run["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["id"] == id)
-            .unwrap()
-            .clone()
-    };
+    let step = |id: &str| crate::support::step(&run, id).clone();
     assert_eq!(
         step("use")["output"],
         json!({ "domain": "acme.com", "by": "leads" })

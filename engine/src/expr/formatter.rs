@@ -13,7 +13,7 @@ use jiff::tz::TimeZone;
 use jiff::{Timestamp, Zoned};
 use serde_json::{Map, Value};
 
-use super::helpers::{number, HelperFn};
+use super::helpers::{number, number_and_places, HelperFn};
 use super::template::to_text;
 
 /// The helpers of this module, by name.
@@ -55,18 +55,8 @@ pub(super) const HELPERS: &[(&str, HelperFn)] = &[
 fn format_number(args: &[&Value]) -> Result<Value, String> {
     let usage =
         "a number, optionally decimal places and separators: {{format_number x 2 \",\" \".\"}}";
-    let Some(value) = args.first() else {
-        return Err(format!("needs {usage}"));
-    };
-    if value.is_null() {
+    let Some((n, places)) = number_and_places(args, usage)? else {
         return Ok(Value::Null);
-    }
-    let n = number(value).ok_or_else(|| format!("takes a number, not `{}`", to_text(value)))?;
-    let places = match args.get(1) {
-        None => 0,
-        Some(p) => number(p)
-            .filter(|p| (0.0..=12.0).contains(p))
-            .ok_or_else(|| format!("needs {usage}"))? as usize,
     };
     let thousands = args.get(2).map_or(",".to_owned(), |v| to_text(v));
     let decimal = args.get(3).map_or(".".to_owned(), |v| to_text(v));

@@ -347,21 +347,33 @@ pub(super) fn number_value(n: f64) -> Value {
 /// `{{round 3.14159 2}}` → `3.14` (0 places by default).
 fn round(args: &[&Value]) -> Result<Value, String> {
     let usage = "a number and, optionally, decimal places: {{round trigger.body.amount 2}}";
+    let Some((n, places)) = number_and_places(args, usage)? else {
+        return Ok(Value::Null);
+    };
+    let scale = 10f64.powi(places as i32);
+    Ok(number_value((n * scale).round() / scale))
+}
+
+/// A helper's first argument as a number and its optional second as decimal places (0 to 12,
+/// default 0); `None` when the number is missing. `usage` says how to call the helper.
+pub(super) fn number_and_places(
+    args: &[&Value],
+    usage: &str,
+) -> Result<Option<(f64, usize)>, String> {
     let Some(value) = args.first() else {
         return Err(format!("needs {usage}"));
     };
     if value.is_null() {
-        return Ok(Value::Null);
+        return Ok(None);
     }
     let n = number(value).ok_or_else(|| format!("takes a number, not `{}`", to_text(value)))?;
     let places = match args.get(1) {
-        None => 0.0,
+        None => 0,
         Some(p) => number(p)
             .filter(|p| (0.0..=12.0).contains(p))
-            .ok_or_else(|| format!("needs {usage}"))?,
+            .ok_or_else(|| format!("needs {usage}"))? as usize,
     };
-    let scale = 10f64.powi(places as i32);
-    Ok(number_value((n * scale).round() / scale))
+    Ok(Some((n, places)))
 }
 
 /// `{{add a b}}` and the like: numbers or numeric text; `null` if either is missing.
