@@ -3,6 +3,7 @@
 
 mod access;
 mod authoring;
+mod bench;
 mod browser;
 mod cli;
 mod connectors;

@@ -372,13 +372,15 @@ impl Engine {
         self.finished.subscribe()
     }
 
-    /// Waits until `run_id` is final or `timeout` passes; returns the run as it then is.
+    /// Waits until `run_id` is final or `timeout` passes; returns the run as it then is (`None`
+    /// if it is not readable yet).
     pub async fn wait_for(&self, run_id: RunId, timeout: Duration) -> Result<Option<Run>> {
         let mut finished = self.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // A run just accepted may not be readable yet (the store's inbox): wait for it too.
             let run = self.store.run(run_id).await?;
-            if run.as_ref().is_none_or(|r| r.status.is_final()) {
+            if run.as_ref().is_some_and(|r| r.status.is_final()) {
                 return Ok(run);
             }
             // Wait for this run's notice (or any lag, which means: look again).

@@ -120,11 +120,29 @@ async fn ingest_all(store: &Arc<dyn Store>, runs: impl IntoIterator<Item = NewRu
     let mut tasks = JoinSet::new();
     for new in runs {
         let store = store.clone();
-        tasks.spawn(async move { store.ingest(new).await });
+        tasks.spawn(async move { ingest(&store, new).await });
     }
     while let Some(done) = tasks.join_next().await {
-        done.unwrap().expect("ingest");
+        done.unwrap();
     }
+}
+
+/// Ingests a run and, if it was created, waits (a bounded time) until reads see it: a backend
+/// may make an acknowledged run visible a moment after `ingest` returns (sled's inbox).
+async fn ingest(store: &Arc<dyn Store>, new: NewRun) -> Ingested {
+    let id = new.run.id;
+    let outcome = store.ingest(new).await.expect("ingest");
+    if outcome == Ingested::Created {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.run(id).await.unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "run {id} never became visible"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    outcome
 }
 
 /// Sets a run's status through `update_run`.
@@ -173,7 +191,7 @@ pub(crate) async fn ingest_then_read_back(store: Arc<dyn Store>) {
     let mut new = new_run(&orders, RunId::new(), at(1_000));
     new.items
         .push(item(&new.run.flow_id, new.run.id, "second", at(2_000)));
-    store.ingest(new.clone()).await.unwrap();
+    ingest(&store, new.clone()).await;
 
     assert_eq!(
         store.event(new.event.id).await.unwrap(),
@@ -298,7 +316,7 @@ pub(crate) async fn update_run_writes_atomically_and_ends_the_lease(store: Arc<d
     let f = flow("orders");
     let new = new_run(&f, RunId::new(), at(100));
     let id = new.run.id;
-    store.ingest(new.clone()).await.unwrap();
+    ingest(&store, new.clone()).await;
     let claimed = store
         .claim_due(at(100), 1, at(60_000), &FlowRoom::new())
         .await
@@ -378,7 +396,7 @@ pub(crate) async fn decide_none_writes_nothing_but_ends_the_lease(store: Arc<dyn
     let f = flow("orders");
     let new = new_run(&f, RunId::new(), at(100));
     let id = new.run.id;
-    store.ingest(new.clone()).await.unwrap();
+    ingest(&store, new.clone()).await;
     let claimed = store
         .claim_due(at(100), 1, at(60_000), &FlowRoom::new())
         .await
@@ -400,7 +418,7 @@ pub(crate) async fn decide_none_writes_nothing_but_ends_the_lease(store: Arc<dyn
 
     // A run that does not exist: nothing decided, nothing written, the lease still ends.
     let other = new_run(&f, RunId::new(), at(200));
-    store.ingest(other).await.unwrap();
+    ingest(&store, other).await;
     let claimed = store
         .claim_due(at(200), 1, at(60_000), &FlowRoom::new())
         .await
@@ -427,7 +445,7 @@ pub(crate) async fn concurrent_updates_of_one_run_lose_nothing(store: Arc<dyn St
     let f = flow("orders");
     let new = new_run(&f, RunId::new(), at(100));
     let id = new.run.id;
-    store.ingest(new).await.unwrap();
+    ingest(&store, new).await;
 
     let mut tasks = JoinSet::new();
     for i in 0..40 {
@@ -850,7 +868,7 @@ pub(crate) async fn matches_a_simple_model(open: Open<'_>, seed: u64, steps: usi
             0..=2 => {
                 next_run += 1;
                 let new = new_run(&f, run_id(next_run), at(rng.below(1_000) as i64));
-                store.ingest(new.clone()).await.unwrap();
+                ingest(&store, new.clone()).await;
                 model.runs.insert(new.run.id, new.run);
                 for item in new.items {
                     model.queued.insert((item.due_at, item.id), item);
@@ -971,13 +989,10 @@ pub(crate) async fn dedupe_keys_start_one_run_until_they_expire(store: Arc<dyn S
         new
     };
     let original = keyed(1, 100, 1_000);
-    assert_eq!(
-        store.ingest(original.clone()).await.unwrap(),
-        Ingested::Created
-    );
+    assert_eq!(ingest(&store, original.clone()).await, Ingested::Created);
     let repeat = keyed(2, 999, 1_999);
     assert_eq!(
-        store.ingest(repeat.clone()).await.unwrap(),
+        ingest(&store, repeat.clone()).await,
         Ingested::Duplicate {
             event_id: original.event.id,
             run_id: original.run.id,
@@ -993,12 +1008,9 @@ pub(crate) async fn dedupe_keys_start_one_run_until_they_expire(store: Arc<dyn S
     // Another flow may use the same key; the original's key has expired at 1000.
     let mut other = new_run(&flow("leads"), run_id(3), at(500));
     other.dedupe = original.dedupe.clone();
-    assert_eq!(store.ingest(other).await.unwrap(), Ingested::Created);
+    assert_eq!(ingest(&store, other).await, Ingested::Created);
     let later = keyed(4, 1_000, 2_000);
-    assert_eq!(
-        store.ingest(later.clone()).await.unwrap(),
-        Ingested::Created
-    );
+    assert_eq!(ingest(&store, later.clone()).await, Ingested::Created);
 
     // Ten concurrent deliveries of a new key: one run.
     let mut tasks = JoinSet::new();
@@ -1009,7 +1021,7 @@ pub(crate) async fn dedupe_keys_start_one_run_until_they_expire(store: Arc<dyn S
             key: "evt_2".into(),
             expires_at: at(5_000),
         });
-        tasks.spawn(async move { store.ingest(new).await.unwrap() });
+        tasks.spawn(async move { ingest(&store, new).await });
     }
     let outcomes = tasks.join_all().await;
     let created = outcomes.iter().filter(|o| **o == Ingested::Created).count();
@@ -1024,7 +1036,7 @@ pub(crate) async fn dedupe_keys_start_one_run_until_they_expire(store: Arc<dyn S
     assert_eq!(store.expire_dedupe(at(2_000), 100).await.unwrap(), 1);
     assert_eq!(store.expire_dedupe(at(2_000), 100).await.unwrap(), 0);
     assert_eq!(
-        store.ingest(keyed(30, 1_900, 3_000)).await.unwrap(),
+        ingest(&store, keyed(30, 1_900, 3_000)).await,
         Ingested::Created,
         "a forgotten key is free"
     );
@@ -1034,7 +1046,7 @@ pub(crate) async fn dedupe_keys_start_one_run_until_they_expire(store: Arc<dyn S
         expires_at: at(9_000),
     });
     assert!(matches!(
-        store.ingest(again).await.unwrap(),
+        ingest(&store, again).await,
         Ingested::Duplicate { .. }
     ));
 }

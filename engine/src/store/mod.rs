@@ -15,6 +15,7 @@
 //!   concurrent deliveries of one event never both start a run.
 //! - Pruning removes only final runs, each together with its event and step records.
 
+mod inbox;
 pub mod sled;
 
 #[cfg(test)]
@@ -47,7 +48,7 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// An accepted event with its new run and the run's first queue items.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewRun {
     /// The event.
     pub event: Event,
@@ -61,7 +62,7 @@ pub struct NewRun {
 }
 
 /// A key that identifies repeated deliveries of one event (e.g. the provider's event id).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DedupeKey {
     /// The key, unique within its flow.
     pub key: String,

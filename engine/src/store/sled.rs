@@ -41,12 +41,23 @@
 //!
 //! # Durability
 //!
-//! sled buffers writes and flushes in the background (every 500 ms by default). `ingest` and
-//! `hook_token` return only after an fsync that covers their write; concurrent callers share one
-//! fsync (`GroupCommit`). A hook token already known to be on disk is answered by a plain read. Other writes become durable with the next flush, whoever triggers it:
+//! sled buffers writes and flushes in the background (every 500 ms by default), and its flush is
+//! slow and blocks transactions. So a new run without a dedupe key is not written to the trees at
+//! ingest: it is appended to the **inbox** (`inbox.rs`, `DATA/inbox/`), an fsynced log with group
+//! commit, and `ingest` returns once that append is on disk. A promoter thread moves inbox records
+//! into the trees in order, a batch per transaction, writing the number of the last record moved
+//! (`state` key `inbox:promoted`) in the same transaction; it pauses while the queue holds
+//! [`PROMOTE_WINDOW`] items, so a large backlog waits in the inbox on disk instead of in sled's
+//! memory. A run is readable (and claimable) once promoted, normally a few milliseconds after its
+//! acknowledgment. After a crash the promoter resumes after the last number the trees hold; an
+//! inbox segment is deleted only after a flush that covers the records moved from it.
+//!
+//! A new run with a dedupe key is checked against the `dedupe` tree and written there directly,
+//! then waits for a flush and fsync (`GroupCommit`, concurrent callers share one), as does
+//! `hook_token`, `put_revision` and `put_state`. A hook token already known to be on disk is
+//! answered by a plain read. Other writes become durable with the next flush, whoever triggers it:
 //! losing one in a crash only repeats work (the finished item is still leased and gets requeued),
-//! never loses an acknowledged event. A flush covers every write made before it, so a revision put
-//! before the ingest of a run that uses it is durable when that ingest returns.
+//! never loses an acknowledged event.
 //!
 //! What sled 0.34's flush guarantees: on Linux it writes each log buffer and syncs it with
 //! `sync_file_range`, which survives a process crash (`kill -9`) but does not flush the drive's
@@ -66,8 +77,9 @@ use std::fmt;
 use std::future::Future;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use ::sled::transaction::{
     ConflictableTransactionError, ConflictableTransactionResult, TransactionError, Transactional,
@@ -77,6 +89,7 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::inbox::{Inbox, Reader, Record};
 use super::{Decide, FlowRoom, Ingested, NewRun, Result, RunPage, RunQuery, Store, StoreError};
 use crate::ids::{EventId, FlowId, ItemId, RunId, StepId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
@@ -92,6 +105,14 @@ const REQUEUE_CHUNK: usize = 512;
 /// How many runs (or dedupe keys) one pruning transaction deletes: small, so ingest never waits
 /// long for sled's transaction lock.
 const PRUNE_CHUNK: usize = 64;
+
+/// The `state` key holding the number of the last inbox record moved into the trees.
+const PROMOTED_KEY: &str = "inbox:promoted";
+/// The promoter stops moving inbox records into the trees while the queue holds this many items:
+/// beyond it, a backlog waits in the inbox, on disk, costing no memory.
+const PROMOTE_WINDOW: i64 = 20_000;
+/// How many inbox records one promotion transaction moves.
+const PROMOTE_BATCH: usize = 64;
 
 /// The sled trees, each under a fixed name.
 ///
@@ -180,6 +201,14 @@ pub struct SledStore {
     dedupe_expiry: Tree,
     state: Tree,
     commit: GroupCommit,
+    /// The trees new runs go to, for the direct path and the promoter.
+    new_runs: NewRunTrees,
+    /// The inbox new runs without a dedupe key are appended to (`None` for a temporary store).
+    inbox: Option<Inbox>,
+    /// The number of the last inbox record moved into the trees.
+    promoted: Arc<AtomicU64>,
+    /// Tells the promoter thread to stop.
+    stop: Arc<AtomicBool>,
     /// Flows whose hook token is known to be on disk. Tokens never change once stored, so these
     /// are answered by a read, without waiting for a flush (the catch path asks on every request).
     durable_tokens: Mutex<HashSet<FlowId>>,
@@ -201,7 +230,38 @@ impl SledStore {
                 log.display()
             ))
         })?;
-        store.log_file = Some(std::sync::Arc::new(file));
+        let log_file = std::sync::Arc::new(file);
+        store.log_file = Some(log_file.clone());
+        let promoted: u64 = store
+            .get(
+                &store.state,
+                TreeName::State,
+                PROMOTED_KEY.as_bytes(),
+                &"the inbox position",
+            )?
+            .unwrap_or(0);
+        let inbox_dir = path.join("inbox");
+        let (inbox, reader) = Inbox::open(&inbox_dir, promoted).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot open the inbox in {}: {e}",
+                inbox_dir.display()
+            ))
+        })?;
+        store.promoted.store(promoted, Ordering::SeqCst);
+        let promoter = Promoter {
+            trees: store.new_runs.clone(),
+            db: store.db.clone(),
+            log_file,
+            reader,
+            pending: Vec::new(),
+            promoted: store.promoted.clone(),
+            stop: store.stop.clone(),
+        };
+        std::thread::Builder::new()
+            .name("hookflow-promoter".into())
+            .spawn(move || promoter.run())
+            .map_err(|e| StoreError::Backend(format!("cannot start the promoter thread: {e}")))?;
+        store.inbox = Some(inbox);
         Ok(store)
     }
 
@@ -220,6 +280,7 @@ impl SledStore {
             db.open_tree(name.name())
                 .map_err(|e| backend("open", name, &"the tree", e))
         };
+        let queued = tree(TreeName::Queue)?.len() as i64;
         Ok(Self {
             events: tree(TreeName::Events)?,
             runs: tree(TreeName::Runs)?,
@@ -233,6 +294,19 @@ impl SledStore {
             dedupe_expiry: tree(TreeName::DedupeExpiry)?,
             state: tree(TreeName::State)?,
             commit: GroupCommit::default(),
+            new_runs: NewRunTrees {
+                events: tree(TreeName::Events)?,
+                runs: tree(TreeName::Runs)?,
+                runs_by_flow: tree(TreeName::RunsByFlow)?,
+                queue: tree(TreeName::Queue)?,
+                dedupe: tree(TreeName::Dedupe)?,
+                dedupe_expiry: tree(TreeName::DedupeExpiry)?,
+                state: tree(TreeName::State)?,
+                queued: Arc::new(AtomicI64::new(queued)),
+            },
+            inbox: None,
+            promoted: Arc::default(),
+            stop: Arc::default(),
             durable_tokens: Mutex::default(),
             log_file: None,
             db,
@@ -256,6 +330,20 @@ impl SledStore {
                     .map_err(|e| StoreError::Backend(format!("fsync of sled's log failed: {e}")))
             })
             .await
+    }
+
+    /// Counts items added to (or, negative, taken from) the queue tree.
+    fn queued_add(&self, n: i64) {
+        self.new_runs.queued.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// How many accepted events wait in the inbox, not yet in the trees.
+    fn in_inbox(&self) -> u64 {
+        self.inbox.as_ref().map_or(0, |inbox| {
+            inbox
+                .durable_through()
+                .saturating_sub(self.promoted.load(Ordering::SeqCst))
+        })
     }
 
     fn durable_tokens(&self) -> MutexGuard<'_, HashSet<FlowId>> {
@@ -334,6 +422,7 @@ impl SledStore {
                 Ok(got)
             })
             .map_err(tx_error("claim", TreeName::Queue))
+            .inspect(|got| self.queued_add(-(got.len() as i64)))
     }
 
     /// Moves the given expired leases back to the queue if they are still leased and expired.
@@ -359,6 +448,7 @@ impl SledStore {
                 Ok(moved)
             })
             .map_err(tx_error("requeue", TreeName::Leases))
+            .inspect(|moved| self.queued_add(*moved as i64))
     }
 
     /// Deletes runs (index key, id, event id) with their events and step records, in one
@@ -411,70 +501,22 @@ impl SledStore {
 #[async_trait]
 impl Store for SledStore {
     async fn ingest(&self, new: NewRun) -> Result<Ingested> {
-        let event_key = new.event.id.to_bytes();
-        let event = encode(TreeName::Events, &new.event.id, &new.event)?;
-        let run_key = new.run.id.to_bytes();
-        let run = encode(TreeName::Runs, &new.run.id, &new.run)?;
-        let index_key = flow_key(&new.run.flow_id, &run_key);
-        let items = new
-            .items
-            .iter()
-            .map(|item| Ok((queue_key(item), encode(TreeName::Queue, &item.id, item)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let dedupe = new
-            .dedupe
-            .as_ref()
-            .map(|d| {
-                let key = flow_key(&new.run.flow_id, d.key.as_bytes());
-                let entry = DedupeEntry {
-                    event_id: new.event.id,
-                    run_id: new.run.id,
-                    expires_at: d.expires_at,
-                };
-                let value = encode(TreeName::Dedupe, &d.key, &entry)?;
-                Ok((key, value))
-            })
-            .transpose()?;
-        let received_at = new.event.received_at;
-
-        let trees = (
-            &self.events,
-            &self.runs,
-            &self.runs_by_flow,
-            &self.queue,
-            &self.dedupe,
-            &self.dedupe_expiry,
-        );
-        let outcome = trees
-            .transaction(
-                |(events, runs, by_flow, queue, dedupe_keys, expiry)| -> TxResult<Ingested> {
-                    if let Some((key, value)) = &dedupe {
-                        if let Some(taken) = dedupe_keys.get(key)? {
-                            let taken: DedupeEntry =
-                                decode(TreeName::Dedupe, key, &taken).map_err(abort)?;
-                            if taken.expires_at > received_at {
-                                return Ok(Ingested::Duplicate {
-                                    event_id: taken.event_id,
-                                    run_id: taken.run_id,
-                                });
-                            }
-                            expiry.remove(expiry_key(taken.expires_at, key))?;
-                        }
-                        dedupe_keys.insert(key.as_slice(), value.as_slice())?;
-                        let expires_at = new.dedupe.as_ref().map_or(received_at, |d| d.expires_at);
-                        expiry.insert(expiry_key(expires_at, key), IVec::default())?;
-                    }
-                    events.insert(&event_key[..], event.as_slice())?;
-                    runs.insert(&run_key[..], run.as_slice())?;
-                    by_flow.insert(index_key.as_slice(), IVec::default())?;
-                    for (key, item) in &items {
-                        queue.insert(key.as_slice(), item.as_slice())?;
-                    }
-                    Ok(Ingested::Created)
-                },
-            )
-            .map_err(tx_error("ingest", TreeName::Runs))?;
-
+        if let (Some(inbox), None) = (&self.inbox, &new.dedupe) {
+            // The common case: one fsynced append; the promoter moves it into the trees.
+            let record = serde_json::to_vec(&new).map_err(|e| {
+                StoreError::Backend(format!(
+                    "cannot encode run {} for the inbox: {e}",
+                    new.run.id
+                ))
+            })?;
+            inbox
+                .append(record)
+                .await
+                .map_err(|e| StoreError::Backend(format!("inbox append failed: {e}")))?;
+            return Ok(Ingested::Created);
+        }
+        // A dedupe key must be checked against the trees before answering: write directly.
+        let outcome = self.new_runs.write(&[EncodedRun::new(&new)?], None)?[0];
         // The transaction has returned, so the write is in sled's log: the fsync this waits for
         // covers it (and, for a duplicate, the original, which was applied before this read it).
         // Only now may the caller acknowledge the event.
@@ -529,6 +571,11 @@ impl Store for SledStore {
                 next = Some(next.map_or(item.due_at, |n| n.min(item.due_at)));
             }
         }
+        if self.in_inbox() > 0 {
+            // Accepted events are on their way into the queue: look again very soon.
+            let soon = Timestamp::now().plus(Duration::from_millis(2));
+            next = Some(next.map_or(soon, |n| n.min(soon)));
+        }
         Ok(next)
     }
 
@@ -549,7 +596,7 @@ impl Store for SledStore {
         );
         trees
             .transaction(
-                |(runs, by_flow, records, queue, leases)| -> TxResult<Option<Run>> {
+                |(runs, by_flow, records, queue, leases)| -> TxResult<Option<(Run, usize)>> {
                     // The finished item leaves its lease whatever the decision (even with no run).
                     if let Some(key) = &done_key {
                         leases.remove(&key[..])?;
@@ -560,7 +607,7 @@ impl Store for SledStore {
                     let current: Run = decode(TreeName::Runs, &run_key, &value).map_err(abort)?;
                     // sled may run this closure again on a conflict: `decide` is pure by contract.
                     let Some(update) = decide(current.clone()) else {
-                        return Ok(Some(current));
+                        return Ok(Some((current, 0)));
                     };
                     if update.run.id != run_id {
                         return Err(abort(StoreError::Backend(format!(
@@ -584,10 +631,16 @@ impl Store for SledStore {
                         let value = encode(TreeName::Queue, &item.id, item).map_err(abort)?;
                         queue.insert(queue_key(item), value)?;
                     }
-                    Ok(Some(update.run))
+                    Ok(Some((update.run, update.enqueue.len())))
                 },
             )
             .map_err(tx_error("update_run", TreeName::Runs))
+            .map(|written| {
+                written.map(|(run, enqueued)| {
+                    self.queued_add(enqueued as i64);
+                    run
+                })
+            })
     }
 
     async fn requeue_expired(&self, now: Timestamp) -> Result<usize> {
@@ -740,7 +793,8 @@ impl Store for SledStore {
         self.revisions
             .insert(flow_key(flow_id, revision.0.as_bytes()), value)
             .map_err(|e| backend("write", TreeName::Revisions, &what, e))?;
-        Ok(())
+        // Runs that use this revision may be acknowledged through the inbox, without a sled flush.
+        self.durable().await
     }
 
     async fn flows_with_runs(&self) -> Result<Vec<FlowId>> {
@@ -850,7 +904,7 @@ impl Store for SledStore {
             .size_on_disk()
             .map_err(|e| StoreError::Backend(format!("sled: cannot read the size on disk: {e}")))?;
         Ok(super::StoreStats {
-            queued: (self.queue.len() + self.leases.len()) as u64,
+            queued: (self.queue.len() + self.leases.len()) as u64 + self.in_inbox(),
             bytes,
         })
     }
@@ -912,6 +966,208 @@ impl GroupCommit {
 }
 
 type TxResult<T> = ConflictableTransactionResult<T, StoreError>;
+
+/// Moves inbox records into the trees, in order, on its own thread, while the queue has room.
+struct Promoter {
+    trees: NewRunTrees,
+    db: Db,
+    log_file: Arc<std::fs::File>,
+    reader: Reader,
+    /// Records read but not yet written (kept across a failed transaction, to try again).
+    pending: Vec<Record>,
+    promoted: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Promoter {
+    fn run(mut self) {
+        while !self.stop.load(Ordering::SeqCst) {
+            if self.trees.queued.load(Ordering::SeqCst) >= PROMOTE_WINDOW {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            if self.pending.is_empty() && !self.reader.wait(Duration::from_millis(100)) {
+                continue;
+            }
+            if let Err(e) = self.promote() {
+                tracing::error!(error = %e, "cannot move accepted events from the inbox into the store; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// Moves the next batch of records into the trees; deletes the inbox segments it finished
+    /// once the trees are durable past them.
+    fn promote(&mut self) -> Result<()> {
+        let inbox_error =
+            |e: std::io::Error| StoreError::Backend(format!("inbox read failed: {e}"));
+        let mut finished = Vec::new();
+        if self.pending.is_empty() {
+            let (records, done) = self.reader.read(PROMOTE_BATCH).map_err(inbox_error)?;
+            self.pending = records;
+            finished = done;
+        }
+        if let Some(&(last, _)) = self.pending.last() {
+            let mut runs = Vec::with_capacity(self.pending.len());
+            for (n, record) in &self.pending {
+                match serde_json::from_slice::<NewRun>(record).map_err(|e| e.to_string()) {
+                    Ok(new) => runs.push(EncodedRun::new(&new)?),
+                    Err(e) => {
+                        tracing::error!(record = n, error = %e, "an inbox record cannot be read; it is skipped")
+                    }
+                }
+            }
+            self.trees.write(&runs, Some(last))?;
+            self.pending.clear();
+            self.promoted.store(last, Ordering::SeqCst);
+        }
+        if !finished.is_empty() {
+            // The trees must be on disk past these segments before they go.
+            self.db
+                .flush()
+                .map_err(|e| StoreError::Backend(format!("sled: flush failed: {e}")))?;
+            self.log_file
+                .sync_all()
+                .map_err(|e| StoreError::Backend(format!("fsync of sled's log failed: {e}")))?;
+            for path in finished {
+                std::fs::remove_file(&path).map_err(|e| {
+                    StoreError::Backend(format!("cannot delete {}: {e}", path.display()))
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A new run encoded for the trees.
+struct EncodedRun {
+    event_key: [u8; 16],
+    event: Vec<u8>,
+    run_key: [u8; 16],
+    run: Vec<u8>,
+    index_key: Vec<u8>,
+    items: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The dedupe tree's key and entry, and when the entry expires.
+    dedupe: Option<(Vec<u8>, Vec<u8>, Timestamp)>,
+    received_at: Timestamp,
+}
+
+impl EncodedRun {
+    fn new(new: &NewRun) -> Result<Self> {
+        let run_key = new.run.id.to_bytes();
+        let dedupe = new
+            .dedupe
+            .as_ref()
+            .map(|d| {
+                let key = flow_key(&new.run.flow_id, d.key.as_bytes());
+                let entry = DedupeEntry {
+                    event_id: new.event.id,
+                    run_id: new.run.id,
+                    expires_at: d.expires_at,
+                };
+                let value = encode(TreeName::Dedupe, &d.key, &entry)?;
+                Ok((key, value, d.expires_at))
+            })
+            .transpose()?;
+        Ok(Self {
+            event_key: new.event.id.to_bytes(),
+            event: encode(TreeName::Events, &new.event.id, &new.event)?,
+            run_key,
+            run: encode(TreeName::Runs, &new.run.id, &new.run)?,
+            index_key: flow_key(&new.run.flow_id, &run_key),
+            items: new
+                .items
+                .iter()
+                .map(|item| Ok((queue_key(item), encode(TreeName::Queue, &item.id, item)?)))
+                .collect::<Result<Vec<_>>>()?,
+            dedupe,
+            received_at: new.event.received_at,
+        })
+    }
+}
+
+/// The trees a new run is written to (handles to the store's own), so the promoter thread can
+/// write runs without the store.
+#[derive(Debug, Clone)]
+struct NewRunTrees {
+    events: Tree,
+    runs: Tree,
+    runs_by_flow: Tree,
+    queue: Tree,
+    dedupe: Tree,
+    dedupe_expiry: Tree,
+    state: Tree,
+    /// Roughly how many items the queue tree holds (see `SledStore::queued`).
+    queued: Arc<AtomicI64>,
+}
+
+impl NewRunTrees {
+    /// Writes new runs in one transaction, unless a run's dedupe key is taken (and not expired at
+    /// its event's arrival); with `promoted`, also records the number of the last inbox record
+    /// written. Returns what happened to each run.
+    fn write(&self, new: &[EncodedRun], promoted: Option<u64>) -> Result<Vec<Ingested>> {
+        let trees = (
+            &self.events,
+            &self.runs,
+            &self.runs_by_flow,
+            &self.queue,
+            &self.dedupe,
+            &self.dedupe_expiry,
+            &self.state,
+        );
+        let promoted = promoted.map(|n| n.to_string().into_bytes());
+        let outcomes = trees
+            .transaction(
+                |(events, runs, by_flow, queue, dedupe_keys, expiry, state)| -> TxResult<Vec<Ingested>> {
+                    let mut outcomes = Vec::with_capacity(new.len());
+                    for run in new {
+                        if let Some((key, value, expires_at)) = &run.dedupe {
+                            if let Some(taken) = dedupe_keys.get(key)? {
+                                let taken: DedupeEntry =
+                                    decode(TreeName::Dedupe, key, &taken).map_err(abort)?;
+                                if taken.expires_at > run.received_at {
+                                    outcomes.push(Ingested::Duplicate {
+                                        event_id: taken.event_id,
+                                        run_id: taken.run_id,
+                                    });
+                                    continue;
+                                }
+                                expiry.remove(expiry_key(taken.expires_at, key))?;
+                            }
+                            dedupe_keys.insert(key.as_slice(), value.as_slice())?;
+                            expiry.insert(expiry_key(*expires_at, key), IVec::default())?;
+                        }
+                        events.insert(&run.event_key[..], run.event.as_slice())?;
+                        runs.insert(&run.run_key[..], run.run.as_slice())?;
+                        by_flow.insert(run.index_key.as_slice(), IVec::default())?;
+                        for (key, item) in &run.items {
+                            queue.insert(key.as_slice(), item.as_slice())?;
+                        }
+                        outcomes.push(Ingested::Created);
+                    }
+                    if let Some(n) = &promoted {
+                        state.insert(PROMOTED_KEY, n.as_slice())?;
+                    }
+                    Ok(outcomes)
+                },
+            )
+            .map_err(tx_error("ingest", TreeName::Runs))?;
+        let items: usize = new
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == Ingested::Created)
+            .map(|(run, _)| run.items.len())
+            .sum();
+        self.queued.fetch_add(items as i64, Ordering::SeqCst);
+        Ok(outcomes)
+    }
+}
 
 /// A store error that aborts a transaction.
 fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {

@@ -1,0 +1,130 @@
+//! The load generator: posts numbered Stripe-sized webhook events (about 2 KB of JSON) to a catch
+//! URL over a fixed number of connections and measures how long each acknowledgment took.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// What a load run saw.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    /// The numbers of the events answered with a 2xx.
+    pub acked: Vec<u64>,
+    /// Requests answered otherwise, or not at all.
+    pub failed: u64,
+    /// Wall-clock time from the first request to the last answer.
+    pub elapsed: Duration,
+    /// Acknowledgment latencies in microseconds, sorted.
+    pub latencies_us: Vec<u32>,
+}
+
+impl LoadReport {
+    /// Acknowledged events per second.
+    pub fn acked_per_sec(&self) -> f64 {
+        self.acked.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// A latency percentile (`p` in 0..=1) in milliseconds.
+    pub fn latency_ms(&self, p: f64) -> f64 {
+        let Some(last) = self.latencies_us.len().checked_sub(1) else {
+            return 0.0;
+        };
+        let i = (last as f64 * p).round() as usize;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+}
+
+/// A Stripe `customer.subscription.updated` event with number `n` in its id, padded to about 2 KB.
+pub fn event(n: u64) -> Value {
+    json!({
+        "id": format!("evt_{n:024}"),
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": 1_763_800_000 + n,
+        "type": "customer.subscription.updated",
+        "livemode": false,
+        "pending_webhooks": 1,
+        "request": { "id": format!("req_{n:014}"), "idempotency_key": null },
+        "data": {
+            "object": {
+                "id": format!("sub_{n:024}"),
+                "object": "subscription",
+                "customer": format!("cus_{n:014}"),
+                "customer_email": format!("user{n}@example.com"),
+                "status": "active",
+                "cancel_at_period_end": false,
+                "current_period_start": 1_763_800_000,
+                "current_period_end": 1_766_400_000,
+                "items": { "object": "list", "data": [{
+                    "id": format!("si_{n:014}"),
+                    "price": { "id": "price_pro_monthly", "nickname": "Pro", "unit_amount": 4900,
+                               "currency": "usd", "recurring": { "interval": "month" } },
+                    "quantity": 3
+                }]},
+                "metadata": { "account_id": format!("acct-{n}"), "plan": "pro", "seats": "3",
+                              "notes": "x".repeat(1100) }
+            },
+            "previous_attributes": { "items": { "data": [{ "price": { "id": "price_starter_monthly" } }] } }
+        }
+    })
+}
+
+/// The event number in an event id made by [`event`].
+pub fn number_of(id: &str) -> Option<u64> {
+    id.strip_prefix("evt_")?.parse().ok()
+}
+
+/// Sends events `first..first + count` to `url` over `concurrency` connections.
+pub async fn send(
+    url: &str,
+    first: u64,
+    count: u64,
+    concurrency: u64,
+) -> anyhow::Result<LoadReport> {
+    let next = Arc::new(AtomicU64::new(first));
+    let end = first + count;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency as usize)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, next, url) = (client.clone(), next.clone(), url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let (mut acked, mut latencies, mut failed) = (Vec::new(), Vec::new(), 0);
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= end {
+                    return (acked, latencies, failed);
+                }
+                let sent = Instant::now();
+                match client.post(&url).json(&event(n)).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        latencies.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                        acked.push(n);
+                    }
+                    _ => failed += 1,
+                }
+            }
+        }));
+    }
+    let mut report = LoadReport {
+        acked: Vec::new(),
+        failed: 0,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::new(),
+    };
+    for task in tasks {
+        let (acked, latencies, failed) = task.await?;
+        report.acked.extend(acked);
+        report.latencies_us.extend(latencies);
+        report.failed += failed;
+    }
+    report.elapsed = started.elapsed();
+    report.latencies_us.sort_unstable();
+    report.acked.sort_unstable();
+    Ok(report)
+}

@@ -1,0 +1,448 @@
+//! The inbox: an append-only, fsynced log of accepted events in front of the sled trees.
+//!
+//! Acknowledging a webhook must wait for an fsync, and sled's own flush is slow and blocks its
+//! transactions (see `sled.rs`). So `SledStore::ingest` appends the new run to this log instead and
+//! returns once the log is synced; a promoter thread (in `sled.rs`) later moves records into the
+//! trees in order. Records are numbered from 1 in append order; the promoter keeps the number of
+//! the last record it moved in the same sled transaction as the records, so after a crash it
+//! resumes exactly where the trees stop, and no record is moved twice or lost.
+//!
+//! # Files
+//! `DIR/NNNNNNNNNNNNNNNNNNNN.log` (the number of the segment's first record, zero-padded), each up
+//! to [`SEGMENT_BYTES`] (a larger batch may overrun it). A record is framed as `length: u32 LE`,
+//! `crc32(payload): u32 LE`, `payload`. On open, a torn or corrupt tail of the newest segment (a
+//! write the crash interrupted, never acknowledged) is cut off.
+//!
+//! # Group commit
+//! One writer thread takes every append waiting, writes them with one `write` and one
+//! `fdatasync`, then answers them all. A failed write is cut off again before the next batch, so
+//! the log never holds a record that was not acknowledged in front of one that was.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+/// A segment is closed once it holds this many bytes.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// At most this many bytes are written in one batch.
+const BATCH_BYTES: usize = 8 << 20;
+
+/// The frame header: length and checksum.
+const HEADER: usize = 8;
+
+/// A record read back: its number and payload.
+pub type Record = (u64, Vec<u8>);
+
+/// An append waiting for the writer.
+struct Append {
+    payload: Vec<u8>,
+    done: tokio::sync::oneshot::Sender<io::Result<()>>,
+}
+
+/// How far the log is durable, shared by the writer and readers.
+#[derive(Default)]
+struct Durable {
+    /// The number of the last record synced to disk.
+    through: Mutex<u64>,
+    grew: Condvar,
+}
+
+/// The writing end of the inbox. Dropping it stops the writer thread.
+pub struct Inbox {
+    appends: Mutex<mpsc::Sender<Append>>,
+    durable: Arc<Durable>,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox")
+            .field("durable_through", &self.durable_through())
+            .finish()
+    }
+}
+
+/// The reading end: yields records after a given number, in order, never beyond what is durable.
+pub struct Reader {
+    dir: PathBuf,
+    durable: Arc<Durable>,
+    /// The number of the next record to read.
+    next: u64,
+    /// The open segment: its first record number and a reader at `next`.
+    segment: Option<(u64, BufReader<File>)>,
+}
+
+impl Inbox {
+    /// Opens (or creates) the inbox in `dir`. Segments holding only records up to `consumed` are
+    /// deleted; the reader starts after `consumed`.
+    pub fn open(dir: &Path, consumed: u64) -> io::Result<(Self, Reader)> {
+        fs::create_dir_all(dir)?;
+        let mut segments = segments(dir)?;
+        // Keep the last segment that starts at or before the first unconsumed record, and later ones.
+        let keep_from = segments
+            .iter()
+            .rposition(|(first, _)| *first <= consumed + 1)
+            .unwrap_or(0);
+        for (_, path) in segments.drain(..keep_from) {
+            fs::remove_file(path)?;
+        }
+        let (last, file) = match segments.last() {
+            Some((first, path)) => {
+                let (count, valid_len) = scan(path)?;
+                let file = OpenOptions::new().write(true).open(path)?;
+                if file.metadata()?.len() != valid_len {
+                    tracing::warn!(segment = %path.display(), "cutting off an unfinished write at the end of the inbox");
+                    file.set_len(valid_len)?;
+                    file.sync_all()?;
+                }
+                let last = first + count - 1;
+                // Numbering continues after `consumed` even if the log lost its tail.
+                if last < consumed {
+                    (consumed, create_segment(dir, consumed + 1)?)
+                } else {
+                    (last, file)
+                }
+            }
+            _ => {
+                let first = consumed + 1;
+                (consumed, create_segment(dir, first)?)
+            }
+        };
+        let durable = Arc::new(Durable {
+            through: Mutex::new(last),
+            grew: Condvar::new(),
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            dir: dir.to_owned(),
+            file,
+            next: last + 1,
+            durable: durable.clone(),
+        };
+        std::thread::Builder::new()
+            .name("hookflow-inbox".into())
+            .spawn(move || writer.run(&rx))?;
+        let reader = Reader {
+            dir: dir.to_owned(),
+            durable: durable.clone(),
+            next: consumed + 1,
+            segment: None,
+        };
+        Ok((
+            Self {
+                appends: Mutex::new(tx),
+                durable,
+            },
+            reader,
+        ))
+    }
+
+    /// Appends a record; returns once it is on disk (fsync).
+    pub async fn append(&self, payload: Vec<u8>) -> io::Result<()> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.appends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(Append { payload, done })
+            .map_err(|_| io::Error::other("the inbox writer has stopped"))?;
+        answer
+            .await
+            .map_err(|_| io::Error::other("the inbox writer has stopped"))?
+    }
+
+    /// The number of the last durable record.
+    pub fn durable_through(&self) -> u64 {
+        *self
+            .durable
+            .through
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Reader {
+    /// Waits up to `wait` for a durable record after those read so far; true if there is one.
+    pub fn wait(&self, wait: Duration) -> bool {
+        let through = self
+            .durable
+            .through
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (through, _) = self
+            .durable
+            .grew
+            .wait_timeout_while(through, wait, |t| *t < self.next)
+            .unwrap_or_else(PoisonError::into_inner);
+        *through >= self.next
+    }
+
+    /// Reads up to `max` durable records, with their numbers. Also returns the segment files that
+    /// the read finished (every record in them has now been read), for the caller to delete once
+    /// what it did with the records is durable.
+    pub fn read(&mut self, max: usize) -> io::Result<(Vec<Record>, Vec<PathBuf>)> {
+        let through = *self
+            .durable
+            .through
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (mut records, mut finished) = (Vec::new(), Vec::new());
+        while records.len() < max && self.next <= through {
+            if self.segment.is_none() {
+                self.segment = Some(self.open_segment()?);
+            }
+            let (first, reader) = self.segment.as_mut().expect("opened above");
+            match read_frame(reader)? {
+                Some(payload) => {
+                    records.push((self.next, payload));
+                    self.next += 1;
+                }
+                None => {
+                    // The end of a segment: the next record is in the next one.
+                    finished.push(segment_path(&self.dir, *first));
+                    self.segment = None;
+                }
+            }
+        }
+        Ok((records, finished))
+    }
+
+    /// Opens the segment holding record `next`, positioned at it.
+    fn open_segment(&self) -> io::Result<(u64, BufReader<File>)> {
+        let (first, path) = segments(&self.dir)?
+            .into_iter()
+            .rev()
+            .find(|(first, _)| *first <= self.next)
+            .ok_or_else(|| {
+                io::Error::other(format!("inbox record {} has no segment", self.next))
+            })?;
+        let mut reader = BufReader::with_capacity(1 << 20, File::open(&path)?);
+        for _ in first..self.next {
+            read_frame(&mut reader)?.ok_or_else(|| {
+                io::Error::other(format!(
+                    "{} ends before record {}",
+                    path.display(),
+                    self.next
+                ))
+            })?;
+        }
+        Ok((first, reader))
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    dir: PathBuf,
+    file: File,
+    /// The number the next record gets.
+    next: u64,
+    durable: Arc<Durable>,
+}
+
+impl Writer {
+    fn run(mut self, appends: &mpsc::Receiver<Append>) {
+        let mut buf = Vec::new();
+        while let Ok(first) = appends.recv() {
+            let mut batch = vec![first];
+            let mut bytes = batch[0].payload.len();
+            while bytes < BATCH_BYTES {
+                match appends.try_recv() {
+                    Ok(more) => {
+                        bytes += more.payload.len();
+                        batch.push(more);
+                    }
+                    Err(_) => break,
+                }
+            }
+            buf.clear();
+            for append in &batch {
+                frame(&mut buf, &append.payload);
+            }
+            let written = self.write(&buf);
+            if written.is_ok() {
+                self.next += batch.len() as u64;
+                *self
+                    .durable
+                    .through
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = self.next - 1;
+                self.durable.grew.notify_all();
+            }
+            for append in batch {
+                let answer = match &written {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                };
+                let _ = append.done.send(answer);
+            }
+        }
+    }
+
+    /// Writes a batch at the end of the current segment (starting a new one when it is full) and
+    /// syncs it; on failure cuts the segment back to where it was.
+    fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+        let len = self.file.seek(SeekFrom::End(0))?;
+        if len >= SEGMENT_BYTES {
+            self.file = create_segment(&self.dir, self.next)?;
+            return self.write(buf);
+        }
+        let written = self
+            .file
+            .write_all(buf)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            tracing::error!(error = %e, "inbox write failed; the events in it were not acknowledged");
+            self.file.set_len(len)?;
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// Appends one framed record to `buf`.
+fn frame(buf: &mut Vec<u8>, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).expect("records are far smaller than 4 GiB");
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+/// Reads one framed record; `None` at the end of the data (or at a torn or corrupt frame, which
+/// only the end of the newest segment can hold: it is cut off on open).
+fn read_frame(reader: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+    let mut header = [0; HEADER];
+    if !read_all(reader, &mut header)? {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    let mut payload = vec![0; len];
+    if !read_all(reader, &mut payload)? || crc32fast::hash(&payload) != crc {
+        return Ok(None);
+    }
+    Ok(Some(payload))
+}
+
+/// Fills `buf`; false if the data ends first.
+fn read_all(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// How many whole records a segment holds and the length of the bytes they take.
+fn scan(path: &Path) -> io::Result<(u64, u64)> {
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let (mut count, mut len) = (0, 0);
+    while let Some(payload) = read_frame(&mut reader)? {
+        count += 1;
+        len += (HEADER + payload.len()) as u64;
+    }
+    Ok((count, len))
+}
+
+/// The segments in `dir`, oldest first, with their first record numbers.
+fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let first = path
+            .file_name()
+            .and_then(|n| n.to_str()?.strip_suffix(".log")?.parse().ok());
+        if let Some(first) = first {
+            found.push((first, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.log"))
+}
+
+/// Creates an empty segment whose first record will be `first`, durably (the directory is synced).
+fn create_segment(dir: &Path, first: u64) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(segment_path(dir, first))?;
+    File::open(dir)?.sync_all()?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn records_come_back_in_order_across_segments_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inbox, mut reader) = Inbox::open(dir.path(), 0).unwrap();
+        block_on(async {
+            for n in 0..5u8 {
+                inbox.append(vec![n; 10]).await.unwrap();
+            }
+        });
+        let (records, finished) = reader.read(3).unwrap();
+        assert_eq!(
+            records,
+            vec![(1, vec![0; 10]), (2, vec![1; 10]), (3, vec![2; 10])]
+        );
+        assert!(finished.is_empty());
+        drop((inbox, reader));
+        // Reopened after record 2 was consumed: 3, 4 and 5 come back, and new ones follow.
+        let (inbox, mut reader) = Inbox::open(dir.path(), 2).unwrap();
+        block_on(inbox.append(vec![9; 3])).unwrap();
+        let numbers: Vec<u64> = reader.read(10).unwrap().0.iter().map(|r| r.0).collect();
+        assert_eq!(numbers, vec![3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_and_numbering_continues() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inbox, _) = Inbox::open(dir.path(), 0).unwrap();
+        block_on(inbox.append(b"whole".to_vec())).unwrap();
+        drop(inbox);
+        // A crash in the middle of a write: a header promising more than is there.
+        let path = segment_path(dir.path(), 1);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5]).unwrap();
+        drop(file);
+        let (inbox, mut reader) = Inbox::open(dir.path(), 0).unwrap();
+        assert_eq!(inbox.durable_through(), 1);
+        block_on(inbox.append(b"next".to_vec())).unwrap();
+        let (records, _) = reader.read(10).unwrap();
+        assert_eq!(records, vec![(1, b"whole".to_vec()), (2, b"next".to_vec())]);
+    }
+
+    #[test]
+    fn consumed_segments_are_deleted_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        for first in [1u64, 4, 9] {
+            let mut f = create_segment(dir.path(), first).unwrap();
+            let mut buf = Vec::new();
+            frame(&mut buf, b"x");
+            f.write_all(&buf).unwrap();
+        }
+        let _ = Inbox::open(dir.path(), 5).unwrap();
+        let left: Vec<u64> = segments(dir.path()).unwrap().iter().map(|s| s.0).collect();
+        assert_eq!(left, vec![4, 9]);
+    }
+}

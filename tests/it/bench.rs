@@ -1,0 +1,43 @@
+//! A smoke run of each benchmark scenario (`bench/`), small: proves the harness works and that
+//! every acknowledged event completes (and reaches the sink where the flow posts to it). Speed is
+//! never asserted here; the figures live in `bench/RESULTS.md`.
+
+use hookflow_bench::scenario::{run, Options, Scenario};
+
+async fn smoke(scenario: Scenario) {
+    let options = Options {
+        hookflow: env!("CARGO_BIN_EXE_hookflow").into(),
+        count: 300,
+        concurrency: 8,
+        workers: 4,
+    };
+    let report = run(scenario, &options)
+        .await
+        .unwrap_or_else(|e| panic!("{scenario:?}: {e:#}"));
+    assert_eq!(report.load.acked.len(), 300, "{scenario:?}");
+    assert_eq!(report.completed, 300, "{scenario:?}");
+    assert!(
+        report.rss_peak_kib > 0 && report.store_bytes > 0,
+        "{report:?}"
+    );
+}
+
+#[tokio::test]
+async fn ingest_scenario_completes_every_acknowledged_event() {
+    smoke(Scenario::Ingest).await;
+}
+
+#[tokio::test]
+async fn end_to_end_scenario_delivers_every_acknowledged_event() {
+    smoke(Scenario::EndToEnd).await;
+}
+
+#[tokio::test]
+async fn backlog_scenario_drains_after_a_restart() {
+    smoke(Scenario::Backlog).await;
+}
+
+#[tokio::test]
+async fn ten_step_scenario_delivers_every_acknowledged_event() {
+    smoke(Scenario::TenSteps).await;
+}
