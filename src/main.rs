@@ -11,6 +11,11 @@
 //! - `client`: commands that talk to a running server's API (`hooks`, `runs`, `inspect`,
 //!   `capture`); `diff`: the flows on disk against the server's.
 
+/// mimalloc instead of the system allocator: the catch path and the executor allocate many
+/// small JSON values, and glibc's malloc took about a fifth of the CPU under load (bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli;
 mod client;
 mod config;

@@ -20,6 +20,7 @@ pub mod retry;
 mod scheduler;
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -780,5 +781,8 @@ fn dedupe_key(flow: &Flow, trigger: &Value, now: Timestamp) -> Option<DedupeKey>
 /// A new catch-hook token: 160 random bits, hex.
 fn new_token() -> String {
     let bytes: [u8; 20] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    bytes.iter().fold(String::with_capacity(40), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
 }

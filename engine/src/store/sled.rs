@@ -55,7 +55,7 @@
 //! A new run with a dedupe key is checked against the `dedupe` tree and written there directly,
 //! then waits for a flush and fsync (`GroupCommit`, concurrent callers share one), as does
 //! `hook_token`, `put_revision` and `put_state`. A hook token already known to be on disk is
-//! answered by a plain read. Other writes become durable with the next flush, whoever triggers it:
+//! answered from memory. Other writes become durable with the next flush, whoever triggers it:
 //! losing one in a crash only repeats work (the finished item is still leased and gets requeued),
 //! never loses an acknowledged event.
 //!
@@ -72,7 +72,7 @@
 //! wait (they take a process-wide lock the flush also holds, shared), so a transaction can block
 //! its worker thread for the length of an fsync.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::ops::Bound;
@@ -209,9 +209,9 @@ pub struct SledStore {
     promoted: Arc<AtomicU64>,
     /// Tells the promoter thread to stop.
     stop: Arc<AtomicBool>,
-    /// Flows whose hook token is known to be on disk. Tokens never change once stored, so these
-    /// are answered by a read, without waiting for a flush (the catch path asks on every request).
-    durable_tokens: Mutex<HashSet<FlowId>>,
+    /// Hook tokens known to be on disk, by flow. Tokens never change once stored, so these are
+    /// answered from memory (the catch path asks on every request).
+    durable_tokens: Mutex<HashMap<FlowId, String>>,
 }
 
 impl SledStore {
@@ -346,7 +346,7 @@ impl SledStore {
         })
     }
 
-    fn durable_tokens(&self) -> MutexGuard<'_, HashSet<FlowId>> {
+    fn durable_tokens(&self) -> MutexGuard<'_, HashMap<FlowId, String>> {
         self.durable_tokens
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -752,11 +752,8 @@ impl Store for SledStore {
 
     async fn hook_token(&self, flow_id: &FlowId, candidate: &str) -> Result<String> {
         let name = TreeName::HookTokens;
-        if self.durable_tokens().contains(flow_id) {
-            let key = flow_id.as_str().as_bytes();
-            if let Some(token) = self.get(&self.hook_tokens, name, key, flow_id)? {
-                return Ok(token);
-            }
+        if let Some(token) = self.durable_tokens().get(flow_id) {
+            return Ok(token.clone());
         }
         let value = encode(name, flow_id, candidate)?;
         let swap = self
@@ -778,7 +775,7 @@ impl Store for SledStore {
         // Also when the token was already there: the writer that stored it may still be waiting for
         // its fsync, and a token handed out must survive a crash.
         self.durable().await?;
-        self.durable_tokens().insert(flow_id.clone());
+        self.durable_tokens().insert(flow_id.clone(), token.clone());
         Ok(token)
     }
 
