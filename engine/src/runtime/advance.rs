@@ -205,6 +205,7 @@ pub fn retry(flow: &Flow, mut run: Run, now: Timestamp) -> Result<RunUpdate, Not
         run,
         records: Vec::new(),
         enqueue,
+        take: None,
     })
 }
 
@@ -325,6 +326,7 @@ pub fn advance(
         run,
         records: vec![record],
         enqueue,
+        take: None,
     })
 }
 
@@ -393,6 +395,7 @@ pub fn postpone(
         run,
         records: Vec::new(),
         enqueue: vec![next],
+        take: None,
     })
 }
 

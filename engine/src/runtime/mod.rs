@@ -21,6 +21,7 @@ mod scheduler;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -32,12 +33,12 @@ use self::advance::{Attempted, StepResult};
 use self::catalog::Catalog;
 use self::context::{idempotency_key, redact, redact_text, run_context};
 use crate::flow::Flow;
-use crate::ids::{EventId, FlowId, RunId};
-use crate::model::{Event, QueueItem, Run, RunStatus, StepRecord, Timestamp};
+use crate::ids::{EventId, FlowId, RunId, StepId};
+use crate::model::{Event, QueueItem, Run, RunStatus, StepRecord, StepStatus, Timestamp};
 use crate::outbound::HttpClient;
 use crate::pacing::Pacer;
 use crate::steps::{ExecContext, Outcome, RunOutcome, StepError, SubFlows};
-use crate::store::{DedupeKey, FlowRoom, Ingested, RunUpdate, Store, StoreError};
+use crate::store::{DedupeKey, FlowRoom, Ingested, RunUpdate, Store, StoreError, Take};
 use crate::Result;
 
 pub use self::repair::{Bulk, ReplayRevision, RunSelection};
@@ -80,6 +81,11 @@ struct Work {
     flow: Arc<Flow>,
     event: Event,
     records: Vec<StepRecord>,
+}
+
+/// The tracing span of one step's execution.
+fn step_span(item: &QueueItem) -> tracing::Span {
+    info_span!("step", flow = %item.flow_id, run_id = %item.run_id, step_id = %item.step_id, attempt = item.attempt)
 }
 
 /// Aborts a background task when dropped (when `run` returns, however it returns).
@@ -190,6 +196,8 @@ pub struct Engine {
     executing: Mutex<HashMap<FlowId, usize>>,
     /// Notices of runs created and finished.
     finished: broadcast::Sender<RunNotice>,
+    /// Set when the server stops: a worker finishes its step but takes no next one.
+    stopping: AtomicBool,
 }
 
 impl Engine {
@@ -215,6 +223,7 @@ impl Engine {
             slots,
             executing: Mutex::default(),
             finished,
+            stopping: AtomicBool::new(false),
         })
     }
 
@@ -442,6 +451,7 @@ impl Engine {
                 }
             }
         }
+        self.stopping.store(true, Ordering::SeqCst);
         let executing = self.executing().values().sum::<usize>();
         info!(
             executing,
@@ -498,20 +508,16 @@ impl Engine {
                 .expect("semaphore never closed");
             *self.executing().entry(item.flow_id.clone()).or_default() += 1;
             let engine = self.clone();
-            let span = info_span!("step", flow = %item.flow_id, run_id = %item.run_id, step_id = %item.step_id, attempt = item.attempt);
-            tokio::spawn(
-                async move {
-                    if let Err(e) = engine.execute(&item).await {
-                        error!(error = %e, "step could not be completed; it will be retried when its lease expires");
-                    }
-                    if let Some(n) = engine.executing().get_mut(&item.flow_id) {
-                        *n = n.saturating_sub(1);
-                    }
-                    drop(permit);
-                    engine.wake.notify_one();
+            tokio::spawn(async move {
+                if let Err(e) = engine.execute(item.clone()).await {
+                    error!(flow = %item.flow_id, run_id = %item.run_id, error = %e, "step could not be completed; it will be retried when its lease expires");
                 }
-                .instrument(span),
-            );
+                if let Some(n) = engine.executing().get_mut(&item.flow_id) {
+                    *n = n.saturating_sub(1);
+                }
+                drop(permit);
+                engine.wake.notify_one();
+            });
         }
         if claimed < free {
             // Items due now that were not claimed belong to flows at their concurrency limit: wait
@@ -527,22 +533,94 @@ impl Engine {
     }
 
     /// Executes one queue item and commits its outcome.
-    async fn execute(&self, item: &QueueItem) -> Result<()> {
-        let Some(work) = self.load(item).await? else {
+    /// Executes a claimed item and commits its outcome; then, while the run's next step is due at
+    /// once and pure (filter, map, switch: see `Action::is_pure`), takes it in the same commit
+    /// (leased to this worker) and executes it too, without going back to the queue or reloading
+    /// the run. A step with effects (HTTP, connectors) always starts from the queue.
+    async fn execute(&self, mut item: QueueItem) -> Result<()> {
+        let span = step_span(&item);
+        let Some(mut work) = self.load(&item).instrument(span).await? else {
             return Ok(());
         };
-        let tried = self.attempt(&work, item).await;
+        loop {
+            let span = step_span(&item);
+            let Some(next) = self.step(&mut work, &item).instrument(span).await? else {
+                return Ok(());
+            };
+            item = next;
+        }
+    }
+
+    /// Executes one step of a loaded run and commits it; returns the run's next item if this
+    /// worker took it (`work` is then up to date for it).
+    async fn step(&self, work: &mut Work, item: &QueueItem) -> Result<Option<QueueItem>> {
+        let tried = self.attempt(work, item).await;
         let now = Timestamp::now();
+        let keep_going = !self.stopping.load(Ordering::SeqCst);
         let previous = work.records.iter().find(|r| r.step_id == item.step_id);
+        let taken = Mutex::new(None);
         let run = self
             .store
-            .update_run(item.run_id, Some(item.id), &|run| match &tried {
-                Tried::Done(done) => advance::advance(&work.flow, run, previous, done, now),
-                Tried::Wait(delay) => advance::postpone(run, item, *delay, now),
+            .update_run(item.run_id, Some(item.id), &|run| {
+                let mut update = match &tried {
+                    Tried::Done(done) => advance::advance(&work.flow, run, previous, done, now),
+                    Tried::Wait(delay) => advance::postpone(run, item, *delay, now),
+                }?;
+                // Only a run with nothing else queued, whose every finished step this worker
+                // knows the record of: a parallel branch writes records this worker's copy of the
+                // run would miss.
+                let known = |id: &StepId| {
+                    work.records
+                        .iter()
+                        .chain(&update.records)
+                        .any(|r| &r.step_id == id)
+                };
+                let alone = update.enqueue.len() == 1
+                    && update.run.steps.iter().all(|s| match s.status {
+                        StepStatus::Queued => update.enqueue[0].step_id == s.id,
+                        StepStatus::Succeeded | StepStatus::Failed | StepStatus::Filtered => {
+                            known(&s.id)
+                        }
+                        StepStatus::Pending | StepStatus::Skipped => true,
+                    });
+                let due = update.enqueue.iter().position(|next| {
+                    alone
+                        && next.due_at <= now
+                        && work
+                            .flow
+                            .step(&next.step_id)
+                            .is_some_and(|step| step.action.is_pure())
+                });
+                let next = due.filter(|_| keep_going).map(|i| update.enqueue.remove(i));
+                update.take = next.clone().map(|next| Take {
+                    items: vec![next],
+                    until: now.plus(self.config.lease),
+                });
+                *taken.lock().unwrap_or_else(PoisonError::into_inner) =
+                    next.map(|next| (next, update.records.clone()));
+                Some(update)
             })
             .await?;
-        self.announce(run);
-        Ok(())
+        let Some(run) = run else {
+            return Ok(None);
+        };
+        self.announce(Some(run.clone()));
+        let Some((next, records)) = taken.into_inner().unwrap_or_else(PoisonError::into_inner)
+        else {
+            return Ok(None);
+        };
+        for record in records {
+            match work
+                .records
+                .iter_mut()
+                .find(|r| r.step_id == record.step_id)
+            {
+                Some(old) => *old = record,
+                None => work.records.push(record),
+            }
+        }
+        work.run = run;
+        Ok(Some(next))
     }
 
     /// What executing an item needs, or `None` when the item needs no execution (it was dropped,
@@ -687,6 +765,7 @@ impl Engine {
                     run,
                     records: Vec::new(),
                     enqueue: Vec::new(),
+                    take: None,
                 })
             })
             .await?;

@@ -32,6 +32,10 @@ struct Filter {
 
 #[async_trait]
 impl Action for Filter {
+    fn is_pure(&self) -> bool {
+        true
+    }
+
     fn render(&self, templates: &Templates, ctx: &Value) -> Result<Value, StepError> {
         let verdict = self.condition.evaluate(templates, ctx)?;
         Ok(json!({ "passed": verdict.passed, "reason": verdict.reason }))

@@ -32,6 +32,10 @@ struct Map {
 
 #[async_trait]
 impl Action for Map {
+    fn is_pure(&self) -> bool {
+        true
+    }
+
     fn render(&self, templates: &Templates, ctx: &Value) -> Result<Value, StepError> {
         Ok(self.shape.render(templates, ctx)?)
     }

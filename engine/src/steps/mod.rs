@@ -44,6 +44,13 @@ pub trait Action: Send + Sync + fmt::Debug {
     /// Acts on the rendered input.
     async fn execute(&self, input: Value, cx: &ExecContext) -> Result<Outcome, StepError>;
 
+    /// Whether the step only computes from its input (no call outside hookflow, no waiting): a
+    /// worker then runs it straight after the step before it, in the same task, instead of
+    /// queueing it. A step with effects always starts from the queue.
+    fn is_pure(&self) -> bool {
+        false
+    }
+
     /// The paths of a branching step (`switch`): each names the steps that run only when it is
     /// taken. The step's output says which was taken (`{"path": NAME}`).
     fn paths(&self) -> &[Path] {

@@ -115,6 +115,10 @@ struct Switch {
 
 #[async_trait]
 impl Action for Switch {
+    fn is_pure(&self) -> bool {
+        true
+    }
+
     /// `{path, cases: [{path, passed, reason}]}`: every case tried until one passed.
     fn render(&self, templates: &Templates, ctx: &Value) -> Result<Value, StepError> {
         let mut tried = Vec::new();

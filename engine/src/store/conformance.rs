@@ -153,6 +153,7 @@ async fn set_status(store: &Arc<dyn Store>, id: RunId, status: RunStatus) {
             run,
             records: vec![],
             enqueue: vec![],
+            take: None,
         })
     };
     store
@@ -334,6 +335,7 @@ pub(crate) async fn update_run_writes_atomically_and_ends_the_lease(store: Arc<d
             run,
             records: vec![first.clone()],
             enqueue: vec![next.clone()],
+            take: None,
         })
     };
     let written = store
@@ -377,6 +379,7 @@ pub(crate) async fn update_run_writes_atomically_and_ends_the_lease(store: Arc<d
             run,
             records: vec![first_again.clone(), second.clone()],
             enqueue: vec![],
+            take: None,
         })
     };
     store.update_run(id, Some(next.id), &decide).await.unwrap();
@@ -465,6 +468,7 @@ pub(crate) async fn concurrent_updates_of_one_run_lose_nothing(store: Arc<dyn St
                     run,
                     records,
                     enqueue: vec![],
+                    take: None,
                 })
             };
             store
@@ -736,6 +740,7 @@ pub(crate) async fn everything_survives_reopen(open: Open<'_>) {
             run,
             records: vec![first_record.clone()],
             enqueue: vec![],
+            take: None,
         })
     };
     let updated = store
@@ -917,6 +922,7 @@ pub(crate) async fn matches_a_simple_model(open: Open<'_>, seed: u64, steps: usi
                         run,
                         records: vec![],
                         enqueue: follow_up.iter().cloned().collect(),
+                        take: None,
                     })
                 };
                 let written = store
@@ -1147,6 +1153,7 @@ pub(crate) async fn pruning_deletes_old_and_excess_final_runs_only(store: Arc<dy
                 records: vec![record(run.id, "first", json!(1))],
                 run,
                 enqueue: vec![],
+                take: None,
             })
         })
         .await

@@ -97,6 +97,18 @@ pub struct RunUpdate {
     pub records: Vec<StepRecord>,
     /// New queue items.
     pub enqueue: Vec<QueueItem>,
+    /// New items the caller executes itself next: written as leased, not queued (so a crash
+    /// puts them back in the queue when the lease ends).
+    pub take: Option<Take>,
+}
+
+/// Items a worker takes for itself in a run update (see [`RunUpdate::take`]).
+#[derive(Debug, Clone)]
+pub struct Take {
+    /// The items.
+    pub items: Vec<QueueItem>,
+    /// Their lease ends then.
+    pub until: Timestamp,
 }
 
 /// Decides a run's update from its current state; `None` writes nothing (the finished item is still

@@ -631,6 +631,17 @@ impl Store for SledStore {
                         let value = encode(TreeName::Queue, &item.id, item).map_err(abort)?;
                         queue.insert(queue_key(item), value)?;
                     }
+                    if let Some(take) = &update.take {
+                        for item in &take.items {
+                            let lease = Lease {
+                                lease_until: take.until,
+                                item: item.clone(),
+                            };
+                            let value =
+                                encode(TreeName::Leases, &item.id, &lease).map_err(abort)?;
+                            leases.insert(&item.id.to_bytes()[..], value)?;
+                        }
+                    }
                     Ok(Some((update.run, update.enqueue.len())))
                 },
             )
