@@ -108,7 +108,9 @@ pub async fn run(scenario: Scenario, options: &Options) -> anyhow::Result<Report
     } else {
         options.workers
     };
-    let server = Server::start(&options.hookflow, dir.path(), FLOW_ID, workers)?;
+    // The backlog keeps the default retention, as a server would that drains a million runs.
+    let keep_all = scenario != Scenario::Backlog;
+    let server = Server::start(&options.hookflow, dir.path(), FLOW_ID, workers, keep_all)?;
     let idle_kib = server.rss_kib()?;
     let cpu_before = server.cpu_ms()?;
     let started = Instant::now();
@@ -126,7 +128,13 @@ pub async fn run(scenario: Scenario, options: &Options) -> anyhow::Result<Report
         let peak = server.rss_peak_kib()?;
         let cpu = server.cpu_ms()? - cpu_before;
         server.stop()?;
-        let drainer = Server::start(&options.hookflow, dir.path(), FLOW_ID, options.workers)?;
+        let drainer = Server::start(
+            &options.hookflow,
+            dir.path(),
+            FLOW_ID,
+            options.workers,
+            keep_all,
+        )?;
         let _ = write!(
             notes,
             "RSS idle {} MB, with {acked} queued {} MB; ",

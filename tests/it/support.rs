@@ -314,9 +314,20 @@ impl Server {
         (status, r.json().await.expect("JSON answer"))
     }
 
-    /// POSTs JSON to a flow's catch URL; returns status and JSON.
+    /// POSTs JSON to a flow's catch URL; returns status and JSON once the run it started (if
+    /// any) is readable through the API (an accepted event's run becomes readable a moment after
+    /// the acknowledgment, when the store moves it out of its inbox).
     pub async fn send(&self, flow: &str, body: &Value) -> (u16, Value) {
-        self.post_to(&self.catch_url(flow), body).await
+        let (status, answer) = self.post_to(&self.catch_url(flow), body).await;
+        if let Some(run_id) = answer["run_id"].as_str() {
+            eventually(&format!("run {run_id} to be readable"), || async {
+                let (status, _) = self.get(&format!("/api/v1/runs/{run_id}")).await;
+                // 401 where the API needs credentials this helper does not send.
+                (status != 404).then_some(())
+            })
+            .await;
+        }
+        (status, answer)
     }
 
     /// Waits until a run is final; returns its detail.

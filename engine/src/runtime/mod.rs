@@ -534,17 +534,29 @@ impl Engine {
 
     /// Executes one queue item and commits its outcome.
     /// Executes a claimed item and commits its outcome; then, while the run's next step is due at
-    /// once and pure (filter, map, switch: see `Action::is_pure`), takes it in the same commit
-    /// (leased to this worker) and executes it too, without going back to the queue or reloading
-    /// the run. A step with effects (HTTP, connectors) always starts from the queue.
+    /// once, takes it in the same commit (leased to this worker) and executes it too, without
+    /// going back to the queue or reloading the run. Only one step with effects (HTTP,
+    /// connectors; not filter, map, switch: see `Action::is_pure`) runs per task: the next one
+    /// starts from the queue, after the first one's commit.
     async fn execute(&self, mut item: QueueItem) -> Result<()> {
         let span = step_span(&item);
         let Some(mut work) = self.load(&item).instrument(span).await? else {
             return Ok(());
         };
+        // Whether this task has committed a step with effects: its commit may not be on disk yet,
+        // so no further step with effects may start from here (a crash would repeat the first).
+        let mut effects = false;
         loop {
             let span = step_span(&item);
-            let Some(next) = self.step(&mut work, &item).instrument(span).await? else {
+            effects |= work
+                .flow
+                .step(&item.step_id)
+                .is_some_and(|step| !step.action.is_pure());
+            let Some(next) = self
+                .step(&mut work, &item, !effects)
+                .instrument(span)
+                .await?
+            else {
                 return Ok(());
             };
             item = next;
@@ -552,8 +564,14 @@ impl Engine {
     }
 
     /// Executes one step of a loaded run and commits it; returns the run's next item if this
-    /// worker took it (`work` is then up to date for it).
-    async fn step(&self, work: &mut Work, item: &QueueItem) -> Result<Option<QueueItem>> {
+    /// worker took it (`work` is then up to date for it): a pure step, or with `effects_allowed`
+    /// any step.
+    async fn step(
+        &self,
+        work: &mut Work,
+        item: &QueueItem,
+        effects_allowed: bool,
+    ) -> Result<Option<QueueItem>> {
         let tried = self.attempt(work, item).await;
         let now = Timestamp::now();
         let keep_going = !self.stopping.load(Ordering::SeqCst);
@@ -589,7 +607,7 @@ impl Engine {
                         && work
                             .flow
                             .step(&next.step_id)
-                            .is_some_and(|step| step.action.is_pure())
+                            .is_some_and(|step| effects_allowed || step.action.is_pure())
                 });
                 let next = due.filter(|_| keep_going).map(|i| update.enqueue.remove(i));
                 update.take = next.clone().map(|next| Take {
