@@ -71,8 +71,10 @@ pub struct Reader {
     durable: Arc<Durable>,
     /// The number of the next record to read.
     next: u64,
-    /// The open segment: its first record number and a reader at `next`.
-    segment: Option<(u64, BufReader<File>)>,
+    /// The open segment: its first record number, the file, and the offset of record `next`.
+    /// Reads are positioned (`pread`), never buffered ahead: bytes past the last durable record
+    /// may still be cut off and rewritten by the writer after a failed write.
+    segment: Option<(u64, File, u64)>,
 }
 
 impl Inbox {
@@ -193,15 +195,23 @@ impl Reader {
             if self.segment.is_none() {
                 self.segment = Some(self.open_segment()?);
             }
-            let (first, reader) = self.segment.as_mut().expect("opened above");
-            match read_frame(reader)? {
+            let (first, file, offset) = self.segment.as_mut().expect("opened above");
+            match read_frame(&mut Positioned(file, offset))? {
                 Some(payload) => {
                     records.push((self.next, payload));
                     self.next += 1;
                 }
                 None => {
-                    // The end of a segment: the next record is in the next one.
-                    finished.push(segment_path(&self.dir, *first));
+                    // The end of a segment: the next record must start the next one.
+                    let path = segment_path(&self.dir, *first);
+                    if !segment_path(&self.dir, self.next).exists() {
+                        return Err(io::Error::other(format!(
+                            "inbox record {} in {} cannot be read (the file is damaged)",
+                            self.next,
+                            path.display()
+                        )));
+                    }
+                    finished.push(path);
                     self.segment = None;
                 }
             }
@@ -209,8 +219,8 @@ impl Reader {
         Ok((records, finished))
     }
 
-    /// Opens the segment holding record `next`, positioned at it.
-    fn open_segment(&self) -> io::Result<(u64, BufReader<File>)> {
+    /// Opens the segment holding record `next`, with the offset of that record.
+    fn open_segment(&self) -> io::Result<(u64, File, u64)> {
         let (first, path) = segments(&self.dir)?
             .into_iter()
             .rev()
@@ -218,17 +228,32 @@ impl Reader {
             .ok_or_else(|| {
                 io::Error::other(format!("inbox record {} has no segment", self.next))
             })?;
-        let mut reader = BufReader::with_capacity(1 << 20, File::open(&path)?);
+        let file = File::open(&path)?;
+        let mut offset = 0;
         for _ in first..self.next {
-            read_frame(&mut reader)?.ok_or_else(|| {
-                io::Error::other(format!(
+            // Skip a record by its header alone.
+            let mut header = [0; HEADER];
+            if !read_all(&mut Positioned(&file, &mut offset), &mut header)? {
+                return Err(io::Error::other(format!(
                     "{} ends before record {}",
                     path.display(),
                     self.next
-                ))
-            })?;
+                )));
+            }
+            offset += u64::from(u32::from_le_bytes(header[..4].try_into().expect("4 bytes")));
         }
-        Ok((first, reader))
+        Ok((first, file, offset))
+    }
+}
+
+/// Reads a file at an offset with `pread`, advancing the offset.
+struct Positioned<'a>(&'a File, &'a mut u64);
+
+impl Read for Positioned<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(self.0, buf, *self.1)?;
+        *self.1 += n as u64;
+        Ok(n)
     }
 }
 
@@ -412,6 +437,29 @@ mod tests {
         block_on(inbox.append(vec![9; 3])).unwrap();
         let numbers: Vec<u64> = reader.read(10).unwrap().0.iter().map(|r| r.0).collect();
         assert_eq!(numbers, vec![3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_full_segment_is_followed_by_a_new_one_and_reported_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inbox, mut reader) = Inbox::open(dir.path(), 0).unwrap();
+        let records = SEGMENT_BYTES / (1 << 20) + 3;
+        block_on(async {
+            for n in 0..records {
+                inbox.append(vec![n as u8; 1 << 20]).await.unwrap();
+            }
+        });
+        assert_eq!(segments(dir.path()).unwrap().len(), 2);
+        let (mut read, mut finished) = (Vec::new(), Vec::new());
+        while read.len() < records as usize {
+            let (more, done) = reader.read(16).unwrap();
+            read.extend(more);
+            finished.extend(done);
+        }
+        let numbers: Vec<u64> = read.iter().map(|r| r.0).collect();
+        assert_eq!(numbers, (1..=records).collect::<Vec<_>>());
+        assert!(read.iter().all(|(n, p)| p[0] == (n - 1) as u8));
+        assert_eq!(finished, vec![segment_path(dir.path(), 1)]);
     }
 
     #[test]
