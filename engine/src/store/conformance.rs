@@ -1271,6 +1271,63 @@ mod sled_backend {
         }
     }
 
+    /// Beyond the promotion window, accepted runs wait in the inbox (counted as queued, not yet
+    /// readable) and move into the store as claims make room, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backlog_beyond_the_window_waits_in_the_inbox_and_follows_claims() {
+        use super::*;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SledStore::open_with_window(dir.path(), crate::store::sled::DEFAULT_CACHE_BYTES, 10)
+                .unwrap(),
+        );
+        let f = flow("orders");
+        let runs: Vec<NewRun> = (1..=50)
+            .map(|n| new_run(&f, run_id(n), at(n as i64)))
+            .collect();
+        for new in runs.clone() {
+            assert_eq!(store.ingest(new).await.unwrap(), Ingested::Created);
+        }
+        let readable = |n: usize| {
+            let store = store.clone();
+            let id = runs[n - 1].run.id;
+            async move { store.run(id).await.unwrap().is_some() }
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !readable(10).await {
+            assert!(
+                Instant::now() < deadline,
+                "the first 10 runs never became readable"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(!readable(11).await, "the window holds 10 items");
+        assert_eq!(
+            store.stats().await.unwrap().queued,
+            50,
+            "the inbox counts as queued"
+        );
+
+        let room = FlowRoom::new();
+        let claimed = store
+            .claim_due(at(1_000), 4, at(100_000), &room)
+            .await
+            .unwrap();
+        assert_eq!(
+            item_ids(&claimed),
+            item_ids(&[1, 2, 3, 4].map(|n| runs[n - 1].items[0].clone()))
+        );
+        while !readable(14).await {
+            assert!(
+                Instant::now() < deadline,
+                "claims did not make room for more runs"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(!readable(15).await);
+        assert_eq!(store.stats().await.unwrap().queued, 50);
+    }
+
     macro_rules! on_a_fresh_store {
         ($($check:ident),* $(,)?) => {$(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -221,6 +221,11 @@ impl SledStore {
     /// go of it last), so reopening at once in the same process may fail with a lock error.
     /// `cache_bytes` bounds sled's page cache (see [`DEFAULT_CACHE_BYTES`]).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self> {
+        Self::open_with_window(path, cache_bytes, PROMOTE_WINDOW)
+    }
+
+    /// [`open`](Self::open) with another promotion window (tests use a small one).
+    pub(crate) fn open_with_window(path: &Path, cache_bytes: u64, window: i64) -> Result<Self> {
         let config = base_config(cache_bytes).path(path);
         let mut store = Self::with_config(config, &path.display().to_string())?;
         let log = path.join("db");
@@ -254,6 +259,7 @@ impl SledStore {
             log_file,
             reader,
             pending: Vec::new(),
+            window,
             promoted: store.promoted.clone(),
             stop: store.stop.clone(),
         };
@@ -983,6 +989,8 @@ struct Promoter {
     reader: Reader,
     /// Records read but not yet written (kept across a failed transaction, to try again).
     pending: Vec<Record>,
+    /// Promotion pauses while the queue tree holds this many items.
+    window: i64,
     promoted: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
@@ -990,28 +998,30 @@ struct Promoter {
 impl Promoter {
     fn run(mut self) {
         while !self.stop.load(Ordering::SeqCst) {
-            if self.trees.queued.load(Ordering::SeqCst) >= PROMOTE_WINDOW {
+            let room = self.window - self.trees.queued.load(Ordering::SeqCst);
+            if room <= 0 {
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
             }
             if self.pending.is_empty() && !self.reader.wait(Duration::from_millis(100)) {
                 continue;
             }
-            if let Err(e) = self.promote() {
+            let batch = usize::try_from(room).map_or(PROMOTE_BATCH, |r| r.min(PROMOTE_BATCH));
+            if let Err(e) = self.promote(batch) {
                 tracing::error!(error = %e, "cannot move accepted events from the inbox into the store; retrying");
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
     }
 
-    /// Moves the next batch of records into the trees; deletes the inbox segments it finished
-    /// once the trees are durable past them.
-    fn promote(&mut self) -> Result<()> {
+    /// Moves up to `batch` records into the trees; deletes the inbox segments it finished once
+    /// the trees are durable past them.
+    fn promote(&mut self, batch: usize) -> Result<()> {
         let inbox_error =
             |e: std::io::Error| StoreError::Backend(format!("inbox read failed: {e}"));
         let mut finished = Vec::new();
         if self.pending.is_empty() {
-            let (records, done) = self.reader.read(PROMOTE_BATCH).map_err(inbox_error)?;
+            let (records, done) = self.reader.read(batch).map_err(inbox_error)?;
             self.pending = records;
             finished = done;
         }
