@@ -7,7 +7,8 @@
 //!
 //! Invariants every backend keeps:
 //! - `ingest` returns only after the event, run and items are durable (fsync); concurrent calls may
-//!   share one fsync (group commit).
+//!   share one fsync (group commit). They may become readable and claimable a moment later (the
+//!   sled backend moves them from its inbox log), but never partly.
 //! - A queue item is in exactly one place: queued (due at a time) or leased (until a time).
 //! - `update_run` reads the run, calls the decision function, and writes its run, records and new
 //!   queue items and removes the finished item, all in one atomic transaction.
@@ -147,7 +148,8 @@ pub struct RunPage {
 pub trait Store: Send + Sync + 'static {
     /// Writes an event, its run and its first queue items atomically and durably, unless its
     /// dedupe key is taken (and not expired at the event's `received_at`). Returns once what it
-    /// reports is durable, including an original that another call is still writing.
+    /// reports is durable, including an original that another call is still writing. A created
+    /// run may become readable (and its items claimable) a moment after this returns.
     async fn ingest(&self, new: NewRun) -> Result<Ingested>;
 
     /// Leases up to `limit` items due at or before `now` until `lease_until`, at most
