@@ -189,19 +189,13 @@ pub struct SledStore {
     db: Db,
     /// sled's log file, fsynced after each flush (`None` for a temporary store, which sled never syncs).
     log_file: Option<std::sync::Arc<std::fs::File>>,
-    events: Tree,
-    runs: Tree,
-    runs_by_flow: Tree,
     step_records: Tree,
-    queue: Tree,
     leases: Tree,
     hook_tokens: Tree,
     revisions: Tree,
-    dedupe: Tree,
-    dedupe_expiry: Tree,
-    state: Tree,
     commit: GroupCommit,
-    /// The trees new runs go to, for the direct path and the promoter.
+    /// The trees new runs go to (events, runs, index, queue, dedupe, state), shared with the
+    /// promoter thread.
     new_runs: NewRunTrees,
     /// The inbox new runs without a dedupe key are appended to (`None` for a temporary store).
     inbox: Option<Inbox>,
@@ -239,7 +233,7 @@ impl SledStore {
         store.log_file = Some(log_file.clone());
         let promoted: u64 = store
             .get(
-                &store.state,
+                &store.new_runs.state,
                 TreeName::State,
                 PROMOTED_KEY.as_bytes(),
                 &"the inbox position",
@@ -288,17 +282,10 @@ impl SledStore {
         };
         let queued = tree(TreeName::Queue)?.len() as i64;
         Ok(Self {
-            events: tree(TreeName::Events)?,
-            runs: tree(TreeName::Runs)?,
-            runs_by_flow: tree(TreeName::RunsByFlow)?,
             step_records: tree(TreeName::StepRecords)?,
-            queue: tree(TreeName::Queue)?,
             leases: tree(TreeName::Leases)?,
             hook_tokens: tree(TreeName::HookTokens)?,
             revisions: tree(TreeName::Revisions)?,
-            dedupe: tree(TreeName::Dedupe)?,
-            dedupe_expiry: tree(TreeName::DedupeExpiry)?,
-            state: tree(TreeName::State)?,
             commit: GroupCommit::default(),
             new_runs: NewRunTrees {
                 events: tree(TreeName::Events)?,
@@ -367,7 +354,7 @@ impl SledStore {
         want: usize,
         room: &FlowRoom,
     ) -> Result<Vec<(IVec, QueueItem)>> {
-        let flows = distinct_flows(&self.queue, TreeName::Queue)?;
+        let flows = distinct_flows(&self.new_runs.queue, TreeName::Queue)?;
         let now_key = due_bytes(now);
         let share = want.div_ceil(flows.len().max(1));
         let mut taken = vec![0usize; flows.len()];
@@ -377,7 +364,7 @@ impl SledStore {
                 let allowed = room.get(flow).copied().unwrap_or(usize::MAX);
                 let quota = fair_share.map_or(allowed, |s| s.min(allowed));
                 let prefix = flow_key(flow, &[]);
-                for entry in self.queue.scan_prefix(&prefix).skip(*taken) {
+                for entry in self.new_runs.queue.scan_prefix(&prefix).skip(*taken) {
                     if out.len() == want || *taken >= quota {
                         break;
                     }
@@ -415,7 +402,7 @@ impl SledStore {
                 encode(TreeName::Leases, &item.id, &lease)
             })
             .collect::<Result<Vec<_>>>()?;
-        (&self.queue, &self.leases)
+        (&self.new_runs.queue, &self.leases)
             .transaction(|(queue, leased)| -> TxResult<Vec<QueueItem>> {
                 let mut got = Vec::new();
                 for ((key, item), lease) in candidates.iter().zip(&leases) {
@@ -433,7 +420,7 @@ impl SledStore {
 
     /// Moves the given expired leases back to the queue if they are still leased and expired.
     fn requeue(&self, expired: &[IVec], now: Timestamp) -> Result<usize> {
-        (&self.leases, &self.queue)
+        (&self.leases, &self.new_runs.queue)
             .transaction(|(leases, queue)| -> TxResult<usize> {
                 let mut moved = 0;
                 for key in expired {
@@ -468,9 +455,9 @@ impl SledStore {
             }
         }
         let trees = (
-            &self.runs,
-            &self.runs_by_flow,
-            &self.events,
+            &self.new_runs.runs,
+            &self.new_runs.runs_by_flow,
+            &self.new_runs.events,
             &self.step_records,
         );
         trees
@@ -565,8 +552,9 @@ impl Store for SledStore {
 
     async fn next_due(&self) -> Result<Option<Timestamp>> {
         let mut next: Option<Timestamp> = None;
-        for flow in distinct_flows(&self.queue, TreeName::Queue)? {
+        for flow in distinct_flows(&self.new_runs.queue, TreeName::Queue)? {
             let first = self
+                .new_runs
                 .queue
                 .scan_prefix(flow_key(&flow, &[]))
                 .next()
@@ -594,10 +582,10 @@ impl Store for SledStore {
         let run_key = run_id.to_bytes();
         let done_key = done.map(|id| id.to_bytes());
         let trees = (
-            &self.runs,
-            &self.runs_by_flow,
+            &self.new_runs.runs,
+            &self.new_runs.runs_by_flow,
             &self.step_records,
-            &self.queue,
+            &self.new_runs.queue,
             &self.leases,
         );
         trees
@@ -680,11 +668,11 @@ impl Store for SledStore {
     }
 
     async fn run(&self, id: RunId) -> Result<Option<Run>> {
-        self.get(&self.runs, TreeName::Runs, &id.to_bytes(), &id)
+        self.get(&self.new_runs.runs, TreeName::Runs, &id.to_bytes(), &id)
     }
 
     async fn event(&self, id: EventId) -> Result<Option<Event>> {
-        self.get(&self.events, TreeName::Events, &id.to_bytes(), &id)
+        self.get(&self.new_runs.events, TreeName::Events, &id.to_bytes(), &id)
     }
 
     async fn step_records(&self, run_id: RunId) -> Result<Vec<StepRecord>> {
@@ -719,7 +707,7 @@ impl Store for SledStore {
             None => {
                 let lower = lower.map_or(Bound::Unbounded, |l| Bound::Included(l.to_vec()));
                 let upper = upper.map_or(Bound::Unbounded, |u| Bound::Excluded(u.to_vec()));
-                for entry in self.runs.range::<Vec<u8>, _>((lower, upper)).rev() {
+                for entry in self.new_runs.runs.range::<Vec<u8>, _>((lower, upper)).rev() {
                     let (key, value) =
                         entry.map_err(|e| backend("scan", TreeName::Runs, &"", e))?;
                     let run: Run = decode(TreeName::Runs, &key, &value)?;
@@ -738,14 +726,18 @@ impl Store for SledStore {
                     Some(u) => flow_key(flow_id, &u),
                     None => prefix_end(&prefix),
                 };
-                for entry in self.runs_by_flow.range(lower..upper).rev() {
+                for entry in self.new_runs.runs_by_flow.range(lower..upper).rev() {
                     let (key, _) =
                         entry.map_err(|e| backend("scan", TreeName::RunsByFlow, flow_id, e))?;
                     let Some(run_id) = id16(&key[prefix.len()..]).map(RunId::from_bytes) else {
                         return Err(corrupt(TreeName::RunsByFlow, &key, "the key is malformed"));
                     };
-                    let Some(run) =
-                        self.get::<Run>(&self.runs, TreeName::Runs, &run_id.to_bytes(), &run_id)?
+                    let Some(run) = self.get::<Run>(
+                        &self.new_runs.runs,
+                        TreeName::Runs,
+                        &run_id.to_bytes(),
+                        &run_id,
+                    )?
                     else {
                         tracing::warn!(%run_id, %flow_id, "the run index names a missing run");
                         continue;
@@ -812,7 +804,7 @@ impl Store for SledStore {
     }
 
     async fn flows_with_runs(&self) -> Result<Vec<FlowId>> {
-        distinct_flows(&self.runs_by_flow, TreeName::RunsByFlow)
+        distinct_flows(&self.new_runs.runs_by_flow, TreeName::RunsByFlow)
     }
 
     async fn prune_runs(
@@ -829,6 +821,7 @@ impl Store for SledStore {
         let kept_from = match keep {
             0 => prefix_end(&prefix),
             _ => match self
+                .new_runs
                 .runs_by_flow
                 .scan_prefix(&prefix)
                 .keys()
@@ -840,7 +833,7 @@ impl Store for SledStore {
             },
         };
         let mut doomed = Vec::new();
-        for key in self.runs_by_flow.scan_prefix(&prefix).keys() {
+        for key in self.new_runs.runs_by_flow.scan_prefix(&prefix).keys() {
             if doomed.len() == max {
                 break;
             }
@@ -848,8 +841,12 @@ impl Store for SledStore {
             let Some(run_id) = id16(&key[prefix.len()..]).map(RunId::from_bytes) else {
                 return Err(corrupt(TreeName::RunsByFlow, &key, "the key is malformed"));
             };
-            let run: Option<Run> =
-                self.get(&self.runs, TreeName::Runs, &run_id.to_bytes(), &run_id)?;
+            let run: Option<Run> = self.get(
+                &self.new_runs.runs,
+                TreeName::Runs,
+                &run_id.to_bytes(),
+                &run_id,
+            )?;
             let old = run.as_ref().is_none_or(|r| r.created_at < older_than);
             if key.as_ref() >= kept_from.as_slice() && !old {
                 break; // Newer runs follow: none of them is due for pruning either.
@@ -868,10 +865,10 @@ impl Store for SledStore {
     async fn expire_dedupe(&self, now: Timestamp, max: usize) -> Result<usize> {
         let end = due_bytes(Timestamp(now.millis().saturating_add(1)));
         let mut expired = Vec::new();
-        for key in self.dedupe_expiry.range(..end).keys().take(max) {
+        for key in self.new_runs.dedupe_expiry.range(..end).keys().take(max) {
             expired.push(key.map_err(|e| backend("scan", TreeName::DedupeExpiry, &"", e))?);
         }
-        let trees = (&self.dedupe, &self.dedupe_expiry);
+        let trees = (&self.new_runs.dedupe, &self.new_runs.dedupe_expiry);
         for chunk in expired.chunks(PRUNE_CHUNK) {
             trees
                 .transaction(|(dedupe, expiry)| -> TxResult<()> {
@@ -906,7 +903,8 @@ impl Store for SledStore {
 
     async fn put_state(&self, key: &str, value: &serde_json::Value) -> Result<()> {
         let bytes = encode(TreeName::State, &key, value)?;
-        self.state
+        self.new_runs
+            .state
             .insert(key.as_bytes(), bytes)
             .map_err(|e| backend("write", TreeName::State, &key, e))?;
         self.durable().await
@@ -918,13 +916,13 @@ impl Store for SledStore {
             .size_on_disk()
             .map_err(|e| StoreError::Backend(format!("sled: cannot read the size on disk: {e}")))?;
         Ok(super::StoreStats {
-            queued: (self.queue.len() + self.leases.len()) as u64 + self.in_inbox(),
+            queued: (self.new_runs.queue.len() + self.leases.len()) as u64 + self.in_inbox(),
             bytes,
         })
     }
 
     async fn state(&self, key: &str) -> Result<Option<serde_json::Value>> {
-        self.get(&self.state, TreeName::State, key.as_bytes(), &key)
+        self.get(&self.new_runs.state, TreeName::State, key.as_bytes(), &key)
     }
 }
 
@@ -1412,7 +1410,11 @@ mod tests {
     async fn a_corrupt_record_is_reported_with_tree_and_key() {
         let store = SledStore::temporary().unwrap();
         let id = RunId::new();
-        store.runs.insert(id.to_bytes(), &b"{not json"[..]).unwrap();
+        store
+            .new_runs
+            .runs
+            .insert(id.to_bytes(), &b"{not json"[..])
+            .unwrap();
         match store.run(id).await {
             Err(StoreError::Corrupt { tree, detail }) => {
                 assert_eq!(tree, "runs");
