@@ -33,7 +33,7 @@ use self::advance::{Attempted, StepResult};
 use self::catalog::Catalog;
 use self::context::{idempotency_key, redact, redact_text, run_context};
 use crate::flow::Flow;
-use crate::ids::{EventId, FlowId, RunId, StepId};
+use crate::ids::{EventId, FlowId, ItemId, RunId, StepId};
 use crate::model::{Event, QueueItem, Run, RunStatus, StepRecord, StepStatus, Timestamp};
 use crate::outbound::HttpClient;
 use crate::pacing::Pacer;
@@ -81,6 +81,80 @@ struct Work {
     flow: Arc<Flow>,
     event: Event,
     records: Vec<StepRecord>,
+}
+
+impl Work {
+    /// Whether the flow's step has no effects (filter, map, switch).
+    fn is_pure(&self, step: &StepId) -> bool {
+        self.flow.step(step).is_some_and(|s| s.action.is_pure())
+    }
+
+    /// Takes the run as updated and the step records written (each replacing the record of its
+    /// step).
+    fn remember(&mut self, run: Run, records: Vec<StepRecord>) {
+        for record in records {
+            match self
+                .records
+                .iter_mut()
+                .find(|r| r.step_id == record.step_id)
+            {
+                Some(old) => *old = record,
+                None => self.records.push(record),
+            }
+        }
+        self.run = run;
+    }
+}
+
+/// A pure step a worker executed and has not committed yet.
+struct Deferred {
+    item: QueueItem,
+    /// The step's record before this attempt.
+    previous: Option<StepRecord>,
+    done: Box<Attempted>,
+}
+
+/// What a worker's task has executed since its last commit.
+struct Chain {
+    /// The item the store holds leased for this task: the claimed one, or the last one taken in
+    /// a commit. The next commit finishes it.
+    leased: ItemId,
+    /// Pure steps executed since, in order, each followed at once by the next (and the last by the
+    /// step being committed).
+    deferred: Vec<Deferred>,
+}
+
+impl Chain {
+    /// Applies the deferred steps' outcomes to `run` as stored, in order: the run and the records
+    /// they write, with the step about to be committed (`last`) queued. If the run went another
+    /// way meanwhile (cancelled, retried by hand), the update to write instead: up to the first
+    /// deferred step the run no longer follows, with what that step decides.
+    fn replay(&self, flow: &Flow, mut run: Run, last: &StepId, now: Timestamp) -> Replayed {
+        let mut records = Vec::new();
+        for (i, deferred) in self.deferred.iter().enumerate() {
+            let expected = self.deferred.get(i + 1).map_or(last, |d| &d.item.step_id);
+            let Some(mut update) =
+                advance::advance(flow, run, deferred.previous.as_ref(), &deferred.done, now)
+            else {
+                return Replayed::Diverged(None);
+            };
+            records.append(&mut update.records);
+            if update.enqueue.len() != 1 || &update.enqueue[0].step_id != expected {
+                update.records = records;
+                return Replayed::Diverged(Some(update));
+            }
+            run = update.run;
+        }
+        Replayed::Followed(run, records)
+    }
+}
+
+/// What replaying a chain's deferred steps on the stored run gave.
+enum Replayed {
+    /// The run as they leave it, and the records they write.
+    Followed(Run, Vec<StepRecord>),
+    /// The run went another way: the update to write instead (`None`: nothing).
+    Diverged(Option<RunUpdate>),
 }
 
 /// The tracing span of one step's execution.
@@ -532,28 +606,27 @@ impl Engine {
         Ok(())
     }
 
-    /// Executes one queue item and commits its outcome.
     /// Executes a claimed item and commits its outcome; then, while the run's next step is due at
-    /// once, takes it in the same commit (leased to this worker) and executes it too, without
-    /// going back to the queue or reloading the run. Only one step with effects (HTTP,
-    /// connectors; not filter, map, switch: see `Action::is_pure`) runs per task: the next one
-    /// starts from the queue, after the first one's commit.
+    /// once, takes it and executes it too, without going back to the queue or reloading the run.
+    /// A pure step (filter, map, switch: see `Action::is_pure`) followed at once by another step
+    /// is not written on its own: its outcome is committed with the next step's (after a crash,
+    /// the chain runs again from the item the store holds leased, and pure steps give the same
+    /// outcome). A step with effects (HTTP, connectors) waits until the commits of the run's
+    /// earlier steps with effects are on disk, so a crash never repeats a step once a later one
+    /// has acted.
     async fn execute(&self, mut item: QueueItem) -> Result<()> {
         let span = step_span(&item);
         let Some(mut work) = self.load(&item).instrument(span).await? else {
             return Ok(());
         };
-        // Whether this task has committed a step with effects: its commit may not be on disk yet,
-        // so no further step with effects may start from here (a crash would repeat the first).
-        let mut effects = false;
+        let mut chain = Chain {
+            leased: item.id,
+            deferred: Vec::new(),
+        };
         loop {
             let span = step_span(&item);
-            effects |= work
-                .flow
-                .step(&item.step_id)
-                .is_some_and(|step| !step.action.is_pure());
             let Some(next) = self
-                .step(&mut work, &item, !effects)
+                .step(&mut work, &mut chain, item)
                 .instrument(span)
                 .await?
             else {
@@ -563,62 +636,69 @@ impl Engine {
         }
     }
 
-    /// Executes one step of a loaded run and commits it; returns the run's next item if this
-    /// worker took it (`work` is then up to date for it): a pure step, or with `effects_allowed`
-    /// any step.
+    /// Executes one step of a loaded run and commits it with the steps `chain` deferred, or defers
+    /// it too; returns the run's next item if this worker took it (`work` is then up to date for
+    /// it).
     async fn step(
         &self,
         work: &mut Work,
-        item: &QueueItem,
-        effects_allowed: bool,
+        chain: &mut Chain,
+        item: QueueItem,
     ) -> Result<Option<QueueItem>> {
-        let tried = self.attempt(work, item).await;
+        let acted_before = work
+            .records
+            .iter()
+            .any(|r| r.step_id != item.step_id && !work.is_pure(&r.step_id));
+        if acted_before && !work.is_pure(&item.step_id) {
+            // An earlier step's effect must not be repeated after a crash once this one acts.
+            self.store.flush().await?;
+        }
+        let tried = self.attempt(work, &item).await;
         let now = Timestamp::now();
-        let keep_going = !self.stopping.load(Ordering::SeqCst);
-        let previous = work.records.iter().find(|r| r.step_id == item.step_id);
+        let previous = work
+            .records
+            .iter()
+            .find(|r| r.step_id == item.step_id)
+            .cloned();
+        let decide = |run: Run| {
+            let step = (&item, &tried, previous.as_ref());
+            self.decide(work, run, step, now)
+        };
+        if let (Tried::Done(_), true) = (&tried, work.is_pure(&item.step_id)) {
+            if let Some(mut update) = decide(work.run.clone()) {
+                if let Some(next) = update.take.take().and_then(|t| t.items.into_iter().next()) {
+                    work.remember(update.run, update.records);
+                    if let Tried::Done(done) = tried {
+                        chain.deferred.push(Deferred {
+                            item,
+                            previous,
+                            done,
+                        });
+                    }
+                    return Ok(Some(next));
+                }
+            }
+        }
         let taken = Mutex::new(None);
         let run = self
             .store
-            .update_run(item.run_id, Some(item.id), &|run| {
-                let mut update = match &tried {
-                    Tried::Done(done) => advance::advance(&work.flow, run, previous, done, now),
-                    Tried::Wait(delay) => advance::postpone(run, item, *delay, now),
-                }?;
-                // Only a run with nothing else queued, whose every finished step this worker
-                // knows the record of: a parallel branch writes records this worker's copy of the
-                // run would miss.
-                let known = |id: &StepId| {
-                    work.records
-                        .iter()
-                        .chain(&update.records)
-                        .any(|r| &r.step_id == id)
+            .update_run(item.run_id, Some(chain.leased), &|run| {
+                let (run, mut records) = match chain.replay(&work.flow, run, &item.step_id, now) {
+                    Replayed::Followed(run, records) => (run, records),
+                    Replayed::Diverged(update) => return update,
                 };
-                let alone = update.enqueue.len() == 1
-                    && update.run.steps.iter().all(|s| match s.status {
-                        StepStatus::Queued => update.enqueue[0].step_id == s.id,
-                        StepStatus::Succeeded | StepStatus::Failed | StepStatus::Filtered => {
-                            known(&s.id)
-                        }
-                        StepStatus::Pending | StepStatus::Skipped => true,
-                    });
-                let due = update.enqueue.iter().position(|next| {
-                    alone
-                        && next.due_at <= now
-                        && work
-                            .flow
-                            .step(&next.step_id)
-                            .is_some_and(|step| effects_allowed || step.action.is_pure())
-                });
-                let next = due.filter(|_| keep_going).map(|i| update.enqueue.remove(i));
-                update.take = next.clone().map(|next| Take {
-                    items: vec![next],
-                    until: now.plus(self.config.lease),
-                });
-                *taken.lock().unwrap_or_else(PoisonError::into_inner) =
-                    next.map(|next| (next, update.records.clone()));
+                let mut update = decide(run)?;
+                records.append(&mut update.records);
+                update.records = records;
+                *taken.lock().unwrap_or_else(PoisonError::into_inner) = update
+                    .take
+                    .as_ref()
+                    .and_then(|take| take.items.first().cloned())
+                    .map(|next| (next, update.records.clone()));
                 Some(update)
             })
             .await?;
+        chain.deferred.clear();
         let Some(run) = run else {
             return Ok(None);
         };
@@ -627,18 +707,48 @@ impl Engine {
         else {
             return Ok(None);
         };
-        for record in records {
-            match work
-                .records
-                .iter_mut()
-                .find(|r| r.step_id == record.step_id)
-            {
-                Some(old) => *old = record,
-                None => work.records.push(record),
-            }
-        }
-        work.run = run;
+        chain.leased = next.id;
+        work.remember(run, records);
         Ok(Some(next))
+    }
+
+    /// The update for one step's outcome, applied to `run`: `advance` (or `postpone`), and the
+    /// run's next item taken for this worker when it is due now, the run has nothing else queued,
+    /// and the worker knows the record of every finished step (a parallel branch writes records
+    /// this worker's copy of the run would miss).
+    fn decide(
+        &self,
+        work: &Work,
+        run: Run,
+        (item, tried, previous): (&QueueItem, &Tried, Option<&StepRecord>),
+        now: Timestamp,
+    ) -> Option<RunUpdate> {
+        let mut update = match tried {
+            Tried::Done(done) => advance::advance(&work.flow, run, previous, done, now),
+            Tried::Wait(delay) => advance::postpone(run, item, *delay, now),
+        }?;
+        let known = |id: &StepId| {
+            work.records
+                .iter()
+                .chain(&update.records)
+                .any(|r| &r.step_id == id)
+        };
+        let alone = update.enqueue.len() == 1
+            && update.run.steps.iter().all(|s| match s.status {
+                StepStatus::Queued => update.enqueue[0].step_id == s.id,
+                StepStatus::Succeeded | StepStatus::Failed | StepStatus::Filtered => known(&s.id),
+                StepStatus::Pending | StepStatus::Skipped => true,
+            });
+        let keep_going = alone && !self.stopping.load(Ordering::SeqCst);
+        let due = update
+            .enqueue
+            .iter()
+            .position(|next| keep_going && next.due_at <= now);
+        update.take = due.map(|i| Take {
+            items: vec![update.enqueue.remove(i)],
+            until: now.plus(self.config.lease),
+        });
+        Some(update)
     }
 
     /// What executing an item needs, or `None` when the item needs no execution (it was dropped,

@@ -9,7 +9,10 @@
 //! - `ingest` returns only after the event, run and items are durable (fsync); concurrent calls may
 //!   share one fsync (group commit). They may become readable and claimable a moment later (the
 //!   sled backend moves them from its inbox log), but never partly.
-//! - A queue item is in exactly one place: queued (due at a time) or leased (until a time).
+//! - A queue item is in exactly one place: queued (due at a time) or leased (until a time). A lease
+//!   may end when the store is closed (the sled backend keeps leases in memory; a backend shared
+//!   by several nodes keeps them stored): after reopening, `requeue_expired(far future)` makes
+//!   every item that was leased due again either way.
 //! - `update_run` reads the run, calls the decision function, and writes its run, records and new
 //!   queue items and removes the finished item, all in one atomic transaction.
 //! - A dedupe key is checked and recorded in the same transaction as the event it belongs to, so two
@@ -231,7 +234,8 @@ pub trait Store: Send + Sync + 'static {
     /// the queue; call it for metrics, not per event.
     async fn stats(&self) -> Result<StoreStats>;
 
-    /// Makes every write so far durable (called at shutdown).
+    /// Makes every write so far durable (at shutdown, and before a step with effects follows another
+    /// one in a run). Concurrent callers may share one flush.
     async fn flush(&self) -> Result<()>;
 }
 

@@ -13,7 +13,7 @@
 //! | `runs_by_flow` | flow id, `0x00`, run id                              | empty (an index)         |
 //! | `step_records` | run id, step id                                      | [`StepRecord`]           |
 //! | `flow_queue`   | flow id, `0x00`, `due_at` (u64 big-endian ms; before 1970 as 0), item id | [`QueueItem`] |
-//! | `leases`       | item id                                              | lease end + [`QueueItem`] |
+//! | `leases`       | item id (retired: read once at open, see below)     | lease end + [`QueueItem`] |
 //! | `hook_tokens`  | flow id                                              | token (a JSON string)    |
 //! | `revisions`    | flow id, `0x00`, revision                            | source (a JSON string)   |
 //! | `dedupe`       | flow id, `0x00`, dedupe key                          | [`DedupeEntry`]          |
@@ -32,12 +32,24 @@
 //! # Atomicity
 //!
 //! Every change that touches more than one record is one multi-tree sled transaction: ingest (event,
-//! run, index, items), claim (queue → leases), update (run, records, new items, lease removal) and
-//! requeue (leases → queue). sled 0.34 runs transactions under a process-wide lock that also excludes
-//! plain reads and writes, so a transaction sees a stable state; a transaction is also recovered
-//! all-or-nothing after a crash. Invariants kept:
-//! - a queue item is in `queue` or in `leases`, never both (every move is one transaction);
+//! run, index, items) and update (run, records, new items, removal of the finished item). sled 0.34
+//! runs transactions under a process-wide lock that also excludes plain reads and writes, so a
+//! transaction sees a stable state; a transaction is also recovered all-or-nothing after a crash.
+//! Invariants kept:
+//! - a queue item stays in the queue tree until the update that finishes it removes it;
 //! - every run has exactly one `runs_by_flow` entry (written in the same transaction as the run).
+//!
+//! # Leases
+//!
+//! A sled database is open in one process at a time, so a lease cannot outlive the process holding
+//! it: leases are kept in memory (`Leases`), and claiming writes nothing. A leased item stays in
+//! the queue tree, skipped by claims; the update that finishes it removes it in its transaction and
+//! then forgets the lease. When the process stops or crashes, its leases end with it and the items
+//! are due again, which is what `requeue_expired(far future)` at start-up asks for. Items a worker
+//! takes for itself in an update (`RunUpdate::take`) are written to the queue tree and marked
+//! leased after the transaction; while an update of a run is being written, claims skip that run's
+//! items, so none is claimed in between. Earlier versions kept leases in a `leases` tree: whatever
+//! it holds is moved back to the queue at open.
 //!
 //! # Durability
 //!
@@ -98,9 +110,7 @@ use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
 const DEFAULT_PAGE: usize = 50;
 /// The most runs `list_runs` returns at once.
 const MAX_PAGE: usize = 1000;
-/// How many scan-then-lease rounds `claim_due` makes when other claimers take its candidates.
-const CLAIM_ROUNDS: usize = 4;
-/// How many expired leases `requeue_expired` moves per transaction.
+/// How many stored leases (left by an earlier version) one transaction moves back to the queue.
 const REQUEUE_CHUNK: usize = 512;
 /// How many runs (or dedupe keys) one pruning transaction deletes: small, so ingest never waits
 /// long for sled's transaction lock.
@@ -160,7 +170,8 @@ struct DedupeEntry {
     expires_at: Timestamp,
 }
 
-/// A leased queue item: the item and when its lease ends.
+/// A leased queue item as earlier versions stored it in the `leases` tree: the item and when its
+/// lease ends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Lease {
     lease_until: Timestamp,
@@ -190,7 +201,6 @@ pub struct SledStore {
     /// sled's log file, fsynced after each flush (`None` for a temporary store, which sled never syncs).
     log_file: Option<std::sync::Arc<std::fs::File>>,
     step_records: Tree,
-    leases: Tree,
     hook_tokens: Tree,
     revisions: Tree,
     commit: GroupCommit,
@@ -206,6 +216,41 @@ pub struct SledStore {
     /// Hook tokens known to be on disk, by flow. Tokens never change once stored, so these are
     /// answered from memory (the catch path asks on every request).
     durable_tokens: Mutex<HashMap<FlowId, String>>,
+    /// The queue items this process's workers hold.
+    leases: Mutex<Leases>,
+}
+
+/// The queue items leased to this process's workers, kept in memory: a sled database is open in
+/// one process at a time, so a lease cannot outlive the process that holds it. A leased item stays
+/// in the queue tree (claims skip it) until the update that finishes it removes it; when the
+/// process ends, its leases end with it and the items are simply due. Claiming costs no write.
+#[derive(Debug, Default)]
+struct Leases {
+    /// Leased items: their queue key and when the lease ends.
+    items: HashMap<ItemId, (IVec, Timestamp)>,
+    /// Runs an `update_run` is writing now (how many calls): their queued items are not claimed
+    /// until it has marked the items it takes for its caller as leased.
+    writing: HashMap<RunId, usize>,
+}
+
+impl Leases {
+    /// Whether the item under this queue key (which ends in the item id) is leased.
+    fn holds(&self, queue_key: &[u8]) -> bool {
+        let id = queue_key.len().checked_sub(16).map(|at| &queue_key[at..]);
+        id.and_then(id16)
+            .is_some_and(|id| self.items.contains_key(&ItemId::from_bytes(id)))
+    }
+}
+
+/// What an `update_run` transaction wrote.
+#[derive(Debug, Default)]
+struct Written {
+    /// The run as written (or as it was).
+    run: Option<Run>,
+    /// How many items it queued (not counting those the caller takes).
+    queued: i64,
+    /// Items the caller takes: id, queue key, lease end.
+    taken: Vec<(ItemId, IVec, Timestamp)>,
 }
 
 impl SledStore {
@@ -280,10 +325,17 @@ impl SledStore {
             db.open_tree(name.name())
                 .map_err(|e| backend("open", name, &"the tree", e))
         };
-        let queued = tree(TreeName::Queue)?.len() as i64;
+        let queue = tree(TreeName::Queue)?;
+        let requeued = requeue_stored_leases(&tree(TreeName::Leases)?, &queue)?;
+        if requeued > 0 {
+            tracing::info!(
+                requeued,
+                "requeued steps an earlier version had leased when it stopped"
+            );
+        }
+        let queued = queue.len() as i64;
         Ok(Self {
             step_records: tree(TreeName::StepRecords)?,
-            leases: tree(TreeName::Leases)?,
             hook_tokens: tree(TreeName::HookTokens)?,
             revisions: tree(TreeName::Revisions)?,
             commit: GroupCommit::default(),
@@ -291,7 +343,7 @@ impl SledStore {
                 events: tree(TreeName::Events)?,
                 runs: tree(TreeName::Runs)?,
                 runs_by_flow: tree(TreeName::RunsByFlow)?,
-                queue: tree(TreeName::Queue)?,
+                queue,
                 dedupe: tree(TreeName::Dedupe)?,
                 dedupe_expiry: tree(TreeName::DedupeExpiry)?,
                 state: tree(TreeName::State)?,
@@ -301,6 +353,7 @@ impl SledStore {
             promoted: Arc::default(),
             stop: Arc::default(),
             durable_tokens: Mutex::default(),
+            leases: Mutex::default(),
             log_file: None,
             db,
         })
@@ -325,7 +378,7 @@ impl SledStore {
             .await
     }
 
-    /// Counts items added to (or, negative, taken from) the queue tree.
+    /// Counts items queued (or, negative, leased): see `NewRunTrees::queued`.
     fn queued_add(&self, n: i64) {
         self.new_runs.queued.fetch_add(n, Ordering::SeqCst);
     }
@@ -345,103 +398,62 @@ impl SledStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Up to `want` queued items due at or before `now`, with their keys: oldest due first within
-    /// a flow, at most `room[flow]` of a listed flow, and `want` shared between flows (an equal
-    /// share each first, then what is left to whoever has more).
+    fn leases(&self) -> MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Up to `want` queued items due at or before `now` and not leased (nor of a run being
+    /// written), with their keys: oldest due first within a flow, at most `room[flow]` of a listed
+    /// flow, and `want` shared between flows (an equal share each first, then what is left to
+    /// whoever has more).
     fn due_candidates(
         &self,
+        leases: &Leases,
         now: Timestamp,
         want: usize,
         room: &FlowRoom,
     ) -> Result<Vec<(IVec, QueueItem)>> {
         let flows = distinct_flows(&self.new_runs.queue, TreeName::Queue)?;
         let now_key = due_bytes(now);
+        let mut due_per_flow = Vec::with_capacity(flows.len());
+        for flow in &flows {
+            let allowed = room.get(flow).copied().unwrap_or(usize::MAX).min(want);
+            let prefix = flow_key(flow, &[]);
+            let mut due = std::collections::VecDeque::new();
+            for entry in self.new_runs.queue.scan_prefix(&prefix) {
+                if due.len() >= allowed {
+                    break;
+                }
+                let (key, value) = entry.map_err(|e| backend("scan", TreeName::Queue, flow, e))?;
+                let rest = &key[prefix.len()..];
+                if rest.len() < 8 || rest[..8] > now_key[..] {
+                    break;
+                }
+                if leases.holds(&key) {
+                    continue;
+                }
+                let item: QueueItem = decode(TreeName::Queue, &key, &value)?;
+                if item.due_at <= now && !leases.writing.contains_key(&item.run_id) {
+                    due.push_back((key, item));
+                }
+            }
+            due_per_flow.push(due);
+        }
         let share = want.div_ceil(flows.len().max(1));
-        let mut taken = vec![0usize; flows.len()];
         let mut out = Vec::new();
-        for fair_share in [Some(share), None] {
-            for (flow, taken) in flows.iter().zip(&mut taken) {
-                let allowed = room.get(flow).copied().unwrap_or(usize::MAX);
-                let quota = fair_share.map_or(allowed, |s| s.min(allowed));
-                let prefix = flow_key(flow, &[]);
-                for entry in self.new_runs.queue.scan_prefix(&prefix).skip(*taken) {
-                    if out.len() == want || *taken >= quota {
+        for fair_share in [share, usize::MAX] {
+            for due in &mut due_per_flow {
+                let mut taken = 0;
+                while out.len() < want && taken < fair_share {
+                    let Some(candidate) = due.pop_front() else {
                         break;
-                    }
-                    let (key, value) =
-                        entry.map_err(|e| backend("scan", TreeName::Queue, flow, e))?;
-                    let due = &key[prefix.len()..];
-                    if due.len() < 8 || due[..8] > now_key[..] {
-                        break;
-                    }
-                    let item: QueueItem = decode(TreeName::Queue, &key, &value)?;
-                    *taken += 1;
-                    if item.due_at <= now {
-                        out.push((key, item));
-                    }
+                    };
+                    out.push(candidate);
+                    taken += 1;
                 }
             }
         }
         Ok(out)
-    }
-
-    /// Moves the candidates still queued to `leases`, in one transaction; returns those moved.
-    /// A candidate already gone was taken by a concurrent claimer and is skipped.
-    fn lease(
-        &self,
-        candidates: &[(IVec, QueueItem)],
-        lease_until: Timestamp,
-    ) -> Result<Vec<QueueItem>> {
-        let leases = candidates
-            .iter()
-            .map(|(_, item)| {
-                let lease = Lease {
-                    lease_until,
-                    item: item.clone(),
-                };
-                encode(TreeName::Leases, &item.id, &lease)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        (&self.new_runs.queue, &self.leases)
-            .transaction(|(queue, leased)| -> TxResult<Vec<QueueItem>> {
-                let mut got = Vec::new();
-                for ((key, item), lease) in candidates.iter().zip(&leases) {
-                    if queue.remove(key)?.is_none() {
-                        continue;
-                    }
-                    leased.insert(&item.id.to_bytes()[..], lease.as_slice())?;
-                    got.push(item.clone());
-                }
-                Ok(got)
-            })
-            .map_err(tx_error("claim", TreeName::Queue))
-            .inspect(|got| self.queued_add(-(got.len() as i64)))
-    }
-
-    /// Moves the given expired leases back to the queue if they are still leased and expired.
-    fn requeue(&self, expired: &[IVec], now: Timestamp) -> Result<usize> {
-        (&self.leases, &self.new_runs.queue)
-            .transaction(|(leases, queue)| -> TxResult<usize> {
-                let mut moved = 0;
-                for key in expired {
-                    // Re-read: `update_run` may have finished the item since the scan.
-                    let Some(value) = leases.get(key)? else {
-                        continue;
-                    };
-                    let lease: Lease = decode(TreeName::Leases, key, &value).map_err(abort)?;
-                    if lease.lease_until > now {
-                        continue;
-                    }
-                    let item =
-                        encode(TreeName::Queue, &lease.item.id, &lease.item).map_err(abort)?;
-                    leases.remove(key)?;
-                    queue.insert(queue_key(&lease.item), item)?;
-                    moved += 1;
-                }
-                Ok(moved)
-            })
-            .map_err(tx_error("requeue", TreeName::Leases))
-            .inspect(|moved| self.queued_add(*moved as i64))
     }
 
     /// Deletes runs (index key, id, event id) with their events and step records, in one
@@ -524,40 +536,27 @@ impl Store for SledStore {
         lease_until: Timestamp,
         room: &FlowRoom,
     ) -> Result<Vec<QueueItem>> {
-        let mut claimed = Vec::new();
-        let mut room = room.clone();
-        for _ in 0..CLAIM_ROUNDS {
-            let want = limit - claimed.len();
-            if want == 0 {
-                break;
-            }
-            let candidates = self.due_candidates(now, want, &room)?;
-            if candidates.is_empty() {
-                break;
-            }
-            let got = self.lease(&candidates, lease_until)?;
-            let exhausted = got.len() == candidates.len() && candidates.len() < want;
-            for item in &got {
-                if let Some(left) = room.get_mut(&item.flow_id) {
-                    *left = left.saturating_sub(1);
-                }
-            }
-            claimed.extend(got);
-            if exhausted {
-                break;
-            }
-        }
-        Ok(claimed)
+        let mut leases = self.leases();
+        let claimed = self.due_candidates(&leases, now, limit, room)?;
+        self.queued_add(-(claimed.len() as i64));
+        Ok(claimed
+            .into_iter()
+            .map(|(key, item)| {
+                leases.items.insert(item.id, (key, lease_until));
+                item
+            })
+            .collect())
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>> {
         let mut next: Option<Timestamp> = None;
+        let leases = self.leases();
         for flow in distinct_flows(&self.new_runs.queue, TreeName::Queue)? {
             let first = self
                 .new_runs
                 .queue
                 .scan_prefix(flow_key(&flow, &[]))
-                .next()
+                .find(|entry| entry.as_ref().map_or(true, |(key, _)| !leases.holds(key)))
                 .transpose()
                 .map_err(|e| backend("scan", TreeName::Queue, &flow, e))?;
             if let Some((key, value)) = first {
@@ -580,91 +579,94 @@ impl Store for SledStore {
         decide: Decide<'_>,
     ) -> Result<Option<Run>> {
         let run_key = run_id.to_bytes();
-        let done_key = done.map(|id| id.to_bytes());
+        let done_key = {
+            let mut leases = self.leases();
+            *leases.writing.entry(run_id).or_default() += 1;
+            done.and_then(|id| leases.items.get(&id).map(|(key, _)| key.clone()))
+        };
         let trees = (
             &self.new_runs.runs,
             &self.new_runs.runs_by_flow,
             &self.step_records,
             &self.new_runs.queue,
-            &self.leases,
         );
-        trees
-            .transaction(
-                |(runs, by_flow, records, queue, leases)| -> TxResult<Option<(Run, usize)>> {
-                    // The finished item leaves its lease whatever the decision (even with no run).
-                    if let Some(key) = &done_key {
-                        leases.remove(&key[..])?;
+        let written = trees
+            .transaction(|(runs, by_flow, records, queue)| -> TxResult<Written> {
+                let mut written = Written::default();
+                // The finished item leaves the queue whatever the decision (even with no run).
+                if let Some(key) = &done_key {
+                    queue.remove(key)?;
+                }
+                let Some(value) = runs.get(&run_key[..])? else {
+                    return Ok(written);
+                };
+                let current: Run = decode(TreeName::Runs, &run_key, &value).map_err(abort)?;
+                // sled may run this closure again on a conflict: `decide` is pure by contract.
+                let Some(update) = decide(current.clone()) else {
+                    written.run = Some(current);
+                    return Ok(written);
+                };
+                if update.run.id != run_id {
+                    return Err(abort(StoreError::Backend(format!(
+                        "update_run: the decision changed the run id from {run_id} to {}",
+                        update.run.id
+                    ))));
+                }
+                if update.run.flow_id != current.flow_id {
+                    by_flow.remove(flow_key(&current.flow_id, &run_key))?;
+                    by_flow.insert(flow_key(&update.run.flow_id, &run_key), IVec::default())?;
+                }
+                let run = encode(TreeName::Runs, &run_id, &update.run).map_err(abort)?;
+                runs.insert(&run_key[..], run)?;
+                for record in &update.records {
+                    let key = record_key(record.run_id, &record.step_id);
+                    let what = format!("{} {}", record.run_id, record.step_id);
+                    let value = encode(TreeName::StepRecords, &what, record).map_err(abort)?;
+                    records.insert(key, value)?;
+                }
+                let taken = update
+                    .take
+                    .iter()
+                    .flat_map(|take| take.items.iter().map(|item| (item, Some(take.until))));
+                for (item, until) in update.enqueue.iter().map(|item| (item, None)).chain(taken) {
+                    let key = IVec::from(queue_key(item));
+                    let value = encode(TreeName::Queue, &item.id, item).map_err(abort)?;
+                    queue.insert(key.clone(), value)?;
+                    match until {
+                        Some(until) => written.taken.push((item.id, key, until)),
+                        None => written.queued += 1,
                     }
-                    let Some(value) = runs.get(&run_key[..])? else {
-                        return Ok(None);
-                    };
-                    let current: Run = decode(TreeName::Runs, &run_key, &value).map_err(abort)?;
-                    // sled may run this closure again on a conflict: `decide` is pure by contract.
-                    let Some(update) = decide(current.clone()) else {
-                        return Ok(Some((current, 0)));
-                    };
-                    if update.run.id != run_id {
-                        return Err(abort(StoreError::Backend(format!(
-                            "update_run: the decision changed the run id from {run_id} to {}",
-                            update.run.id
-                        ))));
-                    }
-                    if update.run.flow_id != current.flow_id {
-                        by_flow.remove(flow_key(&current.flow_id, &run_key))?;
-                        by_flow.insert(flow_key(&update.run.flow_id, &run_key), IVec::default())?;
-                    }
-                    let run = encode(TreeName::Runs, &run_id, &update.run).map_err(abort)?;
-                    runs.insert(&run_key[..], run)?;
-                    for record in &update.records {
-                        let key = record_key(record.run_id, &record.step_id);
-                        let what = format!("{} {}", record.run_id, record.step_id);
-                        let value = encode(TreeName::StepRecords, &what, record).map_err(abort)?;
-                        records.insert(key, value)?;
-                    }
-                    for item in &update.enqueue {
-                        let value = encode(TreeName::Queue, &item.id, item).map_err(abort)?;
-                        queue.insert(queue_key(item), value)?;
-                    }
-                    if let Some(take) = &update.take {
-                        for item in &take.items {
-                            let lease = Lease {
-                                lease_until: take.until,
-                                item: item.clone(),
-                            };
-                            let value =
-                                encode(TreeName::Leases, &item.id, &lease).map_err(abort)?;
-                            leases.insert(&item.id.to_bytes()[..], value)?;
-                        }
-                    }
-                    Ok(Some((update.run, update.enqueue.len())))
-                },
-            )
-            .map_err(tx_error("update_run", TreeName::Runs))
-            .map(|written| {
-                written.map(|(run, enqueued)| {
-                    self.queued_add(enqueued as i64);
-                    run
-                })
+                }
+                written.run = Some(update.run);
+                Ok(written)
             })
+            .map_err(tx_error("update_run", TreeName::Runs));
+        let mut leases = self.leases();
+        if let Some(n) = leases.writing.get_mut(&run_id) {
+            *n -= 1;
+            if *n == 0 {
+                leases.writing.remove(&run_id);
+            }
+        }
+        let written = written?;
+        if let (Some(id), Some(_)) = (done, &done_key) {
+            leases.items.remove(&id);
+        }
+        for (id, key, until) in written.taken {
+            leases.items.insert(id, (key, until));
+        }
+        drop(leases);
+        self.queued_add(written.queued);
+        Ok(written.run)
     }
 
     async fn requeue_expired(&self, now: Timestamp) -> Result<usize> {
-        let mut expired = Vec::new();
-        for entry in self.leases.iter() {
-            let (key, value) = entry.map_err(|e| backend("scan", TreeName::Leases, &"", e))?;
-            let lease: Lease = decode(TreeName::Leases, &key, &value)?;
-            if lease.lease_until <= now {
-                expired.push(key);
-            }
-        }
-        let mut moved = 0;
-        for chunk in expired.chunks(REQUEUE_CHUNK) {
-            moved += self.requeue(chunk, now)?;
-        }
-        if moved > 0 {
-            tracing::info!(moved, "requeued queue items whose lease expired");
-        }
-        Ok(moved)
+        let mut leases = self.leases();
+        let before = leases.items.len();
+        leases.items.retain(|_, (_, until)| *until > now);
+        let ended = before - leases.items.len();
+        self.queued_add(ended as i64);
+        Ok(ended)
     }
 
     async fn run(&self, id: RunId) -> Result<Option<Run>> {
@@ -916,7 +918,7 @@ impl Store for SledStore {
             .size_on_disk()
             .map_err(|e| StoreError::Backend(format!("sled: cannot read the size on disk: {e}")))?;
         Ok(super::StoreStats {
-            queued: (self.new_runs.queue.len() + self.leases.len()) as u64 + self.in_inbox(),
+            queued: self.new_runs.queue.len() as u64 + self.in_inbox(),
             bytes,
         })
     }
@@ -1119,7 +1121,7 @@ struct NewRunTrees {
     dedupe: Tree,
     dedupe_expiry: Tree,
     state: Tree,
-    /// Roughly how many items the queue tree holds (see `SledStore::queued`).
+    /// How many items in the queue tree are not leased (what the promotion window counts).
     queued: Arc<AtomicI64>,
 }
 
@@ -1183,6 +1185,33 @@ impl NewRunTrees {
         self.queued.fetch_add(items as i64, Ordering::SeqCst);
         Ok(outcomes)
     }
+}
+
+/// Moves the items an earlier version left in the `leases` tree (it kept leases on disk) back to
+/// the queue; returns how many. Leases are in memory now, so at open every stored one has ended.
+fn requeue_stored_leases(leases: &Tree, queue: &Tree) -> Result<usize> {
+    let keys = leases
+        .iter()
+        .keys()
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| backend("scan", TreeName::Leases, &"", e))?;
+    for chunk in keys.chunks(REQUEUE_CHUNK) {
+        (leases, queue)
+            .transaction(|(leases, queue)| -> TxResult<()> {
+                for key in chunk {
+                    let Some(value) = leases.remove(key)? else {
+                        continue;
+                    };
+                    let lease: Lease = decode(TreeName::Leases, key, &value).map_err(abort)?;
+                    let item =
+                        encode(TreeName::Queue, &lease.item.id, &lease.item).map_err(abort)?;
+                    queue.insert(queue_key(&lease.item), item)?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error("requeue", TreeName::Leases))?;
+    }
+    Ok(keys.len())
 }
 
 /// A store error that aborts a transaction.
@@ -1389,6 +1418,36 @@ mod tests {
         assert_eq!(queue_key(&item("f", -3))[2..10], [0; 8]);
         // One flow's items sort together, before the next flow's, however late they are due.
         assert!(queue_key(&item("f", i64::MAX)) < queue_key(&item("f-", 0)));
+    }
+
+    #[test]
+    fn leases_an_earlier_version_stored_are_requeued() {
+        let db = base_config(DEFAULT_CACHE_BYTES)
+            .temporary(true)
+            .open()
+            .unwrap();
+        let leases = db.open_tree(TreeName::Leases.name()).unwrap();
+        let queue = db.open_tree(TreeName::Queue.name()).unwrap();
+        let item = QueueItem {
+            id: ItemId::new(),
+            run_id: RunId::new(),
+            flow_id: "f".parse().unwrap(),
+            step_id: "s".parse().unwrap(),
+            attempt: 2,
+            due_at: Timestamp(5),
+        };
+        let lease = Lease {
+            lease_until: Timestamp(60_000),
+            item: item.clone(),
+        };
+        leases
+            .insert(item.id.to_bytes(), serde_json::to_vec(&lease).unwrap())
+            .unwrap();
+        assert_eq!(requeue_stored_leases(&leases, &queue).unwrap(), 1);
+        assert!(leases.is_empty());
+        let queued = queue.get(queue_key(&item)).unwrap().unwrap();
+        assert_eq!(serde_json::from_slice::<QueueItem>(&queued).unwrap(), item);
+        assert_eq!(requeue_stored_leases(&leases, &queue).unwrap(), 0);
     }
 
     #[test]
