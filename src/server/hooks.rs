@@ -201,13 +201,17 @@ async fn take(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let trigger = json!({
-        "method": method.as_str(),
-        "headers": header_map(headers),
-        "query": query_map(uri.query().unwrap_or_default()),
-        "body": parse_body(content_type, &bytes)?,
-        "received_at": Timestamp::now(),
-    });
+    // Built field by field: `json!` would copy the parsed body once more.
+    let trigger = Value::Object(serde_json::Map::from_iter([
+        ("method".to_owned(), Value::from(method.as_str())),
+        ("headers".to_owned(), header_map(headers)),
+        (
+            "query".to_owned(),
+            query_map(uri.query().unwrap_or_default()),
+        ),
+        ("body".to_owned(), parse_body(content_type, &bytes)?),
+        ("received_at".to_owned(), json!(Timestamp::now())),
+    ]));
 
     let batch = flow.batches() && trigger["body"].is_array();
     let events = flow.split_batch(trigger);

@@ -508,14 +508,8 @@ impl Store for SledStore {
     async fn ingest(&self, new: NewRun) -> Result<Ingested> {
         if let (Some(inbox), None) = (&self.inbox, &new.dedupe) {
             // The common case: one fsynced append; the promoter moves it into the trees.
-            let record = serde_json::to_vec(&new).map_err(|e| {
-                StoreError::Backend(format!(
-                    "cannot encode run {} for the inbox: {e}",
-                    new.run.id
-                ))
-            })?;
             inbox
-                .append(record)
+                .append(EncodedRun::new(&new)?.to_record())
                 .await
                 .map_err(|e| StoreError::Backend(format!("inbox append failed: {e}")))?;
             return Ok(Ingested::Created);
@@ -1028,8 +1022,8 @@ impl Promoter {
         if let Some(&(last, _)) = self.pending.last() {
             let mut runs = Vec::with_capacity(self.pending.len());
             for (n, record) in &self.pending {
-                match serde_json::from_slice::<NewRun>(record).map_err(|e| e.to_string()) {
-                    Ok(new) => runs.push(EncodedRun::new(&new)?),
+                match EncodedRun::from_record(record) {
+                    Ok(run) => runs.push(run),
                     Err(e) => {
                         tracing::error!(record = n, error = %e, "an inbox record cannot be read; it is skipped")
                     }
@@ -1063,18 +1057,22 @@ impl Drop for SledStore {
     }
 }
 
-/// A new run encoded for the trees.
+/// A new run encoded for the trees: keys and values as they are written.
+#[derive(Debug, PartialEq)]
 struct EncodedRun {
-    event_key: [u8; 16],
+    event_key: Vec<u8>,
     event: Vec<u8>,
-    run_key: [u8; 16],
+    run_key: Vec<u8>,
     run: Vec<u8>,
     index_key: Vec<u8>,
     items: Vec<(Vec<u8>, Vec<u8>)>,
-    /// The dedupe tree's key and entry, and when the entry expires.
-    dedupe: Option<(Vec<u8>, Vec<u8>, Timestamp)>,
-    received_at: Timestamp,
+    /// The dedupe tree's key and entry, when the entry expires, and when the event arrived.
+    dedupe: Option<(Vec<u8>, Vec<u8>, Timestamp, Timestamp)>,
 }
+
+/// The first byte of an inbox record holding an [`EncodedRun`] (a record of an earlier version
+/// is a JSON [`NewRun`], which starts with `{`).
+const ENCODED_RUN: u8 = 1;
 
 impl EncodedRun {
     fn new(new: &NewRun) -> Result<Self> {
@@ -1090,13 +1088,13 @@ impl EncodedRun {
                     expires_at: d.expires_at,
                 };
                 let value = encode(TreeName::Dedupe, &d.key, &entry)?;
-                Ok((key, value, d.expires_at))
+                Ok((key, value, d.expires_at, new.event.received_at))
             })
             .transpose()?;
         Ok(Self {
-            event_key: new.event.id.to_bytes(),
+            event_key: new.event.id.to_bytes().to_vec(),
             event: encode(TreeName::Events, &new.event.id, &new.event)?,
-            run_key,
+            run_key: run_key.to_vec(),
             run: encode(TreeName::Runs, &new.run.id, &new.run)?,
             index_key: flow_key(&new.run.flow_id, &run_key),
             items: new
@@ -1105,7 +1103,65 @@ impl EncodedRun {
                 .map(|item| Ok((queue_key(item), encode(TreeName::Queue, &item.id, item)?)))
                 .collect::<Result<Vec<_>>>()?,
             dedupe,
-            received_at: new.event.received_at,
+        })
+    }
+
+    /// The run as an inbox record: its keys and values, each after its length (u32, little
+    /// endian), so the promoter writes them without decoding anything. Without its dedupe key:
+    /// runs with one are never put in the inbox.
+    fn to_record(&self) -> Vec<u8> {
+        let parts = [
+            &self.event_key,
+            &self.event,
+            &self.run_key,
+            &self.run,
+            &self.index_key,
+        ];
+        let items = self.items.iter().flat_map(|(key, value)| [key, value]);
+        let mut record = vec![ENCODED_RUN];
+        for part in parts.into_iter().chain(items) {
+            record.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            record.extend_from_slice(part);
+        }
+        record
+    }
+
+    /// Reads an inbox record (see [`to_record`](Self::to_record); a JSON [`NewRun`] of an earlier
+    /// version is encoded afresh).
+    fn from_record(record: &[u8]) -> std::result::Result<Self, String> {
+        let Some((&ENCODED_RUN, mut rest)) = record.split_first() else {
+            let new: NewRun = serde_json::from_slice(record).map_err(|e| e.to_string())?;
+            return Self::new(&new).map_err(|e| e.to_string());
+        };
+        let mut parts = Vec::new();
+        while !rest.is_empty() {
+            let (len, tail) = rest.split_first_chunk::<4>().ok_or("a length is cut off")?;
+            let len = u32::from_le_bytes(*len) as usize;
+            if tail.len() < len {
+                return Err("a part is cut off".into());
+            }
+            let (part, tail) = tail.split_at(len);
+            parts.push(part.to_vec());
+            rest = tail;
+        }
+        if parts.len() < 5 || parts.len() % 2 == 0 {
+            return Err(format!("{} parts, not 5 and pairs", parts.len()));
+        }
+        let mut items = Vec::with_capacity((parts.len() - 5) / 2);
+        let mut tail = parts.split_off(5).into_iter();
+        while let (Some(key), Some(value)) = (tail.next(), tail.next()) {
+            items.push((key, value));
+        }
+        let [event_key, event, run_key, run, index_key] =
+            <[Vec<u8>; 5]>::try_from(parts).map_err(|_| "five parts expected")?;
+        Ok(Self {
+            event_key,
+            event,
+            run_key,
+            run,
+            index_key,
+            items,
+            dedupe: None,
         })
     }
 }
@@ -1145,11 +1201,11 @@ impl NewRunTrees {
                 |(events, runs, by_flow, queue, dedupe_keys, expiry, state)| -> TxResult<Vec<Ingested>> {
                     let mut outcomes = Vec::with_capacity(new.len());
                     for run in new {
-                        if let Some((key, value, expires_at)) = &run.dedupe {
+                        if let Some((key, value, expires_at, received_at)) = &run.dedupe {
                             if let Some(taken) = dedupe_keys.get(key)? {
                                 let taken: DedupeEntry =
                                     decode(TreeName::Dedupe, key, &taken).map_err(abort)?;
-                                if taken.expires_at > run.received_at {
+                                if taken.expires_at > *received_at {
                                     outcomes.push(Ingested::Duplicate {
                                         event_id: taken.event_id,
                                         run_id: taken.run_id,
@@ -1609,11 +1665,66 @@ mod tests {
         });
     }
 
+    /// A new run of flow `crash` with one item, numbered `n` (its times).
+    fn sample_run(n: i64) -> NewRun {
+        use crate::model::{Event, RunStatus};
+
+        let flow_id: FlowId = "crash".parse().unwrap();
+        let event = Event {
+            id: EventId::new(),
+            flow_id: flow_id.clone(),
+            received_at: Timestamp(n),
+            trigger: serde_json::json!({ "n": n }),
+        };
+        let run = Run {
+            id: RunId::new(),
+            flow_id: flow_id.clone(),
+            revision: Revision::of("id: crash"),
+            event_id: event.id,
+            status: RunStatus::Queued,
+            created_at: Timestamp(n),
+            updated_at: Timestamp(n),
+            finished_at: None,
+            steps: vec![],
+            reason: None,
+            replay_of: None,
+            failure: None,
+        };
+        let item = QueueItem {
+            id: ItemId::new(),
+            run_id: run.id,
+            flow_id,
+            step_id: "first".parse().unwrap(),
+            attempt: 1,
+            due_at: Timestamp(n),
+        };
+        NewRun {
+            event,
+            run,
+            items: vec![item],
+            dedupe: None,
+        }
+    }
+
+    #[test]
+    fn inbox_records_hold_the_encoded_run_and_older_json_records_still_read() {
+        let new = sample_run(7);
+        let encoded = EncodedRun::new(&new).unwrap();
+        let record = encoded.to_record();
+        assert_eq!(EncodedRun::from_record(&record).unwrap(), encoded);
+        let legacy = serde_json::to_vec(&new).unwrap();
+        assert_eq!(EncodedRun::from_record(&legacy).unwrap(), encoded);
+        for cut in [1, 3, record.len() - 1] {
+            assert!(
+                EncodedRun::from_record(&record[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+
     /// The child's side: ingest, print each acknowledged run id, then abort.
     fn crash_after_ingesting(dir: &Path) -> ! {
         use std::io::Write;
-
-        use crate::model::{Event, RunStatus};
 
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -1623,46 +1734,10 @@ mod tests {
                 .path(dir)
                 .flush_every_ms(None);
             let store = SledStore::with_config(config, "the crash test directory").unwrap();
-            let flow_id: FlowId = "crash".parse().unwrap();
             for n in 0..20 {
-                let event = Event {
-                    id: EventId::new(),
-                    flow_id: flow_id.clone(),
-                    received_at: Timestamp(n),
-                    trigger: serde_json::json!({ "n": n }),
-                };
-                let run = Run {
-                    id: RunId::new(),
-                    flow_id: flow_id.clone(),
-                    revision: Revision::of("id: crash"),
-                    event_id: event.id,
-                    status: RunStatus::Queued,
-                    created_at: Timestamp(n),
-                    updated_at: Timestamp(n),
-                    finished_at: None,
-                    steps: vec![],
-                    reason: None,
-                    replay_of: None,
-                    failure: None,
-                };
-                let item = QueueItem {
-                    id: ItemId::new(),
-                    run_id: run.id,
-                    flow_id: flow_id.clone(),
-                    step_id: "first".parse().unwrap(),
-                    attempt: 1,
-                    due_at: Timestamp(n),
-                };
-                let id = run.id;
-                store
-                    .ingest(NewRun {
-                        event,
-                        run,
-                        items: vec![item],
-                        dedupe: None,
-                    })
-                    .await
-                    .unwrap();
+                let new = sample_run(n);
+                let id = new.run.id;
+                store.ingest(new).await.unwrap();
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "acked {id}").unwrap();
                 out.flush().unwrap();
