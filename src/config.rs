@@ -40,6 +40,9 @@ pub struct Config {
     /// The most memory the store's page cache uses, in MiB.
     #[serde(default = "default_cache_mb")]
     pub cache_mb: u64,
+    /// Whether a new store is created compressed (an existing one keeps its setting).
+    #[serde(default)]
+    pub compression: bool,
     /// Outbound HTTP settings.
     #[serde(default)]
     pub outbound: OutboundConfig,

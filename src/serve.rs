@@ -77,7 +77,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("cannot create {}", config.data.display()))?;
-    let store = SledStore::open(&config.data, config.cache_mb << 20)
+    let store = SledStore::open(&config.data, config.cache_mb << 20, config.compression)
         .with_context(|| format!("cannot open the data directory {}", config.data.display()))?;
     let http = HttpClient::new(config.outbound_policy(address)?)
         .context("cannot set up the HTTP client")?;

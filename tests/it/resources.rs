@@ -121,6 +121,34 @@ async fn retention_deletes_old_runs_per_flow_and_the_store_stops_growing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_created_compressed_runs_flows_and_keeps_its_setting() {
+    let flows = [("packed.yaml", quick_flow("packed", ""))];
+    let flows: Vec<(&str, &str)> = flows.iter().map(|(f, y)| (*f, y.as_str())).collect();
+    let (mut server, config) = start_configured(&flows, "compression: true\n");
+    send_many(&server, "packed", 0, 200, 8).await;
+    all_succeed(&server, "packed", 200).await;
+    let settings = std::fs::read_to_string(server.data_dir().join("conf")).unwrap();
+    assert!(settings.contains("use_compression: true"), "{settings}");
+
+    // Restarted without the setting, the store stays compressed and keeps every run.
+    assert!(server.stop_gracefully());
+    std::fs::write(config.path().join("hookflow.yaml"), "compression: false\n").unwrap();
+    server.restart();
+    all_succeed(&server, "packed", 200).await;
+    send_many(&server, "packed", 200, 1, 1).await;
+    all_succeed(&server, "packed", 201).await;
+}
+
+/// Waits until the flow has exactly `count` runs, all succeeded.
+async fn all_succeed(server: &Server, flow: &str, count: usize) {
+    eventually("every run to succeed", || async {
+        let runs = server.all_runs(flow).await;
+        (runs.len() == count && runs.iter().all(|r| r["status"] == "succeeded")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_lives_on_disk_memory_stays_flat_and_it_drains() {
     const BACKLOG: u64 = 10_000;
     let flows = [("backlog.yaml", quick_flow("backlog", ""))];

@@ -206,6 +206,11 @@ impl Server {
             .expect("VmRSS in /proc/PID/status")
     }
 
+    /// The server's data directory.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// The size of the data directory on disk, in bytes.
     pub fn data_bytes(&self) -> u64 {
         fn size(path: &Path) -> u64 {
@@ -220,7 +225,7 @@ impl Server {
                     .sum()
             })
         }
-        size(&self.dir.path().join("data"))
+        size(&self.data_dir())
     }
 
     /// Runs `hookflow ARGS --server BASE` against this server.

@@ -1307,16 +1307,16 @@ mod sled_backend {
     use crate::store::Store;
 
     fn opener(path: PathBuf) -> impl Fn() -> Arc<dyn Store> + Send + Sync {
-        move || Arc::new(open_when_released(&path)) as Arc<dyn Store>
+        move || Arc::new(open_when_released(&path, false)) as Arc<dyn Store>
     }
 
     /// Opens the store, waiting (a bounded time) for a store dropped just before to let go of
     /// the directory's lock: sled's I/O threads may still hold the file for a moment after the
     /// last handle is dropped, and sled has no way to wait for them.
-    fn open_when_released(path: &Path) -> SledStore {
+    fn open_when_released(path: &Path, compression: bool) -> SledStore {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match SledStore::open(path, crate::store::sled::DEFAULT_CACHE_BYTES) {
+            match SledStore::open(path, crate::store::sled::DEFAULT_CACHE_BYTES, compression) {
                 Ok(store) => return store,
                 Err(e) if e.to_string().contains("could not acquire lock") => {
                     assert!(Instant::now() < deadline, "the store stayed locked: {e}");
@@ -1334,8 +1334,13 @@ mod sled_backend {
         use super::*;
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(
-            SledStore::open_with_window(dir.path(), crate::store::sled::DEFAULT_CACHE_BYTES, 10)
-                .unwrap(),
+            SledStore::open_with_window(
+                dir.path(),
+                crate::store::sled::DEFAULT_CACHE_BYTES,
+                false,
+                10,
+            )
+            .unwrap(),
         );
         let f = flow("orders");
         let runs: Vec<NewRun> = (1..=50)
@@ -1419,6 +1424,23 @@ mod sled_backend {
     async fn state_is_kept_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         super::state_is_kept_across_reopen(&opener(dir.path().to_owned())).await;
+    }
+
+    /// A store created compressed passes the reopen check, opened afterwards by callers asking for
+    /// no compression: it keeps the setting it was created with.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_compressed_store_keeps_everything_and_its_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let opened = std::sync::atomic::AtomicUsize::new(0);
+        let open = || {
+            let first = opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            Arc::new(open_when_released(&path, first)) as Arc<dyn Store>
+        };
+        super::everything_survives_reopen(&open).await;
+        assert!(opened.into_inner() > 1);
+        let settings = std::fs::read_to_string(dir.path().join("conf")).unwrap();
+        assert!(settings.contains("use_compression: true"), "{settings}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

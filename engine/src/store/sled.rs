@@ -187,11 +187,25 @@ pub const SEGMENT_SIZE: usize = 8 << 20;
 pub const DEFAULT_CACHE_BYTES: u64 = 16 << 20;
 
 /// The sled settings every store opens with. sled refuses to reopen a database with another segment
-/// size, so that must never change for existing data directories; the cache size may.
-fn base_config(cache_bytes: u64) -> Config {
+/// size or compression setting, so those never change for an existing data directory; the cache
+/// size may. Compression (zstd at its fastest level) stores about a third as much, at a cost in
+/// throughput and memory (bench/RESULTS.md).
+fn base_config(cache_bytes: u64, compression: bool) -> Config {
     Config::new()
         .segment_size(SEGMENT_SIZE)
         .cache_capacity(cache_bytes)
+        .use_compression(compression)
+        .compression_factor(1)
+}
+
+/// Whether the sled database in `path` was created compressed (`None`: no database there yet),
+/// from the settings file sled keeps beside it.
+fn stored_compression(path: &Path) -> Option<bool> {
+    let settings = std::fs::read_to_string(path.join("conf")).ok()?;
+    settings
+        .lines()
+        .find_map(|line| line.strip_prefix("use_compression: "))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// The sled-backed [`Store`].
@@ -258,14 +272,29 @@ impl SledStore {
     ///
     /// The directory stays locked for a moment after the store is dropped (sled's I/O threads let
     /// go of it last), so reopening at once in the same process may fail with a lock error.
-    /// `cache_bytes` bounds sled's page cache (see [`DEFAULT_CACHE_BYTES`]).
-    pub fn open(path: &Path, cache_bytes: u64) -> Result<Self> {
-        Self::open_with_window(path, cache_bytes, PROMOTE_WINDOW)
+    /// `cache_bytes` bounds sled's page cache (see [`DEFAULT_CACHE_BYTES`]). A new database is
+    /// created compressed if `compression` says so; an existing one keeps the setting it was
+    /// created with.
+    pub fn open(path: &Path, cache_bytes: u64, compression: bool) -> Result<Self> {
+        Self::open_with_window(path, cache_bytes, compression, PROMOTE_WINDOW)
     }
 
     /// [`open`](Self::open) with another promotion window (tests use a small one).
-    pub(crate) fn open_with_window(path: &Path, cache_bytes: u64, window: i64) -> Result<Self> {
-        let config = base_config(cache_bytes).path(path);
+    pub(crate) fn open_with_window(
+        path: &Path,
+        cache_bytes: u64,
+        compression: bool,
+        window: i64,
+    ) -> Result<Self> {
+        let stored = stored_compression(path);
+        if stored.is_some_and(|stored| stored != compression) {
+            tracing::warn!(
+                data = %path.display(),
+                compressed = !compression,
+                "the store keeps the compression setting it was created with"
+            );
+        }
+        let config = base_config(cache_bytes, stored.unwrap_or(compression)).path(path);
         let mut store = Self::with_config(config, &path.display().to_string())?;
         let log = path.join("db");
         let file = std::fs::File::open(&log).map_err(|e| {
@@ -313,7 +342,7 @@ impl SledStore {
     /// A store in a temporary directory, deleted when the store is dropped (`hookflow run`, tests).
     /// sled skips syncing in temporary mode: nothing in it survives a crash.
     pub fn temporary() -> Result<Self> {
-        let config = base_config(DEFAULT_CACHE_BYTES).temporary(true);
+        let config = base_config(DEFAULT_CACHE_BYTES, false).temporary(true);
         Self::with_config(config, "a temporary directory")
     }
 
@@ -1478,7 +1507,7 @@ mod tests {
 
     #[test]
     fn leases_an_earlier_version_stored_are_requeued() {
-        let db = base_config(DEFAULT_CACHE_BYTES)
+        let db = base_config(DEFAULT_CACHE_BYTES, false)
             .temporary(true)
             .open()
             .unwrap();
@@ -1650,7 +1679,7 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+            let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES, false).unwrap();
             for id in &acked {
                 assert!(
                     store.run(*id).await.unwrap().is_some(),
@@ -1730,7 +1759,7 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let config = base_config(DEFAULT_CACHE_BYTES)
+            let config = base_config(DEFAULT_CACHE_BYTES, false)
                 .path(dir)
                 .flush_every_ms(None);
             let store = SledStore::with_config(config, "the crash test directory").unwrap();
