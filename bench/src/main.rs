@@ -25,6 +25,9 @@ struct Args {
     /// The server's workers.
     #[arg(long, default_value_t = 32)]
     workers: usize,
+    /// Run the server with a compressed store (`compression: true`).
+    #[arg(long)]
+    compression: bool,
     /// The hookflow binary (default: the one beside this program).
     #[arg(long)]
     hookflow: Option<PathBuf>,
@@ -65,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         count: args.count,
         concurrency: args.concurrency,
         workers: args.workers,
+        compression: args.compression,
     };
     let scenarios = if args.scenarios.is_empty() {
         vec![
@@ -87,12 +91,17 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(path) = args.record {
         let context = format!(
-            "{} | {} | {} | concurrency {}, workers {}",
+            "{} | {} | {} | concurrency {}, workers {}{}",
             shell("date -u +%F"),
             shell("git rev-parse --short HEAD"),
             machine(),
             args.concurrency,
-            args.workers
+            args.workers,
+            if args.compression {
+                ", compressed store"
+            } else {
+                ""
+            }
         );
         let mut file = std::fs::OpenOptions::new().append(true).open(&path)?;
         for report in &reports {

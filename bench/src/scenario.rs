@@ -37,6 +37,8 @@ pub struct Options {
     pub concurrency: u64,
     /// The server's workers.
     pub workers: usize,
+    /// Whether the server's store is compressed.
+    pub compression: bool,
 }
 
 /// What a scenario measured.
@@ -108,9 +110,16 @@ pub async fn run(scenario: Scenario, options: &Options) -> anyhow::Result<Report
     } else {
         options.workers
     };
-    // The backlog keeps the default retention, as a server would that drains a million runs.
-    let keep_all = scenario != Scenario::Backlog;
-    let server = Server::start(&options.hookflow, dir.path(), FLOW_ID, workers, keep_all)?;
+    // Every run is kept, so the store's size per run can be measured; but the backlog keeps the
+    // default retention, as a server would that drains a million runs.
+    let mut config = String::new();
+    if scenario != Scenario::Backlog {
+        config.push_str("retention: { max_runs: 100000000, max_age: 3650d }\n");
+    }
+    if options.compression {
+        config.push_str("compression: true\n");
+    }
+    let server = Server::start(&options.hookflow, dir.path(), FLOW_ID, workers, &config)?;
     let idle_kib = server.rss_kib()?;
     let cpu_before = server.cpu_ms()?;
     let started = Instant::now();
@@ -133,7 +142,7 @@ pub async fn run(scenario: Scenario, options: &Options) -> anyhow::Result<Report
             dir.path(),
             FLOW_ID,
             options.workers,
-            keep_all,
+            &config,
         )?;
         let _ = write!(
             notes,

@@ -26,22 +26,16 @@ const TICKS_PER_SEC: u64 = 100;
 
 impl Server {
     /// Starts `hookflow serve` from `bin` in `dir` (which holds `flows/` and gets `data/`) with
-    /// `workers` workers and HTTP actions allowed to reach 127.0.0.1; with `keep_all`, every run
-    /// is kept (so the store's size per run can be measured), otherwise the default retention
-    /// applies. Waits for the banner and finds `flow`'s catch URL.
+    /// `workers` workers, HTTP actions allowed to reach 127.0.0.1 and `config` as its
+    /// configuration file. Waits for the banner and finds `flow`'s catch URL.
     pub fn start(
         bin: &Path,
         dir: &Path,
         flow: &str,
         workers: usize,
-        keep_all: bool,
+        config: &str,
     ) -> anyhow::Result<Self> {
-        let retention = if keep_all {
-            "retention: { max_runs: 100000000, max_age: 3650d }\n"
-        } else {
-            ""
-        };
-        std::fs::write(dir.join("config.yaml"), retention)?;
+        std::fs::write(dir.join("config.yaml"), config)?;
         let mut child = Command::new(bin)
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--allow-outbound", "127.0.0.1"])

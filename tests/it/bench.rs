@@ -10,6 +10,7 @@ async fn smoke(scenario: Scenario) {
         count: 300,
         concurrency: 8,
         workers: 4,
+        compression: false,
     };
     let report = run(scenario, &options)
         .await
