@@ -35,6 +35,10 @@ struct Args {
     /// print the acknowledgment figures.
     #[arg(long, conflicts_with = "scenarios")]
     url: Option<String>,
+    /// Only send events to the benchmark's own sink, which parses each and answers 200 (no
+    /// hookflow): what the load generator and a minimal server reach on this machine.
+    #[arg(long, conflicts_with_all = ["scenarios", "url"])]
+    ceiling: bool,
     /// Append the figures to this results file (bench/RESULTS.md).
     #[arg(long)]
     record: Option<PathBuf>,
@@ -45,7 +49,12 @@ const HEADER: &str = "scenario | runs | acked/s | completed runs/s | ack p50 / p
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(url) = &args.url {
+    let url = match (&args.url, args.ceiling) {
+        (Some(url), _) => Some(url.clone()),
+        (None, true) => Some(hookflow_bench::sink::Sink::start().await?.url),
+        (None, false) => None,
+    };
+    if let Some(url) = &url {
         let load = hookflow_bench::load::send(url, 0, args.count, args.concurrency).await?;
         println!(
             "acked {} of {} in {:.1} s: {:.0} events/s; failed {}; ack latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",

@@ -127,8 +127,9 @@ struct Chain {
 impl Chain {
     /// Applies the deferred steps' outcomes to `run` as stored, in order: the run and the records
     /// they write, with the step about to be committed (`last`) queued. If the run went another
-    /// way meanwhile (cancelled, retried by hand), the update to write instead: up to the first
-    /// deferred step the run no longer follows, with what that step decides.
+    /// way meanwhile (another worker finished these steps: this one's lease had ended), the update
+    /// to write instead: up to the first deferred step the run no longer follows, with what that
+    /// step decides.
     fn replay(&self, flow: &Flow, mut run: Run, last: &StepId, now: Timestamp) -> Replayed {
         let mut records = Vec::new();
         for (i, deferred) in self.deferred.iter().enumerate() {
