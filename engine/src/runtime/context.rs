@@ -39,18 +39,20 @@ pub fn run_context(
         // Succeeded and filtered steps, and failed ones whose run went on (`on_error: continue`).
         .filter_map(|r| Some((r.step_id.to_string(), r.output.clone()?)))
         .collect();
-    json!({
-        "trigger": event.trigger,
-        "steps": steps,
-        "run": {
-            "id": run.id,
-            "flow": run.flow_id,
-            "revision": run.revision,
-            "attempt": attempt,
-            "idempotency_key": idempotency_key(run, step),
-            "error": run.failure,
-        },
-    })
+    let run = json!({
+        "id": run.id,
+        "flow": run.flow_id,
+        "revision": run.revision,
+        "attempt": attempt,
+        "idempotency_key": idempotency_key(run, step),
+        "error": run.failure,
+    });
+    // Built field by field: `json!` would copy the trigger and the outputs once more.
+    Value::Object(Map::from_iter([
+        ("trigger".to_owned(), event.trigger.clone()),
+        ("steps".to_owned(), Value::Object(steps)),
+        ("run".to_owned(), run),
+    ]))
 }
 
 /// The idempotency key of a step in a run: the same for every attempt, and new after each manual

@@ -952,7 +952,10 @@ fn dedupe_key(flow: &Flow, trigger: &Value, now: Timestamp) -> Option<DedupeKey>
     };
     let (key, window) = match (dedupe, verify) {
         (Some(rule), _) => {
-            let ctx = serde_json::json!({ "trigger": trigger });
+            let ctx = Value::Object(serde_json::Map::from_iter([(
+                "trigger".to_owned(),
+                trigger.clone(),
+            )]));
             match rule.key.render(&flow.templates, &ctx) {
                 Ok(key) => (key.trim().to_owned(), rule.window),
                 Err(e) => {

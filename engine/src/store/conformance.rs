@@ -312,6 +312,78 @@ pub(crate) async fn claimed_items_are_never_claimed_twice(store: Arc<dyn Store>)
     assert_eq!(store.requeue_expired(at(59_999)).await.unwrap(), 0);
 }
 
+/// While updates take their runs' next items, concurrent claimers never get one of them, nor an
+/// item an update is finishing.
+pub(crate) async fn claims_racing_updates_never_get_taken_items(store: Arc<dyn Store>) {
+    let f = flow("orders");
+    let runs: Vec<_> = (0..60).map(|n| new_run(&f, RunId::new(), at(n))).collect();
+    ingest_all(&store, runs.clone()).await;
+    let claimed = store
+        .claim_due(at(100), 100, FAR_FUTURE, &FlowRoom::new())
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 60);
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut claimers = JoinSet::new();
+    for _ in 0..3 {
+        let (store, done) = (store.clone(), done.clone());
+        claimers.spawn(async move {
+            let mut got = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let now = at(1_000);
+                got.extend(
+                    store
+                        .claim_due(now, 10, FAR_FUTURE, &FlowRoom::new())
+                        .await
+                        .unwrap(),
+                );
+                tokio::task::yield_now().await;
+            }
+            got
+        });
+    }
+    let mut updates = JoinSet::new();
+    for item in claimed {
+        let store = store.clone();
+        updates.spawn(async move {
+            let next = self::item(&item.flow_id, item.run_id, "second", at(200));
+            let decide = |run: Run| {
+                Some(RunUpdate {
+                    run,
+                    records: vec![],
+                    enqueue: vec![],
+                    take: Some(Take {
+                        items: vec![next.clone()],
+                        until: FAR_FUTURE,
+                    }),
+                })
+            };
+            store
+                .update_run(item.run_id, Some(item.id), &decide)
+                .await
+                .unwrap();
+        });
+    }
+    while let Some(update) = updates.join_next().await {
+        update.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    while let Some(got) = claimers.join_next().await {
+        assert_eq!(got.unwrap(), [], "a claim got an item that was leased");
+    }
+    assert_eq!(store.requeue_expired(at(1_000_000)).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .claim_due(at(1_000), 100, FAR_FUTURE, &FlowRoom::new())
+            .await
+            .unwrap()
+            .len(),
+        0,
+        "the taken items stay leased"
+    );
+}
+
 /// Items an update takes for its caller are leased to it at once: no claim returns them and
 /// `next_due` does not report them until the lease ends; finishing one removes it.
 pub(crate) async fn taken_items_are_leased_to_the_caller(store: Arc<dyn Store>) {
@@ -1405,6 +1477,7 @@ mod sled_backend {
         claimed_items_are_never_claimed_twice,
         update_run_writes_atomically_and_ends_the_lease,
         taken_items_are_leased_to_the_caller,
+        claims_racing_updates_never_get_taken_items,
         decide_none_writes_nothing_but_ends_the_lease,
         concurrent_updates_of_one_run_lose_nothing,
         requeue_expired_returns_ended_leases,
