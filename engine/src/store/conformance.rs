@@ -129,6 +129,19 @@ async fn ingest_all(store: &Arc<dyn Store>, runs: impl IntoIterator<Item = NewRu
 
 /// Ingests a run and, if it was created, waits (a bounded time) until reads see it: a backend
 /// may make an acknowledged run visible a moment after `ingest` returns (sled's inbox).
+/// Ingests a run of `f` due at 100 and claims its one item (leased until 60,000): the run and the
+/// claimed item.
+async fn ingest_and_claim(store: &Arc<dyn Store>, f: &FlowId) -> (NewRun, Vec<QueueItem>) {
+    let new = new_run(f, RunId::new(), at(100));
+    ingest(store, new.clone()).await;
+    let claimed = store
+        .claim_due(at(100), 1, at(60_000), &FlowRoom::new())
+        .await
+        .unwrap();
+    assert_eq!(claimed, new.items);
+    (new, claimed)
+}
+
 async fn ingest(store: &Arc<dyn Store>, new: NewRun) -> Ingested {
     let id = new.run.id;
     let outcome = store.ingest(new).await.expect("ingest");
@@ -388,14 +401,8 @@ pub(crate) async fn claims_racing_updates_never_get_taken_items(store: Arc<dyn S
 /// `next_due` does not report them until the lease ends; finishing one removes it.
 pub(crate) async fn taken_items_are_leased_to_the_caller(store: Arc<dyn Store>) {
     let f = flow("orders");
-    let new = new_run(&f, RunId::new(), at(100));
+    let (new, claimed) = ingest_and_claim(&store, &f).await;
     let id = new.run.id;
-    ingest(&store, new.clone()).await;
-    let claimed = store
-        .claim_due(at(100), 1, at(60_000), &FlowRoom::new())
-        .await
-        .unwrap();
-    assert_eq!(claimed, new.items);
     let next = item(&f, id, "second", at(100));
     let decide = |run: Run| {
         Some(RunUpdate {
@@ -440,14 +447,8 @@ pub(crate) async fn taken_items_are_leased_to_the_caller(store: Arc<dyn Store>) 
 /// `update_run` writes the run, its records and its next items together and ends the lease.
 pub(crate) async fn update_run_writes_atomically_and_ends_the_lease(store: Arc<dyn Store>) {
     let f = flow("orders");
-    let new = new_run(&f, RunId::new(), at(100));
+    let (new, claimed) = ingest_and_claim(&store, &f).await;
     let id = new.run.id;
-    ingest(&store, new.clone()).await;
-    let claimed = store
-        .claim_due(at(100), 1, at(60_000), &FlowRoom::new())
-        .await
-        .unwrap();
-    assert_eq!(claimed, new.items);
 
     let first = record(id, "first", json!({ "plan": "PRO" }));
     let next = item(&f, id, "second", at(5_000));
@@ -522,13 +523,8 @@ pub(crate) async fn update_run_writes_atomically_and_ends_the_lease(store: Arc<d
 /// A decision of `None` writes nothing but still ends the lease; a missing run reads as `None`.
 pub(crate) async fn decide_none_writes_nothing_but_ends_the_lease(store: Arc<dyn Store>) {
     let f = flow("orders");
-    let new = new_run(&f, RunId::new(), at(100));
+    let (new, claimed) = ingest_and_claim(&store, &f).await;
     let id = new.run.id;
-    ingest(&store, new.clone()).await;
-    let claimed = store
-        .claim_due(at(100), 1, at(60_000), &FlowRoom::new())
-        .await
-        .unwrap();
 
     let unchanged = store
         .update_run(id, Some(claimed[0].id), &|_| None)
