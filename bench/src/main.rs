@@ -8,7 +8,9 @@ use std::process::Command;
 
 use anyhow::Context;
 use clap::Parser;
+use hookflow_bench::load::LoadReport;
 use hookflow_bench::scenario::{self, Options, Report, Scenario};
+use hookflow_bench::sink::Sink;
 
 /// Benchmark scenarios for hookflow (127.0.0.1 only).
 #[derive(Debug, Parser)]
@@ -35,8 +37,9 @@ struct Args {
     /// print the acknowledgment figures.
     #[arg(long, conflicts_with = "scenarios")]
     url: Option<String>,
-    /// Only send events to the benchmark's own sink, which parses each and answers 200 (no
-    /// hookflow): what the load generator and a minimal server reach on this machine.
+    /// Only measure the machine's ceiling, without hookflow: events sent to the benchmark's own
+    /// sink (which parses each and answers 200), then through a relay that passes each on to the
+    /// sink (one request in, one out, like an end-to-end run).
     #[arg(long, conflicts_with_all = ["scenarios", "url"])]
     ceiling: bool,
     /// Append the figures to this results file (bench/RESULTS.md).
@@ -49,24 +52,18 @@ const HEADER: &str = "scenario | runs | acked/s | completed runs/s | ack p50 / p
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let url = match (&args.url, args.ceiling) {
-        (Some(url), _) => Some(url.clone()),
-        (None, true) => Some(hookflow_bench::sink::Sink::start().await?.url),
-        (None, false) => None,
-    };
-    if let Some(url) = &url {
+    if args.ceiling {
+        let sink = Sink::start().await?;
+        let relay = hookflow_bench::relay::start(sink.url.clone()).await?;
+        for (label, url) in [("to the sink", &sink.url), ("through a relay", &relay)] {
+            let load = hookflow_bench::load::send(url, 0, args.count, args.concurrency).await?;
+            println!("{label}: {}", describe(&load, args.count));
+        }
+        return Ok(());
+    }
+    if let Some(url) = &args.url {
         let load = hookflow_bench::load::send(url, 0, args.count, args.concurrency).await?;
-        println!(
-            "acked {} of {} in {:.1} s: {:.0} events/s; failed {}; ack latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
-            load.acked.len(),
-            args.count,
-            load.elapsed.as_secs_f64(),
-            load.acked_per_sec(),
-            load.failed,
-            load.latency_ms(0.5),
-            load.latency_ms(0.99),
-            load.latency_ms(0.999)
-        );
+        println!("{}", describe(&load, args.count));
         return Ok(());
     }
     let options = Options {
@@ -118,6 +115,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The acknowledgment figures of a load run.
+fn describe(load: &LoadReport, count: u64) -> String {
+    format!(
+        "acked {} of {count} in {:.1} s: {:.0} events/s; failed {}; ack latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+        load.acked.len(),
+        load.elapsed.as_secs_f64(),
+        load.acked_per_sec(),
+        load.failed,
+        load.latency_ms(0.5),
+        load.latency_ms(0.99),
+        load.latency_ms(0.999)
+    )
 }
 
 /// A command's trimmed output ("?" if it fails).
