@@ -90,6 +90,58 @@ steps:
 }
 
 #[tokio::test]
+async fn steps_before_a_slow_call_are_shown_while_it_is_in_flight_and_kept_after_a_stop() {
+    let slow = Sink::with(SinkOptions {
+        held: true,
+        ..SinkOptions::default()
+    })
+    .await;
+    let flow = format!(
+        r#"
+id: slow-call
+trigger: {{ webhook: }}
+steps:
+  - id: keep
+    filter: {{ all: [ {{ value: "{{{{trigger.body.plan}}}}", equals: "pro" }} ] }}
+  - id: shape
+    map: {{ plan: "{{{{upper trigger.body.plan}}}}" }}
+  - id: call
+    http: {{ url: "{}/slow", json: "{{{{steps.shape}}}}" }}
+"#,
+        slow.url
+    );
+    let mut server = Server::start(&[("slow-call.yaml", &flow)]);
+    let (status, ack) = server.send("slow-call", &json!({ "plan": "pro" })).await;
+    assert_eq!(status, 200);
+    let run_id = ack["run_id"].as_str().unwrap().to_owned();
+    eventually("the call to be in flight", || async {
+        (slow.received().len() == 1).then_some(())
+    })
+    .await;
+    let run = eventually("the steps before the call to be recorded", || async {
+        let (_, run) = server.get(&format!("/api/v1/runs/{run_id}")).await;
+        (attempts(&run, "shape").len() == 1).then_some(run)
+    })
+    .await;
+    assert_eq!(run["status"], "running", "{run:#}");
+    assert_eq!(attempts(&run, "keep").len(), 1, "{run:#}");
+    assert!(attempts(&run, "call").is_empty(), "{run:#}");
+
+    // Stopped while the call hangs (past the drain, so what was committed is flushed), the server
+    // runs the call again at the next start, with its key; the steps before it stay as recorded.
+    assert!(server.stop_gracefully());
+    slow.release();
+    server.restart();
+    let run = server.finished_run(&run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    for step in ["keep", "shape", "call"] {
+        assert_eq!(attempts(&run, step).len(), 1, "{step}: {run:#}");
+    }
+    assert_eq!(idempotency_keys(&slow), vec![format!("{run_id}:call"); 2]);
+    assert_eq!(slow.received()[1].body, json!({ "plan": "PRO" }));
+}
+
+#[tokio::test]
 async fn a_target_outage_loses_nothing_and_records_every_attempt() {
     let port = unused_port();
     let url = format!("http://127.0.0.1:{port}/crm");

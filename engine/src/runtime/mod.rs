@@ -106,6 +106,10 @@ impl Work {
     }
 }
 
+/// How long a step with effects may run before the pure steps deferred ahead of it are committed
+/// on their own.
+const DEFERRED_PATIENCE: Duration = Duration::from_millis(100);
+
 /// A pure step a worker executed and has not committed yet.
 struct Deferred {
     item: QueueItem,
@@ -132,6 +136,7 @@ impl Chain {
     /// step decides.
     fn replay(&self, flow: &Flow, mut run: Run, last: &StepId, now: Timestamp) -> Replayed {
         let mut records = Vec::new();
+        let mut queued = None;
         for (i, deferred) in self.deferred.iter().enumerate() {
             let expected = self.deferred.get(i + 1).map_or(last, |d| &d.item.step_id);
             let Some(mut update) =
@@ -145,15 +150,17 @@ impl Chain {
                 return Replayed::Diverged(Some(update));
             }
             run = update.run;
+            queued = update.enqueue.pop();
         }
-        Replayed::Followed(run, records)
+        Replayed::Followed(run, records, queued)
     }
 }
 
 /// What replaying a chain's deferred steps on the stored run gave.
 enum Replayed {
-    /// The run as they leave it, and the records they write.
-    Followed(Run, Vec<StepRecord>),
+    /// The run as they leave it, the records they write, and the item the last of them queued
+    /// for the step being committed (the run expects that item; `None` without deferred steps).
+    Followed(Run, Vec<StepRecord>, Option<QueueItem>),
     /// The run went another way: the update to write instead (`None`: nothing).
     Diverged(Option<RunUpdate>),
 }
@@ -610,8 +617,9 @@ impl Engine {
     /// Executes a claimed item and commits its outcome; then, while the run's next step is due at
     /// once, takes it and executes it too, without going back to the queue or reloading the run.
     /// A pure step (filter, map, switch: see `Action::is_pure`) followed at once by another step
-    /// is not written on its own: its outcome is committed with the next step's (after a crash,
-    /// the chain runs again from the item the store holds leased, and pure steps give the same
+    /// is not written on its own: its outcome is committed with the next step's, or before it
+    /// when that step has effects and takes longer than [`DEFERRED_PATIENCE`] (after a crash, the
+    /// chain runs again from the item the store holds leased, and pure steps give the same
     /// outcome). A step with effects (HTTP, connectors) waits until the commits of the run's
     /// earlier steps with effects are on disk, so a crash never repeats a step once a later one
     /// has acted.
@@ -654,7 +662,7 @@ impl Engine {
             // An earlier step's effect must not be repeated after a crash once this one acts.
             self.store.flush().await?;
         }
-        let tried = self.attempt(work, &item).await;
+        let tried = self.attempt_in_chain(work, chain, &item).await?;
         let now = Timestamp::now();
         let previous = work
             .records
@@ -685,7 +693,7 @@ impl Engine {
             .store
             .update_run(item.run_id, Some(chain.leased), &|run| {
                 let (run, mut records) = match chain.replay(&work.flow, run, &item.step_id, now) {
-                    Replayed::Followed(run, records) => (run, records),
+                    Replayed::Followed(run, records, _) => (run, records),
                     Replayed::Diverged(update) => return update,
                 };
                 let mut update = decide(run)?;
@@ -711,6 +719,61 @@ impl Engine {
         chain.leased = next.id;
         work.remember(run, records);
         Ok(Some(next))
+    }
+
+    /// Attempts the step; a step with effects that outlasts [`DEFERRED_PATIENCE`] first has the
+    /// pure steps deferred ahead of it committed on their own (with itself leased), so the run's
+    /// page shows them while a slow call is in flight.
+    async fn attempt_in_chain(
+        &self,
+        work: &Work,
+        chain: &mut Chain,
+        item: &QueueItem,
+    ) -> Result<Tried> {
+        if chain.deferred.is_empty() || work.is_pure(&item.step_id) {
+            return Ok(self.attempt(work, item).await);
+        }
+        let attempt = self.attempt(work, item);
+        tokio::pin!(attempt);
+        tokio::select! {
+            tried = &mut attempt => return Ok(tried),
+            () = tokio::time::sleep(DEFERRED_PATIENCE) => {}
+        }
+        let now = Timestamp::now();
+        let until = now.plus(self.config.lease);
+        // The item the run expects for this step, as written (the closure may run more than once).
+        let leased = Mutex::new(None);
+        self.store
+            .update_run(item.run_id, Some(chain.leased), &|run| match chain.replay(
+                &work.flow,
+                run,
+                &item.step_id,
+                now,
+            ) {
+                Replayed::Followed(run, records, queued) => {
+                    *leased.lock().unwrap_or_else(PoisonError::into_inner) =
+                        queued.as_ref().map(|q| q.id);
+                    Some(RunUpdate {
+                        run,
+                        records,
+                        enqueue: Vec::new(),
+                        take: queued.map(|q| Take {
+                            items: vec![q],
+                            until,
+                        }),
+                    })
+                }
+                Replayed::Diverged(update) => {
+                    *leased.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                    update
+                }
+            })
+            .await?;
+        if let Some(id) = leased.into_inner().unwrap_or_else(PoisonError::into_inner) {
+            chain.leased = id;
+        }
+        chain.deferred.clear();
+        Ok(attempt.await)
     }
 
     /// The update for one step's outcome, applied to `run`: `advance` (or `postpone`), and the
