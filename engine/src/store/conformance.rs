@@ -129,6 +129,19 @@ async fn ingest_all(store: &Arc<dyn Store>, runs: impl IntoIterator<Item = NewRu
 
 /// Ingests a run and, if it was created, waits (a bounded time) until reads see it: a backend
 /// may make an acknowledged run visible a moment after `ingest` returns (sled's inbox).
+/// An update that changes nothing but takes `next` for the caller until `until`.
+fn taking(run: Run, next: &QueueItem, until: Timestamp) -> Option<RunUpdate> {
+    Some(RunUpdate {
+        run,
+        records: vec![],
+        enqueue: vec![],
+        take: Some(Take {
+            items: vec![next.clone()],
+            until,
+        }),
+    })
+}
+
 /// Ingests a run of `f` due at 100 and claims its one item (leased until 60,000): the run and the
 /// claimed item.
 async fn ingest_and_claim(store: &Arc<dyn Store>, f: &FlowId) -> (NewRun, Vec<QueueItem>) {
@@ -361,17 +374,7 @@ pub(crate) async fn claims_racing_updates_never_get_taken_items(store: Arc<dyn S
         let store = store.clone();
         updates.spawn(async move {
             let next = self::item(&item.flow_id, item.run_id, "second", at(200));
-            let decide = |run: Run| {
-                Some(RunUpdate {
-                    run,
-                    records: vec![],
-                    enqueue: vec![],
-                    take: Some(Take {
-                        items: vec![next.clone()],
-                        until: FAR_FUTURE,
-                    }),
-                })
-            };
+            let decide = |run: Run| taking(run, &next, FAR_FUTURE);
             store
                 .update_run(item.run_id, Some(item.id), &decide)
                 .await
@@ -404,17 +407,7 @@ pub(crate) async fn taken_items_are_leased_to_the_caller(store: Arc<dyn Store>) 
     let (new, claimed) = ingest_and_claim(&store, &f).await;
     let id = new.run.id;
     let next = item(&f, id, "second", at(100));
-    let decide = |run: Run| {
-        Some(RunUpdate {
-            run,
-            records: vec![],
-            enqueue: vec![],
-            take: Some(Take {
-                items: vec![next.clone()],
-                until: at(1_000),
-            }),
-        })
-    };
+    let decide = |run: Run| taking(run, &next, at(1_000));
     store
         .update_run(id, Some(claimed[0].id), &decide)
         .await
