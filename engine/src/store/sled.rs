@@ -198,6 +198,9 @@ fn base_config(cache_bytes: u64, compression: bool) -> Config {
         .compression_factor(1)
 }
 
+/// About how much smaller compression makes what sled stores (measured: 8.4 → 2.6 KB per run).
+const COMPRESSION_RATIO: u64 = 3;
+
 /// Whether the sled database in `path` was created compressed (`None`: no database there yet),
 /// from the settings file sled keeps beside it.
 fn stored_compression(path: &Path) -> Option<bool> {
@@ -294,7 +297,15 @@ impl SledStore {
                 "the store keeps the compression setting it was created with"
             );
         }
-        let config = base_config(cache_bytes, stored.unwrap_or(compression)).path(path);
+        let compression = stored.unwrap_or(compression);
+        // sled counts a cached page at its size in the log, which compression makes about a third
+        // of its size in memory: shrink the budget to match.
+        let cache_bytes = if compression {
+            cache_bytes / COMPRESSION_RATIO
+        } else {
+            cache_bytes
+        };
+        let config = base_config(cache_bytes, compression).path(path);
         let mut store = Self::with_config(config, &path.display().to_string())?;
         let log = path.join("db");
         let file = std::fs::File::open(&log).map_err(|e| {
