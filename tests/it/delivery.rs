@@ -46,11 +46,7 @@ fn idempotency_keys(sink: &Sink) -> Vec<String> {
 #[tokio::test]
 async fn a_step_in_flight_at_a_sigkill_runs_again_with_its_key_and_earlier_steps_do_not() {
     let first = Sink::start().await;
-    let second = Sink::with(SinkOptions {
-        held: true,
-        ..SinkOptions::default()
-    })
-    .await;
+    let second = Sink::held().await;
     let flow = format!(
         r#"
 id: two-calls
@@ -91,11 +87,7 @@ steps:
 
 #[tokio::test]
 async fn steps_before_a_slow_call_are_shown_while_it_is_in_flight_and_kept_after_a_stop() {
-    let slow = Sink::with(SinkOptions {
-        held: true,
-        ..SinkOptions::default()
-    })
-    .await;
+    let slow = Sink::held().await;
     let flow = format!(
         r#"
 id: slow-call
@@ -222,11 +214,7 @@ async fn retry_after_sets_the_earliest_next_attempt() {
 
 #[tokio::test]
 async fn a_step_that_times_out_is_retried() {
-    let sink = Sink::with(SinkOptions {
-        held: true,
-        ..SinkOptions::default()
-    })
-    .await;
+    let sink = Sink::held().await;
     let flow = format!(
         r#"
 id: slow
@@ -536,11 +524,7 @@ async fn a_repeated_delivery_is_answered_with_the_original_run_across_restarts()
 // Multi-threaded: the test blocks a thread waiting for the server to exit while its sink answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_accepting_finishes_the_step_in_flight_and_leaves_the_rest_queued() {
-    let sink = Sink::with(SinkOptions {
-        held: true,
-        ..SinkOptions::default()
-    })
-    .await;
+    let sink = Sink::held().await;
     let url = format!("{}/one-at-a-time", sink.url);
     let flow = deliver_flow("serial", &url, "").replace("steps:", "concurrency: 1\nsteps:");
     let mut server = Server::start(&[("serial.yaml", &flow)]);

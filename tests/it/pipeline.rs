@@ -802,11 +802,7 @@ async fn flow_files_reload_while_the_server_runs_and_bad_edits_are_refused() {
 
 #[tokio::test]
 async fn foreach_runs_its_steps_per_item_concurrently_and_reports_failed_items() {
-    let sink = crate::support::Sink::with(crate::support::SinkOptions {
-        held: true,
-        ..Default::default()
-    })
-    .await;
+    let sink = crate::support::Sink::held().await;
     let dead = crate::support::unused_port();
     let flow = format!(
         r#"

@@ -415,6 +415,15 @@ impl Sink {
         .await
     }
 
+    /// A sink that holds every request unanswered until [`release`](Self::release).
+    pub async fn held() -> Self {
+        Self::with(SinkOptions {
+            held: true,
+            ..SinkOptions::default()
+        })
+        .await
+    }
+
     /// A sink with options.
     pub async fn with(options: SinkOptions<'_>) -> Self {
         let received = Arc::new(Mutex::new(Vec::new()));
