@@ -11,7 +11,8 @@
 //! `DIR/NNNNNNNNNNNNNNNNNNNN.log` (the number of the segment's first record, zero-padded), each up
 //! to [`SEGMENT_BYTES`] (a larger batch may overrun it). A record is framed as `length: u32 LE`,
 //! `crc32(payload): u32 LE`, `payload`. On open, a torn or corrupt tail of the newest segment (a
-//! write the crash interrupted, never acknowledged) is cut off.
+//! write the crash interrupted, never acknowledged) is cut off. A segment is also closed when no
+//! append came for [`IDLE_ROLL`], so that a quiet inbox soon holds nothing already promoted.
 //!
 //! # Group commit
 //! One writer thread takes every append waiting, writes them with one `write` and one
@@ -30,6 +31,11 @@ pub const SEGMENT_BYTES: u64 = 64 << 20;
 
 /// At most this many bytes are written in one batch.
 const BATCH_BYTES: usize = 8 << 20;
+
+/// After this long without an append, the writer starts a new segment (if the current one holds
+/// records), so the records of a burst are deleted once promoted instead of waiting for the
+/// segment to fill.
+const IDLE_ROLL: Duration = Duration::from_secs(1);
 
 /// The frame header: length and checksum.
 const HEADER: usize = 8;
@@ -166,7 +172,8 @@ impl Inbox {
 }
 
 impl Reader {
-    /// Waits up to `wait` for a durable record after those read so far; true if there is one.
+    /// Waits up to `wait` for a durable record after those read so far; true if there is one,
+    /// or if the segment read so far was closed since (`read` then reports it finished).
     pub fn wait(&self, wait: Duration) -> bool {
         let through = self
             .durable
@@ -178,7 +185,14 @@ impl Reader {
             .grew
             .wait_timeout_while(through, wait, |t| *t < self.next)
             .unwrap_or_else(PoisonError::into_inner);
-        *through >= self.next
+        *through >= self.next || self.read_segment_closed()
+    }
+
+    /// Whether every record of the open segment has been read and the writer has gone on to the
+    /// next segment.
+    fn read_segment_closed(&self) -> bool {
+        matches!(self.segment, Some((first, ..)) if first < self.next)
+            && segment_path(&self.dir, self.next).exists()
     }
 
     /// Reads up to `max` durable records, with their numbers. Also returns the segment files that
@@ -215,6 +229,10 @@ impl Reader {
                     self.segment = None;
                 }
             }
+        }
+        if records.len() < max && self.read_segment_closed() {
+            let (first, ..) = self.segment.take().expect("checked above");
+            finished.push(segment_path(&self.dir, first));
         }
         Ok((records, finished))
     }
@@ -269,7 +287,17 @@ struct Writer {
 impl Writer {
     fn run(mut self, appends: &mpsc::Receiver<Append>) {
         let mut buf = Vec::new();
-        while let Ok(first) = appends.recv() {
+        loop {
+            let first = match appends.recv_timeout(IDLE_ROLL) {
+                Ok(first) => first,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(e) = self.roll_if_used() {
+                        tracing::warn!(error = %e, "cannot start a new inbox segment; the current one stays open");
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let mut batch = vec![first];
             let mut bytes = batch[0].payload.len();
             while bytes < BATCH_BYTES {
@@ -303,6 +331,14 @@ impl Writer {
                 let _ = append.done.send(answer);
             }
         }
+    }
+
+    /// Starts a new segment if the current one holds records.
+    fn roll_if_used(&mut self) -> io::Result<()> {
+        if self.file.metadata()?.len() > 0 {
+            self.file = create_segment(&self.dir, self.next)?;
+        }
+        Ok(())
     }
 
     /// Writes a batch at the end of the current segment (starting a new one when it is full) and
@@ -460,6 +496,39 @@ mod tests {
         assert_eq!(numbers, (1..=records).collect::<Vec<_>>());
         assert!(read.iter().all(|(n, p)| p[0] == (n - 1) as u8));
         assert_eq!(finished, vec![segment_path(dir.path(), 1)]);
+    }
+
+    #[test]
+    fn a_quiet_inbox_closes_its_segment_and_reports_it_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inbox, mut reader) = Inbox::open(dir.path(), 0).unwrap();
+        block_on(async {
+            for n in 0..3u8 {
+                inbox.append(vec![n; 10]).await.unwrap();
+            }
+        });
+        let (records, finished) = reader.read(10).unwrap();
+        assert_eq!(records.len(), 3);
+        assert!(finished.is_empty());
+        // Nothing more comes: after IDLE_ROLL the writer starts segment 4, and the reader,
+        // woken without a record, hands over segment 1.
+        let deadline = std::time::Instant::now() + IDLE_ROLL * 10;
+        while !reader.wait(Duration::from_millis(50)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "segment 1 never closed"
+            );
+        }
+        let (records, finished) = reader.read(10).unwrap();
+        assert!(records.is_empty());
+        assert_eq!(finished, vec![segment_path(dir.path(), 1)]);
+        // An empty segment is not closed again, and records go on in the new one.
+        block_on(inbox.append(b"later".to_vec())).unwrap();
+        assert_eq!(
+            reader.read(10).unwrap(),
+            (vec![(4, b"later".to_vec())], vec![])
+        );
+        assert_eq!(segments(dir.path()).unwrap().len(), 2);
     }
 
     #[test]
