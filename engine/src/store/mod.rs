@@ -20,6 +20,7 @@
 //! - Pruning removes only final runs, each together with its event and step records.
 
 mod inbox;
+mod packed;
 pub mod sled;
 
 #[cfg(test)]
