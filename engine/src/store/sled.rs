@@ -247,6 +247,8 @@ pub struct SledStore {
     durable_tokens: Mutex<HashMap<FlowId, String>>,
     /// The queue items this process's workers hold.
     leases: Mutex<Leases>,
+    /// Run updates waiting to be written together.
+    batches: UpdateBatches,
 }
 
 /// The queue items leased to this process's workers, kept in memory: a sled database is open in
@@ -280,6 +282,112 @@ struct Written {
     queued: i64,
     /// Items the caller takes: id, queue key, lease end.
     taken: Vec<(ItemId, IVec, Timestamp)>,
+}
+
+/// Marks a run as being written (`Leases::writing`) for as long as it lives.
+struct Writing<'a> {
+    store: &'a SledStore,
+    run_id: RunId,
+}
+
+impl<'a> Writing<'a> {
+    fn start(store: &'a SledStore, run_id: RunId) -> Self {
+        *store.leases().writing.entry(run_id).or_default() += 1;
+        Self { store, run_id }
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let mut leases = self.store.leases();
+        if let Some(n) = leases.writing.get_mut(&self.run_id) {
+            *n -= 1;
+            if *n == 0 {
+                leases.writing.remove(&self.run_id);
+            }
+        }
+    }
+}
+
+/// A run update waiting to be written with others in one transaction (`UpdateBatches`).
+struct PendingUpdate {
+    run_key: [u8; 16],
+    /// The queue key of the item the update finishes.
+    done_key: Option<IVec>,
+    /// The run as read before the transaction and the update decided on it (`None`: no run).
+    ahead: Option<(IVec, Prepared)>,
+}
+
+/// What became of an update written in a batch.
+enum Batched {
+    Written(Box<Written>),
+    /// The run changed after it was read: nothing was written for this update.
+    Changed,
+    Failed(StoreError),
+}
+
+/// Group commit of run updates: concurrent `update_run` calls are written in one sled transaction.
+///
+/// sled 0.34 rolls its log buffer on every transaction (a write and `sync_file_range` on its
+/// thread pool, which also wakes a thread), and each transaction holds the process-wide lock that
+/// every read waits for: one transaction for many runs costs about what one for a single run
+/// does. A caller queues its update, then either finds it written by the caller that held the
+/// turn before, or takes the turn and writes every update queued so far, its own included. Nothing
+/// waits for more updates to arrive: a batch is whatever queued while the previous one was being
+/// written.
+#[derive(Default)]
+struct UpdateBatches {
+    /// Queued updates, each with where its outcome goes.
+    queued: Mutex<Vec<(PendingUpdate, tokio::sync::oneshot::Sender<Batched>)>>,
+    /// Held by the caller writing a batch.
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for UpdateBatches {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let queued = self.queued.lock().map_or(0, |q| q.len());
+        f.debug_struct("UpdateBatches")
+            .field("queued", &queued)
+            .finish()
+    }
+}
+
+impl UpdateBatches {
+    /// Queues `pending` and returns its outcome once a batch holding it is written by `write`.
+    async fn commit(
+        &self,
+        pending: PendingUpdate,
+        write: impl FnOnce(&[PendingUpdate]) -> Vec<Batched>,
+    ) -> Batched {
+        let (reply, mut outcome) = tokio::sync::oneshot::channel();
+        self.queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((pending, reply));
+        let _turn = tokio::select! {
+            biased;
+            done = &mut outcome => return done.unwrap_or_else(|_| stopped()),
+            turn = self.turn.lock() => turn,
+        };
+        if let Ok(done) = outcome.try_recv() {
+            return done;
+        }
+        let (batch, replies): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut *self.queued.lock().unwrap_or_else(PoisonError::into_inner))
+                .into_iter()
+                .unzip();
+        for (reply, done) in replies.into_iter().zip(write(&batch)) {
+            let _ = reply.send(done);
+        }
+        outcome.try_recv().unwrap_or_else(|_| stopped())
+    }
+}
+
+/// The outcome of an update whose batch was never written (the writer panicked).
+fn stopped() -> Batched {
+    Batched::Failed(StoreError::Backend(
+        "a batch of run updates was dropped before it was written".into(),
+    ))
 }
 
 /// A run update decided on one stored value of the run, with everything it writes encoded.
@@ -387,6 +495,84 @@ impl Prepared {
 }
 
 impl SledStore {
+    /// The trees a run update writes.
+    fn update_trees(&self) -> (&Tree, &Tree, &Tree, &Tree) {
+        (
+            &self.new_runs.runs,
+            &self.new_runs.runs_by_flow,
+            &self.step_records,
+            &self.new_runs.queue,
+        )
+    }
+
+    /// Writes a batch of updates decided ahead in one transaction; an update whose run changed
+    /// since it was read is left out (`Changed`: its caller decides again).
+    fn write_batch(&self, batch: &[PendingUpdate]) -> Vec<Batched> {
+        let written = self
+            .update_trees()
+            .transaction(|(runs, by_flow, records, queue)| {
+                let mut out = Vec::with_capacity(batch.len());
+                for pending in batch {
+                    let stored = runs.get(pending.run_key)?;
+                    let unchanged = match (&pending.ahead, &stored) {
+                        (Some((read, _)), Some(stored)) => read == stored,
+                        (None, None) => true,
+                        _ => false,
+                    };
+                    if !unchanged {
+                        out.push(None);
+                        continue;
+                    }
+                    // The finished item leaves the queue whatever the decision (even with no run).
+                    if let Some(key) = &pending.done_key {
+                        queue.remove(key)?;
+                    }
+                    out.push(Some(match &pending.ahead {
+                        Some((_, prepared)) => {
+                            prepared.write(&pending.run_key, runs, by_flow, records, queue)?
+                        }
+                        None => Written::default(),
+                    }));
+                }
+                Ok(out)
+            })
+            .map_err(tx_error("update_run", TreeName::Runs));
+        match written {
+            Ok(out) => out
+                .into_iter()
+                .map(|w| w.map_or(Batched::Changed, |w| Batched::Written(Box::new(w))))
+                .collect(),
+            Err(e) => batch
+                .iter()
+                .map(|_| Batched::Failed(StoreError::Backend(e.to_string())))
+                .collect(),
+        }
+    }
+
+    /// Updates one run in a transaction of its own, deciding inside it.
+    fn update_alone(
+        &self,
+        run_id: RunId,
+        done_key: Option<&IVec>,
+        decide: Decide<'_>,
+    ) -> Result<Written> {
+        let run_key = run_id.to_bytes();
+        self.update_trees()
+            .transaction(|(runs, by_flow, records, queue)| -> TxResult<Written> {
+                // The finished item leaves the queue whatever the decision (even with no run).
+                if let Some(key) = done_key {
+                    queue.remove(key)?;
+                }
+                let Some(stored) = runs.get(run_key)? else {
+                    return Ok(Written::default());
+                };
+                // sled may run this closure again on a conflict: `decide` is pure by contract.
+                let prepared = Prepared::new(run_id, &stored, decide).map_err(abort)?;
+                prepared.write(&run_key, runs, by_flow, records, queue)
+            })
+            .map_err(tx_error("update_run", TreeName::Runs))
+    }
+
     /// Opens (or creates) the store in a directory. Only one process may have it open at a time.
     ///
     /// The directory stays locked for a moment after the store is dropped (sled's I/O threads let
@@ -510,6 +696,7 @@ impl SledStore {
             stop: Arc::default(),
             durable_tokens: Mutex::default(),
             leases: Mutex::default(),
+            batches: UpdateBatches::default(),
             log_file: None,
             db,
         })
@@ -729,11 +916,10 @@ impl Store for SledStore {
         decide: Decide<'_>,
     ) -> Result<Option<Run>> {
         let run_key = run_id.to_bytes();
-        let done_key = {
-            let mut leases = self.leases();
-            *leases.writing.entry(run_id).or_default() += 1;
-            done.and_then(|id| leases.items.get(&id).map(|(key, _)| key.clone()))
-        };
+        // Claims skip the run's items until the update and its leases are in place (or the call
+        // is dropped while its batch waits).
+        let _writing = Writing::start(self, run_id);
+        let done_key = done.and_then(|id| self.leases().items.get(&id).map(|(key, _)| key.clone()));
         // Decided and encoded before the transaction, which holds sled's process-wide lock: inside
         // it, only a check that the run is still the value read here (else decided again).
         let read = self
@@ -746,44 +932,27 @@ impl Store for SledStore {
             Ok(None) => Ok(None),
             Err(e) => Err(e),
         };
-        let trees = (
-            &self.new_runs.runs,
-            &self.new_runs.runs_by_flow,
-            &self.step_records,
-            &self.new_runs.queue,
-        );
-        let written = ahead.and_then(|ahead| {
-            trees
-                .transaction(|(runs, by_flow, records, queue)| -> TxResult<Written> {
-                    // The finished item leaves the queue whatever the decision (even with no run).
-                    if let Some(key) = &done_key {
-                        queue.remove(key)?;
-                    }
-                    let Some(stored) = runs.get(run_key)? else {
-                        return Ok(Written::default());
-                    };
-                    let again;
-                    let prepared = match &ahead {
-                        Some((read, prepared)) if *read == stored => prepared,
-                        // sled may run this closure again on a conflict: `decide` is pure by
-                        // contract.
-                        _ => {
-                            again = Prepared::new(run_id, &stored, decide).map_err(abort)?;
-                            &again
-                        }
-                    };
-                    prepared.write(&run_key, runs, by_flow, records, queue)
-                })
-                .map_err(tx_error("update_run", TreeName::Runs))
-        });
-        let mut leases = self.leases();
-        if let Some(n) = leases.writing.get_mut(&run_id) {
-            *n -= 1;
-            if *n == 0 {
-                leases.writing.remove(&run_id);
+        let written = match ahead {
+            Err(e) => Err(e),
+            Ok(ahead) => {
+                let pending = PendingUpdate {
+                    run_key,
+                    done_key: done_key.clone(),
+                    ahead,
+                };
+                match self
+                    .batches
+                    .commit(pending, |batch| self.write_batch(batch))
+                    .await
+                {
+                    Batched::Written(written) => Ok(*written),
+                    Batched::Failed(e) => Err(e),
+                    Batched::Changed => self.update_alone(run_id, done_key.as_ref(), decide),
+                }
             }
-        }
+        };
         let written = written?;
+        let mut leases = self.leases();
         if let (Some(id), Some(_)) = (done, &done_key) {
             leases.items.remove(&id);
         }
@@ -1869,6 +2038,49 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn updates_queued_while_a_batch_is_written_go_together_in_the_next() {
+        let batches = Arc::new(UpdateBatches::default());
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let writing = Arc::new(AtomicBool::new(false));
+        let pending = || PendingUpdate {
+            run_key: [0; 16],
+            done_key: None,
+            ahead: None,
+        };
+        let commit = |wait_for: usize| {
+            let (batches, sizes, writing) = (batches.clone(), sizes.clone(), writing.clone());
+            async move {
+                let write = |batch: &[PendingUpdate]| {
+                    writing.store(true, Ordering::SeqCst);
+                    // The first batch is written only once two more updates queued behind it.
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    while batches.queued.lock().unwrap().len() < wait_for {
+                        assert!(std::time::Instant::now() < deadline, "nothing queued");
+                        std::thread::yield_now();
+                    }
+                    sizes.lock().unwrap().push(batch.len());
+                    batch.iter().map(|_| Batched::Changed).collect()
+                };
+                batches.commit(pending(), write).await
+            }
+        };
+        let first = tokio::spawn(commit(2));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !writing.load(Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first batch never started"
+            );
+            tokio::task::yield_now().await;
+        }
+        let (second, third) = tokio::join!(tokio::spawn(commit(0)), tokio::spawn(commit(0)));
+        for outcome in [first.await, second, third] {
+            assert!(matches!(outcome.unwrap(), Batched::Changed));
+        }
+        assert_eq!(*sizes.lock().unwrap(), vec![1, 2]);
     }
 
     #[tokio::test]
