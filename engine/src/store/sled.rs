@@ -1339,9 +1339,8 @@ impl Promoter {
                     }
                 }
             }
-            self.trees.write(&runs, Some(last))?;
+            self.trees.write(&runs, Some((last, &self.promoted)))?;
             self.pending.clear();
-            self.promoted.store(last, Ordering::SeqCst);
         }
         if !finished.is_empty() {
             // The trees must be on disk past these segments before they go.
@@ -1494,8 +1493,12 @@ struct NewRunTrees {
 impl NewRunTrees {
     /// Writes new runs in one transaction, unless a run's dedupe key is taken (and not expired at
     /// its event's arrival); with `promoted`, also records the number of the last inbox record
-    /// written. Returns what happened to each run.
-    fn write(&self, new: &[EncodedRun], promoted: Option<u64>) -> Result<Vec<Ingested>> {
+    /// written, in the trees and in the promoter's counter. Returns what happened to each run.
+    fn write(
+        &self,
+        new: &[EncodedRun],
+        promoted: Option<(u64, &AtomicU64)>,
+    ) -> Result<Vec<Ingested>> {
         let trees = (
             &self.events,
             &self.runs,
@@ -1505,7 +1508,8 @@ impl NewRunTrees {
             &self.dedupe_expiry,
             &self.state,
         );
-        let promoted = promoted.map(|n| n.to_string().into_bytes());
+        let counted_before = promoted.map(|(_, counter)| counter.load(Ordering::SeqCst));
+        let mark = promoted.map(|(n, _)| n.to_string().into_bytes());
         let outcomes = trees
             .transaction(
                 |(events, runs, by_flow, queue, dedupe_keys, expiry, state)| -> TxResult<Vec<Ingested>> {
@@ -1535,13 +1539,20 @@ impl NewRunTrees {
                         }
                         outcomes.push(Ingested::Created);
                     }
-                    if let Some(n) = &promoted {
-                        state.insert(PROMOTED_KEY, n.as_slice())?;
+                    if let (Some(mark), Some((n, counter))) = (&mark, promoted) {
+                        state.insert(PROMOTED_KEY, mark.as_slice())?;
+                        // Counted while the transaction still holds sled's lock, so no reader
+                        // sees one of these runs while the inbox still counts it as waiting.
+                        counter.store(n, Ordering::SeqCst);
                     }
                     Ok(outcomes)
                 },
             )
-            .map_err(tx_error("ingest", TreeName::Runs))?;
+            .map_err(tx_error("ingest", TreeName::Runs));
+        if let (Err(_), Some(before), Some((_, counter))) = (&outcomes, counted_before, promoted) {
+            counter.store(before, Ordering::SeqCst);
+        }
+        let outcomes = outcomes?;
         let items: usize = new
             .iter()
             .zip(&outcomes)
