@@ -37,6 +37,11 @@
 //! run, index, items) and update (run, records, new items, removal of the finished item). sled 0.34
 //! runs transactions under a process-wide lock that also excludes plain reads and writes, so a
 //! transaction sees a stable state; a transaction is also recovered all-or-nothing after a crash.
+//! So little happens inside one: an update is decided and encoded on the run as read before it
+//! (`Prepared`), and the transaction only checks that the stored run is still that value (if not,
+//! the update is decided again inside a transaction of its own). Concurrent updates of different
+//! runs share one transaction (`UpdateBatches`, a group commit): each stays all-or-nothing, and
+//! sled's per-transaction cost (a log buffer roll, the exclusive lock) is paid once per batch.
 //! Invariants kept:
 //! - a queue item stays in the queue tree until the update that finishes it removes it;
 //! - every run has exactly one `runs_by_flow` entry (written in the same transaction as the run).
