@@ -1,8 +1,11 @@
 //! `GET /metrics`: counters in Prometheus' text format: catch-hook events received (by flow and
 //! outcome) and rejected (by flow and reason), runs finished by flow and status, step durations
-//! (a histogram by flow and kind), retries scheduled, queue depth and store size.
+//! (a histogram by flow and kind), retries scheduled, queue depth and store size (counted at most
+//! once a second).
 
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::header;
@@ -10,11 +13,40 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use hookflow_engine::runtime::metrics::BUCKETS;
+use hookflow_engine::store::StoreStats;
 
 use super::{ApiError, AppState};
 
 pub(super) fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+    let counted = Arc::new(Counted::default());
+    Router::new().route(
+        "/metrics",
+        get(move |state| metrics(state, Arc::clone(&counted))),
+    )
+}
+
+/// How long a count of the store serves scrapes before it is counted again.
+const COUNT_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// The store's figures as last counted. Counting walks the queue (tens of thousands of items in a
+/// backlog), so however often and by however many scrapers `/metrics` is read, the store is
+/// counted at most once per [`COUNT_MAX_AGE`]; the gauges are that much behind at most.
+#[derive(Debug, Default)]
+struct Counted(tokio::sync::Mutex<Option<(Instant, StoreStats)>>);
+
+impl Counted {
+    /// The store's figures, counted again if the last count is older than [`COUNT_MAX_AGE`].
+    async fn stats(&self, state: &AppState) -> Result<StoreStats, ApiError> {
+        let mut last = self.0.lock().await;
+        if let Some((at, stats)) = *last {
+            if at.elapsed() < COUNT_MAX_AGE {
+                return Ok(stats);
+            }
+        }
+        let stats = state.engine.store().stats().await?;
+        *last = Some((Instant::now(), stats));
+        Ok(stats)
+    }
 }
 
 /// Writes one metric's `# HELP` and `# TYPE` lines.
@@ -23,7 +55,10 @@ fn describe(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+async fn metrics(
+    State(state): State<AppState>,
+    counted: Arc<Counted>,
+) -> Result<impl IntoResponse, ApiError> {
     let mut out = String::new();
     let counts = state.hook_log.counts();
     for (kind, label, help) in [
@@ -86,7 +121,7 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
     }
 
-    let stats = state.engine.store().stats().await?;
+    let stats = counted.stats(&state).await?;
     describe(
         &mut out,
         "hookflow_queue_depth",

@@ -1007,7 +1007,8 @@ async fn metrics_count_runs_steps_retries_and_the_queue() {
         "id: counted\ntrigger: {{ webhook: }}\nsteps:\n  - id: post\n    retry: {{ attempts: 2, backoff: fixed, initial: 10ms }}\n    http: {{ url: \"{}/x\" }}\n",
         sink.url
     );
-    let server = Server::start(&[("counted.yaml", &flow)]);
+    let parked = "id: parked\ntrigger: { webhook: }\nsteps:\n  - { id: wait, delay: { for: 1h } }\n  - { id: later, map: {} }\n";
+    let server = Server::start(&[("counted.yaml", &flow), ("parked.yaml", parked)]);
     let (_, answer) = server.send("counted", &json!({})).await;
     let run = server
         .finished_run(answer["run_id"].as_str().unwrap())
@@ -1035,6 +1036,25 @@ async fn metrics_count_runs_steps_retries_and_the_queue() {
         .parse()
         .unwrap();
     assert!(bytes > 0);
+
+    // The store is counted at most once a second: the queue gauge catches up with runs parked in
+    // a delay.
+    for _ in 0..2 {
+        server.send("parked", &json!({})).await;
+    }
+    eventually("the queue gauge to count the two parked runs", || async {
+        let metrics = reqwest::get(format!("{}/metrics", server.base))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metrics
+            .lines()
+            .any(|l| l == "hookflow_queue_depth 2")
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
