@@ -121,6 +121,11 @@ pub(super) fn is_helper(name: &str) -> bool {
 }
 
 /// Our helpers: these and the formatter's.
+/// One of our helpers (not handlebars' own), by name: its name and function.
+pub(super) fn function(name: &str) -> Option<(&'static str, HelperFn)> {
+    all().find(|(n, _)| *n == name).copied()
+}
+
 fn all() -> impl Iterator<Item = &'static (&'static str, HelperFn)> {
     HELPERS.iter().chain(super::formatter::HELPERS)
 }

@@ -6,8 +6,9 @@
 //! - no `{{` → a literal;
 //! - otherwise it is parsed once by handlebars' own parser, and the parsed template is inspected:
 //!   - exactly one `{{ simple.path }}` → [`Leaf::Path`], rendered typed;
-//!   - only text and simple paths → [`Leaf::Pieces`], rendered here without handlebars: no
-//!     clone of the context, no registry lookup (the common case: `Hi {{trigger.body.name}}`);
+//!   - only text, simple paths and calls of our own helpers on simple paths and literals →
+//!     [`Leaf::Pieces`], rendered here without handlebars: no clone of the context, no registry
+//!     lookup (the common cases: `Hi {{trigger.body.name}}`, `{{lower trigger.body.email}}`);
 //!   - anything else (helpers, blocks, `@root`, `../`) → registered in the flow's handlebars
 //!     registry as [`Leaf::Handlebars`]. Before registering, every bare value expression
 //!     (`{{x.y}}`, `{{this}}` inside `#each`) is rewritten into a call of the internal value
@@ -24,11 +25,11 @@ use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::fmt::Write as _;
 
-use handlebars::template::{Parameter, Template, TemplateElement};
+use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement, TemplateMapping};
 use handlebars::{Context, Handlebars, Path, PathSeg, RenderErrorReason};
 use serde_json::Value;
 
-use super::helpers;
+use super::helpers::{self, HelperFn};
 use super::jsonpath::JsonPathExpr;
 use super::{ExprError, Templates};
 
@@ -58,6 +59,78 @@ pub(super) enum Leaf {
 pub(super) enum Piece {
     Text(String),
     Path(SimplePath),
+    Call(Call),
+}
+
+/// `{{helper arg…}}`: one of our helpers on simple paths and literals, the same function
+/// handlebars would call, with the same error message.
+#[derive(Debug, Clone)]
+pub(super) struct Call {
+    name: &'static str,
+    f: HelperFn,
+    args: Box<[Arg]>,
+    /// Line and column of the expression in its string.
+    at: (usize, usize),
+}
+
+/// An argument of a [`Call`].
+#[derive(Debug, Clone)]
+enum Arg {
+    Path(SimplePath),
+    Literal(Value),
+}
+
+impl Call {
+    /// The call, when `ht` is one this fast path renders as handlebars would: one of our helpers,
+    /// no hash, no block, only simple paths and literals as arguments.
+    fn of(ht: &HelperTemplate, at: &TemplateMapping) -> Option<Self> {
+        if ht.block || !ht.hash.is_empty() || ht.block_param.is_some() {
+            return None;
+        }
+        let name = match &ht.name {
+            Parameter::Name(name) => name.as_str(),
+            Parameter::Path(Path::Relative((segs, _))) => match segs.as_slice() {
+                [PathSeg::Named(name)] => name.as_str(),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        let (name, f) = helpers::function(name)?;
+        let args = ht
+            .params
+            .iter()
+            .map(|param| match param {
+                Parameter::Path(path) => simple_path(path).map(Arg::Path),
+                Parameter::Literal(value) => Some(Arg::Literal(value.clone())),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        Some(Self {
+            name,
+            f,
+            args,
+            at: (at.0, at.1),
+        })
+    }
+
+    /// The helper's value on `data` (a missing field is `null`).
+    fn value(&self, data: &Value) -> Result<Value, ExprError> {
+        static NULL: Value = Value::Null;
+        let args: Vec<&Value> = self
+            .args
+            .iter()
+            .map(|arg| match arg {
+                Arg::Path(path) => path.lookup(data).unwrap_or(&NULL),
+                Arg::Literal(value) => value,
+            })
+            .collect();
+        (self.f)(&args).map_err(|msg| {
+            ExprError::new(
+                "",
+                failed_at(Some(self.at), &format!("{} {msg}", self.name)),
+            )
+        })
+    }
 }
 
 /// Dotted path segments into the context.
@@ -148,6 +221,7 @@ impl Leaf {
                                 write_text(&mut out, v);
                             }
                         }
+                        Piece::Call(call) => write_text(&mut out, &call.value(scope.data)?),
                     }
                 }
                 Ok(out)
@@ -352,10 +426,10 @@ pub(super) fn simple_path(path: &Path) -> Option<SimplePath> {
     Some(SimplePath(out.into_boxed_slice()))
 }
 
-/// The template as text and simple paths, when that is all it is.
+/// The template as text, simple paths and helper calls ([`Call`]), when that is all it is.
 fn pieces(template: &Template) -> Option<Vec<Piece>> {
     let mut out: Vec<Piece> = Vec::with_capacity(template.elements.len());
-    for element in &template.elements {
+    for (element, at) in template.elements.iter().zip(&template.mapping) {
         match element {
             TemplateElement::RawString(text) => match out.last_mut() {
                 Some(Piece::Text(prev)) => prev.push_str(text),
@@ -364,7 +438,10 @@ fn pieces(template: &Template) -> Option<Vec<Piece>> {
             },
             TemplateElement::Comment(_) => {}
             TemplateElement::Expression(ht) | TemplateElement::HtmlExpression(ht) => {
-                out.push(Piece::Path(bare_path(ht).and_then(simple_path)?));
+                out.push(match bare_path(ht).and_then(simple_path) {
+                    Some(path) => Piece::Path(path),
+                    None => Piece::Call(Call::of(ht, at)?),
+                });
             }
             _ => return None,
         }
@@ -411,10 +488,13 @@ fn render_error_message(
         RenderErrorReason::Other(msg) => msg.clone(),
         other => other.to_string(),
     };
-    match (e.line_no, e.column_no) {
-        (Some(line), Some(col)) => {
-            format!("template failed at line {line}, column {col}: {reason}")
-        }
-        _ => format!("template failed: {reason}"),
+    failed_at(e.line_no.zip(e.column_no), &reason)
+}
+
+/// A render failure's message, with where in the string when known.
+fn failed_at(at: Option<(usize, usize)>, reason: &str) -> String {
+    match at {
+        Some((line, col)) => format!("template failed at line {line}, column {col}: {reason}"),
+        None => format!("template failed: {reason}"),
     }
 }

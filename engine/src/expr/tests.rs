@@ -399,6 +399,38 @@ fn fast_path_and_handlebars_agree() {
 }
 
 #[test]
+fn helper_calls_render_without_handlebars_as_with_it() {
+    let inner = "{{lower trigger.body.email}}|{{upper trigger.body.nope}}|{{default trigger.body.nope \"anon\"}}|{{default trigger.body.nope trigger.body.customer}}|{{round trigger.body.price}}|{{truncate trigger.body.name 4}}|{{json trigger.body.tags}}|{{add trigger.body.amount 1}}";
+    let mut c = Compiler::new();
+    c.text(inner).unwrap();
+    assert!(
+        c.finish().0.registry.get_templates().is_empty(),
+        "helper calls on paths and literals take the fast path"
+    );
+    let forced = format!("{{{{#if true}}}}{inner}{{{{/if}}}}");
+    assert_eq!(text(inner), text(&forced));
+    assert_eq!(
+        text(inner),
+        r#"ada@example.com||anon|{"id":7,"tier":"gold"}|2|  Ad|["Urgent","new"]|43"#
+    );
+
+    // A failing helper gives the message handlebars gives, with the same line and column.
+    let failing = "total:\n  {{upper trigger.body.email trigger.body.name}}";
+    let message = |s: &str| {
+        let mut c = Compiler::new();
+        let expr = c.text(s).unwrap();
+        let t = c.finish();
+        expr.render(&t, &ctx()).unwrap_err().message
+    };
+    let fast = message(failing);
+    assert_eq!(
+        fast,
+        "template failed at line 2, column 3: upper takes one value, got 2"
+    );
+    assert_eq!(message(&format!("{{{{#if true}}}}{failing}{{{{/if}}}}")), fast);
+}
+
+#[test]
 fn helper_failure_is_a_render_error() {
     let mut c = Compiler::new();
     let expr = c
@@ -418,10 +450,13 @@ fn helper_failure_is_a_render_error() {
 #[test]
 fn templates_of_another_flow_are_refused() {
     let mut a = Compiler::new();
-    let expr = a.text("{{upper trigger.body.email}}").unwrap();
+    let expr = a
+        .text("{{#if trigger.body.vip}}{{upper trigger.body.email}}{{/if}}")
+        .unwrap();
     let _ = a.finish();
     let mut b = Compiler::new();
-    b.text("{{lower trigger.body.email}}").unwrap();
+    b.text("{{#if trigger.body.vip}}{{lower trigger.body.email}}{{/if}}")
+        .unwrap();
     let other = b.finish();
     let err = expr.render(&other, &ctx()).expect_err("wrong templates");
     assert!(err.message.contains("another flow"), "{}", err.message);
