@@ -427,7 +427,10 @@ fn helper_calls_render_without_handlebars_as_with_it() {
         fast,
         "template failed at line 2, column 3: upper takes one value, got 2"
     );
-    assert_eq!(message(&format!("{{{{#if true}}}}{failing}{{{{/if}}}}")), fast);
+    assert_eq!(
+        message(&format!("{{{{#if true}}}}{failing}{{{{/if}}}}")),
+        fast
+    );
 }
 
 #[test]
