@@ -296,6 +296,56 @@ pub(crate) async fn claim_respects_due_time_and_limit(store: Arc<dyn Store>) {
         .is_empty());
 }
 
+/// An item queued due before items already leased, and an item whose lease ended, are taken by
+/// the next claim (a backend that remembers where a flow's free items start must forget it then).
+pub(crate) async fn items_freed_or_queued_before_leased_ones_are_claimed_next(
+    store: Arc<dyn Store>,
+) {
+    let f = flow("orders");
+    let runs: Vec<_> = (1..=4)
+        .map(|n| new_run(&f, run_id(n), at(n as i64 * 100)))
+        .collect();
+    ingest_all(&store, runs.clone()).await;
+    let room = FlowRoom::new();
+    let claim = |until: i64| store.claim_due(at(1_000), 1, at(until), &room);
+    assert_eq!(claim(5_000).await.unwrap(), runs[0].items);
+    assert_eq!(claim(5_000).await.unwrap(), runs[1].items);
+
+    // Run 1's step queues its next step due at 50: before every item of the flow.
+    let early = item(&f, run_id(1), "second", at(50));
+    store
+        .update_run(run_id(1), Some(runs[0].items[0].id), &|run| {
+            Some(RunUpdate {
+                run,
+                records: vec![],
+                enqueue: vec![early.clone()],
+                take: None,
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        claim(60_000).await.unwrap(),
+        [early],
+        "queued before run 2's leased item"
+    );
+    assert_eq!(claim(60_000).await.unwrap(), runs[2].items);
+
+    // Run 2's lease ends: its item comes before run 4's.
+    assert_eq!(store.requeue_expired(at(5_000)).await.unwrap(), 1);
+    assert_eq!(
+        claim(60_000).await.unwrap(),
+        runs[1].items,
+        "its lease ended"
+    );
+    assert_eq!(claim(60_000).await.unwrap(), runs[3].items);
+
+    // A new run due before every leased item.
+    let late_comer = new_run(&f, run_id(5), at(60));
+    ingest(&store, late_comer.clone()).await;
+    assert_eq!(claim(60_000).await.unwrap(), late_comer.items, "a new run");
+}
+
 /// Concurrent claimers split the due items between them: every item is claimed exactly once.
 pub(crate) async fn claimed_items_are_never_claimed_twice(store: Arc<dyn Store>) {
     let f = flow("orders");
@@ -1463,6 +1513,7 @@ mod sled_backend {
     on_a_fresh_store!(
         ingest_then_read_back,
         claim_respects_due_time_and_limit,
+        items_freed_or_queued_before_leased_ones_are_claimed_next,
         claimed_items_are_never_claimed_twice,
         update_run_writes_atomically_and_ends_the_lease,
         taken_items_are_leased_to_the_caller,

@@ -2,8 +2,8 @@
 //!
 //! This file opens the store and implements [`Store`]; beside it: `layout` (trees, keys, value
 //! encoding, errors), `new_runs` (new runs written to the trees, and the promoter that moves them
-//! from the inbox), `update` (run updates, written in shared transactions) and `group_commit`
-//! (acknowledgments sharing one fsync).
+//! from the inbox), `update` (run updates, written in shared transactions), `hints` (where claims
+//! start scanning) and `group_commit` (acknowledgments sharing one fsync).
 //!
 //! # Layout
 //!
@@ -34,7 +34,8 @@
 //! The queue is kept per flow: a claim visits each flow that has queued items (found by seeking
 //! from one flow prefix to the next) and shares its limit between them, so a large backlog of one
 //! flow does not delay another flow's events, and a flow's concurrency limit is applied without
-//! scanning past its items.
+//! scanning past its items. Within a flow, a claim starts where the previous one found the first
+//! item not leased (`hints.rs`), not at the leased items in front.
 //!
 //! # Atomicity
 //!
@@ -115,6 +116,7 @@ use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
 
 mod group_commit;
+mod hints;
 mod layout;
 mod new_runs;
 #[cfg(test)]
@@ -346,6 +348,7 @@ impl SledStore {
                 dedupe_expiry: tree(TreeName::DedupeExpiry)?,
                 state: tree(TreeName::State)?,
                 queued: Arc::new(AtomicI64::new(queued)),
+                hints: Arc::default(),
             },
             inbox: None,
             promoted: Arc::default(),
@@ -418,8 +421,17 @@ impl SledStore {
         for flow in &flows {
             let allowed = room.get(flow).copied().unwrap_or(usize::MAX).min(want);
             let prefix = flow_key(flow, &[]);
+            let hints = &self.new_runs.hints;
+            let start = hints
+                .start(&prefix)
+                .map_or(Bound::Included(prefix.clone().into()), Bound::Included);
             let mut due = std::collections::VecDeque::new();
-            for entry in self.new_runs.queue.scan_prefix(&prefix) {
+            let mut first_free = None;
+            for entry in self
+                .new_runs
+                .queue
+                .range::<IVec, _>((start, Bound::Excluded(prefix_end(&prefix).into())))
+            {
                 if due.len() >= allowed {
                     break;
                 }
@@ -431,10 +443,14 @@ impl SledStore {
                 if leases.holds(&key) {
                     continue;
                 }
+                first_free.get_or_insert_with(|| key.clone());
                 let item: QueueItem = decode(TreeName::Queue, &key, &value)?;
                 if item.due_at <= now && !leases.writing.contains_key(&item.run_id) {
                     due.push_back((key, item));
                 }
+            }
+            if let Some(key) = first_free {
+                hints.found(&prefix, key);
             }
             due_per_flow.push(due);
         }
@@ -616,7 +632,10 @@ impl Store for SledStore {
             leases.items.insert(id, (key, until));
         }
         drop(leases);
-        self.queued_add(written.queued);
+        self.queued_add(written.queued.len() as i64);
+        self.new_runs
+            .hints
+            .queued(written.queued.iter().map(|key| &key[..]));
         Ok(written.run)
     }
 
@@ -625,6 +644,9 @@ impl Store for SledStore {
         let before = leases.items.len();
         leases.items.retain(|_, (_, until)| *until > now);
         let ended = before - leases.items.len();
+        if ended > 0 {
+            self.new_runs.hints.clear();
+        }
         self.queued_add(ended as i64);
         Ok(ended)
     }

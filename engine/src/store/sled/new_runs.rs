@@ -8,6 +8,7 @@ use std::time::Duration;
 use ::sled::transaction::Transactional;
 use ::sled::{Db, IVec, Tree};
 
+use super::hints::ScanHints;
 use super::layout::{
     abort, decode, encode, expiry_key, flow_key, queue_key, tx_error, DedupeEntry, TreeName,
     TxResult,
@@ -217,6 +218,8 @@ pub(super) struct NewRunTrees {
     pub(super) state: Tree,
     /// How many items in the queue tree are not leased (what the promotion window counts).
     pub(super) queued: Arc<AtomicI64>,
+    /// Where claims start scanning each flow's queue.
+    pub(super) hints: Arc<ScanHints>,
 }
 
 impl NewRunTrees {
@@ -289,6 +292,10 @@ impl NewRunTrees {
             .map(|(run, _)| run.items.len())
             .sum();
         self.queued.fetch_add(items as i64, Ordering::SeqCst);
+        self.hints.queued(
+            new.iter()
+                .flat_map(|run| run.items.iter().map(|(key, _)| key.as_slice())),
+        );
         Ok(outcomes)
     }
 }

@@ -20,8 +20,8 @@ use crate::store::{Decide, Result, RunUpdate, StoreError};
 pub(super) struct Written {
     /// The run as written (or as it was).
     pub(super) run: Option<Run>,
-    /// How many items it queued (not counting those the caller takes).
-    pub(super) queued: i64,
+    /// The keys of the items it queued (not counting those the caller takes).
+    pub(super) queued: Vec<IVec>,
     /// Items the caller takes: id, queue key, lease end.
     pub(super) taken: Vec<(ItemId, IVec, Timestamp)>,
 }
@@ -228,7 +228,7 @@ impl Prepared {
             queue.insert(key.clone(), value.as_slice())?;
             match until {
                 Some(until) => written.taken.push((*id, key.clone(), *until)),
-                None => written.queued += 1,
+                None => written.queued.push(key.clone()),
             }
         }
         written.run = Some(run.clone());
