@@ -54,7 +54,7 @@ impl TreeName {
 
     /// Whether the tree's values are packed (`packed.rs`): those of what a run keeps. The rest are
     /// small, or short-lived and read on every claim (the queue).
-    pub(super) const fn packs(self) -> bool {
+    const fn packs(self) -> bool {
         matches!(self, Self::Events | Self::Runs | Self::StepRecords)
     }
 }

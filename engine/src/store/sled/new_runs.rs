@@ -99,19 +99,19 @@ impl Promoter {
 /// A new run encoded for the trees: keys and values as they are written.
 #[derive(Debug, PartialEq)]
 pub(super) struct EncodedRun {
-    pub(super) event_key: Vec<u8>,
+    event_key: Vec<u8>,
     pub(super) event: Vec<u8>,
-    pub(super) run_key: Vec<u8>,
-    pub(super) run: Vec<u8>,
-    pub(super) index_key: Vec<u8>,
+    run_key: Vec<u8>,
+    run: Vec<u8>,
+    index_key: Vec<u8>,
     pub(super) items: Vec<(Vec<u8>, Vec<u8>)>,
     /// The dedupe tree's key and entry, when the entry expires, and when the event arrived.
-    pub(super) dedupe: Option<(Vec<u8>, Vec<u8>, Timestamp, Timestamp)>,
+    dedupe: Option<(Vec<u8>, Vec<u8>, Timestamp, Timestamp)>,
 }
 
 /// The first byte of an inbox record holding an [`EncodedRun`] (a record of an earlier version
 /// is a JSON [`NewRun`], which starts with `{`).
-pub(super) const ENCODED_RUN: u8 = 1;
+const ENCODED_RUN: u8 = 1;
 
 impl EncodedRun {
     pub(super) fn new(new: &NewRun) -> Result<Self> {
