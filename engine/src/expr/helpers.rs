@@ -120,12 +120,12 @@ pub(super) fn is_helper(name: &str) -> bool {
     BUILT_IN.contains(&name) || all().any(|(n, _)| *n == name)
 }
 
-/// Our helpers: these and the formatter's.
 /// One of our helpers (not handlebars' own), by name: its name and function.
 pub(super) fn function(name: &str) -> Option<(&'static str, HelperFn)> {
     all().find(|(n, _)| *n == name).copied()
 }
 
+/// Our helpers: these and the formatter's.
 fn all() -> impl Iterator<Item = &'static (&'static str, HelperFn)> {
     HELPERS.iter().chain(super::formatter::HELPERS)
 }

@@ -9,11 +9,11 @@
 //!   - only text, simple paths and calls of our own helpers on simple paths and literals →
 //!     [`Leaf::Pieces`], rendered here without handlebars: no clone of the context, no registry
 //!     lookup (the common cases: `Hi {{trigger.body.name}}`, `{{lower trigger.body.email}}`);
-//!   - anything else (helpers, blocks, `@root`, `../`) → registered in the flow's handlebars
-//!     registry as [`Leaf::Handlebars`]. Before registering, every bare value expression
-//!     (`{{x.y}}`, `{{this}}` inside `#each`) is rewritten into a call of the internal value
-//!     helper, so that objects and arrays render as compact JSON (as they do on the fast path)
-//!     rather than handlebars' `[object]`.
+//!   - anything else (handlebars' own helpers, hash arguments, subexpressions, blocks, `@root`,
+//!     `../`) → registered in the flow's handlebars registry as [`Leaf::Handlebars`]. Before
+//!     registering, every bare value expression (`{{x.y}}`, `{{this}}` inside `#each`) is
+//!     rewritten into a call of the internal value helper, so that objects and arrays render as
+//!     compact JSON (as they do on the fast path) rather than handlebars' `[object]`.
 //!
 //! A *simple path* is what handlebars calls a relative path made only of named segments:
 //! `a.b`, `a.0`, `a.[0]`, `a.[odd key]`. Numeric segments index arrays. A segment that does not
