@@ -1414,6 +1414,7 @@ mod sled_backend {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
+    use super::{FlowId, QueueItem, RunId};
     use crate::store::sled::SledStore;
     use crate::store::Store;
 
@@ -1438,21 +1439,43 @@ mod sled_backend {
         }
     }
 
-    /// Beyond the promotion window, accepted runs wait in the inbox (counted as queued, not yet
-    /// readable) and move into the store as claims make room, in order.
+    /// Opens a sled store in `dir` with a promotion window, and room and timing for fresh runs.
+    fn open_tuned(
+        dir: &Path,
+        window: i64,
+        capacity: usize,
+        idle: Duration,
+        stale: Duration,
+    ) -> Arc<SledStore> {
+        let tuning = crate::store::sled::FreshTuning {
+            capacity,
+            idle,
+            stale,
+        };
+        let cache = crate::store::sled::DEFAULT_CACHE_BYTES;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match SledStore::open_tuned(dir, cache, false, window, tuning) {
+                Ok(store) => return Arc::new(store),
+                // See `open_when_released`.
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    assert!(Instant::now() < deadline, "the store stayed locked: {e}");
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("open the sled store: {e}"),
+            }
+        }
+    }
+
+    /// Beyond the promotion window and the fresh runs in memory, accepted runs wait in the inbox
+    /// (counted as queued, not yet readable) and move into the store as claims make room, in
+    /// order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_backlog_beyond_the_window_waits_in_the_inbox_and_follows_claims() {
         use super::*;
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            SledStore::open_with_window(
-                dir.path(),
-                crate::store::sled::DEFAULT_CACHE_BYTES,
-                false,
-                10,
-            )
-            .unwrap(),
-        );
+        let idle = Duration::from_millis(20);
+        let store: Arc<dyn Store> = open_tuned(dir.path(), 10, 5, idle, Duration::from_secs(3600));
         let f = flow("orders");
         let runs: Vec<NewRun> = (1..=50)
             .map(|n| new_run(&f, run_id(n), at(n as i64)))
@@ -1466,14 +1489,17 @@ mod sled_backend {
             async move { store.run(id).await.unwrap().is_some() }
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !readable(10).await {
+        while !readable(15).await {
             assert!(
                 Instant::now() < deadline,
-                "the first 10 runs never became readable"
+                "the first 15 runs never became readable"
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        assert!(!readable(11).await, "the window holds 10 items");
+        assert!(
+            !readable(16).await,
+            "the window holds 10 items, memory 5 more"
+        );
         assert_eq!(
             store.stats().await.unwrap().queued,
             50,
@@ -1489,15 +1515,164 @@ mod sled_backend {
             item_ids(&claimed),
             item_ids(&[1, 2, 3, 4].map(|n| runs[n - 1].items[0].clone()))
         );
-        while !readable(14).await {
+        while !readable(19).await {
             assert!(
                 Instant::now() < deadline,
                 "claims did not make room for more runs"
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        assert!(!readable(15).await);
+        assert!(!readable(20).await);
         assert_eq!(store.stats().await.unwrap().queued, 50);
+    }
+
+    /// Claims `want` items (waiting for the promoter to read them), with a deadline.
+    async fn claim_until(store: &SledStore, want: usize) -> Vec<QueueItem> {
+        use super::*;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut claimed = Vec::new();
+        while claimed.len() < want {
+            assert!(Instant::now() < deadline, "claimed {claimed:?} of {want}");
+            let room = FlowRoom::new();
+            let more = store.claim_due(at(1_000), want - claimed.len(), FAR_FUTURE, &room);
+            claimed.extend(more.await.unwrap());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        claimed
+    }
+
+    /// The ids of the runs of `flow` the store lists.
+    async fn listed(store: &SledStore, flow_id: &FlowId) -> Vec<RunId> {
+        use super::*;
+        let query = RunQuery {
+            flow_id: Some(flow_id.clone()),
+            limit: 100,
+            ..RunQuery::default()
+        };
+        let page = store.list_runs(&query).await.unwrap();
+        page.runs.iter().map(|run| run.id).collect()
+    }
+
+    /// A run claimed straight from the inbox is readable and listed from memory, and written to
+    /// the trees (event, run, index) by the update of its first step, in its transaction. One
+    /// taken and never written is claimable again after the store reopens; one written is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fresh_runs_are_written_with_their_first_update() {
+        use super::*;
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        let store = open_tuned(dir.path(), 100, 100, hour, hour);
+        let f = flow("fresh");
+        let (done, dropped) = (new_run(&f, run_id(1), at(1)), new_run(&f, run_id(2), at(2)));
+        for new in [done.clone(), dropped.clone()] {
+            assert_eq!(store.ingest(new).await.unwrap(), Ingested::Created);
+        }
+        let claimed = claim_until(&store, 2).await;
+        let items = [done.items[0].clone(), dropped.items[0].clone()];
+        assert_eq!(item_ids(&claimed), item_ids(&items));
+        assert_eq!(
+            store.run(done.run.id).await.unwrap(),
+            Some(done.run.clone())
+        );
+        assert_eq!(
+            store.event(done.event.id).await.unwrap(),
+            Some(done.event.clone())
+        );
+        assert_eq!(listed(&store, &f).await, vec![dropped.run.id, done.run.id]);
+        assert!(!store.in_trees(done.run.id), "written before its update");
+
+        let finished = |mut run: Run| {
+            run.status = RunStatus::Succeeded;
+            run.steps[0].status = StepStatus::Succeeded;
+            let records = vec![record(run.id, "first", json!({ "ok": true }))];
+            Some(RunUpdate {
+                run,
+                records,
+                enqueue: Vec::new(),
+                take: None,
+            })
+        };
+        let written = store.update_run(done.run.id, Some(claimed[0].id), &finished);
+        assert_eq!(written.await.unwrap().unwrap().status, RunStatus::Succeeded);
+        assert!(store.in_trees(done.run.id));
+        assert!(!store.in_trees(dropped.run.id));
+        assert_eq!(store.step_records(done.run.id).await.unwrap().len(), 1);
+        drop(store);
+
+        let store = open_tuned(dir.path(), 100, 100, hour, hour);
+        let again = claim_until(&store, 1).await;
+        assert_eq!(item_ids(&again), item_ids(&[dropped.items[0].clone()]));
+        let more = store
+            .claim_due(at(1_000), 10, FAR_FUTURE, &FlowRoom::new())
+            .await
+            .unwrap();
+        assert!(more.is_empty(), "the written run came back: {more:?}");
+        let run = store.run(done.run.id).await.unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Succeeded);
+        assert_eq!(store.event(done.event.id).await.unwrap(), Some(done.event));
+        assert_eq!(listed(&store, &f).await, vec![dropped.run.id, done.run.id]);
+    }
+
+    /// Fresh runs no claim looks for go to the trees (and are claimed from the queue); one taken
+    /// and not written for too long goes too, its item still leased to its taker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fresh_runs_claims_leave_alone_go_to_the_trees() {
+        use super::*;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_tuned(
+            dir.path(),
+            100,
+            100,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        );
+        let f = flow("idle");
+        let runs: Vec<NewRun> = (1..=3)
+            .map(|n| new_run(&f, run_id(n), at(n as i64)))
+            .collect();
+        for new in runs.clone() {
+            assert_eq!(store.ingest(new).await.unwrap(), Ingested::Created);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !runs.iter().all(|run| store.in_trees(run.run.id)) {
+            assert!(
+                Instant::now() < deadline,
+                "the runs never reached the trees"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let claimed = claim_until(&store, 3).await;
+        let items: Vec<_> = runs.iter().map(|run| run.items[0].clone()).collect();
+        assert_eq!(item_ids(&claimed), item_ids(&items));
+        drop(store);
+
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        let store = open_tuned(dir.path(), 100, 100, hour, Duration::from_millis(20));
+        let taken = new_run(&f, run_id(4), at(4));
+        store.ingest(taken.clone()).await.unwrap();
+        let claimed = claim_until(&store, 1).await;
+        while !store.in_trees(taken.run.id) {
+            assert!(
+                Instant::now() < deadline,
+                "the taken run never reached the trees"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let more = store
+            .claim_due(at(1_000), 10, FAR_FUTURE, &FlowRoom::new())
+            .await
+            .unwrap();
+        assert!(more.is_empty(), "a leased item was claimed again: {more:?}");
+        store
+            .update_run(taken.run.id, Some(claimed[0].id), &|_| None)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.stats().await.unwrap().queued,
+            0,
+            "the taken item left the queue"
+        );
     }
 
     macro_rules! on_a_fresh_store {

@@ -1,9 +1,10 @@
 //! The sled backend: hookflow's embedded default store, for one node.
 //!
 //! This file opens the store and implements [`Store`]; beside it: `layout` (trees, keys, value
-//! encoding, errors), `new_runs` (new runs written to the trees, and the promoter that moves them
-//! from the inbox), `update` (run updates, written in shared transactions), `hints` (where claims
-//! start scanning) and `group_commit` (acknowledgments sharing one fsync).
+//! encoding, errors), `new_runs` (new runs written to the trees, and the promoter that reads them
+//! from the inbox), `fresh` (new runs claimed from memory and written with their first update),
+//! `update` (run updates, written in shared transactions), `hints` (where claims start scanning)
+//! and `group_commit` (acknowledgments sharing one fsync).
 //!
 //! # Layout
 //!
@@ -69,13 +70,17 @@
 //! sled buffers writes and flushes in the background (every 500 ms by default), and its flush is
 //! slow and blocks transactions. So a new run without a dedupe key is not written to the trees at
 //! ingest: it is appended to the **inbox** (`inbox.rs`, `DATA/inbox/`), an fsynced log with group
-//! commit, and `ingest` returns once that append is on disk. A promoter thread moves inbox records
-//! into the trees in order, a batch per transaction, writing the number of the last record moved
-//! (`state` key `inbox:promoted`) in the same transaction; it pauses while the queue holds
-//! [`PROMOTE_WINDOW`] items, so a large backlog waits in the inbox on disk instead of in sled's
-//! memory. A run is readable (and claimable) once promoted, normally a few milliseconds after its
-//! acknowledgment. After a crash the promoter resumes after the last number the trees hold; an
-//! inbox segment is deleted only after a flush that covers the records moved from it.
+//! commit, and `ingest` returns once that append is on disk. A promoter thread reads inbox records
+//! in order into memory as **fresh runs** (`fresh.rs`), readable, listed and claimable from there a
+//! few milliseconds after their acknowledgment. A claimed fresh run is written to the trees by the
+//! update of its first step, in that update's transaction (one transaction per run, no queue item
+//! written and removed); the fresh runs claims leave alone (no claim looked for a moment, or one
+//! waited a second) the promoter writes to the trees itself, a batch per transaction, pausing
+//! while the queue holds [`PROMOTE_WINDOW`] items, so a large backlog waits in the inbox on disk
+//! instead of in memory. The number of the record before which the trees hold every run (`state`
+//! key `inbox:promoted`) is stored after a flush that covers those runs (every half second, or when
+//! an inbox segment is done), and a segment is deleted only once that number is on disk past it.
+//! After a crash the promoter reads on from that number, skipping the runs the trees hold.
 //!
 //! A new run with a dedupe key is checked against the `dedupe` tree and written there directly,
 //! then waits for a flush and fsync (`GroupCommit`, concurrent callers share one), as does
@@ -101,7 +106,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -115,6 +120,7 @@ use super::{Decide, FlowRoom, Ingested, NewRun, Result, RunPage, RunQuery, Store
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
 
+mod fresh;
 mod group_commit;
 mod hints;
 mod layout;
@@ -123,6 +129,9 @@ mod new_runs;
 mod tests;
 mod update;
 
+use self::fresh::Fresh;
+#[cfg(test)]
+pub(crate) use self::fresh::Tuning as FreshTuning;
 use self::group_commit::GroupCommit;
 use self::layout::{
     abort, backend, corrupt, decode, distinct_flows, due_bytes, encode, flow_key, id16, prefix_end,
@@ -141,7 +150,8 @@ const REQUEUE_CHUNK: usize = 512;
 /// long for sled's transaction lock.
 const PRUNE_CHUNK: usize = 64;
 
-/// The `state` key holding the number of the last inbox record moved into the trees.
+/// The `state` key holding the number of an inbox record through which the trees hold every run,
+/// on disk: recovery reads the inbox on after it.
 const PROMOTED_KEY: &str = "inbox:promoted";
 /// The promoter stops moving inbox records into the trees while the queue holds this many items:
 /// beyond it, a backlog waits in the inbox, on disk, costing no memory.
@@ -195,8 +205,8 @@ pub struct SledStore {
     new_runs: NewRunTrees,
     /// The inbox new runs without a dedupe key are appended to (`None` for a temporary store).
     inbox: Option<Inbox>,
-    /// The number of the last inbox record moved into the trees.
-    promoted: Arc<AtomicU64>,
+    /// New runs read from the inbox and not yet in the trees.
+    fresh: Arc<Fresh>,
     /// Tells the promoter thread to stop.
     stop: Arc<AtomicBool>,
     /// Hook tokens known to be on disk, by flow. Tokens never change once stored, so these are
@@ -239,15 +249,22 @@ impl SledStore {
     /// created compressed if `compression` says so; an existing one keeps the setting it was
     /// created with.
     pub fn open(path: &Path, cache_bytes: u64, compression: bool) -> Result<Self> {
-        Self::open_with_window(path, cache_bytes, compression, PROMOTE_WINDOW)
+        Self::open_tuned(
+            path,
+            cache_bytes,
+            compression,
+            PROMOTE_WINDOW,
+            fresh::Tuning::default(),
+        )
     }
 
-    /// [`open`](Self::open) with another promotion window (tests use a small one).
-    pub(crate) fn open_with_window(
+    /// [`open`](Self::open) with another promotion window and fresh-run timing (for tests).
+    pub(crate) fn open_tuned(
         path: &Path,
         cache_bytes: u64,
         compression: bool,
         window: i64,
+        tuning: fresh::Tuning,
     ) -> Result<Self> {
         let stored = stored_compression(path);
         if stored.is_some_and(|stored| stored != compression) {
@@ -291,15 +308,19 @@ impl SledStore {
                 inbox_dir.display()
             ))
         })?;
-        store.promoted.store(promoted, Ordering::SeqCst);
+        store.fresh = Arc::new(Fresh::after(promoted, tuning));
         let promoter = Promoter {
             trees: store.new_runs.clone(),
+            fresh: store.fresh.clone(),
             db: store.db.clone(),
             log_file,
             reader,
-            pending: Vec::new(),
+            recovering_through: inbox.durable_through(),
+            read_through: promoted,
+            mark: promoted,
+            marked_at: std::time::Instant::now(),
+            finished: Vec::new(),
             window,
-            promoted: store.promoted.clone(),
             stop: store.stop.clone(),
         };
         std::thread::Builder::new()
@@ -351,7 +372,7 @@ impl SledStore {
                 hints: Arc::default(),
             },
             inbox: None,
-            promoted: Arc::default(),
+            fresh: Arc::default(),
             stop: Arc::default(),
             durable_tokens: Mutex::default(),
             leases: Mutex::default(),
@@ -390,7 +411,7 @@ impl SledStore {
         self.inbox.as_ref().map_or(0, |inbox| {
             inbox
                 .durable_through()
-                .saturating_sub(self.promoted.load(Ordering::SeqCst))
+                .saturating_sub(self.fresh.low_water())
         })
     }
 
@@ -405,17 +426,27 @@ impl SledStore {
     }
 
     /// Up to `want` queued items due at or before `now` and not leased (nor of a run being
-    /// written), with their keys: oldest due first within a flow, at most `room[flow]` of a listed
-    /// flow, and `want` shared between flows (an equal share each first, then what is left to
-    /// whoever has more).
+    /// written), with their keys, each `true` if it is a fresh run's: oldest due first within a
+    /// flow, at most `room[flow]` of a listed flow, and `want` shared between flows (an equal share
+    /// each first, then what is left to whoever has more).
     fn due_candidates(
         &self,
         leases: &Leases,
         now: Timestamp,
         want: usize,
         room: &FlowRoom,
-    ) -> Result<Vec<(IVec, QueueItem)>> {
-        let flows = distinct_flows(&self.new_runs.queue, TreeName::Queue)?;
+    ) -> Result<Vec<(IVec, QueueItem, bool)>> {
+        let mut flows = distinct_flows(&self.new_runs.queue, TreeName::Queue)?;
+        let mut fresh: HashMap<FlowId, Vec<QueueItem>> = HashMap::new();
+        let peeked = self
+            .fresh
+            .peek(now, want, |item| leases.items.contains_key(&item.id));
+        for item in peeked {
+            if !flows.contains(&item.flow_id) {
+                flows.push(item.flow_id.clone());
+            }
+            fresh.entry(item.flow_id.clone()).or_default().push(item);
+        }
         let now_key = due_bytes(now);
         let mut due_per_flow = Vec::with_capacity(flows.len());
         for flow in &flows {
@@ -446,11 +477,21 @@ impl SledStore {
                 first_free.get_or_insert_with(|| key.clone());
                 let item: QueueItem = decode(TreeName::Queue, &key, &value)?;
                 if item.due_at <= now && !leases.writing.contains_key(&item.run_id) {
-                    due.push_back((key, item));
+                    due.push_back((key, item, false));
                 }
             }
             if let Some(key) = first_free {
                 hints.found(&prefix, key);
+            }
+            // The flow's fresh runs in their place among its queued items.
+            if let Some(items) = fresh.remove(flow) {
+                let items = items
+                    .into_iter()
+                    .map(|item| (IVec::from(queue_key(&item)), item, true));
+                let mut merged: Vec<_> = due.into_iter().chain(items).collect();
+                merged.sort_by(|a, b| a.0.cmp(&b.0));
+                merged.truncate(allowed);
+                due = merged.into();
             }
             due_per_flow.push(due);
         }
@@ -530,7 +571,7 @@ impl Store for SledStore {
             return Ok(Ingested::Created);
         }
         // A dedupe key must be checked against the trees before answering: write directly.
-        let outcome = self.new_runs.write(&[EncodedRun::new(&new)?], None)?[0];
+        let outcome = self.new_runs.write(&[EncodedRun::new(&new)?])?[0];
         // The transaction has returned, so the write is in sled's log: the fsync this waits for
         // covers it (and, for a duplicate, the original, which was applied before this read it).
         // Only now may the caller acknowledge the event.
@@ -547,10 +588,16 @@ impl Store for SledStore {
     ) -> Result<Vec<QueueItem>> {
         let mut leases = self.leases();
         let claimed = self.due_candidates(&leases, now, limit, room)?;
-        self.queued_add(-(claimed.len() as i64));
+        let fresh: Vec<_> = claimed
+            .iter()
+            .filter(|(_, _, fresh)| *fresh)
+            .map(|(_, item, _)| item)
+            .collect();
+        self.fresh.took(&fresh);
+        self.queued_add(-((claimed.len() - fresh.len()) as i64));
         Ok(claimed
             .into_iter()
-            .map(|(key, item)| {
+            .map(|(key, item, _)| {
                 leases.items.insert(item.id, (key, lease_until));
                 item
             })
@@ -573,8 +620,15 @@ impl Store for SledStore {
                 next = Some(next.map_or(item.due_at, |n| n.min(item.due_at)));
             }
         }
-        if self.in_inbox() > 0 {
-            // Accepted events are on their way into the queue: look again very soon.
+        if let Some(due) = self.fresh.next_due() {
+            next = Some(next.map_or(due, |n| n.min(due)));
+        }
+        let unread = self
+            .inbox
+            .as_ref()
+            .is_some_and(|inbox| inbox.durable_through() > self.fresh.read_through());
+        if unread {
+            // Accepted events are on their way to claims: look again very soon.
             let soon = Timestamp::now().plus(Duration::from_millis(2));
             next = Some(next.map_or(soon, |n| n.min(soon)));
         }
@@ -592,6 +646,9 @@ impl Store for SledStore {
         // is dropped while its batch waits).
         let _writing = Writing::start(self, run_id);
         let done_key = done.and_then(|id| self.leases().items.get(&id).map(|(key, _)| key.clone()));
+        // A fresh run (not in the trees yet) is written with its update. Looked up first: a run
+        // moves from the fresh ones to the trees, never back.
+        let fresh = self.fresh.run(run_id);
         // Decided and encoded before the transaction, which holds sled's process-wide lock: inside
         // it, only a check that the run is still the value read here (else decided again).
         let read = self
@@ -599,10 +656,17 @@ impl Store for SledStore {
             .runs
             .get(run_key)
             .map_err(|e| backend("get", TreeName::Runs, &run_id, e));
-        let ahead = match read {
-            Ok(Some(stored)) => Prepared::new(run_id, &stored, decide).map(|p| Some((stored, p))),
-            Ok(None) => Ok(None),
-            Err(e) => Err(e),
+        let fresh = fresh.filter(|_| matches!(read, Ok(None)));
+        let ahead = match (read, &fresh) {
+            (Ok(Some(stored)), _) => {
+                Prepared::new(run_id, &stored, decide).map(|p| Some((stored, p)))
+            }
+            (Ok(None), Some(fresh)) => {
+                let stored = fresh.encoded.run_value();
+                Prepared::new(run_id, stored, decide).map(|p| Some((IVec::from(stored), p)))
+            }
+            (Ok(None), None) => Ok(None),
+            (Err(e), _) => Err(e),
         };
         let written = match ahead {
             Err(e) => Err(e),
@@ -611,6 +675,7 @@ impl Store for SledStore {
                     run_key,
                     done_key: done_key.clone(),
                     ahead,
+                    fresh: fresh.clone(),
                 };
                 match self
                     .batches
@@ -631,32 +696,60 @@ impl Store for SledStore {
         for (id, key, until) in written.taken {
             leases.items.insert(id, (key, until));
         }
+        let mut queued = written.queued;
+        queued.extend(written.created.into_iter().filter(|key| !leases.holds(key)));
         drop(leases);
-        self.queued_add(written.queued.len() as i64);
+        if fresh.is_some() {
+            self.fresh.written([run_id]);
+        }
+        self.queued_add(queued.len() as i64);
         self.new_runs
             .hints
-            .queued(written.queued.iter().map(|key| &key[..]));
+            .queued(queued.iter().map(|key| &key[..]));
         Ok(written.run)
     }
 
     async fn requeue_expired(&self, now: Timestamp) -> Result<usize> {
         let mut leases = self.leases();
-        let before = leases.items.len();
-        leases.items.retain(|_, (_, until)| *until > now);
-        let ended = before - leases.items.len();
-        if ended > 0 {
+        let mut ended = Vec::new();
+        leases.items.retain(|id, (_, until)| {
+            let on = *until > now;
+            if !on {
+                ended.push(*id);
+            }
+            on
+        });
+        // A fresh run's item whose lease ended waits for a claim again.
+        let queued = ended.len() - self.fresh.released(&ended);
+        if queued > 0 {
             self.new_runs.hints.clear();
         }
-        self.queued_add(ended as i64);
-        Ok(ended)
+        self.queued_add(queued as i64);
+        Ok(ended.len())
     }
 
     async fn run(&self, id: RunId) -> Result<Option<Run>> {
-        self.get(&self.new_runs.runs, TreeName::Runs, &id.to_bytes(), &id)
+        // Fresh first: a run moves from the fresh ones to the trees, never back.
+        let fresh = self.fresh.run(id);
+        let key = id.to_bytes();
+        match self.get(&self.new_runs.runs, TreeName::Runs, &key, &id)? {
+            Some(run) => Ok(Some(run)),
+            None => fresh
+                .map(|fresh| decode(TreeName::Runs, &key, fresh.encoded.run_value()))
+                .transpose(),
+        }
     }
 
     async fn event(&self, id: EventId) -> Result<Option<Event>> {
-        self.get(&self.new_runs.events, TreeName::Events, &id.to_bytes(), &id)
+        // Fresh first, as in `run`.
+        let fresh = self.fresh.of_event(id);
+        let key = id.to_bytes();
+        match self.get(&self.new_runs.events, TreeName::Events, &key, &id)? {
+            Some(event) => Ok(Some(event)),
+            None => fresh
+                .map(|fresh| decode(TreeName::Events, &key, &fresh.encoded.event))
+                .transpose(),
+        }
     }
 
     async fn step_records(&self, run_id: RunId) -> Result<Vec<StepRecord>> {
@@ -686,6 +779,8 @@ impl Store for SledStore {
         .flatten()
         .min()
         .map(|id| id.to_bytes());
+        // Fresh runs first: one written to the trees meanwhile is then read from either.
+        let fresh = self.fresh.listed(query.flow_id.as_ref(), lower, upper);
         let mut runs = Vec::new();
         match &query.flow_id {
             None => {
@@ -734,6 +829,25 @@ impl Store for SledStore {
                     }
                 }
             }
+        }
+        // The fresh runs (read from the inbox, not yet written) in their place.
+        let mut matched = 0;
+        for run in fresh {
+            let key = run.run_id.to_bytes();
+            let run: Run = decode(TreeName::Runs, &key, run.encoded.run_value())?;
+            if wanted(&run) {
+                runs.push(run);
+                matched += 1;
+                if matched == limit {
+                    break;
+                }
+            }
+        }
+        if matched > 0 {
+            // Stable: a run written meanwhile keeps its stored version, listed first.
+            runs.sort_by_key(|run| std::cmp::Reverse(run.id));
+            runs.dedup_by_key(|run| run.id);
+            runs.truncate(limit);
         }
         let next = if runs.len() == limit {
             runs.last().map(|run| run.id)
@@ -788,7 +902,14 @@ impl Store for SledStore {
     }
 
     async fn flows_with_runs(&self) -> Result<Vec<FlowId>> {
-        distinct_flows(&self.new_runs.runs_by_flow, TreeName::RunsByFlow)
+        let mut flows = distinct_flows(&self.new_runs.runs_by_flow, TreeName::RunsByFlow)?;
+        for flow in self.fresh.flows() {
+            if !flows.contains(&flow) {
+                flows.push(flow);
+            }
+        }
+        flows.sort();
+        Ok(flows)
     }
 
     async fn prune_runs(
@@ -910,9 +1031,32 @@ impl Store for SledStore {
     }
 }
 
+#[cfg(test)]
+impl SledStore {
+    /// Whether the trees hold the run (not only the fresh runs in memory).
+    pub(crate) fn in_trees(&self, run_id: RunId) -> bool {
+        self.new_runs.runs.contains_key(run_id.to_bytes()).unwrap()
+    }
+}
+
 impl Drop for SledStore {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        // The fresh runs go to the trees (their leases end with the store), so that the store
+        // opened next holds them at once.
+        let all = self.fresh.all();
+        if all.is_empty() {
+            return;
+        }
+        let written = self.new_runs.write_fresh(&all).and_then(|()| {
+            self.db
+                .flush()
+                .map_err(|e| StoreError::Backend(format!("sled: flush failed: {e}")))
+        });
+        match written {
+            Ok(_) => self.fresh.written(all.iter().map(|(run, _)| run.run_id)),
+            Err(e) => tracing::warn!(error = %e, "fresh runs were left in the inbox at close"),
+        }
     }
 }
 

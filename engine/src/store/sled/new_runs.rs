@@ -1,98 +1,157 @@
-//! How new runs enter the trees: encoded once, written in one transaction per batch, and moved
-//! from the inbox by the promoter thread.
+//! How new runs enter the trees: encoded once, read from the inbox by the promoter thread, and
+//! written either by the update of their first step (`fresh.rs`) or by the promoter, a batch per
+//! transaction.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ::sled::transaction::Transactional;
+use ::sled::transaction::{Transactional, TransactionalTree};
 use ::sled::{Db, IVec, Tree};
 
+use super::fresh::{Fresh, FreshRun};
 use super::hints::ScanHints;
 use super::layout::{
-    abort, decode, encode, expiry_key, flow_key, queue_key, tx_error, DedupeEntry, TreeName,
+    abort, decode, encode, expiry_key, flow_key, id16, queue_key, tx_error, DedupeEntry, TreeName,
     TxResult,
 };
 use super::PROMOTED_KEY;
-use crate::model::Timestamp;
-use crate::store::inbox::{Reader, Record};
+use crate::ids::{EventId, FlowId, RunId};
+use crate::model::{QueueItem, Timestamp};
+use crate::store::inbox::Reader;
 use crate::store::{Ingested, NewRun, Result, StoreError};
 
-/// How many inbox records one promotion transaction moves.
+/// How many runs one promotion transaction writes.
 const PROMOTE_BATCH: usize = 64;
+/// How many inbox records the promoter reads at once.
+const READ_BATCH: usize = 256;
+/// How often the stored inbox position (what recovery reads on from) moves on at most, apart
+/// from when an inbox segment is done: each move costs two flushes.
+const MARK_EVERY: Duration = Duration::from_millis(500);
 
-/// Moves inbox records into the trees, in order, on its own thread, while the queue has room.
+/// Reads inbox records into the fresh runs, in order, on its own thread; writes to the trees the
+/// fresh runs claims leave alone, while the queue has room; stores how far the trees hold every
+/// run, and deletes the inbox segments behind it.
 pub(super) struct Promoter {
     pub(super) trees: NewRunTrees,
+    pub(super) fresh: Arc<Fresh>,
     pub(super) db: Db,
     pub(super) log_file: Arc<std::fs::File>,
     pub(super) reader: Reader,
-    /// Records read but not yet written (kept across a failed transaction, to try again).
-    pub(super) pending: Vec<Record>,
+    /// Records up to this one were in the inbox when the store opened: the trees may hold their
+    /// runs already (written before a crash, past the stored position).
+    pub(super) recovering_through: u64,
+    /// The number of the last record read.
+    pub(super) read_through: u64,
+    /// The inbox position stored (and on disk).
+    pub(super) mark: u64,
+    pub(super) marked_at: Instant,
+    /// Inbox segments read to their end, each with the last record number read by then.
+    pub(super) finished: Vec<(PathBuf, u64)>,
     /// Promotion pauses while the queue tree holds this many items.
     pub(super) window: i64,
-    pub(super) promoted: Arc<AtomicU64>,
     pub(super) stop: Arc<AtomicBool>,
 }
 
 impl Promoter {
     pub(super) fn run(mut self) {
         while !self.stop.load(Ordering::SeqCst) {
-            let room = self.window - self.trees.queued.load(Ordering::SeqCst);
-            if room <= 0 {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            }
-            if self.pending.is_empty() && !self.reader.wait(Duration::from_millis(100)) {
-                continue;
-            }
-            let batch = usize::try_from(room).map_or(PROMOTE_BATCH, |r| r.min(PROMOTE_BATCH));
-            if let Err(e) = self.promote(batch) {
+            if let Err(e) = self.step() {
                 tracing::error!(error = %e, "cannot move accepted events from the inbox into the store; retrying");
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
     }
 
-    /// Moves up to `batch` records into the trees; deletes the inbox segments it finished once
-    /// the trees are durable past them.
-    fn promote(&mut self, batch: usize) -> Result<()> {
-        let inbox_error =
-            |e: std::io::Error| StoreError::Backend(format!("inbox read failed: {e}"));
-        let mut finished = Vec::new();
-        if self.pending.is_empty() {
-            let (records, done) = self.reader.read(batch).map_err(inbox_error)?;
-            self.pending = records;
-            finished = done;
+    /// Reads what the inbox has (while fresh runs have room), writes the runs due for the trees,
+    /// and moves the stored position on.
+    fn step(&mut self) -> Result<()> {
+        let room = self.fresh.capacity().saturating_sub(self.fresh.waiting());
+        let patience = Duration::from_millis(if self.fresh.is_empty() { 100 } else { 10 });
+        if room == 0 {
+            std::thread::sleep(patience);
+        } else if self.reader.wait(patience) {
+            self.read(room.min(READ_BATCH))?;
         }
-        if let Some(&(last, _)) = self.pending.last() {
-            let mut runs = Vec::with_capacity(self.pending.len());
-            for (n, record) in &self.pending {
-                match EncodedRun::from_record(record) {
-                    Ok(run) => runs.push(run),
-                    Err(e) => {
-                        tracing::error!(record = n, error = %e, "an inbox record cannot be read; it is skipped")
-                    }
+        let queued = self.trees.queued.load(Ordering::SeqCst);
+        let queue_room = usize::try_from(self.window - queued).unwrap_or(0);
+        let due = self.fresh.for_trees(PROMOTE_BATCH, queue_room);
+        if !due.is_empty() {
+            self.trees.write_fresh(&due)?;
+            self.fresh.written(due.iter().map(|(run, _)| run.run_id));
+        }
+        self.store_position()
+    }
+
+    /// Reads up to `max` records into the fresh runs.
+    fn read(&mut self, max: usize) -> Result<()> {
+        let (records, finished) = self
+            .reader
+            .read(max)
+            .map_err(|e| StoreError::Backend(format!("inbox read failed: {e}")))?;
+        let mut runs = Vec::with_capacity(records.len());
+        for (n, record) in records {
+            self.read_through = n;
+            let run =
+                EncodedRun::from_record(&record).and_then(|encoded| FreshRun::new(n, encoded));
+            match run {
+                Ok(run) if n <= self.recovering_through && self.stored(&run)? => {}
+                Ok(run) => runs.push(run),
+                Err(e) => {
+                    tracing::error!(record = n, error = %e, "an inbox record cannot be read; it is skipped")
                 }
             }
-            self.trees.write(&runs, Some((last, &self.promoted)))?;
-            self.pending.clear();
         }
-        if !finished.is_empty() {
-            // The trees must be on disk past these segments before they go.
-            self.db
-                .flush()
-                .map_err(|e| StoreError::Backend(format!("sled: flush failed: {e}")))?;
-            self.log_file
-                .sync_all()
-                .map_err(|e| StoreError::Backend(format!("fsync of sled's log failed: {e}")))?;
-            for path in finished {
-                std::fs::remove_file(&path).map_err(|e| {
-                    StoreError::Backend(format!("cannot delete {}: {e}", path.display()))
-                })?;
-            }
-        }
+        self.fresh.add(runs, self.read_through);
+        self.finished
+            .extend(finished.into_iter().map(|path| (path, self.read_through)));
         Ok(())
+    }
+
+    /// Whether the trees hold this run already.
+    fn stored(&self, run: &FreshRun) -> Result<bool> {
+        self.trees
+            .runs
+            .contains_key(run.run_id.to_bytes())
+            .map_err(|e| super::layout::backend("read", TreeName::Runs, &run.run_id, e))
+    }
+
+    /// Stores the position before which every run is in the trees, once those runs are on disk
+    /// (at most every [`MARK_EVERY`], or when an inbox segment is done); deletes the inbox
+    /// segments behind the stored position.
+    fn store_position(&mut self) -> Result<()> {
+        let low = self.fresh.low_water();
+        let due = !self.finished.is_empty() || self.marked_at.elapsed() >= MARK_EVERY;
+        if low > self.mark && due {
+            // The runs before `low` first, then the position: never a position without its runs.
+            self.sync()?;
+            self.trees
+                .state
+                .insert(PROMOTED_KEY, low.to_string().into_bytes())
+                .map_err(|e| super::layout::backend("write", TreeName::State, &PROMOTED_KEY, e))?;
+            self.sync()?;
+            self.mark = low;
+            self.marked_at = Instant::now();
+        }
+        let mark = self.mark;
+        for (path, _) in self.finished.iter().filter(|(_, last)| *last <= mark) {
+            std::fs::remove_file(path).map_err(|e| {
+                StoreError::Backend(format!("cannot delete {}: {e}", path.display()))
+            })?;
+        }
+        self.finished.retain(|(_, last)| *last > mark);
+        Ok(())
+    }
+
+    /// Flushes sled and fsyncs its log.
+    fn sync(&self) -> Result<()> {
+        self.db
+            .flush()
+            .map_err(|e| StoreError::Backend(format!("sled: flush failed: {e}")))?;
+        self.log_file
+            .sync_all()
+            .map_err(|e| StoreError::Backend(format!("fsync of sled's log failed: {e}")))
     }
 }
 
@@ -107,6 +166,61 @@ pub(super) struct EncodedRun {
     pub(super) items: Vec<(Vec<u8>, Vec<u8>)>,
     /// The dedupe tree's key and entry, when the entry expires, and when the event arrived.
     dedupe: Option<(Vec<u8>, Vec<u8>, Timestamp, Timestamp)>,
+}
+
+impl EncodedRun {
+    /// The run's id.
+    pub(super) fn run_id(&self) -> Result<RunId> {
+        id16(&self.run_key)
+            .map(RunId::from_bytes)
+            .ok_or_else(|| StoreError::Backend("a new run's key is not 16 bytes".into()))
+    }
+
+    /// Its event's id.
+    pub(super) fn event_id(&self) -> Result<EventId> {
+        id16(&self.event_key)
+            .map(EventId::from_bytes)
+            .ok_or_else(|| StoreError::Backend("a new event's key is not 16 bytes".into()))
+    }
+
+    /// The run's only queue item, if it has exactly one.
+    pub(super) fn single_item(&self) -> Result<Option<QueueItem>> {
+        match &self.items[..] {
+            [(key, value)] => decode(TreeName::Queue, key, value).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether the run is of this flow.
+    pub(super) fn in_flow(&self, flow_id: &FlowId) -> bool {
+        self.index_key.starts_with(&flow_key(flow_id, &[]))
+    }
+
+    /// The run as stored.
+    pub(super) fn run_value(&self) -> &[u8] {
+        &self.run
+    }
+
+    /// Writes, in a transaction, the event, the run's index entry and its items (but `except`);
+    /// not the run itself. Returns the keys of the items written.
+    pub(super) fn create(
+        &self,
+        events: &TransactionalTree,
+        by_flow: &TransactionalTree,
+        queue: &TransactionalTree,
+        except: Option<&[u8]>,
+    ) -> TxResult<Vec<IVec>> {
+        events.insert(&self.event_key[..], self.event.as_slice())?;
+        by_flow.insert(self.index_key.as_slice(), IVec::default())?;
+        let mut keys = Vec::with_capacity(self.items.len());
+        for (key, item) in &self.items {
+            if except != Some(key.as_slice()) {
+                queue.insert(key.as_slice(), item.as_slice())?;
+                keys.push(IVec::from(key.as_slice()));
+            }
+        }
+        Ok(keys)
+    }
 }
 
 /// The first byte of an inbox record holding an [`EncodedRun`] (a record of an earlier version
@@ -224,13 +338,33 @@ pub(super) struct NewRunTrees {
 
 impl NewRunTrees {
     /// Writes new runs in one transaction, unless a run's dedupe key is taken (and not expired at
-    /// its event's arrival); with `promoted`, also records the number of the last inbox record
-    /// written, in the trees and in the promoter's counter. Returns what happened to each run.
-    pub(super) fn write(
+    /// its event's arrival). Returns what happened to each run.
+    pub(super) fn write(&self, new: &[EncodedRun]) -> Result<Vec<Ingested>> {
+        let runs: Vec<_> = new.iter().map(|run| (run, false)).collect();
+        Ok(self
+            .write_runs(&runs, false)?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// Writes fresh runs the promoter took over, in one transaction, each unless the trees hold
+    /// it already; the items of those marked `true` are leased (not counted as queued).
+    pub(super) fn write_fresh(&self, due: &[(Arc<FreshRun>, bool)]) -> Result<()> {
+        let runs: Vec<_> = due
+            .iter()
+            .map(|(run, leased)| (&run.encoded, *leased))
+            .collect();
+        self.write_runs(&runs, true).map(drop)
+    }
+
+    /// Writes runs (each with whether its items are leased); with `skip_stored`, a run the trees
+    /// hold already is left as it is (`None`).
+    fn write_runs(
         &self,
-        new: &[EncodedRun],
-        promoted: Option<(u64, &AtomicU64)>,
-    ) -> Result<Vec<Ingested>> {
+        new: &[(&EncodedRun, bool)],
+        skip_stored: bool,
+    ) -> Result<Vec<Option<Ingested>>> {
         let trees = (
             &self.events,
             &self.runs,
@@ -238,24 +372,25 @@ impl NewRunTrees {
             &self.queue,
             &self.dedupe,
             &self.dedupe_expiry,
-            &self.state,
         );
-        let counted_before = promoted.map(|(_, counter)| counter.load(Ordering::SeqCst));
-        let mark = promoted.map(|(n, _)| n.to_string().into_bytes());
         let outcomes = trees
             .transaction(
-                |(events, runs, by_flow, queue, dedupe_keys, expiry, state)| -> TxResult<Vec<Ingested>> {
+                |(events, runs, by_flow, queue, dedupe_keys, expiry)| -> TxResult<Vec<Option<Ingested>>> {
                     let mut outcomes = Vec::with_capacity(new.len());
-                    for run in new {
+                    for (run, _) in new {
+                        if skip_stored && runs.get(&run.run_key)?.is_some() {
+                            outcomes.push(None);
+                            continue;
+                        }
                         if let Some((key, value, expires_at, received_at)) = &run.dedupe {
                             if let Some(taken) = dedupe_keys.get(key)? {
                                 let taken: DedupeEntry =
                                     decode(TreeName::Dedupe, key, &taken).map_err(abort)?;
                                 if taken.expires_at > *received_at {
-                                    outcomes.push(Ingested::Duplicate {
+                                    outcomes.push(Some(Ingested::Duplicate {
                                         event_id: taken.event_id,
                                         run_id: taken.run_id,
-                                    });
+                                    }));
                                     continue;
                                 }
                                 expiry.remove(expiry_key(taken.expires_at, key))?;
@@ -263,39 +398,22 @@ impl NewRunTrees {
                             dedupe_keys.insert(key.as_slice(), value.as_slice())?;
                             expiry.insert(expiry_key(*expires_at, key), IVec::default())?;
                         }
-                        events.insert(&run.event_key[..], run.event.as_slice())?;
+                        run.create(events, by_flow, queue, None)?;
                         runs.insert(&run.run_key[..], run.run.as_slice())?;
-                        by_flow.insert(run.index_key.as_slice(), IVec::default())?;
-                        for (key, item) in &run.items {
-                            queue.insert(key.as_slice(), item.as_slice())?;
-                        }
-                        outcomes.push(Ingested::Created);
-                    }
-                    if let (Some(mark), Some((n, counter))) = (&mark, promoted) {
-                        state.insert(PROMOTED_KEY, mark.as_slice())?;
-                        // Counted while the transaction still holds sled's lock, so no reader
-                        // sees one of these runs while the inbox still counts it as waiting.
-                        counter.store(n, Ordering::SeqCst);
+                        outcomes.push(Some(Ingested::Created));
                     }
                     Ok(outcomes)
                 },
             )
-            .map_err(tx_error("ingest", TreeName::Runs));
-        if let (Err(_), Some(before), Some((_, counter))) = (&outcomes, counted_before, promoted) {
-            counter.store(before, Ordering::SeqCst);
-        }
-        let outcomes = outcomes?;
-        let items: usize = new
+            .map_err(tx_error("ingest", TreeName::Runs))?;
+        let queued: Vec<&[u8]> = new
             .iter()
             .zip(&outcomes)
-            .filter(|(_, o)| **o == Ingested::Created)
-            .map(|(run, _)| run.items.len())
-            .sum();
-        self.queued.fetch_add(items as i64, Ordering::SeqCst);
-        self.hints.queued(
-            new.iter()
-                .flat_map(|run| run.items.iter().map(|(key, _)| key.as_slice())),
-        );
+            .filter(|((_, leased), o)| !leased && **o == Some(Ingested::Created))
+            .flat_map(|((run, _), _)| run.items.iter().map(|(key, _)| key.as_slice()))
+            .collect();
+        self.queued.fetch_add(queued.len() as i64, Ordering::SeqCst);
+        self.hints.queued(queued);
         Ok(outcomes)
     }
 }

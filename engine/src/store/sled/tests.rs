@@ -310,6 +310,7 @@ async fn updates_queued_while_a_batch_is_written_go_together_in_the_next() {
         run_key: [0; 16],
         done_key: None,
         ahead: None,
+        fresh: None,
     };
     let commit = |wait_for: usize| {
         let (batches, sizes, writing) = (batches.clone(), sizes.clone(), writing.clone());
@@ -352,7 +353,7 @@ async fn what_a_run_keeps_is_packed_and_plain_json_values_still_read() {
     let encoded = EncodedRun::new(&new).unwrap();
     assert!(encoded.event.len() < 200, "the event is packed");
     assert!(encoded.items.iter().all(|(_, item)| item[0] == b'{'));
-    store.new_runs.write(&[encoded], None).unwrap();
+    store.new_runs.write(&[encoded]).unwrap();
     assert_eq!(
         store.event(new.event.id).await.unwrap().as_ref(),
         Some(&new.event)

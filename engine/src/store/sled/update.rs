@@ -2,11 +2,12 @@
 //! updates other workers made meanwhile (group commit).
 
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ::sled::transaction::{Transactional, TransactionalTree};
 use ::sled::{IVec, Tree};
 
+use super::fresh::FreshRun;
 use super::layout::{
     abort, decode, encode, flow_key, queue_key, record_key, tx_error, TreeName, TxResult,
 };
@@ -24,6 +25,8 @@ pub(super) struct Written {
     pub(super) queued: Vec<IVec>,
     /// Items the caller takes: id, queue key, lease end.
     pub(super) taken: Vec<(ItemId, IVec, Timestamp)>,
+    /// The keys of the items a fresh run brought, written with it (queued unless leased).
+    pub(super) created: Vec<IVec>,
 }
 
 /// Marks a run as being written (`Leases::writing`) for as long as it lives.
@@ -58,6 +61,9 @@ pub(super) struct PendingUpdate {
     pub(super) done_key: Option<IVec>,
     /// The run as read before the transaction and the update decided on it (`None`: no run).
     pub(super) ahead: Option<(IVec, Prepared)>,
+    /// The fresh run `ahead` was read from, written with the update unless the trees hold it
+    /// by then.
+    pub(super) fresh: Option<Arc<FreshRun>>,
 }
 
 /// What became of an update written in a batch.
@@ -238,12 +244,13 @@ impl Prepared {
 
 impl SledStore {
     /// The trees a run update writes.
-    fn update_trees(&self) -> (&Tree, &Tree, &Tree, &Tree) {
+    fn update_trees(&self) -> (&Tree, &Tree, &Tree, &Tree, &Tree) {
         (
             &self.new_runs.runs,
             &self.new_runs.runs_by_flow,
             &self.step_records,
             &self.new_runs.queue,
+            &self.new_runs.events,
         )
     }
 
@@ -252,14 +259,16 @@ impl SledStore {
     pub(super) fn write_batch(&self, batch: &[PendingUpdate]) -> Vec<Batched> {
         let written = self
             .update_trees()
-            .transaction(|(runs, by_flow, records, queue)| {
+            .transaction(|(runs, by_flow, records, queue, events)| {
                 let mut out = Vec::with_capacity(batch.len());
                 for pending in batch {
                     let stored = runs.get(pending.run_key)?;
+                    let fresh = pending.fresh.as_ref().filter(|_| stored.is_none());
                     let unchanged = match (&pending.ahead, &stored) {
                         (Some((read, _)), Some(stored)) => read == stored,
+                        (Some(_), None) => fresh.is_some(),
                         (None, None) => true,
-                        _ => false,
+                        (None, Some(_)) => false,
                     };
                     if !unchanged {
                         out.push(None);
@@ -269,12 +278,20 @@ impl SledStore {
                     if let Some(key) = &pending.done_key {
                         queue.remove(key)?;
                     }
-                    out.push(Some(match &pending.ahead {
+                    let mut created = Vec::new();
+                    if let Some(fresh) = fresh {
+                        let done = pending.done_key.as_deref();
+                        created = fresh.encoded.create(events, by_flow, queue, done)?;
+                        runs.insert(&pending.run_key, fresh.encoded.run_value())?;
+                    }
+                    let mut written = match &pending.ahead {
                         Some((_, prepared)) => {
                             prepared.write(&pending.run_key, runs, by_flow, records, queue)?
                         }
                         None => Written::default(),
-                    }));
+                    };
+                    written.created = created;
+                    out.push(Some(written));
                 }
                 Ok(out)
             })
@@ -300,7 +317,7 @@ impl SledStore {
     ) -> Result<Written> {
         let run_key = run_id.to_bytes();
         self.update_trees()
-            .transaction(|(runs, by_flow, records, queue)| -> TxResult<Written> {
+            .transaction(|(runs, by_flow, records, queue, _)| -> TxResult<Written> {
                 // The finished item leaves the queue whatever the decision (even with no run).
                 if let Some(key) = done_key {
                     queue.remove(key)?;
