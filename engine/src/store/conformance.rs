@@ -1426,9 +1426,15 @@ mod sled_backend {
     /// the directory's lock: sled's I/O threads may still hold the file for a moment after the
     /// last handle is dropped, and sled has no way to wait for them.
     fn open_when_released(path: &Path, compression: bool) -> SledStore {
+        let cache = crate::store::sled::DEFAULT_CACHE_BYTES;
+        released(|| SledStore::open(path, cache, compression))
+    }
+
+    /// What `open` opens, once a store dropped just before has let go of the directory.
+    fn released(open: impl Fn() -> crate::store::Result<SledStore>) -> SledStore {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match SledStore::open(path, crate::store::sled::DEFAULT_CACHE_BYTES, compression) {
+            match open() {
                 Ok(store) => return store,
                 Err(e) if e.to_string().contains("could not acquire lock") => {
                     assert!(Instant::now() < deadline, "the store stayed locked: {e}");
@@ -1453,18 +1459,9 @@ mod sled_backend {
             stale,
         };
         let cache = crate::store::sled::DEFAULT_CACHE_BYTES;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match SledStore::open_tuned(dir, cache, false, window, tuning) {
-                Ok(store) => return Arc::new(store),
-                // See `open_when_released`.
-                Err(e) if e.to_string().contains("could not acquire lock") => {
-                    assert!(Instant::now() < deadline, "the store stayed locked: {e}");
-                    std::thread::yield_now();
-                }
-                Err(e) => panic!("open the sled store: {e}"),
-            }
-        }
+        Arc::new(released(|| {
+            SledStore::open_tuned(dir, cache, false, window, tuning)
+        }))
     }
 
     /// Beyond the promotion window and the fresh runs in memory, accepted runs wait in the inbox

@@ -447,6 +447,7 @@ impl SledStore {
             }
             fresh.entry(item.flow_id.clone()).or_default().push(item);
         }
+        flows.sort();
         let now_key = due_bytes(now);
         let mut due_per_flow = Vec::with_capacity(flows.len());
         for flow in &flows {
@@ -490,6 +491,8 @@ impl SledStore {
                     .map(|item| (IVec::from(queue_key(&item)), item, true));
                 let mut merged: Vec<_> = due.into_iter().chain(items).collect();
                 merged.sort_by(|a, b| a.0.cmp(&b.0));
+                // A run the promoter has just written is in both: its queued item is the one.
+                merged.dedup_by(|later, first| later.0 == first.0);
                 merged.truncate(allowed);
                 due = merged.into();
             }
