@@ -18,7 +18,7 @@
 //! on from) only passes a record once its run is in the trees and on disk ([`Fresh::low_water`]).
 //! After a crash, the records past it are read again; those whose run the trees hold are skipped.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -227,24 +227,26 @@ impl Fresh {
         due
     }
 
-    /// A claim took these items (of waiting runs, from [`peek`](Self::peek)); also records that
-    /// claims are active.
-    pub(super) fn took(&self, items: &[&QueueItem]) {
+    /// A claim takes these items (of waiting runs, from [`peek`](Self::peek)); returns the ids of
+    /// those it got (not those the promoter started writing meanwhile: they come out of the queue
+    /// tree next). Also records that claims are active.
+    pub(super) fn took(&self, items: &[&QueueItem]) -> HashSet<ItemId> {
         let now = Instant::now();
         let mut state = self.state();
         state.last_claim = Some(now);
+        let mut got = HashSet::new();
         for item in items {
             let Some((run, place)) = state.runs.get_mut(&item.run_id) else {
                 continue;
             };
-            // One the promoter started writing meanwhile stays its: the item is written with
-            // it, and the lease the claim holds keeps other claims off it.
             if let Place::Waiting(_) = place {
                 *place = Place::Taken(now);
                 let run = run.clone();
                 state.unwait(&run);
+                got.insert(item.id);
             }
         }
+        got
     }
 
     /// The leases of these items ended: those of taken fresh runs wait for a claim again;

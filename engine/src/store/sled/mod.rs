@@ -590,14 +590,15 @@ impl Store for SledStore {
         room: &FlowRoom,
     ) -> Result<Vec<QueueItem>> {
         let mut leases = self.leases();
-        let claimed = self.due_candidates(&leases, now, limit, room)?;
+        let mut claimed = self.due_candidates(&leases, now, limit, room)?;
         let fresh: Vec<_> = claimed
             .iter()
             .filter(|(_, _, fresh)| *fresh)
             .map(|(_, item, _)| item)
             .collect();
-        self.fresh.took(&fresh);
-        self.queued_add(-((claimed.len() - fresh.len()) as i64));
+        let got = self.fresh.took(&fresh);
+        claimed.retain(|(_, item, fresh)| !fresh || got.contains(&item.id));
+        self.queued_add(-((claimed.len() - got.len()) as i64));
         Ok(claimed
             .into_iter()
             .map(|(key, item, _)| {
