@@ -96,12 +96,23 @@ impl Promoter {
             let run =
                 EncodedRun::from_record(&record).and_then(|encoded| FreshRun::new(n, encoded));
             match run {
-                Ok(run) if n <= self.recovering_through && self.stored(&run)? => {}
+                Ok(run) if n <= self.recovering_through && self.stored(&run) => {}
                 Ok(run) => runs.push(run),
                 Err(e) => {
                     tracing::error!(record = n, error = %e, "an inbox record cannot be read; it is skipped")
                 }
             }
+        }
+        // A run of several first items is not claimed from memory: it goes to the trees at once,
+        // so that its items are claimable as soon as it is readable (left in memory if that
+        // fails: the promoter writes it on its next pass).
+        let several: Vec<_> = runs
+            .iter()
+            .filter(|run| run.item.is_none())
+            .map(|run| (&run.encoded, false))
+            .collect();
+        if !several.is_empty() && self.trees.write_runs(&several, true).is_ok() {
+            runs.retain(|run| run.item.is_some());
         }
         self.fresh.add(runs, self.read_through);
         self.finished
@@ -109,12 +120,16 @@ impl Promoter {
         Ok(())
     }
 
-    /// Whether the trees hold this run already.
-    fn stored(&self, run: &FreshRun) -> Result<bool> {
+    /// Whether the trees hold this run already (if unsure, no: whoever writes it checks again in
+    /// its transaction).
+    fn stored(&self, run: &FreshRun) -> bool {
         self.trees
             .runs
             .contains_key(run.run_id.to_bytes())
-            .map_err(|e| super::layout::backend("read", TreeName::Runs, &run.run_id, e))
+            .unwrap_or_else(|e| {
+                tracing::warn!(run_id = %run.run_id, error = %e, "cannot tell whether a recovered run is stored; it is kept");
+                false
+            })
     }
 
     /// Stores the position before which every run is in the trees, once those runs are on disk
@@ -122,7 +137,9 @@ impl Promoter {
     /// segments behind the stored position.
     fn store_position(&mut self) -> Result<()> {
         let low = self.fresh.low_water();
-        let due = !self.finished.is_empty() || self.marked_at.elapsed() >= MARK_EVERY;
+        // A segment to delete once the position passes it, or time for the position to move on.
+        let segment_done = self.finished.iter().any(|(_, last)| *last <= low);
+        let due = segment_done || self.marked_at.elapsed() >= MARK_EVERY;
         if low > self.mark && due {
             // The runs before `low` first, then the position: never a position without its runs.
             self.sync()?;
