@@ -498,11 +498,13 @@ impl Engine {
         let scheduler = self
             .config
             .schedules
-            .then(|| tokio::spawn(scheduler::fire_forever(self.clone())));
-        let _scheduler = AbortOnDrop(scheduler);
+            .then(|| scheduler::Running::start(self.clone()));
         if self.config.workers == 0 {
             info!("workers: 0 — accepting events, executing none");
             shutdown.await;
+            if let Some(scheduler) = scheduler {
+                scheduler.stop().await;
+            }
             return Ok(());
         }
         let recovered = self.store.requeue_expired(Timestamp(i64::MAX)).await?;
@@ -532,6 +534,9 @@ impl Engine {
                     warn!(n, "requeued steps whose lease expired");
                 }
             }
+        }
+        if let Some(scheduler) = scheduler {
+            scheduler.stop().await;
         }
         self.stopping.store(true, Ordering::SeqCst);
         let executing = self.executing().values().sum::<usize>();

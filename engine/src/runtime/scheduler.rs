@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tracing::{error, info, info_span, Instrument};
+use tokio::sync::watch;
+use tracing::{error, info, info_span, warn, Instrument};
 
-use super::Engine;
+use super::{AbortOnDrop, Engine};
 use crate::flow::{Flow, Trigger};
 use crate::ids::FlowId;
 use crate::model::Timestamp;
@@ -29,8 +30,36 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// The most missed ticks looked at when catching up.
 const MAX_MISSED_SCAN: usize = 100_000;
 
-/// Fires due ticks of every deployed schedule flow, forever.
-pub(super) async fn fire_forever(engine: Arc<Engine>) {
+/// The scheduler's task, stopped between fires (so a tick fired is always recorded as the last).
+pub(super) struct Running {
+    stop: watch::Sender<bool>,
+    task: AbortOnDrop,
+}
+
+impl Running {
+    /// Starts firing the due ticks of every deployed schedule flow.
+    pub(super) fn start(engine: Arc<Engine>) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let task = AbortOnDrop(Some(tokio::spawn(fire_until_stopped(engine, stopped))));
+        Self { stop, task }
+    }
+
+    /// Stops at the end of the fire in progress (waiting at most `STOP_WAIT`).
+    pub(super) async fn stop(mut self) {
+        // The task may have ended already (a panic): nothing to wait for then.
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.0.as_mut() {
+            if tokio::time::timeout(STOP_WAIT, task).await.is_err() {
+                warn!("the scheduler did not stop in time; a tick being fired may fire again");
+            }
+        }
+    }
+}
+
+/// How long stopping waits for a fire in progress (one durable write or two).
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+async fn fire_until_stopped(engine: Arc<Engine>, mut stopped: watch::Receiver<bool>) {
     let started = Timestamp::now();
     // Per flow: the last tick handled.
     let mut cursors: HashMap<FlowId, Timestamp> = HashMap::new();
@@ -56,14 +85,17 @@ pub(super) async fn fire_forever(engine: Arc<Engine>) {
                     }
                 },
             };
-            let cursor = fire_due(&engine, &flow, schedule, cursor, now).await;
+            let cursor = fire_due(&engine, &flow, schedule, cursor, now, &stopped).await;
             cursors.insert(flow.id.clone(), cursor);
             if let Some(next) = schedule.next_after(cursor) {
                 wake = wake.min(next.plus(jitter(&flow.id, schedule, next)));
             }
         }
         let sleep = Duration::from_millis(wake.millis_since(Timestamp::now()));
-        tokio::time::sleep(sleep).await;
+        tokio::select! {
+            () = tokio::time::sleep(sleep) => {}
+            _ = stopped.changed() => return,
+        }
     }
 }
 
@@ -101,17 +133,18 @@ async fn start_cursor(
     }
 }
 
-/// Fires every tick after `cursor` that is due at `now`; answers the new cursor. A tick that could
-/// not be stored is tried again on the next pass.
+/// Fires every tick after `cursor` that is due at `now` (until stopped); answers the new cursor. A
+/// tick that could not be stored is tried again on the next pass.
 async fn fire_due(
     engine: &Engine,
     flow: &Flow,
     schedule: &Schedule,
     mut cursor: Timestamp,
     now: Timestamp,
+    stopped: &watch::Receiver<bool>,
 ) -> Timestamp {
     while let Some(tick) = schedule.next_after(cursor) {
-        if tick.plus(jitter(&flow.id, schedule, tick)) > now {
+        if tick.plus(jitter(&flow.id, schedule, tick)) > now || *stopped.borrow() {
             break;
         }
         let span = info_span!("schedule", flow = %flow.id, tick = %tick);
