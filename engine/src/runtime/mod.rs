@@ -972,7 +972,7 @@ impl Engine {
 
     fn announce(&self, run: Option<Run>) {
         if let Some(run) = run.filter(|r| r.status.is_final()) {
-            info!(run_id = %run.id, status = %run.status, "run finished");
+            debug!(run_id = %run.id, status = %run.status, "run finished");
             self.metrics.run_finished(run.flow_id.as_str(), run.status);
             let _ = self.finished.send(RunNotice {
                 run_id: run.id,
