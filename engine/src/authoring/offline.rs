@@ -88,7 +88,13 @@ pub struct Trace {
 impl Trace {
     /// The run context a step rendered against.
     pub fn context(&self, step: &StepId) -> Value {
-        run_context(&self.event, &self.run, &self.records, step, 1)
+        run_context(
+            self.event.trigger.clone(),
+            &self.run,
+            &self.records,
+            step,
+            1,
+        )
     }
 
     /// A step's record.
@@ -123,7 +129,13 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
         let Some(step) = flow.step(&item.step_id).filter(|_| run.expects(&item)) else {
             continue;
         };
-        let ctx = Arc::new(run_context(&event, &run, &records, &step.id, item.attempt));
+        let ctx = Arc::new(run_context(
+            event.trigger.clone(),
+            &run,
+            &records,
+            &step.id,
+            item.attempt,
+        ));
         let started_at = Timestamp::now();
         let clock = Instant::now();
         let (mut input, result) = match step.action.render(&flow.templates, &ctx) {

@@ -4,10 +4,12 @@
 //! `{"error": …}` for a failed `on_error: continue` step), and `run` (`id`, `flow`, `revision`,
 //! `attempt`, `idempotency_key`, and `error`: why the run failed, while its `on_failure` steps run).
 
+use std::sync::Arc;
+
 use serde_json::{json, Map, Value};
 
 use crate::ids::StepId;
-use crate::model::{Event, Run, StepRecord};
+use crate::model::{Run, StepRecord};
 
 /// What replaces a secret in recorded data.
 pub const REDACTED: &str = "[redacted]";
@@ -26,9 +28,10 @@ const SENSITIVE_KEYS: [&str; 10] = [
     "token",
 ];
 
-/// The context for an attempt of `step` in `run`.
+/// The context for an attempt of `step` in `run`, on the event's `trigger` (moved in: a webhook's
+/// body is the largest part, and [`take_trigger`] gets it back after the attempt).
 pub fn run_context(
-    event: &Event,
+    trigger: Value,
     run: &Run,
     records: &[StepRecord],
     step: &StepId,
@@ -49,10 +52,20 @@ pub fn run_context(
     });
     // Built field by field: `json!` would copy the trigger and the outputs once more.
     Value::Object(Map::from_iter([
-        ("trigger".to_owned(), event.trigger.clone()),
+        ("trigger".to_owned(), trigger),
         ("steps".to_owned(), Value::Object(steps)),
         ("run".to_owned(), run),
     ]))
+}
+
+/// The trigger out of a context [`run_context`] made: moved out when nothing else holds the
+/// context any more, copied otherwise.
+pub fn take_trigger(context: Arc<Value>) -> Value {
+    match Arc::try_unwrap(context) {
+        Ok(Value::Object(mut context)) => context.remove("trigger").unwrap_or_default(),
+        Ok(_) => Value::Null,
+        Err(shared) => shared["trigger"].clone(),
+    }
 }
 
 /// The idempotency key of a step in a run: the same for every attempt, and new after each manual

@@ -31,7 +31,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use self::advance::{Attempted, StepResult};
 use self::catalog::Catalog;
-use self::context::{idempotency_key, redact, redact_text, run_context};
+use self::context::{idempotency_key, redact, redact_text, run_context, take_trigger};
 use crate::flow::Flow;
 use crate::ids::{EventId, FlowId, ItemId, RunId, StepId};
 use crate::model::{Event, QueueItem, Run, RunStatus, StepRecord, StepStatus, Timestamp};
@@ -79,11 +79,16 @@ impl Default for EngineConfig {
 struct Work {
     run: Run,
     flow: Arc<Flow>,
-    event: Event,
+    /// The event's `trigger`, lent to each attempt's context (see [`Lent`]).
+    trigger: Mutex<Value>,
     records: Vec<StepRecord>,
 }
 
 impl Work {
+    fn trigger(&self) -> std::sync::MutexGuard<'_, Value> {
+        self.trigger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Whether the flow's step has no effects (filter, map, switch).
     fn is_pure(&self, step: &StepId) -> bool {
         self.flow.step(step).is_some_and(|s| s.action.is_pure())
@@ -103,6 +108,42 @@ impl Work {
             }
         }
         self.run = run;
+    }
+}
+
+/// An attempt's context, made on the work's trigger and giving it back when dropped (however the
+/// attempt ends): a webhook's body is moved from step to step, not copied for each.
+struct Lent<'a> {
+    work: &'a Work,
+    context: Option<Arc<Value>>,
+}
+
+impl<'a> Lent<'a> {
+    fn new(work: &'a Work, item: &QueueItem) -> Self {
+        let trigger = std::mem::take(&mut *work.trigger());
+        let context = run_context(
+            trigger,
+            &work.run,
+            &work.records,
+            &item.step_id,
+            item.attempt,
+        );
+        Self {
+            work,
+            context: Some(Arc::new(context)),
+        }
+    }
+
+    fn context(&self) -> &Arc<Value> {
+        self.context.as_ref().expect("lent until dropped")
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(context) = self.context.take() {
+            *self.work.trigger() = take_trigger(context);
+        }
     }
 }
 
@@ -856,33 +897,29 @@ impl Engine {
         Ok(Some(Work {
             run,
             flow,
-            event,
+            trigger: Mutex::new(event.trigger),
             records,
         }))
     }
 
     /// Renders and executes the step once; the result is redacted and carries its retry delay.
     async fn attempt(&self, work: &Work, item: &QueueItem) -> Tried {
-        let Work {
-            run,
-            flow,
-            event,
-            records,
-        } = work;
+        let Work { run, flow, .. } = work;
         let step = flow
             .step(&item.step_id)
             .expect("a run's steps come from its flow revision");
-        let ctx = Arc::new(run_context(event, run, records, &step.id, item.attempt));
+        let lent = Lent::new(work, item);
+        let ctx = lent.context();
         let started_at = Timestamp::now();
         let clock = Instant::now();
-        let (mut input, result) = match step.action.render(&flow.templates, &ctx) {
+        let (mut input, result) = match step.action.render(&flow.templates, ctx) {
             Err(e) => (Value::Null, StepResult::Failed(e)),
             Ok(input) => {
                 // A step in a named queue waits for a place in its lane (not an attempt).
                 let _place = match &step.queue {
                     None => None,
                     Some(q) => {
-                        let key = q.key.render(&flow.templates, &ctx).unwrap_or_default();
+                        let key = q.key.render(&flow.templates, ctx).unwrap_or_default();
                         match self.lanes.enter(&q.name, &key, q.concurrency, q.gap) {
                             Ok(place) => Some(place),
                             Err(wait) => return Tried::Wait(wait),
