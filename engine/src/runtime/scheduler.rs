@@ -50,7 +50,7 @@ impl Running {
         let _ = self.stop.send(true);
         if let Some(task) = self.task.0.as_mut() {
             if tokio::time::timeout(STOP_WAIT, task).await.is_err() {
-                warn!("the scheduler did not stop in time; a tick being fired may fire again");
+                warn!("the scheduler did not stop in time; the tick being fired may not be recorded as the last");
             }
         }
     }
