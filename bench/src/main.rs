@@ -15,7 +15,7 @@ use hookflow_bench::sink::Sink;
 /// Benchmark scenarios for hookflow (127.0.0.1 only).
 #[derive(Debug, Parser)]
 struct Args {
-    /// The scenarios to run (default: all four).
+    /// The scenarios to run (default: all five).
     #[arg(value_enum)]
     scenarios: Vec<Scenario>,
     /// Events to send per scenario.
@@ -79,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let scenarios = if args.scenarios.is_empty() {
         vec![
             Scenario::Ingest,
+            Scenario::IngestDedupe,
             Scenario::EndToEnd,
             Scenario::Backlog,
             Scenario::TenSteps,

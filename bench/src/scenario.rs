@@ -17,6 +17,9 @@ use crate::sink::Sink;
 pub enum Scenario {
     /// (a) Ingest only: the flow's first step is a filter that drops every event.
     Ingest,
+    /// (a) with a dedupe key (the event's `id`), as a flow of signed provider webhooks has:
+    /// each acknowledgment also checks that the event was not delivered before.
+    IngestDedupe,
     /// (b) End to end: filter, map and an HTTP POST to the sink.
     EndToEnd,
     /// (c) Backlog: events queued while the server executes nothing, then drained after a
@@ -69,12 +72,14 @@ fn flow(scenario: Scenario, sink: &str) -> String {
     let head = format!("id: {FLOW_ID}\ntrigger: {{ webhook: }}\nsteps:\n");
     let keep = "  - id: subscriptions_only\n    filter:\n      all:\n        - { value: \"{{trigger.body.type}}\", starts_with: \"customer.subscription.\" }\n";
     let shape = "  - id: shape\n    map:\n      id: \"{{trigger.body.id}}\"\n      email: \"{{lower trigger.body.data.object.customer_email}}\"\n      plan: \"{{trigger.body.data.object.items.data.0.price.nickname}}\"\n      seats: \"{{trigger.body.data.object.items.data.0.quantity}}\"\n";
+    let drop_all = "  - id: deletions_only\n    filter:\n      all:\n        - { value: \"{{trigger.body.type}}\", equals: \"customer.deleted\" }\n";
     let deliver = |from: &str| {
         format!("  - id: deliver\n    http:\n      url: \"{sink}\"\n      json: \"{{{{steps.{from}}}}}\"\n")
     };
     match scenario {
-        Scenario::Ingest => format!(
-            "{head}  - id: deletions_only\n    filter:\n      all:\n        - {{ value: \"{{{{trigger.body.type}}}}\", equals: \"customer.deleted\" }}\n"
+        Scenario::Ingest => format!("{head}{drop_all}"),
+        Scenario::IngestDedupe => format!(
+            "id: {FLOW_ID}\ntrigger:\n  webhook:\n    dedupe: \"{{{{trigger.body.id}}}}\"\nsteps:\n{drop_all}"
         ),
         Scenario::EndToEnd => format!("{head}{keep}{shape}{}", deliver("shape")),
         Scenario::Backlog => format!("{head}{shape}"),
@@ -131,6 +136,17 @@ pub async fn run(scenario: Scenario, options: &Options) -> anyhow::Result<Report
         options.count
     );
     let acked = load.acked.len() as u64;
+    if scenario == Scenario::IngestDedupe {
+        // Repeated deliveries of the first events: acknowledged, and no run starts for them (the
+        // count of finished runs is checked against `acked` below).
+        let repeats = options.count.min(1_000);
+        let again = load::send(&server.catch_url, 0, repeats, options.concurrency).await?;
+        ensure!(
+            again.failed == 0,
+            "{} of {repeats} repeated deliveries were not acknowledged",
+            again.failed
+        );
+    }
     let mut notes = String::new();
     let (server, started, mut rss_peak_kib, mut cpu_ms) = if scenario == Scenario::Backlog {
         let queued_kib = server.rss_kib()?;
@@ -162,7 +178,7 @@ pub async fn run(scenario: Scenario, options: &Options) -> anyhow::Result<Report
     let finished_at = server.wait_finished(FLOW_ID, acked, stall).await?;
     let (succeeded, filtered, failed) = server.finished(FLOW_ID).await?;
     ensure!(failed == 0, "{failed} runs failed");
-    let expected = if scenario == Scenario::Ingest {
+    let expected = if matches!(scenario, Scenario::Ingest | Scenario::IngestDedupe) {
         filtered
     } else {
         succeeded

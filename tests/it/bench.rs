@@ -29,6 +29,11 @@ async fn ingest_scenario_completes_every_acknowledged_event() {
 }
 
 #[tokio::test]
+async fn ingest_with_dedupe_scenario_starts_one_run_per_event() {
+    smoke(Scenario::IngestDedupe).await;
+}
+
+#[tokio::test]
 async fn end_to_end_scenario_delivers_every_acknowledged_event() {
     smoke(Scenario::EndToEnd).await;
 }

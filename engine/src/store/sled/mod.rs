@@ -82,9 +82,15 @@
 //! an inbox segment is done), and a segment is deleted only once that number is on disk past it.
 //! After a crash the promoter reads on from that number, skipping the runs the trees hold.
 //!
-//! A new run with a dedupe key is checked against the `dedupe` tree and written there directly,
-//! then waits for a flush and fsync (`GroupCommit`, concurrent callers share one), as does
-//! `hook_token`, `put_revision` and `put_state`. A hook token already known to be on disk is
+//! A new run with a dedupe key goes through the inbox too. Until the promoter has written it (at
+//! once, not claimed from memory), its key is held in memory (`pending_keys.rs`): an ingest checks
+//! that and the `dedupe` tree under one lock. Beyond `MAX_PENDING` waiting keys, such a run is
+//! written to the trees directly. (After a crash the held keys are gone until the promoter has
+//! read their records again: a repeated delivery in that moment starts a run, and the original's
+//! record then finds its key taken, so the event runs once but the run id first answered for it
+//! is never used.) A duplicate, and a run written directly, waits for a flush and fsync
+//! (`GroupCommit`, concurrent callers share one), as do `hook_token`, `put_revision` and
+//! `put_state`. A hook token already known to be on disk is
 //! answered from memory. Other writes become durable with the next flush, whoever triggers it:
 //! losing one in a crash only repeats work (the finished item is still leased and gets requeued),
 //! never loses an acknowledged event.
@@ -114,6 +120,7 @@ use ::sled::transaction::Transactional;
 use ::sled::{Config, Db, IVec, Tree};
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 
 use super::inbox::Inbox;
 use super::{Decide, FlowRoom, Ingested, NewRun, Result, RunPage, RunQuery, Store, StoreError};
@@ -125,6 +132,7 @@ mod group_commit;
 mod hints;
 mod layout;
 mod new_runs;
+mod pending_keys;
 #[cfg(test)]
 mod tests;
 mod update;
@@ -134,10 +142,11 @@ use self::fresh::Fresh;
 pub(crate) use self::fresh::Tuning as FreshTuning;
 use self::group_commit::GroupCommit;
 use self::layout::{
-    abort, backend, corrupt, decode, distinct_flows, due_bytes, encode, flow_key, id16, prefix_end,
-    queue_key, tx_error, DedupeEntry, Lease, TreeName, TxResult,
+    abort, backend, corrupt, decode, describe_key, distinct_flows, due_bytes, encode, flow_key,
+    id16, prefix_end, queue_key, tx_error, DedupeEntry, Lease, TreeName, TxResult,
 };
 use self::new_runs::{EncodedRun, NewRunTrees, Promoter};
+use self::pending_keys::{PendingKey, MAX_PENDING};
 use self::update::{Batched, PendingUpdate, Prepared, UpdateBatches, Writing};
 
 /// Page size of `list_runs` when the query asks for 0 runs.
@@ -370,6 +379,7 @@ impl SledStore {
                 state: tree(TreeName::State)?,
                 queued: Arc::new(AtomicI64::new(queued)),
                 hints: Arc::default(),
+                pending_keys: Arc::default(),
             },
             inbox: None,
             fresh: Arc::default(),
@@ -399,6 +409,94 @@ impl SledStore {
                     .map_err(|e| StoreError::Backend(format!("fsync of sled's log failed: {e}")))
             })
             .await
+    }
+
+    /// Ingests a run with a dedupe key through the inbox, unless the key is taken (in the trees
+    /// or by a run still in the inbox) or too many keys wait in memory.
+    async fn ingest_deduped(&self, inbox: &Inbox, run: &EncodedRun) -> Result<Ingested> {
+        let (key, expires_at, received_at) = run.dedupe().expect("a run with a dedupe key");
+        let pending_keys = &self.new_runs.pending_keys;
+        loop {
+            let decided = {
+                let mut pending = pending_keys.lock();
+                if let Some(held) = pending.get(key).filter(|p| p.expires_at > received_at) {
+                    KeyCheck::Held(held.clone())
+                } else if self.key_taken(key, received_at)?
+                    || (pending.len() >= MAX_PENDING && !pending.contains_key(key))
+                {
+                    // Written under the lock, so no run can take the key in the meantime (and
+                    // never while an older run in the inbox holds it, expired: that one must be
+                    // written first).
+                    KeyCheck::Written(self.new_runs.write(std::slice::from_ref(run))?[0])
+                } else {
+                    let (durable, receiver) = watch::channel(false);
+                    let held = PendingKey {
+                        event_id: run.event_id()?,
+                        run_id: run.run_id()?,
+                        expires_at,
+                        durable: receiver,
+                    };
+                    pending.insert(key.to_vec(), held);
+                    KeyCheck::Taken(durable)
+                }
+            };
+            match decided {
+                KeyCheck::Written(outcome) => {
+                    self.durable().await?;
+                    return Ok(outcome);
+                }
+                KeyCheck::Taken(durable) => {
+                    let appended = self.append(inbox, run).await;
+                    if appended.is_ok() {
+                        durable.send_replace(true);
+                    } else {
+                        pending_keys.release(key, run.run_id()?);
+                    }
+                    return appended;
+                }
+                // A repeated delivery: answered once the original is on disk. If its append
+                // failed (or its ingest was dropped before it knew), the key is released and this
+                // one tries to become the original.
+                KeyCheck::Held(mut held) => {
+                    if held.durable.wait_for(|on_disk| *on_disk).await.is_ok() {
+                        return Ok(Ingested::Duplicate {
+                            event_id: held.event_id,
+                            run_id: held.run_id,
+                        });
+                    }
+                    pending_keys.release(key, held.run_id);
+                }
+            }
+        }
+    }
+
+    /// Whether the `dedupe` tree holds `key`, unexpired for an event that arrived at `received_at`.
+    fn key_taken(&self, key: &[u8], received_at: Timestamp) -> Result<bool> {
+        let taken: Option<DedupeEntry> = self.get(
+            &self.new_runs.dedupe,
+            TreeName::Dedupe,
+            key,
+            &describe_key(TreeName::Dedupe, key),
+        )?;
+        Ok(taken.is_some_and(|entry| entry.expires_at > received_at))
+    }
+
+    /// Writes a new run to the trees and waits for a flush that covers it: the transaction has
+    /// returned, so the write is in sled's log (and, for a duplicate, so is the original, which
+    /// was applied before this read it). Only then may the caller acknowledge the event.
+    async fn write_durably(&self, run: &EncodedRun) -> Result<Ingested> {
+        let outcome = self.new_runs.write(std::slice::from_ref(run))?[0];
+        self.durable().await?;
+        Ok(outcome)
+    }
+
+    /// Appends a new run to the inbox; answers once the record is on disk.
+    async fn append(&self, inbox: &Inbox, run: &EncodedRun) -> Result<Ingested> {
+        inbox
+            .append(run.to_record())
+            .await
+            .map_err(|e| StoreError::Backend(format!("inbox append failed: {e}")))?;
+        Ok(Ingested::Created)
     }
 
     /// Counts items queued (or, negative, leased): see `NewRunTrees::queued`.
@@ -562,24 +660,26 @@ impl SledStore {
     }
 }
 
+/// What an ingest found for a run's dedupe key.
+enum KeyCheck {
+    /// A run still in the inbox holds it.
+    Held(PendingKey),
+    /// The trees hold it (or too many keys wait in memory): the run was written directly.
+    Written(Ingested),
+    /// The run took it, in memory; the sender says when the run's record is on disk.
+    Taken(watch::Sender<bool>),
+}
+
 #[async_trait]
 impl Store for SledStore {
     async fn ingest(&self, new: NewRun) -> Result<Ingested> {
-        if let (Some(inbox), None) = (&self.inbox, &new.dedupe) {
+        let encoded = EncodedRun::new(&new)?;
+        match (&self.inbox, &new.dedupe) {
             // The common case: one fsynced append; the promoter moves it into the trees.
-            inbox
-                .append(EncodedRun::new(&new)?.to_record())
-                .await
-                .map_err(|e| StoreError::Backend(format!("inbox append failed: {e}")))?;
-            return Ok(Ingested::Created);
+            (Some(inbox), None) => self.append(inbox, &encoded).await,
+            (Some(inbox), Some(_)) => self.ingest_deduped(inbox, &encoded).await,
+            (None, _) => self.write_durably(&encoded).await,
         }
-        // A dedupe key must be checked against the trees before answering: write directly.
-        let outcome = self.new_runs.write(&[EncodedRun::new(&new)?])?[0];
-        // The transaction has returned, so the write is in sled's log: the fsync this waits for
-        // covers it (and, for a duplicate, the original, which was applied before this read it).
-        // Only now may the caller acknowledge the event.
-        self.durable().await?;
-        Ok(outcome)
     }
 
     async fn claim_due(

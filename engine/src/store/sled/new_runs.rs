@@ -16,6 +16,7 @@ use super::layout::{
     abort, decode, encode, expiry_key, flow_key, id16, queue_key, tx_error, DedupeEntry, TreeName,
     TxResult,
 };
+use super::pending_keys::PendingKeys;
 use super::PROMOTED_KEY;
 use crate::ids::{EventId, FlowId, RunId};
 use crate::model::{QueueItem, Timestamp};
@@ -105,13 +106,15 @@ impl Promoter {
         }
         // A run of several first items is not claimed from memory: it goes to the trees at once,
         // so that its items are claimable as soon as it is readable (left in memory if that
-        // fails: the promoter writes it on its next pass).
+        // fails: the promoter writes it on its next pass). So does a run with a dedupe key, whose
+        // key is held in memory until then (`PendingKeys`).
         let several: Vec<_> = runs
             .iter()
             .filter(|run| run.item.is_none())
             .map(|run| (&run.encoded, false))
             .collect();
         if !several.is_empty() && self.trees.write_runs(&several, true).is_ok() {
+            self.trees.release_keys(several.iter().map(|(run, _)| *run));
             runs.retain(|run| run.item.is_some());
         }
         self.fresh.add(runs, self.read_through);
@@ -243,6 +246,11 @@ impl EncodedRun {
 /// The first byte of an inbox record holding an [`EncodedRun`] (a record of an earlier version
 /// is a JSON [`NewRun`], which starts with `{`).
 const ENCODED_RUN: u8 = 1;
+/// The first byte of an inbox record holding an [`EncodedRun`] with a dedupe key: its run was
+/// written to the trees (key included) before the record was appended, so the record only makes
+/// that write durable. Its first four parts are the dedupe key, its entry, and the entry's expiry
+/// and the event's arrival (i64 little endian).
+const DEDUPED_RUN: u8 = 2;
 
 impl EncodedRun {
     pub(super) fn new(new: &NewRun) -> Result<Self> {
@@ -277,9 +285,17 @@ impl EncodedRun {
     }
 
     /// The run as an inbox record: its keys and values, each after its length (u32, little
-    /// endian), so the promoter writes them without decoding anything. Without its dedupe key:
-    /// runs with one are never put in the inbox.
+    /// endian), so the promoter writes them without decoding anything; with its dedupe key first
+    /// when it has one ([`DEDUPED_RUN`]).
     pub(super) fn to_record(&self) -> Vec<u8> {
+        let times;
+        let dedupe: Vec<&[u8]> = match &self.dedupe {
+            Some((key, value, expires_at, received_at)) => {
+                times = [expires_at.0.to_le_bytes(), received_at.0.to_le_bytes()];
+                vec![key, value, &times[0], &times[1]]
+            }
+            None => Vec::new(),
+        };
         let parts = [
             &self.event_key,
             &self.event,
@@ -288,20 +304,40 @@ impl EncodedRun {
             &self.index_key,
         ];
         let items = self.items.iter().flat_map(|(key, value)| [key, value]);
-        let mut record = vec![ENCODED_RUN];
-        for part in parts.into_iter().chain(items) {
+        let tag = if self.dedupe.is_some() {
+            DEDUPED_RUN
+        } else {
+            ENCODED_RUN
+        };
+        let mut record = vec![tag];
+        let all = dedupe
+            .into_iter()
+            .chain(parts.into_iter().chain(items).map(Vec::as_slice));
+        for part in all {
             record.extend_from_slice(&(part.len() as u32).to_le_bytes());
             record.extend_from_slice(part);
         }
         record
     }
 
+    /// The run's dedupe key (the `dedupe` tree's key), when it expires and when its event
+    /// arrived, if it has one.
+    pub(super) fn dedupe(&self) -> Option<(&[u8], Timestamp, Timestamp)> {
+        self.dedupe
+            .as_ref()
+            .map(|(key, _, expires_at, received_at)| (key.as_slice(), *expires_at, *received_at))
+    }
+
     /// Reads an inbox record (see [`to_record`](Self::to_record); a JSON [`NewRun`] of an earlier
     /// version is encoded afresh).
     pub(super) fn from_record(record: &[u8]) -> std::result::Result<Self, String> {
-        let Some((&ENCODED_RUN, mut rest)) = record.split_first() else {
-            let new: NewRun = serde_json::from_slice(record).map_err(|e| e.to_string())?;
-            return Self::new(&new).map_err(|e| e.to_string());
+        let (deduped, mut rest) = match record.split_first() {
+            Some((&ENCODED_RUN, rest)) => (false, rest),
+            Some((&DEDUPED_RUN, rest)) => (true, rest),
+            _ => {
+                let new: NewRun = serde_json::from_slice(record).map_err(|e| e.to_string())?;
+                return Self::new(&new).map_err(|e| e.to_string());
+            }
         };
         let mut parts = Vec::new();
         while !rest.is_empty() {
@@ -314,6 +350,23 @@ impl EncodedRun {
             parts.push(part.to_vec());
             rest = tail;
         }
+        let dedupe = if deduped {
+            if parts.len() < 4 {
+                return Err("the dedupe key is cut off".into());
+            }
+            let rest = parts.split_off(4);
+            let [key, value, expires_at, received_at] =
+                <[Vec<u8>; 4]>::try_from(std::mem::replace(&mut parts, rest))
+                    .map_err(|_| "four dedupe parts expected")?;
+            let time = |bytes: Vec<u8>| {
+                <[u8; 8]>::try_from(bytes)
+                    .map(|b| Timestamp(i64::from_le_bytes(b)))
+                    .map_err(|_| "a dedupe time is not 8 bytes")
+            };
+            Some((key, value, time(expires_at)?, time(received_at)?))
+        } else {
+            None
+        };
         if parts.len() < 5 || parts.len() % 2 == 0 {
             return Err(format!("{} parts, not 5 and pairs", parts.len()));
         }
@@ -331,7 +384,7 @@ impl EncodedRun {
             run,
             index_key,
             items,
-            dedupe: None,
+            dedupe,
         })
     }
 }
@@ -351,6 +404,8 @@ pub(super) struct NewRunTrees {
     pub(super) queued: Arc<AtomicI64>,
     /// Where claims start scanning each flow's queue.
     pub(super) hints: Arc<ScanHints>,
+    /// The dedupe keys of runs in the inbox, released as their runs are written.
+    pub(super) pending_keys: Arc<PendingKeys>,
 }
 
 impl NewRunTrees {
@@ -372,7 +427,18 @@ impl NewRunTrees {
             .iter()
             .map(|(run, leased)| (&run.encoded, *leased))
             .collect();
-        self.write_runs(&runs, true).map(drop)
+        self.write_runs(&runs, true)?;
+        self.release_keys(runs.iter().map(|(run, _)| *run));
+        Ok(())
+    }
+
+    /// Releases the dedupe keys the runs held in memory: the trees hold them now.
+    fn release_keys<'a>(&self, runs: impl Iterator<Item = &'a EncodedRun>) {
+        for run in runs {
+            if let (Some((key, ..)), Ok(run_id)) = (run.dedupe(), run.run_id()) {
+                self.pending_keys.release(key, run_id);
+            }
+        }
     }
 
     /// Writes runs (each with whether its items are leased); with `skip_stored`, a run the trees

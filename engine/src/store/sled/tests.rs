@@ -223,25 +223,40 @@ fn acknowledged_ingests_survive_an_abort() {
         .filter_map(|line| line.split_once("acked ").map(|(_, id)| id))
         .map(|id| id.parse().unwrap())
         .collect();
-    assert_eq!(acked.len(), 20, "child output: {child:?}");
+    assert_eq!(acked.len(), 30, "child output: {child:?}");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     runtime.block_on(async {
         let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES, false).unwrap();
+        // The promoter reads what the trees lack from the inbox, in its own thread.
         for id in &acked {
-            assert!(
-                store.run(*id).await.unwrap().is_some(),
-                "acknowledged run {id} lost"
-            );
+            wait_for_run(&store, *id).await;
         }
         let items = store
             .claim_due(Timestamp(i64::MAX), 100, Timestamp(0), &FlowRoom::new())
             .await
             .unwrap();
         assert_eq!(items.len(), acked.len(), "acknowledged queue items lost");
+        // The recovered dedupe keys still answer repeated deliveries with the original run.
+        for (n, id) in (20..30).zip(&acked[20..]) {
+            let mut again = sample_run(n);
+            again.dedupe = Some(sample_key(n));
+            match store.ingest(again).await.unwrap() {
+                Ingested::Duplicate { run_id, .. } => assert_eq!(run_id, *id),
+                Ingested::Created => panic!("the dedupe key of acknowledged run {id} was lost"),
+            }
+        }
     });
+}
+
+/// A dedupe key numbered `n`, far from expiring.
+fn sample_key(n: i64) -> crate::store::DedupeKey {
+    crate::store::DedupeKey {
+        key: format!("delivery-{n}"),
+        expires_at: Timestamp(4_000_000_000_000),
+    }
 }
 
 /// A new run of flow `crash` with one item, numbered `n` (its times).
@@ -291,6 +306,14 @@ fn inbox_records_hold_the_encoded_run_and_older_json_records_still_read() {
     let encoded = EncodedRun::new(&new).unwrap();
     let record = encoded.to_record();
     assert_eq!(EncodedRun::from_record(&record).unwrap(), encoded);
+    let mut deduped = sample_run(8);
+    deduped.dedupe = Some(sample_key(8));
+    let deduped = EncodedRun::new(&deduped).unwrap();
+    let deduped_record = deduped.to_record();
+    assert_eq!(EncodedRun::from_record(&deduped_record).unwrap(), deduped);
+    for cut in [1, 9, deduped_record.len() - 1] {
+        assert!(EncodedRun::from_record(&deduped_record[..cut]).is_err());
+    }
     let legacy = serde_json::to_vec(&new).unwrap();
     assert_eq!(EncodedRun::from_record(&legacy).unwrap(), encoded);
     for cut in [1, 3, record.len() - 1] {
@@ -383,8 +406,13 @@ fn crash_after_ingesting(dir: &Path) -> ! {
             .path(dir)
             .flush_every_ms(None);
         let store = SledStore::with_config(config, "the crash test directory").unwrap();
-        for n in 0..20 {
-            let new = sample_run(n);
+        for n in 0..30 {
+            let mut new = sample_run(n);
+            // The last ten have dedupe keys: written to the trees (whose writes sled has not
+            // flushed when the process aborts) and made durable by their inbox record.
+            if n >= 20 {
+                new.dedupe = Some(sample_key(n));
+            }
             let id = new.run.id;
             store.ingest(new).await.unwrap();
             let mut out = std::io::stdout().lock();
@@ -413,4 +441,42 @@ async fn a_failed_flush_is_reported_and_the_next_caller_flushes_again() {
         .unwrap();
     assert!(flushed);
     assert_eq!(commit.flushed.load(Ordering::SeqCst), 2);
+}
+
+/// After a crash that lost sled's unflushed write of a run with a dedupe key, its inbox record is
+/// all that is left: the promoter writes the run again, key included.
+#[tokio::test]
+async fn a_deduped_run_lost_from_the_trees_is_written_again_from_its_inbox_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut new = sample_run(3);
+    new.dedupe = Some(sample_key(3));
+    let (run_id, event_id) = (new.run.id, new.event.id);
+    let (inbox, _reader) = Inbox::open(&dir.path().join("inbox"), 0).unwrap();
+    inbox
+        .append(EncodedRun::new(&new).unwrap().to_record())
+        .await
+        .unwrap();
+    drop(inbox);
+
+    let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES, false).unwrap();
+    wait_for_run(&store, run_id).await;
+    assert!(store.event(event_id).await.unwrap().is_some());
+    let mut again = sample_run(4);
+    again.dedupe = Some(sample_key(3));
+    assert_eq!(
+        store.ingest(again).await.unwrap(),
+        Ingested::Duplicate { event_id, run_id }
+    );
+}
+
+/// Waits (up to 10 s) until `run_id` is readable.
+async fn wait_for_run(store: &SledStore, run_id: RunId) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.run(run_id).await.unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "acknowledged run {run_id} lost"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -1,0 +1,54 @@
+//! Dedupe keys of new runs appended to the inbox and not yet written to the trees.
+//!
+//! A run with a dedupe key goes through the inbox like any other (one fsynced append, batched
+//! writes to the trees by the promoter) instead of a transaction and a flush of its own. Until
+//! the promoter has written it, its key is only here: an ingest checks this map and the `dedupe`
+//! tree under the map's lock, so a key is always in one or the other, and two deliveries of one
+//! event cannot both start a run. A repeated delivery that finds the original still being
+//! appended waits for that append: it is answered as a duplicate only once the original is on
+//! disk, or becomes the original itself if the append failed.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::watch;
+
+use crate::ids::{EventId, RunId};
+use crate::model::Timestamp;
+
+/// At most this many keys wait here; beyond it a run with a dedupe key is written to the trees
+/// directly (and flushed), so a large backlog costs no memory.
+pub(super) const MAX_PENDING: usize = 20_000;
+
+/// The run that holds a dedupe key it took at ingest.
+#[derive(Debug, Clone)]
+pub(super) struct PendingKey {
+    pub(super) event_id: EventId,
+    pub(super) run_id: RunId,
+    /// When the key stops counting (against the arrival of a later event).
+    pub(super) expires_at: Timestamp,
+    /// Becomes `true` once the run's inbox record is on disk; closed without that if the append
+    /// failed.
+    pub(super) durable: watch::Receiver<bool>,
+}
+
+/// The keys (the `dedupe` tree's keys) of runs in the inbox and not in the trees yet.
+#[derive(Debug, Default)]
+pub(super) struct PendingKeys {
+    keys: Mutex<HashMap<Vec<u8>, PendingKey>>,
+}
+
+impl PendingKeys {
+    /// The map, locked: whoever decides whether a key is taken holds it while checking the trees.
+    pub(super) fn lock(&self) -> MutexGuard<'_, HashMap<Vec<u8>, PendingKey>> {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets `key` if `run_id` holds it: its run is in the trees now (or was never stored).
+    pub(super) fn release(&self, key: &[u8], run_id: RunId) {
+        let mut keys = self.lock();
+        if keys.get(key).is_some_and(|p| p.run_id == run_id) {
+            keys.remove(key);
+        }
+    }
+}
