@@ -172,6 +172,16 @@ impl Inbox {
 }
 
 impl Reader {
+    /// Another reader at this one's position, reading on independently.
+    pub fn fork(&self) -> Reader {
+        Reader {
+            dir: self.dir.clone(),
+            durable: self.durable.clone(),
+            next: self.next,
+            segment: None,
+        }
+    }
+
     /// Waits up to `wait` for a durable record after those read so far; true if there is one,
     /// or if the segment read so far was closed since (`read` then reports it finished).
     pub fn wait(&self, wait: Duration) -> bool {

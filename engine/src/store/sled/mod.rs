@@ -85,10 +85,8 @@
 //! A new run with a dedupe key goes through the inbox too. Until the promoter has written it (at
 //! once, not claimed from memory), its key is held in memory (`pending_keys.rs`): an ingest checks
 //! that and the `dedupe` tree under one lock. Beyond `MAX_PENDING` waiting keys, such a run is
-//! written to the trees directly. (After a crash the held keys are gone until the promoter has
-//! read their records again: a repeated delivery in that moment starts a run, and the original's
-//! record then finds its key taken, so the event runs once but the run id first answered for it
-//! is never used.) A duplicate, and a run written directly, waits for a flush and fsync
+//! written to the trees directly. At open, the keys of the records not yet promoted are read back
+//! into memory before anything is ingested. A duplicate, and a run written directly, waits for a flush and fsync
 //! (`GroupCommit`, concurrent callers share one), as do `hook_token`, `put_revision` and
 //! `put_state`. A hook token already known to be on disk is
 //! answered from memory. Other writes become durable with the next flush, whoever triggers it:
@@ -317,6 +315,14 @@ impl SledStore {
                 inbox_dir.display()
             ))
         })?;
+        let held = pending_keys::hold_unpromoted(&reader, &store.new_runs.pending_keys)
+            .map_err(|e| StoreError::Backend(format!("cannot read the inbox: {e}")))?;
+        if held > 0 {
+            tracing::info!(
+                keys = held,
+                "holding the dedupe keys of accepted events not yet in the store"
+            );
+        }
         store.fresh = Arc::new(Fresh::after(promoted, tuning));
         let promoter = Promoter {
             trees: store.new_runs.clone(),

@@ -246,10 +246,9 @@ impl EncodedRun {
 /// The first byte of an inbox record holding an [`EncodedRun`] (a record of an earlier version
 /// is a JSON [`NewRun`], which starts with `{`).
 const ENCODED_RUN: u8 = 1;
-/// The first byte of an inbox record holding an [`EncodedRun`] with a dedupe key: its run was
-/// written to the trees (key included) before the record was appended, so the record only makes
-/// that write durable. Its first four parts are the dedupe key, its entry, and the entry's expiry
-/// and the event's arrival (i64 little endian).
+/// The first byte of an inbox record holding an [`EncodedRun`] with a dedupe key, which the
+/// promoter writes to the trees with the run. Its first four parts are the dedupe key, its entry,
+/// and the entry's expiry and the event's arrival (i64 little endian).
 const DEDUPED_RUN: u8 = 2;
 
 impl EncodedRun {
@@ -326,6 +325,11 @@ impl EncodedRun {
         self.dedupe
             .as_ref()
             .map(|(key, _, expires_at, received_at)| (key.as_slice(), *expires_at, *received_at))
+    }
+
+    /// Whether an inbox record holds a run with a dedupe key (without reading the rest).
+    pub(super) fn carries_dedupe(record: &[u8]) -> bool {
+        record.first() == Some(&DEDUPED_RUN)
     }
 
     /// Reads an inbox record (see [`to_record`](Self::to_record); a JSON [`NewRun`] of an earlier

@@ -6,15 +6,19 @@
 //! tree under the map's lock, so a key is always in one or the other, and two deliveries of one
 //! event cannot both start a run. A repeated delivery that finds the original still being
 //! appended waits for that append: it is answered as a duplicate only once the original is on
-//! disk, or becomes the original itself if the append failed.
+//! disk, or becomes the original itself if the append failed. At open, the keys of the records
+//! the promoter has yet to read again are held before anything is ingested
+//! ([`hold_unpromoted`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::watch;
 
+use super::new_runs::EncodedRun;
 use crate::ids::{EventId, RunId};
 use crate::model::Timestamp;
+use crate::store::inbox::Reader;
 
 /// At most this many keys wait here; beyond it a run with a dedupe key is written to the trees
 /// directly (and flushed), so a large backlog costs no memory.
@@ -44,11 +48,65 @@ impl PendingKeys {
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Holds the key of a run whose record is on disk in the inbox (read again after a restart).
+    pub(super) fn hold_durable(
+        &self,
+        key: &[u8],
+        event_id: EventId,
+        run_id: RunId,
+        expires_at: Timestamp,
+    ) {
+        let (_, durable) = watch::channel(true);
+        let held = PendingKey {
+            event_id,
+            run_id,
+            expires_at,
+            durable,
+        };
+        self.lock().insert(key.to_vec(), held);
+    }
+
     /// Forgets `key` if `run_id` holds it: its run is in the trees now (or was never stored).
     pub(super) fn release(&self, key: &[u8], run_id: RunId) {
         let mut keys = self.lock();
         if keys.get(key).is_some_and(|p| p.run_id == run_id) {
             keys.remove(key);
+        }
+    }
+}
+
+/// Holds the dedupe keys of the inbox records from `reader`'s position on (those not promoted
+/// before a restart), so that a repeated delivery cannot start a second run before the promoter
+/// has written them. Reads every such record once; answers how many keys it holds.
+pub(super) fn hold_unpromoted(reader: &Reader, keys: &PendingKeys) -> std::io::Result<usize> {
+    let mut reader = reader.fork();
+    let mut held = 0;
+    loop {
+        let (records, _) = reader.read(1024)?;
+        if records.is_empty() {
+            return Ok(held);
+        }
+        for (number, record) in records {
+            if !EncodedRun::carries_dedupe(&record) {
+                continue;
+            }
+            let run = EncodedRun::from_record(&record).and_then(|run| {
+                let ids = (run.event_id(), run.run_id());
+                match (run.dedupe(), ids) {
+                    (Some((key, expires_at, _)), (Ok(event_id), Ok(run_id))) => {
+                        keys.hold_durable(key, event_id, run_id, expires_at);
+                        Ok(())
+                    }
+                    _ => Err("no dedupe key or ids".to_owned()),
+                }
+            });
+            match run {
+                Ok(()) => held += 1,
+                // The promoter reports it again when it reads the record.
+                Err(e) => {
+                    tracing::warn!(record = number, error = %e, "an inbox record cannot be read")
+                }
+            }
         }
     }
 }

@@ -443,10 +443,10 @@ async fn a_failed_flush_is_reported_and_the_next_caller_flushes_again() {
     assert_eq!(commit.flushed.load(Ordering::SeqCst), 2);
 }
 
-/// After a crash that lost sled's unflushed write of a run with a dedupe key, its inbox record is
-/// all that is left: the promoter writes the run again, key included.
+/// After a crash, a run with a dedupe key that was only in the inbox: its key answers repeated
+/// deliveries from the moment the store opens, and the promoter writes the run, key included.
 #[tokio::test]
-async fn a_deduped_run_lost_from_the_trees_is_written_again_from_its_inbox_record() {
+async fn a_deduped_run_recovered_from_the_inbox_holds_its_key_from_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let mut new = sample_run(3);
     new.dedupe = Some(sample_key(3));
@@ -459,14 +459,15 @@ async fn a_deduped_run_lost_from_the_trees_is_written_again_from_its_inbox_recor
     drop(inbox);
 
     let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES, false).unwrap();
-    wait_for_run(&store, run_id).await;
-    assert!(store.event(event_id).await.unwrap().is_some());
+    // At once, before the promoter may have read the record: the key is held from the start.
     let mut again = sample_run(4);
     again.dedupe = Some(sample_key(3));
     assert_eq!(
         store.ingest(again).await.unwrap(),
         Ingested::Duplicate { event_id, run_id }
     );
+    wait_for_run(&store, run_id).await;
+    assert!(store.event(event_id).await.unwrap().is_some());
 }
 
 /// Waits (up to 10 s) until `run_id` is readable.
