@@ -75,13 +75,7 @@ impl FreshRun {
     pub(super) fn new(number: u64, encoded: EncodedRun) -> Result<Self, String> {
         let ids = || Ok::<_, StoreError>((encoded.run_id()?, encoded.event_id()?));
         let (run_id, event_id) = ids().map_err(|e| e.to_string())?;
-        // A run with a dedupe key is never claimed from memory: the promoter writes it at once,
-        // key and all.
-        let item = if encoded.dedupe().is_some() {
-            None
-        } else {
-            encoded.single_item().map_err(|e| e.to_string())?
-        };
+        let item = encoded.single_item().map_err(|e| e.to_string())?;
         Ok(Self {
             number,
             encoded,

@@ -82,8 +82,8 @@
 //! an inbox segment is done), and a segment is deleted only once that number is on disk past it.
 //! After a crash the promoter reads on from that number, skipping the runs the trees hold.
 //!
-//! A new run with a dedupe key goes through the inbox too. Until the promoter has written it (at
-//! once, not claimed from memory), its key is held in memory (`pending_keys.rs`): an ingest checks
+//! A new run with a dedupe key goes through the inbox too. Until it is written to the trees (by
+//! its first update or by the promoter), its key is held in memory (`pending_keys.rs`): an ingest checks
 //! that and the `dedupe` tree under one lock. Beyond `MAX_PENDING` waiting keys, such a run is
 //! written to the trees directly. At open, the keys of the records not yet promoted are read back
 //! into memory before anything is ingested. A duplicate, and a run written directly, waits for a flush and fsync
@@ -809,8 +809,11 @@ impl Store for SledStore {
         let mut queued = written.queued;
         queued.extend(written.created.into_iter().filter(|key| !leases.holds(key)));
         drop(leases);
-        if fresh.is_some() {
+        if let Some(fresh) = &fresh {
             self.fresh.written([run_id]);
+            if let Some((key, ..)) = fresh.encoded.dedupe() {
+                self.new_runs.pending_keys.release(key, run_id);
+            }
         }
         self.queued_add(queued.len() as i64);
         self.new_runs

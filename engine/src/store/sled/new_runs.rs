@@ -106,8 +106,7 @@ impl Promoter {
         }
         // A run of several first items is not claimed from memory: it goes to the trees at once,
         // so that its items are claimable as soon as it is readable (left in memory if that
-        // fails: the promoter writes it on its next pass). So does a run with a dedupe key, whose
-        // key is held in memory until then (`PendingKeys`).
+        // fails: the promoter writes it on its next pass).
         let several: Vec<_> = runs
             .iter()
             .filter(|run| run.item.is_none())
@@ -219,6 +218,31 @@ impl EncodedRun {
     /// The run as stored.
     pub(super) fn run_value(&self) -> &[u8] {
         &self.run
+    }
+
+    /// Writes the run's dedupe key, in a transaction, unless an unexpired one is there: then
+    /// answers the run that holds it. Without a dedupe key, does nothing.
+    pub(super) fn take_key(
+        &self,
+        dedupe_keys: &TransactionalTree,
+        expiry: &TransactionalTree,
+    ) -> TxResult<Option<Ingested>> {
+        let Some((key, value, expires_at, received_at)) = &self.dedupe else {
+            return Ok(None);
+        };
+        if let Some(taken) = dedupe_keys.get(key)? {
+            let taken: DedupeEntry = decode(TreeName::Dedupe, key, &taken).map_err(abort)?;
+            if taken.expires_at > *received_at {
+                return Ok(Some(Ingested::Duplicate {
+                    event_id: taken.event_id,
+                    run_id: taken.run_id,
+                }));
+            }
+            expiry.remove(expiry_key(taken.expires_at, key))?;
+        }
+        dedupe_keys.insert(key.as_slice(), value.as_slice())?;
+        expiry.insert(expiry_key(*expires_at, key), IVec::default())?;
+        Ok(None)
     }
 
     /// Writes, in a transaction, the event, the run's index entry and its items (but `except`);
@@ -469,21 +493,9 @@ impl NewRunTrees {
                             outcomes.push(None);
                             continue;
                         }
-                        if let Some((key, value, expires_at, received_at)) = &run.dedupe {
-                            if let Some(taken) = dedupe_keys.get(key)? {
-                                let taken: DedupeEntry =
-                                    decode(TreeName::Dedupe, key, &taken).map_err(abort)?;
-                                if taken.expires_at > *received_at {
-                                    outcomes.push(Some(Ingested::Duplicate {
-                                        event_id: taken.event_id,
-                                        run_id: taken.run_id,
-                                    }));
-                                    continue;
-                                }
-                                expiry.remove(expiry_key(taken.expires_at, key))?;
-                            }
-                            dedupe_keys.insert(key.as_slice(), value.as_slice())?;
-                            expiry.insert(expiry_key(*expires_at, key), IVec::default())?;
+                        if let Some(duplicate) = run.take_key(dedupe_keys, expiry)? {
+                            outcomes.push(Some(duplicate));
+                            continue;
                         }
                         run.create(events, by_flow, queue, None)?;
                         runs.insert(&run.run_key[..], run.run.as_slice())?;

@@ -1,8 +1,8 @@
 //! Dedupe keys of new runs appended to the inbox and not yet written to the trees.
 //!
-//! A run with a dedupe key goes through the inbox like any other (one fsynced append, batched
-//! writes to the trees by the promoter) instead of a transaction and a flush of its own. Until
-//! the promoter has written it, its key is only here: an ingest checks this map and the `dedupe`
+//! A run with a dedupe key goes through the inbox like any other (one fsynced append; claimed
+//! from memory and written by its first update, or written by the promoter) instead of a
+//! transaction and a flush of its own. Until its run is in the trees, its key is only here: an ingest checks this map and the `dedupe`
 //! tree under the map's lock, so a key is always in one or the other, and two deliveries of one
 //! event cannot both start a run. A repeated delivery that finds the original still being
 //! appended waits for that append: it is answered as a duplicate only once the original is on

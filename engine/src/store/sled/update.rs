@@ -243,14 +243,16 @@ impl Prepared {
 }
 
 impl SledStore {
-    /// The trees a run update writes.
-    fn update_trees(&self) -> (&Tree, &Tree, &Tree, &Tree, &Tree) {
+    /// The trees a run update writes (the last two: a fresh run's dedupe key).
+    fn update_trees(&self) -> (&Tree, &Tree, &Tree, &Tree, &Tree, &Tree, &Tree) {
         (
             &self.new_runs.runs,
             &self.new_runs.runs_by_flow,
             &self.step_records,
             &self.new_runs.queue,
             &self.new_runs.events,
+            &self.new_runs.dedupe,
+            &self.new_runs.dedupe_expiry,
         )
     }
 
@@ -259,7 +261,7 @@ impl SledStore {
     pub(super) fn write_batch(&self, batch: &[PendingUpdate]) -> Vec<Batched> {
         let written = self
             .update_trees()
-            .transaction(|(runs, by_flow, records, queue, events)| {
+            .transaction(|(runs, by_flow, records, queue, events, dedupe, expiry)| {
                 let mut out = Vec::with_capacity(batch.len());
                 for pending in batch {
                     let stored = runs.get(pending.run_key)?;
@@ -283,6 +285,10 @@ impl SledStore {
                         let done = pending.done_key.as_deref();
                         created = fresh.encoded.create(events, by_flow, queue, done)?;
                         runs.insert(&pending.run_key, fresh.encoded.run_value())?;
+                        // Its key is held in memory (`PendingKeys`), so no other run has it.
+                        if let Some(other) = fresh.encoded.take_key(dedupe, expiry)? {
+                            tracing::error!(run_key = ?pending.run_key, holder = ?other, "a new run's dedupe key was taken by another run");
+                        }
                     }
                     let mut written = match &pending.ahead {
                         Some((_, prepared)) => {
@@ -317,7 +323,7 @@ impl SledStore {
     ) -> Result<Written> {
         let run_key = run_id.to_bytes();
         self.update_trees()
-            .transaction(|(runs, by_flow, records, queue, _)| -> TxResult<Written> {
+            .transaction(|(runs, by_flow, records, queue, ..)| -> TxResult<Written> {
                 // The finished item leaves the queue whatever the decision (even with no run).
                 if let Some(key) = done_key {
                     queue.remove(key)?;
