@@ -287,7 +287,7 @@ impl SledStore {
                         runs.insert(&pending.run_key, fresh.encoded.run_value())?;
                         // Its key is held in memory (`PendingKeys`), so no other run has it.
                         if let Some(other) = fresh.encoded.take_key(dedupe, expiry)? {
-                            tracing::error!(run_key = ?pending.run_key, holder = ?other, "a new run's dedupe key was taken by another run");
+                            tracing::error!(run_id = %fresh.run_id, holder = ?other, "a new run's dedupe key was taken by another run; the run is kept");
                         }
                     }
                     let mut written = match &pending.ahead {
