@@ -83,12 +83,12 @@
 //! After a crash the promoter reads on from that number, skipping the runs the trees hold.
 //!
 //! A new run with a dedupe key goes through the inbox too. Until it is written to the trees (by
-//! its first update or by the promoter), its key is held in memory (`pending_keys.rs`): an ingest checks
-//! that and the `dedupe` tree under one lock. Beyond `MAX_PENDING` waiting keys, such a run is
-//! written to the trees directly. At open, the keys of the records not yet promoted are read back
-//! into memory before anything is ingested. A duplicate, and a run written directly, waits for a flush and fsync
-//! (`GroupCommit`, concurrent callers share one), as do `hook_token`, `put_revision` and
-//! `put_state`. A hook token already known to be on disk is
+//! its first update or by the promoter), its key is held in memory (`pending_keys.rs`): an
+//! ingest checks that and the `dedupe` tree under one lock. Beyond `MAX_PENDING` waiting keys,
+//! such a run is written to the trees directly. At open, the keys of the records not yet
+//! promoted are read back into memory before anything is ingested. A duplicate, and a run written
+//! directly, waits for a flush and fsync (`GroupCommit`, concurrent callers share one), as do
+//! `hook_token`, `put_revision` and `put_state`. A hook token already known to be on disk is
 //! answered from memory. Other writes become durable with the next flush, whoever triggers it:
 //! losing one in a crash only repeats work (the finished item is still leased and gets requeued),
 //! never loses an acknowledged event.

@@ -97,7 +97,11 @@ impl Promoter {
             let run =
                 EncodedRun::from_record(&record).and_then(|encoded| FreshRun::new(n, encoded));
             match run {
-                Ok(run) if n <= self.recovering_through && self.stored(&run) => {}
+                // Written before the restart: its key, held since the store opened, is in the
+                // trees too.
+                Ok(run) if n <= self.recovering_through && self.stored(&run) => {
+                    self.trees.release_keys(std::iter::once(&run.encoded));
+                }
                 Ok(run) => runs.push(run),
                 Err(e) => {
                     tracing::error!(record = n, error = %e, "an inbox record cannot be read; it is skipped")

@@ -2,13 +2,14 @@
 //!
 //! A run with a dedupe key goes through the inbox like any other (one fsynced append; claimed
 //! from memory and written by its first update, or written by the promoter) instead of a
-//! transaction and a flush of its own. Until its run is in the trees, its key is only here: an ingest checks this map and the `dedupe`
-//! tree under the map's lock, so a key is always in one or the other, and two deliveries of one
-//! event cannot both start a run. A repeated delivery that finds the original still being
-//! appended waits for that append: it is answered as a duplicate only once the original is on
-//! disk, or becomes the original itself if the append failed. At open, the keys of the records
-//! the promoter has yet to read again are held before anything is ingested
-//! ([`hold_unpromoted`]).
+//! transaction and a flush of its own. Until its run is in the trees, its key is only here: an
+//! ingest checks this map and the `dedupe` tree under the map's lock, so a key is always in one
+//! or the other, and two deliveries of one event cannot both start a run. A repeated delivery
+//! that finds the original still being appended waits for that append: it is answered as a
+//! duplicate only once the original is on disk, or becomes the original itself if the append
+//! failed. At open, the keys of the records the promoter has yet to read again are held before
+//! anything is ingested ([`hold_unpromoted`]); the promoter releases each once its run is in the
+//! trees, also when the trees held it already.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -241,8 +241,7 @@ fn acknowledged_ingests_survive_an_abort() {
         assert_eq!(items.len(), acked.len(), "acknowledged queue items lost");
         // The recovered dedupe keys still answer repeated deliveries with the original run.
         for (n, id) in (20..30).zip(&acked[20..]) {
-            let mut again = sample_run(n);
-            again.dedupe = Some(sample_key(n));
+            let again = deduped_run(n, n);
             match store.ingest(again).await.unwrap() {
                 Ingested::Duplicate { run_id, .. } => assert_eq!(run_id, *id),
                 Ingested::Created => panic!("the dedupe key of acknowledged run {id} was lost"),
@@ -257,6 +256,13 @@ fn sample_key(n: i64) -> crate::store::DedupeKey {
         key: format!("delivery-{n}"),
         expires_at: Timestamp(4_000_000_000_000),
     }
+}
+
+/// A new run numbered `n` (see [`sample_run`]) with the dedupe key of delivery `key`.
+fn deduped_run(n: i64, key: i64) -> NewRun {
+    let mut new = sample_run(n);
+    new.dedupe = Some(sample_key(key));
+    new
 }
 
 /// A new run of flow `crash` with one item, numbered `n` (its times).
@@ -306,8 +312,7 @@ fn inbox_records_hold_the_encoded_run_and_older_json_records_still_read() {
     let encoded = EncodedRun::new(&new).unwrap();
     let record = encoded.to_record();
     assert_eq!(EncodedRun::from_record(&record).unwrap(), encoded);
-    let mut deduped = sample_run(8);
-    deduped.dedupe = Some(sample_key(8));
+    let deduped = deduped_run(8, 8);
     let deduped = EncodedRun::new(&deduped).unwrap();
     let deduped_record = deduped.to_record();
     assert_eq!(EncodedRun::from_record(&deduped_record).unwrap(), deduped);
@@ -448,8 +453,7 @@ async fn a_failed_flush_is_reported_and_the_next_caller_flushes_again() {
 #[tokio::test]
 async fn a_deduped_run_recovered_from_the_inbox_holds_its_key_from_the_start() {
     let dir = tempfile::tempdir().unwrap();
-    let mut new = sample_run(3);
-    new.dedupe = Some(sample_key(3));
+    let new = deduped_run(3, 3);
     let (run_id, event_id) = (new.run.id, new.event.id);
     let (inbox, _reader) = Inbox::open(&dir.path().join("inbox"), 0).unwrap();
     inbox
@@ -460,14 +464,61 @@ async fn a_deduped_run_recovered_from_the_inbox_holds_its_key_from_the_start() {
 
     let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES, false).unwrap();
     // At once, before the promoter may have read the record: the key is held from the start.
-    let mut again = sample_run(4);
-    again.dedupe = Some(sample_key(3));
+    let again = deduped_run(4, 3);
     assert_eq!(
         store.ingest(again).await.unwrap(),
         Ingested::Duplicate { event_id, run_id }
     );
     wait_for_run(&store, run_id).await;
     assert!(store.event(event_id).await.unwrap().is_some());
+}
+
+/// A recovered record whose run the trees already hold (the stored inbox position lagged behind
+/// it) releases the key held for it at open: the key stays answered by the trees, and held keys
+/// do not pile up towards `MAX_PENDING`.
+#[tokio::test]
+async fn a_recovered_record_already_stored_releases_its_held_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = deduped_run(5, 5);
+    let (run_id, event_id) = (new.run.id, new.event.id);
+    let record = EncodedRun::new(&new).unwrap().to_record();
+    let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES, false).unwrap();
+    assert_eq!(store.ingest(new).await.unwrap(), Ingested::Created);
+    wait_for_run(&store, run_id).await;
+    drop(store);
+    // The same record once more past the stored position, as a crash before the position moved
+    // leaves it.
+    let (inbox, _reader) = Inbox::open(&dir.path().join("inbox"), 0).unwrap();
+    inbox.append(record).await.unwrap();
+    drop(inbox);
+
+    let store = reopen(dir.path()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !store.new_runs.pending_keys.lock().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held key is never released"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let again = deduped_run(6, 5);
+    assert_eq!(
+        store.ingest(again).await.unwrap(),
+        Ingested::Duplicate { event_id, run_id }
+    );
+}
+
+/// Opens the store in `dir` once the one dropped before has let go of it (its promoter thread
+/// holds the database until it sees the stop), up to 10 s.
+async fn reopen(dir: &std::path::Path) -> SledStore {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match SledStore::open(dir, DEFAULT_CACHE_BYTES, false) {
+            Ok(store) => return store,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "cannot reopen: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits (up to 10 s) until `run_id` is readable.
