@@ -26,6 +26,7 @@ mod reload;
 mod samples;
 mod serve;
 mod server;
+mod worker_runtime;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,7 @@ use crate::cli::{Cli, Command, FlowsCommand, RunsCommand};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("hookflow-server")
         .enable_all()
         .build()
         .expect("tokio runtime");

@@ -19,6 +19,7 @@ use crate::cli::ServeArgs;
 use crate::config::{Config, LogFormat};
 use crate::reload::{Env, Problems};
 use crate::server::{self, AppState, Auth, Captures, HookLimits, HookLog, Inspector};
+use crate::worker_runtime::WorkerRuntime;
 
 /// How long executing steps may take to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -146,10 +147,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         tokio::spawn(watcher);
     }
+    let worker_runtime = WorkerRuntime::start().context("cannot start the workers' threads")?;
     let workers = {
         let engine = engine.clone();
         let mut stopped = stopped.clone();
-        tokio::spawn(async move {
+        worker_runtime.handle().spawn(async move {
             engine
                 .run(
                     async move {

@@ -189,3 +189,51 @@ async fn a_backlog_lives_on_disk_memory_stays_flat_and_it_drains() {
         "memory after draining: {idle} KiB → {drained} KiB"
     );
 }
+
+/// The `nice` value of each of the process's threads named `name` (from `/proc`).
+#[cfg(target_os = "linux")]
+fn nice_of_threads(pid: u32, name: &str) -> Vec<i64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let mut nice = Vec::new();
+    for task in tasks {
+        let dir = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue; // the thread has ended
+        };
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        // `nice` is field 19; the fields after the name (in parentheses) start at field 3.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        nice.push(fields[16].parse().unwrap());
+    }
+    nice
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_run_at_a_lower_cpu_priority_than_the_catch_hooks() {
+    let flows = [("quick.yaml", quick_flow("quick", ""))];
+    let flows: Vec<(&str, &str)> = flows.iter().map(|(f, y)| (*f, y.as_str())).collect();
+    let server = Server::start(&flows);
+    send_many(&server, "quick", 0, 1, 1).await;
+    all_succeed(&server, "quick", 1).await;
+    let workers = nice_of_threads(server.pid(), "hookflow-worker");
+    assert!(!workers.is_empty(), "no worker threads");
+    assert!(
+        workers.iter().all(|&n| n == 10),
+        "workers' nice values: {workers:?}"
+    );
+    let http = nice_of_threads(server.pid(), "hookflow-server");
+    assert!(!http.is_empty(), "no HTTP server threads");
+    assert!(
+        http.iter().all(|&n| n == 0),
+        "HTTP threads' nice values: {http:?}"
+    );
+}
