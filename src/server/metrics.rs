@@ -136,5 +136,12 @@ async fn metrics(
         "The store's size on disk.",
     );
     let _ = writeln!(out, "hookflow_store_bytes {}", stats.bytes);
+    describe(
+        &mut out,
+        "hookflow_ingest_syncs_total",
+        "counter",
+        "Syncs to disk that acknowledged events; concurrent events share one.",
+    );
+    let _ = writeln!(out, "hookflow_ingest_syncs_total {}", stats.ingest_syncs);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

@@ -1018,18 +1018,15 @@ async fn metrics_count_runs_steps_retries_and_the_queue() {
         .finished_run(answer["run_id"].as_str().unwrap())
         .await;
     assert_eq!(run["status"], "succeeded");
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     for line in [
         r#"hookflow_runs_total{flow="counted",status="succeeded"} 1"#,
         r#"hookflow_step_retries_total{flow="counted"} 1"#,
         r#"hookflow_step_duration_seconds_count{flow="counted",kind="http"} 2"#,
         r#"hookflow_step_duration_seconds_bucket{flow="counted",kind="http",le="+Inf"} 2"#,
         "hookflow_queue_depth 0",
+        // One event at a time: a sync to disk each.
+        "hookflow_ingest_syncs_total 1",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }
@@ -1047,12 +1044,7 @@ async fn metrics_count_runs_steps_retries_and_the_queue() {
         server.send("parked", &json!({})).await;
     }
     eventually("the queue gauge to count the two parked runs", || async {
-        let metrics = reqwest::get(format!("{}/metrics", server.base))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let metrics = server.metrics().await;
         metrics
             .lines()
             .any(|l| l == "hookflow_queue_depth 2")

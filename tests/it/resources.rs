@@ -190,6 +190,39 @@ async fn a_backlog_lives_on_disk_memory_stays_flat_and_it_drains() {
     );
 }
 
+/// The value of a metric without labels, once the store's figures (counted at most once a
+/// second) include `at_least`.
+async fn metric_reaching(server: &Server, name: &str, at_least: u64) -> u64 {
+    eventually(&format!("{name} to reach {at_least}"), || async {
+        let metrics = server.metrics().await;
+        let value: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))?
+            .parse()
+            .ok()?;
+        (value >= at_least).then_some(value)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_events_share_their_syncs_to_disk() {
+    const EVENTS: u64 = 640;
+    let flows = [("quick.yaml", quick_flow("quick", ""))];
+    let flows: Vec<(&str, &str)> = flows.iter().map(|(f, y)| (*f, y.as_str())).collect();
+    let server = Server::start(&flows);
+    send_many(&server, "quick", 0, 1, 1).await;
+    let before = metric_reaching(&server, "hookflow_ingest_syncs_total", 1).await;
+    send_many(&server, "quick", 1, EVENTS, 32).await;
+    let syncs = metric_reaching(&server, "hookflow_ingest_syncs_total", before + 1).await - before;
+    // Events that arrive while a sync runs (or, after a sync shared by several, within 1 ms of
+    // it) share the next one. How many share depends on the rate: at least some do.
+    assert!(
+        syncs < EVENTS,
+        "{syncs} syncs for {EVENTS} events sent by 32 senders at once"
+    );
+}
+
 /// The `nice` value of each of the process's threads named `name` (from `/proc`).
 #[cfg(target_os = "linux")]
 fn nice_of_threads(pid: u32, name: &str) -> Vec<i64> {

@@ -128,12 +128,7 @@ async fn only_correctly_signed_requests_start_runs() {
         .as_str()
         .unwrap()
         .contains("missing"));
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     for line in [
         r#"hookflow_events_rejected_total{flow="gh",reason="invalid_signature"} 3"#,
         r#"hookflow_events_received_total{flow="gh",outcome="queued"} 1"#,

@@ -307,16 +307,26 @@ impl Server {
         self.spawn(&listen);
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let r = self.get_raw("/metrics").await;
+        r.text().await.expect("metrics text")
+    }
+
     /// GETs an API path; returns status and JSON.
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .client
+        let r = self.get_raw(path).await;
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("JSON answer"))
+    }
+
+    /// GETs a path; returns the response as it came.
+    async fn get_raw(&self, path: &str) -> reqwest::Response {
+        self.client
             .get(format!("{}{path}", self.base))
             .send()
             .await
-            .expect("server answers");
-        let status = r.status().as_u16();
-        (status, r.json().await.expect("JSON answer"))
+            .expect("server answers")
     }
 
     /// POSTs JSON to a flow's catch URL; returns status and JSON once the run it started (if

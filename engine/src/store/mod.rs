@@ -247,4 +247,6 @@ pub struct StoreStats {
     pub queued: u64,
     /// The store's size on disk.
     pub bytes: u64,
+    /// How many syncs to disk acknowledged events so far (concurrent events share one).
+    pub ingest_syncs: u64,
 }

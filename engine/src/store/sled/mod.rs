@@ -1136,6 +1136,7 @@ impl Store for SledStore {
         Ok(super::StoreStats {
             queued: self.new_runs.queue.len() as u64 + self.in_inbox(),
             bytes,
+            ingest_syncs: self.inbox.as_ref().map_or(0, Inbox::syncs),
         })
     }
 
