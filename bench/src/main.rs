@@ -2,14 +2,15 @@
 //! prints the figures, and with `--record` appends them to `bench/RESULTS.md` with the date, the
 //! commit and the machine.
 
+use std::fs::{File, OpenOptions};
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
 use clap::Parser;
 use hookflow_bench::load::LoadReport;
-use hookflow_bench::scenario::{self, Options, Report, Scenario};
+use hookflow_bench::scenario::{self, Options, Scenario};
 use hookflow_bench::sink::Sink;
 
 /// Benchmark scenarios for hookflow (127.0.0.1 only).
@@ -87,35 +88,48 @@ async fn main() -> anyhow::Result<()> {
     } else {
         args.scenarios
     };
+    // Opened first, so that a bad path fails now rather than after the scenarios have run.
+    let mut record = args.record.as_deref().map(results_file).transpose()?;
+    let context = format!(
+        "{} | {} | {} | concurrency {}, workers {}{}",
+        shell("date -u +%F"),
+        shell("git rev-parse --short HEAD"),
+        machine(),
+        args.concurrency,
+        args.workers,
+        if args.compression {
+            ", compressed store"
+        } else {
+            ""
+        }
+    );
     println!("{HEADER}");
-    let mut reports: Vec<Report> = Vec::new();
     for s in scenarios {
         let report = scenario::run(s, &options)
             .await
             .with_context(|| format!("scenario {s:?}"))?;
         println!("{}", report.row());
-        reports.push(report);
-    }
-    if let Some(path) = args.record {
-        let context = format!(
-            "{} | {} | {} | concurrency {}, workers {}{}",
-            shell("date -u +%F"),
-            shell("git rev-parse --short HEAD"),
-            machine(),
-            args.concurrency,
-            args.workers,
-            if args.compression {
-                ", compressed store"
-            } else {
-                ""
-            }
-        );
-        let mut file = std::fs::OpenOptions::new().append(true).open(&path)?;
-        for report in &reports {
+        // Each row as soon as it is measured: a later scenario's failure loses none.
+        if let Some(file) = &mut record {
             writeln!(file, "| {context} | {} |", report.row())?;
         }
     }
     Ok(())
+}
+
+/// Opens a results file for appending; a new one starts with the table's header.
+fn results_file(path: &Path) -> anyhow::Result<File> {
+    let open = || {
+        let new = !path.exists();
+        let mut file = OpenOptions::new().append(true).create(true).open(path)?;
+        if new {
+            let columns = 4 + HEADER.split(" | ").count();
+            writeln!(file, "| date | commit | machine | load | {HEADER} |")?;
+            writeln!(file, "|{}", " --- |".repeat(columns))?;
+        }
+        Ok::<_, std::io::Error>(file)
+    };
+    open().with_context(|| format!("cannot append to the results file {}", path.display()))
 }
 
 /// The acknowledgment figures of a load run.
@@ -154,4 +168,31 @@ fn machine() -> String {
         .to_owned();
     let cores = info.lines().filter(|l| l.starts_with("processor")).count();
     format!("{cores} × {model}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_results_file_starts_with_the_table_header_and_an_old_one_is_appended_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.md");
+        writeln!(results_file(&path).unwrap(), "| row 1 |").unwrap();
+        writeln!(results_file(&path).unwrap(), "| row 2 |").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].starts_with("| date | commit | machine | load | scenario | runs |"));
+        assert_eq!(lines[1].matches("---").count(), 13, "one per column");
+        assert_eq!(lines[2..], ["| row 1 |", "| row 2 |"]);
+    }
+
+    #[test]
+    fn a_results_file_that_cannot_be_opened_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-such-dir/results.md");
+        let error = format!("{:#}", results_file(&path).unwrap_err());
+        assert!(error.contains("no-such-dir/results.md"), "{error}");
+    }
 }
