@@ -15,11 +15,75 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use ulid::Ulid;
 
-use super::{DedupeKey, FlowRoom, Ingested, NewRun, RunQuery, RunUpdate, Store, Take};
+use super::{
+    ClaimRequest, Decide, DedupeKey, FlowLimits, Ingested, Lease, LeaseToken, NewRun, NodeId,
+    RunQuery, RunUpdate, Store, Take,
+};
 use crate::ids::{EventId, FlowId, ItemId, RunId, StepId};
 use crate::model::{
     Event, QueueItem, Revision, Run, RunStatus, StepProgress, StepRecord, StepStatus, Timestamp,
 };
+
+/// The node the checks claim as (unless a check names others).
+fn node() -> NodeId {
+    NodeId::new("conformance").unwrap()
+}
+
+/// The leases the checks hold, by item. Item ids are unique across checks, so one book serves
+/// every check running at once.
+static LEASES: std::sync::Mutex<BTreeMap<ItemId, Lease>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn lease_of(item: ItemId) -> Lease {
+    LEASES.lock().unwrap().get(&item).cloned().unwrap_or(Lease {
+        item,
+        owner: node(),
+        token: LeaseToken(0),
+        until: at(0),
+    })
+}
+
+fn keep_leases(leases: impl IntoIterator<Item = Lease>) {
+    let mut book = LEASES.lock().unwrap();
+    for lease in leases {
+        book.insert(lease.item, lease);
+    }
+}
+
+/// Claims as [`node`] and keeps the leases in the book: the claimed items.
+async fn claim_items<T: Store + ?Sized>(
+    store: &impl std::ops::Deref<Target = T>,
+    now: Timestamp,
+    limit: usize,
+    until: Timestamp,
+    concurrency: &FlowLimits,
+) -> super::Result<Vec<QueueItem>> {
+    let claimed = store
+        .claim_due(ClaimRequest {
+            owner: &node(),
+            now,
+            limit,
+            until,
+            concurrency,
+        })
+        .await?;
+    keep_leases(claimed.iter().map(|c| c.lease.clone()));
+    Ok(claimed.into_iter().map(|c| c.item).collect())
+}
+
+/// `update_run` with the book's lease on `done`, keeping the leases of taken items: the run.
+async fn commit<T: Store + ?Sized>(
+    store: &impl std::ops::Deref<Target = T>,
+    run_id: RunId,
+    done: Option<ItemId>,
+    decide: Decide<'_>,
+) -> super::Result<Option<Run>> {
+    let lease = done.map(lease_of);
+    let committed = store.update_run(run_id, lease.as_ref(), decide).await?;
+    Ok(committed.map(|c| {
+        keep_leases(c.taken);
+        c.run
+    }))
+}
 
 /// Opens the store under test on the same data each time it is called. The caller drops the
 /// previous store before calling it again.
@@ -137,6 +201,7 @@ fn taking(run: Run, next: &QueueItem, until: Timestamp) -> Option<RunUpdate> {
         enqueue: vec![],
         take: Some(Take {
             items: vec![next.clone()],
+            owner: node(),
             until,
         }),
     })
@@ -147,8 +212,7 @@ fn taking(run: Run, next: &QueueItem, until: Timestamp) -> Option<RunUpdate> {
 async fn ingest_and_claim(store: &Arc<dyn Store>, f: &FlowId) -> (NewRun, Vec<QueueItem>) {
     let new = new_run(f, RunId::new(), at(100));
     ingest(store, new.clone()).await;
-    let claimed = store
-        .claim_due(at(100), 1, at(60_000), &FlowRoom::new())
+    let claimed = claim_items(store, at(100), 1, at(60_000), &FlowLimits::new())
         .await
         .unwrap();
     assert_eq!(claimed, new.items);
@@ -182,8 +246,7 @@ async fn set_status(store: &Arc<dyn Store>, id: RunId, status: RunStatus) {
             take: None,
         })
     };
-    store
-        .update_run(id, None, &decide)
+    commit(store, id, None, &decide)
         .await
         .unwrap()
         .expect("the run exists");
@@ -227,8 +290,7 @@ pub(crate) async fn ingest_then_read_back(store: Arc<dyn Store>) {
     assert_eq!(store.run(new.run.id).await.unwrap(), Some(new.run.clone()));
     assert!(store.step_records(new.run.id).await.unwrap().is_empty());
     assert_eq!(store.next_due().await.unwrap(), Some(at(1_000)));
-    let claimed = store
-        .claim_due(at(5_000), 10, at(9_000), &FlowRoom::new())
+    let claimed = claim_items(&store, at(5_000), 10, at(9_000), &FlowLimits::new())
         .await
         .unwrap();
     assert_eq!(claimed, new.items, "both first items, oldest due first");
@@ -250,50 +312,45 @@ pub(crate) async fn claim_respects_due_time_and_limit(store: Arc<dyn Store>) {
     ingest_all(&store, runs.clone()).await;
     let lease = at(100_000);
 
-    assert!(store
-        .claim_due(at(99), 10, lease, &FlowRoom::new())
+    assert!(claim_items(&store, at(99), 10, lease, &FlowLimits::new())
         .await
         .unwrap()
         .is_empty());
-    assert!(store
-        .claim_due(at(500), 0, lease, &FlowRoom::new())
+    assert!(claim_items(&store, at(500), 0, lease, &FlowLimits::new())
         .await
         .unwrap()
         .is_empty());
     assert_eq!(
-        store
-            .claim_due(at(300), 2, lease, &FlowRoom::new())
+        claim_items(&store, at(300), 2, lease, &FlowLimits::new())
             .await
             .unwrap(),
         [due(1), due(2)]
     );
     assert_eq!(
-        store
-            .claim_due(at(300), 2, lease, &FlowRoom::new())
+        claim_items(&store, at(300), 2, lease, &FlowLimits::new())
             .await
             .unwrap(),
         [due(3)],
         "due at now counts"
     );
-    assert!(store
-        .claim_due(at(300), 2, lease, &FlowRoom::new())
+    assert!(claim_items(&store, at(300), 2, lease, &FlowLimits::new())
         .await
         .unwrap()
         .is_empty());
     assert_eq!(store.next_due().await.unwrap(), Some(at(400)));
     assert_eq!(
-        store
-            .claim_due(at(10_000), 10, lease, &FlowRoom::new())
+        claim_items(&store, at(10_000), 10, lease, &FlowLimits::new())
             .await
             .unwrap(),
         [due(4), due(5)]
     );
     assert_eq!(store.next_due().await.unwrap(), None);
-    assert!(store
-        .claim_due(FAR_FUTURE, 10, lease, &FlowRoom::new())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        claim_items(&store, FAR_FUTURE, 10, lease, &FlowLimits::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// An item queued due before items already leased, and an item whose lease ended, are taken by
@@ -306,24 +363,23 @@ pub(crate) async fn items_freed_or_queued_before_leased_ones_are_claimed_next(
         .map(|n| new_run(&f, run_id(n), at(n as i64 * 100)))
         .collect();
     ingest_all(&store, runs.clone()).await;
-    let room = FlowRoom::new();
-    let claim = |until: i64| store.claim_due(at(1_000), 1, at(until), &room);
+    let room = FlowLimits::new();
+    let claim = |until: i64| claim_items(&store, at(1_000), 1, at(until), &room);
     assert_eq!(claim(5_000).await.unwrap(), runs[0].items);
     assert_eq!(claim(5_000).await.unwrap(), runs[1].items);
 
     // Run 1's step queues its next step due at 50: before every item of the flow.
     let early = item(&f, run_id(1), "second", at(50));
-    store
-        .update_run(run_id(1), Some(runs[0].items[0].id), &|run| {
-            Some(RunUpdate {
-                run,
-                records: vec![],
-                enqueue: vec![early.clone()],
-                take: None,
-            })
+    commit(&store, run_id(1), Some(runs[0].items[0].id), &|run| {
+        Some(RunUpdate {
+            run,
+            records: vec![],
+            enqueue: vec![early.clone()],
+            take: None,
         })
-        .await
-        .unwrap();
+    })
+    .await
+    .unwrap();
     assert_eq!(
         claim(60_000).await.unwrap(),
         [early],
@@ -361,8 +417,7 @@ pub(crate) async fn claimed_items_are_never_claimed_twice(store: Arc<dyn Store>)
         claimers.spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let got = store
-                    .claim_due(at(1_000), 7, at(60_000), &FlowRoom::new())
+                let got = claim_items(&store, at(1_000), 7, at(60_000), &FlowLimits::new())
                     .await
                     .unwrap();
                 if got.is_empty() {
@@ -380,11 +435,12 @@ pub(crate) async fn claimed_items_are_never_claimed_twice(store: Arc<dyn Store>)
     let unique: BTreeSet<ItemId> = claimed.iter().copied().collect();
     assert_eq!(unique.len(), claimed.len(), "an item was claimed twice");
     assert_eq!(unique, expected, "every item was claimed");
-    assert!(store
-        .claim_due(FAR_FUTURE, 100, FAR_FUTURE, &FlowRoom::new())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        claim_items(&store, FAR_FUTURE, 100, FAR_FUTURE, &FlowLimits::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.requeue_expired(at(59_999)).await.unwrap(), 0);
 }
 
@@ -394,8 +450,7 @@ pub(crate) async fn claims_racing_updates_never_get_taken_items(store: Arc<dyn S
     let f = flow("orders");
     let runs: Vec<_> = (0..60).map(|n| new_run(&f, RunId::new(), at(n))).collect();
     ingest_all(&store, runs.clone()).await;
-    let claimed = store
-        .claim_due(at(100), 100, FAR_FUTURE, &FlowRoom::new())
+    let claimed = claim_items(&store, at(100), 100, FAR_FUTURE, &FlowLimits::new())
         .await
         .unwrap();
     assert_eq!(claimed.len(), 60);
@@ -409,8 +464,7 @@ pub(crate) async fn claims_racing_updates_never_get_taken_items(store: Arc<dyn S
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 let now = at(1_000);
                 got.extend(
-                    store
-                        .claim_due(now, 10, FAR_FUTURE, &FlowRoom::new())
+                    claim_items(&store, now, 10, FAR_FUTURE, &FlowLimits::new())
                         .await
                         .unwrap(),
                 );
@@ -425,8 +479,7 @@ pub(crate) async fn claims_racing_updates_never_get_taken_items(store: Arc<dyn S
         updates.spawn(async move {
             let next = self::item(&item.flow_id, item.run_id, "second", at(200));
             let decide = |run: Run| taking(run, &next, FAR_FUTURE);
-            store
-                .update_run(item.run_id, Some(item.id), &decide)
+            commit(&store, item.run_id, Some(item.id), &decide)
                 .await
                 .unwrap();
         });
@@ -440,8 +493,7 @@ pub(crate) async fn claims_racing_updates_never_get_taken_items(store: Arc<dyn S
     }
     assert_eq!(store.requeue_expired(at(1_000_000)).await.unwrap(), 0);
     assert_eq!(
-        store
-            .claim_due(at(1_000), 100, FAR_FUTURE, &FlowRoom::new())
+        claim_items(&store, at(1_000), 100, FAR_FUTURE, &FlowLimits::new())
             .await
             .unwrap()
             .len(),
@@ -458,12 +510,11 @@ pub(crate) async fn taken_items_are_leased_to_the_caller(store: Arc<dyn Store>) 
     let id = new.run.id;
     let next = item(&f, id, "second", at(100));
     let decide = |run: Run| taking(run, &next, at(1_000));
-    store
-        .update_run(id, Some(claimed[0].id), &decide)
+    commit(&store, id, Some(claimed[0].id), &decide)
         .await
         .unwrap();
-    let room = FlowRoom::new();
-    let claim = |now: i64| store.claim_due(at(now), 10, at(60_000), &room);
+    let room = FlowLimits::new();
+    let claim = |now: i64| claim_items(&store, at(now), 10, at(60_000), &room);
     assert!(
         claim(500).await.unwrap().is_empty(),
         "the taken item is leased"
@@ -475,10 +526,7 @@ pub(crate) async fn taken_items_are_leased_to_the_caller(store: Arc<dyn Store>) 
     assert_eq!(store.next_due().await.unwrap(), Some(at(100)));
     let again = claim(1_000).await.unwrap();
     assert_eq!(again, std::slice::from_ref(&next));
-    store
-        .update_run(id, Some(next.id), &|_| None)
-        .await
-        .unwrap();
+    commit(&store, id, Some(next.id), &|_| None).await.unwrap();
     assert_eq!(store.requeue_expired(FAR_FUTURE).await.unwrap(), 0);
     assert!(
         claim(2_000).await.unwrap().is_empty(),
@@ -507,8 +555,7 @@ pub(crate) async fn update_run_writes_atomically_and_ends_the_lease(store: Arc<d
             take: None,
         })
     };
-    let written = store
-        .update_run(id, Some(claimed[0].id), &decide)
+    let written = commit(&store, id, Some(claimed[0].id), &decide)
         .await
         .unwrap();
     let written = written.expect("the run exists");
@@ -520,19 +567,19 @@ pub(crate) async fn update_run_writes_atomically_and_ends_the_lease(store: Arc<d
     assert_eq!(store.run(id).await.unwrap(), Some(written));
     assert_eq!(store.step_records(id).await.unwrap(), [first]);
     assert_eq!(store.next_due().await.unwrap(), Some(at(5_000)));
-    assert!(store
-        .claim_due(at(4_999), 10, at(60_000), &FlowRoom::new())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        claim_items(&store, at(4_999), 10, at(60_000), &FlowLimits::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         store.requeue_expired(FAR_FUTURE).await.unwrap(),
         0,
         "the lease ended"
     );
     assert_eq!(
-        store
-            .claim_due(at(5_000), 10, at(60_000), &FlowRoom::new())
+        claim_items(&store, at(5_000), 10, at(60_000), &FlowLimits::new())
             .await
             .unwrap(),
         std::slice::from_ref(&next)
@@ -551,7 +598,7 @@ pub(crate) async fn update_run_writes_atomically_and_ends_the_lease(store: Arc<d
             take: None,
         })
     };
-    store.update_run(id, Some(next.id), &decide).await.unwrap();
+    commit(&store, id, Some(next.id), &decide).await.unwrap();
     let mut records = store.step_records(id).await.unwrap();
     records.sort_by(|a, b| a.step_id.cmp(&b.step_id));
     assert_eq!(records, [first_again, second]);
@@ -569,8 +616,7 @@ pub(crate) async fn decide_none_writes_nothing_but_ends_the_lease(store: Arc<dyn
     let (new, claimed) = ingest_and_claim(&store, &f).await;
     let id = new.run.id;
 
-    let unchanged = store
-        .update_run(id, Some(claimed[0].id), &|_| None)
+    let unchanged = commit(&store, id, Some(claimed[0].id), &|_| None)
         .await
         .unwrap();
     assert_eq!(unchanged, Some(new.run.clone()));
@@ -586,15 +632,13 @@ pub(crate) async fn decide_none_writes_nothing_but_ends_the_lease(store: Arc<dyn
     // A run that does not exist: nothing decided, nothing written, the lease still ends.
     let other = new_run(&f, RunId::new(), at(200));
     ingest(&store, other).await;
-    let claimed = store
-        .claim_due(at(200), 1, at(60_000), &FlowRoom::new())
+    let claimed = claim_items(&store, at(200), 1, at(60_000), &FlowLimits::new())
         .await
         .unwrap();
     let never = |_: Run| -> Option<RunUpdate> { panic!("decide called for a missing run") };
     let missing = RunId::new();
     assert_eq!(
-        store
-            .update_run(missing, Some(claimed[0].id), &never)
+        commit(&store, missing, Some(claimed[0].id), &never)
             .await
             .unwrap(),
         None
@@ -635,8 +679,7 @@ pub(crate) async fn concurrent_updates_of_one_run_lose_nothing(store: Arc<dyn St
                     take: None,
                 })
             };
-            store
-                .update_run(id, None, &decide)
+            commit(&store, id, None, &decide)
                 .await
                 .unwrap()
                 .expect("the run exists")
@@ -669,15 +712,13 @@ pub(crate) async fn requeue_expired_returns_ended_leases(store: Arc<dyn Store>) 
     ingest_all(&store, runs.clone()).await;
 
     assert_eq!(
-        store
-            .claim_due(at(200), 10, at(1_000), &FlowRoom::new())
+        claim_items(&store, at(200), 10, at(1_000), &FlowLimits::new())
             .await
             .unwrap(),
         [due(1), due(2)]
     );
     assert_eq!(
-        store
-            .claim_due(at(300), 10, at(2_000), &FlowRoom::new())
+        claim_items(&store, at(300), 10, at(2_000), &FlowLimits::new())
             .await
             .unwrap(),
         [due(3)]
@@ -696,14 +737,12 @@ pub(crate) async fn requeue_expired_returns_ended_leases(store: Arc<dyn Store>) 
         "the item keeps its due time"
     );
 
-    let again = store
-        .claim_due(at(1_000), 10, at(3_000), &FlowRoom::new())
+    let again = claim_items(&store, at(1_000), 10, at(3_000), &FlowLimits::new())
         .await
         .unwrap();
     assert_eq!(again, [due(1), due(2)], "the same items, unchanged");
     assert_eq!(store.requeue_expired(FAR_FUTURE).await.unwrap(), 3);
-    let all = store
-        .claim_due(at(1_000), 10, at(3_000), &FlowRoom::new())
+    let all = claim_items(&store, at(1_000), 10, at(3_000), &FlowLimits::new())
         .await
         .unwrap();
     assert_eq!(all, [due(1), due(2), due(3)]);
@@ -892,8 +931,7 @@ pub(crate) async fn everything_survives_reopen(open: Open<'_>) {
     let store = open();
     ingest_all(&store, [runs[0].clone(), runs[1].clone(), third.clone()]).await;
     assert_eq!(
-        store
-            .claim_due(at(100), 1, at(50_000), &FlowRoom::new())
+        claim_items(&store, at(100), 1, at(50_000), &FlowLimits::new())
             .await
             .unwrap(),
         runs[0].items
@@ -907,8 +945,7 @@ pub(crate) async fn everything_survives_reopen(open: Open<'_>) {
             take: None,
         })
     };
-    let updated = store
-        .update_run(run_id(2), None, &decide)
+    let updated = commit(&store, run_id(2), None, &decide)
         .await
         .unwrap()
         .unwrap();
@@ -947,8 +984,7 @@ pub(crate) async fn everything_survives_reopen(open: Open<'_>) {
     // the store, or survive until recovered).
     store.requeue_expired(FAR_FUTURE).await.unwrap();
     assert_eq!(store.next_due().await.unwrap(), Some(at(100)));
-    let claimed = store
-        .claim_due(at(300), 10, at(60_000), &FlowRoom::new())
+    let claimed = claim_items(&store, at(300), 10, at(60_000), &FlowLimits::new())
         .await
         .unwrap();
     let expected = [&runs[0].items[0], &runs[1].items[0], &third.items[0]];
@@ -959,8 +995,7 @@ pub(crate) async fn everything_survives_reopen(open: Open<'_>) {
     let store = open();
     store.requeue_expired(FAR_FUTURE).await.unwrap();
     assert_eq!(
-        store
-            .claim_due(FAR_FUTURE, 10, FAR_FUTURE, &FlowRoom::new())
+        claim_items(&store, FAR_FUTURE, 10, FAR_FUTURE, &FlowLimits::new())
             .await
             .unwrap()
             .len(),
@@ -994,8 +1029,7 @@ pub(crate) async fn concurrent_ingests_are_all_kept(store: Arc<dyn Store>) {
             "claimed only {}",
             claimed.len()
         );
-        for item in store
-            .claim_due(at(100), 100, at(1_000), &FlowRoom::new())
+        for item in claim_items(&store, at(100), 100, at(1_000), &FlowLimits::new())
             .await
             .unwrap()
         {
@@ -1053,8 +1087,7 @@ pub(crate) async fn matches_a_simple_model(open: Open<'_>, seed: u64, steps: usi
             3..=4 => {
                 let limit = rng.below(4) as usize;
                 let lease_until = now.plus(std::time::Duration::from_millis(rng.below(500)));
-                let claimed = store
-                    .claim_due(now, limit, lease_until, &FlowRoom::new())
+                let claimed = claim_items(&store, now, limit, lease_until, &FlowLimits::new())
                     .await
                     .unwrap();
                 let expected: Vec<_> = model
@@ -1096,8 +1129,7 @@ pub(crate) async fn matches_a_simple_model(open: Open<'_>, seed: u64, steps: usi
                         take: None,
                     })
                 };
-                let written = store
-                    .update_run(item.run_id, Some(done), &decide)
+                let written = commit(&store, item.run_id, Some(done), &decide)
                     .await
                     .unwrap();
                 let run = model.runs.get_mut(&item.run_id).unwrap();
@@ -1242,7 +1274,8 @@ pub(crate) async fn dedupe_keys_start_one_run_until_they_expire(store: Arc<dyn S
     ));
 }
 
-/// Flows share a claim's limit, and a flow's room caps its items.
+/// Flows share a claim's limit, and a flow's concurrency limit caps its leased items (counting
+/// those leased by earlier claims).
 pub(crate) async fn claims_are_shared_between_flows_within_their_room(store: Arc<dyn Store>) {
     let (busy, quiet) = (flow("busy"), flow("quiet"));
     let runs = (1..=10)
@@ -1253,8 +1286,7 @@ pub(crate) async fn claims_are_shared_between_flows_within_their_room(store: Arc
     let lease = at(100_000);
     let count = |items: &[QueueItem], f: &FlowId| items.iter().filter(|i| &i.flow_id == f).count();
 
-    let got = store
-        .claim_due(at(1_000), 4, lease, &FlowRoom::new())
+    let got = claim_items(&store, at(1_000), 4, lease, &FlowLimits::new())
         .await
         .unwrap();
     assert_eq!(
@@ -1264,17 +1296,17 @@ pub(crate) async fn claims_are_shared_between_flows_within_their_room(store: Arc
     );
     assert_eq!(got[0].due_at, at(1), "oldest due first within a flow");
 
-    let room = FlowRoom::from([(busy.clone(), 1)]);
-    let got = store.claim_due(at(1_000), 10, lease, &room).await.unwrap();
+    // Two of `busy` are leased: a limit of 3 leaves room for one more, then none.
+    let limits = FlowLimits::from([(busy.clone(), 3)]);
+    let got = claim_items(&store, at(1_000), 10, lease, &limits)
+        .await
+        .unwrap();
     assert_eq!((count(&got, &busy), count(&got, &quiet)), (1, 0));
-    let room = FlowRoom::from([(busy.clone(), 0)]);
-    assert!(store
-        .claim_due(at(1_000), 10, lease, &room)
+    assert!(claim_items(&store, at(1_000), 10, lease, &limits)
         .await
         .unwrap()
         .is_empty());
-    let got = store
-        .claim_due(at(1_000), 10, lease, &FlowRoom::new())
+    let got = claim_items(&store, at(1_000), 10, lease, &FlowLimits::new())
         .await
         .unwrap();
     assert_eq!(
@@ -1332,17 +1364,16 @@ pub(crate) async fn pruning_deletes_old_and_excess_final_runs_only(store: Arc<dy
         set_status(&store, run_id(n), RunStatus::Succeeded).await;
     }
     let with_record = run_id(1);
-    store
-        .update_run(with_record, None, &|run| {
-            Some(RunUpdate {
-                records: vec![record(run.id, "first", json!(1))],
-                run,
-                enqueue: vec![],
-                take: None,
-            })
+    commit(&store, with_record, None, &|run| {
+        Some(RunUpdate {
+            records: vec![record(run.id, "first", json!(1))],
+            run,
+            enqueue: vec![],
+            take: None,
         })
-        .await
-        .unwrap();
+    })
+    .await
+    .unwrap();
     let mut flows = store.flows_with_runs().await.unwrap();
     flows.sort();
     assert_eq!(flows, [leads.clone(), orders.clone()]);
@@ -1414,8 +1445,7 @@ pub(crate) async fn stats_count_the_queue(store: Arc<dyn Store>) {
     )
     .await;
     assert_eq!(store.stats().await.unwrap().queued, 3);
-    let claimed = store
-        .claim_due(at(10), 1, FAR_FUTURE, &FlowRoom::default())
+    let claimed = claim_items(&store, at(10), 1, FAR_FUTURE, &FlowLimits::default())
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
@@ -1521,9 +1551,8 @@ mod sled_backend {
             "the inbox counts as queued"
         );
 
-        let room = FlowRoom::new();
-        let claimed = store
-            .claim_due(at(1_000), 4, at(100_000), &room)
+        let room = FlowLimits::new();
+        let claimed = claim_items(&store, at(1_000), 4, at(100_000), &room)
             .await
             .unwrap();
         assert_eq!(
@@ -1548,8 +1577,8 @@ mod sled_backend {
         let mut claimed = Vec::new();
         while claimed.len() < want {
             assert!(Instant::now() < deadline, "claimed {claimed:?} of {want}");
-            let room = FlowRoom::new();
-            let more = store.claim_due(at(1_000), want - claimed.len(), FAR_FUTURE, &room);
+            let room = FlowLimits::new();
+            let more = claim_items(&store, at(1_000), want - claimed.len(), FAR_FUTURE, &room);
             claimed.extend(more.await.unwrap());
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -1607,7 +1636,7 @@ mod sled_backend {
                 take: None,
             })
         };
-        let written = store.update_run(done.run.id, Some(claimed[0].id), &finished);
+        let written = commit(&store, done.run.id, Some(claimed[0].id), &finished);
         assert_eq!(written.await.unwrap().unwrap().status, RunStatus::Succeeded);
         assert!(store.in_trees(done.run.id));
         assert!(!store.in_trees(dropped.run.id));
@@ -1617,8 +1646,7 @@ mod sled_backend {
         let store = open_tuned(dir.path(), 100, 100, hour, hour);
         let again = claim_until(&store, 1).await;
         assert_eq!(item_ids(&again), item_ids(&[dropped.items[0].clone()]));
-        let more = store
-            .claim_due(at(1_000), 10, FAR_FUTURE, &FlowRoom::new())
+        let more = claim_items(&store, at(1_000), 10, FAR_FUTURE, &FlowLimits::new())
             .await
             .unwrap();
         assert!(more.is_empty(), "the written run came back: {more:?}");
@@ -1674,13 +1702,11 @@ mod sled_backend {
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let more = store
-            .claim_due(at(1_000), 10, FAR_FUTURE, &FlowRoom::new())
+        let more = claim_items(&store, at(1_000), 10, FAR_FUTURE, &FlowLimits::new())
             .await
             .unwrap();
         assert!(more.is_empty(), "a leased item was claimed again: {more:?}");
-        store
-            .update_run(taken.run.id, Some(claimed[0].id), &|_| None)
+        commit(&store, taken.run.id, Some(claimed[0].id), &|_| None)
             .await
             .unwrap();
         assert_eq!(
