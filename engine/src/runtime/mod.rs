@@ -18,6 +18,8 @@ mod repair;
 pub mod retention;
 pub mod retry;
 mod scheduler;
+#[cfg(test)]
+pub(crate) mod tests;
 
 use std::convert::Infallible;
 use std::fmt::Write as _;

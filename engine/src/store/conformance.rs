@@ -3,9 +3,14 @@
 //!
 //! Each check is an async function taking a fresh store (`Arc<dyn Store>`, so checks can spawn
 //! concurrent tasks), or an [`Open`] function for checks that close and reopen the store. A backend
-//! runs the suite by generating one test per check (see `sled_backend` at the bottom).
+//! implements [`Backend`] (where its data lives, how to open it) and runs the whole suite with one
+//! line, `conformance_suite!(MyBackend)` (the sled backend's is in `sled/suite.rs`); checks of a
+//! backend's own internals live beside that backend, not here.
 //!
-//! The checks use explicit timestamps, never the clock, and never sleep. Orders asserted are the
+//! The checks that lease name their nodes and hold the tokens the store gave them: several nodes
+//! are played by one test, and a commit with a lease no longer held must be refused. They use
+//! explicit timestamps, never the clock, and never sleep: where a backend may make an acknowledged
+//! run visible a moment later, a check waits for it with a deadline. Orders asserted are the
 //! trait's: claims oldest due first, runs newest first (run ids are ULIDs, which sort by time).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -17,7 +22,7 @@ use ulid::Ulid;
 
 use super::{
     ClaimRequest, Decide, DedupeKey, FlowLimits, Ingested, Lease, LeaseToken, NewRun, NodeId,
-    RunQuery, RunUpdate, Store, Take,
+    RunQuery, RunUpdate, Store, StoreError, Take,
 };
 use crate::ids::{EventId, FlowId, ItemId, RunId, StepId};
 use crate::model::{
@@ -25,7 +30,7 @@ use crate::model::{
 };
 
 /// The node the checks claim as (unless a check names others).
-fn node() -> NodeId {
+pub(crate) fn node() -> NodeId {
     NodeId::new("conformance").unwrap()
 }
 
@@ -33,7 +38,7 @@ fn node() -> NodeId {
 /// every check running at once.
 static LEASES: std::sync::Mutex<BTreeMap<ItemId, Lease>> = std::sync::Mutex::new(BTreeMap::new());
 
-fn lease_of(item: ItemId) -> Lease {
+pub(crate) fn lease_of(item: ItemId) -> Lease {
     LEASES.lock().unwrap().get(&item).cloned().unwrap_or(Lease {
         item,
         owner: node(),
@@ -42,7 +47,7 @@ fn lease_of(item: ItemId) -> Lease {
     })
 }
 
-fn keep_leases(leases: impl IntoIterator<Item = Lease>) {
+pub(crate) fn keep_leases(leases: impl IntoIterator<Item = Lease>) {
     let mut book = LEASES.lock().unwrap();
     for lease in leases {
         book.insert(lease.item, lease);
@@ -50,7 +55,7 @@ fn keep_leases(leases: impl IntoIterator<Item = Lease>) {
 }
 
 /// Claims as [`node`] and keeps the leases in the book: the claimed items.
-async fn claim_items<T: Store + ?Sized>(
+pub(crate) async fn claim_items<T: Store + ?Sized>(
     store: &impl std::ops::Deref<Target = T>,
     now: Timestamp,
     limit: usize,
@@ -71,7 +76,7 @@ async fn claim_items<T: Store + ?Sized>(
 }
 
 /// `update_run` with the book's lease on `done`, keeping the leases of taken items: the run.
-async fn commit<T: Store + ?Sized>(
+pub(crate) async fn commit<T: Store + ?Sized>(
     store: &impl std::ops::Deref<Target = T>,
     run_id: RunId,
     done: Option<ItemId>,
@@ -90,26 +95,30 @@ async fn commit<T: Store + ?Sized>(
 pub(crate) type Open<'a> = &'a (dyn Fn() -> Arc<dyn Store> + Send + Sync);
 
 /// A lease end later than any time a check uses.
-const FAR_FUTURE: Timestamp = Timestamp(i64::MAX / 2);
+pub(crate) const FAR_FUTURE: Timestamp = Timestamp(i64::MAX / 2);
 
-fn at(ms: i64) -> Timestamp {
+/// No flow has a concurrency limit.
+pub(crate) static NO_LIMITS: std::sync::LazyLock<FlowLimits> =
+    std::sync::LazyLock::new(FlowLimits::new);
+
+pub(crate) fn at(ms: i64) -> Timestamp {
     Timestamp(ms)
 }
 
-fn flow(name: &str) -> FlowId {
+pub(crate) fn flow(name: &str) -> FlowId {
     name.parse().unwrap()
 }
 
-fn step(name: &str) -> StepId {
+pub(crate) fn step(name: &str) -> StepId {
     name.parse().unwrap()
 }
 
 /// The `n`th run id of a check: ids made from increasing times sort in `n` order.
-fn run_id(n: u64) -> RunId {
+pub(crate) fn run_id(n: u64) -> RunId {
     RunId::from_ulid(Ulid::from_parts(1_700_000_000_000 + n, 0x5eed))
 }
 
-fn item(flow_id: &FlowId, run_id: RunId, step_id: &str, due_at: Timestamp) -> QueueItem {
+pub(crate) fn item(flow_id: &FlowId, run_id: RunId, step_id: &str, due_at: Timestamp) -> QueueItem {
     QueueItem {
         id: ItemId::new(),
         run_id,
@@ -121,7 +130,7 @@ fn item(flow_id: &FlowId, run_id: RunId, step_id: &str, due_at: Timestamp) -> Qu
 }
 
 /// A queued run of a two-step flow (`first`, `second`) with one item for `first` due at `due_at`.
-fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun {
+pub(crate) fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun {
     let event = Event {
         id: EventId::new(),
         flow_id: flow_id.clone(),
@@ -166,7 +175,7 @@ fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun {
     }
 }
 
-fn record(run_id: RunId, step_id: &str, output: serde_json::Value) -> StepRecord {
+pub(crate) fn record(run_id: RunId, step_id: &str, output: serde_json::Value) -> StepRecord {
     StepRecord {
         run_id,
         step_id: step(step_id),
@@ -180,7 +189,7 @@ fn record(run_id: RunId, step_id: &str, output: serde_json::Value) -> StepRecord
 }
 
 /// Ingests all runs concurrently (which also exercises shared fsyncs).
-async fn ingest_all(store: &Arc<dyn Store>, runs: impl IntoIterator<Item = NewRun>) {
+pub(crate) async fn ingest_all(store: &Arc<dyn Store>, runs: impl IntoIterator<Item = NewRun>) {
     let mut tasks = JoinSet::new();
     for new in runs {
         let store = store.clone();
@@ -194,7 +203,7 @@ async fn ingest_all(store: &Arc<dyn Store>, runs: impl IntoIterator<Item = NewRu
 /// Ingests a run and, if it was created, waits (a bounded time) until reads see it: a backend
 /// may make an acknowledged run visible a moment after `ingest` returns (sled's inbox).
 /// An update that changes nothing but takes `next` for the caller until `until`.
-fn taking(run: Run, next: &QueueItem, until: Timestamp) -> Option<RunUpdate> {
+pub(crate) fn taking(run: Run, next: &QueueItem, until: Timestamp) -> Option<RunUpdate> {
     Some(RunUpdate {
         run,
         records: vec![],
@@ -209,7 +218,10 @@ fn taking(run: Run, next: &QueueItem, until: Timestamp) -> Option<RunUpdate> {
 
 /// Ingests a run of `f` due at 100 and claims its one item (leased until 60,000): the run and the
 /// claimed item.
-async fn ingest_and_claim(store: &Arc<dyn Store>, f: &FlowId) -> (NewRun, Vec<QueueItem>) {
+pub(crate) async fn ingest_and_claim(
+    store: &Arc<dyn Store>,
+    f: &FlowId,
+) -> (NewRun, Vec<QueueItem>) {
     let new = new_run(f, RunId::new(), at(100));
     ingest(store, new.clone()).await;
     let claimed = claim_items(store, at(100), 1, at(60_000), &FlowLimits::new())
@@ -219,7 +231,7 @@ async fn ingest_and_claim(store: &Arc<dyn Store>, f: &FlowId) -> (NewRun, Vec<Qu
     (new, claimed)
 }
 
-async fn ingest(store: &Arc<dyn Store>, new: NewRun) -> Ingested {
+pub(crate) async fn ingest(store: &Arc<dyn Store>, new: NewRun) -> Ingested {
     let id = new.run.id;
     let outcome = store.ingest(new).await.expect("ingest");
     if outcome == Ingested::Created {
@@ -229,14 +241,14 @@ async fn ingest(store: &Arc<dyn Store>, new: NewRun) -> Ingested {
                 std::time::Instant::now() < deadline,
                 "run {id} never became visible"
             );
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            tokio::task::yield_now().await;
         }
     }
     outcome
 }
 
 /// Sets a run's status through `update_run`.
-async fn set_status(store: &Arc<dyn Store>, id: RunId, status: RunStatus) {
+pub(crate) async fn set_status(store: &Arc<dyn Store>, id: RunId, status: RunStatus) {
     let decide = move |mut run: Run| {
         run.status = status;
         Some(RunUpdate {
@@ -252,16 +264,16 @@ async fn set_status(store: &Arc<dyn Store>, id: RunId, status: RunStatus) {
         .expect("the run exists");
 }
 
-fn ids(runs: &[Run]) -> Vec<RunId> {
+pub(crate) fn ids(runs: &[Run]) -> Vec<RunId> {
     runs.iter().map(|r| r.id).collect()
 }
 
-fn item_ids(items: &[QueueItem]) -> Vec<ItemId> {
+pub(crate) fn item_ids(items: &[QueueItem]) -> Vec<ItemId> {
     items.iter().map(|i| i.id).collect()
 }
 
 /// All runs matching a query, following the cursor page by page; checks the pages don't overlap.
-async fn all_pages(store: &Arc<dyn Store>, mut query: RunQuery) -> Vec<RunId> {
+pub(crate) async fn all_pages(store: &Arc<dyn Store>, mut query: RunQuery) -> Vec<RunId> {
     let mut seen = Vec::new();
     for _ in 0..1000 {
         let page = store.list_runs(&query).await.unwrap();
@@ -746,6 +758,149 @@ pub(crate) async fn requeue_expired_returns_ended_leases(store: Arc<dyn Store>) 
         .await
         .unwrap();
     assert_eq!(all, [due(1), due(2), due(3)]);
+}
+
+/// A commit (or a renewal) naming a lease the store no longer holds changes nothing and says so:
+/// after its expired lease was taken over and claimed again, and after the item was finished.
+pub(crate) async fn a_commit_on_a_lease_no_longer_held_is_refused(store: Arc<dyn Store>) {
+    let f = flow("orders");
+    let new = new_run(&f, RunId::new(), at(100));
+    let id = new.run.id;
+    ingest(&store, new).await;
+    let request = |owner, now, until| ClaimRequest {
+        owner,
+        now,
+        limit: 1,
+        until,
+        concurrency: &NO_LIMITS,
+    };
+    let a = NodeId::new("node-a").unwrap();
+    let b = NodeId::new("node-b").unwrap();
+    let stale = store
+        .claim_due(request(&a, at(100), at(1_000)))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(stale.lease.owner, a);
+    // Node a stalls past its lease; node b's recovery takes the item over and claims it.
+    assert_eq!(store.requeue_expired(at(1_000)).await.unwrap(), 1);
+    let fresh = store
+        .claim_due(request(&b, at(1_000), at(60_000)))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(fresh.item.id, stale.item.id);
+    assert_ne!(fresh.lease.token, stale.lease.token, "a new token");
+    let finish = |mut run: Run| {
+        run.status = RunStatus::Succeeded;
+        Some(RunUpdate {
+            run,
+            records: vec![record(id, "first", json!({ "by": "a" }))],
+            enqueue: vec![],
+            take: None,
+        })
+    };
+    let refused = store.update_run(id, Some(&stale.lease), &finish).await;
+    assert!(
+        matches!(&refused, Err(StoreError::LeaseLost { item }) if *item == stale.item.id),
+        "{refused:?}"
+    );
+    assert!(!refused.unwrap_err().is_retryable());
+    let renewed = store.renew(&stale.lease, at(90_000)).await;
+    assert!(matches!(renewed, Err(StoreError::LeaseLost { .. })));
+    assert_eq!(
+        store.run(id).await.unwrap().unwrap().status,
+        RunStatus::Queued
+    );
+    assert!(
+        store.step_records(id).await.unwrap().is_empty(),
+        "nothing written"
+    );
+    // The holder's commit is applied; after it, the same lease is refused too.
+    store
+        .update_run(id, Some(&fresh.lease), &finish)
+        .await
+        .unwrap()
+        .expect("the run exists");
+    assert_eq!(
+        store.run(id).await.unwrap().unwrap().status,
+        RunStatus::Succeeded
+    );
+    let again = store.update_run(id, Some(&fresh.lease), &|_| None).await;
+    assert!(matches!(again, Err(StoreError::LeaseLost { .. })));
+}
+
+/// A lease is only taken over once it has expired; renewing it moves its expiry, so a running
+/// step keeps its item however long it runs.
+pub(crate) async fn an_expired_lease_is_handed_over_and_renewal_keeps_one(store: Arc<dyn Store>) {
+    let f = flow("orders");
+    ingest(&store, new_run(&f, RunId::new(), at(100))).await;
+    let a = NodeId::new("node-a").unwrap();
+    let claimed = store
+        .claim_due(ClaimRequest {
+            owner: &a,
+            now: at(100),
+            limit: 10,
+            until: at(1_000),
+            concurrency: &NO_LIMITS,
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    let renewed = store.renew(&claimed.lease, at(5_000)).await.unwrap();
+    assert_eq!(renewed.until, at(5_000));
+    assert_eq!(renewed.token, claimed.lease.token);
+    assert_eq!(
+        store.requeue_expired(at(4_999)).await.unwrap(),
+        0,
+        "a renewed lease is not taken over before its new expiry"
+    );
+    assert!(claim_items(&store, at(4_999), 10, at(60_000), &NO_LIMITS)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.requeue_expired(at(5_000)).await.unwrap(), 1);
+    let handed = claim_items(&store, at(5_000), 10, at(60_000), &NO_LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(item_ids(&handed), [claimed.item.id]);
+    commit(&store, claimed.item.run_id, Some(claimed.item.id), &|_| {
+        None
+    })
+    .await
+    .unwrap();
+}
+
+/// A flow's concurrency limit counts the items every node holds leased.
+pub(crate) async fn a_flows_concurrency_counts_every_nodes_leases(store: Arc<dyn Store>) {
+    let f = flow("orders");
+    let runs: Vec<_> = (1..=4)
+        .map(|n| new_run(&f, run_id(n), at(n as i64)))
+        .collect();
+    ingest_all(&store, runs).await;
+    let limits = FlowLimits::from([(f.clone(), 2)]);
+    let nodes = [
+        NodeId::new("node-a").unwrap(),
+        NodeId::new("node-b").unwrap(),
+    ];
+    let claim = |owner| ClaimRequest {
+        owner,
+        now: at(1_000),
+        limit: 10,
+        until: at(60_000),
+        concurrency: &limits,
+    };
+    let mut got = Vec::new();
+    for node in &nodes {
+        got.extend(store.claim_due(claim(node)).await.unwrap());
+    }
+    assert_eq!(got.len(), 2, "two at once across both nodes");
+    store
+        .update_run(got[0].item.run_id, Some(&got[0].lease), &|_| None)
+        .await
+        .unwrap();
+    let more = store.claim_due(claim(&nodes[1])).await.unwrap();
+    assert_eq!(more.len(), 1, "a finished item frees its place");
 }
 
 /// Runs list newest first; the cursor pages through all of them without overlap.
@@ -1249,12 +1404,12 @@ pub(crate) async fn dedupe_keys_start_one_run_until_they_expire(store: Arc<dyn S
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while expired < 1 && std::time::Instant::now() < deadline {
         expired += store.expire_dedupe(at(1_999), 100).await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        tokio::task::yield_now().await;
     }
     assert_eq!(expired, 1, "the leads key");
     while expired < 2 && std::time::Instant::now() < deadline {
         expired += store.expire_dedupe(at(2_000), 100).await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        tokio::task::yield_now().await;
     }
     assert_eq!(expired, 2, "the second take of evt_1");
     assert_eq!(store.expire_dedupe(at(2_000), 100).await.unwrap(), 0);
@@ -1456,333 +1611,85 @@ pub(crate) async fn stats_count_the_queue(store: Arc<dyn Store>) {
     );
 }
 
-/// The suite against the sled backend, each check on a fresh store in its own directory.
-mod sled_backend {
-    use std::path::{Path, PathBuf};
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
+/// A backend under test: where its data lives for one check, and how to open a store on it.
+pub(crate) trait Backend {
+    /// A fresh, empty place for a store's data (a directory, a database), gone when dropped.
+    type Place: Send + Sync;
 
-    use super::{FlowId, QueueItem, RunId};
-    use crate::store::sled::SledStore;
-    use crate::store::Store;
+    /// A new place.
+    fn place() -> Self::Place;
 
-    fn opener(path: PathBuf) -> impl Fn() -> Arc<dyn Store> + Send + Sync {
-        move || Arc::new(open_when_released(&path, false)) as Arc<dyn Store>
-    }
-
-    /// Opens the store, waiting (a bounded time) for a store dropped just before to let go of
-    /// the directory's lock: sled's I/O threads may still hold the file for a moment after the
-    /// last handle is dropped, and sled has no way to wait for them.
-    fn open_when_released(path: &Path, compression: bool) -> SledStore {
-        let cache = crate::store::sled::DEFAULT_CACHE_BYTES;
-        released(|| SledStore::open(path, cache, compression))
-    }
-
-    /// What `open` opens, once a store dropped just before has let go of the directory.
-    fn released(open: impl Fn() -> crate::store::Result<SledStore>) -> SledStore {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match open() {
-                Ok(store) => return store,
-                Err(e) if e.to_string().contains("could not acquire lock") => {
-                    assert!(Instant::now() < deadline, "the store stayed locked: {e}");
-                    std::thread::yield_now();
-                }
-                Err(e) => panic!("open the sled store: {e}"),
-            }
-        }
-    }
-
-    /// Opens a sled store in `dir` with a promotion window, and room and timing for fresh runs.
-    fn open_tuned(
-        dir: &Path,
-        window: i64,
-        capacity: usize,
-        idle: Duration,
-        stale: Duration,
-    ) -> Arc<SledStore> {
-        let tuning = crate::store::sled::FreshTuning {
-            capacity,
-            idle,
-            stale,
-        };
-        let cache = crate::store::sled::DEFAULT_CACHE_BYTES;
-        Arc::new(released(|| {
-            SledStore::open_tuned(dir, cache, false, window, tuning)
-        }))
-    }
-
-    /// Beyond the promotion window and the fresh runs in memory, accepted runs wait in the inbox
-    /// (counted as queued, not yet readable) and move into the store as claims make room, in
-    /// order.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_backlog_beyond_the_window_waits_in_the_inbox_and_follows_claims() {
-        use super::*;
-        let dir = tempfile::tempdir().unwrap();
-        let idle = Duration::from_millis(20);
-        let store: Arc<dyn Store> = open_tuned(dir.path(), 10, 5, idle, Duration::from_secs(3600));
-        let f = flow("orders");
-        let runs: Vec<NewRun> = (1..=50)
-            .map(|n| new_run(&f, run_id(n), at(n as i64)))
-            .collect();
-        for new in runs.clone() {
-            assert_eq!(store.ingest(new).await.unwrap(), Ingested::Created);
-        }
-        let readable = |n: usize| {
-            let store = store.clone();
-            let id = runs[n - 1].run.id;
-            async move { store.run(id).await.unwrap().is_some() }
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !readable(15).await {
-            assert!(
-                Instant::now() < deadline,
-                "the first 15 runs never became readable"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        assert!(
-            !readable(16).await,
-            "the window holds 10 items, memory 5 more"
-        );
-        assert_eq!(
-            store.stats().await.unwrap().queued,
-            50,
-            "the inbox counts as queued"
-        );
-
-        let room = FlowLimits::new();
-        let claimed = claim_items(&store, at(1_000), 4, at(100_000), &room)
-            .await
-            .unwrap();
-        assert_eq!(
-            item_ids(&claimed),
-            item_ids(&[1, 2, 3, 4].map(|n| runs[n - 1].items[0].clone()))
-        );
-        while !readable(19).await {
-            assert!(
-                Instant::now() < deadline,
-                "claims did not make room for more runs"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        assert!(!readable(20).await);
-        assert_eq!(store.stats().await.unwrap().queued, 50);
-    }
-
-    /// Claims `want` items (waiting for the promoter to read them), with a deadline.
-    async fn claim_until(store: &SledStore, want: usize) -> Vec<QueueItem> {
-        use super::*;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut claimed = Vec::new();
-        while claimed.len() < want {
-            assert!(Instant::now() < deadline, "claimed {claimed:?} of {want}");
-            let room = FlowLimits::new();
-            let more = claim_items(&store, at(1_000), want - claimed.len(), FAR_FUTURE, &room);
-            claimed.extend(more.await.unwrap());
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        claimed
-    }
-
-    /// The ids of the runs of `flow` the store lists.
-    async fn listed(store: &SledStore, flow_id: &FlowId) -> Vec<RunId> {
-        use super::*;
-        let query = RunQuery {
-            flow_id: Some(flow_id.clone()),
-            limit: 100,
-            ..RunQuery::default()
-        };
-        let page = store.list_runs(&query).await.unwrap();
-        page.runs.iter().map(|run| run.id).collect()
-    }
-
-    /// A run claimed straight from the inbox is readable and listed from memory, and written to
-    /// the trees (event, run, index) by the update of its first step, in its transaction. One
-    /// taken and never written is claimable again after the store reopens; one written is not.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn fresh_runs_are_written_with_their_first_update() {
-        use super::*;
-        let dir = tempfile::tempdir().unwrap();
-        let hour = Duration::from_secs(3600);
-        let store = open_tuned(dir.path(), 100, 100, hour, hour);
-        let f = flow("fresh");
-        let (done, dropped) = (new_run(&f, run_id(1), at(1)), new_run(&f, run_id(2), at(2)));
-        for new in [done.clone(), dropped.clone()] {
-            assert_eq!(store.ingest(new).await.unwrap(), Ingested::Created);
-        }
-        let claimed = claim_until(&store, 2).await;
-        let items = [done.items[0].clone(), dropped.items[0].clone()];
-        assert_eq!(item_ids(&claimed), item_ids(&items));
-        assert_eq!(
-            store.run(done.run.id).await.unwrap(),
-            Some(done.run.clone())
-        );
-        assert_eq!(
-            store.event(done.event.id).await.unwrap(),
-            Some(done.event.clone())
-        );
-        assert_eq!(listed(&store, &f).await, vec![dropped.run.id, done.run.id]);
-        assert!(!store.in_trees(done.run.id), "written before its update");
-
-        let finished = |mut run: Run| {
-            run.status = RunStatus::Succeeded;
-            run.steps[0].status = StepStatus::Succeeded;
-            let records = vec![record(run.id, "first", json!({ "ok": true }))];
-            Some(RunUpdate {
-                run,
-                records,
-                enqueue: Vec::new(),
-                take: None,
-            })
-        };
-        let written = commit(&store, done.run.id, Some(claimed[0].id), &finished);
-        assert_eq!(written.await.unwrap().unwrap().status, RunStatus::Succeeded);
-        assert!(store.in_trees(done.run.id));
-        assert!(!store.in_trees(dropped.run.id));
-        assert_eq!(store.step_records(done.run.id).await.unwrap().len(), 1);
-        drop(store);
-
-        let store = open_tuned(dir.path(), 100, 100, hour, hour);
-        let again = claim_until(&store, 1).await;
-        assert_eq!(item_ids(&again), item_ids(&[dropped.items[0].clone()]));
-        let more = claim_items(&store, at(1_000), 10, FAR_FUTURE, &FlowLimits::new())
-            .await
-            .unwrap();
-        assert!(more.is_empty(), "the written run came back: {more:?}");
-        let run = store.run(done.run.id).await.unwrap().unwrap();
-        assert_eq!(run.status, RunStatus::Succeeded);
-        assert_eq!(store.event(done.event.id).await.unwrap(), Some(done.event));
-        assert_eq!(listed(&store, &f).await, vec![dropped.run.id, done.run.id]);
-    }
-
-    /// Fresh runs no claim looks for go to the trees (and are claimed from the queue); one taken
-    /// and not written for too long goes too, its item still leased to its taker.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn fresh_runs_claims_leave_alone_go_to_the_trees() {
-        use super::*;
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_tuned(
-            dir.path(),
-            100,
-            100,
-            Duration::ZERO,
-            Duration::from_secs(3600),
-        );
-        let f = flow("idle");
-        let runs: Vec<NewRun> = (1..=3)
-            .map(|n| new_run(&f, run_id(n), at(n as i64)))
-            .collect();
-        for new in runs.clone() {
-            assert_eq!(store.ingest(new).await.unwrap(), Ingested::Created);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !runs.iter().all(|run| store.in_trees(run.run.id)) {
-            assert!(
-                Instant::now() < deadline,
-                "the runs never reached the trees"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let claimed = claim_until(&store, 3).await;
-        let items: Vec<_> = runs.iter().map(|run| run.items[0].clone()).collect();
-        assert_eq!(item_ids(&claimed), item_ids(&items));
-        drop(store);
-
-        let dir = tempfile::tempdir().unwrap();
-        let hour = Duration::from_secs(3600);
-        let store = open_tuned(dir.path(), 100, 100, hour, Duration::from_millis(20));
-        let taken = new_run(&f, run_id(4), at(4));
-        store.ingest(taken.clone()).await.unwrap();
-        let claimed = claim_until(&store, 1).await;
-        while !store.in_trees(taken.run.id) {
-            assert!(
-                Instant::now() < deadline,
-                "the taken run never reached the trees"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let more = claim_items(&store, at(1_000), 10, FAR_FUTURE, &FlowLimits::new())
-            .await
-            .unwrap();
-        assert!(more.is_empty(), "a leased item was claimed again: {more:?}");
-        commit(&store, taken.run.id, Some(claimed[0].id), &|_| None)
-            .await
-            .unwrap();
-        assert_eq!(
-            store.stats().await.unwrap().queued,
-            0,
-            "the taken item left the queue"
-        );
-    }
-
-    macro_rules! on_a_fresh_store {
-        ($($check:ident),* $(,)?) => {$(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let dir = tempfile::tempdir().unwrap();
-                super::$check(opener(dir.path().to_owned())()).await;
-            }
-        )*};
-    }
-
-    on_a_fresh_store!(
-        ingest_then_read_back,
-        claim_respects_due_time_and_limit,
-        items_freed_or_queued_before_leased_ones_are_claimed_next,
-        claimed_items_are_never_claimed_twice,
-        update_run_writes_atomically_and_ends_the_lease,
-        taken_items_are_leased_to_the_caller,
-        claims_racing_updates_never_get_taken_items,
-        decide_none_writes_nothing_but_ends_the_lease,
-        concurrent_updates_of_one_run_lose_nothing,
-        requeue_expired_returns_ended_leases,
-        list_runs_pages_newest_first,
-        list_runs_filters_by_flow_and_status,
-        hook_token_is_stable_and_first_writer_wins,
-        revisions_are_kept_per_flow,
-        concurrent_ingests_are_all_kept,
-        dedupe_keys_start_one_run_until_they_expire,
-        claims_are_shared_between_flows_within_their_room,
-        list_runs_selects_a_time_window,
-        pruning_deletes_old_and_excess_final_runs_only,
-        stats_count_the_queue,
-    );
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn state_is_kept_across_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        super::state_is_kept_across_reopen(&opener(dir.path().to_owned())).await;
-    }
-
-    /// A store created compressed passes the reopen check, opened afterwards by callers asking for
-    /// no compression: it keeps the setting it was created with.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_compressed_store_keeps_everything_and_its_setting() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_owned();
-        let opened = std::sync::atomic::AtomicUsize::new(0);
-        let open = || {
-            let first = opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
-            Arc::new(open_when_released(&path, first)) as Arc<dyn Store>
-        };
-        super::everything_survives_reopen(&open).await;
-        assert!(opened.into_inner() > 1);
-        let settings = std::fs::read_to_string(dir.path().join("conf")).unwrap();
-        assert!(settings.contains("use_compression: true"), "{settings}");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn everything_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        super::everything_survives_reopen(&opener(dir.path().to_owned())).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn matches_a_simple_model() {
-        for seed in 1..=4 {
-            let dir = tempfile::tempdir().unwrap();
-            super::matches_a_simple_model(&opener(dir.path().to_owned()), seed, 150).await;
-        }
-    }
+    /// Opens a store on the place's data; the caller drops the previous store first.
+    fn open(place: &Self::Place) -> Arc<dyn Store>;
 }
+
+/// Generates one test per check of the suite for a [`Backend`]: a backend runs the whole suite
+/// with `conformance_suite!(MyBackend);` inside a test module.
+macro_rules! conformance_suite {
+    ($backend:ty) => {
+        $crate::store::conformance::conformance_suite!(@fresh $backend;
+            ingest_then_read_back,
+            claim_respects_due_time_and_limit,
+            items_freed_or_queued_before_leased_ones_are_claimed_next,
+            claimed_items_are_never_claimed_twice,
+            update_run_writes_atomically_and_ends_the_lease,
+            taken_items_are_leased_to_the_caller,
+            claims_racing_updates_never_get_taken_items,
+            decide_none_writes_nothing_but_ends_the_lease,
+            concurrent_updates_of_one_run_lose_nothing,
+            requeue_expired_returns_ended_leases,
+            a_commit_on_a_lease_no_longer_held_is_refused,
+            an_expired_lease_is_handed_over_and_renewal_keeps_one,
+            a_flows_concurrency_counts_every_nodes_leases,
+            list_runs_pages_newest_first,
+            list_runs_filters_by_flow_and_status,
+            hook_token_is_stable_and_first_writer_wins,
+            revisions_are_kept_per_flow,
+            concurrent_ingests_are_all_kept,
+            dedupe_keys_start_one_run_until_they_expire,
+            claims_are_shared_between_flows_within_their_room,
+            list_runs_selects_a_time_window,
+            pruning_deletes_old_and_excess_final_runs_only,
+            stats_count_the_queue,
+        );
+        $crate::store::conformance::conformance_suite!(@reopen $backend;
+            state_is_kept_across_reopen,
+            everything_survives_reopen,
+        );
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn matches_a_simple_model() {
+            for seed in 1..=4 {
+                let place = <$backend as $crate::store::conformance::Backend>::place();
+                let open = || <$backend as $crate::store::conformance::Backend>::open(&place);
+                $crate::store::conformance::matches_a_simple_model(&open, seed, 150).await;
+            }
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn two_runtimes_on_one_store_never_both_execute_a_step() {
+            let place = <$backend as $crate::store::conformance::Backend>::place();
+            let store = <$backend as $crate::store::conformance::Backend>::open(&place);
+            $crate::runtime::tests::two_runtimes_on_one_store_never_both_execute_a_step(store)
+                .await;
+        }
+    };
+    (@fresh $backend:ty; $($check:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            let place = <$backend as $crate::store::conformance::Backend>::place();
+            let store = <$backend as $crate::store::conformance::Backend>::open(&place);
+            $crate::store::conformance::$check(store).await;
+        }
+    )*};
+    (@reopen $backend:ty; $($check:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            let place = <$backend as $crate::store::conformance::Backend>::place();
+            let open = || <$backend as $crate::store::conformance::Backend>::open(&place);
+            $crate::store::conformance::$check(&open).await;
+        }
+    )*};
+}
+
+pub(crate) use conformance_suite;

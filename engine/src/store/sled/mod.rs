@@ -135,6 +135,8 @@ mod layout;
 mod new_runs;
 mod pending_keys;
 #[cfg(test)]
+mod suite;
+#[cfg(test)]
 mod tests;
 mod update;
 

@@ -16,6 +16,9 @@ use crate::ids::{ItemId, RunId};
 use crate::model::{Run, Timestamp};
 use crate::store::{Decide, NodeId, Result, RunUpdate, StoreError};
 
+/// The lease end and owner of an item an update takes for its caller.
+type Taker = (Timestamp, NodeId);
+
 /// What an `update_run` transaction wrote.
 #[derive(Debug, Default)]
 pub(super) struct Written {
@@ -153,7 +156,7 @@ struct EncodedUpdate {
     /// Step records: key and value.
     records: Vec<(Vec<u8>, Vec<u8>)>,
     /// New items: id, queue key, value, and lease end for the items the caller takes.
-    items: Vec<(ItemId, IVec, Vec<u8>, Option<(Timestamp, NodeId)>)>,
+    items: Vec<(ItemId, IVec, Vec<u8>, Option<Taker>)>,
 }
 
 impl Prepared {
