@@ -135,6 +135,50 @@ impl StoreError {
 /// A store result.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// A run that was created (`queued`) or reached a final status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunNotice {
+    /// The run.
+    pub run_id: RunId,
+    /// Its status.
+    pub status: RunStatus,
+}
+
+/// How a backend that lives in one process publishes [`RunNotice`]s: a broadcast channel.
+#[derive(Debug, Clone)]
+pub struct Notices(tokio::sync::broadcast::Sender<RunNotice>);
+
+impl Default for Notices {
+    fn default() -> Self {
+        Self(tokio::sync::broadcast::channel(1024).0)
+    }
+}
+
+impl Notices {
+    /// Tells subscribers about a run just created.
+    pub fn created(&self, run_id: RunId) {
+        let _ = self.0.send(RunNotice {
+            run_id,
+            status: RunStatus::Queued,
+        });
+    }
+
+    /// Tells subscribers about a run just written, if it is final.
+    pub fn written(&self, run: &Run) {
+        if run.status.is_final() {
+            let _ = self.0.send(RunNotice {
+                run_id: run.id,
+                status: run.status,
+            });
+        }
+    }
+
+    /// A new subscriber.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RunNotice> {
+        self.0.subscribe()
+    }
+}
+
 /// A node: one hookflow process using a store, named at start (in logs, `/metrics` and step
 /// attempts). Leases are held by nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -426,6 +470,12 @@ pub trait Store: Send + Sync + 'static {
     /// How much is stored: queue items waiting or leased, and bytes on disk. Counting may walk
     /// the queue; call it for metrics, not per event.
     async fn stats(&self) -> Result<StoreStats>;
+
+    /// Notices of runs created (`ingest`) and written with a final status (`update_run`) through
+    /// any node sharing the backend, at least once each (a finished run may be told twice). A
+    /// receiver that lags misses notices and must read the store again. `respond: result` and the
+    /// UI's live updates wait on these.
+    fn notices(&self) -> tokio::sync::broadcast::Receiver<RunNotice>;
 
     /// Makes every write this handle made before the call durable: the one call after which effects
     /// may start (see the module docs). Concurrent callers may share one flush.

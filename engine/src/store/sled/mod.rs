@@ -123,7 +123,7 @@ use tokio::sync::watch;
 use super::inbox::Inbox;
 use super::{
     ClaimRequest, Claimed, Committed, Decide, FlowLimits, Ingested, Lease, LeaseToken, NewRun,
-    NodeId, Result, RunPage, RunQuery, Store, StoreError,
+    NodeId, Notices, Result, RunNotice, RunPage, RunQuery, Store, StoreError,
 };
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
@@ -228,6 +228,8 @@ pub struct SledStore {
     leases: Mutex<Leases>,
     /// Run updates waiting to be written together.
     batches: UpdateBatches,
+    /// Runs created and finished, for whoever waits on them in this process.
+    notices: Notices,
 }
 
 /// The queue items leased to this process's workers, kept in memory: a sled database is open in
@@ -478,6 +480,7 @@ impl SledStore {
             durable_tokens: Mutex::default(),
             leases: Mutex::default(),
             batches: UpdateBatches::default(),
+            notices: Notices::default(),
             log_file: None,
             db,
         })
@@ -765,12 +768,20 @@ enum KeyCheck {
 impl Store for SledStore {
     async fn ingest(&self, new: NewRun) -> Result<Ingested> {
         let encoded = EncodedRun::new(&new)?;
-        match (&self.inbox, &new.dedupe) {
+        let ingested = match (&self.inbox, &new.dedupe) {
             // The common case: one fsynced append; the promoter moves it into the trees.
             (Some(inbox), None) => self.append(inbox, &encoded).await,
             (Some(inbox), Some(_)) => self.ingest_deduped(inbox, &encoded).await,
             (None, _) => self.write_durably(&encoded).await,
+        }?;
+        if ingested == Ingested::Created {
+            self.notices.created(new.run.id);
         }
+        Ok(ingested)
+    }
+
+    fn notices(&self) -> tokio::sync::broadcast::Receiver<RunNotice> {
+        self.notices.subscribe()
     }
 
     async fn claim_due(&self, request: ClaimRequest<'_>) -> Result<Vec<Claimed>> {
@@ -920,6 +931,9 @@ impl Store for SledStore {
         self.new_runs
             .hints
             .queued(queued.iter().map(|key| &key[..]));
+        if let Some(run) = &written.run {
+            self.notices.written(run);
+        }
         Ok(written.run.map(|run| Committed { run, taken }))
     }
 
