@@ -20,18 +20,21 @@
 //!   earlier incarnation's included), never another live node's. (sled keeps leases in memory, so
 //!   after a restart none is held and every item is simply queued.)
 //! - A flow's concurrency limit counts its leased items across every node sharing the backend.
-//! - `update_run` reads the run, calls the decision function, and writes its run, records and new
-//!   queue items and removes the finished item, all in one atomic transaction.
+//! - `update_run` applies the decision function to the run as stored when the update is written,
+//!   and writes its run, records and new queue items and removes the finished item atomically (a
+//!   backend may decide ahead on the run as read, and decide again if it changed meanwhile).
 //! - **When effects may start.** `update_run` need not be durable when it returns; [`Store::flush`]
 //!   is the one call after which every write this handle made before it is durable. The runtime
 //!   calls `flush` before a step with effects whenever the run has committed an earlier step with
 //!   effects, and nowhere else for durability; a crash may therefore only repeat pure steps and the
 //!   step in flight, never a step with effects after a later one has acted.
-//! - A dedupe key is taken atomically with its event: of two concurrent deliveries with one key,
-//!   one starts a run and the other is answered as its duplicate, also across a crash.
+//! - A dedupe key is checked and taken atomically with respect to other deliveries: of two
+//!   concurrent deliveries with one key, one starts a run and the other is answered as its
+//!   duplicate, and only once the original is durable. (sled holds the keys of runs still in its
+//!   inbox in memory and writes them to its `dedupe` tree with their runs.)
 //! - Pruning removes only final runs, each together with its event and step records.
-//! - A stored record that cannot be read is reported as [`StoreError::Corrupt`] or quarantined,
-//!   never silently skipped.
+//! - A stored record that cannot be read is reported as [`StoreError::Corrupt`]; an acknowledged
+//!   event's record that cannot be read is quarantined, never silently skipped.
 
 mod clock;
 mod inbox;
