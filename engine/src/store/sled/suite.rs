@@ -311,8 +311,14 @@ async fn an_acknowledged_run_whose_expired_key_was_taken_again_is_kept() {
     // A repeat at 200: the window has passed, so it is a new run, due at once.
     let mut newer = new_run(&f, run_id(2), at(200));
     newer.dedupe = key(at(100_000));
-    assert_eq!(store.ingest(older.clone()).await.unwrap(), Ingested::Created);
-    assert_eq!(store.ingest(newer.clone()).await.unwrap(), Ingested::Created);
+    assert_eq!(
+        store.ingest(older.clone()).await.unwrap(),
+        Ingested::Created
+    );
+    assert_eq!(
+        store.ingest(newer.clone()).await.unwrap(),
+        Ingested::Created
+    );
     // The newer run is claimed from memory and written first, with the key.
     let claimed = claim_until(&store, 1).await;
     assert_eq!(item_ids(&claimed), item_ids(&newer.items));
@@ -338,4 +344,30 @@ async fn an_acknowledged_run_whose_expired_key_was_taken_again_is_kept() {
         .await
         .unwrap();
     assert_eq!(item_ids(&due), item_ids(&older.items));
+}
+
+/// An ingest with a dedupe key that its caller stops waiting for (a client gone, a step's
+/// timeout) still settles its key: a repeat is answered with that run, never started twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_of_an_ingest_its_caller_gave_up_on_is_its_duplicate() {
+    use crate::store::DedupeKey;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_when_released(dir.path(), false);
+    let f = flow("orders");
+    let keyed = |n| {
+        let mut new = new_run(&f, run_id(n), at(100));
+        new.dedupe = Some(DedupeKey {
+            key: "evt_1".into(),
+            expires_at: FAR_FUTURE,
+        });
+        new
+    };
+    let first = keyed(1);
+    // Polled once (the record is handed to the inbox), then dropped.
+    let cut = tokio::time::timeout(Duration::ZERO, store.ingest(first.clone())).await;
+    assert!(cut.is_err(), "the first ingest was cut short");
+    match store.ingest(keyed(2)).await.unwrap() {
+        Ingested::Duplicate { run_id, .. } => assert_eq!(run_id, first.run.id),
+        other => panic!("a second run was started: {other:?}"),
+    }
 }
