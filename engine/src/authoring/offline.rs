@@ -156,6 +156,7 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
                             templates: flow.templates.clone(),
                             context: ctx.clone(),
                             sub_flows: None,
+                            clock: Arc::new(crate::store::SystemClock),
                         };
                         step.action.execute(input.clone(), &cx).await
                     }

@@ -975,6 +975,7 @@ impl Engine {
                     templates: flow.templates.clone(),
                     context: ctx.clone(),
                     sub_flows: Some(self.sub_flows.clone()),
+                    clock: self.config.clock.clone(),
                 };
                 // A panic fails the attempt like any error; the worker, its slot and its lease
                 // carry on.

@@ -19,7 +19,7 @@ use crate::model::{RunStatus, Timestamp};
 use crate::outbound::{HttpClient, OutboundPolicy};
 use crate::steps::{Action, BuildContext, ExecContext, Outcome, Registry, StepError, StepKind};
 use crate::store::sled::SledStore;
-use crate::store::{ManualClock, NodeId, Store};
+use crate::store::{Clock, ManualClock, NodeId, Store};
 
 /// How many times each run's `flaky` step executed, by run.
 static EXECUTIONS: Mutex<Option<HashMap<RunId, u32>>> = Mutex::new(None);
@@ -233,5 +233,32 @@ pub(crate) async fn two_runtimes_on_one_store_never_both_execute_a_step(store: A
         .await;
         assert_eq!(executions(*run), 2, "each of the run's two steps ran once");
     }
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_holds_the_next_step_until_the_clock_reaches_its_end() {
+    let clock = ManualClock::new(Timestamp::now());
+    let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+    let engine = engine(store.clone(), "one", &clock);
+    let flow = flow("id: waits\ntrigger: { manual: {} }\nsteps:\n  - { id: wait, delay: { for: 2h } }\n  - { id: after, flaky: { panics: 0 } }\n");
+    let flow = engine.deploy(vec![flow]).await.unwrap().remove(0).0;
+    let running = Running::start(&[&engine]);
+    let run = engine.start_manual(&flow, json!({})).await.unwrap().run_id;
+    let wait = first_attempt(store.as_ref(), run).await;
+    let until = wait.output.as_ref().unwrap()["until"].as_str().unwrap();
+    assert_eq!(
+        Timestamp::parse_rfc3339(until),
+        Some(clock.now().plus(Duration::from_secs(7200))),
+        "two hours on the runtime's clock"
+    );
+    clock.advance(Duration::from_secs(7199));
+    assert_eq!(executions(run), 0, "the next step waits");
+    clock.advance(Duration::from_secs(1));
+    until_run(store.as_ref(), run, "succeeded", |r| {
+        r.status == RunStatus::Succeeded
+    })
+    .await;
+    assert_eq!(executions(run), 1);
     running.stop().await;
 }

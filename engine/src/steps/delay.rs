@@ -68,10 +68,13 @@ struct Delay {
 
 #[async_trait]
 impl Action for Delay {
-    /// `{until}`: when the next steps start.
+    /// `{for}` (a duration, counted from when the step executes) or `{until}`: when the next
+    /// steps start.
     fn render(&self, t: &Templates, ctx: &Value) -> Result<Value, StepError> {
         let until = match &self.wait {
-            Wait::For(d) => Timestamp::now().plus(*d),
+            Wait::For(d) => {
+                return Ok(json!({ "for": humantime::format_duration(*d).to_string() }))
+            }
             Wait::Until(expr) => {
                 let text = expr.render(t, ctx)?;
                 parse_time(&text).ok_or_else(|| {
@@ -84,8 +87,13 @@ impl Action for Delay {
         Ok(json!({ "until": until.to_rfc3339() }))
     }
 
-    async fn execute(&self, input: Value, _cx: &ExecContext) -> Result<Outcome, StepError> {
-        Ok(Outcome::Output(input))
+    /// `{until}`, read from the input or counted from now on the runtime's clock.
+    async fn execute(&self, input: Value, cx: &ExecContext) -> Result<Outcome, StepError> {
+        let until = match &self.wait {
+            Wait::For(d) => cx.clock.now().plus(*d).to_rfc3339(),
+            Wait::Until(_) => input["until"].as_str().unwrap_or_default().to_owned(),
+        };
+        Ok(Outcome::Output(json!({ "until": until })))
     }
 
     fn resume_at(&self, output: &Value) -> Option<Timestamp> {

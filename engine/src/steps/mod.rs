@@ -99,6 +99,8 @@ pub struct ExecContext {
     pub context: Arc<Value>,
     /// Starts other flows' runs (`flow` steps); `None` offline.
     pub sub_flows: Option<Arc<dyn SubFlows>>,
+    /// The runtime's clock (`delay` counts from it).
+    pub clock: crate::store::SharedClock,
 }
 
 /// Starting a run of another flow from a step, and reading how it ended.
