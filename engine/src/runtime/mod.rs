@@ -335,7 +335,7 @@ impl Engine {
         let (finished, _) = broadcast::channel(1024);
         Arc::new_cyclic(|me| Self {
             sub_flows: Arc::new(EngineFlows(me.clone())),
-            lanes: lanes::Lanes::default(),
+            lanes: lanes::Lanes::new(store.clone()),
             metrics: metrics::Metrics::default(),
             pacer: Pacer::new(store.clone()),
             store,
@@ -916,11 +916,13 @@ impl Engine {
             Err(e) => (Value::Null, StepResult::Failed(e)),
             Ok(input) => {
                 // A step in a named queue waits for a place in its lane (not an attempt).
-                let _place = match &step.queue {
+                let place = match &step.queue {
                     None => None,
                     Some(q) => {
                         let key = q.key.render(&flow.templates, ctx).unwrap_or_default();
-                        match self.lanes.enter(&q.name, &key, q.concurrency, q.gap) {
+                        let lane = crate::store::LaneKey::new(&q.name, key);
+                        let entered = self.lanes.enter(lane, q.concurrency, q.gap, item.id, step.timeout);
+                        match entered.await {
                             Ok(place) => Some(place),
                             Err(wait) => return Tried::Wait(wait),
                         }
@@ -942,6 +944,9 @@ impl Engine {
                 let outcome =
                     tokio::time::timeout(step.timeout, step.action.execute(input.clone(), &cx))
                         .await;
+                if let Some(place) = place {
+                    place.leave().await;
+                }
                 let result = match outcome {
                     Err(_) => StepResult::Failed(StepError::transient(format!(
                         "the step timed out after {:?}",

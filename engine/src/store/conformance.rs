@@ -25,6 +25,9 @@ use crate::model::{
 /// previous store before calling it again.
 pub(crate) type Open<'a> = &'a (dyn Fn() -> Arc<dyn Store> + Send + Sync);
 
+/// The checks of lanes, pacing and schedule ticks (with their sled instantiation).
+mod coordination;
+
 /// A lease end later than any time a check uses.
 const FAR_FUTURE: Timestamp = Timestamp(i64::MAX / 2);
 
@@ -1436,7 +1439,7 @@ mod sled_backend {
     use crate::store::sled::SledStore;
     use crate::store::Store;
 
-    fn opener(path: PathBuf) -> impl Fn() -> Arc<dyn Store> + Send + Sync {
+    pub(super) fn opener(path: PathBuf) -> impl Fn() -> Arc<dyn Store> + Send + Sync {
         move || Arc::new(open_when_released(&path, false)) as Arc<dyn Store>
     }
 
