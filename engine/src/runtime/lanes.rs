@@ -42,6 +42,16 @@ pub(super) struct Place {
     left: bool,
 }
 
+impl std::fmt::Debug for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Place")
+            .field("lane", &self.lane)
+            .field("holder", &self.holder)
+            .field("left", &self.left)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Lanes {
     /// The lanes kept in `store`.
     pub(super) fn new(store: Arc<dyn Store>) -> Self {

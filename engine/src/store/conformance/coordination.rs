@@ -51,7 +51,8 @@ pub(crate) async fn lanes_admit_their_concurrency_until_given_back_or_expired(
         enter(b, 10, 2_000).await.unwrap(),
         LaneEntry::Full { until: at(1_000) }
     );
-    let other_key = store.enter_lane(&lane("b@x.com"), 1, b, at(10), at(2_000));
+    let other_key = lane("b@x.com");
+    let other_key = store.enter_lane(&other_key, 1, b, at(10), at(2_000));
     assert_eq!(other_key.await.unwrap(), LaneEntry::Entered);
     let other_queue = LaneKey::new("billing", "a@x.com");
     let other_queue = store.enter_lane(&other_queue, 1, c, at(10), at(2_000));
