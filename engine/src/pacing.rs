@@ -108,7 +108,10 @@ impl Pacer {
                 max,
                 remaining,
                 window,
-            } => (Some((max, window)), (remaining == 0).then(|| now.plus(window))),
+            } => (
+                Some((max, window)),
+                (remaining == 0).then(|| now.plus(window)),
+            ),
             Observation::Limited { wait } => (None, Some(now.plus(wait))),
         };
         match &self.allowances {

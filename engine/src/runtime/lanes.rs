@@ -188,7 +188,10 @@ mod tests {
         drop(place);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            match lanes.enter(lane("a"), 1, zero, ItemId::new(), LONGEST).await {
+            match lanes
+                .enter(lane("a"), 1, zero, ItemId::new(), LONGEST)
+                .await
+            {
                 Ok(place) => break place.leave().await,
                 Err(_) => {
                     assert!(tokio::time::Instant::now() < deadline, "never given back");

@@ -251,7 +251,8 @@ pub trait Store: Send + Sync + 'static {
     /// stops counting once `expires` has passed, even if it is never given back (its node died),
     /// so a lane is never wedged: the caller sets `expires` beyond the longest its attempt can
     /// take. Atomic: of concurrent callers, at most `concurrency` hold a place at once, across
-    /// nodes. Not durable: places may be forgotten when the store is closed.
+    /// nodes. Places need not survive a restart of a backend used by one process (sled keeps them
+    /// in memory: they end with it); a shared backend keeps them where every node sees them.
     async fn enter_lane(
         &self,
         lane: &LaneKey,
@@ -271,13 +272,17 @@ pub trait Store: Send + Sync + 'static {
     /// calls per `window`, from [`pace_observe`](Self::pace_observe)), when the oldest call of a
     /// full window leaves it. Atomic: across every caller and node, no window holds more than
     /// `max` admitted calls. An account never observed is always admitted.
-    async fn pace_admit(&self, account: &str, now: Timestamp)
-        -> Result<std::result::Result<(), Timestamp>>;
+    async fn pace_admit(
+        &self,
+        account: &str,
+        now: Timestamp,
+    ) -> Result<std::result::Result<(), Timestamp>>;
 
     /// Records what a service said about an `account`: its `limit` (`max` calls per window, the
     /// latest report wins) and a time before which no call may be made. The blocked-until time
     /// only ever rises (atomically: a lower one never replaces a higher one) and is durable: it
-    /// survives a restart. The window's log of admitted calls need not be durable.
+    /// survives a restart. The limit and the window's log of admitted calls need not be durable
+    /// (the service reports its limit again with its next answer).
     async fn pace_observe(
         &self,
         account: &str,

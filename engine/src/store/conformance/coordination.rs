@@ -248,7 +248,12 @@ pub(crate) async fn one_caller_claims_each_tick(store: Arc<dyn Store>) {
     // Racing for different ticks: only increasing claims win, and the latest tick is kept.
     let won = race(&store, 8, |store| {
         let tick = at(300 + rand::random::<u8>() as i64 % 4);
-        async move { (tick, store.claim_tick(&flow("nightly"), tick).await.unwrap()) }
+        async move {
+            (
+                tick,
+                store.claim_tick(&flow("nightly"), tick).await.unwrap(),
+            )
+        }
     })
     .await;
     let mut winners: Vec<_> = won.iter().filter(|(_, w)| *w).map(|(t, _)| *t).collect();

@@ -1247,7 +1247,11 @@ impl SledStore {
     /// is), atomically (compare and swap); answers whether it did. Not durable on return.
     fn raise_state(&self, key: &str, field: &str, to: Timestamp) -> Result<bool> {
         let tree = &self.new_runs.state;
-        let new = encode(TreeName::State, &key, &serde_json::json!({ field: to.millis() }))?;
+        let new = encode(
+            TreeName::State,
+            &key,
+            &serde_json::json!({ field: to.millis() }),
+        )?;
         loop {
             let old = tree
                 .get(key.as_bytes())
@@ -1270,10 +1274,13 @@ impl SledStore {
 
 /// The time in `field` of a stored state object, or a corruption error naming `key`.
 fn stored_time(key: &str, value: &serde_json::Value, field: &str) -> Result<Timestamp> {
-    value[field]
-        .as_i64()
-        .map(Timestamp)
-        .ok_or_else(|| corrupt(TreeName::State, key.as_bytes(), format!("no `{field}` time")))
+    value[field].as_i64().map(Timestamp).ok_or_else(|| {
+        corrupt(
+            TreeName::State,
+            key.as_bytes(),
+            format!("no `{field}` time"),
+        )
+    })
 }
 
 #[cfg(test)]
