@@ -264,6 +264,9 @@ pub struct ServeArgs {
     /// How many steps may execute at once.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// This node's id (letters, digits, `.`, `_`, `-`): in logs, `/metrics` and step attempts.
+    #[arg(long, env = "HOOKFLOW_NODE_ID")]
+    pub node_id: Option<String>,
     /// The largest catch-hook body, in bytes.
     #[arg(long)]
     pub max_body_bytes: Option<usize>,

@@ -34,6 +34,14 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How many steps may execute at once (0: store events, execute nothing).
     pub workers: usize,
+    /// This node's id, the owner of its leases (default: the host's name and a random suffix,
+    /// new at every start).
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// How long a step's claim lasts unless renewed: a running step renews it every third of
+    /// this; the steps of a node that died are taken over once it has passed.
+    #[serde(default = "default_lease")]
+    pub lease: HumanDuration,
     /// How long run history is kept.
     #[serde(default)]
     pub retention: RetentionSection,
@@ -52,6 +60,10 @@ pub struct Config {
     pub secrets_file: Option<PathBuf>,
     /// `text` or `json` logs.
     pub log_format: LogFormat,
+}
+
+fn default_lease() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
 }
 
 fn default_cache_mb() -> u64 {

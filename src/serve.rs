@@ -11,6 +11,7 @@ use hookflow_engine::outbound::HttpClient;
 use hookflow_engine::runtime::catalog::Catalog;
 use hookflow_engine::runtime::{Engine, EngineConfig};
 use hookflow_engine::store::sled::SledStore;
+use hookflow_engine::store::NodeId;
 use tokio::sync::watch;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -82,9 +83,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the data directory {}", config.data.display()))?;
     let http = HttpClient::new(config.outbound_policy(address)?)
         .context("cannot set up the HTTP client")?;
+    let node = match &config.node_id {
+        Some(name) => NodeId::new(name).map_err(anyhow::Error::msg)?,
+        None => NodeId::generate(),
+    };
+    if config.lease.0 < std::time::Duration::from_secs(3) {
+        anyhow::bail!("lease: {:?} is too short (at least 3s)", config.lease.0);
+    }
     let engine_config = EngineConfig {
         workers: config.workers,
         retention: config.retention.to_engine(),
+        node,
+        lease: config.lease.0,
         ..EngineConfig::default()
     };
     let engine = Engine::new(
@@ -103,9 +113,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
     println!(
-        "data: {}   flows: {}",
+        "data: {}   flows: {}   node: {}",
         config.data.display(),
-        config.flows.display()
+        config.flows.display(),
+        engine.node()
     );
     if let Some(notice) = open_notice {
         println!("{notice}");
@@ -200,6 +211,9 @@ fn apply_flags(config: &mut Config, args: ServeArgs) {
     }
     if let Some(v) = args.workers {
         config.workers = v;
+    }
+    if let Some(v) = args.node_id {
+        config.node_id = Some(v);
     }
     if let Some(v) = args.max_body_bytes {
         config.max_body_bytes = v;

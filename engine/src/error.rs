@@ -45,9 +45,10 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether trying again later may succeed (a store hiccup may pass; an invalid flow will not).
+    /// Whether trying again later may succeed (a store hiccup may pass; an invalid flow or a
+    /// corrupt record will not).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Store(_))
+        matches!(self, Self::Store(e) if e.is_retryable())
     }
 }
 

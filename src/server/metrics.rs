@@ -1,7 +1,7 @@
 //! `GET /metrics`: counters in Prometheus' text format: catch-hook events received (by flow and
 //! outcome) and rejected (by flow and reason), runs finished by flow and status, step durations
-//! (a histogram by flow and kind), retries scheduled, queue depth and store size (counted at most
-//! once a second).
+//! (a histogram by flow and kind), retries scheduled, commits refused for a lost lease, steps that
+//! panicked, this node's id, queue depth and store size (counted at most once a second).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -143,5 +143,34 @@ async fn metrics(
         "Syncs to disk that acknowledged events; concurrent events share one.",
     );
     let _ = writeln!(out, "hookflow_ingest_syncs_total {}", stats.ingest_syncs);
+    describe(
+        &mut out,
+        "hookflow_node_info",
+        "gauge",
+        "This node's id (the owner of the leases it holds).",
+    );
+    let _ = writeln!(
+        out,
+        "hookflow_node_info{{node=\"{}\"}} 1",
+        state.engine.node()
+    );
+    describe(
+        &mut out,
+        "hookflow_commits_refused_total",
+        "counter",
+        "Step outcomes not written because the step's lease was lost (another node took it over).",
+    );
+    let _ = writeln!(
+        out,
+        "hookflow_commits_refused_total {}",
+        engine.refused_commits
+    );
+    describe(
+        &mut out,
+        "hookflow_step_panics_total",
+        "counter",
+        "Step attempts that panicked (each failed as an attempt and follows the retry policy).",
+    );
+    let _ = writeln!(out, "hookflow_step_panics_total {}", engine.step_panics);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

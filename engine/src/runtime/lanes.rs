@@ -16,7 +16,7 @@ use tracing::warn;
 
 use crate::ids::ItemId;
 use crate::model::Timestamp;
-use crate::store::{LaneEntry, LaneKey, Store};
+use crate::store::{LaneEntry, LaneKey, SharedClock, Store};
 
 /// How soon a step that found its lane full looks again (a place is usually given back sooner
 /// than it expires).
@@ -30,11 +30,12 @@ pub(super) const PLACE_GRACE: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub(super) struct Lanes {
     store: Arc<dyn Store>,
+    clock: SharedClock,
 }
 
 /// A place in a lane: give it back with [`Place::leave`].
 pub(super) struct Place {
-    store: Arc<dyn Store>,
+    lanes: Lanes,
     lane: LaneKey,
     holder: ItemId,
     gap: Duration,
@@ -53,9 +54,9 @@ impl std::fmt::Debug for Place {
 }
 
 impl Lanes {
-    /// The lanes kept in `store`.
-    pub(super) fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    /// The lanes kept in `store`, on `clock`'s time.
+    pub(super) fn new(store: Arc<dyn Store>, clock: SharedClock) -> Self {
+        Self { store, clock }
     }
 
     /// Takes a place in the lane for `holder` (the queue item about to be attempted), for at most
@@ -69,7 +70,7 @@ impl Lanes {
         holder: ItemId,
         longest: Duration,
     ) -> Result<Place, Duration> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let expires = now.plus(longest).plus(PLACE_GRACE);
         let entry = self
             .store
@@ -77,7 +78,7 @@ impl Lanes {
             .await;
         match entry {
             Ok(LaneEntry::Entered) => Ok(Place {
-                store: self.store.clone(),
+                lanes: self.clone(),
                 lane,
                 holder,
                 gap,
@@ -97,8 +98,9 @@ impl Place {
     /// Gives the place back: the lane's next attempt may start `gap` from now.
     pub(super) async fn leave(mut self) {
         self.left = true;
-        let free_at = Timestamp::now().plus(self.gap);
+        let free_at = self.lanes.clock.now().plus(self.gap);
         if let Err(e) = self
+            .lanes
             .store
             .leave_lane(&self.lane, self.holder, free_at)
             .await
@@ -117,8 +119,8 @@ impl Drop for Place {
             warn!(lane = %self.lane, "a queue's place was dropped outside the runtime; it expires on its own");
             return;
         };
-        let (store, lane, holder) = (self.store.clone(), self.lane.clone(), self.holder);
-        let free_at = Timestamp::now().plus(self.gap);
+        let (store, lane, holder) = (self.lanes.store.clone(), self.lane.clone(), self.holder);
+        let free_at = self.lanes.clock.now().plus(self.gap);
         runtime.spawn(async move {
             if let Err(e) = store.leave_lane(&lane, holder, free_at).await {
                 warn!(error = %e, %lane, "could not give the queue's place back; it expires on its own");
@@ -137,7 +139,8 @@ mod tests {
     use crate::store::sled::SledStore;
 
     fn lanes() -> Lanes {
-        Lanes::new(Arc::new(SledStore::temporary().unwrap()))
+        let clock = Arc::new(crate::store::SystemClock);
+        Lanes::new(Arc::new(SledStore::temporary().unwrap()), clock)
     }
 
     fn lane(key: &str) -> LaneKey {

@@ -1,5 +1,6 @@
 //! What the engine counts for `/metrics`: runs finished by flow and status, step durations (a
-//! histogram by flow and kind), and retries scheduled. In memory, since the process started.
+//! histogram by flow and kind), retries scheduled, commits refused for a lost lease, and steps that
+//! panicked. In memory, since the process started.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -40,6 +41,8 @@ struct Counts {
     runs: BTreeMap<(String, RunStatus), u64>,
     retries: BTreeMap<String, u64>,
     steps: BTreeMap<(String, String), Histogram>,
+    refused_commits: u64,
+    step_panics: u64,
 }
 
 /// The engine's counters.
@@ -55,6 +58,10 @@ pub struct Snapshot {
     pub retries: Vec<(String, u64)>,
     /// Step attempt durations, by (flow, kind).
     pub steps: Vec<(String, String, Histogram)>,
+    /// Commits the store refused because the worker's lease was no longer held.
+    pub refused_commits: u64,
+    /// Step attempts that panicked (each failed as an attempt).
+    pub step_panics: u64,
 }
 
 impl Metrics {
@@ -64,6 +71,14 @@ impl Metrics {
             .runs
             .entry((flow.to_owned(), status))
             .or_default() += 1;
+    }
+
+    pub(super) fn commit_refused(&self) {
+        self.lock().refused_commits += 1;
+    }
+
+    pub(super) fn step_panicked(&self) {
+        self.lock().step_panics += 1;
     }
 
     pub(super) fn retry_scheduled(&self, flow: &str) {
@@ -97,6 +112,8 @@ impl Metrics {
                 .iter()
                 .map(|((f, k), h)| (f.clone(), k.clone(), h.clone()))
                 .collect(),
+            refused_commits: counts.refused_commits,
+            step_panics: counts.step_panics,
         }
     }
 

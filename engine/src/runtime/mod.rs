@@ -18,13 +18,17 @@ mod repair;
 pub mod retention;
 pub mod retry;
 mod scheduler;
+#[cfg(test)]
+pub(crate) mod tests;
 
-use std::collections::HashMap;
+use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use serde_json::Value;
 use tokio::sync::{broadcast, Notify, Semaphore};
 use tracing::{debug, error, info, info_span, warn, Instrument};
@@ -33,12 +37,15 @@ use self::advance::{Attempted, StepResult};
 use self::catalog::Catalog;
 use self::context::{idempotency_key, redact, redact_text, run_context, take_trigger};
 use crate::flow::Flow;
-use crate::ids::{EventId, FlowId, ItemId, RunId, StepId};
+use crate::ids::{EventId, FlowId, RunId, StepId};
 use crate::model::{Event, QueueItem, Run, RunStatus, StepRecord, StepStatus, Timestamp};
 use crate::outbound::HttpClient;
 use crate::pacing::Pacer;
 use crate::steps::{ExecContext, Outcome, RunOutcome, StepError, SubFlows};
-use crate::store::{DedupeKey, FlowRoom, Ingested, RunUpdate, Store, StoreError, Take};
+use crate::store::{
+    ClaimRequest, Claimed, DedupeKey, FlowLimits, Ingested, Lease, NodeId, RunUpdate, SharedClock,
+    Store, StoreError, SystemClock, Take,
+};
 use crate::Result;
 
 pub use self::repair::{Bulk, ReplayRevision, RunSelection};
@@ -50,8 +57,13 @@ pub struct EngineConfig {
     /// How many steps may execute at once; `0` accepts events but executes nothing (an
     /// ingest-only node, or a server paused while a backlog builds).
     pub workers: usize,
-    /// How long a claimed item is leased; an item whose lease ends is claimed again.
+    /// How long a claimed item is leased; a running step renews its lease every third of this, and
+    /// an item whose lease expired (its node stopped) is claimed again.
     pub lease: Duration,
+    /// This node's id: the owner of its leases, in logs and `/metrics`.
+    pub node: NodeId,
+    /// Where the runtime reads the time and waits.
+    pub clock: SharedClock,
     /// Describe side effects instead of performing them (`hookflow run --dry-run`).
     pub dry_run: bool,
     /// Never retry failed steps (`hookflow run`).
@@ -66,7 +78,9 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             workers: 32,
-            lease: Duration::from_secs(15 * 60),
+            lease: Duration::from_secs(30),
+            node: NodeId::generate(),
+            clock: Arc::new(SystemClock),
             dry_run: false,
             no_retries: false,
             retention: RetentionConfig::default(),
@@ -161,9 +175,9 @@ struct Deferred {
 
 /// What a worker's task has executed since its last commit.
 struct Chain {
-    /// The item the store holds leased for this task: the claimed one, or the last one taken in
-    /// a commit. The next commit finishes it.
-    leased: ItemId,
+    /// The lease this task holds: the claimed item's, or that of the last item taken in a commit.
+    /// The next commit finishes it.
+    lease: Lease,
     /// Pure steps executed since, in order, each followed at once by the next (and the last by the
     /// step being committed).
     deferred: Vec<Deferred>,
@@ -207,8 +221,8 @@ enum Replayed {
 }
 
 /// The tracing span of one step's execution.
-fn step_span(item: &QueueItem) -> tracing::Span {
-    info_span!("step", flow = %item.flow_id, run_id = %item.run_id, step_id = %item.step_id, attempt = item.attempt)
+fn step_span(item: &QueueItem, node: &NodeId) -> tracing::Span {
+    info_span!("step", %node, flow = %item.flow_id, run_id = %item.run_id, step_id = %item.step_id, attempt = item.attempt)
 }
 
 /// Aborts a background task when dropped (when `run` returns, however it returns).
@@ -251,7 +265,7 @@ impl SubFlows for EngineFlows {
             .ok_or_else(|| StepError::permanent(format!("no flow `{flow}` is deployed")))?;
         let key = DedupeKey {
             key: format!("parent:{key}"),
-            expires_at: Timestamp::now().plus(PROVIDER_DEDUPE_WINDOW),
+            expires_at: engine.now().plus(PROVIDER_DEDUPE_WINDOW),
         };
         let accepted = engine
             .store_event(&flow, trigger, Some(key))
@@ -315,8 +329,6 @@ pub struct Engine {
     config: EngineConfig,
     wake: Notify,
     slots: Arc<Semaphore>,
-    /// Steps executing now, per flow (for flows' concurrency limits).
-    executing: Mutex<HashMap<FlowId, usize>>,
     /// Notices of runs created and finished.
     finished: broadcast::Sender<RunNotice>,
     /// Set when the server stops: a worker finishes its step but takes no next one.
@@ -335,7 +347,7 @@ impl Engine {
         let (finished, _) = broadcast::channel(1024);
         Arc::new_cyclic(|me| Self {
             sub_flows: Arc::new(EngineFlows(me.clone())),
-            lanes: lanes::Lanes::new(store.clone()),
+            lanes: lanes::Lanes::new(store.clone(), config.clock.clone()),
             metrics: metrics::Metrics::default(),
             pacer: Pacer::new(store.clone()),
             store,
@@ -344,7 +356,6 @@ impl Engine {
             config,
             wake: Notify::new(),
             slots,
-            executing: Mutex::default(),
             finished,
             stopping: AtomicBool::new(false),
         })
@@ -428,9 +439,7 @@ impl Engine {
         if last == Some(flow.revision.0.as_str()) {
             return Ok(());
         }
-        history.push(
-            serde_json::json!({ "revision": flow.revision, "deployed_at": Timestamp::now() }),
-        );
+        history.push(serde_json::json!({ "revision": flow.revision, "deployed_at": self.now() }));
         let excess = history.len().saturating_sub(MAX_HISTORY);
         history.drain(..excess);
         let key = format!("revisions:{}", flow.id);
@@ -447,7 +456,7 @@ impl Engine {
     /// A repeated delivery (same dedupe key within the flow's window) stores nothing and answers
     /// the original's ids.
     pub async fn ingest(&self, flow: &Flow, trigger: Value) -> Result<Accepted> {
-        let dedupe = dedupe_key(flow, &trigger, Timestamp::now());
+        let dedupe = dedupe_key(flow, &trigger, self.now());
         self.store_event(flow, trigger, dedupe).await
     }
 
@@ -463,7 +472,7 @@ impl Engine {
         trigger: Value,
         dedupe: Option<DedupeKey>,
     ) -> Result<Accepted> {
-        let now = Timestamp::now();
+        let now = self.now();
         let event = Event {
             id: EventId::new(),
             flow_id: flow.id.clone(),
@@ -548,11 +557,12 @@ impl Engine {
             }
             return Ok(());
         }
-        let recovered = self.store.requeue_expired(Timestamp(i64::MAX)).await?;
+        info!(node = %self.config.node, "workers started");
+        let recovered = self.store.requeue_expired(self.now()).await?;
         if recovered > 0 {
             info!(
                 recovered,
-                "requeued steps that were in flight when the server last stopped"
+                "requeued steps whose lease expired (their node stopped)"
             );
         }
         tokio::pin!(shutdown);
@@ -568,9 +578,9 @@ impl Engine {
                     }
                 }
             }
-            if last_sweep.elapsed() > Duration::from_secs(30) {
+            if last_sweep.elapsed() > self.config.lease / 3 {
                 last_sweep = Instant::now();
-                let n = self.store.requeue_expired(Timestamp::now()).await?;
+                let n = self.store.requeue_expired(self.now()).await?;
                 if n > 0 {
                     warn!(n, "requeued steps whose lease expired");
                 }
@@ -580,12 +590,12 @@ impl Engine {
             scheduler.stop().await;
         }
         self.stopping.store(true, Ordering::SeqCst);
-        let executing = self.executing().values().sum::<usize>();
+        let workers = self.config.workers as u32;
+        let executing = workers as usize - self.slots.available_permits();
         info!(
             executing,
             "stopping: no new steps start; waiting for those in flight"
         );
-        let workers = self.config.workers as u32;
         match tokio::time::timeout(drain, self.slots.acquire_many(workers)).await {
             Ok(_) => info!("stopped: no step in flight"),
             Err(_) => {
@@ -595,23 +605,22 @@ impl Engine {
         Ok(())
     }
 
-    fn executing(&self) -> std::sync::MutexGuard<'_, HashMap<FlowId, usize>> {
-        self.executing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// The time, from the engine's clock.
+    fn now(&self) -> Timestamp {
+        self.config.clock.now()
     }
 
-    /// How many more steps each flow with a concurrency limit may start now.
-    fn flow_room(&self) -> FlowRoom {
-        let executing = self.executing();
+    /// This node's id.
+    pub fn node(&self) -> &NodeId {
+        &self.config.node
+    }
+
+    /// The concurrency limits of the deployed flows that have one.
+    fn flow_limits(&self) -> FlowLimits {
         self.catalog
             .all()
             .iter()
-            .filter_map(|flow| {
-                let limit = flow.concurrency?;
-                let busy = executing.get(&flow.id).copied().unwrap_or(0);
-                Some((flow.id.clone(), limit.saturating_sub(busy)))
-            })
+            .filter_map(|flow| Some((flow.id.clone(), flow.concurrency?)))
             .collect()
     }
 
@@ -620,28 +629,38 @@ impl Engine {
         // Wait for at least one free slot.
         drop(self.slots.acquire().await.expect("semaphore never closed"));
         let free = self.slots.available_permits();
-        let now = Timestamp::now();
-        let room = self.flow_room();
+        let now = self.now();
+        let limits = self.flow_limits();
         let items = self
             .store
-            .claim_due(now, free, now.plus(self.config.lease), &room)
+            .claim_due(ClaimRequest {
+                owner: &self.config.node,
+                now,
+                limit: free,
+                until: now.plus(self.config.lease),
+                concurrency: &limits,
+            })
             .await?;
         let claimed = items.len();
-        for item in items {
+        for claim in items {
             let permit = self
                 .slots
                 .clone()
                 .acquire_owned()
                 .await
                 .expect("semaphore never closed");
-            *self.executing().entry(item.flow_id.clone()).or_default() += 1;
             let engine = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = engine.execute(item.clone()).await {
-                    error!(flow = %item.flow_id, run_id = %item.run_id, error = %e, "step could not be completed; it will be retried when its lease expires");
-                }
-                if let Some(n) = engine.executing().get_mut(&item.flow_id) {
-                    *n = n.saturating_sub(1);
+                let item = claim.item.clone();
+                match engine.execute(claim).await {
+                    Ok(()) => {}
+                    Err(crate::Error::Store(StoreError::LeaseLost { item: lost })) => {
+                        engine.metrics.commit_refused();
+                        warn!(flow = %item.flow_id, run_id = %item.run_id, item = %lost, "the step's lease was lost (it expired and another worker took it over): its outcome was not written");
+                    }
+                    Err(e) => {
+                        error!(flow = %item.flow_id, run_id = %item.run_id, error = %e, "step could not be completed; it will be retried when its lease expires");
+                    }
                 }
                 drop(permit);
                 engine.wake.notify_one();
@@ -650,12 +669,15 @@ impl Engine {
         if claimed < free {
             // Items due now that were not claimed belong to flows at their concurrency limit: wait
             // for a step to finish (which wakes us) rather than spin.
-            let wait = match self.store.next_due().await? {
-                Some(due) if due > now => Duration::from_millis(due.millis_since(now).min(1000)),
-                Some(_) if claimed > 0 => Duration::ZERO,
-                _ => Duration::from_secs(1),
+            let wake_at = match self.store.next_due().await? {
+                Some(due) if due > now => due.min(now.plus(Duration::from_secs(1))),
+                Some(_) if claimed > 0 => now,
+                _ => now.plus(Duration::from_secs(1)),
             };
-            let _ = tokio::time::timeout(wait, self.wake.notified()).await;
+            tokio::select! {
+                () = self.config.clock.sleep_until(wake_at) => {}
+                () = self.wake.notified() => {}
+            }
         }
         Ok(())
     }
@@ -669,25 +691,55 @@ impl Engine {
     /// outcome). A step with effects (HTTP, connectors) waits until the commits of the run's
     /// earlier steps with effects are on disk, so a crash never repeats a step once a later one
     /// has acted.
-    async fn execute(&self, mut item: QueueItem) -> Result<()> {
-        let span = step_span(&item);
-        let Some(mut work) = self.load(&item).instrument(span).await? else {
-            return Ok(());
-        };
-        let mut chain = Chain {
-            leased: item.id,
-            deferred: Vec::new(),
-        };
-        loop {
-            let span = step_span(&item);
-            let Some(next) = self
-                .step(&mut work, &mut chain, item)
-                .instrument(span)
-                .await?
-            else {
+    async fn execute(&self, claim: Claimed) -> Result<()> {
+        let (held, current) = tokio::sync::watch::channel(claim.lease.clone());
+        let work = async {
+            let Claimed { mut item, lease } = claim;
+            let mut chain = Chain {
+                lease,
+                deferred: Vec::new(),
+            };
+            let span = step_span(&item, &self.config.node);
+            let Some(mut work) = self.load(&item, &chain.lease).instrument(span).await? else {
                 return Ok(());
             };
-            item = next;
+            loop {
+                let span = step_span(&item, &self.config.node);
+                let Some(next) = self
+                    .step(&mut work, &mut chain, item)
+                    .instrument(span)
+                    .await?
+                else {
+                    return Ok(());
+                };
+                held.send_replace(chain.lease.clone());
+                item = next;
+            }
+        };
+        tokio::select! {
+            done = work => done,
+            never = self.renew_forever(current) => match never {},
+        }
+    }
+
+    /// Renews the worker's current lease every third of the lease time, for as long as the worker
+    /// runs. A lost lease is logged here; the worker's next commit is refused.
+    async fn renew_forever(&self, current: tokio::sync::watch::Receiver<Lease>) -> Infallible {
+        let every = self.config.lease / 3;
+        loop {
+            self.config.clock.sleep_until(self.now().plus(every)).await;
+            let lease = current.borrow().clone();
+            match self
+                .store
+                .renew(&lease, self.now().plus(self.config.lease))
+                .await
+            {
+                Ok(_) => debug!(item = %lease.item, "lease renewed"),
+                Err(e) if current.borrow().token != lease.token => {
+                    debug!(error = %e, "the worker moved on while its lease was renewed");
+                }
+                Err(e) => warn!(item = %lease.item, error = %e, "could not renew the step's lease"),
+            }
         }
     }
 
@@ -709,7 +761,7 @@ impl Engine {
             self.store.flush().await?;
         }
         let tried = self.attempt_in_chain(work, chain, &item).await?;
-        let now = Timestamp::now();
+        let now = self.now();
         let previous = work
             .records
             .iter()
@@ -735,9 +787,9 @@ impl Engine {
             }
         }
         let taken = Mutex::new(None);
-        let run = self
+        let committed = self
             .store
-            .update_run(item.run_id, Some(chain.leased), &|run| {
+            .update_run(item.run_id, Some(&chain.lease), &|run| {
                 let (run, mut records) = match chain.replay(&work.flow, run, &item.step_id, now) {
                     Replayed::Followed(run, records, _) => (run, records),
                     Replayed::Diverged(update) => return update,
@@ -754,16 +806,17 @@ impl Engine {
             })
             .await?;
         chain.deferred.clear();
-        let Some(run) = run else {
+        let Some(committed) = committed else {
             return Ok(None);
         };
-        self.announce(Some(run.clone()));
-        let Some((next, records)) = taken.into_inner().unwrap_or_else(PoisonError::into_inner)
+        self.announce(Some(committed.run.clone()));
+        let next = taken.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let (Some((next, records)), Some(lease)) = (next, committed.taken.into_iter().next())
         else {
             return Ok(None);
         };
-        chain.leased = next.id;
-        work.remember(run, records);
+        chain.lease = lease;
+        work.remember(committed.run, records);
         Ok(Some(next))
     }
 
@@ -785,38 +838,33 @@ impl Engine {
             tried = &mut attempt => return Ok(tried),
             () = tokio::time::sleep(DEFERRED_PATIENCE) => {}
         }
-        let now = Timestamp::now();
+        let now = self.now();
         let until = now.plus(self.config.lease);
-        // The item the run expects for this step, as written (the closure may run more than once).
-        let leased = Mutex::new(None);
-        self.store
-            .update_run(item.run_id, Some(chain.leased), &|run| match chain.replay(
+        let committed = self
+            .store
+            .update_run(item.run_id, Some(&chain.lease), &|run| match chain.replay(
                 &work.flow,
                 run,
                 &item.step_id,
                 now,
             ) {
-                Replayed::Followed(run, records, queued) => {
-                    *leased.lock().unwrap_or_else(PoisonError::into_inner) =
-                        queued.as_ref().map(|q| q.id);
-                    Some(RunUpdate {
-                        run,
-                        records,
-                        enqueue: Vec::new(),
-                        take: queued.map(|q| Take {
-                            items: vec![q],
-                            until,
-                        }),
-                    })
-                }
-                Replayed::Diverged(update) => {
-                    *leased.lock().unwrap_or_else(PoisonError::into_inner) = None;
-                    update
-                }
+                Replayed::Followed(run, records, queued) => Some(RunUpdate {
+                    run,
+                    records,
+                    enqueue: Vec::new(),
+                    take: queued.map(|q| Take {
+                        items: vec![q],
+                        owner: self.config.node.clone(),
+                        until,
+                    }),
+                }),
+                Replayed::Diverged(update) => update,
             })
             .await?;
-        if let Some(id) = leased.into_inner().unwrap_or_else(PoisonError::into_inner) {
-            chain.leased = id;
+        // The item the run expects for this step, leased to this worker; if the run went another
+        // way, the lease is gone and this step's commit will be refused.
+        if let Some(lease) = committed.and_then(|c| c.taken.into_iter().next()) {
+            chain.lease = lease;
         }
         chain.deferred.clear();
         Ok(attempt.await)
@@ -856,6 +904,7 @@ impl Engine {
             .position(|next| keep_going && next.due_at <= now);
         update.take = due.map(|i| Take {
             items: vec![update.enqueue.remove(i)],
+            owner: self.config.node.clone(),
             until: now.plus(self.config.lease),
         });
         Some(update)
@@ -863,14 +912,14 @@ impl Engine {
 
     /// What executing an item needs, or `None` when the item needs no execution (it was dropped,
     /// or its run was failed because its flow revision cannot be loaded).
-    async fn load(&self, item: &QueueItem) -> Result<Option<Work>> {
+    async fn load(&self, item: &QueueItem, lease: &Lease) -> Result<Option<Work>> {
         let store = self.store.as_ref();
         let run = store.run(item.run_id).await?;
         let Some(run) = run.filter(|r| !r.status.is_final() && r.expects(item)) else {
             // A run that is gone or over, or an item the run no longer expects (its step is done,
             // or was queued again by a manual retry).
             store
-                .update_run(item.run_id, Some(item.id), &|_| None)
+                .update_run(item.run_id, Some(lease), &|_| None)
                 .await?;
             return Ok(None);
         };
@@ -882,16 +931,13 @@ impl Engine {
             Ok(flow) => flow,
             Err(e) if !e.is_retryable() => {
                 error!(error = %e, "the run's flow revision cannot be loaded; failing the run");
-                self.fail_run(item, &e.to_string()).await?;
+                self.fail_run(item, lease, &e.to_string()).await?;
                 return Ok(None);
             }
             Err(e) => return Err(e),
         };
         let event = store.event(run.event_id).await?.ok_or_else(|| {
-            StoreError::Backend(format!(
-                "event {} of run {} is missing",
-                run.event_id, run.id
-            ))
+            StoreError::NotFound(format!("event {} of run {}", run.event_id, run.id))
         })?;
         let records = store.step_records(run.id).await?;
         Ok(Some(Work {
@@ -910,9 +956,16 @@ impl Engine {
             .expect("a run's steps come from its flow revision");
         let lent = Lent::new(work, item);
         let ctx = lent.context();
-        let started_at = Timestamp::now();
+        let started_at = self.now();
         let clock = Instant::now();
-        let (mut input, result) = match step.action.render(&flow.templates, ctx) {
+        let rendered = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            step.action.render(&flow.templates, ctx)
+        }))
+        .unwrap_or_else(|panic| {
+            self.metrics.step_panicked();
+            Err(StepError::transient(panicked(panic.as_ref())))
+        });
+        let (mut input, result) = match rendered {
             Err(e) => (Value::Null, StepResult::Failed(e)),
             Ok(input) => {
                 // A step in a named queue waits for a place in its lane (not an attempt).
@@ -943,9 +996,11 @@ impl Engine {
                     context: ctx.clone(),
                     sub_flows: Some(self.sub_flows.clone()),
                 };
-                let outcome =
-                    tokio::time::timeout(step.timeout, step.action.execute(input.clone(), &cx))
-                        .await;
+                // A panic fails the attempt like any error; the worker, its slot and its lease
+                // carry on.
+                let execute = AssertUnwindSafe(step.action.execute(input.clone(), &cx));
+                let outcome = tokio::time::timeout(step.timeout, execute.catch_unwind()).await;
+                // The lane's place is given back however the attempt ended.
                 if let Some(place) = place {
                     place.leave().await;
                 }
@@ -954,10 +1009,16 @@ impl Engine {
                         "the step timed out after {:?}",
                         step.timeout
                     ))),
-                    Ok(Err(e)) => StepResult::Failed(e),
-                    Ok(Ok(Outcome::Output(v))) => StepResult::Output(v),
-                    Ok(Ok(Outcome::Stop { output, reason })) => StepResult::Stop { output, reason },
-                    Ok(Ok(Outcome::Wait { delay, reason })) => {
+                    Ok(Err(panic)) => {
+                        self.metrics.step_panicked();
+                        StepResult::Failed(StepError::transient(panicked(panic.as_ref())))
+                    }
+                    Ok(Ok(Err(e))) => StepResult::Failed(e),
+                    Ok(Ok(Ok(Outcome::Output(v)))) => StepResult::Output(v),
+                    Ok(Ok(Ok(Outcome::Stop { output, reason }))) => {
+                        StepResult::Stop { output, reason }
+                    }
+                    Ok(Ok(Ok(Outcome::Wait { delay, reason }))) => {
                         info!(?delay, reason = %redact_text(&reason, &flow.secrets), "step waits");
                         return Tried::Wait(delay);
                     }
@@ -994,12 +1055,12 @@ impl Engine {
     }
 
     /// Fails a run that cannot go on (its flow revision cannot be loaded): no step of it can run.
-    async fn fail_run(&self, item: &QueueItem, why: &str) -> Result<()> {
+    async fn fail_run(&self, item: &QueueItem, lease: &Lease, why: &str) -> Result<()> {
         let reason = format!("step `{}` could not run: {why}", item.step_id);
-        let now = Timestamp::now();
+        let now = self.now();
         let run = self
             .store
-            .update_run(item.run_id, Some(item.id), &|mut run| {
+            .update_run(item.run_id, Some(lease), &|mut run| {
                 advance::finish(&mut run, RunStatus::Failed, Some(reason.clone()), now);
                 run.updated_at = now;
                 Some(RunUpdate {
@@ -1010,7 +1071,7 @@ impl Engine {
                 })
             })
             .await?;
-        self.announce(run);
+        self.announce(run.map(|c| c.run));
         Ok(())
     }
 
@@ -1024,6 +1085,16 @@ impl Engine {
             });
         }
     }
+}
+
+/// The error message of a step that panicked.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    format!("step panicked: {message}")
 }
 
 fn redact_result(result: StepResult, secrets: &[String]) -> StepResult {

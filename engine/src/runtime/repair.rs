@@ -87,11 +87,12 @@ impl Engine {
             .catalog()
             .revision(store, &run.flow_id, &run.revision)
             .await?;
-        let now = Timestamp::now();
+        let now = self.now();
         let run = store
             .update_run(run_id, None, &|run| advance::retry(&flow, run, now).ok())
             .await?
-            .ok_or(Error::RunNotFound(run_id))?;
+            .ok_or(Error::RunNotFound(run_id))?
+            .run;
         info!(%run_id, flow = %run.flow_id, "run retried from its failed step");
         self.wake.notify_one();
         Ok(run)
@@ -117,7 +118,7 @@ impl Engine {
                     .await?
             }
         };
-        let now = Timestamp::now();
+        let now = self.now();
         let copy = Event {
             id: EventId::new(),
             flow_id: flow.id.clone(),

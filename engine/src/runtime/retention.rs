@@ -49,7 +49,7 @@ pub(super) async fn sweep_forever(engine: Arc<Engine>) {
     let every = engine.config.retention.every;
     loop {
         tokio::time::sleep(every).await;
-        match engine.sweep(Timestamp::now()).await {
+        match engine.sweep(engine.now()).await {
             Ok(swept) if swept != Swept::default() => {
                 info!(
                     runs = swept.runs,

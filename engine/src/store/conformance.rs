@@ -3,9 +3,14 @@
 //!
 //! Each check is an async function taking a fresh store (`Arc<dyn Store>`, so checks can spawn
 //! concurrent tasks), or an [`Open`] function for checks that close and reopen the store. A backend
-//! runs the suite by generating one test per check (see `sled_backend` at the bottom).
+//! implements [`Backend`] (where its data lives, how to open it) and runs the whole suite with one
+//! line, `conformance_suite!(MyBackend)` (the sled backend's is in `sled/suite.rs`); checks of a
+//! backend's own internals live beside that backend, not here.
 //!
-//! The checks use explicit timestamps, never the clock, and never sleep. Orders asserted are the
+//! The checks that lease name their nodes and hold the tokens the store gave them: several nodes
+//! are played by one test, and a commit with a lease no longer held must be refused. They use
+//! explicit timestamps, never the clock, and never sleep: where a backend may make an acknowledged
+//! run visible a moment later, a check waits for it with a deadline. Orders asserted are the
 //! trait's: claims oldest due first, runs newest first (run ids are ULIDs, which sort by time).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -15,40 +20,109 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use ulid::Ulid;
 
-use super::{DedupeKey, FlowRoom, Ingested, NewRun, RunQuery, RunUpdate, Store, Take};
+use super::{
+    ClaimRequest, Decide, DedupeKey, FlowLimits, Ingested, Lease, LeaseToken, NewRun, NodeId,
+    RunQuery, RunUpdate, Store, StoreError, Take,
+};
 use crate::ids::{EventId, FlowId, ItemId, RunId, StepId};
 use crate::model::{
     Event, QueueItem, Revision, Run, RunStatus, StepProgress, StepRecord, StepStatus, Timestamp,
 };
 
+/// The node the checks claim as (unless a check names others).
+pub(crate) fn node() -> NodeId {
+    NodeId::new("conformance").unwrap()
+}
+
+/// The leases the checks hold, by item. Item ids are unique across checks, so one book serves
+/// every check running at once.
+static LEASES: std::sync::Mutex<BTreeMap<ItemId, Lease>> = std::sync::Mutex::new(BTreeMap::new());
+
+pub(crate) fn lease_of(item: ItemId) -> Lease {
+    LEASES.lock().unwrap().get(&item).cloned().unwrap_or(Lease {
+        item,
+        owner: node(),
+        token: LeaseToken(0),
+        until: at(0),
+    })
+}
+
+pub(crate) fn keep_leases(leases: impl IntoIterator<Item = Lease>) {
+    let mut book = LEASES.lock().unwrap();
+    for lease in leases {
+        book.insert(lease.item, lease);
+    }
+}
+
+/// Claims as [`node`] and keeps the leases in the book: the claimed items.
+pub(crate) async fn claim_items<T: Store + ?Sized>(
+    store: &impl std::ops::Deref<Target = T>,
+    now: Timestamp,
+    limit: usize,
+    until: Timestamp,
+    concurrency: &FlowLimits,
+) -> super::Result<Vec<QueueItem>> {
+    let claimed = store
+        .claim_due(ClaimRequest {
+            owner: &node(),
+            now,
+            limit,
+            until,
+            concurrency,
+        })
+        .await?;
+    keep_leases(claimed.iter().map(|c| c.lease.clone()));
+    Ok(claimed.into_iter().map(|c| c.item).collect())
+}
+
+/// `update_run` with the book's lease on `done`, keeping the leases of taken items: the run.
+pub(crate) async fn commit<T: Store + ?Sized>(
+    store: &impl std::ops::Deref<Target = T>,
+    run_id: RunId,
+    done: Option<ItemId>,
+    decide: Decide<'_>,
+) -> super::Result<Option<Run>> {
+    let lease = done.map(lease_of);
+    let committed = store.update_run(run_id, lease.as_ref(), decide).await?;
+    Ok(committed.map(|c| {
+        keep_leases(c.taken);
+        c.run
+    }))
+}
+
 /// Opens the store under test on the same data each time it is called. The caller drops the
 /// previous store before calling it again.
 pub(crate) type Open<'a> = &'a (dyn Fn() -> Arc<dyn Store> + Send + Sync);
 
-/// The checks of lanes, pacing and schedule ticks (with their sled instantiation).
+/// The checks of lanes, pacing and schedule ticks.
 mod coordination;
+pub(crate) use self::coordination::*;
 
 /// A lease end later than any time a check uses.
-const FAR_FUTURE: Timestamp = Timestamp(i64::MAX / 2);
+pub(crate) const FAR_FUTURE: Timestamp = Timestamp(i64::MAX / 2);
 
-fn at(ms: i64) -> Timestamp {
+/// No flow has a concurrency limit.
+pub(crate) static NO_LIMITS: std::sync::LazyLock<FlowLimits> =
+    std::sync::LazyLock::new(FlowLimits::new);
+
+pub(crate) fn at(ms: i64) -> Timestamp {
     Timestamp(ms)
 }
 
-fn flow(name: &str) -> FlowId {
+pub(crate) fn flow(name: &str) -> FlowId {
     name.parse().unwrap()
 }
 
-fn step(name: &str) -> StepId {
+pub(crate) fn step(name: &str) -> StepId {
     name.parse().unwrap()
 }
 
 /// The `n`th run id of a check: ids made from increasing times sort in `n` order.
-fn run_id(n: u64) -> RunId {
+pub(crate) fn run_id(n: u64) -> RunId {
     RunId::from_ulid(Ulid::from_parts(1_700_000_000_000 + n, 0x5eed))
 }
 
-fn item(flow_id: &FlowId, run_id: RunId, step_id: &str, due_at: Timestamp) -> QueueItem {
+pub(crate) fn item(flow_id: &FlowId, run_id: RunId, step_id: &str, due_at: Timestamp) -> QueueItem {
     QueueItem {
         id: ItemId::new(),
         run_id,
@@ -60,7 +134,7 @@ fn item(flow_id: &FlowId, run_id: RunId, step_id: &str, due_at: Timestamp) -> Qu
 }
 
 /// A queued run of a two-step flow (`first`, `second`) with one item for `first` due at `due_at`.
-fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun {
+pub(crate) fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun {
     let event = Event {
         id: EventId::new(),
         flow_id: flow_id.clone(),
@@ -105,7 +179,7 @@ fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun {
     }
 }
 
-fn record(run_id: RunId, step_id: &str, output: serde_json::Value) -> StepRecord {
+pub(crate) fn record(run_id: RunId, step_id: &str, output: serde_json::Value) -> StepRecord {
     StepRecord {
         run_id,
         step_id: step(step_id),
@@ -119,7 +193,7 @@ fn record(run_id: RunId, step_id: &str, output: serde_json::Value) -> StepRecord
 }
 
 /// Ingests all runs concurrently (which also exercises shared fsyncs).
-async fn ingest_all(store: &Arc<dyn Store>, runs: impl IntoIterator<Item = NewRun>) {
+pub(crate) async fn ingest_all(store: &Arc<dyn Store>, runs: impl IntoIterator<Item = NewRun>) {
     let mut tasks = JoinSet::new();
     for new in runs {
         let store = store.clone();
@@ -133,13 +207,14 @@ async fn ingest_all(store: &Arc<dyn Store>, runs: impl IntoIterator<Item = NewRu
 /// Ingests a run and, if it was created, waits (a bounded time) until reads see it: a backend
 /// may make an acknowledged run visible a moment after `ingest` returns (sled's inbox).
 /// An update that changes nothing but takes `next` for the caller until `until`.
-fn taking(run: Run, next: &QueueItem, until: Timestamp) -> Option<RunUpdate> {
+pub(crate) fn taking(run: Run, next: &QueueItem, until: Timestamp) -> Option<RunUpdate> {
     Some(RunUpdate {
         run,
         records: vec![],
         enqueue: vec![],
         take: Some(Take {
             items: vec![next.clone()],
+            owner: node(),
             until,
         }),
     })
@@ -147,18 +222,20 @@ fn taking(run: Run, next: &QueueItem, until: Timestamp) -> Option<RunUpdate> {
 
 /// Ingests a run of `f` due at 100 and claims its one item (leased until 60,000): the run and the
 /// claimed item.
-async fn ingest_and_claim(store: &Arc<dyn Store>, f: &FlowId) -> (NewRun, Vec<QueueItem>) {
+pub(crate) async fn ingest_and_claim(
+    store: &Arc<dyn Store>,
+    f: &FlowId,
+) -> (NewRun, Vec<QueueItem>) {
     let new = new_run(f, RunId::new(), at(100));
     ingest(store, new.clone()).await;
-    let claimed = store
-        .claim_due(at(100), 1, at(60_000), &FlowRoom::new())
+    let claimed = claim_items(store, at(100), 1, at(60_000), &FlowLimits::new())
         .await
         .unwrap();
     assert_eq!(claimed, new.items);
     (new, claimed)
 }
 
-async fn ingest(store: &Arc<dyn Store>, new: NewRun) -> Ingested {
+pub(crate) async fn ingest(store: &Arc<dyn Store>, new: NewRun) -> Ingested {
     let id = new.run.id;
     let outcome = store.ingest(new).await.expect("ingest");
     if outcome == Ingested::Created {
@@ -168,14 +245,14 @@ async fn ingest(store: &Arc<dyn Store>, new: NewRun) -> Ingested {
                 std::time::Instant::now() < deadline,
                 "run {id} never became visible"
             );
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            tokio::task::yield_now().await;
         }
     }
     outcome
 }
 
 /// Sets a run's status through `update_run`.
-async fn set_status(store: &Arc<dyn Store>, id: RunId, status: RunStatus) {
+pub(crate) async fn set_status(store: &Arc<dyn Store>, id: RunId, status: RunStatus) {
     let decide = move |mut run: Run| {
         run.status = status;
         Some(RunUpdate {
@@ -185,23 +262,22 @@ async fn set_status(store: &Arc<dyn Store>, id: RunId, status: RunStatus) {
             take: None,
         })
     };
-    store
-        .update_run(id, None, &decide)
+    commit(store, id, None, &decide)
         .await
         .unwrap()
         .expect("the run exists");
 }
 
-fn ids(runs: &[Run]) -> Vec<RunId> {
+pub(crate) fn ids(runs: &[Run]) -> Vec<RunId> {
     runs.iter().map(|r| r.id).collect()
 }
 
-fn item_ids(items: &[QueueItem]) -> Vec<ItemId> {
+pub(crate) fn item_ids(items: &[QueueItem]) -> Vec<ItemId> {
     items.iter().map(|i| i.id).collect()
 }
 
 /// All runs matching a query, following the cursor page by page; checks the pages don't overlap.
-async fn all_pages(store: &Arc<dyn Store>, mut query: RunQuery) -> Vec<RunId> {
+pub(crate) async fn all_pages(store: &Arc<dyn Store>, mut query: RunQuery) -> Vec<RunId> {
     let mut seen = Vec::new();
     for _ in 0..1000 {
         let page = store.list_runs(&query).await.unwrap();
@@ -230,8 +306,7 @@ pub(crate) async fn ingest_then_read_back(store: Arc<dyn Store>) {
     assert_eq!(store.run(new.run.id).await.unwrap(), Some(new.run.clone()));
     assert!(store.step_records(new.run.id).await.unwrap().is_empty());
     assert_eq!(store.next_due().await.unwrap(), Some(at(1_000)));
-    let claimed = store
-        .claim_due(at(5_000), 10, at(9_000), &FlowRoom::new())
+    let claimed = claim_items(&store, at(5_000), 10, at(9_000), &FlowLimits::new())
         .await
         .unwrap();
     assert_eq!(claimed, new.items, "both first items, oldest due first");
@@ -253,50 +328,45 @@ pub(crate) async fn claim_respects_due_time_and_limit(store: Arc<dyn Store>) {
     ingest_all(&store, runs.clone()).await;
     let lease = at(100_000);
 
-    assert!(store
-        .claim_due(at(99), 10, lease, &FlowRoom::new())
+    assert!(claim_items(&store, at(99), 10, lease, &FlowLimits::new())
         .await
         .unwrap()
         .is_empty());
-    assert!(store
-        .claim_due(at(500), 0, lease, &FlowRoom::new())
+    assert!(claim_items(&store, at(500), 0, lease, &FlowLimits::new())
         .await
         .unwrap()
         .is_empty());
     assert_eq!(
-        store
-            .claim_due(at(300), 2, lease, &FlowRoom::new())
+        claim_items(&store, at(300), 2, lease, &FlowLimits::new())
             .await
             .unwrap(),
         [due(1), due(2)]
     );
     assert_eq!(
-        store
-            .claim_due(at(300), 2, lease, &FlowRoom::new())
+        claim_items(&store, at(300), 2, lease, &FlowLimits::new())
             .await
             .unwrap(),
         [due(3)],
         "due at now counts"
     );
-    assert!(store
-        .claim_due(at(300), 2, lease, &FlowRoom::new())
+    assert!(claim_items(&store, at(300), 2, lease, &FlowLimits::new())
         .await
         .unwrap()
         .is_empty());
     assert_eq!(store.next_due().await.unwrap(), Some(at(400)));
     assert_eq!(
-        store
-            .claim_due(at(10_000), 10, lease, &FlowRoom::new())
+        claim_items(&store, at(10_000), 10, lease, &FlowLimits::new())
             .await
             .unwrap(),
         [due(4), due(5)]
     );
     assert_eq!(store.next_due().await.unwrap(), None);
-    assert!(store
-        .claim_due(FAR_FUTURE, 10, lease, &FlowRoom::new())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        claim_items(&store, FAR_FUTURE, 10, lease, &FlowLimits::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// An item queued due before items already leased, and an item whose lease ended, are taken by
@@ -309,24 +379,23 @@ pub(crate) async fn items_freed_or_queued_before_leased_ones_are_claimed_next(
         .map(|n| new_run(&f, run_id(n), at(n as i64 * 100)))
         .collect();
     ingest_all(&store, runs.clone()).await;
-    let room = FlowRoom::new();
-    let claim = |until: i64| store.claim_due(at(1_000), 1, at(until), &room);
+    let room = FlowLimits::new();
+    let claim = |until: i64| claim_items(&store, at(1_000), 1, at(until), &room);
     assert_eq!(claim(5_000).await.unwrap(), runs[0].items);
     assert_eq!(claim(5_000).await.unwrap(), runs[1].items);
 
     // Run 1's step queues its next step due at 50: before every item of the flow.
     let early = item(&f, run_id(1), "second", at(50));
-    store
-        .update_run(run_id(1), Some(runs[0].items[0].id), &|run| {
-            Some(RunUpdate {
-                run,
-                records: vec![],
-                enqueue: vec![early.clone()],
-                take: None,
-            })
+    commit(&store, run_id(1), Some(runs[0].items[0].id), &|run| {
+        Some(RunUpdate {
+            run,
+            records: vec![],
+            enqueue: vec![early.clone()],
+            take: None,
         })
-        .await
-        .unwrap();
+    })
+    .await
+    .unwrap();
     assert_eq!(
         claim(60_000).await.unwrap(),
         [early],
@@ -364,8 +433,7 @@ pub(crate) async fn claimed_items_are_never_claimed_twice(store: Arc<dyn Store>)
         claimers.spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let got = store
-                    .claim_due(at(1_000), 7, at(60_000), &FlowRoom::new())
+                let got = claim_items(&store, at(1_000), 7, at(60_000), &FlowLimits::new())
                     .await
                     .unwrap();
                 if got.is_empty() {
@@ -383,11 +451,12 @@ pub(crate) async fn claimed_items_are_never_claimed_twice(store: Arc<dyn Store>)
     let unique: BTreeSet<ItemId> = claimed.iter().copied().collect();
     assert_eq!(unique.len(), claimed.len(), "an item was claimed twice");
     assert_eq!(unique, expected, "every item was claimed");
-    assert!(store
-        .claim_due(FAR_FUTURE, 100, FAR_FUTURE, &FlowRoom::new())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        claim_items(&store, FAR_FUTURE, 100, FAR_FUTURE, &FlowLimits::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.requeue_expired(at(59_999)).await.unwrap(), 0);
 }
 
@@ -397,8 +466,7 @@ pub(crate) async fn claims_racing_updates_never_get_taken_items(store: Arc<dyn S
     let f = flow("orders");
     let runs: Vec<_> = (0..60).map(|n| new_run(&f, RunId::new(), at(n))).collect();
     ingest_all(&store, runs.clone()).await;
-    let claimed = store
-        .claim_due(at(100), 100, FAR_FUTURE, &FlowRoom::new())
+    let claimed = claim_items(&store, at(100), 100, FAR_FUTURE, &FlowLimits::new())
         .await
         .unwrap();
     assert_eq!(claimed.len(), 60);
@@ -412,8 +480,7 @@ pub(crate) async fn claims_racing_updates_never_get_taken_items(store: Arc<dyn S
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 let now = at(1_000);
                 got.extend(
-                    store
-                        .claim_due(now, 10, FAR_FUTURE, &FlowRoom::new())
+                    claim_items(&store, now, 10, FAR_FUTURE, &FlowLimits::new())
                         .await
                         .unwrap(),
                 );
@@ -428,8 +495,7 @@ pub(crate) async fn claims_racing_updates_never_get_taken_items(store: Arc<dyn S
         updates.spawn(async move {
             let next = self::item(&item.flow_id, item.run_id, "second", at(200));
             let decide = |run: Run| taking(run, &next, FAR_FUTURE);
-            store
-                .update_run(item.run_id, Some(item.id), &decide)
+            commit(&store, item.run_id, Some(item.id), &decide)
                 .await
                 .unwrap();
         });
@@ -443,8 +509,7 @@ pub(crate) async fn claims_racing_updates_never_get_taken_items(store: Arc<dyn S
     }
     assert_eq!(store.requeue_expired(at(1_000_000)).await.unwrap(), 0);
     assert_eq!(
-        store
-            .claim_due(at(1_000), 100, FAR_FUTURE, &FlowRoom::new())
+        claim_items(&store, at(1_000), 100, FAR_FUTURE, &FlowLimits::new())
             .await
             .unwrap()
             .len(),
@@ -461,12 +526,11 @@ pub(crate) async fn taken_items_are_leased_to_the_caller(store: Arc<dyn Store>) 
     let id = new.run.id;
     let next = item(&f, id, "second", at(100));
     let decide = |run: Run| taking(run, &next, at(1_000));
-    store
-        .update_run(id, Some(claimed[0].id), &decide)
+    commit(&store, id, Some(claimed[0].id), &decide)
         .await
         .unwrap();
-    let room = FlowRoom::new();
-    let claim = |now: i64| store.claim_due(at(now), 10, at(60_000), &room);
+    let room = FlowLimits::new();
+    let claim = |now: i64| claim_items(&store, at(now), 10, at(60_000), &room);
     assert!(
         claim(500).await.unwrap().is_empty(),
         "the taken item is leased"
@@ -478,10 +542,7 @@ pub(crate) async fn taken_items_are_leased_to_the_caller(store: Arc<dyn Store>) 
     assert_eq!(store.next_due().await.unwrap(), Some(at(100)));
     let again = claim(1_000).await.unwrap();
     assert_eq!(again, std::slice::from_ref(&next));
-    store
-        .update_run(id, Some(next.id), &|_| None)
-        .await
-        .unwrap();
+    commit(&store, id, Some(next.id), &|_| None).await.unwrap();
     assert_eq!(store.requeue_expired(FAR_FUTURE).await.unwrap(), 0);
     assert!(
         claim(2_000).await.unwrap().is_empty(),
@@ -510,8 +571,7 @@ pub(crate) async fn update_run_writes_atomically_and_ends_the_lease(store: Arc<d
             take: None,
         })
     };
-    let written = store
-        .update_run(id, Some(claimed[0].id), &decide)
+    let written = commit(&store, id, Some(claimed[0].id), &decide)
         .await
         .unwrap();
     let written = written.expect("the run exists");
@@ -523,19 +583,19 @@ pub(crate) async fn update_run_writes_atomically_and_ends_the_lease(store: Arc<d
     assert_eq!(store.run(id).await.unwrap(), Some(written));
     assert_eq!(store.step_records(id).await.unwrap(), [first]);
     assert_eq!(store.next_due().await.unwrap(), Some(at(5_000)));
-    assert!(store
-        .claim_due(at(4_999), 10, at(60_000), &FlowRoom::new())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        claim_items(&store, at(4_999), 10, at(60_000), &FlowLimits::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         store.requeue_expired(FAR_FUTURE).await.unwrap(),
         0,
         "the lease ended"
     );
     assert_eq!(
-        store
-            .claim_due(at(5_000), 10, at(60_000), &FlowRoom::new())
+        claim_items(&store, at(5_000), 10, at(60_000), &FlowLimits::new())
             .await
             .unwrap(),
         std::slice::from_ref(&next)
@@ -554,7 +614,7 @@ pub(crate) async fn update_run_writes_atomically_and_ends_the_lease(store: Arc<d
             take: None,
         })
     };
-    store.update_run(id, Some(next.id), &decide).await.unwrap();
+    commit(&store, id, Some(next.id), &decide).await.unwrap();
     let mut records = store.step_records(id).await.unwrap();
     records.sort_by(|a, b| a.step_id.cmp(&b.step_id));
     assert_eq!(records, [first_again, second]);
@@ -572,8 +632,7 @@ pub(crate) async fn decide_none_writes_nothing_but_ends_the_lease(store: Arc<dyn
     let (new, claimed) = ingest_and_claim(&store, &f).await;
     let id = new.run.id;
 
-    let unchanged = store
-        .update_run(id, Some(claimed[0].id), &|_| None)
+    let unchanged = commit(&store, id, Some(claimed[0].id), &|_| None)
         .await
         .unwrap();
     assert_eq!(unchanged, Some(new.run.clone()));
@@ -589,15 +648,13 @@ pub(crate) async fn decide_none_writes_nothing_but_ends_the_lease(store: Arc<dyn
     // A run that does not exist: nothing decided, nothing written, the lease still ends.
     let other = new_run(&f, RunId::new(), at(200));
     ingest(&store, other).await;
-    let claimed = store
-        .claim_due(at(200), 1, at(60_000), &FlowRoom::new())
+    let claimed = claim_items(&store, at(200), 1, at(60_000), &FlowLimits::new())
         .await
         .unwrap();
     let never = |_: Run| -> Option<RunUpdate> { panic!("decide called for a missing run") };
     let missing = RunId::new();
     assert_eq!(
-        store
-            .update_run(missing, Some(claimed[0].id), &never)
+        commit(&store, missing, Some(claimed[0].id), &never)
             .await
             .unwrap(),
         None
@@ -638,8 +695,7 @@ pub(crate) async fn concurrent_updates_of_one_run_lose_nothing(store: Arc<dyn St
                     take: None,
                 })
             };
-            store
-                .update_run(id, None, &decide)
+            commit(&store, id, None, &decide)
                 .await
                 .unwrap()
                 .expect("the run exists")
@@ -672,15 +728,13 @@ pub(crate) async fn requeue_expired_returns_ended_leases(store: Arc<dyn Store>) 
     ingest_all(&store, runs.clone()).await;
 
     assert_eq!(
-        store
-            .claim_due(at(200), 10, at(1_000), &FlowRoom::new())
+        claim_items(&store, at(200), 10, at(1_000), &FlowLimits::new())
             .await
             .unwrap(),
         [due(1), due(2)]
     );
     assert_eq!(
-        store
-            .claim_due(at(300), 10, at(2_000), &FlowRoom::new())
+        claim_items(&store, at(300), 10, at(2_000), &FlowLimits::new())
             .await
             .unwrap(),
         [due(3)]
@@ -699,17 +753,158 @@ pub(crate) async fn requeue_expired_returns_ended_leases(store: Arc<dyn Store>) 
         "the item keeps its due time"
     );
 
-    let again = store
-        .claim_due(at(1_000), 10, at(3_000), &FlowRoom::new())
+    let again = claim_items(&store, at(1_000), 10, at(3_000), &FlowLimits::new())
         .await
         .unwrap();
     assert_eq!(again, [due(1), due(2)], "the same items, unchanged");
     assert_eq!(store.requeue_expired(FAR_FUTURE).await.unwrap(), 3);
-    let all = store
-        .claim_due(at(1_000), 10, at(3_000), &FlowRoom::new())
+    let all = claim_items(&store, at(1_000), 10, at(3_000), &FlowLimits::new())
         .await
         .unwrap();
     assert_eq!(all, [due(1), due(2), due(3)]);
+}
+
+/// A commit (or a renewal) naming a lease the store no longer holds changes nothing and says so:
+/// after its expired lease was taken over and claimed again, and after the item was finished.
+pub(crate) async fn a_commit_on_a_lease_no_longer_held_is_refused(store: Arc<dyn Store>) {
+    let f = flow("orders");
+    let new = new_run(&f, RunId::new(), at(100));
+    let id = new.run.id;
+    ingest(&store, new).await;
+    let request = |owner, now, until| ClaimRequest {
+        owner,
+        now,
+        limit: 1,
+        until,
+        concurrency: &NO_LIMITS,
+    };
+    let a = NodeId::new("node-a").unwrap();
+    let b = NodeId::new("node-b").unwrap();
+    let stale = store
+        .claim_due(request(&a, at(100), at(1_000)))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(stale.lease.owner, a);
+    // Node a stalls past its lease; node b's recovery takes the item over and claims it.
+    assert_eq!(store.requeue_expired(at(1_000)).await.unwrap(), 1);
+    let fresh = store
+        .claim_due(request(&b, at(1_000), at(60_000)))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(fresh.item.id, stale.item.id);
+    assert_ne!(fresh.lease.token, stale.lease.token, "a new token");
+    let finish = |mut run: Run| {
+        run.status = RunStatus::Succeeded;
+        Some(RunUpdate {
+            run,
+            records: vec![record(id, "first", json!({ "by": "a" }))],
+            enqueue: vec![],
+            take: None,
+        })
+    };
+    let refused = store.update_run(id, Some(&stale.lease), &finish).await;
+    assert!(
+        matches!(&refused, Err(StoreError::LeaseLost { item }) if *item == stale.item.id),
+        "{refused:?}"
+    );
+    assert!(!refused.unwrap_err().is_retryable());
+    let renewed = store.renew(&stale.lease, at(90_000)).await;
+    assert!(matches!(renewed, Err(StoreError::LeaseLost { .. })));
+    assert_eq!(
+        store.run(id).await.unwrap().unwrap().status,
+        RunStatus::Queued
+    );
+    assert!(
+        store.step_records(id).await.unwrap().is_empty(),
+        "nothing written"
+    );
+    // The holder's commit is applied; after it, the same lease is refused too.
+    store
+        .update_run(id, Some(&fresh.lease), &finish)
+        .await
+        .unwrap()
+        .expect("the run exists");
+    assert_eq!(
+        store.run(id).await.unwrap().unwrap().status,
+        RunStatus::Succeeded
+    );
+    let again = store.update_run(id, Some(&fresh.lease), &|_| None).await;
+    assert!(matches!(again, Err(StoreError::LeaseLost { .. })));
+}
+
+/// A lease is only taken over once it has expired; renewing it moves its expiry, so a running
+/// step keeps its item however long it runs.
+pub(crate) async fn an_expired_lease_is_handed_over_and_renewal_keeps_one(store: Arc<dyn Store>) {
+    let f = flow("orders");
+    ingest(&store, new_run(&f, RunId::new(), at(100))).await;
+    let a = NodeId::new("node-a").unwrap();
+    let claimed = store
+        .claim_due(ClaimRequest {
+            owner: &a,
+            now: at(100),
+            limit: 10,
+            until: at(1_000),
+            concurrency: &NO_LIMITS,
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    let renewed = store.renew(&claimed.lease, at(5_000)).await.unwrap();
+    assert_eq!(renewed.until, at(5_000));
+    assert_eq!(renewed.token, claimed.lease.token);
+    assert_eq!(
+        store.requeue_expired(at(4_999)).await.unwrap(),
+        0,
+        "a renewed lease is not taken over before its new expiry"
+    );
+    assert!(claim_items(&store, at(4_999), 10, at(60_000), &NO_LIMITS)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.requeue_expired(at(5_000)).await.unwrap(), 1);
+    let handed = claim_items(&store, at(5_000), 10, at(60_000), &NO_LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(item_ids(&handed), [claimed.item.id]);
+    commit(&store, claimed.item.run_id, Some(claimed.item.id), &|_| {
+        None
+    })
+    .await
+    .unwrap();
+}
+
+/// A flow's concurrency limit counts the items every node holds leased.
+pub(crate) async fn a_flows_concurrency_counts_every_nodes_leases(store: Arc<dyn Store>) {
+    let f = flow("orders");
+    let runs: Vec<_> = (1..=4)
+        .map(|n| new_run(&f, run_id(n), at(n as i64)))
+        .collect();
+    ingest_all(&store, runs).await;
+    let limits = FlowLimits::from([(f.clone(), 2)]);
+    let nodes = [
+        NodeId::new("node-a").unwrap(),
+        NodeId::new("node-b").unwrap(),
+    ];
+    let claim = |owner| ClaimRequest {
+        owner,
+        now: at(1_000),
+        limit: 10,
+        until: at(60_000),
+        concurrency: &limits,
+    };
+    let mut got = Vec::new();
+    for node in &nodes {
+        got.extend(store.claim_due(claim(node)).await.unwrap());
+    }
+    assert_eq!(got.len(), 2, "two at once across both nodes");
+    store
+        .update_run(got[0].item.run_id, Some(&got[0].lease), &|_| None)
+        .await
+        .unwrap();
+    let more = store.claim_due(claim(&nodes[1])).await.unwrap();
+    assert_eq!(more.len(), 1, "a finished item frees its place");
 }
 
 /// Runs list newest first; the cursor pages through all of them without overlap.
@@ -895,8 +1090,7 @@ pub(crate) async fn everything_survives_reopen(open: Open<'_>) {
     let store = open();
     ingest_all(&store, [runs[0].clone(), runs[1].clone(), third.clone()]).await;
     assert_eq!(
-        store
-            .claim_due(at(100), 1, at(50_000), &FlowRoom::new())
+        claim_items(&store, at(100), 1, at(50_000), &FlowLimits::new())
             .await
             .unwrap(),
         runs[0].items
@@ -910,8 +1104,7 @@ pub(crate) async fn everything_survives_reopen(open: Open<'_>) {
             take: None,
         })
     };
-    let updated = store
-        .update_run(run_id(2), None, &decide)
+    let updated = commit(&store, run_id(2), None, &decide)
         .await
         .unwrap()
         .unwrap();
@@ -950,8 +1143,7 @@ pub(crate) async fn everything_survives_reopen(open: Open<'_>) {
     // the store, or survive until recovered).
     store.requeue_expired(FAR_FUTURE).await.unwrap();
     assert_eq!(store.next_due().await.unwrap(), Some(at(100)));
-    let claimed = store
-        .claim_due(at(300), 10, at(60_000), &FlowRoom::new())
+    let claimed = claim_items(&store, at(300), 10, at(60_000), &FlowLimits::new())
         .await
         .unwrap();
     let expected = [&runs[0].items[0], &runs[1].items[0], &third.items[0]];
@@ -962,8 +1154,7 @@ pub(crate) async fn everything_survives_reopen(open: Open<'_>) {
     let store = open();
     store.requeue_expired(FAR_FUTURE).await.unwrap();
     assert_eq!(
-        store
-            .claim_due(FAR_FUTURE, 10, FAR_FUTURE, &FlowRoom::new())
+        claim_items(&store, FAR_FUTURE, 10, FAR_FUTURE, &FlowLimits::new())
             .await
             .unwrap()
             .len(),
@@ -997,8 +1188,7 @@ pub(crate) async fn concurrent_ingests_are_all_kept(store: Arc<dyn Store>) {
             "claimed only {}",
             claimed.len()
         );
-        for item in store
-            .claim_due(at(100), 100, at(1_000), &FlowRoom::new())
+        for item in claim_items(&store, at(100), 100, at(1_000), &FlowLimits::new())
             .await
             .unwrap()
         {
@@ -1056,8 +1246,7 @@ pub(crate) async fn matches_a_simple_model(open: Open<'_>, seed: u64, steps: usi
             3..=4 => {
                 let limit = rng.below(4) as usize;
                 let lease_until = now.plus(std::time::Duration::from_millis(rng.below(500)));
-                let claimed = store
-                    .claim_due(now, limit, lease_until, &FlowRoom::new())
+                let claimed = claim_items(&store, now, limit, lease_until, &FlowLimits::new())
                     .await
                     .unwrap();
                 let expected: Vec<_> = model
@@ -1099,8 +1288,7 @@ pub(crate) async fn matches_a_simple_model(open: Open<'_>, seed: u64, steps: usi
                         take: None,
                     })
                 };
-                let written = store
-                    .update_run(item.run_id, Some(done), &decide)
+                let written = commit(&store, item.run_id, Some(done), &decide)
                     .await
                     .unwrap();
                 let run = model.runs.get_mut(&item.run_id).unwrap();
@@ -1220,12 +1408,12 @@ pub(crate) async fn dedupe_keys_start_one_run_until_they_expire(store: Arc<dyn S
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while expired < 1 && std::time::Instant::now() < deadline {
         expired += store.expire_dedupe(at(1_999), 100).await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        tokio::task::yield_now().await;
     }
     assert_eq!(expired, 1, "the leads key");
     while expired < 2 && std::time::Instant::now() < deadline {
         expired += store.expire_dedupe(at(2_000), 100).await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        tokio::task::yield_now().await;
     }
     assert_eq!(expired, 2, "the second take of evt_1");
     assert_eq!(store.expire_dedupe(at(2_000), 100).await.unwrap(), 0);
@@ -1245,7 +1433,8 @@ pub(crate) async fn dedupe_keys_start_one_run_until_they_expire(store: Arc<dyn S
     ));
 }
 
-/// Flows share a claim's limit, and a flow's room caps its items.
+/// Flows share a claim's limit, and a flow's concurrency limit caps its leased items (counting
+/// those leased by earlier claims).
 pub(crate) async fn claims_are_shared_between_flows_within_their_room(store: Arc<dyn Store>) {
     let (busy, quiet) = (flow("busy"), flow("quiet"));
     let runs = (1..=10)
@@ -1256,8 +1445,7 @@ pub(crate) async fn claims_are_shared_between_flows_within_their_room(store: Arc
     let lease = at(100_000);
     let count = |items: &[QueueItem], f: &FlowId| items.iter().filter(|i| &i.flow_id == f).count();
 
-    let got = store
-        .claim_due(at(1_000), 4, lease, &FlowRoom::new())
+    let got = claim_items(&store, at(1_000), 4, lease, &FlowLimits::new())
         .await
         .unwrap();
     assert_eq!(
@@ -1267,17 +1455,17 @@ pub(crate) async fn claims_are_shared_between_flows_within_their_room(store: Arc
     );
     assert_eq!(got[0].due_at, at(1), "oldest due first within a flow");
 
-    let room = FlowRoom::from([(busy.clone(), 1)]);
-    let got = store.claim_due(at(1_000), 10, lease, &room).await.unwrap();
+    // Two of `busy` are leased: a limit of 3 leaves room for one more, then none.
+    let limits = FlowLimits::from([(busy.clone(), 3)]);
+    let got = claim_items(&store, at(1_000), 10, lease, &limits)
+        .await
+        .unwrap();
     assert_eq!((count(&got, &busy), count(&got, &quiet)), (1, 0));
-    let room = FlowRoom::from([(busy.clone(), 0)]);
-    assert!(store
-        .claim_due(at(1_000), 10, lease, &room)
+    assert!(claim_items(&store, at(1_000), 10, lease, &limits)
         .await
         .unwrap()
         .is_empty());
-    let got = store
-        .claim_due(at(1_000), 10, lease, &FlowRoom::new())
+    let got = claim_items(&store, at(1_000), 10, lease, &FlowLimits::new())
         .await
         .unwrap();
     assert_eq!(
@@ -1335,17 +1523,16 @@ pub(crate) async fn pruning_deletes_old_and_excess_final_runs_only(store: Arc<dy
         set_status(&store, run_id(n), RunStatus::Succeeded).await;
     }
     let with_record = run_id(1);
-    store
-        .update_run(with_record, None, &|run| {
-            Some(RunUpdate {
-                records: vec![record(run.id, "first", json!(1))],
-                run,
-                enqueue: vec![],
-                take: None,
-            })
+    commit(&store, with_record, None, &|run| {
+        Some(RunUpdate {
+            records: vec![record(run.id, "first", json!(1))],
+            run,
+            enqueue: vec![],
+            take: None,
         })
-        .await
-        .unwrap();
+    })
+    .await
+    .unwrap();
     let mut flows = store.flows_with_runs().await.unwrap();
     flows.sort();
     assert_eq!(flows, [leads.clone(), orders.clone()]);
@@ -1417,8 +1604,7 @@ pub(crate) async fn stats_count_the_queue(store: Arc<dyn Store>) {
     )
     .await;
     assert_eq!(store.stats().await.unwrap().queued, 3);
-    let claimed = store
-        .claim_due(at(10), 1, FAR_FUTURE, &FlowRoom::default())
+    let claimed = claim_items(&store, at(10), 1, FAR_FUTURE, &FlowLimits::default())
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
@@ -1429,337 +1615,93 @@ pub(crate) async fn stats_count_the_queue(store: Arc<dyn Store>) {
     );
 }
 
-/// The suite against the sled backend, each check on a fresh store in its own directory.
-mod sled_backend {
-    use std::path::{Path, PathBuf};
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
+/// A backend under test: where its data lives for one check, and how to open a store on it.
+pub(crate) trait Backend {
+    /// A fresh, empty place for a store's data (a directory, a database), gone when dropped.
+    type Place: Send + Sync;
 
-    use super::{FlowId, QueueItem, RunId};
-    use crate::store::sled::SledStore;
-    use crate::store::Store;
+    /// A new place.
+    fn place() -> Self::Place;
 
-    pub(super) fn opener(path: PathBuf) -> impl Fn() -> Arc<dyn Store> + Send + Sync {
-        move || Arc::new(open_when_released(&path, false)) as Arc<dyn Store>
-    }
-
-    /// Opens the store, waiting (a bounded time) for a store dropped just before to let go of
-    /// the directory's lock: sled's I/O threads may still hold the file for a moment after the
-    /// last handle is dropped, and sled has no way to wait for them.
-    fn open_when_released(path: &Path, compression: bool) -> SledStore {
-        let cache = crate::store::sled::DEFAULT_CACHE_BYTES;
-        released(|| SledStore::open(path, cache, compression))
-    }
-
-    /// What `open` opens, once a store dropped just before has let go of the directory.
-    fn released(open: impl Fn() -> crate::store::Result<SledStore>) -> SledStore {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match open() {
-                Ok(store) => return store,
-                Err(e) if e.to_string().contains("could not acquire lock") => {
-                    assert!(Instant::now() < deadline, "the store stayed locked: {e}");
-                    std::thread::yield_now();
-                }
-                Err(e) => panic!("open the sled store: {e}"),
-            }
-        }
-    }
-
-    /// Opens a sled store in `dir` with a promotion window, and room and timing for fresh runs.
-    fn open_tuned(
-        dir: &Path,
-        window: i64,
-        capacity: usize,
-        idle: Duration,
-        stale: Duration,
-    ) -> Arc<SledStore> {
-        let tuning = crate::store::sled::FreshTuning {
-            capacity,
-            idle,
-            stale,
-        };
-        let cache = crate::store::sled::DEFAULT_CACHE_BYTES;
-        Arc::new(released(|| {
-            SledStore::open_tuned(dir, cache, false, window, tuning)
-        }))
-    }
-
-    /// Beyond the promotion window and the fresh runs in memory, accepted runs wait in the inbox
-    /// (counted as queued, not yet readable) and move into the store as claims make room, in
-    /// order.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_backlog_beyond_the_window_waits_in_the_inbox_and_follows_claims() {
-        use super::*;
-        let dir = tempfile::tempdir().unwrap();
-        let idle = Duration::from_millis(20);
-        let store: Arc<dyn Store> = open_tuned(dir.path(), 10, 5, idle, Duration::from_secs(3600));
-        let f = flow("orders");
-        let runs: Vec<NewRun> = (1..=50)
-            .map(|n| new_run(&f, run_id(n), at(n as i64)))
-            .collect();
-        for new in runs.clone() {
-            assert_eq!(store.ingest(new).await.unwrap(), Ingested::Created);
-        }
-        let readable = |n: usize| {
-            let store = store.clone();
-            let id = runs[n - 1].run.id;
-            async move { store.run(id).await.unwrap().is_some() }
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !readable(15).await {
-            assert!(
-                Instant::now() < deadline,
-                "the first 15 runs never became readable"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        assert!(
-            !readable(16).await,
-            "the window holds 10 items, memory 5 more"
-        );
-        assert_eq!(
-            store.stats().await.unwrap().queued,
-            50,
-            "the inbox counts as queued"
-        );
-
-        let room = FlowRoom::new();
-        let claimed = store
-            .claim_due(at(1_000), 4, at(100_000), &room)
-            .await
-            .unwrap();
-        assert_eq!(
-            item_ids(&claimed),
-            item_ids(&[1, 2, 3, 4].map(|n| runs[n - 1].items[0].clone()))
-        );
-        while !readable(19).await {
-            assert!(
-                Instant::now() < deadline,
-                "claims did not make room for more runs"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        assert!(!readable(20).await);
-        assert_eq!(store.stats().await.unwrap().queued, 50);
-    }
-
-    /// Claims `want` items (waiting for the promoter to read them), with a deadline.
-    async fn claim_until(store: &SledStore, want: usize) -> Vec<QueueItem> {
-        use super::*;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut claimed = Vec::new();
-        while claimed.len() < want {
-            assert!(Instant::now() < deadline, "claimed {claimed:?} of {want}");
-            let room = FlowRoom::new();
-            let more = store.claim_due(at(1_000), want - claimed.len(), FAR_FUTURE, &room);
-            claimed.extend(more.await.unwrap());
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        claimed
-    }
-
-    /// The ids of the runs of `flow` the store lists.
-    async fn listed(store: &SledStore, flow_id: &FlowId) -> Vec<RunId> {
-        use super::*;
-        let query = RunQuery {
-            flow_id: Some(flow_id.clone()),
-            limit: 100,
-            ..RunQuery::default()
-        };
-        let page = store.list_runs(&query).await.unwrap();
-        page.runs.iter().map(|run| run.id).collect()
-    }
-
-    /// A run claimed straight from the inbox is readable and listed from memory, and written to
-    /// the trees (event, run, index) by the update of its first step, in its transaction. One
-    /// taken and never written is claimable again after the store reopens; one written is not.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn fresh_runs_are_written_with_their_first_update() {
-        use super::*;
-        let dir = tempfile::tempdir().unwrap();
-        let hour = Duration::from_secs(3600);
-        let store = open_tuned(dir.path(), 100, 100, hour, hour);
-        let f = flow("fresh");
-        let (done, dropped) = (new_run(&f, run_id(1), at(1)), new_run(&f, run_id(2), at(2)));
-        for new in [done.clone(), dropped.clone()] {
-            assert_eq!(store.ingest(new).await.unwrap(), Ingested::Created);
-        }
-        let claimed = claim_until(&store, 2).await;
-        let items = [done.items[0].clone(), dropped.items[0].clone()];
-        assert_eq!(item_ids(&claimed), item_ids(&items));
-        assert_eq!(
-            store.run(done.run.id).await.unwrap(),
-            Some(done.run.clone())
-        );
-        assert_eq!(
-            store.event(done.event.id).await.unwrap(),
-            Some(done.event.clone())
-        );
-        assert_eq!(listed(&store, &f).await, vec![dropped.run.id, done.run.id]);
-        assert!(!store.in_trees(done.run.id), "written before its update");
-
-        let finished = |mut run: Run| {
-            run.status = RunStatus::Succeeded;
-            run.steps[0].status = StepStatus::Succeeded;
-            let records = vec![record(run.id, "first", json!({ "ok": true }))];
-            Some(RunUpdate {
-                run,
-                records,
-                enqueue: Vec::new(),
-                take: None,
-            })
-        };
-        let written = store.update_run(done.run.id, Some(claimed[0].id), &finished);
-        assert_eq!(written.await.unwrap().unwrap().status, RunStatus::Succeeded);
-        assert!(store.in_trees(done.run.id));
-        assert!(!store.in_trees(dropped.run.id));
-        assert_eq!(store.step_records(done.run.id).await.unwrap().len(), 1);
-        drop(store);
-
-        let store = open_tuned(dir.path(), 100, 100, hour, hour);
-        let again = claim_until(&store, 1).await;
-        assert_eq!(item_ids(&again), item_ids(&[dropped.items[0].clone()]));
-        let more = store
-            .claim_due(at(1_000), 10, FAR_FUTURE, &FlowRoom::new())
-            .await
-            .unwrap();
-        assert!(more.is_empty(), "the written run came back: {more:?}");
-        let run = store.run(done.run.id).await.unwrap().unwrap();
-        assert_eq!(run.status, RunStatus::Succeeded);
-        assert_eq!(store.event(done.event.id).await.unwrap(), Some(done.event));
-        assert_eq!(listed(&store, &f).await, vec![dropped.run.id, done.run.id]);
-    }
-
-    /// Fresh runs no claim looks for go to the trees (and are claimed from the queue); one taken
-    /// and not written for too long goes too, its item still leased to its taker.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn fresh_runs_claims_leave_alone_go_to_the_trees() {
-        use super::*;
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_tuned(
-            dir.path(),
-            100,
-            100,
-            Duration::ZERO,
-            Duration::from_secs(3600),
-        );
-        let f = flow("idle");
-        let runs: Vec<NewRun> = (1..=3)
-            .map(|n| new_run(&f, run_id(n), at(n as i64)))
-            .collect();
-        for new in runs.clone() {
-            assert_eq!(store.ingest(new).await.unwrap(), Ingested::Created);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !runs.iter().all(|run| store.in_trees(run.run.id)) {
-            assert!(
-                Instant::now() < deadline,
-                "the runs never reached the trees"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let claimed = claim_until(&store, 3).await;
-        let items: Vec<_> = runs.iter().map(|run| run.items[0].clone()).collect();
-        assert_eq!(item_ids(&claimed), item_ids(&items));
-        drop(store);
-
-        let dir = tempfile::tempdir().unwrap();
-        let hour = Duration::from_secs(3600);
-        let store = open_tuned(dir.path(), 100, 100, hour, Duration::from_millis(20));
-        let taken = new_run(&f, run_id(4), at(4));
-        store.ingest(taken.clone()).await.unwrap();
-        let claimed = claim_until(&store, 1).await;
-        while !store.in_trees(taken.run.id) {
-            assert!(
-                Instant::now() < deadline,
-                "the taken run never reached the trees"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let more = store
-            .claim_due(at(1_000), 10, FAR_FUTURE, &FlowRoom::new())
-            .await
-            .unwrap();
-        assert!(more.is_empty(), "a leased item was claimed again: {more:?}");
-        store
-            .update_run(taken.run.id, Some(claimed[0].id), &|_| None)
-            .await
-            .unwrap();
-        assert_eq!(
-            store.stats().await.unwrap().queued,
-            0,
-            "the taken item left the queue"
-        );
-    }
-
-    macro_rules! on_a_fresh_store {
-        ($($check:ident),* $(,)?) => {$(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let dir = tempfile::tempdir().unwrap();
-                super::$check(opener(dir.path().to_owned())()).await;
-            }
-        )*};
-    }
-
-    on_a_fresh_store!(
-        ingest_then_read_back,
-        claim_respects_due_time_and_limit,
-        items_freed_or_queued_before_leased_ones_are_claimed_next,
-        claimed_items_are_never_claimed_twice,
-        update_run_writes_atomically_and_ends_the_lease,
-        taken_items_are_leased_to_the_caller,
-        claims_racing_updates_never_get_taken_items,
-        decide_none_writes_nothing_but_ends_the_lease,
-        concurrent_updates_of_one_run_lose_nothing,
-        requeue_expired_returns_ended_leases,
-        list_runs_pages_newest_first,
-        list_runs_filters_by_flow_and_status,
-        hook_token_is_stable_and_first_writer_wins,
-        revisions_are_kept_per_flow,
-        concurrent_ingests_are_all_kept,
-        dedupe_keys_start_one_run_until_they_expire,
-        claims_are_shared_between_flows_within_their_room,
-        list_runs_selects_a_time_window,
-        pruning_deletes_old_and_excess_final_runs_only,
-        stats_count_the_queue,
-    );
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn state_is_kept_across_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        super::state_is_kept_across_reopen(&opener(dir.path().to_owned())).await;
-    }
-
-    /// A store created compressed passes the reopen check, opened afterwards by callers asking for
-    /// no compression: it keeps the setting it was created with.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_compressed_store_keeps_everything_and_its_setting() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_owned();
-        let opened = std::sync::atomic::AtomicUsize::new(0);
-        let open = || {
-            let first = opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
-            Arc::new(open_when_released(&path, first)) as Arc<dyn Store>
-        };
-        super::everything_survives_reopen(&open).await;
-        assert!(opened.into_inner() > 1);
-        let settings = std::fs::read_to_string(dir.path().join("conf")).unwrap();
-        assert!(settings.contains("use_compression: true"), "{settings}");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn everything_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        super::everything_survives_reopen(&opener(dir.path().to_owned())).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn matches_a_simple_model() {
-        for seed in 1..=4 {
-            let dir = tempfile::tempdir().unwrap();
-            super::matches_a_simple_model(&opener(dir.path().to_owned()), seed, 150).await;
-        }
-    }
+    /// Opens a store on the place's data; the caller drops the previous store first.
+    fn open(place: &Self::Place) -> Arc<dyn Store>;
 }
+
+/// Generates one test per check of the suite for a [`Backend`]: a backend runs the whole suite
+/// with `conformance_suite!(MyBackend);` inside a test module.
+macro_rules! conformance_suite {
+    ($backend:ty) => {
+        $crate::store::conformance::conformance_suite!(@fresh $backend;
+            ingest_then_read_back,
+            claim_respects_due_time_and_limit,
+            items_freed_or_queued_before_leased_ones_are_claimed_next,
+            claimed_items_are_never_claimed_twice,
+            update_run_writes_atomically_and_ends_the_lease,
+            taken_items_are_leased_to_the_caller,
+            claims_racing_updates_never_get_taken_items,
+            decide_none_writes_nothing_but_ends_the_lease,
+            concurrent_updates_of_one_run_lose_nothing,
+            requeue_expired_returns_ended_leases,
+            a_commit_on_a_lease_no_longer_held_is_refused,
+            an_expired_lease_is_handed_over_and_renewal_keeps_one,
+            a_flows_concurrency_counts_every_nodes_leases,
+            list_runs_pages_newest_first,
+            list_runs_filters_by_flow_and_status,
+            hook_token_is_stable_and_first_writer_wins,
+            revisions_are_kept_per_flow,
+            concurrent_ingests_are_all_kept,
+            dedupe_keys_start_one_run_until_they_expire,
+            claims_are_shared_between_flows_within_their_room,
+            list_runs_selects_a_time_window,
+            pruning_deletes_old_and_excess_final_runs_only,
+            stats_count_the_queue,
+            lanes_admit_their_concurrency_until_given_back_or_expired,
+            lanes_honour_their_gap,
+            racing_entries_take_at_most_concurrency_places,
+            pacing_admits_at_most_max_per_window,
+            pacing_honours_blocked_until,
+            one_caller_claims_each_tick,
+        );
+        $crate::store::conformance::conformance_suite!(@reopen $backend;
+            state_is_kept_across_reopen,
+            everything_survives_reopen,
+            pacing_waits_survive_reopen,
+            claimed_ticks_survive_reopen,
+        );
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn matches_a_simple_model() {
+            for seed in 1..=4 {
+                let place = <$backend as $crate::store::conformance::Backend>::place();
+                let open = || <$backend as $crate::store::conformance::Backend>::open(&place);
+                $crate::store::conformance::matches_a_simple_model(&open, seed, 150).await;
+            }
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn two_runtimes_on_one_store_never_both_execute_a_step() {
+            let place = <$backend as $crate::store::conformance::Backend>::place();
+            let store = <$backend as $crate::store::conformance::Backend>::open(&place);
+            $crate::runtime::tests::two_runtimes_on_one_store_never_both_execute_a_step(store)
+                .await;
+        }
+    };
+    (@fresh $backend:ty; $($check:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            let place = <$backend as $crate::store::conformance::Backend>::place();
+            let store = <$backend as $crate::store::conformance::Backend>::open(&place);
+            $crate::store::conformance::$check(store).await;
+        }
+    )*};
+    (@reopen $backend:ty; $($check:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            let place = <$backend as $crate::store::conformance::Backend>::place();
+            let open = || <$backend as $crate::store::conformance::Backend>::open(&place);
+            $crate::store::conformance::$check(&open).await;
+        }
+    )*};
+}
+
+pub(crate) use conformance_suite;

@@ -3,22 +3,37 @@
 //! [`Store`] is what the runtime needs and nothing more: ingest an event with its run and first queue
 //! items (durable before it returns), claim due queue items with a lease, apply a step's outcome to a
 //! run atomically together with its queue changes, and read history back. Backends: [`sled`] (the
-//! embedded default). Every backend passes the same conformance suite (`conformance.rs`).
+//! embedded default, one process). Every backend passes the same conformance suite
+//! (`conformance.rs`), instantiated with one line per backend.
 //!
-//! Invariants every backend keeps:
+//! The contract assumes that several processes ("nodes", each with a [`NodeId`]) may share one
+//! backend, even where a backend (sled) cannot. Invariants every backend keeps:
 //! - `ingest` returns only after the event, run and items are durable (fsync); concurrent calls may
 //!   share one fsync (group commit). They may become readable and claimable a moment later (the
 //!   sled backend moves them from its inbox log), but never partly.
-//! - A queue item is in exactly one place: queued (due at a time) or leased (until a time). A lease
-//!   may end when the store is closed (the sled backend keeps leases in memory; a backend shared
-//!   by several nodes keeps them stored): after reopening, `requeue_expired(far future)` makes
-//!   every item that was leased due again either way.
+//! - A queue item is in exactly one place: queued (due at a time) or leased. A claim returns a
+//!   [`Lease`]: the owner node, a fencing [`LeaseToken`] (never handed out twice by one backend)
+//!   and an expiry. A lease is **held** from its claim until the commit that finishes its item, or
+//!   until it has expired *and* been taken over (by `requeue_expired`). A commit or renewal that
+//!   names a lease no longer held fails with [`StoreError::LeaseLost`] and changes nothing.
+//! - At start-up a node calls `requeue_expired(now)`: it recovers expired leases only (its own
+//!   earlier incarnation's included), never another live node's. (sled keeps leases in memory, so
+//!   after a restart none is held and every item is simply queued.)
+//! - A flow's concurrency limit counts its leased items across every node sharing the backend.
 //! - `update_run` reads the run, calls the decision function, and writes its run, records and new
 //!   queue items and removes the finished item, all in one atomic transaction.
-//! - A dedupe key is checked and recorded in the same transaction as the event it belongs to, so two
-//!   concurrent deliveries of one event never both start a run.
+//! - **When effects may start.** `update_run` need not be durable when it returns; [`Store::flush`]
+//!   is the one call after which every write this handle made before it is durable. The runtime
+//!   calls `flush` before a step with effects whenever the run has committed an earlier step with
+//!   effects, and nowhere else for durability; a crash may therefore only repeat pure steps and the
+//!   step in flight, never a step with effects after a later one has acted.
+//! - A dedupe key is taken atomically with its event: of two concurrent deliveries with one key,
+//!   one starts a run and the other is answered as its duplicate, also across a crash.
 //! - Pruning removes only final runs, each together with its event and step records.
+//! - A stored record that cannot be read is reported as [`StoreError::Corrupt`] or quarantined,
+//!   never silently skipped.
 
+mod clock;
 pub(crate) mod coordination;
 mod inbox;
 mod packed;
@@ -31,17 +46,36 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 
+pub use self::clock::{Clock, ManualClock, SharedClock, Sleep, SystemClock};
 pub use self::coordination::{LaneEntry, LaneKey};
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, RunStatus, StepRecord, Timestamp};
 
-/// What can go wrong in a store.
+/// The error a backend's own failure carries.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What can go wrong in a store. [`StoreError::kind`] tells the caller what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The backend failed (I/O, database error).
-    #[error("store backend error: {0}")]
-    Backend(String),
-    /// A stored record could not be decoded.
+    /// The backend could not be reached or failed (I/O, a lost connection): trying again may work.
+    #[error("store unavailable: {context}{}", cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
+    Unavailable {
+        /// What the store was doing.
+        context: String,
+        /// The backend's error, if there is one (kept whole; its message is part of this one's).
+        cause: Option<BoxError>,
+    },
+    /// A commit or renewal named a lease that is no longer held: another node may have the item
+    /// now. Nothing was written.
+    #[error("the lease on queue item {item} is no longer held (it expired and was taken over, or the item is finished)")]
+    LeaseLost {
+        /// The item whose lease was lost.
+        item: ItemId,
+    },
+    /// Concurrent writers collided (a serialisation failure): trying again may work.
+    #[error("store conflict: {0}")]
+    Conflict(String),
+    /// A stored record could not be decoded. Not retryable: it needs a person.
     #[error("corrupt record in {tree}: {detail}")]
     Corrupt {
         /// Where the record is.
@@ -49,10 +83,155 @@ pub enum StoreError {
         /// What is wrong with it.
         detail: String,
     },
+    /// What the call named does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+/// The kinds of [`StoreError`], by what a caller does about them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// A lease was lost or writers collided: drop the work (lease) or try again (conflict).
+    Conflict,
+    /// The backend failed for now: try again later.
+    Unavailable,
+    /// A record cannot be read: surface it, do not retry.
+    Corrupt,
+    /// Nothing by that name.
+    NotFound,
+}
+
+impl StoreError {
+    /// A backend failure with its cause.
+    pub fn unavailable(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Unavailable {
+            context: context.into(),
+            cause: Some(source.into()),
+        }
+    }
+
+    /// A backend failure described in words only.
+    pub fn unavailable_because(context: impl Into<String>) -> Self {
+        Self::Unavailable {
+            context: context.into(),
+            cause: None,
+        }
+    }
+
+    /// This error's kind.
+    pub fn kind(&self) -> StoreErrorKind {
+        match self {
+            Self::Unavailable { .. } => StoreErrorKind::Unavailable,
+            Self::LeaseLost { .. } | Self::Conflict(_) => StoreErrorKind::Conflict,
+            Self::Corrupt { .. } => StoreErrorKind::Corrupt,
+            Self::NotFound(_) => StoreErrorKind::NotFound,
+        }
+    }
+
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Conflict(_))
+    }
 }
 
 /// A store result.
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A node: one hookflow process using a store, named at start (in logs, `/metrics` and step
+/// attempts). Leases are held by nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(String);
+
+impl NodeId {
+    /// A node id from a name: letters, digits, `.`, `_` and `-`, 1 to 64 of them.
+    pub fn new(name: &str) -> std::result::Result<Self, String> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if valid {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(format!(
+                "node id `{name}`: use 1 to 64 letters, digits, `.`, `_` or `-`"
+            ))
+        }
+    }
+
+    /// A node id for this process: the host's name and a random suffix, so a restarted process
+    /// never holds its earlier incarnation's leases.
+    pub fn generate() -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| {
+                h.trim()
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                    .take(40)
+                    .collect::<String>()
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "node".to_owned());
+        let suffix: u32 = rand::random();
+        Self(format!("{host}-{suffix:08x}"))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A fencing token: a backend never hands out the same token twice for one item, so a commit
+/// carrying an older token than the item's current lease is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseToken(pub u64);
+
+/// A held claim on a queue item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The leased item.
+    pub item: ItemId,
+    /// The node holding it.
+    pub owner: NodeId,
+    /// Proves this claim (see [`LeaseToken`]).
+    pub token: LeaseToken,
+    /// When it expires unless renewed.
+    pub until: Timestamp,
+}
+
+/// A claimed queue item and its lease.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The item.
+    pub item: QueueItem,
+    /// Its lease.
+    pub lease: Lease,
+}
+
+/// What a claim asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    /// The node claiming.
+    pub owner: &'a NodeId,
+    /// Items due at or before this time are due.
+    pub now: Timestamp,
+    /// At most this many items.
+    pub limit: usize,
+    /// The leases expire then.
+    pub until: Timestamp,
+    /// Flows' concurrency limits: at most this many items of a listed flow leased at once, across
+    /// every node. Flows not listed are unlimited.
+    pub concurrency: &'a FlowLimits,
+}
 
 /// An accepted event with its new run and the run's first queue items.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -91,9 +270,9 @@ pub enum Ingested {
     },
 }
 
-/// How many more items of a flow may be claimed now, for flows with a concurrency limit; flows
-/// not listed are unlimited.
-pub type FlowRoom = HashMap<FlowId, usize>;
+/// Flows' concurrency limits: how many of a flow's items may be leased at once; flows not listed
+/// are unlimited.
+pub type FlowLimits = HashMap<FlowId, usize>;
 
 /// What a decision function wants written for a run.
 #[derive(Debug, Clone)]
@@ -114,8 +293,19 @@ pub struct RunUpdate {
 pub struct Take {
     /// The items.
     pub items: Vec<QueueItem>,
+    /// The node that takes them.
+    pub owner: NodeId,
     /// Their lease ends then.
     pub until: Timestamp,
+}
+
+/// What `update_run` wrote.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The run as written (or as it was, if the decision wrote nothing).
+    pub run: Run,
+    /// The leases of the items the update took for its caller ([`RunUpdate::take`]).
+    pub taken: Vec<Lease>,
 }
 
 /// Decides a run's update from its current state; `None` writes nothing (the finished item is still
@@ -158,33 +348,35 @@ pub trait Store: Send + Sync + 'static {
     /// run may become readable (and its items claimable) a moment after this returns.
     async fn ingest(&self, new: NewRun) -> Result<Ingested>;
 
-    /// Leases up to `limit` items due at or before `now` until `lease_until`, at most
-    /// `room[flow]` of a listed flow. Within a flow, oldest due first; flows share `limit` fairly,
-    /// so one flow's backlog does not hold up another's events.
-    async fn claim_due(
-        &self,
-        now: Timestamp,
-        limit: usize,
-        lease_until: Timestamp,
-        room: &FlowRoom,
-    ) -> Result<Vec<QueueItem>>;
+    /// Leases up to `request.limit` items due at or before `request.now` to `request.owner` until
+    /// `request.until`, keeping each listed flow's leased items within its concurrency limit.
+    /// Within a flow, oldest due first; flows share the limit fairly, so one flow's backlog does
+    /// not hold up another's events. Each lease has a new token.
+    async fn claim_due(&self, request: ClaimRequest<'_>) -> Result<Vec<Claimed>>;
+
+    /// Extends a held lease to `until`; [`StoreError::LeaseLost`] if it is no longer held. A
+    /// running step renews its lease well before it expires.
+    async fn renew(&self, lease: &Lease, until: Timestamp) -> Result<Lease>;
 
     /// When the earliest queued (not leased) item is due.
     async fn next_due(&self) -> Result<Option<Timestamp>>;
 
     /// Atomically: reads the run, applies `decide`, writes the result, and removes the finished
-    /// leased item `done`. Returns the run as written (or as it was, if `decide` returned `None`);
-    /// `None` if the run does not exist.
+    /// leased item `done`. Returns what was written (the run as it was, if `decide` returned
+    /// `None`); `None` if the run does not exist. With `done`, succeeds only while that lease is
+    /// held: otherwise [`StoreError::LeaseLost`], and nothing is written. Not durable when it
+    /// returns: see [`Store::flush`].
     async fn update_run(
         &self,
         run_id: RunId,
-        done: Option<ItemId>,
+        done: Option<&Lease>,
         decide: Decide<'_>,
-    ) -> Result<Option<Run>>;
+    ) -> Result<Option<Committed>>;
 
-    /// Puts leased items whose lease ended at or before `now` back in the queue, keeping their own
-    /// due time (which has passed, so they are due at once). Returns how many. Called at start-up
-    /// with the far future to recover what was in flight when the server stopped.
+    /// Takes over leases that expired at or before `now` (whoever held them) and puts their items
+    /// back in the queue, keeping their own due time (which has passed, so they are due at once).
+    /// Returns how many. Called at start-up and now and then to recover the work of nodes that
+    /// stopped; a lease not yet expired is never taken.
     async fn requeue_expired(&self, now: Timestamp) -> Result<usize>;
 
     /// One run.
@@ -237,8 +429,8 @@ pub trait Store: Send + Sync + 'static {
     /// the queue; call it for metrics, not per event.
     async fn stats(&self) -> Result<StoreStats>;
 
-    /// Makes every write so far durable (at shutdown, and before a step with effects follows another
-    /// one in a run). Concurrent callers may share one flush.
+    /// Makes every write this handle made before the call durable: the one call after which effects
+    /// may start (see the module docs). Concurrent callers may share one flush.
     async fn flush(&self) -> Result<()>;
 
     // Coordination between the nodes sharing the store (see `coordination.rs` for the rules as

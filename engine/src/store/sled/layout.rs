@@ -99,7 +99,7 @@ pub(super) fn backend(
     what: &dyn fmt::Display,
     e: ::sled::Error,
 ) -> StoreError {
-    StoreError::Backend(format!("sled: {op} {} {what}: {e}", tree.name()))
+    StoreError::unavailable(format!("sled: {op} {} {what}", tree.name()), e)
 }
 
 pub(super) fn corrupt(tree: TreeName, key: &[u8], why: impl fmt::Display) -> StoreError {
@@ -122,7 +122,9 @@ pub(super) fn encode<T: Serialize + ?Sized>(
                 json
             }
         })
-        .map_err(|e| StoreError::Backend(format!("cannot encode {what} for {}: {e}", tree.name())))
+        .map_err(|e| {
+            StoreError::unavailable(format!("cannot encode {what} for {}", tree.name()), e)
+        })
 }
 
 pub(super) fn decode<T: DeserializeOwned>(tree: TreeName, key: &[u8], value: &[u8]) -> Result<T> {

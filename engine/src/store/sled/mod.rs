@@ -122,7 +122,10 @@ use tokio::sync::watch;
 
 use super::coordination::{Coordination, LaneEntry, LaneKey};
 use super::inbox::Inbox;
-use super::{Decide, FlowRoom, Ingested, NewRun, Result, RunPage, RunQuery, Store, StoreError};
+use super::{
+    ClaimRequest, Claimed, Committed, Decide, FlowLimits, Ingested, Lease, LeaseToken, NewRun,
+    NodeId, Result, RunPage, RunQuery, Store, StoreError,
+};
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
 
@@ -133,6 +136,8 @@ mod layout;
 mod new_runs;
 mod pending_keys;
 #[cfg(test)]
+mod suite;
+#[cfg(test)]
 mod tests;
 mod update;
 
@@ -142,7 +147,7 @@ pub(crate) use self::fresh::Tuning as FreshTuning;
 use self::group_commit::GroupCommit;
 use self::layout::{
     abort, backend, corrupt, decode, describe_key, distinct_flows, due_bytes, encode, flow_key,
-    id16, prefix_end, queue_key, tx_error, DedupeEntry, Lease, TreeName, TxResult,
+    id16, prefix_end, queue_key, tx_error, DedupeEntry, Lease as StoredLease, TreeName, TxResult,
 };
 use self::new_runs::{EncodedRun, NewRunTrees, Promoter};
 use self::pending_keys::{PendingKey, MAX_PENDING};
@@ -234,11 +239,26 @@ pub struct SledStore {
 /// process ends, its leases end with it and the items are simply due. Claiming costs no write.
 #[derive(Debug, Default)]
 struct Leases {
-    /// Leased items: their queue key and when the lease ends.
-    items: HashMap<ItemId, (IVec, Timestamp)>,
+    /// Leased items, by id.
+    items: HashMap<ItemId, Held>,
+    /// How many items each flow has leased (for flows' concurrency limits).
+    per_flow: HashMap<FlowId, usize>,
+    /// The last fencing token handed out.
+    last_token: u64,
     /// Runs an `update_run` is writing now (how many calls): their queued items are not claimed
     /// until it has marked the items it takes for its caller as leased.
     writing: HashMap<RunId, usize>,
+}
+
+/// One held lease.
+#[derive(Debug)]
+struct Held {
+    /// The item's queue key.
+    key: IVec,
+    flow: FlowId,
+    owner: NodeId,
+    token: LeaseToken,
+    until: Timestamp,
 }
 
 impl Leases {
@@ -247,6 +267,71 @@ impl Leases {
         let id = queue_key.len().checked_sub(16).map(|at| &queue_key[at..]);
         id.and_then(id16)
             .is_some_and(|id| self.items.contains_key(&ItemId::from_bytes(id)))
+    }
+
+    /// Leases an item under a new token.
+    fn grant(
+        &mut self,
+        item: ItemId,
+        key: IVec,
+        flow: &FlowId,
+        owner: &NodeId,
+        until: Timestamp,
+    ) -> Lease {
+        self.last_token += 1;
+        let token = LeaseToken(self.last_token);
+        *self.per_flow.entry(flow.clone()).or_default() += 1;
+        let held = Held {
+            key,
+            flow: flow.clone(),
+            owner: owner.clone(),
+            token,
+            until,
+        };
+        if let Some(old) = self.items.insert(item, held) {
+            self.forget_flow(&old.flow);
+        }
+        Lease {
+            item,
+            owner: owner.clone(),
+            token,
+            until,
+        }
+    }
+
+    /// The held lease that `lease` names, if it is still held.
+    fn held(&mut self, lease: &Lease) -> Result<&mut Held> {
+        match self.items.get_mut(&lease.item) {
+            Some(held) if held.token == lease.token && held.owner == lease.owner => Ok(held),
+            _ => Err(StoreError::LeaseLost { item: lease.item }),
+        }
+    }
+
+    /// Ends an item's lease.
+    fn end(&mut self, item: &ItemId) -> Option<Held> {
+        let held = self.items.remove(item)?;
+        self.forget_flow(&held.flow);
+        Some(held)
+    }
+
+    fn forget_flow(&mut self, flow: &FlowId) {
+        if let Some(n) = self.per_flow.get_mut(flow) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_flow.remove(flow);
+            }
+        }
+    }
+
+    /// How many more items of each limited flow may be leased now.
+    fn room(&self, limits: &FlowLimits) -> FlowLimits {
+        limits
+            .iter()
+            .map(|(flow, limit)| {
+                let leased = self.per_flow.get(flow).copied().unwrap_or(0);
+                (flow.clone(), limit.saturating_sub(leased))
+            })
+            .collect()
     }
 }
 
@@ -296,10 +381,10 @@ impl SledStore {
         let mut store = Self::with_config(config, &path.display().to_string())?;
         let log = path.join("db");
         let file = std::fs::File::open(&log).map_err(|e| {
-            StoreError::Backend(format!(
-                "cannot open sled's log {} for fsync: {e}",
-                log.display()
-            ))
+            StoreError::unavailable(
+                format!("cannot open sled's log {} for fsync", log.display()),
+                e,
+            )
         })?;
         let log_file = std::sync::Arc::new(file);
         store.log_file = Some(log_file.clone());
@@ -313,13 +398,13 @@ impl SledStore {
             .unwrap_or(0);
         let inbox_dir = path.join("inbox");
         let (inbox, reader) = Inbox::open(&inbox_dir, promoted).map_err(|e| {
-            StoreError::Backend(format!(
-                "cannot open the inbox in {}: {e}",
-                inbox_dir.display()
-            ))
+            StoreError::unavailable(
+                format!("cannot open the inbox in {}", inbox_dir.display()),
+                e,
+            )
         })?;
         let held = pending_keys::hold_unpromoted(&reader, &store.new_runs.pending_keys)
-            .map_err(|e| StoreError::Backend(format!("cannot read the inbox: {e}")))?;
+            .map_err(|e| StoreError::unavailable("cannot read the inbox", e))?;
         if held > 0 {
             tracing::info!(
                 keys = held,
@@ -344,7 +429,7 @@ impl SledStore {
         std::thread::Builder::new()
             .name("hookflow-promoter".into())
             .spawn(move || promoter.run())
-            .map_err(|e| StoreError::Backend(format!("cannot start the promoter thread: {e}")))?;
+            .map_err(|e| StoreError::unavailable("cannot start the promoter thread", e))?;
         store.inbox = Some(inbox);
         Ok(store)
     }
@@ -358,7 +443,7 @@ impl SledStore {
 
     fn with_config(config: Config, place: &str) -> Result<Self> {
         let db = config.open().map_err(|e| {
-            StoreError::Backend(format!("cannot open the sled store in {place}: {e}"))
+            StoreError::unavailable(format!("cannot open the sled store in {place}"), e)
         })?;
         let tree = |name: TreeName| {
             db.open_tree(name.name())
@@ -409,14 +494,14 @@ impl SledStore {
                 self.db
                     .flush_async()
                     .await
-                    .map_err(|e| StoreError::Backend(format!("sled: flush failed: {e}")))?;
+                    .map_err(|e| StoreError::unavailable("sled: flush failed", e))?;
                 let Some(file) = self.log_file.clone() else {
                     return Ok(());
                 };
                 tokio::task::spawn_blocking(move || file.sync_all())
                     .await
-                    .map_err(|e| StoreError::Backend(format!("fsync task failed: {e}")))?
-                    .map_err(|e| StoreError::Backend(format!("fsync of sled's log failed: {e}")))
+                    .map_err(|e| StoreError::unavailable("fsync task failed", e))?
+                    .map_err(|e| StoreError::unavailable("fsync of sled's log failed", e))
             })
             .await
     }
@@ -505,7 +590,7 @@ impl SledStore {
         inbox
             .append(run.to_record())
             .await
-            .map_err(|e| StoreError::Backend(format!("inbox append failed: {e}")))?;
+            .map_err(|e| StoreError::unavailable("inbox append failed", e))?;
         Ok(Ingested::Created)
     }
 
@@ -542,7 +627,7 @@ impl SledStore {
         leases: &Leases,
         now: Timestamp,
         want: usize,
-        room: &FlowRoom,
+        room: &FlowLimits,
     ) -> Result<Vec<(IVec, QueueItem, bool)>> {
         let mut flows = distinct_flows(&self.new_runs.queue, TreeName::Queue)?;
         let mut fresh: HashMap<FlowId, Vec<QueueItem>> = HashMap::new();
@@ -692,15 +777,10 @@ impl Store for SledStore {
         }
     }
 
-    async fn claim_due(
-        &self,
-        now: Timestamp,
-        limit: usize,
-        lease_until: Timestamp,
-        room: &FlowRoom,
-    ) -> Result<Vec<QueueItem>> {
+    async fn claim_due(&self, request: ClaimRequest<'_>) -> Result<Vec<Claimed>> {
         let mut leases = self.leases();
-        let mut claimed = self.due_candidates(&leases, now, limit, room)?;
+        let room = leases.room(request.concurrency);
+        let mut claimed = self.due_candidates(&leases, request.now, request.limit, &room)?;
         let fresh: Vec<_> = claimed
             .iter()
             .filter(|(_, _, fresh)| *fresh)
@@ -712,10 +792,20 @@ impl Store for SledStore {
         Ok(claimed
             .into_iter()
             .map(|(key, item, _)| {
-                leases.items.insert(item.id, (key, lease_until));
-                item
+                let lease = leases.grant(item.id, key, &item.flow_id, request.owner, request.until);
+                Claimed { item, lease }
             })
             .collect())
+    }
+
+    async fn renew(&self, lease: &Lease, until: Timestamp) -> Result<Lease> {
+        let mut leases = self.leases();
+        let held = leases.held(lease)?;
+        held.until = until;
+        Ok(Lease {
+            until,
+            ..lease.clone()
+        })
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>> {
@@ -752,14 +842,18 @@ impl Store for SledStore {
     async fn update_run(
         &self,
         run_id: RunId,
-        done: Option<ItemId>,
+        done: Option<&Lease>,
         decide: Decide<'_>,
-    ) -> Result<Option<Run>> {
+    ) -> Result<Option<Committed>> {
         let run_key = run_id.to_bytes();
         // Claims skip the run's items until the update and its leases are in place (or the call
         // is dropped while its batch waits).
         let _writing = Writing::start(self, run_id);
-        let done_key = done.and_then(|id| self.leases().items.get(&id).map(|(key, _)| key.clone()));
+        // A commit for a lease no longer held writes nothing.
+        let done_key = match done {
+            Some(lease) => Some(self.leases().held(lease)?.key.clone()),
+            None => None,
+        };
         // A fresh run (not in the trees yet) is written with its update. Looked up first: a run
         // moves from the fresh ones to the trees, never back.
         let fresh = self.fresh.run(run_id);
@@ -804,12 +898,19 @@ impl Store for SledStore {
         };
         let written = written?;
         let mut leases = self.leases();
-        if let (Some(id), Some(_)) = (done, &done_key) {
-            leases.items.remove(&id);
+        if let Some(lease) = done {
+            if leases.held(lease).is_ok() {
+                leases.end(&lease.item);
+            }
         }
-        for (id, key, until) in written.taken {
-            leases.items.insert(id, (key, until));
-        }
+        let taken: Vec<Lease> = match &written.run {
+            Some(run) => written
+                .taken
+                .into_iter()
+                .map(|(id, key, until, owner)| leases.grant(id, key, &run.flow_id, &owner, until))
+                .collect(),
+            None => Vec::new(),
+        };
         let mut queued = written.queued;
         queued.extend(written.created.into_iter().filter(|key| !leases.holds(key)));
         drop(leases);
@@ -823,19 +924,20 @@ impl Store for SledStore {
         self.new_runs
             .hints
             .queued(queued.iter().map(|key| &key[..]));
-        Ok(written.run)
+        Ok(written.run.map(|run| Committed { run, taken }))
     }
 
     async fn requeue_expired(&self, now: Timestamp) -> Result<usize> {
         let mut leases = self.leases();
-        let mut ended = Vec::new();
-        leases.items.retain(|id, (_, until)| {
-            let on = *until > now;
-            if !on {
-                ended.push(*id);
-            }
-            on
-        });
+        let ended: Vec<ItemId> = leases
+            .items
+            .iter()
+            .filter(|(_, held)| held.until <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ended {
+            leases.end(id);
+        }
         // A fresh run's item whose lease ended waits for a claim again.
         let queued = ended.len() - self.fresh.released(&ended);
         if queued > 0 {
@@ -989,7 +1091,7 @@ impl Store for SledStore {
             Err(taken) => match taken.current {
                 Some(current) => decode(name, flow_id.as_str().as_bytes(), &current)?,
                 None => {
-                    return Err(StoreError::Backend(format!(
+                    return Err(StoreError::unavailable_because(format!(
                         "sled: compare-and-swap on {} for {flow_id} failed with no current value",
                         name.name()
                     )))
@@ -1136,7 +1238,7 @@ impl Store for SledStore {
         let bytes = self
             .db
             .size_on_disk()
-            .map_err(|e| StoreError::Backend(format!("sled: cannot read the size on disk: {e}")))?;
+            .map_err(|e| StoreError::unavailable("sled: cannot read the size on disk", e))?;
         Ok(super::StoreStats {
             queued: self.new_runs.queue.len() as u64 + self.in_inbox(),
             bytes,
@@ -1303,7 +1405,7 @@ impl Drop for SledStore {
         let written = self.new_runs.write_fresh(&all).and_then(|()| {
             self.db
                 .flush()
-                .map_err(|e| StoreError::Backend(format!("sled: flush failed: {e}")))
+                .map_err(|e| StoreError::unavailable("sled: flush failed", e))
         });
         match written {
             Ok(_) => self.fresh.written(all.iter().map(|(run, _)| run.run_id)),
@@ -1327,7 +1429,8 @@ fn requeue_stored_leases(leases: &Tree, queue: &Tree) -> Result<usize> {
                     let Some(value) = leases.remove(key)? else {
                         continue;
                     };
-                    let lease: Lease = decode(TreeName::Leases, key, &value).map_err(abort)?;
+                    let lease: StoredLease =
+                        decode(TreeName::Leases, key, &value).map_err(abort)?;
                     let item =
                         encode(TreeName::Queue, &lease.item.id, &lease.item).map_err(abort)?;
                     queue.insert(queue_key(&lease.item), item)?;

@@ -90,7 +90,7 @@ impl Promoter {
         let (records, finished) = self
             .reader
             .read(max)
-            .map_err(|e| StoreError::Backend(format!("inbox read failed: {e}")))?;
+            .map_err(|e| StoreError::unavailable("inbox read failed", e))?;
         let mut runs = Vec::with_capacity(records.len());
         for (n, record) in records {
             self.read_through = n;
@@ -160,7 +160,7 @@ impl Promoter {
         let mark = self.mark;
         for (path, _) in self.finished.iter().filter(|(_, last)| *last <= mark) {
             std::fs::remove_file(path).map_err(|e| {
-                StoreError::Backend(format!("cannot delete {}: {e}", path.display()))
+                StoreError::unavailable(format!("cannot delete {}", path.display()), e)
             })?;
         }
         self.finished.retain(|(_, last)| *last > mark);
@@ -171,10 +171,10 @@ impl Promoter {
     fn sync(&self) -> Result<()> {
         self.db
             .flush()
-            .map_err(|e| StoreError::Backend(format!("sled: flush failed: {e}")))?;
+            .map_err(|e| StoreError::unavailable("sled: flush failed", e))?;
         self.log_file
             .sync_all()
-            .map_err(|e| StoreError::Backend(format!("fsync of sled's log failed: {e}")))
+            .map_err(|e| StoreError::unavailable("fsync of sled's log failed", e))
     }
 }
 
@@ -196,14 +196,14 @@ impl EncodedRun {
     pub(super) fn run_id(&self) -> Result<RunId> {
         id16(&self.run_key)
             .map(RunId::from_bytes)
-            .ok_or_else(|| StoreError::Backend("a new run's key is not 16 bytes".into()))
+            .ok_or_else(|| StoreError::unavailable_because("a new run's key is not 16 bytes"))
     }
 
     /// Its event's id.
     pub(super) fn event_id(&self) -> Result<EventId> {
         id16(&self.event_key)
             .map(EventId::from_bytes)
-            .ok_or_else(|| StoreError::Backend("a new event's key is not 16 bytes".into()))
+            .ok_or_else(|| StoreError::unavailable_because("a new event's key is not 16 bytes"))
     }
 
     /// The run's only queue item, if it has exactly one.

@@ -71,7 +71,7 @@ fn leases_an_earlier_version_stored_are_requeued() {
         attempt: 2,
         due_at: Timestamp(5),
     };
-    let lease = Lease {
+    let lease = StoredLease {
         lease_until: Timestamp(60_000),
         item: item.clone(),
     };
@@ -235,7 +235,13 @@ fn acknowledged_ingests_survive_an_abort() {
             wait_for_run(&store, *id).await;
         }
         let items = store
-            .claim_due(Timestamp(i64::MAX), 100, Timestamp(0), &FlowRoom::new())
+            .claim_due(ClaimRequest {
+                owner: &NodeId::new("test").unwrap(),
+                now: Timestamp(i64::MAX),
+                limit: 100,
+                until: Timestamp(0),
+                concurrency: &FlowLimits::new(),
+            })
             .await
             .unwrap();
         assert_eq!(items.len(), acked.len(), "acknowledged queue items lost");
@@ -432,9 +438,9 @@ fn crash_after_ingesting(dir: &Path) -> ! {
 async fn a_failed_flush_is_reported_and_the_next_caller_flushes_again() {
     let commit = GroupCommit::default();
     let failed = commit
-        .wait_durable(|| async { Err(StoreError::Backend("disk full".into())) })
+        .wait_durable(|| async { Err(StoreError::unavailable_because("disk full")) })
         .await;
-    assert!(matches!(failed, Err(StoreError::Backend(_))));
+    assert!(matches!(failed, Err(StoreError::Unavailable { .. })));
     assert_eq!(commit.flushed.load(Ordering::SeqCst), 0);
     let mut flushed = false;
     commit

@@ -14,7 +14,10 @@ use super::layout::{
 use super::SledStore;
 use crate::ids::{ItemId, RunId};
 use crate::model::{Run, Timestamp};
-use crate::store::{Decide, Result, RunUpdate, StoreError};
+use crate::store::{Decide, NodeId, Result, RunUpdate, StoreError};
+
+/// The lease end and owner of an item an update takes for its caller.
+type Taker = (Timestamp, NodeId);
 
 /// What an `update_run` transaction wrote.
 #[derive(Debug, Default)]
@@ -23,8 +26,8 @@ pub(super) struct Written {
     pub(super) run: Option<Run>,
     /// The keys of the items it queued (not counting those the caller takes).
     pub(super) queued: Vec<IVec>,
-    /// Items the caller takes: id, queue key, lease end.
-    pub(super) taken: Vec<(ItemId, IVec, Timestamp)>,
+    /// Items the caller takes: id, queue key, lease end and owner.
+    pub(super) taken: Vec<(ItemId, IVec, Timestamp, NodeId)>,
     /// The keys of the items a fresh run brought, written with it (queued unless leased).
     pub(super) created: Vec<IVec>,
 }
@@ -133,8 +136,8 @@ impl UpdateBatches {
 
 /// The outcome of an update whose batch was never written (the writer panicked).
 fn stopped() -> Batched {
-    Batched::Failed(StoreError::Backend(
-        "a batch of run updates was dropped before it was written".into(),
+    Batched::Failed(StoreError::unavailable_because(
+        "a batch of run updates was dropped before it was written",
     ))
 }
 
@@ -153,7 +156,7 @@ struct EncodedUpdate {
     /// Step records: key and value.
     records: Vec<(Vec<u8>, Vec<u8>)>,
     /// New items: id, queue key, value, and lease end for the items the caller takes.
-    items: Vec<(ItemId, IVec, Vec<u8>, Option<Timestamp>)>,
+    items: Vec<(ItemId, IVec, Vec<u8>, Option<Taker>)>,
 }
 
 impl Prepared {
@@ -167,7 +170,7 @@ impl Prepared {
             });
         };
         if update.run.id != run_id {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::Conflict(format!(
                 "update_run: the decision changed the run id from {run_id} to {}",
                 update.run.id
             )));
@@ -182,10 +185,11 @@ impl Prepared {
                 Ok((record_key(record.run_id, &record.step_id), value))
             })
             .collect::<Result<_>>()?;
-        let taken = update
-            .take
-            .iter()
-            .flat_map(|take| take.items.iter().map(|item| (item, Some(take.until))));
+        let taken = update.take.iter().flat_map(|take| {
+            take.items
+                .iter()
+                .map(|item| (item, Some((take.until, take.owner.clone()))))
+        });
         let items = update
             .enqueue
             .iter()
@@ -233,7 +237,11 @@ impl Prepared {
         for (id, key, value, until) in &encoded.items {
             queue.insert(key.clone(), value.as_slice())?;
             match until {
-                Some(until) => written.taken.push((*id, key.clone(), *until)),
+                Some((until, owner)) => {
+                    written
+                        .taken
+                        .push((*id, key.clone(), *until, owner.clone()));
+                }
                 None => written.queued.push(key.clone()),
             }
         }
@@ -309,7 +317,7 @@ impl SledStore {
                 .collect(),
             Err(e) => batch
                 .iter()
-                .map(|_| Batched::Failed(StoreError::Backend(e.to_string())))
+                .map(|_| Batched::Failed(StoreError::unavailable_because(e.to_string())))
                 .collect(),
         }
     }

@@ -1,0 +1,237 @@
+//! The runtime driven end to end on a real store, with a manual clock: panics, leases between
+//! runtimes, and time-based rules (retry backoff) without sleeping.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::catalog::Catalog;
+use super::{Engine, EngineConfig};
+use crate::expr::Templates;
+use crate::flow::{parse_flow, Flow};
+use crate::ids::RunId;
+use crate::model::{RunStatus, Timestamp};
+use crate::outbound::{HttpClient, OutboundPolicy};
+use crate::steps::{Action, BuildContext, ExecContext, Outcome, Registry, StepError, StepKind};
+use crate::store::sled::SledStore;
+use crate::store::{ManualClock, NodeId, Store};
+
+/// How many times each run's `flaky` step executed, by run.
+static EXECUTIONS: Mutex<Option<HashMap<RunId, u32>>> = Mutex::new(None);
+
+fn executions(run: RunId) -> u32 {
+    EXECUTIONS
+        .lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|m| m.get(&run).copied())
+        .unwrap_or(0)
+}
+
+/// A test step: panics on its first `panics` attempts, then answers its attempt number; counts
+/// its executions per run.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct FlakySpec {
+    panics: u32,
+}
+
+#[derive(Debug)]
+struct Flaky {
+    panics: u32,
+}
+
+impl StepKind for FlakySpec {
+    const KIND: &'static str = "flaky";
+
+    fn build(self, _cx: &mut BuildContext<'_>) -> Option<Arc<dyn Action>> {
+        Some(Arc::new(Flaky {
+            panics: self.panics,
+        }))
+    }
+}
+
+#[async_trait]
+impl Action for Flaky {
+    fn render(&self, _: &Templates, _: &Value) -> Result<Value, StepError> {
+        Ok(Value::Null)
+    }
+
+    async fn execute(&self, _: Value, cx: &ExecContext) -> Result<Outcome, StepError> {
+        *EXECUTIONS
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashMap::new)
+            .entry(cx.run_id)
+            .or_default() += 1;
+        if cx.attempt <= self.panics {
+            panic!("boom on attempt {}", cx.attempt);
+        }
+        Ok(Outcome::Output(json!({ "attempt": cx.attempt })))
+    }
+}
+
+fn registry() -> Registry {
+    let mut registry = Registry::builtin();
+    registry.register::<FlakySpec>();
+    registry
+}
+
+fn flow(yaml: &str) -> Flow {
+    parse_flow("test.yaml", yaml, &registry(), &|_| None).expect("valid flow")
+}
+
+fn engine(store: Arc<dyn Store>, node: &str, clock: &ManualClock) -> Arc<Engine> {
+    let http = HttpClient::new(OutboundPolicy::default()).unwrap();
+    let config = EngineConfig {
+        workers: 2,
+        node: NodeId::new(node).unwrap(),
+        clock: Arc::new(clock.clone()),
+        ..EngineConfig::default()
+    };
+    Engine::new(store, Catalog::new(registry()), http, config)
+}
+
+/// Runs `engines` until dropped.
+struct Running(
+    Vec<tokio::task::JoinHandle<()>>,
+    Vec<tokio::sync::oneshot::Sender<()>>,
+);
+
+impl Running {
+    fn start(engines: &[&Arc<Engine>]) -> Self {
+        let (mut tasks, mut stops) = (Vec::new(), Vec::new());
+        for engine in engines {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let run = (*engine).clone().run(
+                async {
+                    let _ = stopped.await;
+                },
+                Duration::from_secs(5),
+            );
+            tasks.push(tokio::spawn(async move { run.await.unwrap() }));
+            stops.push(stop);
+        }
+        Self(tasks, stops)
+    }
+
+    async fn stop(self) {
+        for stop in self.1 {
+            let _ = stop.send(());
+        }
+        for task in self.0 {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// Waits (at most 20 s) until `check` holds for the run's stored state.
+async fn until_run(
+    store: &dyn Store,
+    run: RunId,
+    what: &str,
+    check: impl Fn(&crate::model::Run) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if store.run(run).await.unwrap().is_some_and(|r| check(&r)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "run {run} never {what}: {:?}",
+            store.run(run).await.unwrap()
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Waits (at most 20 s) until the run's first step has recorded its first attempt: its record.
+async fn first_attempt(store: &dyn Store, run: RunId) -> crate::model::StepRecord {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let records = store.step_records(run).await.unwrap();
+        if let Some(record) = records.into_iter().find(|r| r.attempts.len() == 1) {
+            return record;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "run {run} never recorded an attempt"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_step_fails_its_attempt_and_is_retried_after_its_backoff() {
+    let clock = ManualClock::new(Timestamp::now());
+    let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+    let engine = engine(store.clone(), "one", &clock);
+    let flow = flow("id: panics\nconcurrency: 1\ntrigger: { manual: {} }\nsteps:\n  - id: boom\n    flaky: { panics: 1 }\n");
+    let flow = engine.deploy(vec![flow]).await.unwrap().remove(0).0;
+    let running = Running::start(&[&engine]);
+    let run = engine.start_manual(&flow, json!({})).await.unwrap().run_id;
+
+    // The first attempt panics: recorded as failed, with the panic's message, retry queued.
+    let records = first_attempt(store.as_ref(), run).await;
+    let error = records.attempts[0]
+        .error
+        .as_ref()
+        .expect("the attempt failed");
+    assert!(
+        error.contains("step panicked: boom on attempt 1"),
+        "{error:?}"
+    );
+    assert_eq!(engine.metrics().snapshot().step_panics, 1);
+    // The slot and the flow's one place are free again: another run of the flow executes at once
+    // (it panics too, and waits for its own backoff).
+    let second = engine.start_manual(&flow, json!({})).await.unwrap().run_id;
+    first_attempt(store.as_ref(), second).await;
+    // Nothing runs again until the clock passes the backoff.
+    assert_eq!(executions(run), 1);
+    assert_eq!(
+        store.run(run).await.unwrap().unwrap().status,
+        RunStatus::Running
+    );
+    clock.advance(Duration::from_secs(3600));
+    for id in [run, second] {
+        until_run(store.as_ref(), id, "succeeded", |r| {
+            r.status == RunStatus::Succeeded
+        })
+        .await;
+        assert_eq!(executions(id), 2);
+    }
+    running.stop().await;
+}
+
+/// Two runtimes (nodes) sharing one store: every step of 100 runs, started through either,
+/// executes exactly once. Part of the store conformance suite.
+pub(crate) async fn two_runtimes_on_one_store_never_both_execute_a_step(store: Arc<dyn Store>) {
+    let clock = ManualClock::new(Timestamp::now());
+    let flow = flow("id: shared\ntrigger: { manual: {} }\nsteps:\n  - id: once\n    flaky: { panics: 0 }\n  - id: twice\n    flaky: { panics: 0 }\n");
+    let (a, b) = (
+        engine(store.clone(), "node-a", &clock),
+        engine(store.clone(), "node-b", &clock),
+    );
+    let flow = a.deploy(vec![flow]).await.unwrap().remove(0).0;
+    b.catalog().deploy(flow.clone());
+    let running = Running::start(&[&a, &b]);
+    let mut runs = Vec::new();
+    for n in 0..100 {
+        let engine = if n % 2 == 0 { &a } else { &b };
+        runs.push(engine.start_manual(&flow, json!({})).await.unwrap().run_id);
+    }
+    for run in &runs {
+        until_run(store.as_ref(), *run, "succeeded", |r| {
+            r.status == RunStatus::Succeeded
+        })
+        .await;
+        assert_eq!(executions(*run), 2, "each of the run's two steps ran once");
+    }
+    running.stop().await;
+}
