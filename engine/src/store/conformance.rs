@@ -1679,6 +1679,14 @@ macro_rules! conformance_suite {
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn two_runtimes_on_one_store_share_a_named_queues_lane() {
+            let place = <$backend as $crate::store::conformance::Backend>::place();
+            let store = <$backend as $crate::store::conformance::Backend>::open(&place);
+            $crate::runtime::tests::two_runtimes_on_one_store_share_a_named_queues_lane(store)
+                .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn two_runtimes_on_one_store_never_both_execute_a_step() {
             let place = <$backend as $crate::store::conformance::Backend>::place();
             let store = <$backend as $crate::store::conformance::Backend>::open(&place);
