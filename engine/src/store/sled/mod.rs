@@ -26,7 +26,7 @@
 //! | `revisions`    | flow id, `0x00`, revision                            | source (a JSON string)   |
 //! | `dedupe`       | flow id, `0x00`, dedupe key                          | [`DedupeEntry`]          |
 //! | `dedupe_expiry`| expiry (u64 big-endian ms), flow id, `0x00`, dedupe key | empty (an index)      |
-//! | `state`        | a runtime state key (`pacing:hubspot:…`)             | JSON value               |
+//! | `state`        | a runtime state key (`pacing:hubspot:…`, `schedule:FLOW`) | JSON value          |
 //!
 //! Flow ids are validated names (letters, digits, `_`, `-`), so they never contain `0x00` and the
 //! separator keeps one flow's prefix from matching another's. Ids are ULIDs, whose bytes sort by
@@ -105,6 +105,14 @@
 //! elsewhere (`flush_async`, on sled's own thread pool). While a flush syncs, sled's transactions
 //! wait (they take a process-wide lock the flush also holds, shared), so a transaction can block
 //! its worker thread for the length of an fsync.
+//!
+//! # Coordination
+//!
+//! Named queues' lanes and connector accounts' pacing windows are kept in memory
+//! (`store::coordination`, one process). An account's blocked-until time (`pacing:ACCOUNT`) and a
+//! schedule flow's last claimed tick (`schedule:FLOW`) are kept in `state`, raised by compare and
+//! swap (so a lower time never replaces a higher one, and one caller wins each tick) and synced
+//! before the call returns.
 
 use std::collections::HashMap;
 use std::fmt;
