@@ -42,6 +42,7 @@ use crate::model::{Event, QueueItem, Run, RunStatus, StepRecord, StepStatus, Tim
 use crate::outbound::HttpClient;
 use crate::pacing::Pacer;
 use crate::steps::{ExecContext, Outcome, RunOutcome, StepError, SubFlows};
+pub use crate::store::RunNotice;
 use crate::store::{
     ClaimRequest, Claimed, DedupeKey, FlowLimits, Ingested, Lease, NodeId, RunUpdate, SharedClock,
     Store, StoreError, SystemClock, Take,
@@ -294,15 +295,6 @@ enum Tried {
     Wait(Duration),
 }
 
-/// A run that was created (`queued`) or reached a final status.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunNotice {
-    /// The run.
-    pub run_id: RunId,
-    /// Its status.
-    pub status: RunStatus,
-}
-
 /// What `ingest` answers: the ids the caller needs to find its run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Accepted {
@@ -329,8 +321,6 @@ pub struct Engine {
     config: EngineConfig,
     wake: Notify,
     slots: Arc<Semaphore>,
-    /// Notices of runs created and finished.
-    finished: broadcast::Sender<RunNotice>,
     /// Set when the server stops: a worker finishes its step but takes no next one.
     stopping: AtomicBool,
 }
@@ -344,7 +334,6 @@ impl Engine {
         config: EngineConfig,
     ) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(config.workers.max(1)));
-        let (finished, _) = broadcast::channel(1024);
         Arc::new_cyclic(|me| Self {
             sub_flows: Arc::new(EngineFlows(me.clone())),
             lanes: lanes::Lanes::new(store.clone(), config.clock.clone()),
@@ -356,7 +345,6 @@ impl Engine {
             config,
             wake: Notify::new(),
             slots,
-            finished,
             stopping: AtomicBool::new(false),
         })
     }
@@ -486,10 +474,6 @@ impl Engine {
             Ingested::Created => {
                 debug!(flow = %flow.id, %run_id, "event accepted");
                 self.wake.notify_one();
-                let _ = self.finished.send(RunNotice {
-                    run_id,
-                    status: RunStatus::Queued,
-                });
                 Accepted {
                     event_id,
                     run_id,
@@ -508,10 +492,10 @@ impl Engine {
         Ok(accepted)
     }
 
-    /// Runs as they are created and as they finish (a receiver that lags misses notices: look at
-    /// the store again).
+    /// Runs as they are created and as they finish, on every node sharing the store (a receiver
+    /// that lags misses notices: look at the store again).
     pub fn subscribe(&self) -> broadcast::Receiver<RunNotice> {
-        self.finished.subscribe()
+        self.store.notices()
     }
 
     /// Waits until `run_id` is final or `timeout` passes; returns the run as it then is (`None`
@@ -1079,10 +1063,6 @@ impl Engine {
         if let Some(run) = run.filter(|r| r.status.is_final()) {
             debug!(run_id = %run.id, status = %run.status, "run finished");
             self.metrics.run_finished(run.flow_id.as_str(), run.status);
-            let _ = self.finished.send(RunNotice {
-                run_id: run.id,
-                status: run.status,
-            });
         }
     }
 }

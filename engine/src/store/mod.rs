@@ -20,18 +20,21 @@
 //!   earlier incarnation's included), never another live node's. (sled keeps leases in memory, so
 //!   after a restart none is held and every item is simply queued.)
 //! - A flow's concurrency limit counts its leased items across every node sharing the backend.
-//! - `update_run` reads the run, calls the decision function, and writes its run, records and new
-//!   queue items and removes the finished item, all in one atomic transaction.
+//! - `update_run` applies the decision function to the run as stored when the update is written,
+//!   and writes its run, records and new queue items and removes the finished item atomically (a
+//!   backend may decide ahead on the run as read, and decide again if it changed meanwhile).
 //! - **When effects may start.** `update_run` need not be durable when it returns; [`Store::flush`]
 //!   is the one call after which every write this handle made before it is durable. The runtime
 //!   calls `flush` before a step with effects whenever the run has committed an earlier step with
 //!   effects, and nowhere else for durability; a crash may therefore only repeat pure steps and the
 //!   step in flight, never a step with effects after a later one has acted.
-//! - A dedupe key is taken atomically with its event: of two concurrent deliveries with one key,
-//!   one starts a run and the other is answered as its duplicate, also across a crash.
+//! - A dedupe key is checked and taken atomically with respect to other deliveries: of two
+//!   concurrent deliveries with one key, one starts a run and the other is answered as its
+//!   duplicate, and only once the original is durable. (sled holds the keys of runs still in its
+//!   inbox in memory and writes them to its `dedupe` tree with their runs.)
 //! - Pruning removes only final runs, each together with its event and step records.
-//! - A stored record that cannot be read is reported as [`StoreError::Corrupt`] or quarantined,
-//!   never silently skipped.
+//! - A stored record that cannot be read is reported as [`StoreError::Corrupt`]; an acknowledged
+//!   event's record that cannot be read is quarantined, never silently skipped.
 
 mod clock;
 pub(crate) mod coordination;
@@ -136,6 +139,50 @@ impl StoreError {
 
 /// A store result.
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A run that was created (`queued`) or reached a final status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunNotice {
+    /// The run.
+    pub run_id: RunId,
+    /// Its status.
+    pub status: RunStatus,
+}
+
+/// How a backend that lives in one process publishes [`RunNotice`]s: a broadcast channel.
+#[derive(Debug, Clone)]
+pub struct Notices(tokio::sync::broadcast::Sender<RunNotice>);
+
+impl Default for Notices {
+    fn default() -> Self {
+        Self(tokio::sync::broadcast::channel(1024).0)
+    }
+}
+
+impl Notices {
+    /// Tells subscribers about a run just created.
+    pub fn created(&self, run_id: RunId) {
+        let _ = self.0.send(RunNotice {
+            run_id,
+            status: RunStatus::Queued,
+        });
+    }
+
+    /// Tells subscribers about a run just written, if it is final.
+    pub fn written(&self, run: &Run) {
+        if run.status.is_final() {
+            let _ = self.0.send(RunNotice {
+                run_id: run.id,
+                status: run.status,
+            });
+        }
+    }
+
+    /// A new subscriber.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RunNotice> {
+        self.0.subscribe()
+    }
+}
 
 /// A node: one hookflow process using a store, named at start (in logs, `/metrics` and step
 /// attempts). Leases are held by nodes.
@@ -428,6 +475,12 @@ pub trait Store: Send + Sync + 'static {
     /// How much is stored: queue items waiting or leased, and bytes on disk. Counting may walk
     /// the queue; call it for metrics, not per event.
     async fn stats(&self) -> Result<StoreStats>;
+
+    /// Notices of runs created (`ingest`) and written with a final status (`update_run`) through
+    /// any node sharing the backend, at least once each (a finished run may be told twice). A
+    /// receiver that lags misses notices and must read the store again. `respond: result` and the
+    /// UI's live updates wait on these.
+    fn notices(&self) -> tokio::sync::broadcast::Receiver<RunNotice>;
 
     /// Makes every write this handle made before the call durable: the one call after which effects
     /// may start (see the module docs). Concurrent callers may share one flush.

@@ -3,8 +3,151 @@
 //! This file opens the store and implements [`Store`]; beside it: `layout` (trees, keys, value
 //! encoding, errors), `new_runs` (new runs written to the trees, and the promoter that reads them
 //! from the inbox), `fresh` (new runs claimed from memory and written with their first update),
-//! `update` (run updates, written in shared transactions), `hints` (where claims start scanning)
-//! and `group_commit` (acknowledgments sharing one fsync).
+//! `update` (run updates, written in shared transactions), `hints` (where claims start scanning),
+//! `pending_keys` (dedupe keys of runs still in the inbox), `group_commit` (acknowledgments sharing
+//! one fsync), and `../inbox.rs` (the fsynced log new runs are appended to).
+//!
+//! # The engine on one page
+//!
+//! A new run goes from the catch hook's `ingest` to the trees through the states below. An item is
+//! **leased** if and only if `Leases::items` has an entry for its id, giving its queue key and the
+//! lease's owner, fencing token and expiry. That map is in memory only
+//! and ends with the process.
+//!
+//! ## Where a run can be
+//!
+//! | state | where it lives | durable | `run`/`event`/`list_runs` | its items claimable |
+//! |---|---|---|---|---|
+//! | **appending** | an `Append` in the inbox writer's channel, or written at a segment's end with its `fdatasync` still pending (number > `durable_through`) | no (a torn tail is cut off at open, but a whole record may survive a process crash and run without having been acknowledged) | no | no |
+//! | **unread** | an inbox segment: `Reader::next` ≤ n ≤ `durable_through` | yes (inbox) | no (`next_due` answers "in 2 ms") | no |
+//! | **reading** | the promoter thread, between `Reader::read` and `Fresh::add` | yes (inbox) | no | no |
+//! | **waiting** | `Fresh`, `Place::Waiting`; also in `State::waiting` if it has exactly one item | inbox | yes, from memory | its one item, once due |
+//! | **taken** | `Fresh`, `Place::Taken`; its item leased | inbox | yes | no |
+//! | **promoting** | `Fresh`, `Place::Promoting { leased }`: in the promoter's `write_fresh` batch | inbox | yes | no (out of `waiting` and not yet in `flow_queue`) |
+//! | **first update** | taken or promoting-leased, with a `PendingUpdate { fresh: Some }` in `UpdateBatches` or in its transaction | inbox | yes | no |
+//! | **stored** | `events`, `runs`, `runs_by_flow`, `flow_queue` (+ `dedupe`, `dedupe_expiry`), all written in one transaction | from the next sled flush + log fsync; until then its inbox record (n > `inbox:promoted`) covers it | yes | a queued item once due, unless it is leased or its run is in `Leases::writing` |
+//! | **promoted** | stored, and n ≤ `inbox:promoted` on disk: its segment may be deleted | yes (sled) | yes | as stored |
+//!
+//! A run can also skip the inbox: `NewRunTrees::write` stores it directly under the `PendingKeys` lock,
+//! followed by `durable()`, before `ingest` returns. That happens for a temporary store, when `MAX_PENDING`
+//! keys are held, or when the `dedupe` tree holds the key (then nothing is written: the run is a `Duplicate`).
+//!
+//! ## What moves it
+//!
+//! | from | event (actor) | to |
+//! |---|---|---|
+//! | — | `ingest`: `Inbox::append` sends an `Append` (a run with a dedupe key first holds the key in `PendingKeys`, `durable` = false) | appending |
+//! | — | `ingest` with a key held in `PendingKeys`: waits for that run's `durable`, then answers `Duplicate` | (none) |
+//! | appending | inbox writer thread: one `write` + `fdatasync` per batch, then `durable_through` = n, `grew.notify_all()`, answers (and `send_replace(true)`) | unread |
+//! | appending | the write fails: the segment is cut back (`set_len`), the error is answered and the held key is released | gone (not acknowledged) |
+//! | unread | promoter `Reader::read`, while `Fresh` has room (`Tuning::capacity` waiting) | reading |
+//! | reading | n ≤ `recovering_through` and `runs` holds it: skipped, key released; an unreadable record is skipped and logged | stored / gone |
+//! | reading | a run with more than one first item: `write_runs(skip_stored)` straight away, key released (if that fails it is added to `Fresh` anyway) | stored |
+//! | reading | `Fresh::add` (sets `Fresh::read_through`) | waiting |
+//! | waiting | `claim_due`: `Fresh::peek` + `Fresh::took` + lease, all under `leases` | taken |
+//! | waiting | promoter `Fresh::for_trees`: no claim for `Tuning::idle`, or waiting for `Tuning::stale`, or not exactly one item; and only while `queued` < `PROMOTE_WINDOW` | promoting (not leased) |
+//! | taken | `requeue_expired`: the lease ended, so `Fresh::released` | waiting |
+//! | taken | promoter `for_trees`: taken for `Tuning::stale` | promoting (leased) |
+//! | taken, promoting (leased) | `update_run`, first update: `write_batch` creates event, index, run (+ dedupe key) with the update, without the finished item, or finds the run already stored; afterwards `Leases`, `Fresh::written`, key released | stored |
+//! | promoting | `write_fresh` (`skip_stored`), then `Fresh::written` and keys released; if the write fails it stays promoting and is retried on the next step | stored (item queued, or still leased) |
+//! | any fresh | `Drop`: `Fresh::all` marks every run promoting, not leased; `write_fresh` + `Db::flush`, then `Fresh::written` | stored |
+//! | stored: item queued | `claim_due` (tree scan from `ScanHints`) | item leased |
+//! | stored: item leased | `update_run` finishing it: the batch transaction removes it, queues new items, and the items the caller takes are leased after the transaction | next items |
+//! | stored: item leased | `requeue_expired` (`queued` += 1, `ScanHints::clear`) | item queued |
+//! | stored | promoter `store_position` when `low_water` ≥ n (every `MARK_EVERY`, or when a segment is done): sync, write `inbox:promoted`, sync; segments ≤ mark are deleted | promoted |
+//! | (open) | `requeue_stored_leases`; `Inbox::open(mark)` cuts a torn tail and deletes segments ≤ mark; `hold_unpromoted`; the reader starts at mark + 1 | records > mark: unread; every item in `flow_queue`: queued |
+//!
+//! ## Invariants
+//!
+//! - An acknowledged inbox run has n ≤ `durable_through`, and its segment stays until `inbox:promoted` on
+//!   disk ≥ n. A segment is deleted only when its last record ≤ `Promoter::mark`.
+//! - `inbox:promoted` = `Promoter::mark` ≤ `Fresh::low_water()`, and low water never decreases. Every record
+//!   ≤ low water has its run stored (its transaction has returned) or was skipped. `store_position` flushes
+//!   and fsyncs before it writes the mark. So a fresh run's number is always > the mark and its record is
+//!   on disk.
+//! - A run leaves `Fresh` only through `Fresh::written`, called after a transaction that wrote it, or
+//!   found it stored, has returned. `run`, `event` and `list_runs` read `Fresh` first and then the trees,
+//!   so a run that has once been readable stays readable. `list_runs` keeps the stored copy when both
+//!   show up.
+//! - Both writers of a fresh run (promoter and first update) check in their transaction that `runs`
+//!   does not hold it yet; the second writer finds it stored. A run's event, index entry, items and
+//!   dedupe entries go in the same transaction as the run.
+//! - A fresh run is claimable only in `Place::Waiting` with exactly one item. While it is
+//!   `Place::Taken`, its item is in `Leases`: `took` and the lease are recorded under `leases`, and so is
+//!   `released`.
+//! - An item of `flow_queue` stays there until the update that finishes it removes it (the item a fresh
+//!   run's first update finishes is never written). A claim skips it while it is leased or while its
+//!   run is in `Leases::writing`. Items a caller takes in an update are leased before `Writing` ends.
+//! - While a run with a dedupe key is anywhere from appending to fresh, `PendingKeys` maps the key to
+//!   it. An ingest checks that map and the `dedupe` tree, and inserts or writes directly, under the one
+//!   `PendingKeys` lock. A key is released only after its run's transaction, or when its append failed.
+//!   A duplicate answered from memory waits until the original is on disk. At open, the keys of the
+//!   records after the mark are held before `open` returns.
+//! - `durable()` returns only after a flush and a log fsync that started after the caller's write
+//!   (`GroupCommit`).
+//! - `Leases`, `Fresh`, `PendingKeys`, `ScanHints` and `queued` live in memory and are rebuilt at open:
+//!   no leases (every item in `flow_queue` is due), fresh runs from the records after the mark, and
+//!   `queued` = `flow_queue.len()`.
+//!
+//! ## Positions and counters
+//!
+//! `inbox:promoted` = `mark` ≤ `low_water()` ≤ `Fresh::read_through` ≤ `Promoter::read_through`
+//! = `Reader::next` − 1 (after each successful read) ≤ `durable_through` = `Writer::next` − 1 (between batches).
+//!
+//! | name | meaning | moved by |
+//! |---|---|---|
+//! | `Writer::next` | the number the next appended record gets | inbox writer, after a synced batch |
+//! | `Durable::through` (`durable_through()`) | last record synced to disk; the reader never reads past it | inbox writer (then `grew`); at open: last whole record, or the mark |
+//! | `Reader::next` | next record the promoter reads | `Reader::read` |
+//! | `Promoter::read_through` / `Fresh::read_through` | last record read / last record handed to `Fresh` | `Promoter::read` / `Fresh::add` |
+//! | `Fresh::low_water()` | every run of a record ≤ it is stored, though maybe not flushed (lowest fresh number − 1, else `read_through`) | `Fresh::add`, `Fresh::written` |
+//! | `Promoter::mark` = `state` key `inbox:promoted` | every run of a record ≤ it is stored on disk; recovery reads from mark + 1 | `store_position` |
+//! | `Promoter::recovering_through` | `durable_through` at open: records up to it may already be stored | fixed |
+//! | `NewRunTrees::queued` | unleased items in `flow_queue`; promotion of runs that are not leased pauses at `PROMOTE_WINDOW` | `write_runs` +, `claim_due` −, `update_run` +, `requeue_expired` + |
+//! | `ScanHints` (per flow) | a claim's scan start; every item before it was leased when it was found; at most `MAX_AGE` old | claims set it; new keys before a hint drop it; `requeue_expired` clears all |
+//! | `GroupCommit::{requested, flushed}` | tickets taken / tickets covered by a completed flush | `durable()` |
+//! | `in_inbox()` | `durable_through` − `low_water` (a metric, in `stats`) | derived |
+//!
+//! ## Threads and locks
+//!
+//! Threads: `hookflow-inbox` (`Writer::run`: frames, writes and syncs appends, advances
+//! `durable_through`; it stops when `Inbox` is dropped) and `hookflow-promoter` (`Promoter::run`: reads
+//! records, writes fresh runs, stores the mark, deletes segments; it stops at `stop`, which `Drop` sets
+//! without joining). Beside them run sled's flusher thread and I/O pool (`flush_async`) and tokio's
+//! blocking pool (the log fsync). Async tasks call sled directly, and it blocks.
+//!
+//! | lock | kind | guards |
+//! |---|---|---|
+//! | `SledStore::leases` | std `Mutex<Leases>` | leased items, `writing` runs |
+//! | `PendingKeys::keys` | std `Mutex` | dedupe keys of runs not yet stored |
+//! | `Fresh` (`Mutex<State>`) | std | fresh runs, their `Place`, `waiting`, `numbers`, `read_through`, `last_claim` |
+//! | `ScanHints` | std | per-flow scan starts |
+//! | `UpdateBatches::queued` | std | updates waiting for a batch |
+//! | `durable_tokens` | std | hook tokens known to be on disk |
+//! | `Inbox::appends` | std `Mutex<mpsc::Sender>` | the writer's channel |
+//! | `Durable::through` + `grew` | std `Mutex` + `Condvar` | last synced record; the promoter waits on `grew` |
+//! | `UpdateBatches::turn` | tokio | the right to write a batch (held across `write_batch`) |
+//! | `GroupCommit::flushing` | tokio | one flush at a time (held across `flush_async` + fsync) |
+//! | sled's `concurrency_control` | process-wide parking_lot `RwLock` | exclusive: every transaction; shared: each get/insert/remove/CAS, each iterator step, and every flush |
+//!
+//! Locks held together (the complete list): `leases` → `Fresh` (claim_due: `peek`, `took`; next_due;
+//! requeue_expired: `released`), `leases` → `ScanHints` (claim_due, requeue_expired), `leases` →
+//! `Durable::through` (next_due), `leases` → sled shared (the scans in claim_due, next_due); `PendingKeys`
+//! → sled shared (`key_taken`), `PendingKeys` → sled exclusive, then `ScanHints` (a direct write);
+//! `turn` → `UpdateBatches::queued` and `turn` → sled exclusive (the batch); `flushing` → sled shared.
+//!
+//! **Lock order:** `turn`, `flushing` → `leases`, `PendingKeys` → `Fresh`, `ScanHints`,
+//! `Durable::through`, `UpdateBatches::queued`, `durable_tokens`, `Inbox::appends` → sled's lock.
+//! - Never take a lock while holding one that comes later in this order.
+//! - Never hold two locks from the same group. In particular, never take `leases` while holding
+//!   `PendingKeys`, and never the reverse.
+//! - The third group holds leaves: call nothing while holding one.
+//! - Never take any of our locks inside a transaction closure or a `Decide`.
+//! - Never take a tokio lock while holding a std lock, and never keep a std guard across an `.await`.
+//!
+//! Cost of this order: sled's lock prefers writers, so a transaction that waits for a flush makes every
+//! plain read wait with it. A claim holding `leases`, or a direct write holding `PendingKeys`, can
+//! therefore keep that lock for the length of an fsync.
 //!
 //! # Layout
 //!
@@ -40,8 +183,10 @@
 //!
 //! # Atomicity
 //!
-//! Every change that touches more than one record is one multi-tree sled transaction: ingest (event,
-//! run, index, items) and update (run, records, new items, removal of the finished item). sled 0.34
+//! Every change that touches more than one record is one multi-tree sled transaction: writing a new
+//! run (event, run, index, items, dedupe entries: at ingest for a direct write, else later by the
+//! promoter or with the run's first update; an ingest through the inbox is one inbox record) and
+//! update (run, records, new items, removal of the finished item). sled 0.34
 //! runs transactions under a process-wide lock that also excludes plain reads and writes, so a
 //! transaction sees a stable state; a transaction is also recovered all-or-nothing after a crash.
 //! So little happens inside one: an update is decided and encoded on the run as read before it
@@ -50,16 +195,20 @@
 //! runs share one transaction (`UpdateBatches`, a group commit): each stays all-or-nothing, and
 //! sled's per-transaction cost (a log buffer roll, the exclusive lock) is paid once per batch.
 //! Invariants kept:
-//! - a queue item stays in the queue tree until the update that finishes it removes it;
+//! - a queue item stays in the queue tree until the update that finishes it removes it (the one
+//!   item a fresh run's first update finishes is never written to it);
 //! - every run has exactly one `runs_by_flow` entry (written in the same transaction as the run).
 //!
 //! # Leases
 //!
 //! A sled database is open in one process at a time, so a lease cannot outlive the process holding
-//! it: leases are kept in memory (`Leases`), and claiming writes nothing. A leased item stays in
-//! the queue tree, skipped by claims; the update that finishes it removes it in its transaction and
-//! then forgets the lease. When the process stops or crashes, its leases end with it and the items
-//! are due again, which is what `requeue_expired(far future)` at start-up asks for. Items a worker
+//! it: leases are kept in memory (`Leases`: owner, fencing token from a counter, expiry, and how
+//! many items each flow holds, for concurrency limits), and claiming writes nothing. A commit or
+//! renewal is checked against that map under its lock: a token that is not the item's current one
+//! is refused (`LeaseLost`). A leased item stays in the queue tree, skipped by claims; the update
+//! that finishes it removes it in its transaction and then forgets the lease. When the process
+//! stops or crashes, its leases end with it and the items are simply due at the next open, so the
+//! `requeue_expired(now)` of start-up finds nothing to take over. Items a worker
 //! takes for itself in an update (`RunUpdate::take`) are written to the queue tree and marked
 //! leased after the transaction; while an update of a run is being written, claims skip that run's
 //! items, so none is claimed in between. Earlier versions kept leases in a `leases` tree: whatever
@@ -68,8 +217,8 @@
 //! # Durability
 //!
 //! sled buffers writes and flushes in the background (every 500 ms by default), and its flush is
-//! slow and blocks transactions. So a new run without a dedupe key is not written to the trees at
-//! ingest: it is appended to the **inbox** (`inbox.rs`, `DATA/inbox/`), an fsynced log with group
+//! slow and blocks transactions. So a new run (with or without a dedupe key, except a direct write,
+//! below) is not written to the trees at ingest: it is appended to the **inbox** (`inbox.rs`, `DATA/inbox/`), an fsynced log with group
 //! commit, and `ingest` returns once that append is on disk. A promoter thread reads inbox records
 //! in order into memory as **fresh runs** (`fresh.rs`), readable, listed and claimable from there a
 //! few milliseconds after their acknowledgment. A claimed fresh run is written to the trees by the
@@ -77,7 +226,7 @@
 //! written and removed); the fresh runs claims leave alone (no claim looked for a moment, or one
 //! waited a second) the promoter writes to the trees itself, a batch per transaction, pausing
 //! while the queue holds [`PROMOTE_WINDOW`] items, so a large backlog waits in the inbox on disk
-//! instead of in memory. The number of the record before which the trees hold every run (`state`
+//! instead of in memory. The number of the record through which the trees hold every run (`state`
 //! key `inbox:promoted`) is stored after a flush that covers those runs (every half second, or when
 //! an inbox segment is done), and a segment is deleted only once that number is on disk past it.
 //! After a crash the promoter reads on from that number, skipping the runs the trees hold.
@@ -86,8 +235,10 @@
 //! its first update or by the promoter), its key is held in memory (`pending_keys.rs`): an
 //! ingest checks that and the `dedupe` tree under one lock. Beyond `MAX_PENDING` waiting keys,
 //! such a run is written to the trees directly. At open, the keys of the records not yet
-//! promoted are read back into memory before anything is ingested. A duplicate, and a run written
-//! directly, waits for a flush and fsync (`GroupCommit`, concurrent callers share one), as do
+//! promoted are read back into memory before anything is ingested. A duplicate found in the
+//! `dedupe` tree, and a run written directly, wait for a flush and fsync (`GroupCommit`,
+//! concurrent callers share one); a duplicate of a run still in the inbox waits for that run's
+//! append to be on disk. So do
 //! `hook_token`, `put_revision` and `put_state`. A hook token already known to be on disk is
 //! answered from memory. Other writes become durable with the next flush, whoever triggers it:
 //! losing one in a crash only repeats work (the finished item is still leased and gets requeued),
@@ -132,7 +283,7 @@ use super::coordination::{Coordination, LaneEntry, LaneKey};
 use super::inbox::Inbox;
 use super::{
     ClaimRequest, Claimed, Committed, Decide, FlowLimits, Ingested, Lease, LeaseToken, NewRun,
-    NodeId, Result, RunPage, RunQuery, Store, StoreError,
+    NodeId, Notices, Result, RunNotice, RunPage, RunQuery, Store, StoreError,
 };
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
@@ -237,6 +388,8 @@ pub struct SledStore {
     leases: Mutex<Leases>,
     /// Run updates waiting to be written together.
     batches: UpdateBatches,
+    /// Runs created and finished, for whoever waits on them in this process.
+    notices: Notices,
     /// Lanes and pacing windows, in memory (one process); pacing waits are also kept in `state`.
     coordination: Coordination,
 }
@@ -489,6 +642,7 @@ impl SledStore {
             durable_tokens: Mutex::default(),
             leases: Mutex::default(),
             batches: UpdateBatches::default(),
+            notices: Notices::default(),
             coordination: Coordination::default(),
             log_file: None,
             db,
@@ -777,12 +931,20 @@ enum KeyCheck {
 impl Store for SledStore {
     async fn ingest(&self, new: NewRun) -> Result<Ingested> {
         let encoded = EncodedRun::new(&new)?;
-        match (&self.inbox, &new.dedupe) {
+        let ingested = match (&self.inbox, &new.dedupe) {
             // The common case: one fsynced append; the promoter moves it into the trees.
             (Some(inbox), None) => self.append(inbox, &encoded).await,
             (Some(inbox), Some(_)) => self.ingest_deduped(inbox, &encoded).await,
             (None, _) => self.write_durably(&encoded).await,
+        }?;
+        if ingested == Ingested::Created {
+            self.notices.created(new.run.id);
         }
+        Ok(ingested)
+    }
+
+    fn notices(&self) -> tokio::sync::broadcast::Receiver<RunNotice> {
+        self.notices.subscribe()
     }
 
     async fn claim_due(&self, request: ClaimRequest<'_>) -> Result<Vec<Claimed>> {
@@ -932,6 +1094,9 @@ impl Store for SledStore {
         self.new_runs
             .hints
             .queued(queued.iter().map(|key| &key[..]));
+        if let Some(run) = &written.run {
+            self.notices.written(run);
+        }
         Ok(written.run.map(|run| Committed { run, taken }))
     }
 
