@@ -162,15 +162,26 @@ impl Inbox {
 
     /// Appends a record; returns once it is on disk (fsync).
     pub async fn append(&self, payload: Vec<u8>) -> io::Result<()> {
+        self.send(payload)?.await
+    }
+
+    /// Hands a record to the writer at once (it will be written even if the returned future is
+    /// dropped); the future answers once it is on disk (fsync).
+    pub fn send(
+        &self,
+        payload: Vec<u8>,
+    ) -> io::Result<impl std::future::Future<Output = io::Result<()>> + Send + 'static> {
         let (done, answer) = tokio::sync::oneshot::channel();
         self.appends
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .send(Append { payload, done })
             .map_err(|_| io::Error::other("the inbox writer has stopped"))?;
-        answer
-            .await
-            .map_err(|_| io::Error::other("the inbox writer has stopped"))?
+        Ok(async move {
+            answer
+                .await
+                .map_err(|_| io::Error::other("the inbox writer has stopped"))?
+        })
     }
 
     /// How many batches of appends were written and synced so far.

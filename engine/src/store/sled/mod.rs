@@ -702,14 +702,31 @@ impl SledStore {
                     self.durable().await?;
                     return Ok(outcome);
                 }
+                // Settled in a task of its own, so that a caller that stops waiting (a client
+                // gone, a step's timeout) never leaves the key held by a record whose fate no one
+                // reports: repeats wait for exactly this outcome.
                 KeyCheck::Taken(durable) => {
-                    let appended = self.append(inbox, run).await;
-                    if appended.is_ok() {
-                        durable.send_replace(true);
-                    } else {
-                        pending_keys.release(key, run.run_id()?);
-                    }
-                    return appended;
+                    let (key, run_id) = (key.to_vec(), run.run_id()?);
+                    let pending_keys = pending_keys.clone();
+                    let appended = inbox.send(run.to_record());
+                    let settled = tokio::spawn(async move {
+                        let appended = match appended {
+                            Ok(on_disk) => on_disk.await,
+                            Err(e) => Err(e),
+                        };
+                        match &appended {
+                            Ok(()) => {
+                                durable.send_replace(true);
+                            }
+                            Err(_) => pending_keys.release(&key, run_id),
+                        }
+                        appended
+                    });
+                    return match settled.await {
+                        Ok(Ok(())) => Ok(Ingested::Created),
+                        Ok(Err(e)) => Err(StoreError::unavailable("inbox append failed", e)),
+                        Err(e) => Err(StoreError::unavailable("inbox append task failed", e)),
+                    };
                 }
                 // A repeated delivery: answered once the original is on disk. If its append
                 // failed (or its ingest was dropped before it knew), the key is released and this

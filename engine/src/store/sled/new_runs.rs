@@ -473,8 +473,11 @@ impl NewRunTrees {
         }
     }
 
-    /// Writes runs (each with whether its items are leased); with `skip_stored`, a run the trees
-    /// hold already is left as it is (`None`).
+    /// Writes runs (each with whether its items are leased). With `skip_stored` (runs from the
+    /// inbox, already acknowledged), a run the trees hold already is left as it is (`None`), and a
+    /// run whose dedupe key another run took meanwhile (a newer delivery, after this one's key
+    /// expired) is written all the same, leaving the key to that run. Without it (a direct write at
+    /// ingest), such a run is a duplicate and nothing is written.
     fn write_runs(
         &self,
         new: &[(&EncodedRun, bool)],
@@ -498,8 +501,10 @@ impl NewRunTrees {
                             continue;
                         }
                         if let Some(duplicate) = run.take_key(dedupe_keys, expiry)? {
-                            outcomes.push(Some(duplicate));
-                            continue;
+                            if !skip_stored {
+                                outcomes.push(Some(duplicate));
+                                continue;
+                            }
                         }
                         run.create(events, by_flow, queue, None)?;
                         runs.insert(&run.run_key[..], run.run.as_slice())?;

@@ -289,6 +289,89 @@ async fn a_compressed_store_keeps_everything_and_its_setting() {
     assert!(settings.contains("use_compression: true"), "{settings}");
 }
 
+/// An acknowledged run whose dedupe key a newer delivery took after it expired is still written
+/// when it leaves the inbox after that newer run, never dropped as a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_run_whose_expired_key_was_taken_again_is_kept() {
+    use crate::store::DedupeKey;
+    let dir = tempfile::tempdir().unwrap();
+    let idle = Duration::from_millis(20);
+    let store = open_tuned(dir.path(), 100, 100, idle, Duration::from_secs(3600));
+    let f = flow("orders");
+    let key = |expires_at| {
+        Some(DedupeKey {
+            key: "evt_1".into(),
+            expires_at,
+        })
+    };
+    // The first delivery: due late, its key's window ends at 100.
+    let mut older = new_run(&f, run_id(1), at(5_000));
+    older.event.received_at = at(10);
+    older.dedupe = key(at(100));
+    // A repeat at 200: the window has passed, so it is a new run, due at once.
+    let mut newer = new_run(&f, run_id(2), at(200));
+    newer.dedupe = key(at(100_000));
+    assert_eq!(
+        store.ingest(older.clone()).await.unwrap(),
+        Ingested::Created
+    );
+    assert_eq!(
+        store.ingest(newer.clone()).await.unwrap(),
+        Ingested::Created
+    );
+    // The newer run is claimed from memory and written first, with the key.
+    let claimed = claim_until(&store, 1).await;
+    assert_eq!(item_ids(&claimed), item_ids(&newer.items));
+    assert!(!store.in_trees(older.run.id) && !store.in_trees(newer.run.id));
+    commit(&store, newer.run.id, Some(claimed[0].id), &|run| {
+        Some(RunUpdate {
+            run,
+            records: vec![],
+            enqueue: vec![],
+            take: None,
+        })
+    })
+    .await
+    .unwrap();
+    assert!(store.in_trees(newer.run.id));
+    // The older run then leaves the inbox: written, and claimable when due.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !store.in_trees(older.run.id) {
+        assert!(Instant::now() < deadline, "the older run was dropped");
+        tokio::task::yield_now().await;
+    }
+    let due = claim_items(&store, at(5_000), 10, FAR_FUTURE, &FlowLimits::new())
+        .await
+        .unwrap();
+    assert_eq!(item_ids(&due), item_ids(&older.items));
+}
+
+/// An ingest with a dedupe key that its caller stops waiting for (a client gone, a step's
+/// timeout) still settles its key: a repeat is answered with that run, never started twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_of_an_ingest_its_caller_gave_up_on_is_its_duplicate() {
+    use crate::store::DedupeKey;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_when_released(dir.path(), false);
+    let f = flow("orders");
+    let keyed = |n| {
+        let mut new = new_run(&f, run_id(n), at(100));
+        new.dedupe = Some(DedupeKey {
+            key: "evt_1".into(),
+            expires_at: FAR_FUTURE,
+        });
+        new
+    };
+    let first = keyed(1);
+    // Polled once (the record is handed to the inbox), then dropped.
+    let cut = tokio::time::timeout(Duration::ZERO, store.ingest(first.clone())).await;
+    assert!(cut.is_err(), "the first ingest was cut short");
+    match store.ingest(keyed(2)).await.unwrap() {
+        Ingested::Duplicate { run_id, .. } => assert_eq!(run_id, first.run.id),
+        other => panic!("a second run was started: {other:?}"),
+    }
+}
+
 /// The pacing waits and last schedule ticks earlier versions stored (as `put_state` JSON under
 /// `pacing:ACCOUNT` and `schedule:FLOW`) still count after an upgrade.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
