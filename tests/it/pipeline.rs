@@ -1012,7 +1012,11 @@ async fn metrics_count_runs_steps_retries_and_the_queue() {
         sink.url
     );
     let parked = "id: parked\ntrigger: { webhook: }\nsteps:\n  - { id: wait, delay: { for: 1h } }\n  - { id: later, map: {} }\n";
-    let server = Server::start(&[("counted.yaml", &flow), ("parked.yaml", parked)]);
+    let server = Server::start_with(
+        &[("counted.yaml", &flow), ("parked.yaml", parked)],
+        &["--allow-outbound", "127.0.0.1", "--node-id", "hooks-1"],
+        &[],
+    );
     let (_, answer) = server.send("counted", &json!({})).await;
     let run = server
         .finished_run(answer["run_id"].as_str().unwrap())
@@ -1027,6 +1031,9 @@ async fn metrics_count_runs_steps_retries_and_the_queue() {
         "hookflow_queue_depth 0",
         // One event at a time: a sync to disk each.
         "hookflow_ingest_syncs_total 1",
+        r#"hookflow_node_info{node="hooks-1"} 1"#,
+        "hookflow_commits_refused_total 0",
+        "hookflow_step_panics_total 0",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }

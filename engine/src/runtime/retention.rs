@@ -48,7 +48,8 @@ pub struct Swept {
 pub(super) async fn sweep_forever(engine: Arc<Engine>) {
     let every = engine.config.retention.every;
     loop {
-        tokio::time::sleep(every).await;
+        let at = engine.now().plus(every);
+        engine.config.clock.sleep_until(at).await;
         match engine.sweep(engine.now()).await {
             Ok(swept) if swept != Swept::default() => {
                 info!(
