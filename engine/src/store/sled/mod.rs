@@ -137,7 +137,8 @@
 //! `turn` → `UpdateBatches::queued` and `turn` → sled exclusive (the batch); `flushing` → sled shared.
 //!
 //! **Lock order:** `turn`, `flushing` → `leases`, `PendingKeys` → `Fresh`, `ScanHints`,
-//! `Durable::through`, `UpdateBatches::queued`, `durable_tokens`, `Inbox::appends` → sled's lock.
+//! `Durable::through`, `UpdateBatches::queued`, `durable_tokens`, `Inbox::appends`,
+//! `Coordination`'s lanes and accounts → sled's lock.
 //! - Never take a lock while holding one that comes later in this order.
 //! - Never hold two locks from the same group. In particular, never take `leases` while holding
 //!   `PendingKeys`, and never the reverse.
