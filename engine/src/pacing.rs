@@ -11,17 +11,20 @@
 //! window, as HubSpot counts). A wait the service imposed (a 429, or the allowance reported
 //! exhausted) holds every call until it ends, and is stored, so a restart keeps honouring it.
 //!
+//! The allowances live behind the store's atomic operations (`Store::pace_admit`,
+//! `Store::pace_observe`), so nodes sharing a store share each account's allowance; the rules
+//! themselves are in `store::coordination`, which a detached pacer (no store) uses directly.
+//!
 //! Accounts are named by the connector (`hubspot:<hash of base URL and token>`), never by the
 //! credential itself.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tracing::warn;
 
 use crate::model::Timestamp;
+use crate::store::coordination::Coordination;
 use crate::store::Store;
 
 /// What a service said about an account's allowance after a call.
@@ -43,23 +46,19 @@ pub enum Observation {
     },
 }
 
-/// One account's known allowance.
-#[derive(Debug, Clone, Default)]
-struct Allowance {
-    /// No call before this (a 429, or the window's allowance used up).
-    blocked_until: Timestamp,
-    /// The limit the service reported: calls per window.
-    limit: Option<(u32, Duration)>,
-    /// When the calls admitted within the last window started, oldest first.
-    admitted: VecDeque<Timestamp>,
+/// Where accounts' allowances are kept.
+#[derive(Clone)]
+enum Allowances {
+    /// In the store, shared by every node using it (`Store::pace_admit`, `Store::pace_observe`).
+    Store(Arc<dyn Store>),
+    /// In this process only (an offline run, which makes no calls that matter to others).
+    Detached(Arc<Coordination>),
 }
 
 /// Paces calls per connector account. Cheap to clone.
 #[derive(Clone)]
 pub struct Pacer {
-    /// Where waits are kept (none for an offline run, which makes no calls).
-    store: Option<Arc<dyn Store>>,
-    accounts: Arc<Mutex<HashMap<String, Allowance>>>,
+    allowances: Allowances,
 }
 
 impl std::fmt::Debug for Pacer {
@@ -69,121 +68,63 @@ impl std::fmt::Debug for Pacer {
 }
 
 impl Pacer {
-    /// A pacer keeping its waits in `store`.
+    /// A pacer keeping allowances in `store` (so waits survive a restart, and nodes sharing the
+    /// store share them).
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
-            store: Some(store),
-            accounts: Arc::default(),
+            allowances: Allowances::Store(store),
         }
     }
 
     /// A pacer that keeps its waits in memory only (offline runs and flow tests).
     pub fn detached() -> Self {
         Self {
-            store: None,
-            accounts: Arc::default(),
+            allowances: Allowances::Detached(Arc::default()),
         }
     }
 
-    /// Takes one call of the account's allowance, or answers how long to wait before calling.
+    /// Takes one call of the account's allowance, or answers how long to wait before calling. A
+    /// store that cannot answer admits the call (the service's own limit still applies).
     pub async fn admit(&self, account: &str) -> Result<(), Duration> {
-        self.load(account).await;
         let now = Timestamp::now();
-        let mut accounts = self.accounts();
-        let allowance = accounts.entry(account.to_owned()).or_default();
-        if allowance.blocked_until > now {
-            return Err(wait(allowance.blocked_until, now));
-        }
-        let Some((max, window)) = allowance.limit else {
-            return Ok(());
+        let admitted = match &self.allowances {
+            Allowances::Detached(coordination) => coordination.pace_admit(account, now),
+            Allowances::Store(store) => match store.pace_admit(account, now).await {
+                Ok(admitted) => admitted,
+                Err(e) => {
+                    warn!(error = %e, account, "could not read the account's rate-limit allowance; calling anyway");
+                    Ok(())
+                }
+            },
         };
-        let window_start = Timestamp(now.millis() - window.as_millis() as i64);
-        while allowance
-            .admitted
-            .front()
-            .is_some_and(|t| *t <= window_start)
-        {
-            allowance.admitted.pop_front();
-        }
-        match allowance.admitted.front() {
-            Some(oldest) if allowance.admitted.len() >= max as usize => {
-                Err(wait(oldest.plus(window), now))
-            }
-            _ => {
-                allowance.admitted.push_back(now);
-                Ok(())
-            }
-        }
+        admitted.map_err(|until| wait(until, now))
     }
 
     /// Records what the service said after a call.
     pub async fn observe(&self, account: &str, observation: Observation) {
         let now = Timestamp::now();
-        let blocked_until = {
-            let mut accounts = self.accounts();
-            let allowance = accounts.entry(account.to_owned()).or_default();
-            let until = match observation {
-                Observation::Remaining {
-                    max,
-                    remaining,
-                    window,
-                } => {
-                    allowance.limit = Some((max.max(1), window));
-                    (remaining == 0).then(|| now.plus(window))
-                }
-                Observation::Limited { wait } => Some(now.plus(wait)),
-            };
-            match until {
-                Some(until) if until > allowance.blocked_until => {
-                    allowance.blocked_until = until;
-                    until
-                }
-                _ => return,
+        let (limit, blocked_until) = match observation {
+            Observation::Remaining {
+                max,
+                remaining,
+                window,
+            } => (
+                Some((max, window)),
+                (remaining == 0).then(|| now.plus(window)),
+            ),
+            Observation::Limited { wait } => (None, Some(now.plus(wait))),
+        };
+        match &self.allowances {
+            Allowances::Detached(coordination) => {
+                coordination.pace_observe(account, limit, blocked_until);
             }
-        };
-        let Some(store) = &self.store else {
-            return;
-        };
-        let key = state_key(account);
-        let value = json!({ "blocked_until": blocked_until.millis() });
-        if let Err(e) = store.put_state(&key, &value).await {
-            warn!(error = %e, account, "could not store the account's rate-limit wait");
+            Allowances::Store(store) => {
+                if let Err(e) = store.pace_observe(account, limit, blocked_until).await {
+                    warn!(error = %e, account, "could not store the account's rate-limit wait");
+                }
+            }
         }
     }
-
-    /// Reads the account's stored wait the first time the account is seen in this process.
-    async fn load(&self, account: &str) {
-        if self.accounts().contains_key(account) {
-            return;
-        }
-        let Some(store) = &self.store else {
-            return;
-        };
-        let stored = match store.state(&state_key(account)).await {
-            Ok(v) => v,
-            Err(e) => {
-                warn!(error = %e, account, "could not read the account's rate-limit wait");
-                None
-            }
-        };
-        let blocked_until = stored
-            .and_then(|v| v["blocked_until"].as_i64())
-            .map_or(Timestamp(0), Timestamp);
-        self.accounts()
-            .entry(account.to_owned())
-            .or_insert(Allowance {
-                blocked_until,
-                ..Allowance::default()
-            });
-    }
-
-    fn accounts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Allowance>> {
-        self.accounts.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-fn state_key(account: &str) -> String {
-    format!("pacing:{account}")
 }
 
 fn wait(until: Timestamp, now: Timestamp) -> Duration {
@@ -248,6 +189,25 @@ mod tests {
 
         let after_restart = Pacer::new(store);
         let wait = after_restart.admit("a").await.unwrap_err();
+        assert!(wait > Duration::from_secs(29) && wait <= hold, "{wait:?}");
+    }
+
+    #[tokio::test]
+    async fn a_detached_pacer_paces_in_memory() {
+        let p = Pacer::detached();
+        let window = Duration::from_secs(10);
+        let limit = Observation::Remaining {
+            max: 1,
+            remaining: 50,
+            window,
+        };
+        p.observe("a", limit).await;
+        assert_eq!(p.admit("a").await, Ok(()));
+        let wait = p.clone().admit("a").await.unwrap_err();
+        assert!(wait > Duration::from_secs(9) && wait <= window, "{wait:?}");
+        let hold = Duration::from_secs(30);
+        p.observe("b", Observation::Limited { wait: hold }).await;
+        let wait = p.admit("b").await.unwrap_err();
         assert!(wait > Duration::from_secs(29) && wait <= hold, "{wait:?}");
     }
 }

@@ -336,7 +336,7 @@ impl Engine {
         let slots = Arc::new(Semaphore::new(config.workers.max(1)));
         Arc::new_cyclic(|me| Self {
             sub_flows: Arc::new(EngineFlows(me.clone())),
-            lanes: lanes::Lanes::default(),
+            lanes: lanes::Lanes::new(store.clone(), config.clock.clone()),
             metrics: metrics::Metrics::default(),
             pacer: Pacer::new(store.clone()),
             store,
@@ -953,11 +953,15 @@ impl Engine {
             Err(e) => (Value::Null, StepResult::Failed(e)),
             Ok(input) => {
                 // A step in a named queue waits for a place in its lane (not an attempt).
-                let _place = match &step.queue {
+                let place = match &step.queue {
                     None => None,
                     Some(q) => {
                         let key = q.key.render(&flow.templates, ctx).unwrap_or_default();
-                        match self.lanes.enter(&q.name, &key, q.concurrency, q.gap) {
+                        let lane = crate::store::LaneKey::new(&q.name, key);
+                        let entered =
+                            self.lanes
+                                .enter(lane, q.concurrency, q.gap, item.id, step.timeout);
+                        match entered.await {
                             Ok(place) => Some(place),
                             Err(wait) => return Tried::Wait(wait),
                         }
@@ -981,6 +985,10 @@ impl Engine {
                 // carry on.
                 let execute = AssertUnwindSafe(step.action.execute(input.clone(), &cx));
                 let outcome = tokio::time::timeout(step.timeout, execute.catch_unwind()).await;
+                // The lane's place is given back however the attempt ended.
+                if let Some(place) = place {
+                    place.leave().await;
+                }
                 let result = match outcome {
                     Err(_) => StepResult::Failed(StepError::transient(format!(
                         "the step timed out after {:?}",

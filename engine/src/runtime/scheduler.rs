@@ -1,9 +1,15 @@
-//! Fires `schedule:` flows. Each tick becomes an event whose dedupe key is the tick itself, stored
-//! with its run in one durable ingest — so a fire is recorded before its run starts, and a restart
-//! can never fire the same tick twice. The last tick fired is kept in the store (`schedule:FLOW`):
-//! at start-up, ticks that came due while the server was down are skipped, or fired (the most
-//! recent, up to a cap) when the flow says `missed: catch_up`. `jitter` delays each fire by a
-//! stable pseudo-random part of the jitter; the tick stays the run's identity.
+//! Fires `schedule:` flows. A tick is first claimed in the store ([`Store::claim_tick`]): of every
+//! scheduler sharing the store (one per node), exactly one wins each tick, and a tick older than
+//! the last one claimed is never fired. The winner stores the tick as an event whose dedupe key is
+//! the tick itself, with its run, in one durable ingest — so a fire is recorded before its run
+//! starts, and storing a tick again (after a store error, or at start-up, below) can never start a
+//! second run. At start-up, ticks that came due while the server was down (after the last tick
+//! claimed) are skipped, or fired (the most recent, up to a cap) when the flow says
+//! `missed: catch_up`; catching up also stores the last claimed tick again, in case the server
+//! stopped between claiming it and storing it. `jitter` delays each fire by a stable
+//! pseudo-random part of the jitter; the tick stays the run's identity.
+//!
+//! [`Store::claim_tick`]: crate::store::Store::claim_tick
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::watch;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::{AbortOnDrop, Engine};
 use crate::flow::{Flow, Trigger};
@@ -59,10 +65,26 @@ impl Running {
 /// How long stopping waits for a fire in progress (one durable write or two).
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
+/// Where firing a flow's ticks goes on from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    /// The last tick handled: fired, fired by another scheduler, or skipped.
+    at: Timestamp,
+    /// A tick this scheduler claimed (or may have) and has not stored yet: it is stored without
+    /// claiming it again (its dedupe key makes storing it twice harmless).
+    claimed: Option<Timestamp>,
+}
+
+impl Cursor {
+    fn at(at: Timestamp) -> Self {
+        Self { at, claimed: None }
+    }
+}
+
 async fn fire_until_stopped(engine: Arc<Engine>, mut stopped: watch::Receiver<bool>) {
     let started = Timestamp::now();
     // Per flow: the last tick handled.
-    let mut cursors: HashMap<FlowId, Timestamp> = HashMap::new();
+    let mut cursors: HashMap<FlowId, Cursor> = HashMap::new();
     loop {
         let now = Timestamp::now();
         let mut wake = now.plus(MAX_SLEEP);
@@ -72,22 +94,22 @@ async fn fire_until_stopped(engine: Arc<Engine>, mut stopped: watch::Receiver<bo
             };
             if !flow.enabled {
                 // Paused: its ticks pass unfired (re-enabling starts from then).
-                cursors.insert(flow.id.clone(), Timestamp::now());
+                cursors.insert(flow.id.clone(), Cursor::at(Timestamp::now()));
                 continue;
             }
             let cursor = match cursors.get(&flow.id) {
                 Some(c) => *c,
-                None => match start_cursor(&engine, &flow, schedule, started).await {
-                    Ok(c) => c,
+                None => match engine.store().last_tick(&flow.id).await {
+                    Ok(last) => start_cursor(schedule, last, started),
                     Err(e) => {
-                        error!(flow = %flow.id, error = %e, "cannot read the schedule's state; trying again");
+                        error!(flow = %flow.id, error = %e, "cannot read the schedule's last tick; trying again");
                         continue;
                     }
                 },
             };
             let cursor = fire_due(&engine, &flow, schedule, cursor, now, &stopped).await;
             cursors.insert(flow.id.clone(), cursor);
-            if let Some(next) = schedule.next_after(cursor) {
+            if let Some(next) = schedule.next_after(cursor.at) {
                 wake = wake.min(next.plus(jitter(&flow.id, schedule, next)));
             }
         }
@@ -99,21 +121,17 @@ async fn fire_until_stopped(engine: Arc<Engine>, mut stopped: watch::Receiver<bo
     }
 }
 
-/// Where firing starts after a start-up: after the last tick fired, minus what the flow's
-/// `missed` rule skips.
-async fn start_cursor(
-    engine: &Engine,
-    flow: &Flow,
-    schedule: &Schedule,
-    started: Timestamp,
-) -> Result<Timestamp> {
-    let stored = engine.store().state(&state_key(&flow.id)).await?;
-    let Some(last) = stored.and_then(|v| v["last_tick"].as_i64()).map(Timestamp) else {
+/// Where firing starts after a start-up, given the last tick claimed (`None`: never fired): after
+/// it, minus what the flow's `missed` rule skips. Catching up also stores the last claimed tick
+/// again (a duplicate, unless the server stopped between claiming and storing it) when every
+/// missed tick is fired and the tick's dedupe key is surely still kept.
+fn start_cursor(schedule: &Schedule, last: Option<Timestamp>, started: Timestamp) -> Cursor {
+    let Some(last) = last else {
         // Never fired: start from now.
-        return Ok(started);
+        return Cursor::at(started);
     };
     match schedule.missed {
-        Missed::Skip => Ok(started.max(last)),
+        Missed::Skip => Cursor::at(started.max(last)),
         Missed::CatchUp(max) => {
             let mut missed = Vec::new();
             let mut at = last;
@@ -125,39 +143,62 @@ async fn start_cursor(
                 }
             }
             let keep_from = missed.len().saturating_sub(max);
-            Ok(match keep_from {
-                0 => last,
-                n => missed[n - 1],
-            })
+            let key_kept = last.plus(TICK_KEY_WINDOW / 2) > started;
+            match keep_from {
+                0 if key_kept => Cursor {
+                    at: Timestamp(last.millis() - 1),
+                    claimed: Some(last),
+                },
+                0 => Cursor::at(last),
+                n => Cursor::at(missed[n - 1]),
+            }
         }
     }
 }
 
 /// Fires every tick after `cursor` that is due at `now` (until stopped); answers the new cursor. A
-/// tick that could not be stored is tried again on the next pass.
+/// tick that could not be claimed or stored is tried again on the next pass.
 async fn fire_due(
     engine: &Engine,
     flow: &Flow,
     schedule: &Schedule,
-    mut cursor: Timestamp,
+    mut cursor: Cursor,
     now: Timestamp,
     stopped: &watch::Receiver<bool>,
-) -> Timestamp {
-    while let Some(tick) = schedule.next_after(cursor) {
+) -> Cursor {
+    while let Some(tick) = schedule.next_after(cursor.at) {
         if tick.plus(jitter(&flow.id, schedule, tick)) > now || *stopped.borrow() {
             break;
         }
         let span = info_span!("schedule", flow = %flow.id, tick = %tick);
-        if let Err(e) = fire(engine, flow, tick).instrument(span).await {
+        let fired = fire(engine, flow, tick, &mut cursor.claimed);
+        if let Err(e) = fired.instrument(span).await {
             error!(flow = %flow.id, error = %e, "could not store a schedule fire; trying again");
             break;
         }
-        cursor = tick;
+        cursor = Cursor::at(tick);
     }
     cursor
 }
 
-async fn fire(engine: &Engine, flow: &Flow, tick: Timestamp) -> Result<()> {
+/// Claims the tick (unless `claimed` says this scheduler has) and stores it as an event with its
+/// run; a tick another scheduler claimed is left to it.
+async fn fire(
+    engine: &Engine,
+    flow: &Flow,
+    tick: Timestamp,
+    claimed: &mut Option<Timestamp>,
+) -> Result<()> {
+    if *claimed != Some(tick) {
+        // If the claim fails, it may still have been made: store the tick anyway when trying
+        // again (its dedupe key keeps that from starting a second run).
+        *claimed = Some(tick);
+        if !engine.store().claim_tick(&flow.id, tick).await? {
+            *claimed = None;
+            debug!("tick claimed by another scheduler (or an earlier one of this flow)");
+            return Ok(());
+        }
+    }
     let now = Timestamp::now();
     let trigger = json!({
         "method": "SCHEDULE",
@@ -171,21 +212,13 @@ async fn fire(engine: &Engine, flow: &Flow, tick: Timestamp) -> Result<()> {
         expires_at: now.plus(TICK_KEY_WINDOW),
     };
     let accepted = engine.store_event(flow, trigger, Some(key)).await?;
-    let state = json!({ "last_tick": tick.millis() });
-    engine
-        .store()
-        .put_state(&state_key(&flow.id), &state)
-        .await?;
+    *claimed = None;
     if accepted.duplicate {
-        info!(run_id = %accepted.run_id, "tick already fired before a restart");
+        info!(run_id = %accepted.run_id, "tick already fired");
     } else {
         info!(run_id = %accepted.run_id, "schedule fired");
     }
     Ok(())
-}
-
-fn state_key(flow: &FlowId) -> String {
-    format!("schedule:{flow}")
 }
 
 /// A stable part of the schedule's jitter for one tick (the same on every pass and restart).
@@ -198,4 +231,84 @@ fn jitter(flow: &FlowId, schedule: &Schedule, tick: Timestamp) -> Duration {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (flow.as_str(), tick.millis()).hash(&mut hasher);
     Duration::from_millis(hasher.finish() % (max + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_second(missed: Missed) -> Schedule {
+        let mut schedule = Schedule::parse("* * * * * *", None).unwrap();
+        schedule.missed = missed;
+        schedule
+    }
+
+    const SECOND: i64 = 1000;
+    const STARTED: Timestamp = Timestamp(1_700_000_000_500);
+
+    /// A tick `n` seconds before the whole second before `STARTED`.
+    fn tick(n: i64) -> Timestamp {
+        Timestamp(1_700_000_000_000 - n * SECOND)
+    }
+
+    #[test]
+    fn a_schedule_that_never_fired_starts_now() {
+        for missed in [Missed::Skip, Missed::CatchUp(3)] {
+            assert_eq!(
+                start_cursor(&every_second(missed), None, STARTED),
+                Cursor::at(STARTED)
+            );
+        }
+    }
+
+    #[test]
+    fn skipping_starts_after_the_start_or_the_last_tick_claimed() {
+        let skip = every_second(Missed::Skip);
+        assert_eq!(
+            start_cursor(&skip, Some(tick(10)), STARTED),
+            Cursor::at(STARTED)
+        );
+        let later = Timestamp(STARTED.millis() + 5 * SECOND);
+        assert_eq!(
+            start_cursor(&skip, Some(later), STARTED),
+            Cursor::at(later),
+            "another scheduler claimed later ticks"
+        );
+    }
+
+    #[test]
+    fn catching_up_fires_the_most_recent_missed_ticks() {
+        let catch_up = every_second(Missed::CatchUp(2));
+        // Missed: ticks 9 … 0 seconds back; the two most recent fire, so firing goes on after 2.
+        assert_eq!(
+            start_cursor(&catch_up, Some(tick(10)), STARTED),
+            Cursor::at(tick(2))
+        );
+    }
+
+    #[test]
+    fn catching_up_everything_stores_the_last_claimed_tick_again() {
+        let catch_up = every_second(Missed::CatchUp(10));
+        let cursor = start_cursor(&catch_up, Some(tick(2)), STARTED);
+        assert_eq!(
+            cursor,
+            Cursor {
+                at: Timestamp(tick(2).millis() - 1),
+                claimed: Some(tick(2)),
+            }
+        );
+        assert_eq!(catch_up.next_after(cursor.at), Some(tick(2)));
+    }
+
+    #[test]
+    fn a_claimed_tick_older_than_its_dedupe_key_is_never_stored_again() {
+        let mut monthly = Schedule::parse("0 0 1 * *", None).unwrap();
+        monthly.missed = Missed::CatchUp(10);
+        let first = Timestamp(1_704_067_200_000); // 2024-01-01T00:00:00Z
+        let started = first.plus(Duration::from_secs(20 * 24 * 3600));
+        assert_eq!(
+            start_cursor(&monthly, Some(first), started),
+            Cursor::at(first)
+        );
+    }
 }

@@ -79,6 +79,7 @@ impl Action for Flaky {
 fn registry() -> Registry {
     let mut registry = Registry::builtin();
     registry.register::<FlakySpec>();
+    registry.register::<ProbeSpec>();
     registry
 }
 
@@ -260,5 +261,90 @@ async fn a_delay_holds_the_next_step_until_the_clock_reaches_its_end() {
     })
     .await;
     assert_eq!(executions(run), 1);
+    running.stop().await;
+}
+
+/// Per probe name: how many `probe` steps are executing now, and the most there ever were.
+static PROBING: Mutex<Option<HashMap<String, (u32, u32)>>> = Mutex::new(None);
+
+fn probing(name: &str, change: i32) -> (u32, u32) {
+    let mut probing = PROBING.lock().unwrap();
+    let (now, most) = probing
+        .get_or_insert_with(HashMap::new)
+        .entry(name.to_owned())
+        .or_default();
+    *now = now.saturating_add_signed(change);
+    *most = (*most).max(*now);
+    (*now, *most)
+}
+
+/// A test step that counts how many of its kind (by `name`) execute at once.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ProbeSpec {
+    name: String,
+}
+
+#[derive(Debug)]
+struct Probe {
+    name: String,
+}
+
+impl StepKind for ProbeSpec {
+    const KIND: &'static str = "probe";
+
+    fn build(self, _cx: &mut BuildContext<'_>) -> Option<Arc<dyn Action>> {
+        Some(Arc::new(Probe { name: self.name }))
+    }
+}
+
+#[async_trait]
+impl Action for Probe {
+    fn render(&self, _: &Templates, _: &Value) -> Result<Value, StepError> {
+        Ok(Value::Null)
+    }
+
+    async fn execute(&self, _: Value, _: &ExecContext) -> Result<Outcome, StepError> {
+        probing(&self.name, 1);
+        // Work that takes a moment, so that overlapping attempts would be seen.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        probing(&self.name, -1);
+        Ok(Outcome::Output(json!({})))
+    }
+}
+
+/// Two runtimes (nodes) sharing one store share a named queue's lanes: the steps of one lane never
+/// execute at once, whichever node runs them. On the system clock (a step finding its lane busy
+/// looks again a moment later). Part of the store conformance suite.
+pub(crate) async fn two_runtimes_on_one_store_share_a_named_queues_lane(store: Arc<dyn Store>) {
+    let name = format!("lane-{}", ulid::Ulid::new());
+    let flow = flow(&format!(
+        "id: serial\ntrigger: {{ manual: {{}} }}\nsteps:\n  - id: call\n    queue: {{ name: crm, key: {name}, concurrency: 1 }}\n    probe: {{ name: {name} }}\n"
+    ));
+    let engine = |node: &str| {
+        let http = HttpClient::new(OutboundPolicy::default()).unwrap();
+        let config = EngineConfig {
+            workers: 4,
+            node: NodeId::new(node).unwrap(),
+            ..EngineConfig::default()
+        };
+        Engine::new(store.clone(), Catalog::new(registry()), http, config)
+    };
+    let (a, b) = (engine("node-a"), engine("node-b"));
+    let flow = a.deploy(vec![flow]).await.unwrap().remove(0).0;
+    b.catalog().deploy(flow.clone());
+    let running = Running::start(&[&a, &b]);
+    let mut runs = Vec::new();
+    for n in 0..8 {
+        let engine = if n % 2 == 0 { &a } else { &b };
+        runs.push(engine.start_manual(&flow, json!({})).await.unwrap().run_id);
+    }
+    for run in &runs {
+        until_run(store.as_ref(), *run, "succeeded", |r| {
+            r.status == RunStatus::Succeeded
+        })
+        .await;
+    }
+    assert_eq!(probing(&name, 0), (0, 1), "one step of the lane at a time");
     running.stop().await;
 }

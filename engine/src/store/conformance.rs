@@ -94,6 +94,10 @@ pub(crate) async fn commit<T: Store + ?Sized>(
 /// previous store before calling it again.
 pub(crate) type Open<'a> = &'a (dyn Fn() -> Arc<dyn Store> + Send + Sync);
 
+/// The checks of lanes, pacing and schedule ticks.
+mod coordination;
+pub(crate) use self::coordination::*;
+
 /// A lease end later than any time a check uses.
 pub(crate) const FAR_FUTURE: Timestamp = Timestamp(i64::MAX / 2);
 
@@ -1651,10 +1655,18 @@ macro_rules! conformance_suite {
             list_runs_selects_a_time_window,
             pruning_deletes_old_and_excess_final_runs_only,
             stats_count_the_queue,
+            lanes_admit_their_concurrency_until_given_back_or_expired,
+            lanes_honour_their_gap,
+            racing_entries_take_at_most_concurrency_places,
+            pacing_admits_at_most_max_per_window,
+            pacing_honours_blocked_until,
+            one_caller_claims_each_tick,
         );
         $crate::store::conformance::conformance_suite!(@reopen $backend;
             state_is_kept_across_reopen,
             everything_survives_reopen,
+            pacing_waits_survive_reopen,
+            claimed_ticks_survive_reopen,
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1664,6 +1676,14 @@ macro_rules! conformance_suite {
                 let open = || <$backend as $crate::store::conformance::Backend>::open(&place);
                 $crate::store::conformance::matches_a_simple_model(&open, seed, 150).await;
             }
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn two_runtimes_on_one_store_share_a_named_queues_lane() {
+            let place = <$backend as $crate::store::conformance::Backend>::place();
+            let store = <$backend as $crate::store::conformance::Backend>::open(&place);
+            $crate::runtime::tests::two_runtimes_on_one_store_share_a_named_queues_lane(store)
+                .await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,6 +37,7 @@
 //!   event's record that cannot be read is quarantined, never silently skipped.
 
 mod clock;
+pub(crate) mod coordination;
 mod inbox;
 mod packed;
 pub mod sled;
@@ -49,6 +50,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 
 pub use self::clock::{Clock, ManualClock, SharedClock, Sleep, SystemClock};
+pub use self::coordination::{LaneEntry, LaneKey};
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, RunStatus, StepRecord, Timestamp};
 
@@ -483,6 +485,64 @@ pub trait Store: Send + Sync + 'static {
     /// Makes every write this handle made before the call durable: the one call after which effects
     /// may start (see the module docs). Concurrent callers may share one flush.
     async fn flush(&self) -> Result<()>;
+
+    // Coordination between the nodes sharing the store (see `coordination.rs` for the rules as
+    // one process keeps them). Each call is one atomic operation: a backend shared by several
+    // nodes must apply it as a whole, as if every node's calls were made one after another.
+
+    /// Takes a place in a named queue's `lane` for `holder` (the queue item attempting its
+    /// step), if fewer than `concurrency` (at least 1) holders have one at `now` and the lane's
+    /// gap has passed; a holder that has a place already keeps it with the new expiry. A place
+    /// stops counting once `expires` has passed, even if it is never given back (its node died),
+    /// so a lane is never wedged: the caller sets `expires` beyond the longest its attempt can
+    /// take. Atomic: of concurrent callers, at most `concurrency` hold a place at once, across
+    /// nodes. Places need not survive a restart of a backend used by one process (sled keeps them
+    /// in memory: they end with it); a shared backend keeps them where every node sees them.
+    async fn enter_lane(
+        &self,
+        lane: &LaneKey,
+        concurrency: usize,
+        holder: ItemId,
+        now: Timestamp,
+        expires: Timestamp,
+    ) -> Result<LaneEntry>;
+
+    /// Gives `holder`'s place in `lane` back: nobody enters the lane before `free_at` (the
+    /// caller's time plus the queue's gap; a later leave never moves it back). Giving back a
+    /// place that is not held (it expired) only applies `free_at`.
+    async fn leave_lane(&self, lane: &LaneKey, holder: ItemId, free_at: Timestamp) -> Result<()>;
+
+    /// Admits one call to a connector `account` at `now`, or answers the earliest time a call may
+    /// be made: the account's blocked-until time, or, once the account's limit is known (`max`
+    /// calls per `window`, from [`pace_observe`](Self::pace_observe)), when the oldest call of a
+    /// full window leaves it. Atomic: across every caller and node, no window holds more than
+    /// `max` admitted calls. An account never observed is always admitted.
+    async fn pace_admit(
+        &self,
+        account: &str,
+        now: Timestamp,
+    ) -> Result<std::result::Result<(), Timestamp>>;
+
+    /// Records what a service said about an `account`: its `limit` (`max` calls per window, the
+    /// latest report wins) and a time before which no call may be made. The blocked-until time
+    /// only ever rises (atomically: a lower one never replaces a higher one) and is durable: it
+    /// survives a restart. The limit and the window's log of admitted calls need not be durable
+    /// (the service reports its limit again with its next answer).
+    async fn pace_observe(
+        &self,
+        account: &str,
+        limit: Option<(u32, std::time::Duration)>,
+        blocked_until: Option<Timestamp>,
+    ) -> Result<()>;
+
+    /// Claims a schedule flow's `tick` for the caller: true for exactly one caller per (flow,
+    /// tick), and only if `tick` is later than every tick of the flow claimed before. Atomic across
+    /// nodes and durable before it returns true: after a restart the tick is still claimed (it is
+    /// the flow's [`last_tick`](Self::last_tick)).
+    async fn claim_tick(&self, flow: &FlowId, tick: Timestamp) -> Result<bool>;
+
+    /// The latest tick claimed for a schedule flow (`None` if it never fired).
+    async fn last_tick(&self, flow: &FlowId) -> Result<Option<Timestamp>>;
 }
 
 /// How much a store holds.

@@ -137,7 +137,8 @@
 //! `turn` → `UpdateBatches::queued` and `turn` → sled exclusive (the batch); `flushing` → sled shared.
 //!
 //! **Lock order:** `turn`, `flushing` → `leases`, `PendingKeys` → `Fresh`, `ScanHints`,
-//! `Durable::through`, `UpdateBatches::queued`, `durable_tokens`, `Inbox::appends` → sled's lock.
+//! `Durable::through`, `UpdateBatches::queued`, `durable_tokens`, `Inbox::appends`,
+//! `Coordination`'s lanes and accounts → sled's lock.
 //! - Never take a lock while holding one that comes later in this order.
 //! - Never hold two locks from the same group. In particular, never take `leases` while holding
 //!   `PendingKeys`, and never the reverse.
@@ -169,7 +170,7 @@
 //! | `revisions`    | flow id, `0x00`, revision                            | source (a JSON string)   |
 //! | `dedupe`       | flow id, `0x00`, dedupe key                          | [`DedupeEntry`]          |
 //! | `dedupe_expiry`| expiry (u64 big-endian ms), flow id, `0x00`, dedupe key | empty (an index)      |
-//! | `state`        | a runtime state key (`pacing:hubspot:…`)             | JSON value               |
+//! | `state`        | a runtime state key (`pacing:hubspot:…`, `schedule:FLOW`) | JSON value          |
 //!
 //! Flow ids are validated names (letters, digits, `_`, `-`), so they never contain `0x00` and the
 //! separator keeps one flow's prefix from matching another's. Ids are ULIDs, whose bytes sort by
@@ -256,6 +257,14 @@
 //! elsewhere (`flush_async`, on sled's own thread pool). While a flush syncs, sled's transactions
 //! wait (they take a process-wide lock the flush also holds, shared), so a transaction can block
 //! its worker thread for the length of an fsync.
+//!
+//! # Coordination
+//!
+//! Named queues' lanes and connector accounts' pacing windows are kept in memory
+//! (`store::coordination`, one process). An account's blocked-until time (`pacing:ACCOUNT`) and a
+//! schedule flow's last claimed tick (`schedule:FLOW`) are kept in `state`, raised by compare and
+//! swap (so a lower time never replaces a higher one, and one caller wins each tick) and synced
+//! before the call returns.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -271,6 +280,7 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use super::coordination::{Coordination, LaneEntry, LaneKey};
 use super::inbox::Inbox;
 use super::{
     ClaimRequest, Claimed, Committed, Decide, FlowLimits, Ingested, Lease, LeaseToken, NewRun,
@@ -381,6 +391,8 @@ pub struct SledStore {
     batches: UpdateBatches,
     /// Runs created and finished, for whoever waits on them in this process.
     notices: Notices,
+    /// Lanes and pacing windows, in memory (one process); pacing waits are also kept in `state`.
+    coordination: Coordination,
 }
 
 /// The queue items leased to this process's workers, kept in memory: a sled database is open in
@@ -632,6 +644,7 @@ impl SledStore {
             leases: Mutex::default(),
             batches: UpdateBatches::default(),
             notices: Notices::default(),
+            coordination: Coordination::default(),
             log_file: None,
             db,
         })
@@ -1427,6 +1440,140 @@ impl Store for SledStore {
     async fn state(&self, key: &str) -> Result<Option<serde_json::Value>> {
         self.get(&self.new_runs.state, TreeName::State, key.as_bytes(), &key)
     }
+
+    async fn enter_lane(
+        &self,
+        lane: &LaneKey,
+        concurrency: usize,
+        holder: ItemId,
+        now: Timestamp,
+        expires: Timestamp,
+    ) -> Result<LaneEntry> {
+        Ok(self
+            .coordination
+            .enter_lane(lane, concurrency, holder, now, expires))
+    }
+
+    async fn leave_lane(&self, lane: &LaneKey, holder: ItemId, free_at: Timestamp) -> Result<()> {
+        self.coordination.leave_lane(lane, holder, free_at);
+        Ok(())
+    }
+
+    async fn pace_admit(
+        &self,
+        account: &str,
+        now: Timestamp,
+    ) -> Result<std::result::Result<(), Timestamp>> {
+        self.restore_pacing(account)?;
+        Ok(self.coordination.pace_admit(account, now))
+    }
+
+    async fn pace_observe(
+        &self,
+        account: &str,
+        limit: Option<(u32, Duration)>,
+        blocked_until: Option<Timestamp>,
+    ) -> Result<()> {
+        self.restore_pacing(account)?;
+        let Some(until) = self
+            .coordination
+            .pace_observe(account, limit, blocked_until)
+        else {
+            return Ok(());
+        };
+        if self.raise_state(&pacing_key(account), BLOCKED_UNTIL, until)? {
+            self.durable().await?;
+        }
+        Ok(())
+    }
+
+    async fn claim_tick(&self, flow: &FlowId, tick: Timestamp) -> Result<bool> {
+        if !self.raise_state(&tick_key(flow), LAST_TICK, tick)? {
+            return Ok(false);
+        }
+        self.durable().await?;
+        Ok(true)
+    }
+
+    async fn last_tick(&self, flow: &FlowId) -> Result<Option<Timestamp>> {
+        self.state_time(&tick_key(flow), LAST_TICK)
+    }
+}
+
+/// The `state` key of a connector account's pacing (`{"blocked_until": ms}`).
+fn pacing_key(account: &str) -> String {
+    format!("pacing:{account}")
+}
+
+/// The `state` key of a schedule flow's last claimed tick (`{"last_tick": ms}`).
+fn tick_key(flow: &FlowId) -> String {
+    format!("schedule:{flow}")
+}
+
+/// The field of a pacing state holding the account's blocked-until time.
+const BLOCKED_UNTIL: &str = "blocked_until";
+/// The field of a schedule state holding the last tick claimed.
+const LAST_TICK: &str = "last_tick";
+
+/// Coordination kept in the `state` tree (pacing waits, schedule ticks).
+impl SledStore {
+    /// Gives an account's stored blocked-until time to the in-memory pacing the first time this
+    /// process sees the account.
+    fn restore_pacing(&self, account: &str) -> Result<()> {
+        if self.coordination.pace_known(account) {
+            return Ok(());
+        }
+        let until = self.state_time(&pacing_key(account), BLOCKED_UNTIL)?;
+        self.coordination
+            .pace_restore(account, until.unwrap_or_default());
+        Ok(())
+    }
+
+    /// The time in `field` of the JSON object stored under `key` (`None` if there is none).
+    fn state_time(&self, key: &str, field: &str) -> Result<Option<Timestamp>> {
+        let value: Option<serde_json::Value> =
+            self.get(&self.new_runs.state, TreeName::State, key.as_bytes(), &key)?;
+        value.map(|v| stored_time(key, &v, field)).transpose()
+    }
+
+    /// Sets `field` under `key` to `to` if that is later than the time stored there (or none
+    /// is), atomically (compare and swap); answers whether it did. Not durable on return.
+    fn raise_state(&self, key: &str, field: &str, to: Timestamp) -> Result<bool> {
+        let tree = &self.new_runs.state;
+        let new = encode(
+            TreeName::State,
+            &key,
+            &serde_json::json!({ field: to.millis() }),
+        )?;
+        loop {
+            let old = tree
+                .get(key.as_bytes())
+                .map_err(|e| backend("read", TreeName::State, &key, e))?;
+            if let Some(old) = &old {
+                let value: serde_json::Value = decode(TreeName::State, key.as_bytes(), old)?;
+                if stored_time(key, &value, field)? >= to {
+                    return Ok(false);
+                }
+            }
+            let swapped = tree
+                .compare_and_swap(key.as_bytes(), old, Some(new.as_slice()))
+                .map_err(|e| backend("write", TreeName::State, &key, e))?;
+            if swapped.is_ok() {
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// The time in `field` of a stored state object, or a corruption error naming `key`.
+fn stored_time(key: &str, value: &serde_json::Value, field: &str) -> Result<Timestamp> {
+    value[field].as_i64().map(Timestamp).ok_or_else(|| {
+        corrupt(
+            TreeName::State,
+            key.as_bytes(),
+            format!("no `{field}` time"),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -377,3 +377,25 @@ async fn a_repeat_of_an_ingest_its_caller_gave_up_on_is_its_duplicate() {
         other => panic!("a second run was started: {other:?}"),
     }
 }
+
+/// The pacing waits and last schedule ticks earlier versions stored (as `put_state` JSON under
+/// `pacing:ACCOUNT` and `schedule:FLOW`) still count after an upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pacing_and_ticks_stored_by_earlier_versions_still_count() {
+    let place = Sled::place();
+    let store = Sled::open(&place);
+    let pacing = json!({ "blocked_until": 5_000 });
+    store.put_state("pacing:a", &pacing).await.unwrap();
+    let tick = json!({ "last_tick": 100 });
+    store.put_state("schedule:nightly", &tick).await.unwrap();
+    drop(store);
+    let store = Sled::open(&place);
+    assert_eq!(
+        store.pace_admit("a", at(4_000)).await.unwrap(),
+        Err(at(5_000))
+    );
+    let f = flow("nightly");
+    assert_eq!(store.last_tick(&f).await.unwrap(), Some(at(100)));
+    assert!(!store.claim_tick(&f, at(100)).await.unwrap());
+    assert!(store.claim_tick(&f, at(200)).await.unwrap());
+}
