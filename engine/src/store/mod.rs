@@ -21,6 +21,7 @@
 
 mod inbox;
 mod packed;
+mod quarantine;
 pub mod sled;
 
 #[cfg(test)]
@@ -32,6 +33,8 @@ use async_trait::async_trait;
 
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, RunStatus, StepRecord, Timestamp};
+
+pub use self::quarantine::{QuarantineKind, Quarantined};
 
 /// What can go wrong in a store.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +48,17 @@ pub enum StoreError {
         /// Where the record is.
         tree: &'static str,
         /// What is wrong with it.
+        detail: String,
+    },
+    /// No quarantined inbox record has this id.
+    #[error("no quarantined record `{0}`")]
+    NotQuarantined(String),
+    /// A quarantined record still does not decode as a run: it stays in the quarantine.
+    #[error("quarantined record `{id}` still cannot be read as a run: {detail}")]
+    StillUnreadable {
+        /// The entry's id.
+        id: String,
+        /// What is wrong, and where its bytes are to repair.
         detail: String,
     },
 }
@@ -238,6 +252,30 @@ pub trait Store: Send + Sync + 'static {
     /// Makes every write so far durable (at shutdown, and before a step with effects follows another
     /// one in a run). Concurrent callers may share one flush.
     async fn flush(&self) -> Result<()>;
+
+    /// The accepted events the store could not read back and set aside instead of dropping them
+    /// (damaged on disk, or not decodable), in the order they were accepted. A store without such
+    /// a log (a temporary one) has none.
+    async fn quarantined(&self) -> Result<Vec<Quarantined>>;
+
+    /// Decodes a quarantined record's kept bytes (repaired, or readable by this version) as the
+    /// new run it held, ingests it through [`ingest`](Self::ingest), and removes the entry. A run
+    /// that is stored already is not ingested twice (answered as a duplicate). Fails with
+    /// [`StoreError::NotQuarantined`] for an unknown id, and with [`StoreError::StillUnreadable`]
+    /// (the entry stays) when the bytes still do not decode.
+    async fn reingest_quarantined(&self, id: &str) -> Result<Reingested>;
+}
+
+/// What [`Store::reingest_quarantined`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reingested {
+    /// The run the quarantined record held.
+    pub run_id: RunId,
+    /// Its event.
+    pub event_id: EventId,
+    /// `Created`, or `Duplicate` when the run was stored already or its dedupe key was taken
+    /// (then with the original's ids).
+    pub outcome: Ingested,
 }
 
 /// How much a store holds.
@@ -249,4 +287,6 @@ pub struct StoreStats {
     pub bytes: u64,
     /// How many syncs to disk acknowledged events so far (concurrent events share one).
     pub ingest_syncs: u64,
+    /// How many accepted events are held in the quarantine (see [`Store::quarantined`]).
+    pub quarantined: u64,
 }

@@ -121,7 +121,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::inbox::Inbox;
-use super::{Decide, FlowRoom, Ingested, NewRun, Result, RunPage, RunQuery, Store, StoreError};
+use super::{
+    Decide, FlowRoom, Ingested, NewRun, Quarantined, Reingested, Result, RunPage, RunQuery, Store,
+    StoreError,
+};
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
 
@@ -131,6 +134,7 @@ mod hints;
 mod layout;
 mod new_runs;
 mod pending_keys;
+mod reingest;
 #[cfg(test)]
 mod tests;
 mod update;
@@ -163,6 +167,15 @@ const PROMOTED_KEY: &str = "inbox:promoted";
 /// The promoter stops moving inbox records into the trees while the queue holds this many items:
 /// beyond it, a backlog waits in the inbox, on disk, costing no memory.
 const PROMOTE_WINDOW: i64 = 20_000;
+
+/// [`PROMOTE_WINDOW`], or the value of `HOOKFLOW_PROMOTE_WINDOW` when it is set to a number (0
+/// keeps every accepted event in the inbox: the end-to-end tests of inbox recovery use it).
+fn promote_window() -> i64 {
+    std::env::var("HOOKFLOW_PROMOTE_WINDOW")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(PROMOTE_WINDOW)
+}
 
 /// sled's log segment size. A value over a quarter of a segment becomes an unsynced blob file; 8 MiB
 /// keeps values up to 2 MiB in the log (sled's default is 512 KiB).
@@ -260,7 +273,7 @@ impl SledStore {
             path,
             cache_bytes,
             compression,
-            PROMOTE_WINDOW,
+            promote_window(),
             fresh::Tuning::default(),
         )
     }
@@ -1137,11 +1150,29 @@ impl Store for SledStore {
             queued: self.new_runs.queue.len() as u64 + self.in_inbox(),
             bytes,
             ingest_syncs: self.inbox.as_ref().map_or(0, Inbox::syncs),
+            quarantined: self.inbox.as_ref().map_or(0, |i| i.quarantine().held()),
         })
     }
 
     async fn state(&self, key: &str) -> Result<Option<serde_json::Value>> {
         self.get(&self.new_runs.state, TreeName::State, key.as_bytes(), &key)
+    }
+
+    async fn quarantined(&self) -> Result<Vec<Quarantined>> {
+        let Some(inbox) = &self.inbox else {
+            return Ok(Vec::new());
+        };
+        inbox
+            .quarantine()
+            .list()
+            .map_err(|e| StoreError::Backend(format!("cannot list the inbox's quarantine: {e}")))
+    }
+
+    async fn reingest_quarantined(&self, id: &str) -> Result<Reingested> {
+        match &self.inbox {
+            Some(inbox) => reingest::reingest(self, inbox.quarantine(), id).await,
+            None => Err(StoreError::NotQuarantined(id.to_owned())),
+        }
     }
 }
 
