@@ -1,7 +1,7 @@
 //! `GET /metrics`: counters in Prometheus' text format: catch-hook events received (by flow and
 //! outcome) and rejected (by flow and reason), runs finished by flow and status, step durations
-//! (a histogram by flow and kind), retries scheduled, queue depth and store size (counted at most
-//! once a second).
+//! (a histogram by flow and kind), retries scheduled, queue depth, store size and quarantined
+//! events (counted at most once a second).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -143,5 +143,12 @@ async fn metrics(
         "Syncs to disk that acknowledged events; concurrent events share one.",
     );
     let _ = writeln!(out, "hookflow_ingest_syncs_total {}", stats.ingest_syncs);
+    describe(
+        &mut out,
+        "hookflow_quarantined_total",
+        "gauge",
+        "Accepted events held in the quarantine (damaged or undecodable on disk), not yet ingested again.",
+    );
+    let _ = writeln!(out, "hookflow_quarantined_total {}", stats.quarantined);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

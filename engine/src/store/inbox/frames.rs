@@ -160,20 +160,20 @@ fn records_in(span: &[u8]) -> u64 {
 /// The record that bytes kept in the quarantine hold: the payload of the whole frame they start
 /// with; else, when only the length was hit (the rest matches the header's checksum), everything
 /// after the header; else the bytes themselves (as an operator who repaired them may have left
-/// them: a bare record).
-pub(crate) fn recover_payload(kept: &[u8]) -> &[u8] {
+/// them: a bare record). Also says whether they were a frame.
+pub(crate) fn recover_payload(kept: &[u8]) -> (&[u8], bool) {
     if let Some(len) = plausible_len(kept, 0) {
         if is_whole(kept, 0) {
-            return &kept[HEADER..HEADER + len];
+            return (&kept[HEADER..HEADER + len], true);
         }
     }
     if kept.len() > HEADER {
         let (_, crc) = parse_header(&kept[..HEADER]);
         if crc32fast::hash(&kept[HEADER..]) == crc {
-            return &kept[HEADER..];
+            return (&kept[HEADER..], true);
         }
     }
-    kept
+    (kept, false)
 }
 
 #[cfg(test)]
@@ -231,13 +231,14 @@ mod tests {
     #[test]
     fn kept_bytes_give_back_their_record() {
         let whole = framed(&[b"payload"]);
-        assert_eq!(recover_payload(&whole), b"payload");
+        assert_eq!(recover_payload(&whole), (&b"payload"[..], true));
         let mut length_hit = whole.clone();
         length_hit[..4].copy_from_slice(&[1, 2, 3, 4]);
-        assert_eq!(recover_payload(&length_hit), b"payload");
+        assert_eq!(recover_payload(&length_hit), (&b"payload"[..], true));
         let mut payload_hit = whole.clone();
         payload_hit[HEADER + 1] = b'X';
-        assert_eq!(recover_payload(&payload_hit), &payload_hit[..]);
-        assert_eq!(recover_payload(b"{\"bare\":1}"), b"{\"bare\":1}");
+        assert_eq!(recover_payload(&payload_hit), (&payload_hit[..], false));
+        let bare = b"{\"bare\":1}";
+        assert_eq!(recover_payload(bare), (&bare[..], false));
     }
 }

@@ -52,9 +52,15 @@ pub(super) async fn reingest(
 
 /// The new run that kept bytes hold, or why they do not decode.
 fn decode(kept: &[u8]) -> std::result::Result<NewRun, String> {
-    EncodedRun::from_record(recover_payload(kept))?
-        .decode_new_run()
-        .map_err(|e| e.to_string())
+    let (payload, framed) = recover_payload(kept);
+    let decoded = EncodedRun::from_record(payload)
+        .and_then(|run| run.decode_new_run().map_err(|e| e.to_string()));
+    decoded.map_err(|e| match framed {
+        true => format!("the record does not decode: {e}"),
+        false => format!(
+            "the bytes are no whole frame (its length or checksum does not match), nor a bare run record ({e})"
+        ),
+    })
 }
 
 #[cfg(test)]
