@@ -982,20 +982,53 @@ mod tests {
     /// numbering goes on after the last record.
     #[test]
     fn damage_in_the_middle_of_the_newest_segment_is_quarantined_and_the_rest_read() {
-        // (what is hit, where, with what; the first record number it takes, and how many)
-        let cases: [(&str, fn(&[u64]) -> u64, &[u8], u64, u64); 4] = [
-            ("the payload", |o| o[4] + 20, &[0xaa; 16], 5, 1),
-            ("the length", |o| o[4], &[0xff, 0xff, 0xff, 0x7f], 5, 1),
-            ("all of it, zeroed", |o| o[4], &[0; 48], 5, 1),
-            (
-                "the end of 4 and the header of 5",
-                |o| o[4] - 4,
-                &[0xee; 12],
-                4,
-                2,
-            ),
+        /// What is hit, where (from the frames' offsets), with what; the first record number
+        /// the damage takes, and how many.
+        struct Case {
+            what: &'static str,
+            at: fn(&[u64]) -> u64,
+            bytes: &'static [u8],
+            record: u64,
+            records: u64,
+        }
+        let cases = [
+            Case {
+                what: "the payload",
+                at: |o| o[4] + 20,
+                bytes: &[0xaa; 16],
+                record: 5,
+                records: 1,
+            },
+            Case {
+                what: "the length",
+                at: |o| o[4],
+                bytes: &[0xff, 0xff, 0xff, 0x7f],
+                record: 5,
+                records: 1,
+            },
+            Case {
+                what: "all of it, zeroed",
+                at: |o| o[4],
+                bytes: &[0; 48],
+                record: 5,
+                records: 1,
+            },
+            Case {
+                what: "the end of 4 and the header of 5",
+                at: |o| o[4] - 4,
+                bytes: &[0xee; 12],
+                record: 4,
+                records: 2,
+            },
         ];
-        for (what, at, bytes, record, records) in cases {
+        for Case {
+            what,
+            at,
+            bytes,
+            record,
+            records,
+        } in cases
+        {
             let dir = tempfile::tempdir().unwrap();
             let offsets = write_segment(dir.path(), 1, 10);
             let at = at(&offsets);
