@@ -3,8 +3,9 @@
 //! This file opens the store and implements [`Store`]; beside it: `layout` (trees, keys, value
 //! encoding, errors), `new_runs` (new runs written to the trees, and the promoter that reads them
 //! from the inbox), `fresh` (new runs claimed from memory and written with their first update),
-//! `update` (run updates, written in shared transactions), `hints` (where claims start scanning)
-//! and `group_commit` (acknowledgments sharing one fsync).
+//! `update` (run updates, written in shared transactions), `hints` (where claims start scanning),
+//! `group_commit` (acknowledgments sharing one fsync) and `reingest` (quarantined inbox records
+//! ingested again).
 //!
 //! # Layout
 //!

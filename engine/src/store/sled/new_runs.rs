@@ -1,6 +1,7 @@
 //! How new runs enter the trees: encoded once, read from the inbox by the promoter thread, and
 //! written either by the update of their first step (`fresh.rs`) or by the promoter, a batch per
-//! transaction.
+//! transaction. A record that does not decode is moved to the inbox's quarantine, never skipped:
+//! the stored position passes a record only once its run is in the trees or its bytes are kept.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
