@@ -1,5 +1,5 @@
 //! The command line: `hookflow serve | validate | test | schema | run | hooks | runs | replay |
-//! capture | diff | inspect`.
+//! capture | diff | inspect | quarantine`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -117,6 +117,29 @@ pub enum Command {
     Inspect {
         /// The bin; without it, list the bins.
         bin: Option<String>,
+        /// Server options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Look at the accepted events a server set aside because it could not read them back
+    /// (damaged on disk, or not decodable), and ingest them again once they are repaired.
+    Quarantine {
+        /// Which quarantine command.
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
+}
+
+/// `hookflow quarantine …`.
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// List the quarantined records: where they were, why, and where their bytes are kept.
+    List(ClientArgs),
+    /// Ingest a quarantined record again (its kept bytes must decode as the run it held); its
+    /// entry is then removed.
+    Reingest {
+        /// The entry's id (from `hookflow quarantine list`).
+        id: String,
         /// Server options.
         #[command(flatten)]
         client: ClientArgs,

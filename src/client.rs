@@ -1,5 +1,6 @@
 //! Commands that talk to a running server's REST API: `hooks`, `runs list`, `runs show`,
-//! `runs retry`, `replay`, `inspect`, `trigger`, `capture`.
+//! `runs retry`, `replay`, `inspect`, `trigger`, `capture`, `quarantine list`,
+//! `quarantine reingest`.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -474,6 +475,62 @@ pub async fn inspect(client: &ClientArgs, bin: Option<&str>) -> anyhow::Result<(
             text(&r["path"])
         );
         println!("{}\n", indent(&serde_json::to_string_pretty(&r["body"])?));
+    }
+    Ok(())
+}
+
+/// `hookflow quarantine list`.
+pub async fn quarantine_list(client: &ClientArgs) -> anyhow::Result<()> {
+    let body = get(client, "/api/v1/quarantine").await?;
+    if client.json {
+        return print_json(&body);
+    }
+    let entries = body["quarantined"].as_array().cloned().unwrap_or_default();
+    if entries.is_empty() {
+        println!("no quarantined records");
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<12} {:>8} {:>8} {:<25} WHERE",
+        "ID", "KIND", "RECORD", "BYTES", "QUARANTINED"
+    );
+    for e in &entries {
+        println!(
+            "{:<24} {:<12} {:>8} {:>8} {:<25} {} at offset {}",
+            text(&e["id"]),
+            text(&e["kind"]),
+            text(&e["record"]),
+            text(&e["bytes"]),
+            text(&e["quarantined_at"]),
+            text(&e["segment"]),
+            text(&e["offset"])
+        );
+        println!("    {}", text(&e["reason"]));
+        println!("    kept in {}", text(&e["kept"]));
+    }
+    println!(
+        "once a record's bytes are repaired (or this version reads them): hookflow quarantine reingest ID"
+    );
+    Ok(())
+}
+
+/// `hookflow quarantine reingest ID`.
+pub async fn quarantine_reingest(client: &ClientArgs, id: &str) -> anyhow::Result<()> {
+    let body = post(
+        client,
+        &format!("/api/v1/quarantine/{id}/reingest"),
+        json!({}),
+    )
+    .await?;
+    if client.json {
+        return print_json(&body);
+    }
+    match body["outcome"].as_str() {
+        Some("created") => println!("ingested {id} again: run {}", text(&body["run_id"])),
+        _ => println!(
+            "{id} was stored already (run {}); its entry is removed",
+            text(&body["original_run_id"])
+        ),
     }
     Ok(())
 }

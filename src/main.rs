@@ -33,7 +33,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use hookflow_engine::steps::Registry;
 
-use crate::cli::{Cli, Command, FlowsCommand, RunsCommand};
+use crate::cli::{Cli, Command, FlowsCommand, QuarantineCommand, RunsCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -102,6 +102,16 @@ fn main() -> ExitCode {
                 diff::diff(&paths, &client).await.map(|_| ExitCode::SUCCESS)
             }
             Command::Inspect { bin, client } => client::inspect(&client, bin.as_deref())
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Quarantine {
+                command: QuarantineCommand::List(client),
+            } => client::quarantine_list(&client)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Quarantine {
+                command: QuarantineCommand::Reingest { id, client },
+            } => client::quarantine_reingest(&client, &id)
                 .await
                 .map(|()| ExitCode::SUCCESS),
         }

@@ -1,16 +1,18 @@
 //! The REST API under `/api/v1`: flows with their catch URLs (one flow with its source), runs
-//! (filtered, cursor-paged), and a run's detail with its event and every step's record.
+//! (filtered, cursor-paged), a run's detail with its event and every step's record, and the
+//! quarantine of accepted events the store could not read back (listed, and ingested again).
 
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use hookflow_engine::flow::{Flow, Trigger};
 use hookflow_engine::ids::{FlowId, RunId};
 use hookflow_engine::model::{Run, RunStatus, Timestamp};
-use hookflow_engine::store::RunQuery;
+use hookflow_engine::store::{Ingested, RunQuery, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -24,6 +26,11 @@ pub(super) fn router() -> Router<AppState> {
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/events", get(run_events))
         .route("/api/v1/runs/{run_id}", get(show_run))
+        .route("/api/v1/quarantine", get(list_quarantine))
+        .route(
+            "/api/v1/quarantine/{id}/reingest",
+            post(reingest_quarantined),
+        )
 }
 
 async fn list_flows(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -380,4 +387,38 @@ async fn show_run(
     answer["event"] = json!(event);
     answer["steps"] = json!(steps);
     Ok(Json(answer))
+}
+
+/// `GET /api/v1/quarantine`: the accepted events the store set aside as damaged or undecodable.
+async fn list_quarantine(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let entries = state.engine.store().quarantined().await?;
+    Ok(Json(json!({ "quarantined": entries })))
+}
+
+/// `POST /api/v1/quarantine/{id}/reingest`: ingests a quarantined record again once its bytes
+/// decode; 404 for an unknown id, 422 (the entry stays) while the bytes still do not decode.
+async fn reingest_quarantined(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let done = match state.engine.store().reingest_quarantined(&id).await {
+        Ok(done) => done,
+        Err(e @ StoreError::NotQuarantined(_)) => return Err(ApiError::not_found(e.to_string())),
+        Err(e @ StoreError::StillUnreadable { .. }) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "undecodable",
+                e.to_string(),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (outcome, original) = match done.outcome {
+        Ingested::Created => ("created", None),
+        Ingested::Duplicate { run_id, .. } => ("duplicate", Some(run_id)),
+    };
+    Ok(Json(json!({
+        "id": id, "outcome": outcome, "run_id": done.run_id, "event_id": done.event_id,
+        "original_run_id": original,
+    })))
 }

@@ -1,7 +1,8 @@
 //! `GET /metrics`: counters in Prometheus' text format: catch-hook events received (by flow and
 //! outcome) and rejected (by flow and reason), runs finished by flow and status, step durations
 //! (a histogram by flow and kind), retries scheduled, commits refused for a lost lease, steps that
-//! panicked, this node's id, queue depth and store size (counted at most once a second).
+//! panicked, this node's id, queue depth, store size and quarantined events (counted at most once
+//! a second).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -143,6 +144,13 @@ async fn metrics(
         "Syncs to disk that acknowledged events; concurrent events share one.",
     );
     let _ = writeln!(out, "hookflow_ingest_syncs_total {}", stats.ingest_syncs);
+    describe(
+        &mut out,
+        "hookflow_quarantined_total",
+        "gauge",
+        "Accepted events held in the quarantine (damaged or undecodable on disk), not yet ingested again.",
+    );
+    let _ = writeln!(out, "hookflow_quarantined_total {}", stats.quarantined);
     describe(
         &mut out,
         "hookflow_node_info",

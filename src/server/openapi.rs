@@ -118,6 +118,8 @@ const OPERATIONS: &[Operation] = &[
     Operation { open: true, body: Some(schema::<Login>), ..op("post", "/api/v1/login", "access", "Log in with the admin password: a session cookie and a CSRF token") },
     op("post", "/api/v1/logout", "access", "End the session"),
     Operation { open: true, ..op("get", "/api/v1/session", "access", "Whether a login is required, and the session's CSRF token") },
+    op("get", "/api/v1/quarantine", "operations", "Accepted events the store set aside as damaged or undecodable (the quarantine)"),
+    op("post", "/api/v1/quarantine/{id}/reingest", "operations", "Ingest a quarantined record again once its bytes decode; the entry is then removed (404: no such entry, 422: still undecodable)"),
     op("get", "/api/v1/inspector", "inspector", "The request inspector's bins"),
     op("get", "/api/v1/inspector/{bin}", "inspector", "What one bin received"),
     Operation { open: true, answer: Answer::Any, ..op("post", "/inspect/{bin}", "inspector", "Record a request (any method) and answer 200") },

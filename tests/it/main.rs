@@ -12,6 +12,7 @@ mod delivery;
 mod fakes;
 mod openapi;
 mod pipeline;
+mod quarantine;
 mod requests;
 mod resources;
 mod signatures;

@@ -301,6 +301,11 @@ impl Server {
         self.envs.push((name.to_owned(), value.to_owned()));
     }
 
+    /// Replaces the extra `serve` arguments, for the next start.
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(|s| s.to_string()).collect();
+    }
+
     /// Starts the server again on the same directories (and the same port).
     pub fn restart(&mut self) {
         let listen = self.base.trim_start_matches("http://").to_owned();

@@ -40,6 +40,7 @@ mod clock;
 pub(crate) mod coordination;
 mod inbox;
 mod packed;
+mod quarantine;
 pub mod sled;
 
 #[cfg(test)]
@@ -53,6 +54,8 @@ pub use self::clock::{Clock, ManualClock, SharedClock, Sleep, SystemClock};
 pub use self::coordination::{LaneEntry, LaneKey};
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, RunStatus, StepRecord, Timestamp};
+
+pub use self::quarantine::{QuarantineKind, Quarantined};
 
 /// The error a backend's own failure carries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -89,6 +92,17 @@ pub enum StoreError {
     /// What the call named does not exist.
     #[error("{0} not found")]
     NotFound(String),
+    /// No quarantined inbox record has this id.
+    #[error("no quarantined record `{0}`")]
+    NotQuarantined(String),
+    /// A quarantined record still does not decode as a run: it stays in the quarantine.
+    #[error("quarantined record `{id}` still cannot be read as a run: {detail}")]
+    StillUnreadable {
+        /// The entry's id.
+        id: String,
+        /// What is wrong, and where its bytes are to repair.
+        detail: String,
+    },
 }
 
 /// The kinds of [`StoreError`], by what a caller does about them.
@@ -126,8 +140,8 @@ impl StoreError {
         match self {
             Self::Unavailable { .. } => StoreErrorKind::Unavailable,
             Self::LeaseLost { .. } | Self::Conflict(_) => StoreErrorKind::Conflict,
-            Self::Corrupt { .. } => StoreErrorKind::Corrupt,
-            Self::NotFound(_) => StoreErrorKind::NotFound,
+            Self::Corrupt { .. } | Self::StillUnreadable { .. } => StoreErrorKind::Corrupt,
+            Self::NotFound(_) | Self::NotQuarantined(_) => StoreErrorKind::NotFound,
         }
     }
 
@@ -543,6 +557,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// The latest tick claimed for a schedule flow (`None` if it never fired).
     async fn last_tick(&self, flow: &FlowId) -> Result<Option<Timestamp>>;
+
+    /// The accepted events the store could not read back and set aside instead of dropping them
+    /// (damaged on disk, or not decodable), in the order they were accepted. A store without such
+    /// a log (a temporary one) has none.
+    async fn quarantined(&self) -> Result<Vec<Quarantined>>;
+
+    /// Decodes a quarantined record's kept bytes (repaired, or readable by this version) as the
+    /// new run it held, ingests it through [`ingest`](Self::ingest), and removes the entry. A run
+    /// that is stored already is not ingested twice (answered as a duplicate). Fails with
+    /// [`StoreError::NotQuarantined`] for an unknown id, and with [`StoreError::StillUnreadable`]
+    /// (the entry stays) when the bytes still do not decode.
+    async fn reingest_quarantined(&self, id: &str) -> Result<Reingested>;
+}
+
+/// What [`Store::reingest_quarantined`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reingested {
+    /// The run the quarantined record held.
+    pub run_id: RunId,
+    /// Its event.
+    pub event_id: EventId,
+    /// `Created`, or `Duplicate` when the run was stored already or its dedupe key was taken
+    /// (then with the original's ids).
+    pub outcome: Ingested,
 }
 
 /// How much a store holds.
@@ -554,4 +592,6 @@ pub struct StoreStats {
     pub bytes: u64,
     /// How many syncs to disk acknowledged events so far (concurrent events share one).
     pub ingest_syncs: u64,
+    /// How many accepted events are held in the quarantine (see [`Store::quarantined`]).
+    pub quarantined: u64,
 }

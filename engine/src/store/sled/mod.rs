@@ -5,7 +5,8 @@
 //! from the inbox), `fresh` (new runs claimed from memory and written with their first update),
 //! `update` (run updates, written in shared transactions), `hints` (where claims start scanning),
 //! `pending_keys` (dedupe keys of runs still in the inbox), `group_commit` (acknowledgments sharing
-//! one fsync), and `../inbox.rs` (the fsynced log new runs are appended to).
+//! one fsync), `reingest` (quarantined inbox records ingested again), and `../inbox.rs` (the
+//! fsynced log new runs are appended to).
 //!
 //! # The engine on one page
 //!
@@ -284,7 +285,8 @@ use super::coordination::{Coordination, LaneEntry, LaneKey};
 use super::inbox::Inbox;
 use super::{
     ClaimRequest, Claimed, Committed, Decide, FlowLimits, Ingested, Lease, LeaseToken, NewRun,
-    NodeId, Notices, Result, RunNotice, RunPage, RunQuery, Store, StoreError,
+    NodeId, Notices, Quarantined, Reingested, Result, RunNotice, RunPage, RunQuery, Store,
+    StoreError,
 };
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
@@ -295,6 +297,7 @@ mod hints;
 mod layout;
 mod new_runs;
 mod pending_keys;
+mod reingest;
 #[cfg(test)]
 mod suite;
 #[cfg(test)]
@@ -329,6 +332,15 @@ const PROMOTED_KEY: &str = "inbox:promoted";
 /// The promoter stops moving inbox records into the trees while the queue holds this many items:
 /// beyond it, a backlog waits in the inbox, on disk, costing no memory.
 const PROMOTE_WINDOW: i64 = 20_000;
+
+/// [`PROMOTE_WINDOW`], or the value of `HOOKFLOW_PROMOTE_WINDOW` when it is set to a number (0
+/// keeps every accepted event in the inbox: the end-to-end tests of inbox recovery use it).
+fn promote_window() -> i64 {
+    std::env::var("HOOKFLOW_PROMOTE_WINDOW")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(PROMOTE_WINDOW)
+}
 
 /// sled's log segment size. A value over a quarter of a segment becomes an unsynced blob file; 8 MiB
 /// keeps values up to 2 MiB in the log (sled's default is 512 KiB).
@@ -510,7 +522,7 @@ impl SledStore {
             path,
             cache_bytes,
             compression,
-            PROMOTE_WINDOW,
+            promote_window(),
             fresh::Tuning::default(),
         )
     }
@@ -1434,6 +1446,7 @@ impl Store for SledStore {
             queued: self.new_runs.queue.len() as u64 + self.in_inbox(),
             bytes,
             ingest_syncs: self.inbox.as_ref().map_or(0, Inbox::syncs),
+            quarantined: self.inbox.as_ref().map_or(0, |i| i.quarantine().held()),
         })
     }
 
@@ -1497,6 +1510,23 @@ impl Store for SledStore {
 
     async fn last_tick(&self, flow: &FlowId) -> Result<Option<Timestamp>> {
         self.state_time(&tick_key(flow), LAST_TICK)
+    }
+
+    async fn quarantined(&self) -> Result<Vec<Quarantined>> {
+        let Some(inbox) = &self.inbox else {
+            return Ok(Vec::new());
+        };
+        inbox
+            .quarantine()
+            .list()
+            .map_err(|e| StoreError::unavailable("cannot list the inbox's quarantine", e))
+    }
+
+    async fn reingest_quarantined(&self, id: &str) -> Result<Reingested> {
+        match &self.inbox {
+            Some(inbox) => reingest::reingest(self, inbox.quarantine(), id).await,
+            None => Err(StoreError::NotQuarantined(id.to_owned())),
+        }
     }
 }
 

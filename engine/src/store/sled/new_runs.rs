@@ -1,6 +1,7 @@
 //! How new runs enter the trees: encoded once, read from the inbox by the promoter thread, and
 //! written either by the update of their first step (`fresh.rs`) or by the promoter, a batch per
-//! transaction.
+//! transaction. A record that does not decode is moved to the inbox's quarantine, never skipped:
+//! the stored position passes a record only once its run is in the trees or its bytes are kept.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -13,15 +14,15 @@ use ::sled::{Db, IVec, Tree};
 use super::fresh::{Fresh, FreshRun};
 use super::hints::ScanHints;
 use super::layout::{
-    abort, decode, encode, expiry_key, flow_key, id16, queue_key, tx_error, DedupeEntry, TreeName,
-    TxResult,
+    abort, corrupt, decode, encode, expiry_key, flow_key, id16, queue_key, tx_error, DedupeEntry,
+    TreeName, TxResult,
 };
 use super::pending_keys::PendingKeys;
 use super::PROMOTED_KEY;
 use crate::ids::{EventId, FlowId, RunId};
-use crate::model::{QueueItem, Timestamp};
-use crate::store::inbox::Reader;
-use crate::store::{Ingested, NewRun, Result, StoreError};
+use crate::model::{Event, QueueItem, Run, Timestamp};
+use crate::store::inbox::{Reader, Record};
+use crate::store::{DedupeKey, Ingested, NewRun, Result, StoreError};
 
 /// How many runs one promotion transaction writes.
 const PROMOTE_BATCH: usize = 64;
@@ -92,10 +93,10 @@ impl Promoter {
             .read(max)
             .map_err(|e| StoreError::unavailable("inbox read failed", e))?;
         let mut runs = Vec::with_capacity(records.len());
-        for (n, record) in records {
-            self.read_through = n;
-            let run =
-                EncodedRun::from_record(&record).and_then(|encoded| FreshRun::new(n, encoded));
+        for record in records {
+            let n = record.number;
+            let run = EncodedRun::from_record(&record.payload)
+                .and_then(|encoded| FreshRun::new(n, encoded));
             match run {
                 // Written before the restart: its key, held since the store opened, is in the
                 // trees too.
@@ -103,11 +104,11 @@ impl Promoter {
                     self.trees.release_keys(std::iter::once(&run.encoded));
                 }
                 Ok(run) => runs.push(run),
-                Err(e) => {
-                    tracing::error!(record = n, error = %e, "an inbox record cannot be read; it is skipped")
-                }
+                Err(e) => self.set_aside(&record, &e)?,
             }
         }
+        // Past the damaged records set aside too.
+        self.read_through = self.reader.read_through();
         // A run of several first items is not claimed from memory: it goes to the trees at once,
         // so that its items are claimable as soon as it is readable (left in memory if that
         // fails: the promoter writes it on its next pass).
@@ -124,6 +125,27 @@ impl Promoter {
         self.finished
             .extend(finished.into_iter().map(|path| (path, self.read_through)));
         Ok(())
+    }
+
+    /// Moves a record that does not decode to the quarantine, trying again every second while
+    /// that fails: the stored position must not pass a record that is neither run nor kept. Fails
+    /// only when the store is closing (the record is read again at the next open).
+    fn set_aside(&self, record: &Record, why: &str) -> Result<()> {
+        loop {
+            match self.reader.set_aside_undecodable(record, why) {
+                Ok(()) => return Ok(()),
+                Err(e) if self.stop.load(Ordering::SeqCst) => {
+                    return Err(StoreError::unavailable(
+                        format!("cannot quarantine inbox record {}", record.number),
+                        e,
+                    ))
+                }
+                Err(e) => {
+                    tracing::error!(record = record.number, error = %e, "cannot move an undecodable inbox record to the quarantine; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
     }
 
     /// Whether the trees hold this run already (if unsure, no: whoever writes it checks again in
@@ -415,6 +437,45 @@ impl EncodedRun {
             run_key,
             run,
             index_key,
+            items,
+            dedupe,
+        })
+    }
+
+    /// The new run this holds, every part decoded and checked to belong together (to ingest it
+    /// again from the quarantine, where damage may have left parts that do not).
+    pub(super) fn decode_new_run(&self) -> Result<NewRun> {
+        let event: Event = decode(TreeName::Events, &self.event_key, &self.event)?;
+        let run: Run = decode(TreeName::Runs, &self.run_key, &self.run)?;
+        let items = self
+            .items
+            .iter()
+            .map(|(key, value)| decode(TreeName::Queue, key, value))
+            .collect::<Result<Vec<QueueItem>>>()?;
+        if run.event_id != event.id || items.iter().any(|item| item.run_id != run.id) {
+            return Err(corrupt(
+                TreeName::Runs,
+                &self.run_key,
+                "its event or items belong to another run",
+            ));
+        }
+        let dedupe = match &self.dedupe {
+            Some((key, _, expires_at, _)) => {
+                let prefix = flow_key(&run.flow_id, &[]);
+                let text = key
+                    .strip_prefix(prefix.as_slice())
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .ok_or_else(|| corrupt(TreeName::Dedupe, key, "not a key of the run's flow"))?;
+                Some(DedupeKey {
+                    key: text.to_owned(),
+                    expires_at: *expires_at,
+                })
+            }
+            None => None,
+        };
+        Ok(NewRun {
+            event,
+            run,
             items,
             dedupe,
         })

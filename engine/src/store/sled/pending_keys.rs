@@ -87,11 +87,12 @@ pub(super) fn hold_unpromoted(reader: &Reader, keys: &PendingKeys) -> std::io::R
         if records.is_empty() {
             return Ok(held);
         }
-        for (number, record) in records {
-            if !EncodedRun::carries_dedupe(&record) {
+        for record in records {
+            let number = record.number;
+            if !EncodedRun::carries_dedupe(&record.payload) {
                 continue;
             }
-            let run = EncodedRun::from_record(&record).and_then(|run| {
+            let run = EncodedRun::from_record(&record.payload).and_then(|run| {
                 let ids = (run.event_id(), run.run_id());
                 match (run.dedupe(), ids) {
                     (Some((key, expires_at, _)), (Ok(event_id), Ok(run_id))) => {
