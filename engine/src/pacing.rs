@@ -25,7 +25,7 @@ use tracing::warn;
 
 use crate::model::Timestamp;
 use crate::store::coordination::Coordination;
-use crate::store::Store;
+use crate::store::{SharedClock, Store, SystemClock};
 
 /// What a service said about an account's allowance after a call.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,6 +59,7 @@ enum Allowances {
 #[derive(Clone)]
 pub struct Pacer {
     allowances: Allowances,
+    clock: SharedClock,
 }
 
 impl std::fmt::Debug for Pacer {
@@ -69,10 +70,11 @@ impl std::fmt::Debug for Pacer {
 
 impl Pacer {
     /// A pacer keeping allowances in `store` (so waits survive a restart, and nodes sharing the
-    /// store share them).
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    /// store share them), reading the time from `clock`.
+    pub fn new(store: Arc<dyn Store>, clock: SharedClock) -> Self {
         Self {
             allowances: Allowances::Store(store),
+            clock,
         }
     }
 
@@ -80,13 +82,14 @@ impl Pacer {
     pub fn detached() -> Self {
         Self {
             allowances: Allowances::Detached(Arc::default()),
+            clock: Arc::new(SystemClock),
         }
     }
 
     /// Takes one call of the account's allowance, or answers how long to wait before calling. A
     /// store that cannot answer admits the call (the service's own limit still applies).
     pub async fn admit(&self, account: &str) -> Result<(), Duration> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let admitted = match &self.allowances {
             Allowances::Detached(coordination) => coordination.pace_admit(account, now),
             Allowances::Store(store) => match store.pace_admit(account, now).await {
@@ -102,7 +105,7 @@ impl Pacer {
 
     /// Records what the service said after a call.
     pub async fn observe(&self, account: &str, observation: Observation) {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let (limit, blocked_until) = match observation {
             Observation::Remaining {
                 max,
@@ -137,7 +140,10 @@ mod tests {
     use crate::store::sled::SledStore;
 
     fn pacer() -> Pacer {
-        Pacer::new(Arc::new(SledStore::temporary().unwrap()))
+        Pacer::new(
+            Arc::new(SledStore::temporary().unwrap()),
+            Arc::new(SystemClock),
+        )
     }
 
     #[tokio::test]
@@ -182,12 +188,12 @@ mod tests {
     #[tokio::test]
     async fn a_429_holds_every_call_and_is_kept_in_the_store() {
         let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
-        let p = Pacer::new(store.clone());
+        let p = Pacer::new(store.clone(), Arc::new(SystemClock));
         let hold = Duration::from_secs(30);
         p.observe("a", Observation::Limited { wait: hold }).await;
         assert!(p.admit("a").await.is_err());
 
-        let after_restart = Pacer::new(store);
+        let after_restart = Pacer::new(store, Arc::new(SystemClock));
         let wait = after_restart.admit("a").await.unwrap_err();
         assert!(wait > Duration::from_secs(29) && wait <= hold, "{wait:?}");
     }

@@ -338,7 +338,7 @@ impl Engine {
             sub_flows: Arc::new(EngineFlows(me.clone())),
             lanes: lanes::Lanes::new(store.clone(), config.clock.clone()),
             metrics: metrics::Metrics::default(),
-            pacer: Pacer::new(store.clone()),
+            pacer: Pacer::new(store.clone(), config.clock.clone()),
             store,
             catalog,
             http,

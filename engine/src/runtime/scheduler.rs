@@ -82,11 +82,11 @@ impl Cursor {
 }
 
 async fn fire_until_stopped(engine: Arc<Engine>, mut stopped: watch::Receiver<bool>) {
-    let started = Timestamp::now();
+    let started = engine.now();
     // Per flow: the last tick handled.
     let mut cursors: HashMap<FlowId, Cursor> = HashMap::new();
     loop {
-        let now = Timestamp::now();
+        let now = engine.now();
         let mut wake = now.plus(MAX_SLEEP);
         for flow in engine.catalog().all() {
             let Trigger::Schedule(schedule) = &flow.trigger else {
@@ -94,7 +94,7 @@ async fn fire_until_stopped(engine: Arc<Engine>, mut stopped: watch::Receiver<bo
             };
             if !flow.enabled {
                 // Paused: its ticks pass unfired (re-enabling starts from then).
-                cursors.insert(flow.id.clone(), Cursor::at(Timestamp::now()));
+                cursors.insert(flow.id.clone(), Cursor::at(engine.now()));
                 continue;
             }
             let cursor = match cursors.get(&flow.id) {
@@ -113,9 +113,8 @@ async fn fire_until_stopped(engine: Arc<Engine>, mut stopped: watch::Receiver<bo
                 wake = wake.min(next.plus(jitter(&flow.id, schedule, next)));
             }
         }
-        let sleep = Duration::from_millis(wake.millis_since(Timestamp::now()));
         tokio::select! {
-            () = tokio::time::sleep(sleep) => {}
+            () = engine.config.clock.sleep_until(wake) => {}
             _ = stopped.changed() => return,
         }
     }
@@ -199,7 +198,7 @@ async fn fire(
             return Ok(());
         }
     }
-    let now = Timestamp::now();
+    let now = engine.now();
     let trigger = json!({
         "method": "SCHEDULE",
         "headers": {},
