@@ -175,6 +175,17 @@ async fn metrics(
     );
     describe(
         &mut out,
+        "hookflow_lease_renewals_total",
+        "counter",
+        "Leases renewed by steps still running (each every third of the lease time).",
+    );
+    let _ = writeln!(
+        out,
+        "hookflow_lease_renewals_total {}",
+        engine.lease_renewals
+    );
+    describe(
+        &mut out,
         "hookflow_step_panics_total",
         "counter",
         "Step attempts that panicked (each failed as an attempt and follows the retry policy).",

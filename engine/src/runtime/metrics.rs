@@ -1,6 +1,6 @@
 //! What the engine counts for `/metrics`: runs finished by flow and status, step durations (a
-//! histogram by flow and kind), retries scheduled, commits refused for a lost lease, and steps that
-//! panicked. In memory, since the process started.
+//! histogram by flow and kind), retries scheduled, leases renewed, commits refused for a lost lease,
+//! and steps that panicked. In memory, since the process started.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -43,6 +43,7 @@ struct Counts {
     steps: BTreeMap<(String, String), Histogram>,
     refused_commits: u64,
     step_panics: u64,
+    lease_renewals: u64,
 }
 
 /// The engine's counters.
@@ -62,6 +63,8 @@ pub struct Snapshot {
     pub refused_commits: u64,
     /// Step attempts that panicked (each failed as an attempt).
     pub step_panics: u64,
+    /// Leases renewed by running steps.
+    pub lease_renewals: u64,
 }
 
 impl Metrics {
@@ -75,6 +78,10 @@ impl Metrics {
 
     pub(super) fn commit_refused(&self) {
         self.lock().refused_commits += 1;
+    }
+
+    pub(super) fn lease_renewed(&self) {
+        self.lock().lease_renewals += 1;
     }
 
     pub(super) fn step_panicked(&self) {
@@ -114,6 +121,7 @@ impl Metrics {
                 .collect(),
             refused_commits: counts.refused_commits,
             step_panics: counts.step_panics,
+            lease_renewals: counts.lease_renewals,
         }
     }
 

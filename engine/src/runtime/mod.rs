@@ -179,12 +179,23 @@ struct Chain {
     /// The lease this task holds: the claimed item's, or that of the last item taken in a commit.
     /// The next commit finishes it.
     lease: Lease,
+    /// Tells the renewal loop which lease to renew (see [`Chain::hold`]).
+    held: tokio::sync::watch::Sender<Lease>,
+    /// The item the stored run expects for the step being executed, when a commit made while it
+    /// ran (see `attempt_in_chain`) queued it anew: a postponement names that one.
+    expected: Option<QueueItem>,
     /// Pure steps executed since, in order, each followed at once by the next (and the last by the
     /// step being committed).
     deferred: Vec<Deferred>,
 }
 
 impl Chain {
+    /// Holds a new lease, and has the renewal loop renew it from now on.
+    fn hold(&mut self, lease: Lease) {
+        self.held.send_replace(lease.clone());
+        self.lease = lease;
+    }
+
     /// Applies the deferred steps' outcomes to `run` as stored, in order: the run and the records
     /// they write, with the step about to be committed (`last`) queued. If the run went another
     /// way meanwhile (another worker finished these steps: this one's lease had ended), the update
@@ -681,6 +692,8 @@ impl Engine {
             let Claimed { mut item, lease } = claim;
             let mut chain = Chain {
                 lease,
+                held,
+                expected: None,
                 deferred: Vec::new(),
             };
             let span = step_span(&item, &self.config.node);
@@ -696,7 +709,6 @@ impl Engine {
                 else {
                     return Ok(());
                 };
-                held.send_replace(chain.lease.clone());
                 item = next;
             }
         };
@@ -718,7 +730,10 @@ impl Engine {
                 .renew(&lease, self.now().plus(self.config.lease))
                 .await
             {
-                Ok(_) => debug!(item = %lease.item, "lease renewed"),
+                Ok(_) => {
+                    self.metrics.lease_renewed();
+                    debug!(item = %lease.item, "lease renewed");
+                }
                 Err(e) if current.borrow().token != lease.token => {
                     debug!(error = %e, "the worker moved on while its lease was renewed");
                 }
@@ -751,12 +766,9 @@ impl Engine {
             .iter()
             .find(|r| r.step_id == item.step_id)
             .cloned();
-        let decide = |run: Run| {
-            let step = (&item, &tried, previous.as_ref());
-            self.decide(work, run, step, now)
-        };
         if let (Tried::Done(_), true) = (&tried, work.is_pure(&item.step_id)) {
-            if let Some(mut update) = decide(work.run.clone()) {
+            let step = (&item, &tried, previous.as_ref());
+            if let Some(mut update) = self.decide(work, work.run.clone(), step, now) {
                 if let Some(next) = update.take.take().and_then(|t| t.items.into_iter().next()) {
                     work.remember(update.run, update.records);
                     if let Tried::Done(done) = tried {
@@ -774,11 +786,15 @@ impl Engine {
         let committed = self
             .store
             .update_run(item.run_id, Some(&chain.lease), &|run| {
-                let (run, mut records) = match chain.replay(&work.flow, run, &item.step_id, now) {
-                    Replayed::Followed(run, records, _) => (run, records),
-                    Replayed::Diverged(update) => return update,
-                };
-                let mut update = decide(run)?;
+                let (run, mut records, queued) =
+                    match chain.replay(&work.flow, run, &item.step_id, now) {
+                        Replayed::Followed(run, records, queued) => (run, records, queued),
+                        Replayed::Diverged(update) => return update,
+                    };
+                // The item the stored run expects for this step (a postponement must name it).
+                let expected = queued.as_ref().or(chain.expected.as_ref()).unwrap_or(&item);
+                let step = (expected, &tried, previous.as_ref());
+                let mut update = self.decide(work, run, step, now)?;
                 records.append(&mut update.records);
                 update.records = records;
                 *taken.lock().unwrap_or_else(PoisonError::into_inner) = update
@@ -790,6 +806,7 @@ impl Engine {
             })
             .await?;
         chain.deferred.clear();
+        chain.expected = None;
         let Some(committed) = committed else {
             return Ok(None);
         };
@@ -799,7 +816,7 @@ impl Engine {
         else {
             return Ok(None);
         };
-        chain.lease = lease;
+        chain.hold(lease);
         work.remember(committed.run, records);
         Ok(Some(next))
     }
@@ -824,31 +841,39 @@ impl Engine {
         }
         let now = self.now();
         let until = now.plus(self.config.lease);
+        // The item the run expects for this step, as written (the closure may run more than once).
+        let expected = Mutex::new(None);
         let committed = self
             .store
-            .update_run(item.run_id, Some(&chain.lease), &|run| match chain.replay(
-                &work.flow,
-                run,
-                &item.step_id,
-                now,
-            ) {
-                Replayed::Followed(run, records, queued) => Some(RunUpdate {
-                    run,
-                    records,
-                    enqueue: Vec::new(),
-                    take: queued.map(|q| Take {
-                        items: vec![q],
-                        owner: self.config.node.clone(),
-                        until,
-                    }),
-                }),
-                Replayed::Diverged(update) => update,
+            .update_run(item.run_id, Some(&chain.lease), &|run| {
+                let replayed = chain.replay(&work.flow, run, &item.step_id, now);
+                let (update, queued) = match replayed {
+                    Replayed::Followed(run, records, queued) => (
+                        Some(RunUpdate {
+                            run,
+                            records,
+                            enqueue: Vec::new(),
+                            take: queued.clone().map(|q| Take {
+                                items: vec![q],
+                                owner: self.config.node.clone(),
+                                until,
+                            }),
+                        }),
+                        queued,
+                    ),
+                    Replayed::Diverged(update) => (update, None),
+                };
+                *expected.lock().unwrap_or_else(PoisonError::into_inner) = queued;
+                update
             })
             .await?;
-        // The item the run expects for this step, leased to this worker; if the run went another
+        // That item is leased to this worker now (renewed from here on); if the run went another
         // way, the lease is gone and this step's commit will be refused.
         if let Some(lease) = committed.and_then(|c| c.taken.into_iter().next()) {
-            chain.lease = lease;
+            chain.hold(lease);
+            chain.expected = expected
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner);
         }
         chain.deferred.clear();
         Ok(attempt.await)

@@ -76,9 +76,67 @@ impl Action for Flaky {
     }
 }
 
+/// Gates by name: a `gate` step waits for one of its gate's permits (see [`open_gate`]).
+static GATES: Mutex<Option<HashMap<String, Arc<tokio::sync::Semaphore>>>> = Mutex::new(None);
+
+fn gate(name: &str) -> Arc<tokio::sync::Semaphore> {
+    GATES
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .entry(name.to_owned())
+        .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(0)))
+        .clone()
+}
+
+/// Lets `n` more `gate` steps of the named gate through.
+fn open_gate(name: &str, n: usize) {
+    gate(name).add_permits(n);
+}
+
+/// A test step that waits until its gate lets it through (a call that takes as long as a test
+/// wants), counting its executions per run like `flaky`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct GateSpec {
+    name: String,
+}
+
+#[derive(Debug)]
+struct Gate {
+    name: String,
+}
+
+impl StepKind for GateSpec {
+    const KIND: &'static str = "gate";
+
+    fn build(self, _cx: &mut BuildContext<'_>) -> Option<Arc<dyn Action>> {
+        Some(Arc::new(Gate { name: self.name }))
+    }
+}
+
+#[async_trait]
+impl Action for Gate {
+    fn render(&self, _: &Templates, _: &Value) -> Result<Value, StepError> {
+        Ok(Value::Null)
+    }
+
+    async fn execute(&self, _: Value, cx: &ExecContext) -> Result<Outcome, StepError> {
+        *EXECUTIONS
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashMap::new)
+            .entry(cx.run_id)
+            .or_default() += 1;
+        gate(&self.name).acquire().await.unwrap().forget();
+        Ok(Outcome::Output(json!({ "passed": self.name })))
+    }
+}
+
 fn registry() -> Registry {
     let mut registry = Registry::builtin();
     registry.register::<FlakySpec>();
+    registry.register::<GateSpec>();
     registry.register::<ProbeSpec>();
     registry
 }
@@ -346,5 +404,110 @@ pub(crate) async fn two_runtimes_on_one_store_share_a_named_queues_lane(store: A
         .await;
     }
     assert_eq!(probing(&name, 0), (0, 1), "one step of the lane at a time");
+    running.stop().await;
+}
+
+/// Waits (at most 20 s) until `check` holds for the engine's counters.
+async fn until_metrics(
+    engine: &Engine,
+    what: &str,
+    check: impl Fn(&super::metrics::Snapshot) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check(&engine.metrics().snapshot()) {
+        assert!(tokio::time::Instant::now() < deadline, "never {what}");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A step that outlasts its lease keeps it by renewal, also after the pure steps before it were
+/// committed on their own while it ran (which hands the worker a new lease): the lease is never
+/// taken over, and the step runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_step_keeps_its_lease_by_renewal_and_runs_once() {
+    let clock = ManualClock::new(Timestamp::now());
+    let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+    let engine = engine(store.clone(), "one", &clock);
+    let flow = flow("id: slow\ntrigger: { manual: {} }\nsteps:\n  - { id: shape, map: { a: 1 } }\n  - { id: call, gate: { name: slow-call } }\n");
+    let flow = engine.deploy(vec![flow]).await.unwrap().remove(0).0;
+    let running = Running::start(&[&engine]);
+    let run = engine.start_manual(&flow, json!({})).await.unwrap().run_id;
+    // The map is committed on its own once the call has taken a moment.
+    first_attempt(store.as_ref(), run).await;
+    assert_eq!(executions(run), 1);
+    // 35 s on a 30 s lease, renewed every 10 s.
+    for renewals in 1..=3 {
+        clock.advance(Duration::from_secs(10));
+        until_metrics(&engine, "renewed the lease", |m| {
+            m.lease_renewals >= renewals
+        })
+        .await;
+    }
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(
+        store.requeue_expired(clock.now()).await.unwrap(),
+        0,
+        "the running step's lease is held"
+    );
+    open_gate("slow-call", 1);
+    until_run(store.as_ref(), run, "succeeded", |r| {
+        r.status == RunStatus::Succeeded
+    })
+    .await;
+    assert_eq!(executions(run), 1);
+    assert_eq!(engine.metrics().snapshot().refused_commits, 0);
+    running.stop().await;
+}
+
+/// A step that finds its named queue's lane busy, right after a pure step, goes back to the queue
+/// and runs once the lane is free (it does not wedge its run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_waiting_for_its_lane_after_a_pure_step_runs_once_the_lane_is_free() {
+    let clock = ManualClock::new(Timestamp::now());
+    let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+    let engine = engine(store.clone(), "one", &clock);
+    let flow = flow("id: laned\ntrigger: { manual: {} }\nsteps:\n  - { id: shape, map: { a: 1 } }\n  - id: call\n    queue: { name: one-lane }\n    gate: { name: laned-call }\n");
+    let flow = engine.deploy(vec![flow]).await.unwrap().remove(0).0;
+    let running = Running::start(&[&engine]);
+    let first = engine.start_manual(&flow, json!({})).await.unwrap().run_id;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while executions(first) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first run never reached its call"
+        );
+        tokio::task::yield_now().await;
+    }
+    // The second run's call finds the lane taken: it is put back in the queue, its map recorded.
+    let second = engine.start_manual(&flow, json!({})).await.unwrap().run_id;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let records = store.step_records(second).await.unwrap();
+        let queued = store.run(second).await.unwrap().is_some_and(|r| {
+            r.steps
+                .iter()
+                .any(|s| s.item.is_some() && s.id.as_str() == "call")
+        });
+        if records.iter().any(|r| r.step_id.as_str() == "shape") && queued {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second run was not put back in the queue"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(executions(second), 0);
+    open_gate("laned-call", 2);
+    until_run(store.as_ref(), first, "succeeded", |r| {
+        r.status == RunStatus::Succeeded
+    })
+    .await;
+    clock.advance(Duration::from_secs(5));
+    until_run(store.as_ref(), second, "succeeded", |r| {
+        r.status == RunStatus::Succeeded
+    })
+    .await;
+    assert_eq!((executions(first), executions(second)), (1, 1));
     running.stop().await;
 }
