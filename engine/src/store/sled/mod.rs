@@ -433,6 +433,34 @@ struct Held {
     owner: NodeId,
     token: LeaseToken,
     until: Timestamp,
+    /// How many `update_run` calls are committing under this lease now: while any is, the lease
+    /// is not taken over (`requeue_expired`), even if it expires, so a commit found held is
+    /// applied while it is still held.
+    committing: usize,
+}
+
+/// Marks a held lease as committing for as long as it lives (see [`Held::committing`]).
+struct Committing<'a> {
+    store: &'a SledStore,
+    lease: &'a Lease,
+}
+
+impl<'a> Committing<'a> {
+    /// Marks `lease` as committing and answers its item's queue key, or `LeaseLost`.
+    fn start(store: &'a SledStore, lease: &'a Lease) -> Result<(Self, IVec)> {
+        let mut leases = store.leases();
+        let held = leases.held(lease)?;
+        held.committing += 1;
+        Ok((Self { store, lease }, held.key.clone()))
+    }
+}
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        if let Ok(held) = self.store.leases().held(self.lease) {
+            held.committing -= 1;
+        }
+    }
 }
 
 impl Leases {
@@ -461,6 +489,7 @@ impl Leases {
             owner: owner.clone(),
             token,
             until,
+            committing: 0,
         };
         if let Some(old) = self.items.insert(item, held) {
             self.forget_flow(&old.flow);
@@ -1049,10 +1078,13 @@ impl Store for SledStore {
         // Claims skip the run's items until the update and its leases are in place (or the call
         // is dropped while its batch waits).
         let _writing = Writing::start(self, run_id);
-        // A commit for a lease no longer held writes nothing.
-        let done_key = match done {
-            Some(lease) => Some(self.leases().held(lease)?.key.clone()),
-            None => None,
+        // A commit for a lease no longer held writes nothing; one held stays held until written.
+        let (_committing, done_key) = match done {
+            Some(lease) => {
+                let (committing, key) = Committing::start(self, lease)?;
+                (Some(committing), Some(key))
+            }
+            None => (None, None),
         };
         // A fresh run (not in the trees yet) is written with its update. Looked up first: a run
         // moves from the fresh ones to the trees, never back.
@@ -1135,7 +1167,7 @@ impl Store for SledStore {
         let ended: Vec<ItemId> = leases
             .items
             .iter()
-            .filter(|(_, held)| held.until <= now)
+            .filter(|(_, held)| held.until <= now && held.committing == 0)
             .map(|(id, _)| *id)
             .collect();
         for id in &ended {

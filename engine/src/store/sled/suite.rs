@@ -399,3 +399,30 @@ async fn pacing_and_ticks_stored_by_earlier_versions_still_count() {
     assert!(!store.claim_tick(&f, at(100)).await.unwrap());
     assert!(store.claim_tick(&f, at(200)).await.unwrap());
 }
+
+/// A lease found held by a commit stays held until that commit is written: `requeue_expired`
+/// does not take it over meanwhile, even once it has expired (else the commit would be applied
+/// after another node claimed the item).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committing_lease_is_not_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open_when_released(dir.path(), false));
+    let f = flow("orders");
+    let new = new_run(&f, run_id(1), at(100));
+    ingest(&(store.clone() as Arc<dyn Store>), new).await;
+    let claimed = store
+        .claim_due(crate::store::ClaimRequest {
+            owner: &node(),
+            now: at(100),
+            limit: 1,
+            until: at(1_000),
+            concurrency: &NO_LIMITS,
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    let committing = super::Committing::start(&store, &claimed.lease).unwrap();
+    assert_eq!(store.requeue_expired(at(5_000)).await.unwrap(), 0);
+    drop(committing);
+    assert_eq!(store.requeue_expired(at(5_000)).await.unwrap(), 1);
+}
