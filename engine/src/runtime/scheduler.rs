@@ -71,7 +71,8 @@ struct Cursor {
     /// The last tick handled: fired, fired by another scheduler, or skipped.
     at: Timestamp,
     /// A tick this scheduler claimed (or may have) and has not stored yet: it is stored without
-    /// claiming it again (its dedupe key makes storing it twice harmless).
+    /// claiming it again (its dedupe key makes storing it twice harmless), first if it is at or
+    /// before `at` (a tick claimed before a restart).
     claimed: Option<Timestamp>,
 }
 
@@ -121,16 +122,20 @@ async fn fire_until_stopped(engine: Arc<Engine>, mut stopped: watch::Receiver<bo
 }
 
 /// Where firing starts after a start-up, given the last tick claimed (`None`: never fired): after
-/// it, minus what the flow's `missed` rule skips. Catching up also stores the last claimed tick
-/// again (a duplicate, unless the server stopped between claiming and storing it) when every
-/// missed tick is fired and the tick's dedupe key is surely still kept.
+/// it, minus what the flow's `missed` rule skips. The last claimed tick is stored again (a
+/// duplicate, unless the server stopped between claiming and storing it) while its dedupe key is
+/// surely still kept, and, when catching up, every missed tick is fired.
 fn start_cursor(schedule: &Schedule, last: Option<Timestamp>, started: Timestamp) -> Cursor {
     let Some(last) = last else {
         // Never fired: start from now.
         return Cursor::at(started);
     };
+    let key_kept = last.plus(TICK_KEY_WINDOW / 2) > started;
     match schedule.missed {
-        Missed::Skip => Cursor::at(started.max(last)),
+        Missed::Skip => Cursor {
+            at: started.max(last),
+            claimed: key_kept.then_some(last),
+        },
         Missed::CatchUp(max) => {
             let mut missed = Vec::new();
             let mut at = last;
@@ -142,7 +147,6 @@ fn start_cursor(schedule: &Schedule, last: Option<Timestamp>, started: Timestamp
                 }
             }
             let keep_from = missed.len().saturating_sub(max);
-            let key_kept = last.plus(TICK_KEY_WINDOW / 2) > started;
             match keep_from {
                 0 if key_kept => Cursor {
                     at: Timestamp(last.millis() - 1),
@@ -165,6 +169,14 @@ async fn fire_due(
     now: Timestamp,
     stopped: &watch::Receiver<bool>,
 ) -> Cursor {
+    if let Some(tick) = cursor.claimed.filter(|t| *t <= cursor.at) {
+        let span = info_span!("schedule", flow = %flow.id, tick = %tick);
+        let stored = fire(engine, flow, tick, &mut cursor.claimed);
+        if let Err(e) = stored.instrument(span).await {
+            error!(flow = %flow.id, error = %e, "could not store a schedule fire; trying again");
+            return cursor;
+        }
+    }
     while let Some(tick) = schedule.next_after(cursor.at) {
         if tick.plus(jitter(&flow.id, schedule, tick)) > now || *stopped.borrow() {
             break;
@@ -265,13 +277,26 @@ mod tests {
         let skip = every_second(Missed::Skip);
         assert_eq!(
             start_cursor(&skip, Some(tick(10)), STARTED),
-            Cursor::at(STARTED)
+            Cursor {
+                at: STARTED,
+                claimed: Some(tick(10)),
+            },
+            "the last claimed tick is stored again (a duplicate unless the crash came between)"
         );
         let later = Timestamp(STARTED.millis() + 5 * SECOND);
         assert_eq!(
             start_cursor(&skip, Some(later), STARTED),
-            Cursor::at(later),
+            Cursor {
+                at: later,
+                claimed: Some(later),
+            },
             "another scheduler claimed later ticks"
+        );
+        let long_ago = Timestamp(STARTED.millis() - 30 * 24 * 3600 * SECOND);
+        assert_eq!(
+            start_cursor(&skip, Some(long_ago), STARTED),
+            Cursor::at(STARTED),
+            "too old to be stored again"
         );
     }
 
