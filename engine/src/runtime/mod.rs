@@ -722,8 +722,11 @@ impl Engine {
     /// runs. A lost lease is logged here; the worker's next commit is refused.
     async fn renew_forever(&self, current: tokio::sync::watch::Receiver<Lease>) -> Infallible {
         let every = self.config.lease / 3;
+        // Every third of the lease from when the worker started, however long each renewal took.
+        let mut due = self.now();
         loop {
-            self.config.clock.sleep_until(self.now().plus(every)).await;
+            due = due.plus(every);
+            self.config.clock.sleep_until(due).await;
             let lease = current.borrow().clone();
             match self
                 .store

@@ -1,8 +1,10 @@
 //! The clock the runtime and the stores ask for the time.
 //!
-//! Timing rules (lease expiry, retry backoff, delays, schedules, retention) read the time from an
-//! injected [`Clock`] and wait through it, never from the system directly, so a test can drive
-//! them with a [`ManualClock`] instead of sleeping. [`SystemClock`] is the real one.
+//! The runtime's timing rules (lease expiry and renewal, retry backoff, delays, schedules,
+//! connector pacing, retention) read the time from an injected [`Clock`] and wait through it, so a
+//! test can drive them with a [`ManualClock`] instead of sleeping. [`SystemClock`] is the real one.
+//! Stores take the time they judge by (claims, lease expiry) as arguments; what a backend times
+//! for itself (sled's promoter and group commits) runs on real time.
 //!
 //! Invariant: a [`ManualClock`] only moves forward, and every `sleep_until` waiting on it resolves
 //! as soon as the time it waits for has been reached (waiters are woken on every advance).

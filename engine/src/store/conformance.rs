@@ -1073,8 +1073,8 @@ pub(crate) async fn revisions_are_kept_per_flow(store: Arc<dyn Store>) {
     );
 }
 
-/// Everything written survives closing and reopening the store; after `requeue_expired(far
-/// future)` (what start-up does), items leased before are claimable again.
+/// Everything written survives closing and reopening the store; once their leases have expired
+/// (`requeue_expired` at a time past them), items leased before are claimable again.
 pub(crate) async fn everything_survives_reopen(open: Open<'_>) {
     let f = flow("orders");
     let runs: Vec<_> = (1..=3)

@@ -42,7 +42,7 @@
 //! | appending | inbox writer thread: one `write` + `fdatasync` per batch, then `durable_through` = n, `grew.notify_all()`, answers (and `send_replace(true)`) | unread |
 //! | appending | the write fails: the segment is cut back (`set_len`), the error is answered and the held key is released | gone (not acknowledged) |
 //! | unread | promoter `Reader::read`, while `Fresh` has room (`Tuning::capacity` waiting) | reading |
-//! | reading | n ≤ `recovering_through` and `runs` holds it: skipped, key released; an unreadable record is skipped and logged | stored / gone |
+//! | reading | n ≤ `recovering_through` and `runs` holds it: skipped, key released; an undecodable record is moved to the quarantine | stored / quarantined |
 //! | reading | a run with more than one first item: `write_runs(skip_stored)` straight away, key released (if that fails it is added to `Fresh` anyway) | stored |
 //! | reading | `Fresh::add` (sets `Fresh::read_through`) | waiting |
 //! | waiting | `claim_due`: `Fresh::peek` + `Fresh::took` + lease, all under `leases` | taken |
@@ -63,7 +63,7 @@
 //! - An acknowledged inbox run has n ≤ `durable_through`, and its segment stays until `inbox:promoted` on
 //!   disk ≥ n. A segment is deleted only when its last record ≤ `Promoter::mark`.
 //! - `inbox:promoted` = `Promoter::mark` ≤ `Fresh::low_water()`, and low water never decreases. Every record
-//!   ≤ low water has its run stored (its transaction has returned) or was skipped. `store_position` flushes
+//!   ≤ low water has its run stored (its transaction has returned) or was set aside in the quarantine. `store_position` flushes
 //!   and fsyncs before it writes the mark. So a fresh run's number is always > the mark and its record is
 //!   on disk.
 //! - A run leaves `Fresh` only through `Fresh::written`, called after a transaction that wrote it, or
