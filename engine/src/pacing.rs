@@ -185,16 +185,18 @@ mod tests {
         assert!(wait > Duration::from_secs(9) && wait <= window, "{wait:?}");
     }
 
+    /// Pacers sharing a store share its waits (a restart is covered by the conformance suite's
+    /// `pacing_waits_survive_reopen`).
     #[tokio::test]
-    async fn a_429_holds_every_call_and_is_kept_in_the_store() {
+    async fn a_429_holds_every_call_of_every_pacer_on_the_store() {
         let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
         let p = Pacer::new(store.clone(), Arc::new(SystemClock));
         let hold = Duration::from_secs(30);
         p.observe("a", Observation::Limited { wait: hold }).await;
         assert!(p.admit("a").await.is_err());
 
-        let after_restart = Pacer::new(store, Arc::new(SystemClock));
-        let wait = after_restart.admit("a").await.unwrap_err();
+        let other = Pacer::new(store, Arc::new(SystemClock));
+        let wait = other.admit("a").await.unwrap_err();
         assert!(wait > Duration::from_secs(29) && wait <= hold, "{wait:?}");
     }
 
