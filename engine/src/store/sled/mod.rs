@@ -313,7 +313,7 @@ use self::layout::{
     id16, prefix_end, queue_key, tx_error, DedupeEntry, Lease as StoredLease, TreeName, TxResult,
 };
 use self::new_runs::{EncodedRun, NewRunTrees, Promoter};
-use self::pending_keys::{PendingKey, MAX_PENDING};
+use self::pending_keys::{PendingKey, Settling, MAX_PENDING};
 use self::update::{Batched, PendingUpdate, Prepared, UpdateBatches, Writing};
 
 /// Page size of `list_runs` when the query asks for 0 runs.
@@ -744,31 +744,25 @@ impl SledStore {
                     self.durable().await?;
                     return Ok(outcome);
                 }
-                // Settled in a task of its own, so that a caller that stops waiting (a client
-                // gone, a step's timeout) never leaves the key held by a record whose fate no one
-                // reports: repeats wait for exactly this outcome.
+                // Settled however this call ends (see `Settling`): repeats wait for exactly this
+                // outcome.
                 KeyCheck::Taken(durable) => {
-                    let (key, run_id) = (key.to_vec(), run.run_id()?);
-                    let pending_keys = pending_keys.clone();
-                    let appended = inbox.send(run.to_record());
-                    let settled = tokio::spawn(async move {
-                        let appended = match appended {
-                            Ok(on_disk) => on_disk.await,
-                            Err(e) => Err(e),
-                        };
-                        match &appended {
-                            Ok(()) => {
-                                durable.send_replace(true);
-                            }
-                            Err(_) => pending_keys.release(&key, run_id),
+                    let run_id = run.run_id()?;
+                    let appended = match inbox.send(run.to_record()) {
+                        Ok(on_disk) => {
+                            let keys = pending_keys.clone();
+                            Settling::new(on_disk, durable, key, run_id, keys)
+                                .wait()
+                                .await
                         }
-                        appended
-                    });
-                    return match settled.await {
-                        Ok(Ok(())) => Ok(Ingested::Created),
-                        Ok(Err(e)) => Err(StoreError::unavailable("inbox append failed", e)),
-                        Err(e) => Err(StoreError::unavailable("inbox append task failed", e)),
+                        Err(e) => {
+                            pending_keys.release(key, run_id);
+                            Err(e)
+                        }
                     };
+                    return appended
+                        .map(|()| Ingested::Created)
+                        .map_err(|e| StoreError::unavailable("inbox append failed", e));
                 }
                 // A repeated delivery: answered once the original is on disk. If its append
                 // failed (or its ingest was dropped before it knew), the key is released and this

@@ -12,7 +12,10 @@
 //! trees, also when the trees held it already.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::watch;
 
@@ -35,6 +38,88 @@ pub(super) struct PendingKey {
     /// Becomes `true` once the run's inbox record is on disk; closed without that if the append
     /// failed.
     pub(super) durable: watch::Receiver<bool>,
+}
+
+/// The append of a run that took a key, settled however its ingest ends: once on disk, the key's
+/// repeats are answered as duplicates; if it failed, the key is released. The ingest awaits it
+/// ([`Settling::wait`]); if the ingest is dropped first (a client gone, a step's timeout), a task
+/// of its own settles it, so a repeat never takes the key of a record that is on disk.
+pub(super) struct Settling {
+    on_disk: Option<Pin<Box<dyn Future<Output = io::Result<()>> + Send>>>,
+    durable: Option<watch::Sender<bool>>,
+    key: Vec<u8>,
+    run_id: RunId,
+    keys: Arc<PendingKeys>,
+}
+
+impl Settling {
+    /// Settles the append `on_disk` of `run_id`, which holds `key` in `keys`.
+    pub(super) fn new(
+        on_disk: impl Future<Output = io::Result<()>> + Send + 'static,
+        durable: watch::Sender<bool>,
+        key: &[u8],
+        run_id: RunId,
+        keys: Arc<PendingKeys>,
+    ) -> Self {
+        Self {
+            on_disk: Some(Box::pin(on_disk)),
+            durable: Some(durable),
+            key: key.to_vec(),
+            run_id,
+            keys,
+        }
+    }
+
+    /// Waits for the append and settles the key.
+    pub(super) async fn wait(mut self) -> io::Result<()> {
+        let appended = match self.on_disk.as_mut() {
+            Some(on_disk) => on_disk.await,
+            None => Ok(()),
+        };
+        self.on_disk = None;
+        self.settle(&appended);
+        appended
+    }
+
+    fn settle(&mut self, appended: &io::Result<()>) {
+        match appended {
+            Ok(()) => {
+                if let Some(durable) = self.durable.take() {
+                    durable.send_replace(true);
+                }
+            }
+            Err(_) => self.keys.release(&self.key, self.run_id),
+        }
+    }
+}
+
+impl Drop for Settling {
+    fn drop(&mut self) {
+        let Some(on_disk) = self.on_disk.take() else {
+            return;
+        };
+        let mut rest = Settling {
+            on_disk: None,
+            durable: self.durable.take(),
+            key: std::mem::take(&mut self.key),
+            run_id: self.run_id,
+            keys: self.keys.clone(),
+        };
+        let settle = async move {
+            let appended = on_disk.await;
+            rest.settle(&appended);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(settle)),
+            // Dropped outside a runtime: wait for the writer's answer on a thread of its own.
+            Err(_) => drop(std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().build();
+                if let Ok(runtime) = runtime {
+                    runtime.block_on(settle);
+                }
+            })),
+        }
+    }
 }
 
 /// The keys (the `dedupe` tree's keys) of runs in the inbox and not in the trees yet.
