@@ -25,6 +25,16 @@ use crate::store::{Clock, ManualClock, NodeId, SharedClock, Store, SystemClock};
 /// How many times each run's `flaky` step executed, by run.
 static EXECUTIONS: Mutex<Option<HashMap<RunId, u32>>> = Mutex::new(None);
 
+/// Counts one execution of a run's test step.
+fn executed(run: RunId) {
+    *EXECUTIONS
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .entry(run)
+        .or_default() += 1;
+}
+
 fn executions(run: RunId) -> u32 {
     EXECUTIONS
         .lock()
@@ -64,12 +74,7 @@ impl Action for Flaky {
     }
 
     async fn execute(&self, _: Value, cx: &ExecContext) -> Result<Outcome, StepError> {
-        *EXECUTIONS
-            .lock()
-            .unwrap()
-            .get_or_insert_with(HashMap::new)
-            .entry(cx.run_id)
-            .or_default() += 1;
+        executed(cx.run_id);
         if cx.attempt <= self.panics {
             panic!("boom on attempt {}", cx.attempt);
         }
@@ -123,12 +128,7 @@ impl Action for Gate {
     }
 
     async fn execute(&self, _: Value, cx: &ExecContext) -> Result<Outcome, StepError> {
-        *EXECUTIONS
-            .lock()
-            .unwrap()
-            .get_or_insert_with(HashMap::new)
-            .entry(cx.run_id)
-            .or_default() += 1;
+        executed(cx.run_id);
         gate(&self.name).acquire().await.unwrap().forget();
         Ok(Outcome::Output(json!({ "passed": self.name })))
     }

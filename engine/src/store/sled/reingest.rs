@@ -70,50 +70,11 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::ids::{EventId, FlowId, ItemId, RunId};
-    use crate::model::{Event, QueueItem, Revision, Run, RunStatus, Timestamp};
+    use crate::ids::RunId;
     use crate::store::inbox::Inbox;
+    use crate::store::sled::tests::sample_run;
     use crate::store::sled::DEFAULT_CACHE_BYTES;
     use crate::store::QuarantineKind;
-
-    /// A new run of flow `q` with one item.
-    fn new_run(n: i64) -> NewRun {
-        let flow_id: FlowId = "q".parse().unwrap();
-        let event = Event {
-            id: EventId::new(),
-            flow_id: flow_id.clone(),
-            received_at: Timestamp(n),
-            trigger: serde_json::json!({ "n": n }),
-        };
-        let run = Run {
-            id: RunId::new(),
-            flow_id: flow_id.clone(),
-            revision: Revision::of("id: q"),
-            event_id: event.id,
-            status: RunStatus::Queued,
-            created_at: Timestamp(n),
-            updated_at: Timestamp(n),
-            finished_at: None,
-            steps: vec![],
-            reason: None,
-            replay_of: None,
-            failure: None,
-        };
-        let item = QueueItem {
-            id: ItemId::new(),
-            run_id: run.id,
-            flow_id,
-            step_id: "first".parse().unwrap(),
-            attempt: 1,
-            due_at: Timestamp(n),
-        };
-        NewRun {
-            event,
-            run,
-            items: vec![item],
-            dedupe: None,
-        }
-    }
 
     fn record(new: &NewRun) -> Vec<u8> {
         EncodedRun::new(new).unwrap().to_record()
@@ -153,7 +114,7 @@ mod tests {
     #[tokio::test]
     async fn an_undecodable_record_is_quarantined_and_ingested_again_once_repaired() {
         let dir = tempfile::tempdir().unwrap();
-        let (before, broken, after) = (new_run(1), new_run(2), new_run(3));
+        let (before, broken, after) = (sample_run(1), sample_run(2), sample_run(3));
         let good = record(&broken);
         let mut bad = good.clone();
         bad[0] = 0x7f; // neither tag, nor JSON
@@ -209,7 +170,7 @@ mod tests {
     #[tokio::test]
     async fn a_record_whose_run_is_stored_is_not_ingested_twice() {
         let dir = tempfile::tempdir().unwrap();
-        let new = new_run(5);
+        let new = sample_run(5);
         let mut bad = record(&new);
         bad[0] = 0x7f;
         appended(dir.path(), vec![bad]).await;

@@ -272,7 +272,7 @@ fn deduped_run(n: i64, key: i64) -> NewRun {
 }
 
 /// A new run of flow `crash` with one item, numbered `n` (its times).
-fn sample_run(n: i64) -> NewRun {
+pub(super) fn sample_run(n: i64) -> NewRun {
     use crate::model::{Event, RunStatus};
 
     let flow_id: FlowId = "crash".parse().unwrap();
