@@ -9,7 +9,8 @@
 //! - [`steps`]: the `Action` contract, the kind registry, and the built-in steps `filter`, `map`, `http`.
 //! - [`outbound`]: the shared HTTP client and the policy that keeps actions off private networks.
 //! - [`pacing`]: rate-limit pacing per connector account.
-//! - [`store`]: the `Store` trait and its sled backend.
+//! - [`store`]: the `Store` trait (the contract several nodes can share: owned, fenced leases;
+//!   coordination; run notices; the quarantine), the injected clock, and the sled backend.
 //! - [`authoring`]: offline runs with stubbed calls, and flags for expressions that resolved to
 //!   nothing (previews, `validate --samples`, flow tests).
 //! - [`schedule`]: cron schedules in a timezone (the ticks `schedule:` flows fire at).
@@ -18,10 +19,11 @@
 //!
 //! # How an event moves
 //! `Engine::ingest` writes the event, its run and the run's first queue items in one durable batch
-//! (the caller acknowledges only after it returns). Workers claim due items with a lease, render the
-//! step's input, execute it, and commit the step record and the next items atomically through
-//! `Store::update_run`. A crash loses at most in-flight attempts, which run again with the same
-//! idempotency key.
+//! (the caller acknowledges only after it returns). Workers claim due items with a lease that names
+//! their node and carries a fencing token, renew it while the step runs, render the step's input,
+//! execute it, and commit the step record and the next items atomically through
+//! `Store::update_run`, which the store refuses once the lease is no longer held. A crash loses at
+//! most in-flight attempts, which run again with the same idempotency key once their lease expires.
 
 #![warn(missing_docs)]
 
