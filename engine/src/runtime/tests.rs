@@ -364,8 +364,10 @@ impl Action for Probe {
 
     async fn execute(&self, _: Value, _: &ExecContext) -> Result<Outcome, StepError> {
         probing(&self.name, 1);
-        // Work that takes a moment, so that overlapping attempts would be seen.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Work that gives the other tasks time to run, so that overlapping attempts would be seen.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
         probing(&self.name, -1);
         Ok(Outcome::Output(json!({})))
     }
