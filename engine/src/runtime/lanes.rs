@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use crate::ids::ItemId;
+use crate::ids::{ItemId, RunId};
 use crate::model::Timestamp;
 use crate::store::{LaneEntry, LaneKey, SharedClock, Store};
 
@@ -67,14 +67,14 @@ impl Lanes {
         lane: LaneKey,
         concurrency: usize,
         gap: Duration,
-        holder: ItemId,
+        (holder, turn): (ItemId, RunId),
         longest: Duration,
     ) -> Result<Place, Duration> {
         let now = self.clock.now();
         let expires = now.plus(longest).plus(PLACE_GRACE);
         let entry = self
             .store
-            .enter_lane(&lane, concurrency, holder, now, expires)
+            .enter_lane(&lane, concurrency, (holder, turn), now, expires)
             .await;
         match entry {
             Ok(LaneEntry::Entered) => Ok(Place {
@@ -86,6 +86,7 @@ impl Lanes {
             }),
             Ok(LaneEntry::Full { until }) => Err(wait(until, now).min(BUSY_RETRY)),
             Ok(LaneEntry::Spaced { until }) => Err(wait(until, now)),
+            Ok(LaneEntry::Behind) => Err(BUSY_RETRY),
             Err(e) => {
                 warn!(error = %e, %lane, "could not take a place in the queue's lane; trying again");
                 Err(BUSY_RETRY)
@@ -149,30 +150,38 @@ mod tests {
 
     const LONGEST: Duration = Duration::from_secs(30);
 
+    /// A new holder, all of the same turn (these tests are not about turns).
+    fn holder() -> (ItemId, RunId) {
+        (
+            ItemId::new(),
+            RunId::from_ulid(ulid::Ulid::from_parts(1, 1)),
+        )
+    }
+
     #[tokio::test]
     async fn a_lane_admits_its_concurrency_and_spaces_by_its_gap() {
         let lanes = lanes();
         let zero = Duration::ZERO;
         let first = lanes
-            .enter(lane("a@x.com"), 1, zero, ItemId::new(), LONGEST)
+            .enter(lane("a@x.com"), 1, zero, holder(), LONGEST)
             .await
             .unwrap();
         let busy = lanes
-            .enter(lane("a@x.com"), 1, zero, ItemId::new(), LONGEST)
+            .enter(lane("a@x.com"), 1, zero, holder(), LONGEST)
             .await
             .unwrap_err();
         assert!(busy <= BUSY_RETRY, "{busy:?}");
-        let other = lanes.enter(lane("b@x.com"), 1, zero, ItemId::new(), LONGEST);
+        let other = lanes.enter(lane("b@x.com"), 1, zero, holder(), LONGEST);
         assert!(other.await.is_ok(), "keys are independent");
         first.leave().await;
         let minute = Duration::from_secs(60);
         let again = lanes
-            .enter(lane("a@x.com"), 1, minute, ItemId::new(), LONGEST)
+            .enter(lane("a@x.com"), 1, minute, holder(), LONGEST)
             .await
             .unwrap();
         again.leave().await;
         let wait = lanes
-            .enter(lane("a@x.com"), 1, minute, ItemId::new(), LONGEST)
+            .enter(lane("a@x.com"), 1, minute, holder(), LONGEST)
             .await
             .unwrap_err();
         assert!(wait > Duration::from_secs(59), "{wait:?}");
@@ -185,16 +194,13 @@ mod tests {
         let lanes = lanes();
         let zero = Duration::ZERO;
         let place = lanes
-            .enter(lane("a"), 1, zero, ItemId::new(), LONGEST)
+            .enter(lane("a"), 1, zero, holder(), LONGEST)
             .await
             .unwrap();
         drop(place);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            match lanes
-                .enter(lane("a"), 1, zero, ItemId::new(), LONGEST)
-                .await
-            {
+            match lanes.enter(lane("a"), 1, zero, holder(), LONGEST).await {
                 Ok(place) => break place.leave().await,
                 Err(_) => {
                     assert!(tokio::time::Instant::now() < deadline, "never given back");

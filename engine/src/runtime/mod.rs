@@ -986,9 +986,13 @@ impl Engine {
                     Some(q) => {
                         let key = q.key.render(&flow.templates, ctx).unwrap_or_default();
                         let lane = crate::store::LaneKey::new(&q.name, key);
-                        let entered =
-                            self.lanes
-                                .enter(lane, q.concurrency, q.gap, item.id, step.timeout);
+                        let entered = self.lanes.enter(
+                            lane,
+                            q.concurrency,
+                            q.gap,
+                            (item.id, item.run_id),
+                            step.timeout,
+                        );
                         match entered.await {
                             Ok(place) => Some(place),
                             Err(wait) => return Tried::Wait(wait),

@@ -1657,6 +1657,7 @@ macro_rules! conformance_suite {
             stats_count_the_queue,
             lanes_admit_their_concurrency_until_given_back_or_expired,
             lanes_honour_their_gap,
+            lanes_admit_waiters_in_turn_order,
             racing_entries_take_at_most_concurrency_places,
             pacing_admits_at_most_max_per_window,
             pacing_honours_blocked_until,

@@ -13,6 +13,10 @@
 //!   giving its place back), so a lane is never wedged.
 //! - After a holder leaves, the lane admits nobody before the `free_at` it gave (its gap); a later
 //!   leave never moves that time back.
+//! - Callers take their turn: a caller refused a place waits in the lane under its `turn` (its
+//!   run's id, which sorts by the event's arrival), and while an earlier turn waits, a later one
+//!   is not admitted. A waiter that has not asked again for [`WAIT_TURN`] (its run was cancelled,
+//!   or went another way) loses its turn, so a lane is never held by a waiter that is gone.
 //! - A pacing account never admits more than its learned `max` calls whose admission time lies in
 //!   any one window (`(now - window, now]`), and admits nothing before its `blocked_until`, which
 //!   only ever rises.
@@ -20,11 +24,11 @@
 //!   account's `blocked_until`) stores it itself and gives it back with
 //!   [`Coordination::pace_restore`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use crate::ids::ItemId;
+use crate::ids::{ItemId, RunId};
 use crate::model::Timestamp;
 
 /// A lane of a named queue: the queue's name and the key it serialises by.
@@ -68,7 +72,13 @@ pub enum LaneEntry {
         /// When the lane opens again.
         until: Timestamp,
     },
+    /// An earlier turn is waiting for the lane: it goes first.
+    Behind,
 }
+
+/// How long a waiter keeps its turn in a lane after it last asked for a place (callers ask again
+/// every fraction of a second while they wait).
+pub const WAIT_TURN: Duration = Duration::from_secs(10);
 
 /// One lane's holders and gap.
 #[derive(Debug, Default)]
@@ -77,12 +87,16 @@ struct Lane {
     holders: HashMap<ItemId, Timestamp>,
     /// Nobody enters before this (the gap after the last place given back).
     free_at: Timestamp,
+    /// The turns waiting for a place, and until when each keeps its turn.
+    waiting: BTreeMap<RunId, Timestamp>,
 }
 
 impl Lane {
     /// Whether the lane holds nothing that matters at `now` (it can be forgotten).
     fn idle(&self, now: Timestamp) -> bool {
-        self.free_at <= now && self.holders.values().all(|expires| *expires <= now)
+        self.free_at <= now
+            && self.holders.values().all(|expires| *expires <= now)
+            && self.waiting.values().all(|until| *until <= now)
     }
 }
 
@@ -118,13 +132,14 @@ pub struct Coordination {
 
 impl Coordination {
     /// Takes a place in `lane` for `holder` until `expires` at the latest, if fewer than
-    /// `concurrency` unexpired holders have one and the lane's gap has passed at `now`. A holder
-    /// that already has a place keeps it, with the new expiry.
+    /// `concurrency` unexpired holders have one, the lane's gap has passed at `now`, and no
+    /// earlier `turn` waits; else `turn` waits (see the module docs). A holder that already has a
+    /// place keeps it, with the new expiry.
     pub fn enter_lane(
         &self,
         lane: &LaneKey,
         concurrency: usize,
-        holder: ItemId,
+        (holder, turn): (ItemId, RunId),
         now: Timestamp,
         expires: Timestamp,
     ) -> LaneEntry {
@@ -135,21 +150,34 @@ impl Coordination {
         }
         let state = lanes.lanes.entry(lane.clone()).or_default();
         state.holders.retain(|_, until| *until > now);
+        state.waiting.retain(|_, until| *until > now);
         if let Some(until) = state.holders.get_mut(&holder) {
             *until = expires;
             return LaneEntry::Entered;
         }
-        if state.holders.len() >= concurrency.max(1) {
+        let refused = if state.holders.len() >= concurrency.max(1) {
             let until = state.holders.values().min().copied().unwrap_or(now);
-            return LaneEntry::Full { until };
-        }
-        if state.free_at > now {
-            return LaneEntry::Spaced {
+            Some(LaneEntry::Full { until })
+        } else if state.free_at > now {
+            Some(LaneEntry::Spaced {
                 until: state.free_at,
-            };
+            })
+        } else if state.waiting.range(..turn).next().is_some() {
+            Some(LaneEntry::Behind)
+        } else {
+            None
+        };
+        match refused {
+            Some(refused) => {
+                state.waiting.insert(turn, now.plus(WAIT_TURN));
+                refused
+            }
+            None => {
+                state.waiting.remove(&turn);
+                state.holders.insert(holder, expires);
+                LaneEntry::Entered
+            }
         }
-        state.holders.insert(holder, expires);
-        LaneEntry::Entered
     }
 
     /// Gives `holder`'s place in `lane` back; nobody enters before `free_at` (the caller's time
@@ -245,27 +273,32 @@ mod tests {
         Timestamp(ms)
     }
 
+    /// One turn for every caller of a test: no order among them.
+    fn turn() -> RunId {
+        RunId::from_ulid(ulid::Ulid::from_parts(1, 1))
+    }
+
     #[test]
     fn idle_lanes_are_forgotten_and_busy_ones_kept() {
         let c = Coordination::default();
         let busy = LaneKey::new("crm", "busy");
         let holder = ItemId::new();
         assert_eq!(
-            c.enter_lane(&busy, 1, holder, at(0), at(1_000_000)),
+            c.enter_lane(&busy, 1, (holder, turn()), at(0), at(1_000_000)),
             LaneEntry::Entered
         );
         for n in 0..1000 {
             let lane = LaneKey::new("crm", format!("{n}"));
             let item = ItemId::new();
             assert_eq!(
-                c.enter_lane(&lane, 1, item, at(n), at(n + 10)),
+                c.enter_lane(&lane, 1, (item, turn()), at(n), at(n + 10)),
                 LaneEntry::Entered
             );
             c.leave_lane(&lane, item, at(n));
         }
         assert!(lock(&c.lanes).lanes.len() < 200, "idle lanes were swept");
         assert!(matches!(
-            c.enter_lane(&busy, 1, ItemId::new(), at(2_000), at(3_000)),
+            c.enter_lane(&busy, 1, (ItemId::new(), turn()), at(2_000), at(3_000)),
             LaneEntry::Full { .. }
         ));
     }

@@ -51,7 +51,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 
 pub use self::clock::{Clock, ManualClock, SharedClock, Sleep, SystemClock};
-pub use self::coordination::{LaneEntry, LaneKey};
+pub use self::coordination::{LaneEntry, LaneKey, WAIT_TURN};
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, RunStatus, StepRecord, Timestamp};
 
@@ -505,8 +505,11 @@ pub trait Store: Send + Sync + 'static {
     // nodes must apply it as a whole, as if every node's calls were made one after another.
 
     /// Takes a place in a named queue's `lane` for `holder` (the queue item attempting its
-    /// step), if fewer than `concurrency` (at least 1) holders have one at `now` and the lane's
-    /// gap has passed; a holder that has a place already keeps it with the new expiry. A place
+    /// step, and its turn: its run's id), if fewer than `concurrency` (at least 1) holders have
+    /// one at `now`, the lane's gap has passed, and no earlier turn waits; a caller refused
+    /// waits under its turn (kept for [`WAIT_TURN`] after it last
+    /// asked), so a serial queue admits its runs in the order their events arrived, across
+    /// nodes. A holder that has a place already keeps it with the new expiry. A place
     /// stops counting once `expires` has passed, even if it is never given back (its node died),
     /// so a lane is never wedged: the caller sets `expires` beyond the longest its attempt can
     /// take. Atomic: of concurrent callers, at most `concurrency` hold a place at once, across
@@ -516,7 +519,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         lane: &LaneKey,
         concurrency: usize,
-        holder: ItemId,
+        holder: (ItemId, RunId),
         now: Timestamp,
         expires: Timestamp,
     ) -> Result<LaneEntry>;

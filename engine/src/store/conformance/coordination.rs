@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::{at, flow, Open};
-use crate::ids::ItemId;
-use crate::store::{LaneEntry, LaneKey, Store};
+use crate::ids::{ItemId, RunId};
+use crate::store::{LaneEntry, LaneKey, Store, WAIT_TURN};
 
 const WINDOW: Duration = Duration::from_secs(10);
 
@@ -38,6 +38,54 @@ where
     answers
 }
 
+/// One turn for every caller of a check that is not about turns: no order among them.
+fn one_turn() -> RunId {
+    RunId::from_ulid(ulid::Ulid::from_parts(1, 1))
+}
+
+/// A lane admits its waiters in the order of their turns (their runs' ids): while an earlier turn
+/// waits, a later one is refused even when a place is free; a waiter that stops asking loses its
+/// turn once `WAIT_TURN` has passed.
+pub(crate) async fn lanes_admit_waiters_in_turn_order(store: Arc<dyn Store>) {
+    let l = lane("turns");
+    let turn = |n: u64| RunId::from_ulid(ulid::Ulid::from_parts(1_700_000_000_000 + n, 7));
+    let (a, b, c, d) = (ItemId::new(), ItemId::new(), ItemId::new(), ItemId::new());
+    let enter =
+        |holder, n, now| store.enter_lane(&l, 1, (holder, turn(n)), at(now), at(now + 60_000));
+    assert_eq!(enter(a, 1, 0).await.unwrap(), LaneEntry::Entered);
+    // Turn 3 asks before turn 2; both wait while turn 1 holds the place.
+    assert!(matches!(
+        enter(c, 3, 10).await.unwrap(),
+        LaneEntry::Full { .. }
+    ));
+    assert!(matches!(
+        enter(b, 2, 20).await.unwrap(),
+        LaneEntry::Full { .. }
+    ));
+    store.leave_lane(&l, a, at(30)).await.unwrap();
+    assert_eq!(
+        enter(c, 3, 40).await.unwrap(),
+        LaneEntry::Behind,
+        "turn 2 waits: it goes first"
+    );
+    assert_eq!(enter(b, 2, 50).await.unwrap(), LaneEntry::Entered);
+    store.leave_lane(&l, b, at(60)).await.unwrap();
+    assert_eq!(enter(c, 3, 70).await.unwrap(), LaneEntry::Entered);
+    store.leave_lane(&l, c, at(80)).await.unwrap();
+    // Turn 4 waits behind a holder, then never asks again: turn 5 goes once turn 4 lost its turn.
+    let e = ItemId::new();
+    assert_eq!(enter(e, 9, 90).await.unwrap(), LaneEntry::Entered);
+    assert!(matches!(
+        enter(d, 4, 100).await.unwrap(),
+        LaneEntry::Full { .. }
+    ));
+    store.leave_lane(&l, e, at(110)).await.unwrap();
+    let f = ItemId::new();
+    assert_eq!(enter(f, 5, 120).await.unwrap(), LaneEntry::Behind);
+    let lost = 100 + WAIT_TURN.as_millis() as i64;
+    assert_eq!(enter(f, 5, lost).await.unwrap(), LaneEntry::Entered);
+}
+
 /// A lane admits `concurrency` holders; others wait until a place is given back or expires. Keys
 /// and queues are independent, and a holder entering again keeps its place.
 pub(crate) async fn lanes_admit_their_concurrency_until_given_back_or_expired(
@@ -45,17 +93,18 @@ pub(crate) async fn lanes_admit_their_concurrency_until_given_back_or_expired(
 ) {
     let (a, b, c) = (ItemId::new(), ItemId::new(), ItemId::new());
     let l = lane("a@x.com");
-    let enter = |holder, now, expires| store.enter_lane(&l, 1, holder, at(now), at(expires));
+    let enter =
+        |holder, now, expires| store.enter_lane(&l, 1, (holder, one_turn()), at(now), at(expires));
     assert_eq!(enter(a, 0, 1_000).await.unwrap(), LaneEntry::Entered);
     assert_eq!(
         enter(b, 10, 2_000).await.unwrap(),
         LaneEntry::Full { until: at(1_000) }
     );
     let other_key = lane("b@x.com");
-    let other_key = store.enter_lane(&other_key, 1, b, at(10), at(2_000));
+    let other_key = store.enter_lane(&other_key, 1, (b, one_turn()), at(10), at(2_000));
     assert_eq!(other_key.await.unwrap(), LaneEntry::Entered);
     let other_queue = LaneKey::new("billing", "a@x.com");
-    let other_queue = store.enter_lane(&other_queue, 1, c, at(10), at(2_000));
+    let other_queue = store.enter_lane(&other_queue, 1, (c, one_turn()), at(10), at(2_000));
     assert_eq!(other_queue.await.unwrap(), LaneEntry::Entered);
 
     assert_eq!(
@@ -89,7 +138,8 @@ pub(crate) async fn lanes_admit_their_concurrency_until_given_back_or_expired(
 pub(crate) async fn lanes_honour_their_gap(store: Arc<dyn Store>) {
     let (a, b, c) = (ItemId::new(), ItemId::new(), ItemId::new());
     let l = lane("gap");
-    let enter = |holder, now| store.enter_lane(&l, 2, holder, at(now), at(now + 10_000));
+    let enter =
+        |holder, now| store.enter_lane(&l, 2, (holder, one_turn()), at(now), at(now + 10_000));
     assert_eq!(enter(a, 0).await.unwrap(), LaneEntry::Entered);
     assert_eq!(enter(b, 0).await.unwrap(), LaneEntry::Entered);
     store.leave_lane(&l, a, at(500)).await.unwrap();
@@ -115,7 +165,9 @@ pub(crate) async fn racing_entries_take_at_most_concurrency_places(store: Arc<dy
             let l = l.clone();
             let holder = ItemId::new();
             async move {
-                let entry = store.enter_lane(&l, 3, holder, now, at(1_000_000)).await;
+                let entry = store
+                    .enter_lane(&l, 3, (holder, one_turn()), now, at(1_000_000))
+                    .await;
                 (holder, entry.unwrap())
             }
         })

@@ -1484,7 +1484,7 @@ impl Store for SledStore {
         &self,
         lane: &LaneKey,
         concurrency: usize,
-        holder: ItemId,
+        holder: (ItemId, RunId),
         now: Timestamp,
         expires: Timestamp,
     ) -> Result<LaneEntry> {
