@@ -138,6 +138,7 @@ fn registry() -> Registry {
     let mut registry = Registry::builtin();
     registry.register::<FlakySpec>();
     registry.register::<GateSpec>();
+    registry.register::<OrderSpec>();
     registry.register::<ProbeSpec>();
     registry
 }
@@ -511,5 +512,111 @@ async fn a_step_waiting_for_its_lane_after_a_pure_step_runs_once_the_lane_is_fre
     })
     .await;
     assert_eq!((executions(first), executions(second)), (1, 1));
+    running.stop().await;
+}
+
+/// The order in which `order` steps executed, by probe name.
+static ORDER: Mutex<Option<HashMap<String, Vec<RunId>>>> = Mutex::new(None);
+
+/// A test step that records its run in its name's order.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct OrderSpec {
+    name: String,
+}
+
+#[derive(Debug)]
+struct Order {
+    name: String,
+}
+
+impl StepKind for OrderSpec {
+    const KIND: &'static str = "order";
+
+    fn build(self, _cx: &mut BuildContext<'_>) -> Option<Arc<dyn Action>> {
+        Some(Arc::new(Order { name: self.name }))
+    }
+}
+
+#[async_trait]
+impl Action for Order {
+    fn render(&self, _: &Templates, _: &Value) -> Result<Value, StepError> {
+        Ok(Value::Null)
+    }
+
+    async fn execute(&self, _: Value, cx: &ExecContext) -> Result<Outcome, StepError> {
+        ORDER
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashMap::new)
+            .entry(self.name.clone())
+            .or_default()
+            .push(cx.run_id);
+        Ok(Outcome::Output(json!({})))
+    }
+}
+
+/// Two runtimes (nodes) sharing one store: the runs waiting for a serial queue's lane pass
+/// through it in the order their events arrived (their ids'), whichever node runs them. Part of the store
+/// conformance suite.
+pub(crate) async fn a_serial_queue_keeps_its_order_with_two_runtimes(store: Arc<dyn Store>) {
+    let name = format!("ordered-{}", ulid::Ulid::new());
+    let queue = format!("queue: {{ name: {name}, key: k }}");
+    let held = flow(&format!(
+        "id: held\ntrigger: {{ manual: {{}} }}\nsteps:\n  - id: hold\n    {queue}\n    gate: {{ name: {name} }}\n"
+    ));
+    let ordered = flow(&format!(
+        "id: ordered\ntrigger: {{ manual: {{}} }}\nsteps:\n  - id: call\n    {queue}\n    order: {{ name: {name} }}\n"
+    ));
+    let clock: SharedClock = Arc::new(SystemClock);
+    let (a, b) = (
+        engine(store.clone(), "node-a", clock.clone()),
+        engine(store.clone(), "node-b", clock),
+    );
+    let deployed = a.deploy(vec![held, ordered]).await.unwrap();
+    for (flow, _) in &deployed {
+        b.catalog().deploy(flow.clone());
+    }
+    let (held, ordered) = (&deployed[0].0, &deployed[1].0);
+    let running = Running::start(&[&a, &b]);
+    // One run holds the lane while the others arrive and wait for it.
+    let holder = a.start_manual(held, json!({})).await.unwrap().run_id;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while executions(holder) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lane was never taken"
+        );
+        tokio::task::yield_now().await;
+    }
+    let mut runs = Vec::new();
+    for n in 0..8 {
+        let engine = if n % 2 == 0 { &a } else { &b };
+        runs.push(
+            engine
+                .start_manual(ordered, json!({}))
+                .await
+                .unwrap()
+                .run_id,
+        );
+    }
+    // Every run has found the lane taken (and so waits for its turn).
+    for run in &runs {
+        until_run(store.as_ref(), *run, "waited for the lane", |r| {
+            r.status == RunStatus::Running
+        })
+        .await;
+    }
+    open_gate(&name, 1);
+    for run in &runs {
+        until_run(store.as_ref(), *run, "succeeded", |r| {
+            r.status == RunStatus::Succeeded
+        })
+        .await;
+    }
+    let order = ORDER.lock().unwrap().as_ref().unwrap()[&name].clone();
+    // Run ids sort by the events' arrival, to the millisecond.
+    runs.sort();
+    assert_eq!(order, runs, "in the order the events arrived");
     running.stop().await;
 }

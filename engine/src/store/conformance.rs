@@ -1688,6 +1688,13 @@ macro_rules! conformance_suite {
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_serial_queue_keeps_its_order_with_two_runtimes() {
+            let place = <$backend as $crate::store::conformance::Backend>::place();
+            let store = <$backend as $crate::store::conformance::Backend>::open(&place);
+            $crate::runtime::tests::a_serial_queue_keeps_its_order_with_two_runtimes(store).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn two_runtimes_on_one_store_never_both_execute_a_step() {
             let place = <$backend as $crate::store::conformance::Backend>::place();
             let store = <$backend as $crate::store::conformance::Backend>::open(&place);

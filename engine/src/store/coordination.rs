@@ -14,8 +14,8 @@
 //! - After a holder leaves, the lane admits nobody before the `free_at` it gave (its gap); a later
 //!   leave never moves that time back.
 //! - Callers take their turn: a caller refused a place waits in the lane under its `turn` (its
-//!   run's id, which sorts by the event's arrival), and while an earlier turn waits, a later one
-//!   is not admitted. A waiter that has not asked again for [`WAIT_TURN`] (its run was cancelled,
+//!   run's id, which sorts by the event's arrival to the millisecond), and while an earlier turn
+//!   waits, a later one is not admitted. A waiter that has not asked again for [`WAIT_TURN`] (its run was cancelled,
 //!   or went another way) loses its turn, so a lane is never held by a waiter that is gone.
 //! - A pacing account never admits more than its learned `max` calls whose admission time lies in
 //!   any one window (`(now - window, now]`), and admits nothing before its `blocked_until`, which
