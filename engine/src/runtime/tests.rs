@@ -44,44 +44,6 @@ fn executions(run: RunId) -> u32 {
         .unwrap_or(0)
 }
 
-/// A test step: panics on its first `panics` attempts, then answers its attempt number; counts
-/// its executions per run.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct FlakySpec {
-    panics: u32,
-}
-
-#[derive(Debug)]
-struct Flaky {
-    panics: u32,
-}
-
-impl StepKind for FlakySpec {
-    const KIND: &'static str = "flaky";
-
-    fn build(self, _cx: &mut BuildContext<'_>) -> Option<Arc<dyn Action>> {
-        Some(Arc::new(Flaky {
-            panics: self.panics,
-        }))
-    }
-}
-
-#[async_trait]
-impl Action for Flaky {
-    fn render(&self, _: &Templates, _: &Value) -> Result<Value, StepError> {
-        Ok(Value::Null)
-    }
-
-    async fn execute(&self, _: Value, cx: &ExecContext) -> Result<Outcome, StepError> {
-        executed(cx.run_id);
-        if cx.attempt <= self.panics {
-            panic!("boom on attempt {}", cx.attempt);
-        }
-        Ok(Outcome::Output(json!({ "attempt": cx.attempt })))
-    }
-}
-
 /// Gates by name: a `gate` step waits for one of its gate's permits (see [`open_gate`]).
 static GATES: Mutex<Option<HashMap<String, Arc<tokio::sync::Semaphore>>>> = Mutex::new(None);
 
@@ -100,46 +62,68 @@ fn open_gate(name: &str, n: usize) {
     gate(name).add_permits(n);
 }
 
-/// A test step that waits until its gate lets it through (a call that takes as long as a test
-/// wants), counting its executions per run like `flaky`.
+/// The test steps (`test: { kind: flaky, panics: 1 }`), each counting its executions per run.
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct GateSpec {
-    name: String,
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum TestSpec {
+    /// Panics on its first `panics` attempts, then answers its attempt number.
+    Flaky { panics: u32 },
+    /// Waits until its gate lets it through ([`open_gate`]): a call as slow as a test wants.
+    Gate { name: String },
+    /// Counts how many probes of its `name` execute at once ([`probing`]).
+    Probe { name: String },
+    /// Records its run in its `name`'s order ([`ORDER`]).
+    Order { name: String },
 }
 
-#[derive(Debug)]
-struct Gate {
-    name: String,
-}
-
-impl StepKind for GateSpec {
-    const KIND: &'static str = "gate";
+impl StepKind for TestSpec {
+    const KIND: &'static str = "test";
 
     fn build(self, _cx: &mut BuildContext<'_>) -> Option<Arc<dyn Action>> {
-        Some(Arc::new(Gate { name: self.name }))
+        Some(Arc::new(TestStep(self)))
     }
 }
 
+#[derive(Debug)]
+struct TestStep(TestSpec);
+
 #[async_trait]
-impl Action for Gate {
+impl Action for TestStep {
     fn render(&self, _: &Templates, _: &Value) -> Result<Value, StepError> {
         Ok(Value::Null)
     }
 
     async fn execute(&self, _: Value, cx: &ExecContext) -> Result<Outcome, StepError> {
         executed(cx.run_id);
-        gate(&self.name).acquire().await.unwrap().forget();
-        Ok(Outcome::Output(json!({ "passed": self.name })))
+        match &self.0 {
+            TestSpec::Flaky { panics } if cx.attempt <= *panics => {
+                panic!("boom on attempt {}", cx.attempt)
+            }
+            TestSpec::Flaky { .. } => {}
+            TestSpec::Gate { name } => gate(name).acquire().await.unwrap().forget(),
+            TestSpec::Probe { name } => {
+                probing(name, 1);
+                // Work that gives the other tasks time to run, so overlapping attempts are seen.
+                for _ in 0..100 {
+                    tokio::task::yield_now().await;
+                }
+                probing(name, -1);
+            }
+            TestSpec::Order { name } => ORDER
+                .lock()
+                .unwrap()
+                .get_or_insert_with(HashMap::new)
+                .entry(name.clone())
+                .or_default()
+                .push(cx.run_id),
+        }
+        Ok(Outcome::Output(json!({ "attempt": cx.attempt })))
     }
 }
 
 fn registry() -> Registry {
     let mut registry = Registry::builtin();
-    registry.register::<FlakySpec>();
-    registry.register::<GateSpec>();
-    registry.register::<OrderSpec>();
-    registry.register::<ProbeSpec>();
+    registry.register::<TestSpec>();
     registry
 }
 
@@ -233,7 +217,7 @@ async fn a_panicking_step_fails_its_attempt_and_is_retried_after_its_backoff() {
     let clock = ManualClock::new(Timestamp::now());
     let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
     let engine = engine(store.clone(), "one", Arc::new(clock.clone()));
-    let flow = flow("id: panics\nconcurrency: 1\ntrigger: { manual: {} }\nsteps:\n  - id: boom\n    flaky: { panics: 1 }\n");
+    let flow = flow("id: panics\nconcurrency: 1\ntrigger: { manual: {} }\nsteps:\n  - id: boom\n    test: { kind: flaky, panics: 1 }\n");
     let flow = engine.deploy(vec![flow]).await.unwrap().remove(0).0;
     let running = Running::start(&[&engine]);
     let run = engine.start_manual(&flow, json!({})).await.unwrap().run_id;
@@ -275,7 +259,7 @@ async fn a_panicking_step_fails_its_attempt_and_is_retried_after_its_backoff() {
 pub(crate) async fn two_runtimes_on_one_store_never_both_execute_a_step(store: Arc<dyn Store>) {
     // Real time: no rule here waits for it, and a backend may time its own work on it.
     let clock: SharedClock = Arc::new(SystemClock);
-    let flow = flow("id: shared\ntrigger: { manual: {} }\nsteps:\n  - id: once\n    flaky: { panics: 0 }\n  - id: twice\n    flaky: { panics: 0 }\n");
+    let flow = flow("id: shared\ntrigger: { manual: {} }\nsteps:\n  - id: once\n    test: { kind: flaky, panics: 0 }\n  - id: twice\n    test: { kind: flaky, panics: 0 }\n");
     let (a, b) = (
         engine(store.clone(), "node-a", clock.clone()),
         engine(store.clone(), "node-b", clock),
@@ -303,7 +287,7 @@ async fn a_delay_holds_the_next_step_until_the_clock_reaches_its_end() {
     let clock = ManualClock::new(Timestamp::now());
     let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
     let engine = engine(store.clone(), "one", Arc::new(clock.clone()));
-    let flow = flow("id: waits\ntrigger: { manual: {} }\nsteps:\n  - { id: wait, delay: { for: 2h } }\n  - { id: after, flaky: { panics: 0 } }\n");
+    let flow = flow("id: waits\ntrigger: { manual: {} }\nsteps:\n  - { id: wait, delay: { for: 2h } }\n  - { id: after, test: { kind: flaky, panics: 0 } }\n");
     let flow = engine.deploy(vec![flow]).await.unwrap().remove(0).0;
     let running = Running::start(&[&engine]);
     let run = engine.start_manual(&flow, json!({})).await.unwrap().run_id;
@@ -337,50 +321,13 @@ fn probing(name: &str, change: i32) -> (u32, u32) {
     (*now, *most)
 }
 
-/// A test step that counts how many of its kind (by `name`) execute at once.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct ProbeSpec {
-    name: String,
-}
-
-#[derive(Debug)]
-struct Probe {
-    name: String,
-}
-
-impl StepKind for ProbeSpec {
-    const KIND: &'static str = "probe";
-
-    fn build(self, _cx: &mut BuildContext<'_>) -> Option<Arc<dyn Action>> {
-        Some(Arc::new(Probe { name: self.name }))
-    }
-}
-
-#[async_trait]
-impl Action for Probe {
-    fn render(&self, _: &Templates, _: &Value) -> Result<Value, StepError> {
-        Ok(Value::Null)
-    }
-
-    async fn execute(&self, _: Value, _: &ExecContext) -> Result<Outcome, StepError> {
-        probing(&self.name, 1);
-        // Work that gives the other tasks time to run, so that overlapping attempts would be seen.
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
-        }
-        probing(&self.name, -1);
-        Ok(Outcome::Output(json!({})))
-    }
-}
-
 /// Two runtimes (nodes) sharing one store share a named queue's lanes: the steps of one lane never
 /// execute at once, whichever node runs them. On the system clock (a step finding its lane busy
 /// looks again a moment later). Part of the store conformance suite.
 pub(crate) async fn two_runtimes_on_one_store_share_a_named_queues_lane(store: Arc<dyn Store>) {
     let name = format!("lane-{}", ulid::Ulid::new());
     let flow = flow(&format!(
-        "id: serial\ntrigger: {{ manual: {{}} }}\nsteps:\n  - id: call\n    queue: {{ name: crm, key: {name}, concurrency: 1 }}\n    probe: {{ name: {name} }}\n"
+        "id: serial\ntrigger: {{ manual: {{}} }}\nsteps:\n  - id: call\n    queue: {{ name: crm, key: {name}, concurrency: 1 }}\n    test: {{ kind: probe, name: {name} }}\n"
     ));
     let engine = |node: &str| {
         let http = HttpClient::new(OutboundPolicy::default()).unwrap();
@@ -431,7 +378,7 @@ async fn a_slow_step_keeps_its_lease_by_renewal_and_runs_once() {
     let clock = ManualClock::new(Timestamp::now());
     let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
     let engine = engine(store.clone(), "one", Arc::new(clock.clone()));
-    let flow = flow("id: slow\ntrigger: { manual: {} }\nsteps:\n  - { id: shape, map: { a: 1 } }\n  - { id: call, gate: { name: slow-call } }\n");
+    let flow = flow("id: slow\ntrigger: { manual: {} }\nsteps:\n  - { id: shape, map: { a: 1 } }\n  - { id: call, test: { kind: gate, name: slow-call } }\n");
     let flow = engine.deploy(vec![flow]).await.unwrap().remove(0).0;
     let running = Running::start(&[&engine]);
     let run = engine.start_manual(&flow, json!({})).await.unwrap().run_id;
@@ -469,7 +416,7 @@ async fn a_step_waiting_for_its_lane_after_a_pure_step_runs_once_the_lane_is_fre
     let clock = ManualClock::new(Timestamp::now());
     let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
     let engine = engine(store.clone(), "one", Arc::new(clock.clone()));
-    let flow = flow("id: laned\ntrigger: { manual: {} }\nsteps:\n  - { id: shape, map: { a: 1 } }\n  - id: call\n    queue: { name: one-lane }\n    gate: { name: laned-call }\n");
+    let flow = flow("id: laned\ntrigger: { manual: {} }\nsteps:\n  - { id: shape, map: { a: 1 } }\n  - id: call\n    queue: { name: one-lane }\n    test: { kind: gate, name: laned-call }\n");
     let flow = engine.deploy(vec![flow]).await.unwrap().remove(0).0;
     let running = Running::start(&[&engine]);
     let first = engine.start_manual(&flow, json!({})).await.unwrap().run_id;
@@ -515,46 +462,8 @@ async fn a_step_waiting_for_its_lane_after_a_pure_step_runs_once_the_lane_is_fre
     running.stop().await;
 }
 
-/// The order in which `order` steps executed, by probe name.
+/// The order in which `order` test steps executed, by name.
 static ORDER: Mutex<Option<HashMap<String, Vec<RunId>>>> = Mutex::new(None);
-
-/// A test step that records its run in its name's order.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct OrderSpec {
-    name: String,
-}
-
-#[derive(Debug)]
-struct Order {
-    name: String,
-}
-
-impl StepKind for OrderSpec {
-    const KIND: &'static str = "order";
-
-    fn build(self, _cx: &mut BuildContext<'_>) -> Option<Arc<dyn Action>> {
-        Some(Arc::new(Order { name: self.name }))
-    }
-}
-
-#[async_trait]
-impl Action for Order {
-    fn render(&self, _: &Templates, _: &Value) -> Result<Value, StepError> {
-        Ok(Value::Null)
-    }
-
-    async fn execute(&self, _: Value, cx: &ExecContext) -> Result<Outcome, StepError> {
-        ORDER
-            .lock()
-            .unwrap()
-            .get_or_insert_with(HashMap::new)
-            .entry(self.name.clone())
-            .or_default()
-            .push(cx.run_id);
-        Ok(Outcome::Output(json!({})))
-    }
-}
 
 /// Two runtimes (nodes) sharing one store: the runs waiting for a serial queue's lane pass
 /// through it in the order their events arrived (their ids'), whichever node runs them. Part of the store
@@ -563,10 +472,10 @@ pub(crate) async fn a_serial_queue_keeps_its_order_with_two_runtimes(store: Arc<
     let name = format!("ordered-{}", ulid::Ulid::new());
     let queue = format!("queue: {{ name: {name}, key: k }}");
     let held = flow(&format!(
-        "id: held\ntrigger: {{ manual: {{}} }}\nsteps:\n  - id: hold\n    {queue}\n    gate: {{ name: {name} }}\n"
+        "id: held\ntrigger: {{ manual: {{}} }}\nsteps:\n  - id: hold\n    {queue}\n    test: {{ kind: gate, name: {name} }}\n"
     ));
     let ordered = flow(&format!(
-        "id: ordered\ntrigger: {{ manual: {{}} }}\nsteps:\n  - id: call\n    {queue}\n    order: {{ name: {name} }}\n"
+        "id: ordered\ntrigger: {{ manual: {{}} }}\nsteps:\n  - id: call\n    {queue}\n    test: {{ kind: order, name: {name} }}\n"
     ));
     let clock: SharedClock = Arc::new(SystemClock);
     let (a, b) = (
