@@ -332,6 +332,9 @@ pub struct Attempt {
     pub error: Option<String>,
     /// When the next attempt is due, if one was scheduled.
     pub retry_at: Option<Timestamp>,
+    /// The node that made it (absent offline, and in records older than node ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<crate::store::NodeId>,
 }
 
 /// One unit of queued work: run a step of a run, due at a time. Carries ids only.

@@ -1068,6 +1068,7 @@ impl Engine {
             started_at,
             duration_ms: clock.elapsed().as_millis() as u64,
             retry_in,
+            node: Some(self.config.node.clone()),
         }))
     }
 

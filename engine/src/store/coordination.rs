@@ -80,9 +80,11 @@ pub enum LaneEntry {
 /// every fraction of a second while they wait).
 pub const WAIT_TURN: Duration = Duration::from_secs(10);
 
-/// One lane's holders and gap.
-#[derive(Debug, Default)]
-struct Lane {
+/// One lane's holders and gap. A backend shared by several nodes keeps it in a row it locks
+/// while it applies [`Lane::enter`] or [`Lane::leave`].
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub(crate) struct Lane {
     /// Who holds a place, and when each place expires.
     holders: HashMap<ItemId, Timestamp>,
     /// Nobody enters before this (the gap after the last place given back).
@@ -98,6 +100,51 @@ impl Lane {
             && self.holders.values().all(|expires| *expires <= now)
             && self.waiting.values().all(|until| *until <= now)
     }
+
+    /// Takes a place for `holder`, or makes `turn` wait (see [`Coordination::enter_lane`]).
+    pub(crate) fn enter(
+        &mut self,
+        concurrency: usize,
+        (holder, turn): (ItemId, RunId),
+        now: Timestamp,
+        expires: Timestamp,
+    ) -> LaneEntry {
+        self.holders.retain(|_, until| *until > now);
+        self.waiting.retain(|_, until| *until > now);
+        if let Some(until) = self.holders.get_mut(&holder) {
+            *until = expires;
+            return LaneEntry::Entered;
+        }
+        let refused = if self.holders.len() >= concurrency.max(1) {
+            let until = self.holders.values().min().copied().unwrap_or(now);
+            Some(LaneEntry::Full { until })
+        } else if self.free_at > now {
+            Some(LaneEntry::Spaced {
+                until: self.free_at,
+            })
+        } else if self.waiting.range(..turn).next().is_some() {
+            Some(LaneEntry::Behind)
+        } else {
+            None
+        };
+        match refused {
+            Some(refused) => {
+                self.waiting.insert(turn, now.plus(WAIT_TURN));
+                refused
+            }
+            None => {
+                self.waiting.remove(&turn);
+                self.holders.insert(holder, expires);
+                LaneEntry::Entered
+            }
+        }
+    }
+
+    /// Gives `holder`'s place back; nobody enters before `free_at`.
+    pub(crate) fn leave(&mut self, holder: ItemId, free_at: Timestamp) {
+        self.holders.remove(&holder);
+        self.free_at = self.free_at.max(free_at);
+    }
 }
 
 /// Every lane in use, with a bound on forgotten ones.
@@ -109,15 +156,62 @@ struct Lanes {
     sweep_at: usize,
 }
 
-/// One account's pacing.
-#[derive(Debug, Clone, Default)]
-struct Allowance {
+/// One account's pacing. A backend shared by several nodes keeps it in a row it locks while it
+/// applies [`Allowance::admit`] or [`Allowance::observe`].
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub(crate) struct Allowance {
     /// No call before this (a 429, or the window's allowance used up).
     blocked_until: Timestamp,
     /// The limit the service reported: calls per window.
     limit: Option<(u32, Duration)>,
     /// When the calls admitted within the last window were admitted, oldest first.
     admitted: VecDeque<Timestamp>,
+}
+
+impl Allowance {
+    /// Admits one call at `now`, or answers the earliest time a call may be made (see
+    /// [`Coordination::pace_admit`]).
+    pub(crate) fn admit(&mut self, now: Timestamp) -> Result<(), Timestamp> {
+        if self.blocked_until > now {
+            return Err(self.blocked_until);
+        }
+        let Some((max, window)) = self.limit else {
+            return Ok(());
+        };
+        let window_start = Timestamp(now.millis().saturating_sub(window.as_millis() as i64));
+        while self.admitted.front().is_some_and(|t| *t <= window_start) {
+            self.admitted.pop_front();
+        }
+        match self.admitted.front() {
+            Some(oldest) if self.admitted.len() >= max.max(1) as usize => Err(oldest.plus(window)),
+            _ => {
+                // Callers' clocks may be read a moment apart: keep the log in time order.
+                let at = self.admitted.partition_point(|t| *t <= now);
+                self.admitted.insert(at, now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Records a reported limit and blocked-until time; answers the new `blocked_until` when this
+    /// raised it.
+    pub(crate) fn observe(
+        &mut self,
+        limit: Option<(u32, Duration)>,
+        blocked_until: Option<Timestamp>,
+    ) -> Option<Timestamp> {
+        if let Some((max, window)) = limit {
+            self.limit = Some((max.max(1), window));
+        }
+        match blocked_until {
+            Some(until) if until > self.blocked_until => {
+                self.blocked_until = until;
+                Some(until)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The smallest lane table worth sweeping.
@@ -139,7 +233,7 @@ impl Coordination {
         &self,
         lane: &LaneKey,
         concurrency: usize,
-        (holder, turn): (ItemId, RunId),
+        holder: (ItemId, RunId),
         now: Timestamp,
         expires: Timestamp,
     ) -> LaneEntry {
@@ -148,36 +242,11 @@ impl Coordination {
             lanes.lanes.retain(|_, lane| !lane.idle(now));
             lanes.sweep_at = lanes.lanes.len() * 2;
         }
-        let state = lanes.lanes.entry(lane.clone()).or_default();
-        state.holders.retain(|_, until| *until > now);
-        state.waiting.retain(|_, until| *until > now);
-        if let Some(until) = state.holders.get_mut(&holder) {
-            *until = expires;
-            return LaneEntry::Entered;
-        }
-        let refused = if state.holders.len() >= concurrency.max(1) {
-            let until = state.holders.values().min().copied().unwrap_or(now);
-            Some(LaneEntry::Full { until })
-        } else if state.free_at > now {
-            Some(LaneEntry::Spaced {
-                until: state.free_at,
-            })
-        } else if state.waiting.range(..turn).next().is_some() {
-            Some(LaneEntry::Behind)
-        } else {
-            None
-        };
-        match refused {
-            Some(refused) => {
-                state.waiting.insert(turn, now.plus(WAIT_TURN));
-                refused
-            }
-            None => {
-                state.waiting.remove(&turn);
-                state.holders.insert(holder, expires);
-                LaneEntry::Entered
-            }
-        }
+        lanes
+            .lanes
+            .entry(lane.clone())
+            .or_default()
+            .enter(concurrency, holder, now, expires)
     }
 
     /// Gives `holder`'s place in `lane` back; nobody enters before `free_at` (the caller's time
@@ -189,8 +258,7 @@ impl Coordination {
             // Swept: nobody held a place there.
             return;
         };
-        state.holders.remove(&holder);
-        state.free_at = state.free_at.max(free_at);
+        state.leave(holder, free_at);
     }
 
     /// Whether `account` has been seen (admitted, observed or restored) in this process.
@@ -209,32 +277,7 @@ impl Coordination {
     /// its `blocked_until`, or when the oldest call of a full window leaves the window.
     pub fn pace_admit(&self, account: &str, now: Timestamp) -> Result<(), Timestamp> {
         let mut accounts = lock(&self.accounts);
-        let allowance = accounts.entry(account.to_owned()).or_default();
-        if allowance.blocked_until > now {
-            return Err(allowance.blocked_until);
-        }
-        let Some((max, window)) = allowance.limit else {
-            return Ok(());
-        };
-        let window_start = Timestamp(now.millis().saturating_sub(window.as_millis() as i64));
-        while allowance
-            .admitted
-            .front()
-            .is_some_and(|t| *t <= window_start)
-        {
-            allowance.admitted.pop_front();
-        }
-        match allowance.admitted.front() {
-            Some(oldest) if allowance.admitted.len() >= max.max(1) as usize => {
-                Err(oldest.plus(window))
-            }
-            _ => {
-                // Callers' clocks may be read a moment apart: keep the log in time order.
-                let at = allowance.admitted.partition_point(|t| *t <= now);
-                allowance.admitted.insert(at, now);
-                Ok(())
-            }
-        }
+        accounts.entry(account.to_owned()).or_default().admit(now)
     }
 
     /// Records what a service said about `account`: its limit (`max` calls per window), and a
@@ -247,17 +290,10 @@ impl Coordination {
         blocked_until: Option<Timestamp>,
     ) -> Option<Timestamp> {
         let mut accounts = lock(&self.accounts);
-        let allowance = accounts.entry(account.to_owned()).or_default();
-        if let Some((max, window)) = limit {
-            allowance.limit = Some((max.max(1), window));
-        }
-        match blocked_until {
-            Some(until) if until > allowance.blocked_until => {
-                allowance.blocked_until = until;
-                Some(until)
-            }
-            _ => None,
-        }
+        accounts
+            .entry(account.to_owned())
+            .or_default()
+            .observe(limit, blocked_until)
     }
 }
 

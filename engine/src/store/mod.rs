@@ -40,6 +40,7 @@ mod clock;
 pub(crate) mod coordination;
 mod inbox;
 mod packed;
+pub mod postgres;
 mod quarantine;
 pub mod sled;
 
@@ -192,6 +193,11 @@ impl Notices {
         }
     }
 
+    /// Tells subscribers about a notice another node sent.
+    pub fn send(&self, notice: RunNotice) {
+        let _ = self.0.send(notice);
+    }
+
     /// A new subscriber.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RunNotice> {
         self.0.subscribe()
@@ -200,7 +206,10 @@ impl Notices {
 
 /// A node: one hookflow process using a store, named at start (in logs, `/metrics` and step
 /// attempts). Leases are held by nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct NodeId(String);
 
 impl NodeId {

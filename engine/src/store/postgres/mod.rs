@@ -1,0 +1,1172 @@
+//! The PostgreSQL backend: several hookflow nodes sharing one database.
+//!
+//! # Where things are
+//! Every table is in the `hookflow` schema (see `migrations/`); records are kept whole as `jsonb`
+//! beside the columns queries select on. A queue item is one row of `hookflow.queue`: **queued**
+//! (no lease) or **leased** (owner node, fencing token from a sequence, expiry). There is no other
+//! place a run or item can be: what a node holds in memory is only what it is executing.
+//!
+//! # How each promise of the contract is kept
+//! - *Ingest is durable before the 2xx*: `ingest.rs` batches concurrent events into one
+//!   transaction with a synchronous COMMIT (every pool connection runs with
+//!   `synchronous_commit = on`).
+//! - *Claims*: one transaction finds the flows with queued items (a loose index scan), takes an
+//!   advisory lock per flow with a concurrency limit and counts its leased items (so two nodes
+//!   cannot both fill the same room), locks candidates with `FOR UPDATE SKIP LOCKED` (nodes
+//!   claiming at once get different items), shares the claim between flows and leases the chosen
+//!   items with new tokens.
+//! - *Commits check the lease*: `update_run` deletes the finished item only where owner and token
+//!   still match, in the same transaction as the run's update; no match is `LeaseLost` and a
+//!   rollback. `requeue_expired` clears leases whose expiry passed, so a later commit by their
+//!   old holder finds no match.
+//! - *When effects may start*: `update_run` commits with `synchronous_commit = off`; `flush`
+//!   commits a write (this node's heartbeat row) synchronously, which flushes the write-ahead log
+//!   up to it, and so every commit any node made before it.
+//! - *Coordination*: lanes and pacing accounts are rows holding the same state `coordination.rs`
+//!   keeps in memory, changed under a row lock; schedule ticks are a conditional upsert.
+//! - *Notices*: NOTIFY in the writing transaction, LISTEN on one connection per node
+//!   (`listen.rs`).
+//! - *Quarantine*: a queue item whose record this version cannot decode is parked (leased to
+//!   [`QUARANTINE_OWNER`] for ever), never deleted, and listed by `quarantined`; once readable
+//!   (after an upgrade) `reingest_quarantined` puts it back in the queue.
+//!
+//! Errors: a failed connection or statement is [`StoreError::Unavailable`] (the pool reconnects
+//! by itself); a deadlock or serialisation failure is [`StoreError::Conflict`].
+
+mod ingest;
+mod listen;
+pub mod schema;
+
+#[cfg(test)]
+mod suite;
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use serde::de::DeserializeOwned;
+use tokio_postgres::types::Json;
+use tokio_postgres::{NoTls, Row, Transaction};
+
+use super::coordination::{Allowance, Lane, LaneEntry, LaneKey};
+use super::{
+    ClaimRequest, Claimed, Committed, Decide, Ingested, Lease, LeaseToken, NewRun, NodeId, Notices,
+    QuarantineKind, Quarantined, Reingested, Result, RunNotice, RunPage, RunQuery, Store,
+    StoreError, StoreStats,
+};
+use crate::ids::{EventId, FlowId, ItemId, RunId};
+use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
+
+pub use self::schema::SchemaError;
+
+/// The NOTIFY channel of run notices.
+const RUN_CHANNEL: &str = "hookflow_runs";
+
+/// The owner of parked (quarantined) queue items: no node has this name (node ids cannot start
+/// with `~`).
+pub const QUARANTINE_OWNER: &str = "~quarantine";
+
+/// How a PostgreSQL store is opened.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// The connection URL (`postgres://user:password@host:port/database`).
+    pub url: String,
+    /// The password, when it is kept apart from the URL (a secrets file).
+    pub password: Option<String>,
+    /// Connections in this node's pool.
+    pub pool_size: usize,
+    /// Concurrent ingest transactions.
+    pub writers: usize,
+}
+
+impl PgOptions {
+    /// Options for `url` with default sizes.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            password: None,
+            pool_size: 24,
+            writers: 4,
+        }
+    }
+
+    /// The parsed connection settings, with the password applied and every session's commits
+    /// synchronous (so a commit that returned is durable).
+    pub fn config(&self) -> std::result::Result<tokio_postgres::Config, StoreError> {
+        let mut config = tokio_postgres::Config::from_str(&self.url)
+            .map_err(|e| StoreError::unavailable("read the PostgreSQL URL", e))?;
+        if let Some(password) = &self.password {
+            config.password(password);
+        }
+        config
+            .options("-c synchronous_commit=on")
+            .application_name("hookflow")
+            .connect_timeout(Duration::from_secs(5))
+            .keepalives_idle(Duration::from_secs(30));
+        Ok(config)
+    }
+}
+
+/// The PostgreSQL store. See the module docs.
+pub struct PgStore {
+    pool: Pool,
+    node: NodeId,
+    writer: ingest::Writer,
+    notices: Notices,
+    listener: tokio::task::JoinHandle<()>,
+    syncs: Arc<AtomicU64>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl PgStore {
+    /// Connects as `node`, migrates the schema to this version (refusing a newer one), and starts
+    /// the ingest writers and the notice listener. Needs a tokio runtime.
+    pub async fn open(options: &PgOptions, node: &NodeId) -> Result<Self> {
+        let config = options.config()?;
+        let (mut client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| StoreError::unavailable("connect to PostgreSQL", e))?;
+        let driver = tokio::spawn(connection);
+        schema::migrate(&mut client)
+            .await
+            .map_err(|e| StoreError::unavailable("prepare the hookflow schema", e))?;
+        drop(client);
+        let _ = driver.await;
+
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(2))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StoreError::unavailable("build the PostgreSQL pool", e))?;
+        let syncs = Arc::new(AtomicU64::new(0));
+        let notices = Notices::default();
+        let store = Self {
+            writer: ingest::Writer::start(pool.clone(), options.writers, syncs.clone()),
+            listener: tokio::spawn(listen::listen_forever(config, notices.clone())),
+            pool,
+            node: node.clone(),
+            notices,
+            syncs,
+        };
+        store.heartbeat(true).await?;
+        Ok(store)
+    }
+
+    /// Records this node as seen now (and as started now, at open), durably.
+    async fn heartbeat(&self, starting: bool) -> Result<()> {
+        let now = Timestamp::now().0;
+        let client = self.client().await?;
+        let sql = if starting {
+            "INSERT INTO hookflow.nodes (id, version, started_at, seen_at) VALUES ($1, $2, $3, $3)
+             ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version,
+                 started_at = EXCLUDED.started_at, seen_at = EXCLUDED.seen_at"
+        } else {
+            "INSERT INTO hookflow.nodes (id, version, started_at, seen_at) VALUES ($1, $2, $3, $3)
+             ON CONFLICT (id) DO UPDATE SET seen_at = EXCLUDED.seen_at"
+        };
+        client
+            .execute(
+                sql,
+                &[&self.node.as_str(), &env!("CARGO_PKG_VERSION"), &now],
+            )
+            .await
+            .map_err(db_error("record this node"))?;
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Parks items whose record cannot be read (see [`QUARANTINE_OWNER`]).
+    async fn park(tx: &Transaction<'_>, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        tx.execute(
+            "UPDATE hookflow.queue SET lease_owner = $1, lease_token = 0, lease_until = $2,
+                    parked_at = $4
+              WHERE id = ANY($3)",
+            &[&QUARANTINE_OWNER, &i64::MAX, &ids, &Timestamp::now().0],
+        )
+        .await
+        .map_err(db_error("park unreadable queue items"))?;
+        Ok(())
+    }
+}
+
+/// Maps a database error: collisions are conflicts (retry), everything else is unavailability.
+pub(super) fn db_error(context: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+    move |e| {
+        use tokio_postgres::error::SqlState;
+        match e.code() {
+            Some(code)
+                if *code == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *code == SqlState::T_R_DEADLOCK_DETECTED =>
+            {
+                StoreError::Conflict(format!("{context}: {e}"))
+            }
+            _ => StoreError::unavailable(context, e),
+        }
+    }
+}
+
+/// A connection could not be had from the pool.
+pub(super) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::unavailable("connect to PostgreSQL", e)
+}
+
+/// An id read from a column.
+pub(super) fn parse_id<T: FromStr>(text: &str, table: &'static str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e: T::Err| StoreError::Corrupt {
+        tree: table,
+        detail: format!("`{text}`: {e}"),
+    })
+}
+
+/// A record decoded from a `jsonb` column.
+fn decode<T: DeserializeOwned>(row: &Row, column: usize, table: &'static str) -> Result<T> {
+    row.try_get::<_, Json<T>>(column)
+        .map(|Json(value)| value)
+        .map_err(|e| StoreError::Corrupt {
+            tree: table,
+            detail: format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            ),
+        })
+}
+
+/// Inserts queue items, leased to `lease` (owner, expiry) when given: the new leases.
+pub(super) async fn insert_items(
+    tx: &Transaction<'_>,
+    items: &[&QueueItem],
+    lease: Option<(&NodeId, Timestamp)>,
+) -> Result<Vec<Lease>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = items.iter().map(|i| i.id.to_string()).collect();
+    let runs: Vec<String> = items.iter().map(|i| i.run_id.to_string()).collect();
+    let flows: Vec<String> = items.iter().map(|i| i.flow_id.to_string()).collect();
+    let due: Vec<i64> = items.iter().map(|i| i.due_at.0).collect();
+    let data: Vec<Json<&QueueItem>> = items.iter().map(|i| Json(*i)).collect();
+    let Some((owner, until)) = lease else {
+        tx.execute(
+            "INSERT INTO hookflow.queue (id, run_id, flow_id, due_at, data)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::jsonb[])",
+            &[&ids, &runs, &flows, &due, &data],
+        )
+        .await
+        .map_err(db_error("queue items"))?;
+        return Ok(Vec::new());
+    };
+    let rows = tx
+        .query(
+            "INSERT INTO hookflow.queue (id, run_id, flow_id, due_at, data, lease_owner, lease_token, lease_until)
+             SELECT i.*, $6, nextval('hookflow.lease_tokens'), $7
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::jsonb[]) AS i
+             RETURNING id, lease_token",
+            &[&ids, &runs, &flows, &due, &data, &owner.as_str(), &until.0],
+        )
+        .await
+        .map_err(db_error("take items"))?;
+    rows.iter()
+        .map(|row| {
+            Ok(Lease {
+                item: parse_id(row.get::<_, &str>(0), "queue")?,
+                owner: owner.clone(),
+                token: LeaseToken(row.get::<_, i64>(1) as u64),
+                until,
+            })
+        })
+        .collect()
+}
+
+/// The flows with queued (not leased) items: a loose index scan over `queue_ready`, one probe per
+/// flow, however long the queue.
+const FLOWS_WITH_QUEUED: &str = "
+    WITH RECURSIVE flows(flow_id) AS (
+        (SELECT flow_id FROM hookflow.queue WHERE lease_owner IS NULL ORDER BY flow_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT q.flow_id FROM hookflow.queue q
+                 WHERE q.lease_owner IS NULL AND q.flow_id > flows.flow_id
+                 ORDER BY q.flow_id LIMIT 1)
+          FROM flows WHERE flows.flow_id IS NOT NULL
+    )
+    SELECT flow_id FROM flows WHERE flow_id IS NOT NULL";
+
+/// Up to a quota of each listed flow's due items, oldest due first, locked (skipping those
+/// another claim has locked).
+const CANDIDATES: &str = "
+    SELECT c.id, c.flow_id, c.due_at, c.data
+      FROM unnest($1::text[], $2::int8[]) AS f(flow_id, quota)
+     CROSS JOIN LATERAL (
+        SELECT q.id, q.flow_id, q.due_at, q.data FROM hookflow.queue q
+         WHERE q.flow_id = f.flow_id AND q.lease_owner IS NULL AND q.due_at <= $3
+         ORDER BY q.due_at, q.id
+         LIMIT f.quota
+         FOR UPDATE SKIP LOCKED
+     ) c";
+
+/// A claim candidate.
+struct Candidate {
+    id: String,
+    flow: String,
+    due_at: i64,
+    row: Row,
+}
+
+/// Shares `limit` places between flows' candidates: round after round, one item per flow, the
+/// flows whose oldest candidate is due first going first in each round. The chosen, oldest due
+/// first.
+fn share(candidates: Vec<Candidate>, limit: usize) -> Vec<Candidate> {
+    let mut by_flow: Vec<std::collections::VecDeque<Candidate>> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for candidate in candidates {
+        let n = *index.entry(candidate.flow.clone()).or_insert_with(|| {
+            by_flow.push(Default::default());
+            by_flow.len() - 1
+        });
+        by_flow[n].push_back(candidate);
+    }
+    for queue in &mut by_flow {
+        queue
+            .make_contiguous()
+            .sort_by(|a, b| (a.due_at, &a.id).cmp(&(b.due_at, &b.id)));
+    }
+    by_flow.sort_by_key(|q| q.front().map(|c| (c.due_at, c.id.clone())));
+    let mut chosen = Vec::with_capacity(limit);
+    while chosen.len() < limit && by_flow.iter().any(|q| !q.is_empty()) {
+        for queue in &mut by_flow {
+            if chosen.len() == limit {
+                break;
+            }
+            if let Some(candidate) = queue.pop_front() {
+                chosen.push(candidate);
+            }
+        }
+    }
+    chosen.sort_by(|a, b| (a.due_at, &a.id).cmp(&(b.due_at, &b.id)));
+    chosen
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ingest(&self, new: NewRun) -> Result<Ingested> {
+        self.writer.ingest(new).await
+    }
+
+    async fn claim_due(&self, request: ClaimRequest<'_>) -> Result<Vec<Claimed>> {
+        if request.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_error("begin a claim"))?;
+        let flows: Vec<String> = tx
+            .query(FLOWS_WITH_QUEUED, &[])
+            .await
+            .map_err(db_error("find flows with queued items"))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let mut limited: Vec<(&String, usize)> = flows
+            .iter()
+            .filter_map(|f| {
+                let id: FlowId = f.parse().ok()?;
+                Some((f, *request.concurrency.get(&id)?))
+            })
+            .collect();
+        limited.sort();
+        let mut leased: HashMap<String, i64> = HashMap::new();
+        if !limited.is_empty() {
+            // One claim at a time per limited flow, across nodes, so the count stays true until
+            // this claim commits.
+            for (flow, _) in &limited {
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended('hookflow.flow/' || $1, 0))",
+                    &[flow],
+                )
+                .await
+                .map_err(db_error("lock a flow's concurrency"))?;
+            }
+            let names: Vec<&String> = limited.iter().map(|(f, _)| *f).collect();
+            for row in tx
+                .query(
+                    "SELECT flow_id, count(*) FROM hookflow.queue
+                      WHERE lease_owner IS NOT NULL AND flow_id = ANY($1) GROUP BY flow_id",
+                    &[&names],
+                )
+                .await
+                .map_err(db_error("count leased items"))?
+            {
+                leased.insert(row.get(0), row.get(1));
+            }
+        }
+        let limits: HashMap<&String, usize> = limited.into_iter().collect();
+        let mut names = Vec::new();
+        let mut quotas = Vec::new();
+        for flow in &flows {
+            let room = match limits.get(flow) {
+                Some(&limit) => {
+                    let held = leased.get(flow).copied().unwrap_or(0).max(0) as usize;
+                    limit.saturating_sub(held).min(request.limit)
+                }
+                None => request.limit,
+            };
+            if room > 0 {
+                names.push(flow.clone());
+                quotas.push(room as i64);
+            }
+        }
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let candidates = tx
+            .query(CANDIDATES, &[&names, &quotas, &request.now.0])
+            .await
+            .map_err(db_error("select due items"))?
+            .into_iter()
+            .map(|row| Candidate {
+                id: row.get(0),
+                flow: row.get(1),
+                due_at: row.get(2),
+                row,
+            })
+            .collect();
+        let mut chosen = Vec::new();
+        let mut unreadable = Vec::new();
+        for candidate in share(candidates, request.limit) {
+            match decode::<QueueItem>(&candidate.row, 3, "queue") {
+                Ok(item) => chosen.push(item),
+                Err(e) => {
+                    tracing::error!(item = %candidate.id, error = %e, "a queue item cannot be read: parked in the quarantine");
+                    unreadable.push(candidate.id);
+                }
+            }
+        }
+        Self::park(&tx, &unreadable).await?;
+        let ids: Vec<String> = chosen.iter().map(|i| i.id.to_string()).collect();
+        let tokens: HashMap<String, i64> = tx
+            .query(
+                "UPDATE hookflow.queue
+                    SET lease_owner = $1, lease_token = nextval('hookflow.lease_tokens'), lease_until = $2
+                  WHERE id = ANY($3)
+                 RETURNING id, lease_token",
+                &[&request.owner.as_str(), &request.until.0, &ids],
+            )
+            .await
+            .map_err(db_error("lease items"))?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        tx.commit().await.map_err(db_error("commit a claim"))?;
+        Ok(chosen
+            .into_iter()
+            .filter_map(|item| {
+                let token = *tokens.get(&item.id.to_string())?;
+                Some(Claimed {
+                    lease: Lease {
+                        item: item.id,
+                        owner: request.owner.clone(),
+                        token: LeaseToken(token as u64),
+                        until: request.until,
+                    },
+                    item,
+                })
+            })
+            .collect())
+    }
+
+    async fn renew(&self, lease: &Lease, until: Timestamp) -> Result<Lease> {
+        let client = self.client().await?;
+        let renewed = client
+            .execute(
+                "UPDATE hookflow.queue SET lease_until = $4
+                  WHERE id = $1 AND lease_owner = $2 AND lease_token = $3",
+                &[
+                    &lease.item.to_string(),
+                    &lease.owner.as_str(),
+                    &(lease.token.0 as i64),
+                    &until.0,
+                ],
+            )
+            .await
+            .map_err(db_error("renew a lease"))?;
+        if renewed == 0 {
+            return Err(StoreError::LeaseLost { item: lease.item });
+        }
+        Ok(Lease {
+            until,
+            ..lease.clone()
+        })
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT min(due_at) FROM hookflow.queue WHERE lease_owner IS NULL",
+                &[],
+            )
+            .await
+            .map_err(db_error("read the next due time"))?;
+        Ok(row.get::<_, Option<i64>>(0).map(Timestamp))
+    }
+
+    async fn update_run(
+        &self,
+        run_id: RunId,
+        done: Option<&Lease>,
+        decide: Decide<'_>,
+    ) -> Result<Option<Committed>> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_error("begin a run update"))?;
+        // Durable at the next `flush` (see the module docs).
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await
+            .map_err(db_error("begin a run update"))?;
+        if let Some(lease) = done {
+            let finished = tx
+                .execute(
+                    "DELETE FROM hookflow.queue WHERE id = $1 AND lease_owner = $2 AND lease_token = $3",
+                    &[
+                        &lease.item.to_string(),
+                        &lease.owner.as_str(),
+                        &(lease.token.0 as i64),
+                    ],
+                )
+                .await
+                .map_err(db_error("finish a queue item"))?;
+            if finished == 0 {
+                return Err(StoreError::LeaseLost { item: lease.item });
+            }
+        }
+        let id = run_id.to_string();
+        let Some(row) = tx
+            .query_opt(
+                "SELECT data FROM hookflow.runs WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(db_error("read a run"))?
+        else {
+            tx.commit().await.map_err(db_error("commit a run update"))?;
+            return Ok(None);
+        };
+        let run: Run = decode(&row, 0, "runs")?;
+        let Some(update) = decide(run.clone()) else {
+            tx.commit().await.map_err(db_error("commit a run update"))?;
+            return Ok(Some(Committed {
+                run,
+                taken: Vec::new(),
+            }));
+        };
+        tx.execute(
+            "UPDATE hookflow.runs SET status = $2, final = $3, data = $4 WHERE id = $1",
+            &[
+                &id,
+                &update.run.status.as_str(),
+                &update.run.status.is_final(),
+                &Json(&update.run),
+            ],
+        )
+        .await
+        .map_err(db_error("write a run"))?;
+        // One record per step: the last one given wins.
+        let mut records: Vec<&StepRecord> = Vec::new();
+        let mut seen = HashSet::new();
+        for record in update.records.iter().rev() {
+            if seen.insert(&record.step_id) {
+                records.push(record);
+            }
+        }
+        if !records.is_empty() {
+            let steps: Vec<String> = records.iter().map(|r| r.step_id.to_string()).collect();
+            let data: Vec<Json<&StepRecord>> = records.iter().map(|r| Json(*r)).collect();
+            tx.execute(
+                "INSERT INTO hookflow.step_records (run_id, step_id, data)
+                 SELECT $1, s, d FROM unnest($2::text[], $3::jsonb[]) AS r(s, d)
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET data = EXCLUDED.data",
+                &[&id, &steps, &data],
+            )
+            .await
+            .map_err(db_error("write step records"))?;
+        }
+        let enqueue: Vec<&QueueItem> = update.enqueue.iter().collect();
+        insert_items(&tx, &enqueue, None).await?;
+        let taken = match &update.take {
+            Some(take) => {
+                let items: Vec<&QueueItem> = take.items.iter().collect();
+                insert_items(&tx, &items, Some((&take.owner, take.until))).await?
+            }
+            None => Vec::new(),
+        };
+        if update.run.status.is_final() {
+            let notice = format!("{}:{}", update.run.id, update.run.status.as_str());
+            ingest::notify(&tx, &[notice]).await?;
+        }
+        tx.commit().await.map_err(db_error("commit a run update"))?;
+        Ok(Some(Committed {
+            run: update.run,
+            taken,
+        }))
+    }
+
+    async fn requeue_expired(&self, now: Timestamp) -> Result<usize> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE hookflow.queue SET lease_owner = NULL, lease_token = NULL, lease_until = NULL
+                  WHERE lease_owner IS NOT NULL AND lease_owner <> $2 AND lease_until <= $1",
+                &[&now.0, &QUARANTINE_OWNER],
+            )
+            .await
+            .map_err(db_error("requeue expired leases"))?;
+        Ok(n as usize)
+    }
+
+    async fn run(&self, id: RunId) -> Result<Option<Run>> {
+        self.one(
+            "SELECT data FROM hookflow.runs WHERE id = $1",
+            &id.to_string(),
+            "runs",
+        )
+        .await
+    }
+
+    async fn event(&self, id: EventId) -> Result<Option<Event>> {
+        self.one(
+            "SELECT data FROM hookflow.events WHERE id = $1",
+            &id.to_string(),
+            "events",
+        )
+        .await
+    }
+
+    async fn step_records(&self, run_id: RunId) -> Result<Vec<StepRecord>> {
+        let client = self.client().await?;
+        client
+            .query(
+                "SELECT data FROM hookflow.step_records WHERE run_id = $1",
+                &[&run_id.to_string()],
+            )
+            .await
+            .map_err(db_error("read step records"))?
+            .iter()
+            .map(|row| decode(row, 0, "step_records"))
+            .collect()
+    }
+
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage> {
+        let limit = match query.limit {
+            0 => 50,
+            n => n.min(1000),
+        };
+        let mut conditions = Vec::new();
+        let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
+        let mut bind =
+            |condition: &str, value: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
+                params.push(value);
+                conditions.push(condition.replace('?', &format!("${}", params.len())));
+            };
+        if let Some(flow) = &query.flow_id {
+            bind("flow_id = ?", Box::new(flow.to_string()));
+        }
+        if let Some(status) = query.status {
+            bind("status = ?", Box::new(status.as_str().to_owned()));
+        }
+        if let Some(before) = query.before {
+            bind("id < ?", Box::new(before.to_string()));
+        }
+        if let Some(since) = query.since {
+            bind("created_at >= ?", Box::new(since.0));
+        }
+        if let Some(until) = query.until {
+            bind("created_at < ?", Box::new(until.0));
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT data FROM hookflow.runs {filter} ORDER BY id DESC LIMIT {}",
+            limit + 1
+        );
+        let client = self.client().await?;
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p.as_ref() as _).collect();
+        let rows = client
+            .query(&sql, &refs)
+            .await
+            .map_err(db_error("list runs"))?;
+        let mut runs = rows
+            .iter()
+            .map(|row| decode::<Run>(row, 0, "runs"))
+            .collect::<Result<Vec<_>>>()?;
+        let next = if runs.len() > limit {
+            runs.truncate(limit);
+            runs.last().map(|r| r.id)
+        } else {
+            None
+        };
+        Ok(RunPage { runs, next })
+    }
+
+    async fn hook_token(&self, flow_id: &FlowId, candidate: &str) -> Result<String> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "INSERT INTO hookflow.hook_tokens AS t (flow_id, token) VALUES ($1, $2)
+                 ON CONFLICT (flow_id) DO UPDATE SET token = t.token
+                 RETURNING token",
+                &[&flow_id.to_string(), &candidate],
+            )
+            .await
+            .map_err(db_error("store a hook token"))?;
+        Ok(row.get(0))
+    }
+
+    async fn put_revision(
+        &self,
+        flow_id: &FlowId,
+        revision: &Revision,
+        source: &str,
+    ) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO hookflow.revisions (flow_id, revision, source) VALUES ($1, $2, $3)
+                 ON CONFLICT (flow_id, revision) DO NOTHING",
+                &[&flow_id.to_string(), &revision.0, &source],
+            )
+            .await
+            .map_err(db_error("keep a flow revision"))?;
+        Ok(())
+    }
+
+    async fn revision(&self, flow_id: &FlowId, revision: &Revision) -> Result<Option<String>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT source FROM hookflow.revisions WHERE flow_id = $1 AND revision = $2",
+                &[&flow_id.to_string(), &revision.0],
+            )
+            .await
+            .map_err(db_error("read a flow revision"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn flows_with_runs(&self) -> Result<Vec<FlowId>> {
+        let client = self.client().await?;
+        client
+            .query(
+                "WITH RECURSIVE flows(flow_id) AS (
+                     (SELECT flow_id FROM hookflow.runs ORDER BY flow_id LIMIT 1)
+                     UNION ALL
+                     SELECT (SELECT r.flow_id FROM hookflow.runs r WHERE r.flow_id > flows.flow_id
+                              ORDER BY r.flow_id LIMIT 1)
+                       FROM flows WHERE flows.flow_id IS NOT NULL
+                 )
+                 SELECT flow_id FROM flows WHERE flow_id IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(db_error("list flows with runs"))?
+            .iter()
+            .map(|row| parse_id(row.get::<_, &str>(0), "runs"))
+            .collect()
+    }
+
+    async fn prune_runs(
+        &self,
+        flow_id: &FlowId,
+        older_than: Timestamp,
+        keep: usize,
+        max: usize,
+    ) -> Result<usize> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_error("begin pruning"))?;
+        let pruned = tx
+            .query(
+                "DELETE FROM hookflow.runs WHERE id IN (
+                     SELECT id FROM hookflow.runs
+                      WHERE flow_id = $1 AND final
+                        AND (created_at < $2 OR id <= (SELECT id FROM hookflow.runs
+                                                        WHERE flow_id = $1
+                                                        ORDER BY id DESC OFFSET $3 LIMIT 1))
+                      ORDER BY id LIMIT $4
+                      FOR UPDATE SKIP LOCKED)
+                 RETURNING id, event_id",
+                &[
+                    &flow_id.to_string(),
+                    &older_than.0,
+                    &(keep as i64),
+                    &(max as i64),
+                ],
+            )
+            .await
+            .map_err(db_error("prune runs"))?;
+        let runs: Vec<String> = pruned.iter().map(|r| r.get(0)).collect();
+        let events: Vec<String> = pruned.iter().map(|r| r.get(1)).collect();
+        tx.execute(
+            "DELETE FROM hookflow.step_records WHERE run_id = ANY($1)",
+            &[&runs],
+        )
+        .await
+        .map_err(db_error("prune step records"))?;
+        tx.execute("DELETE FROM hookflow.events WHERE id = ANY($1)", &[&events])
+            .await
+            .map_err(db_error("prune events"))?;
+        tx.commit().await.map_err(db_error("commit pruning"))?;
+        Ok(runs.len())
+    }
+
+    async fn expire_dedupe(&self, now: Timestamp, max: usize) -> Result<usize> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "DELETE FROM hookflow.dedupe WHERE (flow_id, key) IN (
+                     SELECT flow_id, key FROM hookflow.dedupe WHERE expires_at <= $1
+                      ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                &[&now.0, &(max as i64)],
+            )
+            .await
+            .map_err(db_error("expire dedupe keys"))?;
+        Ok(n as usize)
+    }
+
+    async fn put_state(&self, key: &str, value: &serde_json::Value) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO hookflow.state (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&key, &Json(value)],
+            )
+            .await
+            .map_err(db_error("store state"))?;
+        Ok(())
+    }
+
+    async fn state(&self, key: &str) -> Result<Option<serde_json::Value>> {
+        self.one(
+            "SELECT value FROM hookflow.state WHERE key = $1",
+            key,
+            "state",
+        )
+        .await
+    }
+
+    async fn stats(&self) -> Result<StoreStats> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE lease_owner IS DISTINCT FROM $1),
+                        count(*) FILTER (WHERE lease_owner = $1),
+                        pg_database_size(current_database())
+                   FROM hookflow.queue",
+                &[&QUARANTINE_OWNER],
+            )
+            .await
+            .map_err(db_error("count the queue"))?;
+        Ok(StoreStats {
+            queued: row.get::<_, i64>(0) as u64,
+            quarantined: row.get::<_, i64>(1) as u64,
+            bytes: row.get::<_, i64>(2) as u64,
+            ingest_syncs: self.syncs.load(Ordering::Relaxed),
+        })
+    }
+
+    fn notices(&self) -> tokio::sync::broadcast::Receiver<RunNotice> {
+        self.notices.subscribe()
+    }
+
+    async fn flush(&self) -> Result<()> {
+        // A synchronous commit of a write flushes the log up to it: every earlier commit too.
+        self.heartbeat(false).await
+    }
+
+    async fn enter_lane(
+        &self,
+        lane: &LaneKey,
+        concurrency: usize,
+        holder: (ItemId, RunId),
+        now: Timestamp,
+        expires: Timestamp,
+    ) -> Result<LaneEntry> {
+        self.with_lane(lane, |state| state.enter(concurrency, holder, now, expires))
+            .await
+    }
+
+    async fn leave_lane(&self, lane: &LaneKey, holder: ItemId, free_at: Timestamp) -> Result<()> {
+        self.with_lane(lane, |state| state.leave(holder, free_at))
+            .await
+    }
+
+    async fn pace_admit(
+        &self,
+        account: &str,
+        now: Timestamp,
+    ) -> Result<std::result::Result<(), Timestamp>> {
+        let admitted = self
+            .with_row(
+                false,
+                "pacing",
+                "SELECT state FROM hookflow.pacing WHERE account = $1 FOR UPDATE",
+                "UPDATE hookflow.pacing SET state = $2 WHERE account = $1",
+                &[&account],
+                |state: &mut Option<Allowance>| state.as_mut().map(|a| a.admit(now)),
+            )
+            .await?;
+        // An account never observed has no row: always admitted.
+        Ok(admitted.unwrap_or(Ok(())))
+    }
+
+    async fn pace_observe(
+        &self,
+        account: &str,
+        limit: Option<(u32, Duration)>,
+        blocked_until: Option<Timestamp>,
+    ) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO hookflow.pacing (account, state) VALUES ($1, '{}') ON CONFLICT DO NOTHING",
+                &[&account],
+            )
+            .await
+            .map_err(db_error("record an account's pacing"))?;
+        drop(client);
+        self.with_row(
+            true,
+            "pacing",
+            "SELECT state FROM hookflow.pacing WHERE account = $1 FOR UPDATE",
+            "UPDATE hookflow.pacing SET state = $2 WHERE account = $1",
+            &[&account],
+            |state: &mut Option<Allowance>| {
+                state
+                    .get_or_insert_with(Allowance::default)
+                    .observe(limit, blocked_until)
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn claim_tick(&self, flow: &FlowId, tick: Timestamp) -> Result<bool> {
+        let client = self.client().await?;
+        let claimed = client
+            .execute(
+                "INSERT INTO hookflow.ticks AS t (flow_id, last_tick) VALUES ($1, $2)
+                 ON CONFLICT (flow_id) DO UPDATE SET last_tick = EXCLUDED.last_tick
+                  WHERE t.last_tick < EXCLUDED.last_tick",
+                &[&flow.to_string(), &tick.0],
+            )
+            .await
+            .map_err(db_error("claim a schedule tick"))?;
+        Ok(claimed == 1)
+    }
+
+    async fn last_tick(&self, flow: &FlowId) -> Result<Option<Timestamp>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT last_tick FROM hookflow.ticks WHERE flow_id = $1",
+                &[&flow.to_string()],
+            )
+            .await
+            .map_err(db_error("read a schedule's last tick"))?;
+        Ok(row.map(|r| Timestamp(r.get(0))))
+    }
+
+    async fn quarantined(&self) -> Result<Vec<Quarantined>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, data::text, parked_at FROM hookflow.queue
+                  WHERE lease_owner = $1 ORDER BY id",
+                &[&QUARANTINE_OWNER],
+            )
+            .await
+            .map_err(db_error("list parked queue items"))?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let (id, data): (String, String) = (row.get(0), row.get(1));
+                let reason = match serde_json::from_str::<QueueItem>(&data) {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "readable by this version: ingest it again".to_owned(),
+                };
+                Quarantined {
+                    quarantined_at: Timestamp(row.get::<_, Option<i64>>(2).unwrap_or_default()),
+                    id,
+                    segment: "hookflow.queue".into(),
+                    offset: 0,
+                    record: 0,
+                    records: 1,
+                    kind: QuarantineKind::Undecodable,
+                    reason,
+                    bytes: data.len() as u64,
+                    kept: Default::default(),
+                }
+            })
+            .collect())
+    }
+
+    async fn reingest_quarantined(&self, id: &str) -> Result<Reingested> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT data::text FROM hookflow.queue WHERE id = $1 AND lease_owner = $2",
+                &[&id, &QUARANTINE_OWNER],
+            )
+            .await
+            .map_err(db_error("read a parked queue item"))?
+            .ok_or_else(|| StoreError::NotQuarantined(id.to_owned()))?;
+        let data: String = row.get(0);
+        let item: QueueItem =
+            serde_json::from_str(&data).map_err(|e| StoreError::StillUnreadable {
+                id: id.to_owned(),
+                detail: format!("{e} (the record is row `{id}` of hookflow.queue)"),
+            })?;
+        let event_id = self
+            .run(item.run_id)
+            .await?
+            .map(|run| run.event_id)
+            .ok_or_else(|| StoreError::NotFound(format!("run {}", item.run_id)))?;
+        client
+            .execute(
+                "UPDATE hookflow.queue SET lease_owner = NULL, lease_token = NULL, lease_until = NULL
+                  WHERE id = $1 AND lease_owner = $2",
+                &[&id, &QUARANTINE_OWNER],
+            )
+            .await
+            .map_err(db_error("put a parked item back in the queue"))?;
+        Ok(Reingested {
+            run_id: item.run_id,
+            event_id,
+            outcome: Ingested::Created,
+        })
+    }
+}
+
+impl PgStore {
+    /// The record in the first column of the row `sql` selects by `key`, if any.
+    async fn one<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        key: &str,
+        table: &'static str,
+    ) -> Result<Option<T>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(sql, &[&key])
+            .await
+            .map_err(db_error("read a record"))?;
+        row.map(|row| decode(&row, 0, table)).transpose()
+    }
+
+    /// Applies `change` to a lane's state under its row lock, creating the row first.
+    async fn with_lane<T>(&self, lane: &LaneKey, change: impl FnOnce(&mut Lane) -> T) -> Result<T> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO hookflow.lanes (name, key, state) VALUES ($1, $2, '{}') ON CONFLICT DO NOTHING",
+                &[&lane.name, &lane.key],
+            )
+            .await
+            .map_err(db_error("open a lane"))?;
+        drop(client);
+        self.with_row(
+            false,
+            "lanes",
+            "SELECT state FROM hookflow.lanes WHERE name = $1 AND key = $2 FOR UPDATE",
+            "UPDATE hookflow.lanes SET state = $3 WHERE name = $1 AND key = $2",
+            &[&lane.name, &lane.key],
+            |state: &mut Option<Lane>| change(state.get_or_insert_with(Lane::default)),
+        )
+        .await
+    }
+
+    /// Reads the state in a row (`select`, locking it), applies `change`, and writes it back
+    /// (`update`, with the state as the parameter after `keys`) in one transaction, committed
+    /// durably if `durable`. The state is `None` when the row does not exist (then nothing is
+    /// written).
+    async fn with_row<S, T>(
+        &self,
+        durable: bool,
+        table: &'static str,
+        select: &str,
+        update: &str,
+        keys: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        change: impl FnOnce(&mut Option<S>) -> T,
+    ) -> Result<T>
+    where
+        S: DeserializeOwned + serde::Serialize + std::fmt::Debug + Sync,
+    {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_error("begin a coordination change"))?;
+        if !durable {
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await
+                .map_err(db_error("begin a coordination change"))?;
+        }
+        let row = tx
+            .query_opt(select, keys)
+            .await
+            .map_err(db_error("lock a coordination row"))?;
+        let existed = row.is_some();
+        let mut state: Option<S> = row.map(|row| decode(&row, 0, table)).transpose()?;
+        let answer = change(&mut state);
+        if let (true, Some(state)) = (existed, &state) {
+            let json = Json(state);
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = keys.to_vec();
+            params.push(&json);
+            tx.execute(update, &params)
+                .await
+                .map_err(db_error("write a coordination row"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(db_error("commit a coordination change"))?;
+        Ok(answer)
+    }
+}
