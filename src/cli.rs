@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Start the server: catch hooks, workers, API and UI.
     Serve(ServeArgs),
+    /// Create or upgrade the PostgreSQL store's schema to this version (`serve` does it too).
+    Migrate(MigrateArgs),
     /// Check flow files and print every problem as `file:line:col: field: message`.
     Validate {
         /// Flow files or directories (default: flows).
@@ -266,6 +268,20 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
+/// `hookflow migrate` options.
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// A YAML configuration file (its `store:` and `secrets_file:` are used).
+    #[arg(long, env = "HOOKFLOW_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The store's PostgreSQL URL (overrides the configuration file).
+    #[arg(long, env = "HOOKFLOW_STORE")]
+    pub store: Option<String>,
+    /// Print what would be applied, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 /// `hookflow serve` options; each overrides the configuration file.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -281,6 +297,9 @@ pub struct ServeArgs {
     /// The data directory (sled).
     #[arg(long, env = "HOOKFLOW_DATA")]
     pub data: Option<PathBuf>,
+    /// The store: `sled` (embedded, the default) or a PostgreSQL URL shared by several nodes.
+    #[arg(long, env = "HOOKFLOW_STORE")]
+    pub store: Option<String>,
     /// Private networks (CIDR) HTTP actions may reach, e.g. 127.0.0.1 or 10.0.0.0/8.
     #[arg(long = "allow-outbound", value_name = "CIDR")]
     pub allow_outbound: Vec<String>,

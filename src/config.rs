@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use hookflow_engine::flow::spec::HumanDuration;
 use hookflow_engine::runtime::RetentionConfig;
+use hookflow_engine::store::postgres::PgOptions;
 use serde::Deserialize;
 
 /// The configuration used when no file is given; also the reference for the file's format.
@@ -28,8 +29,12 @@ pub struct Config {
     pub public_url: Option<String>,
     /// The directory of flow files.
     pub flows: PathBuf,
-    /// The directory of the sled database.
+    /// The directory of the sled database (when `store` is sled).
     pub data: PathBuf,
+    /// The store: `sled` (embedded, in `data`; the default) or a PostgreSQL URL
+    /// (`postgres://user@host/db`) shared by several nodes.
+    #[serde(default)]
+    pub store: Option<String>,
     /// The largest request body a catch hook accepts, in bytes.
     pub max_body_bytes: usize,
     /// How many steps may execute at once (0: store events, execute nothing).
@@ -68,6 +73,33 @@ fn default_lease() -> HumanDuration {
 
 fn default_cache_mb() -> u64 {
     hookflow_engine::store::sled::DEFAULT_CACHE_BYTES >> 20
+}
+
+/// Which store a node uses.
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    /// The embedded sled database in the data directory (one node).
+    Sled,
+    /// A PostgreSQL database (any number of nodes).
+    Postgres(PgOptions),
+}
+
+impl StoreChoice {
+    /// The store for people: `sled (DIR)` or the URL without its password.
+    pub fn describe(&self, data: &Path) -> String {
+        match self {
+            Self::Sled => format!("sled ({})", data.display()),
+            Self::Postgres(options) => match url::Url::parse(&options.url) {
+                Ok(mut url) => {
+                    if url.password().is_some() {
+                        let _ = url.set_password(Some("***"));
+                    }
+                    url.to_string()
+                }
+                Err(_) => "postgres".to_owned(),
+            },
+        }
+    }
 }
 
 /// How long run history is kept; a flow's own `retention:` overrides the first two.
@@ -184,6 +216,26 @@ impl Config {
                 Ok((name, text))
             })
             .collect()
+    }
+
+    /// The store this configuration names. A PostgreSQL password may be kept out of the URL: it is
+    /// read from `HOOKFLOW_STORE_PASSWORD` in `env` (the environment, then the secrets file).
+    pub fn store_choice(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<StoreChoice> {
+        match self.store.as_deref().map(str::trim) {
+            None | Some("") | Some("sled") => Ok(StoreChoice::Sled),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let mut options = PgOptions::new(url);
+                options.password = env("HOOKFLOW_STORE_PASSWORD");
+                options.config().context("store: invalid PostgreSQL URL")?;
+                Ok(StoreChoice::Postgres(options))
+            }
+            Some(other) => anyhow::bail!(
+                "store: `{other}` is neither `sled` nor a PostgreSQL URL (postgres://user@host/database)"
+            ),
+        }
     }
 
     /// The base URL of this server.

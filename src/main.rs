@@ -22,6 +22,7 @@ mod config;
 mod diff;
 mod flow_tests;
 mod local;
+mod migrate;
 mod reload;
 mod samples;
 mod serve;
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Migrate(args) => migrate::migrate(args).await.map(|()| ExitCode::SUCCESS),
             Command::Validate { paths, samples } => Ok(local::validate(&paths, samples).await),
             Command::Test { paths } => Ok(flow_tests::run(&paths).await),
             Command::Schema => local::schema().map(|()| ExitCode::SUCCESS),

@@ -10,14 +10,15 @@ use hookflow_engine::flow::{self, process_env, EnvLookup, Flow, FlowError};
 use hookflow_engine::outbound::HttpClient;
 use hookflow_engine::runtime::catalog::Catalog;
 use hookflow_engine::runtime::{Engine, EngineConfig};
+use hookflow_engine::store::postgres::PgStore;
 use hookflow_engine::store::sled::SledStore;
-use hookflow_engine::store::NodeId;
+use hookflow_engine::store::{NodeId, Store};
 use tokio::sync::watch;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::ServeArgs;
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, StoreChoice};
 use crate::reload::{Env, Problems};
 use crate::server::{self, AppState, Auth, Captures, HookLimits, HookLog, Inspector};
 use crate::worker_runtime::WorkerRuntime;
@@ -77,16 +78,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => format!("http://{address}"),
     };
 
-    std::fs::create_dir_all(&config.data)
-        .with_context(|| format!("cannot create {}", config.data.display()))?;
-    let store = SledStore::open(&config.data, config.cache_mb << 20, config.compression)
-        .with_context(|| format!("cannot open the data directory {}", config.data.display()))?;
-    let http = HttpClient::new(config.outbound_policy(address)?)
-        .context("cannot set up the HTTP client")?;
     let node = match &config.node_id {
         Some(name) => NodeId::new(name).map_err(anyhow::Error::msg)?,
         None => NodeId::generate(),
     };
+    let choice = config.store_choice(&*env)?;
+    let store = open_store(&config, &choice, &node).await?;
+    let http = HttpClient::new(config.outbound_policy(address)?)
+        .context("cannot set up the HTTP client")?;
     if config.lease.0 < std::time::Duration::from_secs(3) {
         anyhow::bail!("lease: {:?} is too short (at least 3s)", config.lease.0);
     }
@@ -98,7 +97,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     let engine = Engine::new(
-        Arc::new(store),
+        store,
         Catalog::with_env(crate::registry(), env.clone()),
         http,
         engine_config,
@@ -113,8 +112,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
     println!(
-        "data: {}   flows: {}   node: {}",
-        config.data.display(),
+        "store: {}   flows: {}   node: {}",
+        choice.describe(&config.data),
         config.flows.display(),
         engine.node()
     );
@@ -199,6 +198,32 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens the configured store: sled in the data directory (created if missing), or PostgreSQL
+/// (its schema migrated to this version).
+pub async fn open_store(
+    config: &Config,
+    choice: &StoreChoice,
+    node: &NodeId,
+) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match choice {
+        StoreChoice::Sled => {
+            std::fs::create_dir_all(&config.data)
+                .with_context(|| format!("cannot create {}", config.data.display()))?;
+            let store = SledStore::open(&config.data, config.cache_mb << 20, config.compression)
+                .with_context(|| {
+                    format!("cannot open the data directory {}", config.data.display())
+                })?;
+            Arc::new(store)
+        }
+        StoreChoice::Postgres(options) => {
+            let store = PgStore::open(options, node).await.with_context(|| {
+                format!("cannot open the store {}", choice.describe(&config.data))
+            })?;
+            Arc::new(store)
+        }
+    })
+}
+
 fn apply_flags(config: &mut Config, args: ServeArgs) {
     if let Some(v) = args.listen {
         config.listen = v;
@@ -208,6 +233,9 @@ fn apply_flags(config: &mut Config, args: ServeArgs) {
     }
     if let Some(v) = args.data {
         config.data = v;
+    }
+    if let Some(v) = args.store {
+        config.store = Some(v);
     }
     if let Some(v) = args.workers {
         config.workers = v;

@@ -148,12 +148,19 @@ impl From<hookflow_engine::store::StoreError> for ApiError {
     }
 }
 
+/// How long a sender is asked to wait after a 503 (the store unreachable, a flow paused).
+const RETRY_UNAVAILABLE_AFTER_SECS: &str = "5";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({ "code": self.code, "detail": self.detail })),
-        )
-            .into_response()
+        let body = Json(json!({ "code": self.code, "detail": self.detail }));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            let retry = [(
+                axum::http::header::RETRY_AFTER,
+                RETRY_UNAVAILABLE_AFTER_SECS,
+            )];
+            return (self.status, retry, body).into_response();
+        }
+        (self.status, body).into_response()
     }
 }

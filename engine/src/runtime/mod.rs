@@ -5,7 +5,8 @@
 //! bookkeeping grows with it) and nothing is lost on a crash. One dispatcher task claims up to as many items as there are free worker slots (and as
 //! flows' concurrency limits allow), with a lease; each item runs in its own task: load the run,
 //! render the step's input, execute, and commit the outcome through [`Store::update_run`] with the
-//! pure [`advance::advance`]. Ingest and commits wake the dispatcher; otherwise it sleeps until the
+//! pure [`advance::advance`]. Ingest, commits and runs created on other nodes (store notices) wake
+//! the dispatcher; otherwise it sleeps until the
 //! next item is due (at most a second). Fixing failed runs is in `repair`, pruning history in
 //! `retention`.
 
@@ -235,6 +236,20 @@ enum Replayed {
 /// The tracing span of one step's execution.
 fn step_span(item: &QueueItem, node: &NodeId) -> tracing::Span {
     info_span!("step", %node, flow = %item.flow_id, run_id = %item.run_id, step_id = %item.step_id, attempt = item.attempt)
+}
+
+/// Wakes the dispatcher whenever a run is created on any node sharing the store (or notices were
+/// missed), so a node picks up work another node accepted without waiting for its next poll.
+async fn wake_on_new_runs(engine: Arc<Engine>) {
+    let mut notices = engine.store.notices();
+    loop {
+        match notices.recv().await {
+            Ok(notice) if notice.status == RunStatus::Queued => engine.wake.notify_one(),
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => engine.wake.notify_one(),
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 /// Aborts a background task when dropped (when `run` returns, however it returns).
@@ -553,6 +568,7 @@ impl Engine {
             return Ok(());
         }
         info!(node = %self.config.node, "workers started");
+        let _waker = AbortOnDrop(Some(tokio::spawn(wake_on_new_runs(self.clone()))));
         let recovered = self.store.requeue_expired(self.now()).await?;
         if recovered > 0 {
             info!(
@@ -573,7 +589,8 @@ impl Engine {
                     }
                 }
             }
-            if last_sweep.elapsed() > self.config.lease / 3 {
+            // Often enough that a dead node's steps run again soon after their leases expire.
+            if last_sweep.elapsed() > self.config.lease / 10 {
                 last_sweep = Instant::now();
                 let n = self.store.requeue_expired(self.now()).await?;
                 if n > 0 {

@@ -109,6 +109,21 @@ impl PgOptions {
             .keepalives_idle(Duration::from_secs(30));
         Ok(config)
     }
+
+    /// One connection of its own (not pooled), driven by a task of its own until dropped.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let (client, connection) = self
+            .config()?
+            .connect(NoTls)
+            .await
+            .map_err(|e| StoreError::unavailable("connect to PostgreSQL", e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "a PostgreSQL connection ended");
+            }
+        });
+        Ok(client)
+    }
 }
 
 /// The PostgreSQL store. See the module docs.
@@ -132,16 +147,11 @@ impl PgStore {
     /// the ingest writers and the notice listener. Needs a tokio runtime.
     pub async fn open(options: &PgOptions, node: &NodeId) -> Result<Self> {
         let config = options.config()?;
-        let (mut client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| StoreError::unavailable("connect to PostgreSQL", e))?;
-        let driver = tokio::spawn(connection);
+        let mut client = options.connect().await?;
         schema::migrate(&mut client)
             .await
             .map_err(|e| StoreError::unavailable("prepare the hookflow schema", e))?;
         drop(client);
-        let _ = driver.await;
 
         let manager = Manager::from_config(
             config.clone(),
