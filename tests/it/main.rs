@@ -1,4 +1,5 @@
-//! End-to-end tests: the real `hookflow` binary, real HTTP on 127.0.0.1, a real sled directory.
+//! End-to-end tests: the real `hookflow` binary, real HTTP on 127.0.0.1, a real sled directory
+//! (and for `cluster`, a throwaway PostgreSQL cluster).
 //! One test binary; the harness is in `support`.
 
 mod access;
@@ -6,6 +7,7 @@ mod authoring;
 mod bench;
 mod browser;
 mod cli;
+mod cluster;
 mod connectors;
 mod crash;
 mod delivery;

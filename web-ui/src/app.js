@@ -387,9 +387,9 @@ async function runPage(id) {
       ${s.input !== undefined ? `<div class="steps-grid">
         <details><summary>input</summary><pre>${json(s.input)}</pre></details>
         <details ${s.output != null ? "open" : ""}><summary>output</summary><pre class="output">${json(s.output)}</pre></details></div>` : ""}
-      ${s.attempts.length ? `<table class="attempts"><thead><tr><th>Attempt</th><th>Started</th><th>Took</th><th>Error</th><th>Next try</th></tr></thead><tbody>
+      ${s.attempts.length ? `<table class="attempts"><thead><tr><th>Attempt</th><th>Started</th><th>Took</th><th>Error</th><th>Next try</th><th>Node</th></tr></thead><tbody>
         ${s.attempts.map(a => `<tr><td>${esc(a.number)}</td><td>${esc(a.started_at)}</td><td>${esc(a.duration_ms)} ms</td>
-          <td>${esc(a.error)}</td><td>${esc(a.retry_at)}</td></tr>`).join("")}</tbody></table>` : ""}
+          <td>${esc(a.error)}</td><td>${esc(a.retry_at)}</td><td>${esc(a.node)}</td></tr>`).join("")}</tbody></table>` : ""}
     </div>`).join("")}`;
   // The graph of the revision the run ran, coloured by its step statuses.
   api(`/api/v1/flows/${encodeURIComponent(run.flow_id)}?revision=${encodeURIComponent(run.revision)}`).then(flow => {

@@ -1,0 +1,320 @@
+//! Several nodes on one PostgreSQL database (a throwaway cluster, `hookflow-testpg`): events
+//! sent to any node run once, on any node; a node killed with SIGKILL loses nothing it
+//! acknowledged; PostgreSQL going away turns acknowledgments into 503s, never into lost events;
+//! a schedule fires once per tick however many nodes run it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+
+use crate::support::{eventually, step, Server, Sink};
+
+/// A flow that numbers events and delivers each number to the sink (with the run's idempotency
+/// key), retrying while the sink or the store is away.
+fn numbered_flow(sink: &Sink) -> String {
+    format!(
+        r#"
+id: numbered
+trigger: {{ webhook: }}
+steps:
+  - id: shape
+    map: {{ n: "{{{{trigger.body.n}}}}" }}
+  - id: deliver
+    http: {{ url: "{}/numbered", json: {{ n: "{{{{steps.shape.n}}}}", run: "{{{{run.id}}}}" }} }}
+    retry: {{ attempts: 20, backoff: fixed, initial: 100ms }}
+"#,
+        sink.url
+    )
+}
+
+/// A configuration file with a short lease, so a dead node's steps are taken over in seconds.
+fn short_lease_config() -> tempfile::NamedTempFile {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "lease: 3s\n").unwrap();
+    config
+}
+
+/// Starts a node named `name` on the database at `url`.
+fn node(name: &str, url: &str, config: &tempfile::NamedTempFile, flows: &[(&str, &str)]) -> Server {
+    let config = config.path().to_str().unwrap();
+    Server::start_with(
+        flows,
+        &[
+            "--allow-outbound",
+            "127.0.0.1",
+            "--store",
+            url,
+            "--node-id",
+            name,
+            "--config",
+            config,
+        ],
+        &[],
+    )
+}
+
+/// Posts numbered events (numbers never reused) to the catch URLs in turn until `stop`; records
+/// the run id of each acknowledged number, and each answer's status.
+struct Senders {
+    acked: Arc<Mutex<HashMap<u64, String>>>,
+    statuses: Arc<Mutex<HashMap<u16, usize>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Senders {
+    fn start(urls: Vec<String>, count: usize, limit: u64) -> Self {
+        let acked: Arc<Mutex<HashMap<u64, String>>> = Arc::default();
+        let statuses: Arc<Mutex<HashMap<u16, usize>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicU64::new(0));
+        let tasks = (0..count)
+            .map(|i| {
+                let (acked, statuses, stop, next) =
+                    (acked.clone(), statuses.clone(), stop.clone(), next.clone());
+                let url = urls[i % urls.len()].clone();
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= limit {
+                            return;
+                        }
+                        let Ok(r) = client.post(&url).json(&json!({ "n": n })).send().await else {
+                            // The node is gone (killed): this sender stops.
+                            return;
+                        };
+                        let status = r.status().as_u16();
+                        if status == 503 {
+                            assert!(
+                                r.headers().contains_key("retry-after"),
+                                "503 without Retry-After"
+                            );
+                            // Be polite, as a provider would.
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                        *statuses.lock().unwrap().entry(status).or_default() += 1;
+                        if status == 200 {
+                            let ack: Value = r.json().await.expect("an acknowledgment is JSON");
+                            let run = ack["run_id"].as_str().unwrap().to_owned();
+                            acked.lock().unwrap().insert(n, run);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            acked,
+            statuses,
+            stop,
+            tasks,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn finish(self) -> (HashMap<u64, String>, HashMap<u16, usize>) {
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        let statuses = self.statuses.lock().unwrap().clone();
+        (acked, statuses)
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Every acknowledged event has one succeeded run (read through `reader`) and reached the sink,
+/// any repeat with the same idempotency key; returns the nodes that made the attempts.
+async fn every_acknowledged_event_ran_once(
+    reader: &Server,
+    sink: &Sink,
+    acked: &HashMap<u64, String>,
+) -> HashSet<String> {
+    let mut nodes = HashSet::new();
+    for (n, run_id) in acked {
+        let run = reader.finished_run(run_id).await;
+        assert_eq!(run["status"], "succeeded", "event {n}: {run:#}");
+        assert_eq!(run["event"]["trigger"]["body"]["n"], *n);
+        let attempts = step(&run, "deliver")["attempts"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let succeeded = attempts.iter().filter(|a| a["error"].is_null()).count();
+        assert_eq!(
+            succeeded, 1,
+            "event {n}: one attempt completed the step: {attempts:#?}"
+        );
+        for attempt in &attempts {
+            nodes.insert(
+                attempt["node"]
+                    .as_str()
+                    .expect("attempts name their node")
+                    .to_owned(),
+            );
+        }
+    }
+    let listed: HashSet<String> = reader
+        .all_runs("numbered")
+        .await
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    for run_id in acked.values() {
+        assert!(
+            listed.contains(run_id),
+            "acknowledged run {run_id} is not listed"
+        );
+    }
+    let mut keys: HashMap<u64, HashSet<String>> = HashMap::new();
+    for r in sink.received() {
+        let n = r.body["n"].as_u64().expect("n is a number");
+        let key = r.headers["idempotency-key"].to_str().unwrap().to_owned();
+        keys.entry(n).or_default().insert(key);
+    }
+    for (n, run_id) in acked {
+        let seen = keys
+            .get(n)
+            .unwrap_or_else(|| panic!("acknowledged event {n} never reached the sink"));
+        assert_eq!(
+            seen,
+            &HashSet::from([format!("{run_id}:deliver")]),
+            "event {n}"
+        );
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_share_the_work_and_a_killed_node_loses_nothing_it_acknowledged() {
+    let url = hookflow_testpg::shared()
+        .fresh_database()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sink = Sink::start().await;
+    let flow = numbered_flow(&sink);
+    let config = short_lease_config();
+    let flows = [("numbered.yaml", flow.as_str())];
+    let a = node("node-a", &url, &config, &flows);
+    let mut b = node("node-b", &url, &config, &flows);
+    let c = node("node-c", &url, &config, &flows);
+    let urls: Vec<String> = [&a, &b, &c]
+        .iter()
+        .map(|n| n.catch_url("numbered"))
+        .collect();
+    assert!(
+        urls.iter()
+            .all(|u| u.ends_with(urls[0].rsplit('/').next().unwrap())),
+        "every node serves the same catch token: {urls:?}"
+    );
+
+    let senders = Senders::start(urls, 24, 3_000);
+    eventually("a third of the events acknowledged", || async {
+        (senders.acked() >= 1_000).then_some(())
+    })
+    .await;
+    // Node b dies mid-load with steps in flight; its senders stop with it.
+    b.kill_hard();
+    eventually("two thirds acknowledged by the others", || async {
+        (senders.acked() >= 1_800).then_some(())
+    })
+    .await;
+    b.restart();
+    let (acked, _) = senders.finish().await;
+    assert!(acked.len() >= 1_800, "{} acknowledged", acked.len());
+
+    let nodes = every_acknowledged_event_ran_once(&a, &sink, &acked).await;
+    assert!(
+        nodes.len() >= 2,
+        "the work was shared: attempts by {nodes:?}"
+    );
+
+    // Every node shows every run, and names itself in /metrics.
+    let total = a.all_runs("numbered").await.len();
+    assert!(total >= acked.len());
+    for (server, name) in [(&b, "node-b"), (&c, "node-c")] {
+        assert_eq!(server.all_runs("numbered").await.len(), total);
+        let metrics = server.metrics().await;
+        assert!(metrics.contains(&format!("node=\"{name}\"")), "{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn while_postgres_is_down_hooks_answer_503_and_nothing_acknowledged_is_lost() {
+    // A cluster of its own: this test stops it.
+    let cluster = hookflow_testpg::Cluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = cluster.fresh_database().unwrap();
+    let sink = Sink::start().await;
+    let flow = numbered_flow(&sink);
+    let config = short_lease_config();
+    let server = node("solo", &url, &config, &[("numbered.yaml", flow.as_str())]);
+
+    let senders = Senders::start(vec![server.catch_url("numbered")], 8, u64::MAX);
+    eventually("events acknowledged", || async {
+        (senders.acked() >= 200).then_some(())
+    })
+    .await;
+    cluster.stop().unwrap();
+    eventually("503s while PostgreSQL is down", || async {
+        (senders
+            .statuses
+            .lock()
+            .unwrap()
+            .get(&503)
+            .copied()
+            .unwrap_or(0)
+            >= 20)
+            .then_some(())
+    })
+    .await;
+    let acked_while_down = senders.acked();
+    cluster.start_again().unwrap();
+    eventually("acknowledgments again after PostgreSQL is back", || async {
+        (senders.acked() >= acked_while_down + 200).then_some(())
+    })
+    .await;
+    senders.stop();
+    let (acked, statuses) = senders.finish().await;
+    assert!(
+        statuses.keys().all(|s| matches!(s, 200 | 503)),
+        "only acknowledgments and 503s: {statuses:?}"
+    );
+    every_acknowledged_event_ran_once(&server, &sink, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_running_one_schedule_fire_once_per_tick() {
+    use time::format_description::well_known::Rfc3339;
+    use time::OffsetDateTime;
+
+    let url = hookflow_testpg::shared()
+        .fresh_database()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = short_lease_config();
+    let flow = "id: every-second\ntrigger:\n  schedule: { cron: \"* * * * * *\" }\nsteps:\n  - { id: tick, map: { at: \"{{trigger.body.scheduled_at}}\" } }\n";
+    let flows = [("every-second.yaml", flow)];
+    let a = node("sched-a", &url, &config, &flows);
+    let _b = node("sched-b", &url, &config, &flows);
+    eventually("five fires", || async {
+        (a.all_runs("every-second").await.len() >= 5).then_some(())
+    })
+    .await;
+    let mut fired = Vec::new();
+    for run in a.all_runs("every-second").await {
+        let run = a.finished_run(run["id"].as_str().unwrap()).await;
+        let at = run["event"]["trigger"]["body"]["scheduled_at"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        fired.push(OffsetDateTime::parse(&at, &Rfc3339).unwrap());
+    }
+    fired.sort();
+    let unique: std::collections::BTreeSet<_> = fired.iter().collect();
+    assert_eq!(unique.len(), fired.len(), "a tick fired twice: {fired:?}");
+}
