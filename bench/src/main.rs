@@ -10,7 +10,7 @@ use std::process::Command;
 use anyhow::Context;
 use clap::Parser;
 use hookflow_bench::load::LoadReport;
-use hookflow_bench::scenario::{self, Options, Scenario};
+use hookflow_bench::scenario::{self, Options, Postgres, Scenario};
 use hookflow_bench::sink::Sink;
 
 /// Benchmark scenarios for hookflow (127.0.0.1 only).
@@ -31,6 +31,10 @@ struct Args {
     /// Run the server with a compressed store (`compression: true`).
     #[arg(long)]
     compression: bool,
+    /// The store: `sled` (default), `postgres` (a throwaway PostgreSQL cluster started for the
+    /// run, a fresh database per scenario) or a `postgres://…` URL of an empty database.
+    #[arg(long, default_value = "sled")]
+    store: String,
     /// The hookflow binary (default: the one beside this program).
     #[arg(long)]
     hookflow: Option<PathBuf>,
@@ -76,6 +80,14 @@ async fn main() -> anyhow::Result<()> {
         concurrency: args.concurrency,
         workers: args.workers,
         compression: args.compression,
+        postgres: match args.store.as_str() {
+            "sled" => None,
+            "postgres" => Some(Postgres::Throwaway(hookflow_testpg::Cluster::start()?)),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Some(Postgres::Given(url.to_owned()))
+            }
+            other => anyhow::bail!("--store {other}: expected sled, postgres or a postgres:// URL"),
+        },
     };
     let scenarios = if args.scenarios.is_empty() {
         vec![
@@ -91,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
     // Opened first, so that a bad path fails now rather than after the scenarios have run.
     let mut record = args.record.as_deref().map(results_file).transpose()?;
     let context = format!(
-        "{} | {} | {} | concurrency {}, workers {}{}",
+        "{} | {} | {} | concurrency {}, workers {}{}{}",
         shell("date -u +%F"),
         shell("git rev-parse --short HEAD"),
         machine(),
@@ -101,6 +113,10 @@ async fn main() -> anyhow::Result<()> {
             ", compressed store"
         } else {
             ""
+        },
+        match &options.postgres {
+            None => "",
+            Some(_) => ", PostgreSQL store",
         }
     );
     println!("{HEADER}");

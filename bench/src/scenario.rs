@@ -30,7 +30,7 @@ pub enum Scenario {
 }
 
 /// How to run a scenario.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Options {
     /// The `hookflow` binary.
     pub hookflow: PathBuf,
@@ -42,6 +42,27 @@ pub struct Options {
     pub workers: usize,
     /// Whether the server's store is compressed.
     pub compression: bool,
+    /// The store: sled when `None`.
+    pub postgres: Option<Postgres>,
+}
+
+/// Where the PostgreSQL store of each scenario is.
+#[derive(Debug)]
+pub enum Postgres {
+    /// A throwaway cluster the benchmark started: a fresh database for each scenario.
+    Throwaway(hookflow_testpg::Cluster),
+    /// A database given by URL, used as it is (give an empty one for each run of one scenario).
+    Given(String),
+}
+
+impl Postgres {
+    /// The database for the next scenario.
+    fn database(&self) -> anyhow::Result<String> {
+        Ok(match self {
+            Self::Throwaway(cluster) => cluster.fresh_database()?,
+            Self::Given(url) => url.clone(),
+        })
+    }
 }
 
 /// What a scenario measured.
@@ -124,7 +145,20 @@ pub async fn run(scenario: Scenario, options: &Options) -> anyhow::Result<Report
     if options.compression {
         config.push_str("compression: true\n");
     }
-    let server = Server::start(&options.hookflow, dir.path(), FLOW_ID, workers, &config)?;
+    let database = options
+        .postgres
+        .as_ref()
+        .map(Postgres::database)
+        .transpose()?;
+    let store = database.as_deref();
+    let server = Server::start(
+        &options.hookflow,
+        dir.path(),
+        FLOW_ID,
+        workers,
+        &config,
+        store,
+    )?;
     let idle_kib = server.rss_kib()?;
     let cpu_before = server.cpu_ms()?;
     let started = Instant::now();
@@ -159,6 +193,7 @@ pub async fn run(scenario: Scenario, options: &Options) -> anyhow::Result<Report
             FLOW_ID,
             options.workers,
             &config,
+            store,
         )?;
         let _ = write!(
             notes,
@@ -205,6 +240,11 @@ pub async fn run(scenario: Scenario, options: &Options) -> anyhow::Result<Report
     if scenario == Scenario::Backlog {
         let _ = write!(notes, "after draining {} MB", server.rss_kib()? / 1024);
     }
+    // sled's directory as `du` counts it; PostgreSQL's database as it reports its size.
+    let store_bytes = match store {
+        None => disk_bytes(&dir.path().join("data")),
+        Some(_) => server.metric("hookflow_store_bytes").await?,
+    };
     server.stop()?;
     Ok(Report {
         scenario,
@@ -212,7 +252,7 @@ pub async fn run(scenario: Scenario, options: &Options) -> anyhow::Result<Report
         completion: finished_at - started,
         load,
         rss_peak_kib,
-        store_bytes: disk_bytes(&dir.path().join("data")),
+        store_bytes,
         cpu_ms,
         notes,
     })

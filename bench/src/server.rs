@@ -26,14 +26,16 @@ const TICKS_PER_SEC: u64 = 100;
 
 impl Server {
     /// Starts `hookflow serve` from `bin` in `dir` (which holds `flows/` and gets `data/`) with
-    /// `workers` workers, HTTP actions allowed to reach 127.0.0.1 and `config` as its
-    /// configuration file. Waits for the banner and finds `flow`'s catch URL.
+    /// `workers` workers, HTTP actions allowed to reach 127.0.0.1, `config` as its
+    /// configuration file and the store at `store` (`None`: sled in `data/`). Waits for the
+    /// banner and finds `flow`'s catch URL.
     pub fn start(
         bin: &Path,
         dir: &Path,
         flow: &str,
         workers: usize,
         config: &str,
+        store: Option<&str>,
     ) -> anyhow::Result<Self> {
         std::fs::write(dir.join("config.yaml"), config)?;
         let mut child = Command::new(bin)
@@ -46,6 +48,7 @@ impl Server {
             .arg(dir.join("flows"))
             .arg("--data")
             .arg(dir.join("data"))
+            .args(store.map(|url| ["--store", url]).into_iter().flatten())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -117,21 +120,25 @@ impl Server {
         Ok(ticks * 1000 / TICKS_PER_SEC)
     }
 
+    /// The value of a series (its name with labels) in `/metrics`; 0 if absent.
+    pub async fn metric(&self, series: &str) -> anyhow::Result<u64> {
+        Ok(series_value(&self.metrics().await?, series))
+    }
+
+    async fn metrics(&self) -> anyhow::Result<String> {
+        let url = format!("{}/metrics", self.base);
+        Ok(self.client.get(url).send().await?.text().await?)
+    }
+
     /// How many runs of `flow` finished with each final status since the server started, from
     /// `/metrics`: (succeeded, filtered, failed).
     pub async fn finished(&self, flow: &str) -> anyhow::Result<(u64, u64, u64)> {
-        let text = self
-            .client
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let text = self.metrics().await?;
         let count = |status: &str| {
-            let name = format!("hookflow_runs_total{{flow=\"{flow}\",status=\"{status}\"}} ");
-            text.lines()
-                .find_map(|l| l.strip_prefix(&name)?.trim().parse().ok())
-                .unwrap_or(0)
+            series_value(
+                &text,
+                &format!("hookflow_runs_total{{flow=\"{flow}\",status=\"{status}\"}}"),
+            )
         };
         Ok((count("succeeded"), count("filtered"), count("failed")))
     }
@@ -176,6 +183,14 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of `series` in a Prometheus text; 0 if absent.
+fn series_value(text: &str, series: &str) -> u64 {
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }
 
 /// Bytes a directory tree takes on disk (allocated blocks, as `du` counts).

@@ -77,6 +77,7 @@ pub enum Error {
 /// A private PostgreSQL cluster in a temporary directory, listening on 127.0.0.1.
 ///
 /// Dropping it stops the server immediately and removes the directory.
+#[derive(Debug)]
 pub struct Cluster {
     /// The directory holding `initdb`, `pg_ctl` and `postgres`.
     bin: PathBuf,

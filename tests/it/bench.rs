@@ -2,15 +2,20 @@
 //! every acknowledged event completes (and reaches the sink where the flow posts to it). Speed is
 //! never asserted here; the figures live in `bench/RESULTS.md`.
 
-use hookflow_bench::scenario::{run, Options, Scenario};
+use hookflow_bench::scenario::{run, Options, Postgres, Scenario};
 
 async fn smoke(scenario: Scenario) {
+    smoke_on(scenario, None).await;
+}
+
+async fn smoke_on(scenario: Scenario, postgres: Option<Postgres>) {
     let options = Options {
         hookflow: env!("CARGO_BIN_EXE_hookflow").into(),
         count: 300,
         concurrency: 8,
         workers: 4,
         compression: false,
+        postgres,
     };
     let report = run(scenario, &options)
         .await
@@ -46,4 +51,12 @@ async fn backlog_scenario_drains_after_a_restart() {
 #[tokio::test]
 async fn ten_step_scenario_delivers_every_acknowledged_event() {
     smoke(Scenario::TenSteps).await;
+}
+
+#[tokio::test]
+async fn backlog_scenario_on_postgres_drains_every_acknowledged_event() {
+    let database = hookflow_testpg::shared()
+        .fresh_database()
+        .unwrap_or_else(|e| panic!("{e}"));
+    smoke_on(Scenario::Backlog, Some(Postgres::Given(database))).await;
 }

@@ -24,7 +24,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::types::Json;
 
-use super::{db_error, pool_error, RUN_CHANNEL};
+use super::{db_error, pool_error, sql, RUN_CHANNEL};
 use crate::model::RunStatus;
 use crate::store::{Ingested, NewRun, Result, StoreError};
 
@@ -178,19 +178,19 @@ async fn write(pool: &Pool, batch: &[&NewRun]) -> Result<Vec<Ingested>> {
             .iter()
             .map(|&n| batch[n].dedupe.as_ref().map_or(0, |d| d.expires_at.0))
             .collect();
-        let won = tx
-            .query(
-                "INSERT INTO hookflow.dedupe AS d (flow_id, key, event_id, run_id, taken_at, expires_at)
+        let won = sql::query(
+        &tx,
+        "INSERT INTO hookflow.dedupe AS d (flow_id, key, event_id, run_id, taken_at, expires_at)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[])
                  ON CONFLICT (flow_id, key) DO UPDATE
                     SET event_id = EXCLUDED.event_id, run_id = EXCLUDED.run_id,
                         taken_at = EXCLUDED.taken_at, expires_at = EXCLUDED.expires_at
                     WHERE d.expires_at <= EXCLUDED.taken_at
                  RETURNING flow_id, key",
-                &[&flows, &keys, &events, &runs, &taken, &expires],
-            )
-            .await
-            .map_err(db_error("take dedupe keys"))?;
+        &[&flows, &keys, &events, &runs, &taken, &expires],
+        "take dedupe keys",
+    )
+    .await?;
         let won: std::collections::HashSet<(String, String)> =
             won.iter().map(|row| (row.get(0), row.get(1))).collect();
         let lost: Vec<usize> = keyed
@@ -213,16 +213,16 @@ async fn write(pool: &Pool, batch: &[&NewRun]) -> Result<Vec<Ingested>> {
                 .iter()
                 .map(|&n| dedupe_key(batch[n]).to_owned())
                 .collect();
-            let originals = tx
-                .query(
-                    "SELECT d.flow_id, d.key, d.event_id, d.run_id
+            let originals = sql::query(
+                &tx,
+                "SELECT d.flow_id, d.key, d.event_id, d.run_id
                        FROM hookflow.dedupe d
                        JOIN unnest($1::text[], $2::text[]) AS k(flow_id, key)
                          ON d.flow_id = k.flow_id AND d.key = k.key",
-                    &[&flows, &keys],
-                )
-                .await
-                .map_err(db_error("read the originals of repeated deliveries"))?;
+                &[&flows, &keys],
+                "read the originals of repeated deliveries",
+            )
+            .await?;
             let mut by_key = HashMap::new();
             for row in &originals {
                 let key: (String, String) = (row.get(0), row.get(1));
@@ -280,32 +280,37 @@ fn dedupe_key(new: &NewRun) -> &str {
 }
 
 /// Inserts the events, runs and first items of `created`, and notifies their creation.
-async fn insert_created(tx: &tokio_postgres::Transaction<'_>, created: &[&NewRun]) -> Result<()> {
+async fn insert_created(
+    tx: &deadpool_postgres::Transaction<'_>,
+    created: &[&NewRun],
+) -> Result<()> {
     let ids = |f: fn(&NewRun) -> String| -> Vec<String> { created.iter().map(|n| f(n)).collect() };
     let event_ids = ids(|n| n.event.id.to_string());
     let flows = ids(|n| n.run.flow_id.to_string());
     let received: Vec<i64> = created.iter().map(|n| n.event.received_at.0).collect();
     let events: Vec<Json<&crate::model::Event>> = created.iter().map(|n| Json(&n.event)).collect();
-    tx.execute(
+    sql::execute(
+        tx,
         "INSERT INTO hookflow.events (id, flow_id, received_at, data)
          SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::jsonb[])",
         &[&event_ids, &flows, &received, &events],
+        "insert events",
     )
-    .await
-    .map_err(db_error("insert events"))?;
+    .await?;
 
     let run_ids = ids(|n| n.run.id.to_string());
     let statuses = ids(|n| n.run.status.as_str().to_owned());
     let finals: Vec<bool> = created.iter().map(|n| n.run.status.is_final()).collect();
     let created_at: Vec<i64> = created.iter().map(|n| n.run.created_at.0).collect();
     let runs: Vec<Json<&crate::model::Run>> = created.iter().map(|n| Json(&n.run)).collect();
-    tx.execute(
+    sql::execute(
+        tx,
         "INSERT INTO hookflow.runs (id, flow_id, event_id, status, final, created_at, data)
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::int8[], $7::jsonb[])",
         &[&run_ids, &flows, &event_ids, &statuses, &finals, &created_at, &runs],
+        "insert runs",
     )
-    .await
-    .map_err(db_error("insert runs"))?;
+    .await?;
 
     let items: Vec<&crate::model::QueueItem> = created.iter().flat_map(|n| &n.items).collect();
     super::insert_items(tx, &items, None).await?;
@@ -319,7 +324,10 @@ async fn insert_created(tx: &tokio_postgres::Transaction<'_>, created: &[&NewRun
 
 /// Sends `notices` (`RUN:STATUS` each) on the runs channel when the transaction commits, as few
 /// notifications as the payload limit allows.
-pub(super) async fn notify(tx: &tokio_postgres::Transaction<'_>, notices: &[String]) -> Result<()> {
+pub(super) async fn notify(
+    tx: &deadpool_postgres::Transaction<'_>,
+    notices: &[String],
+) -> Result<()> {
     let mut payloads: Vec<String> = Vec::new();
     for notice in notices {
         match payloads.last_mut() {
@@ -333,11 +341,12 @@ pub(super) async fn notify(tx: &tokio_postgres::Transaction<'_>, notices: &[Stri
     if payloads.is_empty() {
         return Ok(());
     }
-    tx.execute(
+    sql::execute(
+        tx,
         "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
         &[&RUN_CHANNEL, &payloads],
+        "notify the other nodes",
     )
-    .await
-    .map_err(db_error("notify the other nodes"))?;
+    .await?;
     Ok(())
 }

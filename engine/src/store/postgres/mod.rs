@@ -10,18 +10,19 @@
 //! - *Ingest is durable before the 2xx*: `ingest.rs` batches concurrent events into one
 //!   transaction with a synchronous COMMIT (every pool connection runs with
 //!   `synchronous_commit = on`).
-//! - *Claims*: one transaction finds the flows with queued items (a loose index scan), takes an
-//!   advisory lock per flow with a concurrency limit and counts its leased items (so two nodes
-//!   cannot both fill the same room), locks candidates with `FOR UPDATE SKIP LOCKED` (nodes
-//!   claiming at once get different items), shares the claim between flows and leases the chosen
-//!   items with new tokens.
+//! - *Claims*: see `claim.rs` (one statement; `FOR UPDATE SKIP LOCKED`; advisory locks for
+//!   flows with a concurrency limit).
 //! - *Commits check the lease*: `update_run` deletes the finished item only where owner and token
 //!   still match, in the same transaction as the run's update; no match is `LeaseLost` and a
 //!   rollback. `requeue_expired` clears leases whose expiry passed, so a later commit by their
 //!   old holder finds no match.
-//! - *When effects may start*: `update_run` commits with `synchronous_commit = off`; `flush`
-//!   commits a write (this node's heartbeat row) synchronously, which flushes the write-ahead log
-//!   up to it, and so every commit any node made before it.
+//! - *When effects may start*: claims, renewals and `update_run` go through the **lazy** pool,
+//!   whose sessions commit with `synchronous_commit = off` (no wait for the disk); `flush` commits
+//!   a write (this node's heartbeat row) through the **durable** pool, whose sessions commit
+//!   synchronously: that flushes the write-ahead log up to it, and so every commit any node made
+//!   before it. Everything the contract says is durable when it returns (ingest, hook tokens,
+//!   revisions, state, pacing waits, schedule ticks) goes through the durable pool. A claim lost
+//!   in a database crash is like an expired lease: its holder's commit is refused.
 //! - *Coordination*: lanes and pacing accounts are rows holding the same state `coordination.rs`
 //!   keeps in memory, changed under a row lock; schedule ticks are a conditional upsert.
 //! - *Notices*: NOTIFY in the writing transaction, LISTEN on one connection per node
@@ -33,24 +34,28 @@
 //! Errors: a failed connection or statement is [`StoreError::Unavailable`] (the pool reconnects
 //! by itself); a deadlock or serialisation failure is [`StoreError::Conflict`].
 
+mod claim;
 mod ingest;
 mod listen;
 pub mod schema;
+mod sql;
 
 #[cfg(test)]
 mod suite;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde::de::DeserializeOwned;
 use tokio_postgres::types::Json;
-use tokio_postgres::{NoTls, Row, Transaction};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
 
 use super::coordination::{Allowance, Lane, LaneEntry, LaneKey};
 use super::{
@@ -97,13 +102,22 @@ impl PgOptions {
     /// The parsed connection settings, with the password applied and every session's commits
     /// synchronous (so a commit that returned is durable).
     pub fn config(&self) -> std::result::Result<tokio_postgres::Config, StoreError> {
+        self.config_committing(true)
+    }
+
+    /// The connection settings with sessions that commit synchronously or not.
+    fn config_committing(
+        &self,
+        synchronously: bool,
+    ) -> std::result::Result<tokio_postgres::Config, StoreError> {
         let mut config = tokio_postgres::Config::from_str(&self.url)
             .map_err(|e| StoreError::unavailable("read the PostgreSQL URL", e))?;
         if let Some(password) = &self.password {
             config.password(password);
         }
+        let commit = if synchronously { "on" } else { "off" };
         config
-            .options("-c synchronous_commit=on")
+            .options(format!("-c synchronous_commit={commit}"))
             .application_name("hookflow")
             .connect_timeout(Duration::from_secs(5))
             .keepalives_idle(Duration::from_secs(30));
@@ -128,7 +142,10 @@ impl PgOptions {
 
 /// The PostgreSQL store. See the module docs.
 pub struct PgStore {
+    /// Sessions whose commits are durable when they return.
     pool: Pool,
+    /// Sessions whose commits become durable at the next durable commit (see the module docs).
+    lazy: Pool,
     node: NodeId,
     writer: ingest::Writer,
     notices: Notices,
@@ -153,26 +170,15 @@ impl PgStore {
             .map_err(|e| StoreError::unavailable("prepare the hookflow schema", e))?;
         drop(client);
 
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(2))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(10)))
-            .create_timeout(Some(Duration::from_secs(5)))
-            .build()
-            .map_err(|e| StoreError::unavailable("build the PostgreSQL pool", e))?;
+        let pool = build_pool(config.clone(), options.writers + 4)?;
+        let lazy = build_pool(options.config_committing(false)?, options.pool_size)?;
         let syncs = Arc::new(AtomicU64::new(0));
         let notices = Notices::default();
         let store = Self {
             writer: ingest::Writer::start(pool.clone(), options.writers, syncs.clone()),
             listener: tokio::spawn(listen::listen_forever(config, notices.clone())),
             pool,
+            lazy,
             node: node.clone(),
             notices,
             syncs,
@@ -180,11 +186,8 @@ impl PgStore {
         store.heartbeat(true).await?;
         Ok(store)
     }
-
     /// Records this node as seen now (and as started now, at open), durably.
     async fn heartbeat(&self, starting: bool) -> Result<()> {
-        let now = Timestamp::now().0;
-        let client = self.client().await?;
         let sql = if starting {
             "INSERT INTO hookflow.nodes (id, version, started_at, seen_at) VALUES ($1, $2, $3, $3)
              ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version,
@@ -193,35 +196,132 @@ impl PgStore {
             "INSERT INTO hookflow.nodes (id, version, started_at, seen_at) VALUES ($1, $2, $3, $3)
              ON CONFLICT (id) DO UPDATE SET seen_at = EXCLUDED.seen_at"
         };
-        client
-            .execute(
-                sql,
-                &[&self.node.as_str(), &env!("CARGO_PKG_VERSION"), &now],
-            )
-            .await
-            .map_err(db_error("record this node"))?;
+        let params: sql::Params = &[
+            &self.node.as_str(),
+            &env!("CARGO_PKG_VERSION"),
+            &Timestamp::now().0,
+        ];
+        sql::execute(&self.durable().await?, sql, params, "record this node").await?;
         Ok(())
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object> {
+    /// A session whose commits are durable when they return.
+    async fn durable(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(pool_error)
     }
 
+    /// A session whose commits become durable at the next durable commit.
+    async fn lazy(&self) -> Result<deadpool_postgres::Object> {
+        self.lazy.get().await.map_err(pool_error)
+    }
+
     /// Parks items whose record cannot be read (see [`QUARANTINE_OWNER`]).
-    async fn park(tx: &Transaction<'_>, ids: &[String]) -> Result<()> {
+    async fn park(&self, ids: &[ItemId]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
-        tx.execute(
+        let ids: Vec<String> = ids.iter().map(ItemId::to_string).collect();
+        sql::execute(
+            &self.durable().await?,
             "UPDATE hookflow.queue SET lease_owner = $1, lease_token = 0, lease_until = $2,
                     parked_at = $4
               WHERE id = ANY($3)",
             &[&QUARANTINE_OWNER, &i64::MAX, &ids, &Timestamp::now().0],
+            "park unreadable queue items",
         )
-        .await
-        .map_err(db_error("park unreadable queue items"))?;
+        .await?;
         Ok(())
     }
+
+    /// The record in the first column of the row `select` finds by `key`, if any.
+    async fn one<T: DeserializeOwned>(
+        &self,
+        select: &str,
+        key: &str,
+        table: &'static str,
+    ) -> Result<Option<T>> {
+        let row = sql::query_opt(&self.lazy().await?, select, &[&key], "read a record").await?;
+        row.map(|row| decode(&row, 0, table)).transpose()
+    }
+
+    /// Applies `change` to a lane's state under its row lock, creating the row first.
+    async fn with_lane<T>(&self, lane: &LaneKey, change: impl FnOnce(&mut Lane) -> T) -> Result<T> {
+        sql::execute(
+            &self.lazy().await?,
+            "INSERT INTO hookflow.lanes (name, key, state) VALUES ($1, $2, '{}') ON CONFLICT DO NOTHING",
+            &[&lane.name, &lane.key],
+            "open a lane",
+        )
+        .await?;
+        self.with_row(
+            false,
+            "lanes",
+            "SELECT state FROM hookflow.lanes WHERE name = $1 AND key = $2 FOR UPDATE",
+            "UPDATE hookflow.lanes SET state = $3 WHERE name = $1 AND key = $2",
+            &[&lane.name, &lane.key],
+            |state: &mut Option<Lane>| change(state.get_or_insert_with(Lane::default)),
+        )
+        .await
+    }
+
+    /// Reads the state in a row (`select`, locking it), applies `change`, and writes it back
+    /// (`update`, with the state as the parameter after `keys`) in one transaction, committed
+    /// durably if `durable`. The state is `None` when the row does not exist (then nothing is
+    /// written).
+    async fn with_row<S, T>(
+        &self,
+        durable: bool,
+        table: &'static str,
+        select: &str,
+        update: &str,
+        keys: sql::Params<'_>,
+        change: impl FnOnce(&mut Option<S>) -> T,
+    ) -> Result<T>
+    where
+        S: DeserializeOwned + serde::Serialize + std::fmt::Debug + Sync,
+    {
+        let mut client = if durable {
+            self.durable().await?
+        } else {
+            self.lazy().await?
+        };
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_error("begin a coordination change"))?;
+        let row = sql::query_opt(&tx, select, keys, "lock a coordination row").await?;
+        let existed = row.is_some();
+        let mut state: Option<S> = row.map(|row| decode(&row, 0, table)).transpose()?;
+        let answer = change(&mut state);
+        if let (true, Some(state)) = (existed, &state) {
+            let json = Json(state);
+            let mut params: Vec<&(dyn ToSql + Sync)> = keys.to_vec();
+            params.push(&json);
+            sql::execute(&tx, update, &params, "write a coordination row").await?;
+        }
+        tx.commit()
+            .await
+            .map_err(db_error("commit a coordination change"))?;
+        Ok(answer)
+    }
+}
+
+/// A pool of `size` connections with these settings.
+fn build_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size.max(2))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| StoreError::unavailable("build the PostgreSQL pool", e))
 }
 
 /// Maps a database error: collisions are conflicts (retry), everything else is unavailability.
@@ -286,25 +386,26 @@ pub(super) async fn insert_items(
     let due: Vec<i64> = items.iter().map(|i| i.due_at.0).collect();
     let data: Vec<Json<&QueueItem>> = items.iter().map(|i| Json(*i)).collect();
     let Some((owner, until)) = lease else {
-        tx.execute(
+        sql::execute(
+            tx,
             "INSERT INTO hookflow.queue (id, run_id, flow_id, due_at, data)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::jsonb[])",
             &[&ids, &runs, &flows, &due, &data],
+            "queue items",
         )
-        .await
-        .map_err(db_error("queue items"))?;
+        .await?;
         return Ok(Vec::new());
     };
-    let rows = tx
-        .query(
-            "INSERT INTO hookflow.queue (id, run_id, flow_id, due_at, data, lease_owner, lease_token, lease_until)
-             SELECT i.*, $6, nextval('hookflow.lease_tokens'), $7
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::jsonb[]) AS i
-             RETURNING id, lease_token",
-            &[&ids, &runs, &flows, &due, &data, &owner.as_str(), &until.0],
-        )
-        .await
-        .map_err(db_error("take items"))?;
+    let rows = sql::query(
+        tx,
+        "INSERT INTO hookflow.queue (id, run_id, flow_id, due_at, data, lease_owner, lease_token, lease_until)
+         SELECT i.*, $6, nextval('hookflow.lease_tokens'), $7
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::jsonb[]) AS i
+         RETURNING id, lease_token",
+        &[&ids, &runs, &flows, &due, &data, &owner.as_str(), &until.0],
+        "take items",
+    )
+    .await?;
     rows.iter()
         .map(|row| {
             Ok(Lease {
@@ -317,74 +418,6 @@ pub(super) async fn insert_items(
         .collect()
 }
 
-/// The flows with queued (not leased) items: a loose index scan over `queue_ready`, one probe per
-/// flow, however long the queue.
-const FLOWS_WITH_QUEUED: &str = "
-    WITH RECURSIVE flows(flow_id) AS (
-        (SELECT flow_id FROM hookflow.queue WHERE lease_owner IS NULL ORDER BY flow_id LIMIT 1)
-        UNION ALL
-        SELECT (SELECT q.flow_id FROM hookflow.queue q
-                 WHERE q.lease_owner IS NULL AND q.flow_id > flows.flow_id
-                 ORDER BY q.flow_id LIMIT 1)
-          FROM flows WHERE flows.flow_id IS NOT NULL
-    )
-    SELECT flow_id FROM flows WHERE flow_id IS NOT NULL";
-
-/// Up to a quota of each listed flow's due items, oldest due first, locked (skipping those
-/// another claim has locked).
-const CANDIDATES: &str = "
-    SELECT c.id, c.flow_id, c.due_at, c.data
-      FROM unnest($1::text[], $2::int8[]) AS f(flow_id, quota)
-     CROSS JOIN LATERAL (
-        SELECT q.id, q.flow_id, q.due_at, q.data FROM hookflow.queue q
-         WHERE q.flow_id = f.flow_id AND q.lease_owner IS NULL AND q.due_at <= $3
-         ORDER BY q.due_at, q.id
-         LIMIT f.quota
-         FOR UPDATE SKIP LOCKED
-     ) c";
-
-/// A claim candidate.
-struct Candidate {
-    id: String,
-    flow: String,
-    due_at: i64,
-    row: Row,
-}
-
-/// Shares `limit` places between flows' candidates: round after round, one item per flow, the
-/// flows whose oldest candidate is due first going first in each round. The chosen, oldest due
-/// first.
-fn share(candidates: Vec<Candidate>, limit: usize) -> Vec<Candidate> {
-    let mut by_flow: Vec<std::collections::VecDeque<Candidate>> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for candidate in candidates {
-        let n = *index.entry(candidate.flow.clone()).or_insert_with(|| {
-            by_flow.push(Default::default());
-            by_flow.len() - 1
-        });
-        by_flow[n].push_back(candidate);
-    }
-    for queue in &mut by_flow {
-        queue
-            .make_contiguous()
-            .sort_by(|a, b| (a.due_at, &a.id).cmp(&(b.due_at, &b.id)));
-    }
-    by_flow.sort_by_key(|q| q.front().map(|c| (c.due_at, c.id.clone())));
-    let mut chosen = Vec::with_capacity(limit);
-    while chosen.len() < limit && by_flow.iter().any(|q| !q.is_empty()) {
-        for queue in &mut by_flow {
-            if chosen.len() == limit {
-                break;
-            }
-            if let Some(candidate) = queue.pop_front() {
-                chosen.push(candidate);
-            }
-        }
-    }
-    chosen.sort_by(|a, b| (a.due_at, &a.id).cmp(&(b.due_at, &b.id)));
-    chosen
-}
-
 #[async_trait]
 impl Store for PgStore {
     async fn ingest(&self, new: NewRun) -> Result<Ingested> {
@@ -392,144 +425,23 @@ impl Store for PgStore {
     }
 
     async fn claim_due(&self, request: ClaimRequest<'_>) -> Result<Vec<Claimed>> {
-        if request.limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db_error("begin a claim"))?;
-        let flows: Vec<String> = tx
-            .query(FLOWS_WITH_QUEUED, &[])
-            .await
-            .map_err(db_error("find flows with queued items"))?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        let mut limited: Vec<(&String, usize)> = flows
-            .iter()
-            .filter_map(|f| {
-                let id: FlowId = f.parse().ok()?;
-                Some((f, *request.concurrency.get(&id)?))
-            })
-            .collect();
-        limited.sort();
-        let mut leased: HashMap<String, i64> = HashMap::new();
-        if !limited.is_empty() {
-            // One claim at a time per limited flow, across nodes, so the count stays true until
-            // this claim commits.
-            for (flow, _) in &limited {
-                tx.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended('hookflow.flow/' || $1, 0))",
-                    &[flow],
-                )
-                .await
-                .map_err(db_error("lock a flow's concurrency"))?;
-            }
-            let names: Vec<&String> = limited.iter().map(|(f, _)| *f).collect();
-            for row in tx
-                .query(
-                    "SELECT flow_id, count(*) FROM hookflow.queue
-                      WHERE lease_owner IS NOT NULL AND flow_id = ANY($1) GROUP BY flow_id",
-                    &[&names],
-                )
-                .await
-                .map_err(db_error("count leased items"))?
-            {
-                leased.insert(row.get(0), row.get(1));
-            }
-        }
-        let limits: HashMap<&String, usize> = limited.into_iter().collect();
-        let mut names = Vec::new();
-        let mut quotas = Vec::new();
-        for flow in &flows {
-            let room = match limits.get(flow) {
-                Some(&limit) => {
-                    let held = leased.get(flow).copied().unwrap_or(0).max(0) as usize;
-                    limit.saturating_sub(held).min(request.limit)
-                }
-                None => request.limit,
-            };
-            if room > 0 {
-                names.push(flow.clone());
-                quotas.push(room as i64);
-            }
-        }
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
-        let candidates = tx
-            .query(CANDIDATES, &[&names, &quotas, &request.now.0])
-            .await
-            .map_err(db_error("select due items"))?
-            .into_iter()
-            .map(|row| Candidate {
-                id: row.get(0),
-                flow: row.get(1),
-                due_at: row.get(2),
-                row,
-            })
-            .collect();
-        let mut chosen = Vec::new();
-        let mut unreadable = Vec::new();
-        for candidate in share(candidates, request.limit) {
-            match decode::<QueueItem>(&candidate.row, 3, "queue") {
-                Ok(item) => chosen.push(item),
-                Err(e) => {
-                    tracing::error!(item = %candidate.id, error = %e, "a queue item cannot be read: parked in the quarantine");
-                    unreadable.push(candidate.id);
-                }
-            }
-        }
-        Self::park(&tx, &unreadable).await?;
-        let ids: Vec<String> = chosen.iter().map(|i| i.id.to_string()).collect();
-        let tokens: HashMap<String, i64> = tx
-            .query(
-                "UPDATE hookflow.queue
-                    SET lease_owner = $1, lease_token = nextval('hookflow.lease_tokens'), lease_until = $2
-                  WHERE id = ANY($3)
-                 RETURNING id, lease_token",
-                &[&request.owner.as_str(), &request.until.0, &ids],
-            )
-            .await
-            .map_err(db_error("lease items"))?
-            .iter()
-            .map(|row| (row.get(0), row.get(1)))
-            .collect();
-        tx.commit().await.map_err(db_error("commit a claim"))?;
-        Ok(chosen
-            .into_iter()
-            .filter_map(|item| {
-                let token = *tokens.get(&item.id.to_string())?;
-                Some(Claimed {
-                    lease: Lease {
-                        item: item.id,
-                        owner: request.owner.clone(),
-                        token: LeaseToken(token as u64),
-                        until: request.until,
-                    },
-                    item,
-                })
-            })
-            .collect())
+        self.claim(request).await
     }
 
     async fn renew(&self, lease: &Lease, until: Timestamp) -> Result<Lease> {
-        let client = self.client().await?;
-        let renewed = client
-            .execute(
-                "UPDATE hookflow.queue SET lease_until = $4
-                  WHERE id = $1 AND lease_owner = $2 AND lease_token = $3",
-                &[
-                    &lease.item.to_string(),
-                    &lease.owner.as_str(),
-                    &(lease.token.0 as i64),
-                    &until.0,
-                ],
-            )
-            .await
-            .map_err(db_error("renew a lease"))?;
+        let renewed = sql::execute(
+            &self.lazy().await?,
+            "UPDATE hookflow.queue SET lease_until = $4
+              WHERE id = $1 AND lease_owner = $2 AND lease_token = $3",
+            &[
+                &lease.item.to_string(),
+                &lease.owner.as_str(),
+                &(lease.token.0 as i64),
+                &until.0,
+            ],
+            "renew a lease",
+        )
+        .await?;
         if renewed == 0 {
             return Err(StoreError::LeaseLost { item: lease.item });
         }
@@ -540,15 +452,16 @@ impl Store for PgStore {
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                "SELECT min(due_at) FROM hookflow.queue WHERE lease_owner IS NULL",
-                &[],
-            )
-            .await
-            .map_err(db_error("read the next due time"))?;
-        Ok(row.get::<_, Option<i64>>(0).map(Timestamp))
+        let row = sql::query_opt(
+            &self.lazy().await?,
+            "SELECT min(due_at) FROM hookflow.queue WHERE lease_owner IS NULL",
+            &[],
+            "read the next due time",
+        )
+        .await?;
+        Ok(row
+            .and_then(|row| row.get::<_, Option<i64>>(0))
+            .map(Timestamp))
     }
 
     async fn update_run(
@@ -557,40 +470,36 @@ impl Store for PgStore {
         done: Option<&Lease>,
         decide: Decide<'_>,
     ) -> Result<Option<Committed>> {
-        let mut client = self.client().await?;
+        let mut client = self.lazy().await?;
         let tx = client
             .transaction()
             .await
             .map_err(db_error("begin a run update"))?;
-        // Durable at the next `flush` (see the module docs).
-        tx.batch_execute("SET LOCAL synchronous_commit = off")
-            .await
-            .map_err(db_error("begin a run update"))?;
         if let Some(lease) = done {
-            let finished = tx
-                .execute(
-                    "DELETE FROM hookflow.queue WHERE id = $1 AND lease_owner = $2 AND lease_token = $3",
-                    &[
-                        &lease.item.to_string(),
-                        &lease.owner.as_str(),
-                        &(lease.token.0 as i64),
-                    ],
-                )
-                .await
-                .map_err(db_error("finish a queue item"))?;
+            let finished = sql::execute(
+                &tx,
+                "DELETE FROM hookflow.queue WHERE id = $1 AND lease_owner = $2 AND lease_token = $3",
+                &[
+                    &lease.item.to_string(),
+                    &lease.owner.as_str(),
+                    &(lease.token.0 as i64),
+                ],
+                "finish a queue item",
+            )
+            .await?;
             if finished == 0 {
                 return Err(StoreError::LeaseLost { item: lease.item });
             }
         }
         let id = run_id.to_string();
-        let Some(row) = tx
-            .query_opt(
-                "SELECT data FROM hookflow.runs WHERE id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await
-            .map_err(db_error("read a run"))?
-        else {
+        let row = sql::query_opt(
+            &tx,
+            "SELECT data FROM hookflow.runs WHERE id = $1 FOR UPDATE",
+            &[&id],
+            "read a run",
+        )
+        .await?;
+        let Some(row) = row else {
             tx.commit().await.map_err(db_error("commit a run update"))?;
             return Ok(None);
         };
@@ -602,7 +511,8 @@ impl Store for PgStore {
                 taken: Vec::new(),
             }));
         };
-        tx.execute(
+        sql::execute(
+            &tx,
             "UPDATE hookflow.runs SET status = $2, final = $3, data = $4 WHERE id = $1",
             &[
                 &id,
@@ -610,9 +520,9 @@ impl Store for PgStore {
                 &update.run.status.is_final(),
                 &Json(&update.run),
             ],
+            "write a run",
         )
-        .await
-        .map_err(db_error("write a run"))?;
+        .await?;
         // One record per step: the last one given wins.
         let mut records: Vec<&StepRecord> = Vec::new();
         let mut seen = HashSet::new();
@@ -624,14 +534,15 @@ impl Store for PgStore {
         if !records.is_empty() {
             let steps: Vec<String> = records.iter().map(|r| r.step_id.to_string()).collect();
             let data: Vec<Json<&StepRecord>> = records.iter().map(|r| Json(*r)).collect();
-            tx.execute(
+            sql::execute(
+                &tx,
                 "INSERT INTO hookflow.step_records (run_id, step_id, data)
                  SELECT $1, s, d FROM unnest($2::text[], $3::jsonb[]) AS r(s, d)
                  ON CONFLICT (run_id, step_id) DO UPDATE SET data = EXCLUDED.data",
                 &[&id, &steps, &data],
+                "write step records",
             )
-            .await
-            .map_err(db_error("write step records"))?;
+            .await?;
         }
         let enqueue: Vec<&QueueItem> = update.enqueue.iter().collect();
         insert_items(&tx, &enqueue, None).await?;
@@ -654,48 +565,44 @@ impl Store for PgStore {
     }
 
     async fn requeue_expired(&self, now: Timestamp) -> Result<usize> {
-        let client = self.client().await?;
-        let n = client
-            .execute(
-                "UPDATE hookflow.queue SET lease_owner = NULL, lease_token = NULL, lease_until = NULL
-                  WHERE lease_owner IS NOT NULL AND lease_owner <> $2 AND lease_until <= $1",
-                &[&now.0, &QUARANTINE_OWNER],
-            )
-            .await
-            .map_err(db_error("requeue expired leases"))?;
+        let n = sql::execute(
+            &self.lazy().await?,
+            "UPDATE hookflow.queue SET lease_owner = NULL, lease_token = NULL, lease_until = NULL
+              WHERE lease_owner IS NOT NULL AND lease_owner <> $2 AND lease_until <= $1",
+            &[&now.0, &QUARANTINE_OWNER],
+            "requeue expired leases",
+        )
+        .await?;
         Ok(n as usize)
     }
 
     async fn run(&self, id: RunId) -> Result<Option<Run>> {
-        self.one(
-            "SELECT data FROM hookflow.runs WHERE id = $1",
-            &id.to_string(),
-            "runs",
-        )
-        .await
+        let id = id.to_string();
+        self.one("SELECT data FROM hookflow.runs WHERE id = $1", &id, "runs")
+            .await
     }
 
     async fn event(&self, id: EventId) -> Result<Option<Event>> {
+        let id = id.to_string();
         self.one(
             "SELECT data FROM hookflow.events WHERE id = $1",
-            &id.to_string(),
+            &id,
             "events",
         )
         .await
     }
 
     async fn step_records(&self, run_id: RunId) -> Result<Vec<StepRecord>> {
-        let client = self.client().await?;
-        client
-            .query(
-                "SELECT data FROM hookflow.step_records WHERE run_id = $1",
-                &[&run_id.to_string()],
-            )
-            .await
-            .map_err(db_error("read step records"))?
-            .iter()
-            .map(|row| decode(row, 0, "step_records"))
-            .collect()
+        sql::query(
+            &self.lazy().await?,
+            "SELECT data FROM hookflow.step_records WHERE run_id = $1",
+            &[&run_id.to_string()],
+            "read step records",
+        )
+        .await?
+        .iter()
+        .map(|row| decode(row, 0, "step_records"))
+        .collect()
     }
 
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage> {
@@ -703,44 +610,37 @@ impl Store for PgStore {
             0 => 50,
             n => n.min(1000),
         };
+        // Each filter is a condition on one parameter; absent ones are left out of the SQL, so
+        // the planner sees only the indexes that matter.
+        let flow = query.flow_id.as_ref().map(ToString::to_string);
+        let status = query.status.map(|s| s.as_str());
+        let before = query.before.map(|id| id.to_string());
+        let (since, until) = (query.since.map(|t| t.0), query.until.map(|t| t.0));
+        let filters: [(&str, Option<&(dyn ToSql + Sync)>); 5] = [
+            ("flow_id = ", flow.as_ref().map(|v| v as _)),
+            ("status = ", status.as_ref().map(|v| v as _)),
+            ("id < ", before.as_ref().map(|v| v as _)),
+            ("created_at >= ", since.as_ref().map(|v| v as _)),
+            ("created_at < ", until.as_ref().map(|v| v as _)),
+        ];
         let mut conditions = Vec::new();
-        let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
-        let mut bind =
-            |condition: &str, value: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        for (condition, value) in filters {
+            if let Some(value) = value {
                 params.push(value);
-                conditions.push(condition.replace('?', &format!("${}", params.len())));
-            };
-        if let Some(flow) = &query.flow_id {
-            bind("flow_id = ?", Box::new(flow.to_string()));
-        }
-        if let Some(status) = query.status {
-            bind("status = ?", Box::new(status.as_str().to_owned()));
-        }
-        if let Some(before) = query.before {
-            bind("id < ?", Box::new(before.to_string()));
-        }
-        if let Some(since) = query.since {
-            bind("created_at >= ?", Box::new(since.0));
-        }
-        if let Some(until) = query.until {
-            bind("created_at < ?", Box::new(until.0));
+                conditions.push(format!("{condition}${}", params.len()));
+            }
         }
         let filter = if conditions.is_empty() {
             String::new()
         } else {
             format!("WHERE {}", conditions.join(" AND "))
         };
-        let sql = format!(
+        let select = format!(
             "SELECT data FROM hookflow.runs {filter} ORDER BY id DESC LIMIT {}",
             limit + 1
         );
-        let client = self.client().await?;
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            params.iter().map(|p| p.as_ref() as _).collect();
-        let rows = client
-            .query(&sql, &refs)
-            .await
-            .map_err(db_error("list runs"))?;
+        let rows = sql::query(&self.lazy().await?, &select, &params, "list runs").await?;
         let mut runs = rows
             .iter()
             .map(|row| decode::<Run>(row, 0, "runs"))
@@ -755,17 +655,18 @@ impl Store for PgStore {
     }
 
     async fn hook_token(&self, flow_id: &FlowId, candidate: &str) -> Result<String> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                "INSERT INTO hookflow.hook_tokens AS t (flow_id, token) VALUES ($1, $2)
-                 ON CONFLICT (flow_id) DO UPDATE SET token = t.token
-                 RETURNING token",
-                &[&flow_id.to_string(), &candidate],
-            )
-            .await
-            .map_err(db_error("store a hook token"))?;
-        Ok(row.get(0))
+        let row = sql::query(
+            &self.durable().await?,
+            "INSERT INTO hookflow.hook_tokens AS t (flow_id, token) VALUES ($1, $2)
+             ON CONFLICT (flow_id) DO UPDATE SET token = t.token
+             RETURNING token",
+            &[&flow_id.to_string(), &candidate],
+            "store a hook token",
+        )
+        .await?;
+        row.first()
+            .map(|row| row.get(0))
+            .ok_or_else(|| StoreError::unavailable_because("store a hook token: no row answered"))
     }
 
     async fn put_revision(
@@ -774,49 +675,47 @@ impl Store for PgStore {
         revision: &Revision,
         source: &str,
     ) -> Result<()> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO hookflow.revisions (flow_id, revision, source) VALUES ($1, $2, $3)
-                 ON CONFLICT (flow_id, revision) DO NOTHING",
-                &[&flow_id.to_string(), &revision.0, &source],
-            )
-            .await
-            .map_err(db_error("keep a flow revision"))?;
+        sql::execute(
+            &self.durable().await?,
+            "INSERT INTO hookflow.revisions (flow_id, revision, source) VALUES ($1, $2, $3)
+             ON CONFLICT (flow_id, revision) DO NOTHING",
+            &[&flow_id.to_string(), &revision.0, &source],
+            "keep a flow revision",
+        )
+        .await?;
         Ok(())
     }
 
     async fn revision(&self, flow_id: &FlowId, revision: &Revision) -> Result<Option<String>> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT source FROM hookflow.revisions WHERE flow_id = $1 AND revision = $2",
-                &[&flow_id.to_string(), &revision.0],
-            )
-            .await
-            .map_err(db_error("read a flow revision"))?;
+        let row = sql::query_opt(
+            &self.lazy().await?,
+            "SELECT source FROM hookflow.revisions WHERE flow_id = $1 AND revision = $2",
+            &[&flow_id.to_string(), &revision.0],
+            "read a flow revision",
+        )
+        .await?;
         Ok(row.map(|r| r.get(0)))
     }
 
     async fn flows_with_runs(&self) -> Result<Vec<FlowId>> {
-        let client = self.client().await?;
-        client
-            .query(
-                "WITH RECURSIVE flows(flow_id) AS (
-                     (SELECT flow_id FROM hookflow.runs ORDER BY flow_id LIMIT 1)
-                     UNION ALL
-                     SELECT (SELECT r.flow_id FROM hookflow.runs r WHERE r.flow_id > flows.flow_id
-                              ORDER BY r.flow_id LIMIT 1)
-                       FROM flows WHERE flows.flow_id IS NOT NULL
-                 )
-                 SELECT flow_id FROM flows WHERE flow_id IS NOT NULL",
-                &[],
-            )
-            .await
-            .map_err(db_error("list flows with runs"))?
-            .iter()
-            .map(|row| parse_id(row.get::<_, &str>(0), "runs"))
-            .collect()
+        // A loose index scan: one probe of `runs_by_flow` per flow, however many runs.
+        sql::query(
+            &self.lazy().await?,
+            "WITH RECURSIVE flows(flow_id) AS (
+                 (SELECT flow_id FROM hookflow.runs ORDER BY flow_id LIMIT 1)
+                 UNION ALL
+                 SELECT (SELECT r.flow_id FROM hookflow.runs r WHERE r.flow_id > flows.flow_id
+                          ORDER BY r.flow_id LIMIT 1)
+                   FROM flows WHERE flows.flow_id IS NOT NULL
+             )
+             SELECT flow_id FROM flows WHERE flow_id IS NOT NULL",
+            &[],
+            "list flows with runs",
+        )
+        .await?
+        .iter()
+        .map(|row| parse_id(row.get::<_, &str>(0), "runs"))
+        .collect()
     }
 
     async fn prune_runs(
@@ -826,70 +725,73 @@ impl Store for PgStore {
         keep: usize,
         max: usize,
     ) -> Result<usize> {
-        let mut client = self.client().await?;
+        let mut client = self.lazy().await?;
         let tx = client
             .transaction()
             .await
             .map_err(db_error("begin pruning"))?;
-        let pruned = tx
-            .query(
-                "DELETE FROM hookflow.runs WHERE id IN (
-                     SELECT id FROM hookflow.runs
-                      WHERE flow_id = $1 AND final
-                        AND (created_at < $2 OR id <= (SELECT id FROM hookflow.runs
-                                                        WHERE flow_id = $1
-                                                        ORDER BY id DESC OFFSET $3 LIMIT 1))
-                      ORDER BY id LIMIT $4
-                      FOR UPDATE SKIP LOCKED)
-                 RETURNING id, event_id",
-                &[
-                    &flow_id.to_string(),
-                    &older_than.0,
-                    &(keep as i64),
-                    &(max as i64),
-                ],
-            )
-            .await
-            .map_err(db_error("prune runs"))?;
+        let pruned = sql::query(
+            &tx,
+            "DELETE FROM hookflow.runs WHERE id IN (
+                 SELECT id FROM hookflow.runs
+                  WHERE flow_id = $1 AND final
+                    AND (created_at < $2 OR id <= (SELECT id FROM hookflow.runs
+                                                    WHERE flow_id = $1
+                                                    ORDER BY id DESC OFFSET $3 LIMIT 1))
+                  ORDER BY id LIMIT $4
+                  FOR UPDATE SKIP LOCKED)
+             RETURNING id, event_id",
+            &[
+                &flow_id.to_string(),
+                &older_than.0,
+                &(keep as i64),
+                &(max as i64),
+            ],
+            "prune runs",
+        )
+        .await?;
         let runs: Vec<String> = pruned.iter().map(|r| r.get(0)).collect();
         let events: Vec<String> = pruned.iter().map(|r| r.get(1)).collect();
-        tx.execute(
+        sql::execute(
+            &tx,
             "DELETE FROM hookflow.step_records WHERE run_id = ANY($1)",
             &[&runs],
+            "prune step records",
         )
-        .await
-        .map_err(db_error("prune step records"))?;
-        tx.execute("DELETE FROM hookflow.events WHERE id = ANY($1)", &[&events])
-            .await
-            .map_err(db_error("prune events"))?;
+        .await?;
+        sql::execute(
+            &tx,
+            "DELETE FROM hookflow.events WHERE id = ANY($1)",
+            &[&events],
+            "prune events",
+        )
+        .await?;
         tx.commit().await.map_err(db_error("commit pruning"))?;
         Ok(runs.len())
     }
 
     async fn expire_dedupe(&self, now: Timestamp, max: usize) -> Result<usize> {
-        let client = self.client().await?;
-        let n = client
-            .execute(
-                "DELETE FROM hookflow.dedupe WHERE (flow_id, key) IN (
-                     SELECT flow_id, key FROM hookflow.dedupe WHERE expires_at <= $1
-                      ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                &[&now.0, &(max as i64)],
-            )
-            .await
-            .map_err(db_error("expire dedupe keys"))?;
+        let n = sql::execute(
+            &self.lazy().await?,
+            "DELETE FROM hookflow.dedupe WHERE (flow_id, key) IN (
+                 SELECT flow_id, key FROM hookflow.dedupe WHERE expires_at <= $1
+                  ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            &[&now.0, &(max as i64)],
+            "expire dedupe keys",
+        )
+        .await?;
         Ok(n as usize)
     }
 
     async fn put_state(&self, key: &str, value: &serde_json::Value) -> Result<()> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO hookflow.state (key, value) VALUES ($1, $2)
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                &[&key, &Json(value)],
-            )
-            .await
-            .map_err(db_error("store state"))?;
+        sql::execute(
+            &self.durable().await?,
+            "INSERT INTO hookflow.state (key, value) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            &[&key, &Json(value)],
+            "store state",
+        )
+        .await?;
         Ok(())
     }
 
@@ -903,17 +805,17 @@ impl Store for PgStore {
     }
 
     async fn stats(&self) -> Result<StoreStats> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                "SELECT count(*) FILTER (WHERE lease_owner IS DISTINCT FROM $1),
-                        count(*) FILTER (WHERE lease_owner = $1),
-                        pg_database_size(current_database())
-                   FROM hookflow.queue",
-                &[&QUARANTINE_OWNER],
-            )
-            .await
-            .map_err(db_error("count the queue"))?;
+        let row = sql::query_opt(
+            &self.lazy().await?,
+            "SELECT count(*) FILTER (WHERE lease_owner IS DISTINCT FROM $1),
+                    count(*) FILTER (WHERE lease_owner = $1),
+                    pg_database_size(current_database())
+               FROM hookflow.queue",
+            &[&QUARANTINE_OWNER],
+            "count the queue",
+        )
+        .await?
+        .ok_or_else(|| StoreError::unavailable_because("count the queue: no row answered"))?;
         Ok(StoreStats {
             queued: row.get::<_, i64>(0) as u64,
             quarantined: row.get::<_, i64>(1) as u64,
@@ -973,15 +875,13 @@ impl Store for PgStore {
         limit: Option<(u32, Duration)>,
         blocked_until: Option<Timestamp>,
     ) -> Result<()> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO hookflow.pacing (account, state) VALUES ($1, '{}') ON CONFLICT DO NOTHING",
-                &[&account],
-            )
-            .await
-            .map_err(db_error("record an account's pacing"))?;
-        drop(client);
+        sql::execute(
+            &self.durable().await?,
+            "INSERT INTO hookflow.pacing (account, state) VALUES ($1, '{}') ON CONFLICT DO NOTHING",
+            &[&account],
+            "record an account's pacing",
+        )
+        .await?;
         self.with_row(
             true,
             "pacing",
@@ -999,41 +899,38 @@ impl Store for PgStore {
     }
 
     async fn claim_tick(&self, flow: &FlowId, tick: Timestamp) -> Result<bool> {
-        let client = self.client().await?;
-        let claimed = client
-            .execute(
-                "INSERT INTO hookflow.ticks AS t (flow_id, last_tick) VALUES ($1, $2)
-                 ON CONFLICT (flow_id) DO UPDATE SET last_tick = EXCLUDED.last_tick
-                  WHERE t.last_tick < EXCLUDED.last_tick",
-                &[&flow.to_string(), &tick.0],
-            )
-            .await
-            .map_err(db_error("claim a schedule tick"))?;
+        let claimed = sql::execute(
+            &self.durable().await?,
+            "INSERT INTO hookflow.ticks AS t (flow_id, last_tick) VALUES ($1, $2)
+             ON CONFLICT (flow_id) DO UPDATE SET last_tick = EXCLUDED.last_tick
+              WHERE t.last_tick < EXCLUDED.last_tick",
+            &[&flow.to_string(), &tick.0],
+            "claim a schedule tick",
+        )
+        .await?;
         Ok(claimed == 1)
     }
 
     async fn last_tick(&self, flow: &FlowId) -> Result<Option<Timestamp>> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT last_tick FROM hookflow.ticks WHERE flow_id = $1",
-                &[&flow.to_string()],
-            )
-            .await
-            .map_err(db_error("read a schedule's last tick"))?;
+        let row = sql::query_opt(
+            &self.lazy().await?,
+            "SELECT last_tick FROM hookflow.ticks WHERE flow_id = $1",
+            &[&flow.to_string()],
+            "read a schedule's last tick",
+        )
+        .await?;
         Ok(row.map(|r| Timestamp(r.get(0))))
     }
 
     async fn quarantined(&self) -> Result<Vec<Quarantined>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT id, data::text, parked_at FROM hookflow.queue
-                  WHERE lease_owner = $1 ORDER BY id",
-                &[&QUARANTINE_OWNER],
-            )
-            .await
-            .map_err(db_error("list parked queue items"))?;
+        let rows = sql::query(
+            &self.lazy().await?,
+            "SELECT id, data::text, parked_at FROM hookflow.queue
+              WHERE lease_owner = $1 ORDER BY id",
+            &[&QUARANTINE_OWNER],
+            "list parked queue items",
+        )
+        .await?;
         Ok(rows
             .iter()
             .map(|row| {
@@ -1059,16 +956,16 @@ impl Store for PgStore {
     }
 
     async fn reingest_quarantined(&self, id: &str) -> Result<Reingested> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT data::text FROM hookflow.queue WHERE id = $1 AND lease_owner = $2",
-                &[&id, &QUARANTINE_OWNER],
-            )
-            .await
-            .map_err(db_error("read a parked queue item"))?
-            .ok_or_else(|| StoreError::NotQuarantined(id.to_owned()))?;
-        let data: String = row.get(0);
+        let client = self.durable().await?;
+        let data: String = sql::query_opt(
+            &client,
+            "SELECT data::text FROM hookflow.queue WHERE id = $1 AND lease_owner = $2",
+            &[&id, &QUARANTINE_OWNER],
+            "read a parked queue item",
+        )
+        .await?
+        .ok_or_else(|| StoreError::NotQuarantined(id.to_owned()))?
+        .get(0);
         let item: QueueItem =
             serde_json::from_str(&data).map_err(|e| StoreError::StillUnreadable {
                 id: id.to_owned(),
@@ -1079,104 +976,18 @@ impl Store for PgStore {
             .await?
             .map(|run| run.event_id)
             .ok_or_else(|| StoreError::NotFound(format!("run {}", item.run_id)))?;
-        client
-            .execute(
-                "UPDATE hookflow.queue SET lease_owner = NULL, lease_token = NULL, lease_until = NULL
-                  WHERE id = $1 AND lease_owner = $2",
-                &[&id, &QUARANTINE_OWNER],
-            )
-            .await
-            .map_err(db_error("put a parked item back in the queue"))?;
+        sql::execute(
+            &client,
+            "UPDATE hookflow.queue SET lease_owner = NULL, lease_token = NULL, lease_until = NULL
+              WHERE id = $1 AND lease_owner = $2",
+            &[&id, &QUARANTINE_OWNER],
+            "put a parked item back in the queue",
+        )
+        .await?;
         Ok(Reingested {
             run_id: item.run_id,
             event_id,
             outcome: Ingested::Created,
         })
-    }
-}
-
-impl PgStore {
-    /// The record in the first column of the row `sql` selects by `key`, if any.
-    async fn one<T: DeserializeOwned>(
-        &self,
-        sql: &str,
-        key: &str,
-        table: &'static str,
-    ) -> Result<Option<T>> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(sql, &[&key])
-            .await
-            .map_err(db_error("read a record"))?;
-        row.map(|row| decode(&row, 0, table)).transpose()
-    }
-
-    /// Applies `change` to a lane's state under its row lock, creating the row first.
-    async fn with_lane<T>(&self, lane: &LaneKey, change: impl FnOnce(&mut Lane) -> T) -> Result<T> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO hookflow.lanes (name, key, state) VALUES ($1, $2, '{}') ON CONFLICT DO NOTHING",
-                &[&lane.name, &lane.key],
-            )
-            .await
-            .map_err(db_error("open a lane"))?;
-        drop(client);
-        self.with_row(
-            false,
-            "lanes",
-            "SELECT state FROM hookflow.lanes WHERE name = $1 AND key = $2 FOR UPDATE",
-            "UPDATE hookflow.lanes SET state = $3 WHERE name = $1 AND key = $2",
-            &[&lane.name, &lane.key],
-            |state: &mut Option<Lane>| change(state.get_or_insert_with(Lane::default)),
-        )
-        .await
-    }
-
-    /// Reads the state in a row (`select`, locking it), applies `change`, and writes it back
-    /// (`update`, with the state as the parameter after `keys`) in one transaction, committed
-    /// durably if `durable`. The state is `None` when the row does not exist (then nothing is
-    /// written).
-    async fn with_row<S, T>(
-        &self,
-        durable: bool,
-        table: &'static str,
-        select: &str,
-        update: &str,
-        keys: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-        change: impl FnOnce(&mut Option<S>) -> T,
-    ) -> Result<T>
-    where
-        S: DeserializeOwned + serde::Serialize + std::fmt::Debug + Sync,
-    {
-        let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db_error("begin a coordination change"))?;
-        if !durable {
-            tx.batch_execute("SET LOCAL synchronous_commit = off")
-                .await
-                .map_err(db_error("begin a coordination change"))?;
-        }
-        let row = tx
-            .query_opt(select, keys)
-            .await
-            .map_err(db_error("lock a coordination row"))?;
-        let existed = row.is_some();
-        let mut state: Option<S> = row.map(|row| decode(&row, 0, table)).transpose()?;
-        let answer = change(&mut state);
-        if let (true, Some(state)) = (existed, &state) {
-            let json = Json(state);
-            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = keys.to_vec();
-            params.push(&json);
-            tx.execute(update, &params)
-                .await
-                .map_err(db_error("write a coordination row"))?;
-        }
-        tx.commit()
-            .await
-            .map_err(db_error("commit a coordination change"))?;
-        Ok(answer)
     }
 }
