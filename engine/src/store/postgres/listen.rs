@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use super::RUN_CHANNEL;
 use crate::model::RunStatus;
-use crate::store::{Notices, RunNotice};
+use crate::store::{Notices, RunNotice, StoreError};
 
 /// Listens until the task is aborted (when the store is dropped).
 pub(super) async fn listen_forever(config: tokio_postgres::Config, notices: Notices) {
@@ -30,11 +30,9 @@ pub(super) async fn listen_forever(config: tokio_postgres::Config, notices: Noti
 }
 
 /// Listens on one connection until it ends.
-async fn listen(
-    config: &tokio_postgres::Config,
-    notices: &Notices,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+async fn listen(config: &tokio_postgres::Config, notices: &Notices) -> Result<(), StoreError> {
+    let lost = |e| StoreError::unavailable("listen for run notices", e);
+    let (client, mut connection) = config.connect(super::tls()?).await.map_err(lost)?;
     let (messages, mut received) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
@@ -52,7 +50,8 @@ async fn listen(
     });
     client
         .batch_execute(&format!("LISTEN {RUN_CHANNEL}"))
-        .await?;
+        .await
+        .map_err(lost)?;
     tracing::debug!("listening for run notices");
     while let Some(payload) = received.recv().await {
         for notice in parse(&payload) {
@@ -61,7 +60,7 @@ async fn listen(
     }
     drop(client);
     match driver.await {
-        Ok(result) => result,
+        Ok(result) => result.map_err(lost),
         Err(_) => Ok(()),
     }
 }

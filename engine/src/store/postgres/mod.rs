@@ -55,7 +55,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde::de::DeserializeOwned;
 use tokio_postgres::types::Json;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::coordination::{Allowance, Lane, LaneEntry, LaneKey};
 use super::{
@@ -128,7 +129,7 @@ impl PgOptions {
     pub async fn connect(&self) -> Result<tokio_postgres::Client> {
         let (client, connection) = self
             .config()?
-            .connect(NoTls)
+            .connect(tls()?)
             .await
             .map_err(|e| StoreError::unavailable("connect to PostgreSQL", e))?;
         tokio::spawn(async move {
@@ -306,11 +307,27 @@ impl PgStore {
     }
 }
 
+/// How connections are encrypted: TLS when the server offers it (`sslmode=prefer`, the default)
+/// or requires it (`?sslmode=require` in the URL), the server's certificate checked against the
+/// system's trusted roots (`SSL_CERT_FILE` names others).
+pub(super) fn tls() -> Result<MakeRustlsConnect> {
+    let failed = |e: rustls::Error| StoreError::unavailable("set up TLS for PostgreSQL", e);
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = rustls_platform_verifier::Verifier::new(provider.clone()).map_err(failed)?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(failed)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
 /// A pool of `size` connections with these settings.
 fn build_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool> {
     let manager = Manager::from_config(
         config,
-        NoTls,
+        tls()?,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
