@@ -198,9 +198,16 @@ pub async fn hooks(client: &ClientArgs) -> anyhow::Result<()> {
     let id = |f: &Value| f["id"].as_str().unwrap_or_default().to_owned();
     let width = flows.iter().map(|f| id(f).len()).max().unwrap_or(0);
     for f in &flows {
-        let target = f["catch_url"]
-            .as_str()
-            .map_or("(manual trigger)".to_owned(), |u| format!("POST {u}"));
+        let trigger = &f["trigger"];
+        let target = match (f["catch_url"].as_str(), trigger["type"].as_str()) {
+            (Some(url), _) => format!("POST {url}"),
+            (None, Some("schedule")) => format!(
+                "(schedule `{}` {})",
+                trigger["cron"].as_str().unwrap_or_default(),
+                trigger["timezone"].as_str().unwrap_or("UTC")
+            ),
+            _ => "(manual trigger)".to_owned(),
+        };
         println!("{:<width$} {target}", id(f));
     }
     Ok(())

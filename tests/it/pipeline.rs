@@ -1138,3 +1138,44 @@ async fn a_rate_limited_hook_refuses_the_excess_and_logs_it() {
     assert_eq!(log["requests"][0]["reason"], "rate_limited");
     assert_eq!(server.all_runs("limited").await.len(), 2);
 }
+
+#[tokio::test]
+async fn a_schedule_deployed_while_running_starts_from_its_next_tick() {
+    use time::format_description::well_known::Rfc3339;
+    use time::OffsetDateTime;
+
+    let mut server = Server::start(&[]);
+    // Let ticks go by before the flow exists: none of them may fire once it is deployed.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let written = OffsetDateTime::now_utc();
+    let flow = "id: every-second\ntrigger:\n  schedule: { cron: \"* * * * * *\" }\nsteps:\n  - { id: tick, map: { at: \"{{trigger.body.scheduled_at}}\" } }\n";
+    server.write_flow("every-second.yaml", flow);
+    eventually("two fires", || async {
+        (server.all_runs("every-second").await.len() >= 2).then_some(())
+    })
+    .await;
+    for run in server.all_runs("every-second").await {
+        let run = server.finished_run(run["id"].as_str().unwrap()).await;
+        let at = run["event"]["trigger"]["body"]["scheduled_at"]
+            .as_str()
+            .unwrap();
+        let at = OffsetDateTime::parse(at, &Rfc3339).unwrap();
+        assert!(
+            at > written,
+            "tick {at} came before the flow was written ({written})"
+        );
+    }
+
+    // `hookflow hooks` names the schedule, and the schema knows the trigger and the answer.
+    let out = server.cli(&["hooks"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("every-second (schedule `* * * * * *` UTC)"),
+        "{listed}"
+    );
+    assert!(server.stop_gracefully());
+    let schema = crate::support::run_cli(&["schema"], &std::env::temp_dir());
+    let schema = String::from_utf8_lossy(&schema.stdout);
+    assert!(schema.contains("exactly one of `webhook`, `manual` or `schedule`"));
+    assert!(schema.contains("answer 200") && !schema.contains("answer 202"));
+}

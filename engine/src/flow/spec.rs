@@ -56,7 +56,7 @@ pub struct RetentionSpec {
     pub max_runs: Option<usize>,
 }
 
-/// What starts a run of the flow: exactly one of `webhook` or `manual`.
+/// What starts a run of the flow: exactly one of `webhook`, `manual` or `schedule`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerSpec {
@@ -107,8 +107,9 @@ pub enum Missed {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
-    /// `accepted` (default): answer 202 once the event is stored. `result`: wait for the run and
-    /// answer with its result, for callers that need a reply.
+    /// `accepted` (default): answer 200 `{"status": "queued", "event_id", "run_id"}` once the
+    /// event is stored. `result`: wait for the run and answer 200 with its result, for callers
+    /// that need a reply.
     #[serde(default)]
     pub respond: Respond,
     /// How long `respond: result` waits before answering 202 with the run id (default `10s`).

@@ -6,7 +6,9 @@
 //! second run. At start-up, ticks that came due while the server was down (after the last tick
 //! claimed) are skipped, or fired (the most recent, up to a cap) when the flow says
 //! `missed: catch_up`; catching up also stores the last claimed tick again, in case the server
-//! stopped between claiming it and storing it. `jitter` delays each fire by a stable
+//! stopped between claiming it and storing it. A schedule deployed while the server runs (a new
+//! flow, or a flow whose `cron` or `timezone` changed) starts from its next tick after the
+//! deployment: catching up is only for ticks missed while the server was down. `jitter` delays each fire by a stable
 //! pseudo-random part of the jitter; the tick stays the run's identity.
 //!
 //! [`Store::claim_tick`]: crate::store::Store::claim_tick
@@ -82,10 +84,42 @@ impl Cursor {
     }
 }
 
+/// A flow's schedule as far as ticks go: its expression and timezone.
+type When = (String, String);
+
+fn when(schedule: &Schedule) -> When {
+    (schedule.cron.clone(), schedule.timezone.clone())
+}
+
+/// Where a schedule deployed while the server runs starts, given what the scheduler last knew of
+/// the flow (`None`: nothing). `None` answered: the flow was deployed when the server started, so
+/// it resumes from its last claimed tick ([`start_cursor`]).
+fn resume(
+    known: Option<&(Cursor, When)>,
+    schedule: &Schedule,
+    deployed_at_start: bool,
+    now: Timestamp,
+) -> Option<Cursor> {
+    match known {
+        Some((cursor, was)) if *was == when(schedule) => Some(*cursor),
+        // Changed, or new since the start: from the next tick on.
+        Some(_) => Some(Cursor::at(now)),
+        None if deployed_at_start => None,
+        None => Some(Cursor::at(now)),
+    }
+}
+
 async fn fire_until_stopped(engine: Arc<Engine>, mut stopped: watch::Receiver<bool>) {
     let started = engine.now();
-    // Per flow: the last tick handled.
-    let mut cursors: HashMap<FlowId, Cursor> = HashMap::new();
+    // The schedule flows deployed when the scheduler started: only they catch up.
+    let at_start: std::collections::HashSet<FlowId> = engine
+        .catalog()
+        .all()
+        .iter()
+        .map(|f| f.id.clone())
+        .collect();
+    // Per flow: the last tick handled, and the schedule it was handled for.
+    let mut cursors: HashMap<FlowId, (Cursor, When)> = HashMap::new();
     loop {
         let now = engine.now();
         let mut wake = now.plus(MAX_SLEEP);
@@ -95,11 +129,17 @@ async fn fire_until_stopped(engine: Arc<Engine>, mut stopped: watch::Receiver<bo
             };
             if !flow.enabled {
                 // Paused: its ticks pass unfired (re-enabling starts from then).
-                cursors.insert(flow.id.clone(), Cursor::at(engine.now()));
+                cursors.insert(flow.id.clone(), (Cursor::at(engine.now()), when(schedule)));
                 continue;
             }
-            let cursor = match cursors.get(&flow.id) {
-                Some(c) => *c,
+            let known = cursors.get(&flow.id);
+            let cursor = match resume(known, schedule, at_start.contains(&flow.id), now) {
+                Some(cursor) => {
+                    if known.is_some_and(|(c, _)| *c != cursor) {
+                        info!(flow = %flow.id, "schedule changed: it fires from its next tick");
+                    }
+                    cursor
+                }
                 None => match engine.store().last_tick(&flow.id).await {
                     Ok(last) => start_cursor(schedule, last, started),
                     Err(e) => {
@@ -109,7 +149,7 @@ async fn fire_until_stopped(engine: Arc<Engine>, mut stopped: watch::Receiver<bo
                 },
             };
             let cursor = fire_due(&engine, &flow, schedule, cursor, now, &stopped).await;
-            cursors.insert(flow.id.clone(), cursor);
+            cursors.insert(flow.id.clone(), (cursor, when(schedule)));
             if let Some(next) = schedule.next_after(cursor.at) {
                 wake = wake.min(next.plus(jitter(&flow.id, schedule, next)));
             }
@@ -260,6 +300,33 @@ mod tests {
     /// A tick `n` seconds before the whole second before `STARTED`.
     fn tick(n: i64) -> Timestamp {
         Timestamp(1_700_000_000_000 - n * SECOND)
+    }
+
+    #[test]
+    fn a_schedule_deployed_or_changed_while_running_starts_from_its_next_tick() {
+        let schedule = every_second(Missed::CatchUp(5));
+        let now = tick(50);
+        assert_eq!(
+            resume(None, &schedule, false, now),
+            Some(Cursor::at(now)),
+            "new since the start: no past tick fires"
+        );
+        assert_eq!(
+            resume(None, &schedule, true, now),
+            None,
+            "deployed at the start: resumes from the last claimed tick"
+        );
+        let known = (Cursor::at(tick(40)), when(&schedule));
+        assert_eq!(resume(Some(&known), &schedule, true, now), Some(known.0));
+        let changed = (
+            Cursor::at(tick(40)),
+            ("0 9 * * MON-FRI".into(), "UTC".into()),
+        );
+        assert_eq!(
+            resume(Some(&changed), &schedule, true, now),
+            Some(Cursor::at(now)),
+            "a changed schedule starts afresh"
+        );
     }
 
     #[test]
