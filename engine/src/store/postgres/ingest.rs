@@ -289,37 +289,46 @@ async fn insert_created(
     let flows = ids(|n| n.run.flow_id.to_string());
     let received: Vec<i64> = created.iter().map(|n| n.event.received_at.0).collect();
     let events: Vec<Json<&crate::model::Event>> = created.iter().map(|n| Json(&n.event)).collect();
-    sql::execute(
-        tx,
-        "INSERT INTO hookflow.events (id, flow_id, received_at, data)
+    let insert_events = async {
+        sql::execute(
+            tx,
+            "INSERT INTO hookflow.events (id, flow_id, received_at, data)
          SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::jsonb[])",
-        &[&event_ids, &flows, &received, &events],
-        "insert events",
-    )
-    .await?;
+            &[&event_ids, &flows, &received, &events],
+            "insert events",
+        )
+        .await
+    };
 
     let run_ids = ids(|n| n.run.id.to_string());
     let statuses = ids(|n| n.run.status.as_str().to_owned());
     let finals: Vec<bool> = created.iter().map(|n| n.run.status.is_final()).collect();
     let created_at: Vec<i64> = created.iter().map(|n| n.run.created_at.0).collect();
     let runs: Vec<Json<&crate::model::Run>> = created.iter().map(|n| Json(&n.run)).collect();
-    sql::execute(
+    let insert_runs = async {
+        sql::execute(
         tx,
         "INSERT INTO hookflow.runs (id, flow_id, event_id, status, final, created_at, data)
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::int8[], $7::jsonb[])",
         &[&run_ids, &flows, &event_ids, &statuses, &finals, &created_at, &runs],
         "insert runs",
     )
-    .await?;
+.await
+    };
 
     let items: Vec<&crate::model::QueueItem> = created.iter().flat_map(|n| &n.items).collect();
-    super::insert_items(tx, &items, None).await?;
-
     let notices: Vec<String> = created
         .iter()
         .map(|n| format!("{}:{}", n.run.id, RunStatus::Queued.as_str()))
         .collect();
-    notify(tx, &notices).await
+    // Sent together (pipelined on the connection): one round trip for all four.
+    tokio::try_join!(
+        insert_events,
+        insert_runs,
+        super::insert_items(tx, &items, None),
+        notify(tx, &notices),
+    )?;
+    Ok(())
 }
 
 /// Sends `notices` (`RUN:STATUS` each) on the runs channel when the transaction commits, as few

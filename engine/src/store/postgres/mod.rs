@@ -152,6 +152,7 @@ pub struct PgStore {
     notices: Notices,
     listener: tokio::task::JoinHandle<()>,
     syncs: Arc<AtomicU64>,
+    tokens: std::sync::Mutex<std::collections::HashMap<FlowId, String>>,
 }
 
 impl Drop for PgStore {
@@ -183,6 +184,7 @@ impl PgStore {
             node: node.clone(),
             notices,
             syncs,
+            tokens: Default::default(),
         };
         store.heartbeat(true).await?;
         Ok(store)
@@ -204,6 +206,13 @@ impl PgStore {
         ];
         sql::execute(&self.durable().await?, sql, params, "record this node").await?;
         Ok(())
+    }
+
+    /// The hook tokens read so far (they never change once stored).
+    fn tokens(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<FlowId, String>> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A session whose commits are durable when they return.
@@ -492,7 +501,11 @@ impl Store for PgStore {
             .transaction()
             .await
             .map_err(db_error("begin a run update"))?;
-        if let Some(lease) = done {
+        let id = run_id.to_string();
+        let finish = async {
+            let Some(lease) = done else {
+                return Ok(());
+            };
             let finished = sql::execute(
                 &tx,
                 "DELETE FROM hookflow.queue WHERE id = $1 AND lease_owner = $2 AND lease_token = $3",
@@ -504,18 +517,22 @@ impl Store for PgStore {
                 "finish a queue item",
             )
             .await?;
-            if finished == 0 {
-                return Err(StoreError::LeaseLost { item: lease.item });
+            match finished {
+                0 => Err(StoreError::LeaseLost { item: lease.item }),
+                _ => Ok(()),
             }
-        }
-        let id = run_id.to_string();
-        let row = sql::query_opt(
-            &tx,
-            "SELECT data FROM hookflow.runs WHERE id = $1 FOR UPDATE",
-            &[&id],
-            "read a run",
-        )
-        .await?;
+        };
+        let read = async {
+            sql::query_opt(
+                &tx,
+                "SELECT data FROM hookflow.runs WHERE id = $1 FOR UPDATE",
+                &[&id],
+                "read a run",
+            )
+            .await
+        };
+        // Sent together (pipelined): a refused lease rolls the lock back with the transaction.
+        let ((), row) = tokio::try_join!(finish, read)?;
         let Some(row) = row else {
             tx.commit().await.map_err(db_error("commit a run update"))?;
             return Ok(None);
@@ -528,18 +545,17 @@ impl Store for PgStore {
                 taken: Vec::new(),
             }));
         };
-        sql::execute(
-            &tx,
-            "UPDATE hookflow.runs SET status = $2, final = $3, data = $4 WHERE id = $1",
-            &[
-                &id,
-                &update.run.status.as_str(),
-                &update.run.status.is_final(),
-                &Json(&update.run),
-            ],
-            "write a run",
-        )
-        .await?;
+        let (status, final_) = (update.run.status.as_str(), update.run.status.is_final());
+        let data = Json(&update.run);
+        let write_run = async {
+            sql::execute(
+                &tx,
+                "UPDATE hookflow.runs SET status = $2, final = $3, data = $4 WHERE id = $1",
+                &[&id, &status, &final_, &data],
+                "write a run",
+            )
+            .await
+        };
         // One record per step: the last one given wins.
         let mut records: Vec<&StepRecord> = Vec::new();
         let mut seen = HashSet::new();
@@ -548,32 +564,45 @@ impl Store for PgStore {
                 records.push(record);
             }
         }
-        if !records.is_empty() {
-            let steps: Vec<String> = records.iter().map(|r| r.step_id.to_string()).collect();
-            let data: Vec<Json<&StepRecord>> = records.iter().map(|r| Json(*r)).collect();
+        let steps: Vec<String> = records.iter().map(|r| r.step_id.to_string()).collect();
+        let records: Vec<Json<&StepRecord>> = records.iter().map(|r| Json(*r)).collect();
+        let write_records = async {
+            if records.is_empty() {
+                return Ok(0);
+            }
             sql::execute(
                 &tx,
                 "INSERT INTO hookflow.step_records (run_id, step_id, data)
                  SELECT $1, s, d FROM unnest($2::text[], $3::jsonb[]) AS r(s, d)
                  ON CONFLICT (run_id, step_id) DO UPDATE SET data = EXCLUDED.data",
-                &[&id, &steps, &data],
+                &[&id, &steps, &records],
                 "write step records",
             )
-            .await?;
-        }
-        let enqueue: Vec<&QueueItem> = update.enqueue.iter().collect();
-        insert_items(&tx, &enqueue, None).await?;
-        let taken = match &update.take {
-            Some(take) => {
-                let items: Vec<&QueueItem> = take.items.iter().collect();
-                insert_items(&tx, &items, Some((&take.owner, take.until))).await?
-            }
-            None => Vec::new(),
+            .await
         };
-        if update.run.status.is_final() {
-            let notice = format!("{}:{}", update.run.id, update.run.status.as_str());
-            ingest::notify(&tx, &[notice]).await?;
-        }
+        let enqueue: Vec<&QueueItem> = update.enqueue.iter().collect();
+        let take: Vec<&QueueItem> = update.take.iter().flat_map(|t| &t.items).collect();
+        let taker = update.take.as_ref().map(|t| (&t.owner, t.until));
+        let notices: Vec<String> = update
+            .run
+            .status
+            .is_final()
+            .then(|| format!("{}:{}", update.run.id, update.run.status.as_str()))
+            .into_iter()
+            .collect();
+        // Sent together (pipelined on the connection): one round trip for the whole update.
+        let (_, _, _, taken, ()) = tokio::try_join!(
+            write_run,
+            write_records,
+            insert_items(&tx, &enqueue, None),
+            async {
+                match taker {
+                    Some(taker) => insert_items(&tx, &take, Some(taker)).await,
+                    None => Ok(Vec::new()),
+                }
+            },
+            ingest::notify(&tx, &notices),
+        )?;
         tx.commit().await.map_err(db_error("commit a run update"))?;
         Ok(Some(Committed {
             run: update.run,
@@ -672,18 +701,32 @@ impl Store for PgStore {
     }
 
     async fn hook_token(&self, flow_id: &FlowId, candidate: &str) -> Result<String> {
-        let row = sql::query(
-            &self.durable().await?,
-            "INSERT INTO hookflow.hook_tokens AS t (flow_id, token) VALUES ($1, $2)
-             ON CONFLICT (flow_id) DO UPDATE SET token = t.token
-             RETURNING token",
-            &[&flow_id.to_string(), &candidate],
+        // A stored token never changes: once read, it is answered from memory (every catch-hook
+        // request asks).
+        if let Some(token) = self.tokens().get(flow_id) {
+            return Ok(token.clone());
+        }
+        let client = self.durable().await?;
+        let flow = flow_id.to_string();
+        sql::execute(
+            &client,
+            "INSERT INTO hookflow.hook_tokens (flow_id, token) VALUES ($1, $2)
+             ON CONFLICT (flow_id) DO NOTHING",
+            &[&flow, &candidate],
             "store a hook token",
         )
         .await?;
-        row.first()
-            .map(|row| row.get(0))
-            .ok_or_else(|| StoreError::unavailable_because("store a hook token: no row answered"))
+        let token: String = sql::query_opt(
+            &client,
+            "SELECT token FROM hookflow.hook_tokens WHERE flow_id = $1",
+            &[&flow],
+            "read a hook token",
+        )
+        .await?
+        .ok_or_else(|| StoreError::unavailable_because("read a hook token: it vanished"))?
+        .get(0);
+        self.tokens().insert(flow_id.clone(), token.clone());
+        Ok(token)
     }
 
     async fn put_revision(
