@@ -965,10 +965,11 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
-        let event = store.event(run.event_id).await?.ok_or_else(|| {
+        let (event, records) =
+            tokio::try_join!(store.event(run.event_id), store.step_records(run.id))?;
+        let event = event.ok_or_else(|| {
             StoreError::NotFound(format!("event {} of run {}", run.event_id, run.id))
         })?;
-        let records = store.step_records(run.id).await?;
         Ok(Some(Work {
             run,
             flow,

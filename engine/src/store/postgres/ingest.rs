@@ -293,7 +293,7 @@ async fn insert_created(
         sql::execute(
             tx,
             "INSERT INTO hookflow.events (id, flow_id, received_at, data)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::jsonb[])",
+         SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::json[])",
             &[&event_ids, &flows, &received, &events],
             "insert events",
         )
@@ -309,7 +309,7 @@ async fn insert_created(
         sql::execute(
         tx,
         "INSERT INTO hookflow.runs (id, flow_id, event_id, status, final, created_at, data)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::int8[], $7::jsonb[])",
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::int8[], $7::json[])",
         &[&run_ids, &flows, &event_ids, &statuses, &finals, &created_at, &runs],
         "insert runs",
     )

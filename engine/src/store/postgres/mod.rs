@@ -1,7 +1,7 @@
 //! The PostgreSQL backend: several hookflow nodes sharing one database.
 //!
 //! # Where things are
-//! Every table is in the `hookflow` schema (see `migrations/`); records are kept whole as `jsonb`
+//! Every table is in the `hookflow` schema (see `migrations/`); records are kept whole as `json`
 //! beside the columns queries select on. A queue item is one row of `hookflow.queue`: **queued**
 //! (no lease) or **leased** (owner node, fencing token from a sequence, expiry). There is no other
 //! place a run or item can be: what a node holds in memory is only what it is executing.
@@ -382,7 +382,7 @@ where
     })
 }
 
-/// A record decoded from a `jsonb` column.
+/// A record decoded from a `json` column.
 fn decode<T: DeserializeOwned>(row: &Row, column: usize, table: &'static str) -> Result<T> {
     row.try_get::<_, Json<T>>(column)
         .map(|Json(value)| value)
@@ -415,7 +415,7 @@ pub(super) async fn insert_items(
         sql::execute(
             tx,
             "INSERT INTO hookflow.queue (id, run_id, flow_id, due_at, data)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::jsonb[])",
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::json[])",
             &[&ids, &runs, &flows, &due, &data],
             "queue items",
         )
@@ -426,7 +426,7 @@ pub(super) async fn insert_items(
         tx,
         "INSERT INTO hookflow.queue (id, run_id, flow_id, due_at, data, lease_owner, lease_token, lease_until)
          SELECT i.*, $6, nextval('hookflow.lease_tokens'), $7
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::jsonb[]) AS i
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::json[]) AS i
          RETURNING id, lease_token",
         &[&ids, &runs, &flows, &due, &data, &owner.as_str(), &until.0],
         "take items",
@@ -573,7 +573,7 @@ impl Store for PgStore {
             sql::execute(
                 &tx,
                 "INSERT INTO hookflow.step_records (run_id, step_id, data)
-                 SELECT $1, s, d FROM unnest($2::text[], $3::jsonb[]) AS r(s, d)
+                 SELECT $1, s, d FROM unnest($2::text[], $3::json[]) AS r(s, d)
                  ON CONFLICT (run_id, step_id) DO UPDATE SET data = EXCLUDED.data",
                 &[&id, &steps, &records],
                 "write step records",

@@ -1,12 +1,12 @@
 -- hookflow's tables, in their own schema. Times are milliseconds since the Unix epoch (bigint),
 -- ids are the text form of hookflow's ids (ULIDs with a prefix: text order is time order), and
--- records are kept whole as jsonb beside the columns that queries select on.
+-- records are kept whole as json beside the columns that queries select on.
 
 CREATE TABLE hookflow.events (
     id          text PRIMARY KEY,
     flow_id     text NOT NULL,
     received_at bigint NOT NULL,
-    data        jsonb NOT NULL
+    data        json NOT NULL
 );
 
 CREATE TABLE hookflow.runs (
@@ -16,7 +16,7 @@ CREATE TABLE hookflow.runs (
     status     text NOT NULL,
     final      boolean NOT NULL,
     created_at bigint NOT NULL,
-    data       jsonb NOT NULL
+    data       json NOT NULL
 );
 CREATE INDEX runs_by_flow ON hookflow.runs (flow_id, id);
 CREATE INDEX runs_by_status ON hookflow.runs (status, id);
@@ -24,7 +24,7 @@ CREATE INDEX runs_by_status ON hookflow.runs (status, id);
 CREATE TABLE hookflow.step_records (
     run_id  text NOT NULL,
     step_id text NOT NULL,
-    data    jsonb NOT NULL,
+    data    json NOT NULL,
     PRIMARY KEY (run_id, step_id)
 );
 
@@ -34,7 +34,7 @@ CREATE TABLE hookflow.queue (
     run_id      text NOT NULL,
     flow_id     text NOT NULL,
     due_at      bigint NOT NULL,
-    data        jsonb NOT NULL,
+    data        json NOT NULL,
     lease_owner text,
     lease_token bigint,
     lease_until bigint,
@@ -74,20 +74,20 @@ CREATE TABLE hookflow.revisions (
 
 CREATE TABLE hookflow.state (
     key   text PRIMARY KEY,
-    value jsonb NOT NULL
+    value json NOT NULL
 );
 
 -- Coordination: one row per lane of a named queue and per paced account, locked while changed.
 CREATE TABLE hookflow.lanes (
     name  text NOT NULL,
     key   text NOT NULL,
-    state jsonb NOT NULL,
+    state json NOT NULL,
     PRIMARY KEY (name, key)
 );
 
 CREATE TABLE hookflow.pacing (
     account text PRIMARY KEY,
-    state   jsonb NOT NULL
+    state   json NOT NULL
 );
 
 CREATE TABLE hookflow.ticks (
