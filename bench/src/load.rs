@@ -96,13 +96,27 @@ pub async fn send(
     count: u64,
     concurrency: u64,
 ) -> anyhow::Result<LoadReport> {
-    let target = Target::parse(url)?;
+    send_to_all(&[url], first, count, concurrency).await
+}
+
+/// [`send`] spread over several catch URLs (one per node): the connections take the URLs in
+/// turn.
+pub async fn send_to_all(
+    urls: &[&str],
+    first: u64,
+    count: u64,
+    concurrency: u64,
+) -> anyhow::Result<LoadReport> {
+    let targets = urls
+        .iter()
+        .map(|url| Target::parse(url))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let next = Arc::new(AtomicU64::new(first));
     let end = first + count;
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (next, target) = (next.clone(), target.clone());
+    for i in 0..concurrency {
+        let (next, target) = (next.clone(), targets[i as usize % targets.len()].clone());
         tasks.push(tokio::spawn(async move {
             let (mut acked, mut latencies, mut failed) = (Vec::new(), Vec::new(), 0);
             let mut connection = None;

@@ -35,6 +35,10 @@ struct Args {
     /// run, a fresh database per scenario) or a `postgres://…` URL of an empty database.
     #[arg(long, default_value = "sled")]
     store: String,
+    /// Nodes sharing the PostgreSQL store, each started with `--workers`; the load generator's
+    /// connections take their catch URLs in turn.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
     /// The hookflow binary (default: the one beside this program).
     #[arg(long)]
     hookflow: Option<PathBuf>,
@@ -80,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         concurrency: args.concurrency,
         workers: args.workers,
         compression: args.compression,
+        nodes: args.nodes,
         postgres: match args.store.as_str() {
             "sled" => None,
             "postgres" => Some(Postgres::Throwaway(hookflow_testpg::Cluster::start()?)),
@@ -114,9 +119,10 @@ async fn main() -> anyhow::Result<()> {
         } else {
             ""
         },
-        match &options.postgres {
-            None => "",
-            Some(_) => ", PostgreSQL store",
+        match (&options.postgres, args.nodes) {
+            (None, _) => String::new(),
+            (Some(_), 1) => ", PostgreSQL store".to_owned(),
+            (Some(_), n) => format!(", PostgreSQL store, {n} nodes"),
         }
     );
     println!("{HEADER}");

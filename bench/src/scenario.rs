@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::ensure;
 
 use crate::load::{self, LoadReport};
-use crate::server::{disk_bytes, Server};
+use crate::server::{disk_bytes, finished, wait_finished, Server};
 use crate::sink::Sink;
 
 /// Which scenario to run.
@@ -44,6 +44,8 @@ pub struct Options {
     pub compression: bool,
     /// The store: sled when `None`.
     pub postgres: Option<Postgres>,
+    /// Nodes sharing the PostgreSQL store (the load is spread over their catch URLs).
+    pub nodes: usize,
 }
 
 /// Where the PostgreSQL store of each scenario is.
@@ -151,6 +153,10 @@ pub async fn run(scenario: Scenario, options: &Options) -> anyhow::Result<Report
         .map(Postgres::database)
         .transpose()?;
     let store = database.as_deref();
+    ensure!(
+        options.nodes <= 1 || (store.is_some() && scenario != Scenario::Backlog),
+        "several nodes need the PostgreSQL store, and the backlog scenario runs one"
+    );
     let server = Server::start(
         &options.hookflow,
         dir.path(),
@@ -159,10 +165,35 @@ pub async fn run(scenario: Scenario, options: &Options) -> anyhow::Result<Report
         &config,
         store,
     )?;
+    // The other nodes: each with a directory of its own holding the same flow.
+    let mut others = Vec::new();
+    for n in 1..options.nodes {
+        let own = dir.path().join(format!("node-{n}"));
+        std::fs::create_dir_all(own.join("flows"))?;
+        std::fs::copy(
+            dir.path().join("flows/bench.yaml"),
+            own.join("flows/bench.yaml"),
+        )?;
+        others.push(Server::start(
+            &options.hookflow,
+            &own,
+            FLOW_ID,
+            workers,
+            &config,
+            store,
+        )?);
+    }
     let idle_kib = server.rss_kib()?;
-    let cpu_before = server.cpu_ms()?;
+    let mut cpu_before = server.cpu_ms()?;
+    for node in &others {
+        cpu_before += node.cpu_ms()?;
+    }
     let started = Instant::now();
-    let load = load::send(&server.catch_url, 0, options.count, options.concurrency).await?;
+    let urls: Vec<&str> = std::iter::once(&server)
+        .chain(&others)
+        .map(|s| s.catch_url.as_str())
+        .collect();
+    let load = load::send_to_all(&urls, 0, options.count, options.concurrency).await?;
     ensure!(
         load.failed == 0,
         "{} of {} events were not acknowledged",
@@ -210,8 +241,9 @@ pub async fn run(scenario: Scenario, options: &Options) -> anyhow::Result<Report
     } else {
         cpu_before
     };
-    let finished_at = server.wait_finished(FLOW_ID, acked, stall).await?;
-    let (succeeded, filtered, failed) = server.finished(FLOW_ID).await?;
+    let nodes: Vec<&Server> = std::iter::once(&server).chain(&others).collect();
+    let finished_at = wait_finished(&nodes, FLOW_ID, acked, stall).await?;
+    let (succeeded, filtered, failed) = finished(&nodes, FLOW_ID).await?;
     ensure!(failed == 0, "{failed} runs failed");
     let expected = if matches!(scenario, Scenario::Ingest | Scenario::IngestDedupe) {
         filtered
@@ -235,8 +267,11 @@ pub async fn run(scenario: Scenario, options: &Options) -> anyhow::Result<Report
             "events delivered with different idempotency keys: {mixed:?}"
         );
     }
-    rss_peak_kib = rss_peak_kib.max(server.rss_peak_kib()?);
-    cpu_ms += server.cpu_ms()? - cpu_start;
+    for node in &nodes {
+        rss_peak_kib = rss_peak_kib.max(node.rss_peak_kib()?);
+        cpu_ms += node.cpu_ms()?;
+    }
+    cpu_ms -= cpu_start;
     if scenario == Scenario::Backlog {
         let _ = write!(notes, "after draining {} MB", server.rss_kib()? / 1024);
     }
@@ -245,7 +280,11 @@ pub async fn run(scenario: Scenario, options: &Options) -> anyhow::Result<Report
         None => disk_bytes(&dir.path().join("data")),
         Some(_) => server.metric("hookflow_store_bytes").await?,
     };
+    drop(nodes);
     server.stop()?;
+    for node in others {
+        node.stop()?;
+    }
     Ok(Report {
         scenario,
         completed: acked,

@@ -142,31 +142,44 @@ impl Server {
         };
         Ok((count("succeeded"), count("filtered"), count("failed")))
     }
+}
 
-    /// Waits until `expected` runs of `flow` have finished (any final status); returns when the
-    /// last one was seen. Fails if none finish for `stall`.
-    pub async fn wait_finished(
-        &self,
-        flow: &str,
-        expected: u64,
-        stall: Duration,
-    ) -> anyhow::Result<Instant> {
-        let (mut last, mut since) = (0, Instant::now());
-        loop {
-            let (ok, filtered, failed) = self.finished(flow).await?;
-            let done = ok + filtered + failed;
-            if done >= expected {
-                return Ok(Instant::now());
-            }
-            if done > last {
-                (last, since) = (done, Instant::now());
-            } else if since.elapsed() > stall {
-                bail!("{done} of {expected} runs finished, none for {stall:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+/// How many runs of `flow` finished with each final status on any of `servers` (nodes sharing
+/// one store): (succeeded, filtered, failed).
+pub async fn finished(servers: &[&Server], flow: &str) -> anyhow::Result<(u64, u64, u64)> {
+    let mut total = (0, 0, 0);
+    for server in servers {
+        let (ok, filtered, failed) = server.finished(flow).await?;
+        total = (total.0 + ok, total.1 + filtered, total.2 + failed);
     }
+    Ok(total)
+}
 
+/// Waits until `expected` runs of `flow` have finished (any final status) on `servers` together;
+/// returns when the last one was seen. Fails if none finish for `stall`.
+pub async fn wait_finished(
+    servers: &[&Server],
+    flow: &str,
+    expected: u64,
+    stall: Duration,
+) -> anyhow::Result<Instant> {
+    let (mut last, mut since) = (0, Instant::now());
+    loop {
+        let (ok, filtered, failed) = finished(servers, flow).await?;
+        let done = ok + filtered + failed;
+        if done >= expected {
+            return Ok(Instant::now());
+        }
+        if done > last {
+            (last, since) = (done, Instant::now());
+        } else if since.elapsed() > stall {
+            bail!("{done} of {expected} runs finished, none for {stall:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Server {
     /// Stops the server with SIGTERM and waits for it to exit.
     pub fn stop(mut self) -> anyhow::Result<()> {
         let status = Command::new("kill")

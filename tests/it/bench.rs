@@ -9,6 +9,10 @@ async fn smoke(scenario: Scenario) {
 }
 
 async fn smoke_on(scenario: Scenario, postgres: Option<Postgres>) {
+    smoke_with(scenario, postgres, 1).await;
+}
+
+async fn smoke_with(scenario: Scenario, postgres: Option<Postgres>, nodes: usize) {
     let options = Options {
         hookflow: env!("CARGO_BIN_EXE_hookflow").into(),
         count: 300,
@@ -16,6 +20,7 @@ async fn smoke_on(scenario: Scenario, postgres: Option<Postgres>) {
         workers: 4,
         compression: false,
         postgres,
+        nodes,
     };
     let report = run(scenario, &options)
         .await
@@ -59,4 +64,12 @@ async fn backlog_scenario_on_postgres_drains_every_acknowledged_event() {
         .fresh_database()
         .unwrap_or_else(|e| panic!("{e}"));
     smoke_on(Scenario::Backlog, Some(Postgres::Given(database))).await;
+}
+
+#[tokio::test]
+async fn end_to_end_scenario_on_two_nodes_delivers_every_acknowledged_event() {
+    let database = hookflow_testpg::shared()
+        .fresh_database()
+        .unwrap_or_else(|e| panic!("{e}"));
+    smoke_with(Scenario::EndToEnd, Some(Postgres::Given(database)), 2).await;
 }
