@@ -318,3 +318,62 @@ async fn two_nodes_running_one_schedule_fire_once_per_tick() {
     let unique: std::collections::BTreeSet<_> = fired.iter().collect();
     assert_eq!(unique.len(), fired.len(), "a tick fired twice: {fired:?}");
 }
+
+#[tokio::test]
+async fn migrate_shows_and_applies_the_schema_and_a_node_refuses_a_newer_one() {
+    let cluster = hookflow_testpg::shared();
+    let url = cluster.fresh_database().unwrap_or_else(|e| panic!("{e}"));
+    // The store named in a configuration file, as `serve` reads it too.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookflow.yaml");
+    std::fs::write(&config, format!("store: {url}\n")).unwrap();
+    let config = config.to_str().unwrap();
+    let migrate = |args: &[&str]| {
+        let out = crate::support::run_cli(
+            &[&["migrate", "--config", config], args].concat(),
+            dir.path(),
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+
+    let (ok, text) = migrate(&["--dry-run"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("schema version 0"), "{text}");
+    assert!(text.contains("would apply 1: initial tables"), "{text}");
+    let (ok, text) = migrate(&["--dry-run"]);
+    assert!(
+        ok && text.contains("schema version 0"),
+        "a dry run changes nothing: {text}"
+    );
+    let (ok, text) = migrate(&[]);
+    assert!(ok && text.contains("applied 1 migration(s)"), "{text}");
+    let (ok, text) = migrate(&[]);
+    assert!(ok && text.contains("nothing to apply"), "{text}");
+
+    // A newer hookflow migrated the database: this one refuses to start on it.
+    let newer = cluster
+        .psql(&url)
+        .args(["-c", "INSERT INTO hookflow.schema_migrations (version, name) VALUES (999, 'from the future')"])
+        .output()
+        .unwrap();
+    assert!(newer.status.success(), "{newer:?}");
+    let (ok, text) = migrate(&["--dry-run"]);
+    assert!(
+        !ok && text.contains("newer than this hookflow knows"),
+        "{text}"
+    );
+    let serve = crate::support::hookflow()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config", config])
+        .arg("--flows")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&serve.stderr);
+    assert!(!serve.status.success(), "serve started on a newer schema");
+    assert!(stderr.contains("schema is at version 999"), "{stderr}");
+}
