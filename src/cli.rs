@@ -45,11 +45,15 @@ pub enum Command {
         /// The flow file.
         flow: PathBuf,
         /// A JSON file with the event's body (what a webhook sender would post).
-        #[arg(long, required_unless_present = "sample", conflicts_with = "sample")]
+        #[arg(long, required_unless_present_any = ["sample", "tick"], conflicts_with = "sample")]
         event: Option<PathBuf>,
         /// A sample of the flow, by name (`samples/FLOW/NAME.json` beside the flow file).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "tick")]
         sample: Option<String>,
+        /// Run a schedule flow as its fire of this tick would (`trigger.body.scheduled_at`):
+        /// `YYYY-MM-DDTHH:MM` in the flow's timezone, or RFC 3339.
+        #[arg(long, conflicts_with = "event")]
+        tick: Option<String>,
         /// Run offline: render HTTP and connector calls and show them instead of sending them.
         #[arg(long)]
         dry_run: bool,
@@ -74,8 +78,9 @@ pub enum Command {
         #[command(subcommand)]
         command: FlowsCommand,
     },
-    /// List a server's schedule flows and their next fire times.
-    Schedules(ClientArgs),
+    /// List a server's schedule flows and their next fire times, or a flow file's next ticks
+    /// offline (in the flow's timezone and UTC).
+    Schedules(SchedulesArgs),
     /// Start a run of a flow on a server with a payload (a `manual:` flow's way to run; any flow
     /// can be tried this way).
     Trigger {
@@ -266,6 +271,23 @@ pub struct ClientArgs {
     /// Print the API's JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `hookflow schedules` options.
+#[derive(Debug, clap::Args)]
+pub struct SchedulesArgs {
+    /// A schedule flow's file: list its next ticks from the file, with no server.
+    pub flow: Option<PathBuf>,
+    /// How many ticks to list (with a flow file).
+    #[arg(long, default_value_t = 20, requires = "flow")]
+    pub count: usize,
+    /// List the ticks after this time (with a flow file; default now): `YYYY-MM-DDTHH:MM` in the
+    /// flow's timezone, or RFC 3339.
+    #[arg(long, requires = "flow")]
+    pub from: Option<String>,
+    /// Server options.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `hookflow migrate` options.

@@ -13,11 +13,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use hookflow_engine::authoring::offline::{self, Trace};
 use hookflow_engine::authoring::unresolved::unresolved;
-use hookflow_engine::flow::{self, process_env, schema::json_schema, Flow};
-use hookflow_engine::model::{RunStatus, StepStatus};
+use hookflow_engine::flow::{self, process_env, schema::json_schema, Flow, Trigger};
+use hookflow_engine::model::{RunStatus, StepStatus, Timestamp};
 use hookflow_engine::outbound::{HttpClient, OutboundPolicy};
 use hookflow_engine::runtime::catalog::Catalog;
 use hookflow_engine::runtime::{Engine, EngineConfig};
+use hookflow_engine::schedule::Schedule;
 use hookflow_engine::steps::Registry;
 use hookflow_engine::store::sled::SledStore;
 use serde_json::{json, Value};
@@ -89,6 +90,8 @@ pub enum RunInput<'a> {
     Event(&'a Path),
     /// A sample of the flow, by name.
     Sample(&'a str),
+    /// A schedule flow's tick, as written (local time in the flow's timezone, or RFC 3339).
+    Tick(&'a str),
 }
 
 /// `hookflow run`: one event through one flow, printing each step's input and output and every
@@ -101,16 +104,7 @@ pub async fn run(
     allow: &[String],
 ) -> anyhow::Result<ExitCode> {
     let registry = crate::registry();
-    let (mut flows, errors) = flow::load(&[flow_path.to_path_buf()], &registry, &process_env);
-    if !errors.is_empty() {
-        for e in &errors {
-            eprintln!("{e}");
-        }
-        bail!("{} has {} problem(s)", flow_path.display(), errors.len());
-    }
-    let Some(flow) = flows.pop() else {
-        bail!("{} is not a flow file", flow_path.display())
-    };
+    let flow = load_one(flow_path, &registry)?;
     let trigger = match input {
         RunInput::Event(path) => {
             let text = std::fs::read_to_string(path)
@@ -124,6 +118,20 @@ pub async fn run(
                 crate::samples::dir(flow_path, flow.id.as_str()).join(format!("{name}.json"));
             crate::samples::load(&path)?
         }
+        RunInput::Tick(text) => {
+            let schedule = schedule_of(&flow, flow_path)?;
+            let tick = local_time(schedule, text)?;
+            if !schedule.is_tick(tick) {
+                let next = schedule.next_after(tick).map(|t| schedule.local_time(t));
+                eprintln!(
+                    "note: {} is not a tick of `{}`; the next is {}",
+                    schedule.local_time(tick),
+                    schedule.cron,
+                    next.as_deref().unwrap_or("never")
+                );
+            }
+            Schedule::trigger(tick, tick)
+        }
     };
     let (flow, trace) = if dry_run {
         let trace = offline::run(&flow, trigger, &BTreeMap::new()).await;
@@ -136,6 +144,62 @@ pub async fn run(
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// `hookflow schedules FLOW`: the flow's next `count` ticks after `from` (default now), in its
+/// timezone and in UTC, read from the file alone.
+pub fn schedules(flow_path: &Path, count: usize, from: Option<&str>) -> anyhow::Result<()> {
+    let flow = load_one(flow_path, &crate::registry())?;
+    let schedule = schedule_of(&flow, flow_path)?;
+    let from = match from {
+        Some(text) => local_time(schedule, text)?,
+        None => Timestamp::now(),
+    };
+    println!("{}  `{}` ({})", flow.id, schedule.cron, schedule.timezone);
+    let ticks = schedule.upcoming(from, count);
+    if ticks.is_empty() {
+        println!("    never fires after {}", schedule.local_time(from));
+    }
+    for tick in ticks {
+        println!("    {}    {}", schedule.local_time(tick), tick.to_rfc3339());
+    }
+    Ok(())
+}
+
+/// The one flow in a flow file, or every problem it has.
+fn load_one(flow_path: &Path, registry: &Registry) -> anyhow::Result<Flow> {
+    let (mut flows, errors) = flow::load(&[flow_path.to_path_buf()], registry, &process_env);
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        bail!("{} has {} problem(s)", flow_path.display(), errors.len());
+    }
+    flows
+        .pop()
+        .with_context(|| format!("{} is not a flow file", flow_path.display()))
+}
+
+/// A flow's schedule, or an error saying it has none.
+fn schedule_of<'a>(flow: &'a Flow, flow_path: &Path) -> anyhow::Result<&'a Schedule> {
+    match &flow.trigger {
+        Trigger::Schedule(schedule) => Ok(schedule),
+        _ => bail!(
+            "{}: `{}` is not a schedule flow (its trigger has no `schedule:`)",
+            flow_path.display(),
+            flow.id
+        ),
+    }
+}
+
+/// A time written in a schedule's timezone (or RFC 3339).
+fn local_time(schedule: &Schedule, text: &str) -> anyhow::Result<Timestamp> {
+    schedule.parse_local(text).with_context(|| {
+        format!(
+            "`{text}` is not a time: write YYYY-MM-DDTHH:MM (in {}) or RFC 3339",
+            schedule.timezone
+        )
     })
 }
 

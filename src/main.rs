@@ -54,19 +54,20 @@ fn main() -> ExitCode {
                 flow,
                 event,
                 sample,
+                tick,
                 dry_run,
                 allow_outbound,
-            } => match (&event, &sample) {
-                (Some(path), _) => {
-                    let input = local::RunInput::Event(path);
-                    local::run(&flow, input, dry_run, &allow_outbound).await
-                }
-                (None, Some(name)) => {
-                    let input = local::RunInput::Sample(name);
-                    local::run(&flow, input, dry_run, &allow_outbound).await
-                }
-                (None, None) => Err(anyhow::anyhow!("give --event FILE or --sample NAME")),
-            },
+            } => {
+                let input = match (&event, &sample, &tick) {
+                    (Some(path), _, _) => local::RunInput::Event(path),
+                    (None, Some(name), _) => local::RunInput::Sample(name),
+                    (None, None, Some(tick)) => local::RunInput::Tick(tick),
+                    (None, None, None) => {
+                        anyhow::bail!("give --event FILE, --sample NAME or --tick TIME")
+                    }
+                };
+                local::run(&flow, input, dry_run, &allow_outbound).await
+            }
             Command::Hooks(c) => client::hooks(&c).await.map(|()| ExitCode::SUCCESS),
             Command::Runs {
                 command: RunsCommand::List(args),
@@ -85,7 +86,11 @@ fn main() -> ExitCode {
             } => client::flow_history(&client, &flow)
                 .await
                 .map(|()| ExitCode::SUCCESS),
-            Command::Schedules(c) => client::schedules(&c).await.map(|()| ExitCode::SUCCESS),
+            Command::Schedules(args) => match &args.flow {
+                Some(flow) => local::schedules(flow, args.count, args.from.as_deref()),
+                None => client::schedules(&args.client).await,
+            }
+            .map(|()| ExitCode::SUCCESS),
             Command::Trigger {
                 flow,
                 event,

@@ -67,6 +67,50 @@ impl Schedule {
             .map(|next| Timestamp(next.with_timezone(&Utc).timestamp_millis()))
     }
 
+    /// A time as a person in the schedule's timezone reads it: `2026-03-09 09:00:00 Mon EDT
+    /// (-04:00)`.
+    pub fn local_time(&self, t: Timestamp) -> String {
+        match self.tz.timestamp_millis_opt(t.millis()).single() {
+            Some(local) => local.format("%Y-%m-%d %H:%M:%S %a %Z (%:z)").to_string(),
+            None => t.to_rfc3339(),
+        }
+    }
+
+    /// A time written `YYYY-MM-DDTHH:MM[:SS]` in the schedule's timezone (or RFC 3339 with an
+    /// offset), as a timestamp; `None` if it is neither, or does not exist there (a
+    /// daylight-saving gap).
+    pub fn parse_local(&self, text: &str) -> Option<Timestamp> {
+        if let Some(t) = Timestamp::parse_rfc3339(text) {
+            return Some(t);
+        }
+        let naive = [
+            "%Y-%m-%dT%H:%M:%S",
+            "%Y-%m-%dT%H:%M",
+            "%Y-%m-%d %H:%M:%S",
+            "%Y-%m-%d %H:%M",
+        ]
+        .iter()
+        .find_map(|format| chrono::NaiveDateTime::parse_from_str(text, format).ok())?;
+        let local = self.tz.from_local_datetime(&naive).earliest()?;
+        Some(Timestamp(local.with_timezone(&Utc).timestamp_millis()))
+    }
+
+    /// Whether `t` is one of the schedule's ticks.
+    pub fn is_tick(&self, t: Timestamp) -> bool {
+        self.next_after(Timestamp(t.millis() - 1)) == Some(t)
+    }
+
+    /// The trigger of a fire of tick `tick` at `fired_at`: what a schedule run's `trigger` holds.
+    pub fn trigger(tick: Timestamp, fired_at: Timestamp) -> serde_json::Value {
+        serde_json::json!({
+            "method": "SCHEDULE",
+            "headers": {},
+            "query": {},
+            "body": { "scheduled_at": tick, "fired_at": fired_at },
+            "received_at": fired_at,
+        })
+    }
+
     /// The next `n` ticks after `t`.
     pub fn upcoming(&self, t: Timestamp, n: usize) -> Vec<Timestamp> {
         let mut out = Vec::with_capacity(n);

@@ -187,3 +187,69 @@ async fn shipped_flows_succeed_offline_and_the_cli_shows_them() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a valid run id"));
 }
+
+#[test]
+fn schedules_and_ticks_are_checked_offline_from_the_flow_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("weekday.yaml");
+    std::fs::write(
+        &flow,
+        "id: weekday-summary\ntrigger:\n  schedule: { cron: \"0 9 * * MON-FRI\", timezone: America/New_York }\nsteps:\n  - { id: today, map: { at: \"{{trigger.body.scheduled_at}}\" } }\n",
+    )
+    .unwrap();
+    let flow = flow.to_str().unwrap();
+
+    // Across a weekend and the change to daylight saving: 9:00 local stays 9:00, UTC moves.
+    let out = run_cli(
+        &[
+            "schedules",
+            flow,
+            "--count",
+            "3",
+            "--from",
+            "2026-03-06T00:00",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<String> = stdout(&out).lines().map(|l| l.trim().to_owned()).collect();
+    assert_eq!(
+        lines,
+        [
+            "weekday-summary  `0 9 * * MON-FRI` (America/New_York)",
+            "2026-03-06 09:00:00 Fri EST (-05:00)    2026-03-06T14:00:00Z",
+            "2026-03-09 09:00:00 Mon EDT (-04:00)    2026-03-09T13:00:00Z",
+            "2026-03-10 09:00:00 Tue EDT (-04:00)    2026-03-10T13:00:00Z",
+        ]
+    );
+
+    // A run as the Monday tick's fire would be: its trigger holds the tick.
+    let out = run_cli(
+        &["run", flow, "--tick", "2026-03-09T09:00", "--dry-run"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).contains("\"at\": \"2026-03-09T13:00:00Z\""),
+        "{}",
+        stdout(&out)
+    );
+    let out = run_cli(
+        &["run", flow, "--tick", "2026-03-08T09:00", "--dry-run"],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "is not a tick of `0 9 * * MON-FRI`; the next is 2026-03-09 09:00:00 Mon EDT"
+        ),
+        "{stderr}"
+    );
+    let out = run_cli(
+        &["run", flow, "--tick", "next monday", "--dry-run"],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("write YYYY-MM-DDTHH:MM (in America/New_York)"));
+}

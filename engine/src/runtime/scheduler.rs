@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::watch;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
@@ -251,13 +250,7 @@ async fn fire(
         }
     }
     let now = engine.now();
-    let trigger = json!({
-        "method": "SCHEDULE",
-        "headers": {},
-        "query": {},
-        "body": { "scheduled_at": tick, "fired_at": now },
-        "received_at": now,
-    });
+    let trigger = Schedule::trigger(tick, now);
     let key = DedupeKey {
         key: format!("schedule:{}", tick.millis()),
         expires_at: now.plus(TICK_KEY_WINDOW),
