@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use hookflow_engine::expr::{Templates, ValueExpr};
+use hookflow_engine::expr::{LeftOut, Templates, ValueExpr};
 use hookflow_engine::pacing::Observation;
 use hookflow_engine::steps::http::{parse_retry_after, scalar_text, send_error};
 
@@ -255,20 +255,30 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|ct| ct.contains("json"))
 }
 
-/// A connector step's input: `{action, …the action's rendered fields}`.
+/// A connector step's input: `{action, …the action's rendered fields, left_out}`. Fields whose
+/// expression resolved to nothing are left out and named in `left_out` with why (see
+/// [`ValueExpr::render_request`]); `$clear` renders `null`, which each connector sends as its API's
+/// way to clear a field.
 pub fn render_action(
     name: &str,
     params: &ValueExpr,
     t: &Templates,
     ctx: &Value,
 ) -> Result<Value, StepError> {
+    let mut left_out = LeftOut::new();
     let mut input = Map::new();
     input.insert("action".into(), json!(name));
-    if let Value::Object(fields) = params.render(t, ctx)? {
+    if let Value::Object(fields) = params.render_request(t, ctx, &mut left_out)? {
         input.extend(fields);
+    }
+    if !left_out.is_empty() {
+        input.insert(LEFT_OUT.into(), Value::Object(left_out));
     }
     Ok(Value::Object(input))
 }
+
+/// The key of a rendered input that lists the fields left out (never an API parameter).
+pub const LEFT_OUT: &str = "left_out";
 
 /// What a connector step answers in a dry run: the request it would make, unsent.
 pub fn dry_run(input: Value) -> Outcome {
@@ -331,7 +341,7 @@ pub fn required(input: &Value, field: &str, what: &str) -> Result<String, StepEr
     let value = text(input, field);
     if value.is_empty() {
         return Err(StepError::permanent(format!(
-            "`{field}` rendered empty: {what} is needed"
+            "`{field}` resolved to nothing: {what} is needed"
         )));
     }
     Ok(value)
@@ -344,13 +354,14 @@ pub fn segment(value: &str) -> String {
         .replace('+', "%20")
 }
 
-/// A rendered object's entries without `skip` (the fields that are not API parameters).
+/// A rendered input's entries without `action`, `left_out` and `skip` (the fields that are not
+/// API parameters).
 pub fn params_without(input: &Value, skip: &[&str]) -> Map<String, Value> {
     input
         .as_object()
         .into_iter()
         .flatten()
-        .filter(|(k, _)| !skip.contains(&k.as_str()))
+        .filter(|(k, _)| !skip.contains(&k.as_str()) && !matches!(k.as_str(), "action" | LEFT_OUT))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }

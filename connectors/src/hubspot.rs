@@ -186,7 +186,8 @@ pub struct Update {
     /// A unique property `id` is a value of (e.g. `email`), instead of the record id.
     #[serde(default)]
     pub id_property: Option<String>,
-    /// Property values to set (templates); `""` clears one.
+    /// Property values to set (templates); `$clear` clears one (a value that resolves to nothing
+    /// is left out).
     pub properties: BTreeMap<String, Value>,
 }
 
@@ -388,9 +389,16 @@ struct HubSpotStep {
 
 #[async_trait]
 impl Action for HubSpotStep {
-    /// `{action, …the action's rendered fields}`.
+    /// `{action, …the action's rendered fields}`; a note's time and a task's due time are fixed
+    /// here (default: now), so a retry resends the same request.
     fn render(&self, t: &Templates, ctx: &Value) -> Result<Value, StepError> {
-        render_action(self.name, &self.params, t, ctx)
+        let mut input = render_action(self.name, &self.params, t, ctx)?;
+        match self.op {
+            Op::AddNote => input["timestamp"] = json!(Timestamp::now().to_rfc3339()),
+            Op::AddTask => input["due"] = json!(due_time(&input["due"])?),
+            _ => {}
+        }
+        Ok(input)
     }
 
     async fn execute(&self, input: Value, cx: &ExecContext) -> Result<Outcome, StepError> {
@@ -407,7 +415,7 @@ impl HubSpotStep {
         let call = |request| call::<HubSpot>(cx, &self.account, request);
         match self.op {
             Op::Create => {
-                let body = json!({ "properties": input["properties"] });
+                let body = json!({ "properties": properties(&input["properties"]) });
                 call(Request::new(Method::POST, format!("/crm/v3/objects/{object}")).json(body))
                     .await
             }
@@ -415,7 +423,7 @@ impl HubSpotStep {
                 let id = segment(&required(input, "id", "the record's id")?);
                 let mut request =
                     Request::new(Method::PATCH, format!("/crm/v3/objects/{object}/{id}"))
-                        .json(json!({ "properties": input["properties"] }));
+                        .json(json!({ "properties": properties(&input["properties"]) }));
                 if let Some(p) = input["id_property"].as_str() {
                     request = request.query(vec![("idProperty".into(), p.into())]);
                 }
@@ -468,7 +476,7 @@ impl HubSpotStep {
             Op::AddNote => {
                 let properties = json!({
                     "hs_note_body": text(input, "body"),
-                    "hs_timestamp": Timestamp::now().to_rfc3339(),
+                    "hs_timestamp": input["timestamp"],
                 });
                 self.engagement("notes", properties, input, cx).await
             }
@@ -476,8 +484,7 @@ impl HubSpotStep {
                 let mut properties = json!({
                     "hs_task_subject": required(input, "subject", "the task's subject")?,
                     "hs_task_status": "NOT_STARTED",
-                    "hs_timestamp": input["due"].as_str().filter(|d| !d.is_empty())
-                        .map_or_else(|| Timestamp::now().to_rfc3339(), str::to_owned),
+                    "hs_timestamp": input["due"],
                 });
                 for (field, property) in [
                     ("body", "hs_task_body"),
@@ -553,7 +560,10 @@ impl HubSpotStep {
                 .iter()
                 .map(|c| {
                     let email = api::scalar(&c["email"]);
-                    let mut properties = c["properties"].as_object().cloned().unwrap_or_default();
+                    let mut properties = match properties(&c["properties"]) {
+                        Value::Object(p) => p,
+                        _ => serde_json::Map::new(),
+                    };
                     properties.insert("email".into(), json!(email));
                     json!({ "id": email, "idProperty": "email", "properties": properties })
                 })
@@ -615,6 +625,44 @@ impl HubSpotStep {
             Request::new(Method::POST, format!("/crm/v3/objects/{kind}")).json(body),
         )
         .await
+    }
+}
+
+/// A task's due time as RFC 3339: given as RFC 3339 text or epoch milliseconds (a number or
+/// digits); now when not given.
+fn due_time(due: &Value) -> Result<String, StepError> {
+    let millis = match due {
+        Value::Null => return Ok(Timestamp::now().to_rfc3339()),
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
+        Value::String(s) => {
+            return Timestamp::parse_rfc3339(s)
+                .map(Timestamp::to_rfc3339)
+                .ok_or_else(|| {
+                    StepError::permanent(format!(
+                        "`due` is `{s}`: give an RFC 3339 time (2026-12-01T09:00:00Z) or epoch milliseconds"
+                    ))
+                })
+        }
+        _ => None,
+    };
+    millis.map(|ms| Timestamp(ms).to_rfc3339()).ok_or_else(|| {
+        StepError::permanent(format!(
+            "`due` is `{due}`: give an RFC 3339 time or epoch milliseconds"
+        ))
+    })
+}
+
+/// Property values as HubSpot takes them: `null` (what `$clear` renders) becomes `""`, which
+/// clears the property.
+fn properties(values: &Value) -> Value {
+    match values {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), if v.is_null() { json!("") } else { v.clone() }))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 

@@ -396,7 +396,7 @@ impl StripeStep {
                 }))
             }
             Op::CreateCustomer => {
-                let body = form(&params_without(input, &["action", "expand"]), expand);
+                let body = form(&params_without(input, &["expand"]), expand);
                 call(
                     Request::new(Method::POST, "/v1/customers")
                         .form(body)
@@ -405,12 +405,12 @@ impl StripeStep {
                 .await
             }
             Op::UpdateCustomer => {
-                let body = form(&params_without(input, &["action", "expand", "id"]), expand);
+                let body = form(&params_without(input, &["expand", "id"]), expand);
                 let path = format!("/v1/customers/{}", id()?);
                 call(Request::new(Method::POST, path).form(body).idempotent(key)).await
             }
             Op::CreateRefund => {
-                let body = form(&params_without(input, &["action", "expand"]), expand);
+                let body = form(&params_without(input, &["expand"]), expand);
                 call(
                     Request::new(Method::POST, "/v1/refunds")
                         .form(body)
@@ -530,8 +530,9 @@ fn expand_params(expand: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Parameters as Stripe's form encoding: objects nest as `a[b]`, lists as `a[0]`, `null` as `""`
-/// (which unsets a field).
+/// Parameters as Stripe's form encoding: objects nest as `a[b]`, lists as `a[0]`, `null` (what the
+/// flow's `$clear` renders) as `""`, which unsets a field. Fields that resolved to nothing never get
+/// here: they were left out when the input was rendered.
 pub fn form(
     params: &serde_json::Map<String, Value>,
     extra: Vec<(String, String)>,

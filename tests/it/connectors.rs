@@ -855,3 +855,172 @@ steps:
     assert_eq!(run["status"], "succeeded", "{run:#}");
     assert_eq!(hubspot.records("contacts").len(), 1);
 }
+
+#[tokio::test]
+async fn a_field_that_resolved_to_nothing_is_left_out_and_only_clear_clears() {
+    let stripe = FakeStripe::start(STRIPE_KEY).await;
+    stripe.insert(
+        json!({ "id": "cus_1", "object": "customer", "name": "Jane Doe",
+        "phone": "+15550100", "description": "VIP", "metadata": {} }),
+    );
+    let flow = r#"
+id: tidy
+trigger: { webhook: }
+steps:
+  - id: rename
+    stripe:
+      update_customer:
+        id: "{{trigger.body.customer}}"
+        name: "{{trigger.body.new_name}}"
+        phone: "{{trigger.body.phone}}"
+        description: $clear
+        metadata: { plan: "{{trigger.body.plan}}" }
+"#;
+    let server = start(&[("tidy.yaml", flow)], &stripe_env(&stripe));
+    let run = run_of(
+        &server,
+        "tidy",
+        json!({ "customer": "cus_1", "plan": "pro" }),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let sent = stripe.calls()[0].form();
+    assert_eq!(
+        sent,
+        [
+            ("description".to_owned(), String::new()),
+            ("metadata[plan]".to_owned(), "pro".to_owned()),
+        ]
+    );
+    let customer = stripe.object("cus_1").unwrap();
+    assert_eq!(customer["name"], "Jane Doe");
+    assert_eq!(customer["phone"], "+15550100");
+    assert_eq!(customer["description"], "");
+    let left_out = &step(&run, "rename")["input"]["left_out"];
+    assert_eq!(
+        *left_out,
+        json!({ "name": "its expression resolved to nothing", "phone": "its expression resolved to nothing" })
+    );
+
+    // The dry run and the preview say the same before anything is sent.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tidy.yaml"), flow).unwrap();
+    std::fs::write(dir.path().join("e.json"), r#"{"customer": "cus_1"}"#).unwrap();
+    let out = run_cli(
+        &["run", "tidy.yaml", "--event", "e.json", "--dry-run"],
+        dir.path(),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("\"left_out\""), "{text}");
+    assert!(
+        text.contains("\"metadata.plan\": \"its expression resolved to nothing\""),
+        "{text}"
+    );
+    let (status, preview) = server
+        .post(
+            "/api/v1/flows/tidy/preview",
+            &json!({ "event": { "body": { "customer": "cus_1", "new_name": "Jo" } } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{preview}");
+    let input = &preview["steps"][0]["input"];
+    assert_eq!(input["name"], "Jo", "{preview:#}");
+    assert_eq!(
+        input["left_out"]["phone"],
+        "its expression resolved to nothing"
+    );
+    assert_eq!(stripe.calls().len(), 1, "previews send nothing");
+}
+
+#[tokio::test]
+async fn a_retry_resends_the_recorded_request_under_its_key() {
+    // The refund is made but its answer is lost to the step's timeout; the retry must send the
+    // same parameters, or Stripe refuses the reused key with `idempotency_error`.
+    let stripe = FakeStripe::start(STRIPE_KEY).await;
+    stripe.slow_refunds(Duration::from_secs(3));
+    let refund = r#"
+id: refund
+trigger: { webhook: }
+steps:
+  - id: refund
+    timeout: 1s
+    retry: { attempts: 3, backoff: fixed, initial: 100ms }
+    stripe:
+      create_refund:
+        payment_intent: "{{trigger.body.payment_intent}}"
+        metadata: { request: "{{uuid}}" }
+"#;
+    // A plain HTTP call with a credential: the credential is never recorded, yet the retry sends
+    // it, with the same body.
+    let sink = crate::support::Sink::scripted(&[503]).await;
+    let notify = format!(
+        r#"
+id: notify
+trigger: {{ webhook: }}
+steps:
+  - id: post
+    retry: {{ attempts: 3, backoff: fixed, initial: 100ms }}
+    http:
+      url: "{}/notify"
+      auth: {{ bearer: "${{env:SINK_TOKEN}}" }}
+      json: {{ id: "{{{{uuid}}}}" }}
+"#,
+        sink.url
+    );
+    let mut env = stripe_env(&stripe);
+    env.push(("SINK_TOKEN", "sink-secret-1".to_owned()));
+    let server = start(&[("refund.yaml", refund), ("notify.yaml", &notify)], &env);
+
+    let run = run_of(&server, "refund", json!({ "payment_intent": "pi_7" })).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let calls = stripe.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].body, calls[1].body, "the same bytes");
+    assert_eq!(calls[1].status, 200);
+    assert_eq!(stripe.objects("refund").len(), 1);
+
+    let run = run_of(&server, "notify", json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let received = sink.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].body, received[1].body);
+    for r in &received {
+        assert_eq!(r.headers["authorization"], "Bearer sink-secret-1");
+    }
+    assert!(!run.to_string().contains("sink-secret-1"));
+    assert!(server
+        .metrics()
+        .await
+        .contains("hookflow_step_requests_resent_total{flow=\"notify\"} 1"));
+}
+
+#[tokio::test]
+async fn a_task_due_in_epoch_milliseconds_is_due_then() {
+    let hubspot = FakeHubSpot::start(HUBSPOT_TOKEN).await;
+    let contact = hubspot.insert("contacts", json!({ "email": "jane@acme.com" }));
+    let flow = r#"
+id: remind
+trigger: { webhook: }
+steps:
+  - id: by_number
+    hubspot:
+      add_task: { to: { id: "{{trigger.body.contact}}" }, subject: Call, due: "{{trigger.body.due}}" }
+  - id: by_text
+    hubspot:
+      add_task: { to: { id: "{{trigger.body.contact}}" }, subject: Call, due: "{{trigger.body.due_text}}" }
+"#;
+    let server = start(&[("remind.yaml", flow)], &hubspot_env(&hubspot));
+    let run = run_of(
+        &server,
+        "remind",
+        json!({ "contact": contact, "due": 1_798_761_600_000_i64, "due_text": "1798761600000" }),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let tasks = hubspot.records("tasks");
+    assert_eq!(tasks.len(), 2);
+    for task in tasks {
+        assert_eq!(task["properties"]["hs_timestamp"], "2027-01-01T00:00:00Z");
+    }
+}

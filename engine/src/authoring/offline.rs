@@ -182,6 +182,7 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
             started_at,
             duration_ms: clock.elapsed().as_millis() as u64,
             retry_in: None,
+            sent_under: None,
         };
         let previous = records.iter().find(|r| r.step_id == step.id);
         let Some(update) = advance::advance(flow, run.clone(), previous, &done, Timestamp::now())

@@ -48,6 +48,8 @@ pub struct Attempted {
     pub duration_ms: u64,
     /// When it failed and may be retried: the delay before the next attempt.
     pub retry_in: Option<Duration>,
+    /// For a step with effects: the idempotency key its input was sent under.
+    pub sent_under: Option<String>,
 }
 
 /// A new run of `flow` for `event`: queued, every step pending except the roots, which are queued.
@@ -267,6 +269,7 @@ pub fn advance(
         duration_ms: done.duration_ms,
         error: error.as_ref().map(|e| e.message.clone()),
         retry_at,
+        sent_under: done.sent_under.clone(),
     });
     let kind = step.map_or("unknown", |s| s.kind);
     let record = StepRecord {
@@ -459,6 +462,7 @@ steps:
             started_at: Timestamp(10),
             duration_ms: 5,
             retry_in,
+            sent_under: None,
         }
     }
 
@@ -676,6 +680,7 @@ steps:
                 duration_ms: 1,
                 error: Some("400".into()),
                 retry_at: None,
+                sent_under: None,
             }],
         };
         let u = advance(&flow, r.run, Some(&before), &ok("b"), Timestamp(50)).unwrap();
