@@ -31,8 +31,14 @@ pub trait Service {
     /// The production API's base URL.
     const BASE_URL: &'static str;
 
-    /// What an answer says about the account's rate limit.
-    fn observe(status: u16, headers: &HeaderMap) -> Option<Observation>;
+    /// Headers every call of an account sends (`Stripe-Version`), from the account's settings:
+    /// `setting(suffix)` reads `{ENV}_{ACCOUNT}_{suffix}`, then `{ENV}_{suffix}`.
+    fn default_headers(_setting: &dyn Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// What an answer says about the account's rate limits.
+    fn observe(status: u16, headers: &HeaderMap) -> Vec<Observation>;
 
     /// The step error for a non-2xx answer (the service's error JSON mapped into message and
     /// detail).
@@ -48,6 +54,8 @@ pub struct Account {
     credential: Result<String, String>,
     /// The pacing key: the service and a hash of base URL and credential, never the credential.
     pacing_key: String,
+    /// Headers every call sends ([`Service::default_headers`]).
+    headers: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Account {
@@ -84,10 +92,12 @@ impl Account {
         };
         let variable = format!("{scope}_{}", S::CREDENTIAL);
         let credential = cx.credential(&variable).ok_or(variable);
-        let base_url = cx
-            .setting(&format!("{scope}_BASE_URL"))
-            .or_else(|| cx.setting(&format!("{}_BASE_URL", S::ENV)))
-            .unwrap_or_else(|| S::BASE_URL.to_owned());
+        let setting = |suffix: &str| {
+            cx.setting(&format!("{scope}_{suffix}"))
+                .or_else(|| cx.setting(&format!("{}_{suffix}", S::ENV)))
+        };
+        let headers = S::default_headers(&setting);
+        let base_url = setting("BASE_URL").unwrap_or_else(|| S::BASE_URL.to_owned());
         let base_url = base_url.trim_end_matches('/').to_owned();
         if reqwest::Url::parse(&base_url).is_err() {
             cx.error(
@@ -105,6 +115,7 @@ impl Account {
             pacing_key: format!("{}:{digest}", S::ENV.to_ascii_lowercase()),
             base_url,
             credential,
+            headers,
         })
     }
 }
@@ -133,6 +144,19 @@ pub struct Request {
     pub body: Body,
     /// Sent as `Idempotency-Key`.
     pub idempotency_key: Option<String>,
+    /// A limit of the endpoint's own, paced besides the account's (HubSpot's search).
+    pub rule: Option<Rule>,
+}
+
+/// A rate limit a service documents for some of its endpoints, paced before each call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// Names the limit within the account (`search`).
+    pub name: &'static str,
+    /// Calls allowed per window.
+    pub max: u32,
+    /// The window.
+    pub window: Duration,
 }
 
 impl Request {
@@ -144,7 +168,14 @@ impl Request {
             query: Vec::new(),
             body: Body::None,
             idempotency_key: None,
+            rule: None,
         }
+    }
+
+    /// Paced by an endpoint's own limit too.
+    pub fn paced(mut self, rule: Rule) -> Self {
+        self.rule = Some(rule);
+        self
     }
 
     /// With a JSON body.
@@ -200,9 +231,17 @@ pub async fn call<S: Service>(
             S::NAME
         ))
     })?;
-    if let Err(wait) = cx.pacer.admit(&account.pacing_key).await {
-        return Err(CallError::Wait(wait));
+    if let Some(rule) = request.rule {
+        let key = format!("{}:{}", account.pacing_key, rule.name);
+        let limit = Observation::Remaining {
+            max: rule.max,
+            remaining: rule.max,
+            window: rule.window,
+        };
+        cx.pacer.observe(&key, limit).await;
+        admit(cx, &key).await?;
     }
+    admit(cx, &account.pacing_key).await?;
     let url = format!("{}{}", account.base_url, request.path);
     let url = reqwest::Url::parse(&url)
         .map_err(|e| StepError::permanent(format!("`{url}` is not a valid URL: {e}")))?;
@@ -216,6 +255,9 @@ pub async fn call<S: Service>(
     if !request.query.is_empty() {
         builder = builder.query(&request.query);
     }
+    for (name, value) in &account.headers {
+        builder = builder.header(name, value);
+    }
     if let Some(key) = &request.idempotency_key {
         builder = builder.header("Idempotency-Key", key);
     }
@@ -227,7 +269,7 @@ pub async fn call<S: Service>(
     let response = builder.send().await.map_err(|e| send_error(&e))?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    if let Some(observation) = S::observe(status, &headers) {
+    for observation in S::observe(status, &headers) {
         cx.pacer.observe(&account.pacing_key, observation).await;
     }
     let bytes = response
@@ -245,6 +287,25 @@ pub async fn call<S: Service>(
         Ok(body)
     } else {
         Err(CallError::Failed(S::error(status, &headers, &body)))
+    }
+}
+
+/// The longest wait for an account's allowance a step sits out in place; longer waits put the step
+/// back in the queue (a step that pages through results would start over, so short waits, such as
+/// a per-second limit's, are taken here).
+const WAIT_IN_PLACE: Duration = Duration::from_secs(2);
+
+/// Takes one call of the allowance under `key`, waiting in place when the wait is short.
+async fn admit(cx: &ExecContext, key: &str) -> Result<(), CallError> {
+    loop {
+        match cx.pacer.admit(key).await {
+            Ok(()) => return Ok(()),
+            Err(wait) if wait <= WAIT_IN_PLACE => {
+                tracing::debug!(?wait, "waiting in place for the account's allowance");
+                tokio::time::sleep(wait).await;
+            }
+            Err(wait) => return Err(CallError::Wait(wait)),
+        }
     }
 }
 

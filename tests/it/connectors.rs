@@ -174,13 +174,18 @@ async fn every_hubspot_action_sends_what_hubspot_documents() {
     let search = &step(&run, "pro_contacts")["output"];
     assert_eq!(search["total"], 7);
     assert_eq!(search["results"].as_array().unwrap().len(), 5);
-    let pages: Vec<Value> = hubspot
+    let searches: Vec<_> = hubspot
         .calls()
-        .iter()
+        .into_iter()
         .filter(|c| c.path.ends_with("/search"))
-        .map(|c| c.json())
         .collect();
+    let pages: Vec<Value> = searches.iter().map(|c| c.json()).collect();
     assert_eq!(pages.len(), 3);
+    // Search has its own limit (five a second, no headers): its calls are spaced.
+    for pair in searches.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(190), "{gap:?}");
+    }
     assert_eq!(
         pages[0]["filterGroups"][0]["filters"][0]["propertyName"],
         "plan"
@@ -533,13 +538,22 @@ async fn every_stripe_action_sends_what_stripe_documents() {
             ("proration_behavior".to_owned(), "none".to_owned()),
         ]
     );
-    let search = calls
+    // `find_customer` uses the list's exact `email` filter (search is eventually consistent).
+    let find = calls
         .iter()
-        .find(|c| c.path == "/v1/customers/search")
+        .find(|c| c.method == "GET" && c.path == "/v1/customers")
         .unwrap();
-    assert!(search
+    assert!(find
         .query
-        .contains(&("query".into(), "email:'jane@acme.com'".into())));
+        .contains(&("email".into(), "jane@acme.com".into())));
+    // Every call pins the API version whose shapes the connector reads.
+    for call in &calls {
+        assert_eq!(
+            call.header("stripe-version"),
+            Some("2024-06-20"),
+            "{call:?}"
+        );
+    }
     let pages: Vec<_> = calls.iter().filter(|c| c.path == "/v1/invoices").collect();
     assert_eq!(pages.len(), 2, "three invoices at two per page");
     assert!(pages[1]
@@ -777,6 +791,24 @@ async fn the_seed_flows_connect_stripe_and_hubspot() {
             .as_str()
             .unwrap()
             .contains("ops@globex.com: 49 USD"),
+        "{alert}"
+    );
+
+    // A customer missing from HubSpot: billing still hears about it (that is when it must), and
+    // no task is made.
+    let mut unknown = failed.clone();
+    unknown["id"] = json!("evt_3");
+    unknown["data"]["object"]["customer_email"] = json!("nobody@initech.com");
+    let run = stripe_event(&server, "stripe-payment-failed", &unknown).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(step(&run, "follow_up")["status"], "skipped");
+    assert_eq!(hubspot.records("tasks").len(), 1);
+    let alert = &alerts.received()[1].body;
+    assert!(
+        alert["text"]
+            .as_str()
+            .unwrap()
+            .ends_with("attempt 2 (not in HubSpot: no follow-up task)"),
         "{alert}"
     );
 
@@ -1023,4 +1055,205 @@ steps:
     for task in tasks {
         assert_eq!(task["properties"]["hs_timestamp"], "2027-01-01T00:00:00Z");
     }
+}
+
+#[tokio::test]
+async fn a_partly_failed_batch_upsert_fails_or_says_which_contacts_failed() {
+    let hubspot = FakeHubSpot::start(HUBSPOT_TOKEN).await;
+    let flow = r#"
+id: team
+trigger: { webhook: }
+steps:
+  - id: strict
+    hubspot:
+      upsert_contacts: { contacts: "$.trigger.body.team" }
+  - id: lenient
+    needs: []
+    on_error: continue
+    hubspot:
+      upsert_contacts: { contacts: "$.trigger.body.team" }
+"#;
+    let server = start(&[("team.yaml", flow)], &hubspot_env(&hubspot));
+    let team = json!({ "team": [
+        { "email": "a@acme.com", "properties": { "firstname": "A" } },
+        { "email": "not-an-email", "properties": { "firstname": "B" } },
+    ] });
+    let run = run_of(&server, "team", team).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let strict = step(&run, "strict");
+    assert_eq!(
+        strict["error"]["message"],
+        "HubSpot upserted 1 of 2 contacts; failed: not-an-email: Email address not-an-email is invalid"
+    );
+    assert_eq!(
+        strict["attempts"].as_array().unwrap().len(),
+        1,
+        "not retried"
+    );
+    // With `on_error: continue`, the output says which contact failed and carries the others.
+    let results = &step(&run, "lenient")["output"]["error"]["detail"]["results"];
+    assert_eq!(results[0]["ok"], true);
+    assert_eq!(results[0]["record"]["properties"]["firstname"], "A");
+    assert_eq!(results[1]["ok"], false);
+    assert_eq!(results[1]["email"], "not-an-email");
+    assert_eq!(results[1]["errors"][0]["category"], "VALIDATION_ERROR");
+    assert!(
+        hubspot.calls().iter().all(|c| c.status == 207),
+        "HubSpot answered 207 Multi-Status"
+    );
+}
+
+#[tokio::test]
+async fn hubspot_search_sends_in_and_between_as_documented() {
+    let hubspot = FakeHubSpot::start(HUBSPOT_TOKEN).await;
+    for (email, status, amount) in [
+        ("a@x.com", "NEW", "50"),
+        ("b@x.com", "OPEN", "500"),
+        ("c@x.com", "CLOSED", "150"),
+        ("d@x.com", "OPEN", "120"),
+    ] {
+        hubspot.insert(
+            "contacts",
+            json!({ "email": email, "hs_lead_status": status, "amount": amount }),
+        );
+    }
+    let flow = r#"
+id: find
+trigger: { webhook: }
+steps:
+  - id: leads
+    hubspot:
+      search:
+        filters:
+          - { property: hs_lead_status, operator: IN, values: "{{trigger.body.statuses}}" }
+          - { property: amount, operator: BETWEEN, value: 100, high_value: "{{trigger.body.max}}" }
+        properties: [email]
+"#;
+    let server = start(&[("find.yaml", flow)], &hubspot_env(&hubspot));
+    let run = run_of(
+        &server,
+        "find",
+        json!({ "statuses": ["NEW", "OPEN"], "max": 200 }),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let found: Vec<&Value> = step(&run, "leads")["output"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["properties"]["email"])
+        .collect();
+    assert_eq!(found, [&json!("d@x.com")]);
+    let filters = hubspot.calls()[0].json()["filterGroups"][0]["filters"].clone();
+    assert_eq!(
+        filters,
+        json!([
+            { "propertyName": "hs_lead_status", "operator": "IN", "values": ["NEW", "OPEN"] },
+            { "propertyName": "amount", "operator": "BETWEEN", "value": "100", "highValue": "200" },
+        ])
+    );
+
+    // `IN` with a single `value` is refused when the flow loads, with the field.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = flow.replace("values:", "value:");
+    std::fs::write(dir.path().join("find.yaml"), bad).unwrap();
+    let out = run_cli(&["validate", "find.yaml"], dir.path());
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(text.contains("search.filters[0]"), "{text}");
+    assert!(
+        text.contains("`IN` and `NOT_IN` take `values: [..]`"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn hubspot_creates_are_not_retried_blindly_and_a_spent_daily_allowance_holds_calls() {
+    let hubspot = FakeHubSpot::start(HUBSPOT_TOKEN).await;
+    let contact = hubspot.insert("contacts", json!({ "email": "jane@acme.com" }));
+    // A note whose answer is lost: HubSpot made it, but hookflow cannot know.
+    let flow = format!(
+        r#"
+id: note
+trigger: {{ webhook: }}
+steps:
+  - id: note
+    timeout: 1s
+    retry: {{ attempts: 3, backoff: fixed, initial: 100ms }}
+    hubspot:
+      add_note: {{ to: {{ id: "{contact}" }}, body: "{{{{trigger.body.text}}}}" }}
+"#
+    );
+    let mut env = hubspot_env(&hubspot);
+    // Answers never come back: every call times out.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    env.push(("HUBSPOT_LOST_TOKEN", HUBSPOT_TOKEN.to_owned()));
+    env.push(("HUBSPOT_LOST_BASE_URL", silent_url));
+    let lost = flow
+        .replace("id: note\ntrigger", "id: lost\ntrigger")
+        .replace("    hubspot:\n", "    hubspot:\n      account: lost\n");
+    let server = start(&[("note.yaml", &flow), ("lost.yaml", &lost)], &env);
+    let run = run_of(&server, "lost", json!({ "text": "Called" })).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let note = step(&run, "note");
+    assert_eq!(note["attempts"].as_array().unwrap().len(), 1, "{run:#}");
+    assert!(note["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not retried"));
+    drop(silent);
+
+    // One call left today: its answer says none are left, so the next event's call waits (an
+    // hour) instead of being sent and refused.
+    hubspot.daily(250_000, 1);
+    let run = run_of(&server, "note", json!({ "text": "First" })).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let (status, answer) = server.send("note", &json!({ "text": "Second" })).await;
+    assert_eq!(status, 200);
+    let run_id = answer["run_id"].as_str().unwrap().to_owned();
+    // Postponed: the run started, its step is back in the queue, and no attempt was made.
+    let waiting = eventually("the step to wait for the daily allowance", || async {
+        let (_, run) = server.get(&format!("/api/v1/runs/{run_id}")).await;
+        let postponed = run["status"] == "running"
+            && run["steps"][0]["status"] == "queued"
+            && run["steps"][0]["attempts"] == json!([]);
+        postponed.then_some(run)
+    })
+    .await;
+    assert_eq!(hubspot.records("notes").len(), 1);
+    assert_eq!(hubspot.calls().len(), 1, "{waiting:#}");
+}
+
+#[tokio::test]
+async fn a_stripe_conflict_is_retried_and_the_api_version_is_configurable() {
+    let stripe = FakeStripe::start(STRIPE_KEY).await;
+    stripe.script(vec![Scripted {
+        status: 409,
+        body: json!({ "error": { "type": "invalid_request_error", "code": "lock_timeout",
+            "message": "This object cannot be accessed right now because another API request or Stripe process is currently accessing it." } }),
+        headers: vec![],
+    }]);
+    let flow = r#"
+id: refund
+trigger: { webhook: }
+steps:
+  - id: refund
+    retry: { attempts: 3, backoff: fixed, initial: 100ms }
+    stripe: { create_refund: { charge: ch_1 } }
+"#;
+    let mut env = stripe_env(&stripe);
+    env.push(("STRIPE_API_VERSION", "2025-03-31.basil".to_owned()));
+    let server = start(&[("refund.yaml", flow)], &env);
+    let run = run_of(&server, "refund", json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let calls = stripe.calls();
+    assert_eq!(
+        calls.iter().map(|c| c.status).collect::<Vec<_>>(),
+        [409, 200]
+    );
+    assert!(calls
+        .iter()
+        .all(|c| c.header("stripe-version") == Some("2025-03-31.basil")));
 }

@@ -108,6 +108,8 @@ struct HubSpotState {
     recent: VecDeque<Instant>,
     /// The most results one search page holds (HubSpot's is 200; smaller to exercise paging).
     page_size: usize,
+    /// Calls left today, reported in `X-HubSpot-RateLimit-Daily-Remaining` (none: not reported).
+    daily: Option<(u64, u64)>,
     calls: Vec<Call>,
 }
 
@@ -122,6 +124,7 @@ impl FakeHubSpot {
             limit: None,
             recent: VecDeque::new(),
             page_size: 200,
+            daily: None,
             calls: Vec::new(),
         }));
         let app = Router::new()
@@ -136,6 +139,12 @@ impl FakeHubSpot {
     /// Allows `max` calls per rolling `window`, answering 429 beyond it.
     pub fn limit(&self, max: usize, window: Duration) {
         lock(&self.state).limit = Some((max, window));
+    }
+
+    /// Allows `max` calls a day, `left` of them still unused (HubSpot's daily headers; a spent
+    /// allowance answers 429 with the `DAILY` policy).
+    pub fn daily(&self, max: u64, left: u64) {
+        lock(&self.state).daily = Some((max, left));
     }
 
     /// Caps search pages at `n` results.
@@ -206,7 +215,25 @@ async fn hubspot(
 ) -> Response {
     let mut s = lock(&state);
     let text = String::from_utf8_lossy(&body).into_owned();
-    let mut response = hubspot_answer(&mut s, &method, &uri, &headers, &text);
+    let mut response = match s.daily {
+        Some((_, 0)) => {
+            let body = json!({
+                "status": "error",
+                "message": "You have reached your daily limit.",
+                "errorType": "RATE_LIMIT",
+                "correlationId": "4b1d6f1e-0000-4000-8000-00000000d429",
+                "policyName": "DAILY",
+            });
+            (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response()
+        }
+        _ => hubspot_answer(&mut s, &method, &uri, &headers, &text),
+    };
+    if let Some((max, left)) = &mut s.daily {
+        *left = left.saturating_sub(1);
+        let h = response.headers_mut();
+        h.insert("x-hubspot-ratelimit-daily", (*max).into());
+        h.insert("x-hubspot-ratelimit-daily-remaining", (*left).into());
+    }
     if let Some((max, window)) = s.limit {
         let remaining = max.saturating_sub(s.recent.len());
         let h = response.headers_mut();
@@ -423,9 +450,21 @@ fn create(s: &mut HubSpotState, object: &str, input: &Value) -> Response {
     (StatusCode::CREATED, Json(made)).into_response()
 }
 
+/// A batch upsert: the valid inputs are upserted; an invalid email fails the whole batch when it is
+/// alone, or answers `207 Multi-Status` with one error per failed input beside the results.
 fn upsert(s: &mut HubSpotState, input: &Value) -> Response {
+    let inputs = input["inputs"].as_array().cloned().unwrap_or_default();
+    let invalid: Vec<&str> = inputs
+        .iter()
+        .filter_map(|i| i["id"].as_str())
+        .filter(|email| !email.contains('@'))
+        .collect();
+    if invalid.len() == inputs.len() && !invalid.is_empty() {
+        return invalid_email(invalid[0]);
+    }
     let mut results = Vec::new();
-    for item in input["inputs"].as_array().into_iter().flatten() {
+    let mut errors = Vec::new();
+    for item in &inputs {
         let email = item["id"].as_str().unwrap_or_default();
         if item["idProperty"] != "email" {
             return hubspot_error(
@@ -436,7 +475,14 @@ fn upsert(s: &mut HubSpotState, input: &Value) -> Response {
             );
         }
         if !email.contains('@') {
-            return invalid_email(email);
+            errors.push(json!({
+                "status": "error",
+                "category": "VALIDATION_ERROR",
+                "message": format!("Email address {email} is invalid"),
+                "context": { "ids": [email] },
+                "errors": [{ "message": format!("Email address {email} is invalid"), "code": "INVALID_EMAIL" }],
+            }));
+            continue;
         }
         let properties = item["properties"].as_object().cloned().unwrap_or_default();
         let existing = find(s, "contacts", email, Some(&"email".to_owned()));
@@ -460,13 +506,18 @@ fn upsert(s: &mut HubSpotState, input: &Value) -> Response {
     }
     // HubSpot does not keep the inputs' order.
     results.reverse();
-    Json(json!({
+    let mut answer = json!({
         "status": "COMPLETE",
         "results": results,
         "startedAt": "2026-11-22T10:00:00.000Z",
         "completedAt": "2026-11-22T10:00:00.100Z",
-    }))
-    .into_response()
+    });
+    if errors.is_empty() {
+        return Json(answer).into_response();
+    }
+    answer["numErrors"] = json!(errors.len());
+    answer["errors"] = json!(errors);
+    (StatusCode::MULTI_STATUS, Json(answer)).into_response()
 }
 
 fn search(s: &HubSpotState, object: &str, input: &Value) -> Response {
@@ -474,6 +525,22 @@ fn search(s: &HubSpotState, object: &str, input: &Value) -> Response {
         .as_array()
         .cloned()
         .unwrap_or_default();
+    // HubSpot documents `values` (a list) for IN and NOT_IN, and `highValue` for BETWEEN.
+    for f in &filters {
+        let well_formed = match f["operator"].as_str() {
+            Some("IN" | "NOT_IN") => f["values"].is_array() && f.get("value").is_none(),
+            Some("BETWEEN") => f["value"].is_string() && f["highValue"].is_string(),
+            _ => f.get("values").is_none(),
+        };
+        if !well_formed {
+            return hubspot_error(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                &format!("Invalid filter: {f}"),
+                json!([]),
+            );
+        }
+    }
     let matches: Vec<Value> = s
         .objects
         .get(object)
@@ -485,8 +552,21 @@ fn search(s: &HubSpotState, object: &str, input: &Value) -> Response {
                 let property = f["propertyName"].as_str().unwrap_or_default();
                 let actual = r["properties"][property].as_str().unwrap_or_default();
                 let wanted = f["value"].as_str().unwrap_or_default();
+                let number = |v: &str| v.parse::<f64>().ok();
                 match f["operator"].as_str() {
                     Some("EQ") => actual.eq_ignore_ascii_case(wanted),
+                    Some("IN") => f["values"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|v| v.as_str().is_some_and(|v| actual.eq_ignore_ascii_case(v))),
+                    Some("BETWEEN") => {
+                        let high = f["highValue"].as_str().and_then(number);
+                        match (number(actual), number(wanted), high) {
+                            (Some(a), Some(low), Some(high)) => low <= a && a <= high,
+                            _ => false,
+                        }
+                    }
                     Some("CONTAINS_TOKEN") => actual.contains(wanted.trim_matches('*')),
                     Some("HAS_PROPERTY") => !actual.is_empty(),
                     _ => false,
@@ -734,6 +814,27 @@ fn stripe_answer(
         );
         return (st, b, vec![]);
     }
+    if let Some(version) = headers.get("stripe-version").and_then(|v| v.to_str().ok()) {
+        let date = version.split('.').next().unwrap_or_default();
+        let valid = date.len() == 10
+            && date.bytes().enumerate().all(|(i, b)| {
+                if i == 4 || i == 7 {
+                    b == b'-'
+                } else {
+                    b.is_ascii_digit()
+                }
+            });
+        if !valid {
+            let (st, b) = stripe_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                &format!("Invalid Stripe API version: {version}"),
+                None,
+            );
+            return (st, b, vec![]);
+        }
+    }
     let mutating = *method == Method::POST || *method == Method::DELETE;
     if *method == Method::POST && !body.is_empty() {
         let form = headers
@@ -798,21 +899,24 @@ fn stripe_answer(
     let parts = path_segments(uri);
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     let (status, mut answer) = match (method.as_str(), parts.as_slice()) {
-        ("GET", ["v1", "customers", "search"]) => {
-            let q = query["query"].as_str().unwrap_or_default();
-            let email = q
-                .strip_prefix("email:'")
-                .and_then(|r| r.strip_suffix('\''))
-                .unwrap_or_default();
+        ("GET", ["v1", "customers"]) => {
+            // The list's `email` filter: exact and case-sensitive, and consistent at once.
+            let email = query["email"].as_str();
+            let limit = query["limit"]
+                .as_str()
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(10usize);
             let data: Vec<Value> = s
                 .objects
                 .values()
-                .filter(|o| o["object"] == "customer" && o["email"] == email)
+                .filter(|o| o["object"] == "customer")
+                .filter(|o| email.is_none_or(|e| o["email"] == e))
+                .take(limit)
                 .cloned()
                 .collect();
             (
                 200,
-                json!({ "object": "search_result", "data": data, "has_more": false, "url": "/v1/customers/search" }),
+                json!({ "object": "list", "data": data, "has_more": false, "url": "/v1/customers" }),
             )
         }
         ("POST", ["v1", "customers"]) => {

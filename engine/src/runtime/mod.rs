@@ -1033,8 +1033,12 @@ impl Engine {
                     place.leave().await;
                 }
                 let result = match outcome {
-                    Err(_) => StepResult::Failed(StepError::transient(format!(
-                        "the step timed out after {:?}",
+                    Err(_) if step.action.may_repeat() => StepResult::Failed(StepError::transient(
+                        format!("the step timed out after {:?}", step.timeout),
+                    )),
+                    Err(_) => StepResult::Failed(StepError::permanent(format!(
+                        "the step timed out after {:?} and is not retried: its call may have \
+                         created a record, and a retry could create another",
                         step.timeout
                     ))),
                     Ok(Err(panic)) => {

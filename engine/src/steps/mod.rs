@@ -51,6 +51,12 @@ pub trait Action: Send + Sync + fmt::Debug {
         false
     }
 
+    /// Whether an attempt whose outcome is unknown (it timed out) may be repeated: `false` for a
+    /// call that creates something without an idempotency key (a retry could duplicate it).
+    fn may_repeat(&self) -> bool {
+        true
+    }
+
     /// The paths of a branching step (`switch`): each names the steps that run only when it is
     /// taken. The step's output says which was taken (`{"path": NAME}`).
     fn paths(&self) -> &[Path] {
