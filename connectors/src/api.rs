@@ -1,6 +1,9 @@
-//! What the HubSpot and Stripe actions share: the account a step calls as (base URL and
-//! credential, from the environment), one paced API call, and how a call's failure becomes a step
-//! error or a wait.
+//! The connector kit: what every connector shares. A connector declares its API as a [`Service`]
+//! (name, environment prefix, credential and how it is sent, default headers, how errors read —
+//! including a failure answered with `200` —, its rate limits) and builds [`Request`]s; this module
+//! resolves the account a step calls as (base URL and credential, from the environment), makes one
+//! paced call, pages through lists ([`Paging`]), and turns a call's failure into a step error or a
+//! wait. `connectors/README.md` walks through adding one.
 //!
 //! Credentials never come from the flow file: a step names an `account` (or none, for the default)
 //! and the token is read from the environment or the secrets file when the flow loads, then kept
@@ -31,6 +34,9 @@ pub trait Service {
     /// The production API's base URL.
     const BASE_URL: &'static str;
 
+    /// How the credential is sent (default: `Authorization: Bearer`).
+    const AUTH: Auth = Auth::Bearer;
+
     /// Headers every call of an account sends (`Stripe-Version`), from the account's settings:
     /// `setting(suffix)` reads `{ENV}_{ACCOUNT}_{suffix}`, then `{ENV}_{suffix}`.
     fn default_headers(_setting: &dyn Fn(&str) -> Option<String>) -> Vec<(String, String)> {
@@ -40,9 +46,30 @@ pub trait Service {
     /// What an answer says about the account's rate limits.
     fn observe(status: u16, headers: &HeaderMap) -> Vec<Observation>;
 
+    /// The step error for a `2xx` answer that reports a failure in its body (Slack's
+    /// `{"ok": false, "error": …}`); `None`: the answer is a success.
+    fn failure(_status: u16, _headers: &HeaderMap, _body: &Value) -> Option<StepError> {
+        None
+    }
+
     /// The step error for a non-2xx answer (the service's error JSON mapped into message and
     /// detail).
     fn error(status: u16, headers: &HeaderMap, body: &Value) -> StepError;
+}
+
+/// How a service takes its credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// `Authorization: Bearer <credential>`.
+    Bearer,
+    /// The credential as the value of this header (`X-API-Key`).
+    Header(&'static str),
+    /// The credential as this query parameter (`api_key`).
+    Query(&'static str),
+    /// HTTP basic authentication: the credential is `user:password` (or a user name alone).
+    Basic,
+    /// No credential (the URL is the secret: an incoming webhook).
+    None,
 }
 
 /// The account a step calls as.
@@ -106,18 +133,36 @@ impl Account {
             );
             return None;
         }
-        let mut hash = Sha256::new();
-        hash.update(base_url.as_bytes());
-        hash.update([0]);
-        hash.update(credential.as_deref().unwrap_or_default().as_bytes());
-        let digest = hex::encode(&hash.finalize()[..8]);
         Some(Self {
-            pacing_key: format!("{}:{digest}", S::ENV.to_ascii_lowercase()),
+            pacing_key: pacing_key::<S>(&base_url, credential.as_deref().unwrap_or_default()),
             base_url,
             credential,
             headers,
         })
     }
+
+    /// An account that is a URL with no credential (an incoming webhook, [`Auth::None`]): the
+    /// URL is rendered at run time, so it is checked here.
+    pub fn at_url<S: Service>(url: &str) -> Result<Self, StepError> {
+        reqwest::Url::parse(url)
+            .map_err(|e| StepError::permanent(format!("`url` is not a URL: {e}")))?;
+        Ok(Self {
+            pacing_key: pacing_key::<S>(url, ""),
+            base_url: url.to_owned(),
+            credential: Ok(String::new()),
+            headers: Vec::new(),
+        })
+    }
+}
+
+/// The pacing key of an account: the service and a hash of base URL and credential, never either.
+fn pacing_key<S: Service>(base_url: &str, credential: &str) -> String {
+    let mut hash = Sha256::new();
+    hash.update(base_url.as_bytes());
+    hash.update([0]);
+    hash.update(credential.as_bytes());
+    let digest = hex::encode(&hash.finalize()[..8]);
+    format!("{}:{digest}", S::ENV.to_ascii_lowercase())
 }
 
 /// A request body.
@@ -149,10 +194,10 @@ pub struct Request {
 }
 
 /// A rate limit a service documents for some of its endpoints, paced before each call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
-    /// Names the limit within the account (`search`).
-    pub name: &'static str,
+    /// Names the limit within the account (`search`, `post:C123`).
+    pub name: String,
     /// Calls allowed per window.
     pub max: u32,
     /// The window.
@@ -224,6 +269,15 @@ pub async fn call<S: Service>(
     account: &Account,
     request: Request,
 ) -> Result<Value, CallError> {
+    send::<S>(cx, account, request).await.map(|(body, _)| body)
+}
+
+/// [`call`], answering the headers too (a `Link` header pages).
+async fn send<S: Service>(
+    cx: &ExecContext,
+    account: &Account,
+    request: Request,
+) -> Result<(Value, HeaderMap), CallError> {
     let credential = account.credential.as_ref().map_err(|variable| {
         StepError::permanent(format!(
             "no {} credential: set `{variable}` in the environment or the secrets file, \
@@ -231,7 +285,7 @@ pub async fn call<S: Service>(
             S::NAME
         ))
     })?;
-    if let Some(rule) = request.rule {
+    if let Some(rule) = &request.rule {
         let key = format!("{}:{}", account.pacing_key, rule.name);
         let limit = Observation::Remaining {
             max: rule.max,
@@ -250,8 +304,17 @@ pub async fn call<S: Service>(
         .http
         .client()
         .request(request.method, url)
-        .bearer_auth(credential)
         .timeout(cx.timeout);
+    builder = match S::AUTH {
+        Auth::Bearer => builder.bearer_auth(credential),
+        Auth::Header(name) => builder.header(name, credential),
+        Auth::Query(name) => builder.query(&[(name, credential)]),
+        Auth::Basic => match credential.split_once(':') {
+            Some((user, password)) => builder.basic_auth(user, Some(password)),
+            None => builder.basic_auth(credential, None::<&str>),
+        },
+        Auth::None => builder,
+    };
     if !request.query.is_empty() {
         builder = builder.query(&request.query);
     }
@@ -283,11 +346,173 @@ pub async fn call<S: Service>(
     } else {
         json!(String::from_utf8_lossy(&bytes))
     };
-    if (200..300).contains(&status) {
-        Ok(body)
-    } else {
-        Err(CallError::Failed(S::error(status, &headers, &body)))
+    if !(200..300).contains(&status) {
+        return Err(CallError::Failed(S::error(status, &headers, &body)));
     }
+    match S::failure(status, &headers, &body) {
+        Some(e) => Err(CallError::Failed(e)),
+        None => Ok((body, headers)),
+    }
+}
+
+/// Where a request carries a parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// A query-string parameter.
+    Query(&'static str),
+    /// A field of the JSON body.
+    Body(&'static str),
+}
+
+impl Place {
+    /// Sets the parameter on `request`, replacing an earlier value.
+    fn set(self, request: &mut Request, value: Value) {
+        match self {
+            Place::Query(name) => {
+                request.query.retain(|(k, _)| k != name);
+                request.query.push((name.to_owned(), scalar(&value)));
+            }
+            Place::Body(name) => {
+                if let Body::Json(Value::Object(body)) = &mut request.body {
+                    body.insert(name.to_owned(), value);
+                }
+            }
+        }
+    }
+}
+
+/// How a list endpoint says where its next page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// A cursor in the answer (a JSON pointer), sent back at `to`; no cursor (or `""`): the last
+    /// page (Slack's `/response_metadata/next_cursor` → `cursor`, HubSpot's `/paging/next/after`
+    /// → body `after`).
+    Cursor {
+        /// Where the answer holds it.
+        at: &'static str,
+        /// Where the next request sends it.
+        to: Place,
+    },
+    /// While the answer's flag at `more` is true, the last item's `id` is sent at `to` (Stripe's
+    /// `has_more` and `starting_after`).
+    AfterLast {
+        /// The answer's "more pages" flag.
+        more: &'static str,
+        /// Where the next request sends the id.
+        to: Place,
+    },
+    /// The number of items received so far is sent at `to`; a short or empty page is the last.
+    Offset {
+        /// Where the next request sends it.
+        to: Place,
+    },
+    /// The `Link` header's `rel="next"` URL (GitHub-style); none: the last page.
+    Link,
+}
+
+/// A list endpoint's paging: where the items are, how a page's size is asked, where the next page
+/// starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paging {
+    /// The items of a page (a JSON pointer; `""`: the answer is the list).
+    pub items: &'static str,
+    /// Where a page's size is asked, and the most one page holds.
+    pub size: Option<(Place, u64)>,
+    /// Where the next page starts.
+    pub next: Next,
+}
+
+/// Collects up to `limit` items page by page from `first`: the items and the last page's answer.
+pub async fn collect<S: Service>(
+    cx: &ExecContext,
+    account: &Account,
+    mut request: Request,
+    paging: Paging,
+    limit: u64,
+) -> Result<(Vec<Value>, Value), CallError> {
+    let mut items: Vec<Value> = Vec::new();
+    loop {
+        let wanted = limit - items.len() as u64;
+        if let Some((place, most)) = paging.size {
+            place.set(&mut request, json!(wanted.min(most)));
+        }
+        let (page, headers) = send::<S>(cx, account, request.clone()).await?;
+        let got = page
+            .pointer(paging.items)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let short = paging
+            .size
+            .is_some_and(|(_, most)| (got.len() as u64) < wanted.min(most));
+        let empty = got.is_empty();
+        items.extend(got);
+        if items.len() as u64 >= limit || empty {
+            items.truncate(limit as usize);
+            return Ok((items, page));
+        }
+        let more = match paging.next {
+            Next::Cursor { at, to } => match page.pointer(at).map(scalar) {
+                Some(cursor) if !cursor.is_empty() => {
+                    to.set(&mut request, json!(cursor));
+                    true
+                }
+                _ => false,
+            },
+            Next::AfterLast { more, to } => {
+                let last = items.last().map(|i| i["id"].clone()).unwrap_or_default();
+                to.set(&mut request, last);
+                page.pointer(more) == Some(&json!(true))
+            }
+            Next::Offset { to } => {
+                to.set(&mut request, json!(items.len()));
+                !short
+            }
+            Next::Link => match next_link(&headers) {
+                Some(url) => follow(&mut request, account, &url)?,
+                None => false,
+            },
+        };
+        if !more {
+            return Ok((items, page));
+        }
+    }
+}
+
+/// The `rel="next"` URL of a `Link` header.
+fn next_link(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find(|part| {
+            part.split(';').skip(1).any(|p| {
+                let p = p.trim();
+                p == "rel=\"next\"" || p == "rel=next"
+            })
+        })
+        .and_then(|part| {
+            let url = part.split(';').next()?.trim();
+            Some(url.trim_start_matches('<').trim_end_matches('>').to_owned())
+        })
+}
+
+/// Points `request` at a next-page URL (absolute, or relative to the account's base URL), which
+/// must stay under the account's base URL: the credential goes nowhere else.
+fn follow(request: &mut Request, account: &Account, url: &str) -> Result<bool, StepError> {
+    let next = reqwest::Url::parse(&account.base_url)
+        .and_then(|base| base.join(url))
+        .map_err(|e| StepError::permanent(format!("the next page `{url}` is not a URL: {e}")))?;
+    let Some(rest) = next.as_str().strip_prefix(account.base_url.as_str()) else {
+        return Err(StepError::permanent(format!(
+            "the next page `{url}` is not under {}",
+            account.base_url
+        )));
+    };
+    request.path = rest.split('?').next().unwrap_or_default().to_owned();
+    request.query = next.query_pairs().into_owned().collect();
+    Ok(true)
 }
 
 /// The longest wait for an account's allowance a step sits out in place; longer waits put the step
@@ -425,4 +650,173 @@ pub fn params_without(input: &Value, skip: &[&str]) -> Map<String, Value> {
         .filter(|(k, _)| !skip.contains(&k.as_str()) && !matches!(k.as_str(), "action" | LEFT_OUT))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use axum::extract::Query;
+    use axum::http::HeaderMap as AxumHeaders;
+    use axum::routing::get;
+    use axum::{Json, Router};
+    use hookflow_engine::expr::Compiler;
+    use hookflow_engine::ids::RunId;
+    use hookflow_engine::outbound::{HttpClient, OutboundPolicy};
+    use hookflow_engine::pacing::Pacer;
+    use hookflow_engine::store::SystemClock;
+
+    use super::*;
+
+    /// A list API with twelve items, paged three ways: by offset (`/offset?offset=&limit=`), by
+    /// `Link` header (`/linked?page=`), and by a body cursor (`/cursor`, Slack-like).
+    async fn list_api() -> String {
+        fn slice(from: usize, n: usize) -> Vec<Value> {
+            (from..(from + n).min(12))
+                .map(|i| json!({ "id": i }))
+                .collect()
+        }
+        fn number(q: &HashMap<String, String>, name: &str) -> usize {
+            q.get(name).map_or(0, |v| v.parse().unwrap())
+        }
+        // The credential arrives as the `api_key` query parameter ([`Auth::Query`]).
+        let offset = |Query(q): Query<HashMap<String, String>>| async move {
+            assert_eq!(q["api_key"], "k");
+            Json(json!({ "items": slice(number(&q, "offset"), number(&q, "limit")) }))
+        };
+        let linked = |Query(q): Query<HashMap<String, String>>| async move {
+            let page = number(&q, "page");
+            let mut headers = AxumHeaders::new();
+            if page < 2 {
+                let next = format!("</linked?page={}>; rel=\"next\"", page + 1);
+                headers.insert("link", next.parse().unwrap());
+            }
+            let body = Json(Value::Array(slice(page * 5, 5)));
+            (headers, body)
+        };
+        let cursor = |Query(q): Query<HashMap<String, String>>| async move {
+            let at: usize = q
+                .get("cursor")
+                .map_or(0, |c| c.trim_start_matches('c').parse().unwrap());
+            let next = if at + 4 < 12 {
+                format!("c{}", at + 4)
+            } else {
+                String::new()
+            };
+            Json(
+                json!({ "ok": true, "members": slice(at, 4), "response_metadata": { "next_cursor": next } }),
+            )
+        };
+        let app = Router::new()
+            .route("/offset", get(offset))
+            .route("/linked", get(linked))
+            .route("/cursor", get(cursor));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+
+    struct Api;
+
+    impl Service for Api {
+        const NAME: &'static str = "Test";
+        const ENV: &'static str = "TEST";
+        const CREDENTIAL: &'static str = "KEY";
+        const BASE_URL: &'static str = "";
+        const AUTH: Auth = Auth::Query("api_key");
+
+        fn observe(_: u16, _: &HeaderMap) -> Vec<Observation> {
+            Vec::new()
+        }
+
+        fn error(status: u16, headers: &HeaderMap, body: &Value) -> StepError {
+            http_error(status, headers, format!("{status}"), body.clone(), false)
+        }
+    }
+
+    fn context(url: &str) -> ExecContext {
+        let own = url.trim_start_matches("http://").parse().unwrap();
+        let policy = OutboundPolicy {
+            own_address: Some(own),
+            ..OutboundPolicy::default()
+        };
+        ExecContext {
+            run_id: RunId::new(),
+            step_id: "list".parse().unwrap(),
+            attempt: 1,
+            idempotency_key: "k".into(),
+            dry_run: false,
+            timeout: Duration::from_secs(10),
+            http: HttpClient::new(policy).unwrap(),
+            pacer: Pacer::detached(),
+            templates: Compiler::new().finish(),
+            context: Arc::new(Value::Null),
+            sub_flows: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    fn ids(items: &[Value]) -> Vec<u64> {
+        items.iter().map(|i| i["id"].as_u64().unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn lists_page_by_offset_link_header_and_cursor() {
+        let url = list_api().await;
+        let cx = context(&url);
+        let account = Account {
+            pacing_key: pacing_key::<Api>(&url, "k"),
+            base_url: url.clone(),
+            credential: Ok("k".into()),
+            headers: Vec::new(),
+        };
+        let by_offset = Paging {
+            items: "/items",
+            size: Some((Place::Query("limit"), 5)),
+            next: Next::Offset {
+                to: Place::Query("offset"),
+            },
+        };
+        let first = Request::new(Method::GET, "/offset").query(vec![("offset".into(), "0".into())]);
+        let (items, _) = collect::<Api>(&cx, &account, first.clone(), by_offset, 100)
+            .await
+            .unwrap();
+        assert_eq!(ids(&items), (0..12).collect::<Vec<_>>());
+        let (items, _) = collect::<Api>(&cx, &account, first, by_offset, 7)
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(&items),
+            (0..7).collect::<Vec<_>>(),
+            "stops at the limit"
+        );
+
+        let by_link = Paging {
+            items: "",
+            size: None,
+            next: Next::Link,
+        };
+        let first = Request::new(Method::GET, "/linked");
+        let (items, _) = collect::<Api>(&cx, &account, first, by_link, 100)
+            .await
+            .unwrap();
+        assert_eq!(ids(&items), (0..12).collect::<Vec<_>>());
+
+        let by_cursor = Paging {
+            items: "/members",
+            size: None,
+            next: Next::Cursor {
+                at: "/response_metadata/next_cursor",
+                to: Place::Query("cursor"),
+            },
+        };
+        let first = Request::new(Method::GET, "/cursor");
+        let (items, last) = collect::<Api>(&cx, &account, first, by_cursor, 100)
+            .await
+            .unwrap();
+        assert_eq!(ids(&items), (0..12).collect::<Vec<_>>());
+        assert_eq!(last["response_metadata"]["next_cursor"], "");
+    }
 }

@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::api::{
-    self, call, dry_run, header_number, http_error, outcome, render_action, required, segment,
-    text, Account, CallError, Request, Rule, Service,
+    self, call, collect, dry_run, header_number, http_error, outcome, render_action, required,
+    segment, text, Account, CallError, Next, Paging, Place, Request, Rule, Service,
 };
 use crate::{config, Connector};
 
@@ -61,11 +61,13 @@ const DAILY_HOLD: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// HubSpot's search endpoints' own limit (five calls per second per account; their answers carry
 /// no rate-limit headers), paced evenly: one call per 200 ms.
-const SEARCH_RULE: Rule = Rule {
-    name: "search",
-    max: 1,
-    window: std::time::Duration::from_millis(200),
-};
+fn search_rule() -> Rule {
+    Rule {
+        name: "search".into(),
+        max: 1,
+        window: std::time::Duration::from_millis(200),
+    }
+}
 
 /// How many search results a step collects by default, and at most (HubSpot's own cap).
 const SEARCH_DEFAULT: u64 = 100;
@@ -618,20 +620,19 @@ impl HubSpotStep {
             };
             body["sorts"] = json!([{ "propertyName": name, "direction": direction }]);
         }
-        let mut results = Vec::new();
-        let total = loop {
-            body["limit"] = json!((limit - results.len() as u64).min(SEARCH_PAGE));
-            let path = format!("/crm/v3/objects/{object}/search");
-            let request = Request::new(Method::POST, path)
-                .json(body.clone())
-                .paced(SEARCH_RULE);
-            let page = call::<HubSpot>(cx, &self.account, request).await?;
-            results.extend(page["results"].as_array().cloned().unwrap_or_default());
-            match page["paging"]["next"]["after"].as_str() {
-                Some(after) if (results.len() as u64) < limit => body["after"] = json!(after),
-                _ => break page["total"].clone(),
-            }
+        let paging = Paging {
+            items: "/results",
+            size: Some((Place::Body("limit"), SEARCH_PAGE)),
+            next: Next::Cursor {
+                at: "/paging/next/after",
+                to: Place::Body("after"),
+            },
         };
+        let first = Request::new(Method::POST, format!("/crm/v3/objects/{object}/search"))
+            .json(body)
+            .paced(search_rule());
+        let (results, last) = collect::<HubSpot>(cx, &self.account, first, paging, limit).await?;
+        let total = last["total"].clone();
         Ok(json!({ "total": total, "results": results }))
     }
 

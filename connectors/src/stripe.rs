@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::api::{
-    self, call, dry_run, http_error, outcome, params_without, render_action, required, segment,
-    Account, CallError, Request, Service,
+    self, call, collect, dry_run, http_error, outcome, params_without, render_action, required,
+    segment, Account, CallError, Next, Paging, Place, Request, Service,
 };
 use crate::{config, Connector};
 
@@ -512,30 +512,21 @@ impl StripeStep {
     ) -> Result<Value, CallError> {
         let customer = required(input, "customer", "the customer's id")?;
         let limit = input["limit"].as_u64().unwrap_or(10);
-        let mut data: Vec<Value> = Vec::new();
-        loop {
-            let mut query = vec![
-                ("customer".to_owned(), customer.clone()),
-                (
-                    "limit".to_owned(),
-                    (limit - data.len() as u64).min(PAGE).to_string(),
-                ),
-            ];
-            if let Some(status) = input["status"].as_str().filter(|s| !s.is_empty()) {
-                query.push(("status".into(), status.into()));
-            }
-            if let Some(last) = data.last().and_then(|i| i["id"].as_str()) {
-                query.push(("starting_after".into(), last.into()));
-            }
-            query.extend(expand.iter().cloned());
-            let page = call::<Stripe>(cx, &self.account, get("/v1/invoices".into(), query)).await?;
-            let items = page["data"].as_array().cloned().unwrap_or_default();
-            let more = page["has_more"] == json!(true) && !items.is_empty();
-            data.extend(items);
-            if !more || data.len() as u64 >= limit {
-                break;
-            }
+        let mut query = vec![("customer".to_owned(), customer)];
+        if let Some(status) = input["status"].as_str().filter(|s| !s.is_empty()) {
+            query.push(("status".into(), status.into()));
         }
+        query.extend(expand);
+        let paging = Paging {
+            items: "/data",
+            size: Some((Place::Query("limit"), PAGE)),
+            next: Next::AfterLast {
+                more: "/has_more",
+                to: Place::Query("starting_after"),
+            },
+        };
+        let first = get("/v1/invoices".into(), query);
+        let (data, _) = collect::<Stripe>(cx, &self.account, first, paging, limit).await?;
         Ok(json!({ "data": data }))
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::fakes::{self, FakeHubSpot, FakeStripe, Scripted};
+use crate::fakes::{self, FakeHubSpot, FakeSlack, FakeStripe, Scripted};
 use crate::support::{eventually, hmac_sha256, now_secs, run_cli, step, Server, Sink};
 
 const HUBSPOT_TOKEN: &str = "pat-na1-test-token-7f3a";
@@ -1256,4 +1256,214 @@ steps:
     assert!(calls
         .iter()
         .all(|c| c.header("stripe-version") == Some("2025-03-31.basil")));
+}
+
+const SLACK_TOKEN: &str = "xoxb-test-1234-abcd";
+
+fn slack_env(fake: &FakeSlack) -> Vec<(&'static str, String)> {
+    vec![
+        ("SLACK_BOT_TOKEN", SLACK_TOKEN.to_owned()),
+        ("SLACK_BASE_URL", fake.url.clone()),
+        ("SLACK_WEBHOOK_URL", fake.webhook_url.clone()),
+    ]
+}
+
+const SLACK_FLOW: &str = r##"
+id: demo
+trigger: { webhook: }
+steps:
+  - id: rep
+    slack: { find_user: { email: "{{trigger.body.rep}}" } }
+  - id: post
+    slack:
+      post_message:
+        channel: "#sales"
+        text: "Demo request from {{trigger.body.company}}"
+        blocks: [{ type: section, text: { type: mrkdwn, text: "*{{trigger.body.company}}* wants a demo" } }]
+        unfurl_links: false
+  - id: dm
+    slack: { post_message: { user: "{{steps.rep.user.id}}", text: "Yours: {{trigger.body.company}}" } }
+  - id: edit
+    slack:
+      update_message: { channel: "{{steps.post.channel}}", ts: "{{steps.post.ts}}", text: "Taken by <@{{steps.rep.user.id}}>" }
+  - id: nobody
+    slack: { find_user: { email: nobody@acme.com } }
+  - id: hook
+    slack: { webhook: { url: "${env:SLACK_WEBHOOK_URL}", text: "Demo request: {{trigger.body.company}}" } }
+"##;
+
+#[tokio::test]
+async fn every_slack_action_sends_what_slack_documents() {
+    let slack = FakeSlack::start(SLACK_TOKEN).await;
+    let server = start(&[("demo.yaml", SLACK_FLOW)], &slack_env(&slack));
+    let run = run_of(
+        &server,
+        "demo",
+        json!({ "rep": "jane@acme.com", "company": "Acme" }),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(step(&run, "rep")["output"]["user"]["id"], "U0JANE");
+    assert_eq!(
+        step(&run, "nobody")["output"],
+        json!({ "found": false, "user": null })
+    );
+    assert_eq!(step(&run, "post")["output"]["channel"], "C0SALES");
+    let messages = slack.messages();
+    let (channel, _, posted) = &messages[0];
+    assert_eq!(channel, "C0SALES");
+    assert_eq!(posted["text"], "Taken by <@U0JANE>", "updated in place");
+    assert_eq!(messages[1].0, "D0JANE", "a direct message to the user");
+    assert_eq!(
+        messages[2],
+        (
+            "webhook".into(),
+            messages[2].1.clone(),
+            json!({ "text": "Demo request: Acme" })
+        )
+    );
+
+    let calls = slack.calls();
+    let post = calls
+        .iter()
+        .find(|c| c.path == "/api/chat.postMessage")
+        .unwrap();
+    assert_eq!(
+        post.json(),
+        json!({
+            "channel": "#sales",
+            "text": "Demo request from Acme",
+            "blocks": [{ "type": "section", "text": { "type": "mrkdwn", "text": "*Acme* wants a demo" } }],
+            "unfurl_links": false,
+        })
+    );
+    for call in &calls {
+        if call.path.starts_with("/api/") {
+            assert_eq!(
+                call.header("authorization"),
+                Some(format!("Bearer {SLACK_TOKEN}").as_str())
+            );
+        } else {
+            assert_eq!(
+                call.header("authorization"),
+                None,
+                "a webhook needs no token"
+            );
+        }
+    }
+    let text = run.to_string();
+    assert!(!text.contains(SLACK_TOKEN));
+    assert!(
+        !text.contains("/services/T000"),
+        "the webhook URL is a secret"
+    );
+}
+
+#[tokio::test]
+async fn slack_failures_answered_with_200_fail_the_step_and_rate_limits_wait() {
+    let slack = FakeSlack::start(SLACK_TOKEN).await;
+    let flow = r#"
+id: alerts
+trigger: { webhook: }
+steps:
+  - id: post
+    retry: { attempts: 3, backoff: fixed, initial: 100ms }
+    slack: { post_message: { channel: "{{trigger.body.channel}}", text: "{{trigger.body.text}}" } }
+"#;
+    let hook = r#"
+id: hooked
+trigger: { webhook: }
+steps:
+  - id: hook
+    slack: { webhook: { url: "${env:SLACK_WEBHOOK_URL}", text: "{{trigger.body.text}}" } }
+"#;
+    let mut env = slack_env(&slack);
+    env.push(("SLACK_WRONG_BOT_TOKEN", "xoxb-revoked".to_owned()));
+    let wrong = flow
+        .replace("id: alerts", "id: wrong")
+        .replace("slack: {", "slack: { account: wrong,");
+    let server = start(
+        &[
+            ("alerts.yaml", flow),
+            ("hooked.yaml", hook),
+            ("wrong.yaml", &wrong),
+        ],
+        &env,
+    );
+
+    // The app is not in #other: Slack answers 200 {"ok": false}; not retried.
+    let run = run_of(
+        &server,
+        "alerts",
+        json!({ "channel": "#other", "text": "hi" }),
+    )
+    .await;
+    assert_eq!(run["status"], "failed");
+    let post = step(&run, "post");
+    assert_eq!(
+        post["error"]["message"],
+        "Slack answered not_in_channel (invite the Slack app to the channel)"
+    );
+    assert_eq!(post["error"]["detail"]["status"], 200);
+    assert_eq!(post["attempts"].as_array().unwrap().len(), 1);
+
+    let run = run_of(
+        &server,
+        "wrong",
+        json!({ "channel": "#sales", "text": "hi" }),
+    )
+    .await;
+    assert!(step(&run, "post")["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Slack answered invalid_auth"));
+
+    // A 429 holds the account's posts for its Retry-After, then the post is made.
+    slack.rate_limit(1);
+    let run = run_of(
+        &server,
+        "alerts",
+        json!({ "channel": "C0SALES", "text": "hi" }),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let statuses: Vec<u16> = slack.calls().iter().map(|c| c.status).collect();
+    assert_eq!(&statuses[statuses.len() - 2..], [429, 200]);
+
+    // Nothing to say: the text resolved to nothing and was left out; the webhook refuses it.
+    let run = run_of(&server, "hooked", json!({})).await;
+    assert_eq!(run["status"], "failed");
+    assert_eq!(
+        step(&run, "hook")["error"]["message"],
+        "Slack's incoming webhook answered 400 no_text"
+    );
+}
+
+#[tokio::test]
+async fn the_seed_upgrade_flow_posts_to_the_sales_channel() {
+    let stripe = FakeStripe::start(STRIPE_KEY).await;
+    let slack = FakeSlack::start(SLACK_TOKEN).await;
+    stripe.insert(json!({ "id": "cus_QxJane", "object": "customer", "name": "Jane Doe", "email": "jane@acme.com" }));
+    let mut env = stripe_env(&stripe);
+    env.extend(slack_env(&slack));
+    env.push(("STRIPE_WEBHOOK_SECRET", "whsec_seed".to_owned()));
+    let source = seed("stripe-upgrade-to-slack.yaml");
+    let server = start(&[("stripe-upgrade-to-slack.yaml", &source)], &env);
+    let sample: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("flows/samples/stripe-upgrade-to-slack/upgraded-to-pro.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let run = stripe_event(&server, "stripe-upgrade-to-slack", &sample["body"]).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let (channel, _, message) = &slack.messages()[0];
+    assert_eq!(channel, "C0SALES");
+    assert_eq!(message["text"], "Upgrade: Jane Doe moved from Basic to Pro");
+    assert_eq!(
+        message["blocks"][0]["text"]["text"],
+        ":tada: *Jane Doe* upgraded from *Basic* to *Pro* (+30 USD a month)"
+    );
 }

@@ -1,4 +1,4 @@
-//! Local fakes of the SaaS APIs hookflow's connectors call (HubSpot's CRM, Stripe), on
+//! Local fakes of the SaaS APIs hookflow's connectors call (HubSpot's CRM, Stripe, Slack), on
 //! 127.0.0.1. Each checks requests the way the provider documents them (path, method, bearer
 //! token, body encoding, Stripe's idempotency keys), keeps the objects it was sent, and answers
 //! with the provider's documented response and error shapes, including 429s with rate-limit
@@ -1088,4 +1088,224 @@ pub async fn enrichment() -> String {
         .into_response()
     }
     serve(Router::new().route("/v1/people", axum::routing::get(person))).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slack
+// ---------------------------------------------------------------------------------------------
+
+/// Slack's Web API (`chat.postMessage`, `chat.update`, `conversations.open`,
+/// `users.lookupByEmail`) and an incoming webhook (`/services/T000/B000/XXXX`), in memory. As Slack
+/// documents: the Web API answers `200 {"ok": false, "error": …}` for most failures (a bad token,
+/// an unknown channel, a channel the app is not in, no text), `429 {"ok": false, "error":
+/// "ratelimited"}` with `Retry-After`; the webhook answers plain-text codes with 4xx statuses.
+#[derive(Clone)]
+pub struct FakeSlack {
+    /// `http://127.0.0.1:PORT/api` (the Web API's base URL).
+    pub url: String,
+    /// The incoming webhook's URL.
+    pub webhook_url: String,
+    state: Arc<Mutex<SlackState>>,
+}
+
+struct SlackState {
+    token: String,
+    /// Channel id → (name, whether the app is a member).
+    channels: BTreeMap<String, (String, bool)>,
+    /// User id → email.
+    users: BTreeMap<String, String>,
+    /// Messages posted: channel, ts, the request's JSON.
+    messages: Vec<(String, String, Value)>,
+    /// 429s to answer before anything else.
+    rate_limited: usize,
+    next_ts: u64,
+    calls: Vec<Call>,
+}
+
+impl FakeSlack {
+    /// A fake accepting bot token `token`, with a channel `C0SALES` (`#sales`, the app a member),
+    /// `C0OTHER` (`#other`, the app not invited) and a user `U0JANE` (`jane@acme.com`).
+    pub async fn start(token: &str) -> Self {
+        let state = Arc::new(Mutex::new(SlackState {
+            token: token.to_owned(),
+            channels: BTreeMap::from([
+                ("C0SALES".to_owned(), ("sales".to_owned(), true)),
+                ("C0OTHER".to_owned(), ("other".to_owned(), false)),
+            ]),
+            users: BTreeMap::from([("U0JANE".to_owned(), "jane@acme.com".to_owned())]),
+            messages: Vec::new(),
+            rate_limited: 0,
+            next_ts: 1,
+            calls: Vec::new(),
+        }));
+        let app = Router::new().fallback(any(slack)).with_state(state.clone());
+        let base = serve(app).await;
+        Self {
+            url: format!("{base}/api"),
+            webhook_url: format!("{base}/services/T000/B000/XXXX"),
+            state,
+        }
+    }
+
+    /// Answers the next `n` calls `429 ratelimited` (`Retry-After: 1`).
+    pub fn rate_limit(&self, n: usize) {
+        lock(&self.state).rate_limited = n;
+    }
+
+    /// The messages posted or updated: (channel, ts, the last request's JSON).
+    pub fn messages(&self) -> Vec<(String, String, Value)> {
+        lock(&self.state).messages.clone()
+    }
+
+    /// Every request received.
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.state).calls.clone()
+    }
+}
+
+async fn slack(
+    State(state): State<Arc<Mutex<SlackState>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut s = lock(&state);
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let response = slack_answer(&mut s, &method, &uri, &headers, &text);
+    s.calls.push(Call {
+        method,
+        path: uri.path().to_owned(),
+        query: query_pairs(&uri),
+        headers,
+        body: text,
+        status: response.status().as_u16(),
+        at: Instant::now(),
+    });
+    response
+}
+
+fn slack_error(error: &str) -> Response {
+    Json(json!({ "ok": false, "error": error })).into_response()
+}
+
+fn slack_answer(
+    s: &mut SlackState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &str,
+) -> Response {
+    if s.rate_limited > 0 {
+        s.rate_limited -= 1;
+        let mut r = (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({ "ok": false, "error": "ratelimited" })),
+        )
+            .into_response();
+        r.headers_mut().insert("retry-after", "1".parse().unwrap());
+        return r;
+    }
+    let path = uri.path().to_owned();
+    let input: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    if path.starts_with("/services/") {
+        // An incoming webhook: plain-text answers.
+        let plain = |status: StatusCode, text: &'static str| (status, text).into_response();
+        if method != Method::POST || input.is_null() {
+            return plain(StatusCode::BAD_REQUEST, "invalid_payload");
+        }
+        if input["text"].is_null() && input["blocks"].is_null() {
+            return plain(StatusCode::BAD_REQUEST, "no_text");
+        }
+        let ts = next_ts(s);
+        s.messages.push(("webhook".into(), ts, input));
+        return plain(StatusCode::OK, "ok");
+    }
+    let bearer = format!("Bearer {}", s.token);
+    match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        None => return slack_error("not_authed"),
+        Some(given) if given != bearer => return slack_error("invalid_auth"),
+        Some(_) => {}
+    }
+    let json_body = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if method == Method::POST && !json_body {
+        return slack_error("invalid_form_data");
+    }
+    let channel_id = |s: &SlackState, given: &str| -> Option<String> {
+        let name = given.trim_start_matches('#');
+        s.channels
+            .iter()
+            .find(|(id, (n, _))| id.as_str() == given || n == name)
+            .map(|(id, _)| id.clone())
+            .or_else(|| given.starts_with('D').then(|| given.to_owned()))
+    };
+    match (method.as_str(), path.as_str()) {
+        ("POST", "/api/chat.postMessage") => {
+            let Some(id) = channel_id(s, input["channel"].as_str().unwrap_or_default()) else {
+                return slack_error("channel_not_found");
+            };
+            if s.channels.get(&id).is_some_and(|(_, member)| !member) {
+                return slack_error("not_in_channel");
+            }
+            if input["text"].is_null() && input["blocks"].is_null() {
+                return slack_error("no_text");
+            }
+            if !input["blocks"].is_null() && !input["blocks"].is_array() {
+                return slack_error("invalid_blocks");
+            }
+            let ts = next_ts(s);
+            s.messages.push((id.clone(), ts.clone(), input.clone()));
+            let mut message = input;
+            message["type"] = json!("message");
+            message["ts"] = json!(ts);
+            if let Some(m) = message.as_object_mut() {
+                m.remove("channel");
+            }
+            Json(json!({ "ok": true, "channel": id, "ts": ts, "message": message })).into_response()
+        }
+        ("POST", "/api/chat.update") => {
+            let Some(id) = channel_id(s, input["channel"].as_str().unwrap_or_default()) else {
+                return slack_error("channel_not_found");
+            };
+            let ts = input["ts"].as_str().unwrap_or_default().to_owned();
+            let Some(found) = s.messages.iter_mut().find(|(c, t, _)| *c == id && *t == ts) else {
+                return slack_error("message_not_found");
+            };
+            found.2 = input.clone();
+            Json(json!({ "ok": true, "channel": id, "ts": ts, "text": input["text"] }))
+                .into_response()
+        }
+        ("POST", "/api/conversations.open") => {
+            let user = input["users"].as_str().unwrap_or_default();
+            if !s.users.contains_key(user) {
+                return slack_error("user_not_found");
+            }
+            let dm = format!("D{}", user.trim_start_matches('U'));
+            Json(json!({ "ok": true, "channel": { "id": dm } })).into_response()
+        }
+        ("GET", "/api/users.lookupByEmail") => {
+            let email = query_pairs(uri)
+                .into_iter()
+                .find(|(k, _)| k == "email")
+                .map(|(_, v)| v)
+                .unwrap_or_default();
+            match s.users.iter().find(|(_, e)| **e == email) {
+                Some((id, email)) => Json(json!({
+                    "ok": true,
+                    "user": { "id": id, "profile": { "email": email }, "is_bot": false },
+                }))
+                .into_response(),
+                None => slack_error("users_not_found"),
+            }
+        }
+        _ => slack_error("unknown_method"),
+    }
+}
+
+fn next_ts(s: &mut SlackState) -> String {
+    s.next_ts += 1;
+    format!("1700000000.{:06}", s.next_ts)
 }
