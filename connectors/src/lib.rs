@@ -1,5 +1,5 @@
-//! hookflow's connectors: step kinds for SaaS APIs (HubSpot, Stripe, Slack, …) and the verifiers
-//! of inbound webhook signatures (`verify`).
+//! hookflow's connectors: step kinds for SaaS APIs (HubSpot, Stripe, Slack, …), email over SMTP,
+//! and the verifiers of inbound webhook signatures (`verify`).
 //!
 //! # Layout
 //! Each connector implements [`Connector`] and registers its step kinds with the engine's
@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod email;
 pub mod hubspot;
 pub mod slack;
 pub mod stripe;
@@ -31,6 +32,7 @@ const CONNECTORS: &[&dyn Connector] = &[
     &hubspot::HubSpotConnector,
     &stripe::StripeConnector,
     &slack::SlackConnector,
+    &email::EmailConnector,
 ];
 
 /// Registers every connector's step kinds and every webhook verifier.

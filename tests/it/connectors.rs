@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::fakes::{self, FakeHubSpot, FakeSlack, FakeStripe, Scripted};
+use crate::fakes::{self, FakeHubSpot, FakeSlack, FakeSmtp, FakeStripe, Scripted};
 use crate::support::{eventually, hmac_sha256, now_secs, run_cli, step, Server, Sink};
 
 const HUBSPOT_TOKEN: &str = "pat-na1-test-token-7f3a";
@@ -1465,5 +1465,105 @@ async fn the_seed_upgrade_flow_posts_to_the_sales_channel() {
     assert_eq!(
         message["blocks"][0]["text"]["text"],
         ":tada: *Jane Doe* upgraded from *Basic* to *Pro* (+30 USD a month)"
+    );
+}
+
+fn smtp_env(smtp: &FakeSmtp) -> Vec<(&'static str, String)> {
+    vec![
+        ("SMTP_HOST", "127.0.0.1".to_owned()),
+        ("SMTP_PORT", smtp.port.to_string()),
+        ("SMTP_TLS", "none".to_owned()),
+        ("SMTP_USERNAME", "hookflow".to_owned()),
+        ("SMTP_PASSWORD", "smtp-s3cret".to_owned()),
+        ("SMTP_FROM", "hookflow <flows@acme.com>".to_owned()),
+    ]
+}
+
+#[tokio::test]
+async fn an_email_goes_to_every_recipient_with_text_and_html_over_smtp() {
+    let smtp = FakeSmtp::start("hookflow", "smtp-s3cret").await;
+    let flow = r#"
+id: mail
+trigger: { webhook: }
+steps:
+  - id: notify
+    retry: { attempts: 3, backoff: fixed, initial: 100ms }
+    email:
+      to: ["Jane Doe <jane@acme.com>", "{{trigger.body.owner}}"]
+      cc: "ops@acme.com, {{trigger.body.cc}}"
+      bcc: [audit@acme.com]
+      reply_to: billing@acme.com
+      subject: "Payment failed: {{trigger.body.invoice}}"
+      text: "Invoice {{trigger.body.invoice}} failed."
+      html: "<p>Invoice <b>{{trigger.body.invoice}}</b> failed.</p>"
+"#;
+    let server = start(&[("mail.yaml", flow)], &smtp_env(&smtp));
+    let run = run_of(
+        &server,
+        "mail",
+        json!({ "owner": "busy@acme.com", "invoice": "INV-7" }),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    // The first attempt met a temporary refusal (451) and was retried with the same message.
+    let notify = step(&run, "notify");
+    assert_eq!(notify["attempts"].as_array().unwrap().len(), 2, "{run:#}");
+    assert!(notify["attempts"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("451"));
+    assert_eq!(
+        notify["input"]["left_out"],
+        json!(null),
+        "cc kept its literal part"
+    );
+
+    let mail = smtp.mail();
+    assert_eq!(mail.len(), 1);
+    let sent = &mail[0];
+    assert_eq!(sent.from, "flows@acme.com");
+    assert_eq!(
+        sent.to,
+        [
+            "jane@acme.com",
+            "busy@acme.com",
+            "ops@acme.com",
+            "audit@acme.com"
+        ]
+    );
+    let run_id = run["id"].as_str().unwrap();
+    for header in [
+        "From: hookflow <flows@acme.com>",
+        "To: \"Jane Doe\" <jane@acme.com>, busy@acme.com",
+        "Cc: ops@acme.com",
+        "Reply-To: billing@acme.com",
+        "Subject: Payment failed: INV-7",
+        &format!("Message-ID: <{run_id}.notify@hookflow>"),
+        "Content-Type: multipart/alternative",
+    ] {
+        assert!(sent.data.contains(header), "{header} in\n{}", sent.data);
+    }
+    assert!(!sent.data.contains("Bcc:"), "blind copies stay blind");
+    assert!(sent.data.contains("Invoice INV-7 failed."));
+    assert!(sent.data.contains("<p>Invoice <b>INV-7</b> failed.</p>"));
+    assert_eq!(
+        smtp.logins()[0],
+        ("hookflow".to_owned(), "smtp-s3cret".to_owned())
+    );
+    assert!(!run.to_string().contains("smtp-s3cret"));
+
+    // A recipient the server refuses for good (550) fails the step at once.
+    let run = run_of(
+        &server,
+        "mail",
+        json!({ "owner": "bounce@acme.com", "invoice": "INV-8" }),
+    )
+    .await;
+    assert_eq!(run["status"], "failed");
+    let notify = step(&run, "notify");
+    assert_eq!(notify["attempts"].as_array().unwrap().len(), 1);
+    assert!(
+        notify["error"]["message"].as_str().unwrap().contains("550"),
+        "{notify}"
     );
 }

@@ -1,5 +1,5 @@
-//! Local fakes of the SaaS APIs hookflow's connectors call (HubSpot's CRM, Stripe, Slack), on
-//! 127.0.0.1. Each checks requests the way the provider documents them (path, method, bearer
+//! Local fakes of the SaaS APIs hookflow's connectors call (HubSpot's CRM, Stripe, Slack) and of
+//! an SMTP server, on 127.0.0.1. Each checks requests the way the provider documents them (path, method, bearer
 //! token, body encoding, Stripe's idempotency keys), keeps the objects it was sent, and answers
 //! with the provider's documented response and error shapes, including 429s with rate-limit
 //! headers. Every request is recorded for assertions.
@@ -1308,4 +1308,173 @@ fn slack_answer(
 fn next_ts(s: &mut SlackState) -> String {
     s.next_ts += 1;
     format!("1700000000.{:06}", s.next_ts)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SMTP
+// ---------------------------------------------------------------------------------------------
+
+/// An SMTP server (RFC 5321) on 127.0.0.1, without TLS: `EHLO`, `AUTH PLAIN` (RFC 4616), `MAIL`,
+/// `RCPT`, `DATA`, `RSET`, `NOOP`, `QUIT`. It refuses a recipient `bounce@…` for good
+/// (`550 5.1.1`), answers `busy@…` with a temporary failure (`451 4.3.0`) once, and refuses other
+/// credentials than its own (`535 5.7.8`).
+#[derive(Clone)]
+pub struct FakeSmtp {
+    /// The port it listens on.
+    pub port: u16,
+    state: Arc<Mutex<SmtpState>>,
+}
+
+/// One message the fake accepted.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    /// `MAIL FROM`'s address.
+    pub from: String,
+    /// Every `RCPT TO` address.
+    pub to: Vec<String>,
+    /// The message as sent after `DATA` (headers and body).
+    pub data: String,
+}
+
+struct SmtpState {
+    user: String,
+    password: String,
+    busy_refused: bool,
+    mail: Vec<Mail>,
+    logins: Vec<(String, String)>,
+}
+
+impl FakeSmtp {
+    /// A server accepting `user` and `password`.
+    pub async fn start(user: &str, password: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(SmtpState {
+            user: user.to_owned(),
+            password: password.to_owned(),
+            busy_refused: false,
+            mail: Vec::new(),
+            logins: Vec::new(),
+        }));
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(smtp_session(stream, shared.clone()));
+            }
+        });
+        Self { port, state }
+    }
+
+    /// The messages accepted.
+    pub fn mail(&self) -> Vec<Mail> {
+        lock(&self.state).mail.clone()
+    }
+
+    /// The credentials clients logged in with.
+    pub fn logins(&self) -> Vec<(String, String)> {
+        lock(&self.state).logins.clone()
+    }
+}
+
+async fn smtp_session(stream: tokio::net::TcpStream, state: Arc<Mutex<SmtpState>>) {
+    use base64::Engine as _;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    async fn reply(w: &mut tokio::net::tcp::OwnedWriteHalf, text: &str) -> std::io::Result<()> {
+        w.write_all(format!("{text}\r\n").as_bytes()).await
+    }
+    if reply(&mut write, "220 fake.test ESMTP").await.is_err() {
+        return;
+    }
+    let (mut from, mut to) = (String::new(), Vec::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let command = line.trim_end().to_owned();
+        let upper = command.to_ascii_uppercase();
+        let answer = if upper.starts_with("EHLO") {
+            "250-fake.test\r\n250-AUTH PLAIN LOGIN\r\n250-8BITMIME\r\n250 SMTPUTF8".to_owned()
+        } else if upper.starts_with("AUTH PLAIN") {
+            let given = command[10..].trim();
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(given)
+                .unwrap_or_default();
+            let parts: Vec<String> = decoded
+                .split(|b| *b == 0)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            let (user, password) = (
+                parts.get(1).cloned().unwrap_or_default(),
+                parts.get(2).cloned().unwrap_or_default(),
+            );
+            let mut s = lock(&state);
+            s.logins.push((user.clone(), password.clone()));
+            if user == s.user && password == s.password {
+                "235 2.7.0 Authentication successful".to_owned()
+            } else {
+                "535 5.7.8 Authentication credentials invalid".to_owned()
+            }
+        } else if upper.starts_with("MAIL FROM:") {
+            // `MAIL FROM:<a@b> BODY=8BITMIME`: the address, without parameters.
+            let path = command[10..].split_whitespace().next().unwrap_or_default();
+            from = path.trim_matches(['<', '>']).to_owned();
+            to.clear();
+            "250 2.1.0 Ok".to_owned()
+        } else if upper.starts_with("RCPT TO:") {
+            let address = command[8..].trim().trim_matches(['<', '>']).to_owned();
+            let mut s = lock(&state);
+            if address.starts_with("bounce@") {
+                "550 5.1.1 No such user here".to_owned()
+            } else if address.starts_with("busy@") && !s.busy_refused {
+                s.busy_refused = true;
+                "451 4.3.0 Mailbox temporarily unavailable, try again later".to_owned()
+            } else {
+                to.push(address);
+                "250 2.1.5 Ok".to_owned()
+            }
+        } else if upper == "DATA" {
+            if reply(&mut write, "354 End data with <CR><LF>.<CR><LF>")
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let mut data = String::new();
+            loop {
+                line.clear();
+                if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                if line == ".\r\n" {
+                    break;
+                }
+                // Dot-stuffing (RFC 5321 4.5.2): a leading `..` stands for `.`.
+                data.push_str(
+                    line.strip_prefix('.')
+                        .filter(|_| line.starts_with(".."))
+                        .unwrap_or(&line),
+                );
+            }
+            lock(&state).mail.push(Mail {
+                from: from.clone(),
+                to: to.clone(),
+                data,
+            });
+            "250 2.0.0 Ok: queued as FAKE1".to_owned()
+        } else if upper == "QUIT" {
+            let _ = reply(&mut write, "221 2.0.0 Bye").await;
+            return;
+        } else if upper == "RSET" || upper == "NOOP" {
+            "250 2.0.0 Ok".to_owned()
+        } else {
+            "502 5.5.2 Command not recognized".to_owned()
+        };
+        if reply(&mut write, &answer).await.is_err() {
+            return;
+        }
+    }
 }

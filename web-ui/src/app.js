@@ -61,7 +61,7 @@ document.addEventListener("click", event => {
 
 // ---- drawings -------------------------------------------------------------------------------
 
-const KIND_ICONS = { filter: "▽", map: "⇄", http: "↗", hubspot: "H", stripe: "S", slack: "#", switch: "⑂",
+const KIND_ICONS = { filter: "▽", map: "⇄", http: "↗", hubspot: "H", stripe: "S", slack: "#", email: "✉", switch: "⑂",
   delay: "◷", foreach: "↻", flow: "⤴" };
 
 // A flow's steps as an SVG graph: columns by depth (longest chain of `needs`), edges from needs,
