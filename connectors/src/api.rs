@@ -23,6 +23,8 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::oauth::OAuth;
+
 /// How a service's answers are read.
 pub trait Service {
     /// The service's name in messages (`HubSpot`).
@@ -36,6 +38,10 @@ pub trait Service {
 
     /// How the credential is sent (default: `Authorization: Bearer`).
     const AUTH: Auth = Auth::Bearer;
+    /// The OAuth 2 token endpoint (a path under the base URL), for accounts configured with
+    /// `{ENV}_REFRESH_TOKEN`, `{ENV}_CLIENT_ID` and `{ENV}_CLIENT_SECRET` instead of a token; the
+    /// access token is then sent as `Authorization: Bearer`.
+    const OAUTH_TOKEN_PATH: Option<&'static str> = None;
 
     /// Headers every call of an account sends (`Stripe-Version`), from the account's settings:
     /// `setting(suffix)` reads `{ENV}_{ACCOUNT}_{suffix}`, then `{ENV}_{suffix}`.
@@ -83,6 +89,8 @@ pub struct Account {
     pacing_key: String,
     /// Headers every call sends ([`Service::default_headers`]).
     headers: Vec<(String, String)>,
+    /// OAuth 2 refresh-token credentials, instead of a static token.
+    oauth: Option<OAuth>,
 }
 
 impl std::fmt::Debug for Account {
@@ -117,8 +125,6 @@ impl Account {
                 return None;
             }
         };
-        let variable = format!("{scope}_{}", S::CREDENTIAL);
-        let credential = cx.credential(&variable).ok_or(variable);
         let setting = |suffix: &str| {
             cx.setting(&format!("{scope}_{suffix}"))
                 .or_else(|| cx.setting(&format!("{}_{suffix}", S::ENV)))
@@ -133,11 +139,27 @@ impl Account {
             );
             return None;
         }
+        let variable = format!("{scope}_{}", S::CREDENTIAL);
+        let credential = cx.credential(&variable).ok_or(variable);
+        // Without a token, a refresh token (OAuth 2) where the service has a token endpoint.
+        let refresh = cx
+            .setting(&format!("{scope}_REFRESH_TOKEN"))
+            .unwrap_or_default();
+        let key = pacing_key::<S>(&base_url, credential.as_deref().unwrap_or(&refresh));
+        let oauth = match (&credential, S::OAUTH_TOKEN_PATH) {
+            (Err(_), Some(path)) => OAuth::resolve(cx, &scope, format!("{base_url}{path}"), &key),
+            _ => None,
+        };
         Some(Self {
-            pacing_key: pacing_key::<S>(&base_url, credential.as_deref().unwrap_or_default()),
+            pacing_key: key,
             base_url,
-            credential,
+            credential: if oauth.is_some() {
+                Ok(String::new())
+            } else {
+                credential
+            },
             headers,
+            oauth,
         })
     }
 
@@ -151,6 +173,7 @@ impl Account {
             base_url: url.to_owned(),
             credential: Ok(String::new()),
             headers: Vec::new(),
+            oauth: None,
         })
     }
 }
@@ -300,45 +323,58 @@ async fn send<S: Service>(
     let url = reqwest::Url::parse(&url)
         .map_err(|e| StepError::permanent(format!("`{url}` is not a valid URL: {e}")))?;
     cx.http.check_url(&url).map_err(StepError::permanent)?;
-    let mut builder = cx
-        .http
-        .client()
-        .request(request.method, url)
-        .timeout(cx.timeout);
-    builder = match S::AUTH {
-        Auth::Bearer => builder.bearer_auth(credential),
-        Auth::Header(name) => builder.header(name, credential),
-        Auth::Query(name) => builder.query(&[(name, credential)]),
-        Auth::Basic => match credential.split_once(':') {
-            Some((user, password)) => builder.basic_auth(user, Some(password)),
-            None => builder.basic_auth(credential, None::<&str>),
-        },
-        Auth::None => builder,
+    // An OAuth access token the API refuses (401) is refreshed and the call made once more.
+    let mut stale = false;
+    let (status, headers, bytes) = loop {
+        let token = match &account.oauth {
+            Some(oauth) => Some(oauth.access_token(cx, stale).await?),
+            None => None,
+        };
+        let mut builder = cx
+            .http
+            .client()
+            .request(request.method.clone(), url.clone())
+            .timeout(cx.timeout);
+        builder = match (&token, S::AUTH) {
+            (Some(token), _) => builder.bearer_auth(token),
+            (None, Auth::Bearer) => builder.bearer_auth(credential),
+            (None, Auth::Header(name)) => builder.header(name, credential),
+            (None, Auth::Query(name)) => builder.query(&[(name, credential)]),
+            (None, Auth::Basic) => match credential.split_once(':') {
+                Some((user, password)) => builder.basic_auth(user, Some(password)),
+                None => builder.basic_auth(credential, None::<&str>),
+            },
+            (None, Auth::None) => builder,
+        };
+        if !request.query.is_empty() {
+            builder = builder.query(&request.query);
+        }
+        for (name, value) in &account.headers {
+            builder = builder.header(name, value);
+        }
+        if let Some(key) = &request.idempotency_key {
+            builder = builder.header("Idempotency-Key", key);
+        }
+        builder = match &request.body {
+            Body::None => builder,
+            Body::Json(v) => builder.json(v),
+            Body::Form(pairs) => builder.form(pairs),
+        };
+        let response = builder.send().await.map_err(|e| send_error(&e))?;
+        let status = response.status().as_u16();
+        if status == 401 && token.is_some() && !stale {
+            stale = true;
+            continue;
+        }
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.map_err(|e| {
+            StepError::transient(format!("reading the {} answer failed: {e}", S::NAME))
+        })?;
+        break (status, headers, bytes);
     };
-    if !request.query.is_empty() {
-        builder = builder.query(&request.query);
-    }
-    for (name, value) in &account.headers {
-        builder = builder.header(name, value);
-    }
-    if let Some(key) = &request.idempotency_key {
-        builder = builder.header("Idempotency-Key", key);
-    }
-    builder = match request.body {
-        Body::None => builder,
-        Body::Json(v) => builder.json(&v),
-        Body::Form(pairs) => builder.form(&pairs),
-    };
-    let response = builder.send().await.map_err(|e| send_error(&e))?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
     for observation in S::observe(status, &headers) {
         cx.pacer.observe(&account.pacing_key, observation).await;
     }
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| StepError::transient(format!("reading the {} answer failed: {e}", S::NAME)))?;
     let body = if bytes.is_empty() {
         Value::Null
     } else if is_json(&headers) {
@@ -755,6 +791,7 @@ mod tests {
             context: Arc::new(Value::Null),
             sub_flows: None,
             clock: Arc::new(SystemClock),
+            state: None,
         }
     }
 
@@ -771,6 +808,7 @@ mod tests {
             base_url: url.clone(),
             credential: Ok("k".into()),
             headers: Vec::new(),
+            oauth: None,
         };
         let by_offset = Paging {
             items: "/items",

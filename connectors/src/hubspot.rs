@@ -78,6 +78,9 @@ impl Service for HubSpot {
     const ENV: &'static str = "HUBSPOT";
     const CREDENTIAL: &'static str = "TOKEN";
     const BASE_URL: &'static str = "https://api.hubapi.com";
+    /// A public app's accounts use OAuth 2: `HUBSPOT_REFRESH_TOKEN`, `HUBSPOT_CLIENT_ID`,
+    /// `HUBSPOT_CLIENT_SECRET` instead of `HUBSPOT_TOKEN`.
+    const OAUTH_TOKEN_PATH: Option<&'static str> = Some("/oauth/v1/token");
 
     fn observe(status: u16, headers: &HeaderMap) -> Vec<Observation> {
         let number = |name| header_number(headers, name);

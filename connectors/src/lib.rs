@@ -11,6 +11,7 @@
 pub mod api;
 pub mod email;
 pub mod hubspot;
+pub mod oauth;
 pub mod slack;
 pub mod stripe;
 pub mod verify;

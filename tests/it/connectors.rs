@@ -1567,3 +1567,52 @@ steps:
         "{notify}"
     );
 }
+
+#[tokio::test]
+async fn an_oauth_account_refreshes_its_access_token_once_and_again_after_a_401() {
+    let hubspot = FakeHubSpot::start("unused-private-app-token").await;
+    hubspot.oauth("client-1", "client-secret-1", "refresh-1");
+    let contact = hubspot.insert("contacts", json!({ "email": "jane@acme.com" }));
+    let flow = format!(
+        r#"
+id: read
+trigger: {{ webhook: }}
+steps:
+  - id: contact
+    hubspot: {{ get: {{ id: "{contact}" }} }}
+"#
+    );
+    let env = vec![
+        ("HUBSPOT_BASE_URL", hubspot.url.clone()),
+        ("HUBSPOT_REFRESH_TOKEN", "refresh-1".to_owned()),
+        ("HUBSPOT_CLIENT_ID", "client-1".to_owned()),
+        ("HUBSPOT_CLIENT_SECRET", "client-secret-1".to_owned()),
+    ];
+    let server = start(&[("read.yaml", &flow)], &env);
+    for _ in 0..2 {
+        let run = run_of(&server, "read", json!({})).await;
+        assert_eq!(run["status"], "succeeded", "{run:#}");
+        assert!(
+            !run.to_string().contains("oauth-access"),
+            "tokens stay out of history"
+        );
+    }
+    assert_eq!(
+        hubspot.tokens_issued(),
+        1,
+        "the access token is cached between runs"
+    );
+
+    // HubSpot stops taking it: the 401 refreshes it and the call is made again.
+    hubspot.revoke_access_tokens();
+    let run = run_of(&server, "read", json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(hubspot.tokens_issued(), 2);
+    let calls = hubspot.calls();
+    let statuses: Vec<u16> = calls.iter().rev().take(3).map(|c| c.status).collect();
+    assert_eq!(statuses, [200, 200, 401], "refused, refreshed, made again");
+    let refresh = calls.iter().find(|c| c.path == "/oauth/v1/token").unwrap();
+    assert!(refresh
+        .form()
+        .contains(&("grant_type".into(), "refresh_token".into())));
+}

@@ -110,6 +110,12 @@ struct HubSpotState {
     page_size: usize,
     /// Calls left today, reported in `X-HubSpot-RateLimit-Daily-Remaining` (none: not reported).
     daily: Option<(u64, u64)>,
+    /// An OAuth app: client id, client secret, the refresh token it accepts.
+    oauth: Option<(String, String, String)>,
+    /// Access tokens issued and still valid.
+    access_tokens: Vec<String>,
+    /// How many access tokens were issued.
+    issued: usize,
     calls: Vec<Call>,
 }
 
@@ -125,6 +131,9 @@ impl FakeHubSpot {
             recent: VecDeque::new(),
             page_size: 200,
             daily: None,
+            oauth: None,
+            access_tokens: Vec::new(),
+            issued: 0,
             calls: Vec::new(),
         }));
         let app = Router::new()
@@ -145,6 +154,26 @@ impl FakeHubSpot {
     /// allowance answers 429 with the `DAILY` policy).
     pub fn daily(&self, max: u64, left: u64) {
         lock(&self.state).daily = Some((max, left));
+    }
+
+    /// Accepts OAuth access tokens issued at `POST /oauth/v1/token` for this app's refresh token
+    /// (besides the private-app token).
+    pub fn oauth(&self, client_id: &str, client_secret: &str, refresh_token: &str) {
+        lock(&self.state).oauth = Some((
+            client_id.to_owned(),
+            client_secret.to_owned(),
+            refresh_token.to_owned(),
+        ));
+    }
+
+    /// Revokes every access token issued (as if they expired early).
+    pub fn revoke_access_tokens(&self) {
+        lock(&self.state).access_tokens.clear();
+    }
+
+    /// How many access tokens were issued.
+    pub fn tokens_issued(&self) -> usize {
+        lock(&self.state).issued
     }
 
     /// Caps search pages at `n` results.
@@ -261,8 +290,14 @@ fn hubspot_answer(
     headers: &HeaderMap,
     body: &str,
 ) -> Response {
-    let bearer = format!("Bearer {}", s.token);
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(bearer.as_str()) {
+    if uri.path() == "/oauth/v1/token" {
+        return oauth_token(s, body);
+    }
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let bearer = given
+        .and_then(|g| g.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bearer != s.token && !s.access_tokens.iter().any(|t| t == bearer) {
         return hubspot_error(
             StatusCode::UNAUTHORIZED,
             "INVALID_AUTHENTICATION",
@@ -360,6 +395,38 @@ fn hubspot_answer(
             json!([]),
         ),
     }
+}
+
+/// HubSpot's token endpoint (OAuth v1): a form with `grant_type=refresh_token`, the client's id
+/// and secret and the refresh token; answers `{token_type, refresh_token, access_token,
+/// expires_in}`, or `400 {"status": "BAD_REFRESH_TOKEN", …}`.
+fn oauth_token(s: &mut HubSpotState, body: &str) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let field = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let Some((id, secret, refresh)) = s.oauth.clone() else {
+        return not_found();
+    };
+    if field("grant_type") != "refresh_token"
+        || field("client_id") != id
+        || field("client_secret") != secret
+        || field("refresh_token") != refresh
+    {
+        let body =
+            json!({ "status": "BAD_REFRESH_TOKEN", "message": "missing or invalid refresh token" });
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
+    s.issued += 1;
+    let access = format!("oauth-access-{}", s.issued);
+    s.access_tokens.push(access.clone());
+    Json(json!({
+        "token_type": "bearer",
+        "refresh_token": refresh,
+        "access_token": access,
+        "expires_in": 1800,
+    }))
+    .into_response()
 }
 
 fn not_found() -> Response {

@@ -157,6 +157,7 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
                             context: ctx.clone(),
                             sub_flows: None,
                             clock: Arc::new(crate::store::SystemClock),
+                            state: None,
                         };
                         step.action.execute(input.clone(), &cx).await
                     }

@@ -1023,6 +1023,7 @@ impl Engine {
                     context: ctx.clone(),
                     sub_flows: Some(self.sub_flows.clone()),
                     clock: self.config.clock.clone(),
+                    state: Some(crate::steps::SharedState::new(self.store.clone())),
                 };
                 // A panic fails the attempt like any error; the worker, its slot and its lease
                 // carry on.
