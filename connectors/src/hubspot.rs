@@ -4,8 +4,13 @@
 //! companies, deals, …), `upsert_contact` and `upsert_contacts` (by email, create or update in one
 //! call), `associate`, `add_note` and `add_task`. The token is `HUBSPOT_TOKEN` (or
 //! `HUBSPOT_<ACCOUNT>_TOKEN` with `account:`), the API `HUBSPOT_BASE_URL` (default
-//! `https://api.hubapi.com`). HubSpot's rate-limit headers pace every call of the account; its error
-//! JSON (category, message, validation errors) becomes the step's error.
+//! `https://api.hubapi.com`). HubSpot's rate-limit headers (ten-secondly and daily) pace every call
+//! of the account, and search calls are also paced by search's own per-second limit; its error JSON
+//! (category, message, validation errors) becomes the step's error.
+//!
+//! HubSpot has no idempotency keys: creates (`create`, `add_note`, `add_task`) are not retried after
+//! a lost answer unless the step sets `retry_creates`. A batch upsert that HubSpot answers
+//! `207 Multi-Status` fails the step with each refused contact's error.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::api::{
-    self, call, dry_run, header_number, http_error, outcome, render_action, required, segment,
-    text, Account, CallError, Request, Service,
+    self, call, collect, dry_run, header_number, http_error, outcome, render_action, required,
+    segment, text, Account, CallError, Next, Paging, Place, Request, Rule, Service,
 };
 use crate::{config, Connector};
 
@@ -51,6 +56,19 @@ const BATCH: usize = 100;
 /// The most results one search page holds.
 const SEARCH_PAGE: u64 = 200;
 
+/// How long a spent daily allowance holds the account's calls.
+const DAILY_HOLD: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// HubSpot's search endpoints' own limit (five calls per second per account; their answers carry
+/// no rate-limit headers), paced evenly: one call per 200 ms.
+fn search_rule() -> Rule {
+    Rule {
+        name: "search".into(),
+        max: 1,
+        window: std::time::Duration::from_millis(200),
+    }
+}
+
 /// How many search results a step collects by default, and at most (HubSpot's own cap).
 const SEARCH_DEFAULT: u64 = 100;
 const SEARCH_MAX: u64 = 10_000;
@@ -60,25 +78,35 @@ impl Service for HubSpot {
     const ENV: &'static str = "HUBSPOT";
     const CREDENTIAL: &'static str = "TOKEN";
     const BASE_URL: &'static str = "https://api.hubapi.com";
+    /// A public app's accounts use OAuth 2: `HUBSPOT_REFRESH_TOKEN`, `HUBSPOT_CLIENT_ID`,
+    /// `HUBSPOT_CLIENT_SECRET` instead of `HUBSPOT_TOKEN`.
+    const OAUTH_TOKEN_PATH: Option<&'static str> = Some("/oauth/v1/token");
 
-    fn observe(status: u16, headers: &HeaderMap) -> Option<Observation> {
+    fn observe(status: u16, headers: &HeaderMap) -> Vec<Observation> {
         let number = |name| header_number(headers, name);
+        // The daily allowance resets at midnight in the account's time zone, which hookflow does
+        // not know: a spent one holds the account's calls for an hour, then a call probes again.
+        if number("x-hubspot-ratelimit-daily-remaining") == Some(0) {
+            return vec![Observation::Limited { wait: DAILY_HOLD }];
+        }
         if status == 429 {
             let wait = api::retry_after(headers)
                 .or_else(|| number("x-hubspot-ratelimit-interval-milliseconds").map(millis))
                 .unwrap_or(std::time::Duration::from_secs(10));
-            return Some(Observation::Limited { wait });
+            return vec![Observation::Limited { wait }];
         }
-        let remaining = number("x-hubspot-ratelimit-remaining")?;
+        let Some(remaining) = number("x-hubspot-ratelimit-remaining") else {
+            return Vec::new();
+        };
         let max = number("x-hubspot-ratelimit-max").unwrap_or(remaining);
         let window = number("x-hubspot-ratelimit-interval-milliseconds")
             .map_or(std::time::Duration::from_secs(10), millis);
         let count = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-        Some(Observation::Remaining {
+        vec![Observation::Remaining {
             max: count(max),
             remaining: count(remaining),
             window,
-        })
+        }]
     }
 
     fn error(status: u16, headers: &HeaderMap, body: &Value) -> StepError {
@@ -130,6 +158,12 @@ pub struct HubSpotSpec {
     /// `HUBSPOT_TOKEN`).
     #[serde(default)]
     pub account: Option<String>,
+    /// Retry `create`, `add_note` and `add_task` after an answer was lost (a timeout, a 5xx).
+    /// HubSpot has no idempotency keys, so such a retry may make a duplicate; by default the step
+    /// fails instead, for a manual retry once you have checked HubSpot. Rate limits (429) and
+    /// every other action are always retried.
+    #[serde(default)]
+    pub retry_creates: bool,
     /// Create a record.
     #[serde(default)]
     pub create: Option<Create>,
@@ -186,7 +220,8 @@ pub struct Update {
     /// A unique property `id` is a value of (e.g. `email`), instead of the record id.
     #[serde(default)]
     pub id_property: Option<String>,
-    /// Property values to set (templates); `""` clears one.
+    /// Property values to set (templates); `$clear` clears one (a value that resolves to nothing
+    /// is left out).
     pub properties: BTreeMap<String, Value>,
 }
 
@@ -235,12 +270,19 @@ pub struct Search {
 pub struct Filter {
     /// The property.
     pub property: String,
-    /// `EQ` (default), `NEQ`, `LT`, `LTE`, `GT`, `GTE`, `CONTAINS_TOKEN`, `HAS_PROPERTY`, …
+    /// `EQ` (default), `NEQ`, `LT`, `LTE`, `GT`, `GTE`, `BETWEEN`, `IN`, `NOT_IN`,
+    /// `CONTAINS_TOKEN`, `NOT_CONTAINS_TOKEN`, `HAS_PROPERTY`, `NOT_HAS_PROPERTY`.
     #[serde(default = "eq")]
     pub operator: String,
-    /// The value (a template).
+    /// The value (a template); for `BETWEEN`, the low end.
     #[serde(default)]
     pub value: Option<Value>,
+    /// `BETWEEN`'s high end.
+    #[serde(default)]
+    pub high_value: Option<Value>,
+    /// `IN` and `NOT_IN`'s values (a list, or a lone `{{path}}` to one).
+    #[serde(default)]
+    pub values: Option<Value>,
 }
 
 fn eq() -> String {
@@ -362,6 +404,25 @@ impl StepKind for HubSpotSpec {
                 cx.error("get", "give `id` or `email`");
             }
         }
+        for (i, f) in self.search.iter().flat_map(|s| &s.filters).enumerate() {
+            let at = format!("search.filters[{i}]");
+            let problem = match f.operator.as_str() {
+                "IN" | "NOT_IN" if f.values.is_none() || f.value.is_some() => {
+                    Some("`IN` and `NOT_IN` take `values: [..]`, not `value`")
+                }
+                "BETWEEN" if f.value.is_none() || f.high_value.is_none() => {
+                    Some("`BETWEEN` takes `value` (the low end) and `high_value`")
+                }
+                "IN" | "NOT_IN" | "BETWEEN" => None,
+                _ if f.values.is_some() || f.high_value.is_some() => {
+                    Some("`values` is for `IN`/`NOT_IN` and `high_value` for `BETWEEN`")
+                }
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                cx.error(&at, problem);
+            }
+        }
         if let Some(limit) = self.search.as_ref().and_then(|s| s.limit) {
             if limit == 0 || limit > SEARCH_MAX {
                 cx.error("search.limit", format!("must be 1 to {SEARCH_MAX}"));
@@ -372,6 +433,7 @@ impl StepKind for HubSpotSpec {
         Some(Arc::new(HubSpotStep {
             op,
             name,
+            retry_creates: self.retry_creates,
             account: account?,
             params: params?,
         }))
@@ -382,23 +444,53 @@ impl StepKind for HubSpotSpec {
 struct HubSpotStep {
     op: Op,
     name: &'static str,
+    retry_creates: bool,
     account: Account,
     params: ValueExpr,
 }
 
 #[async_trait]
 impl Action for HubSpotStep {
-    /// `{action, …the action's rendered fields}`.
+    /// `{action, …the action's rendered fields}`; a note's time and a task's due time are fixed
+    /// here (default: now), so a retry resends the same request.
     fn render(&self, t: &Templates, ctx: &Value) -> Result<Value, StepError> {
-        render_action(self.name, &self.params, t, ctx)
+        let mut input = render_action(self.name, &self.params, t, ctx)?;
+        match self.op {
+            Op::AddNote => input["timestamp"] = json!(Timestamp::now().to_rfc3339()),
+            Op::AddTask => input["due"] = json!(due_time(&input["due"])?),
+            _ => {}
+        }
+        Ok(input)
     }
 
     async fn execute(&self, input: Value, cx: &ExecContext) -> Result<Outcome, StepError> {
         if cx.dry_run {
             return Ok(dry_run(input));
         }
-        outcome::<HubSpot>(self.run(&input, cx).await)
+        let result = self.run(&input, cx).await;
+        outcome::<HubSpot>(result.map_err(|e| match e {
+            CallError::Failed(e) if !self.may_repeat() => CallError::Failed(once(e)),
+            other => other,
+        }))
     }
+
+    fn may_repeat(&self) -> bool {
+        self.retry_creates || !matches!(self.op, Op::Create | Op::AddNote | Op::AddTask)
+    }
+}
+
+/// The error of a create that may have reached HubSpot: not retried (a retry could duplicate the
+/// record), except a rate limit, which HubSpot refused before doing anything.
+fn once(mut e: StepError) -> StepError {
+    if e.retryable && e.http_status != Some(429) {
+        e.retryable = false;
+        e.message = format!(
+            "{} (not retried: HubSpot has no idempotency keys, so a retry could create a \
+             duplicate; check HubSpot, then retry the run, or set `retry_creates: true`)",
+            e.message
+        );
+    }
+    e
 }
 
 impl HubSpotStep {
@@ -407,7 +499,7 @@ impl HubSpotStep {
         let call = |request| call::<HubSpot>(cx, &self.account, request);
         match self.op {
             Op::Create => {
-                let body = json!({ "properties": input["properties"] });
+                let body = json!({ "properties": properties(&input["properties"]) });
                 call(Request::new(Method::POST, format!("/crm/v3/objects/{object}")).json(body))
                     .await
             }
@@ -415,7 +507,7 @@ impl HubSpotStep {
                 let id = segment(&required(input, "id", "the record's id")?);
                 let mut request =
                     Request::new(Method::PATCH, format!("/crm/v3/objects/{object}/{id}"))
-                        .json(json!({ "properties": input["properties"] }));
+                        .json(json!({ "properties": properties(&input["properties"]) }));
                 if let Some(p) = input["id_property"].as_str() {
                     request = request.query(vec![("idProperty".into(), p.into())]);
                 }
@@ -468,7 +560,7 @@ impl HubSpotStep {
             Op::AddNote => {
                 let properties = json!({
                     "hs_note_body": text(input, "body"),
-                    "hs_timestamp": Timestamp::now().to_rfc3339(),
+                    "hs_timestamp": input["timestamp"],
                 });
                 self.engagement("notes", properties, input, cx).await
             }
@@ -476,8 +568,7 @@ impl HubSpotStep {
                 let mut properties = json!({
                     "hs_task_subject": required(input, "subject", "the task's subject")?,
                     "hs_task_status": "NOT_STARTED",
-                    "hs_timestamp": input["due"].as_str().filter(|d| !d.is_empty())
-                        .map_or_else(|| Timestamp::now().to_rfc3339(), str::to_owned),
+                    "hs_timestamp": input["due"],
                 });
                 for (field, property) in [
                     ("body", "hs_task_body"),
@@ -508,8 +599,14 @@ impl HubSpotStep {
             .map(|f| {
                 let mut filter =
                     json!({ "propertyName": f["property"], "operator": f["operator"] });
-                if !f["value"].is_null() {
-                    filter["value"] = json!(api::scalar(&f["value"]));
+                if let Some(values) = f["values"].as_array() {
+                    let values: Vec<String> = values.iter().map(api::scalar).collect();
+                    filter["values"] = json!(values);
+                }
+                for (field, name) in [("value", "value"), ("high_value", "highValue")] {
+                    if !f[field].is_null() {
+                        filter[name] = json!(api::scalar(&f[field]));
+                    }
                 }
                 filter
             })
@@ -526,34 +623,40 @@ impl HubSpotStep {
             };
             body["sorts"] = json!([{ "propertyName": name, "direction": direction }]);
         }
-        let mut results = Vec::new();
-        let total = loop {
-            body["limit"] = json!((limit - results.len() as u64).min(SEARCH_PAGE));
-            let path = format!("/crm/v3/objects/{object}/search");
-            let request = Request::new(Method::POST, path).json(body.clone());
-            let page = call::<HubSpot>(cx, &self.account, request).await?;
-            results.extend(page["results"].as_array().cloned().unwrap_or_default());
-            match page["paging"]["next"]["after"].as_str() {
-                Some(after) if (results.len() as u64) < limit => body["after"] = json!(after),
-                _ => break page["total"].clone(),
-            }
+        let paging = Paging {
+            items: "/results",
+            size: Some((Place::Body("limit"), SEARCH_PAGE)),
+            next: Next::Cursor {
+                at: "/paging/next/after",
+                to: Place::Body("after"),
+            },
         };
+        let first = Request::new(Method::POST, format!("/crm/v3/objects/{object}/search"))
+            .json(body)
+            .paced(search_rule());
+        let (results, last) = collect::<HubSpot>(cx, &self.account, first, paging, limit).await?;
+        let total = last["total"].clone();
         Ok(json!({ "total": total, "results": results }))
     }
 
-    /// Upserts contacts by email, 100 per call; answers each contact's record in order.
+    /// Upserts contacts by email, 100 per call; answers each contact's record in order. When some
+    /// fail (a 207 Multi-Status answer), the step fails with each error, and its detail lists every
+    /// contact's result (`{ok, email, record | errors}`: what `on_error: continue` passes on).
     async fn upsert(
         &self,
         contacts: Vec<Value>,
         cx: &ExecContext,
     ) -> Result<Vec<Value>, CallError> {
-        let mut results = Vec::new();
+        let mut results: Vec<Result<Value, (String, Vec<Value>)>> = Vec::new();
         for chunk in contacts.chunks(BATCH) {
             let inputs: Vec<Value> = chunk
                 .iter()
                 .map(|c| {
                     let email = api::scalar(&c["email"]);
-                    let mut properties = c["properties"].as_object().cloned().unwrap_or_default();
+                    let mut properties = match properties(&c["properties"]) {
+                        Value::Object(p) => p,
+                        _ => serde_json::Map::new(),
+                    };
                     properties.insert("email".into(), json!(email));
                     json!({ "id": email, "idProperty": "email", "properties": properties })
                 })
@@ -577,13 +680,53 @@ impl HubSpotStep {
                     .to_lowercase();
                 by_email.insert(email, r.clone());
             }
+            // A 207 Multi-Status answer lists the inputs that failed in `errors`.
+            let errors = answer["errors"].as_array().cloned().unwrap_or_default();
             // HubSpot does not promise the inputs' order: match results back by email.
             for i in &inputs {
-                let email = i["id"].as_str().unwrap_or_default().to_lowercase();
-                results.push(by_email.remove(&email).unwrap_or(Value::Null));
+                let email = i["id"].as_str().unwrap_or_default();
+                results.push(match by_email.remove(&email.to_lowercase()) {
+                    Some(record) => Ok(record),
+                    None => Err((email.to_owned(), errors_about(&errors, email))),
+                });
             }
         }
-        Ok(results)
+        let failed: Vec<&(String, Vec<Value>)> =
+            results.iter().filter_map(|r| r.as_ref().err()).collect();
+        if failed.is_empty() {
+            return Ok(results.into_iter().flatten().collect());
+        }
+        let why: Vec<String> = failed
+            .iter()
+            .map(|(email, errors)| {
+                let messages: Vec<&str> = errors
+                    .iter()
+                    .filter_map(|e| e["message"].as_str())
+                    .collect();
+                match messages.is_empty() {
+                    true => format!("{email}: no result"),
+                    false => format!("{email}: {}", messages.join("; ")),
+                }
+            })
+            .collect();
+        let message = format!(
+            "HubSpot upserted {} of {} contacts; failed: {}",
+            results.len() - failed.len(),
+            results.len(),
+            why.join(", ")
+        );
+        let per_item: Vec<Value> = results
+            .into_iter()
+            .map(|r| match r {
+                Ok(record) => {
+                    json!({ "ok": true, "email": record["properties"]["email"], "record": record })
+                }
+                Err((email, errors)) => json!({ "ok": false, "email": email, "errors": errors }),
+            })
+            .collect();
+        Err(StepError::permanent(message)
+            .with_detail(json!({ "results": per_item }))
+            .into())
     }
 
     /// Creates a note or task associated with the `to` record.
@@ -615,6 +758,62 @@ impl HubSpotStep {
             Request::new(Method::POST, format!("/crm/v3/objects/{kind}")).json(body),
         )
         .await
+    }
+}
+
+/// The errors of a batch answer about the input with this email (any that names it), else all.
+fn errors_about(errors: &[Value], email: &str) -> Vec<Value> {
+    fn names(value: &Value, email: &str) -> bool {
+        match value {
+            Value::String(s) => s.eq_ignore_ascii_case(email) || s.contains(email),
+            Value::Array(items) => items.iter().any(|v| names(v, email)),
+            Value::Object(map) => map.values().any(|v| names(v, email)),
+            _ => false,
+        }
+    }
+    let about: Vec<Value> = errors.iter().filter(|e| names(e, email)).cloned().collect();
+    if about.is_empty() {
+        errors.to_vec()
+    } else {
+        about
+    }
+}
+
+/// A task's due time as RFC 3339: given as RFC 3339 text or epoch milliseconds (a number or
+/// digits); now when not given.
+fn due_time(due: &Value) -> Result<String, StepError> {
+    let millis = match due {
+        Value::Null => return Ok(Timestamp::now().to_rfc3339()),
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
+        Value::String(s) => {
+            return Timestamp::parse_rfc3339(s)
+                .map(Timestamp::to_rfc3339)
+                .ok_or_else(|| {
+                    StepError::permanent(format!(
+                        "`due` is `{s}`: give an RFC 3339 time (2026-12-01T09:00:00Z) or epoch milliseconds"
+                    ))
+                })
+        }
+        _ => None,
+    };
+    millis.map(|ms| Timestamp(ms).to_rfc3339()).ok_or_else(|| {
+        StepError::permanent(format!(
+            "`due` is `{due}`: give an RFC 3339 time or epoch milliseconds"
+        ))
+    })
+}
+
+/// Property values as HubSpot takes them: `null` (what `$clear` renders) becomes `""`, which
+/// clears the property.
+fn properties(values: &Value) -> Value {
+    match values {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), if v.is_null() { json!("") } else { v.clone() }))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 

@@ -1,5 +1,5 @@
-//! hookflow's connectors: step kinds for SaaS APIs (HubSpot, Stripe, …) and the verifiers of
-//! inbound webhook signatures (`verify`).
+//! hookflow's connectors: step kinds for SaaS APIs (HubSpot, Stripe, Slack, …), email over SMTP,
+//! and the verifiers of inbound webhook signatures (`verify`).
 //!
 //! # Layout
 //! Each connector implements [`Connector`] and registers its step kinds with the engine's
@@ -9,7 +9,10 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod email;
 pub mod hubspot;
+pub mod oauth;
+pub mod slack;
 pub mod stripe;
 pub mod verify;
 
@@ -18,7 +21,7 @@ use serde_json::Value;
 
 /// A family of step kinds for one service.
 pub trait Connector: Sync {
-    /// The service's name, as used in flow files (`hubspot`, `stripe`).
+    /// The service's name, as used in flow files (`hubspot`, `stripe`, `slack`).
     fn name(&self) -> &'static str;
 
     /// Adds the connector's step kinds.
@@ -26,7 +29,12 @@ pub trait Connector: Sync {
 }
 
 /// The connectors this build ships.
-const CONNECTORS: &[&dyn Connector] = &[&hubspot::HubSpotConnector, &stripe::StripeConnector];
+const CONNECTORS: &[&dyn Connector] = &[
+    &hubspot::HubSpotConnector,
+    &stripe::StripeConnector,
+    &slack::SlackConnector,
+    &email::EmailConnector,
+];
 
 /// Registers every connector's step kinds and every webhook verifier.
 pub fn register_all(registry: &mut Registry) {

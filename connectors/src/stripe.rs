@@ -6,7 +6,8 @@
 //! `request`. Parameters use Stripe's own names and nest as Stripe expects (`metadata[plan]`);
 //! `expand` lists objects to expand. Every mutating call sends an `Idempotency-Key` derived from the
 //! run and step, so a retried step never charges or refunds twice. The key is `STRIPE_SECRET_KEY`
-//! (or `STRIPE_<ACCOUNT>_SECRET_KEY`), the API `STRIPE_BASE_URL` (default `https://api.stripe.com`).
+//! (or `STRIPE_<ACCOUNT>_SECRET_KEY`), the API `STRIPE_BASE_URL` (default `https://api.stripe.com`);
+//! every call pins `Stripe-Version` ([`API_VERSION`], or `STRIPE_API_VERSION`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::api::{
-    self, call, dry_run, http_error, outcome, params_without, render_action, required, segment,
-    Account, CallError, Request, Service,
+    self, call, collect, dry_run, http_error, outcome, params_without, render_action, required,
+    segment, Account, CallError, Next, Paging, Place, Request, Service,
 };
 use crate::{config, Connector};
 
@@ -46,6 +47,10 @@ impl Connector for StripeConnector {
 /// Stripe as an API [`Service`].
 pub struct Stripe;
 
+/// The Stripe API version calls pin by default: the shapes the shipped flows and this connector
+/// read (`invoice.subscription`, `subscription.current_period_end` at the top level).
+pub const API_VERSION: &str = "2024-06-20";
+
 /// How long the account's calls wait after a 429 without `Retry-After`.
 const RATE_LIMIT_WAIT: Duration = Duration::from_secs(1);
 
@@ -58,10 +63,21 @@ impl Service for Stripe {
     const CREDENTIAL: &'static str = "SECRET_KEY";
     const BASE_URL: &'static str = "https://api.stripe.com";
 
-    fn observe(status: u16, headers: &HeaderMap) -> Option<Observation> {
-        (status == 429).then(|| Observation::Limited {
-            wait: api::retry_after(headers).unwrap_or(RATE_LIMIT_WAIT),
-        })
+    /// `Stripe-Version`: the account's `STRIPE_API_VERSION` (or `STRIPE_<ACCOUNT>_API_VERSION`),
+    /// else [`API_VERSION`], so answers keep the shapes flows were written against whatever the
+    /// account's default version is.
+    fn default_headers(setting: &dyn Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+        let version = setting("API_VERSION").unwrap_or_else(|| API_VERSION.to_owned());
+        vec![("Stripe-Version".to_owned(), version)]
+    }
+
+    fn observe(status: u16, headers: &HeaderMap) -> Vec<Observation> {
+        (status == 429)
+            .then(|| Observation::Limited {
+                wait: api::retry_after(headers).unwrap_or(RATE_LIMIT_WAIT),
+            })
+            .into_iter()
+            .collect()
     }
 
     fn error(status: u16, headers: &HeaderMap, body: &Value) -> StepError {
@@ -87,13 +103,14 @@ impl Service for Stripe {
             "param": e["param"],
             "request_id": headers.get("request-id").and_then(|v| v.to_str().ok()),
         });
-        // Stripe says whether a retry may succeed; without that, only 429s and 5xx are retried.
+        // Stripe says whether a retry may succeed; without that, 409s (a conflict with a request
+        // in flight, e.g. a lock timeout), 429s and 5xx are retried, as Stripe's libraries do.
         let retryable = match headers
             .get("stripe-should-retry")
             .and_then(|v| v.to_str().ok())
         {
             Some(v) => v == "true",
-            None => status >= 500 || status == 429,
+            None => status >= 500 || matches!(status, 409 | 429),
         };
         http_error(status, headers, text, detail, retryable)
     }
@@ -110,7 +127,8 @@ pub struct StripeSpec {
     /// Read a customer.
     #[serde(default)]
     pub get_customer: Option<ById>,
-    /// Find customers by email (Stripe's search): `{found, customer, customers}`.
+    /// Find customers by email (the customer list's exact, case-sensitive `email` filter):
+    /// `{found, customer, customers}`.
     #[serde(default)]
     pub find_customer: Option<FindCustomer>,
     /// Create a customer (`email`, `name`, `metadata`, … as Stripe names them).
@@ -260,6 +278,9 @@ enum Op {
     Request,
 }
 
+/// The most customers `find_customer` answers (Stripe's email filter is exact but not unique).
+const FIND_LIMIT: u32 = 10;
+
 /// The most invoices `list_invoices` collects.
 const MAX_INVOICES: u64 = 1000;
 
@@ -383,11 +404,15 @@ impl StripeStep {
             Op::GetSubscription => call(get(format!("/v1/subscriptions/{}", id()?), expand)).await,
             Op::GetInvoice => call(get(format!("/v1/invoices/{}", id()?), expand)).await,
             Op::FindCustomer => {
+                // The customer list's `email` filter, not search: Stripe's search is eventually
+                // consistent (a customer made a minute ago may be missing) and not in every region.
                 let email = required(input, "email", "the email to look for")?;
-                let query = format!("email:'{}'", email.replace('\'', "\\'"));
-                let mut params = vec![("query".to_owned(), query)];
+                let mut params = vec![
+                    ("email".to_owned(), email),
+                    ("limit".to_owned(), FIND_LIMIT.to_string()),
+                ];
                 params.extend(expand);
-                let found = call(get("/v1/customers/search".into(), params)).await?;
+                let found = call(get("/v1/customers".into(), params)).await?;
                 let customers = found["data"].as_array().cloned().unwrap_or_default();
                 Ok(json!({
                     "found": !customers.is_empty(),
@@ -396,7 +421,7 @@ impl StripeStep {
                 }))
             }
             Op::CreateCustomer => {
-                let body = form(&params_without(input, &["action", "expand"]), expand);
+                let body = form(&params_without(input, &["expand"]), expand);
                 call(
                     Request::new(Method::POST, "/v1/customers")
                         .form(body)
@@ -405,12 +430,12 @@ impl StripeStep {
                 .await
             }
             Op::UpdateCustomer => {
-                let body = form(&params_without(input, &["action", "expand", "id"]), expand);
+                let body = form(&params_without(input, &["expand", "id"]), expand);
                 let path = format!("/v1/customers/{}", id()?);
                 call(Request::new(Method::POST, path).form(body).idempotent(key)).await
             }
             Op::CreateRefund => {
-                let body = form(&params_without(input, &["action", "expand"]), expand);
+                let body = form(&params_without(input, &["expand"]), expand);
                 call(
                     Request::new(Method::POST, "/v1/refunds")
                         .form(body)
@@ -487,30 +512,21 @@ impl StripeStep {
     ) -> Result<Value, CallError> {
         let customer = required(input, "customer", "the customer's id")?;
         let limit = input["limit"].as_u64().unwrap_or(10);
-        let mut data: Vec<Value> = Vec::new();
-        loop {
-            let mut query = vec![
-                ("customer".to_owned(), customer.clone()),
-                (
-                    "limit".to_owned(),
-                    (limit - data.len() as u64).min(PAGE).to_string(),
-                ),
-            ];
-            if let Some(status) = input["status"].as_str().filter(|s| !s.is_empty()) {
-                query.push(("status".into(), status.into()));
-            }
-            if let Some(last) = data.last().and_then(|i| i["id"].as_str()) {
-                query.push(("starting_after".into(), last.into()));
-            }
-            query.extend(expand.iter().cloned());
-            let page = call::<Stripe>(cx, &self.account, get("/v1/invoices".into(), query)).await?;
-            let items = page["data"].as_array().cloned().unwrap_or_default();
-            let more = page["has_more"] == json!(true) && !items.is_empty();
-            data.extend(items);
-            if !more || data.len() as u64 >= limit {
-                break;
-            }
+        let mut query = vec![("customer".to_owned(), customer)];
+        if let Some(status) = input["status"].as_str().filter(|s| !s.is_empty()) {
+            query.push(("status".into(), status.into()));
         }
+        query.extend(expand);
+        let paging = Paging {
+            items: "/data",
+            size: Some((Place::Query("limit"), PAGE)),
+            next: Next::AfterLast {
+                more: "/has_more",
+                to: Place::Query("starting_after"),
+            },
+        };
+        let first = get("/v1/invoices".into(), query);
+        let (data, _) = collect::<Stripe>(cx, &self.account, first, paging, limit).await?;
         Ok(json!({ "data": data }))
     }
 }
@@ -530,8 +546,9 @@ fn expand_params(expand: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Parameters as Stripe's form encoding: objects nest as `a[b]`, lists as `a[0]`, `null` as `""`
-/// (which unsets a field).
+/// Parameters as Stripe's form encoding: objects nest as `a[b]`, lists as `a[0]`, `null` (what the
+/// flow's `$clear` renders) as `""`, which unsets a field. Fields that resolved to nothing never get
+/// here: they were left out when the input was rendered.
 pub fn form(
     params: &serde_json::Map<String, Value>,
     extra: Vec<(String, String)>,

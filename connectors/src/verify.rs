@@ -243,7 +243,9 @@ impl Verifier for Slack {
 }
 
 /// Standard Webhooks: `webhook-signature: v1,… [v1,…]`, HMAC-SHA256 (base64) of
-/// `{webhook-id}.{webhook-timestamp}.{body}`, keyed by the base64 after `whsec_`.
+/// `{webhook-id}.{webhook-timestamp}.{body}`, keyed by the base64 after `whsec_`. Svix sends the
+/// same scheme under `svix-id`, `svix-timestamp` and `svix-signature`; those are read when the
+/// `webhook-` ones are absent.
 struct StandardWebhooks;
 
 impl Verifier for StandardWebhooks {
@@ -254,16 +256,24 @@ impl Verifier for StandardWebhooks {
         now: Timestamp,
         tolerance: Duration,
     ) -> Result<(), String> {
-        let id = header(request, "webhook-id")?;
-        let t = header(request, "webhook-timestamp")?;
-        let signatures: Vec<&str> = header(request, "webhook-signature")?
+        // Svix sends the same headers under `svix-` names.
+        let prefix =
+            if request.header("webhook-id").is_none() && request.header("svix-id").is_some() {
+                "svix"
+            } else {
+                "webhook"
+            };
+        let named = |suffix: &str| header(request, &format!("{prefix}-{suffix}"));
+        let id = named("id")?;
+        let t = named("timestamp")?;
+        let signatures: Vec<&str> = named("signature")?
             .split_whitespace()
             .filter(|s| s.starts_with("v1,"))
             .collect();
         if signatures.is_empty() {
-            return Err("the webhook-signature header has no v1 signature".into());
+            return Err(format!("the {prefix}-signature header has no v1 signature"));
         }
-        let signed_at = parse_secs(t, "webhook-timestamp")?;
+        let signed_at = parse_secs(t, &format!("{prefix}-timestamp"))?;
         fresh(signed_at, now, tolerance)?;
         let matched = secrets.iter().any(|secret| {
             let want = standard_webhooks_signature(secret, id, signed_at, request.body);
@@ -275,7 +285,9 @@ impl Verifier for StandardWebhooks {
     }
 
     fn event_id(&self, trigger: &Value) -> Option<String> {
-        trigger_header(trigger, "webhook-id").map(str::to_owned)
+        trigger_header(trigger, "webhook-id")
+            .or_else(|| trigger_header(trigger, "svix-id"))
+            .map(str::to_owned)
     }
 }
 
@@ -343,9 +355,13 @@ impl Verifier for HubSpot {
     }
 }
 
-/// Twilio: `X-Twilio-Signature`, HMAC-SHA1 (base64) keyed by the auth token, of the URL followed by
-/// the form parameters sorted by name (each name then value). A JSON body is signed through the
-/// URL's `bodySHA256` parameter, which must be the body's SHA-256 (hex).
+/// Twilio: `X-Twilio-Signature`, base64 HMAC of the URL followed by the form fields (sorted by
+/// name, each name's distinct values sorted), or of a URL whose `bodySHA256` matches a JSON body.
+/// As Twilio's SDKs check it:
+/// - the HMAC is SHA-1 keyed by the auth token, or SHA-256 keyed by a Webhooks Rule's shared key
+///   when `X-Twilio-Webhooks-Signature-Settings` says `algorithm=HMAC_SHA256`;
+/// - Twilio signs the URL with or without its default port (`:443`, `:80`): both are accepted;
+/// - repeated identical values of a field count once (`Digits=1234&Digits=1234`).
 struct Twilio;
 
 impl Verifier for Twilio {
@@ -357,12 +373,26 @@ impl Verifier for Twilio {
         _tolerance: Duration,
     ) -> Result<(), String> {
         let sig = unbase64(header(request, "x-twilio-signature")?);
+        let hmac: fn(&[u8], &[&[u8]]) -> Vec<u8> =
+            match request.header("x-twilio-webhooks-signature-settings") {
+                None => hmac_sha1,
+                Some(settings) => match twilio_algorithm(settings) {
+                    Some("HMAC_SHA256") => hmac_sha256,
+                    Some("HMAC_SHA1") => hmac_sha1,
+                    other => {
+                        return Err(format!(
+                            "X-Twilio-Webhooks-Signature-Settings names an unknown algorithm ({})",
+                            other.unwrap_or("none")
+                        ))
+                    }
+                },
+            };
         let url = url::Url::parse(request.url).map_err(|e| format!("the request URL: {e}"))?;
         let body_hash = url
             .query_pairs()
             .find(|(k, _)| k == "bodySHA256")
             .map(|(_, v)| v.into_owned());
-        let mut data = request.url.as_bytes().to_vec();
+        let mut fields = Vec::new();
         match body_hash {
             Some(hash) => {
                 if !same(
@@ -377,19 +407,53 @@ impl Verifier for Twilio {
                     .into_owned()
                     .collect();
                 params.sort();
+                params.dedup();
                 for (k, v) in params {
-                    data.extend_from_slice(k.as_bytes());
-                    data.extend_from_slice(v.as_bytes());
+                    fields.extend_from_slice(k.as_bytes());
+                    fields.extend_from_slice(v.as_bytes());
                 }
             }
         }
-        let expected = |secret: &str| hmac_sha1(secret.as_bytes(), &[&data]);
-        any_match(secrets, &[sig], expected)
+        let urls = twilio_urls(request.url, &url);
+        let expected = |secret: &str| -> Vec<Vec<u8>> {
+            urls.iter()
+                .map(|u| hmac(secret.as_bytes(), &[u.as_bytes(), &fields]))
+                .collect()
+        };
+        let matched = secrets
+            .iter()
+            .any(|secret| expected(secret).iter().any(|want| same(&sig, want)));
+        matched.then_some(()).ok_or_else(|| NO_MATCH.into())
     }
 
     fn event_id(&self, trigger: &Value) -> Option<String> {
         trigger_header(trigger, "i-twilio-idempotency-token").map(str::to_owned)
     }
+}
+
+/// The `algorithm=` of `X-Twilio-Webhooks-Signature-Settings: key=…,algorithm=HMAC_SHA256`.
+fn twilio_algorithm(settings: &str) -> Option<&str> {
+    settings
+        .split(',')
+        .filter_map(|part| part.trim().split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("algorithm"))
+        .map(|(_, v)| v.trim())
+}
+
+/// The URLs Twilio may have signed for a request to `raw`: as received, and with and without the
+/// scheme's default port.
+fn twilio_urls(raw: &str, url: &url::Url) -> Vec<String> {
+    // Parsing drops a default port: `url` is the URL without it.
+    let mut urls = vec![raw.to_owned(), url.to_string()];
+    if let (None, Some(port)) = (url.port(), url.port_or_known_default()) {
+        urls.push(format!(
+            "{}:{port}{}",
+            &url[..url::Position::AfterHost],
+            &url[url::Position::BeforePath..]
+        ));
+    }
+    urls.dedup();
+    urls
 }
 
 #[cfg(test)]
@@ -669,5 +733,120 @@ mod tests {
         );
         let changed = Twilio.verify(&request(&json_url, &h, b"{}"), &secrets, secs(0), TOLERANCE);
         assert!(changed.unwrap_err().contains("bodySHA256"));
+    }
+
+    /// Twilio's SDK test vectors (twilio-python `test_request_validator.py`): auth token `12345`.
+    const TWILIO_URL: &str = "https://mycompany.com/myapp.php?foo=1&bar=2";
+    const TWILIO_BODY: &[u8] = b"CallSid=CA1234567890ABCDE&Digits=1234&From=%2B14158675309&To=%2B18005551212&Caller=%2B14158675309";
+
+    fn twilio(url: &str, h: &[(&str, &str)], body: &[u8], secret: &str) -> Result<(), String> {
+        let h = headers(h);
+        Twilio.verify(
+            &request(url, &h, body),
+            &[secret.to_owned()],
+            secs(0),
+            TOLERANCE,
+        )
+    }
+
+    #[test]
+    fn twilio_collapses_repeated_identical_values_as_its_sdks_do() {
+        let h = [("x-twilio-signature", "IK+Dwps556ElfBT0I3Rgjkr1wJU=")];
+        let body = b"Sid=CA123&SidAccount=AC123&Digits=5678&Digits=1234";
+        assert_eq!(twilio(TWILIO_URL, &h, body, "12345"), Ok(()));
+        let repeated = b"Sid=CA123&SidAccount=AC123&Digits=5678&Digits=1234&Digits=1234";
+        assert_eq!(twilio(TWILIO_URL, &h, repeated, "12345"), Ok(()));
+        let changed = b"Sid=CA123&SidAccount=AC123&Digits=5678&Digits=1235";
+        assert_eq!(
+            twilio(TWILIO_URL, &h, changed, "12345").unwrap_err(),
+            NO_MATCH
+        );
+    }
+
+    #[test]
+    fn twilio_accepts_a_url_signed_with_or_without_its_default_port() {
+        let with_443 = [("x-twilio-signature", "kvajT1Ptam85bY51eRf/AJRuM3w=")];
+        assert_eq!(twilio(TWILIO_URL, &with_443, TWILIO_BODY, "12345"), Ok(()));
+        let plain = [("x-twilio-signature", "RSOYDt4T1cUTdK1PDd93/VVr8B8=")];
+        let url_443 = "https://mycompany.com:443/myapp.php?foo=1&bar=2";
+        assert_eq!(twilio(url_443, &plain, TWILIO_BODY, "12345"), Ok(()));
+        let http = "http://mycompany.com/myapp.php?foo=1&bar=2";
+        let with_80 = [("x-twilio-signature", "0ZXoZLH/DfblKGATFgpif+LLRf4=")];
+        assert_eq!(twilio(http, &with_80, TWILIO_BODY, "12345"), Ok(()));
+        // Another path or host is not the URL Twilio signed.
+        let other = "https://mycompany.com:443/other.php?foo=1&bar=2";
+        assert_eq!(
+            twilio(other, &with_443, TWILIO_BODY, "12345").unwrap_err(),
+            NO_MATCH
+        );
+    }
+
+    #[test]
+    fn twilio_checks_the_hmac_sha256_variant_of_a_webhooks_rule() {
+        // HMAC-SHA256 with a rule's shared key over the same string (computed independently).
+        let h = [
+            (
+                "x-twilio-signature",
+                "E5VnwNBwyz0tCHTP5Dkbb6TefPRbPKoGqFaaypGFqwI=",
+            ),
+            (
+                "x-twilio-webhooks-signature-settings",
+                "key=KS123,algorithm=HMAC_SHA256",
+            ),
+        ];
+        assert_eq!(
+            twilio(TWILIO_URL, &h, TWILIO_BODY, "shared-key-secret"),
+            Ok(())
+        );
+        assert_eq!(
+            twilio(TWILIO_URL, &h, b"CallSid=CA1", "shared-key-secret").unwrap_err(),
+            NO_MATCH
+        );
+        // The SHA-1 signature of the same request does not pass as SHA-256.
+        let sha1 = [
+            ("x-twilio-signature", "RSOYDt4T1cUTdK1PDd93/VVr8B8="),
+            (
+                "x-twilio-webhooks-signature-settings",
+                "key=KS123,algorithm=HMAC_SHA256",
+            ),
+        ];
+        assert!(twilio(TWILIO_URL, &sha1, TWILIO_BODY, "12345").is_err());
+        let unknown = [
+            ("x-twilio-signature", "RSOYDt4T1cUTdK1PDd93/VVr8B8="),
+            (
+                "x-twilio-webhooks-signature-settings",
+                "key=KS123,algorithm=MD5",
+            ),
+        ];
+        assert!(twilio(TWILIO_URL, &unknown, TWILIO_BODY, "12345")
+            .unwrap_err()
+            .contains("unknown algorithm (MD5)"));
+    }
+
+    #[test]
+    fn standard_webhooks_are_read_under_svix_header_names() {
+        let h = headers(&[
+            ("svix-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+            ("svix-timestamp", "1614265330"),
+            (
+                "svix-signature",
+                "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+            ),
+        ]);
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            check(&StandardWebhooks, &h, body, &[secret], secs(1614265330)),
+            Ok(())
+        );
+        assert_eq!(
+            check(&StandardWebhooks, &h, b"{}", &[secret], secs(1614265330)).unwrap_err(),
+            NO_MATCH
+        );
+        let trigger = serde_json::json!({ "headers": { "svix-id": "msg_1" } });
+        assert_eq!(
+            StandardWebhooks.event_id(&trigger).as_deref(),
+            Some("msg_1")
+        );
     }
 }

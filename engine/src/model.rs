@@ -335,6 +335,12 @@ pub struct Attempt {
     /// The node that made it (absent offline, and in records older than node ids).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<crate::store::NodeId>,
+    /// For a step with effects: the idempotency key its request (the record's `input`) was sent
+    /// under. An automatic retry under the same key resends that request as recorded instead of
+    /// rendering it again (a `{{uuid}}` or a time would change it, and a target such as Stripe
+    /// refuses a key reused with other parameters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_under: Option<String>,
 }
 
 /// One unit of queued work: run a step of a run, due at a time. Carries ids only.

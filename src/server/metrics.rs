@@ -103,6 +103,18 @@ async fn metrics(
     for (flow, n) in &engine.retries {
         let _ = writeln!(out, "hookflow_step_retries_total{{flow=\"{flow}\"}} {n}");
     }
+    describe(
+        &mut out,
+        "hookflow_step_requests_resent_total",
+        "counter",
+        "Automatic retries that resent the request recorded for their idempotency key, by flow.",
+    );
+    for (flow, n) in &engine.resent {
+        let _ = writeln!(
+            out,
+            "hookflow_step_requests_resent_total{{flow=\"{flow}\"}} {n}"
+        );
+    }
     let name = "hookflow_step_duration_seconds";
     describe(
         &mut out,

@@ -90,7 +90,10 @@ fn schema_describes_every_step_kind() {
         .collect();
     assert_eq!(
         kinds,
-        ["delay", "filter", "flow", "foreach", "http", "hubspot", "map", "stripe", "switch"]
+        [
+            "delay", "email", "filter", "flow", "foreach", "http", "hubspot", "map", "slack",
+            "stripe", "switch"
+        ]
     );
     assert!(schema["properties"]["trigger"].is_object());
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::fakes::{self, FakeHubSpot, FakeStripe, Scripted};
+use crate::fakes::{self, FakeHubSpot, FakeSlack, FakeSmtp, FakeStripe, Scripted};
 use crate::support::{eventually, hmac_sha256, now_secs, run_cli, step, Server, Sink};
 
 const HUBSPOT_TOKEN: &str = "pat-na1-test-token-7f3a";
@@ -174,13 +174,18 @@ async fn every_hubspot_action_sends_what_hubspot_documents() {
     let search = &step(&run, "pro_contacts")["output"];
     assert_eq!(search["total"], 7);
     assert_eq!(search["results"].as_array().unwrap().len(), 5);
-    let pages: Vec<Value> = hubspot
+    let searches: Vec<_> = hubspot
         .calls()
-        .iter()
+        .into_iter()
         .filter(|c| c.path.ends_with("/search"))
-        .map(|c| c.json())
         .collect();
+    let pages: Vec<Value> = searches.iter().map(|c| c.json()).collect();
     assert_eq!(pages.len(), 3);
+    // Search has its own limit (five a second, no headers): its calls are spaced.
+    for pair in searches.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(190), "{gap:?}");
+    }
     assert_eq!(
         pages[0]["filterGroups"][0]["filters"][0]["propertyName"],
         "plan"
@@ -533,13 +538,22 @@ async fn every_stripe_action_sends_what_stripe_documents() {
             ("proration_behavior".to_owned(), "none".to_owned()),
         ]
     );
-    let search = calls
+    // `find_customer` uses the list's exact `email` filter (search is eventually consistent).
+    let find = calls
         .iter()
-        .find(|c| c.path == "/v1/customers/search")
+        .find(|c| c.method == "GET" && c.path == "/v1/customers")
         .unwrap();
-    assert!(search
+    assert!(find
         .query
-        .contains(&("query".into(), "email:'jane@acme.com'".into())));
+        .contains(&("email".into(), "jane@acme.com".into())));
+    // Every call pins the API version whose shapes the connector reads.
+    for call in &calls {
+        assert_eq!(
+            call.header("stripe-version"),
+            Some("2024-06-20"),
+            "{call:?}"
+        );
+    }
     let pages: Vec<_> = calls.iter().filter(|c| c.path == "/v1/invoices").collect();
     assert_eq!(pages.len(), 2, "three invoices at two per page");
     assert!(pages[1]
@@ -780,6 +794,24 @@ async fn the_seed_flows_connect_stripe_and_hubspot() {
         "{alert}"
     );
 
+    // A customer missing from HubSpot: billing still hears about it (that is when it must), and
+    // no task is made.
+    let mut unknown = failed.clone();
+    unknown["id"] = json!("evt_3");
+    unknown["data"]["object"]["customer_email"] = json!("nobody@initech.com");
+    let run = stripe_event(&server, "stripe-payment-failed", &unknown).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(step(&run, "follow_up")["status"], "skipped");
+    assert_eq!(hubspot.records("tasks").len(), 1);
+    let alert = &alerts.received()[1].body;
+    assert!(
+        alert["text"]
+            .as_str()
+            .unwrap()
+            .ends_with("attempt 2 (not in HubSpot: no follow-up task)"),
+        "{alert}"
+    );
+
     // A new HubSpot contact → enriched and updated.
     let batch = json!([{ "eventId": 1, "subscriptionType": "contact.creation", "objectId": created.parse::<u64>().unwrap() }]).to_string();
     let url = server.catch_url("hubspot-contact-enrichment");
@@ -854,4 +886,733 @@ steps:
     let run = run_of(&server, "lookup", json!({ "email": "file@example.com" })).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
     assert_eq!(hubspot.records("contacts").len(), 1);
+}
+
+#[tokio::test]
+async fn a_field_that_resolved_to_nothing_is_left_out_and_only_clear_clears() {
+    let stripe = FakeStripe::start(STRIPE_KEY).await;
+    stripe.insert(
+        json!({ "id": "cus_1", "object": "customer", "name": "Jane Doe",
+        "phone": "+15550100", "description": "VIP", "metadata": {} }),
+    );
+    let flow = r#"
+id: tidy
+trigger: { webhook: }
+steps:
+  - id: rename
+    stripe:
+      update_customer:
+        id: "{{trigger.body.customer}}"
+        name: "{{trigger.body.new_name}}"
+        phone: "{{trigger.body.phone}}"
+        description: $clear
+        metadata: { plan: "{{trigger.body.plan}}" }
+"#;
+    let server = start(&[("tidy.yaml", flow)], &stripe_env(&stripe));
+    let run = run_of(
+        &server,
+        "tidy",
+        json!({ "customer": "cus_1", "plan": "pro" }),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let sent = stripe.calls()[0].form();
+    assert_eq!(
+        sent,
+        [
+            ("description".to_owned(), String::new()),
+            ("metadata[plan]".to_owned(), "pro".to_owned()),
+        ]
+    );
+    let customer = stripe.object("cus_1").unwrap();
+    assert_eq!(customer["name"], "Jane Doe");
+    assert_eq!(customer["phone"], "+15550100");
+    assert_eq!(customer["description"], "");
+    let left_out = &step(&run, "rename")["input"]["left_out"];
+    assert_eq!(
+        *left_out,
+        json!({ "name": "its expression resolved to nothing", "phone": "its expression resolved to nothing" })
+    );
+
+    // The dry run and the preview say the same before anything is sent.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tidy.yaml"), flow).unwrap();
+    std::fs::write(dir.path().join("e.json"), r#"{"customer": "cus_1"}"#).unwrap();
+    let out = run_cli(
+        &["run", "tidy.yaml", "--event", "e.json", "--dry-run"],
+        dir.path(),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("\"left_out\""), "{text}");
+    assert!(
+        text.contains("\"metadata.plan\": \"its expression resolved to nothing\""),
+        "{text}"
+    );
+    let (status, preview) = server
+        .post(
+            "/api/v1/flows/tidy/preview",
+            &json!({ "event": { "body": { "customer": "cus_1", "new_name": "Jo" } } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{preview}");
+    let input = &preview["steps"][0]["input"];
+    assert_eq!(input["name"], "Jo", "{preview:#}");
+    assert_eq!(
+        input["left_out"]["phone"],
+        "its expression resolved to nothing"
+    );
+    assert_eq!(stripe.calls().len(), 1, "previews send nothing");
+}
+
+#[tokio::test]
+async fn a_retry_resends_the_recorded_request_under_its_key() {
+    // The refund is made but its answer is lost to the step's timeout; the retry must send the
+    // same parameters, or Stripe refuses the reused key with `idempotency_error`.
+    let stripe = FakeStripe::start(STRIPE_KEY).await;
+    stripe.slow_refunds(Duration::from_secs(3));
+    let refund = r#"
+id: refund
+trigger: { webhook: }
+steps:
+  - id: refund
+    timeout: 1s
+    retry: { attempts: 3, backoff: fixed, initial: 100ms }
+    stripe:
+      create_refund:
+        payment_intent: "{{trigger.body.payment_intent}}"
+        metadata: { request: "{{uuid}}" }
+"#;
+    // A plain HTTP call with a credential: the credential is never recorded, yet the retry sends
+    // it, with the same body.
+    let sink = crate::support::Sink::scripted(&[503]).await;
+    let notify = format!(
+        r#"
+id: notify
+trigger: {{ webhook: }}
+steps:
+  - id: post
+    retry: {{ attempts: 3, backoff: fixed, initial: 100ms }}
+    http:
+      url: "{}/notify"
+      auth: {{ bearer: "${{env:SINK_TOKEN}}" }}
+      json: {{ id: "{{{{uuid}}}}" }}
+"#,
+        sink.url
+    );
+    let mut env = stripe_env(&stripe);
+    env.push(("SINK_TOKEN", "sink-secret-1".to_owned()));
+    let server = start(&[("refund.yaml", refund), ("notify.yaml", &notify)], &env);
+
+    let run = run_of(&server, "refund", json!({ "payment_intent": "pi_7" })).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let calls = stripe.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].body, calls[1].body, "the same bytes");
+    assert_eq!(calls[1].status, 200);
+    assert_eq!(stripe.objects("refund").len(), 1);
+
+    let run = run_of(&server, "notify", json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let received = sink.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].body, received[1].body);
+    for r in &received {
+        assert_eq!(r.headers["authorization"], "Bearer sink-secret-1");
+    }
+    assert!(!run.to_string().contains("sink-secret-1"));
+    assert!(server
+        .metrics()
+        .await
+        .contains("hookflow_step_requests_resent_total{flow=\"notify\"} 1"));
+}
+
+#[tokio::test]
+async fn a_task_due_in_epoch_milliseconds_is_due_then() {
+    let hubspot = FakeHubSpot::start(HUBSPOT_TOKEN).await;
+    let contact = hubspot.insert("contacts", json!({ "email": "jane@acme.com" }));
+    let flow = r#"
+id: remind
+trigger: { webhook: }
+steps:
+  - id: by_number
+    hubspot:
+      add_task: { to: { id: "{{trigger.body.contact}}" }, subject: Call, due: "{{trigger.body.due}}" }
+  - id: by_text
+    hubspot:
+      add_task: { to: { id: "{{trigger.body.contact}}" }, subject: Call, due: "{{trigger.body.due_text}}" }
+"#;
+    let server = start(&[("remind.yaml", flow)], &hubspot_env(&hubspot));
+    let run = run_of(
+        &server,
+        "remind",
+        json!({ "contact": contact, "due": 1_798_761_600_000_i64, "due_text": "1798761600000" }),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let tasks = hubspot.records("tasks");
+    assert_eq!(tasks.len(), 2);
+    for task in tasks {
+        assert_eq!(task["properties"]["hs_timestamp"], "2027-01-01T00:00:00Z");
+    }
+}
+
+#[tokio::test]
+async fn a_partly_failed_batch_upsert_fails_or_says_which_contacts_failed() {
+    let hubspot = FakeHubSpot::start(HUBSPOT_TOKEN).await;
+    let flow = r#"
+id: team
+trigger: { webhook: }
+steps:
+  - id: strict
+    hubspot:
+      upsert_contacts: { contacts: "$.trigger.body.team" }
+  - id: lenient
+    needs: []
+    on_error: continue
+    hubspot:
+      upsert_contacts: { contacts: "$.trigger.body.team" }
+"#;
+    let server = start(&[("team.yaml", flow)], &hubspot_env(&hubspot));
+    let team = json!({ "team": [
+        { "email": "a@acme.com", "properties": { "firstname": "A" } },
+        { "email": "not-an-email", "properties": { "firstname": "B" } },
+    ] });
+    let run = run_of(&server, "team", team).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let strict = step(&run, "strict");
+    assert_eq!(
+        strict["error"]["message"],
+        "HubSpot upserted 1 of 2 contacts; failed: not-an-email: Email address not-an-email is invalid"
+    );
+    assert_eq!(
+        strict["attempts"].as_array().unwrap().len(),
+        1,
+        "not retried"
+    );
+    // With `on_error: continue`, the output says which contact failed and carries the others.
+    let results = &step(&run, "lenient")["output"]["error"]["detail"]["results"];
+    assert_eq!(results[0]["ok"], true);
+    assert_eq!(results[0]["record"]["properties"]["firstname"], "A");
+    assert_eq!(results[1]["ok"], false);
+    assert_eq!(results[1]["email"], "not-an-email");
+    assert_eq!(results[1]["errors"][0]["category"], "VALIDATION_ERROR");
+    assert!(
+        hubspot.calls().iter().all(|c| c.status == 207),
+        "HubSpot answered 207 Multi-Status"
+    );
+}
+
+#[tokio::test]
+async fn hubspot_search_sends_in_and_between_as_documented() {
+    let hubspot = FakeHubSpot::start(HUBSPOT_TOKEN).await;
+    for (email, status, amount) in [
+        ("a@x.com", "NEW", "50"),
+        ("b@x.com", "OPEN", "500"),
+        ("c@x.com", "CLOSED", "150"),
+        ("d@x.com", "OPEN", "120"),
+    ] {
+        hubspot.insert(
+            "contacts",
+            json!({ "email": email, "hs_lead_status": status, "amount": amount }),
+        );
+    }
+    let flow = r#"
+id: find
+trigger: { webhook: }
+steps:
+  - id: leads
+    hubspot:
+      search:
+        filters:
+          - { property: hs_lead_status, operator: IN, values: "{{trigger.body.statuses}}" }
+          - { property: amount, operator: BETWEEN, value: 100, high_value: "{{trigger.body.max}}" }
+        properties: [email]
+"#;
+    let server = start(&[("find.yaml", flow)], &hubspot_env(&hubspot));
+    let run = run_of(
+        &server,
+        "find",
+        json!({ "statuses": ["NEW", "OPEN"], "max": 200 }),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let found: Vec<&Value> = step(&run, "leads")["output"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["properties"]["email"])
+        .collect();
+    assert_eq!(found, [&json!("d@x.com")]);
+    let filters = hubspot.calls()[0].json()["filterGroups"][0]["filters"].clone();
+    assert_eq!(
+        filters,
+        json!([
+            { "propertyName": "hs_lead_status", "operator": "IN", "values": ["NEW", "OPEN"] },
+            { "propertyName": "amount", "operator": "BETWEEN", "value": "100", "highValue": "200" },
+        ])
+    );
+
+    // `IN` with a single `value` is refused when the flow loads, with the field.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = flow.replace("values:", "value:");
+    std::fs::write(dir.path().join("find.yaml"), bad).unwrap();
+    let out = run_cli(&["validate", "find.yaml"], dir.path());
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(text.contains("search.filters[0]"), "{text}");
+    assert!(
+        text.contains("`IN` and `NOT_IN` take `values: [..]`"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn hubspot_creates_are_not_retried_blindly_and_a_spent_daily_allowance_holds_calls() {
+    let hubspot = FakeHubSpot::start(HUBSPOT_TOKEN).await;
+    let contact = hubspot.insert("contacts", json!({ "email": "jane@acme.com" }));
+    // A note whose answer is lost: HubSpot made it, but hookflow cannot know.
+    let flow = format!(
+        r#"
+id: note
+trigger: {{ webhook: }}
+steps:
+  - id: note
+    timeout: 1s
+    retry: {{ attempts: 3, backoff: fixed, initial: 100ms }}
+    hubspot:
+      add_note: {{ to: {{ id: "{contact}" }}, body: "{{{{trigger.body.text}}}}" }}
+"#
+    );
+    let mut env = hubspot_env(&hubspot);
+    // Answers never come back: every call times out.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    env.push(("HUBSPOT_LOST_TOKEN", HUBSPOT_TOKEN.to_owned()));
+    env.push(("HUBSPOT_LOST_BASE_URL", silent_url));
+    let lost = flow
+        .replace("id: note\ntrigger", "id: lost\ntrigger")
+        .replace("    hubspot:\n", "    hubspot:\n      account: lost\n");
+    let server = start(&[("note.yaml", &flow), ("lost.yaml", &lost)], &env);
+    let run = run_of(&server, "lost", json!({ "text": "Called" })).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let note = step(&run, "note");
+    assert_eq!(note["attempts"].as_array().unwrap().len(), 1, "{run:#}");
+    assert!(note["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not retried"));
+    drop(silent);
+
+    // One call left today: its answer says none are left, so the next event's call waits (an
+    // hour) instead of being sent and refused.
+    hubspot.daily(250_000, 1);
+    let run = run_of(&server, "note", json!({ "text": "First" })).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let (status, answer) = server.send("note", &json!({ "text": "Second" })).await;
+    assert_eq!(status, 200);
+    let run_id = answer["run_id"].as_str().unwrap().to_owned();
+    // Postponed: the run started, its step is back in the queue, and no attempt was made.
+    let waiting = eventually("the step to wait for the daily allowance", || async {
+        let (_, run) = server.get(&format!("/api/v1/runs/{run_id}")).await;
+        let postponed = run["status"] == "running"
+            && run["steps"][0]["status"] == "queued"
+            && run["steps"][0]["attempts"] == json!([]);
+        postponed.then_some(run)
+    })
+    .await;
+    assert_eq!(hubspot.records("notes").len(), 1);
+    assert_eq!(hubspot.calls().len(), 1, "{waiting:#}");
+}
+
+#[tokio::test]
+async fn a_stripe_conflict_is_retried_and_the_api_version_is_configurable() {
+    let stripe = FakeStripe::start(STRIPE_KEY).await;
+    stripe.script(vec![Scripted {
+        status: 409,
+        body: json!({ "error": { "type": "invalid_request_error", "code": "lock_timeout",
+            "message": "This object cannot be accessed right now because another API request or Stripe process is currently accessing it." } }),
+        headers: vec![],
+    }]);
+    let flow = r#"
+id: refund
+trigger: { webhook: }
+steps:
+  - id: refund
+    retry: { attempts: 3, backoff: fixed, initial: 100ms }
+    stripe: { create_refund: { charge: ch_1 } }
+"#;
+    let mut env = stripe_env(&stripe);
+    env.push(("STRIPE_API_VERSION", "2025-03-31.basil".to_owned()));
+    let server = start(&[("refund.yaml", flow)], &env);
+    let run = run_of(&server, "refund", json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let calls = stripe.calls();
+    assert_eq!(
+        calls.iter().map(|c| c.status).collect::<Vec<_>>(),
+        [409, 200]
+    );
+    assert!(calls
+        .iter()
+        .all(|c| c.header("stripe-version") == Some("2025-03-31.basil")));
+}
+
+const SLACK_TOKEN: &str = "xoxb-test-1234-abcd";
+
+fn slack_env(fake: &FakeSlack) -> Vec<(&'static str, String)> {
+    vec![
+        ("SLACK_BOT_TOKEN", SLACK_TOKEN.to_owned()),
+        ("SLACK_BASE_URL", fake.url.clone()),
+        ("SLACK_WEBHOOK_URL", fake.webhook_url.clone()),
+    ]
+}
+
+const SLACK_FLOW: &str = r##"
+id: demo
+trigger: { webhook: }
+steps:
+  - id: rep
+    slack: { find_user: { email: "{{trigger.body.rep}}" } }
+  - id: post
+    slack:
+      post_message:
+        channel: "#sales"
+        text: "Demo request from {{trigger.body.company}}"
+        blocks: [{ type: section, text: { type: mrkdwn, text: "*{{trigger.body.company}}* wants a demo" } }]
+        unfurl_links: false
+  - id: dm
+    slack: { post_message: { user: "{{steps.rep.user.id}}", text: "Yours: {{trigger.body.company}}" } }
+  - id: edit
+    slack:
+      update_message: { channel: "{{steps.post.channel}}", ts: "{{steps.post.ts}}", text: "Taken by <@{{steps.rep.user.id}}>" }
+  - id: nobody
+    slack: { find_user: { email: nobody@acme.com } }
+  - id: hook
+    slack: { webhook: { url: "${env:SLACK_WEBHOOK_URL}", text: "Demo request: {{trigger.body.company}}" } }
+"##;
+
+#[tokio::test]
+async fn every_slack_action_sends_what_slack_documents() {
+    let slack = FakeSlack::start(SLACK_TOKEN).await;
+    let server = start(&[("demo.yaml", SLACK_FLOW)], &slack_env(&slack));
+    let run = run_of(
+        &server,
+        "demo",
+        json!({ "rep": "jane@acme.com", "company": "Acme" }),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(step(&run, "rep")["output"]["user"]["id"], "U0JANE");
+    assert_eq!(
+        step(&run, "nobody")["output"],
+        json!({ "found": false, "user": null })
+    );
+    assert_eq!(step(&run, "post")["output"]["channel"], "C0SALES");
+    let messages = slack.messages();
+    let (channel, _, posted) = &messages[0];
+    assert_eq!(channel, "C0SALES");
+    assert_eq!(posted["text"], "Taken by <@U0JANE>", "updated in place");
+    assert_eq!(messages[1].0, "D0JANE", "a direct message to the user");
+    assert_eq!(
+        messages[2],
+        (
+            "webhook".into(),
+            messages[2].1.clone(),
+            json!({ "text": "Demo request: Acme" })
+        )
+    );
+
+    let calls = slack.calls();
+    let post = calls
+        .iter()
+        .find(|c| c.path == "/api/chat.postMessage")
+        .unwrap();
+    assert_eq!(
+        post.json(),
+        json!({
+            "channel": "#sales",
+            "text": "Demo request from Acme",
+            "blocks": [{ "type": "section", "text": { "type": "mrkdwn", "text": "*Acme* wants a demo" } }],
+            "unfurl_links": false,
+        })
+    );
+    for call in &calls {
+        if call.path.starts_with("/api/") {
+            assert_eq!(
+                call.header("authorization"),
+                Some(format!("Bearer {SLACK_TOKEN}").as_str())
+            );
+        } else {
+            assert_eq!(
+                call.header("authorization"),
+                None,
+                "a webhook needs no token"
+            );
+        }
+    }
+    let text = run.to_string();
+    assert!(!text.contains(SLACK_TOKEN));
+    assert!(
+        !text.contains("/services/T000"),
+        "the webhook URL is a secret"
+    );
+}
+
+#[tokio::test]
+async fn slack_failures_answered_with_200_fail_the_step_and_rate_limits_wait() {
+    let slack = FakeSlack::start(SLACK_TOKEN).await;
+    let flow = r#"
+id: alerts
+trigger: { webhook: }
+steps:
+  - id: post
+    retry: { attempts: 3, backoff: fixed, initial: 100ms }
+    slack: { post_message: { channel: "{{trigger.body.channel}}", text: "{{trigger.body.text}}" } }
+"#;
+    let hook = r#"
+id: hooked
+trigger: { webhook: }
+steps:
+  - id: hook
+    slack: { webhook: { url: "${env:SLACK_WEBHOOK_URL}", text: "{{trigger.body.text}}" } }
+"#;
+    let mut env = slack_env(&slack);
+    env.push(("SLACK_WRONG_BOT_TOKEN", "xoxb-revoked".to_owned()));
+    let wrong = flow
+        .replace("id: alerts", "id: wrong")
+        .replace("slack: {", "slack: { account: wrong,");
+    let server = start(
+        &[
+            ("alerts.yaml", flow),
+            ("hooked.yaml", hook),
+            ("wrong.yaml", &wrong),
+        ],
+        &env,
+    );
+
+    // The app is not in #other: Slack answers 200 {"ok": false}; not retried.
+    let run = run_of(
+        &server,
+        "alerts",
+        json!({ "channel": "#other", "text": "hi" }),
+    )
+    .await;
+    assert_eq!(run["status"], "failed");
+    let post = step(&run, "post");
+    assert_eq!(
+        post["error"]["message"],
+        "Slack answered not_in_channel (invite the Slack app to the channel)"
+    );
+    assert_eq!(post["error"]["detail"]["status"], 200);
+    assert_eq!(post["attempts"].as_array().unwrap().len(), 1);
+
+    let run = run_of(
+        &server,
+        "wrong",
+        json!({ "channel": "#sales", "text": "hi" }),
+    )
+    .await;
+    assert!(step(&run, "post")["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Slack answered invalid_auth"));
+
+    // A 429 holds the account's posts for its Retry-After, then the post is made.
+    slack.rate_limit(1);
+    let run = run_of(
+        &server,
+        "alerts",
+        json!({ "channel": "C0SALES", "text": "hi" }),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let statuses: Vec<u16> = slack.calls().iter().map(|c| c.status).collect();
+    assert_eq!(&statuses[statuses.len() - 2..], [429, 200]);
+
+    // Nothing to say: the text resolved to nothing and was left out; the webhook refuses it.
+    let run = run_of(&server, "hooked", json!({})).await;
+    assert_eq!(run["status"], "failed");
+    assert_eq!(
+        step(&run, "hook")["error"]["message"],
+        "Slack's incoming webhook answered 400 no_text"
+    );
+}
+
+#[tokio::test]
+async fn the_seed_upgrade_flow_posts_to_the_sales_channel() {
+    let stripe = FakeStripe::start(STRIPE_KEY).await;
+    let slack = FakeSlack::start(SLACK_TOKEN).await;
+    stripe.insert(json!({ "id": "cus_QxJane", "object": "customer", "name": "Jane Doe", "email": "jane@acme.com" }));
+    let mut env = stripe_env(&stripe);
+    env.extend(slack_env(&slack));
+    env.push(("STRIPE_WEBHOOK_SECRET", "whsec_seed".to_owned()));
+    let source = seed("stripe-upgrade-to-slack.yaml");
+    let server = start(&[("stripe-upgrade-to-slack.yaml", &source)], &env);
+    let sample: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("flows/samples/stripe-upgrade-to-slack/upgraded-to-pro.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let run = stripe_event(&server, "stripe-upgrade-to-slack", &sample["body"]).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let (channel, _, message) = &slack.messages()[0];
+    assert_eq!(channel, "C0SALES");
+    assert_eq!(message["text"], "Upgrade: Jane Doe moved from Basic to Pro");
+    assert_eq!(
+        message["blocks"][0]["text"]["text"],
+        ":tada: *Jane Doe* upgraded from *Basic* to *Pro* (+30 USD a month)"
+    );
+}
+
+fn smtp_env(smtp: &FakeSmtp) -> Vec<(&'static str, String)> {
+    vec![
+        ("SMTP_HOST", "127.0.0.1".to_owned()),
+        ("SMTP_PORT", smtp.port.to_string()),
+        ("SMTP_TLS", "none".to_owned()),
+        ("SMTP_USERNAME", "hookflow".to_owned()),
+        ("SMTP_PASSWORD", "smtp-s3cret".to_owned()),
+        ("SMTP_FROM", "hookflow <flows@acme.com>".to_owned()),
+    ]
+}
+
+#[tokio::test]
+async fn an_email_goes_to_every_recipient_with_text_and_html_over_smtp() {
+    let smtp = FakeSmtp::start("hookflow", "smtp-s3cret").await;
+    let flow = r#"
+id: mail
+trigger: { webhook: }
+steps:
+  - id: notify
+    retry: { attempts: 3, backoff: fixed, initial: 100ms }
+    email:
+      to: ["Jane Doe <jane@acme.com>", "{{trigger.body.owner}}"]
+      cc: "ops@acme.com, {{trigger.body.cc}}"
+      bcc: [audit@acme.com]
+      reply_to: billing@acme.com
+      subject: "Payment failed: {{trigger.body.invoice}}"
+      text: "Invoice {{trigger.body.invoice}} failed."
+      html: "<p>Invoice <b>{{trigger.body.invoice}}</b> failed.</p>"
+"#;
+    let server = start(&[("mail.yaml", flow)], &smtp_env(&smtp));
+    let run = run_of(
+        &server,
+        "mail",
+        json!({ "owner": "busy@acme.com", "invoice": "INV-7" }),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    // The first attempt met a temporary refusal (451) and was retried with the same message.
+    let notify = step(&run, "notify");
+    assert_eq!(notify["attempts"].as_array().unwrap().len(), 2, "{run:#}");
+    assert!(notify["attempts"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("451"));
+    assert_eq!(
+        notify["input"]["left_out"],
+        json!(null),
+        "cc kept its literal part"
+    );
+
+    let mail = smtp.mail();
+    assert_eq!(mail.len(), 1);
+    let sent = &mail[0];
+    assert_eq!(sent.from, "flows@acme.com");
+    assert_eq!(
+        sent.to,
+        [
+            "jane@acme.com",
+            "busy@acme.com",
+            "ops@acme.com",
+            "audit@acme.com"
+        ]
+    );
+    let run_id = run["id"].as_str().unwrap();
+    for header in [
+        "From: hookflow <flows@acme.com>",
+        "To: \"Jane Doe\" <jane@acme.com>, busy@acme.com",
+        "Cc: ops@acme.com",
+        "Reply-To: billing@acme.com",
+        "Subject: Payment failed: INV-7",
+        &format!("Message-ID: <{run_id}.notify@hookflow>"),
+        "Content-Type: multipart/alternative",
+    ] {
+        assert!(sent.data.contains(header), "{header} in\n{}", sent.data);
+    }
+    assert!(!sent.data.contains("Bcc:"), "blind copies stay blind");
+    assert!(sent.data.contains("Invoice INV-7 failed."));
+    assert!(sent.data.contains("<p>Invoice <b>INV-7</b> failed.</p>"));
+    assert_eq!(
+        smtp.logins()[0],
+        ("hookflow".to_owned(), "smtp-s3cret".to_owned())
+    );
+    assert!(!run.to_string().contains("smtp-s3cret"));
+
+    // A recipient the server refuses for good (550) fails the step at once.
+    let run = run_of(
+        &server,
+        "mail",
+        json!({ "owner": "bounce@acme.com", "invoice": "INV-8" }),
+    )
+    .await;
+    assert_eq!(run["status"], "failed");
+    let notify = step(&run, "notify");
+    assert_eq!(notify["attempts"].as_array().unwrap().len(), 1);
+    assert!(
+        notify["error"]["message"].as_str().unwrap().contains("550"),
+        "{notify}"
+    );
+}
+
+#[tokio::test]
+async fn an_oauth_account_refreshes_its_access_token_once_and_again_after_a_401() {
+    let hubspot = FakeHubSpot::start("unused-private-app-token").await;
+    hubspot.oauth("client-1", "client-secret-1", "refresh-1");
+    let contact = hubspot.insert("contacts", json!({ "email": "jane@acme.com" }));
+    let flow = format!(
+        r#"
+id: read
+trigger: {{ webhook: }}
+steps:
+  - id: contact
+    hubspot: {{ get: {{ id: "{contact}" }} }}
+"#
+    );
+    let env = vec![
+        ("HUBSPOT_BASE_URL", hubspot.url.clone()),
+        ("HUBSPOT_REFRESH_TOKEN", "refresh-1".to_owned()),
+        ("HUBSPOT_CLIENT_ID", "client-1".to_owned()),
+        ("HUBSPOT_CLIENT_SECRET", "client-secret-1".to_owned()),
+    ];
+    let server = start(&[("read.yaml", &flow)], &env);
+    for _ in 0..2 {
+        let run = run_of(&server, "read", json!({})).await;
+        assert_eq!(run["status"], "succeeded", "{run:#}");
+        assert!(
+            !run.to_string().contains("oauth-access"),
+            "tokens stay out of history"
+        );
+    }
+    assert_eq!(
+        hubspot.tokens_issued(),
+        1,
+        "the access token is cached between runs"
+    );
+
+    // HubSpot stops taking it: the 401 refreshes it and the call is made again.
+    hubspot.revoke_access_tokens();
+    let run = run_of(&server, "read", json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(hubspot.tokens_issued(), 2);
+    let calls = hubspot.calls();
+    let statuses: Vec<u16> = calls.iter().rev().take(3).map(|c| c.status).collect();
+    assert_eq!(statuses, [200, 200, 401], "refused, refreshed, made again");
+    let refresh = calls.iter().find(|c| c.path == "/oauth/v1/token").unwrap();
+    assert!(refresh
+        .form()
+        .contains(&("grant_type".into(), "refresh_token".into())));
 }

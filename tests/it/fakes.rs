@@ -1,5 +1,5 @@
-//! Local fakes of the SaaS APIs hookflow's connectors call (HubSpot's CRM, Stripe), on
-//! 127.0.0.1. Each checks requests the way the provider documents them (path, method, bearer
+//! Local fakes of the SaaS APIs hookflow's connectors call (HubSpot's CRM, Stripe, Slack) and of
+//! an SMTP server, on 127.0.0.1. Each checks requests the way the provider documents them (path, method, bearer
 //! token, body encoding, Stripe's idempotency keys), keeps the objects it was sent, and answers
 //! with the provider's documented response and error shapes, including 429s with rate-limit
 //! headers. Every request is recorded for assertions.
@@ -108,6 +108,14 @@ struct HubSpotState {
     recent: VecDeque<Instant>,
     /// The most results one search page holds (HubSpot's is 200; smaller to exercise paging).
     page_size: usize,
+    /// Calls left today, reported in `X-HubSpot-RateLimit-Daily-Remaining` (none: not reported).
+    daily: Option<(u64, u64)>,
+    /// An OAuth app: client id, client secret, the refresh token it accepts.
+    oauth: Option<(String, String, String)>,
+    /// Access tokens issued and still valid.
+    access_tokens: Vec<String>,
+    /// How many access tokens were issued.
+    issued: usize,
     calls: Vec<Call>,
 }
 
@@ -122,6 +130,10 @@ impl FakeHubSpot {
             limit: None,
             recent: VecDeque::new(),
             page_size: 200,
+            daily: None,
+            oauth: None,
+            access_tokens: Vec::new(),
+            issued: 0,
             calls: Vec::new(),
         }));
         let app = Router::new()
@@ -136,6 +148,32 @@ impl FakeHubSpot {
     /// Allows `max` calls per rolling `window`, answering 429 beyond it.
     pub fn limit(&self, max: usize, window: Duration) {
         lock(&self.state).limit = Some((max, window));
+    }
+
+    /// Allows `max` calls a day, `left` of them still unused (HubSpot's daily headers; a spent
+    /// allowance answers 429 with the `DAILY` policy).
+    pub fn daily(&self, max: u64, left: u64) {
+        lock(&self.state).daily = Some((max, left));
+    }
+
+    /// Accepts OAuth access tokens issued at `POST /oauth/v1/token` for this app's refresh token
+    /// (besides the private-app token).
+    pub fn oauth(&self, client_id: &str, client_secret: &str, refresh_token: &str) {
+        lock(&self.state).oauth = Some((
+            client_id.to_owned(),
+            client_secret.to_owned(),
+            refresh_token.to_owned(),
+        ));
+    }
+
+    /// Revokes every access token issued (as if they expired early).
+    pub fn revoke_access_tokens(&self) {
+        lock(&self.state).access_tokens.clear();
+    }
+
+    /// How many access tokens were issued.
+    pub fn tokens_issued(&self) -> usize {
+        lock(&self.state).issued
     }
 
     /// Caps search pages at `n` results.
@@ -206,7 +244,25 @@ async fn hubspot(
 ) -> Response {
     let mut s = lock(&state);
     let text = String::from_utf8_lossy(&body).into_owned();
-    let mut response = hubspot_answer(&mut s, &method, &uri, &headers, &text);
+    let mut response = match s.daily {
+        Some((_, 0)) => {
+            let body = json!({
+                "status": "error",
+                "message": "You have reached your daily limit.",
+                "errorType": "RATE_LIMIT",
+                "correlationId": "4b1d6f1e-0000-4000-8000-00000000d429",
+                "policyName": "DAILY",
+            });
+            (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response()
+        }
+        _ => hubspot_answer(&mut s, &method, &uri, &headers, &text),
+    };
+    if let Some((max, left)) = &mut s.daily {
+        *left = left.saturating_sub(1);
+        let h = response.headers_mut();
+        h.insert("x-hubspot-ratelimit-daily", (*max).into());
+        h.insert("x-hubspot-ratelimit-daily-remaining", (*left).into());
+    }
     if let Some((max, window)) = s.limit {
         let remaining = max.saturating_sub(s.recent.len());
         let h = response.headers_mut();
@@ -234,8 +290,14 @@ fn hubspot_answer(
     headers: &HeaderMap,
     body: &str,
 ) -> Response {
-    let bearer = format!("Bearer {}", s.token);
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(bearer.as_str()) {
+    if uri.path() == "/oauth/v1/token" {
+        return oauth_token(s, body);
+    }
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let bearer = given
+        .and_then(|g| g.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bearer != s.token && !s.access_tokens.iter().any(|t| t == bearer) {
         return hubspot_error(
             StatusCode::UNAUTHORIZED,
             "INVALID_AUTHENTICATION",
@@ -335,6 +397,38 @@ fn hubspot_answer(
     }
 }
 
+/// HubSpot's token endpoint (OAuth v1): a form with `grant_type=refresh_token`, the client's id
+/// and secret and the refresh token; answers `{token_type, refresh_token, access_token,
+/// expires_in}`, or `400 {"status": "BAD_REFRESH_TOKEN", …}`.
+fn oauth_token(s: &mut HubSpotState, body: &str) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let field = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let Some((id, secret, refresh)) = s.oauth.clone() else {
+        return not_found();
+    };
+    if field("grant_type") != "refresh_token"
+        || field("client_id") != id
+        || field("client_secret") != secret
+        || field("refresh_token") != refresh
+    {
+        let body =
+            json!({ "status": "BAD_REFRESH_TOKEN", "message": "missing or invalid refresh token" });
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
+    s.issued += 1;
+    let access = format!("oauth-access-{}", s.issued);
+    s.access_tokens.push(access.clone());
+    Json(json!({
+        "token_type": "bearer",
+        "refresh_token": refresh,
+        "access_token": access,
+        "expires_in": 1800,
+    }))
+    .into_response()
+}
+
 fn not_found() -> Response {
     hubspot_error(
         StatusCode::NOT_FOUND,
@@ -423,9 +517,21 @@ fn create(s: &mut HubSpotState, object: &str, input: &Value) -> Response {
     (StatusCode::CREATED, Json(made)).into_response()
 }
 
+/// A batch upsert: the valid inputs are upserted; an invalid email fails the whole batch when it is
+/// alone, or answers `207 Multi-Status` with one error per failed input beside the results.
 fn upsert(s: &mut HubSpotState, input: &Value) -> Response {
+    let inputs = input["inputs"].as_array().cloned().unwrap_or_default();
+    let invalid: Vec<&str> = inputs
+        .iter()
+        .filter_map(|i| i["id"].as_str())
+        .filter(|email| !email.contains('@'))
+        .collect();
+    if invalid.len() == inputs.len() && !invalid.is_empty() {
+        return invalid_email(invalid[0]);
+    }
     let mut results = Vec::new();
-    for item in input["inputs"].as_array().into_iter().flatten() {
+    let mut errors = Vec::new();
+    for item in &inputs {
         let email = item["id"].as_str().unwrap_or_default();
         if item["idProperty"] != "email" {
             return hubspot_error(
@@ -436,7 +542,14 @@ fn upsert(s: &mut HubSpotState, input: &Value) -> Response {
             );
         }
         if !email.contains('@') {
-            return invalid_email(email);
+            errors.push(json!({
+                "status": "error",
+                "category": "VALIDATION_ERROR",
+                "message": format!("Email address {email} is invalid"),
+                "context": { "ids": [email] },
+                "errors": [{ "message": format!("Email address {email} is invalid"), "code": "INVALID_EMAIL" }],
+            }));
+            continue;
         }
         let properties = item["properties"].as_object().cloned().unwrap_or_default();
         let existing = find(s, "contacts", email, Some(&"email".to_owned()));
@@ -460,13 +573,18 @@ fn upsert(s: &mut HubSpotState, input: &Value) -> Response {
     }
     // HubSpot does not keep the inputs' order.
     results.reverse();
-    Json(json!({
+    let mut answer = json!({
         "status": "COMPLETE",
         "results": results,
         "startedAt": "2026-11-22T10:00:00.000Z",
         "completedAt": "2026-11-22T10:00:00.100Z",
-    }))
-    .into_response()
+    });
+    if errors.is_empty() {
+        return Json(answer).into_response();
+    }
+    answer["numErrors"] = json!(errors.len());
+    answer["errors"] = json!(errors);
+    (StatusCode::MULTI_STATUS, Json(answer)).into_response()
 }
 
 fn search(s: &HubSpotState, object: &str, input: &Value) -> Response {
@@ -474,6 +592,22 @@ fn search(s: &HubSpotState, object: &str, input: &Value) -> Response {
         .as_array()
         .cloned()
         .unwrap_or_default();
+    // HubSpot documents `values` (a list) for IN and NOT_IN, and `highValue` for BETWEEN.
+    for f in &filters {
+        let well_formed = match f["operator"].as_str() {
+            Some("IN" | "NOT_IN") => f["values"].is_array() && f.get("value").is_none(),
+            Some("BETWEEN") => f["value"].is_string() && f["highValue"].is_string(),
+            _ => f.get("values").is_none(),
+        };
+        if !well_formed {
+            return hubspot_error(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                &format!("Invalid filter: {f}"),
+                json!([]),
+            );
+        }
+    }
     let matches: Vec<Value> = s
         .objects
         .get(object)
@@ -485,8 +619,21 @@ fn search(s: &HubSpotState, object: &str, input: &Value) -> Response {
                 let property = f["propertyName"].as_str().unwrap_or_default();
                 let actual = r["properties"][property].as_str().unwrap_or_default();
                 let wanted = f["value"].as_str().unwrap_or_default();
+                let number = |v: &str| v.parse::<f64>().ok();
                 match f["operator"].as_str() {
                     Some("EQ") => actual.eq_ignore_ascii_case(wanted),
+                    Some("IN") => f["values"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|v| v.as_str().is_some_and(|v| actual.eq_ignore_ascii_case(v))),
+                    Some("BETWEEN") => {
+                        let high = f["highValue"].as_str().and_then(number);
+                        match (number(actual), number(wanted), high) {
+                            (Some(a), Some(low), Some(high)) => low <= a && a <= high,
+                            _ => false,
+                        }
+                    }
                     Some("CONTAINS_TOKEN") => actual.contains(wanted.trim_matches('*')),
                     Some("HAS_PROPERTY") => !actual.is_empty(),
                     _ => false,
@@ -734,6 +881,27 @@ fn stripe_answer(
         );
         return (st, b, vec![]);
     }
+    if let Some(version) = headers.get("stripe-version").and_then(|v| v.to_str().ok()) {
+        let date = version.split('.').next().unwrap_or_default();
+        let valid = date.len() == 10
+            && date.bytes().enumerate().all(|(i, b)| {
+                if i == 4 || i == 7 {
+                    b == b'-'
+                } else {
+                    b.is_ascii_digit()
+                }
+            });
+        if !valid {
+            let (st, b) = stripe_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                &format!("Invalid Stripe API version: {version}"),
+                None,
+            );
+            return (st, b, vec![]);
+        }
+    }
     let mutating = *method == Method::POST || *method == Method::DELETE;
     if *method == Method::POST && !body.is_empty() {
         let form = headers
@@ -798,21 +966,24 @@ fn stripe_answer(
     let parts = path_segments(uri);
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     let (status, mut answer) = match (method.as_str(), parts.as_slice()) {
-        ("GET", ["v1", "customers", "search"]) => {
-            let q = query["query"].as_str().unwrap_or_default();
-            let email = q
-                .strip_prefix("email:'")
-                .and_then(|r| r.strip_suffix('\''))
-                .unwrap_or_default();
+        ("GET", ["v1", "customers"]) => {
+            // The list's `email` filter: exact and case-sensitive, and consistent at once.
+            let email = query["email"].as_str();
+            let limit = query["limit"]
+                .as_str()
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(10usize);
             let data: Vec<Value> = s
                 .objects
                 .values()
-                .filter(|o| o["object"] == "customer" && o["email"] == email)
+                .filter(|o| o["object"] == "customer")
+                .filter(|o| email.is_none_or(|e| o["email"] == e))
+                .take(limit)
                 .cloned()
                 .collect();
             (
                 200,
-                json!({ "object": "search_result", "data": data, "has_more": false, "url": "/v1/customers/search" }),
+                json!({ "object": "list", "data": data, "has_more": false, "url": "/v1/customers" }),
             )
         }
         ("POST", ["v1", "customers"]) => {
@@ -984,4 +1155,393 @@ pub async fn enrichment() -> String {
         .into_response()
     }
     serve(Router::new().route("/v1/people", axum::routing::get(person))).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slack
+// ---------------------------------------------------------------------------------------------
+
+/// Slack's Web API (`chat.postMessage`, `chat.update`, `conversations.open`,
+/// `users.lookupByEmail`) and an incoming webhook (`/services/T000/B000/XXXX`), in memory. As Slack
+/// documents: the Web API answers `200 {"ok": false, "error": …}` for most failures (a bad token,
+/// an unknown channel, a channel the app is not in, no text), `429 {"ok": false, "error":
+/// "ratelimited"}` with `Retry-After`; the webhook answers plain-text codes with 4xx statuses.
+#[derive(Clone)]
+pub struct FakeSlack {
+    /// `http://127.0.0.1:PORT/api` (the Web API's base URL).
+    pub url: String,
+    /// The incoming webhook's URL.
+    pub webhook_url: String,
+    state: Arc<Mutex<SlackState>>,
+}
+
+struct SlackState {
+    token: String,
+    /// Channel id → (name, whether the app is a member).
+    channels: BTreeMap<String, (String, bool)>,
+    /// User id → email.
+    users: BTreeMap<String, String>,
+    /// Messages posted: channel, ts, the request's JSON.
+    messages: Vec<(String, String, Value)>,
+    /// 429s to answer before anything else.
+    rate_limited: usize,
+    next_ts: u64,
+    calls: Vec<Call>,
+}
+
+impl FakeSlack {
+    /// A fake accepting bot token `token`, with a channel `C0SALES` (`#sales`, the app a member),
+    /// `C0OTHER` (`#other`, the app not invited) and a user `U0JANE` (`jane@acme.com`).
+    pub async fn start(token: &str) -> Self {
+        let state = Arc::new(Mutex::new(SlackState {
+            token: token.to_owned(),
+            channels: BTreeMap::from([
+                ("C0SALES".to_owned(), ("sales".to_owned(), true)),
+                ("C0OTHER".to_owned(), ("other".to_owned(), false)),
+            ]),
+            users: BTreeMap::from([("U0JANE".to_owned(), "jane@acme.com".to_owned())]),
+            messages: Vec::new(),
+            rate_limited: 0,
+            next_ts: 1,
+            calls: Vec::new(),
+        }));
+        let app = Router::new().fallback(any(slack)).with_state(state.clone());
+        let base = serve(app).await;
+        Self {
+            url: format!("{base}/api"),
+            webhook_url: format!("{base}/services/T000/B000/XXXX"),
+            state,
+        }
+    }
+
+    /// Answers the next `n` calls `429 ratelimited` (`Retry-After: 1`).
+    pub fn rate_limit(&self, n: usize) {
+        lock(&self.state).rate_limited = n;
+    }
+
+    /// The messages posted or updated: (channel, ts, the last request's JSON).
+    pub fn messages(&self) -> Vec<(String, String, Value)> {
+        lock(&self.state).messages.clone()
+    }
+
+    /// Every request received.
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.state).calls.clone()
+    }
+}
+
+async fn slack(
+    State(state): State<Arc<Mutex<SlackState>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut s = lock(&state);
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let response = slack_answer(&mut s, &method, &uri, &headers, &text);
+    s.calls.push(Call {
+        method,
+        path: uri.path().to_owned(),
+        query: query_pairs(&uri),
+        headers,
+        body: text,
+        status: response.status().as_u16(),
+        at: Instant::now(),
+    });
+    response
+}
+
+fn slack_error(error: &str) -> Response {
+    Json(json!({ "ok": false, "error": error })).into_response()
+}
+
+fn slack_answer(
+    s: &mut SlackState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &str,
+) -> Response {
+    if s.rate_limited > 0 {
+        s.rate_limited -= 1;
+        let mut r = (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({ "ok": false, "error": "ratelimited" })),
+        )
+            .into_response();
+        r.headers_mut().insert("retry-after", "1".parse().unwrap());
+        return r;
+    }
+    let path = uri.path().to_owned();
+    let input: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    if path.starts_with("/services/") {
+        // An incoming webhook: plain-text answers.
+        let plain = |status: StatusCode, text: &'static str| (status, text).into_response();
+        if method != Method::POST || input.is_null() {
+            return plain(StatusCode::BAD_REQUEST, "invalid_payload");
+        }
+        if input["text"].is_null() && input["blocks"].is_null() {
+            return plain(StatusCode::BAD_REQUEST, "no_text");
+        }
+        let ts = next_ts(s);
+        s.messages.push(("webhook".into(), ts, input));
+        return plain(StatusCode::OK, "ok");
+    }
+    let bearer = format!("Bearer {}", s.token);
+    match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        None => return slack_error("not_authed"),
+        Some(given) if given != bearer => return slack_error("invalid_auth"),
+        Some(_) => {}
+    }
+    let json_body = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if method == Method::POST && !json_body {
+        return slack_error("invalid_form_data");
+    }
+    let channel_id = |s: &SlackState, given: &str| -> Option<String> {
+        let name = given.trim_start_matches('#');
+        s.channels
+            .iter()
+            .find(|(id, (n, _))| id.as_str() == given || n == name)
+            .map(|(id, _)| id.clone())
+            .or_else(|| given.starts_with('D').then(|| given.to_owned()))
+    };
+    match (method.as_str(), path.as_str()) {
+        ("POST", "/api/chat.postMessage") => {
+            let Some(id) = channel_id(s, input["channel"].as_str().unwrap_or_default()) else {
+                return slack_error("channel_not_found");
+            };
+            if s.channels.get(&id).is_some_and(|(_, member)| !member) {
+                return slack_error("not_in_channel");
+            }
+            if input["text"].is_null() && input["blocks"].is_null() {
+                return slack_error("no_text");
+            }
+            if !input["blocks"].is_null() && !input["blocks"].is_array() {
+                return slack_error("invalid_blocks");
+            }
+            let ts = next_ts(s);
+            s.messages.push((id.clone(), ts.clone(), input.clone()));
+            let mut message = input;
+            message["type"] = json!("message");
+            message["ts"] = json!(ts);
+            if let Some(m) = message.as_object_mut() {
+                m.remove("channel");
+            }
+            Json(json!({ "ok": true, "channel": id, "ts": ts, "message": message })).into_response()
+        }
+        ("POST", "/api/chat.update") => {
+            let Some(id) = channel_id(s, input["channel"].as_str().unwrap_or_default()) else {
+                return slack_error("channel_not_found");
+            };
+            let ts = input["ts"].as_str().unwrap_or_default().to_owned();
+            let Some(found) = s.messages.iter_mut().find(|(c, t, _)| *c == id && *t == ts) else {
+                return slack_error("message_not_found");
+            };
+            found.2 = input.clone();
+            Json(json!({ "ok": true, "channel": id, "ts": ts, "text": input["text"] }))
+                .into_response()
+        }
+        ("POST", "/api/conversations.open") => {
+            let user = input["users"].as_str().unwrap_or_default();
+            if !s.users.contains_key(user) {
+                return slack_error("user_not_found");
+            }
+            let dm = format!("D{}", user.trim_start_matches('U'));
+            Json(json!({ "ok": true, "channel": { "id": dm } })).into_response()
+        }
+        ("GET", "/api/users.lookupByEmail") => {
+            let email = query_pairs(uri)
+                .into_iter()
+                .find(|(k, _)| k == "email")
+                .map(|(_, v)| v)
+                .unwrap_or_default();
+            match s.users.iter().find(|(_, e)| **e == email) {
+                Some((id, email)) => Json(json!({
+                    "ok": true,
+                    "user": { "id": id, "profile": { "email": email }, "is_bot": false },
+                }))
+                .into_response(),
+                None => slack_error("users_not_found"),
+            }
+        }
+        _ => slack_error("unknown_method"),
+    }
+}
+
+fn next_ts(s: &mut SlackState) -> String {
+    s.next_ts += 1;
+    format!("1700000000.{:06}", s.next_ts)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SMTP
+// ---------------------------------------------------------------------------------------------
+
+/// An SMTP server (RFC 5321) on 127.0.0.1, without TLS: `EHLO`, `AUTH PLAIN` (RFC 4616), `MAIL`,
+/// `RCPT`, `DATA`, `RSET`, `NOOP`, `QUIT`. It refuses a recipient `bounce@…` for good
+/// (`550 5.1.1`), answers `busy@…` with a temporary failure (`451 4.3.0`) once, and refuses other
+/// credentials than its own (`535 5.7.8`).
+#[derive(Clone)]
+pub struct FakeSmtp {
+    /// The port it listens on.
+    pub port: u16,
+    state: Arc<Mutex<SmtpState>>,
+}
+
+/// One message the fake accepted.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    /// `MAIL FROM`'s address.
+    pub from: String,
+    /// Every `RCPT TO` address.
+    pub to: Vec<String>,
+    /// The message as sent after `DATA` (headers and body).
+    pub data: String,
+}
+
+struct SmtpState {
+    user: String,
+    password: String,
+    busy_refused: bool,
+    mail: Vec<Mail>,
+    logins: Vec<(String, String)>,
+}
+
+impl FakeSmtp {
+    /// A server accepting `user` and `password`.
+    pub async fn start(user: &str, password: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(SmtpState {
+            user: user.to_owned(),
+            password: password.to_owned(),
+            busy_refused: false,
+            mail: Vec::new(),
+            logins: Vec::new(),
+        }));
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(smtp_session(stream, shared.clone()));
+            }
+        });
+        Self { port, state }
+    }
+
+    /// The messages accepted.
+    pub fn mail(&self) -> Vec<Mail> {
+        lock(&self.state).mail.clone()
+    }
+
+    /// The credentials clients logged in with.
+    pub fn logins(&self) -> Vec<(String, String)> {
+        lock(&self.state).logins.clone()
+    }
+}
+
+async fn smtp_session(stream: tokio::net::TcpStream, state: Arc<Mutex<SmtpState>>) {
+    use base64::Engine as _;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    async fn reply(w: &mut tokio::net::tcp::OwnedWriteHalf, text: &str) -> std::io::Result<()> {
+        w.write_all(format!("{text}\r\n").as_bytes()).await
+    }
+    if reply(&mut write, "220 fake.test ESMTP").await.is_err() {
+        return;
+    }
+    let (mut from, mut to) = (String::new(), Vec::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let command = line.trim_end().to_owned();
+        let upper = command.to_ascii_uppercase();
+        let answer = if upper.starts_with("EHLO") {
+            "250-fake.test\r\n250-AUTH PLAIN LOGIN\r\n250-8BITMIME\r\n250 SMTPUTF8".to_owned()
+        } else if upper.starts_with("AUTH PLAIN") {
+            let given = command[10..].trim();
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(given)
+                .unwrap_or_default();
+            let parts: Vec<String> = decoded
+                .split(|b| *b == 0)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            let (user, password) = (
+                parts.get(1).cloned().unwrap_or_default(),
+                parts.get(2).cloned().unwrap_or_default(),
+            );
+            let mut s = lock(&state);
+            s.logins.push((user.clone(), password.clone()));
+            if user == s.user && password == s.password {
+                "235 2.7.0 Authentication successful".to_owned()
+            } else {
+                "535 5.7.8 Authentication credentials invalid".to_owned()
+            }
+        } else if upper.starts_with("MAIL FROM:") {
+            // `MAIL FROM:<a@b> BODY=8BITMIME`: the address, without parameters.
+            let path = command[10..].split_whitespace().next().unwrap_or_default();
+            from = path.trim_matches(['<', '>']).to_owned();
+            to.clear();
+            "250 2.1.0 Ok".to_owned()
+        } else if upper.starts_with("RCPT TO:") {
+            let address = command[8..].trim().trim_matches(['<', '>']).to_owned();
+            let mut s = lock(&state);
+            if address.starts_with("bounce@") {
+                "550 5.1.1 No such user here".to_owned()
+            } else if address.starts_with("busy@") && !s.busy_refused {
+                s.busy_refused = true;
+                "451 4.3.0 Mailbox temporarily unavailable, try again later".to_owned()
+            } else {
+                to.push(address);
+                "250 2.1.5 Ok".to_owned()
+            }
+        } else if upper == "DATA" {
+            if reply(&mut write, "354 End data with <CR><LF>.<CR><LF>")
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let mut data = String::new();
+            loop {
+                line.clear();
+                if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                if line == ".\r\n" {
+                    break;
+                }
+                // Dot-stuffing (RFC 5321 4.5.2): a leading `..` stands for `.`.
+                data.push_str(
+                    line.strip_prefix('.')
+                        .filter(|_| line.starts_with(".."))
+                        .unwrap_or(&line),
+                );
+            }
+            lock(&state).mail.push(Mail {
+                from: from.clone(),
+                to: to.clone(),
+                data,
+            });
+            "250 2.0.0 Ok: queued as FAKE1".to_owned()
+        } else if upper == "QUIT" {
+            let _ = reply(&mut write, "221 2.0.0 Bye").await;
+            return;
+        } else if upper == "RSET" || upper == "NOOP" {
+            "250 2.0.0 Ok".to_owned()
+        } else {
+            "502 5.5.2 Command not recognized".to_owned()
+        };
+        if reply(&mut write, &answer).await.is_err() {
+            return;
+        }
+    }
 }

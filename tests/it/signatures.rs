@@ -360,3 +360,74 @@ steps:
     assert_eq!(server.all_runs("receiver").await.len(), 1);
     assert!(server.stop_gracefully());
 }
+
+/// What Svix and Twilio send, through the real server: Standard Webhooks under `svix-*` header
+/// names, and a Twilio form with a repeated identical value signed the way Twilio's SDKs count it.
+#[tokio::test]
+async fn svix_headers_and_twilio_repeated_values_are_accepted_and_tampering_refused() {
+    let svix = flow(
+        "svix",
+        r#"{ provider: standard-webhooks, secret: "whsec_b2xkb2xkb2xkb2xk" }"#,
+    );
+    let twilio = flow(
+        "sms",
+        r#"{ provider: twilio, secret: "${env:TWILIO_TOKEN}" }"#,
+    );
+    let server = Server::start_with(
+        &[("svix.yaml", &svix), ("sms.yaml", &twilio)],
+        &[],
+        &[("TWILIO_TOKEN", "twilio-auth-token")],
+    );
+    let body = r#"{"id":"evt_svix"}"#;
+    let t = now_secs().to_string();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode("b2xkb2xkb2xkb2xk")
+        .unwrap();
+    let sig = hmac_sha256(&key, format!("msg_svix.{t}.{body}").as_bytes());
+    let signature = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(sig)
+    );
+    let headers = [
+        ("svix-id", "msg_svix".to_owned()),
+        ("svix-timestamp", t),
+        ("svix-signature", signature),
+    ];
+    let (status, ack) = post(&server, "svix", body, &headers).await;
+    assert_eq!(status, 200, "{ack}");
+    let (status, again) = post(&server, "svix", body, &headers).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["run_id"], ack["run_id"], "svix-id deduplicates");
+    let (status, _) = post(&server, "svix", r#"{"id":"evt_other"}"#, &headers).await;
+    assert_eq!(status, 401);
+
+    // Twilio signs the URL and the sorted fields, each distinct value once.
+    let url = server.catch_url("sms");
+    let signed = format!("{url}Digits1234From+14158675309");
+    let sig = base64::engine::general_purpose::STANDARD
+        .encode(hmac_sha1(b"twilio-auth-token", signed.as_bytes()));
+    let send = |form: &'static str| {
+        let request = reqwest::Client::new()
+            .post(url.clone())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", sig.clone())
+            .body(form);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(
+        send("Digits=1234&Digits=1234&From=%2B14158675309").await,
+        200
+    );
+    assert_eq!(send("Digits=1234&From=%2B14158675309").await, 200);
+    assert_eq!(
+        send("Digits=1234&Digits=9999&From=%2B14158675309").await,
+        401
+    );
+}
+
+fn hmac_sha1(key: &[u8], data: &[u8]) -> Vec<u8> {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(key).unwrap();
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}

@@ -156,7 +156,7 @@ fn valid_flows_pass_and_the_shipped_flows_are_valid() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("5 flow(s) valid"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("6 flow(s) valid"));
 }
 
 #[test]

@@ -61,7 +61,7 @@ document.addEventListener("click", event => {
 
 // ---- drawings -------------------------------------------------------------------------------
 
-const KIND_ICONS = { filter: "▽", map: "⇄", http: "↗", hubspot: "H", stripe: "S", switch: "⑂",
+const KIND_ICONS = { filter: "▽", map: "⇄", http: "↗", hubspot: "H", stripe: "S", slack: "#", email: "✉", switch: "⑂",
   delay: "◷", foreach: "↻", flow: "⤴" };
 
 // A flow's steps as an SVG graph: columns by depth (longest chain of `needs`), edges from needs,
@@ -398,7 +398,7 @@ async function runPage(id) {
   }).catch(() => {});
   const status = document.getElementById("action-status");
   document.getElementById("retry")?.addEventListener("click", async () => {
-    if (!confirm("Retry this run from its failed step? Steps that succeeded keep their outputs.")) return;
+    if (!confirm("Retry this run from its failed step? Steps that succeeded keep their outputs; the failed step renders its request again and sends it under a new idempotency key.")) return;
     try {
       await api(`/api/v1/runs/${encodeURIComponent(id)}/retry`, { method: "POST", body: "{}" });
       status.textContent = "Retrying…";

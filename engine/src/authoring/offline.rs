@@ -157,6 +157,7 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
                             context: ctx.clone(),
                             sub_flows: None,
                             clock: Arc::new(crate::store::SystemClock),
+                            state: None,
                         };
                         step.action.execute(input.clone(), &cx).await
                     }
@@ -183,6 +184,7 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
             duration_ms: clock.elapsed().as_millis() as u64,
             retry_in: None,
             node: None,
+            sent_under: None,
         };
         let previous = records.iter().find(|r| r.step_id == step.id);
         let Some(update) = advance::advance(flow, run.clone(), previous, &done, Timestamp::now())

@@ -14,6 +14,16 @@
 //! | `Hi {{trigger.body.name}}!`, `{{upper x}}` | handlebars template     | a string; missing fields render as `""` |
 //! | anything else, and non-string JSON     | literal                     | itself                             |
 //!
+//! # Requests: fields that resolve to nothing, and clearing on purpose
+//!
+//! A step with effects renders its request with [`ValueExpr::render_request`]: a field (an object
+//! entry written in the flow) whose expression resolved to nothing — missing, `null` or `""` — is
+//! **left out** of the request and listed with why, never sent empty (an empty value clears the
+//! field in Stripe, HubSpot and most APIs). Clearing a field takes the marker [`CLEAR`] (`$clear`),
+//! written literally in the flow: it renders `null`, which each step sends as its API's way to clear
+//! (`""` in a form or a HubSpot property, `null` in JSON). A template that renders the text
+//! `$clear` from event data is sent as that text, so an event cannot clear fields.
+//!
 //! A simple path is dotted segments (`a.b.0`, `a.[0]`, `a.[odd key]`); numeric segments index
 //! arrays. Objects and arrays inside a string render as compact JSON, never as `[object]`.
 //!
@@ -270,6 +280,13 @@ impl fmt::Debug for Templates {
     }
 }
 
+/// The marker a flow writes as a field's whole value to clear that field in a request (see the
+/// module docs).
+pub const CLEAR: &str = "$clear";
+
+/// The fields a request left out: field path → why.
+pub type LeftOut = serde_json::Map<String, Value>;
+
 /// A compiled value.
 #[derive(Debug, Clone)]
 pub struct ValueExpr(Node);
@@ -287,6 +304,57 @@ impl Node {
         match self {
             Node::Literal(v) => v,
             _ => unreachable!("only called on literals"),
+        }
+    }
+
+    /// Renders in request mode (see [`ValueExpr::render_request`]); `field` is this node's path.
+    fn render_request(
+        &self,
+        scope: &Scope<'_>,
+        field: &str,
+        left_out: &mut LeftOut,
+    ) -> Result<Value, ExprError> {
+        match self {
+            Node::Literal(v) => Ok(clear_markers(v.clone())),
+            Node::Leaf(leaf) => leaf.render_value(scope),
+            Node::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let at = format!("[{i}]");
+                    n.render_request(scope, &join_field(field, &at), left_out)
+                        .map_err(|e| e.within(&at))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
+            Node::Object(entries) => {
+                let mut out = serde_json::Map::new();
+                for (k, n) in entries {
+                    let at = join_field(field, &key_field(k));
+                    let v = match n {
+                        Node::Literal(Value::String(s)) if s == CLEAR => Value::Null,
+                        n => n
+                            .render_request(scope, &at, left_out)
+                            .map_err(|e| e.within(&key_field(k)))?,
+                    };
+                    let why = match (n, &v) {
+                        (Node::Leaf(_), Value::Null) => Some("its expression resolved to nothing"),
+                        (Node::Leaf(_), Value::String(s)) if s.is_empty() => {
+                            Some("its expression resolved to empty text")
+                        }
+                        _ => None,
+                    };
+                    match why {
+                        Some(why) => {
+                            left_out.insert(at, Value::from(why));
+                        }
+                        None => {
+                            out.insert(k.clone(), v);
+                        }
+                    }
+                }
+                Ok(Value::Object(out))
+            }
         }
     }
 
@@ -318,6 +386,18 @@ impl ValueExpr {
         self.0.render(&Scope::new(t, ctx))
     }
 
+    /// Renders a request's fields: an object entry whose expression resolved to nothing (missing,
+    /// `null` or `""`) is left out and listed in `left_out` (path → why); an entry written as
+    /// [`CLEAR`] renders `null`. Array items are never left out (that would shift the others).
+    pub fn render_request(
+        &self,
+        t: &Templates,
+        ctx: &Value,
+        left_out: &mut LeftOut,
+    ) -> Result<Value, ExprError> {
+        self.0.render_request(&Scope::new(t, ctx), "", left_out)
+    }
+
     /// The value itself when it holds no expression at all.
     pub fn as_literal(&self) -> Option<&Value> {
         match &self.0 {
@@ -332,6 +412,22 @@ impl ValueExpr {
     }
 }
 
+/// A literal with every object entry written as [`CLEAR`] turned into `null`.
+fn clear_markers(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) if s == CLEAR => (k, Value::Null),
+                    v => (k, clear_markers(v)),
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(clear_markers).collect()),
+        other => other,
+    }
+}
+
 /// A compiled text template.
 #[derive(Debug, Clone)]
 pub struct TextExpr(TextNode);
@@ -343,6 +439,11 @@ enum TextNode {
 }
 
 impl TextExpr {
+    /// Whether the text holds no expression.
+    pub fn is_literal(&self) -> bool {
+        matches!(self.0, TextNode::Literal(_))
+    }
+
     /// Renders against a context.
     pub fn render(&self, t: &Templates, ctx: &Value) -> Result<String, ExprError> {
         match &self.0 {

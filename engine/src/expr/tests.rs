@@ -1279,3 +1279,49 @@ fn lookup_and_json_helpers() {
     assert!(render_error("{{pick trigger.body.email \"a\"}}").contains("takes an object"));
     assert!(render_error("{{lookup_or trigger.body.email \"a\" \"b\"}}").contains("takes a table"));
 }
+
+#[test]
+fn a_request_leaves_out_fields_that_resolved_to_nothing_and_clears_only_on_purpose() {
+    let mut c = Compiler::new();
+    let expr = c
+        .value(&json!({
+            "name": "{{trigger.body.new_name}}",
+            "phone": "{{trigger.body.note}}",
+            "email": "{{trigger.body.email}}",
+            "greeting": "Hi {{trigger.body.missing}}",
+            "metadata": { "plan": "{{steps.lookup.plan}}", "old": "{{trigger.body.nothing}}" },
+            "description": "$clear",
+            "literal": { "fax": "$clear", "kept": "" },
+            "echo": "{{trigger.body.marker}}",
+            "list": ["{{trigger.body.missing}}"],
+        }))
+        .unwrap();
+    let t = c.finish();
+    let mut ctx = ctx();
+    ctx["trigger"]["body"]["marker"] = json!("$clear");
+    let mut left_out = LeftOut::new();
+    let request = expr.render_request(&t, &ctx, &mut left_out).unwrap();
+    assert_eq!(
+        request,
+        json!({
+            "email": "ada@example.com",
+            "greeting": "Hi ",
+            "metadata": { "plan": "Pro" },
+            "description": null,
+            "literal": { "fax": null, "kept": "" },
+            // Data that reads `$clear` is data, not the marker.
+            "echo": "$clear",
+            "list": [null],
+        })
+    );
+    assert_eq!(
+        left_out,
+        *json!({
+            "name": "its expression resolved to nothing",
+            "phone": "its expression resolved to empty text",
+            "metadata.old": "its expression resolved to nothing",
+        })
+        .as_object()
+        .unwrap()
+    );
+}

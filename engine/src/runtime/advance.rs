@@ -50,6 +50,8 @@ pub struct Attempted {
     pub retry_in: Option<Duration>,
     /// The node that made the attempt (`None` offline).
     pub node: Option<NodeId>,
+    /// For a step with effects: the idempotency key its input was sent under.
+    pub sent_under: Option<String>,
 }
 
 /// A new run of `flow` for `event`: queued, every step pending except the roots, which are queued.
@@ -270,6 +272,7 @@ pub fn advance(
         error: error.as_ref().map(|e| e.message.clone()),
         retry_at,
         node: done.node.clone(),
+        sent_under: done.sent_under.clone(),
     });
     let kind = step.map_or("unknown", |s| s.kind);
     let record = StepRecord {
@@ -463,6 +466,7 @@ steps:
             duration_ms: 5,
             retry_in,
             node: None,
+            sent_under: None,
         }
     }
 
@@ -681,6 +685,7 @@ steps:
                 error: Some("400".into()),
                 retry_at: None,
                 node: None,
+                sent_under: None,
             }],
         };
         let u = advance(&flow, r.run, Some(&before), &ok("b"), Timestamp(50)).unwrap();

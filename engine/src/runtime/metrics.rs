@@ -40,6 +40,7 @@ impl Histogram {
 struct Counts {
     runs: BTreeMap<(String, RunStatus), u64>,
     retries: BTreeMap<String, u64>,
+    resent: BTreeMap<String, u64>,
     steps: BTreeMap<(String, String), Histogram>,
     refused_commits: u64,
     step_panics: u64,
@@ -57,6 +58,8 @@ pub struct Snapshot {
     pub runs: Vec<(String, RunStatus, u64)>,
     /// Retries scheduled, by flow.
     pub retries: Vec<(String, u64)>,
+    /// Automatic retries that resent the request recorded for their key, by flow.
+    pub resent: Vec<(String, u64)>,
     /// Step attempt durations, by (flow, kind).
     pub steps: Vec<(String, String, Histogram)>,
     /// Commits the store refused because the worker's lease was no longer held.
@@ -92,6 +95,10 @@ impl Metrics {
         *self.lock().retries.entry(flow.to_owned()).or_default() += 1;
     }
 
+    pub(super) fn request_resent(&self, flow: &str) {
+        *self.lock().resent.entry(flow.to_owned()).or_default() += 1;
+    }
+
     pub(super) fn step_took(&self, flow: &str, kind: &str, took: Duration) {
         self.lock()
             .steps
@@ -114,6 +121,7 @@ impl Metrics {
                 .iter()
                 .map(|(f, n)| (f.clone(), *n))
                 .collect(),
+            resent: counts.resent.iter().map(|(f, n)| (f.clone(), *n)).collect(),
             steps: counts
                 .steps
                 .iter()

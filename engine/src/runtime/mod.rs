@@ -988,6 +988,7 @@ impl Engine {
         let ctx = lent.context();
         let started_at = self.now();
         let clock = Instant::now();
+        let key = idempotency_key(run, &step.id);
         let rendered = std::panic::catch_unwind(AssertUnwindSafe(|| {
             step.action.render(&flow.templates, ctx)
         }))
@@ -995,6 +996,16 @@ impl Engine {
             self.metrics.step_panicked();
             Err(StepError::transient(panicked(panic.as_ref())))
         });
+        // A step with effects sends the same request on every automatic retry of one key.
+        let sent_under = (!work.is_pure(&item.step_id)).then(|| key.clone());
+        let rendered = match (rendered, self.sent_before(work, item, &key)) {
+            (Ok(fresh), Some(sent)) => {
+                debug!("resending the request recorded for this key");
+                self.metrics.request_resent(flow.id.as_str());
+                Ok(resend(sent, &fresh))
+            }
+            (rendered, _) => rendered,
+        };
         let (mut input, result) = match rendered {
             Err(e) => (Value::Null, StepResult::Failed(e)),
             Ok(input) => {
@@ -1021,7 +1032,7 @@ impl Engine {
                     run_id: run.id,
                     step_id: step.id.clone(),
                     attempt: item.attempt,
-                    idempotency_key: idempotency_key(run, &step.id),
+                    idempotency_key: key,
                     dry_run: self.config.dry_run,
                     timeout: step.timeout,
                     http: self.http.clone(),
@@ -1030,6 +1041,7 @@ impl Engine {
                     context: ctx.clone(),
                     sub_flows: Some(self.sub_flows.clone()),
                     clock: self.config.clock.clone(),
+                    state: Some(crate::steps::SharedState::new(self.store.clone())),
                 };
                 // A panic fails the attempt like any error; the worker, its slot and its lease
                 // carry on.
@@ -1040,8 +1052,12 @@ impl Engine {
                     place.leave().await;
                 }
                 let result = match outcome {
-                    Err(_) => StepResult::Failed(StepError::transient(format!(
-                        "the step timed out after {:?}",
+                    Err(_) if step.action.may_repeat() => StepResult::Failed(StepError::transient(
+                        format!("the step timed out after {:?}", step.timeout),
+                    )),
+                    Err(_) => StepResult::Failed(StepError::permanent(format!(
+                        "the step timed out after {:?} and is not retried: its call may have \
+                         created a record, and a retry could create another",
                         step.timeout
                     ))),
                     Ok(Err(panic)) => {
@@ -1087,7 +1103,20 @@ impl Engine {
             duration_ms: clock.elapsed().as_millis() as u64,
             retry_in,
             node: Some(self.config.node.clone()),
+            sent_under,
         }))
+    }
+
+    /// The request an earlier attempt of this step sent under `key` (its recorded input), when
+    /// this attempt is an automatic retry of a step with effects.
+    fn sent_before<'w>(&self, work: &'w Work, item: &QueueItem, key: &str) -> Option<&'w Value> {
+        if item.attempt <= 1 || work.is_pure(&item.step_id) {
+            return None;
+        }
+        let record = work.records.iter().find(|r| r.step_id == item.step_id)?;
+        let last = record.attempts.last()?;
+        (last.sent_under.as_deref() == Some(key) && !record.input.is_null())
+            .then_some(&record.input)
     }
 
     /// Fails a run that cannot go on (its flow revision cannot be loaded): no step of it can run.
@@ -1116,6 +1145,27 @@ impl Engine {
             debug!(run_id = %run.id, status = %run.status, "run finished");
             self.metrics.run_finished(run.flow_id.as_str(), run.status);
         }
+    }
+}
+
+/// The request to resend: the one recorded (`sent`), with each redacted value (a credential, never
+/// recorded) taken from the input rendered now (`fresh`).
+fn resend(sent: &Value, fresh: &Value) -> Value {
+    match sent {
+        Value::String(s) if s.contains(context::REDACTED) => fresh.clone(),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), resend(v, fresh.get(k).unwrap_or(&Value::Null))))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| resend(v, fresh.get(i).unwrap_or(&Value::Null)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 

@@ -1,7 +1,9 @@
 //! `http`: sends one HTTP request and returns the response (status, headers, body parsed when JSON).
 //!
 //! Every attempt carries `Idempotency-Key: {run_id}:{step_id}` (unless the flow sets the header), so
-//! a receiver can drop the duplicate a retry after a crash may cause. A non-2xx answer is a step
+//! a receiver can drop the duplicate a retry after a crash may cause; automatic retries resend the
+//! recorded request (the runtime reuses the input), and fields whose expression resolved to nothing
+//! are left out of headers, query and body (listed in the input's `left_out`). A non-2xx answer is a step
 //! error; 5xx, 408, 409, 425 and 429 are retryable, other 4xx are not, and `Retry-After` is honoured.
 
 use std::collections::BTreeMap;
@@ -15,8 +17,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{Action, BuildContext, ExecContext, Outcome, StepError, StepKind};
-use crate::expr::{Templates, TextExpr, ValueExpr};
+use super::{join_path, Action, BuildContext, ExecContext, Outcome, StepError, StepKind};
+use crate::expr::{LeftOut, Templates, TextExpr, ValueExpr};
 use crate::model::Timestamp;
 
 /// How much of a response body an error keeps.
@@ -217,28 +219,45 @@ enum Auth {
 
 #[async_trait]
 impl Action for Http {
-    /// The rendered request: `{method, url, headers, query, json|form|body, auth}`.
+    /// The rendered request: `{method, url, headers, query, json|form|body, auth}`, and
+    /// `left_out`: the headers, query and body fields whose expression resolved to nothing (not
+    /// sent; `$clear` sends `null` in JSON, `""` in a query or form).
     fn render(&self, t: &Templates, ctx: &Value) -> Result<Value, StepError> {
+        let mut left_out = LeftOut::new();
         let mut req = Map::new();
         req.insert("method".into(), json!(self.method));
         req.insert("url".into(), json!(self.url.render(t, ctx)?));
         let mut headers = Map::new();
         for (k, v) in &self.headers {
-            headers.insert(k.clone(), json!(v.render(t, ctx)?));
+            let value = v.render(t, ctx)?;
+            if value.is_empty() && !v.is_literal() {
+                left_out.insert(
+                    format!("headers.{k}"),
+                    json!("its expression resolved to empty text"),
+                );
+            } else {
+                headers.insert(k.clone(), json!(value));
+            }
         }
         req.insert("headers".into(), Value::Object(headers));
-        req.insert("query".into(), self.query.render(t, ctx)?);
+        req.insert(
+            "query".into(),
+            fields("query", &self.query, t, ctx, &mut left_out)?,
+        );
         match &self.body {
             Body::None => {}
             Body::Json(v) => {
-                req.insert("json".into(), v.render(t, ctx)?);
+                req.insert("json".into(), fields("json", v, t, ctx, &mut left_out)?);
             }
             Body::Form(v) => {
-                req.insert("form".into(), v.render(t, ctx)?);
+                req.insert("form".into(), fields("form", v, t, ctx, &mut left_out)?);
             }
             Body::Text(v) => {
                 req.insert("body".into(), json!(v.render(t, ctx)?));
             }
+        }
+        if !left_out.is_empty() {
+            req.insert("left_out".into(), Value::Object(left_out));
         }
         if self.sign.is_some() {
             req.insert("sign".into(), json!("standard-webhooks"));
@@ -274,6 +293,21 @@ impl Action for Http {
             .map_err(|e| send_error(&e))?;
         read_response(response).await.map(Outcome::Output)
     }
+}
+
+/// A request part rendered with [`ValueExpr::render_request`], its left-out fields named under
+/// `part`.
+fn fields(
+    part: &str,
+    value: &ValueExpr,
+    t: &Templates,
+    ctx: &Value,
+    left_out: &mut LeftOut,
+) -> Result<Value, StepError> {
+    let mut here = LeftOut::new();
+    let rendered = value.render_request(t, ctx, &mut here)?;
+    left_out.extend(here.into_iter().map(|(k, v)| (join_path(part, &k), v)));
+    Ok(rendered)
 }
 
 /// Builds the request from the rendered input (also in dry runs, so they catch the same mistakes,

@@ -51,6 +51,12 @@ pub trait Action: Send + Sync + fmt::Debug {
         false
     }
 
+    /// Whether an attempt whose outcome is unknown (it timed out) may be repeated: `false` for a
+    /// call that creates something without an idempotency key (a retry could duplicate it).
+    fn may_repeat(&self) -> bool {
+        true
+    }
+
     /// The paths of a branching step (`switch`): each names the steps that run only when it is
     /// taken. The step's output says which was taken (`{"path": NAME}`).
     fn paths(&self) -> &[Path] {
@@ -101,6 +107,36 @@ pub struct ExecContext {
     pub sub_flows: Option<Arc<dyn SubFlows>>,
     /// The runtime's clock (`delay` counts from it).
     pub clock: crate::store::SharedClock,
+    /// Small state shared by every node (a connector's cached OAuth access token); `None`
+    /// offline.
+    pub state: Option<SharedState>,
+}
+
+/// The store's small keyed state, as steps may use it (durable, shared by the nodes of a store).
+#[derive(Clone)]
+pub struct SharedState(Arc<dyn crate::store::Store>);
+
+impl fmt::Debug for SharedState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedState").finish_non_exhaustive()
+    }
+}
+
+impl SharedState {
+    /// State kept in `store`.
+    pub fn new(store: Arc<dyn crate::store::Store>) -> Self {
+        Self(store)
+    }
+
+    /// The value under `key`, if any (a store that cannot answer answers none).
+    pub async fn get(&self, key: &str) -> Option<Value> {
+        self.0.state(key).await.ok().flatten()
+    }
+
+    /// Stores `value` under `key`.
+    pub async fn put(&self, key: &str, value: &Value) -> Result<(), crate::store::StoreError> {
+        self.0.put_state(key, value).await
+    }
 }
 
 /// Starting a run of another flow from a step, and reading how it ended.
