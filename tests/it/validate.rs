@@ -45,7 +45,7 @@ fn every_problem_is_reported_with_file_line_and_field() {
         "{HEAD}  - id: a\n    map: {{ x: 1 }}\n  - id: a\n    map: {{ x: 2 }}\n  - id: b\n    needs: [zz]\n    map: {{ x: 3 }}\n  - name: no id\n    map: {{ x: 4 }}\n  - id: c\n    htp:\n      url: x\n"
     );
     let fields = format!(
-        "{HEAD}  - id: a\n    http:\n      url: \"{{{{#each trigger.body}}}}\"\n      method: POST\n  - id: b\n    map:\n      x: \"$.trigger..[\"\n  - id: c\n    filter:\n      all:\n        - {{ value: \"{{{{trigger.body.n}}}}\", gt: 1, lt: 9 }}\n  - id: d\n    http:\n      url: x\n      metod: POST\n"
+        "{HEAD}  - id: a\n    http:\n      url: \"{{{{#each trigger.body}}}}\"\n      method: POST\n  - id: b\n    map:\n      x: \"$.trigger..[\"\n  - id: c\n    filter:\n      all:\n        - {{ value: \"{{{{trigger.body.n}}}}\", gt: 1, lt: 9 }}\n  - id: d\n    http:\n      url: x\n      metod: POST\n  - id: e\n    filter:\n      - {{ value: x, equals: x }}\n"
     );
     let cycle = format!("{HEAD}  - id: a\n    needs: [b]\n    map: {{ x: 1 }}\n  - id: b\n    needs: [a]\n    map: {{ x: 2 }}\n");
     let template =
@@ -98,9 +98,16 @@ fn every_problem_is_reported_with_file_line_and_field() {
         "fields.yaml",
         19,
         "steps[3].http.metod",
-        "unknown field `metod`",
+        "`http` has no field `metod`: did you mean `method`?",
     );
     expect(&lines, "fields.yaml", 11, "steps[1].map.x", "JSONPath");
+    expect(
+        &lines,
+        "fields.yaml",
+        21,
+        "steps[4].filter",
+        "write `all: [...]` (every condition must hold) or `any: [...]`",
+    );
     expect(
         &lines,
         "fields.yaml",
@@ -124,7 +131,7 @@ fn every_problem_is_reported_with_file_line_and_field() {
     );
     assert_eq!(
         lines.iter().filter(|l| l.starts_with("./")).count(),
-        10,
+        11,
         "one line per problem:\n{}",
         lines.join("\n")
     );

@@ -441,7 +441,7 @@ fn build_step(
             let path = unknown_field(&message)
                 .and_then(|name| problems.index.find_key_under(&kind_path, name))
                 .unwrap_or_else(|| kind_path.clone());
-            problems.at(&path, strip_location(&message));
+            problems.at(&path, in_words(&kind_name, &strip_location(&message)));
             None
         }
     };
@@ -692,6 +692,36 @@ fn unknown_key_message(key: &str, registry: &Registry) -> String {
         kinds.join(", "),
         COMMON_STEP_KEYS.join(", ")
     )
+}
+
+/// A step's configuration error as a flow author reads it: a likely typo of a field named, and a
+/// filter written as a bare list explained. Other messages are kept as they are.
+fn in_words(kind: &str, message: &str) -> String {
+    if let Some(field) = unknown_field(message) {
+        let expected: Vec<&str> = message
+            .split_once("expected")
+            .map(|(_, list)| list.split('`').skip(1).step_by(2).collect())
+            .unwrap_or_default();
+        let hint = closest(field, expected.iter().copied())
+            .map(|c| format!(": did you mean `{c}`?"))
+            .unwrap_or_default();
+        return format!(
+            "`{kind}` has no field `{field}`{hint} (its fields are {})",
+            expected.join(", ")
+        );
+    }
+    if kind == "filter" && message.contains("invalid type: sequence") {
+        return "a filter is not a bare list: write `all: [...]` (every condition must hold) or \
+                `any: [...]` (one is enough) with the conditions in the list"
+            .to_owned();
+    }
+    if let Some((found, _)) = message
+        .strip_prefix("invalid type: ")
+        .and_then(|rest| rest.split_once(", expected struct "))
+    {
+        return format!("`{kind}` takes a map of fields (`name: value`), not a {found}");
+    }
+    message.to_owned()
 }
 
 /// The field name in a serde "unknown field `x`" message.
