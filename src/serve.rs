@@ -77,6 +77,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(_) => config.base_url(),
         None => format!("http://{address}"),
     };
+    // Flows read `${server.url}` as this server's base URL.
+    let env: Env = {
+        let (env, base_url) = (env.clone(), base_url.clone());
+        Arc::new(move |name: &str| match name {
+            flow::SERVER_URL => Some(base_url.clone()),
+            _ => env(name),
+        })
+    };
 
     let node = match &config.node_id {
         Some(name) => NodeId::new(name).map_err(anyhow::Error::msg)?,

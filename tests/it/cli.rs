@@ -100,19 +100,8 @@ fn schema_describes_every_step_kind() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shipped_flows_succeed_offline_and_the_cli_shows_them() {
-    // Pick the port first so the shipped flows' targets can point at this server's inspector.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let inspector = format!("http://127.0.0.1:{port}/inspect");
-    let envs = [
-        ("CRM_WEBHOOK_URL", format!("{inspector}/crm")),
-        ("SALES_ALERT_URL", format!("{inspector}/sales")),
-        ("CRM_LEADS_URL", format!("{inspector}/crm-leads")),
-    ];
-    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // On a free port, as shipped: their targets default to `${server.url}/inspect/…`, this
+    // server's own request inspector, whatever its port.
     let flows: Vec<(String, String)> = ["plan-change-sync.yaml", "new-lead-routing.yaml"]
         .iter()
         .map(|f| {
@@ -126,7 +115,7 @@ async fn shipped_flows_succeed_offline_and_the_cli_shows_them() {
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    let server = Server::start_on(&format!("127.0.0.1:{port}"), &flows, &[], &envs);
+    let server = Server::start_with(&flows, &[], &[]);
     let client = ["--server", server.base.as_str()];
 
     let event: Value = serde_json::from_str(

@@ -3,6 +3,10 @@
 //!
 //! Every value that came from the environment is remembered as a secret and redacted wherever the
 //! run would record it; defaults are not secrets.
+//!
+//! `${server.url}` is the server's own base URL (its `public_url`, or `http://LISTEN`): flows that
+//! post to this server (its request inspector, another flow's catch URL) work on any port. It is
+//! replaced first, so it may stand in an environment reference's default, and is not a secret.
 
 use std::sync::OnceLock;
 
@@ -10,6 +14,15 @@ use regex::Regex;
 
 use super::EnvLookup;
 use crate::steps::join_path;
+
+/// The name [`substitute`] looks `${server.url}` up by.
+pub const SERVER_URL: &str = "server.url";
+
+/// `${server.url}` where nothing answers for it (offline runs): the default listen address.
+pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:8080";
+
+/// How a flow file writes the server's own base URL.
+const SERVER_URL_REFERENCE: &str = "${server.url}";
 
 fn pattern() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
@@ -38,7 +51,13 @@ fn walk(
     errors: &mut Vec<(String, String)>,
 ) {
     match value {
-        serde_yaml::Value::String(s) if s.contains("${env:") => {
+        serde_yaml::Value::String(s)
+            if s.contains("${env:") || s.contains(SERVER_URL_REFERENCE) =>
+        {
+            if s.contains(SERVER_URL_REFERENCE) {
+                let url = env(SERVER_URL).unwrap_or_else(|| DEFAULT_SERVER_URL.to_owned());
+                *s = s.replace(SERVER_URL_REFERENCE, url.trim_end_matches('/'));
+            }
             let mut missing = Vec::new();
             let replaced = pattern().replace_all(s, |caps: &regex::Captures<'_>| {
                 let name = &caps[1];
@@ -102,5 +121,21 @@ mod tests {
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].0, "c");
         assert!(errors[0].1.contains("`NOPE` is not set"));
+    }
+
+    #[test]
+    fn the_server_url_is_substituted_first_and_is_no_secret() {
+        let env = |n: &str| (n == SERVER_URL).then(|| "http://127.0.0.1:4321/".to_owned());
+        let mut v: serde_yaml::Value =
+            serde_yaml::from_str("a: '${env:ALERTS:-${server.url}/inspect/alerts}'").unwrap();
+        let mut secrets = Vec::new();
+        assert!(substitute(&mut v, &env, &mut secrets).is_empty());
+        assert_eq!(v["a"], "http://127.0.0.1:4321/inspect/alerts");
+        assert!(secrets.is_empty());
+
+        let offline = |_: &str| None;
+        let mut v: serde_yaml::Value = serde_yaml::from_str("a: '${server.url}/x'").unwrap();
+        assert!(substitute(&mut v, &offline, &mut secrets).is_empty());
+        assert_eq!(v["a"], format!("{DEFAULT_SERVER_URL}/x"));
     }
 }

@@ -27,6 +27,7 @@ use crate::verify::Verifier;
 use serde_json::Value;
 
 pub use build::parse_flow;
+pub use env::{DEFAULT_SERVER_URL, SERVER_URL};
 pub use spec::{OnError, Respond};
 
 /// A validated flow, ready to run.
