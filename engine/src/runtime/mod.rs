@@ -592,9 +592,12 @@ impl Engine {
             // Often enough that a dead node's steps run again soon after their leases expire.
             if last_sweep.elapsed() > self.config.lease / 10 {
                 last_sweep = Instant::now();
-                let n = self.store.requeue_expired(self.now()).await?;
-                if n > 0 {
-                    warn!(n, "requeued steps whose lease expired");
+                // A store that is away (a database restarting) is looked at again next time; the
+                // workers keep going.
+                match self.store.requeue_expired(self.now()).await {
+                    Ok(0) => {}
+                    Ok(n) => warn!(n, "requeued steps whose lease expired"),
+                    Err(e) => error!(error = %e, "cannot requeue expired leases; trying again"),
                 }
             }
         }
