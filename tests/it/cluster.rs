@@ -214,6 +214,31 @@ async fn three_nodes_share_the_work_and_a_killed_node_loses_nothing_it_acknowled
         "every node serves the same catch token: {urls:?}"
     );
 
+    // A browser on node c watches live updates while events go to node a only (first).
+    let live = reqwest::Client::new()
+        .get(format!("{}/api/v1/runs/events?flow=numbered", c.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let (_, first) = a.send("numbered", &json!({ "n": 1_000_000 })).await;
+    let first = first["run_id"].as_str().unwrap().to_owned();
+    let mut live = live.bytes_stream();
+    let streamed = tokio::time::timeout(crate::support::DEADLINE, async {
+        use tokio_stream::StreamExt;
+        let mut seen = String::new();
+        while let Some(chunk) = live.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if seen.contains(&first) && seen.contains("succeeded") {
+                return seen;
+            }
+        }
+        seen
+    })
+    .await
+    .expect("node c streams the run node a accepted");
+    assert!(streamed.contains("event: run"), "{streamed}");
+
     let senders = Senders::start(urls, 24, 3_000);
     eventually("a third of the events acknowledged", || async {
         (senders.acked() >= 1_000).then_some(())
