@@ -32,3 +32,65 @@ impl Backend for Postgres {
 }
 
 conformance_suite!(Postgres);
+
+/// A queue item this version cannot read is parked, listed in the quarantine and never claimed;
+/// once its row reads again (repaired, or read by a newer version) reingesting it puts it back in
+/// the queue. The other items go on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_queue_item_is_parked_listed_and_put_back_once_readable() {
+    let url = <Postgres as Backend>::place();
+    let store = <Postgres as Backend>::open(&url);
+    let f = flow("orders");
+    let (damaged, fine) = (new_run(&f, run_id(1), at(1)), new_run(&f, run_id(2), at(2)));
+    ingest_all(&store, [damaged.clone(), fine.clone()]).await;
+    let item = damaged.items[0].id.to_string();
+    let psql = |sql: &str| {
+        let out = hookflow_testpg::shared()
+            .psql(&url)
+            .args(["-c", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    // What an older version would see of a record written by a newer one.
+    psql(&format!(
+        "UPDATE hookflow.queue SET data = '{{\"id\": 7}}' WHERE id = '{item}'"
+    ));
+
+    let claimed = claim_items(&store, at(1_000), 10, at(60_000), &NO_LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed, fine.items,
+        "the readable item is claimed; the other is not"
+    );
+    let parked = store.quarantined().await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].id, item);
+    assert_eq!(store.stats().await.unwrap().quarantined, 1);
+    store.requeue_expired(FAR_FUTURE).await.unwrap();
+    assert_eq!(
+        claim_items(&store, FAR_FUTURE, 10, FAR_FUTURE, &NO_LIMITS)
+            .await
+            .unwrap(),
+        fine.items,
+        "expired leases are taken over, but a parked item never"
+    );
+    assert!(matches!(
+        store.reingest_quarantined(&item).await,
+        Err(crate::store::StoreError::StillUnreadable { .. })
+    ));
+
+    // Repaired: it runs again.
+    let repaired = serde_json::to_string(&damaged.items[0]).unwrap();
+    psql(&format!(
+        "UPDATE hookflow.queue SET data = '{repaired}' WHERE id = '{item}'"
+    ));
+    let back = store.reingest_quarantined(&item).await.unwrap();
+    assert_eq!(back.run_id, damaged.run.id);
+    assert!(store.quarantined().await.unwrap().is_empty());
+    let claimed = claim_items(&store, FAR_FUTURE, 10, FAR_FUTURE, &NO_LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(claimed, damaged.items);
+}
