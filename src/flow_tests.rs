@@ -266,7 +266,7 @@ fn check(expect: &Expect, trace: &Trace) -> Vec<String> {
                 let kind = if partial {
                     "does not contain"
                 } else {
-                    "differs"
+                    "differs from"
                 };
                 problems.push(format!(
                     "step `{id}`: the {what} {kind} what is expected:\n{}",

@@ -38,6 +38,13 @@ use crate::cli::{Cli, Command, FlowsCommand, QuarantineCommand, RunsCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A command's output piped into `head` ends quietly when the pipe closes, as Unix tools
+        // do, instead of panicking on the failed write. (The server keeps Rust's default: a
+        // closed connection is an error to handle, not a signal.)
+        // SAFETY: restoring the default action of a signal before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("hookflow-server")
         .enable_all()
