@@ -36,6 +36,9 @@ pub async fn validate(paths: &[PathBuf], samples: bool) -> ExitCode {
     for e in &errors {
         println!("{e}");
     }
+    for warning in flows.iter().flat_map(|f| &f.warnings) {
+        println!("warning: {warning}");
+    }
     let mut problems = errors.len();
     let mut checked = 0;
     if samples {

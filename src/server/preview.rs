@@ -95,9 +95,14 @@ async fn preview(
             })
         })
         .collect();
+    let warnings: Vec<Value> = flow
+        .warnings
+        .iter()
+        .map(|w| json!({ "line": w.line, "col": w.col, "field": w.path, "message": w.message }))
+        .collect();
     Ok(Json(json!({
         "flow": flow.id, "revision": flow.revision,
         "status": trace.run.status, "reason": trace.run.reason,
-        "steps": steps, "unresolved": missing,
+        "steps": steps, "unresolved": missing, "warnings": warnings,
     })))
 }

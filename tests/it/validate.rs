@@ -183,3 +183,43 @@ fn a_yaml_alias_bomb_is_refused() {
         "{lines:?}"
     );
 }
+
+#[tokio::test]
+async fn silent_mistakes_in_a_schedule_are_warned_at_validate_and_preview() {
+    let est = "id: est\ntrigger:\n  schedule: { cron: \"* * * * * *\", timezone: EST }\nsteps:\n  - { id: a, map: {} }\n";
+    let never = "id: never\ntrigger:\n  schedule: { cron: \"0 0 31 2 *\" }\nsteps:\n  - { id: a, map: {} }\n";
+    let (ok, lines, _dir) = validate(&[("est.yaml", est), ("never.yaml", never)]);
+    assert!(ok, "warnings do not fail validation: {lines:?}");
+    let warned = |needle: &str| {
+        lines
+            .iter()
+            .any(|l| l.starts_with("warning: ./") && l.contains(needle))
+    };
+    assert!(
+        warned("est.yaml:3:36: trigger.schedule.timezone: `EST` is a fixed offset")
+            && warned("write the place's IANA name, e.g. `America/New_York`"),
+        "{lines:?}"
+    );
+    assert!(
+        warned("est.yaml:3:15: trigger.schedule.cron: `* * * * * *` fires every 1 s"),
+        "{lines:?}"
+    );
+    assert!(
+        warned("never.yaml:3:15: trigger.schedule.cron: `0 0 31 2 *` never fires"),
+        "{lines:?}"
+    );
+
+    let server = crate::support::Server::start(&[("never.yaml", never)]);
+    let (status, preview) = server
+        .post(
+            "/api/v1/flows/never/preview",
+            &serde_json::json!({ "event": { "body": {} } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(
+        preview["warnings"][0]["field"], "trigger.schedule.cron",
+        "{preview}"
+    );
+    assert_eq!(preview["warnings"][0]["line"], 3);
+}

@@ -39,12 +39,25 @@ struct Problems<'a> {
     file: &'a str,
     index: PositionIndex,
     errors: Vec<FlowError>,
+    /// What is allowed but surely not meant (the flow still loads).
+    warnings: Vec<FlowError>,
 }
 
 impl Problems<'_> {
     fn at(&mut self, path: &str, message: impl Into<String>) {
         let Position { line, col } = self.index.locate(path);
         self.push(path, line, col, message.into());
+    }
+
+    fn warn(&mut self, path: &str, message: impl Into<String>) {
+        let Position { line, col } = self.index.locate(path);
+        self.warnings.push(FlowError {
+            file: self.file.to_owned(),
+            line,
+            col,
+            path: path.to_owned(),
+            message: message.into(),
+        });
     }
 
     fn push(&mut self, path: &str, line: usize, col: usize, message: String) {
@@ -72,6 +85,7 @@ pub fn parse_flow(
         file,
         index: PositionIndex::new(text),
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
     let spec: FlowSpec = match serde_yaml::from_str(text) {
         Ok(spec) => spec,
@@ -139,6 +153,9 @@ pub fn parse_flow(
                         crate::schedule::Missed::CatchUp(s.catch_up_max.unwrap_or(10))
                     }
                 };
+                for (field, message) in schedule_warnings(&schedule) {
+                    problems.warn(field, message);
+                }
                 Trigger::Schedule(schedule)
             }
             Err(message) => {
@@ -225,9 +242,50 @@ pub fn parse_flow(
             steps,
             templates: compiler.finish(),
             secrets,
+            warnings: problems.warnings,
         }),
         _ => Err(problems.errors),
     }
+}
+
+/// What a schedule surely does not mean: a fixed-offset or abbreviated zone (no daylight saving),
+/// an expression that never fires, or fires more than once a minute.
+fn schedule_warnings(schedule: &Schedule) -> Vec<(&'static str, String)> {
+    let mut warnings = Vec::new();
+    let zone = schedule.timezone.as_str();
+    let fixed = zone.starts_with("Etc/")
+        || (zone.len() <= 5
+            && zone != "UTC"
+            && zone
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()));
+    if fixed {
+        warnings.push((
+            "trigger.schedule.timezone",
+            format!(
+                "`{zone}` is a fixed offset: it never changes for daylight saving; write the place's \
+                 IANA name, e.g. `America/New_York` for US Eastern time"
+            ),
+        ));
+    }
+    let ticks = schedule.upcoming(crate::model::Timestamp::now(), 3);
+    match ticks.as_slice() {
+        [] => warnings.push((
+            "trigger.schedule.cron",
+            format!("`{}` never fires (no such date)", schedule.cron),
+        )),
+        [first, second, ..] if second.millis() - first.millis() < 60_000 => warnings.push((
+            "trigger.schedule.cron",
+            format!(
+                "`{}` fires every {} s, more than once a minute (six fields count seconds first): \
+                 for once a minute write `* * * * *`",
+                schedule.cron,
+                (second.millis() - first.millis()) / 1000
+            ),
+        )),
+        _ => {}
+    }
+    warnings
 }
 
 /// `100/s`, `600/m` or `3600/h` as requests per second.

@@ -59,6 +59,8 @@ pub struct Flow {
     pub templates: Templates,
     /// Values substituted from the environment: redacted wherever they would be recorded.
     pub secrets: Vec<String>,
+    /// What the file allows but surely does not mean (shown by `validate`; the flow still runs).
+    pub warnings: Vec<FlowError>,
 }
 
 impl Flow {
