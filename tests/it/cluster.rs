@@ -402,3 +402,46 @@ async fn migrate_shows_and_applies_the_schema_and_a_node_refuses_a_newer_one() {
     assert!(!serve.status.success(), "serve started on a newer schema");
     assert!(stderr.contains("schema is at version 999"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_executes_the_revision_its_event_arrived_under_on_a_node_that_lacks_it() {
+    let url = hookflow_testpg::shared()
+        .fresh_database()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = short_lease_config();
+    let revision = |v: &str| {
+        format!("id: versioned\ntrigger: {{ webhook: }}\nsteps:\n  - {{ id: shape, map: {{ version: {v} }} }}\n")
+    };
+    let (old, new) = (revision("old"), revision("new"));
+    // The ingest-only node still has the old file; the only node that executes has the new one.
+    let config_path = config.path().to_str().unwrap();
+    let ingest = Server::start_with(
+        &[("versioned.yaml", old.as_str())],
+        &[
+            "--store",
+            &url,
+            "--node-id",
+            "ingest",
+            "--config",
+            config_path,
+            "--workers",
+            "0",
+        ],
+        &[],
+    );
+    let worker = node("worker", &url, &config, &[("versioned.yaml", new.as_str())]);
+
+    let (_, via_old) = ingest.send("versioned", &json!({})).await;
+    let (_, via_new) = worker.send("versioned", &json!({})).await;
+    for (ack, expected) in [(via_old, "old"), (via_new, "new")] {
+        let run = worker.finished_run(ack["run_id"].as_str().unwrap()).await;
+        assert_eq!(run["status"], "succeeded", "{run:#}");
+        assert_eq!(
+            step(&run, "shape")["output"]["version"],
+            expected,
+            "{run:#}"
+        );
+        let attempt = &step(&run, "shape")["attempts"][0];
+        assert_eq!(attempt["node"], "worker", "only the worker executes");
+    }
+}
