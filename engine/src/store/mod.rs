@@ -3,8 +3,8 @@
 //! [`Store`] is what the runtime needs and nothing more: ingest an event with its run and first queue
 //! items (durable before it returns), claim due queue items with a lease, apply a step's outcome to a
 //! run atomically together with its queue changes, and read history back. Backends: [`sled`] (the
-//! embedded default, one process). Every backend passes the same conformance suite
-//! (`conformance.rs`), instantiated with one line per backend.
+//! embedded default, one process) and [`postgres`] (several nodes on one database). Every backend
+//! passes the same conformance suite (`conformance.rs`), instantiated with one line per backend.
 //!
 //! The contract assumes that several processes ("nodes", each with a [`NodeId`]) may share one
 //! backend, even where a backend (sled) cannot. Invariants every backend keeps:
