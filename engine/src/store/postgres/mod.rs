@@ -37,6 +37,8 @@
 mod claim;
 mod ingest;
 mod listen;
+mod parked;
+mod rows;
 pub mod schema;
 mod sql;
 
@@ -58,11 +60,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::coordination::{Allowance, Lane, LaneEntry, LaneKey};
+use super::coordination::{Allowance, LaneEntry, LaneKey};
 use super::{
     ClaimRequest, Claimed, Committed, Decide, Ingested, Lease, LeaseToken, NewRun, NodeId, Notices,
-    QuarantineKind, Quarantined, Reingested, Result, RunNotice, RunPage, RunQuery, Store,
-    StoreError, StoreStats,
+    Quarantined, Reingested, Result, RunNotice, RunPage, RunQuery, Store, StoreError, StoreStats,
 };
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
@@ -225,24 +226,6 @@ impl PgStore {
         self.lazy.get().await.map_err(pool_error)
     }
 
-    /// Parks items whose record cannot be read (see [`QUARANTINE_OWNER`]).
-    async fn park(&self, ids: &[ItemId]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<String> = ids.iter().map(ItemId::to_string).collect();
-        sql::execute(
-            &self.durable().await?,
-            "UPDATE hookflow.queue SET lease_owner = $1, lease_token = 0, lease_until = $2,
-                    parked_at = $4
-              WHERE id = ANY($3)",
-            &[&QUARANTINE_OWNER, &i64::MAX, &ids, &Timestamp::now().0],
-            "park unreadable queue items",
-        )
-        .await?;
-        Ok(())
-    }
-
     /// The record in the first column of the row `select` finds by `key`, if any.
     async fn one<T: DeserializeOwned>(
         &self,
@@ -252,67 +235,6 @@ impl PgStore {
     ) -> Result<Option<T>> {
         let row = sql::query_opt(&self.lazy().await?, select, &[&key], "read a record").await?;
         row.map(|row| decode(&row, 0, table)).transpose()
-    }
-
-    /// Applies `change` to a lane's state under its row lock, creating the row first.
-    async fn with_lane<T>(&self, lane: &LaneKey, change: impl FnOnce(&mut Lane) -> T) -> Result<T> {
-        sql::execute(
-            &self.lazy().await?,
-            "INSERT INTO hookflow.lanes (name, key, state) VALUES ($1, $2, '{}') ON CONFLICT DO NOTHING",
-            &[&lane.name, &lane.key],
-            "open a lane",
-        )
-        .await?;
-        self.with_row(
-            false,
-            "lanes",
-            "SELECT state FROM hookflow.lanes WHERE name = $1 AND key = $2 FOR UPDATE",
-            "UPDATE hookflow.lanes SET state = $3 WHERE name = $1 AND key = $2",
-            &[&lane.name, &lane.key],
-            |state: &mut Option<Lane>| change(state.get_or_insert_with(Lane::default)),
-        )
-        .await
-    }
-
-    /// Reads the state in a row (`select`, locking it), applies `change`, and writes it back
-    /// (`update`, with the state as the parameter after `keys`) in one transaction, committed
-    /// durably if `durable`. The state is `None` when the row does not exist (then nothing is
-    /// written).
-    async fn with_row<S, T>(
-        &self,
-        durable: bool,
-        table: &'static str,
-        select: &str,
-        update: &str,
-        keys: sql::Params<'_>,
-        change: impl FnOnce(&mut Option<S>) -> T,
-    ) -> Result<T>
-    where
-        S: DeserializeOwned + serde::Serialize + std::fmt::Debug + Sync,
-    {
-        let mut client = if durable {
-            self.durable().await?
-        } else {
-            self.lazy().await?
-        };
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db_error("begin a coordination change"))?;
-        let row = sql::query_opt(&tx, select, keys, "lock a coordination row").await?;
-        let existed = row.is_some();
-        let mut state: Option<S> = row.map(|row| decode(&row, 0, table)).transpose()?;
-        let answer = change(&mut state);
-        if let (true, Some(state)) = (existed, &state) {
-            let json = Json(state);
-            let mut params: Vec<&(dyn ToSql + Sync)> = keys.to_vec();
-            params.push(&json);
-            sql::execute(&tx, update, &params, "write a coordination row").await?;
-        }
-        tx.commit()
-            .await
-            .map_err(db_error("commit a coordination change"))?;
-        Ok(answer)
     }
 }
 
@@ -983,71 +905,10 @@ impl Store for PgStore {
     }
 
     async fn quarantined(&self) -> Result<Vec<Quarantined>> {
-        let rows = sql::query(
-            &self.lazy().await?,
-            "SELECT id, data::text, parked_at FROM hookflow.queue
-              WHERE lease_owner = $1 ORDER BY id",
-            &[&QUARANTINE_OWNER],
-            "list parked queue items",
-        )
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let (id, data): (String, String) = (row.get(0), row.get(1));
-                let reason = match serde_json::from_str::<QueueItem>(&data) {
-                    Err(e) => e.to_string(),
-                    Ok(_) => "readable by this version: ingest it again".to_owned(),
-                };
-                Quarantined {
-                    quarantined_at: Timestamp(row.get::<_, Option<i64>>(2).unwrap_or_default()),
-                    id,
-                    segment: "hookflow.queue".into(),
-                    offset: 0,
-                    record: 0,
-                    records: 1,
-                    kind: QuarantineKind::Undecodable,
-                    reason,
-                    bytes: data.len() as u64,
-                    kept: Default::default(),
-                }
-            })
-            .collect())
+        self.parked().await
     }
 
     async fn reingest_quarantined(&self, id: &str) -> Result<Reingested> {
-        let client = self.durable().await?;
-        let data: String = sql::query_opt(
-            &client,
-            "SELECT data::text FROM hookflow.queue WHERE id = $1 AND lease_owner = $2",
-            &[&id, &QUARANTINE_OWNER],
-            "read a parked queue item",
-        )
-        .await?
-        .ok_or_else(|| StoreError::NotQuarantined(id.to_owned()))?
-        .get(0);
-        let item: QueueItem =
-            serde_json::from_str(&data).map_err(|e| StoreError::StillUnreadable {
-                id: id.to_owned(),
-                detail: format!("{e} (the record is row `{id}` of hookflow.queue)"),
-            })?;
-        let event_id = self
-            .run(item.run_id)
-            .await?
-            .map(|run| run.event_id)
-            .ok_or_else(|| StoreError::NotFound(format!("run {}", item.run_id)))?;
-        sql::execute(
-            &client,
-            "UPDATE hookflow.queue SET lease_owner = NULL, lease_token = NULL, lease_until = NULL
-              WHERE id = $1 AND lease_owner = $2",
-            &[&id, &QUARANTINE_OWNER],
-            "put a parked item back in the queue",
-        )
-        .await?;
-        Ok(Reingested {
-            run_id: item.run_id,
-            event_id,
-            outcome: Ingested::Created,
-        })
+        self.unpark(id).await
     }
 }
