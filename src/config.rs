@@ -111,6 +111,10 @@ pub struct OutboundConfig {
     /// Private, loopback or link-local networks (CIDR) that HTTP actions may reach anyway.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// The proxy every HTTP action goes through (`http://host:port`); without it no proxy is used,
+    /// whatever `HTTP_PROXY`/`HTTPS_PROXY` say.
+    #[serde(default)]
+    pub proxy: Option<String>,
 }
 
 /// Log output format.
@@ -211,6 +215,7 @@ impl Config {
         Ok(hookflow_engine::outbound::OutboundPolicy {
             allow,
             own_address: Some(own_address),
+            proxy: self.outbound.proxy.clone(),
         })
     }
 }

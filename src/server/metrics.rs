@@ -1,8 +1,8 @@
 //! `GET /metrics`: counters in Prometheus' text format: catch-hook events received (by flow and
 //! outcome) and rejected (by flow and reason), runs finished by flow and status, step durations
 //! (a histogram by flow and kind), retries scheduled, commits refused for a lost lease, steps that
-//! panicked, this node's id, queue depth, store size and quarantined events (counted at most once
-//! a second).
+//! panicked, outbound requests refused, this node's id, queue depth, store size and quarantined
+//! events (counted at most once a second).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -191,5 +191,16 @@ async fn metrics(
         "Step attempts that panicked (each failed as an attempt and follows the retry policy).",
     );
     let _ = writeln!(out, "hookflow_step_panics_total {}", engine.step_panics);
+    describe(
+        &mut out,
+        "hookflow_outbound_refused_total",
+        "counter",
+        "Outbound requests, redirects and resolved addresses refused as not public.",
+    );
+    let _ = writeln!(
+        out,
+        "hookflow_outbound_refused_total {}",
+        state.engine.http().refused()
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

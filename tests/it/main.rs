@@ -11,6 +11,7 @@ mod crash;
 mod delivery;
 mod fakes;
 mod openapi;
+mod outbound;
 mod pipeline;
 mod quarantine;
 mod requests;

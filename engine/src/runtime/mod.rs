@@ -395,6 +395,11 @@ impl Engine {
         &self.metrics
     }
 
+    /// The outbound HTTP client the steps share.
+    pub fn http(&self) -> &HttpClient {
+        &self.http
+    }
+
     /// The store.
     pub fn store(&self) -> &dyn Store {
         self.store.as_ref()
