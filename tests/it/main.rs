@@ -10,6 +10,7 @@ mod connectors;
 mod crash;
 mod delivery;
 mod fakes;
+mod limits;
 mod openapi;
 mod outbound;
 mod pipeline;

@@ -1279,3 +1279,39 @@ fn lookup_and_json_helpers() {
     assert!(render_error("{{pick trigger.body.email \"a\"}}").contains("takes an object"));
     assert!(render_error("{{lookup_or trigger.body.email \"a\" \"b\"}}").contains("takes a table"));
 }
+
+#[test]
+fn deep_or_long_templates_are_refused_quickly_with_their_place() {
+    let deep_call = |n: usize| format!("{{{{upper {}a{}}}}}", "(upper ".repeat(n), ")".repeat(n));
+    let deep_if = |n: usize| format!("{}x{}", "{{#if a}}".repeat(n), "{{/if}}".repeat(n));
+    let start = std::time::Instant::now();
+    for (template, field) in [
+        (deep_call(5_000), "subexpressions nest more than 32 deep"),
+        (deep_if(10_000), "nest more than 32 deep"),
+        (
+            "{{#if a}}x{{/if}}".repeat(10_000),
+            "more than 256 expressions",
+        ),
+        ("{{upper a}} ".repeat(10_000), "more than 256 expressions"),
+    ] {
+        let errors = value_errors(json!({ "x": template }));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, "x");
+        assert!(errors[0].1.contains(field), "{}", errors[0].1);
+        assert!(
+            errors[0].1.contains("at line 1, column "),
+            "{}",
+            errors[0].1
+        );
+    }
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    // At the bounds, templates compile and render; quoted parentheses and comments do not count.
+    assert_eq!(text(&deep_call(31)), "");
+    assert_eq!(text(&deep_if(32)), "");
+    assert_eq!(text("{{upper \"((((\"}}{{!-- ((( {{ --}}"), "((((");
+    assert_eq!(text(&"{{x}}".repeat(256)), "");
+}
