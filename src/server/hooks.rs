@@ -26,7 +26,12 @@ use super::hook_log::HookOutcome;
 use super::{ApiError, AppState};
 
 /// Request headers not kept in the stored event (credentials the sender may attach).
-const DROPPED_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+const DROPPED_HEADERS: [&str; 4] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "x-api-key",
+];
 
 pub(super) fn router() -> Router<AppState> {
     Router::new().route(

@@ -17,6 +17,7 @@ mod pipeline;
 mod quarantine;
 mod requests;
 mod resources;
+mod secrets;
 mod signatures;
 mod support;
 mod ui;

@@ -32,6 +32,7 @@ use serde_json::Value;
 use super::helpers::{self, HelperFn};
 use super::jsonpath::JsonPathExpr;
 use super::{ExprError, Templates};
+use crate::secrets::Secrets;
 
 /// A string, compiled.
 pub(super) enum Compiled {
@@ -113,8 +114,9 @@ impl Call {
         })
     }
 
-    /// The helper's value on `data` (a missing field is `null`).
-    fn value(&self, data: &Value) -> Result<Value, ExprError> {
+    /// The helper's value on `data` (a missing field is `null`), noted as derived when it was
+    /// computed from a secret.
+    fn value(&self, data: &Value, secrets: &Secrets) -> Result<Value, ExprError> {
         static NULL: Value = Value::Null;
         let args: Vec<&Value> = self
             .args
@@ -124,12 +126,14 @@ impl Call {
                 Arg::Literal(value) => value,
             })
             .collect();
-        (self.f)(&args).map_err(|msg| {
+        let value = (self.f)(&args).map_err(|msg| {
             ExprError::new(
                 "",
                 failed_at(Some(self.at), &format!("{} {msg}", self.name)),
             )
-        })
+        })?;
+        secrets.note(&args, &value);
+        Ok(value)
     }
 }
 
@@ -221,7 +225,10 @@ impl Leaf {
                                 write_text(&mut out, v);
                             }
                         }
-                        Piece::Call(call) => write_text(&mut out, &call.value(scope.data)?),
+                        Piece::Call(call) => write_text(
+                            &mut out,
+                            &call.value(scope.data, scope.templates.secrets())?,
+                        ),
                     }
                 }
                 Ok(out)
