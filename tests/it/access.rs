@@ -243,3 +243,51 @@ async fn people_log_in_with_the_password_and_a_wrong_one_is_refused() {
     }
     browser.close().await;
 }
+
+#[tokio::test]
+async fn the_inspector_limits_bodies_needs_the_credentials_to_read_and_redacts_them() {
+    let server = Server::start_with(
+        &[("leads.yaml", FLOW)],
+        &["--max-body-bytes", "1024"],
+        &[("HOOKFLOW_API_TOKEN", "tok-123")],
+    );
+    let url = format!("{}/inspect/probe", server.base);
+    let client = reqwest::Client::new();
+    let big = client
+        .post(&url)
+        .body("x".repeat(2048))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
+    let body: Value = big.json().await.unwrap();
+    assert_eq!(body["code"], "payload_too_large", "{body}");
+
+    let sent = client
+        .post(&url)
+        .header("authorization", "Bearer hunter2")
+        .header("cookie", "session=hunter2")
+        .header("x-api-key", "hunter2")
+        .header("stripe-signature", "t=1,v1=hunter2")
+        .json(&json!({ "ok": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+
+    let read = format!("{}/api/v1/inspector/probe", server.base);
+    let (status, _, _) = call(reqwest::Method::GET, &read, &[], None).await;
+    assert_eq!(status, 401, "reading the inspector needs the credentials");
+    let bearer = [("authorization", "Bearer tok-123")];
+    let (status, _, bin) = call(reqwest::Method::GET, &read, &bearer, None).await;
+    assert_eq!(status, 200, "{bin}");
+    let request = &bin["requests"][0];
+    assert_eq!(request["body"], json!({ "ok": 1 }));
+    for header in ["authorization", "cookie", "x-api-key", "stripe-signature"] {
+        assert_eq!(
+            request["headers"][header], "[redacted]",
+            "{header}: {request}"
+        );
+    }
+    assert!(!bin.to_string().contains("hunter2"), "{bin}");
+}
