@@ -258,7 +258,11 @@ async fn list_runs(
             .map(|c| c.parse::<RunId>())
             .transpose()
             .map_err(|e| bad("cursor", e.to_string()))?,
-        limit: params.limit.unwrap_or(50).clamp(1, 1000),
+        limit: match params.limit {
+            None => 50,
+            Some(n @ 1..=1000) => n,
+            Some(n) => return Err(bad("limit", format!("{n} is not 1 to 1000"))),
+        },
     };
     let store = state.engine.store();
     let Some(text) = params.q.filter(|q| !q.trim().is_empty()) else {

@@ -68,6 +68,16 @@ impl Auth {
         self.password.is_some() || self.token.is_some()
     }
 
+    /// Whether people log in with an admin password (and hold a session cookie).
+    pub(super) fn has_password(&self) -> bool {
+        self.password.is_some()
+    }
+
+    /// Whether clients may send an API token.
+    pub(super) fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -129,6 +129,7 @@ pub(super) fn router() -> Router<AppState> {
 pub(super) struct ArmRequest {
     /// How many events to keep.
     #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100))]
     count: usize,
 }
 

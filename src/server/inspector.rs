@@ -27,6 +27,9 @@ use serde_json::{json, Value};
 use super::capture::SIGNATURE_HEADERS;
 use super::{ApiError, AppState};
 
+/// The names a bin may have (1 to 64 letters, digits, `.`, `_` and `-`).
+pub(super) const BIN_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+
 /// The most requests kept per bin.
 const KEEP_PER_BIN: usize = 100;
 /// The most bins; requests to further bins are answered but not kept.
@@ -130,6 +133,22 @@ pub(super) fn router() -> Router<AppState> {
         .route("/api/v1/inspector/{bin}", get(show_bin))
 }
 
+/// Refuses (400) a bin name outside [`BIN_PATTERN`].
+fn check_bin(bin: &str) -> Result<(), ApiError> {
+    let valid = (1..=64).contains(&bin.len())
+        && bin
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_bin",
+            "a bin's name is 1 to 64 letters, digits, `.`, `_` and `-`",
+        ))
+    }
+}
+
 async fn receive(
     State(state): State<AppState>,
     Path(bin): Path<String>,
@@ -138,6 +157,7 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
+    check_bin(&bin)?;
     let body = axum::body::to_bytes(body, state.max_body_bytes)
         .await
         .map_err(|_| {
@@ -182,6 +202,7 @@ async fn show_bin(
     State(state): State<AppState>,
     Path(bin): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    check_bin(&bin)?;
     let requests = state.inspector.requests(&bin).ok_or_else(|| {
         ApiError::not_found(format!(
             "the inspector has received nothing at /inspect/{bin} yet"

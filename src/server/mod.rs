@@ -1,7 +1,8 @@
 //! The HTTP server: catch hooks, the REST API, the request inspector, health, and the web UI.
 //!
 //! Routers are functions of [`AppState`]; errors answer `{code, detail}` JSON with a 4xx or 5xx
-//! status, and internals are logged, not leaked.
+//! status (the framework's own rejections too: `rejections`), and internals are logged, not
+//! leaked.
 
 mod api;
 mod auth;
@@ -13,6 +14,7 @@ mod metrics;
 mod openapi;
 mod preview;
 mod rate_limit;
+mod rejections;
 mod repair;
 mod trigger;
 
@@ -81,6 +83,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require,
         ))
+        .layer(axum::middleware::from_fn(rejections::as_json))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -1,7 +1,9 @@
 //! The HTTP API's OpenAPI 3 document, served at `/api/openapi.json`. It is built from
 //! [`OPERATIONS`] — one entry per route the server registers, next to its handler's module; a test
 //! checks that every `.route(…)` of the server is listed — with request body and query schemas
-//! derived by schemars from the very types the handlers deserialize.
+//! derived by schemars from the very types the handlers deserialize, path parameters with the
+//! patterns the handlers accept, and the security this server actually asks for (none when no
+//! credential is configured).
 
 use axum::extract::State;
 use axum::routing::get;
@@ -15,7 +17,8 @@ use super::capture::ArmRequest;
 use super::preview::PreviewRequest;
 use super::repair::{BulkBody, ReplayBody};
 use super::trigger::StartRequest;
-use super::AppState;
+use super::{AppState, Auth};
+use hookflow_engine::ids::{FlowId, RunId};
 
 /// A body's schema, from the type the handler reads.
 type BodySchema = fn(&mut SchemaGenerator) -> Schema;
@@ -128,8 +131,34 @@ const OPERATIONS: &[Operation] = &[
     Operation { open: true, ..op("get", "/api/openapi.json", "operations", "This document") },
 ];
 
-/// The OpenAPI document.
-pub fn document() -> Value {
+/// A path parameter's schema, by name: the forms its handler accepts.
+fn path_schema(name: &str) -> Value {
+    let pattern = match name {
+        "flow_id" => FlowId::PATTERN,
+        "run_id" => RunId::PATTERN,
+        "token" => "^[0-9a-f]{40}$",
+        "id" => "^[0-9]{1,20}-[0-9]{1,20}$",
+        "bin" => super::inspector::BIN_PATTERN,
+        other => unreachable!("no schema for the path parameter `{other}`"),
+    };
+    json!({ "type": "string", "pattern": pattern })
+}
+
+/// A query parameter's schema, by name.
+fn query_schema(name: &str) -> Value {
+    match name {
+        "limit" => json!({ "type": "integer", "minimum": 1, "maximum": 1000 }),
+        "status" => {
+            json!({ "type": "string", "enum": ["queued", "running", "succeeded", "failed", "filtered"] })
+        }
+        "flow" => json!({ "type": "string", "pattern": FlowId::PATTERN }),
+        "cursor" => json!({ "type": "string", "pattern": RunId::PATTERN }),
+        _ => json!({ "type": "string" }),
+    }
+}
+
+/// The OpenAPI document for a server with these credentials.
+pub fn document(auth: &Auth) -> Value {
     let mut generator = SchemaSettings::openapi3().into_generator();
     let mut paths = Map::new();
     for op in OPERATIONS {
@@ -137,10 +166,10 @@ pub fn document() -> Value {
             .path
             .split('/')
             .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": path_schema(name) }))
             .collect();
         parameters.extend(op.query.iter().map(|(name, description)| {
-            json!({ "name": name, "in": "query", "required": false, "description": description, "schema": { "type": "string" } })
+            json!({ "name": name, "in": "query", "required": false, "description": description, "schema": query_schema(name) })
         }));
         let (status, content) = match op.answer {
             Answer::Json(status) => (
@@ -174,7 +203,7 @@ pub fn document() -> Value {
                 "content": { "application/json": { "schema": body(&mut generator) } },
             });
         }
-        if op.open {
+        if op.open && auth.enabled() {
             operation["security"] = json!([]);
         }
         let item = paths.entry(op.path.to_owned()).or_insert_with(|| json!({}));
@@ -186,7 +215,18 @@ pub fn document() -> Value {
         json!({ "type": "object", "required": ["code", "detail"], "properties": {
             "code": { "type": "string" }, "detail": { "type": "string" } } }),
     );
-    json!({
+    let mut schemes = Map::new();
+    if auth.has_token() {
+        schemes.insert(
+            "bearer".into(),
+            json!({ "type": "http", "scheme": "bearer", "description": "HOOKFLOW_API_TOKEN" }),
+        );
+    }
+    if auth.has_password() {
+        schemes.insert("session".into(), json!({ "type": "apiKey", "in": "cookie", "name": "hookflow_session", "description": "from POST /api/v1/login; changes also need X-CSRF-Token" }));
+    }
+    let security: Vec<Value> = schemes.keys().map(|k| json!({ k.as_str(): [] })).collect();
+    let mut document = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "hookflow",
@@ -194,21 +234,19 @@ pub fn document() -> Value {
             "description": "hookflow's HTTP API: catch hooks, flows, runs, authoring, access, operations.",
         },
         "paths": paths,
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {
-                "bearer": { "type": "http", "scheme": "bearer", "description": "HOOKFLOW_API_TOKEN" },
-                "session": { "type": "apiKey", "in": "cookie", "name": "hookflow_session", "description": "from POST /api/v1/login; changes also need X-CSRF-Token" },
-            },
-        },
-        "security": [{ "bearer": [] }, { "session": [] }],
-    })
+        "components": { "schemas": schemas },
+    });
+    if !schemes.is_empty() {
+        document["components"]["securitySchemes"] = Value::Object(schemes);
+        document["security"] = json!(security);
+    }
+    document
 }
 
 pub(super) fn router() -> Router<AppState> {
     Router::new().route("/api/openapi.json", get(openapi))
 }
 
-async fn openapi(State(_): State<AppState>) -> Json<Value> {
-    Json(document())
+async fn openapi(State(state): State<AppState>) -> Json<Value> {
+    Json(document(&state.auth))
 }
