@@ -54,6 +54,9 @@ pub struct Config {
     /// Outbound HTTP settings.
     #[serde(default)]
     pub outbound: OutboundConfig,
+    /// Limits on the connections clients open.
+    #[serde(default)]
+    pub http: HttpSection,
     /// A YAML file of `NAME: value` secrets (connector tokens, signing secrets), read where the
     /// environment has no such variable: `${env:NAME}` in flows and connector credentials.
     #[serde(default)]
@@ -100,6 +103,44 @@ impl RetentionSection {
             max_age: self.max_age.0,
             max_runs: self.max_runs,
             every: self.every.0,
+        }
+    }
+}
+
+/// Limits on the connections clients open (see `server::connections`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// How long a request's head may take from its first byte.
+    pub header_timeout: HumanDuration,
+    /// How long a request's body may take from its head.
+    pub body_timeout: HumanDuration,
+    /// How long a connection may stay open with no request in flight.
+    pub idle_timeout: HumanDuration,
+    /// The most connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        let secs = |s| HumanDuration(std::time::Duration::from_secs(s));
+        Self {
+            header_timeout: secs(10),
+            body_timeout: secs(30),
+            idle_timeout: secs(60),
+            max_connections: 1000,
+        }
+    }
+}
+
+impl HttpSection {
+    /// The server's connection limits.
+    pub fn limits(&self) -> crate::server::Limits {
+        crate::server::Limits {
+            header_timeout: self.header_timeout.0,
+            body_timeout: self.body_timeout.0,
+            idle_timeout: self.idle_timeout.0,
+            max_connections: self.max_connections,
         }
     }
 }
@@ -158,6 +199,17 @@ impl Config {
             "retention.every must be longer than 0s"
         );
         anyhow::ensure!(self.cache_mb >= 1, "cache_mb must be at least 1");
+        anyhow::ensure!(
+            self.http.max_connections >= 1,
+            "http.max_connections must be at least 1"
+        );
+        for (name, d) in [
+            ("header_timeout", &self.http.header_timeout),
+            ("body_timeout", &self.http.body_timeout),
+            ("idle_timeout", &self.http.idle_timeout),
+        ] {
+            anyhow::ensure!(!d.0.is_zero(), "http.{name} must be longer than 0s");
+        }
         Ok(())
     }
 

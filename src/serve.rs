@@ -173,6 +173,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .await
         })
     };
+    let connections = Arc::new(server::ConnectionStats::default());
     let state = AppState {
         engine: engine.clone(),
         base_url: base_url.into(),
@@ -183,16 +184,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         problems,
         auth,
         hook_limits: HookLimits::default(),
+        connections: connections.clone(),
     };
     let app = server::router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            info!("shutting down: no new requests; letting executing steps finish");
-            let _ = stop.send(true);
-        })
-        .await
-        .context("the HTTP server failed")?;
+    let shutdown = async move {
+        shutdown_signal().await;
+        info!("shutting down: no new requests; letting executing steps finish");
+        let _ = stop.send(true);
+    };
+    server::serve(listener, app, config.http.limits(), connections, shutdown).await;
     workers.await.context("the workers panicked")??;
     engine.store().flush().await?;
     info!("stopped");

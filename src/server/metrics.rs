@@ -1,7 +1,7 @@
 //! `GET /metrics`: counters in Prometheus' text format: catch-hook events received (by flow and
 //! outcome) and rejected (by flow and reason), runs finished by flow and status, step durations
 //! (a histogram by flow and kind), retries scheduled, commits refused for a lost lease, steps that
-//! panicked, outbound requests refused, this node's id, queue depth, store size and quarantined
+//! panicked, outbound requests refused, client connections (open, refused, timed out), this node's id, queue depth, store size and quarantined
 //! events (counted at most once a second).
 
 use std::fmt::Write as _;
@@ -191,6 +191,36 @@ async fn metrics(
         "Step attempts that panicked (each failed as an attempt and follows the retry policy).",
     );
     let _ = writeln!(out, "hookflow_step_panics_total {}", engine.step_panics);
+    let connections = &state.connections;
+    describe(
+        &mut out,
+        "hookflow_http_connections_open",
+        "gauge",
+        "Client connections open now.",
+    );
+    let _ = writeln!(out, "hookflow_http_connections_open {}", connections.open());
+    describe(
+        &mut out,
+        "hookflow_http_connections_refused_total",
+        "counter",
+        "Client connections closed at once because http.max_connections were open.",
+    );
+    let _ = writeln!(
+        out,
+        "hookflow_http_connections_refused_total {}",
+        connections.refused()
+    );
+    describe(
+        &mut out,
+        "hookflow_http_timeouts_total",
+        "counter",
+        "Client connections closed for a header, body or idle timeout.",
+    );
+    let _ = writeln!(
+        out,
+        "hookflow_http_timeouts_total {}",
+        connections.timed_out()
+    );
     describe(
         &mut out,
         "hookflow_outbound_refused_total",

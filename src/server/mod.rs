@@ -7,6 +7,7 @@
 mod api;
 mod auth;
 mod capture;
+mod connections;
 mod hook_log;
 mod hooks;
 mod inspector;
@@ -30,6 +31,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::Auth;
 pub use capture::Captures;
+pub use connections::{serve, ConnectionStats, Limits};
 pub use hook_log::HookLog;
 pub use inspector::Inspector;
 pub use rate_limit::HookLimits;
@@ -55,6 +57,8 @@ pub struct AppState {
     pub auth: Auth,
     /// Catch hooks' rate limits.
     pub hook_limits: HookLimits,
+    /// What happened to connections, for `/metrics`.
+    pub connections: Arc<ConnectionStats>,
 }
 
 /// The whole application.

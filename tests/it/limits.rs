@@ -6,6 +6,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::support::{eventually, run_cli, Server};
 
@@ -94,4 +96,109 @@ async fn deep_expressions_are_refused_at_load_and_reload_and_the_bound_runs() {
     assert_eq!(status, 200, "{ack}");
     let run = server.finished_run(ack["run_id"].as_str().unwrap()).await;
     assert_eq!(run["steps"][0]["output"]["loud"], "STILL");
+}
+
+/// A server with these `http:` settings (a configuration file names only them).
+fn server_with_http(settings: &str) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookflow.yaml");
+    std::fs::write(&config, format!("http: {{ {settings} }}\n")).unwrap();
+    let server = Server::start_with(&[], &["--config", config.to_str().unwrap()], &[]);
+    (server, dir)
+}
+
+/// Reads until the server closes the connection; returns what it sent, or `None` if it was still
+/// open at the deadline.
+async fn read_until_closed(socket: &mut TcpStream, deadline: Instant) -> Option<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, socket.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+async fn connect(server: &Server) -> TcpStream {
+    TcpStream::connect(server.base.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn slow_and_idle_connections_are_closed_on_time_while_others_are_answered() {
+    let (server, _config) =
+        server_with_http("header_timeout: 1s, body_timeout: 1s, idle_timeout: 1s");
+    let started = Instant::now();
+    let mut slow_heads = Vec::new();
+    let mut slow_bodies = Vec::new();
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        let mut socket = connect(&server).await;
+        socket
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow_heads.push(socket);
+        let mut socket = connect(&server).await;
+        let head =
+            "POST /inspect/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789";
+        socket.write_all(head.as_bytes()).await.unwrap();
+        slow_bodies.push(socket);
+        idle.push(connect(&server).await);
+    }
+    // Others are answered meanwhile.
+    let (status, health) = server.get("/healthz").await;
+    assert_eq!((status, &health["status"]), (200, &json!("ok")));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered while 60 connections dawdle"
+    );
+
+    // Every dawdling connection is closed soon after its timeout (a second).
+    let deadline = started + Duration::from_secs(10);
+    for socket in slow_heads.iter_mut().chain(&mut idle) {
+        let answer = read_until_closed(socket, deadline).await;
+        assert_eq!(answer.as_deref(), Some(""), "closed without an answer");
+    }
+    for socket in &mut slow_bodies {
+        let answer = read_until_closed(socket, deadline).await.expect("closed");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("\"code\":\"timeout\""), "{answer}");
+    }
+    let metrics = server.metrics().await;
+    let timeouts: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hookflow_http_timeouts_total "))
+        .and_then(|n| n.parse().ok())
+        .expect("the timeout counter");
+    assert!(timeouts >= 60, "{timeouts}");
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_are_closed_at_once_and_a_freed_slot_serves_again() {
+    let (server, _config) = server_with_http("max_connections: 3, idle_timeout: 60s");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&server).await);
+    }
+    let mut extra = connect(&server).await;
+    let answer = read_until_closed(&mut extra, Instant::now() + Duration::from_secs(10)).await;
+    assert_eq!(
+        answer.as_deref(),
+        Some(""),
+        "the fourth connection is closed at once"
+    );
+
+    drop(held.pop());
+    let client = reqwest::Client::new();
+    let health = format!("{}/healthz", server.base);
+    eventually("a freed slot to serve a request", || async {
+        let r = client.get(&health).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
 }
