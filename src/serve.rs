@@ -59,7 +59,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let secrets = config.secrets()?;
     let env: Env =
         Arc::new(move |name: &str| process_env(name).or_else(|| secrets.get(name).cloned()));
-    let auth = Auth::new(env("HOOKFLOW_ADMIN_PASSWORD"), env("HOOKFLOW_API_TOKEN"));
+    let https = config
+        .public_url
+        .as_deref()
+        .is_some_and(|u| u.to_ascii_lowercase().starts_with("https://"));
+    let auth = Auth::new(
+        env("HOOKFLOW_ADMIN_PASSWORD"),
+        env("HOOKFLOW_API_TOKEN"),
+        https,
+    );
+    if auth.weak_password() && !config.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "HOOKFLOW_ADMIN_PASSWORD is shorter than {} characters: too weak to listen on {} \
+             (use a longer password, or listen on 127.0.0.1)",
+            server::MIN_PASSWORD_CHARS,
+            config.listen
+        );
+    }
     let open_notice = (!auth.enabled()).then(|| {
         if !config.listen.ip().is_loopback() {
             config.listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());

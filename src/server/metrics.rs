@@ -1,7 +1,7 @@
 //! `GET /metrics`: counters in Prometheus' text format: catch-hook events received (by flow and
 //! outcome) and rejected (by flow and reason), runs finished by flow and status, step durations
 //! (a histogram by flow and kind), retries scheduled, commits refused for a lost lease, steps that
-//! panicked, outbound requests refused, client connections (open, refused, timed out), this node's id, queue depth, store size and quarantined
+//! panicked, outbound requests refused, client connections (open, refused, timed out), logins failed and throttled, this node's id, queue depth, store size and quarantined
 //! events (counted at most once a second).
 
 use std::fmt::Write as _;
@@ -191,6 +191,21 @@ async fn metrics(
         "Step attempts that panicked (each failed as an attempt and follows the retry policy).",
     );
     let _ = writeln!(out, "hookflow_step_panics_total {}", engine.step_panics);
+    for (name, help, n) in [
+        (
+            "hookflow_logins_failed_total",
+            "Logins refused for a wrong password.",
+            state.auth.throttle.failed_total(),
+        ),
+        (
+            "hookflow_logins_throttled_total",
+            "Logins refused (429) because their address failed too often.",
+            state.auth.throttle.throttled_total(),
+        ),
+    ] {
+        describe(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {n}");
+    }
     let connections = &state.connections;
     describe(
         &mut out,

@@ -17,6 +17,7 @@ mod preview;
 mod rate_limit;
 mod rejections;
 mod repair;
+mod throttle;
 mod trigger;
 
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use hookflow_engine::runtime::Engine;
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
-pub use auth::Auth;
+pub use auth::{Auth, MIN_PASSWORD_CHARS};
 pub use capture::Captures;
 pub use connections::{serve, ConnectionStats, Limits};
 pub use hook_log::HookLog;
