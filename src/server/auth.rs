@@ -195,7 +195,8 @@ async fn login(
 ) -> Response {
     let auth = &state.auth;
     let Some(password) = &auth.password else {
-        return ApiError::bad_request(
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
             "no_login",
             "no admin password is configured: use the API token, or no credential at all",
         )

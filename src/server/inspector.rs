@@ -1,4 +1,4 @@
-//! The request inspector: `ANY /inspect/{bin}` records what it receives and answers 200, so the
+//! The request inspector: `GET|POST|PUT|PATCH|DELETE /inspect/{bin}` records what it receives and answers 200, so the
 //! shipped flows have a local target to post to (no internet, no credentials) and users can see
 //! exactly what an HTTP action sent (`GET /api/v1/inspector/{bin}`, behind the admin auth like
 //! the rest of the API).
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::routing::{any, get};
+use axum::routing::get;
 use axum::{Json, Router};
 use hookflow_engine::model::Timestamp;
 use hookflow_engine::secrets::REDACTED;
@@ -128,7 +128,14 @@ impl Inspector {
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
-        .route("/inspect/{bin}", any(receive))
+        .route(
+            "/inspect/{bin}",
+            get(receive)
+                .post(receive)
+                .put(receive)
+                .patch(receive)
+                .delete(receive),
+        )
         .route("/api/v1/inspector", get(list_bins))
         .route("/api/v1/inspector/{bin}", get(show_bin))
 }

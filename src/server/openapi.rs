@@ -72,6 +72,19 @@ fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
     g.subschema_for::<T>()
 }
 
+/// A bulk retry's body: a bulk action's, without `revision` (a retry keeps each run's own),
+/// inline and in OpenAPI 3.0's dialect like the generator's own schemas.
+fn retry_schema(g: &mut SchemaGenerator) -> Schema {
+    let mut schema = BulkBody::json_schema(g);
+    if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        properties.remove("revision");
+    }
+    for transform in &mut g.settings().clone().transforms {
+        transform.transform(&mut schema);
+    }
+    schema
+}
+
 const RUN_FILTERS: &[(&str, &str)] = &[
     ("flow", "only runs of this flow"),
     (
@@ -116,7 +129,7 @@ const OPERATIONS: &[Operation] = &[
     op("get", "/api/v1/runs/{run_id}", "runs", "A run with its event and every step's record"),
     op("post", "/api/v1/runs/{run_id}/retry", "runs", "Resume a failed run from its failed step"),
     Operation { body: Some(schema::<ReplayBody>), answer: Answer::Json(201), ..op("post", "/api/v1/runs/{run_id}/replay", "runs", "Start a new run of the run's event") },
-    Operation { body: Some(schema::<BulkBody>), ..op("post", "/api/v1/runs/retry", "runs", "Retry every failed run of a flow in a time window (or count them)") },
+    Operation { body: Some(retry_schema), ..op("post", "/api/v1/runs/retry", "runs", "Retry every failed run of a flow in a time window (or count them)") },
     Operation { body: Some(schema::<BulkBody>), ..op("post", "/api/v1/runs/replay", "runs", "Replay every run of a flow matching a status and window (or count them)") },
     Operation { open: true, body: Some(schema::<Login>), ..op("post", "/api/v1/login", "access", "Log in with the admin password: a session cookie and a CSRF token") },
     op("post", "/api/v1/logout", "access", "End the session"),
@@ -125,11 +138,33 @@ const OPERATIONS: &[Operation] = &[
     op("post", "/api/v1/quarantine/{id}/reingest", "operations", "Ingest a quarantined record again once its bytes decode; the entry is then removed (404: no such entry, 422: still undecodable)"),
     op("get", "/api/v1/inspector", "inspector", "The request inspector's bins"),
     op("get", "/api/v1/inspector/{bin}", "inspector", "What one bin received"),
-    Operation { open: true, answer: Answer::Any, ..op("post", "/inspect/{bin}", "inspector", "Record a request (any method) and answer 200") },
+    Operation { open: true, answer: Answer::Any, ..op("get", "/inspect/{bin}", "inspector", "Record a GET and answer 200") },
+    Operation { open: true, answer: Answer::Any, ..op("post", "/inspect/{bin}", "inspector", "Record a POST and answer 200") },
+    Operation { open: true, answer: Answer::Any, ..op("put", "/inspect/{bin}", "inspector", "Record a PUT and answer 200") },
+    Operation { open: true, answer: Answer::Any, ..op("patch", "/inspect/{bin}", "inspector", "Record a PATCH and answer 200") },
+    Operation { open: true, answer: Answer::Any, ..op("delete", "/inspect/{bin}", "inspector", "Record a DELETE and answer 200") },
     Operation { answer: Answer::Text, ..op("get", "/metrics", "operations", "Prometheus metrics") },
     Operation { open: true, ..op("get", "/healthz", "operations", "Liveness") },
     Operation { open: true, ..op("get", "/api/openapi.json", "operations", "This document") },
 ];
+
+/// What a run's status may be, as the API takes it.
+pub(super) const RUN_STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "filtered"];
+
+/// [`RUN_STATUSES`] or nothing (`null`), for optional body fields.
+pub(super) const OPTIONAL_RUN_STATUSES: [Option<&str>; 6] = [
+    None,
+    Some("queued"),
+    Some("running"),
+    Some("succeeded"),
+    Some("failed"),
+    Some("filtered"),
+];
+
+/// The times the API takes (`since`, `until`), as documented: a whole number of seconds, minutes,
+/// hours or days ago (`2h`), or an RFC 3339 UTC time. The server takes more (any `humantime`
+/// duration, any RFC 3339 offset); the document states a form every part of which it accepts.
+pub(super) const TIME_PATTERN: &str = "^([1-9][0-9]{0,4}(s|m|h|d)|20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z)$";
 
 /// A path parameter's schema, by name: the forms its handler accepts.
 fn path_schema(name: &str) -> Value {
@@ -148,9 +183,8 @@ fn path_schema(name: &str) -> Value {
 fn query_schema(name: &str) -> Value {
     match name {
         "limit" => json!({ "type": "integer", "minimum": 1, "maximum": 1000 }),
-        "status" => {
-            json!({ "type": "string", "enum": ["queued", "running", "succeeded", "failed", "filtered"] })
-        }
+        "status" => json!({ "type": "string", "enum": RUN_STATUSES }),
+        "since" | "until" => json!({ "type": "string", "pattern": TIME_PATTERN }),
         "flow" => json!({ "type": "string", "pattern": FlowId::PATTERN }),
         "cursor" => json!({ "type": "string", "pattern": RunId::PATTERN }),
         _ => json!({ "type": "string" }),
