@@ -153,8 +153,9 @@ pub async fn serve(
             drop(permit);
         });
     }
-    drop(listener);
+    drop((listener, stopped));
     let _ = stop.send(true);
+    // Every connection's task holds a receiver: closed once the last one has ended.
     stop.closed().await;
 }
 
