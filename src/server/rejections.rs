@@ -2,7 +2,7 @@
 //! middleware, outermost, rewrites what else ends in a 4xx or 5xx — the framework's own
 //! rejections (400 for a body or query string that does not parse, 405, 413, 415, 422) — into
 //! the same shape, keeping the status and headers such as `Allow`. `TRACE` is refused on every
-//! path (405), before any route sees it.
+//! path (405), before any route sees it. A 413 closes the connection (the body is left unread).
 
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -29,8 +29,14 @@ pub(super) async fn as_json(request: Request, next: Next) -> Response {
         );
         return answer;
     }
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     let status = response.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body is not read: the connection cannot carry another request.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)

@@ -183,14 +183,15 @@ async fn deeply_nested_json_is_refused_and_the_server_keeps_serving() {
 #[tokio::test]
 async fn every_error_is_json_including_the_frameworks_rejections_and_trace_is_refused() {
     let server = Server::start(&[("echo.yaml", FLOW)]);
-    let client = reqwest::Client::new();
+    // A client per request: an answer that leaves a body unread closes its connection.
+    let client = reqwest::Client::new;
     let url = |path: &str| format!("{}{path}", server.base);
     let preview = url("/api/v1/flows/echo/preview");
     let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
-        ("a body-less POST", client.post(&preview), 415),
+        ("a body-less POST", client().post(&preview), 415),
         (
             "bad JSON to the API",
-            client
+            client()
                 .post(&preview)
                 .header("content-type", "application/json")
                 .body("{\"event\": "),
@@ -198,14 +199,14 @@ async fn every_error_is_json_including_the_frameworks_rejections_and_trace_is_re
         ),
         (
             "JSON of the wrong shape",
-            client
+            client()
                 .post(&preview)
                 .json(&json!({ "event": 1, "nope": 2 })),
             422,
         ),
         (
             "a body past the API's limit",
-            client
+            client()
                 .post(&preview)
                 .header("content-type", "application/json")
                 .body(vec![b' '; 3 << 20]),
@@ -213,26 +214,26 @@ async fn every_error_is_json_including_the_frameworks_rejections_and_trace_is_re
         ),
         (
             "an empty ?limit=",
-            client.get(url("/api/v1/runs?limit=")),
+            client().get(url("/api/v1/runs?limit=")),
             400,
         ),
         (
             "a method the route lacks",
-            client.delete(url("/api/v1/runs")),
+            client().delete(url("/api/v1/runs")),
             405,
         ),
         (
             "TRACE on the inspector",
-            client.request(reqwest::Method::TRACE, url("/inspect/x")),
+            client().request(reqwest::Method::TRACE, url("/inspect/x")),
             405,
         ),
         (
             "TRACE on the API",
-            client.request(reqwest::Method::TRACE, url("/api/v1/flows")),
+            client().request(reqwest::Method::TRACE, url("/api/v1/flows")),
             405,
         ),
-        ("an unknown path", client.get(url("/nope")), 404),
-        ("a bad bin name", client.post(url("/inspect/a%20b")), 400),
+        ("an unknown path", client().get(url("/nope")), 404),
+        ("a bad bin name", client().post(url("/inspect/a%20b")), 400),
     ];
     for (what, request, expected) in cases {
         let answer = request.send().await.unwrap();
