@@ -59,6 +59,9 @@ pub struct Config {
     /// Outbound HTTP settings.
     #[serde(default)]
     pub outbound: OutboundConfig,
+    /// Limits on the connections clients open.
+    #[serde(default)]
+    pub http: HttpSection,
     /// A YAML file of `NAME: value` secrets (connector tokens, signing secrets), read where the
     /// environment has no such variable: `${env:NAME}` in flows and connector credentials.
     #[serde(default)]
@@ -136,6 +139,44 @@ impl RetentionSection {
     }
 }
 
+/// Limits on the connections clients open (see `server::connections`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// How long a request's head may take from its first byte.
+    pub header_timeout: HumanDuration,
+    /// How long a request's body may take from its head.
+    pub body_timeout: HumanDuration,
+    /// How long a connection may stay open with no request in flight.
+    pub idle_timeout: HumanDuration,
+    /// The most connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        let secs = |s| HumanDuration(std::time::Duration::from_secs(s));
+        Self {
+            header_timeout: secs(10),
+            body_timeout: secs(30),
+            idle_timeout: secs(60),
+            max_connections: 1000,
+        }
+    }
+}
+
+impl HttpSection {
+    /// The server's connection limits.
+    pub fn limits(&self) -> crate::server::Limits {
+        crate::server::Limits {
+            header_timeout: self.header_timeout.0,
+            body_timeout: self.body_timeout.0,
+            idle_timeout: self.idle_timeout.0,
+            max_connections: self.max_connections,
+        }
+    }
+}
+
 /// Outbound HTTP settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +184,10 @@ pub struct OutboundConfig {
     /// Private, loopback or link-local networks (CIDR) that HTTP actions may reach anyway.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// The proxy every HTTP action goes through (`http://host:port`); without it no proxy is used,
+    /// whatever `HTTP_PROXY`/`HTTPS_PROXY` say.
+    #[serde(default)]
+    pub proxy: Option<String>,
 }
 
 /// Log output format.
@@ -186,6 +231,17 @@ impl Config {
             "retention.every must be longer than 0s"
         );
         anyhow::ensure!(self.cache_mb >= 1, "cache_mb must be at least 1");
+        anyhow::ensure!(
+            self.http.max_connections >= 1,
+            "http.max_connections must be at least 1"
+        );
+        for (name, d) in [
+            ("header_timeout", &self.http.header_timeout),
+            ("body_timeout", &self.http.body_timeout),
+            ("idle_timeout", &self.http.idle_timeout),
+        ] {
+            anyhow::ensure!(!d.0.is_zero(), "http.{name} must be longer than 0s");
+        }
         Ok(())
     }
 
@@ -263,6 +319,7 @@ impl Config {
         Ok(hookflow_engine::outbound::OutboundPolicy {
             allow,
             own_address: Some(own_address),
+            proxy: self.outbound.proxy.clone(),
         })
     }
 }

@@ -222,6 +222,7 @@ async fn run_served(
     let http = HttpClient::new(OutboundPolicy {
         allow,
         own_address: Some(inspector),
+        proxy: None,
     })?;
     let store = SledStore::temporary().context("cannot create a temporary store")?;
     let config = EngineConfig {

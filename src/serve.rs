@@ -60,7 +60,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let secrets = config.secrets()?;
     let env: Env =
         Arc::new(move |name: &str| process_env(name).or_else(|| secrets.get(name).cloned()));
-    let auth = Auth::new(env("HOOKFLOW_ADMIN_PASSWORD"), env("HOOKFLOW_API_TOKEN"));
+    let https = config
+        .public_url
+        .as_deref()
+        .is_some_and(|u| u.to_ascii_lowercase().starts_with("https://"));
+    let auth = Auth::new(
+        env("HOOKFLOW_ADMIN_PASSWORD"),
+        env("HOOKFLOW_API_TOKEN"),
+        https,
+    );
+    if auth.weak_password() && !config.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "HOOKFLOW_ADMIN_PASSWORD is shorter than {} characters: too weak to listen on {} \
+             (use a longer password, or listen on 127.0.0.1)",
+            server::MIN_PASSWORD_CHARS,
+            config.listen
+        );
+    }
     let open_notice = (!auth.enabled()).then(|| {
         if !config.listen.ip().is_loopback() {
             config.listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -180,6 +196,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .await
         })
     };
+    let connections = Arc::new(server::ConnectionStats::default());
     let state = AppState {
         engine: engine.clone(),
         base_url: base_url.into(),
@@ -190,16 +207,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         problems,
         auth,
         hook_limits: HookLimits::default(),
+        connections: connections.clone(),
     };
     let app = server::router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            info!("shutting down: no new requests; letting executing steps finish");
-            let _ = stop.send(true);
-        })
-        .await
-        .context("the HTTP server failed")?;
+    let shutdown = async move {
+        shutdown_signal().await;
+        info!("shutting down: no new requests; letting executing steps finish");
+        let _ = stop.send(true);
+    };
+    server::serve(listener, app, config.http.limits(), connections, shutdown).await;
     workers.await.context("the workers panicked")??;
     engine.store().flush().await?;
     info!("stopped");

@@ -28,6 +28,10 @@ macro_rules! ulid_id {
             /// The prefix shown before the ULID.
             pub const PREFIX: &'static str = $prefix;
 
+            /// The id as text, as a regular expression (for API documents).
+            pub const PATTERN: &'static str =
+                concat!("^", $prefix, "_[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$");
+
             /// A new id for the current time.
             pub fn new() -> Self {
                 Self(Ulid::new())
@@ -115,6 +119,10 @@ macro_rules! name_id {
         pub struct $name(String);
 
         impl $name {
+            /// The id as text, as a regular expression (for API documents): see
+            /// `validate_name`.
+            pub const PATTERN: &'static str = "^[A-Za-z][A-Za-z0-9_-]{0,63}$";
+
             /// The id as written.
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -186,12 +194,17 @@ mod tests {
         assert_eq!(text.parse::<RunId>().unwrap(), id);
         assert!(text.replace("run_", "evt_").parse::<RunId>().is_err());
         assert_eq!(RunId::from_bytes(id.to_bytes()), id);
+        let pattern = regex::Regex::new(RunId::PATTERN).unwrap();
+        assert!(pattern.is_match(&text) && !pattern.is_match(&text.replace("run_", "evt_")));
     }
 
     #[test]
     fn names_are_validated() {
         assert!("plan-change_2".parse::<FlowId>().is_ok());
+        let pattern = regex::Regex::new(FlowId::PATTERN).unwrap();
+        assert!(pattern.is_match("plan-change_2") && pattern.is_match(&"x".repeat(64)));
         for bad in ["", "2fast", "has space", "dot.ted", &"x".repeat(65)] {
+            assert!(!pattern.is_match(bad), "{bad}");
             assert!(bad.parse::<StepId>().is_err(), "{bad:?} accepted");
         }
     }

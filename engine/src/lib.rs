@@ -13,6 +13,7 @@
 //!   coordination; run notices; the quarantine), the injected clock, and the sled backend.
 //! - [`authoring`]: offline runs with stubbed calls, and flags for expressions that resolved to
 //!   nothing (previews, `validate --samples`, flow tests).
+//! - [`secrets`]: a flow's secrets, the values derived from them, and their redaction.
 //! - [`schedule`]: cron schedules in a timezone (the ticks `schedule:` flows fire at).
 //! - [`runtime`]: ingest, the queue dispatcher and workers, retry policies, the pure decision
 //!   function `advance`.
@@ -37,6 +38,7 @@ pub mod outbound;
 pub mod pacing;
 pub mod runtime;
 pub mod schedule;
+pub mod secrets;
 pub mod steps;
 pub mod store;
 pub mod verify;

@@ -210,9 +210,13 @@ pub(super) fn parse_time(text: &str, now: Timestamp) -> Result<Timestamp, String
     if let Some(t) = Timestamp::parse_rfc3339(text) {
         return Ok(t);
     }
-    humantime::parse_duration(text)
+    // A bare number (`0`) is not a duration: it names no unit.
+    let unit = text.contains(|c: char| c.is_ascii_alphabetic());
+    unit.then(|| humantime::parse_duration(text).ok())
+        .flatten()
+        .ok_or(())
         .map(|ago| Timestamp(now.millis().saturating_sub(ago.as_millis() as i64)))
-        .map_err(|_| {
+        .map_err(|()| {
             format!("`{text}` is neither an RFC 3339 time nor a duration ago such as `2h` or `7d`")
         })
 }
@@ -258,7 +262,11 @@ async fn list_runs(
             .map(|c| c.parse::<RunId>())
             .transpose()
             .map_err(|e| bad("cursor", e.to_string()))?,
-        limit: params.limit.unwrap_or(50).clamp(1, 1000),
+        limit: match params.limit {
+            None => 50,
+            Some(n @ 1..=1000) => n,
+            Some(n) => return Err(bad("limit", format!("{n} is not 1 to 1000"))),
+        },
     };
     let store = state.engine.store();
     let Some(text) = params.q.filter(|q| !q.trim().is_empty()) else {
@@ -324,7 +332,14 @@ struct EventsParams {
 async fn run_events(
     State(state): State<AppState>,
     Query(params): Query<EventsParams>,
-) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+) -> Result<
+    Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>>,
+    ApiError,
+> {
+    if let Some(flow) = &params.flow {
+        flow.parse::<FlowId>()
+            .map_err(|e| ApiError::bad_request("invalid_parameter", format!("`flow`: {e}")))?;
+    }
     let notices = state.engine.subscribe();
     let stream = futures_util::stream::unfold(notices, move |mut notices| {
         let state = state.clone();
@@ -349,7 +364,7 @@ async fn run_events(
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 async fn show_run(

@@ -1,8 +1,13 @@
 //! Access to the UI and the API. With an admin password configured, people log in
-//! (`POST /api/v1/login`) and get a session cookie (HttpOnly, SameSite=Strict) plus a CSRF token
-//! that every request other than GET must echo in `X-CSRF-Token`; with an API token configured,
-//! clients send `Authorization: Bearer TOKEN` (no CSRF needed). Without either, nothing is asked —
-//! and the server listens on 127.0.0.1 only (see `serve`).
+//! (`POST /api/v1/login`) and get a session cookie (HttpOnly, SameSite=Strict, and Secure when the
+//! server's public URL is https) plus a CSRF token that every request other than GET must echo in
+//! `X-CSRF-Token`; with an API token configured, clients send `Authorization: Bearer TOKEN` (the
+//! scheme in any case; no CSRF needed). Without either, nothing is asked — and the server listens
+//! on 127.0.0.1 only (see `serve`), as it does with a password shorter than
+//! [`MIN_PASSWORD_CHARS`] (refused for any other address).
+//!
+//! Credentials are compared in constant time (`hooks::constant_time_eq`); failed logins are
+//! throttled per client address (`throttle`).
 //!
 //! Always open: the catch hooks (their token, signatures and rate limits guard them), the request
 //! inspector's receiving end, `/healthz`, the UI's page and assets (the app asks to log in), and
@@ -12,7 +17,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -22,7 +29,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::hooks::constant_time_eq;
+use super::throttle::LoginThrottle;
 use super::{ApiError, AppState};
+
+/// The shortest admin password allowed when the server listens beyond loopback.
+pub const MIN_PASSWORD_CHARS: usize = 12;
 
 /// The session cookie's name.
 const COOKIE: &str = "hookflow_session";
@@ -45,27 +56,60 @@ struct Session {
     expires: Instant,
 }
 
-/// The configured credentials and the live sessions.
+/// The configured credentials, the live sessions and the login throttle.
 #[derive(Clone, Default)]
 pub struct Auth {
     password: Option<String>,
     token: Option<String>,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
+    /// Whether the session cookie is `Secure` (the public URL is https).
+    secure_cookie: bool,
+    /// Failed logins per client address.
+    pub(super) throttle: LoginThrottle,
 }
 
 impl Auth {
-    /// Access with an admin password and/or an API token (empty values count as unset).
-    pub fn new(password: Option<String>, token: Option<String>) -> Self {
+    /// Access with an admin password and/or an API token (empty values count as unset); the
+    /// session cookie is `Secure` when `secure_cookie`.
+    pub fn new(password: Option<String>, token: Option<String>, secure_cookie: bool) -> Self {
         Self {
             password: password.filter(|p| !p.is_empty()),
             token: token.filter(|t| !t.is_empty()),
             sessions: Arc::default(),
+            secure_cookie,
+            throttle: LoginThrottle::default(),
+        }
+    }
+
+    /// Whether the admin password is shorter than [`MIN_PASSWORD_CHARS`].
+    pub fn weak_password(&self) -> bool {
+        self.password
+            .as_ref()
+            .is_some_and(|p| p.chars().count() < MIN_PASSWORD_CHARS)
+    }
+
+    /// The cookie attributes shared by setting and clearing the session cookie.
+    fn cookie_attributes(&self) -> &'static str {
+        if self.secure_cookie {
+            "HttpOnly; SameSite=Strict; Secure; Path=/"
+        } else {
+            "HttpOnly; SameSite=Strict; Path=/"
         }
     }
 
     /// Whether any credential is configured (else the server stays on 127.0.0.1).
     pub fn enabled(&self) -> bool {
         self.password.is_some() || self.token.is_some()
+    }
+
+    /// Whether people log in with an admin password (and hold a session cookie).
+    pub(super) fn has_password(&self) -> bool {
+        self.password.is_some()
+    }
+
+    /// Whether clients may send an API token.
+    pub(super) fn has_token(&self) -> bool {
+        self.token.is_some()
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
@@ -88,8 +132,9 @@ impl Auth {
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .is_some_and(|(_, given)| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
     }
 }
 
@@ -143,17 +188,38 @@ pub(super) struct Login {
     password: String,
 }
 
-async fn login(State(state): State<AppState>, Json(login): Json<Login>) -> Response {
+async fn login(
+    State(state): State<AppState>,
+    client: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    Json(login): Json<Login>,
+) -> Response {
     let auth = &state.auth;
     let Some(password) = &auth.password else {
-        return ApiError::bad_request(
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
             "no_login",
             "no admin password is configured: use the API token, or no credential at all",
         )
         .into_response();
     };
+    let ip = client.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0 .0.ip());
+    if let Some(wait) = auth.throttle.locked(ip) {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        tracing::warn!(%ip, seconds, "refused a login: too many failures from this address");
+        let mut answer = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            format!("too many failed logins from this address: try again in {seconds} s"),
+        )
+        .into_response();
+        answer
+            .headers_mut()
+            .insert(header::RETRY_AFTER, seconds.into());
+        return answer;
+    }
     if !constant_time_eq(login.password.as_bytes(), password.as_bytes()) {
-        tracing::warn!("refused a login: wrong password");
+        auth.throttle.failed(ip);
+        tracing::warn!(%ip, "refused a login: wrong password");
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",
@@ -161,6 +227,7 @@ async fn login(State(state): State<AppState>, Json(login): Json<Login>) -> Respo
         )
         .into_response();
     }
+    auth.throttle.succeeded(ip);
     let (id, csrf) = (random_token(), random_token());
     auth.sessions().insert(
         id.clone(),
@@ -170,7 +237,8 @@ async fn login(State(state): State<AppState>, Json(login): Json<Login>) -> Respo
         },
     );
     let cookie = format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        "{COOKIE}={id}; {}; Max-Age={}",
+        auth.cookie_attributes(),
         SESSION_TTL.as_secs()
     );
     (
@@ -184,7 +252,7 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(id) = cookie(&headers, COOKIE) {
         state.auth.sessions().remove(&id);
     }
-    let expired = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    let expired = format!("{COOKIE}=; {}; Max-Age=0", state.auth.cookie_attributes());
     (
         [(header::SET_COOKIE, expired)],
         Json(json!({ "authenticated": false })),

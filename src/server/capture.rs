@@ -14,7 +14,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use hookflow_engine::flow::Flow;
 use hookflow_engine::ids::FlowId;
-use hookflow_engine::runtime::context::{redact, REDACTED};
+use hookflow_engine::secrets::REDACTED;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -24,7 +24,7 @@ use super::{ApiError, AppState};
 const MAX_COUNT: usize = 100;
 
 /// Request headers that carry a signature: kept in samples as `[redacted]`.
-const SIGNATURE_HEADERS: [&str; 8] = [
+pub(super) const SIGNATURE_HEADERS: [&str; 8] = [
     "stripe-signature",
     "x-hub-signature",
     "x-hub-signature-256",
@@ -77,7 +77,7 @@ impl Captures {
                 }
             }
         }
-        redact(&mut sample, &flow.secrets);
+        flow.secrets.redact(&mut sample);
         let dir = crate::samples::dir(Path::new(&flow.file), flow.id.as_str());
         let path = dir.join(format!("{name}.json"));
         let text = serde_json::to_string_pretty(&sample).unwrap_or_default() + "\n";
@@ -129,6 +129,7 @@ pub(super) fn router() -> Router<AppState> {
 pub(super) struct ArmRequest {
     /// How many events to keep.
     #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100))]
     count: usize,
 }
 

@@ -26,7 +26,12 @@ use super::hook_log::HookOutcome;
 use super::{ApiError, AppState};
 
 /// Request headers not kept in the stored event (credentials the sender may attach).
-const DROPPED_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+const DROPPED_HEADERS: [&str; 4] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "x-api-key",
+];
 
 pub(super) fn router() -> Router<AppState> {
     Router::new().route(
@@ -420,10 +425,12 @@ fn header_map(headers: &HeaderMap) -> Value {
     Value::Object(map)
 }
 
-/// Compares without an early exit, so timing does not reveal how much of a token matched.
-/// Compares secrets without leaking, through timing, where they first differ.
+/// Compares secrets in constant time, leaking through timing neither where they differ nor their
+/// lengths: both are hashed (SHA-256) to 32 bytes, and the digests compared with `subtle`.
 pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    Sha256::digest(a).ct_eq(&Sha256::digest(b)).into()
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! `GET /metrics`: counters in Prometheus' text format: catch-hook events received (by flow and
 //! outcome) and rejected (by flow and reason), runs finished by flow and status, step durations
 //! (a histogram by flow and kind), retries scheduled, commits refused for a lost lease, steps that
-//! panicked, this node's id, queue depth, store size and quarantined events (counted at most once
-//! a second).
+//! panicked, outbound requests refused, client connections (open, refused, timed out), logins failed and throttled, this node's id, queue depth, store size and quarantined
+//! events (counted at most once a second).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -203,5 +203,61 @@ async fn metrics(
         "Step attempts that panicked (each failed as an attempt and follows the retry policy).",
     );
     let _ = writeln!(out, "hookflow_step_panics_total {}", engine.step_panics);
+    for (name, help, n) in [
+        (
+            "hookflow_logins_failed_total",
+            "Logins refused for a wrong password.",
+            state.auth.throttle.failed_total(),
+        ),
+        (
+            "hookflow_logins_throttled_total",
+            "Logins refused (429) because their address failed too often.",
+            state.auth.throttle.throttled_total(),
+        ),
+    ] {
+        describe(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {n}");
+    }
+    let connections = &state.connections;
+    describe(
+        &mut out,
+        "hookflow_http_connections_open",
+        "gauge",
+        "Client connections open now.",
+    );
+    let _ = writeln!(out, "hookflow_http_connections_open {}", connections.open());
+    describe(
+        &mut out,
+        "hookflow_http_connections_refused_total",
+        "counter",
+        "Client connections closed at once because http.max_connections were open.",
+    );
+    let _ = writeln!(
+        out,
+        "hookflow_http_connections_refused_total {}",
+        connections.refused()
+    );
+    describe(
+        &mut out,
+        "hookflow_http_timeouts_total",
+        "counter",
+        "Client connections closed for a header, body or idle timeout.",
+    );
+    let _ = writeln!(
+        out,
+        "hookflow_http_timeouts_total {}",
+        connections.timed_out()
+    );
+    describe(
+        &mut out,
+        "hookflow_outbound_refused_total",
+        "counter",
+        "Outbound requests, redirects and resolved addresses refused as not public.",
+    );
+    let _ = writeln!(
+        out,
+        "hookflow_outbound_refused_total {}",
+        state.engine.http().refused()
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

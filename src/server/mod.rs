@@ -1,11 +1,13 @@
 //! The HTTP server: catch hooks, the REST API, the request inspector, health, and the web UI.
 //!
 //! Routers are functions of [`AppState`]; errors answer `{code, detail}` JSON with a 4xx or 5xx
-//! status, and internals are logged, not leaked.
+//! status (the framework's own rejections too: `rejections`), and internals are logged, not
+//! leaked.
 
 mod api;
 mod auth;
 mod capture;
+mod connections;
 mod hook_log;
 mod hooks;
 mod inspector;
@@ -13,7 +15,9 @@ mod metrics;
 mod openapi;
 mod preview;
 mod rate_limit;
+mod rejections;
 mod repair;
+mod throttle;
 mod trigger;
 
 use std::sync::Arc;
@@ -26,8 +30,9 @@ use hookflow_engine::runtime::Engine;
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
-pub use auth::Auth;
+pub use auth::{Auth, MIN_PASSWORD_CHARS};
 pub use capture::Captures;
+pub use connections::{serve, ConnectionStats, Limits};
 pub use hook_log::HookLog;
 pub use inspector::Inspector;
 pub use rate_limit::HookLimits;
@@ -53,6 +58,8 @@ pub struct AppState {
     pub auth: Auth,
     /// Catch hooks' rate limits.
     pub hook_limits: HookLimits,
+    /// What happened to connections, for `/metrics`.
+    pub connections: Arc<ConnectionStats>,
 }
 
 /// The whole application.
@@ -81,6 +88,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require,
         ))
+        .layer(axum::middleware::from_fn(rejections::as_json))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -1,7 +1,9 @@
 //! The HTTP API's OpenAPI 3 document, served at `/api/openapi.json`. It is built from
 //! [`OPERATIONS`] — one entry per route the server registers, next to its handler's module; a test
 //! checks that every `.route(…)` of the server is listed — with request body and query schemas
-//! derived by schemars from the very types the handlers deserialize.
+//! derived by schemars from the very types the handlers deserialize, path parameters with the
+//! patterns the handlers accept, and the security this server actually asks for (none when no
+//! credential is configured).
 
 use axum::extract::State;
 use axum::routing::get;
@@ -15,7 +17,8 @@ use super::capture::ArmRequest;
 use super::preview::PreviewRequest;
 use super::repair::{BulkBody, ReplayBody};
 use super::trigger::StartRequest;
-use super::AppState;
+use super::{AppState, Auth};
+use hookflow_engine::ids::{FlowId, RunId};
 
 /// A body's schema, from the type the handler reads.
 type BodySchema = fn(&mut SchemaGenerator) -> Schema;
@@ -69,6 +72,19 @@ fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
     g.subschema_for::<T>()
 }
 
+/// A bulk retry's body: a bulk action's, without `revision` (a retry keeps each run's own),
+/// inline and in OpenAPI 3.0's dialect like the generator's own schemas.
+fn retry_schema(g: &mut SchemaGenerator) -> Schema {
+    let mut schema = BulkBody::json_schema(g);
+    if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        properties.remove("revision");
+    }
+    for transform in &mut g.settings().clone().transforms {
+        transform.transform(&mut schema);
+    }
+    schema
+}
+
 const RUN_FILTERS: &[(&str, &str)] = &[
     ("flow", "only runs of this flow"),
     (
@@ -113,7 +129,7 @@ const OPERATIONS: &[Operation] = &[
     op("get", "/api/v1/runs/{run_id}", "runs", "A run with its event and every step's record"),
     op("post", "/api/v1/runs/{run_id}/retry", "runs", "Resume a failed run from its failed step"),
     Operation { body: Some(schema::<ReplayBody>), answer: Answer::Json(201), ..op("post", "/api/v1/runs/{run_id}/replay", "runs", "Start a new run of the run's event") },
-    Operation { body: Some(schema::<BulkBody>), ..op("post", "/api/v1/runs/retry", "runs", "Retry every failed run of a flow in a time window (or count them)") },
+    Operation { body: Some(retry_schema), ..op("post", "/api/v1/runs/retry", "runs", "Retry every failed run of a flow in a time window (or count them)") },
     Operation { body: Some(schema::<BulkBody>), ..op("post", "/api/v1/runs/replay", "runs", "Replay every run of a flow matching a status and window (or count them)") },
     Operation { open: true, body: Some(schema::<Login>), ..op("post", "/api/v1/login", "access", "Log in with the admin password: a session cookie and a CSRF token") },
     op("post", "/api/v1/logout", "access", "End the session"),
@@ -122,14 +138,61 @@ const OPERATIONS: &[Operation] = &[
     op("post", "/api/v1/quarantine/{id}/reingest", "operations", "Ingest a quarantined record again once its bytes decode; the entry is then removed (404: no such entry, 422: still undecodable)"),
     op("get", "/api/v1/inspector", "inspector", "The request inspector's bins"),
     op("get", "/api/v1/inspector/{bin}", "inspector", "What one bin received"),
-    Operation { open: true, answer: Answer::Any, ..op("post", "/inspect/{bin}", "inspector", "Record a request (any method) and answer 200") },
+    Operation { open: true, answer: Answer::Any, ..op("get", "/inspect/{bin}", "inspector", "Record a GET and answer 200") },
+    Operation { open: true, answer: Answer::Any, ..op("post", "/inspect/{bin}", "inspector", "Record a POST and answer 200") },
+    Operation { open: true, answer: Answer::Any, ..op("put", "/inspect/{bin}", "inspector", "Record a PUT and answer 200") },
+    Operation { open: true, answer: Answer::Any, ..op("patch", "/inspect/{bin}", "inspector", "Record a PATCH and answer 200") },
+    Operation { open: true, answer: Answer::Any, ..op("delete", "/inspect/{bin}", "inspector", "Record a DELETE and answer 200") },
     Operation { answer: Answer::Text, ..op("get", "/metrics", "operations", "Prometheus metrics") },
     Operation { open: true, ..op("get", "/healthz", "operations", "Liveness") },
     Operation { open: true, ..op("get", "/api/openapi.json", "operations", "This document") },
 ];
 
-/// The OpenAPI document.
-pub fn document() -> Value {
+/// What a run's status may be, as the API takes it.
+pub(super) const RUN_STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "filtered"];
+
+/// [`RUN_STATUSES`] or nothing (`null`), for optional body fields.
+pub(super) const OPTIONAL_RUN_STATUSES: [Option<&str>; 6] = [
+    None,
+    Some("queued"),
+    Some("running"),
+    Some("succeeded"),
+    Some("failed"),
+    Some("filtered"),
+];
+
+/// The times the API takes (`since`, `until`), as documented: a whole number of seconds, minutes,
+/// hours or days ago (`2h`), or an RFC 3339 UTC time. The server takes more (any `humantime`
+/// duration, any RFC 3339 offset); the document states a form every part of which it accepts.
+pub(super) const TIME_PATTERN: &str = "^([1-9][0-9]{0,4}(s|m|h|d)|20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z)$";
+
+/// A path parameter's schema, by name: the forms its handler accepts.
+fn path_schema(name: &str) -> Value {
+    let pattern = match name {
+        "flow_id" => FlowId::PATTERN,
+        "run_id" => RunId::PATTERN,
+        "token" => "^[0-9a-f]{40}$",
+        "id" => "^[0-9]{1,20}-[0-9]{1,20}$",
+        "bin" => super::inspector::BIN_PATTERN,
+        other => unreachable!("no schema for the path parameter `{other}`"),
+    };
+    json!({ "type": "string", "pattern": pattern })
+}
+
+/// A query parameter's schema, by name.
+fn query_schema(name: &str) -> Value {
+    match name {
+        "limit" => json!({ "type": "integer", "minimum": 1, "maximum": 1000 }),
+        "status" => json!({ "type": "string", "enum": RUN_STATUSES }),
+        "since" | "until" => json!({ "type": "string", "pattern": TIME_PATTERN }),
+        "flow" => json!({ "type": "string", "pattern": FlowId::PATTERN }),
+        "cursor" => json!({ "type": "string", "pattern": RunId::PATTERN }),
+        _ => json!({ "type": "string" }),
+    }
+}
+
+/// The OpenAPI document for a server with these credentials.
+pub fn document(auth: &Auth) -> Value {
     let mut generator = SchemaSettings::openapi3().into_generator();
     let mut paths = Map::new();
     for op in OPERATIONS {
@@ -137,10 +200,10 @@ pub fn document() -> Value {
             .path
             .split('/')
             .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": path_schema(name) }))
             .collect();
         parameters.extend(op.query.iter().map(|(name, description)| {
-            json!({ "name": name, "in": "query", "required": false, "description": description, "schema": { "type": "string" } })
+            json!({ "name": name, "in": "query", "required": false, "description": description, "schema": query_schema(name) })
         }));
         let (status, content) = match op.answer {
             Answer::Json(status) => (
@@ -174,7 +237,7 @@ pub fn document() -> Value {
                 "content": { "application/json": { "schema": body(&mut generator) } },
             });
         }
-        if op.open {
+        if op.open && auth.enabled() {
             operation["security"] = json!([]);
         }
         let item = paths.entry(op.path.to_owned()).or_insert_with(|| json!({}));
@@ -186,7 +249,18 @@ pub fn document() -> Value {
         json!({ "type": "object", "required": ["code", "detail"], "properties": {
             "code": { "type": "string" }, "detail": { "type": "string" } } }),
     );
-    json!({
+    let mut schemes = Map::new();
+    if auth.has_token() {
+        schemes.insert(
+            "bearer".into(),
+            json!({ "type": "http", "scheme": "bearer", "description": "HOOKFLOW_API_TOKEN" }),
+        );
+    }
+    if auth.has_password() {
+        schemes.insert("session".into(), json!({ "type": "apiKey", "in": "cookie", "name": "hookflow_session", "description": "from POST /api/v1/login; changes also need X-CSRF-Token" }));
+    }
+    let security: Vec<Value> = schemes.keys().map(|k| json!({ k.as_str(): [] })).collect();
+    let mut document = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "hookflow",
@@ -194,21 +268,19 @@ pub fn document() -> Value {
             "description": "hookflow's HTTP API: catch hooks, flows, runs, authoring, access, operations.",
         },
         "paths": paths,
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {
-                "bearer": { "type": "http", "scheme": "bearer", "description": "HOOKFLOW_API_TOKEN" },
-                "session": { "type": "apiKey", "in": "cookie", "name": "hookflow_session", "description": "from POST /api/v1/login; changes also need X-CSRF-Token" },
-            },
-        },
-        "security": [{ "bearer": [] }, { "session": [] }],
-    })
+        "components": { "schemas": schemas },
+    });
+    if !schemes.is_empty() {
+        document["components"]["securitySchemes"] = Value::Object(schemes);
+        document["security"] = json!(security);
+    }
+    document
 }
 
 pub(super) fn router() -> Router<AppState> {
     Router::new().route("/api/openapi.json", get(openapi))
 }
 
-async fn openapi(State(_): State<AppState>) -> Json<Value> {
-    Json(document())
+async fn openapi(State(state): State<AppState>) -> Json<Value> {
+    Json(document(&state.auth))
 }

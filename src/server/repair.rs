@@ -54,6 +54,7 @@ async fn retry_one(
 #[serde(deny_unknown_fields)]
 pub(super) struct ReplayBody {
     /// `current` (default) or `original`.
+    #[schemars(extend("enum" = [null, "current", "original"]))]
     revision: Option<String>,
 }
 
@@ -81,10 +82,20 @@ async fn replay_one(
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BulkBody {
-    flow: Option<String>,
+    /// The flow whose runs to act on.
+    #[schemars(extend("pattern" = hookflow_engine::ids::FlowId::PATTERN))]
+    flow: String,
+    /// Only runs with this status.
+    #[schemars(extend("enum" = super::openapi::OPTIONAL_RUN_STATUSES))]
     status: Option<String>,
+    /// Only runs created since: RFC 3339, or a duration ago (`2h`).
+    #[schemars(extend("pattern" = super::openapi::TIME_PATTERN))]
     since: Option<String>,
+    /// Only runs created before: RFC 3339, or a duration ago.
+    #[schemars(extend("pattern" = super::openapi::TIME_PATTERN))]
     until: Option<String>,
+    /// Replays only: `current` (default) or `original`.
+    #[schemars(extend("enum" = [null, "current", "original"]))]
     revision: Option<String>,
     #[serde(default)]
     dry_run: bool,
@@ -95,15 +106,10 @@ impl BulkBody {
         let bad = |field: &str, e: String| {
             ApiError::bad_request("invalid_parameter", format!("`{field}`: {e}"))
         };
-        let flow = self.flow.as_deref().ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_parameter",
-                "`flow` is required: bulk actions apply to one flow",
-            )
-        })?;
         let now = Timestamp::now();
         Ok(RunSelection {
-            flow_id: flow
+            flow_id: self
+                .flow
                 .parse::<FlowId>()
                 .map_err(|e| bad("flow", e.to_string()))?,
             status: self

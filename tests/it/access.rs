@@ -241,5 +241,178 @@ async fn people_log_in_with_the_password_and_a_wrong_one_is_refused() {
     ] {
         assert!(page.contains(name), "{name} in {page}");
     }
+
+    // Logging out ends the session: the login page comes back, and stays after a reload.
+    browser.find("#logout").await.click().await.unwrap();
+    browser.text_of("main", "Log in").await;
+    browser.client.refresh().await.unwrap();
+    browser.text_of("main", "Log in").await;
     browser.close().await;
+}
+
+/// POSTs a login to the server at `base`; returns status, headers and JSON.
+async fn login(base: &str, password: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    let url = format!("{base}/api/v1/login");
+    call(
+        reqwest::Method::POST,
+        &url,
+        &[],
+        Some(json!({ "password": password })),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_with_a_growing_retry_after() {
+    let server = guarded();
+    for _ in 0..6 {
+        let (status, _, body) = login(&server.base, "guess").await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("invalid_credentials"))
+        );
+    }
+    // Locked out: even the right password is not checked.
+    let (status, headers, body) = login(&server.base, "correct horse").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("too_many_attempts")),
+        "{body}"
+    );
+    assert_eq!(headers["retry-after"], "1");
+
+    // Once the lockout passes, one more failure locks the address out for longer.
+    crate::support::eventually("the first lockout to pass", || async {
+        let (status, _, _) = login(&server.base, "guess").await;
+        (status == 401).then_some(())
+    })
+    .await;
+    let (status, headers, _) = login(&server.base, "correct horse").await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["retry-after"], "2");
+
+    let (status, _, body) = crate::support::eventually("the second lockout to pass", || async {
+        let answer = login(&server.base, "correct horse").await;
+        (answer.0 != 429).then_some(answer)
+    })
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", server.base))
+        .header("authorization", "Bearer tok-123")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("hookflow_logins_failed_total 7"), "{text}");
+    assert!(
+        !text.contains("hookflow_logins_throttled_total 0\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_the_cookie_secure_behind_https() {
+    // Behind a TLS-terminating proxy: the public URL is https, the listener plain HTTP.
+    let port = crate::support::unused_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookflow.yaml");
+    std::fs::write(&config, format!("public_url: https://127.0.0.1:{port}\n")).unwrap();
+    let _secure = Server::start_on(
+        &format!("127.0.0.1:{port}"),
+        &[],
+        &["--config", config.to_str().unwrap()],
+        &[
+            ("HOOKFLOW_ADMIN_PASSWORD", "correct horse"),
+            ("HOOKFLOW_API_TOKEN", "tok-123"),
+        ],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let auth = format!("{scheme} tok-123");
+        let url = format!("{base}/api/v1/flows");
+        let (status, _, _) = call(
+            reqwest::Method::GET,
+            &url,
+            &[("authorization", &auth)],
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{scheme}");
+    }
+    let (status, headers, _) = login(&base, "correct horse").await;
+    assert_eq!(status, 200);
+    let cookie = headers["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+
+    let plain = guarded();
+    let (_, headers, _) = login(&plain.base, "correct horse").await;
+    let cookie = headers["set-cookie"].to_str().unwrap();
+    assert!(!cookie.contains("Secure"), "{cookie}");
+}
+
+#[test]
+fn a_short_password_is_refused_for_a_public_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::support::hookflow()
+        .args(["serve", "--listen", "0.0.0.0:0", "--data"])
+        .arg(dir.path().join("data"))
+        .arg("--flows")
+        .arg(dir.path().join("flows"))
+        .env("HOOKFLOW_ADMIN_PASSWORD", "short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("shorter than 12 characters"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_inspector_limits_bodies_needs_the_credentials_to_read_and_redacts_them() {
+    let server = Server::start_with(
+        &[("leads.yaml", FLOW)],
+        &["--max-body-bytes", "1024"],
+        &[("HOOKFLOW_API_TOKEN", "tok-123")],
+    );
+    let url = format!("{}/inspect/probe", server.base);
+    let client = reqwest::Client::new();
+    let big = client
+        .post(&url)
+        .body("x".repeat(2048))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
+    let body: Value = big.json().await.unwrap();
+    assert_eq!(body["code"], "payload_too_large", "{body}");
+
+    let sent = client
+        .post(&url)
+        .header("authorization", "Bearer hunter2")
+        .header("cookie", "session=hunter2")
+        .header("x-api-key", "hunter2")
+        .header("stripe-signature", "t=1,v1=hunter2")
+        .json(&json!({ "ok": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+
+    let read = format!("{}/api/v1/inspector/probe", server.base);
+    let (status, _, _) = call(reqwest::Method::GET, &read, &[], None).await;
+    assert_eq!(status, 401, "reading the inspector needs the credentials");
+    let bearer = [("authorization", "Bearer tok-123")];
+    let (status, _, bin) = call(reqwest::Method::GET, &read, &bearer, None).await;
+    assert_eq!(status, 200, "{bin}");
+    let request = &bin["requests"][0];
+    assert_eq!(request["body"], json!({ "ok": 1 }));
+    for header in ["authorization", "cookie", "x-api-key", "stripe-signature"] {
+        assert_eq!(
+            request["headers"][header], "[redacted]",
+            "{header}: {request}"
+        );
+    }
+    assert!(!bin.to_string().contains("hunter2"), "{bin}");
 }

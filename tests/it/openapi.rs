@@ -55,4 +55,44 @@ async fn the_openapi_document_is_valid_and_lists_every_route() {
     let name = schema["$ref"].as_str().unwrap().rsplit('/').next().unwrap();
     let count = &doc["components"]["schemas"][name]["properties"]["count"];
     assert_eq!(count["type"], Value::from("integer"), "{schema}");
+    assert_eq!(
+        (count["minimum"].as_u64(), count["maximum"].as_u64()),
+        (Some(1), Some(100))
+    );
+    // Ids have the patterns the handlers accept, and bounds are stated.
+    let run = &doc["paths"]["/api/v1/runs/{run_id}"]["get"]["parameters"][0]["schema"];
+    assert!(
+        run["pattern"].as_str().unwrap().starts_with("^run_"),
+        "{run}"
+    );
+    let flow = &doc["paths"]["/api/v1/flows/{flow_id}"]["get"]["parameters"][0]["schema"];
+    assert!(flow["pattern"].is_string(), "{flow}");
+    let limit = doc["paths"]["/api/v1/runs"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap()["schema"]
+        .clone();
+    assert_eq!(limit["maximum"], 1000, "{limit}");
+    // Without credentials configured, nothing declares authentication.
+    assert!(doc.get("security").is_none() && doc["components"].get("securitySchemes").is_none());
+}
+
+#[tokio::test]
+async fn the_openapi_document_declares_the_security_configured() {
+    let server = Server::start_with(&[], &[], &[("HOOKFLOW_API_TOKEN", "tok-123")]);
+    let (status, doc) = server.get("/api/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["security"], serde_json::json!([{ "bearer": [] }]));
+    assert!(doc["components"]["securitySchemes"]
+        .get("session")
+        .is_none());
+    assert_eq!(
+        doc["paths"]["/healthz"]["get"]["security"],
+        serde_json::json!([])
+    );
+    assert!(doc["paths"]["/api/v1/runs"]["get"]
+        .get("security")
+        .is_none());
 }

@@ -179,3 +179,85 @@ async fn deeply_nested_json_is_refused_and_the_server_keeps_serving() {
     let (status, _) = server.send("echo", &json!({ "still": "serving" })).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn every_error_is_json_including_the_frameworks_rejections_and_trace_is_refused() {
+    let server = Server::start(&[("echo.yaml", FLOW)]);
+    // A client per request: an answer that leaves a body unread closes its connection.
+    let client = reqwest::Client::new;
+    let url = |path: &str| format!("{}{path}", server.base);
+    let preview = url("/api/v1/flows/echo/preview");
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        ("a body-less POST", client().post(&preview), 415),
+        (
+            "bad JSON to the API",
+            client()
+                .post(&preview)
+                .header("content-type", "application/json")
+                .body("{\"event\": "),
+            400,
+        ),
+        (
+            "JSON of the wrong shape",
+            client()
+                .post(&preview)
+                .json(&json!({ "event": 1, "nope": 2 })),
+            422,
+        ),
+        (
+            "a body past the API's limit",
+            client()
+                .post(&preview)
+                .header("content-type", "application/json")
+                .body(vec![b' '; 3 << 20]),
+            413,
+        ),
+        (
+            "an empty ?limit=",
+            client().get(url("/api/v1/runs?limit=")),
+            400,
+        ),
+        (
+            "a method the route lacks",
+            client().delete(url("/api/v1/runs")),
+            405,
+        ),
+        (
+            "TRACE on the inspector",
+            client().request(reqwest::Method::TRACE, url("/inspect/x")),
+            405,
+        ),
+        (
+            "TRACE on the API",
+            client().request(reqwest::Method::TRACE, url("/api/v1/flows")),
+            405,
+        ),
+        ("an unknown path", client().get(url("/nope")), 404),
+        ("a bad bin name", client().post(url("/inspect/a%20b")), 400),
+    ];
+    for (what, request, expected) in cases {
+        let answer = request.send().await.unwrap();
+        let status = answer.status().as_u16();
+        let content_type = answer.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body: Value = answer.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, expected, "{what}: {body}");
+        assert!(
+            content_type.starts_with("application/json"),
+            "{what}: {content_type}"
+        );
+        assert!(
+            body["code"].is_string() && !body["detail"].as_str().unwrap_or("").is_empty(),
+            "{what}: {body}"
+        );
+    }
+    let (status, bins) = server.get("/api/v1/inspector").await;
+    assert_eq!(status, 200, "the server still serves");
+    assert_eq!(
+        bins["bins"],
+        json!([]),
+        "the TRACE was not recorded: {bins}"
+    );
+}

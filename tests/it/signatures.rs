@@ -321,9 +321,10 @@ steps:
 "#
         )
     };
+    // The sender posts to this server's own catch hook: allowed, as only the inspector is by itself.
     let mut server = Server::start_with(
         &[("receiver.yaml", &receiver)],
-        &[],
+        &["--allow-outbound", "127.0.0.1"],
         &[("SHARED", "whsec_c2hhcmVkc2hhcmVk")],
     );
     let receiver_url = server.catch_url("receiver");

@@ -11,6 +11,19 @@ const app = document.getElementById("app");
 
 // The session's CSRF token (when the server asks for a login), sent with every change.
 let csrf = null;
+const logout = document.getElementById("logout");
+
+// Shows the log-out button while a login session is open.
+function setSession(token) {
+  csrf = token;
+  logout.hidden = !token;
+}
+
+logout.addEventListener("click", async () => {
+  await api("/api/v1/logout", { method: "POST" }).catch(() => {});
+  setSession(null);
+  loginPage();
+});
 
 class LoginNeeded extends Error {}
 
@@ -39,7 +52,7 @@ function loginPage(message = "") {
       const session = await api("/api/v1/login", {
         method: "POST", body: JSON.stringify({ password: document.getElementById("password").value }),
       });
-      csrf = session.csrf_token;
+      setSession(session.csrf_token);
       route();
     } catch (e) {
       document.getElementById("login-error").textContent = e instanceof LoginNeeded ? "Wrong password." : e.message;
@@ -442,13 +455,16 @@ async function route() {
     else if (runs) await runsPage(runs[1] || "");
     else await home();
   } catch (e) {
-    if (e instanceof LoginNeeded) loginPage();
+    if (e instanceof LoginNeeded) {
+      setSession(null);
+      loginPage();
+    }
     else app.innerHTML = `<p class="failed">${esc(e.message)}</p>`;
   }
 }
 
 window.addEventListener("hashchange", route);
 api("/api/v1/session").then(session => {
-  csrf = session.csrf_token;
+  setSession(session.csrf_token);
   route();
 });

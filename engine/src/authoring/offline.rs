@@ -17,7 +17,7 @@ use crate::model::{Event, Run, StepRecord, Timestamp};
 use crate::outbound::{HttpClient, OutboundPolicy};
 use crate::pacing::Pacer;
 use crate::runtime::advance::{self, Attempted, StepResult};
-use crate::runtime::context::{idempotency_key, redact, run_context};
+use crate::runtime::context::{idempotency_key, run_context};
 use crate::steps::{ExecContext, Outcome, StepError};
 
 /// A step's canned answer: its `output` as is, an HTTP answer (`status`, `body`, `headers`), or
@@ -174,7 +174,8 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
                 (input, result)
             }
         };
-        redact(&mut input, &flow.secrets);
+        flow.secrets.redact(&mut input);
+        let result = crate::runtime::redact_result(result, &flow.secrets);
         let done = Attempted {
             step_id: step.id.clone(),
             attempt: item.attempt,

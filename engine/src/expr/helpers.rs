@@ -25,6 +25,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use super::template::{to_text, write_text};
+use crate::secrets::Secrets;
 
 /// The internal helper bare value expressions are rewritten to (see `template.rs`): writes its
 /// argument as text.
@@ -108,10 +109,11 @@ const BUILT_IN: &[&str] = &[
     "and", "or", "not", "len",
 ];
 
-/// Registers our helpers.
-pub(super) fn register(registry: &mut Handlebars<'static>) {
+/// Registers our helpers; what they compute from `secrets` is noted as derived.
+pub(super) fn register(registry: &mut Handlebars<'static>, secrets: &Secrets) {
     for &(name, f) in all() {
-        registry.register_helper(name, Box::new(FnHelper { name, f }));
+        let secrets = secrets.clone();
+        registry.register_helper(name, Box::new(FnHelper { name, f, secrets }));
     }
 }
 
@@ -413,6 +415,7 @@ fn uuid_v4() -> String {
 struct FnHelper {
     name: &'static str,
     f: HelperFn,
+    secrets: Secrets,
 }
 
 impl HelperDef for FnHelper {
@@ -424,9 +427,10 @@ impl HelperDef for FnHelper {
         _: &mut RenderContext<'reg, 'rc>,
     ) -> Result<ScopedJson<'rc>, RenderError> {
         let args: Vec<&Value> = h.params().iter().map(|p| p.value()).collect();
-        (self.f)(&args)
-            .map(ScopedJson::Derived)
-            .map_err(|msg| RenderErrorReason::Other(format!("{} {msg}", self.name)).into())
+        let value = (self.f)(&args)
+            .map_err(|msg| RenderErrorReason::Other(format!("{} {msg}", self.name)))?;
+        self.secrets.note(&args, &value);
+        Ok(ScopedJson::Derived(value))
     }
 
     fn call<'reg: 'rc, 'rc>(

@@ -69,6 +69,8 @@ use serde_json::Value;
 pub use condition::{Condition, ConditionSpec, Verdict};
 pub use refs::{references, Reference};
 
+use crate::secrets::Secrets;
+
 use template::{Compiled, Leaf, Scope};
 
 /// A problem in an expression, found when a flow is built or rendered.
@@ -134,6 +136,7 @@ pub struct Compiler {
     registry: Handlebars<'static>,
     id: u64,
     next_template: usize,
+    secrets: Secrets,
 }
 
 impl Default for Compiler {
@@ -154,14 +157,16 @@ impl fmt::Debug for Compiler {
 impl Compiler {
     /// A compiler with the built-in helpers registered.
     pub fn new() -> Self {
+        let secrets = Secrets::default();
         let mut registry = Handlebars::new();
         registry.set_strict_mode(false);
         registry.register_escape_fn(handlebars::no_escape);
-        helpers::register(&mut registry);
+        helpers::register(&mut registry, &secrets);
         Self {
             registry,
             id: NEXT_COMPILER_ID.fetch_add(1, Ordering::Relaxed),
             next_template: 0,
+            secrets,
         }
     }
 
@@ -195,11 +200,14 @@ impl Compiler {
         condition::compile(self, spec)
     }
 
-    /// The compiled templates.
-    pub fn finish(self) -> Templates {
+    /// The compiled templates, rendering for a flow with these secret values: what our helpers
+    /// compute from them is remembered as derived (see [`crate::secrets`]).
+    pub fn finish(self, secrets: Vec<String>) -> Templates {
+        self.secrets.set_values(secrets);
         Templates(Arc::new(TemplatesInner {
             registry: self.registry,
             compiler: self.id,
+            secrets: self.secrets,
         }))
     }
 
@@ -269,6 +277,14 @@ pub struct Templates(Arc<TemplatesInner>);
 struct TemplatesInner {
     registry: Handlebars<'static>,
     compiler: u64,
+    secrets: Secrets,
+}
+
+impl Templates {
+    /// The flow's secrets, and the values its expressions derived from them.
+    pub fn secrets(&self) -> &Secrets {
+        &self.0.secrets
+    }
 }
 
 impl fmt::Debug for Templates {

@@ -32,6 +32,7 @@ use serde_json::Value;
 use super::helpers::{self, HelperFn};
 use super::jsonpath::JsonPathExpr;
 use super::{ExprError, Templates};
+use crate::secrets::Secrets;
 
 /// A string, compiled.
 pub(super) enum Compiled {
@@ -113,8 +114,9 @@ impl Call {
         })
     }
 
-    /// The helper's value on `data` (a missing field is `null`).
-    fn value(&self, data: &Value) -> Result<Value, ExprError> {
+    /// The helper's value on `data` (a missing field is `null`), noted as derived when it was
+    /// computed from a secret.
+    fn value(&self, data: &Value, secrets: &Secrets) -> Result<Value, ExprError> {
         static NULL: Value = Value::Null;
         let args: Vec<&Value> = self
             .args
@@ -124,12 +126,14 @@ impl Call {
                 Arg::Literal(value) => value,
             })
             .collect();
-        (self.f)(&args).map_err(|msg| {
+        let value = (self.f)(&args).map_err(|msg| {
             ExprError::new(
                 "",
                 failed_at(Some(self.at), &format!("{} {msg}", self.name)),
             )
-        })
+        })?;
+        secrets.note(&args, &value);
+        Ok(value)
     }
 }
 
@@ -221,7 +225,10 @@ impl Leaf {
                                 write_text(&mut out, v);
                             }
                         }
-                        Piece::Call(call) => write_text(&mut out, &call.value(scope.data)?),
+                        Piece::Call(call) => write_text(
+                            &mut out,
+                            &call.value(scope.data, scope.templates.secrets())?,
+                        ),
                     }
                 }
                 Ok(out)
@@ -264,6 +271,90 @@ pub(super) fn to_text(value: &Value) -> String {
     out
 }
 
+/// The most expressions (`{{…}}`) one string may hold: handlebars' parser works out the line and
+/// column of every expression from the start of the text, so its cost grows with their number
+/// times the text's length.
+pub(super) const MAX_EXPRESSIONS: usize = 256;
+
+/// How deep blocks (`{{#if}}…{{/if}}`) and subexpressions (`(upper x)`) may nest in one string:
+/// handlebars' parser, and our walks of what it parsed, recurse once per level.
+pub(super) const MAX_NESTING: usize = 32;
+
+/// Refuses a string past [`MAX_EXPRESSIONS`] or [`MAX_NESTING`] in one linear pass, before
+/// handlebars parses it: past those bounds its parse could take quadratic time or exhaust a
+/// thread's stack. Errs on the side of counting: an escaped `\{{` counts like any other.
+fn check_bounds(text: &str) -> Result<(), String> {
+    let bytes = text.as_bytes();
+    let (mut expressions, mut blocks, mut at) = (0usize, 0usize, 0usize);
+    while let Some(found) = text[at..].find("{{").map(|i| at + i) {
+        expressions += 1;
+        if expressions > MAX_EXPRESSIONS {
+            return Err(bound_error(
+                text,
+                found,
+                &format!("more than {MAX_EXPRESSIONS} expressions in one value (split it up)"),
+            ));
+        }
+        let mut i = found + 2;
+        while matches!(bytes.get(i), Some(b'{' | b'~')) {
+            i += 1;
+        }
+        match (bytes.get(i), bytes.get(i + 1)) {
+            (Some(b'!'), _) => {
+                let close = if text[i..].starts_with("!--") {
+                    "--}}"
+                } else {
+                    "}}"
+                };
+                at = text[i..]
+                    .find(close)
+                    .map_or(bytes.len(), |e| i + e + close.len());
+                continue;
+            }
+            (Some(b'#' | b'^'), Some(next)) if !matches!(next, b'}' | b'~') => blocks += 1,
+            (Some(b'/'), _) => blocks = blocks.saturating_sub(1),
+            _ => {}
+        }
+        let (mut parens, mut quote) = (0usize, None);
+        while i < bytes.len() {
+            let c = bytes[i];
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None if c == b'"' || c == b'\'' => quote = Some(c),
+                None if c == b'(' => parens += 1,
+                None if c == b')' => parens = parens.saturating_sub(1),
+                None if c == b'}' && bytes.get(i + 1) == Some(&b'}') => break,
+                None => {}
+            }
+            if blocks + parens > MAX_NESTING {
+                return Err(bound_error(
+                    text,
+                    i,
+                    &format!("blocks and subexpressions nest more than {MAX_NESTING} deep"),
+                ));
+            }
+            i += 1;
+        }
+        at = i;
+    }
+    Ok(())
+}
+
+/// A bound's error message, with the line and column of byte `offset` in `text`.
+fn bound_error(text: &str, offset: usize, what: &str) -> String {
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .count()
+        + 1;
+    format!("template too large at line {line}, column {column}: {what}")
+}
+
 /// Compiles one string (see the module docs); `name` is the registry name to use if it turns
 /// out to need handlebars. Errors are messages for the flow's author.
 pub(super) fn compile(
@@ -277,6 +368,7 @@ pub(super) fn compile(
     if !text.contains("{{") {
         return Ok(Compiled::Literal(text.to_owned()));
     }
+    check_bounds(text)?;
     let mut template = Template::compile(text).map_err(|e| parse_error_message(text, &e))?;
     check_names(&template.elements)?;
 

@@ -39,14 +39,14 @@ fn ctx() -> Value {
 fn render(value: Value) -> Value {
     let mut c = Compiler::new();
     let expr = c.value(&value).expect("compiles");
-    let t = c.finish();
+    let t = c.finish(Vec::new());
     expr.render(&t, &ctx()).expect("renders")
 }
 
 fn text(s: &str) -> String {
     let mut c = Compiler::new();
     let expr = c.text(s).expect("compiles");
-    let t = c.finish();
+    let t = c.finish(Vec::new());
     expr.render(&t, &ctx()).expect("renders")
 }
 
@@ -66,7 +66,7 @@ fn spec(v: Value) -> ConditionSpec {
 fn verdict(v: Value) -> Verdict {
     let mut c = Compiler::new();
     let cond = c.condition(&spec(v)).expect("condition compiles");
-    let t = c.finish();
+    let t = c.finish(Vec::new());
     cond.evaluate(&t, &ctx()).expect("evaluates")
 }
 
@@ -404,7 +404,7 @@ fn helper_calls_render_without_handlebars_as_with_it() {
     let mut c = Compiler::new();
     c.text(inner).unwrap();
     assert!(
-        c.finish().0.registry.get_templates().is_empty(),
+        c.finish(Vec::new()).0.registry.get_templates().is_empty(),
         "helper calls on paths and literals take the fast path"
     );
     let forced = format!("{{{{#if true}}}}{inner}{{{{/if}}}}");
@@ -419,7 +419,7 @@ fn helper_calls_render_without_handlebars_as_with_it() {
     let message = |s: &str| {
         let mut c = Compiler::new();
         let expr = c.text(s).unwrap();
-        let t = c.finish();
+        let t = c.finish(Vec::new());
         expr.render(&t, &ctx()).unwrap_err().message
     };
     let fast = message(failing);
@@ -439,7 +439,7 @@ fn helper_failure_is_a_render_error() {
     let expr = c
         .value(&json!({ "x": ["{{upper trigger.body.email trigger.body.name}}"] }))
         .unwrap();
-    let t = c.finish();
+    let t = c.finish(Vec::new());
     let err = expr.render(&t, &ctx()).expect_err("upper takes one value");
     assert_eq!(err.field, "x[0]");
     assert!(
@@ -456,11 +456,11 @@ fn templates_of_another_flow_are_refused() {
     let expr = a
         .text("{{#if trigger.body.vip}}{{upper trigger.body.email}}{{/if}}")
         .unwrap();
-    let _ = a.finish();
+    let _ = a.finish(Vec::new());
     let mut b = Compiler::new();
     b.text("{{#if trigger.body.vip}}{{lower trigger.body.email}}{{/if}}")
         .unwrap();
-    let other = b.finish();
+    let other = b.finish(Vec::new());
     let err = expr.render(&other, &ctx()).expect_err("wrong templates");
     assert!(err.message.contains("another flow"), "{}", err.message);
 }
@@ -894,7 +894,7 @@ fn long_values_are_cut_in_reasons() {
             json!({ "value": "{{trigger.body.text}}", "equals": "short" }),
         ))
         .unwrap();
-    let t = c.finish();
+    let t = c.finish(Vec::new());
     let long = "x".repeat(500);
     let verdict = cond
         .evaluate(&t, &json!({ "trigger": { "body": { "text": long } } }))
@@ -1040,7 +1040,7 @@ fn huge_values_are_cut_in_reasons() {
             json!({ "value": "{{trigger.body.list}}", "contains": "needle" }),
         ))
         .unwrap();
-    let t = c.finish();
+    let t = c.finish(Vec::new());
     let list: Vec<String> = (0..100_000).map(|i| format!("élément {i}")).collect();
     let verdict = cond
         .evaluate(&t, &json!({ "trigger": { "body": { "list": list } } }))
@@ -1062,7 +1062,7 @@ fn huge_values_are_cut_in_reasons() {
 fn render_error(template: &str) -> String {
     let mut c = Compiler::new();
     let expr = c.value(&json!(template)).expect("compiles");
-    let t = c.finish();
+    let t = c.finish(Vec::new());
     expr.render(&t, &ctx())
         .expect_err("fails to render")
         .message
@@ -1263,7 +1263,7 @@ fn lookup_and_json_helpers() {
             "merged": "{{merge (parse_json \"{\\\"a\\\": 1, \\\"b\\\": 1}\") (parse_json \"{\\\"b\\\": 2}\")}}",
         }))
         .expect("compiles");
-    let t = c.finish();
+    let t = c.finish(Vec::new());
     let mut data = ctx();
     data["trigger"]["body"]["plans"] = json!({ "price_pro": "Pro" });
     let out = expr.render(&t, &data).unwrap();
@@ -1324,4 +1324,40 @@ fn a_request_leaves_out_fields_that_resolved_to_nothing_and_clears_only_on_purpo
         .as_object()
         .unwrap()
     );
+}
+
+#[test]
+fn deep_or_long_templates_are_refused_quickly_with_their_place() {
+    let deep_call = |n: usize| format!("{{{{upper {}a{}}}}}", "(upper ".repeat(n), ")".repeat(n));
+    let deep_if = |n: usize| format!("{}x{}", "{{#if a}}".repeat(n), "{{/if}}".repeat(n));
+    let start = std::time::Instant::now();
+    for (template, field) in [
+        (deep_call(5_000), "subexpressions nest more than 32 deep"),
+        (deep_if(10_000), "nest more than 32 deep"),
+        (
+            "{{#if a}}x{{/if}}".repeat(10_000),
+            "more than 256 expressions",
+        ),
+        ("{{upper a}} ".repeat(10_000), "more than 256 expressions"),
+    ] {
+        let errors = value_errors(json!({ "x": template }));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, "x");
+        assert!(errors[0].1.contains(field), "{}", errors[0].1);
+        assert!(
+            errors[0].1.contains("at line 1, column "),
+            "{}",
+            errors[0].1
+        );
+    }
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    // At the bounds, templates compile and render; quoted parentheses and comments do not count.
+    assert_eq!(text(&deep_call(31)), "");
+    assert_eq!(text(&deep_if(32)), "");
+    assert_eq!(text("{{upper \"((((\"}}{{!-- ((( {{ --}}"), "((((");
+    assert_eq!(text(&"{{x}}".repeat(256)), "");
 }

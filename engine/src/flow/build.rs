@@ -227,6 +227,7 @@ pub fn parse_flow(
     }
     steps.extend(handlers);
 
+    let templates = compiler.finish(secrets);
     match id {
         Some(id) if problems.errors.is_empty() => Ok(Flow {
             name: spec.name.unwrap_or_else(|| id.to_string()),
@@ -240,8 +241,8 @@ pub fn parse_flow(
             enabled: spec.enabled.unwrap_or(true),
             retention,
             steps,
-            templates: compiler.finish(),
-            secrets,
+            secrets: templates.secrets().clone(),
+            templates,
             warnings: problems.warnings,
         }),
         _ => Err(problems.errors),

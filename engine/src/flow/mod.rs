@@ -22,6 +22,7 @@ use crate::ids::{FlowId, StepId};
 use crate::model::Revision;
 use crate::runtime::retry::RetryPolicy;
 use crate::schedule::Schedule;
+use crate::secrets::Secrets;
 use crate::steps::{Action, Registry};
 use crate::verify::Verifier;
 use serde_json::Value;
@@ -57,8 +58,9 @@ pub struct Flow {
     pub steps: Vec<Step>,
     /// The compiled templates the steps render with.
     pub templates: Templates,
-    /// Values substituted from the environment: redacted wherever they would be recorded.
-    pub secrets: Vec<String>,
+    /// Values substituted from the environment and connector credentials, and the values derived
+    /// from them: redacted wherever they would be recorded or shown.
+    pub secrets: Secrets,
     /// What the file allows but surely does not mean (shown by `validate`; the flow still runs).
     pub warnings: Vec<FlowError>,
 }

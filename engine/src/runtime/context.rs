@@ -1,4 +1,5 @@
-//! The run context templates render against, and redaction of what gets recorded.
+//! The run context templates render against (redaction of what gets recorded is in
+//! [`crate::secrets`]).
 //!
 //! Context: `trigger` (the event as received), `steps.<id>` (outputs of finished steps, and
 //! `{"error": …}` for a failed `on_error: continue` step), and `run` (`id`, `flow`, `revision`,
@@ -10,23 +11,6 @@ use serde_json::{json, Map, Value};
 
 use crate::ids::StepId;
 use crate::model::{Run, StepRecord};
-
-/// What replaces a secret in recorded data.
-pub const REDACTED: &str = "[redacted]";
-
-/// Keys whose values are credentials wherever they appear (compared case-insensitively).
-const SENSITIVE_KEYS: [&str; 10] = [
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-    "x-api-key",
-    "api_key",
-    "password",
-    "bearer",
-    "secret",
-    "token",
-];
 
 /// The context for an attempt of `step` in `run`, on the event's `trigger` (moved in: a webhook's
 /// body is the largest part, and [`take_trigger`] gets it back after the attempt).
@@ -79,61 +63,5 @@ pub fn idempotency_key(run: &Run, step: &StepId) -> String {
     match retried {
         0 => format!("{}:{}", run.id, step),
         n => format!("{}:{}:retry{n}", run.id, step),
-    }
-}
-
-/// Replaces secrets (whole or inside longer strings) and the values of credential keys.
-pub fn redact(value: &mut Value, secrets: &[String]) {
-    match value {
-        Value::String(s) => {
-            for secret in secrets {
-                if s.contains(secret.as_str()) {
-                    *s = s.replace(secret.as_str(), REDACTED);
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|v| redact(v, secrets)),
-        Value::Object(map) => {
-            for (k, v) in map.iter_mut() {
-                if SENSITIVE_KEYS.iter().any(|s| k.eq_ignore_ascii_case(s)) && !v.is_null() {
-                    *v = json!(REDACTED);
-                } else {
-                    redact(v, secrets);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Redacts secrets in a text.
-pub fn redact_text(text: &str, secrets: &[String]) -> String {
-    secrets
-        .iter()
-        .fold(text.to_owned(), |t, s| t.replace(s.as_str(), REDACTED))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_secrets_and_credential_keys() {
-        let mut v = json!({
-            "url": "https://x/?key=abc123",
-            "headers": { "Authorization": "Bearer zzz", "X-Other": "fine" },
-            "auth": { "bearer": "zzz" },
-            "list": ["abc123"],
-        });
-        redact(&mut v, &["abc123".to_owned()]);
-        assert_eq!(v["url"], "https://x/?key=[redacted]");
-        assert_eq!(v["headers"]["Authorization"], REDACTED);
-        assert_eq!(v["headers"]["X-Other"], "fine");
-        assert_eq!(v["auth"]["bearer"], REDACTED);
-        assert_eq!(v["list"][0], REDACTED);
-        assert_eq!(
-            redact_text("got abc123!", &["abc123".to_owned()]),
-            "got [redacted]!"
-        );
     }
 }

@@ -36,12 +36,13 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use self::advance::{Attempted, StepResult};
 use self::catalog::Catalog;
-use self::context::{idempotency_key, redact, redact_text, run_context, take_trigger};
+use self::context::{idempotency_key, run_context, take_trigger};
 use crate::flow::Flow;
 use crate::ids::{EventId, FlowId, RunId, StepId};
 use crate::model::{Event, QueueItem, Run, RunStatus, StepRecord, StepStatus, Timestamp};
 use crate::outbound::HttpClient;
 use crate::pacing::Pacer;
+use crate::secrets::Secrets;
 use crate::steps::{ExecContext, Outcome, RunOutcome, StepError, SubFlows};
 pub use crate::store::RunNotice;
 use crate::store::{
@@ -408,6 +409,11 @@ impl Engine {
     /// The engine's counters.
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.metrics
+    }
+
+    /// The outbound HTTP client the steps share.
+    pub fn http(&self) -> &HttpClient {
+        &self.http
     }
 
     /// The store.
@@ -1073,14 +1079,14 @@ impl Engine {
                         StepResult::Stop { output, reason }
                     }
                     Ok(Ok(Ok(Outcome::Wait { delay, reason }))) => {
-                        info!(?delay, reason = %redact_text(&reason, &flow.secrets), "step waits");
+                        info!(?delay, reason = %flow.secrets.redact_text(&reason), "step waits");
                         return Tried::Wait(delay);
                     }
                 };
                 (input, result)
             }
         };
-        redact(&mut input, &flow.secrets);
+        flow.secrets.redact(&mut input);
         let result = redact_result(result, &flow.secrets);
         let retry_in = match &result {
             StepResult::Failed(e) if step.retry.covers(e) && !self.config.no_retries => {
@@ -1155,7 +1161,7 @@ impl Engine {
 /// recorded) taken from the input rendered now (`fresh`).
 fn resend(sent: &Value, fresh: &Value) -> Value {
     match sent {
-        Value::String(s) if s.contains(context::REDACTED) => fresh.clone(),
+        Value::String(s) if s.contains(crate::secrets::REDACTED) => fresh.clone(),
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| (k.clone(), resend(v, fresh.get(k).unwrap_or(&Value::Null))))
@@ -1182,22 +1188,23 @@ fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
     format!("step panicked: {message}")
 }
 
-fn redact_result(result: StepResult, secrets: &[String]) -> StepResult {
+/// The result with the flow's secrets (and values derived from them) redacted, as recorded.
+pub(crate) fn redact_result(result: StepResult, secrets: &Secrets) -> StepResult {
     match result {
         StepResult::Output(mut v) => {
-            redact(&mut v, secrets);
+            secrets.redact(&mut v);
             StepResult::Output(v)
         }
         StepResult::Stop { mut output, reason } => {
-            redact(&mut output, secrets);
+            secrets.redact(&mut output);
             StepResult::Stop {
                 output,
-                reason: redact_text(&reason, secrets),
+                reason: secrets.redact_text(&reason),
             }
         }
         StepResult::Failed(mut e) => {
-            e.message = redact_text(&e.message, secrets);
-            redact(&mut e.detail, secrets);
+            e.message = secrets.redact_text(&e.message);
+            secrets.redact(&mut e.detail);
             StepResult::Failed(e)
         }
     }
