@@ -787,7 +787,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             http: HttpClient::new(policy).unwrap(),
             pacer: Pacer::detached(),
-            templates: Compiler::new().finish(),
+            templates: Compiler::new().finish(Vec::new()),
             context: Arc::new(Value::Null),
             sub_flows: None,
             clock: Arc::new(SystemClock),

@@ -1296,7 +1296,7 @@ fn a_request_leaves_out_fields_that_resolved_to_nothing_and_clears_only_on_purpo
             "list": ["{{trigger.body.missing}}"],
         }))
         .unwrap();
-    let t = c.finish();
+    let t = c.finish(Vec::new());
     let mut ctx = ctx();
     ctx["trigger"]["body"]["marker"] = json!("$clear");
     let mut left_out = LeftOut::new();
