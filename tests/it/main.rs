@@ -13,6 +13,7 @@ mod crash;
 mod delivery;
 mod fakes;
 mod openapi;
+mod paging;
 mod pipeline;
 mod quarantine;
 mod requests;

@@ -116,6 +116,9 @@ fn strings_in(
             let presence_test = ["exists", "is_empty"].iter().any(|k| map.contains_key(*k));
             for (k, v) in map {
                 let key = k.as_str().unwrap_or_default();
+                if key == "paginate" {
+                    continue; // an `http` step's paging reads each page's response, not the run
+                }
                 let optional = optional || (presence_test && key == "value");
                 strings_in(v, &join_path(field, key), optional, out);
             }
