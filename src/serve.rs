@@ -157,6 +157,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         tokio::spawn(watcher);
     }
+    crate::alerts::spawn(
+        &config.alerts,
+        engine.clone(),
+        base_url.clone(),
+        &|n| env(n),
+        stopped.clone(),
+    )?;
     let worker_runtime = WorkerRuntime::start().context("cannot start the workers' threads")?;
     let workers = {
         let engine = engine.clone();

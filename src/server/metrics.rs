@@ -2,7 +2,7 @@
 //! outcome) and rejected (by flow and reason), runs finished by flow and status, step durations
 //! (a histogram by flow and kind), retries scheduled, commits refused for a lost lease, steps that
 //! panicked, this node's id, queue depth, store size and quarantined events (counted at most once
-//! a second).
+//! a second), and failure alerts (open, sent, not delivered).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -203,5 +203,39 @@ async fn metrics(
         "Step attempts that panicked (each failed as an attempt and follows the retry policy).",
     );
     let _ = writeln!(out, "hookflow_step_panics_total {}", engine.step_panics);
+    let alerts = &crate::alerts::STATS;
+    for (name, kind, help, value) in [
+        (
+            "hookflow_alerts_open",
+            "gauge",
+            "Failed runs waiting for the next alert digest (the configuration's `alerts:`).",
+            &alerts.open,
+        ),
+        (
+            "hookflow_alerts_runs_failed_total",
+            "counter",
+            "Failed runs alerted about.",
+            &alerts.runs_failed,
+        ),
+        (
+            "hookflow_alerts_sent_total",
+            "counter",
+            "Alert messages delivered to a target.",
+            &alerts.sent,
+        ),
+        (
+            "hookflow_alerts_send_failures_total",
+            "counter",
+            "Alert messages a target did not take (not sent again).",
+            &alerts.send_failures,
+        ),
+    ] {
+        describe(&mut out, name, kind, help);
+        let _ = writeln!(
+            out,
+            "{name} {}",
+            value.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

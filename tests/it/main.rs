@@ -3,6 +3,7 @@
 //! One test binary; the harness is in `support`.
 
 mod access;
+mod alerts;
 mod authoring;
 mod bench;
 mod browser;

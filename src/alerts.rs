@@ -1,0 +1,367 @@
+//! Failure alerts for the whole server (the configuration's `alerts:`): when runs fail for good
+//! (after their retries), a message goes to each target — an HTTP URL (the digest as JSON) or a
+//! Slack incoming webhook (its text).
+//!
+//! Invariants:
+//! - A storm is one message per `digest` window, not one per run: the first failure after a
+//!   quiet window is sent at once; failures within the window after a message are gathered and
+//!   sent together when it ends. A digest counts every failed run and lists the first
+//!   [`LISTED_RUNS`] of them.
+//! - A target that cannot be reached costs that message (logged, counted on `/metrics`), never a
+//!   run: alerts are sent by their own task, outside the workers.
+//! - The alert task learns of failures from the engine's run notices; a notice missed (the
+//!   receiver lagged) is counted in the digest as failures it could not name.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hookflow_engine::flow::spec::HumanDuration;
+use hookflow_engine::model::RunStatus;
+use hookflow_engine::runtime::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+/// The most failed runs a digest names; it counts all of them.
+pub const LISTED_RUNS: usize = 20;
+
+/// How long a target has to answer.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `alerts:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Where alerts go; none: no alerts.
+    #[serde(default)]
+    pub to: Vec<TargetConfig>,
+    /// At most one message per this long; failures within it are sent together (default `1m`).
+    #[serde(default = "default_digest")]
+    pub digest: HumanDuration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            to: Vec::new(),
+            digest: default_digest(),
+        }
+    }
+}
+
+fn default_digest() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+/// One target: exactly one of `url` and `slack`. Either may be `${env:NAME}` (the environment,
+/// then the secrets file), so the URL stays out of the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// POST the digest as JSON here.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A Slack incoming-webhook URL: the digest's text is posted as the message.
+    #[serde(default)]
+    pub slack: Option<String>,
+}
+
+/// A target, resolved.
+#[derive(Debug, Clone)]
+enum Target {
+    Http(reqwest::Url),
+    Slack(reqwest::Url),
+}
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Http(_) => "url",
+            Target::Slack(_) => "slack",
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// The targets, with `${env:NAME}` read through `env`.
+    fn targets(&self, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Vec<Target>> {
+        self.to
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let (text, make): (&str, fn(reqwest::Url) -> Target) = match (&t.url, &t.slack) {
+                    (Some(u), None) => (u, Target::Http),
+                    (None, Some(u)) => (u, Target::Slack),
+                    _ => anyhow::bail!("alerts.to[{i}]: give exactly one of `url` and `slack`"),
+                };
+                let text = match text
+                    .strip_prefix("${env:")
+                    .and_then(|r| r.strip_suffix('}'))
+                {
+                    Some(name) => env(name).with_context(|| {
+                        format!("alerts.to[{i}]: `{name}` is not set (environment or secrets file)")
+                    })?,
+                    None => text.to_owned(),
+                };
+                let url = reqwest::Url::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("alerts.to[{i}]: not a URL: {e}"))?;
+                Ok(make(url))
+            })
+            .collect()
+    }
+}
+
+/// What `/metrics` shows of alerts, since the process started.
+#[derive(Debug, Default)]
+pub struct AlertStats {
+    /// Failed runs waiting for the next digest (the open alerts).
+    pub open: AtomicU64,
+    /// Failed runs alerted about.
+    pub runs_failed: AtomicU64,
+    /// Messages delivered, and messages a target did not take.
+    pub sent: AtomicU64,
+    /// See `sent`.
+    pub send_failures: AtomicU64,
+}
+
+/// The process's alert counters (one server per process; read by `/metrics`).
+pub static STATS: AlertStats = AlertStats {
+    open: AtomicU64::new(0),
+    runs_failed: AtomicU64::new(0),
+    sent: AtomicU64::new(0),
+    send_failures: AtomicU64::new(0),
+};
+
+/// Failed runs gathered for the next message.
+#[derive(Debug, Default)]
+struct Digest {
+    count: u64,
+    by_flow: BTreeMap<String, u64>,
+    runs: Vec<Value>,
+    /// Failures the task learnt of only as a count (its notices lagged).
+    unnamed: u64,
+}
+
+impl Digest {
+    fn is_empty(&self) -> bool {
+        self.count == 0 && self.unnamed == 0
+    }
+
+    fn add(&mut self, run: Value, flow: &str) {
+        self.count += 1;
+        *self.by_flow.entry(flow.to_owned()).or_default() += 1;
+        if self.runs.len() < LISTED_RUNS {
+            self.runs.push(run);
+        }
+        STATS.open.store(self.count, Ordering::Relaxed);
+    }
+
+    /// The message: JSON with a `text` for people.
+    fn message(&self, base_url: &str, window: Duration) -> Value {
+        let flows = self
+            .by_flow
+            .iter()
+            .map(|(f, n)| format!("{f}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut text = format!("hookflow: {} run(s) failed ({flows})", self.count);
+        if self.unnamed > 0 {
+            text.push_str(&format!(", and about {} more not named", self.unnamed));
+        }
+        if let Some(first) = self.runs.first() {
+            text.push_str(&format!(
+                ". First: {} of {}: {} — {}/#/runs/{}",
+                first["run_id"].as_str().unwrap_or_default(),
+                first["flow"].as_str().unwrap_or_default(),
+                first["reason"].as_str().unwrap_or("no reason recorded"),
+                base_url,
+                first["run_id"].as_str().unwrap_or_default(),
+            ));
+        }
+        json!({
+            "alert": "runs_failed",
+            "text": text,
+            "count": self.count + self.unnamed,
+            "flows": self.by_flow,
+            "runs": self.runs,
+            "more": self.count.saturating_sub(self.runs.len() as u64) + self.unnamed,
+            "digest_seconds": window.as_secs_f64(),
+            "server": base_url,
+        })
+    }
+}
+
+/// Starts the alert task (when targets are configured); it stops when `stopped` turns true.
+pub fn spawn(
+    config: &AlertsConfig,
+    engine: Arc<Engine>,
+    base_url: String,
+    env: &dyn Fn(&str) -> Option<String>,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let targets = config.targets(env)?;
+    if targets.is_empty() {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        !config.digest.0.is_zero(),
+        "alerts.digest must be longer than 0s"
+    );
+    let client = reqwest::Client::builder()
+        .timeout(SEND_TIMEOUT)
+        .build()
+        .context("cannot set up the alerts' HTTP client")?;
+    let sender = Sender {
+        client,
+        targets,
+        base_url,
+        window: config.digest.0,
+    };
+    info!(targets = sender.targets.len(), window = ?sender.window, "failure alerts on");
+    let notices = engine.subscribe();
+    tokio::spawn(sender.run(engine, notices, stopped));
+    Ok(())
+}
+
+struct Sender {
+    client: reqwest::Client,
+    targets: Vec<Target>,
+    base_url: String,
+    window: Duration,
+}
+
+impl Sender {
+    async fn run(
+        self,
+        engine: Arc<Engine>,
+        mut notices: broadcast::Receiver<hookflow_engine::store::RunNotice>,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let mut digest = Digest::default();
+        let mut last_sent: Option<Instant> = None;
+        loop {
+            let due = (!digest.is_empty())
+                .then(|| last_sent.map_or_else(Instant::now, |t| t + self.window));
+            tokio::select! {
+                _ = async { stopped.wait_for(|s| *s).await.map(|_| ()) } => return,
+                _ = sleep_until(due) => {
+                    self.send(&std::mem::take(&mut digest)).await;
+                    STATS.open.store(0, Ordering::Relaxed);
+                    last_sent = Some(Instant::now());
+                }
+                notice = notices.recv() => match notice {
+                    Ok(n) if n.status == RunStatus::Failed => {
+                        let run = engine.store().run(n.run_id).await.ok().flatten();
+                        let flow = run.as_ref().map_or("?".to_owned(), |r| r.flow_id.to_string());
+                        let reason = run.and_then(|r| r.reason);
+                        digest.add(json!({
+                            "run_id": n.run_id.to_string(),
+                            "flow": flow,
+                            "reason": reason,
+                            "url": format!("{}/#/runs/{}", self.base_url, n.run_id),
+                        }), &flow);
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        warn!(missed, "alerts: run notices missed; the digest counts them unnamed");
+                        digest.unnamed += missed;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    /// Sends one digest to every target.
+    async fn send(&self, digest: &Digest) {
+        let message = digest.message(&self.base_url, self.window);
+        STATS
+            .runs_failed
+            .fetch_add(digest.count + digest.unnamed, Ordering::Relaxed);
+        for target in &self.targets {
+            let (url, body) = match target {
+                Target::Http(url) => (url, message.clone()),
+                Target::Slack(url) => (url, json!({ "text": message["text"] })),
+            };
+            let sent = self.client.post(url.clone()).json(&body).send().await;
+            match sent.and_then(reqwest::Response::error_for_status) {
+                Ok(_) => {
+                    STATS.sent.fetch_add(1, Ordering::Relaxed);
+                    info!(target = target.name(), runs = digest.count, "alert sent");
+                }
+                Err(e) => {
+                    STATS.send_failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(target = target.name(), error = %e, "alert not delivered");
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until `due`, or forever without one.
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_need_exactly_one_url_read_from_the_environment_when_asked() {
+        let config = |to: Value| AlertsConfig {
+            to: serde_json::from_value(to).unwrap(),
+            digest: default_digest(),
+        };
+        let env = |name: &str| (name == "HOOK").then(|| "https://hooks.slack.com/x".to_owned());
+        let targets =
+            config(json!([{ "url": "https://ops.example.com/a" }, { "slack": "${env:HOOK}" }]))
+                .targets(&env)
+                .unwrap();
+        assert!(
+            matches!(&targets[1], Target::Slack(u) if u.as_str() == "https://hooks.slack.com/x")
+        );
+        let e = config(json!([{ "url": "https://a", "slack": "https://b" }]))
+            .targets(&env)
+            .unwrap_err();
+        assert!(e.to_string().contains("exactly one"), "{e}");
+        let e = config(json!([{ "slack": "${env:NOPE}" }]))
+            .targets(&env)
+            .unwrap_err();
+        assert!(e.to_string().contains("`NOPE` is not set"), "{e}");
+    }
+
+    #[test]
+    fn a_digest_counts_every_run_and_names_the_first_few() {
+        let mut digest = Digest::default();
+        for i in 0..(LISTED_RUNS + 5) {
+            let flow = if i % 2 == 0 { "orders" } else { "leads" };
+            digest.add(
+                json!({ "run_id": format!("run_{i}"), "flow": flow, "reason": "boom" }),
+                flow,
+            );
+        }
+        let m = digest.message("http://h", Duration::from_secs(60));
+        assert_eq!(m["count"], (LISTED_RUNS + 5) as u64);
+        assert_eq!(m["runs"].as_array().unwrap().len(), LISTED_RUNS);
+        assert_eq!(m["more"], 5);
+        assert_eq!(m["flows"], json!({ "leads": 12, "orders": 13 }));
+        let text = m["text"].as_str().unwrap();
+        assert!(
+            text.starts_with("hookflow: 25 run(s) failed (leads: 12, orders: 13)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("run_0 of orders: boom — http://h/#/runs/run_0"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! Failure alerts (`alerts:` in the server configuration) with the real binary: failed runs reach
+//! an HTTP sink and a Slack-style incoming webhook, a storm arrives as digests, `/metrics` counts.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{eventually, unused_port, Server, Sink};
+
+/// The digest window the test configures.
+const DIGEST: Duration = Duration::from_secs(3);
+
+fn counts(sink: &Sink) -> Vec<u64> {
+    sink.received()
+        .iter()
+        .map(|r| r.body["count"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn failed_runs_are_alerted_in_digests_not_one_message_per_run() {
+    let hook = Sink::start().await;
+    let slack = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookflow.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "alerts:\n  digest: {}s\n  to:\n    - {{ url: \"{}/alerts\" }}\n    - {{ slack: \"${{env:ALERT_SLACK_URL}}\" }}\n",
+            DIGEST.as_secs(),
+            hook.url
+        ),
+    )
+    .unwrap();
+    let flow = format!(
+        "id: breaks\ntrigger: {{ webhook: }}\nsteps:\n  - id: post\n    http: {{ url: \"http://127.0.0.1:{}/down\", json: {{ a: 1 }} }}\n    retry: {{ attempts: 1 }}\n",
+        unused_port()
+    );
+    let slack_url = format!("{}/services/T0/B0/x", slack.url);
+    let server = Server::start_with(
+        &[("breaks.yaml", &flow)],
+        &[
+            "--allow-outbound",
+            "127.0.0.1",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[("ALERT_SLACK_URL", &slack_url)],
+    );
+
+    // The first failure after a quiet spell is alerted at once.
+    let (_, ack) = server.send("breaks", &json!({ "n": 0 })).await;
+    let first_run = ack["run_id"].as_str().unwrap().to_owned();
+    let run = server.finished_run(&first_run).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    eventually("the first alert", || async {
+        (hook.received().len() == 1).then_some(())
+    })
+    .await;
+    let first = hook.received()[0].body.clone();
+    assert_eq!(first["alert"], "runs_failed");
+    assert_eq!(first["count"], 1);
+    assert_eq!(first["flows"], json!({ "breaks": 1 }));
+    assert_eq!(first["runs"][0]["run_id"], first_run.as_str());
+    assert!(
+        first["runs"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("post")),
+        "{first:#}"
+    );
+
+    // A storm within the window is one more message, sent when the window ends.
+    for n in 1..=4 {
+        server.send("breaks", &json!({ "n": n })).await;
+    }
+    eventually("the storm's digest", || async {
+        (counts(&hook).iter().sum::<u64>() == 5).then_some(())
+    })
+    .await;
+    let received = hook.received();
+    assert_eq!(counts(&hook), [1, 4], "one digest for the storm");
+    let gap = received[1].at - received[0].at;
+    assert!(
+        gap >= DIGEST - Duration::from_millis(100),
+        "the digest waited for its window: {gap:?}"
+    );
+    let digest = &received[1].body;
+    assert_eq!(digest["runs"].as_array().unwrap().len(), 4);
+    assert!(digest["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("hookflow: 4 run(s) failed (breaks: 4)"));
+
+    // Slack gets the same messages as text only.
+    eventually("both messages on Slack", || async {
+        (slack.received().len() == 2).then_some(())
+    })
+    .await;
+    let texts: Vec<Value> = slack.received().iter().map(|r| r.body.clone()).collect();
+    assert_eq!(texts[0], json!({ "text": first["text"] }));
+    assert_eq!(texts[1], json!({ "text": digest["text"] }));
+
+    let metrics = server.metrics().await;
+    for line in [
+        "hookflow_alerts_sent_total 4",
+        "hookflow_alerts_runs_failed_total 5",
+        "hookflow_alerts_open 0",
+        "hookflow_alerts_send_failures_total 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}
+
+#[test]
+fn a_target_without_its_url_stops_the_server_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookflow.yaml");
+    std::fs::write(
+        &config,
+        "alerts:\n  to:\n    - { slack: \"${env:ALERT_SLACK_URL}\" }\n",
+    )
+    .unwrap();
+    let out = crate::support::hookflow()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--flows")
+        .arg(dir.path().join("flows"))
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .env_remove("ALERT_SLACK_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("alerts.to[0]: `ALERT_SLACK_URL` is not set"),
+        "{stderr}"
+    );
+}
