@@ -1,6 +1,7 @@
 //! Failure alerts for the whole server (the configuration's `alerts:`): when runs fail for good
-//! (after their retries), a message goes to each target — an HTTP URL (the digest as JSON) or a
-//! Slack incoming webhook (its text).
+//! (after their retries), when the backlog passes `backlog_over` queued steps, and when a flow's
+//! catch hook refuses more than `rejections.over` requests within `rejections.within`, a message
+//! goes to each target — an HTTP URL (the digest as JSON) or a Slack incoming webhook (its text).
 //!
 //! Invariants:
 //! - A storm is one message per `digest` window, not one per run: the first failure after a
@@ -11,8 +12,10 @@
 //!   run: alerts are sent by their own task, outside the workers.
 //! - The alert task learns of failures from the engine's run notices; a notice missed (the
 //!   receiver lagged) is counted in the digest as failures it could not name.
+//! - A condition (backlog, rejections) is alerted when it starts to hold, not again while it
+//!   holds; it is checked every [`check_every`] of the digest window, and is open until it stops.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +29,8 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
+
+use crate::server::HookLog;
 
 /// The most failed runs a digest names; it counts all of them.
 pub const LISTED_RUNS: usize = 20;
@@ -43,6 +48,23 @@ pub struct AlertsConfig {
     /// At most one message per this long; failures within it are sent together (default `1m`).
     #[serde(default = "default_digest")]
     pub digest: HumanDuration,
+    /// Alert when more than this many steps are queued (none: no backlog alert).
+    #[serde(default)]
+    pub backlog_over: Option<u64>,
+    /// Alert when a flow's catch hook refuses more than `over` requests within `within` (bad
+    /// signatures, rate limits, bodies too large; none: no such alert).
+    #[serde(default)]
+    pub rejections: Option<RejectionsConfig>,
+}
+
+/// When refused catch-hook requests are alerted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectionsConfig {
+    /// More than this many refused requests of one flow's hook …
+    pub over: u64,
+    /// … within this long.
+    pub within: HumanDuration,
 }
 
 impl Default for AlertsConfig {
@@ -50,6 +72,8 @@ impl Default for AlertsConfig {
         Self {
             to: Vec::new(),
             digest: default_digest(),
+            backlog_over: None,
+            rejections: None,
         }
     }
 }
@@ -145,11 +169,13 @@ struct Digest {
     runs: Vec<Value>,
     /// Failures the task learnt of only as a count (its notices lagged).
     unnamed: u64,
+    /// Conditions that started to hold: `{alert, text, …}`.
+    conditions: Vec<Value>,
 }
 
 impl Digest {
     fn is_empty(&self) -> bool {
-        self.count == 0 && self.unnamed == 0
+        self.count == 0 && self.unnamed == 0 && self.conditions.is_empty()
     }
 
     fn add(&mut self, run: Value, flow: &str) {
@@ -158,7 +184,6 @@ impl Digest {
         if self.runs.len() < LISTED_RUNS {
             self.runs.push(run);
         }
-        STATS.open.store(self.count, Ordering::Relaxed);
     }
 
     /// The message: JSON with a `text` for people.
@@ -169,28 +194,43 @@ impl Digest {
             .map(|(f, n)| format!("{f}: {n}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut text = format!("hookflow: {} run(s) failed ({flows})", self.count);
-        if self.unnamed > 0 {
-            text.push_str(&format!(", and about {} more not named", self.unnamed));
+        let mut parts: Vec<String> = Vec::new();
+        if self.count + self.unnamed > 0 {
+            let mut failed = format!("{} run(s) failed ({flows})", self.count);
+            if self.unnamed > 0 {
+                failed.push_str(&format!(", and about {} more not named", self.unnamed));
+            }
+            if let Some(first) = self.runs.first() {
+                let id = first["run_id"].as_str().unwrap_or_default();
+                failed.push_str(&format!(
+                    ". First: {id} of {}: {} — {base_url}/#/runs/{id}",
+                    first["flow"].as_str().unwrap_or_default(),
+                    first["reason"].as_str().unwrap_or("no reason recorded"),
+                ));
+            }
+            parts.push(failed);
         }
-        if let Some(first) = self.runs.first() {
-            text.push_str(&format!(
-                ". First: {} of {}: {} — {}/#/runs/{}",
-                first["run_id"].as_str().unwrap_or_default(),
-                first["flow"].as_str().unwrap_or_default(),
-                first["reason"].as_str().unwrap_or("no reason recorded"),
-                base_url,
-                first["run_id"].as_str().unwrap_or_default(),
-            ));
+        parts.extend(
+            self.conditions
+                .iter()
+                .map(|c| c["text"].as_str().unwrap_or_default().to_owned()),
+        );
+        let text = format!("hookflow: {}", parts.join("; "));
+        let mut kinds: Vec<&str> = Vec::new();
+        if self.count + self.unnamed > 0 {
+            kinds.push("runs_failed");
         }
+        kinds.extend(self.conditions.iter().filter_map(|c| c["alert"].as_str()));
+        kinds.dedup();
         json!({
-            "alert": "runs_failed",
+            "alerts": kinds,
             "text": text,
             "count": self.count + self.unnamed,
             "flows": self.by_flow,
             "runs": self.runs,
             "more": self.count.saturating_sub(self.runs.len() as u64) + self.unnamed,
             "digest_seconds": window.as_secs_f64(),
+            "conditions": self.conditions,
             "server": base_url,
         })
     }
@@ -200,6 +240,7 @@ impl Digest {
 pub fn spawn(
     config: &AlertsConfig,
     engine: Arc<Engine>,
+    hook_log: HookLog,
     base_url: String,
     env: &dyn Fn(&str) -> Option<String>,
     stopped: watch::Receiver<bool>,
@@ -221,6 +262,12 @@ pub fn spawn(
         targets,
         base_url,
         window: config.digest.0,
+        watch: Watch {
+            backlog_over: config.backlog_over,
+            rejections: config.rejections.clone(),
+            hook_log,
+            ..Watch::default()
+        },
     };
     info!(targets = sender.targets.len(), window = ?sender.window, "failure alerts on");
     let notices = engine.subscribe();
@@ -233,27 +280,121 @@ struct Sender {
     targets: Vec<Target>,
     base_url: String,
     window: Duration,
+    watch: Watch,
+}
+
+/// How often conditions are checked: a tenth of the digest window, from 100 ms to 10 s.
+fn check_every(window: Duration) -> Duration {
+    (window / 10).clamp(Duration::from_millis(100), Duration::from_secs(10))
+}
+
+/// The conditions watched, and which hold.
+#[derive(Default)]
+struct Watch {
+    backlog_over: Option<u64>,
+    rejections: Option<RejectionsConfig>,
+    hook_log: HookLog,
+    backlog_open: bool,
+    /// Each check's refused-request totals by flow, oldest first, reaching back `within`.
+    rejected: VecDeque<(Instant, BTreeMap<String, u64>)>,
+    /// Flows whose rejections alert is open.
+    rejecting: BTreeSet<String>,
+}
+
+impl Watch {
+    /// Checks every condition; the ones that started to hold go into `digest`.
+    async fn check(&mut self, engine: &Engine, digest: &mut Digest) {
+        if let Some(over) = self.backlog_over {
+            match engine.store().stats().await {
+                Ok(stats) if stats.queued > over && !self.backlog_open => {
+                    self.backlog_open = true;
+                    warn!(queued = stats.queued, over, "alert: backlog");
+                    digest.conditions.push(json!({
+                        "alert": "backlog",
+                        "queued": stats.queued,
+                        "over": over,
+                        "text": format!("backlog: {} steps queued (alert over {over})", stats.queued),
+                    }));
+                }
+                Ok(stats) if stats.queued <= over && self.backlog_open => {
+                    self.backlog_open = false;
+                    info!(queued = stats.queued, over, "alert closed: backlog");
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "alerts: cannot count the backlog"),
+            }
+        }
+        if let Some(RejectionsConfig { over, within }) = &self.rejections {
+            let now = Instant::now();
+            let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+            for (flow, kind, _, n) in self.hook_log.counts() {
+                if kind == "rejected" {
+                    *totals.entry(flow).or_default() += n;
+                }
+            }
+            // Keep the newest sample at or before the window's start as the baseline.
+            while self.rejected.len() > 1 && now - self.rejected[1].0 >= within.0 {
+                self.rejected.pop_front();
+            }
+            let baseline = self
+                .rejected
+                .front()
+                .map(|(_, t)| t.clone())
+                .unwrap_or_default();
+            for (flow, total) in &totals {
+                let recent = total - baseline.get(flow).copied().unwrap_or(0);
+                if recent > *over && self.rejecting.insert(flow.clone()) {
+                    warn!(%flow, recent, over, "alert: hook rejections");
+                    digest.conditions.push(json!({
+                        "alert": "hook_rejections",
+                        "flow": flow,
+                        "rejected": recent,
+                        "over": over,
+                        "within_seconds": within.0.as_secs_f64(),
+                        "text": format!(
+                            "the catch hook of {flow} refused {recent} requests within {:?} (alert over {over})",
+                            within.0
+                        ),
+                    }));
+                } else if recent <= *over && self.rejecting.remove(flow) {
+                    info!(%flow, "alert closed: hook rejections");
+                }
+            }
+            self.rejected.push_back((now, totals));
+        }
+    }
+
+    /// Conditions that hold now.
+    fn open(&self) -> u64 {
+        u64::from(self.backlog_open) + self.rejecting.len() as u64
+    }
 }
 
 impl Sender {
     async fn run(
-        self,
+        mut self,
         engine: Arc<Engine>,
         mut notices: broadcast::Receiver<hookflow_engine::store::RunNotice>,
         mut stopped: watch::Receiver<bool>,
     ) {
         let mut digest = Digest::default();
         let mut last_sent: Option<Instant> = None;
+        let mut checks = tokio::time::interval(check_every(self.window));
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            STATS.open.store(
+                digest.count + digest.unnamed + self.watch.open(),
+                Ordering::Relaxed,
+            );
             let due = (!digest.is_empty())
                 .then(|| last_sent.map_or_else(Instant::now, |t| t + self.window));
             tokio::select! {
                 _ = async { stopped.wait_for(|s| *s).await.map(|_| ()) } => return,
                 _ = sleep_until(due) => {
                     self.send(&std::mem::take(&mut digest)).await;
-                    STATS.open.store(0, Ordering::Relaxed);
                     last_sent = Some(Instant::now());
                 }
+                _ = checks.tick() => self.watch.check(&engine, &mut digest).await,
                 notice = notices.recv() => match notice {
                     Ok(n) if n.status == RunStatus::Failed => {
                         let run = engine.store().run(n.run_id).await.ok().flatten();
@@ -319,7 +460,7 @@ mod tests {
     fn targets_need_exactly_one_url_read_from_the_environment_when_asked() {
         let config = |to: Value| AlertsConfig {
             to: serde_json::from_value(to).unwrap(),
-            digest: default_digest(),
+            ..AlertsConfig::default()
         };
         let env = |name: &str| (name == "HOOK").then(|| "https://hooks.slack.com/x".to_owned());
         let targets =

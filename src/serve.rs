@@ -157,9 +157,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         tokio::spawn(watcher);
     }
+    let hook_log = HookLog::default();
     crate::alerts::spawn(
         &config.alerts,
         engine.clone(),
+        hook_log.clone(),
         base_url.clone(),
         &|n| env(n),
         stopped.clone(),
@@ -184,7 +186,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         base_url: base_url.into(),
         max_body_bytes: config.max_body_bytes,
         inspector: Inspector::default(),
-        hook_log: HookLog::default(),
+        hook_log,
         captures: Captures::default(),
         problems,
         auth,

@@ -58,7 +58,7 @@ async fn failed_runs_are_alerted_in_digests_not_one_message_per_run() {
     })
     .await;
     let first = hook.received()[0].body.clone();
-    assert_eq!(first["alert"], "runs_failed");
+    assert_eq!(first["alerts"], json!(["runs_failed"]));
     assert_eq!(first["count"], 1);
     assert_eq!(first["flows"], json!({ "breaks": 1 }));
     assert_eq!(first["runs"][0]["run_id"], first_run.as_str());
@@ -109,6 +109,64 @@ async fn failed_runs_are_alerted_in_digests_not_one_message_per_run() {
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
+}
+
+#[tokio::test]
+async fn a_backlog_and_a_hook_refusing_requests_are_alerted_once_while_they_last() {
+    let hook = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookflow.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "alerts:\n  digest: 1s\n  backlog_over: 2\n  rejections: {{ over: 2, within: 1m }}\n  to: [{{ url: \"{}/alerts\" }}]\n",
+            hook.url
+        ),
+    )
+    .unwrap();
+    let queued = "id: queued\ntrigger: { webhook: }\nsteps:\n  - { id: shape, map: { a: 1 } }\n";
+    let signed = "id: signed\ntrigger: { webhook: { verify: { provider: github, secret: s3cret } } }\nsteps:\n  - { id: shape, map: { a: 1 } }\n";
+    // No workers: every event's run stays queued.
+    let server = Server::start_with(
+        &[("queued.yaml", queued), ("signed.yaml", signed)],
+        &["--workers", "0", "--config", config.to_str().unwrap()],
+        &[],
+    );
+    for n in 0..3 {
+        let (status, _) = server.send("queued", &json!({ "n": n })).await;
+        assert_eq!(status, 200);
+        let (status, answer) = server.send("signed", &json!({ "n": n })).await;
+        assert_eq!(status, 401, "{answer}");
+    }
+    let conditions = eventually("both conditions alerted", || async {
+        let conditions: Vec<Value> = hook
+            .received()
+            .iter()
+            .flat_map(|r| r.body["conditions"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let kinds: Vec<&str> = conditions
+            .iter()
+            .filter_map(|c| c["alert"].as_str())
+            .collect();
+        (kinds.contains(&"backlog") && kinds.contains(&"hook_rejections")).then_some(conditions)
+    })
+    .await;
+    let backlog = conditions.iter().find(|c| c["alert"] == "backlog").unwrap();
+    assert!(backlog["queued"].as_u64().unwrap() >= 3, "{backlog}");
+    assert_eq!(backlog["over"], 2);
+    let rejections = conditions
+        .iter()
+        .find(|c| c["alert"] == "hook_rejections")
+        .unwrap();
+    assert_eq!(rejections["flow"], "signed");
+    assert_eq!(rejections["rejected"], 3);
+    assert_eq!(
+        conditions.len(),
+        2,
+        "each condition is alerted once while it holds"
+    );
+    let metrics = server.metrics().await;
+    assert!(metrics.contains("hookflow_alerts_open 2"), "{metrics}");
 }
 
 #[test]
