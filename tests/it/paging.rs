@@ -314,3 +314,21 @@ fn a_dry_run_shows_the_first_page_and_how_it_would_page() {
         "paging's JSONPaths read pages, not the run: {shown}"
     );
 }
+
+#[test]
+fn the_schema_describes_paging() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_cli(&["schema"], dir.path());
+    assert!(out.status.success());
+    let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let paginate = &schema["$defs"]["PaginateSpec"];
+    let fields: Vec<&String> = paginate["properties"].as_object().unwrap().keys().collect();
+    assert_eq!(fields, ["items", "next", "max_pages", "page_attempts"]);
+    assert_eq!(paginate["required"], json!(["items", "next"]));
+    let next: Vec<&String> = schema["$defs"]["NextSpec"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(next, ["cursor", "offset", "link"]);
+}

@@ -371,6 +371,41 @@ pub fn next_link<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::parse_flow;
+    use crate::steps::Registry;
+
+    fn problems(paginate: &str) -> Vec<String> {
+        let yaml = format!(
+            "id: l\ntrigger: {{ webhook: }}\nsteps:\n  - id: get\n    http:\n      url: https://api.example.com/items\n      paginate: {paginate}\n"
+        );
+        match parse_flow("l.yaml", &yaml, &Registry::builtin(), &|_| None) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors
+                .iter()
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn paging_is_checked_when_the_flow_loads() {
+        assert!(problems("{ items: $.body.data, next: { link: true } }").is_empty());
+        assert_eq!(
+            problems("{ items: body.data, next: { offset: offset, link: true }, max_pages: 0 }"),
+            [
+                "steps[0].http.paginate.items: `body.data` is not a JSONPath: write one such as `$.body.data`",
+                "steps[0].http.paginate.next: give exactly one of `cursor: {from, param}`, `offset: PARAM` and `link: true`",
+                "steps[0].http.paginate.max_pages: between 1 and 1000, not 0",
+            ]
+        );
+        assert_eq!(
+            problems("{ items: $.body, next: { cursor: { from: \"{{x}}\", param: c } }, page_attempts: 11 }"),
+            [
+                "steps[0].http.paginate.next.cursor.from: `{{x}}` is not a JSONPath: write one such as `$.body.data`",
+                "steps[0].http.paginate.page_attempts: between 1 and 10, not 11",
+            ]
+        );
+    }
 
     #[test]
     fn next_link_finds_rel_next_among_others() {
