@@ -236,43 +236,65 @@ impl Digest {
     }
 }
 
-/// Starts the alert task (when targets are configured); it stops when `stopped` turns true.
-pub fn spawn(
-    config: &AlertsConfig,
-    engine: Arc<Engine>,
-    hook_log: HookLog,
-    base_url: String,
-    env: &dyn Fn(&str) -> Option<String>,
-    stopped: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let targets = config.targets(env)?;
-    if targets.is_empty() {
-        return Ok(());
+/// Alerts as configured, checked, before the server starts.
+pub struct Alerts {
+    targets: Vec<Target>,
+    client: reqwest::Client,
+    window: Duration,
+    backlog_over: Option<u64>,
+    rejections: Option<RejectionsConfig>,
+}
+
+impl AlertsConfig {
+    /// Checks the section (targets resolved through `env`); `None` when no target is configured.
+    pub fn prepare(&self, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Option<Alerts>> {
+        let targets = self.targets(env)?;
+        if targets.is_empty() {
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            !self.digest.0.is_zero(),
+            "alerts.digest must be longer than 0s"
+        );
+        let client = reqwest::Client::builder()
+            .timeout(SEND_TIMEOUT)
+            .build()
+            .context("cannot set up the alerts' HTTP client")?;
+        Ok(Some(Alerts {
+            targets,
+            client,
+            window: self.digest.0,
+            backlog_over: self.backlog_over,
+            rejections: self.rejections.clone(),
+        }))
     }
-    anyhow::ensure!(
-        !config.digest.0.is_zero(),
-        "alerts.digest must be longer than 0s"
-    );
-    let client = reqwest::Client::builder()
-        .timeout(SEND_TIMEOUT)
-        .build()
-        .context("cannot set up the alerts' HTTP client")?;
-    let sender = Sender {
-        client,
-        targets,
-        base_url,
-        window: config.digest.0,
-        watch: Watch {
-            backlog_over: config.backlog_over,
-            rejections: config.rejections.clone(),
-            hook_log,
-            ..Watch::default()
-        },
-    };
-    info!(targets = sender.targets.len(), window = ?sender.window, "failure alerts on");
-    let notices = engine.subscribe();
-    tokio::spawn(sender.run(engine, notices, stopped));
-    Ok(())
+}
+
+impl Alerts {
+    /// Starts the alert task; it stops when `stopped` turns true.
+    pub fn spawn(
+        self,
+        engine: Arc<Engine>,
+        hook_log: HookLog,
+        base_url: String,
+        stopped: watch::Receiver<bool>,
+    ) {
+        let sender = Sender {
+            client: self.client,
+            targets: self.targets,
+            base_url,
+            window: self.window,
+            watch: Watch {
+                backlog_over: self.backlog_over,
+                rejections: self.rejections,
+                hook_log,
+                ..Watch::default()
+            },
+        };
+        info!(targets = sender.targets.len(), window = ?sender.window, "failure alerts on");
+        let notices = engine.subscribe();
+        tokio::spawn(sender.run(engine, notices, stopped));
+    }
 }
 
 struct Sender {

@@ -61,6 +61,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let env: Env =
         Arc::new(move |name: &str| process_env(name).or_else(|| secrets.get(name).cloned()));
     let auth = Auth::new(env("HOOKFLOW_ADMIN_PASSWORD"), env("HOOKFLOW_API_TOKEN"));
+    let alerts = config.alerts.prepare(&|n| env(n))?;
     let open_notice = (!auth.enabled()).then(|| {
         if !config.listen.ip().is_loopback() {
             config.listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -158,14 +159,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(watcher);
     }
     let hook_log = HookLog::default();
-    crate::alerts::spawn(
-        &config.alerts,
-        engine.clone(),
-        hook_log.clone(),
-        base_url.clone(),
-        &|n| env(n),
-        stopped.clone(),
-    )?;
+    if let Some(alerts) = alerts {
+        alerts.spawn(
+            engine.clone(),
+            hook_log.clone(),
+            base_url.clone(),
+            stopped.clone(),
+        );
+    }
     let worker_runtime = WorkerRuntime::start().context("cannot start the workers' threads")?;
     let workers = {
         let engine = engine.clone();

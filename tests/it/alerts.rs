@@ -170,7 +170,7 @@ async fn a_backlog_and_a_hook_refusing_requests_are_alerted_once_while_they_last
 }
 
 #[test]
-fn a_target_without_its_url_stops_the_server_with_the_reason() {
+fn a_target_without_its_url_stops_the_server_before_it_listens() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("hookflow.yaml");
     std::fs::write(
@@ -190,6 +190,10 @@ fn a_target_without_its_url_stops_the_server_with_the_reason() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening on"),
+        "refused before listening"
+    );
     assert!(
         stderr.contains("alerts.to[0]: `ALERT_SLACK_URL` is not set"),
         "{stderr}"
