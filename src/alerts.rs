@@ -10,8 +10,8 @@
 //!   [`LISTED_RUNS`] of them.
 //! - A target that cannot be reached costs that message (logged, counted on `/metrics`), never a
 //!   run: alerts are sent by their own task, outside the workers.
-//! - The alert task learns of failures from the engine's run notices; a notice missed (the
-//!   receiver lagged) is counted in the digest as failures it could not name.
+//! - The alert task learns of failures from the engine's run notices; when it misses some (its
+//!   receiver lagged), the digest says how many, since failures among them go unlisted.
 //! - A condition (backlog, rejections) is alerted when it starts to hold, not again while it
 //!   holds; it is checked every [`check_every`] of the digest window, and is open until it stops.
 
@@ -167,15 +167,15 @@ struct Digest {
     count: u64,
     by_flow: BTreeMap<String, u64>,
     runs: Vec<Value>,
-    /// Failures the task learnt of only as a count (its notices lagged).
-    unnamed: u64,
+    /// Run notices the task missed (its receiver lagged): failures among them go unlisted.
+    missed: u64,
     /// Conditions that started to hold: `{alert, text, …}`.
     conditions: Vec<Value>,
 }
 
 impl Digest {
     fn is_empty(&self) -> bool {
-        self.count == 0 && self.unnamed == 0 && self.conditions.is_empty()
+        self.count == 0 && self.missed == 0 && self.conditions.is_empty()
     }
 
     fn add(&mut self, run: Value, flow: &str) {
@@ -195,11 +195,8 @@ impl Digest {
             .collect::<Vec<_>>()
             .join(", ");
         let mut parts: Vec<String> = Vec::new();
-        if self.count + self.unnamed > 0 {
+        if self.count > 0 {
             let mut failed = format!("{} run(s) failed ({flows})", self.count);
-            if self.unnamed > 0 {
-                failed.push_str(&format!(", and about {} more not named", self.unnamed));
-            }
             if let Some(first) = self.runs.first() {
                 let id = first["run_id"].as_str().unwrap_or_default();
                 failed.push_str(&format!(
@@ -210,6 +207,12 @@ impl Digest {
             }
             parts.push(failed);
         }
+        if self.missed > 0 {
+            parts.push(format!(
+                "{} run notices were missed: failures among them are not listed",
+                self.missed
+            ));
+        }
         parts.extend(
             self.conditions
                 .iter()
@@ -217,7 +220,7 @@ impl Digest {
         );
         let text = format!("hookflow: {}", parts.join("; "));
         let mut kinds: Vec<&str> = Vec::new();
-        if self.count + self.unnamed > 0 {
+        if self.count > 0 {
             kinds.push("runs_failed");
         }
         kinds.extend(self.conditions.iter().filter_map(|c| c["alert"].as_str()));
@@ -225,10 +228,11 @@ impl Digest {
         json!({
             "alerts": kinds,
             "text": text,
-            "count": self.count + self.unnamed,
+            "count": self.count,
             "flows": self.by_flow,
             "runs": self.runs,
-            "more": self.count.saturating_sub(self.runs.len() as u64) + self.unnamed,
+            "more": self.count.saturating_sub(self.runs.len() as u64),
+            "missed_notices": self.missed,
             "digest_seconds": window.as_secs_f64(),
             "conditions": self.conditions,
             "server": base_url,
@@ -404,10 +408,9 @@ impl Sender {
         let mut checks = tokio::time::interval(check_every(self.window));
         checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            STATS.open.store(
-                digest.count + digest.unnamed + self.watch.open(),
-                Ordering::Relaxed,
-            );
+            STATS
+                .open
+                .store(digest.count + self.watch.open(), Ordering::Relaxed);
             let due = (!digest.is_empty())
                 .then(|| last_sent.map_or_else(Instant::now, |t| t + self.window));
             tokio::select! {
@@ -431,8 +434,8 @@ impl Sender {
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        warn!(missed, "alerts: run notices missed; the digest counts them unnamed");
-                        digest.unnamed += missed;
+                        warn!(missed, "alerts: run notices missed; the digest says so");
+                        digest.missed += missed;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
@@ -443,9 +446,7 @@ impl Sender {
     /// Sends one digest to every target.
     async fn send(&self, digest: &Digest) {
         let message = digest.message(&self.base_url, self.window);
-        STATS
-            .runs_failed
-            .fetch_add(digest.count + digest.unnamed, Ordering::Relaxed);
+        STATS.runs_failed.fetch_add(digest.count, Ordering::Relaxed);
         for target in &self.targets {
             let (url, body) = match target {
                 Target::Http(url) => (url, message.clone()),
