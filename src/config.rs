@@ -68,6 +68,9 @@ pub struct Config {
     pub secrets_file: Option<PathBuf>,
     /// `text` or `json` logs.
     pub log_format: LogFormat,
+    /// Failure alerts for the whole server (see `alerts.rs`).
+    #[serde(default)]
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 fn default_lease() -> HumanDuration {

@@ -6,6 +6,8 @@
 //! - `serve`: `hookflow serve`: store, engine, workers, HTTP server, graceful shutdown; `reload`:
 //!   the flows directory watched for changes.
 //! - `server`: the axum application: catch hooks, REST API, request inspector.
+//! - `alerts`: the configuration's `alerts:`: failed runs, backlog and refused hook requests sent
+//!   as digests to an HTTP URL or Slack.
 //! - `local`: commands that work on files without a server (`validate`, `schema`, `run`).
 //! - `flow_tests`: `hookflow test`, flow tests beside the flows; `samples`: sample event files.
 //! - `client`: commands that talk to a running server's API (`hooks`, `runs`, `inspect`,
@@ -16,6 +18,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod alerts;
 mod cli;
 mod client;
 mod config;

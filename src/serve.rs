@@ -77,6 +77,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.listen
         );
     }
+    let alerts = config.alerts.prepare(&|n| env(n))?;
     let open_notice = (!auth.enabled()).then(|| {
         if !config.listen.ip().is_loopback() {
             config.listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -181,6 +182,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         tokio::spawn(watcher);
     }
+    let hook_log = HookLog::default();
+    if let Some(alerts) = alerts {
+        alerts.spawn(
+            engine.clone(),
+            hook_log.clone(),
+            base_url.clone(),
+            stopped.clone(),
+        );
+    }
     let worker_runtime = WorkerRuntime::start().context("cannot start the workers' threads")?;
     let workers = {
         let engine = engine.clone();
@@ -202,7 +212,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         base_url: base_url.into(),
         max_body_bytes: config.max_body_bytes,
         inspector: Inspector::default(),
-        hook_log: HookLog::default(),
+        hook_log,
         captures: Captures::default(),
         problems,
         auth,

@@ -14,6 +14,7 @@ use std::time::Duration;
 use hookflow_engine::expr::{LeftOut, Templates, ValueExpr};
 use hookflow_engine::pacing::Observation;
 use hookflow_engine::steps::http::{parse_retry_after, scalar_text, send_error};
+use hookflow_engine::steps::paging;
 
 /// A JSON value as a query, form or path value: strings as they are, the rest as JSON text.
 pub use hookflow_engine::steps::http::scalar_text as scalar;
@@ -515,23 +516,14 @@ pub async fn collect<S: Service>(
     }
 }
 
-/// The `rel="next"` URL of a `Link` header.
+/// The `rel="next"` URL of a response's `Link` headers.
 fn next_link(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(reqwest::header::LINK)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find(|part| {
-            part.split(';').skip(1).any(|p| {
-                let p = p.trim();
-                p == "rel=\"next\"" || p == "rel=next"
-            })
-        })
-        .and_then(|part| {
-            let url = part.split(';').next()?.trim();
-            Some(url.trim_start_matches('<').trim_end_matches('>').to_owned())
-        })
+    paging::next_link(
+        headers
+            .get_all(reqwest::header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
 }
 
 /// Points `request` at a next-page URL (absolute, or relative to the account's base URL), which

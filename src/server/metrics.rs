@@ -1,8 +1,9 @@
 //! `GET /metrics`: counters in Prometheus' text format: catch-hook events received (by flow and
 //! outcome) and rejected (by flow and reason), runs finished by flow and status, step durations
 //! (a histogram by flow and kind), retries scheduled, commits refused for a lost lease, steps that
-//! panicked, outbound requests refused, client connections (open, refused, timed out), logins failed and throttled, this node's id, queue depth, store size and quarantined
-//! events (counted at most once a second).
+//! panicked, outbound requests refused, client connections (open, refused, timed out), logins
+//! failed and throttled, this node's id, queue depth, store size and quarantined events (counted
+//! at most once a second), and failure alerts (open, sent, not delivered).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -259,5 +260,39 @@ async fn metrics(
         "hookflow_outbound_refused_total {}",
         state.engine.http().refused()
     );
+    let alerts = &crate::alerts::STATS;
+    for (name, kind, help, value) in [
+        (
+            "hookflow_alerts_open",
+            "gauge",
+            "Failed runs waiting for the next alert digest (the configuration's `alerts:`).",
+            &alerts.open,
+        ),
+        (
+            "hookflow_alerts_runs_failed_total",
+            "counter",
+            "Failed runs alerted about.",
+            &alerts.runs_failed,
+        ),
+        (
+            "hookflow_alerts_sent_total",
+            "counter",
+            "Alert messages delivered to a target.",
+            &alerts.sent,
+        ),
+        (
+            "hookflow_alerts_send_failures_total",
+            "counter",
+            "Alert messages a target did not take (not sent again).",
+            &alerts.send_failures,
+        ),
+    ] {
+        describe(&mut out, name, kind, help);
+        let _ = writeln!(
+            out,
+            "{name} {}",
+            value.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

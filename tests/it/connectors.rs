@@ -840,7 +840,10 @@ async fn the_seed_flows_connect_stripe_and_hubspot() {
         .unwrap();
     assert_eq!(nia["properties"]["jobtitle"], "Head of Revenue Operations");
     assert_eq!(nia["properties"]["company"], "initech Inc");
-    assert_eq!(nia["properties"]["numemployees"], "250");
+    assert_eq!(
+        nia["properties"]["numemployees"], 250,
+        "a helper call alone keeps its type"
+    );
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! One test binary; the harness is in `support`.
 
 mod access;
+mod alerts;
 mod authoring;
 mod bench;
 mod browser;
@@ -15,6 +16,7 @@ mod fakes;
 mod limits;
 mod openapi;
 mod outbound;
+mod paging;
 mod pipeline;
 mod quarantine;
 mod requests;

@@ -1,5 +1,6 @@
 //! Expressions that resolved to nothing in a run: each template or JSONPath of a step that ran
-//! whose path was missing (or `null`) in the context it rendered against, with the file, line and
+//! whose path was missing (or `null`, except a step's output field written `null`) in the context
+//! it rendered against, with the file, line and
 //! field where it is written and the closest path that does exist ("did you mean …?").
 //!
 //! Paths an expression expects may be missing are not flagged: `default`'s fallbacks, `#if`
@@ -115,6 +116,9 @@ fn strings_in(
             let presence_test = ["exists", "is_empty"].iter().any(|k| map.contains_key(*k));
             for (k, v) in map {
                 let key = k.as_str().unwrap_or_default();
+                if key == "paginate" {
+                    continue; // an `http` step's paging reads each page's response, not the run
+                }
                 let optional = optional || (presence_test && key == "value");
                 strings_in(v, &join_path(field, key), optional, out);
             }
@@ -133,7 +137,13 @@ fn lookup<'v>(ctx: &'v Value, segments: &[String]) -> Option<&'v Value> {
 }
 
 fn is_missing(ctx: &Value, segments: &[String]) -> bool {
-    lookup(ctx, segments).is_none_or(Value::is_null)
+    match lookup(ctx, segments) {
+        None => true,
+        // A step's output field that is there but `null` came from an expression of that step
+        // (a helper of a missing value), which is flagged where it is written.
+        Some(Value::Null) => segments.first().is_none_or(|s| s != "steps"),
+        Some(_) => false,
+    }
 }
 
 /// Whether the path reads the output of a step that only described its call (or did not

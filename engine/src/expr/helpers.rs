@@ -9,9 +9,10 @@
 //!
 //! A helper here is a plain function from its arguments to a JSON value, listed in [`HELPERS`];
 //! adding one is adding a line there. The same function serves both ways handlebars calls a
-//! helper: as an expression (`{{upper x}}`, the value is written as text through
+//! helper: as an expression inside text (`Hi {{upper x}}`, the value is written as text through
 //! [`write_text`], so objects come out as compact JSON) and as a subexpression
-//! (`{{upper (default x "n/a")}}`, the value is passed on typed).
+//! (`{{upper (default x "n/a")}}`, the value is passed on typed). A string that is exactly one
+//! helper call renders the helper's value, typed (`{{multiply x 2}}` is a number).
 
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderError,
@@ -27,9 +28,13 @@ use serde_json::Value;
 use super::template::{to_text, write_text};
 use crate::secrets::Secrets;
 
-/// The internal helper bare value expressions are rewritten to (see `template.rs`): writes its
-/// argument as text.
+/// The internal helper every expression of a handlebars template is rewritten to (see
+/// `template.rs`): writes its argument as text.
 pub(super) const VALUE_HELPER: &str = "__hookflow_value";
+
+/// The helper that writes its value as JSON text; a handlebars template that is one expression
+/// calls it instead of the value helper, to render typed (see `template.rs`).
+pub(super) const JSON_HELPER: &str = "json";
 
 /// A helper: its arguments (missing fields are `null`) to its value, or a message.
 pub(super) type HelperFn = fn(&[&Value]) -> Result<Value, String>;
@@ -93,7 +98,7 @@ const HELPERS: &[(&str, HelperFn)] = &[
         Ok(Value::String(uuid_v4()))
     }),
     ("default", default),
-    ("json", |args| {
+    (JSON_HELPER, |args| {
         let [value] = one(args)?;
         Ok(Value::String(value.to_string()))
     }),

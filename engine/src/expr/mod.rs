@@ -10,8 +10,9 @@
 //! | written                                | compiled as                 | renders to                         |
 //! |----------------------------------------|-----------------------------|------------------------------------|
 //! | `{{ trigger.body.amount }}`            | whole simple path           | the value at that path, typed; `null` when missing |
+//! | `{{multiply x 2}}`, `{{merge a (pick b "k")}}` | exactly one helper call | the helper's value, typed (number, boolean, object, array, text) |
 //! | `$.trigger.body.items[*].id`           | JSONPath (`$.` or `$[`)     | the match (definite path) or an array of matches |
-//! | `Hi {{trigger.body.name}}!`, `{{upper x}}` | handlebars template     | a string; missing fields render as `""` |
+//! | `Hi {{trigger.body.name}}!`, `{{#if a}}…{{/if}}` | any other template | a string; missing fields render as `""` |
 //! | anything else, and non-string JSON     | literal                     | itself                             |
 //!
 //! # Requests: fields that resolve to nothing, and clearing on purpose
@@ -263,7 +264,7 @@ impl Compiler {
         let name = format!("hf{}_t{}", self.id, self.next_template);
         let compiled = template::compile(text, &mut self.registry, &name)
             .map_err(|message| ExprError::new("", message))?;
-        if matches!(compiled, Compiled::Leaf(Leaf::Handlebars(_))) {
+        if matches!(compiled, Compiled::Leaf(Leaf::Handlebars { .. })) {
             self.next_template += 1;
         }
         Ok(compiled)

@@ -6,14 +6,21 @@
 //! - no `{{` → a literal;
 //! - otherwise it is parsed once by handlebars' own parser, and the parsed template is inspected:
 //!   - exactly one `{{ simple.path }}` → [`Leaf::Path`], rendered typed;
-//!   - only text, simple paths and calls of our own helpers on simple paths and literals →
-//!     [`Leaf::Pieces`], rendered here without handlebars: no clone of the context, no registry
-//!     lookup (the common cases: `Hi {{trigger.body.name}}`, `{{lower trigger.body.email}}`);
+//!   - exactly one call of our own helper on simple paths and literals → [`Leaf::Call`],
+//!     rendered typed (`{{multiply x 2}}` is a number, `{{parse_json t}}` an object);
+//!   - only text, simple paths and such calls → [`Leaf::Pieces`], rendered here without
+//!     handlebars: no clone of the context, no registry lookup (the common cases:
+//!     `Hi {{trigger.body.name}}`, `{{lower trigger.body.email}}` inside text);
 //!   - anything else (handlebars' own helpers, hash arguments, subexpressions, blocks, `@root`,
 //!     `../`) → registered in the flow's handlebars registry as [`Leaf::Handlebars`]. Before
-//!     registering, every bare value expression (`{{x.y}}`, `{{this}}` inside `#each`) is
-//!     rewritten into a call of the internal value helper, so that objects and arrays render as
-//!     compact JSON (as they do on the fast path) rather than handlebars' `[object]`.
+//!     registering, every expression (`{{x.y}}`, `{{this}}` inside `#each`, `{{lookup a "k"}}`)
+//!     is rewritten into a call of the internal value helper, so that objects and arrays render
+//!     as compact JSON (as they do on the fast path) rather than handlebars' `[object]`. A
+//!     template that is exactly one expression (`{{merge a (pick b "x")}}`, `{{len items}}`)
+//!     calls `json` instead, and its output is read back as JSON, so it too renders typed.
+//!
+//! Invariant: a string that is exactly one expression renders the expression's value, typed;
+//! anything longer renders text, each expression written by [`write_text`].
 //!
 //! A *simple path* is what handlebars calls a relative path made only of named segments:
 //! `a.b`, `a.0`, `a.[0]`, `a.[odd key]`. Numeric segments index arrays. A segment that does not
@@ -25,7 +32,9 @@ use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::fmt::Write as _;
 
-use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement, TemplateMapping};
+use handlebars::template::{
+    HelperTemplate, Parameter, Subexpression, Template, TemplateElement, TemplateMapping,
+};
 use handlebars::{Context, Handlebars, Path, PathSeg, RenderErrorReason};
 use serde_json::Value;
 
@@ -49,10 +58,13 @@ pub(super) enum Leaf {
     Path(SimplePath),
     /// A JSONPath.
     JsonPath(JsonPathExpr),
-    /// Text and simple paths only.
+    /// `{{helper arg…}}` alone: the helper's value, typed.
+    Call(Call),
+    /// Text, simple paths and calls.
     Pieces(Vec<Piece>),
-    /// A handlebars template, registered under this name.
-    Handlebars(String),
+    /// A handlebars template, registered under `name`; when `typed`, it is one expression
+    /// wrapped to write its value as JSON.
+    Handlebars { name: String, typed: bool },
 }
 
 /// A part of a [`Leaf::Pieces`] template.
@@ -188,6 +200,14 @@ impl<'a> Scope<'a> {
         self.handlebars_context
             .get_or_init(|| Context::from(self.data.clone()))
     }
+
+    /// Renders the registered template `name`.
+    fn render_handlebars(&self, name: &str) -> Result<String, ExprError> {
+        let registry = &self.templates.0.registry;
+        registry
+            .render_with_context(name, self.handlebars_context())
+            .map_err(|e| ExprError::new("", render_error_message(&e, registry, name)))
+    }
 }
 
 impl Leaf {
@@ -196,7 +216,16 @@ impl Leaf {
         match self {
             Leaf::Path(path) => Ok(path.lookup(scope.data).cloned().unwrap_or(Value::Null)),
             Leaf::JsonPath(jp) => jp.select(scope.data),
-            Leaf::Pieces(_) | Leaf::Handlebars(_) => self.render_text(scope).map(Value::String),
+            Leaf::Call(call) => call.value(scope.data, scope.templates.secrets()),
+            Leaf::Handlebars { name, typed: true } => {
+                let json = scope.render_handlebars(name)?;
+                serde_json::from_str(&json).map_err(|e| {
+                    ExprError::new("", failed_at(None, &format!("not a JSON value: {e}")))
+                })
+            }
+            Leaf::Pieces(_) | Leaf::Handlebars { typed: false, .. } => {
+                self.render_text(scope).map(Value::String)
+            }
         }
     }
 
@@ -210,10 +239,8 @@ impl Leaf {
                 }
                 Ok(out)
             }
-            Leaf::JsonPath(jp) => {
-                let mut out = String::new();
-                write_text(&mut out, &jp.select(scope.data)?);
-                Ok(out)
+            Leaf::JsonPath(_) | Leaf::Call(_) | Leaf::Handlebars { typed: true, .. } => {
+                Ok(to_text(&self.render_value(scope)?))
             }
             Leaf::Pieces(pieces) => {
                 let mut out = String::new();
@@ -233,17 +260,7 @@ impl Leaf {
                 }
                 Ok(out)
             }
-            Leaf::Handlebars(name) => scope
-                .templates
-                .0
-                .registry
-                .render_with_context(name, scope.handlebars_context())
-                .map_err(|e| {
-                    ExprError::new(
-                        "",
-                        render_error_message(&e, &scope.templates.0.registry, name),
-                    )
-                }),
+            Leaf::Handlebars { name, typed: false } => scope.render_handlebars(name),
         }
     }
 }
@@ -381,17 +398,23 @@ pub(super) fn compile(
     }
 
     if let Some(pieces) = pieces(&template) {
-        return Ok(match pieces.as_slice() {
-            [] => Compiled::Literal(String::new()),
-            [Piece::Text(t)] => Compiled::Literal(t.clone()),
-            _ => Compiled::Leaf(Leaf::Pieces(pieces)),
+        return Ok(match <[Piece; 1]>::try_from(pieces) {
+            Ok([Piece::Text(t)]) => Compiled::Literal(t),
+            Ok([Piece::Call(call)]) => Compiled::Leaf(Leaf::Call(call)),
+            Ok([piece]) => Compiled::Leaf(Leaf::Pieces(vec![piece])),
+            Err(pieces) if pieces.is_empty() => Compiled::Literal(String::new()),
+            Err(pieces) => Compiled::Leaf(Leaf::Pieces(pieces)),
         });
     }
 
-    rewrite_bare_values(&mut template);
+    rewrite_expressions(&mut template);
+    let typed = write_single_expression_as_json(&mut template);
     template.name = Some(name.to_owned());
     registry.register_template(name, template);
-    Ok(Compiled::Leaf(Leaf::Handlebars(name.to_owned())))
+    Ok(Compiled::Leaf(Leaf::Handlebars {
+        name: name.to_owned(),
+        typed,
+    }))
 }
 
 /// A parse error as one line: where, a hint in plain words, and handlebars' own reason (its
@@ -541,28 +564,47 @@ fn pieces(template: &Template) -> Option<Vec<Piece>> {
     Some(out)
 }
 
-/// Rewrites every bare value expression `{{p}}` into `{{<value helper> p}}`, recursively into
-/// blocks, so that handlebars renders objects and arrays through our [`write_text`].
-fn rewrite_bare_values(template: &mut Template) {
+/// Rewrites every expression `{{e}}` into `{{<value helper> e}}` (a bare value) or
+/// `{{<value helper> (e)}}` (a helper call), recursively into blocks, so that handlebars writes
+/// every value through our [`write_text`]: objects and arrays as compact JSON, never `[object]`.
+fn rewrite_expressions(template: &mut Template) {
     for element in &mut template.elements {
         match element {
             TemplateElement::Expression(ht) | TemplateElement::HtmlExpression(ht) => {
-                if let Some(path) = bare_path(ht).cloned() {
-                    ht.name = Parameter::Name(helpers::VALUE_HELPER.to_owned());
-                    ht.params = vec![Parameter::Path(path)];
-                }
+                let arg = match bare_path(ht).cloned() {
+                    Some(path) => Parameter::Path(path),
+                    None => Parameter::Subexpression(Subexpression::new(
+                        std::mem::replace(&mut ht.name, Parameter::Name(String::new())),
+                        std::mem::take(&mut ht.params),
+                        std::mem::take(&mut ht.hash),
+                    )),
+                };
+                ht.name = Parameter::Name(helpers::VALUE_HELPER.to_owned());
+                ht.params = vec![arg];
             }
             TemplateElement::HelperBlock(ht) => {
                 if let Some(inner) = ht.template.as_mut() {
-                    rewrite_bare_values(inner);
+                    rewrite_expressions(inner);
                 }
                 if let Some(inner) = ht.inverse.as_mut() {
-                    rewrite_bare_values(inner);
+                    rewrite_expressions(inner);
                 }
             }
             _ => {}
         }
     }
+}
+
+/// When the (rewritten) template is exactly one expression, makes it write its value as JSON
+/// rather than text; says whether it did.
+fn write_single_expression_as_json(template: &mut Template) -> bool {
+    let [TemplateElement::Expression(ht) | TemplateElement::HtmlExpression(ht)] =
+        template.elements.as_mut_slice()
+    else {
+        return false;
+    };
+    ht.name = Parameter::Name(helpers::JSON_HELPER.to_owned());
+    true
 }
 
 /// A render error in the words of the flow's author (our generated template names stay hidden).

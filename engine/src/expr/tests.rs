@@ -1269,12 +1269,9 @@ fn lookup_and_json_helpers() {
     let out = expr.render(&t, &data).unwrap();
     assert_eq!(out["plan"], "Pro");
     assert_eq!(out["unknown"], "Other");
-    assert_eq!(
-        out["parsed"], "{\"a\":[1,2]}",
-        "in a template a value is written as text"
-    );
-    assert_eq!(out["picked"], "{\"email\":\"ada@example.com\"}");
-    assert_eq!(out["merged"], "{\"a\":1,\"b\":2}");
+    assert_eq!(out["parsed"], json!({ "a": [1, 2] }));
+    assert_eq!(out["picked"], json!({ "email": "ada@example.com" }));
+    assert_eq!(out["merged"], json!({ "a": 1, "b": 2 }));
     assert!(render_error("{{parse_json \"{oops\"}}").contains("takes JSON text"));
     assert!(render_error("{{pick trigger.body.email \"a\"}}").contains("takes an object"));
     assert!(render_error("{{lookup_or trigger.body.email \"a\" \"b\"}}").contains("takes a table"));
@@ -1360,4 +1357,162 @@ fn deep_or_long_templates_are_refused_quickly_with_their_place() {
     assert_eq!(text(&deep_if(32)), "");
     assert_eq!(text("{{upper \"((((\"}}{{!-- ((( {{ --}}"), "((((");
     assert_eq!(text(&"{{x}}".repeat(256)), "");
+}
+
+/// Every helper, called alone as a whole value: (template, its typed value). Block helpers
+/// (`if`, `unless`, `each`, `with`) render text by nature and are not here.
+fn helpers_alone() -> Vec<(&'static str, Value)> {
+    vec![
+        ("{{upper trigger.body.email}}", json!("ADA@EXAMPLE.COM")),
+        ("{{lower steps.lookup.plan}}", json!("pro")),
+        ("{{trim trigger.body.name}}", json!("Ada Lovelace")),
+        ("{{title \"ada LOVELACE\"}}", json!("Ada Lovelace")),
+        ("{{truncate trigger.body.email 3}}", json!("ada")),
+        (
+            "{{replace trigger.body.email \"@\" \" at \"}}",
+            json!("ada at example.com"),
+        ),
+        ("{{split \"a, b\" \",\"}}", json!(["a", "b"])),
+        ("{{join trigger.body.tags \"+\"}}", json!("Urgent+new")),
+        ("{{slug \"Plan #2: Pro\"}}", json!("plan-2-pro")),
+        (
+            "{{extract_email \"mail ada@example.com.\"}}",
+            json!("ada@example.com"),
+        ),
+        (
+            "{{extract_url \"see https://x.io/a.\"}}",
+            json!("https://x.io/a"),
+        ),
+        ("{{extract_number \"Total: $1,234.50\"}}", json!(1234.5)),
+        ("{{round trigger.body.price}}", json!(2)),
+        ("{{add trigger.body.amount 1}}", json!(43)),
+        ("{{subtract trigger.body.amount_text 2}}", json!(40)),
+        ("{{multiply trigger.body.amount 2}}", json!(84)),
+        ("{{divide trigger.body.amount 4}}", json!(10.5)),
+        ("{{base64_encode \"hi\"}}", json!("aGk=")),
+        ("{{base64_decode \"aGk=\"}}", json!("hi")),
+        ("{{url_encode \"a b&c\"}}", json!("a+b%26c")),
+        (
+            "{{sha256 \"abc\"}}",
+            json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+        ),
+        (
+            "{{default trigger.body.nope trigger.body.customer}}",
+            json!({ "id": 7, "tier": "gold" }),
+        ),
+        ("{{default trigger.body.nope 0}}", json!(0)),
+        ("{{json trigger.body.tags}}", json!("[\"Urgent\",\"new\"]")),
+        ("{{format_number 1234.5 2}}", json!("1,234.50")),
+        ("{{currency 49 \"usd\"}}", json!("$49.00")),
+        (
+            "{{date_parse \"2024-05-03\"}}",
+            json!("2024-05-03T00:00:00Z"),
+        ),
+        (
+            "{{date_format trigger.body.created \"%d %b %Y\"}}",
+            json!("01 May 2024"),
+        ),
+        (
+            "{{date_add trigger.body.created \"1d\"}}",
+            json!("2024-05-02T10:00:00Z"),
+        ),
+        (
+            "{{date_subtract trigger.body.created \"1h\"}}",
+            json!("2024-05-01T09:00:00Z"),
+        ),
+        (
+            "{{date_tz trigger.body.created \"Europe/Paris\"}}",
+            json!("2024-05-01T12:00:00+02:00"),
+        ),
+        (
+            "{{date_diff trigger.body.created \"2024-05-04T10:00:00Z\"}}",
+            json!(3),
+        ),
+        (
+            "{{date_before trigger.body.created trigger.body.due}}",
+            json!(true),
+        ),
+        (
+            "{{date_after trigger.body.created trigger.body.due}}",
+            json!(false),
+        ),
+        (
+            "{{lookup_or trigger.body \"customer\" \"none\"}}",
+            json!({ "id": 7, "tier": "gold" }),
+        ),
+        ("{{parse_json \"[1,2]\"}}", json!([1, 2])),
+        ("{{pick trigger.body.customer \"id\"}}", json!({ "id": 7 })),
+        (
+            "{{merge trigger.body.customer (pick steps.lookup \"plan\")}}",
+            json!({ "id": 7, "tier": "gold", "plan": "Pro" }),
+        ),
+        (
+            "{{upper (default trigger.body.nope \"anon\")}}",
+            json!("ANON"),
+        ),
+        ("{{eq trigger.body.amount 42}}", json!(true)),
+        ("{{ne trigger.body.amount 42}}", json!(false)),
+        ("{{gt trigger.body.amount 40}}", json!(true)),
+        ("{{gte trigger.body.amount 43}}", json!(false)),
+        ("{{lt trigger.body.small 6}}", json!(true)),
+        ("{{lte trigger.body.small 4}}", json!(false)),
+        ("{{and trigger.body.vip true}}", json!(true)),
+        ("{{or trigger.body.nope false}}", json!(false)),
+        ("{{not trigger.body.vip}}", json!(false)),
+        ("{{len trigger.body.items}}", json!(2)),
+        ("{{lookup trigger.body.customer \"tier\"}}", json!("gold")),
+        ("{{lookup trigger.body \"tags\"}}", json!(["Urgent", "new"])),
+        (
+            "{{@root.trigger.body.customer}}",
+            json!({ "id": 7, "tier": "gold" }),
+        ),
+    ]
+}
+
+#[test]
+fn a_value_that_is_one_helper_call_keeps_the_helpers_type() {
+    for (template, expected) in helpers_alone() {
+        assert_eq!(render(json!(template)), expected, "{template}");
+    }
+    assert!(
+        render(json!("{{uuid}}"))
+            .as_str()
+            .is_some_and(|u| u.len() == 36),
+        "uuid is text"
+    );
+    // Every helper a flow can call is above.
+    let written: String = helpers_alone().iter().map(|(t, _)| *t).collect();
+    for name in helpers::public_names() {
+        if matches!(name, "if" | "unless" | "each" | "with" | "uuid") {
+            continue;
+        }
+        assert!(
+            written.contains(&format!("{{{{{name} ")) || written.contains(&format!("({name} ")),
+            "no typed test for helper `{name}`"
+        );
+    }
+}
+
+#[test]
+fn a_helper_call_inside_longer_text_renders_as_text() {
+    for (template, expected) in helpers_alone() {
+        let written = super::template::to_text(&expected);
+        assert_eq!(
+            render(json!(format!("<{template}>"))),
+            json!(format!("<{written}>")),
+            "{template}"
+        );
+        assert_eq!(text(template), written, "{template} as text");
+    }
+    assert_eq!(text("{{multiply trigger.body.amount 2}}"), "84");
+    assert_eq!(
+        render(json!("n={{multiply trigger.body.amount 2}}")),
+        json!("n=84")
+    );
+    // Missing input stays missing: `null` as a value, nothing as text.
+    assert_eq!(render(json!("{{upper trigger.body.nope}}")), Value::Null);
+    assert_eq!(
+        render(json!("{{parse_json (lower trigger.body.nope)}}")),
+        Value::Null
+    );
 }

@@ -301,8 +301,8 @@ steps:
         );
         assert_eq!(
             out["items"][3]["output"],
-            json!({ "ok": "1" }),
-            "helpers render as text"
+            json!({ "ok": 1 }),
+            "a helper call alone keeps its type"
         );
         assert!(out["items"][2]["error"]
             .as_str()

@@ -5,6 +5,9 @@
 //! recorded request (the runtime reuses the input), and fields whose expression resolved to nothing
 //! are left out of headers, query and body (listed in the input's `left_out`). A non-2xx answer is a step
 //! error; 5xx, 408, 409, 425 and 429 are retryable, other 4xx are not, and `Retry-After` is honoured.
+//!
+//! With `paginate:` the step follows a list API's pages and collects their items (see
+//! [`super::paging`]); each page is retried on its own.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::paging::{Paginate, PaginateSpec};
 use super::{join_path, Action, BuildContext, ExecContext, Outcome, StepError, StepKind};
 use crate::expr::{LeftOut, Templates, TextExpr, ValueExpr};
 use crate::model::Timestamp;
@@ -55,6 +59,10 @@ pub struct HttpSpec {
     /// Sign the request as a webhook, so its receiver can check it came from you.
     #[serde(default)]
     pub sign: Option<SignSpec>,
+    /// Follow a list API's pages (a cursor, an offset or `Link: rel="next"`), collecting their
+    /// items into one output.
+    #[serde(default)]
+    pub paginate: Option<PaginateSpec>,
 }
 
 /// How a request is signed.
@@ -159,6 +167,10 @@ impl StepKind for HttpSpec {
             .into_iter()
             .map(|(k, v)| v.map(|v| (k, v)))
             .collect::<Option<Vec<_>>>();
+        let paginate = match self.paginate {
+            Some(p) => p.build(cx).map(Some),
+            None => Some(None),
+        };
         let sign = self.sign.map(|s| s.standard_webhooks);
         if sign.as_deref().is_some_and(|s| s.contains("{{")) {
             cx.error(
@@ -174,6 +186,7 @@ impl StepKind for HttpSpec {
             query: query?,
             body: body?,
             auth: auth?,
+            paginate: paginate?,
         }))
     }
 }
@@ -189,6 +202,7 @@ struct Http {
     query: ValueExpr,
     body: Body,
     auth: Auth,
+    paginate: Option<Paginate>,
 }
 
 impl std::fmt::Debug for Http {
@@ -262,6 +276,9 @@ impl Action for Http {
         if self.sign.is_some() {
             req.insert("sign".into(), json!("standard-webhooks"));
         }
+        if let Some(p) = &self.paginate {
+            req.insert("paginate".into(), p.describe());
+        }
         match &self.auth {
             Auth::None => {}
             Auth::Bearer(tok) => {
@@ -276,22 +293,94 @@ impl Action for Http {
     }
 
     async fn execute(&self, input: Value, cx: &ExecContext) -> Result<Outcome, StepError> {
-        let mut request = build_request(&input, cx)?;
-        if let Some(secret) = &self.sign {
-            sign_standard_webhooks(&mut request, secret, &cx.idempotency_key)?;
-        }
         if cx.dry_run {
-            return Ok(Outcome::Output(
-                json!({ "dry_run": true, "request": input }),
-            ));
+            // Built (and signed) as it would be sent, so a dry run catches the same mistakes.
+            self.request(&input, &cx.idempotency_key, cx)?;
+            let mut out = json!({ "dry_run": true, "request": input });
+            if self.paginate.is_some() {
+                out["pages"] = json!("only the first page's request is shown");
+            }
+            return Ok(Outcome::Output(out));
         }
+        match &self.paginate {
+            None => self.send(&input, &cx.idempotency_key, cx).await,
+            Some(p) => self.send_pages(p, input, cx).await,
+        }
+        .map(Outcome::Output)
+    }
+}
+
+impl Http {
+    /// The request for `input`, sent under idempotency key `key`.
+    fn request(
+        &self,
+        input: &Value,
+        key: &str,
+        cx: &ExecContext,
+    ) -> Result<reqwest::Request, StepError> {
+        let mut request = build_request(input, key, cx)?;
+        if let Some(secret) = &self.sign {
+            sign_standard_webhooks(&mut request, secret, key)?;
+        }
+        Ok(request)
+    }
+
+    /// Sends `input` once: the response `{status, headers, body}`.
+    async fn send(&self, input: &Value, key: &str, cx: &ExecContext) -> Result<Value, StepError> {
+        let request = self.request(input, key, cx)?;
         let response = cx
             .http
             .client()
             .execute(request)
             .await
             .map_err(|e| send_error(&e))?;
-        read_response(response).await.map(Outcome::Output)
+        read_response(response).await
+    }
+
+    /// Sends page after page, each retried on its own (see [`super::paging`]).
+    async fn send_pages(
+        &self,
+        paginate: &Paginate,
+        input: Value,
+        cx: &ExecContext,
+    ) -> Result<Value, StepError> {
+        let mut walk = paginate.walk(input, &cx.templates);
+        while let Some((request, key)) = walk.next_request(&cx.idempotency_key) {
+            let mut attempt = 1;
+            let response = loop {
+                let started = std::time::Instant::now();
+                let sent = self.send(&request, &key, cx).await;
+                let ms = started.elapsed().as_millis() as u64;
+                match sent {
+                    Ok(response) => {
+                        walk.attempt(json!({ "duration_ms": ms, "status": response["status"] }));
+                        break response;
+                    }
+                    Err(e) => {
+                        walk.attempt(json!({ "duration_ms": ms, "error": e.message }));
+                        if !e.retryable || attempt >= paginate.attempts {
+                            return Err(walk.failed(e));
+                        }
+                        let wait = page_backoff(attempt, e.retry_after);
+                        tracing::info!(step_id = %cx.step_id, key = %key, attempt, ?wait, error = %e.message, "page failed, retrying it");
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                }
+            };
+            tracing::debug!(step_id = %cx.step_id, key = %key, attempt, "page received");
+            walk.page(request, response)?;
+        }
+        Ok(walk.finish())
+    }
+}
+
+/// How long before a failed page is tried again: what the server asked (at most a minute), else
+/// 0.5 s doubling per attempt.
+fn page_backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    match retry_after {
+        Some(wait) => wait.min(Duration::from_secs(60)),
+        None => Duration::from_millis(500) * 2u32.pow(attempt.saturating_sub(1).min(5)),
     }
 }
 
@@ -312,7 +401,11 @@ fn fields(
 
 /// Builds the request from the rendered input (also in dry runs, so they catch the same mistakes,
 /// except the address policy: nothing is sent).
-fn build_request(input: &Value, cx: &ExecContext) -> Result<reqwest::Request, StepError> {
+fn build_request(
+    input: &Value,
+    idempotency_key: &str,
+    cx: &ExecContext,
+) -> Result<reqwest::Request, StepError> {
     let url_text = input["url"].as_str().unwrap_or_default();
     let mut url = reqwest::Url::parse(url_text)
         .map_err(|e| StepError::permanent(format!("`{url_text}` is not a valid URL: {e}")))?;
@@ -342,7 +435,7 @@ fn build_request(input: &Value, cx: &ExecContext) -> Result<reqwest::Request, St
         headers.insert(name, value);
     }
     if !headers.contains_key("idempotency-key") {
-        let key = HeaderValue::from_str(&cx.idempotency_key)
+        let key = HeaderValue::from_str(idempotency_key)
             .map_err(|_| StepError::permanent("invalid idempotency key"))?;
         headers.insert("idempotency-key", key);
     }

@@ -15,6 +15,7 @@ pub mod filter;
 pub mod foreach;
 pub mod http;
 pub mod map;
+pub mod paging;
 pub mod subflow;
 pub mod switch;
 
