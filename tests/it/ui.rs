@@ -82,6 +82,13 @@ async fn the_flow_page_previews_a_sample_marks_the_typo_and_captures_new_samples
         .goto(&format!("{}/#/flows/payments", server.base))
         .await
         .unwrap();
+    // The payload box starts with the latest sample.
+    let payload = browser.find("#payload").await;
+    eventually("the sample in the payload box", || async {
+        let value = payload.prop("value").await.unwrap().unwrap_or_default();
+        value.contains("A@X.COM").then_some(())
+    })
+    .await;
     browser.find("#preview").await.click().await.unwrap();
     let flag = browser.text_of(".unresolved", "did you mean").await;
     assert!(flag.contains("line 9"), "{flag}");
@@ -118,13 +125,15 @@ async fn the_flow_page_previews_a_sample_marks_the_typo_and_captures_new_samples
         (files.len() == 1).then(|| files[0].clone())
     })
     .await;
-    assert!(
-        shown.contains(written.trim_end_matches(".json")),
-        "{shown} vs {written}"
-    );
+    let captured = written.trim_end_matches(".json");
+    assert!(shown.contains(captured), "{shown} vs {written}");
+    // The sample list has the captured sample, chosen, and it fills the payload box.
+    let chosen = browser.find("#sample").await.prop("value").await.unwrap();
+    assert_eq!(chosen.as_deref(), Some(captured));
+    let value = payload.prop("value").await.unwrap().unwrap_or_default();
+    assert!(value.contains("b@y.com"), "{value}");
 
-    // Start a run with a payload typed into the page.
-    let payload = browser.find("#payload").await;
+    // Start a run with a payload typed into the page; the answer links to the run's page.
     payload.clear().await.unwrap();
     payload
         .send_keys(r#"{"customer_email": "typed@example.com"}"#)
@@ -138,6 +147,13 @@ async fn the_flow_page_previews_a_sample_marks_the_typo_and_captures_new_samples
         run["event"]["trigger"]["body"]["customer_email"],
         "typed@example.com"
     );
+    browser
+        .find(&format!("#run-status a[href='#/runs/{run_id}']"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#run-state", "filtered").await;
     browser.close().await;
 }
 
@@ -231,5 +247,78 @@ steps:
     assert!(counts.contains("1 ok"), "{counts}");
     browser.find("tr[data-flow-row='leads'] svg.spark").await;
     browser.screenshot("flows").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_run_page_opened_while_running_turns_final_and_draws_the_whole_run() {
+    // The CRM holds its answers until released: a 500 first, then 200 after a 1 s backoff.
+    let sink = crate::support::Sink::with(crate::support::SinkOptions {
+        statuses: &[500],
+        held: true,
+        ..Default::default()
+    })
+    .await;
+    let flow = format!(
+        r#"
+id: sync
+trigger: {{ webhook: }}
+steps:
+  - id: deliver
+    retry: {{ attempts: 2, backoff: fixed, initial: 1s, jitter: false }}
+    http: {{ url: "{}/crm", json: "$.trigger.body" }}
+"#,
+        sink.url
+    );
+    let server = Server::start(&[("sync.yaml", &flow)]);
+    let (_, answer) = server.send("sync", &json!({ "email": "a@x.com" })).await;
+    let run_id = answer["run_id"].as_str().unwrap().to_owned();
+    eventually("the CRM's first request", || async {
+        (!sink.received().is_empty()).then_some(())
+    })
+    .await;
+
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("{}/#/runs/{run_id}", server.base))
+        .await
+        .unwrap();
+    // (The run reads `queued` while its one step is in flight.)
+    let state = browser.find("#run-state").await.text().await.unwrap();
+    assert!(["queued", "running"].contains(&state.as_str()), "{state}");
+    browser.text_of("#live", "live").await;
+    sink.release();
+
+    // Without a reload, the page shows the run finished, with a duration for people.
+    browser.text_of("#run-state", "succeeded").await;
+    let took = browser.find("#run-took").await.text().await.unwrap();
+    let seconds = regex::Regex::new(r"^\d+(\.\d)? s$").unwrap();
+    assert!(seconds.is_match(&took), "took {took:?}");
+    // The timeline draws the queued time, both attempts and the backoff between them.
+    browser.find("[data-part=queued] .seg.queued").await;
+    let deliver = "[data-step-bar=deliver]";
+    let said = browser
+        .text_of(&format!("{deliver} .said"), "2 attempts")
+        .await;
+    assert!(said.contains("waiting"), "{said}");
+    let bars = browser
+        .client
+        .find_all(fantoccini::Locator::Css(&format!("{deliver} .seg")))
+        .await
+        .unwrap();
+    let mut kinds = Vec::new();
+    for bar in bars {
+        kinds.push(bar.attr("class").await.unwrap().unwrap_or_default());
+    }
+    assert_eq!(
+        kinds,
+        ["seg failed", "seg wait", "seg succeeded"],
+        "attempt, backoff, attempt"
+    );
+    let wait = browser.find(&format!("{deliver} .seg.wait")).await;
+    let title = wait.attr("title").await.unwrap().unwrap_or_default();
+    assert!(title.starts_with("backoff 1"), "{title}");
+    browser.screenshot("run-live").await;
     browser.close().await;
 }

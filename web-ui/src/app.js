@@ -59,6 +59,60 @@ document.addEventListener("click", event => {
   }
 });
 
+// ---- time --------------------------------------------------------------------------------
+
+const FINAL = ["succeeded", "failed", "filtered"];
+const at = t => Date.parse(t);
+
+// A duration for people: 840 ms, 1.2 s, 55 s, 3 min, 2 h 5 min.
+function human(ms) {
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 10_000) return `${(ms / 1000).toFixed(1)} s`;
+  if (ms < 60_000) return `${Math.floor(ms / 1000)} s`;
+  if (ms < 3_600_000) return `${Math.floor(ms / 60_000)} min`;
+  const h = Math.floor(ms / 3_600_000), min = Math.floor(ms % 3_600_000 / 60_000);
+  return min ? `${h} h ${min} min` : `${h} h`;
+}
+
+const clock = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
+
+// A time in the viewer's zone and how long ago it was (the exact UTC time on hover).
+function when(t) {
+  if (!t) return "";
+  const ago = Date.now() - at(t);
+  return `<time datetime="${esc(t)}" title="${esc(t)}">${esc(clock.format(new Date(t)))}</time>
+    <small class="muted">${Math.abs(ago) < 1000 ? "just now" : ago > 0 ? `${human(ago)} ago` : `in ${human(-ago)}`}</small>`;
+}
+
+// ---- live ----------------------------------------------------------------------------------
+
+// The page's stream of run changes (one at a time); the header's #live says whether it is connected.
+let live = null;
+
+function follow(query, onRun, onOpen = () => {}) {
+  stopFollowing();
+  const state = document.getElementById("live");
+  live = new EventSource(`/api/v1/runs/events${query}`);
+  live.addEventListener("open", () => {
+    state.textContent = "● live";
+    state.dataset.state = "live";
+    onOpen();
+  });
+  live.addEventListener("error", () => {
+    state.textContent = "disconnected, retrying…";
+    state.dataset.state = "retrying";
+  });
+  live.addEventListener("run", event => onRun(JSON.parse(event.data)));
+}
+
+function stopFollowing() {
+  live?.close();
+  live = null;
+  const state = document.getElementById("live");
+  state.textContent = "";
+  delete state.dataset.state;
+}
+
 // ---- drawings -------------------------------------------------------------------------------
 
 const KIND_ICONS = { filter: "▽", map: "⇄", http: "↗", hubspot: "H", stripe: "S", slack: "#", email: "✉", switch: "⑂",
@@ -132,8 +186,8 @@ async function home() {
         <td><a href="#/flows/${esc(f.id)}">${esc(f.name)}</a><br><small class="muted">${esc(f.id)}${f.enabled ? "" : ` · <span class="failed">paused</span>`}</small></td>
         <td>${esc(f.trigger.type)}${f.trigger.cron ? `<br><small class="muted"><code>${esc(f.trigger.cron)}</code></small>` : ""}</td>
         <td>${sparkline(a.hourly)}<br><small><span class="succeeded">${n("succeeded")} ok</span> ·
-          <span class="failed">${n("failed")} failed</span> · <span class="filtered">${n("filtered")} filtered</span></small>
-          ${a.last_run ? `<br><small class="muted">last <a href="#/runs/${esc(a.last_run.id)}">${esc(a.last_run.created_at)}</a></small>` : ""}</td>
+          <a class="failed" href="#/runs?flow=${encodeURIComponent(f.id)}&status=failed&since=24h">${n("failed")} failed</a> · <span class="filtered">${n("filtered")} filtered</span></small>
+          ${a.last_run ? `<br><small class="muted">last run <a href="#/runs/${esc(a.last_run.id)}">${human(Date.now() - at(a.last_run.created_at))} ago</a></small>` : ""}</td>
         <td>${f.catch_url ? `<code>${esc(f.catch_url)}</code> ${copyButton(f.catch_url)}` : ""}</td></tr>`;
       }).join("")}
       </tbody></table>`
@@ -157,11 +211,12 @@ function runsTable(runs) {
 function runRow(r) {
   return `<tr data-run="${esc(r.id)}" data-status="${esc(r.status)}"><td><a href="#/runs/${esc(r.id)}"><code>${esc(r.id)}</code></a></td>
     <td><a href="#/flows/${esc(r.flow_id)}">${esc(r.flow_id)}</a></td>
-    <td class="${esc(r.status)}">${esc(r.status)}</td><td>${esc(r.created_at)}</td><td>${esc(r.reason)}</td></tr>`;
+    <td class="${esc(r.status)}">${esc(r.status)}${r.duration_ms != null ? `<br><small class="muted">${human(r.duration_ms)}</small>` : ""}</td>
+    <td>${when(r.created_at)}</td><td>${esc(r.reason)}</td></tr>`;
 }
 
 function hookRow(r) {
-  return `<tr data-flow="${esc(r.flow)}" data-outcome="${esc(r.outcome)}"><td>${esc(r.flow)}</td><td>${esc(r.at)}</td>
+  return `<tr data-flow="${esc(r.flow)}" data-outcome="${esc(r.outcome)}"><td>${esc(r.flow)}</td><td>${when(r.at)}</td>
     <td>${esc(r.method)} · ${esc(r.bytes)} bytes</td><td class="${esc(r.outcome)}">${esc(r.outcome)} (${esc(r.status)})</td>
     <td>${esc(r.reason)} ${esc(r.detail)}</td></tr>`;
 }
@@ -170,8 +225,8 @@ function hookRow(r) {
 
 async function flowPage(id) {
   const path = `/api/v1/flows/${encodeURIComponent(id)}`;
-  const [flow, { samples }, { requests }, { runs }] = await Promise.all([
-    api(path), api(`${path}/samples`), api(`${path}/hooks`),
+  const [flow, { requests }, { runs }] = await Promise.all([
+    api(path), api(`${path}/hooks`),
     api(`/api/v1/runs?flow=${encodeURIComponent(id)}&limit=10`),
   ]);
   const lines = String(flow.source).split("\n");
@@ -187,12 +242,7 @@ async function flowPage(id) {
 
     <h2>Samples and preview</h2>
     <div class="card">
-      ${samples.length
-        ? `<div class="row"><label for="sample">Sample</label>
-             <select id="sample">${samples.map(s => `<option>${esc(s)}</option>`).join("")}</select>
-             <button type="button" class="primary" id="preview">Preview</button></div>`
-        : `<p class="empty">No samples yet. Capture the next real events sent to the catch URL below, or
-             add <code>samples/${esc(flow.id)}/NAME.json</code> beside the flow file.</p>`}
+      <div id="samples"></div>
       ${flow.catch_url ? `<div class="row" style="margin-top:.8rem">
           <label for="capture-count">Capture the next</label>
           <input id="capture-count" type="number" min="1" max="100" value="1" style="width:5rem">
@@ -217,14 +267,14 @@ async function flowPage(id) {
       <tbody id="hooks">${requests.map(r => hookRow({ ...r, flow: flow.id })).join("")}</tbody></table>` : ""}
 
     <h2>Recent runs</h2>
+    <p><a id="all-runs" href="#/runs?flow=${encodeURIComponent(flow.id)}">All runs of this flow →</a></p>
     ${runs.length ? runsTable(runs)
       : flow.catch_url ? `<p class="empty">No runs yet. Send an event:<br><code>curl -s '${esc(flow.catch_url)}' -H 'content-type: application/json' -d '{"hello": "world"}'</code></p>`
       : `<p class="empty">No runs yet.</p>`}`;
 
-  document.getElementById("preview")?.addEventListener("click", () =>
-    preview(path, document.getElementById("sample").value));
+  await showSamples(flow, path);
   document.getElementById("capture")?.addEventListener("click", () =>
-    capture(path, Number(document.getElementById("capture-count").value)));
+    capture(flow, path, Number(document.getElementById("capture-count").value)));
   document.getElementById("start-run").addEventListener("click", () =>
     startRun(path, document.getElementById("payload").value));
 }
@@ -240,7 +290,7 @@ async function startRun(path, text) {
   }
   try {
     const started = await api(`${path}/runs`, { method: "POST", body: JSON.stringify({ body }) });
-    status.innerHTML = `Started <a href="/api/v1/runs/${esc(started.run_id)}"><code>${esc(started.run_id)}</code></a>`;
+    status.innerHTML = `Started <a href="#/runs/${esc(started.run_id)}"><code>${esc(started.run_id)}</code></a>`;
   } catch (e) {
     status.innerHTML = `<span class="failed">${esc(e.message)}</span>`;
   }
@@ -272,13 +322,38 @@ async function preview(path, sample) {
   }
 }
 
-async function capture(path, count) {
+// The flow's samples, the chosen one (by default the last: captured samples are named by time)
+// filling the "run with a payload" box.
+async function showSamples(flow, path, chosen) {
+  const { samples } = await api(`${path}/samples`);
+  const box = document.getElementById("samples");
+  if (!samples.length) {
+    box.innerHTML = `<p class="empty">No samples yet. Capture the next real events sent to the catch URL below, or
+      add <code>samples/${esc(flow.id)}/NAME.json</code> beside the flow file.</p>`;
+    return;
+  }
+  chosen = samples.includes(chosen) ? chosen : samples[samples.length - 1];
+  box.innerHTML = `<div class="row"><label for="sample">Sample</label>
+    <select id="sample">${samples.map(s => `<option ${s === chosen ? "selected" : ""}>${esc(s)}</option>`).join("")}</select>
+    <button type="button" class="primary" id="preview">Preview</button></div>`;
+  const select = document.getElementById("sample");
+  const fill = async () => {
+    const sample = await api(`${path}/samples/${encodeURIComponent(select.value)}`);
+    document.getElementById("payload").value = JSON.stringify(sample.trigger.body, null, 2);
+  };
+  select.addEventListener("change", fill);
+  document.getElementById("preview").addEventListener("click", () => preview(path, select.value));
+  await fill();
+}
+
+async function capture(flow, path, count) {
   const status = document.getElementById("capture-status");
   try {
     await api(`${path}/capture`, { method: "POST", body: JSON.stringify({ count }) });
     status.textContent = `Waiting for ${count} event(s)…`;
     for (;;) {
       const c = await api(`${path}/capture`);
+      if (c.done) await showSamples(flow, path, c.samples[c.samples.length - 1]);
       status.textContent = c.samples.length
         ? `Captured ${c.samples.join(", ")}${c.done ? "" : " — waiting for more…"}`
         : `Waiting for ${c.remaining} event(s)…`;
@@ -291,8 +366,6 @@ async function capture(path, count) {
 }
 
 // ---- #/runs ----------------------------------------------------------------------------------
-
-let liveRuns = null;
 
 async function runsPage(query) {
   const params = new URLSearchParams(query);
@@ -338,10 +411,7 @@ async function runsPage(query) {
     document.getElementById("more").hidden = !cursor;
   });
   // New and finished runs appear without a reload.
-  const live = new EventSource(`/api/v1/runs/events${params.get("flow") ? `?flow=${encodeURIComponent(params.get("flow"))}` : ""}`);
-  liveRuns = live;
-  live.addEventListener("run", event => {
-    const run = JSON.parse(event.data);
+  follow(params.get("flow") ? `?flow=${encodeURIComponent(params.get("flow"))}` : "", run => {
     if (params.get("status") && run.status !== params.get("status")) return;
     if (params.get("q")) return; // live rows carry no payload to search
     document.getElementById("no-runs")?.remove();
@@ -353,29 +423,40 @@ async function runsPage(query) {
 
 // ---- #/runs/ID -------------------------------------------------------------------------------
 
+// The run page follows the run: it renders again whenever the run is created, finishes or
+// is retried, and on every (re)connection of the stream, in case it missed a change.
 async function runPage(id) {
-  const run = await api(`/api/v1/runs/${encodeURIComponent(id)}`);
-  const total = Math.max(1, ...run.steps.map(s => s.duration_ms || 0));
+  const hash = location.hash;
+  let shown = "";
+  const refresh = async () => {
+    const run = await api(`/api/v1/runs/${encodeURIComponent(id)}`);
+    const text = JSON.stringify(run);
+    if (text === shown || location.hash !== hash) return;
+    shown = text;
+    renderRun(run);
+  };
+  await refresh();
+  follow("", run => run.id === id && refresh(), refresh);
+}
+
+function renderRun(run) {
+  const id = run.id;
   app.innerHTML = `
     <h1>Run <code>${esc(run.id)}</code></h1>
     <p class="row"><span class="${esc(run.status)}" id="run-state"><strong>${esc(run.status)}</strong></span>
       <span class="muted">flow <a href="#/flows/${esc(run.flow_id)}">${esc(run.flow_id)}</a> · revision ${esc(run.revision)}
-      · created ${esc(run.created_at)}${run.duration_ms != null ? ` · ${esc(run.duration_ms)} ms` : ""}</span></p>
+      · created ${when(run.created_at)}${run.duration_ms != null ? ` · took <span id="run-took">${human(run.duration_ms)}</span>` : ""}</span></p>
     ${run.reason ? `<p class="${esc(run.status)}" id="run-reason">${esc(run.reason)}</p>` : ""}
     ${run.replay_of ? `<p>Replay of <a href="#/runs/${esc(run.replay_of)}"><code>${esc(run.replay_of)}</code></a></p>` : ""}
     <div class="row">
       ${run.status === "failed" ? `<button type="button" class="primary" id="retry">Retry from failed step</button>` : ""}
-      <button type="button" id="replay">Replay</button>
+      ${FINAL.includes(run.status) ? `<button type="button" id="replay">Replay</button>` : ""}
       <span id="action-status" role="status"></span>
     </div>
     <h2>Graph</h2>
     <div class="graph-box" id="run-graph"></div>
     <h2>Timeline</h2>
-    <div class="timeline" aria-label="Step durations">${run.steps.map(s => `
-      <div class="bar-row"><span class="bar-label">${esc(s.id)}</span>
-        <span class="bar ${esc(s.status)}" style="width:${Math.max(2, 100 * (s.duration_ms || 0) / total)}%"></span>
-        <span class="muted">${s.duration_ms != null ? `${esc(s.duration_ms)} ms` : esc(s.status)}</span></div>`).join("")}
-    </div>
+    ${timeline(run)}
     <h2>Trigger payload</h2>
     <details open><summary>body</summary><pre id="payload">${json(run.event?.trigger?.body)}</pre></details>
     <details><summary>headers and query</summary><pre>${json({ headers: run.event?.trigger?.headers, query: run.event?.trigger?.query })}</pre></details>
@@ -387,9 +468,9 @@ async function runPage(id) {
       ${s.input !== undefined ? `<div class="steps-grid">
         <details><summary>input</summary><pre>${json(s.input)}</pre></details>
         <details ${s.output != null ? "open" : ""}><summary>output</summary><pre class="output">${json(s.output)}</pre></details></div>` : ""}
-      ${s.attempts.length ? `<table class="attempts"><thead><tr><th>Attempt</th><th>Started</th><th>Took</th><th>Error</th><th>Next try</th><th>Node</th></tr></thead><tbody>
-        ${s.attempts.map(a => `<tr><td>${esc(a.number)}</td><td>${esc(a.started_at)}</td><td>${esc(a.duration_ms)} ms</td>
-          <td>${esc(a.error)}</td><td>${esc(a.retry_at)}</td><td>${esc(a.node)}</td></tr>`).join("")}</tbody></table>` : ""}
+      ${s.attempts.length ? `<div class="scroll"><table class="attempts"><thead><tr><th>Attempt</th><th>Started</th><th>Took</th><th>Error</th><th>Next try</th><th>Node</th></tr></thead><tbody>
+        ${s.attempts.map(a => `<tr><td>${esc(a.number)}</td><td>${when(a.started_at)}</td><td>${human(a.duration_ms)}</td>
+          <td>${esc(a.error)}</td><td>${when(a.retry_at)}</td><td>${esc(a.node)}</td></tr>`).join("")}</tbody></table></div>` : ""}
     </div>`).join("")}`;
   // The graph of the revision the run ran, coloured by its step statuses.
   api(`/api/v1/flows/${encodeURIComponent(run.flow_id)}?revision=${encodeURIComponent(run.revision)}`).then(flow => {
@@ -402,13 +483,11 @@ async function runPage(id) {
     try {
       await api(`/api/v1/runs/${encodeURIComponent(id)}/retry`, { method: "POST", body: "{}" });
       status.textContent = "Retrying…";
-      await waitForFinal(id);
-      await runPage(id);
     } catch (e) {
       status.innerHTML = `<span class="failed">${esc(e.message)}</span>`;
     }
   });
-  document.getElementById("replay").addEventListener("click", async () => {
+  document.getElementById("replay")?.addEventListener("click", async () => {
     if (!confirm("Start a new run of this event on the flow as it is now?")) return;
     try {
       const replay = await api(`/api/v1/runs/${encodeURIComponent(id)}/replay`, { method: "POST", body: JSON.stringify({ revision: "current" }) });
@@ -419,12 +498,40 @@ async function runPage(id) {
   });
 }
 
-async function waitForFinal(id) {
-  for (;;) {
-    const run = await api(`/api/v1/runs/${encodeURIComponent(id)}`);
-    if (["succeeded", "failed", "filtered"].includes(run.status)) return run;
-    await new Promise(r => setTimeout(r, 500));
-  }
+// The whole run on one time axis: the time it was queued before its first attempt, then each
+// step's attempts and the waits between them (the backoff before a retry).
+function timeline(run) {
+  const start = at(run.created_at);
+  const spans = run.steps.map(s => s.attempts.map(a => ({ ...a, from: at(a.started_at), to: at(a.started_at) + a.duration_ms })));
+  const all = spans.flat();
+  const end = run.finished_at ? at(run.finished_at) : Math.max(Date.now(), ...all.map(a => a.to));
+  const span = Math.max(1, end - start);
+  const pct = t => (100 * (t - start) / span).toFixed(2);
+  const bar = (from, to, kind, label) =>
+    `<span class="seg ${kind}" style="left:${pct(from)}%;width:${pct(start + to - from)}%" title="${esc(label)}"></span>`;
+  const row = (label, bars, said, attrs = "") =>
+    `<div class="bar-row" ${attrs}><span class="bar-label">${esc(label)}</span><span class="track">${bars}</span><span class="muted said">${said}</span></div>`;
+  const firstTry = all.length ? Math.min(...all.map(a => a.from)) : end;
+  const queued = row("queued", bar(start, firstTry, "queued", `queued ${human(firstTry - start)}`), human(firstTry - start), `data-part="queued"`);
+  const steps = run.steps.map((s, i) => {
+    const attempts = spans[i];
+    if (!attempts.length) return row(s.id, "", esc(s.status), `data-step-bar="${esc(s.id)}"`);
+    let waited = 0;
+    const bars = attempts.map((a, n) => {
+      const last = n === attempts.length - 1;
+      const tried = bar(a.from, a.to, last ? s.status : "failed", `attempt ${a.number}: ${human(a.duration_ms)}${a.error ? ` — ${a.error}` : ""}`);
+      if (n === 0) return tried;
+      const before = attempts[n - 1];
+      waited += a.from - before.to;
+      return bar(before.to, a.from, "wait", `${before.retry_at ? "backoff" : "waited"} ${human(a.from - before.to)} before attempt ${a.number}`) + tried;
+    }).join("");
+    const took = attempts.reduce((sum, a) => sum + a.duration_ms, 0);
+    const said = `${human(took)}${attempts.length > 1 ? ` · ${attempts.length} attempts, ${human(waited)} waiting` : ""}`;
+    return row(s.id, bars, esc(said), `data-step-bar="${esc(s.id)}"`);
+  });
+  return `<div class="timeline" aria-label="When the run was queued, each attempt and the waits between them">${queued}${steps.join("")}
+    <p class="muted legend"><span class="key queued"></span> queued <span class="key wait"></span> waiting to retry
+      · ${human(span)} in all${run.finished_at ? "" : " so far"}</p></div>`;
 }
 
 // ---- routing -------------------------------------------------------------------------------
@@ -434,8 +541,7 @@ async function route() {
   const flow = hash.match(/^\/flows\/([^/?]+)$/);
   const run = hash.match(/^\/runs\/([^/?]+)$/);
   const runs = hash.match(/^\/runs(?:\?(.*))?$/);
-  liveRuns?.close();
-  liveRuns = null;
+  stopFollowing();
   try {
     if (flow) await flowPage(decodeURIComponent(flow[1]));
     else if (run) await runPage(decodeURIComponent(run[1]));
