@@ -324,6 +324,7 @@ pub(super) fn run_summary(run: &Run) -> Value {
         "id": run.id, "flow_id": run.flow_id, "revision": run.revision, "event_id": run.event_id,
         "status": run.status, "created_at": run.created_at, "finished_at": run.finished_at,
         "duration_ms": duration_ms, "reason": run.reason, "replay_of": run.replay_of,
+        "title": run.title,
     })
 }
 

@@ -322,3 +322,128 @@ steps:
     browser.screenshot("run-live").await;
     browser.close().await;
 }
+
+#[tokio::test]
+async fn runs_carry_their_title_and_failed_runs_are_retried_in_bulk_after_a_count() {
+    // The CRM fails the first two requests, then accepts.
+    let sink = crate::support::Sink::scripted(&[500, 500]).await;
+    let flow = format!(
+        r#"
+id: orders
+title: "{{{{trigger.body.email}}}} → {{{{trigger.body.plan}}}}"
+trigger: {{ webhook: }}
+steps:
+  - id: deliver
+    retry: {{ attempts: 1 }}
+    http: {{ url: "{}/crm", json: "$.trigger.body" }}
+"#,
+        sink.url
+    );
+    let server = Server::start(&[("orders.yaml", &flow)]);
+    let mut ids = Vec::new();
+    for email in ["a@x.com", "b@x.com"] {
+        let (_, answer) = server
+            .send("orders", &json!({ "email": email, "plan": "pro" }))
+            .await;
+        let id = answer["run_id"].as_str().unwrap().to_owned();
+        assert_eq!(server.finished_run(&id).await["status"], "failed");
+        ids.push(id);
+    }
+
+    // The home page's failed count opens the flow's failed runs, each titled from its event.
+    let browser = Browser::start().await;
+    let base = &server.base;
+    browser.client.goto(&format!("{base}/#/")).await.unwrap();
+    browser
+        .text_of("tr[data-flow-row='orders'] a.failed", "2 failed")
+        .await;
+    browser
+        .find("tr[data-flow-row='orders'] a.failed")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.find("#run-filters").await;
+    let hash = browser.client.current_url().await.unwrap();
+    assert_eq!(
+        hash.fragment(),
+        Some("/runs?flow=orders&status=failed&since=24h")
+    );
+    browser
+        .text_of(
+            &format!("tr[data-run='{}'] .run-title", ids[0]),
+            "a@x.com → pro",
+        )
+        .await;
+    browser
+        .text_of(
+            &format!("tr[data-run='{}'] .run-title", ids[1]),
+            "b@x.com → pro",
+        )
+        .await;
+
+    // Bulk retry: the count first, then a confirmation, then the runs go again.
+    browser
+        .find("[data-bulk=retry]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let question = eventually("the confirmation", || async {
+        browser.client.get_alert_text().await.ok()
+    })
+    .await;
+    assert!(
+        question.contains("Retry 2 failed runs of orders"),
+        "{question}"
+    );
+    browser.client.accept_alert().await.unwrap();
+    browser.text_of("#bulk-status", "Retried 2 of 2").await;
+    for id in &ids {
+        eventually("the retried run succeeds", || async {
+            let (_, run) = server.get(&format!("/api/v1/runs/{id}")).await;
+            (run["status"] == "succeeded").then_some(())
+        })
+        .await;
+    }
+
+    // A date range: until 2000 matches none; from 2000 matches both, the date shown in the form.
+    browser
+        .client
+        .goto(&format!(
+            "{base}/#/runs?flow=orders&until=2000-01-01T00:00:00Z"
+        ))
+        .await
+        .unwrap();
+    browser.find("#no-runs").await;
+    browser
+        .client
+        .goto(&format!(
+            "{base}/#/runs?flow=orders&since=2000-01-01T00:00:00Z"
+        ))
+        .await
+        .unwrap();
+    browser.find(&format!("tr[data-run='{}']", ids[1])).await;
+    let from = browser.find("#f-from").await.prop("value").await.unwrap();
+    assert!(
+        from.is_some_and(|v| !v.is_empty()),
+        "the start date is shown"
+    );
+
+    // A run's page is titled; its flow's page links to all its runs.
+    browser
+        .client
+        .goto(&format!("{base}/#/runs/{}", ids[0]))
+        .await
+        .unwrap();
+    browser.text_of("#run-title", "a@x.com → pro").await;
+    browser.screenshot("runs-titled").await;
+    browser
+        .client
+        .goto(&format!("{base}/#/flows/orders"))
+        .await
+        .unwrap();
+    browser.find("#all-runs").await.click().await.unwrap();
+    browser.find(&format!("tr[data-run='{}']", ids[0])).await;
+    browser.close().await;
+}

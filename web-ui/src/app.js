@@ -203,13 +203,15 @@ async function home() {
 
 function runsTable(runs) {
   if (!runs.length) return `<p class="empty">No runs yet.</p>`;
-  return `<table><thead><tr><th>Run</th><th>Flow</th><th>Status</th><th>Created</th><th>Reason</th></tr></thead><tbody>
+  return `<div class="scroll"><table><thead><tr><th>Run</th><th>Flow</th><th>Status</th><th>Created</th><th>Reason</th></tr></thead><tbody>
     ${runs.map(runRow).join("")}
-    </tbody></table>`;
+    </tbody></table></div>`;
 }
 
 function runRow(r) {
-  return `<tr data-run="${esc(r.id)}" data-status="${esc(r.status)}"><td><a href="#/runs/${esc(r.id)}"><code>${esc(r.id)}</code></a></td>
+  return `<tr data-run="${esc(r.id)}" data-status="${esc(r.status)}"><td><a href="#/runs/${esc(r.id)}">${r.title
+      ? `<span class="run-title">${esc(r.title)}</span></a><br><small class="muted"><code>${esc(r.id)}</code></small>`
+      : `<code>${esc(r.id)}</code></a>`}</td>
     <td><a href="#/flows/${esc(r.flow_id)}">${esc(r.flow_id)}</a></td>
     <td class="${esc(r.status)}">${esc(r.status)}${r.duration_ms != null ? `<br><small class="muted">${human(r.duration_ms)}</small>` : ""}</td>
     <td>${when(r.created_at)}</td><td>${esc(r.reason)}</td></tr>`;
@@ -371,11 +373,14 @@ async function runsPage(query) {
   const params = new URLSearchParams(query);
   const { flows } = await api("/api/v1/flows");
   const filter = new URLSearchParams();
-  for (const k of ["flow", "status", "since", "q"]) if (params.get(k)) filter.set(k, params.get(k));
+  for (const k of ["flow", "status", "since", "until", "q"]) if (params.get(k)) filter.set(k, params.get(k));
   filter.set("limit", "50");
   const page = await api(`/api/v1/runs?${filter}`);
   const option = (value, label, selected) =>
     `<option value="${esc(value)}" ${selected ? "selected" : ""}>${esc(label)}</option>`;
+  const presets = ["1h", "24h", "7d"];
+  const since = params.get("since") || "";
+  const ranged = since && !presets.includes(since);
   app.innerHTML = `
     <h1>Runs</h1>
     <form id="run-filters" class="row" aria-label="Filter runs">
@@ -386,23 +391,37 @@ async function runsPage(query) {
       <select id="f-status" name="status">${option("", "any", !params.get("status"))}
         ${["queued", "running", "succeeded", "failed", "filtered"].map(st => option(st, st, params.get("status") === st)).join("")}</select>
       <label for="f-since">Since</label>
-      <select id="f-since" name="since">${option("", "ever", !params.get("since"))}
-        ${["1h", "24h", "7d"].map(d => option(d, `last ${d}`, params.get("since") === d)).join("")}</select>
+      <select id="f-since" name="since">${option("", "ever", !since)}
+        ${presets.map(d => option(d, `last ${d}`, since === d)).join("")}${ranged ? option(since, "from the date given", true) : ""}</select>
+      <label for="f-from">or from</label>
+      <input id="f-from" name="from" type="datetime-local" value="${ranged ? localInput(since) : ""}">
+      <label for="f-until">until</label>
+      <input id="f-until" name="until" type="datetime-local" value="${localInput(params.get("until"))}">
       <label for="f-q">Payload contains</label>
       <input id="f-q" name="q" type="search" placeholder="an email, an id…" value="${esc(params.get("q") || "")}">
       <button type="submit">Show</button>
     </form>
-    <table><thead><tr><th>Run</th><th>Flow</th><th>Status</th><th>Created</th><th>Reason</th></tr></thead>
-    <tbody id="runs">${page.runs.map(runRow).join("")}</tbody></table>
+    ${params.get("flow") && !params.get("q")
+      ? `<div class="row" id="bulk"><button type="button" data-bulk="retry">Retry the failed runs…</button>
+          <button type="button" data-bulk="replay">Replay these runs…</button><span id="bulk-status" role="status"></span></div>`
+      : `<p class="muted">Choose a flow (and no payload search) to retry or replay its runs in bulk.</p>`}
+    <div class="scroll"><table><thead><tr><th>Run</th><th>Flow</th><th>Status</th><th>Created</th><th>Reason</th></tr></thead>
+    <tbody id="runs">${page.runs.map(runRow).join("")}</tbody></table></div>
     ${page.runs.length ? "" : `<p class="empty" id="no-runs">No runs match.</p>`}
     <p><button type="button" id="more" ${page.next_cursor ? "" : "hidden"}>Load more</button></p>`;
   let cursor = page.next_cursor;
   document.getElementById("run-filters").addEventListener("submit", event => {
     event.preventDefault();
     const chosen = new URLSearchParams();
-    for (const [k, v] of new FormData(event.target)) if (v) chosen.set(k, v);
+    for (const [k, v] of new FormData(event.target)) {
+      // Dates typed in the viewer's zone travel as UTC; a start date wins over the preset.
+      if (v) chosen.set(k === "from" ? "since" : k, k === "from" || k === "until" ? new Date(v).toISOString() : v);
+    }
     location.hash = `#/runs?${chosen}`;
   });
+  for (const button of document.querySelectorAll("[data-bulk]")) {
+    button.addEventListener("click", () => bulk(button.dataset.bulk, params));
+  }
   document.getElementById("more").addEventListener("click", async () => {
     filter.set("cursor", cursor);
     const next = await api(`/api/v1/runs?${filter}`);
@@ -419,6 +438,38 @@ async function runsPage(query) {
     if (row) row.outerHTML = runRow(run);
     else document.getElementById("runs").insertAdjacentHTML("afterbegin", runRow(run));
   });
+}
+
+// A bulk retry or replay of the runs the filter selects: counted first (a dry run), then confirmed.
+async function bulk(action, params) {
+  const status = document.getElementById("bulk-status");
+  const selection = {};
+  for (const k of ["flow", "status", "since", "until"]) if (params.get(k)) selection[k] = params.get(k);
+  const request = extra => api(`/api/v1/runs/${action}`, { method: "POST", body: JSON.stringify({ ...selection, ...extra }) });
+  try {
+    const { matched } = await request({ dry_run: true });
+    const runs = `${matched} ${action === "retry" ? "failed " : ""}run${matched === 1 ? "" : "s"}`;
+    if (!matched) {
+      status.textContent = `No ${action === "retry" ? "failed " : ""}runs to ${action}.`;
+      return;
+    }
+    const question = action === "retry"
+      ? `Retry ${runs} of ${selection.flow} from their failed steps?`
+      : `Replay ${runs} of ${selection.flow} on the flow as it is now? Each starts a new run of its event, and steps with effects send their requests again.`;
+    if (!confirm(question)) return;
+    const done = await request({});
+    status.textContent = `${action === "retry" ? "Retried" : "Replayed"} ${done.started.length} of ${done.matched}`
+      + (done.failed.length ? `; ${done.failed.length} could not be: ${done.failed.map(f => f.reason).join("; ")}` : ".");
+  } catch (e) {
+    status.innerHTML = `<span class="failed">${esc(e.message)}</span>`;
+  }
+}
+
+// A time for a datetime-local input, in the viewer's zone ("" for none or a duration such as 24h).
+function localInput(t) {
+  const ms = Date.parse(t);
+  if (Number.isNaN(ms)) return "";
+  return new Date(ms - new Date(ms).getTimezoneOffset() * 60_000).toISOString().slice(0, 16);
 }
 
 // ---- #/runs/ID -------------------------------------------------------------------------------
@@ -442,7 +493,8 @@ async function runPage(id) {
 function renderRun(run) {
   const id = run.id;
   app.innerHTML = `
-    <h1>Run <code>${esc(run.id)}</code></h1>
+    <h1 id="run-title">${run.title ? esc(run.title) : `Run <code>${esc(run.id)}</code>`}</h1>
+    ${run.title ? `<p class="muted">run <code>${esc(run.id)}</code></p>` : ""}
     <p class="row"><span class="${esc(run.status)}" id="run-state"><strong>${esc(run.status)}</strong></span>
       <span class="muted">flow <a href="#/flows/${esc(run.flow_id)}">${esc(run.flow_id)}</a> · revision ${esc(run.revision)}
       · created ${when(run.created_at)}${run.duration_ms != null ? ` · took <span id="run-took">${human(run.duration_ms)}</span>` : ""}</span></p>

@@ -179,6 +179,12 @@ pub fn parse_flow(
             "concurrency must be at least 1 (leave it out for no limit)",
         );
     }
+    let title = spec.title.and_then(|text| {
+        compiler
+            .text(&text)
+            .map_err(|e| problems.at("title", e.message))
+            .ok()
+    });
     let retention = spec
         .retention
         .map_or_else(Retention::default, |r| Retention {
@@ -215,6 +221,7 @@ pub fn parse_flow(
             name: spec.name.unwrap_or_else(|| id.to_string()),
             id,
             description: spec.description,
+            title,
             file: file.to_owned(),
             source: Arc::from(text),
             revision: Revision::of(text),

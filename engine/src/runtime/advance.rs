@@ -78,6 +78,7 @@ pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun
         finished_at: None,
         steps,
         reason: None,
+        title: title(flow, &event.trigger),
         replay_of: None,
         failure: None,
     };
@@ -88,6 +89,17 @@ pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun
         items,
         dedupe: None,
     }
+}
+
+/// The flow's run title for a trigger; a title that does not render is left out, never an error.
+fn title(flow: &Flow, trigger: &Value) -> Option<String> {
+    let context = json!({ "trigger": trigger });
+    let text = flow
+        .title
+        .as_ref()?
+        .render(&flow.templates, &context)
+        .ok()?;
+    Some(text).filter(|t| !t.trim().is_empty())
 }
 
 /// Queues every pending step that can run now; returns their new items. A step can run when each
