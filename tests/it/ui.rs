@@ -206,6 +206,28 @@ steps:
     browser
         .text_of("[data-step=deliver] .step-error", "500")
         .await;
+    // The failed step's request is open beside its (empty) response, each with a copy button;
+    // the JSON tree folds.
+    let sent = browser
+        .text_of("[data-step=deliver] .tree.input", "ann@x.com")
+        .await;
+    assert!(sent.contains("/crm"), "the request names its URL: {sent}");
+    let copy = browser
+        .find("[data-step=deliver] .json-block summary .copy")
+        .await;
+    assert_eq!(
+        copy.attr("aria-label").await.unwrap().as_deref(),
+        Some("Copy request sent")
+    );
+    let fold = browser
+        .find("[data-step=shape] .tree.output > details > summary")
+        .await;
+    let email = browser
+        .find("[data-step=shape] .tree.output .v-string")
+        .await;
+    assert!(email.is_displayed().await.unwrap());
+    fold.click().await.unwrap();
+    assert!(!email.is_displayed().await.unwrap(), "folded away");
     browser.find("#retry").await.click().await.unwrap();
     browser.client.accept_alert().await.unwrap();
     browser.text_of("#run-state", "succeeded").await;
@@ -226,7 +248,12 @@ steps:
         .goto(&format!("{}/#/runs?status=filtered", server.base))
         .await
         .unwrap();
-    browser.find(&format!("tr[data-run='{small_id}']")).await;
+    browser
+        .text_of(
+            &format!("tr[data-run='{small_id}']"),
+            "Filtered by step big: trigger.body.employees (was 2) is not greater than or equal to 10",
+        )
+        .await;
     browser.screenshot("runs").await;
     let rows = browser
         .client
@@ -445,5 +472,36 @@ steps:
         .unwrap();
     browser.find("#all-runs").await.click().await.unwrap();
     browser.find(&format!("tr[data-run='{}']", ids[0])).await;
+
+    // On a phone, the runs list and a run's page do not scroll sideways.
+    browser.client.set_window_size(390, 844).await.unwrap();
+    for (page, ready) in [
+        ("#/runs?flow=orders".to_owned(), "#runs tr"),
+        (format!("#/runs/{}", ids[0]), "[data-step-bar=deliver]"),
+    ] {
+        browser
+            .client
+            .goto(&format!("{base}/{page}"))
+            .await
+            .unwrap();
+        browser.find(ready).await;
+        let wide = browser
+            .client
+            .execute(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(wide, json!(0), "{page} scrolls sideways at 390 px");
+    }
+    browser.screenshot("run-phone").await;
+    browser
+        .client
+        .goto(&format!("{base}/#/runs?flow=orders"))
+        .await
+        .unwrap();
+    browser.find("#runs tr").await;
+    browser.screenshot("runs-phone").await;
     browser.close().await;
 }

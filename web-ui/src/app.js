@@ -6,7 +6,6 @@
 
 const esc = s => String(s ?? "").replace(/[&<>"']/g, c =>
   ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
-const json = v => esc(JSON.stringify(v, null, 2));
 const app = document.getElementById("app");
 
 // The session's CSRF token (when the server asks for a login), sent with every change.
@@ -47,13 +46,33 @@ function loginPage(message = "") {
   });
 }
 
-function copyButton(text) {
-  return `<button type="button" class="copy" data-copy="${esc(text)}" aria-label="Copy the catch URL">Copy</button>`;
+function copyButton(text, what = "the catch URL") {
+  return `<button type="button" class="copy" data-copy="${esc(text)}" aria-label="Copy ${esc(what)}">Copy</button>`;
+}
+
+// A JSON value as a collapsible tree (objects and arrays fold), under a summary with a copy button.
+function jsonBlock(label, value, { open = false, id = "", cls = "" } = {}) {
+  return `<details class="json-block" ${open ? "open" : ""}><summary>${esc(label)} ${copyButton(JSON.stringify(value, null, 2), label)}</summary>
+    <div class="tree ${cls}" ${id ? `id="${id}"` : ""}>${tree(value)}</div></details>`;
+}
+
+function tree(value, key) {
+  const name = key === undefined ? "" : `<span class="key">${esc(key)}</span>: `;
+  if (value === null || typeof value !== "object") {
+    return `<div>${name}<span class="v-${value === null ? "null" : typeof value}">${esc(JSON.stringify(value) ?? "undefined")}</span></div>`;
+  }
+  const entries = Array.isArray(value) ? value.map((v, i) => [i, v]) : Object.entries(value);
+  const [open, close] = Array.isArray(value) ? ["[", "]"] : ["{", "}"];
+  if (!entries.length) return `<div>${name}${open}${close}</div>`;
+  const count = `${entries.length} ${Array.isArray(value) ? "item" : "field"}${entries.length === 1 ? "" : "s"}`;
+  return `<details open><summary>${name}${open} <small class="muted">${count}</small></summary>
+    ${entries.map(([k, v]) => tree(v, k)).join("")}</details><div>${close}</div>`;
 }
 
 document.addEventListener("click", event => {
   const copy = event.target.closest("[data-copy]");
   if (copy) {
+    event.preventDefault(); // a copy button in a summary copies without folding
     navigator.clipboard?.writeText(copy.dataset.copy);
     copy.textContent = "Copied";
   }
@@ -82,6 +101,16 @@ function when(t) {
   const ago = Date.now() - at(t);
   return `<time datetime="${esc(t)}" title="${esc(t)}">${esc(clock.format(new Date(t)))}</time>
     <small class="muted">${Math.abs(ago) < 1000 ? "just now" : ago > 0 ? `${human(ago)} ago` : `in ${human(-ago)}`}</small>`;
+}
+
+// A run's reason in words: a condition's place in the filter (`all[0]: `) left out, the fields
+// an expression reads shown as code, "does not exist" as "is missing".
+function inWords(reason) {
+  return esc(reason ?? "")
+    .replace(/\b(?:all|any)\[\d+\](?:\.(?:all|any)\[\d+\])*: /g, "")
+    .replace(/\{\{\s*([\w.[\]-]+)\s*\}\}/g, "<code>$1</code>")
+    .replace(/ does not exist/g, " is missing")
+    .replace(/^filtered by step `([^`]+)`:/, "Filtered by step <strong>$1</strong>:");
 }
 
 // ---- live ----------------------------------------------------------------------------------
@@ -214,7 +243,7 @@ function runRow(r) {
       : `<code>${esc(r.id)}</code></a>`}</td>
     <td><a href="#/flows/${esc(r.flow_id)}">${esc(r.flow_id)}</a></td>
     <td class="${esc(r.status)}">${esc(r.status)}${r.duration_ms != null ? `<br><small class="muted">${human(r.duration_ms)}</small>` : ""}</td>
-    <td>${when(r.created_at)}</td><td>${esc(r.reason)}</td></tr>`;
+    <td>${when(r.created_at)}</td><td>${inWords(r.reason)}</td></tr>`;
 }
 
 function hookRow(r) {
@@ -315,9 +344,7 @@ async function preview(path, sample) {
       ${p.steps.map(s => `<div class="step" data-status="${esc(s.status)}" data-step="${esc(s.id)}">
           <strong>${esc(s.id)}</strong> <span class="${esc(s.status)}">${esc(s.status)}</span>
           ${s.error ? `<p class="failed">${esc(s.error)}</p>` : ""}
-          ${s.input !== null || s.output !== null ? `<div class="steps-grid">
-            <div><small class="muted">input</small><pre>${json(s.input)}</pre></div>
-            <div><small class="muted">output</small><pre>${json(s.output)}</pre></div></div>` : ""}
+          ${s.input !== null || s.output !== null ? stepData(s) : ""}
         </div>`).join("")}`;
   } catch (e) {
     out.innerHTML = `<p class="failed">${esc(e.message)}</p>`;
@@ -498,7 +525,7 @@ function renderRun(run) {
     <p class="row"><span class="${esc(run.status)}" id="run-state"><strong>${esc(run.status)}</strong></span>
       <span class="muted">flow <a href="#/flows/${esc(run.flow_id)}">${esc(run.flow_id)}</a> · revision ${esc(run.revision)}
       · created ${when(run.created_at)}${run.duration_ms != null ? ` · took <span id="run-took">${human(run.duration_ms)}</span>` : ""}</span></p>
-    ${run.reason ? `<p class="${esc(run.status)}" id="run-reason">${esc(run.reason)}</p>` : ""}
+    ${run.reason ? `<p class="${esc(run.status)}" id="run-reason">${inWords(run.reason)}</p>` : ""}
     ${run.replay_of ? `<p>Replay of <a href="#/runs/${esc(run.replay_of)}"><code>${esc(run.replay_of)}</code></a></p>` : ""}
     <div class="row">
       ${run.status === "failed" ? `<button type="button" class="primary" id="retry">Retry from failed step</button>` : ""}
@@ -510,16 +537,14 @@ function renderRun(run) {
     <h2>Timeline</h2>
     ${timeline(run)}
     <h2>Trigger payload</h2>
-    <details open><summary>body</summary><pre id="payload">${json(run.event?.trigger?.body)}</pre></details>
-    <details><summary>headers and query</summary><pre>${json({ headers: run.event?.trigger?.headers, query: run.event?.trigger?.query })}</pre></details>
+    ${jsonBlock("body", run.event?.trigger?.body, { open: true, id: "payload" })}
+    ${jsonBlock("headers and query", { headers: run.event?.trigger?.headers, query: run.event?.trigger?.query })}
     <h2>Steps</h2>
     ${run.steps.map(s => `<div class="step" data-status="${esc(s.status)}" data-step="${esc(s.id)}">
       <strong>${esc(s.id)}</strong> <span class="muted">${esc(s.kind || "")}</span> <span class="${esc(s.status)}">${esc(s.status)}</span>
       ${s.path ? `<span class="muted">took path <code>${esc(s.path)}</code></span>` : ""}
       ${s.error ? `<p class="failed step-error">${esc(s.error.message)}</p>` : ""}
-      ${s.input !== undefined ? `<div class="steps-grid">
-        <details><summary>input</summary><pre>${json(s.input)}</pre></details>
-        <details ${s.output != null ? "open" : ""}><summary>output</summary><pre class="output">${json(s.output)}</pre></details></div>` : ""}
+      ${s.input !== undefined ? stepData(s) : ""}
       ${s.attempts.length ? `<div class="scroll"><table class="attempts"><thead><tr><th>Attempt</th><th>Started</th><th>Took</th><th>Error</th><th>Next try</th><th>Node</th></tr></thead><tbody>
         ${s.attempts.map(a => `<tr><td>${esc(a.number)}</td><td>${when(a.started_at)}</td><td>${human(a.duration_ms)}</td>
           <td>${esc(a.error)}</td><td>${when(a.retry_at)}</td><td>${esc(a.node)}</td></tr>`).join("")}</tbody></table></div>` : ""}
@@ -548,6 +573,17 @@ function renderRun(run) {
       status.innerHTML = `<span class="failed">${esc(e.message)}</span>`;
     }
   });
+}
+
+// Step kinds that call out: their input is the request sent, their output the answer.
+const EFFECTS = ["http", "hubspot", "stripe", "slack", "email"];
+
+// A step's input and output side by side; a failed step's input is open, to see what it got.
+function stepData(s) {
+  const calls = EFFECTS.includes(s.kind);
+  return `<div class="steps-grid">
+    ${jsonBlock(calls ? "request sent" : "input", s.input, { open: s.status === "failed", cls: "input" })}
+    ${jsonBlock(calls ? "response" : "output", s.output, { open: s.output != null, cls: "output" })}</div>`;
 }
 
 // The whole run on one time axis: the time it was queued before its first attempt, then each
@@ -582,7 +618,7 @@ function timeline(run) {
     return row(s.id, bars, esc(said), `data-step-bar="${esc(s.id)}"`);
   });
   return `<div class="timeline" aria-label="When the run was queued, each attempt and the waits between them">${queued}${steps.join("")}
-    <p class="muted legend"><span class="key queued"></span> queued <span class="key wait"></span> waiting to retry
+    <p class="muted legend"><span class="swatch queued"></span> queued <span class="swatch wait"></span> waiting to retry
       · ${human(span)} in all${run.finished_at ? "" : " so far"}</p></div>`;
 }
 
