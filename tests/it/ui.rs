@@ -39,11 +39,51 @@ trigger:
 steps:
   - { id: shape, map: { x: 1 } }
 "#;
-    let server = Server::start(&[("signed.yaml", flow)]);
+    let deduped = r#"
+id: deduped
+trigger:
+  webhook:
+    dedupe: "{{trigger.body.id}}"
+steps:
+  - { id: shape, map: { x: 1 } }
+"#;
+    let server = Server::start(&[("signed.yaml", flow), ("deduped.yaml", deduped)]);
     let (status, _) = server.send("signed", &json!({ "id": 1 })).await;
     assert_eq!(status, 401);
+    let (_, first) = server.send("deduped", &json!({ "id": 7 })).await;
+    let (_, again) = server.send("deduped", &json!({ "id": 7 })).await;
+    assert_eq!(again["status"], "duplicate");
+    let run_id = first["run_id"].as_str().unwrap();
 
     let page = rendered(&server.base);
+    // The flow refusing every request says so, with the reason; the log itself starts folded.
+    let flow_row = page
+        .split("<tr ")
+        .find(|r| r.contains(r#"data-flow-row="signed""#))
+        .unwrap();
+    assert!(flow_row.contains(r#"data-health="refusing""#), "{flow_row}");
+    assert!(
+        flow_row.contains("refusing every request: 1 of the last 1 refused — invalid_signature"),
+        "{flow_row}"
+    );
+    assert!(page.contains(r#"<details id="hook-log">"#), "folded");
+    // Each taken request links to its run; a duplicate to the original run.
+    let rows: Vec<&str> = page
+        .split("<tr ")
+        .filter(|r| r.contains(r#"data-flow="deduped""#))
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let link = format!(r##"href="#/runs/{run_id}""##);
+    assert!(
+        rows[0].contains(&link) && rows[0].contains("original run"),
+        "{}",
+        rows[0]
+    );
+    assert!(
+        rows[1].contains(&link) && rows[1].contains(">run<"),
+        "{}",
+        rows[1]
+    );
     let row = page
         .split("<tr ")
         .find(|r| r.contains(r#"data-flow="signed""#))

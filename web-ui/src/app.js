@@ -202,6 +202,8 @@ async function home() {
   const logs = await Promise.all(hooks.map(async f =>
     (await api(`/api/v1/flows/${encodeURIComponent(f.id)}/hooks`)).requests.map(r => ({ ...r, flow: f.id }))));
   const requests = logs.flat().sort((a, b) => String(b.at).localeCompare(String(a.at))).slice(0, 30);
+  const byFlow = Object.fromEntries(hooks.map((f, i) => [f.id, logs[i]]));
+  const refused = requests.filter(r => r.outcome === "rejected").length;
   app.innerHTML = `
     ${problems.length ? `<div class="card problems" role="alert"><strong>Some flow files were refused</strong>
       (the previous revision of each keeps running):
@@ -216,6 +218,7 @@ async function home() {
         <td>${esc(f.trigger.type)}${f.trigger.cron ? `<br><small class="muted"><code>${esc(f.trigger.cron)}</code></small>` : ""}</td>
         <td>${sparkline(a.hourly)}<br><small><span class="succeeded">${n("succeeded")} ok</span> ·
           <a class="failed" href="#/runs?flow=${encodeURIComponent(f.id)}&status=failed&since=24h">${n("failed")} failed</a> · <span class="filtered">${n("filtered")} filtered</span></small>
+          ${refusals(byFlow[f.id] || [])}
           ${a.last_run ? `<br><small class="muted">last run <a href="#/runs/${esc(a.last_run.id)}">${human(Date.now() - at(a.last_run.created_at))} ago</a></small>` : ""}</td>
         <td>${f.catch_url ? `<code>${esc(f.catch_url)}</code> ${copyButton(f.catch_url)}` : ""}</td></tr>`;
       }).join("")}
@@ -223,11 +226,10 @@ async function home() {
     : `<p class="empty">No flows yet: add a flow file (YAML) to the server's flows directory and restart.</p>`}
     <h2>Latest runs</h2>
     ${runsTable(runs)}
-    <h2>Catch-hook log</h2>
-    <p class="muted">The latest requests to each flow's catch URL, including refused ones and why.</p>
-    <table><thead><tr><th>Flow</th><th>Received</th><th>Request</th><th>Outcome</th><th>Reason</th></tr></thead>
-    <tbody id="hooks">${requests.map(hookRow).join("")}</tbody></table>
-    ${requests.length ? "" : `<p class="empty">No requests yet. Each flow's page has a curl line to try its catch URL.</p>`}`;
+    <details id="hook-log"><summary><h2>Catch-hook log</h2> <span class="muted">${requests.length} recent
+      request${requests.length === 1 ? "" : "s"}${refused ? `, <span class="failed">${refused} refused</span>` : ""}</span></summary>
+      <p class="muted">The latest requests to each flow's catch URL, including refused ones and why.</p>
+      ${hookLog(requests, "Each flow's page has a curl line to try its catch URL.")}</details>`;
 }
 
 function runsTable(runs) {
@@ -246,10 +248,30 @@ function runRow(r) {
     <td>${when(r.created_at)}</td><td>${inWords(r.reason)}</td></tr>`;
 }
 
+// One catch-hook request: what became of it, linking to the run it started (a duplicate's
+// links to the original run).
 function hookRow(r) {
+  const s = r.summary || {};
+  const runs = (s.events || [s]).filter(e => e.run_id).map(e =>
+    `<a href="#/runs/${esc(e.run_id)}">${e.status === "duplicate" ? "original run" : "run"}</a>`);
   return `<tr data-flow="${esc(r.flow)}" data-outcome="${esc(r.outcome)}"><td>${esc(r.flow)}</td><td>${when(r.at)}</td>
     <td>${esc(r.method)} · ${esc(r.bytes)} bytes</td><td class="${esc(r.outcome)}">${esc(r.outcome)} (${esc(r.status)})</td>
-    <td>${esc(r.reason)} ${esc(r.detail)}</td></tr>`;
+    <td>${runs.join(", ")} ${esc(r.reason || s.reason)} ${esc(r.detail)}</td></tr>`;
+}
+
+function hookLog(requests, note) {
+  return requests.length
+    ? `<div class="scroll"><table><thead><tr><th>Flow</th><th>Received</th><th>Request</th><th>Outcome</th><th>What became of it</th></tr></thead>
+        <tbody id="hooks">${requests.map(hookRow).join("")}</tbody></table></div>`
+    : `<p class="empty" id="no-hooks">No requests yet. ${note}</p>`;
+}
+
+// A flow's catch hook refusing requests: how many of the recent ones, and the latest reason.
+function refusals(requests) {
+  const refused = requests.filter(r => r.outcome === "rejected");
+  if (!refused.length) return "";
+  const every = refused.length === requests.length;
+  return `<br><small class="failed" data-health="${every ? "refusing" : "some-refused"}">⚠ ${every ? "refusing every request: " : ""}${refused.length} of the last ${requests.length} refused — ${esc(refused[0].reason)}</small>`;
 }
 
 // ---- #/flows/ID ----------------------------------------------------------------------------
@@ -294,8 +316,7 @@ async function flowPage(id) {
     <pre class="source" id="source">${lines.map((l, i) => `<span id="line-${i + 1}">${esc(l)}</span>`).join("")}</pre>
 
     ${flow.catch_url ? `<h2>Catch-hook log</h2>
-      <table><thead><tr><th>Flow</th><th>Received</th><th>Request</th><th>Outcome</th><th>Reason</th></tr></thead>
-      <tbody id="hooks">${requests.map(r => hookRow({ ...r, flow: flow.id })).join("")}</tbody></table>` : ""}
+      ${hookLog(requests.map(r => ({ ...r, flow: flow.id })), "Send an event to the catch URL; each request shows here, refused ones with why.")}` : ""}
 
     <h2>Recent runs</h2>
     <p><a id="all-runs" href="#/runs?flow=${encodeURIComponent(flow.id)}">All runs of this flow →</a></p>
