@@ -277,6 +277,25 @@ steps:
         .await;
     browser.screenshot("run").await;
 
+    // Replay asks on which revision, naming the step that will call the CRM again.
+    browser.find("#replay").await.click().await.unwrap();
+    browser
+        .text_of("#replay-callers", "will call out again: deliver (http)")
+        .await;
+    browser
+        .find("#replay-dialog input[value=original]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.screenshot("replay-dialog").await;
+    browser.find("#replay-go").await.click().await.unwrap();
+    browser.find(&format!("a[href='#/runs/{run_id}']")).await;
+    let replayed = browser.client.current_url().await.unwrap();
+    let new_id = replayed.fragment().unwrap().trim_start_matches("/runs/");
+    let (_, new_run) = server.get(&format!("/api/v1/runs/{new_id}")).await;
+    assert_eq!(new_run["replay_of"], run_id.as_str());
+
     // Filter by status.
     let (_, small) = server
         .send("leads", &json!({ "email": "b@y.com", "employees": 2 }))
@@ -311,7 +330,7 @@ steps:
     let counts = browser
         .text_of("tr[data-flow-row='leads']", "1 filtered")
         .await;
-    assert!(counts.contains("1 ok"), "{counts}");
+    assert!(counts.contains("2 ok"), "the run and its replay: {counts}");
     browser.find("tr[data-flow-row='leads'] svg.spark").await;
     browser.screenshot("flows").await;
     browser.close().await;
@@ -355,6 +374,11 @@ steps:
     let state = browser.find("#run-state").await.text().await.unwrap();
     assert!(["queued", "running"].contains(&state.as_str()), "{state}");
     browser.text_of("#live", "live").await;
+    let replay = browser
+        .client
+        .find(fantoccini::Locator::Css("#replay"))
+        .await;
+    assert!(replay.is_err(), "no replay while the run is not done");
     sink.release();
 
     // Without a reload, the page shows the run finished, with a duration for people.

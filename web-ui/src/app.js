@@ -585,15 +585,49 @@ function renderRun(run) {
       status.innerHTML = `<span class="failed">${esc(e.message)}</span>`;
     }
   });
-  document.getElementById("replay")?.addEventListener("click", async () => {
-    if (!confirm("Start a new run of this event on the flow as it is now?")) return;
+  document.getElementById("replay")?.addEventListener("click", () =>
+    replayDialog(run).catch(e => { status.innerHTML = `<span class="failed">${esc(e.message)}</span>`; }));
+}
+
+// Replay asks first: on which revision (the run's own or the flow as deployed now), and which
+// steps will call out again on that revision.
+async function replayDialog(run) {
+  const flowPath = `/api/v1/flows/${encodeURIComponent(run.flow_id)}`;
+  const [original, current] = await Promise.all([
+    api(`${flowPath}?revision=${encodeURIComponent(run.revision)}`), api(flowPath).catch(() => null)]);
+  const callers = flow => flow.steps.filter(s => EFFECTS.includes(s.kind)).map(s => `${s.id} (${s.kind})`);
+  document.getElementById("replay-dialog")?.remove();
+  document.body.insertAdjacentHTML("beforeend", `<dialog id="replay-dialog" aria-labelledby="replay-heading">
+    <form method="dialog">
+      <h2 id="replay-heading">Replay this run?</h2>
+      <p>A new run of the same event starts from the first step.</p>
+      <fieldset><legend>Run it on</legend>
+        ${current ? `<label><input type="radio" name="revision" value="current" checked> the flow as deployed now (revision ${esc(current.revision)})</label><br>` : ""}
+        <label><input type="radio" name="revision" value="original" ${current ? "" : "checked"}> the revision this run ran (${esc(run.revision)})</label>
+      </fieldset>
+      <p id="replay-callers"></p>
+      <div class="row"><button value="replay" class="primary" id="replay-go">Replay</button><button value="cancel">Cancel</button></div>
+    </form></dialog>`);
+  const dialog = document.getElementById("replay-dialog");
+  const chosen = () => dialog.querySelector("input[name=revision]:checked").value;
+  const explain = () => {
+    const steps = callers(chosen() === "current" ? current : original);
+    document.getElementById("replay-callers").innerHTML = steps.length
+      ? `<strong class="failed">These steps will call out again:</strong> ${steps.map(esc).join(", ")}.`
+      : "No step calls out: nothing is sent again.";
+  };
+  dialog.addEventListener("change", explain);
+  explain();
+  dialog.addEventListener("close", async () => {
+    if (dialog.returnValue !== "replay") return;
     try {
-      const replay = await api(`/api/v1/runs/${encodeURIComponent(id)}/replay`, { method: "POST", body: JSON.stringify({ revision: "current" }) });
+      const replay = await api(`/api/v1/runs/${encodeURIComponent(run.id)}/replay`, { method: "POST", body: JSON.stringify({ revision: chosen() }) });
       location.hash = `#/runs/${replay.run_id}`;
     } catch (e) {
-      status.innerHTML = `<span class="failed">${esc(e.message)}</span>`;
+      document.getElementById("action-status").innerHTML = `<span class="failed">${esc(e.message)}</span>`;
     }
   });
+  dialog.showModal();
 }
 
 // Step kinds that call out: their input is the request sent, their output the answer.
