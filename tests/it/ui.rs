@@ -528,6 +528,17 @@ steps:
         .await
         .unwrap();
     browser.text_of("#run-title", "a@x.com → pro").await;
+    // The page's title names it, and focus is on its heading.
+    let (title, focused) = eventually("the page title", || async {
+        let seen = browser
+            .client
+            .execute("return [document.title, document.activeElement.id]", vec![])
+            .await
+            .unwrap();
+        (seen[0] == "a@x.com → pro · hookflow").then(|| (seen[0].clone(), seen[1].clone()))
+    })
+    .await;
+    assert_eq!(focused, "run-title", "{title}");
     browser.screenshot("runs-titled").await;
     browser
         .client
@@ -567,5 +578,64 @@ steps:
         .unwrap();
     browser.find("#runs tr").await;
     browser.screenshot("runs-phone").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn people_see_who_is_signed_in_log_out_and_are_told_when_the_server_is_gone() {
+    let mut server = Server::start_with(
+        &[("payments.yaml", PAYMENTS)],
+        &[],
+        &[("HOOKFLOW_ADMIN_PASSWORD", "correct horse")],
+    );
+    let browser = Browser::start().await;
+    browser.client.goto(&server.base).await.unwrap();
+    browser
+        .find("#password")
+        .await
+        .send_keys("correct horse")
+        .await
+        .unwrap();
+    browser
+        .find("#login button[type=submit]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#who", "signed in as admin").await;
+    browser.find("#logout").await.click().await.unwrap();
+    browser.text_of("#login-error", "logged out").await;
+    assert_eq!(browser.find("#who").await.text().await.unwrap(), "");
+
+    // Logged in again on the runs page, the live stream says when the server goes away, and a
+    // page opened then says the server is unreachable.
+    browser
+        .find("#password")
+        .await
+        .send_keys("correct horse")
+        .await
+        .unwrap();
+    browser
+        .find("#login button[type=submit]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser
+        .client
+        .goto(&format!("{}/#/runs", server.base))
+        .await
+        .unwrap();
+    browser.text_of("#live", "live").await;
+    server.kill_hard();
+    browser.text_of("#live", "disconnected, retrying").await;
+    browser
+        .client
+        .execute("location.hash = '#/flows/payments'", vec![])
+        .await
+        .unwrap();
+    browser
+        .text_of("main h1", "The server is unreachable")
+        .await;
     browser.close().await;
 }

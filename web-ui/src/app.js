@@ -12,11 +12,12 @@ const app = document.getElementById("app");
 let csrf = null;
 
 class LoginNeeded extends Error {}
+class Unreachable extends Error {}
 
 async function api(path, options = {}) {
   const headers = { "content-type": "application/json", ...(options.headers || {}) };
   if (csrf && options.method && options.method !== "GET") headers["x-csrf-token"] = csrf;
-  const response = await fetch(path, { ...options, headers });
+  const response = await fetch(path, { ...options, headers }).catch(() => { throw new Unreachable(); });
   const body = await response.json().catch(() => ({}));
   if (response.status === 401 && body.code === "unauthenticated") throw new LoginNeeded();
   if (!response.ok) throw new Error(body.detail || `${response.status} ${response.statusText}`);
@@ -39,10 +40,24 @@ function loginPage(message = "") {
         method: "POST", body: JSON.stringify({ password: document.getElementById("password").value }),
       });
       csrf = session.csrf_token;
+      signedIn(true);
       route();
     } catch (e) {
       document.getElementById("login-error").textContent = e instanceof LoginNeeded ? "Wrong password." : e.message;
     }
+  });
+}
+
+// Who is signed in (with a password set, the admin), and the way out.
+function signedIn(yes) {
+  const who = document.getElementById("who");
+  who.innerHTML = yes ? `<small class="muted">signed in as admin</small> <button type="button" id="logout">Log out</button>` : "";
+  document.getElementById("logout")?.addEventListener("click", async () => {
+    await api("/api/v1/logout", { method: "POST", body: "{}" });
+    csrf = null;
+    signedIn(false);
+    stopFollowing();
+    loginPage("You are logged out.");
   });
 }
 
@@ -692,12 +707,40 @@ async function route() {
     else await home();
   } catch (e) {
     if (e instanceof LoginNeeded) loginPage();
-    else app.innerHTML = `<p class="failed">${esc(e.message)}</p>`;
+    else if (e instanceof Unreachable) unreachable(route);
+    else app.innerHTML = `<h1>Something went wrong</h1><p class="failed">${esc(e.message)}</p>`;
+  }
+  // Each page has its own title, and focus moves to its heading (for screen readers and keyboards).
+  const heading = app.querySelector("h1");
+  document.title = heading ? `${heading.textContent.trim()} · hookflow` : "hookflow";
+  if (heading) {
+    heading.tabIndex = -1;
+    heading.focus({ preventScroll: true });
   }
 }
 
-window.addEventListener("hashchange", route);
-api("/api/v1/session").then(session => {
-  csrf = session.csrf_token;
-  route();
+// The server did not answer: say so and try again every few seconds.
+function unreachable(retry) {
+  const hash = location.hash;
+  app.innerHTML = `<h1>The server is unreachable</h1>
+    <p class="empty" role="status">hookflow did not answer. Retrying every 5 seconds…</p>`;
+  setTimeout(() => { if (location.hash === hash) retry(); }, 5000);
+}
+
+async function start() {
+  try {
+    const session = await api("/api/v1/session");
+    csrf = session.csrf_token;
+    signedIn(session.login && session.authenticated);
+    route();
+  } catch (e) {
+    unreachable(start);
+  }
+}
+
+document.getElementById("skip").addEventListener("click", event => {
+  event.preventDefault();
+  (app.querySelector("h1") || app).focus();
 });
+window.addEventListener("hashchange", route);
+start();
