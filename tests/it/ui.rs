@@ -272,9 +272,21 @@ steps:
     browser.client.accept_alert().await.unwrap();
     browser.text_of("#run-state", "succeeded").await;
     // The step graph, coloured by the run's statuses.
-    browser
+    let node = browser
         .find("#run-graph g.node.succeeded[data-node='deliver']")
         .await;
+    // A graph node is focusable and opens its step.
+    assert_eq!(node.attr("tabindex").await.unwrap().as_deref(), Some("0"));
+    node.click().await.unwrap();
+    let opened = browser
+        .client
+        .execute(
+            "const a = document.activeElement; return [a.dataset.step, a.querySelector('.json-block').open]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(opened, json!(["deliver", true]));
     browser.screenshot("run").await;
 
     // Replay asks on which revision, naming the step that will call the CRM again.

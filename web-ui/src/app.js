@@ -192,7 +192,7 @@ function graph(steps, status = {}) {
   const nodes = steps.map(s => {
     const p = pos[s.id];
     const st = status[s.id] || (s.on_failure ? "handler" : "");
-    return `<g class="node ${esc(st)}" data-node="${esc(s.id)}"><title>${esc(s.id)} (${esc(s.kind)})${st ? `: ${esc(st)}` : ""}</title>
+    return `<g class="node ${esc(st)}" data-node="${esc(s.id)}" tabindex="0" role="button" aria-label="Step ${esc(s.id)}"><title>${esc(s.id)} (${esc(s.kind)})${st ? `: ${esc(st)}` : ""}</title>
       <rect x="${p.x}" y="${p.y}" width="${W}" height="${H}" rx="8"/>
       <text x="${p.x + 12}" y="${p.y + 24}" class="icon">${esc(KIND_ICONS[s.kind] || "•")}</text>
       <text x="${p.x + 34}" y="${p.y + 24}" class="node-id">${esc(s.id.length > 16 ? s.id.slice(0, 15) + "…" : s.id)}</text>
@@ -200,6 +200,18 @@ function graph(steps, status = {}) {
   });
   return `<svg class="graph" role="img" aria-label="The flow's steps" viewBox="0 0 ${width} ${height}" width="${width}" height="${height}">
     ${edges.join("")}${nodes.join("")}</svg>`;
+}
+
+// A graph's nodes open their step (`open(id)`) on a click, Enter or Space.
+function onNode(box, open) {
+  const go = event => {
+    const node = event.target.closest("g.node");
+    if (!node || (event.type === "keydown" && !["Enter", " "].includes(event.key))) return;
+    event.preventDefault();
+    open(node.dataset.node);
+  };
+  box.addEventListener("click", go);
+  box.addEventListener("keydown", go);
 }
 
 // Runs per hour over the last 24 hours, as a small bar chart.
@@ -306,7 +318,7 @@ async function flowPage(id) {
     ${flow.description ? `<p>${esc(flow.description)}</p>` : ""}
     ${flow.catch_url ? `<p class="row"><strong>Catch URL</strong> <code>${esc(flow.catch_url)}</code> ${copyButton(flow.catch_url)}</p>` : ""}
     <h2>Steps</h2>
-    <div class="graph-box">${graph(flow.steps)}</div>
+    <div class="graph-box" id="flow-graph">${graph(flow.steps)}</div>
 
     <h2>Samples and preview</h2>
     <div class="card">
@@ -339,6 +351,13 @@ async function flowPage(id) {
       : flow.catch_url ? `<p class="empty">No runs yet. Send an event:<br><code>curl -s '${esc(flow.catch_url)}' -H 'content-type: application/json' -d '{"hello": "world"}'</code></p>`
       : `<p class="empty">No runs yet.</p>`}`;
 
+  // A step in the graph shows its lines in the source.
+  onNode(document.getElementById("flow-graph"), id => {
+    const line = document.getElementById(`line-${flow.steps.find(s => s.id === id)?.line}`);
+    line?.scrollIntoView({ block: "center" });
+    line?.classList.add("picked");
+    setTimeout(() => line?.classList.remove("picked"), 1500);
+  });
   await showSamples(flow, path);
   document.getElementById("capture")?.addEventListener("click", () =>
     capture(flow, path, Number(document.getElementById("capture-count").value)));
@@ -590,6 +609,14 @@ function renderRun(run) {
     const statuses = Object.fromEntries(run.steps.map(s => [s.id, s.status]));
     document.getElementById("run-graph").innerHTML = graph(flow.steps, statuses);
   }).catch(() => {});
+  // A step in the graph opens its record below.
+  onNode(document.getElementById("run-graph"), stepId => {
+    const step = app.querySelector(`[data-step="${CSS.escape(stepId)}"]`);
+    if (!step) return;
+    step.querySelectorAll(".json-block").forEach(d => { d.open = true; });
+    step.tabIndex = -1;
+    step.focus();
+  });
   const status = document.getElementById("action-status");
   document.getElementById("retry")?.addEventListener("click", async () => {
     if (!confirm("Retry this run from its failed step? Steps that succeeded keep their outputs; the failed step renders its request again and sends it under a new idempotency key.")) return;
