@@ -651,3 +651,48 @@ async fn people_see_who_is_signed_in_log_out_and_are_told_when_the_server_is_gon
         .await;
     browser.close().await;
 }
+
+#[tokio::test]
+async fn a_run_links_to_its_revision_and_revisions_show_their_difference() {
+    let server = Server::start(&[("payments.yaml", PAYMENTS)]);
+    let (_, answer) = server
+        .send("payments", &json!({ "customer_email": "a@x.com" }))
+        .await;
+    let run_id = answer["run_id"].as_str().unwrap().to_owned();
+    server.finished_run(&run_id).await;
+    server.write_flow(
+        "payments.yaml",
+        &PAYMENTS.replace(
+            "{{lower trigger.body.customer_email}}",
+            "{{lower trigger.body.data.object.customer_email}}",
+        ),
+    );
+    eventually("the second revision", || async {
+        let (_, history) = server.get("/api/v1/flows/payments/revisions").await;
+        (history["revisions"].as_array()?.len() == 2).then_some(())
+    })
+    .await;
+
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("{}/#/runs/{run_id}", server.base))
+        .await
+        .unwrap();
+    browser.find("#run-revision").await.click().await.unwrap();
+    let removed = browser
+        .text_of("#diff .removed", "trigger.body.customer_email")
+        .await;
+    assert!(removed.starts_with("- "), "{removed}");
+    browser
+        .text_of("#diff .added", "trigger.body.data.object.customer_email")
+        .await;
+    let rows = browser
+        .client
+        .find_all(fantoccini::Locator::Css("tr[data-revision]"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    browser.screenshot("revisions").await;
+    browser.close().await;
+}

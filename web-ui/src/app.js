@@ -1,7 +1,8 @@
 // hookflow's browser UI: a small single-page app over the REST API (/api/v1), routed by the URL
-// hash: #/ (flows and latest activity), #/flows/ID (one flow: its source, samples with a mapping
-// preview, sample capture, catch-hook log and recent runs), #/runs (every run, filtered, paged and
-// live) and #/runs/ID (one run: payload, steps, timeline, retry and replay).
+// hash: #/ (flows, their health and latest activity), #/flows/ID (one flow: its source, samples
+// with a mapping preview, sample capture, catch-hook log and recent runs), #/flows/ID/revisions
+// (its revisions and the difference between two), #/runs (every run, filtered, paged, live, with
+// bulk retry and replay) and #/runs/ID (one run, live: payload, steps, timeline, retry, replay).
 "use strict";
 
 const esc = s => String(s ?? "").replace(/[&<>"']/g, c =>
@@ -345,6 +346,8 @@ async function flowPage(id) {
     ${flow.catch_url ? `<h2>Catch-hook log</h2>
       ${hookLog(requests.map(r => ({ ...r, flow: flow.id })), "Send an event to the catch URL; each request shows here, refused ones with why.")}` : ""}
 
+    <p><a id="revisions" href="#/flows/${encodeURIComponent(flow.id)}/revisions">Revision history and differences →</a></p>
+
     <h2>Recent runs</h2>
     <p><a id="all-runs" href="#/runs?flow=${encodeURIComponent(flow.id)}">All runs of this flow →</a></p>
     ${runs.length ? runsTable(runs)
@@ -447,6 +450,53 @@ async function capture(flow, path, count) {
   } catch (e) {
     status.textContent = e.message;
   }
+}
+
+// ---- #/flows/ID/revisions ----------------------------------------------------------------
+
+// A flow's revisions as deployed, and the difference between any two (by default from the one
+// given, or the previous, to the current).
+async function revisionsPage(id, query) {
+  const path = `/api/v1/flows/${encodeURIComponent(id)}`;
+  const { revisions } = await api(`${path}/revisions`);
+  const params = new URLSearchParams(query);
+  const current = revisions.find(r => r.current)?.revision || revisions[0].revision;
+  const to = params.get("to") || current;
+  const from = params.get("from") || revisions.find(r => r.revision !== to)?.revision || to;
+  const [a, b] = await Promise.all([from, to].map(r => api(`${path}?revision=${encodeURIComponent(r)}`)));
+  const choose = (name, chosen) => `<select id="diff-${name}" name="${name}">${revisions.map(r =>
+    `<option value="${esc(r.revision)}" ${r.revision === chosen ? "selected" : ""}>${esc(r.revision)}${r.current ? " (current)" : ""}</option>`).join("")}</select>`;
+  app.innerHTML = `
+    <h1>Revisions of ${esc(a.name)}</h1>
+    <p><a href="#/flows/${esc(id)}">← the flow</a></p>
+    <div class="scroll"><table><thead><tr><th>Revision</th><th>Deployed</th></tr></thead><tbody>
+      ${revisions.map(r => `<tr data-revision="${esc(r.revision)}"><td><code>${esc(r.revision)}</code>${r.current ? ` <span class="succeeded">current</span>` : ""}</td>
+        <td>${when(r.deployed_at)}</td></tr>`).join("")}</tbody></table></div>
+    <h2>Difference</h2>
+    <form class="row" id="diff-form"><label for="diff-from">From</label>${choose("from", from)}
+      <label for="diff-to">to</label>${choose("to", to)}<button type="submit">Compare</button></form>
+    <pre class="diff" id="diff">${diff(a.source.split("\n"), b.source.split("\n"))}</pre>`;
+  document.getElementById("diff-form").addEventListener("submit", event => {
+    event.preventDefault();
+    location.hash = `#/flows/${encodeURIComponent(id)}/revisions?${new URLSearchParams(new FormData(event.target))}`;
+  });
+}
+
+// A line diff (longest common subsequence): removed lines marked -, added +.
+function diff(a, b) {
+  const n = a.length, m = b.length;
+  const lcs = Array.from({ length: n + 1 }, () => new Uint16Array(m + 1));
+  for (let i = n - 1; i >= 0; i--) {
+    for (let j = m - 1; j >= 0; j--) lcs[i][j] = a[i] === b[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+  }
+  const out = [];
+  let i = 0, j = 0;
+  while (i < n || j < m) {
+    if (i < n && j < m && a[i] === b[j]) { out.push(`<span>  ${esc(a[i])}</span>`); i++; j++; }
+    else if (i < n && (j === m || lcs[i + 1][j] >= lcs[i][j + 1])) out.push(`<span class="removed">- ${esc(a[i++])}</span>`);
+    else out.push(`<span class="added">+ ${esc(b[j++])}</span>`);
+  }
+  return a.join("\n") === b.join("\n") ? `<span class="muted">The two revisions are the same.</span>` : out.join("");
 }
 
 // ---- #/runs ----------------------------------------------------------------------------------
@@ -578,7 +628,8 @@ function renderRun(run) {
     <h1 id="run-title">${run.title ? esc(run.title) : `Run <code>${esc(run.id)}</code>`}</h1>
     ${run.title ? `<p class="muted">run <code>${esc(run.id)}</code></p>` : ""}
     <p class="row"><span class="${esc(run.status)}" id="run-state"><strong>${esc(run.status)}</strong></span>
-      <span class="muted">flow <a href="#/flows/${esc(run.flow_id)}">${esc(run.flow_id)}</a> · revision ${esc(run.revision)}
+      <span class="muted">flow <a href="#/flows/${esc(run.flow_id)}">${esc(run.flow_id)}</a> · revision
+      <a id="run-revision" href="#/flows/${encodeURIComponent(run.flow_id)}/revisions?from=${encodeURIComponent(run.revision)}">${esc(run.revision)}</a>
       · created ${when(run.created_at)}${run.duration_ms != null ? ` · took <span id="run-took">${human(run.duration_ms)}</span>` : ""}</span></p>
     ${run.reason ? `<p class="${esc(run.status)}" id="run-reason">${inWords(run.reason)}</p>` : ""}
     ${run.replay_of ? `<p>Replay of <a href="#/runs/${esc(run.replay_of)}"><code>${esc(run.replay_of)}</code></a></p>` : ""}
@@ -724,11 +775,13 @@ function timeline(run) {
 async function route() {
   const hash = location.hash.replace(/^#/, "") || "/";
   const flow = hash.match(/^\/flows\/([^/?]+)$/);
+  const revisions = hash.match(/^\/flows\/([^/?]+)\/revisions(?:\?(.*))?$/);
   const run = hash.match(/^\/runs\/([^/?]+)$/);
   const runs = hash.match(/^\/runs(?:\?(.*))?$/);
   stopFollowing();
   try {
     if (flow) await flowPage(decodeURIComponent(flow[1]));
+    else if (revisions) await revisionsPage(decodeURIComponent(revisions[1]), revisions[2] || "");
     else if (run) await runPage(decodeURIComponent(run[1]));
     else if (runs) await runsPage(runs[1] || "");
     else await home();
