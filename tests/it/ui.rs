@@ -271,6 +271,9 @@ steps:
     browser.find("#retry").await.click().await.unwrap();
     browser.client.accept_alert().await.unwrap();
     browser.text_of("#run-state", "succeeded").await;
+    browser
+        .text_of("[data-step=deliver] tr[data-attempt='2']", "manual retry")
+        .await;
     // The step graph, coloured by the run's statuses.
     let node = browser
         .find("#run-graph g.node.succeeded[data-node='deliver']")

@@ -652,7 +652,7 @@ function renderRun(run) {
       ${s.error ? `<p class="failed step-error">${esc(s.error.message)}</p>` : ""}
       ${s.input !== undefined ? stepData(s) : ""}
       ${s.attempts.length ? `<div class="scroll"><table class="attempts"><thead><tr><th>Attempt</th><th>Started</th><th>Took</th><th>Error</th><th>Next try</th><th>Node</th></tr></thead><tbody>
-        ${s.attempts.map(a => `<tr><td>${esc(a.number)}</td><td>${when(a.started_at)}</td><td>${human(a.duration_ms)}</td>
+        ${s.attempts.map((a, n) => `<tr data-attempt="${esc(a.number)}"><td>${esc(a.number)}<br><small class="muted">${startedBy(s.attempts, n)}</small></td><td>${when(a.started_at)}</td><td>${human(a.duration_ms)}</td>
           <td>${esc(a.error)}</td><td>${when(a.retry_at)}</td><td>${esc(a.node)}</td></tr>`).join("")}</tbody></table></div>` : ""}
     </div>`).join("")}`;
   // The graph of the revision the run ran, coloured by its step statuses.
@@ -723,6 +723,13 @@ async function replayDialog(run) {
   dialog.showModal();
 }
 
+// What started an attempt: the first try, an automatic retry (the attempt before scheduled one),
+// or a person retrying the run after the step failed for good.
+function startedBy(attempts, n) {
+  if (n === 0) return "first try";
+  return attempts[n - 1].retry_at ? "automatic retry" : "manual retry";
+}
+
 // Step kinds that call out: their input is the request sent, their output the answer.
 const EFFECTS = ["http", "hubspot", "stripe", "slack", "email"];
 
@@ -759,7 +766,8 @@ function timeline(run) {
       if (n === 0) return tried;
       const before = attempts[n - 1];
       waited += a.from - before.to;
-      return bar(before.to, a.from, "wait", `${before.retry_at ? "backoff" : "waited"} ${human(a.from - before.to)} before attempt ${a.number}`) + tried;
+      const wait = before.retry_at ? "backoff" : "waited for a manual retry";
+      return bar(before.to, a.from, "wait", `${wait} ${human(a.from - before.to)} before attempt ${a.number}`) + tried;
     }).join("");
     const took = attempts.reduce((sum, a) => sum + a.duration_ms, 0);
     const said = `${human(took)}${attempts.length > 1 ? ` · ${attempts.length} attempts, ${human(waited)} waiting` : ""}`;
