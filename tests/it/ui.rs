@@ -584,6 +584,18 @@ steps:
             .await
             .unwrap();
         assert_eq!(wide, json!(0), "{page} scrolls sideways at 390 px");
+        let boxes = browser
+            .client
+            .execute(
+                "return [...document.querySelectorAll('.runs-table')].map(t => t.parentElement.scrollWidth - t.parentElement.clientWidth)",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            boxes.as_array().unwrap().iter().all(|w| w == &json!(0)),
+            "a runs table scrolls sideways on {page}: {boxes}"
+        );
     }
     browser.screenshot("run-phone").await;
     browser
