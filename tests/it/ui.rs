@@ -145,6 +145,19 @@ async fn the_flow_page_previews_a_sample_marks_the_typo_and_captures_new_samples
         .unwrap_or_default()
         .contains("flagged"));
     assert!(line.text().await.unwrap().contains("email:"));
+    // The flag links to its line.
+    browser
+        .find("[data-goto-line='9']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let focused = browser
+        .client
+        .execute("return document.activeElement.id", vec![])
+        .await
+        .unwrap();
+    assert_eq!(focused, json!("line-9"));
     browser.text_of("[data-step=shape]", "succeeded").await;
     browser.screenshot("flow-preview").await;
 
@@ -709,5 +722,31 @@ async fn a_run_links_to_its_revision_and_revisions_show_their_difference() {
         .unwrap();
     assert_eq!(rows.len(), 2);
     browser.screenshot("revisions").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_flow_page_shows_new_hook_requests_without_a_reload() {
+    let flow = r#"
+id: signed
+trigger:
+  webhook:
+    verify: { provider: github, secret: s3cret }
+steps:
+  - { id: shape, map: { x: 1 } }
+"#;
+    let server = Server::start(&[("signed.yaml", flow)]);
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("{}/#/flows/signed", server.base))
+        .await
+        .unwrap();
+    browser.find("#no-hooks").await;
+    let (status, _) = server.send("signed", &json!({ "id": 1 })).await;
+    assert_eq!(status, 401);
+    browser
+        .text_of("#flow-hooks tr[data-outcome=rejected]", "invalid_signature")
+        .await;
     browser.close().await;
 }

@@ -86,6 +86,8 @@ function tree(value, key) {
 }
 
 document.addEventListener("click", event => {
+  const goto = event.target.closest("[data-goto-line]");
+  if (goto) showLine(goto.dataset.gotoLine);
   const copy = event.target.closest("[data-copy]");
   if (copy) {
     event.preventDefault(); // a copy button in a summary copies without folding
@@ -150,7 +152,16 @@ function follow(query, onRun, onOpen = () => {}) {
   live.addEventListener("run", event => onRun(JSON.parse(event.data)));
 }
 
+// A page's polling (for what has no stream), stopped with the stream when the page changes.
+let ticker = null;
+
+function poll(ms, refresh) {
+  clearInterval(ticker);
+  ticker = setInterval(refresh, ms);
+}
+
 function stopFollowing() {
+  clearInterval(ticker);
   live?.close();
   live = null;
   const state = document.getElementById("live");
@@ -294,6 +305,10 @@ function hookLog(requests, note) {
     : `<p class="empty" id="no-hooks">No requests yet. ${note}</p>`;
 }
 
+function flowHooks(flow, requests) {
+  return hookLog(requests.map(r => ({ ...r, flow: flow.id })), "Send an event to the catch URL; each request shows here, refused ones with why.");
+}
+
 // A flow's catch hook refusing requests: how many of the recent ones, and the latest reason.
 function refusals(requests) {
   const refused = requests.filter(r => r.outcome === "rejected");
@@ -343,8 +358,7 @@ async function flowPage(id) {
     <h2>Source</h2>
     <pre class="source" id="source">${lines.map((l, i) => `<span id="line-${i + 1}">${esc(l)}</span>`).join("")}</pre>
 
-    ${flow.catch_url ? `<h2>Catch-hook log</h2>
-      ${hookLog(requests.map(r => ({ ...r, flow: flow.id })), "Send an event to the catch URL; each request shows here, refused ones with why.")}` : ""}
+    ${flow.catch_url ? `<h2>Catch-hook log</h2><div id="flow-hooks">${flowHooks(flow, requests)}</div>` : ""}
 
     <p><a id="revisions" href="#/flows/${encodeURIComponent(flow.id)}/revisions">Revision history and differences →</a></p>
 
@@ -354,18 +368,34 @@ async function flowPage(id) {
       : flow.catch_url ? `<p class="empty">No runs yet. Send an event:<br><code>curl -s '${esc(flow.catch_url)}' -H 'content-type: application/json' -d '{"hello": "world"}'</code></p>`
       : `<p class="empty">No runs yet.</p>`}`;
 
+  // The hook log follows new requests (refused ones start no run, so it polls).
+  if (flow.catch_url) {
+    let shown = JSON.stringify(requests);
+    poll(3000, async () => {
+      const latest = (await api(`${path}/hooks`)).requests;
+      if (JSON.stringify(latest) === shown) return;
+      shown = JSON.stringify(latest);
+      document.getElementById("flow-hooks").innerHTML = flowHooks(flow, latest);
+    });
+  }
   // A step in the graph shows its lines in the source.
-  onNode(document.getElementById("flow-graph"), id => {
-    const line = document.getElementById(`line-${flow.steps.find(s => s.id === id)?.line}`);
-    line?.scrollIntoView({ block: "center" });
-    line?.classList.add("picked");
-    setTimeout(() => line?.classList.remove("picked"), 1500);
-  });
+  onNode(document.getElementById("flow-graph"), id => showLine(flow.steps.find(s => s.id === id)?.line));
   await showSamples(flow, path);
   document.getElementById("capture")?.addEventListener("click", () =>
     capture(flow, path, Number(document.getElementById("capture-count").value)));
   document.getElementById("start-run").addEventListener("click", () =>
     startRun(path, document.getElementById("payload").value));
+}
+
+// Brings a line of the flow's source into view and focus, marked for a moment.
+function showLine(number) {
+  const line = document.getElementById(`line-${number}`);
+  if (!line) return;
+  line.tabIndex = -1;
+  line.focus({ preventScroll: true });
+  line.scrollIntoView({ block: "center" });
+  line.classList.add("picked");
+  setTimeout(() => line.classList.remove("picked"), 1500);
 }
 
 async function startRun(path, text) {
@@ -396,7 +426,7 @@ async function preview(path, sample) {
       <p>Preview of <strong>${esc(sample)}</strong>: the run would be <span class="${esc(p.status)}">${esc(p.status)}</span>
         ${p.reason ? `— ${esc(p.reason)}` : ""} <span class="muted">(nothing was sent)</span></p>
       <div id="unresolved">${p.unresolved.length
-        ? p.unresolved.map(u => `<p class="flag unresolved" data-line="${u.line}">⚠ line ${u.line}, <code>${esc(u.field)}</code>:
+        ? p.unresolved.map(u => `<p class="flag unresolved" data-line="${u.line}">⚠ <button type="button" class="link" data-goto-line="${u.line}">line ${u.line}</button>, <code>${esc(u.field)}</code>:
             <code>${esc(u.path)}</code> resolved to nothing${u.suggestion ? ` — did you mean <code>${esc(u.suggestion)}</code>?` : ""}</p>`).join("")
         : `<p class="succeeded">Every expression resolved.</p>`}</div>
       ${p.steps.map(s => `<div class="step" data-status="${esc(s.status)}" data-step="${esc(s.id)}">
