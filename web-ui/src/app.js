@@ -644,12 +644,14 @@ async function runPage(id) {
   const refresh = async () => {
     const run = await api(`/api/v1/runs/${encodeURIComponent(id)}`);
     const text = JSON.stringify(run);
-    if (text === shown || location.hash !== hash) return;
-    shown = text;
-    renderRun(run);
+    if (text !== shown && location.hash === hash) {
+      shown = text;
+      renderRun(run);
+    }
+    return run;
   };
-  await refresh();
-  follow("", run => run.id === id && refresh(), refresh);
+  const { flow_id } = await refresh();
+  follow(`?flow=${encodeURIComponent(flow_id)}`, run => run.id === id && refresh(), refresh);
 }
 
 function renderRun(run) {

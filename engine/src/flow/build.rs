@@ -790,4 +790,18 @@ mod tests {
         );
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
+
+    #[test]
+    fn a_title_that_does_not_compile_is_reported_at_its_line() {
+        let yaml = "id: t\ntitle: \"{{nosuch_helper trigger.body.email}}\"\ntrigger: { webhook: }\nsteps:\n  - { id: a, map: { x: 1 } }\n";
+        let errors =
+            crate::flow::parse_flow("t.yaml", yaml, &crate::steps::Registry::builtin(), &|_| {
+                None
+            })
+            .unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.path == "title" && e.line == 2),
+            "{errors:?}"
+        );
+    }
 }
