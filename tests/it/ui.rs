@@ -576,9 +576,10 @@ steps:
     browser.find("#all-runs").await.click().await.unwrap();
     browser.find(&format!("tr[data-run='{}']", ids[0])).await;
 
-    // On a phone, the runs list and a run's page do not scroll sideways.
+    // On a phone, the flows, the runs list and a run's page do not scroll sideways.
     browser.client.set_window_size(390, 844).await.unwrap();
     for (page, ready) in [
+        ("#/".to_owned(), "tr[data-flow-row='orders']"),
         ("#/runs?flow=orders".to_owned(), "#runs tr"),
         (format!("#/runs/{}", ids[0]), "[data-step-bar=deliver]"),
     ] {
@@ -600,14 +601,14 @@ steps:
         let boxes = browser
             .client
             .execute(
-                "return [...document.querySelectorAll('.runs-table')].map(t => t.parentElement.scrollWidth - t.parentElement.clientWidth)",
+                "return [...document.querySelectorAll('table.cards')].map(t => t.parentElement.scrollWidth - t.parentElement.clientWidth)",
                 vec![],
             )
             .await
             .unwrap();
         assert!(
             boxes.as_array().unwrap().iter().all(|w| w == &json!(0)),
-            "a runs table scrolls sideways on {page}: {boxes}"
+            "a table scrolls sideways on {page}: {boxes}"
         );
     }
     browser.screenshot("run-phone").await;

@@ -248,7 +248,7 @@ async function home() {
       (the previous revision of each keeps running):
       <ul>${problems.map(p => `<li><code>${esc(p)}</code></li>`).join("")}</ul></div>` : ""}
     <h1>Flows</h1>
-    ${flows.length ? `<table><thead><tr><th>Flow</th><th>Trigger</th><th>Last 24 h</th><th>Catch URL</th></tr></thead><tbody>
+    ${flows.length ? `<table class="cards"><thead><tr><th>Flow</th><th>Trigger</th><th>Last 24 h</th><th>Catch URL</th></tr></thead><tbody>
       ${flows.map(f => {
         const a = f.activity || { last_24h: {}, hourly: [] };
         const n = k => a.last_24h[k] || 0;
@@ -273,7 +273,7 @@ async function home() {
 
 function runsTable(runs) {
   if (!runs.length) return `<p class="empty">No runs yet.</p>`;
-  return `<div class="scroll"><table class="runs-table"><thead><tr><th>Run</th><th>Flow</th><th>Status</th><th>Created</th><th>Reason</th></tr></thead><tbody>
+  return `<div class="scroll"><table class="runs-table cards"><thead><tr><th>Run</th><th>Flow</th><th>Status</th><th>Created</th><th>Reason</th></tr></thead><tbody>
     ${runs.map(runRow).join("")}
     </tbody></table></div>`;
 }
@@ -567,7 +567,7 @@ async function runsPage(query) {
       ? `<div class="row" id="bulk"><button type="button" data-bulk="retry">Retry the failed runs…</button>
           <button type="button" data-bulk="replay">Replay these runs…</button><span id="bulk-status" role="status"></span></div>`
       : `<p class="muted">Choose a flow (and no payload search) to retry or replay its runs in bulk.</p>`}
-    <div class="scroll"><table class="runs-table"><thead><tr><th>Run</th><th>Flow</th><th>Status</th><th>Created</th><th>Reason</th></tr></thead>
+    <div class="scroll"><table class="runs-table cards"><thead><tr><th>Run</th><th>Flow</th><th>Status</th><th>Created</th><th>Reason</th></tr></thead>
     <tbody id="runs">${page.runs.map(runRow).join("")}</tbody></table></div>
     ${page.runs.length ? "" : `<p class="empty" id="no-runs">No runs match.</p>`}
     <p><button type="button" id="more" ${page.next_cursor ? "" : "hidden"}>Load more</button></p>`;
