@@ -437,7 +437,10 @@ steps:
     );
     let wait = browser.find(&format!("{deliver} .seg.wait")).await;
     let title = wait.attr("title").await.unwrap().unwrap_or_default();
-    assert!(title.starts_with("backoff 1"), "{title}");
+    assert!(
+        title.starts_with("backoff ") && title.ends_with(" s before attempt 2"),
+        "{title}"
+    );
     browser.screenshot("run-live").await;
     browser.close().await;
 }
