@@ -68,31 +68,32 @@ steps:
     );
     assert!(page.contains(r#"<details id="hook-log">"#), "folded");
     // Each taken request links to its run; a duplicate to the original run.
-    let rows: Vec<&str> = page
-        .split("<tr ")
-        .filter(|r| r.contains(r#"data-flow="deduped""#))
-        .collect();
-    assert_eq!(rows.len(), 2, "{rows:?}");
+    let row = |outcome: &str| {
+        let marker = format!(r#"data-flow="deduped" data-outcome="{outcome}""#);
+        page.split("<tr ")
+            .find(|r| r.contains(&marker))
+            .unwrap_or_else(|| panic!("no {outcome} row in\n{page}"))
+    };
     let link = format!(r##"href="#/runs/{run_id}""##);
+    let duplicate = row("duplicate");
     assert!(
-        rows[0].contains(&link) && rows[0].contains("original run"),
-        "{}",
-        rows[0]
+        duplicate.contains(&link) && duplicate.contains("original run"),
+        "{duplicate}"
     );
+    let queued = row("queued");
     assert!(
-        rows[1].contains(&link) && rows[1].contains(">run<"),
-        "{}",
-        rows[1]
+        queued.contains(&link) && queued.contains(">run<"),
+        "{queued}"
     );
-    let row = page
+    let refused = page
         .split("<tr ")
         .find(|r| r.contains(r#"data-flow="signed""#))
         .unwrap_or_else(|| panic!("no hook log row for the flow in\n{page}"));
-    assert!(row.contains(r#"data-outcome="rejected""#), "{row}");
-    assert!(row.contains("invalid_signature"), "{row}");
+    assert!(refused.contains(r#"data-outcome="rejected""#), "{refused}");
+    assert!(refused.contains("invalid_signature"), "{refused}");
     assert!(
-        row.contains("missing"),
-        "the detail says what was missing: {row}"
+        refused.contains("missing"),
+        "the detail says what was missing: {refused}"
     );
 }
 
@@ -200,6 +201,12 @@ async fn the_flow_page_previews_a_sample_marks_the_typo_and_captures_new_samples
         run["event"]["trigger"]["body"]["customer_email"],
         "typed@example.com"
     );
+    // The flow's recent runs show it without a reload.
+    browser
+        .find(&format!(
+            "#runs tr[data-run='{run_id}'][data-status='filtered']"
+        ))
+        .await;
     browser
         .find(&format!("#run-status a[href='#/runs/{run_id}']"))
         .await

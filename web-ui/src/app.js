@@ -137,7 +137,7 @@ function inWords(reason) {
 let live = null;
 
 function follow(query, onRun, onOpen = () => {}) {
-  stopFollowing();
+  live?.close();
   const state = document.getElementById("live");
   live = new EventSource(`/api/v1/runs/events${query}`);
   live.addEventListener("open", () => {
@@ -271,11 +271,19 @@ async function home() {
       ${hookLog(requests, "Each flow's page has a curl line to try its catch URL.")}</details>`;
 }
 
-function runsTable(runs) {
-  if (!runs.length) return `<p class="empty">No runs yet.</p>`;
-  return `<div class="scroll"><table class="runs-table cards"><thead><tr><th>Run</th><th>Flow</th><th>Status</th><th>Created</th><th>Reason</th></tr></thead><tbody>
-    ${runs.map(runRow).join("")}
-    </tbody></table></div>`;
+// Runs as a table (rows added live by `liveRow`), or what to say while there are none.
+function runsTable(runs, empty = "No runs yet.") {
+  return `<div class="scroll"><table class="runs-table cards"><thead><tr><th>Run</th><th>Flow</th><th>Status</th><th>Created</th><th>Reason</th></tr></thead>
+    <tbody id="runs">${runs.map(runRow).join("")}</tbody></table></div>
+    ${runs.length ? "" : `<p class="empty" id="no-runs">${empty}</p>`}`;
+}
+
+// A run from the live stream: its row is updated, or added at the top.
+function liveRow(run) {
+  document.getElementById("no-runs")?.remove();
+  const row = document.querySelector(`tr[data-run="${CSS.escape(run.id)}"]`);
+  if (row) row.outerHTML = runRow(run);
+  else document.getElementById("runs").insertAdjacentHTML("afterbegin", runRow(run));
 }
 
 function runRow(r) {
@@ -364,9 +372,8 @@ async function flowPage(id) {
 
     <h2>Recent runs</h2>
     <p><a id="all-runs" href="#/runs?flow=${encodeURIComponent(flow.id)}">All runs of this flow →</a></p>
-    ${runs.length ? runsTable(runs)
-      : flow.catch_url ? `<p class="empty">No runs yet. Send an event:<br><code>curl -s '${esc(flow.catch_url)}' -H 'content-type: application/json' -d '{"hello": "world"}'</code></p>`
-      : `<p class="empty">No runs yet.</p>`}`;
+    ${runsTable(runs, flow.catch_url ? `No runs yet. Send an event:<br><code>curl -s '${esc(flow.catch_url)}' -H 'content-type: application/json' -d '{"hello": "world"}'</code>` : undefined)}`;
+  follow(`?flow=${encodeURIComponent(flow.id)}`, liveRow);
 
   // The hook log follows new requests (refused ones start no run, so it polls).
   if (flow.catch_url) {
@@ -567,9 +574,7 @@ async function runsPage(query) {
       ? `<div class="row" id="bulk"><button type="button" data-bulk="retry">Retry the failed runs…</button>
           <button type="button" data-bulk="replay">Replay these runs…</button><span id="bulk-status" role="status"></span></div>`
       : `<p class="muted">Choose a flow (and no payload search) to retry or replay its runs in bulk.</p>`}
-    <div class="scroll"><table class="runs-table cards"><thead><tr><th>Run</th><th>Flow</th><th>Status</th><th>Created</th><th>Reason</th></tr></thead>
-    <tbody id="runs">${page.runs.map(runRow).join("")}</tbody></table></div>
-    ${page.runs.length ? "" : `<p class="empty" id="no-runs">No runs match.</p>`}
+    ${runsTable(page.runs, "No runs match.")}
     <p><button type="button" id="more" ${page.next_cursor ? "" : "hidden"}>Load more</button></p>`;
   let cursor = page.next_cursor;
   document.getElementById("run-filters").addEventListener("submit", event => {
@@ -595,10 +600,7 @@ async function runsPage(query) {
   follow(params.get("flow") ? `?flow=${encodeURIComponent(params.get("flow"))}` : "", run => {
     if (params.get("status") && run.status !== params.get("status")) return;
     if (params.get("q")) return; // live rows carry no payload to search
-    document.getElementById("no-runs")?.remove();
-    const row = document.querySelector(`tr[data-run="${CSS.escape(run.id)}"]`);
-    if (row) row.outerHTML = runRow(run);
-    else document.getElementById("runs").insertAdjacentHTML("afterbegin", runRow(run));
+    liveRow(run);
   });
 }
 
