@@ -217,6 +217,10 @@ pub struct Run {
     pub steps: Vec<StepProgress>,
     /// Why the run failed or which condition filtered it.
     pub reason: Option<String>,
+    /// The flow's `title:` rendered with the run's trigger (absent when the flow has none or it
+    /// did not render).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
     /// The run this one replays (same event, started again from the first step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<RunId>,

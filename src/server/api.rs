@@ -23,6 +23,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/api/v1/flows", get(list_flows))
         .route("/api/v1/flows/{flow_id}", get(show_flow))
         .route("/api/v1/flows/{flow_id}/revisions", get(revisions))
+        .route("/api/v1/flows/{flow_id}/samples/{name}", get(show_sample))
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/events", get(run_events))
         .route("/api/v1/runs/{run_id}", get(show_run))
@@ -130,6 +131,18 @@ async fn revisions(
         entry["current"] = json!(is_current);
     }
     Ok(Json(json!({ "flow": id, "revisions": history })))
+}
+
+/// One of the flow's samples, as the run's `trigger` it stands for.
+async fn show_sample(
+    State(state): State<AppState>,
+    Path((flow_id, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let flow = deployed(&state, &flow_id)?;
+    let trigger = super::preview::sample_trigger(&flow, &name)?;
+    Ok(Json(
+        json!({ "flow": flow.id, "name": name, "trigger": trigger }),
+    ))
 }
 
 /// The deployed flow with this id, or a 404.
@@ -319,6 +332,7 @@ pub(super) fn run_summary(run: &Run) -> Value {
         "id": run.id, "flow_id": run.flow_id, "revision": run.revision, "event_id": run.event_id,
         "status": run.status, "created_at": run.created_at, "finished_at": run.finished_at,
         "duration_ms": duration_ms, "reason": run.reason, "replay_of": run.replay_of,
+        "title": run.title,
     })
 }
 

@@ -122,6 +122,7 @@ const OPERATIONS: &[Operation] = &[
     Operation { body: Some(schema::<ArmRequest>), ..op("post", "/api/v1/flows/{flow_id}/capture", "authoring", "Keep the next events sent to the flow as samples") },
     op("get", "/api/v1/flows/{flow_id}/capture", "authoring", "How a capture stands"),
     op("get", "/api/v1/flows/{flow_id}/samples", "authoring", "The flow's samples"),
+    op("get", "/api/v1/flows/{flow_id}/samples/{name}", "authoring", "One sample, as the run's `trigger` it stands for"),
     Operation { body: Some(schema::<PreviewRequest>), ..op("post", "/api/v1/flows/{flow_id}/preview", "authoring", "Run the flow offline on a sample or event: each step's input and output, unresolved expressions") },
     Operation { body: Some(schema::<StartRequest>), answer: Answer::Json(201), ..op("post", "/api/v1/flows/{flow_id}/runs", "runs", "Start a run with a payload (manual run)") },
     Operation { query: RUN_FILTERS, ..op("get", "/api/v1/runs", "runs", "Runs, newest first, filtered and cursor-paged") },

@@ -39,20 +39,61 @@ trigger:
 steps:
   - { id: shape, map: { x: 1 } }
 "#;
-    let server = Server::start(&[("signed.yaml", flow)]);
+    let deduped = r#"
+id: deduped
+trigger:
+  webhook:
+    dedupe: "{{trigger.body.id}}"
+steps:
+  - { id: shape, map: { x: 1 } }
+"#;
+    let server = Server::start(&[("signed.yaml", flow), ("deduped.yaml", deduped)]);
     let (status, _) = server.send("signed", &json!({ "id": 1 })).await;
     assert_eq!(status, 401);
+    let (_, first) = server.send("deduped", &json!({ "id": 7 })).await;
+    let (_, again) = server.send("deduped", &json!({ "id": 7 })).await;
+    assert_eq!(again["status"], "duplicate");
+    let run_id = first["run_id"].as_str().unwrap();
 
     let page = rendered(&server.base);
-    let row = page
+    // The flow refusing every request says so, with the reason; the log itself starts folded.
+    let flow_row = page
+        .split("<tr ")
+        .find(|r| r.contains(r#"data-flow-row="signed""#))
+        .unwrap();
+    assert!(flow_row.contains(r#"data-health="refusing""#), "{flow_row}");
+    assert!(
+        flow_row.contains("refusing every request: 1 of the last 1 refused — invalid_signature"),
+        "{flow_row}"
+    );
+    assert!(page.contains(r#"<details id="hook-log">"#), "folded");
+    // Each taken request links to its run; a duplicate to the original run.
+    let row = |outcome: &str| {
+        let marker = format!(r#"data-flow="deduped" data-outcome="{outcome}""#);
+        page.split("<tr ")
+            .find(|r| r.contains(&marker))
+            .unwrap_or_else(|| panic!("no {outcome} row in\n{page}"))
+    };
+    let link = format!(r##"href="#/runs/{run_id}""##);
+    let duplicate = row("duplicate");
+    assert!(
+        duplicate.contains(&link) && duplicate.contains("original run"),
+        "{duplicate}"
+    );
+    let queued = row("queued");
+    assert!(
+        queued.contains(&link) && queued.contains(">run<"),
+        "{queued}"
+    );
+    let refused = page
         .split("<tr ")
         .find(|r| r.contains(r#"data-flow="signed""#))
         .unwrap_or_else(|| panic!("no hook log row for the flow in\n{page}"));
-    assert!(row.contains(r#"data-outcome="rejected""#), "{row}");
-    assert!(row.contains("invalid_signature"), "{row}");
+    assert!(refused.contains(r#"data-outcome="rejected""#), "{refused}");
+    assert!(refused.contains("invalid_signature"), "{refused}");
     assert!(
-        row.contains("missing"),
-        "the detail says what was missing: {row}"
+        refused.contains("missing"),
+        "the detail says what was missing: {refused}"
     );
 }
 
@@ -82,6 +123,13 @@ async fn the_flow_page_previews_a_sample_marks_the_typo_and_captures_new_samples
         .goto(&format!("{}/#/flows/payments", server.base))
         .await
         .unwrap();
+    // The payload box starts with the latest sample.
+    let payload = browser.find("#payload").await;
+    eventually("the sample in the payload box", || async {
+        let value = payload.prop("value").await.unwrap().unwrap_or_default();
+        value.contains("A@X.COM").then_some(())
+    })
+    .await;
     browser.find("#preview").await.click().await.unwrap();
     let flag = browser.text_of(".unresolved", "did you mean").await;
     assert!(flag.contains("line 9"), "{flag}");
@@ -98,6 +146,19 @@ async fn the_flow_page_previews_a_sample_marks_the_typo_and_captures_new_samples
         .unwrap_or_default()
         .contains("flagged"));
     assert!(line.text().await.unwrap().contains("email:"));
+    // The flag links to its line.
+    browser
+        .find("[data-goto-line='9']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let focused = browser
+        .client
+        .execute("return document.activeElement.id", vec![])
+        .await
+        .unwrap();
+    assert_eq!(focused, json!("line-9"));
     browser.text_of("[data-step=shape]", "succeeded").await;
     browser.screenshot("flow-preview").await;
 
@@ -118,13 +179,15 @@ async fn the_flow_page_previews_a_sample_marks_the_typo_and_captures_new_samples
         (files.len() == 1).then(|| files[0].clone())
     })
     .await;
-    assert!(
-        shown.contains(written.trim_end_matches(".json")),
-        "{shown} vs {written}"
-    );
+    let captured = written.trim_end_matches(".json");
+    assert!(shown.contains(captured), "{shown} vs {written}");
+    // The sample list has the captured sample, chosen, and it fills the payload box.
+    let chosen = browser.find("#sample").await.prop("value").await.unwrap();
+    assert_eq!(chosen.as_deref(), Some(captured));
+    let value = payload.prop("value").await.unwrap().unwrap_or_default();
+    assert!(value.contains("b@y.com"), "{value}");
 
-    // Start a run with a payload typed into the page.
-    let payload = browser.find("#payload").await;
+    // Start a run with a payload typed into the page; the answer links to the run's page.
     payload.clear().await.unwrap();
     payload
         .send_keys(r#"{"customer_email": "typed@example.com"}"#)
@@ -138,6 +201,19 @@ async fn the_flow_page_previews_a_sample_marks_the_typo_and_captures_new_samples
         run["event"]["trigger"]["body"]["customer_email"],
         "typed@example.com"
     );
+    // The flow's recent runs show it without a reload.
+    browser
+        .find(&format!(
+            "#runs tr[data-run='{run_id}'][data-status='filtered']"
+        ))
+        .await;
+    browser
+        .find(&format!("#run-status a[href='#/runs/{run_id}']"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#run-state", "filtered").await;
     browser.close().await;
 }
 
@@ -190,14 +266,70 @@ steps:
     browser
         .text_of("[data-step=deliver] .step-error", "500")
         .await;
+    // The failed step's request is open beside its (empty) response, each with a copy button;
+    // the JSON tree folds.
+    let sent = browser
+        .text_of("[data-step=deliver] .tree.input", "ann@x.com")
+        .await;
+    assert!(sent.contains("/crm"), "the request names its URL: {sent}");
+    let copy = browser
+        .find("[data-step=deliver] .json-block summary .copy")
+        .await;
+    assert_eq!(
+        copy.attr("aria-label").await.unwrap().as_deref(),
+        Some("Copy request sent")
+    );
+    let fold = browser
+        .find("[data-step=shape] .tree.output > details > summary")
+        .await;
+    let email = browser
+        .find("[data-step=shape] .tree.output .v-string")
+        .await;
+    assert!(email.is_displayed().await.unwrap());
+    fold.click().await.unwrap();
+    assert!(!email.is_displayed().await.unwrap(), "folded away");
     browser.find("#retry").await.click().await.unwrap();
     browser.client.accept_alert().await.unwrap();
     browser.text_of("#run-state", "succeeded").await;
-    // The step graph, coloured by the run's statuses.
     browser
+        .text_of("[data-step=deliver] tr[data-attempt='2']", "manual retry")
+        .await;
+    // The step graph, coloured by the run's statuses.
+    let node = browser
         .find("#run-graph g.node.succeeded[data-node='deliver']")
         .await;
+    // A graph node is focusable and opens its step.
+    assert_eq!(node.attr("tabindex").await.unwrap().as_deref(), Some("0"));
+    node.click().await.unwrap();
+    let opened = browser
+        .client
+        .execute(
+            "const a = document.activeElement; return [a.dataset.step, a.querySelector('.json-block').open]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(opened, json!(["deliver", true]));
     browser.screenshot("run").await;
+
+    // Replay asks on which revision, naming the step that will call the CRM again.
+    browser.find("#replay").await.click().await.unwrap();
+    browser
+        .text_of("#replay-callers", "will call out again: deliver (http)")
+        .await;
+    browser
+        .find("#replay-dialog input[value=original]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.screenshot("replay-dialog").await;
+    browser.find("#replay-go").await.click().await.unwrap();
+    browser.find(&format!("a[href='#/runs/{run_id}']")).await;
+    let replayed = browser.client.current_url().await.unwrap();
+    let new_id = replayed.fragment().unwrap().trim_start_matches("/runs/");
+    let (_, new_run) = server.get(&format!("/api/v1/runs/{new_id}")).await;
+    assert_eq!(new_run["replay_of"], run_id.as_str());
 
     // Filter by status.
     let (_, small) = server
@@ -210,7 +342,12 @@ steps:
         .goto(&format!("{}/#/runs?status=filtered", server.base))
         .await
         .unwrap();
-    browser.find(&format!("tr[data-run='{small_id}']")).await;
+    browser
+        .text_of(
+            &format!("tr[data-run='{small_id}']"),
+            "Filtered by step big: trigger.body.employees (was 2) is not greater than or equal to 10",
+        )
+        .await;
     browser.screenshot("runs").await;
     let rows = browser
         .client
@@ -228,8 +365,399 @@ steps:
     let counts = browser
         .text_of("tr[data-flow-row='leads']", "1 filtered")
         .await;
-    assert!(counts.contains("1 ok"), "{counts}");
+    assert!(counts.contains("2 ok"), "the run and its replay: {counts}");
     browser.find("tr[data-flow-row='leads'] svg.spark").await;
     browser.screenshot("flows").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_run_page_opened_while_running_turns_final_and_draws_the_whole_run() {
+    // The CRM holds its answers until released: a 500 first, then 200 after a 1 s backoff.
+    let sink = crate::support::Sink::with(crate::support::SinkOptions {
+        statuses: &[500],
+        held: true,
+        ..Default::default()
+    })
+    .await;
+    let flow = format!(
+        r#"
+id: sync
+trigger: {{ webhook: }}
+steps:
+  - id: deliver
+    retry: {{ attempts: 2, backoff: fixed, initial: 1s, jitter: false }}
+    http: {{ url: "{}/crm", json: "$.trigger.body" }}
+"#,
+        sink.url
+    );
+    let server = Server::start(&[("sync.yaml", &flow)]);
+    let (_, answer) = server.send("sync", &json!({ "email": "a@x.com" })).await;
+    let run_id = answer["run_id"].as_str().unwrap().to_owned();
+    eventually("the CRM's first request", || async {
+        (!sink.received().is_empty()).then_some(())
+    })
+    .await;
+
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("{}/#/runs/{run_id}", server.base))
+        .await
+        .unwrap();
+    // (The run reads `queued` while its one step is in flight.)
+    let state = browser.find("#run-state").await.text().await.unwrap();
+    assert!(["queued", "running"].contains(&state.as_str()), "{state}");
+    browser.text_of("#live", "live").await;
+    let replay = browser
+        .client
+        .find(fantoccini::Locator::Css("#replay"))
+        .await;
+    assert!(replay.is_err(), "no replay while the run is not done");
+    sink.release();
+
+    // Without a reload, the page shows the run finished, with a duration for people.
+    browser.text_of("#run-state", "succeeded").await;
+    let took = browser.find("#run-took").await.text().await.unwrap();
+    let seconds = regex::Regex::new(r"^\d+(\.\d)? s$").unwrap();
+    assert!(seconds.is_match(&took), "took {took:?}");
+    // The timeline draws the queued time, both attempts and the backoff between them.
+    browser.find("[data-part=queued] .seg.queued").await;
+    let deliver = "[data-step-bar=deliver]";
+    let said = browser
+        .text_of(&format!("{deliver} .said"), "2 attempts")
+        .await;
+    assert!(said.contains("waiting"), "{said}");
+    let bars = browser
+        .client
+        .find_all(fantoccini::Locator::Css(&format!("{deliver} .seg")))
+        .await
+        .unwrap();
+    let mut kinds = Vec::new();
+    for bar in bars {
+        kinds.push(bar.attr("class").await.unwrap().unwrap_or_default());
+    }
+    assert_eq!(
+        kinds,
+        ["seg failed", "seg wait", "seg succeeded"],
+        "attempt, backoff, attempt"
+    );
+    let wait = browser.find(&format!("{deliver} .seg.wait")).await;
+    let title = wait.attr("title").await.unwrap().unwrap_or_default();
+    assert!(
+        title.starts_with("backoff ") && title.ends_with(" s before attempt 2"),
+        "{title}"
+    );
+    browser.screenshot("run-live").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn runs_carry_their_title_and_failed_runs_are_retried_in_bulk_after_a_count() {
+    // The CRM fails the first two requests, then accepts.
+    let sink = crate::support::Sink::scripted(&[500, 500]).await;
+    let flow = format!(
+        r#"
+id: orders
+title: "{{{{trigger.body.email}}}} → {{{{trigger.body.plan}}}}"
+trigger: {{ webhook: }}
+steps:
+  - id: deliver
+    retry: {{ attempts: 1 }}
+    http: {{ url: "{}/crm", json: "$.trigger.body" }}
+"#,
+        sink.url
+    );
+    let server = Server::start(&[("orders.yaml", &flow)]);
+    let mut ids = Vec::new();
+    for email in ["a@x.com", "b@x.com"] {
+        let (_, answer) = server
+            .send("orders", &json!({ "email": email, "plan": "pro" }))
+            .await;
+        let id = answer["run_id"].as_str().unwrap().to_owned();
+        assert_eq!(server.finished_run(&id).await["status"], "failed");
+        ids.push(id);
+    }
+
+    // The home page's failed count opens the flow's failed runs, each titled from its event.
+    let browser = Browser::start().await;
+    let base = &server.base;
+    browser.client.goto(&format!("{base}/#/")).await.unwrap();
+    browser
+        .text_of("tr[data-flow-row='orders'] a.failed", "2 failed")
+        .await;
+    browser
+        .find("tr[data-flow-row='orders'] a.failed")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.find("#run-filters").await;
+    let hash = browser.client.current_url().await.unwrap();
+    assert_eq!(
+        hash.fragment(),
+        Some("/runs?flow=orders&status=failed&since=24h")
+    );
+    browser
+        .text_of(
+            &format!("tr[data-run='{}'] .run-title", ids[0]),
+            "a@x.com → pro",
+        )
+        .await;
+    browser
+        .text_of(
+            &format!("tr[data-run='{}'] .run-title", ids[1]),
+            "b@x.com → pro",
+        )
+        .await;
+
+    // Bulk retry: the count first, then a confirmation, then the runs go again.
+    browser
+        .find("[data-bulk=retry]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let question = eventually("the confirmation", || async {
+        browser.client.get_alert_text().await.ok()
+    })
+    .await;
+    assert!(
+        question.contains("Retry 2 failed runs of orders"),
+        "{question}"
+    );
+    browser.client.accept_alert().await.unwrap();
+    browser.text_of("#bulk-status", "Retried 2 of 2").await;
+    for id in &ids {
+        eventually("the retried run succeeds", || async {
+            let (_, run) = server.get(&format!("/api/v1/runs/{id}")).await;
+            (run["status"] == "succeeded").then_some(())
+        })
+        .await;
+    }
+
+    // A date range: until 2000 matches none; from 2000 matches both, the date shown in the form.
+    browser
+        .client
+        .goto(&format!(
+            "{base}/#/runs?flow=orders&until=2000-01-01T00:00:00Z"
+        ))
+        .await
+        .unwrap();
+    browser.find("#no-runs").await;
+    browser
+        .client
+        .goto(&format!(
+            "{base}/#/runs?flow=orders&since=2000-01-01T00:00:00Z"
+        ))
+        .await
+        .unwrap();
+    browser.find(&format!("tr[data-run='{}']", ids[1])).await;
+    let from = browser.find("#f-from").await.prop("value").await.unwrap();
+    assert!(
+        from.is_some_and(|v| !v.is_empty()),
+        "the start date is shown"
+    );
+
+    // A run's page is titled; its flow's page links to all its runs.
+    browser
+        .client
+        .goto(&format!("{base}/#/runs/{}", ids[0]))
+        .await
+        .unwrap();
+    browser.text_of("#run-title", "a@x.com → pro").await;
+    // The page's title names it, and focus is on its heading.
+    let (title, focused) = eventually("the page title", || async {
+        let seen = browser
+            .client
+            .execute("return [document.title, document.activeElement.id]", vec![])
+            .await
+            .unwrap();
+        (seen[0] == "a@x.com → pro · hookflow").then(|| (seen[0].clone(), seen[1].clone()))
+    })
+    .await;
+    assert_eq!(focused, "run-title", "{title}");
+    browser.screenshot("runs-titled").await;
+    browser
+        .client
+        .goto(&format!("{base}/#/flows/orders"))
+        .await
+        .unwrap();
+    browser.find("#all-runs").await.click().await.unwrap();
+    browser.find(&format!("tr[data-run='{}']", ids[0])).await;
+
+    // On a phone, the flows, the runs list and a run's page do not scroll sideways.
+    browser.client.set_window_size(390, 844).await.unwrap();
+    for (page, ready) in [
+        ("#/".to_owned(), "tr[data-flow-row='orders']"),
+        ("#/runs?flow=orders".to_owned(), "#runs tr"),
+        (format!("#/runs/{}", ids[0]), "[data-step-bar=deliver]"),
+    ] {
+        browser
+            .client
+            .goto(&format!("{base}/{page}"))
+            .await
+            .unwrap();
+        browser.find(ready).await;
+        let wide = browser
+            .client
+            .execute(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(wide, json!(0), "{page} scrolls sideways at 390 px");
+        let boxes = browser
+            .client
+            .execute(
+                "return [...document.querySelectorAll('table.cards')].map(t => t.parentElement.scrollWidth - t.parentElement.clientWidth)",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            boxes.as_array().unwrap().iter().all(|w| w == &json!(0)),
+            "a table scrolls sideways on {page}: {boxes}"
+        );
+    }
+    browser.screenshot("run-phone").await;
+    browser
+        .client
+        .goto(&format!("{base}/#/runs?flow=orders"))
+        .await
+        .unwrap();
+    browser.find("#runs tr").await;
+    browser.screenshot("runs-phone").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn people_see_who_is_signed_in_log_out_and_are_told_when_the_server_is_gone() {
+    let mut server = Server::start_with(
+        &[("payments.yaml", PAYMENTS)],
+        &[],
+        &[("HOOKFLOW_ADMIN_PASSWORD", "correct horse")],
+    );
+    let browser = Browser::start().await;
+    browser.client.goto(&server.base).await.unwrap();
+    browser
+        .find("#password")
+        .await
+        .send_keys("correct horse")
+        .await
+        .unwrap();
+    browser
+        .find("#login button[type=submit]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#who", "signed in as admin").await;
+    browser.find("#logout").await.click().await.unwrap();
+    browser.text_of("#login-error", "logged out").await;
+    assert_eq!(browser.find("#who").await.text().await.unwrap(), "");
+
+    // Logged in again on the runs page, the live stream says when the server goes away, and a
+    // page opened then says the server is unreachable.
+    browser
+        .find("#password")
+        .await
+        .send_keys("correct horse")
+        .await
+        .unwrap();
+    browser
+        .find("#login button[type=submit]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser
+        .client
+        .goto(&format!("{}/#/runs", server.base))
+        .await
+        .unwrap();
+    browser.text_of("#live", "live").await;
+    server.kill_hard();
+    browser.text_of("#live", "disconnected, retrying").await;
+    browser
+        .client
+        .execute("location.hash = '#/flows/payments'", vec![])
+        .await
+        .unwrap();
+    browser
+        .text_of("main h1", "The server is unreachable")
+        .await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_run_links_to_its_revision_and_revisions_show_their_difference() {
+    let server = Server::start(&[("payments.yaml", PAYMENTS)]);
+    let (_, answer) = server
+        .send("payments", &json!({ "customer_email": "a@x.com" }))
+        .await;
+    let run_id = answer["run_id"].as_str().unwrap().to_owned();
+    server.finished_run(&run_id).await;
+    server.write_flow(
+        "payments.yaml",
+        &PAYMENTS.replace(
+            "{{lower trigger.body.customer_email}}",
+            "{{lower trigger.body.data.object.customer_email}}",
+        ),
+    );
+    eventually("the second revision", || async {
+        let (_, history) = server.get("/api/v1/flows/payments/revisions").await;
+        (history["revisions"].as_array()?.len() == 2).then_some(())
+    })
+    .await;
+
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("{}/#/runs/{run_id}", server.base))
+        .await
+        .unwrap();
+    browser.find("#run-revision").await.click().await.unwrap();
+    let removed = browser
+        .text_of("#diff .removed", "trigger.body.customer_email")
+        .await;
+    assert!(removed.starts_with("- "), "{removed}");
+    browser
+        .text_of("#diff .added", "trigger.body.data.object.customer_email")
+        .await;
+    let rows = browser
+        .client
+        .find_all(fantoccini::Locator::Css("tr[data-revision]"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    browser.screenshot("revisions").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_flow_page_shows_new_hook_requests_without_a_reload() {
+    let flow = r#"
+id: signed
+trigger:
+  webhook:
+    verify: { provider: github, secret: s3cret }
+steps:
+  - { id: shape, map: { x: 1 } }
+"#;
+    let server = Server::start(&[("signed.yaml", flow)]);
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("{}/#/flows/signed", server.base))
+        .await
+        .unwrap();
+    browser.find("#no-hooks").await;
+    let (status, _) = server.send("signed", &json!({ "id": 1 })).await;
+    assert_eq!(status, 401);
+    browser
+        .text_of("#flow-hooks tr[data-outcome=rejected]", "invalid_signature")
+        .await;
     browser.close().await;
 }

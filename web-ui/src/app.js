@@ -1,36 +1,24 @@
 // hookflow's browser UI: a small single-page app over the REST API (/api/v1), routed by the URL
-// hash: #/ (flows and latest activity), #/flows/ID (one flow: its source, samples with a mapping
-// preview, sample capture, catch-hook log and recent runs), #/runs (every run, filtered, paged and
-// live) and #/runs/ID (one run: payload, steps, timeline, retry and replay).
+// hash: #/ (flows, their health and latest activity), #/flows/ID (one flow: its source, samples
+// with a mapping preview, sample capture, catch-hook log and recent runs), #/flows/ID/revisions
+// (its revisions and the difference between two), #/runs (every run, filtered, paged, live, with
+// bulk retry and replay) and #/runs/ID (one run, live: payload, steps, timeline, retry, replay).
 "use strict";
 
 const esc = s => String(s ?? "").replace(/[&<>"']/g, c =>
   ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
-const json = v => esc(JSON.stringify(v, null, 2));
 const app = document.getElementById("app");
 
 // The session's CSRF token (when the server asks for a login), sent with every change.
 let csrf = null;
-const logout = document.getElementById("logout");
-
-// Shows the log-out button while a login session is open.
-function setSession(token) {
-  csrf = token;
-  logout.hidden = !token;
-}
-
-logout.addEventListener("click", async () => {
-  await api("/api/v1/logout", { method: "POST" }).catch(() => {});
-  setSession(null);
-  loginPage();
-});
 
 class LoginNeeded extends Error {}
+class Unreachable extends Error {}
 
 async function api(path, options = {}) {
   const headers = { "content-type": "application/json", ...(options.headers || {}) };
   if (csrf && options.method && options.method !== "GET") headers["x-csrf-token"] = csrf;
-  const response = await fetch(path, { ...options, headers });
+  const response = await fetch(path, { ...options, headers }).catch(() => { throw new Unreachable(); });
   const body = await response.json().catch(() => ({}));
   if (response.status === 401 && body.code === "unauthenticated") throw new LoginNeeded();
   if (!response.ok) throw new Error(body.detail || `${response.status} ${response.statusText}`);
@@ -52,7 +40,8 @@ function loginPage(message = "") {
       const session = await api("/api/v1/login", {
         method: "POST", body: JSON.stringify({ password: document.getElementById("password").value }),
       });
-      setSession(session.csrf_token);
+      csrf = session.csrf_token;
+      signedIn(true);
       route();
     } catch (e) {
       document.getElementById("login-error").textContent = e instanceof LoginNeeded ? "Wrong password." : e.message;
@@ -60,17 +49,125 @@ function loginPage(message = "") {
   });
 }
 
-function copyButton(text) {
-  return `<button type="button" class="copy" data-copy="${esc(text)}" aria-label="Copy the catch URL">Copy</button>`;
+// Who is signed in (with a password set, the admin), and the way out.
+function signedIn(yes) {
+  const who = document.getElementById("who");
+  who.innerHTML = yes ? `<small class="muted">signed in as admin</small> <button type="button" id="logout">Log out</button>` : "";
+  document.getElementById("logout")?.addEventListener("click", async () => {
+    await api("/api/v1/logout", { method: "POST", body: "{}" });
+    csrf = null;
+    signedIn(false);
+    stopFollowing();
+    loginPage("You are logged out.");
+  });
+}
+
+function copyButton(text, what = "the catch URL") {
+  return `<button type="button" class="copy" data-copy="${esc(text)}" aria-label="Copy ${esc(what)}">Copy</button>`;
+}
+
+// A JSON value as a collapsible tree (objects and arrays fold), under a summary with a copy button.
+function jsonBlock(label, value, { open = false, id = "", cls = "" } = {}) {
+  return `<details class="json-block" ${open ? "open" : ""}><summary>${esc(label)} ${copyButton(JSON.stringify(value, null, 2), label)}</summary>
+    <div class="tree ${cls}" ${id ? `id="${id}"` : ""}>${tree(value)}</div></details>`;
+}
+
+function tree(value, key) {
+  const name = key === undefined ? "" : `<span class="key">${esc(key)}</span>: `;
+  if (value === null || typeof value !== "object") {
+    return `<div>${name}<span class="v-${value === null ? "null" : typeof value}">${esc(JSON.stringify(value) ?? "undefined")}</span></div>`;
+  }
+  const entries = Array.isArray(value) ? value.map((v, i) => [i, v]) : Object.entries(value);
+  const [open, close] = Array.isArray(value) ? ["[", "]"] : ["{", "}"];
+  if (!entries.length) return `<div>${name}${open}${close}</div>`;
+  const count = `${entries.length} ${Array.isArray(value) ? "item" : "field"}${entries.length === 1 ? "" : "s"}`;
+  return `<details open><summary>${name}${open} <small class="muted">${count}</small></summary>
+    ${entries.map(([k, v]) => tree(v, k)).join("")}</details><div>${close}</div>`;
 }
 
 document.addEventListener("click", event => {
+  const goto = event.target.closest("[data-goto-line]");
+  if (goto) showLine(goto.dataset.gotoLine);
   const copy = event.target.closest("[data-copy]");
   if (copy) {
+    event.preventDefault(); // a copy button in a summary copies without folding
     navigator.clipboard?.writeText(copy.dataset.copy);
     copy.textContent = "Copied";
   }
 });
+
+// ---- time --------------------------------------------------------------------------------
+
+const FINAL = ["succeeded", "failed", "filtered"];
+const at = t => Date.parse(t);
+
+// A duration for people: 840 ms, 1.2 s, 55 s, 3 min, 2 h 5 min.
+function human(ms) {
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 10_000) return `${(ms / 1000).toFixed(1)} s`;
+  if (ms < 60_000) return `${Math.floor(ms / 1000)} s`;
+  if (ms < 3_600_000) return `${Math.floor(ms / 60_000)} min`;
+  const h = Math.floor(ms / 3_600_000), min = Math.floor(ms % 3_600_000 / 60_000);
+  return min ? `${h} h ${min} min` : `${h} h`;
+}
+
+const clock = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
+
+// A time in the viewer's zone and how long ago it was (the exact UTC time on hover).
+function when(t) {
+  if (!t) return "";
+  const ago = Date.now() - at(t);
+  return `<time datetime="${esc(t)}" title="${esc(t)}">${esc(clock.format(new Date(t)))}</time>
+    <small class="muted">${Math.abs(ago) < 1000 ? "just now" : ago > 0 ? `${human(ago)} ago` : `in ${human(-ago)}`}</small>`;
+}
+
+// A run's reason in words: a condition's place in the filter (`all[0]: `) left out, the fields
+// an expression reads shown as code, "does not exist" as "is missing".
+function inWords(reason) {
+  return esc(reason ?? "")
+    .replace(/\b(?:all|any)\[\d+\](?:\.(?:all|any)\[\d+\])*: /g, "")
+    .replace(/\{\{\s*([\w.[\]-]+)\s*\}\}/g, "<code>$1</code>")
+    .replace(/ does not exist/g, " is missing")
+    .replace(/^filtered by step `([^`]+)`:/, "Filtered by step <strong>$1</strong>:");
+}
+
+// ---- live ----------------------------------------------------------------------------------
+
+// The page's stream of run changes (one at a time); the header's #live says whether it is connected.
+let live = null;
+
+function follow(query, onRun, onOpen = () => {}) {
+  live?.close();
+  const state = document.getElementById("live");
+  live = new EventSource(`/api/v1/runs/events${query}`);
+  live.addEventListener("open", () => {
+    state.textContent = "● live";
+    state.dataset.state = "live";
+    onOpen();
+  });
+  live.addEventListener("error", () => {
+    state.textContent = "disconnected, retrying…";
+    state.dataset.state = "retrying";
+  });
+  live.addEventListener("run", event => onRun(JSON.parse(event.data)));
+}
+
+// A page's polling (for what has no stream), stopped with the stream when the page changes.
+let ticker = null;
+
+function poll(ms, refresh) {
+  clearInterval(ticker);
+  ticker = setInterval(refresh, ms);
+}
+
+function stopFollowing() {
+  clearInterval(ticker);
+  live?.close();
+  live = null;
+  const state = document.getElementById("live");
+  state.textContent = "";
+  delete state.dataset.state;
+}
 
 // ---- drawings -------------------------------------------------------------------------------
 
@@ -107,7 +204,7 @@ function graph(steps, status = {}) {
   const nodes = steps.map(s => {
     const p = pos[s.id];
     const st = status[s.id] || (s.on_failure ? "handler" : "");
-    return `<g class="node ${esc(st)}" data-node="${esc(s.id)}"><title>${esc(s.id)} (${esc(s.kind)})${st ? `: ${esc(st)}` : ""}</title>
+    return `<g class="node ${esc(st)}" data-node="${esc(s.id)}" tabindex="0" role="button" aria-label="Step ${esc(s.id)}"><title>${esc(s.id)} (${esc(s.kind)})${st ? `: ${esc(st)}` : ""}</title>
       <rect x="${p.x}" y="${p.y}" width="${W}" height="${H}" rx="8"/>
       <text x="${p.x + 12}" y="${p.y + 24}" class="icon">${esc(KIND_ICONS[s.kind] || "•")}</text>
       <text x="${p.x + 34}" y="${p.y + 24}" class="node-id">${esc(s.id.length > 16 ? s.id.slice(0, 15) + "…" : s.id)}</text>
@@ -115,6 +212,18 @@ function graph(steps, status = {}) {
   });
   return `<svg class="graph" role="img" aria-label="The flow's steps" viewBox="0 0 ${width} ${height}" width="${width}" height="${height}">
     ${edges.join("")}${nodes.join("")}</svg>`;
+}
+
+// A graph's nodes open their step (`open(id)`) on a click, Enter or Space.
+function onNode(box, open) {
+  const go = event => {
+    const node = event.target.closest("g.node");
+    if (!node || (event.type === "keydown" && !["Enter", " "].includes(event.key))) return;
+    event.preventDefault();
+    open(node.dataset.node);
+  };
+  box.addEventListener("click", go);
+  box.addEventListener("keydown", go);
 }
 
 // Runs per hour over the last 24 hours, as a small bar chart.
@@ -132,12 +241,14 @@ async function home() {
   const logs = await Promise.all(hooks.map(async f =>
     (await api(`/api/v1/flows/${encodeURIComponent(f.id)}/hooks`)).requests.map(r => ({ ...r, flow: f.id }))));
   const requests = logs.flat().sort((a, b) => String(b.at).localeCompare(String(a.at))).slice(0, 30);
+  const byFlow = Object.fromEntries(hooks.map((f, i) => [f.id, logs[i]]));
+  const refused = requests.filter(r => r.outcome === "rejected").length;
   app.innerHTML = `
     ${problems.length ? `<div class="card problems" role="alert"><strong>Some flow files were refused</strong>
       (the previous revision of each keeps running):
       <ul>${problems.map(p => `<li><code>${esc(p)}</code></li>`).join("")}</ul></div>` : ""}
     <h1>Flows</h1>
-    ${flows.length ? `<table><thead><tr><th>Flow</th><th>Trigger</th><th>Last 24 h</th><th>Catch URL</th></tr></thead><tbody>
+    ${flows.length ? `<table class="cards"><thead><tr><th>Flow</th><th>Trigger</th><th>Last 24 h</th><th>Catch URL</th></tr></thead><tbody>
       ${flows.map(f => {
         const a = f.activity || { last_24h: {}, hourly: [] };
         const n = k => a.last_24h[k] || 0;
@@ -145,46 +256,81 @@ async function home() {
         <td><a href="#/flows/${esc(f.id)}">${esc(f.name)}</a><br><small class="muted">${esc(f.id)}${f.enabled ? "" : ` · <span class="failed">paused</span>`}</small></td>
         <td>${esc(f.trigger.type)}${f.trigger.cron ? `<br><small class="muted"><code>${esc(f.trigger.cron)}</code></small>` : ""}</td>
         <td>${sparkline(a.hourly)}<br><small><span class="succeeded">${n("succeeded")} ok</span> ·
-          <span class="failed">${n("failed")} failed</span> · <span class="filtered">${n("filtered")} filtered</span></small>
-          ${a.last_run ? `<br><small class="muted">last <a href="#/runs/${esc(a.last_run.id)}">${esc(a.last_run.created_at)}</a></small>` : ""}</td>
+          <a class="failed" href="#/runs?flow=${encodeURIComponent(f.id)}&status=failed&since=24h">${n("failed")} failed</a> · <span class="filtered">${n("filtered")} filtered</span></small>
+          ${refusals(byFlow[f.id] || [])}
+          ${a.last_run ? `<br><small class="muted">last run <a href="#/runs/${esc(a.last_run.id)}">${human(Date.now() - at(a.last_run.created_at))} ago</a></small>` : ""}</td>
         <td>${f.catch_url ? `<code>${esc(f.catch_url)}</code> ${copyButton(f.catch_url)}` : ""}</td></tr>`;
       }).join("")}
       </tbody></table>`
     : `<p class="empty">No flows yet: add a flow file (YAML) to the server's flows directory and restart.</p>`}
     <h2>Latest runs</h2>
     ${runsTable(runs)}
-    <h2>Catch-hook log</h2>
-    <p class="muted">The latest requests to each flow's catch URL, including refused ones and why.</p>
-    <table><thead><tr><th>Flow</th><th>Received</th><th>Request</th><th>Outcome</th><th>Reason</th></tr></thead>
-    <tbody id="hooks">${requests.map(hookRow).join("")}</tbody></table>
-    ${requests.length ? "" : `<p class="empty">No requests yet. Each flow's page has a curl line to try its catch URL.</p>`}`;
+    <details id="hook-log"><summary><h2>Catch-hook log</h2> <span class="muted">${requests.length} recent
+      request${requests.length === 1 ? "" : "s"}${refused ? `, <span class="failed">${refused} refused</span>` : ""}</span></summary>
+      <p class="muted">The latest requests to each flow's catch URL, including refused ones and why.</p>
+      ${hookLog(requests, "Each flow's page has a curl line to try its catch URL.")}</details>`;
 }
 
-function runsTable(runs) {
-  if (!runs.length) return `<p class="empty">No runs yet.</p>`;
-  return `<table><thead><tr><th>Run</th><th>Flow</th><th>Status</th><th>Created</th><th>Reason</th></tr></thead><tbody>
-    ${runs.map(runRow).join("")}
-    </tbody></table>`;
+// Runs as a table (rows added live by `liveRow`), or what to say while there are none.
+function runsTable(runs, empty = "No runs yet.") {
+  return `<div class="scroll"><table class="runs-table cards"><thead><tr><th>Run</th><th>Flow</th><th>Status</th><th>Created</th><th>Reason</th></tr></thead>
+    <tbody id="runs">${runs.map(runRow).join("")}</tbody></table></div>
+    ${runs.length ? "" : `<p class="empty" id="no-runs">${empty}</p>`}`;
+}
+
+// A run from the live stream: its row is updated, or added at the top.
+function liveRow(run) {
+  document.getElementById("no-runs")?.remove();
+  const row = document.querySelector(`tr[data-run="${CSS.escape(run.id)}"]`);
+  if (row) row.outerHTML = runRow(run);
+  else document.getElementById("runs").insertAdjacentHTML("afterbegin", runRow(run));
 }
 
 function runRow(r) {
-  return `<tr data-run="${esc(r.id)}" data-status="${esc(r.status)}"><td><a href="#/runs/${esc(r.id)}"><code>${esc(r.id)}</code></a></td>
+  return `<tr data-run="${esc(r.id)}" data-status="${esc(r.status)}"><td><a href="#/runs/${esc(r.id)}">${r.title
+      ? `<span class="run-title">${esc(r.title)}</span></a><br><small class="muted"><code>${esc(r.id)}</code></small>`
+      : `<code>${esc(r.id)}</code></a>`}</td>
     <td><a href="#/flows/${esc(r.flow_id)}">${esc(r.flow_id)}</a></td>
-    <td class="${esc(r.status)}">${esc(r.status)}</td><td>${esc(r.created_at)}</td><td>${esc(r.reason)}</td></tr>`;
+    <td class="${esc(r.status)}">${esc(r.status)}${r.duration_ms != null ? `<br><small class="muted">${human(r.duration_ms)}</small>` : ""}</td>
+    <td>${when(r.created_at)}</td><td>${inWords(r.reason)}</td></tr>`;
 }
 
+// One catch-hook request: what became of it, linking to the run it started (a duplicate's
+// links to the original run).
 function hookRow(r) {
-  return `<tr data-flow="${esc(r.flow)}" data-outcome="${esc(r.outcome)}"><td>${esc(r.flow)}</td><td>${esc(r.at)}</td>
+  const s = r.summary || {};
+  const runs = (s.events || [s]).filter(e => e.run_id).map(e =>
+    `<a href="#/runs/${esc(e.run_id)}">${e.status === "duplicate" ? "original run" : "run"}</a>`);
+  return `<tr data-flow="${esc(r.flow)}" data-outcome="${esc(r.outcome)}"><td>${esc(r.flow)}</td><td>${when(r.at)}</td>
     <td>${esc(r.method)} · ${esc(r.bytes)} bytes</td><td class="${esc(r.outcome)}">${esc(r.outcome)} (${esc(r.status)})</td>
-    <td>${esc(r.reason)} ${esc(r.detail)}</td></tr>`;
+    <td>${runs.join(", ")} ${esc(r.reason || s.reason)} ${esc(r.detail)}</td></tr>`;
+}
+
+function hookLog(requests, note) {
+  return requests.length
+    ? `<div class="scroll"><table><thead><tr><th>Flow</th><th>Received</th><th>Request</th><th>Outcome</th><th>What became of it</th></tr></thead>
+        <tbody id="hooks">${requests.map(hookRow).join("")}</tbody></table></div>`
+    : `<p class="empty" id="no-hooks">No requests yet. ${note}</p>`;
+}
+
+function flowHooks(flow, requests) {
+  return hookLog(requests.map(r => ({ ...r, flow: flow.id })), "Send an event to the catch URL; each request shows here, refused ones with why.");
+}
+
+// A flow's catch hook refusing requests: how many of the recent ones, and the latest reason.
+function refusals(requests) {
+  const refused = requests.filter(r => r.outcome === "rejected");
+  if (!refused.length) return "";
+  const every = refused.length === requests.length;
+  return `<br><small class="failed" data-health="${every ? "refusing" : "some-refused"}">⚠ ${every ? "refusing every request: " : ""}${refused.length} of the last ${requests.length} refused — ${esc(refused[0].reason)}</small>`;
 }
 
 // ---- #/flows/ID ----------------------------------------------------------------------------
 
 async function flowPage(id) {
   const path = `/api/v1/flows/${encodeURIComponent(id)}`;
-  const [flow, { samples }, { requests }, { runs }] = await Promise.all([
-    api(path), api(`${path}/samples`), api(`${path}/hooks`),
+  const [flow, { requests }, { runs }] = await Promise.all([
+    api(path), api(`${path}/hooks`),
     api(`/api/v1/runs?flow=${encodeURIComponent(id)}&limit=10`),
   ]);
   const lines = String(flow.source).split("\n");
@@ -196,16 +342,11 @@ async function flowPage(id) {
     ${flow.description ? `<p>${esc(flow.description)}</p>` : ""}
     ${flow.catch_url ? `<p class="row"><strong>Catch URL</strong> <code>${esc(flow.catch_url)}</code> ${copyButton(flow.catch_url)}</p>` : ""}
     <h2>Steps</h2>
-    <div class="graph-box">${graph(flow.steps)}</div>
+    <div class="graph-box" id="flow-graph">${graph(flow.steps)}</div>
 
     <h2>Samples and preview</h2>
     <div class="card">
-      ${samples.length
-        ? `<div class="row"><label for="sample">Sample</label>
-             <select id="sample">${samples.map(s => `<option>${esc(s)}</option>`).join("")}</select>
-             <button type="button" class="primary" id="preview">Preview</button></div>`
-        : `<p class="empty">No samples yet. Capture the next real events sent to the catch URL below, or
-             add <code>samples/${esc(flow.id)}/NAME.json</code> beside the flow file.</p>`}
+      <div id="samples"></div>
       ${flow.catch_url ? `<div class="row" style="margin-top:.8rem">
           <label for="capture-count">Capture the next</label>
           <input id="capture-count" type="number" min="1" max="100" value="1" style="width:5rem">
@@ -225,21 +366,43 @@ async function flowPage(id) {
     <h2>Source</h2>
     <pre class="source" id="source">${lines.map((l, i) => `<span id="line-${i + 1}">${esc(l)}</span>`).join("")}</pre>
 
-    ${flow.catch_url ? `<h2>Catch-hook log</h2>
-      <table><thead><tr><th>Flow</th><th>Received</th><th>Request</th><th>Outcome</th><th>Reason</th></tr></thead>
-      <tbody id="hooks">${requests.map(r => hookRow({ ...r, flow: flow.id })).join("")}</tbody></table>` : ""}
+    ${flow.catch_url ? `<h2>Catch-hook log</h2><div id="flow-hooks">${flowHooks(flow, requests)}</div>` : ""}
+
+    <p><a id="revisions" href="#/flows/${encodeURIComponent(flow.id)}/revisions">Revision history and differences →</a></p>
 
     <h2>Recent runs</h2>
-    ${runs.length ? runsTable(runs)
-      : flow.catch_url ? `<p class="empty">No runs yet. Send an event:<br><code>curl -s '${esc(flow.catch_url)}' -H 'content-type: application/json' -d '{"hello": "world"}'</code></p>`
-      : `<p class="empty">No runs yet.</p>`}`;
+    <p><a id="all-runs" href="#/runs?flow=${encodeURIComponent(flow.id)}">All runs of this flow →</a></p>
+    ${runsTable(runs, flow.catch_url ? `No runs yet. Send an event:<br><code>curl -s '${esc(flow.catch_url)}' -H 'content-type: application/json' -d '{"hello": "world"}'</code>` : undefined)}`;
+  follow(`?flow=${encodeURIComponent(flow.id)}`, liveRow);
 
-  document.getElementById("preview")?.addEventListener("click", () =>
-    preview(path, document.getElementById("sample").value));
+  // The hook log follows new requests (refused ones start no run, so it polls).
+  if (flow.catch_url) {
+    let shown = JSON.stringify(requests);
+    poll(3000, async () => {
+      const latest = (await api(`${path}/hooks`)).requests;
+      if (JSON.stringify(latest) === shown) return;
+      shown = JSON.stringify(latest);
+      document.getElementById("flow-hooks").innerHTML = flowHooks(flow, latest);
+    });
+  }
+  // A step in the graph shows its lines in the source.
+  onNode(document.getElementById("flow-graph"), id => showLine(flow.steps.find(s => s.id === id)?.line));
+  await showSamples(flow, path);
   document.getElementById("capture")?.addEventListener("click", () =>
-    capture(path, Number(document.getElementById("capture-count").value)));
+    capture(flow, path, Number(document.getElementById("capture-count").value)));
   document.getElementById("start-run").addEventListener("click", () =>
     startRun(path, document.getElementById("payload").value));
+}
+
+// Brings a line of the flow's source into view and focus, marked for a moment.
+function showLine(number) {
+  const line = document.getElementById(`line-${number}`);
+  if (!line) return;
+  line.tabIndex = -1;
+  line.focus({ preventScroll: true });
+  line.scrollIntoView({ block: "center" });
+  line.classList.add("picked");
+  setTimeout(() => line.classList.remove("picked"), 1500);
 }
 
 async function startRun(path, text) {
@@ -253,7 +416,7 @@ async function startRun(path, text) {
   }
   try {
     const started = await api(`${path}/runs`, { method: "POST", body: JSON.stringify({ body }) });
-    status.innerHTML = `Started <a href="/api/v1/runs/${esc(started.run_id)}"><code>${esc(started.run_id)}</code></a>`;
+    status.innerHTML = `Started <a href="#/runs/${esc(started.run_id)}"><code>${esc(started.run_id)}</code></a>`;
   } catch (e) {
     status.innerHTML = `<span class="failed">${esc(e.message)}</span>`;
   }
@@ -270,28 +433,51 @@ async function preview(path, sample) {
       <p>Preview of <strong>${esc(sample)}</strong>: the run would be <span class="${esc(p.status)}">${esc(p.status)}</span>
         ${p.reason ? `— ${esc(p.reason)}` : ""} <span class="muted">(nothing was sent)</span></p>
       <div id="unresolved">${p.unresolved.length
-        ? p.unresolved.map(u => `<p class="flag unresolved" data-line="${u.line}">⚠ line ${u.line}, <code>${esc(u.field)}</code>:
+        ? p.unresolved.map(u => `<p class="flag unresolved" data-line="${u.line}">⚠ <button type="button" class="link" data-goto-line="${u.line}">line ${u.line}</button>, <code>${esc(u.field)}</code>:
             <code>${esc(u.path)}</code> resolved to nothing${u.suggestion ? ` — did you mean <code>${esc(u.suggestion)}</code>?` : ""}</p>`).join("")
         : `<p class="succeeded">Every expression resolved.</p>`}</div>
       ${p.steps.map(s => `<div class="step" data-status="${esc(s.status)}" data-step="${esc(s.id)}">
           <strong>${esc(s.id)}</strong> <span class="${esc(s.status)}">${esc(s.status)}</span>
           ${s.error ? `<p class="failed">${esc(s.error)}</p>` : ""}
-          ${s.input !== null || s.output !== null ? `<div class="steps-grid">
-            <div><small class="muted">input</small><pre>${json(s.input)}</pre></div>
-            <div><small class="muted">output</small><pre>${json(s.output)}</pre></div></div>` : ""}
+          ${s.input !== null || s.output !== null ? stepData(s) : ""}
         </div>`).join("")}`;
   } catch (e) {
     out.innerHTML = `<p class="failed">${esc(e.message)}</p>`;
   }
 }
 
-async function capture(path, count) {
+// The flow's samples, the chosen one (by default the last: captured samples are named by time)
+// filling the "run with a payload" box.
+async function showSamples(flow, path, chosen) {
+  const { samples } = await api(`${path}/samples`);
+  const box = document.getElementById("samples");
+  if (!samples.length) {
+    box.innerHTML = `<p class="empty">No samples yet. Capture the next real events sent to the catch URL below, or
+      add <code>samples/${esc(flow.id)}/NAME.json</code> beside the flow file.</p>`;
+    return;
+  }
+  chosen = samples.includes(chosen) ? chosen : samples[samples.length - 1];
+  box.innerHTML = `<div class="row"><label for="sample">Sample</label>
+    <select id="sample">${samples.map(s => `<option ${s === chosen ? "selected" : ""}>${esc(s)}</option>`).join("")}</select>
+    <button type="button" class="primary" id="preview">Preview</button></div>`;
+  const select = document.getElementById("sample");
+  const fill = async () => {
+    const sample = await api(`${path}/samples/${encodeURIComponent(select.value)}`);
+    document.getElementById("payload").value = JSON.stringify(sample.trigger.body, null, 2);
+  };
+  select.addEventListener("change", fill);
+  document.getElementById("preview").addEventListener("click", () => preview(path, select.value));
+  await fill();
+}
+
+async function capture(flow, path, count) {
   const status = document.getElementById("capture-status");
   try {
     await api(`${path}/capture`, { method: "POST", body: JSON.stringify({ count }) });
     status.textContent = `Waiting for ${count} event(s)…`;
     for (;;) {
       const c = await api(`${path}/capture`);
+      if (c.done) await showSamples(flow, path, c.samples[c.samples.length - 1]);
       status.textContent = c.samples.length
         ? `Captured ${c.samples.join(", ")}${c.done ? "" : " — waiting for more…"}`
         : `Waiting for ${c.remaining} event(s)…`;
@@ -303,19 +489,67 @@ async function capture(path, count) {
   }
 }
 
-// ---- #/runs ----------------------------------------------------------------------------------
+// ---- #/flows/ID/revisions ----------------------------------------------------------------
 
-let liveRuns = null;
+// A flow's revisions as deployed, and the difference between any two (by default from the one
+// given, or the previous, to the current).
+async function revisionsPage(id, query) {
+  const path = `/api/v1/flows/${encodeURIComponent(id)}`;
+  const { revisions } = await api(`${path}/revisions`);
+  const params = new URLSearchParams(query);
+  const current = revisions.find(r => r.current)?.revision || revisions[0].revision;
+  const to = params.get("to") || current;
+  const from = params.get("from") || revisions.find(r => r.revision !== to)?.revision || to;
+  const [a, b] = await Promise.all([from, to].map(r => api(`${path}?revision=${encodeURIComponent(r)}`)));
+  const choose = (name, chosen) => `<select id="diff-${name}" name="${name}">${revisions.map(r =>
+    `<option value="${esc(r.revision)}" ${r.revision === chosen ? "selected" : ""}>${esc(r.revision)}${r.current ? " (current)" : ""}</option>`).join("")}</select>`;
+  app.innerHTML = `
+    <h1>Revisions of ${esc(a.name)}</h1>
+    <p><a href="#/flows/${esc(id)}">← the flow</a></p>
+    <div class="scroll"><table><thead><tr><th>Revision</th><th>Deployed</th></tr></thead><tbody>
+      ${revisions.map(r => `<tr data-revision="${esc(r.revision)}"><td><code>${esc(r.revision)}</code>${r.current ? ` <span class="succeeded">current</span>` : ""}</td>
+        <td>${when(r.deployed_at)}</td></tr>`).join("")}</tbody></table></div>
+    <h2>Difference</h2>
+    <form class="row" id="diff-form"><label for="diff-from">From</label>${choose("from", from)}
+      <label for="diff-to">to</label>${choose("to", to)}<button type="submit">Compare</button></form>
+    <pre class="diff" id="diff">${diff(a.source.split("\n"), b.source.split("\n"))}</pre>`;
+  document.getElementById("diff-form").addEventListener("submit", event => {
+    event.preventDefault();
+    location.hash = `#/flows/${encodeURIComponent(id)}/revisions?${new URLSearchParams(new FormData(event.target))}`;
+  });
+}
+
+// A line diff (longest common subsequence): removed lines marked -, added +.
+function diff(a, b) {
+  const n = a.length, m = b.length;
+  const lcs = Array.from({ length: n + 1 }, () => new Uint16Array(m + 1));
+  for (let i = n - 1; i >= 0; i--) {
+    for (let j = m - 1; j >= 0; j--) lcs[i][j] = a[i] === b[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+  }
+  const out = [];
+  let i = 0, j = 0;
+  while (i < n || j < m) {
+    if (i < n && j < m && a[i] === b[j]) { out.push(`<span>  ${esc(a[i])}</span>`); i++; j++; }
+    else if (i < n && (j === m || lcs[i + 1][j] >= lcs[i][j + 1])) out.push(`<span class="removed">- ${esc(a[i++])}</span>`);
+    else out.push(`<span class="added">+ ${esc(b[j++])}</span>`);
+  }
+  return a.join("\n") === b.join("\n") ? `<span class="muted">The two revisions are the same.</span>` : out.join("");
+}
+
+// ---- #/runs ----------------------------------------------------------------------------------
 
 async function runsPage(query) {
   const params = new URLSearchParams(query);
   const { flows } = await api("/api/v1/flows");
   const filter = new URLSearchParams();
-  for (const k of ["flow", "status", "since", "q"]) if (params.get(k)) filter.set(k, params.get(k));
+  for (const k of ["flow", "status", "since", "until", "q"]) if (params.get(k)) filter.set(k, params.get(k));
   filter.set("limit", "50");
   const page = await api(`/api/v1/runs?${filter}`);
   const option = (value, label, selected) =>
     `<option value="${esc(value)}" ${selected ? "selected" : ""}>${esc(label)}</option>`;
+  const presets = ["1h", "24h", "7d"];
+  const since = params.get("since") || "";
+  const ranged = since && !presets.includes(since);
   app.innerHTML = `
     <h1>Runs</h1>
     <form id="run-filters" class="row" aria-label="Filter runs">
@@ -326,23 +560,35 @@ async function runsPage(query) {
       <select id="f-status" name="status">${option("", "any", !params.get("status"))}
         ${["queued", "running", "succeeded", "failed", "filtered"].map(st => option(st, st, params.get("status") === st)).join("")}</select>
       <label for="f-since">Since</label>
-      <select id="f-since" name="since">${option("", "ever", !params.get("since"))}
-        ${["1h", "24h", "7d"].map(d => option(d, `last ${d}`, params.get("since") === d)).join("")}</select>
+      <select id="f-since" name="since">${option("", "ever", !since)}
+        ${presets.map(d => option(d, `last ${d}`, since === d)).join("")}${ranged ? option(since, "from the date given", true) : ""}</select>
+      <label for="f-from">or from</label>
+      <input id="f-from" name="from" type="datetime-local" value="${ranged ? localInput(since) : ""}">
+      <label for="f-until">until</label>
+      <input id="f-until" name="until" type="datetime-local" value="${localInput(params.get("until"))}">
       <label for="f-q">Payload contains</label>
       <input id="f-q" name="q" type="search" placeholder="an email, an id…" value="${esc(params.get("q") || "")}">
       <button type="submit">Show</button>
     </form>
-    <table><thead><tr><th>Run</th><th>Flow</th><th>Status</th><th>Created</th><th>Reason</th></tr></thead>
-    <tbody id="runs">${page.runs.map(runRow).join("")}</tbody></table>
-    ${page.runs.length ? "" : `<p class="empty" id="no-runs">No runs match.</p>`}
+    ${params.get("flow") && !params.get("q")
+      ? `<div class="row" id="bulk"><button type="button" data-bulk="retry">Retry the failed runs…</button>
+          <button type="button" data-bulk="replay">Replay these runs…</button><span id="bulk-status" role="status"></span></div>`
+      : `<p class="muted">Choose a flow (and no payload search) to retry or replay its runs in bulk.</p>`}
+    ${runsTable(page.runs, "No runs match.")}
     <p><button type="button" id="more" ${page.next_cursor ? "" : "hidden"}>Load more</button></p>`;
   let cursor = page.next_cursor;
   document.getElementById("run-filters").addEventListener("submit", event => {
     event.preventDefault();
     const chosen = new URLSearchParams();
-    for (const [k, v] of new FormData(event.target)) if (v) chosen.set(k, v);
+    for (const [k, v] of new FormData(event.target)) {
+      // Dates typed in the viewer's zone travel as UTC; a start date wins over the preset.
+      if (v) chosen.set(k === "from" ? "since" : k, k === "from" || k === "until" ? new Date(v).toISOString() : v);
+    }
     location.hash = `#/runs?${chosen}`;
   });
+  for (const button of document.querySelectorAll("[data-bulk]")) {
+    button.addEventListener("click", () => bulk(button.dataset.bulk, params));
+  }
   document.getElementById("more").addEventListener("click", async () => {
     filter.set("cursor", cursor);
     const next = await api(`/api/v1/runs?${filter}`);
@@ -351,93 +597,219 @@ async function runsPage(query) {
     document.getElementById("more").hidden = !cursor;
   });
   // New and finished runs appear without a reload.
-  const live = new EventSource(`/api/v1/runs/events${params.get("flow") ? `?flow=${encodeURIComponent(params.get("flow"))}` : ""}`);
-  liveRuns = live;
-  live.addEventListener("run", event => {
-    const run = JSON.parse(event.data);
+  follow(params.get("flow") ? `?flow=${encodeURIComponent(params.get("flow"))}` : "", run => {
     if (params.get("status") && run.status !== params.get("status")) return;
     if (params.get("q")) return; // live rows carry no payload to search
-    document.getElementById("no-runs")?.remove();
-    const row = document.querySelector(`tr[data-run="${CSS.escape(run.id)}"]`);
-    if (row) row.outerHTML = runRow(run);
-    else document.getElementById("runs").insertAdjacentHTML("afterbegin", runRow(run));
+    liveRow(run);
   });
+}
+
+// A bulk retry or replay of the runs the filter selects: counted first (a dry run), then confirmed.
+async function bulk(action, params) {
+  const status = document.getElementById("bulk-status");
+  const selection = {};
+  for (const k of ["flow", "status", "since", "until"]) if (params.get(k)) selection[k] = params.get(k);
+  const request = extra => api(`/api/v1/runs/${action}`, { method: "POST", body: JSON.stringify({ ...selection, ...extra }) });
+  try {
+    const { matched } = await request({ dry_run: true });
+    const runs = `${matched} ${action === "retry" ? "failed " : ""}run${matched === 1 ? "" : "s"}`;
+    if (!matched) {
+      status.textContent = `No ${action === "retry" ? "failed " : ""}runs to ${action}.`;
+      return;
+    }
+    const question = action === "retry"
+      ? `Retry ${runs} of ${selection.flow} from their failed steps?`
+      : `Replay ${runs} of ${selection.flow} on the flow as it is now? Each starts a new run of its event, and steps with effects send their requests again.`;
+    if (!confirm(question)) return;
+    const done = await request({});
+    status.textContent = `${action === "retry" ? "Retried" : "Replayed"} ${done.started.length} of ${done.matched}`
+      + (done.failed.length ? `; ${done.failed.length} could not be: ${done.failed.map(f => f.reason).join("; ")}` : ".");
+  } catch (e) {
+    status.innerHTML = `<span class="failed">${esc(e.message)}</span>`;
+  }
+}
+
+// A time for a datetime-local input, in the viewer's zone ("" for none or a duration such as 24h).
+function localInput(t) {
+  const ms = Date.parse(t);
+  if (Number.isNaN(ms)) return "";
+  return new Date(ms - new Date(ms).getTimezoneOffset() * 60_000).toISOString().slice(0, 16);
 }
 
 // ---- #/runs/ID -------------------------------------------------------------------------------
 
+// The run page follows the run: it renders again whenever the run is created, finishes or
+// is retried, and on every (re)connection of the stream, in case it missed a change.
 async function runPage(id) {
-  const run = await api(`/api/v1/runs/${encodeURIComponent(id)}`);
-  const total = Math.max(1, ...run.steps.map(s => s.duration_ms || 0));
+  const hash = location.hash;
+  let shown = "";
+  const refresh = async () => {
+    const run = await api(`/api/v1/runs/${encodeURIComponent(id)}`);
+    const text = JSON.stringify(run);
+    if (text !== shown && location.hash === hash) {
+      shown = text;
+      renderRun(run);
+    }
+    return run;
+  };
+  const { flow_id } = await refresh();
+  follow(`?flow=${encodeURIComponent(flow_id)}`, run => run.id === id && refresh(), refresh);
+}
+
+function renderRun(run) {
+  const id = run.id;
   app.innerHTML = `
-    <h1>Run <code>${esc(run.id)}</code></h1>
+    <h1 id="run-title">${run.title ? esc(run.title) : `Run <code>${esc(run.id)}</code>`}</h1>
+    ${run.title ? `<p class="muted">run <code>${esc(run.id)}</code></p>` : ""}
     <p class="row"><span class="${esc(run.status)}" id="run-state"><strong>${esc(run.status)}</strong></span>
-      <span class="muted">flow <a href="#/flows/${esc(run.flow_id)}">${esc(run.flow_id)}</a> · revision ${esc(run.revision)}
-      · created ${esc(run.created_at)}${run.duration_ms != null ? ` · ${esc(run.duration_ms)} ms` : ""}</span></p>
-    ${run.reason ? `<p class="${esc(run.status)}" id="run-reason">${esc(run.reason)}</p>` : ""}
+      <span class="muted">flow <a href="#/flows/${esc(run.flow_id)}">${esc(run.flow_id)}</a> · revision
+      <a id="run-revision" href="#/flows/${encodeURIComponent(run.flow_id)}/revisions?from=${encodeURIComponent(run.revision)}">${esc(run.revision)}</a>
+      · created ${when(run.created_at)}${run.duration_ms != null ? ` · took <span id="run-took">${human(run.duration_ms)}</span>` : ""}</span></p>
+    ${run.reason ? `<p class="${esc(run.status)}" id="run-reason">${inWords(run.reason)}</p>` : ""}
     ${run.replay_of ? `<p>Replay of <a href="#/runs/${esc(run.replay_of)}"><code>${esc(run.replay_of)}</code></a></p>` : ""}
     <div class="row">
       ${run.status === "failed" ? `<button type="button" class="primary" id="retry">Retry from failed step</button>` : ""}
-      <button type="button" id="replay">Replay</button>
+      ${FINAL.includes(run.status) ? `<button type="button" id="replay">Replay</button>` : ""}
       <span id="action-status" role="status"></span>
     </div>
     <h2>Graph</h2>
     <div class="graph-box" id="run-graph"></div>
     <h2>Timeline</h2>
-    <div class="timeline" aria-label="Step durations">${run.steps.map(s => `
-      <div class="bar-row"><span class="bar-label">${esc(s.id)}</span>
-        <span class="bar ${esc(s.status)}" style="width:${Math.max(2, 100 * (s.duration_ms || 0) / total)}%"></span>
-        <span class="muted">${s.duration_ms != null ? `${esc(s.duration_ms)} ms` : esc(s.status)}</span></div>`).join("")}
-    </div>
+    ${timeline(run)}
     <h2>Trigger payload</h2>
-    <details open><summary>body</summary><pre id="payload">${json(run.event?.trigger?.body)}</pre></details>
-    <details><summary>headers and query</summary><pre>${json({ headers: run.event?.trigger?.headers, query: run.event?.trigger?.query })}</pre></details>
+    ${jsonBlock("body", run.event?.trigger?.body, { open: true, id: "payload" })}
+    ${jsonBlock("headers and query", { headers: run.event?.trigger?.headers, query: run.event?.trigger?.query })}
     <h2>Steps</h2>
     ${run.steps.map(s => `<div class="step" data-status="${esc(s.status)}" data-step="${esc(s.id)}">
       <strong>${esc(s.id)}</strong> <span class="muted">${esc(s.kind || "")}</span> <span class="${esc(s.status)}">${esc(s.status)}</span>
       ${s.path ? `<span class="muted">took path <code>${esc(s.path)}</code></span>` : ""}
       ${s.error ? `<p class="failed step-error">${esc(s.error.message)}</p>` : ""}
-      ${s.input !== undefined ? `<div class="steps-grid">
-        <details><summary>input</summary><pre>${json(s.input)}</pre></details>
-        <details ${s.output != null ? "open" : ""}><summary>output</summary><pre class="output">${json(s.output)}</pre></details></div>` : ""}
-      ${s.attempts.length ? `<table class="attempts"><thead><tr><th>Attempt</th><th>Started</th><th>Took</th><th>Error</th><th>Next try</th><th>Node</th></tr></thead><tbody>
-        ${s.attempts.map(a => `<tr><td>${esc(a.number)}</td><td>${esc(a.started_at)}</td><td>${esc(a.duration_ms)} ms</td>
-          <td>${esc(a.error)}</td><td>${esc(a.retry_at)}</td><td>${esc(a.node)}</td></tr>`).join("")}</tbody></table>` : ""}
+      ${s.input !== undefined ? stepData(s) : ""}
+      ${s.attempts.length ? `<div class="scroll"><table class="attempts"><thead><tr><th>Attempt</th><th>Started</th><th>Took</th><th>Error</th><th>Next try</th><th>Node</th></tr></thead><tbody>
+        ${s.attempts.map((a, n) => `<tr data-attempt="${esc(a.number)}"><td>${esc(a.number)}<br><small class="muted">${startedBy(s.attempts, n)}</small></td><td>${when(a.started_at)}</td><td>${human(a.duration_ms)}</td>
+          <td>${esc(a.error)}</td><td>${when(a.retry_at)}</td><td>${esc(a.node)}</td></tr>`).join("")}</tbody></table></div>` : ""}
     </div>`).join("")}`;
   // The graph of the revision the run ran, coloured by its step statuses.
   api(`/api/v1/flows/${encodeURIComponent(run.flow_id)}?revision=${encodeURIComponent(run.revision)}`).then(flow => {
     const statuses = Object.fromEntries(run.steps.map(s => [s.id, s.status]));
     document.getElementById("run-graph").innerHTML = graph(flow.steps, statuses);
   }).catch(() => {});
+  // A step in the graph opens its record below.
+  onNode(document.getElementById("run-graph"), stepId => {
+    const step = app.querySelector(`[data-step="${CSS.escape(stepId)}"]`);
+    if (!step) return;
+    step.querySelectorAll(".json-block").forEach(d => { d.open = true; });
+    step.tabIndex = -1;
+    step.focus();
+  });
   const status = document.getElementById("action-status");
   document.getElementById("retry")?.addEventListener("click", async () => {
     if (!confirm("Retry this run from its failed step? Steps that succeeded keep their outputs; the failed step renders its request again and sends it under a new idempotency key.")) return;
     try {
       await api(`/api/v1/runs/${encodeURIComponent(id)}/retry`, { method: "POST", body: "{}" });
       status.textContent = "Retrying…";
-      await waitForFinal(id);
-      await runPage(id);
     } catch (e) {
       status.innerHTML = `<span class="failed">${esc(e.message)}</span>`;
     }
   });
-  document.getElementById("replay").addEventListener("click", async () => {
-    if (!confirm("Start a new run of this event on the flow as it is now?")) return;
-    try {
-      const replay = await api(`/api/v1/runs/${encodeURIComponent(id)}/replay`, { method: "POST", body: JSON.stringify({ revision: "current" }) });
-      location.hash = `#/runs/${replay.run_id}`;
-    } catch (e) {
-      status.innerHTML = `<span class="failed">${esc(e.message)}</span>`;
-    }
-  });
+  document.getElementById("replay")?.addEventListener("click", () =>
+    replayDialog(run).catch(e => { status.innerHTML = `<span class="failed">${esc(e.message)}</span>`; }));
 }
 
-async function waitForFinal(id) {
-  for (;;) {
-    const run = await api(`/api/v1/runs/${encodeURIComponent(id)}`);
-    if (["succeeded", "failed", "filtered"].includes(run.status)) return run;
-    await new Promise(r => setTimeout(r, 500));
-  }
+// Replay asks first: on which revision (the run's own or the flow as deployed now), and which
+// steps will call out again on that revision.
+async function replayDialog(run) {
+  const flowPath = `/api/v1/flows/${encodeURIComponent(run.flow_id)}`;
+  const [original, current] = await Promise.all([
+    api(`${flowPath}?revision=${encodeURIComponent(run.revision)}`), api(flowPath).catch(() => null)]);
+  const callers = flow => flow.steps.filter(s => EFFECTS.includes(s.kind)).map(s => `${s.id} (${s.kind})`);
+  document.getElementById("replay-dialog")?.remove();
+  document.body.insertAdjacentHTML("beforeend", `<dialog id="replay-dialog" aria-labelledby="replay-heading">
+    <form method="dialog">
+      <h2 id="replay-heading">Replay this run?</h2>
+      <p>A new run of the same event starts from the first step.</p>
+      <fieldset><legend>Run it on</legend>
+        ${current ? `<label><input type="radio" name="revision" value="current" checked> the flow as deployed now (revision ${esc(current.revision)})</label><br>` : ""}
+        <label><input type="radio" name="revision" value="original" ${current ? "" : "checked"}> the revision this run ran (${esc(run.revision)})</label>
+      </fieldset>
+      <p id="replay-callers"></p>
+      <div class="row"><button value="replay" class="primary" id="replay-go">Replay</button><button value="cancel">Cancel</button></div>
+    </form></dialog>`);
+  const dialog = document.getElementById("replay-dialog");
+  const chosen = () => dialog.querySelector("input[name=revision]:checked").value;
+  const explain = () => {
+    const steps = callers(chosen() === "current" ? current : original);
+    document.getElementById("replay-callers").innerHTML = steps.length
+      ? `<strong class="failed">These steps will call out again:</strong> ${steps.map(esc).join(", ")}.`
+      : "No step calls out: nothing is sent again.";
+  };
+  dialog.addEventListener("change", explain);
+  explain();
+  dialog.addEventListener("close", async () => {
+    if (dialog.returnValue !== "replay") return;
+    try {
+      const replay = await api(`/api/v1/runs/${encodeURIComponent(run.id)}/replay`, { method: "POST", body: JSON.stringify({ revision: chosen() }) });
+      location.hash = `#/runs/${replay.run_id}`;
+    } catch (e) {
+      document.getElementById("action-status").innerHTML = `<span class="failed">${esc(e.message)}</span>`;
+    }
+  });
+  dialog.showModal();
+}
+
+// What started an attempt: the first try, an automatic retry (the attempt before scheduled one),
+// or a person retrying the run after the step failed for good.
+function startedBy(attempts, n) {
+  if (n === 0) return "first try";
+  return attempts[n - 1].retry_at ? "automatic retry" : "manual retry";
+}
+
+// Step kinds that call out: their input is the request sent, their output the answer.
+const EFFECTS = ["http", "hubspot", "stripe", "slack", "email"];
+
+// A step's input and output side by side; a failed step's input is open, to see what it got.
+function stepData(s) {
+  const calls = EFFECTS.includes(s.kind);
+  return `<div class="steps-grid">
+    ${jsonBlock(calls ? "request sent" : "input", s.input, { open: s.status === "failed", cls: "input" })}
+    ${jsonBlock(calls ? "response" : "output", s.output, { open: s.output != null, cls: "output" })}</div>`;
+}
+
+// The whole run on one time axis: the time it was queued before its first attempt, then each
+// step's attempts and the waits between them (the backoff before a retry).
+function timeline(run) {
+  const start = at(run.created_at);
+  const spans = run.steps.map(s => s.attempts.map(a => ({ ...a, from: at(a.started_at), to: at(a.started_at) + a.duration_ms })));
+  const all = spans.flat();
+  const end = run.finished_at ? at(run.finished_at) : Math.max(Date.now(), ...all.map(a => a.to));
+  const span = Math.max(1, end - start);
+  const pct = t => (100 * (t - start) / span).toFixed(2);
+  const bar = (from, to, kind, label) =>
+    `<span class="seg ${kind}" style="left:${pct(from)}%;width:${pct(start + to - from)}%" title="${esc(label)}"></span>`;
+  const row = (label, bars, said, attrs = "") =>
+    `<div class="bar-row" ${attrs}><span class="bar-label">${esc(label)}</span><span class="track">${bars}</span><span class="muted said">${said}</span></div>`;
+  const firstTry = all.length ? Math.min(...all.map(a => a.from)) : end;
+  const queued = row("queued", bar(start, firstTry, "queued", `queued ${human(firstTry - start)}`), human(firstTry - start), `data-part="queued"`);
+  const steps = run.steps.map((s, i) => {
+    const attempts = spans[i];
+    if (!attempts.length) return row(s.id, "", esc(s.status), `data-step-bar="${esc(s.id)}"`);
+    let waited = 0;
+    const bars = attempts.map((a, n) => {
+      const last = n === attempts.length - 1;
+      const tried = bar(a.from, a.to, last ? s.status : "failed", `attempt ${a.number}: ${human(a.duration_ms)}${a.error ? ` — ${a.error}` : ""}`);
+      if (n === 0) return tried;
+      const before = attempts[n - 1];
+      waited += a.from - before.to;
+      const wait = before.retry_at ? "backoff" : "waited for a manual retry";
+      return bar(before.to, a.from, "wait", `${wait} ${human(a.from - before.to)} before attempt ${a.number}`) + tried;
+    }).join("");
+    const took = attempts.reduce((sum, a) => sum + a.duration_ms, 0);
+    const said = `${human(took)}${attempts.length > 1 ? ` · ${attempts.length} attempts, ${human(waited)} waiting` : ""}`;
+    return row(s.id, bars, esc(said), `data-step-bar="${esc(s.id)}"`);
+  });
+  return `<div class="timeline" aria-label="When the run was queued, each attempt and the waits between them">${queued}${steps.join("")}
+    <p class="muted legend"><span class="swatch queued"></span> queued <span class="swatch wait"></span> waiting to retry
+      · ${human(span)} in all${run.finished_at ? "" : " so far"}</p></div>`;
 }
 
 // ---- routing -------------------------------------------------------------------------------
@@ -445,26 +817,55 @@ async function waitForFinal(id) {
 async function route() {
   const hash = location.hash.replace(/^#/, "") || "/";
   const flow = hash.match(/^\/flows\/([^/?]+)$/);
+  const revisions = hash.match(/^\/flows\/([^/?]+)\/revisions(?:\?(.*))?$/);
   const run = hash.match(/^\/runs\/([^/?]+)$/);
   const runs = hash.match(/^\/runs(?:\?(.*))?$/);
-  liveRuns?.close();
-  liveRuns = null;
+  stopFollowing();
   try {
     if (flow) await flowPage(decodeURIComponent(flow[1]));
+    else if (revisions) await revisionsPage(decodeURIComponent(revisions[1]), revisions[2] || "");
     else if (run) await runPage(decodeURIComponent(run[1]));
     else if (runs) await runsPage(runs[1] || "");
     else await home();
   } catch (e) {
     if (e instanceof LoginNeeded) {
-      setSession(null);
+      signedIn(false);
       loginPage();
     }
-    else app.innerHTML = `<p class="failed">${esc(e.message)}</p>`;
+    else if (e instanceof Unreachable) unreachable(route);
+    else app.innerHTML = `<h1>Something went wrong</h1><p class="failed">${esc(e.message)}</p>`;
+  }
+  // Each page has its own title, and focus moves to its heading (for screen readers and keyboards).
+  const heading = app.querySelector("h1");
+  document.title = heading ? `${heading.textContent.trim()} · hookflow` : "hookflow";
+  if (heading) {
+    heading.tabIndex = -1;
+    heading.focus({ preventScroll: true });
   }
 }
 
-window.addEventListener("hashchange", route);
-api("/api/v1/session").then(session => {
-  setSession(session.csrf_token);
-  route();
+// The server did not answer: say so and try again every few seconds.
+function unreachable(retry) {
+  const hash = location.hash;
+  app.innerHTML = `<h1>The server is unreachable</h1>
+    <p class="empty" role="status">hookflow did not answer. Retrying every 5 seconds…</p>`;
+  setTimeout(() => { if (location.hash === hash) retry(); }, 5000);
+}
+
+async function start() {
+  try {
+    const session = await api("/api/v1/session");
+    csrf = session.csrf_token;
+    signedIn(session.login && session.authenticated);
+    route();
+  } catch (e) {
+    unreachable(start);
+  }
+}
+
+document.getElementById("skip").addEventListener("click", event => {
+  event.preventDefault();
+  (app.querySelector("h1") || app).focus();
 });
+window.addEventListener("hashchange", route);
+start();

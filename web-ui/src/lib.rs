@@ -1,7 +1,8 @@
 //! hookflow's browser UI, served by the hookflow binary at `/`: a small single-page app (no build
 //! step: HTML, CSS and JavaScript embedded in the binary) over the REST API. Pages: the flows with
-//! their catch URLs, latest runs and the catch-hook log; and one flow, with its source, samples
-//! with a mapping preview that marks unresolved expressions, sample capture, its hook log and runs.
+//! their catch URLs, health, latest runs and the catch-hook log; one flow, with its source, samples
+//! with a mapping preview that marks unresolved expressions, sample capture, its hook log, runs and
+//! revisions; every run (filtered, live, bulk retry and replay); and one run, live.
 
 #![warn(missing_docs)]
 

@@ -196,6 +196,12 @@ pub fn parse_flow(
             "concurrency must be at least 1 (leave it out for no limit)",
         );
     }
+    let title = spec.title.and_then(|text| {
+        compiler
+            .text(&text)
+            .map_err(|e| problems.at("title", e.message))
+            .ok()
+    });
     let retention = spec
         .retention
         .map_or_else(Retention::default, |r| Retention {
@@ -233,6 +239,7 @@ pub fn parse_flow(
             name: spec.name.unwrap_or_else(|| id.to_string()),
             id,
             description: spec.description,
+            title,
             file: file.to_owned(),
             source: Arc::from(text),
             revision: Revision::of(text),
@@ -841,5 +848,19 @@ mod tests {
             Some("method")
         );
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn a_title_that_does_not_compile_is_reported_at_its_line() {
+        let yaml = "id: t\ntitle: \"{{nosuch_helper trigger.body.email}}\"\ntrigger: { webhook: }\nsteps:\n  - { id: a, map: { x: 1 } }\n";
+        let errors =
+            crate::flow::parse_flow("t.yaml", yaml, &crate::steps::Registry::builtin(), &|_| {
+                None
+            })
+            .unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.path == "title" && e.line == 2),
+            "{errors:?}"
+        );
     }
 }

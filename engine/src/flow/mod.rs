@@ -56,6 +56,8 @@ pub struct Flow {
     pub retention: Retention,
     /// The steps, in file order, then the `on_failure` steps (`handler`).
     pub steps: Vec<Step>,
+    /// The run title's template (`title:`), rendered with the run's trigger.
+    pub title: Option<crate::expr::TextExpr>,
     /// The compiled templates the steps render with.
     pub templates: Templates,
     /// Values substituted from the environment and connector credentials, and the values derived

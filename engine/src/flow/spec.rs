@@ -23,6 +23,10 @@ pub struct FlowSpec {
     /// What the flow is for.
     #[serde(default)]
     pub description: Option<String>,
+    /// A run's title in the UI, rendered from its event when the run is created, e.g.
+    /// `"{{trigger.body.user_email}} → {{trigger.body.plan}}"`.
+    #[serde(default)]
+    pub title: Option<String>,
     /// What starts a run.
     pub trigger: TriggerSpec,
     /// The most steps of this flow that may execute at once (default: no limit but the server's

@@ -78,6 +78,7 @@ pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun
         finished_at: None,
         steps,
         reason: None,
+        title: title(flow, &event.trigger),
         replay_of: None,
         failure: None,
     };
@@ -88,6 +89,18 @@ pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun
         items,
         dedupe: None,
     }
+}
+
+/// The flow's run title for a trigger. A title that does not render, or renders no letter or
+/// digit (every field it reads missing), is left out: never an error.
+fn title(flow: &Flow, trigger: &Value) -> Option<String> {
+    let context = json!({ "trigger": trigger });
+    let text = flow
+        .title
+        .as_ref()?
+        .render(&flow.templates, &context)
+        .ok()?;
+    text.chars().any(char::is_alphanumeric).then_some(text)
 }
 
 /// Queues every pending step that can run now; returns their new items. A step can run when each
@@ -731,5 +744,34 @@ steps:
         let u = advance(&flow, run, None, &failed, Timestamp(20)).unwrap();
         assert!(u.enqueue.is_empty());
         assert_eq!(u.run.step_status(&id("a")), Some(StepStatus::Failed));
+    }
+
+    #[test]
+    fn a_run_is_titled_from_its_trigger_and_an_unrendered_title_is_left_out() {
+        let flow = flow(
+            r#"
+id: titled
+title: "{{trigger.body.email}} → {{trigger.body.plan}}"
+trigger: { webhook: }
+steps:
+  - { id: a, map: { x: 1 } }
+"#,
+        );
+        let event = |body: Value| Event {
+            id: crate::ids::EventId::new(),
+            flow_id: flow.id.clone(),
+            received_at: Timestamp(0),
+            trigger: json!({ "body": body }),
+        };
+        let titled = start(
+            &flow,
+            event(json!({ "email": "a@x.com", "plan": "pro" })),
+            RunId::new(),
+            Timestamp(0),
+        );
+        assert_eq!(titled.run.title.as_deref(), Some("a@x.com → pro"));
+        let untitled = start(&flow, event(json!({})), RunId::new(), Timestamp(0));
+        assert_eq!(untitled.run.title, None, "every field missing: no title");
+        assert_eq!(new_run(&self::flow(DIAMOND)).run.title, None);
     }
 }

@@ -169,6 +169,7 @@ pub(crate) fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun 
         reason: None,
         replay_of: None,
         failure: None,
+        title: None,
     };
     let items = vec![item(flow_id, id, "first", due_at)];
     NewRun {

@@ -295,6 +295,7 @@ pub(super) fn sample_run(n: i64) -> NewRun {
         reason: None,
         replay_of: None,
         failure: None,
+        title: None,
     };
     let item = QueueItem {
         id: ItemId::new(),
