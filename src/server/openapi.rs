@@ -175,6 +175,8 @@ fn path_schema(name: &str) -> Value {
         "token" => "^[0-9a-f]{40}$",
         "id" => "^[0-9]{1,20}-[0-9]{1,20}$",
         "bin" => super::inspector::BIN_PATTERN,
+        // A sample's file name without `.json` (captured ones are `YYYYMMDD-HHMMSS-N`).
+        "name" => "^[A-Za-z0-9._-]{1,100}$",
         other => unreachable!("no schema for the path parameter `{other}`"),
     };
     json!({ "type": "string", "pattern": pattern })
