@@ -31,6 +31,14 @@
 //!   [`QUARANTINE_OWNER`] for ever), never deleted, and listed by `quarantined`; once readable
 //!   (after an upgrade) `reingest_quarantined` puts it back in the queue.
 //!
+//! # Lock order
+//! A transaction takes row locks in one order, so two cannot wait on each other: first the
+//! advisory lock of each limited flow a claim concerns (sorted by flow id), then queue item rows
+//! (a claim locks candidates with `SKIP LOCKED`, so it never waits on them; `update_run` deletes
+//! its own leased item), then the run's row (`SELECT … FOR UPDATE` in `update_run`), then the
+//! rows it writes. Ingest takes dedupe keys in (flow, key) order before inserting anything.
+//! Coordination rows are locked one at a time, each in a transaction of its own.
+//!
 //! Errors: a failed connection or statement is [`StoreError::Unavailable`] (the pool reconnects
 //! by itself); a deadlock or serialisation failure is [`StoreError::Conflict`].
 
