@@ -9,25 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
-use crate::support::{eventually, step, Server, Sink};
-
-/// A flow that numbers events and delivers each number to the sink (with the run's idempotency
-/// key), retrying while the sink or the store is away.
-fn numbered_flow(sink: &Sink) -> String {
-    format!(
-        r#"
-id: numbered
-trigger: {{ webhook: }}
-steps:
-  - id: shape
-    map: {{ n: "{{{{trigger.body.n}}}}" }}
-  - id: deliver
-    http: {{ url: "{}/numbered", json: {{ n: "{{{{steps.shape.n}}}}", run: "{{{{run.id}}}}" }} }}
-    retry: {{ attempts: 20, backoff: fixed, initial: 100ms }}
-"#,
-        sink.url
-    )
-}
+use crate::support::{eventually, fired_ticks, numbered_flow, step, Server, Sink, EVERY_SECOND};
 
 /// A configuration file with a short lease, so a dead node's steps are taken over in seconds.
 fn short_lease_config() -> tempfile::NamedTempFile {
@@ -198,7 +180,7 @@ async fn three_nodes_share_the_work_and_a_killed_node_loses_nothing_it_acknowled
         .fresh_database()
         .unwrap_or_else(|e| panic!("{e}"));
     let sink = Sink::start().await;
-    let flow = numbered_flow(&sink);
+    let flow = numbered_flow(&sink, 20, "100ms");
     let config = short_lease_config();
     let flows = [("numbered.yaml", flow.as_str())];
     let a = node("node-a", &url, &config, &flows);
@@ -276,7 +258,7 @@ async fn while_postgres_is_down_hooks_answer_503_and_nothing_acknowledged_is_los
     let cluster = hookflow_testpg::Cluster::start().unwrap_or_else(|e| panic!("{e}"));
     let url = cluster.fresh_database().unwrap();
     let sink = Sink::start().await;
-    let flow = numbered_flow(&sink);
+    let flow = numbered_flow(&sink, 20, "100ms");
     let config = short_lease_config();
     let server = node("solo", &url, &config, &[("numbered.yaml", flow.as_str())]);
 
@@ -315,33 +297,18 @@ async fn while_postgres_is_down_hooks_answer_503_and_nothing_acknowledged_is_los
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_nodes_running_one_schedule_fire_once_per_tick() {
-    use time::format_description::well_known::Rfc3339;
-    use time::OffsetDateTime;
-
     let url = hookflow_testpg::shared()
         .fresh_database()
         .unwrap_or_else(|e| panic!("{e}"));
     let config = short_lease_config();
-    let flow = "id: every-second\ntrigger:\n  schedule: { cron: \"* * * * * *\" }\nsteps:\n  - { id: tick, map: { at: \"{{trigger.body.scheduled_at}}\" } }\n";
-    let flows = [("every-second.yaml", flow)];
+    let flows = [("every-second.yaml", EVERY_SECOND)];
     let a = node("sched-a", &url, &config, &flows);
     let _b = node("sched-b", &url, &config, &flows);
     eventually("five fires", || async {
         (a.all_runs("every-second").await.len() >= 5).then_some(())
     })
     .await;
-    let mut fired = Vec::new();
-    for run in a.all_runs("every-second").await {
-        let run = a.finished_run(run["id"].as_str().unwrap()).await;
-        let at = run["event"]["trigger"]["body"]["scheduled_at"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        fired.push(OffsetDateTime::parse(&at, &Rfc3339).unwrap());
-    }
-    fired.sort();
-    let unique: std::collections::BTreeSet<_> = fired.iter().collect();
-    assert_eq!(unique.len(), fired.len(), "a tick fired twice: {fired:?}");
+    fired_ticks(&a, "every-second").await;
 }
 
 #[tokio::test]

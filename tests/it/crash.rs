@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
-use crate::support::{eventually, Server, Sink};
+use crate::support::{eventually, numbered_flow, Server, Sink};
 
 /// Concurrent senders.
 const SENDERS: u64 = 16;
@@ -21,19 +21,7 @@ const KILLS: usize = 3;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_acknowledged_before_repeated_sigkills_all_finish_after_restart() {
     let sink = Sink::start().await;
-    let flow = format!(
-        r#"
-id: numbered
-trigger: {{ webhook: }}
-steps:
-  - id: shape
-    map: {{ n: "{{{{trigger.body.n}}}}" }}
-  - id: deliver
-    http: {{ url: "{}/numbered", json: {{ n: "{{{{steps.shape.n}}}}", run: "{{{{run.id}}}}" }} }}
-    retry: {{ attempts: 10, backoff: fixed, initial: 50ms }}
-"#,
-        sink.url
-    );
+    let flow = numbered_flow(&sink, 10, "50ms");
     let mut server = Server::start(&[("numbered.yaml", &flow)]);
     let url = server.catch_url("numbered");
 

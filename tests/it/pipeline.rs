@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::support::{eventually, Server, Sink};
+use crate::support::{eventually, fired_ticks, Server, Sink, EVERY_SECOND};
 
 fn lead_flow(sink: &Sink, retry: &str) -> String {
     format!(
@@ -609,11 +609,9 @@ on_failure:
 
 #[tokio::test]
 async fn a_schedule_fires_once_per_tick_and_skips_ticks_missed_while_down() {
-    use time::format_description::well_known::Rfc3339;
     use time::OffsetDateTime;
 
-    let flow = "id: every-second\ntrigger:\n  schedule: { cron: \"* * * * * *\" }\nsteps:\n  - { id: tick, map: { at: \"{{trigger.body.scheduled_at}}\" } }\n";
-    let mut server = Server::start(&[("every-second.yaml", flow)]);
+    let mut server = Server::start(&[("every-second.yaml", EVERY_SECOND)]);
     eventually("three fires", || async {
         (server.all_runs("every-second").await.len() >= 3).then_some(())
     })
@@ -629,18 +627,7 @@ async fn a_schedule_fires_once_per_tick_and_skips_ticks_missed_while_down() {
     })
     .await;
 
-    let mut fired = Vec::new();
-    for run in server.all_runs("every-second").await {
-        let run = server.finished_run(run["id"].as_str().unwrap()).await;
-        let at = run["event"]["trigger"]["body"]["scheduled_at"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        fired.push(OffsetDateTime::parse(&at, &Rfc3339).unwrap());
-    }
-    fired.sort();
-    let unique: std::collections::BTreeSet<_> = fired.iter().collect();
-    assert_eq!(unique.len(), fired.len(), "a tick fired twice: {fired:?}");
+    let fired = fired_ticks(&server, "every-second").await;
     let (early, late): (Vec<&OffsetDateTime>, Vec<&OffsetDateTime>) =
         fired.iter().partition(|t| **t <= stopped);
     assert!(
@@ -1147,25 +1134,18 @@ async fn a_rate_limited_hook_refuses_the_excess_and_logs_it() {
 
 #[tokio::test]
 async fn a_schedule_deployed_while_running_starts_from_its_next_tick() {
-    use time::format_description::well_known::Rfc3339;
     use time::OffsetDateTime;
 
     let mut server = Server::start(&[]);
     // Let ticks go by before the flow exists: none of them may fire once it is deployed.
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let written = OffsetDateTime::now_utc();
-    let flow = "id: every-second\ntrigger:\n  schedule: { cron: \"* * * * * *\" }\nsteps:\n  - { id: tick, map: { at: \"{{trigger.body.scheduled_at}}\" } }\n";
-    server.write_flow("every-second.yaml", flow);
+    server.write_flow("every-second.yaml", EVERY_SECOND);
     eventually("two fires", || async {
         (server.all_runs("every-second").await.len() >= 2).then_some(())
     })
     .await;
-    for run in server.all_runs("every-second").await {
-        let run = server.finished_run(run["id"].as_str().unwrap()).await;
-        let at = run["event"]["trigger"]["body"]["scheduled_at"]
-            .as_str()
-            .unwrap();
-        let at = OffsetDateTime::parse(at, &Rfc3339).unwrap();
+    for at in fired_ticks(&server, "every-second").await {
         assert!(
             at > written,
             "tick {at} came before the flow was written ({written})"

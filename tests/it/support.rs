@@ -557,3 +557,42 @@ impl Canary {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// A flow that numbers events and delivers each number to the sink with the run's idempotency key
+/// (`Idempotency-Key: RUN:deliver`), retrying the delivery `attempts` times `initial` apart.
+pub fn numbered_flow(sink: &Sink, attempts: u32, initial: &str) -> String {
+    format!(
+        r#"
+id: numbered
+trigger: {{ webhook: }}
+steps:
+  - id: shape
+    map: {{ n: "{{{{trigger.body.n}}}}" }}
+  - id: deliver
+    http: {{ url: "{}/numbered", json: {{ n: "{{{{steps.shape.n}}}}", run: "{{{{run.id}}}}" }} }}
+    retry: {{ attempts: {attempts}, backoff: fixed, initial: {initial} }}
+"#,
+        sink.url
+    )
+}
+
+/// A schedule flow, `every-second`, that fires every second and keeps its tick.
+pub const EVERY_SECOND: &str = "id: every-second\ntrigger:\n  schedule: { cron: \"* * * * * *\" }\nsteps:\n  - { id: tick, map: { at: \"{{trigger.body.scheduled_at}}\" } }\n";
+
+/// The ticks `flow`'s runs fired for (each run's `trigger.body.scheduled_at`), oldest first;
+/// asserts that no tick fired twice.
+pub async fn fired_ticks(server: &Server, flow: &str) -> Vec<time::OffsetDateTime> {
+    let mut fired = Vec::new();
+    for run in server.all_runs(flow).await {
+        let run = server.finished_run(run["id"].as_str().unwrap()).await;
+        let at = run["event"]["trigger"]["body"]["scheduled_at"]
+            .as_str()
+            .expect("a schedule run holds its tick");
+        let at = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339);
+        fired.push(at.expect("the tick is an RFC 3339 time"));
+    }
+    fired.sort();
+    let unique: std::collections::BTreeSet<_> = fired.iter().collect();
+    assert_eq!(unique.len(), fired.len(), "a tick fired twice: {fired:?}");
+    fired
+}
