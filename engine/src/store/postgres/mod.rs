@@ -3,8 +3,10 @@
 //! # Where things are
 //! Every table is in the `hookflow` schema (see `migrations/`); records are kept whole as `json`
 //! beside the columns queries select on. A queue item is one row of `hookflow.queue`: **queued**
-//! (no lease) or **leased** (owner node, fencing token from a sequence, expiry). There is no other
-//! place a run or item can be: what a node holds in memory is only what it is executing.
+//! (no lease) or **leased** (owner node, fencing token from a sequence, expiry), or parked (see
+//! `parked.rs`). A run is one row of `hookflow.runs`, committed with its event and first items in
+//! one transaction, or not at all. There is no other place a run or item can be: what a node
+//! holds in memory is only what it is executing.
 //!
 //! # How each promise of the contract is kept
 //! - *Ingest is durable before the 2xx*: `ingest.rs` batches concurrent events into one
