@@ -253,10 +253,12 @@ async fn run_served(
         .await?
         .context("the run's event is missing")?;
     let records = store.step_records(run.id).await?;
+    let resume_urls = engine.resume_urls(&flow, run.id).await?;
     let trace = Trace {
         event,
         run,
         records,
+        resume_urls,
     };
     Ok((flow, trace))
 }

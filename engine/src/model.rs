@@ -243,6 +243,7 @@ impl Run {
             s.status = status;
             if status != StepStatus::Queued {
                 s.item = None;
+                s.waiting_until = None;
             }
         }
     }
@@ -252,7 +253,17 @@ impl Run {
         if let Some(s) = self.steps.iter_mut().find(|s| s.id == item.step_id) {
             s.status = StepStatus::Queued;
             s.item = Some(item.id);
+            s.waiting_until = None;
         }
+    }
+
+    /// When a step that waits for a callback times out, while it waits (see
+    /// [`StepProgress::waiting_until`]).
+    pub fn waiting_until(&self, step: &StepId) -> Option<Timestamp> {
+        self.steps
+            .iter()
+            .find(|s| &s.id == step && s.status == StepStatus::Queued)
+            .and_then(|s| s.waiting_until)
     }
 
     /// Whether `item` is the item the run expects for its step: the step is queued and no other
@@ -284,6 +295,10 @@ pub struct StepProgress {
     /// For a branching step (`switch`) that ran: the path it took (`None` also when it took none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// While a `wait_for_callback` step waits (queued, its item due then): when it times out. A
+    /// callback to its resume URL finishes it before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_until: Option<Timestamp>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -412,10 +412,37 @@ async fn show_run(
             None => json!({ "id": p.id, "status": p.status, "attempts": [] }),
         })
         .collect();
+    let steps = with_waits(&state, &run, steps).await?;
     let mut answer = run_summary(&run);
     answer["event"] = json!(event);
     answer["steps"] = json!(steps);
     Ok(Json(answer))
+}
+
+/// Marks the steps that wait for a callback with until when, and the URL that resumes them.
+async fn with_waits(
+    state: &AppState,
+    run: &Run,
+    mut steps: Vec<Value>,
+) -> Result<Vec<Value>, ApiError> {
+    if run.steps.iter().all(|p| p.waiting_until.is_none()) {
+        return Ok(steps);
+    }
+    let engine = &state.engine;
+    let flow = engine
+        .catalog()
+        .revision(engine.store(), &run.flow_id, &run.revision)
+        .await?;
+    let urls = engine.resume_urls(&flow, run.id).await?;
+    for (step, progress) in steps.iter_mut().zip(&run.steps) {
+        if let Some(until) = progress.waiting_until {
+            step["waiting_until"] = json!(until);
+            step["resume_url"] = json!(urls
+                .iter()
+                .find_map(|(id, url)| (id == &progress.id).then_some(url)));
+        }
+    }
+    Ok(steps)
 }
 
 /// `GET /api/v1/quarantine`: the accepted events the store set aside as damaged or undecodable.

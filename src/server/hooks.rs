@@ -293,7 +293,7 @@ async fn take(
 }
 
 /// Parses a body by its content type: JSON, form, or text (JSON is also recognised without a type).
-fn parse_body(content_type: &str, bytes: &[u8]) -> Result<Value, ApiError> {
+pub(super) fn parse_body(content_type: &str, bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.is_empty() {
         return Ok(Value::Null);
     }
@@ -354,7 +354,7 @@ fn pairs_to_object(pairs: Vec<(String, String)>) -> Value {
     Value::Object(map)
 }
 
-fn query_map(query: &str) -> Value {
+pub(super) fn query_map(query: &str) -> Value {
     pairs_to_object(serde_urlencoded::from_str(query).unwrap_or_default())
 }
 

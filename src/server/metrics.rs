@@ -116,6 +116,15 @@ async fn metrics(
             "hookflow_step_requests_resent_total{{flow=\"{flow}\"}} {n}"
         );
     }
+    describe(
+        &mut out,
+        "hookflow_callbacks_total",
+        "counter",
+        "Calls to wait_for_callback resume URLs, by outcome (resumed, not_waiting, not_found).",
+    );
+    for (outcome, n) in &engine.callbacks {
+        let _ = writeln!(out, "hookflow_callbacks_total{{outcome=\"{outcome}\"}} {n}");
+    }
     let name = "hookflow_step_duration_seconds";
     describe(
         &mut out,

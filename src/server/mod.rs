@@ -1,4 +1,4 @@
-//! The HTTP server: catch hooks, the REST API, the request inspector, health, and the web UI.
+//! The HTTP server: catch hooks, resume URLs, the REST API, the request inspector, health, and the web UI.
 //!
 //! Routers are functions of [`AppState`]; errors answer `{code, detail}` JSON with a 4xx or 5xx
 //! status (the framework's own rejections too: `rejections`), and internals are logged, not
@@ -17,6 +17,7 @@ mod preview;
 mod rate_limit;
 mod rejections;
 mod repair;
+mod resume;
 mod throttle;
 mod trigger;
 
@@ -66,6 +67,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(hooks::router())
+        .merge(resume::router())
         .merge(api::router())
         .merge(repair::router())
         .merge(inspector::router())

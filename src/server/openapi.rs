@@ -115,6 +115,7 @@ const OPERATIONS: &[Operation] = &[
     Operation { open: true, ..op("post", "/hooks/catch/{flow_id}/{token}", "hooks", "Send an event to a flow's catch hook; JSON, form or text bodies") },
     Operation { open: true, ..op("get", "/hooks/catch/{flow_id}/{token}", "hooks", "Send an event (query string only)") },
     Operation { open: true, ..op("put", "/hooks/catch/{flow_id}/{token}", "hooks", "Send an event with PUT") },
+    Operation { open: true, ..op("post", "/hooks/resume/{run_id}/{step_id}/{resume_token}", "hooks", "Call back a waiting `wait_for_callback` step: its output is the body and query, and the run goes on (409 `not_waiting` when it is not waiting)") },
     op("get", "/api/v1/flows", "flows", "The deployed flows with catch URLs, last-day activity, and the flow files' problems"),
     Operation { query: &[("revision", "a kept revision instead of the current one")], ..op("get", "/api/v1/flows/{flow_id}", "flows", "One flow, with its source") },
     op("get", "/api/v1/flows/{flow_id}/revisions", "flows", "The flow's revisions as deployed, newest first"),
@@ -173,6 +174,8 @@ fn path_schema(name: &str) -> Value {
         "flow_id" => FlowId::PATTERN,
         "run_id" => RunId::PATTERN,
         "token" => "^[0-9a-f]{40}$",
+        "step_id" => hookflow_engine::ids::StepId::PATTERN,
+        "resume_token" => "^[0-9a-f]{32}$",
         "id" => "^[0-9]{1,20}-[0-9]{1,20}$",
         "bin" => super::inspector::BIN_PATTERN,
         // A sample's file name without `.json` (captured ones are `YYYYMMDD-HHMMSS-N`).

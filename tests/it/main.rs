@@ -7,6 +7,7 @@ mod alerts;
 mod authoring;
 mod bench;
 mod browser;
+mod callbacks;
 mod cli;
 mod cluster;
 mod connectors;

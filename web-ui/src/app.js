@@ -683,6 +683,7 @@ function renderRun(run) {
     ${run.steps.map(s => `<div class="step" data-status="${esc(s.status)}" data-step="${esc(s.id)}">
       <strong>${esc(s.id)}</strong> <span class="muted">${esc(s.kind || "")}</span> <span class="${esc(s.status)}">${esc(s.status)}</span>
       ${s.path ? `<span class="muted">took path <code>${esc(s.path)}</code></span>` : ""}
+      ${s.waiting_until ? `<p class="waiting">Waiting for a callback until ${when(s.waiting_until)}: POST to <code class="resume-url">${esc(s.resume_url)}</code></p>` : ""}
       ${s.error ? `<p class="failed step-error">${esc(s.error.message)}</p>` : ""}
       ${s.input !== undefined ? stepData(s) : ""}
       ${s.attempts.length ? `<div class="scroll"><table class="attempts"><thead><tr><th>Attempt</th><th>Started</th><th>Took</th><th>Error</th><th>Next try</th><th>Node</th></tr></thead><tbody>

@@ -11,13 +11,14 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::flow::Flow;
+use crate::flow::{Flow, DEFAULT_SERVER_URL};
 use crate::ids::{EventId, RunId, StepId};
 use crate::model::{Event, Run, StepRecord, Timestamp};
 use crate::outbound::{HttpClient, OutboundPolicy};
 use crate::pacing::Pacer;
 use crate::runtime::advance::{self, Attempted, StepResult};
-use crate::runtime::context::{idempotency_key, run_context};
+use crate::runtime::callbacks::{resume_urls, CallbackKey};
+use crate::runtime::context::{add_resume_urls, idempotency_key, run_context};
 use crate::steps::{ExecContext, Outcome, StepError};
 
 /// A step's canned answer: its `output` as is, an HTTP answer (`status`, `body`, `headers`), or
@@ -83,18 +84,22 @@ pub struct Trace {
     pub run: Run,
     /// Each step's record (steps that never ran have none).
     pub records: Vec<StepRecord>,
+    /// The resume URLs of its `wait_for_callback` steps (no server answers them).
+    pub resume_urls: Vec<(StepId, String)>,
 }
 
 impl Trace {
     /// The run context a step rendered against.
     pub fn context(&self, step: &StepId) -> Value {
-        run_context(
+        let mut context = run_context(
             self.event.trigger.clone(),
             &self.run,
             &self.records,
             step,
             1,
-        )
+        );
+        add_resume_urls(&mut context, &self.resume_urls);
+        context
     }
 
     /// A step's record.
@@ -121,6 +126,12 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
         trigger,
     };
     let new = advance::start(flow, event.clone(), RunId::new(), now);
+    let resume_urls = resume_urls(
+        flow,
+        new.run.id,
+        DEFAULT_SERVER_URL,
+        &CallbackKey::offline(),
+    );
     let mut run = new.run;
     let mut queue: VecDeque<_> = new.items.into();
     let mut records: Vec<StepRecord> = Vec::new();
@@ -129,13 +140,15 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
         let Some(step) = flow.step(&item.step_id).filter(|_| run.expects(&item)) else {
             continue;
         };
-        let ctx = Arc::new(run_context(
+        let mut ctx = run_context(
             event.trigger.clone(),
             &run,
             &records,
             &step.id,
             item.attempt,
-        ));
+        );
+        add_resume_urls(&mut ctx, &resume_urls);
+        let ctx = Arc::new(ctx);
         let started_at = Timestamp::now();
         let clock = Instant::now();
         let (mut input, result) = match step.action.render(&flow.templates, &ctx) {
@@ -169,6 +182,10 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
                     Ok(Outcome::Wait { reason, .. }) => {
                         StepResult::Failed(StepError::permanent(reason))
                     }
+                    Ok(Outcome::Await { .. }) => StepResult::Failed(StepError::permanent(
+                        "the step waits for a callback, which only a server receives: a test \
+                         case stubs its output (`output: {path: callback, body: …}`)",
+                    )),
                     Err(e) => StepResult::Failed(e),
                 };
                 (input, result)
@@ -202,6 +219,7 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
     Trace {
         event,
         run,
+        resume_urls,
         records,
     }
 }

@@ -19,7 +19,6 @@ use crate::ids::{FlowId, StepId};
 use crate::model::Revision;
 use crate::runtime::retry::RetryPolicy;
 use crate::schedule::Schedule;
-use crate::steps::switch::DEFAULT_PATH;
 use crate::steps::{join_path, BuildContext, Path, Registry};
 
 /// The default time one step attempt may take.
@@ -600,14 +599,10 @@ fn wire_switches(
     let mut owner: HashMap<StepId, Route> = HashMap::new();
     let problems_before = problems.errors.len();
     for (at, switch, paths) in &switches {
-        let here = format!("steps[{}].switch", index_of[switch]);
-        for (c, path) in paths.iter().enumerate() {
+        let here = format!("steps[{}].{}", index_of[switch], steps[*at].kind);
+        for path in paths {
             for (k, id) in path.steps.iter().enumerate() {
-                let field = if path.name == DEFAULT_PATH {
-                    format!("{here}.default[{k}]")
-                } else {
-                    format!("{here}.cases[{c}].steps[{k}]")
-                };
+                let field = format!("{here}.{}[{k}]", path.field);
                 match position.get(id) {
                     None => problems.at(&field, format!("there is no step `{id}` in this flow")),
                     Some(p) if p <= at => problems.at(

@@ -65,6 +65,7 @@ pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun
             item: None,
             retried: 0,
             path: None,
+            waiting_until: None,
         })
         .collect();
     let mut run = Run {
@@ -398,15 +399,46 @@ fn fail(flow: &Flow, run: &mut Run, reason: String, now: Timestamp) -> Vec<Queue
 /// Puts a step that could not act yet (a rate limit) back in the queue, due after `delay`, with the
 /// same attempt number; its history is unchanged. `None` when the item is stale or the run is over.
 pub fn postpone(
-    mut run: Run,
+    run: Run,
     item_done: &QueueItem,
     delay: Duration,
+    now: Timestamp,
+) -> Option<RunUpdate> {
+    requeue(run, item_done, now.plus(delay), now)
+}
+
+/// Holds a step that waits for a callback (`wait_for_callback`): its item is queued again, due at
+/// `until` (when it times out), with the same attempt number, and the run says until when it
+/// waits. `None` when the item is stale or the run is over.
+pub fn await_callback(
+    run: Run,
+    item_done: &QueueItem,
+    until: Timestamp,
+    now: Timestamp,
+) -> Option<RunUpdate> {
+    let mut update = requeue(run, item_done, until, now)?;
+    if let Some(s) = update
+        .run
+        .steps
+        .iter_mut()
+        .find(|s| s.id == item_done.step_id)
+    {
+        s.waiting_until = Some(until);
+    }
+    Some(update)
+}
+
+/// Queues `item_done`'s step again, due at `due`, with the same attempt number.
+fn requeue(
+    mut run: Run,
+    item_done: &QueueItem,
+    due: Timestamp,
     now: Timestamp,
 ) -> Option<RunUpdate> {
     if run.status.is_final() || !run.expects(item_done) {
         return None;
     }
-    let next = item(&run, &item_done.step_id, item_done.attempt, now.plus(delay));
+    let next = item(&run, &item_done.step_id, item_done.attempt, due);
     run.queue_step(&next);
     run.status = RunStatus::Running;
     run.updated_at = now;

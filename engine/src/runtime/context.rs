@@ -2,7 +2,8 @@
 //! [`crate::secrets`]).
 //!
 //! Context: `trigger` (the event as received), `steps.<id>` (outputs of finished steps, and
-//! `{"error": …}` for a failed `on_error: continue` step), and `run` (`id`, `flow`, `revision`,
+//! `{"error": …}` for a failed `on_error: continue` step; `resume_url` of every
+//! `wait_for_callback` step, from the start), and `run` (`id`, `flow`, `revision`,
 //! `attempt`, `idempotency_key`, and `error`: why the run failed, while its `on_failure` steps run).
 
 use std::sync::Arc;
@@ -40,6 +41,24 @@ pub fn run_context(
         ("steps".to_owned(), Value::Object(steps)),
         ("run".to_owned(), run),
     ]))
+}
+
+/// Adds `steps.<id>.resume_url` to a context for each `wait_for_callback` step of the run (known
+/// before the step runs, so the steps before it can send it).
+pub fn add_resume_urls(context: &mut Value, urls: &[(StepId, String)]) {
+    let Some(steps) = context.get_mut("steps").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (step, url) in urls {
+        let entry = steps
+            .entry(step.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(output) = entry.as_object_mut() {
+            output
+                .entry("resume_url")
+                .or_insert_with(|| Value::String(url.clone()));
+        }
+    }
 }
 
 /// The trigger out of a context [`run_context`] made: moved out when nothing else holds the

@@ -1,6 +1,6 @@
 //! What the engine counts for `/metrics`: runs finished by flow and status, step durations (a
 //! histogram by flow and kind), retries scheduled, leases renewed, commits refused for a lost lease,
-//! and steps that panicked. In memory, since the process started.
+//! steps that panicked, and callbacks to resume URLs by outcome. In memory, since the process started.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -45,6 +45,7 @@ struct Counts {
     refused_commits: u64,
     step_panics: u64,
     lease_renewals: u64,
+    callbacks: BTreeMap<&'static str, u64>,
 }
 
 /// The engine's counters.
@@ -68,6 +69,9 @@ pub struct Snapshot {
     pub step_panics: u64,
     /// Leases renewed by running steps.
     pub lease_renewals: u64,
+    /// Calls to `wait_for_callback` resume URLs, by outcome (`resumed`, `not_waiting`,
+    /// `not_found`).
+    pub callbacks: Vec<(&'static str, u64)>,
 }
 
 impl Metrics {
@@ -85,6 +89,10 @@ impl Metrics {
 
     pub(super) fn lease_renewed(&self) {
         self.lock().lease_renewals += 1;
+    }
+
+    pub(super) fn callback(&self, outcome: &'static str) {
+        *self.lock().callbacks.entry(outcome).or_default() += 1;
     }
 
     pub(super) fn step_panicked(&self) {
@@ -130,6 +138,7 @@ impl Metrics {
             refused_commits: counts.refused_commits,
             step_panics: counts.step_panics,
             lease_renewals: counts.lease_renewals,
+            callbacks: counts.callbacks.iter().map(|(o, n)| (*o, *n)).collect(),
         }
     }
 

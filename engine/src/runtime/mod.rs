@@ -11,6 +11,7 @@
 //! `retention`.
 
 pub mod advance;
+pub mod callbacks;
 pub mod catalog;
 pub mod context;
 mod lanes;
@@ -36,7 +37,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use self::advance::{Attempted, StepResult};
 use self::catalog::Catalog;
-use self::context::{idempotency_key, run_context, take_trigger};
+use self::context::{add_resume_urls, idempotency_key, run_context, take_trigger};
 use crate::flow::Flow;
 use crate::ids::{EventId, FlowId, RunId, StepId};
 use crate::model::{Event, QueueItem, Run, RunStatus, StepRecord, StepStatus, Timestamp};
@@ -75,6 +76,8 @@ pub struct EngineConfig {
     pub retention: RetentionConfig,
     /// Whether `schedule:` flows fire (not in local one-off runs).
     pub schedules: bool,
+    /// The server's base URL: resume URLs of `wait_for_callback` steps start with it.
+    pub base_url: String,
 }
 
 impl Default for EngineConfig {
@@ -88,6 +91,7 @@ impl Default for EngineConfig {
             no_retries: false,
             retention: RetentionConfig::default(),
             schedules: true,
+            base_url: crate::flow::DEFAULT_SERVER_URL.to_owned(),
         }
     }
 }
@@ -99,6 +103,8 @@ struct Work {
     /// The event's `trigger`, lent to each attempt's context (see [`Lent`]).
     trigger: Mutex<Value>,
     records: Vec<StepRecord>,
+    /// The resume URLs of the flow's `wait_for_callback` steps in this run.
+    resume_urls: Vec<(StepId, String)>,
 }
 
 impl Work {
@@ -138,13 +144,14 @@ struct Lent<'a> {
 impl<'a> Lent<'a> {
     fn new(work: &'a Work, item: &QueueItem) -> Self {
         let trigger = std::mem::take(&mut *work.trigger());
-        let context = run_context(
+        let mut context = run_context(
             trigger,
             &work.run,
             &work.records,
             &item.step_id,
             item.attempt,
         );
+        add_resume_urls(&mut context, &work.resume_urls);
         Self {
             work,
             context: Some(Arc::new(context)),
@@ -320,6 +327,8 @@ enum Tried {
     Done(Box<Attempted>),
     /// The step could not act yet: run it again after this long.
     Wait(Duration),
+    /// The step waits for a callback until then (`wait_for_callback`).
+    Await(Timestamp),
 }
 
 /// What `ingest` answers: the ids the caller needs to find its run.
@@ -350,6 +359,8 @@ pub struct Engine {
     slots: Arc<Semaphore>,
     /// Set when the server stops: a worker finishes its step but takes no next one.
     stopping: AtomicBool,
+    /// Signs resume URLs (see `callbacks`); read from the store on first use.
+    callback_key: tokio::sync::OnceCell<callbacks::CallbackKey>,
 }
 
 impl Engine {
@@ -373,6 +384,7 @@ impl Engine {
             wake: Notify::new(),
             slots,
             stopping: AtomicBool::new(false),
+            callback_key: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -922,6 +934,7 @@ impl Engine {
         let mut update = match tried {
             Tried::Done(done) => advance::advance(&work.flow, run, previous, done, now),
             Tried::Wait(delay) => advance::postpone(run, item, *delay, now),
+            Tried::Await(until) => advance::await_callback(run, item, *until, now),
         }?;
         let known = |id: &StepId| {
             work.records
@@ -979,16 +992,21 @@ impl Engine {
         let event = event.ok_or_else(|| {
             StoreError::NotFound(format!("event {} of run {}", run.event_id, run.id))
         })?;
+        let resume_urls = self.resume_urls(&flow, run.id).await?;
         Ok(Some(Work {
             run,
             flow,
             trigger: Mutex::new(event.trigger),
             records,
+            resume_urls,
         }))
     }
 
     /// Renders and executes the step once; the result is redacted and carries its retry delay.
     async fn attempt(&self, work: &Work, item: &QueueItem) -> Tried {
+        if let Some(until) = work.run.waiting_until(&item.step_id) {
+            return self.time_out(item, until);
+        }
         let Work { run, flow, .. } = work;
         let step = flow
             .step(&item.step_id)
@@ -1082,6 +1100,10 @@ impl Engine {
                         info!(?delay, reason = %flow.secrets.redact_text(&reason), "step waits");
                         return Tried::Wait(delay);
                     }
+                    Ok(Ok(Ok(Outcome::Await { until }))) => {
+                        info!(%until, "step waits for a callback");
+                        return Tried::Await(until);
+                    }
                 };
                 (input, result)
             }
@@ -1113,6 +1135,30 @@ impl Engine {
             retry_in,
             node: Some(self.config.node.clone()),
             sent_under,
+        }))
+    }
+
+    /// A waiting `wait_for_callback` step's item came due: the step takes its `timeout` path (or,
+    /// claimed early by a node whose clock is behind, waits on).
+    fn time_out(&self, item: &QueueItem, until: Timestamp) -> Tried {
+        let now = self.now();
+        if now < until {
+            return Tried::Await(until);
+        }
+        info!("no callback came in time: the step times out");
+        Tried::Done(Box::new(Attempted {
+            step_id: item.step_id.clone(),
+            attempt: item.attempt,
+            input: serde_json::json!({ "waited_until": until }),
+            result: StepResult::Output(serde_json::json!({
+                "path": crate::steps::callback::TIMEOUT_PATH,
+                "timed_out": true,
+            })),
+            started_at: now,
+            duration_ms: 0,
+            retry_in: None,
+            node: Some(self.config.node.clone()),
+            sent_under: None,
         }))
     }
 

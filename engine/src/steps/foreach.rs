@@ -206,6 +206,8 @@ impl Foreach {
                     }));
                 }
                 Ok(Outcome::Wait { delay, .. }) => return ItemEnd::Wait(delay),
+                // Refused as a nested step when the flow is built.
+                Ok(Outcome::Await { .. }) => unreachable!("wait_for_callback is never nested"),
                 Err(e) => {
                     let result = json!({
                         "index": index, "status": "failed", "steps": outputs,

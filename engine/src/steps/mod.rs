@@ -10,6 +10,7 @@
 //! input — the exact thing recorded in run history as "what the step received"; `execute` then acts
 //! on that input (I/O happens only here).
 
+pub mod callback;
 pub mod delay;
 pub mod filter;
 pub mod foreach;
@@ -69,6 +70,13 @@ pub trait Action: Send + Sync + fmt::Debug {
     fn resume_at(&self, _output: &Value) -> Option<crate::model::Timestamp> {
         None
     }
+
+    /// Whether the step waits for a callback to its resume URL (`wait_for_callback`): the run's
+    /// context then holds `steps.<id>.resume_url` from the start, so the steps before it can send
+    /// the URL to whoever will call it.
+    fn awaits_callback(&self) -> bool {
+        false
+    }
 }
 
 /// One path of a branching step.
@@ -78,6 +86,9 @@ pub struct Path {
     pub name: String,
     /// The steps on it, in order.
     pub steps: Vec<StepId>,
+    /// Where the flow file lists them, within the step's kind (`cases[0].steps`, `default`):
+    /// errors about them point there.
+    pub field: String,
 }
 
 /// What a step's execution has access to besides its input.
@@ -172,6 +183,12 @@ pub enum Outcome {
         output: Value,
         /// Why, in words.
         reason: String,
+    },
+    /// The step waits for a callback to its resume URL (`wait_for_callback`) until `until`; the
+    /// runtime finishes it with the callback's body, or with its `timeout` path then.
+    Await {
+        /// When it times out.
+        until: crate::model::Timestamp,
     },
     /// The step cannot act yet (its account's rate limit is used up): it goes back to the queue and
     /// runs again after `delay`, without counting as an attempt.
@@ -291,7 +308,7 @@ impl<'a> BuildContext<'a> {
     }
 
     /// Builds a step written inside this one's config at `field`: `{id, <kind>: config}`. Kinds
-    /// that shape the run itself (`switch`, `delay`) are refused.
+    /// that shape the run itself (`switch`, `delay`, `wait_for_callback`) are refused.
     pub fn nested_step(&mut self, field: &str, spec: &serde_yaml::Value) -> Option<NestedStep> {
         let Some(map) = spec.as_mapping() else {
             self.error(
@@ -331,7 +348,7 @@ impl<'a> BuildContext<'a> {
             self.error(&here, format!("unknown step kind `{kind}`"));
             return None;
         };
-        if matches!(kind, "switch" | "delay") {
+        if matches!(kind, "switch" | "delay" | "wait_for_callback") {
             self.error(
                 &here,
                 format!("`{kind}` shapes the whole run: it cannot be a nested step"),
@@ -469,6 +486,7 @@ impl Registry {
         r.register::<http::HttpSpec>();
         r.register::<switch::SwitchSpec>();
         r.register::<delay::DelaySpec>();
+        r.register::<callback::WaitForCallbackSpec>();
         r.register::<foreach::ForeachSpec>();
         r.register::<subflow::SubflowSpec>();
         r

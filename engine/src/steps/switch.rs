@@ -73,6 +73,7 @@ impl StepKind for SwitchSpec {
                     paths.push(Path {
                         name: case.path,
                         steps,
+                        field: format!("{here}.steps"),
                     });
                 }
                 _ => ok = false,
@@ -83,6 +84,7 @@ impl StepKind for SwitchSpec {
                 Some(steps) => paths.push(Path {
                     name: DEFAULT_PATH.to_owned(),
                     steps,
+                    field: "default".to_owned(),
                 }),
                 None => ok = false,
             }
@@ -91,7 +93,11 @@ impl StepKind for SwitchSpec {
     }
 }
 
-fn step_ids(cx: &mut BuildContext<'_>, field: &str, raw: &[String]) -> Option<Vec<StepId>> {
+pub(super) fn step_ids(
+    cx: &mut BuildContext<'_>,
+    field: &str,
+    raw: &[String],
+) -> Option<Vec<StepId>> {
     if raw.is_empty() {
         cx.error(field, "list the ids of the path's steps");
         return None;

@@ -157,6 +157,7 @@ pub(crate) fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun 
                 item: None,
                 retried: 0,
                 path: None,
+                waiting_until: None,
             },
             StepProgress {
                 id: step("second"),
@@ -164,6 +165,7 @@ pub(crate) fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun 
                 item: None,
                 retried: 0,
                 path: None,
+                waiting_until: None,
             },
         ],
         reason: None,
@@ -687,6 +689,7 @@ pub(crate) async fn concurrent_updates_of_one_run_lose_nothing(store: Arc<dyn St
                     item: None,
                     retried: 0,
                     path: None,
+                    waiting_until: None,
                 });
                 let records = vec![record(run.id, &name, json!(i))];
                 Some(RunUpdate {
@@ -1596,6 +1599,26 @@ pub(crate) async fn state_is_kept_across_reopen(open: Open<'_>) {
     assert_eq!(store.state("pacing:b").await.unwrap(), Some(json!("other")));
 }
 
+/// `init_state`: of concurrent callers with different values, every one gets the first value
+/// stored, and it survives reopen.
+pub(crate) async fn init_state_keeps_the_first_value(open: Open<'_>) {
+    let store = open();
+    let mut tasks = JoinSet::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move { store.init_state("secret", &json!(i)).await.unwrap() });
+    }
+    let got: Vec<serde_json::Value> = tasks.join_all().await;
+    assert!(got.iter().all(|v| v == &got[0]), "callers got {got:?}");
+    assert_eq!(store.state("secret").await.unwrap().as_ref(), Some(&got[0]));
+    drop(store);
+    let store = open();
+    assert_eq!(
+        store.init_state("secret", &json!("late")).await.unwrap(),
+        got[0]
+    );
+}
+
 /// Stats count queued and leased items, and report some bytes.
 pub(crate) async fn stats_count_the_queue(store: Arc<dyn Store>) {
     let f = flow("stats");
@@ -1666,6 +1689,7 @@ macro_rules! conformance_suite {
         );
         $crate::store::conformance::conformance_suite!(@reopen $backend;
             state_is_kept_across_reopen,
+            init_state_keeps_the_first_value,
             everything_survives_reopen,
             pacing_waits_survive_reopen,
             claimed_ticks_survive_reopen,

@@ -495,6 +495,11 @@ pub trait Store: Send + Sync + 'static {
     /// The state stored under a key.
     async fn state(&self, key: &str) -> Result<Option<serde_json::Value>>;
 
+    /// The state stored under `key`, after storing `value` there durably if there was none:
+    /// atomic, so every caller on every node gets the first value stored (a secret the nodes must
+    /// share, such as the key that signs resume URLs).
+    async fn init_state(&self, key: &str, value: &serde_json::Value) -> Result<serde_json::Value>;
+
     /// How much is stored: queue items waiting or leased, and bytes on disk. Counting may walk
     /// the queue; call it for metrics, not per event.
     async fn stats(&self) -> Result<StoreStats>;

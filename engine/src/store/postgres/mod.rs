@@ -796,6 +796,29 @@ impl Store for PgStore {
         .await
     }
 
+    async fn init_state(&self, key: &str, value: &serde_json::Value) -> Result<serde_json::Value> {
+        let client = self.durable().await?;
+        sql::execute(
+            &client,
+            "INSERT INTO hookflow.state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&key, &Json(value)],
+            "store state",
+        )
+        .await?;
+        // A statement of its own: it sees a row a concurrent caller committed first.
+        let row = sql::query_opt(
+            &client,
+            "SELECT value FROM hookflow.state WHERE key = $1",
+            &[&key],
+            "read a record",
+        )
+        .await?
+        .ok_or_else(|| {
+            StoreError::unavailable_because(format!("state {key}: stored, then not found"))
+        })?;
+        decode(&row, 0, "state")
+    }
+
     async fn stats(&self) -> Result<StoreStats> {
         let row = sql::query_opt(
             &self.lazy().await?,

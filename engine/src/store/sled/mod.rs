@@ -1480,6 +1480,34 @@ impl Store for SledStore {
         self.get(&self.new_runs.state, TreeName::State, key.as_bytes(), &key)
     }
 
+    async fn init_state(&self, key: &str, value: &serde_json::Value) -> Result<serde_json::Value> {
+        let name = TreeName::State;
+        let swap = self
+            .new_runs
+            .state
+            .compare_and_swap(
+                key.as_bytes(),
+                None::<&[u8]>,
+                Some(encode(name, &key, value)?),
+            )
+            .map_err(|e| backend("write", name, &key, e))?;
+        let stored = match swap {
+            Ok(()) => value.clone(),
+            Err(taken) => match taken.current {
+                Some(current) => decode(name, key.as_bytes(), &current)?,
+                None => {
+                    return Err(StoreError::unavailable_because(format!(
+                        "sled: compare-and-swap on {} for {key} failed with no current value",
+                        name.name()
+                    )))
+                }
+            },
+        };
+        // Also when it was there already: its writer may still be waiting for its fsync.
+        self.durable().await?;
+        Ok(stored)
+    }
+
     async fn enter_lane(
         &self,
         lane: &LaneKey,
