@@ -324,6 +324,11 @@ pub struct StepRecord {
     pub error: Option<StepFailure>,
     /// Every attempt, oldest first.
     pub attempts: Vec<Attempt>,
+    /// For a step whose input differs each time it is rendered (it calls `uuid`): the idempotency
+    /// key `input` was rendered for and stored under before the call was made, so a step run
+    /// again after a crash mid-call resends that request instead of a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rendered_for: Option<String>,
 }
 
 /// Why a step attempt failed.

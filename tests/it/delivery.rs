@@ -44,7 +44,8 @@ fn idempotency_keys(sink: &Sink) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_step_in_flight_at_a_sigkill_runs_again_with_its_key_and_earlier_steps_do_not() {
+async fn a_step_in_flight_at_a_sigkill_runs_again_with_its_key_and_request_and_earlier_steps_do_not(
+) {
     let first = Sink::start().await;
     let second = Sink::held().await;
     let flow = format!(
@@ -55,7 +56,7 @@ steps:
   - id: first
     http: {{ url: "{}/first", json: {{ n: 1 }} }}
   - id: second
-    http: {{ url: "{}/second", json: {{ n: 2 }} }}
+    http: {{ url: "{}/second", json: {{ n: 2, request_id: "{{{{uuid}}}}" }} }}
 "#,
         first.url, second.url
     );
@@ -82,6 +83,15 @@ steps:
         idempotency_keys(&second),
         [format!("{run_id}:second"), format!("{run_id}:second")],
         "the step in flight ran again, with the same key"
+    );
+    let sent: Vec<Value> = second
+        .received()
+        .iter()
+        .map(|r| r.body["request_id"].clone())
+        .collect();
+    assert!(
+        sent[0].is_string() && sent[0] == sent[1],
+        "the same request was sent again, not one rendered anew: {sent:?}"
     );
 }
 

@@ -498,6 +498,7 @@ fn build_step(
     for (field, message) in env::substitute(&mut config, env, secrets) {
         problems.at(&join_path(&kind_path, &field), message);
     }
+    let varies = calls_uuid(&config);
     let mut cx = BuildContext::new(compiler, env, secrets, registry);
     let action = match entry.build(config, &mut cx) {
         Ok(action) => action,
@@ -572,7 +573,18 @@ fn build_step(
         on_error: spec.on_error.unwrap_or_default(),
         handler: false,
         queue,
+        varies,
     })
+}
+
+/// Whether a step's config calls the `uuid` helper in a template (its input then differs each
+/// time it is rendered).
+fn calls_uuid(config: &serde_yaml::Value) -> bool {
+    static CALL: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let call = CALL.get_or_init(|| {
+        regex::Regex::new(r"(?:\{\{|\()\s*uuid\s*(?:\}\}|\))").expect("valid regex")
+    });
+    serde_yaml::to_string(config).is_ok_and(|text| call.is_match(&text))
 }
 
 /// Wires each `switch`'s paths: checks the steps they list (they exist, come after the switch,
@@ -826,6 +838,16 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_varies_when_a_template_calls_uuid() {
+        let varies = |yaml: &str| calls_uuid(&serde_yaml::from_str(yaml).unwrap());
+        assert!(varies("json: { id: '{{uuid}}' }"));
+        assert!(varies("json: { id: '{{{ uuid }}}' }"));
+        assert!(varies("text: \"{{upper (uuid)}}\""));
+        assert!(!varies("json: { id: '{{trigger.body.uuid}}' }"));
+        assert!(!varies("json: { uuid: '{{trigger.body.id}}' }"));
+    }
 
     #[test]
     fn suggests_close_names_only() {

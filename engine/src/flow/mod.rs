@@ -215,6 +215,9 @@ pub struct Step {
     pub handler: bool,
     /// The named queue it runs in.
     pub queue: Option<StepQueue>,
+    /// Whether its input differs each time it is rendered (a template calls `uuid`): a step with
+    /// effects then has its input stored before the call (see `StepRecord::rendered_for`).
+    pub varies: bool,
 }
 
 /// A step's named queue, compiled.

@@ -298,6 +298,7 @@ pub fn advance(
         output,
         error,
         attempts,
+        rendered_for: None,
     };
     run.set_step_status(&done.step_id, status);
     if let (StepResult::Output(output), Some(step)) = (&done.result, step) {
@@ -732,6 +733,7 @@ steps:
                 node: None,
                 sent_under: None,
             }],
+            rendered_for: None,
         };
         let u = advance(&flow, r.run, Some(&before), &ok("b"), Timestamp(50)).unwrap();
         assert_eq!(u.records[0].attempts.last().unwrap().number, 2);

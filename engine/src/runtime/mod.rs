@@ -1031,6 +1031,10 @@ impl Engine {
                 self.metrics.request_resent(flow.id.as_str());
                 Ok(resend(sent, &fresh))
             }
+            // Rendered anew: kept first if a crash mid-call could not render it the same again.
+            (Ok(fresh), None) if step.varies && sent_under.is_some() => {
+                self.keep_before_sending(work, item, fresh, &key).await
+            }
             (rendered, _) => rendered,
         };
         let (mut input, result) = match rendered {
@@ -1163,15 +1167,71 @@ impl Engine {
     }
 
     /// The request an earlier attempt of this step sent under `key` (its recorded input), when
-    /// this attempt is an automatic retry of a step with effects.
+    /// this attempt is an automatic retry of a step with effects, or runs again after a crash
+    /// interrupted a call whose input was stored before it was made.
     fn sent_before<'w>(&self, work: &'w Work, item: &QueueItem, key: &str) -> Option<&'w Value> {
-        if item.attempt <= 1 || work.is_pure(&item.step_id) {
+        if work.is_pure(&item.step_id) {
             return None;
         }
         let record = work.records.iter().find(|r| r.step_id == item.step_id)?;
-        let last = record.attempts.last()?;
-        (last.sent_under.as_deref() == Some(key) && !record.input.is_null())
-            .then_some(&record.input)
+        let stored = record.rendered_for.as_deref() == Some(key);
+        let retried = item.attempt > 1
+            && record
+                .attempts
+                .last()
+                .is_some_and(|last| last.sent_under.as_deref() == Some(key));
+        ((stored || retried) && !record.input.is_null()).then_some(&record.input)
+    }
+
+    /// Stores a step's freshly rendered input (redacted) as its record before the call is made,
+    /// durably, for a step whose input differs each time it is rendered: a crash mid-call then
+    /// resends this request under its key. Returns the input to send.
+    async fn keep_before_sending(
+        &self,
+        work: &Work,
+        item: &QueueItem,
+        input: Value,
+        key: &str,
+    ) -> Result<Value, StepError> {
+        let mut kept = input.clone();
+        work.flow.secrets.redact(&mut kept);
+        let earlier = work.records.iter().find(|r| r.step_id == item.step_id);
+        let record = StepRecord {
+            run_id: item.run_id,
+            step_id: item.step_id.clone(),
+            kind: work
+                .flow
+                .step(&item.step_id)
+                .map_or("unknown", |s| s.kind)
+                .to_owned(),
+            status: StepStatus::Queued,
+            input: kept,
+            output: None,
+            error: None,
+            attempts: earlier.map(|r| r.attempts.clone()).unwrap_or_default(),
+            rendered_for: Some(key.to_owned()),
+        };
+        let stored = async {
+            self.store
+                .update_run(item.run_id, None, &|run| {
+                    // Pending too: pure steps before it may be deferred, not yet committed.
+                    let open = run.step_status(&item.step_id).is_some_and(|s| !s.is_done());
+                    (open && !run.status.is_final()).then(|| RunUpdate {
+                        run,
+                        records: vec![record.clone()],
+                        enqueue: Vec::new(),
+                        take: None,
+                    })
+                })
+                .await?;
+            self.store.flush().await
+        };
+        match stored.await {
+            Ok(()) => Ok(input),
+            Err(e) => Err(StepError::transient(format!(
+                "could not store the request before sending it: {e}"
+            ))),
+        }
     }
 
     /// Fails a run that cannot go on (its flow revision cannot be loaded): no step of it can run.

@@ -192,6 +192,7 @@ pub(crate) fn record(run_id: RunId, step_id: &str, output: serde_json::Value) ->
         output: Some(output),
         error: None,
         attempts: vec![],
+        rendered_for: None,
     }
 }
 
