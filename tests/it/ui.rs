@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::browser::Browser;
 use crate::support::{eventually, Server};
@@ -315,7 +315,10 @@ steps:
     // Replay asks on which revision, naming the step that will call the CRM again.
     browser.find("#replay").await.click().await.unwrap();
     browser
-        .text_of("#replay-callers", "will call out again: deliver (http)")
+        .text_of(
+            "#replay-dialog .callers",
+            "will call out again: deliver (http)",
+        )
         .await;
     browser
         .find("#replay-dialog input[value=original]")
@@ -324,7 +327,12 @@ steps:
         .await
         .unwrap();
     browser.screenshot("replay-dialog").await;
-    browser.find("#replay-go").await.click().await.unwrap();
+    browser
+        .find("#replay-dialog button[value=replay]")
+        .await
+        .click()
+        .await
+        .unwrap();
     browser.find(&format!("a[href='#/runs/{run_id}']")).await;
     let replayed = browser.client.current_url().await.unwrap();
     let new_id = replayed.fragment().unwrap().trim_start_matches("/runs/");
@@ -534,6 +542,64 @@ steps:
             (run["status"] == "succeeded").then_some(())
         })
         .await;
+    }
+
+    // Bulk replay asks on which revision: after an edit of the flow, each run's own is chosen.
+    let (_, before) = server.get("/api/v1/flows/orders").await;
+    server.write_flow(
+        "orders.yaml",
+        &flow.replace("id: orders", "id: orders\nname: Orders"),
+    );
+    eventually("the edited flow to be deployed", || async {
+        let (_, now) = server.get("/api/v1/flows/orders").await;
+        (now["revision"] != before["revision"]).then_some(())
+    })
+    .await;
+    // By way of the home page, so that the button found is the new list's.
+    browser.client.goto(&format!("{base}/#/")).await.unwrap();
+    browser.find("tr[data-flow-row='orders']").await;
+    browser
+        .client
+        .goto(&format!("{base}/#/runs?flow=orders"))
+        .await
+        .unwrap();
+    browser
+        .find("[data-bulk=replay]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser
+        .text_of(
+            "#bulk-replay-dialog .callers",
+            "will call out again: deliver (http)",
+        )
+        .await;
+    browser
+        .find("#bulk-replay-dialog input[value=original]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser
+        .text_of("#bulk-replay-dialog .callers", "each run's revision")
+        .await;
+    browser
+        .find("#bulk-replay-dialog button[value=replay]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#bulk-status", "Replayed 2 of 2").await;
+    let replays: Vec<Value> = server
+        .all_runs("orders")
+        .await
+        .into_iter()
+        .filter(|r| r["replay_of"].is_string())
+        .collect();
+    assert_eq!(replays.len(), 2, "{replays:#?}");
+    for replay in &replays {
+        assert_eq!(replay["revision"], before["revision"], "{replay:#}");
     }
 
     // A date range: until 2000 matches none; from 2000 matches both, the date shown in the form.

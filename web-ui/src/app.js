@@ -617,13 +617,26 @@ async function bulk(action, params) {
       status.textContent = `No ${action === "retry" ? "failed " : ""}runs to ${action}.`;
       return;
     }
-    const question = action === "retry"
-      ? `Retry ${runs} of ${selection.flow} from their failed steps?`
-      : `Replay ${runs} of ${selection.flow} on the flow as it is now? Each starts a new run of its event, and steps with effects send their requests again.`;
-    if (!confirm(question)) return;
-    const done = await request({});
-    status.textContent = `${action === "retry" ? "Retried" : "Replayed"} ${done.started.length} of ${done.matched}`
-      + (done.failed.length ? `; ${done.failed.length} could not be: ${done.failed.map(f => f.reason).join("; ")}` : ".");
+    const report = done => {
+      status.textContent = `${action === "retry" ? "Retried" : "Replayed"} ${done.started.length} of ${done.matched}`
+        + (done.failed.length ? `; ${done.failed.length} could not be: ${done.failed.map(f => f.reason).join("; ")}` : ".");
+    };
+    if (action === "retry") {
+      if (!confirm(`Retry ${runs} of ${selection.flow} from their failed steps?`)) return;
+      report(await request({}));
+      return;
+    }
+    const current = await api(`/api/v1/flows/${encodeURIComponent(selection.flow)}`).catch(() => null);
+    revisionDialog({
+      id: "bulk-replay-dialog",
+      heading: `Replay ${runs} of ${selection.flow}?`,
+      intro: "Each starts a new run of its event from the first step.",
+      current,
+      original: "the revision each run ran",
+      callers: revision => revision === "current" ? callers(current) : null,
+      replay: revision => request({ revision }).then(report)
+        .catch(e => { status.innerHTML = `<span class="failed">${esc(e.message)}</span>`; }),
+    });
   } catch (e) {
     status.innerHTML = `<span class="failed">${esc(e.message)}</span>`;
   }
@@ -723,38 +736,58 @@ async function replayDialog(run) {
   const flowPath = `/api/v1/flows/${encodeURIComponent(run.flow_id)}`;
   const [original, current] = await Promise.all([
     api(`${flowPath}?revision=${encodeURIComponent(run.revision)}`), api(flowPath).catch(() => null)]);
-  const callers = flow => flow.steps.filter(s => EFFECTS.includes(s.kind)).map(s => `${s.id} (${s.kind})`);
-  document.getElementById("replay-dialog")?.remove();
-  document.body.insertAdjacentHTML("beforeend", `<dialog id="replay-dialog" aria-labelledby="replay-heading">
+  revisionDialog({
+    id: "replay-dialog",
+    heading: "Replay this run?",
+    intro: "A new run of the same event starts from the first step.",
+    current,
+    original: `the revision this run ran (${esc(run.revision)})`,
+    callers: revision => callers(revision === "current" ? current : original),
+    replay: async revision => {
+      try {
+        const replay = await api(`/api/v1/runs/${encodeURIComponent(run.id)}/replay`, { method: "POST", body: JSON.stringify({ revision }) });
+        location.hash = `#/runs/${replay.run_id}`;
+      } catch (e) {
+        document.getElementById("action-status").innerHTML = `<span class="failed">${esc(e.message)}</span>`;
+      }
+    },
+  });
+}
+
+// The steps of a flow (as the API describes it) that call out, as "id (kind)".
+function callers(flow) {
+  return flow.steps.filter(s => EFFECTS.includes(s.kind)).map(s => `${s.id} (${s.kind})`);
+}
+
+// A replay's dialog: the revision to run (the flow as deployed now, if it still is, or the
+// original) and the steps that will call out again on it; `replay` gets the chosen revision.
+// `callers` answers those steps for a revision, or null when they cannot be listed.
+function revisionDialog({ id, heading, intro, current, original, callers, replay }) {
+  document.getElementById(id)?.remove();
+  document.body.insertAdjacentHTML("beforeend", `<dialog id="${id}" aria-labelledby="${id}-heading">
     <form method="dialog">
-      <h2 id="replay-heading">Replay this run?</h2>
-      <p>A new run of the same event starts from the first step.</p>
+      <h2 id="${id}-heading">${esc(heading)}</h2>
+      <p>${esc(intro)}</p>
       <fieldset><legend>Run it on</legend>
         ${current ? `<label><input type="radio" name="revision" value="current" checked> the flow as deployed now (revision ${esc(current.revision)})</label><br>` : ""}
-        <label><input type="radio" name="revision" value="original" ${current ? "" : "checked"}> the revision this run ran (${esc(run.revision)})</label>
+        <label><input type="radio" name="revision" value="original" ${current ? "" : "checked"}> ${original}</label>
       </fieldset>
-      <p id="replay-callers"></p>
-      <div class="row"><button value="replay" class="primary" id="replay-go">Replay</button><button value="cancel">Cancel</button></div>
+      <p class="callers"></p>
+      <div class="row"><button value="replay" class="primary">Replay</button><button value="cancel">Cancel</button></div>
     </form></dialog>`);
-  const dialog = document.getElementById("replay-dialog");
+  const dialog = document.getElementById(id);
   const chosen = () => dialog.querySelector("input[name=revision]:checked").value;
   const explain = () => {
-    const steps = callers(chosen() === "current" ? current : original);
-    document.getElementById("replay-callers").innerHTML = steps.length
-      ? `<strong class="failed">These steps will call out again:</strong> ${steps.map(esc).join(", ")}.`
-      : "No step calls out: nothing is sent again.";
+    const steps = callers(chosen());
+    dialog.querySelector(".callers").innerHTML = steps === null
+      ? "<strong class=\"failed\">The steps with effects of each run's revision call out again.</strong>"
+      : steps.length
+        ? `<strong class="failed">These steps will call out again:</strong> ${steps.map(esc).join(", ")}.`
+        : "No step calls out: nothing is sent again.";
   };
   dialog.addEventListener("change", explain);
   explain();
-  dialog.addEventListener("close", async () => {
-    if (dialog.returnValue !== "replay") return;
-    try {
-      const replay = await api(`/api/v1/runs/${encodeURIComponent(run.id)}/replay`, { method: "POST", body: JSON.stringify({ revision: chosen() }) });
-      location.hash = `#/runs/${replay.run_id}`;
-    } catch (e) {
-      document.getElementById("action-status").innerHTML = `<span class="failed">${esc(e.message)}</span>`;
-    }
-  });
+  dialog.addEventListener("close", () => dialog.returnValue === "replay" && replay(chosen()));
   dialog.showModal();
 }
 
