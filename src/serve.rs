@@ -119,7 +119,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         retention: config.retention.to_engine(),
         node,
         lease: config.lease.0,
-        base_url: base_url.clone(),
+        base_url: Some(base_url.clone()),
         ..EngineConfig::default()
     };
     let engine = Engine::new(

@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{eventually, step, Server, Sink};
+use crate::support::{eventually, run_cli, step, Server, Sink};
 
 /// Asks `sink` for an approval with the resume URL, waits for it, then grants or expires.
 fn approval_flow(sink: &Sink, timeout: &str) -> String {
@@ -137,5 +137,27 @@ async fn without_a_callback_the_step_takes_its_timeout_path() {
     assert_eq!(
         (status, answer["code"].as_str()),
         (409, Some("not_waiting"))
+    );
+}
+
+#[test]
+fn a_local_run_says_that_only_a_server_receives_callbacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("wait.yaml");
+    std::fs::write(
+        &flow,
+        "id: wait\ntrigger: { manual: }\nsteps:\n  - { id: approve, wait_for_callback: { timeout: 1h } }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("event.json"), "{}").unwrap();
+    let out = run_cli(
+        &["run", flow.to_str().unwrap(), "--event", "event.json"],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("waits for a callback, which only a running server"),
+        "{text}"
     );
 }

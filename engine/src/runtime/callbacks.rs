@@ -168,6 +168,14 @@ impl Engine {
             .await
     }
 
+    /// The base URL resume URLs start with.
+    fn base_url(&self) -> &str {
+        self.config
+            .base_url
+            .as_deref()
+            .unwrap_or(crate::flow::DEFAULT_SERVER_URL)
+    }
+
     /// The resume URLs of the flow's `wait_for_callback` steps in a run (none for a flow without).
     pub async fn resume_urls(
         &self,
@@ -178,7 +186,7 @@ impl Engine {
             return Ok(Vec::new());
         }
         let key = self.callback_key().await?;
-        Ok(resume_urls(flow, run, &self.config.base_url, key))
+        Ok(resume_urls(flow, run, self.base_url(), key))
     }
 
     /// Finishes a waiting `wait_for_callback` step with what its resume URL was sent: its output
@@ -208,7 +216,7 @@ impl Engine {
         let records = store.step_records(run_id).await?;
         let previous = records.iter().find(|r| &r.step_id == step);
         let now = self.now();
-        let url = resume_urls(&flow, run_id, &self.config.base_url, key)
+        let url = resume_urls(&flow, run_id, self.base_url(), key)
             .into_iter()
             .find_map(|(id, url)| (&id == step).then_some(url));
         let done = Attempted {

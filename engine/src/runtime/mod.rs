@@ -76,8 +76,9 @@ pub struct EngineConfig {
     pub retention: RetentionConfig,
     /// Whether `schedule:` flows fire (not in local one-off runs).
     pub schedules: bool,
-    /// The server's base URL: resume URLs of `wait_for_callback` steps start with it.
-    pub base_url: String,
+    /// The server's base URL, which resume URLs of `wait_for_callback` steps start with; `None`
+    /// where no server answers them (`hookflow run`): such a step then fails at once.
+    pub base_url: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -91,7 +92,7 @@ impl Default for EngineConfig {
             no_retries: false,
             retention: RetentionConfig::default(),
             schedules: true,
-            base_url: crate::flow::DEFAULT_SERVER_URL.to_owned(),
+            base_url: None,
         }
     }
 }
@@ -1103,6 +1104,12 @@ impl Engine {
                     Ok(Ok(Ok(Outcome::Wait { delay, reason }))) => {
                         info!(?delay, reason = %flow.secrets.redact_text(&reason), "step waits");
                         return Tried::Wait(delay);
+                    }
+                    Ok(Ok(Ok(Outcome::Await { .. }))) if self.config.base_url.is_none() => {
+                        StepResult::Failed(StepError::permanent(
+                            "the step waits for a callback, which only a running server \
+                             (`hookflow serve`) receives",
+                        ))
                     }
                     Ok(Ok(Ok(Outcome::Await { until }))) => {
                         info!(%until, "step waits for a callback");
