@@ -1,6 +1,7 @@
 //! Retention: finished runs are deleted in the background once they are older than the flow's
 //! `max_age` or beyond its newest `max_runs`, with their events and step records; expired dedupe
-//! keys are forgotten. Deletion goes in small batches, so ingest never waits long behind it.
+//! keys are forgotten; the audit record and the hook logs are kept within their own age and count.
+//! Deletion goes in small batches, so ingest never waits long behind it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use tracing::{info, warn};
 
 use super::Engine;
 use crate::model::Timestamp;
+use crate::store::LogKind;
 use crate::Result;
 
 /// How many runs (or keys) one store call deletes before the sweeper yields.
@@ -23,6 +25,12 @@ pub struct RetentionConfig {
     pub max_runs: usize,
     /// How often the sweeper runs.
     pub every: Duration,
+    /// Audit record and hook log entries older than this are deleted.
+    pub log_max_age: Duration,
+    /// At most this many audit record entries are kept (the newest).
+    pub audit_max_entries: usize,
+    /// At most this many hook log entries are kept per flow (the newest).
+    pub hook_log_max_entries: usize,
 }
 
 impl Default for RetentionConfig {
@@ -31,6 +39,9 @@ impl Default for RetentionConfig {
             max_age: Duration::from_secs(14 * 24 * 3600),
             max_runs: 10_000,
             every: Duration::from_secs(60),
+            log_max_age: Duration::from_secs(90 * 24 * 3600),
+            audit_max_entries: 100_000,
+            hook_log_max_entries: 1_000,
         }
     }
 }
@@ -42,6 +53,8 @@ pub struct Swept {
     pub runs: usize,
     /// Expired dedupe keys forgotten.
     pub dedupe_keys: usize,
+    /// Audit record and hook log entries deleted.
+    pub log_entries: usize,
 }
 
 /// Sweeps every `every` until the task is aborted.
@@ -55,6 +68,7 @@ pub(super) async fn sweep_forever(engine: Arc<Engine>) {
                 info!(
                     runs = swept.runs,
                     dedupe_keys = swept.dedupe_keys,
+                    log_entries = swept.log_entries,
                     "retention: pruned history"
                 )
             }
@@ -95,6 +109,25 @@ impl Engine {
                 break;
             }
             tokio::task::yield_now().await;
+        }
+        let logs_older_than = Timestamp(
+            now.millis()
+                .saturating_sub(defaults.log_max_age.as_millis() as i64),
+        );
+        for (kind, keep) in [
+            (LogKind::Audit, defaults.audit_max_entries),
+            (LogKind::Hooks, defaults.hook_log_max_entries),
+        ] {
+            loop {
+                let n = store
+                    .prune_logs(kind, logs_older_than, keep, BATCH)
+                    .await?;
+                swept.log_entries += n;
+                if n < BATCH {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
         }
         Ok(swept)
     }

@@ -172,6 +172,7 @@ pub(crate) fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun 
         ],
         reason: None,
         replay_of: None,
+        started_by: None,
         failure: None,
         title: None,
     };
