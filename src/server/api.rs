@@ -332,7 +332,7 @@ pub(super) fn run_summary(run: &Run) -> Value {
         "id": run.id, "flow_id": run.flow_id, "revision": run.revision, "event_id": run.event_id,
         "status": run.status, "created_at": run.created_at, "finished_at": run.finished_at,
         "duration_ms": duration_ms, "reason": run.reason, "replay_of": run.replay_of,
-        "title": run.title,
+        "title": run.title, "started_by": run.started_by, "retried": run.retried(),
     })
 }
 
@@ -428,6 +428,7 @@ async fn list_quarantine(State(state): State<AppState>) -> Result<Json<Value>, A
 /// decode; 404 for an unknown id, 422 (the entry stays) while the bytes still do not decode.
 async fn reingest_quarantined(
     State(state): State<AppState>,
+    axum::Extension(actor): axum::Extension<super::audit::Actor>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let done = match state.engine.store().reingest_quarantined(&id).await {
@@ -446,6 +447,9 @@ async fn reingest_quarantined(
         Ingested::Created => ("created", None),
         Ingested::Duplicate { run_id, .. } => ("duplicate", Some(run_id)),
     };
+    let what = json!({ "id": id, "outcome": outcome, "run_id": done.run_id });
+    let action = super::audit::AuditAction::Reingest;
+    state.audit.record(&actor, action, what);
     Ok(Json(json!({
         "id": id, "outcome": outcome, "run_id": done.run_id, "event_id": done.event_id,
         "original_run_id": original,

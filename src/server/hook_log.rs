@@ -1,7 +1,13 @@
 //! The catch-hook log: each flow's recent catch-hook requests with what became of them (queued,
 //! duplicate, ignored, or refused and why: a bad signature, a body too large or unparsable), and
-//! counters of all of them for `/metrics`. Kept in memory, the newest 100 per flow; served at
-//! `GET /api/v1/flows/{flow_id}/hooks`.
+//! counters of all of them for `/metrics`. Served at `GET /api/v1/flows/{flow_id}/hooks`, the
+//! newest [`KEEP_PER_FLOW`] first.
+//!
+//! Requests that started no run (duplicate, ignored, refused) are kept in the store's hook log
+//! (through the [`LogWriter`], off the request path), so they survive a restart and every node
+//! sharing the store sees them. Requests that started runs (`queued`, a batch's `accepted`) are
+//! recorded as runs already: this node keeps the newest of them in memory only, and the list
+//! merges both.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -11,10 +17,13 @@ use axum::routing::get;
 use axum::{Json, Router};
 use hookflow_engine::ids::FlowId;
 use hookflow_engine::model::Timestamp;
+use hookflow_engine::store::{LogEntry, LogName, LogQuery};
 use serde_json::{json, Value};
 
+use super::log_writer::LogWriter;
 use super::{ApiError, AppState};
 
+/// How many requests a flow's log lists (and this node keeps in memory).
 const KEEP_PER_FLOW: usize = 100;
 
 /// What became of one catch-hook request.
@@ -49,14 +58,25 @@ struct Inner {
 #[derive(Clone, Default)]
 pub struct HookLog {
     inner: Arc<Mutex<Inner>>,
+    /// Where requests that started no run are kept (memory only without one).
+    store: Option<LogWriter>,
 }
 
 impl HookLog {
+    /// A hook log that keeps requests that started no run in the store.
+    pub fn kept_by(writer: LogWriter) -> Self {
+        Self {
+            inner: Arc::default(),
+            store: Some(writer),
+        }
+    }
+
     /// Records a request to a flow's catch hook.
     pub fn record(&self, flow: &FlowId, method: &str, bytes: usize, outcome: HookOutcome) {
+        let at = Timestamp::now();
         let entry = match &outcome {
             HookOutcome::Taken { outcome, summary } => json!({
-                "at": Timestamp::now(), "method": method, "bytes": bytes, "status": 200,
+                "at": at, "method": method, "bytes": bytes, "status": 200,
                 "outcome": outcome, "summary": summary,
             }),
             HookOutcome::Refused {
@@ -64,19 +84,33 @@ impl HookLog {
                 code,
                 detail,
             } => json!({
-                "at": Timestamp::now(), "method": method, "bytes": bytes, "status": status,
+                "at": at, "method": method, "bytes": bytes, "status": status,
                 "outcome": "rejected", "reason": code, "detail": detail,
             }),
         };
-        let key = match outcome {
-            HookOutcome::Taken { outcome, .. } => (flow.to_string(), "received", outcome),
-            HookOutcome::Refused { code, .. } => (flow.to_string(), "rejected", code),
+        let (key, started_runs) = match outcome {
+            HookOutcome::Taken { outcome, .. } => (
+                (flow.to_string(), "received", outcome),
+                matches!(outcome, "queued" | "accepted"),
+            ),
+            HookOutcome::Refused { code, .. } => ((flow.to_string(), "rejected", code), false),
         };
         let mut inner = self.lock();
         *inner.counts.entry(key).or_default() += 1;
-        let list = inner.recent.entry(flow.clone()).or_default();
-        list.push_front(entry);
-        list.truncate(KEEP_PER_FLOW);
+        match &self.store {
+            Some(writer) if !started_runs => {
+                let action = entry["outcome"].as_str().unwrap_or_default().to_owned();
+                writer.write(
+                    LogName::Hooks(flow.clone()),
+                    LogEntry::new(at, action, entry),
+                );
+            }
+            _ => {
+                let list = inner.recent.entry(flow.clone()).or_default();
+                list.push_front(entry);
+                list.truncate(KEEP_PER_FLOW);
+            }
+        }
     }
 
     /// Counts a request to a catch URL that names no flow or has a wrong token.
@@ -85,13 +119,32 @@ impl HookLog {
         *self.lock().counts.entry(key).or_default() += 1;
     }
 
-    /// A flow's recent requests, newest first.
-    pub fn recent(&self, flow: &FlowId) -> Vec<Value> {
-        self.lock()
+    /// A flow's recent requests, newest first: those kept in memory and, with a store, those in
+    /// the store's hook log.
+    pub async fn recent(
+        &self,
+        state: &AppState,
+        flow: &FlowId,
+    ) -> Result<Vec<Value>, hookflow_engine::store::StoreError> {
+        let mut recent: Vec<Value> = self
+            .lock()
             .recent
             .get(flow)
             .map(|l| l.iter().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if self.store.is_some() {
+            let query = LogQuery {
+                limit: KEEP_PER_FLOW,
+                ..LogQuery::default()
+            };
+            let log = LogName::Hooks(flow.clone());
+            let kept = state.engine.store().read_log(&log, &query).await?;
+            recent.extend(kept.entries.into_iter().map(|e| e.detail));
+            let at = |v: &Value| v["at"].as_str().and_then(Timestamp::parse_rfc3339);
+            recent.sort_by_key(|v| std::cmp::Reverse(at(v)));
+            recent.truncate(KEEP_PER_FLOW);
+        }
+        Ok(recent)
     }
 
     /// Every counter: (flow, `received` or `rejected`, outcome or reason, count).
@@ -117,7 +170,6 @@ async fn show(
     Path(flow_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let flow = super::api::deployed(&state, &flow_id)?;
-    Ok(Json(
-        json!({ "flow": flow.id, "requests": state.hook_log.recent(&flow.id) }),
-    ))
+    let requests = state.hook_log.recent(&state, &flow.id).await?;
+    Ok(Json(json!({ "flow": flow.id, "requests": requests })))
 }
