@@ -132,3 +132,66 @@ impl Engine {
         Ok(swept)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::RetentionConfig;
+    use crate::model::Timestamp;
+    use crate::outbound::{HttpClient, OutboundPolicy};
+    use crate::runtime::catalog::Catalog;
+    use crate::runtime::{Engine, EngineConfig};
+    use crate::steps::Registry;
+    use crate::store::sled::SledStore;
+    use crate::store::{LogEntry, LogName, LogQuery, Store};
+
+    const DAY: i64 = 24 * 3600 * 1000;
+
+    #[tokio::test]
+    async fn a_sweep_keeps_the_logs_within_their_age_and_count() {
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+        let config = EngineConfig {
+            retention: RetentionConfig {
+                log_max_age: Duration::from_secs(10 * 24 * 3600),
+                audit_max_entries: 3,
+                hook_log_max_entries: 2,
+                ..RetentionConfig::default()
+            },
+            ..EngineConfig::default()
+        };
+        let http = HttpClient::new(OutboundPolicy::default()).unwrap();
+        let engine = Engine::new(store.clone(), Catalog::new(Registry::builtin()), http, config);
+        let now = Timestamp(100 * DAY);
+        // Day 80 is too old; days 95..=99 are young, but only the newest 3 (audit) or 2 (hooks) stay.
+        let entries: Vec<LogEntry> = [80, 95, 96, 97, 98, 99]
+            .into_iter()
+            .map(|day| LogEntry::new(Timestamp(day * DAY), "x", json!({ "day": day })))
+            .collect();
+        let hooks = LogName::Hooks("orders".parse().unwrap());
+        store.append_log(&LogName::Audit, &entries).await.unwrap();
+        store.append_log(&hooks, &entries).await.unwrap();
+
+        let swept = engine.sweep(now).await.unwrap();
+        assert_eq!(swept.log_entries, 3 + 4);
+        let days = |log: LogName| {
+            let store = store.clone();
+            async move {
+                let query = LogQuery {
+                    limit: 10,
+                    ..LogQuery::default()
+                };
+                let page = store.read_log(&log, &query).await.unwrap();
+                page.entries
+                    .iter()
+                    .map(|e| e.detail["day"].as_i64().unwrap())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(days(LogName::Audit).await, [99, 98, 97]);
+        assert_eq!(days(hooks).await, [99, 98]);
+    }
+}
