@@ -196,7 +196,10 @@ async fn list(
                 .map(|k| k.as_str().to_owned())
                 .ok_or_else(|| {
                     let known = AuditAction::names().join(", ");
-                    bad("action", format!("unknown action `{a}` (expected one of {known})"))
+                    bad(
+                        "action",
+                        format!("unknown action `{a}` (expected one of {known})"),
+                    )
                 })
         })
         .transpose()?;

@@ -254,7 +254,11 @@ async fn login(
     auth.throttle.succeeded(ip);
     let (id, csrf) = (random_token(), random_token());
     let session = Actor::session(&id, Some(ip));
-    state.audit.record(&actor, AuditAction::Login, json!({ "session": session.who() }));
+    state.audit.record(
+        &actor,
+        AuditAction::Login,
+        json!({ "session": session.who() }),
+    );
     auth.sessions().insert(
         id.clone(),
         Session {

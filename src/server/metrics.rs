@@ -96,7 +96,10 @@ async fn metrics(
         ("failed", &writes.failed),
     ] {
         let n = n.load(std::sync::atomic::Ordering::Relaxed);
-        let _ = writeln!(out, "hookflow_log_entries_total{{outcome=\"{outcome}\"}} {n}");
+        let _ = writeln!(
+            out,
+            "hookflow_log_entries_total{{outcome=\"{outcome}\"}} {n}"
+        );
     }
 
     let engine = state.engine.metrics().snapshot();

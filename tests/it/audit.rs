@@ -74,8 +74,12 @@ async fn logins_manual_runs_and_replays_are_audited_with_actor_and_address() {
     assert_eq!(status, 201, "{started}");
     let run_id = started["run_id"].as_str().unwrap();
     let token = [("authorization", "Bearer tok-123")];
-    let (status, _, replayed) =
-        post(&url(&format!("/api/v1/runs/{run_id}/replay")), &token, json!({})).await;
+    let (status, _, replayed) = post(
+        &url(&format!("/api/v1/runs/{run_id}/replay")),
+        &token,
+        json!({}),
+    )
+    .await;
     assert_eq!(status, 201, "{replayed}");
 
     let failed = audited(&server, "login_failed", 1).await;
@@ -101,7 +105,11 @@ async fn logins_manual_runs_and_replays_are_audited_with_actor_and_address() {
     let listed = stdout(&server.cli(&["audit", "--token", "tok-123"]));
     let order: Vec<usize> = ["replay", "trigger", "login ", "login_failed"]
         .iter()
-        .map(|a| listed.find(a).unwrap_or_else(|| panic!("no {a} in\n{listed}")))
+        .map(|a| {
+            listed
+                .find(a)
+                .unwrap_or_else(|| panic!("no {a} in\n{listed}"))
+        })
         .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{listed}");
     assert!(listed.contains("127.0.0.1"), "{listed}");
@@ -142,13 +150,19 @@ async fn rejected_and_duplicate_deliveries_are_in_the_hook_log_after_a_restart()
         out.contains("rejected").then_some(out)
     })
     .await;
-    assert!(rejected.contains("401") && rejected.contains("invalid_signature"), "{rejected}");
+    assert!(
+        rejected.contains("401") && rejected.contains("invalid_signature"),
+        "{rejected}"
+    );
     let duplicates = eventually("the duplicate in the hook log", || async {
         let out = hook_log(&server, "deduped");
         out.contains("duplicate").then_some(out)
     })
     .await;
-    assert!(duplicates.contains(&format!("original run {run_id}")), "{duplicates}");
+    assert!(
+        duplicates.contains(&format!("original run {run_id}")),
+        "{duplicates}"
+    );
     assert!(duplicates.contains("queued"), "{duplicates}");
 
     assert!(server.stop_gracefully());
@@ -156,12 +170,18 @@ async fn rejected_and_duplicate_deliveries_are_in_the_hook_log_after_a_restart()
     let rejected = hook_log(&server, "signed");
     assert!(rejected.contains("invalid_signature"), "{rejected}");
     let duplicates = hook_log(&server, "deduped");
-    assert!(duplicates.contains(&format!("original run {run_id}")), "{duplicates}");
+    assert!(
+        duplicates.contains(&format!("original run {run_id}")),
+        "{duplicates}"
+    );
     // The API the UI reads lists them too.
     let (_, body) = server.get("/api/v1/flows/signed/hooks").await;
     assert_eq!(body["requests"][0]["reason"], "invalid_signature", "{body}");
     let runs = stdout(&server.cli(&["runs", "list", "--flow", "deduped"]));
-    assert!(runs.contains("STARTED BY") && runs.contains("webhook"), "{runs}");
+    assert!(
+        runs.contains("STARTED BY") && runs.contains("webhook"),
+        "{runs}"
+    );
 }
 
 #[tokio::test]
@@ -177,7 +197,9 @@ async fn runs_list_says_what_started_each_run() {
     let (_, ack) = server.send("numbered", &json!({ "n": 1 })).await;
     let failed = ack["run_id"].as_str().unwrap();
     assert_eq!(server.finished_run(failed).await["status"], "failed");
-    let (status, _) = server.post(&format!("/api/v1/runs/{failed}/retry"), &json!({})).await;
+    let (status, _) = server
+        .post(&format!("/api/v1/runs/{failed}/retry"), &json!({}))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(server.finished_run(failed).await["status"], "succeeded");
     let (_, manual) = server
@@ -208,5 +230,8 @@ async fn runs_list_says_what_started_each_run() {
     assert!(list("every-second").contains("schedule"));
     // The retry is in the audit record, by anyone (no credential configured) from 127.0.0.1.
     let audit = stdout(&server.cli(&["audit", "--action", "retry"]));
-    assert!(audit.contains("anyone") && audit.contains(failed), "{audit}");
+    assert!(
+        audit.contains("anyone") && audit.contains(failed),
+        "{audit}"
+    );
 }

@@ -119,9 +119,7 @@ impl Engine {
             (LogKind::Hooks, defaults.hook_log_max_entries),
         ] {
             loop {
-                let n = store
-                    .prune_logs(kind, logs_older_than, keep, BATCH)
-                    .await?;
+                let n = store.prune_logs(kind, logs_older_than, keep, BATCH).await?;
                 swept.log_entries += n;
                 if n < BATCH {
                     break;
@@ -164,7 +162,12 @@ mod tests {
             ..EngineConfig::default()
         };
         let http = HttpClient::new(OutboundPolicy::default()).unwrap();
-        let engine = Engine::new(store.clone(), Catalog::new(Registry::builtin()), http, config);
+        let engine = Engine::new(
+            store.clone(),
+            Catalog::new(Registry::builtin()),
+            http,
+            config,
+        );
         let now = Timestamp(100 * DAY);
         // Day 80 is too old; days 95..=99 are young, but only the newest 3 (audit) or 2 (hooks) stay.
         let entries: Vec<LogEntry> = [80, 95, 96, 97, 98, 99]

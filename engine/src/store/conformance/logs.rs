@@ -38,7 +38,13 @@ pub(crate) async fn logs_read_newest_first_in_pages_and_filter(store: Arc<dyn St
     let hooks = LogName::Hooks(flow("orders"));
     let other = LogName::Hooks(flow("refunds"));
     let entries: Vec<LogEntry> = (1..=5)
-        .map(|n| entry(1_000 * n as i64, if n % 2 == 0 { "replay" } else { "login" }, n))
+        .map(|n| {
+            entry(
+                1_000 * n as i64,
+                if n % 2 == 0 { "replay" } else { "login" },
+                n,
+            )
+        })
         .collect();
     // Appended out of order, in two calls: reads still come newest first.
     store
