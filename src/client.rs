@@ -248,18 +248,24 @@ pub async fn hook_log(client: &ClientArgs, flow: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A list's query string: `limit` and the filters given.
+fn list_query(limit: usize, filters: &[(&str, &Option<String>)]) -> anyhow::Result<String> {
+    let mut query = vec![("limit", limit.to_string())];
+    for (key, value) in filters {
+        query.extend(value.as_ref().map(|v| (*key, v.clone())));
+    }
+    Ok(serde_urlencoded::to_string(&query)?)
+}
+
 /// `hookflow audit`: who did what, newest first.
 pub async fn audit(args: &AuditArgs) -> anyhow::Result<()> {
     let client = &args.client;
-    let mut query = vec![("limit", args.limit.to_string())];
-    for (key, value) in [
+    let filters = [
         ("action", &args.action),
         ("since", &args.since),
         ("before", &args.before),
-    ] {
-        query.extend(value.clone().map(|v| (key, v)));
-    }
-    let query = serde_urlencoded::to_string(&query)?;
+    ];
+    let query = list_query(args.limit, &filters)?;
     let body = get(client, &format!("/api/v1/audit?{query}")).await?;
     if client.json {
         return print_json(&body);
@@ -312,17 +318,14 @@ fn started_by(run: &Value) -> String {
 /// `hookflow runs list`.
 pub async fn list_runs(args: &ListArgs) -> anyhow::Result<()> {
     let client = &args.client;
-    let mut query = vec![("limit", args.limit.to_string())];
-    for (key, value) in [
+    let filters = [
         ("flow", &args.flow),
         ("status", &args.status),
         ("since", &args.since),
         ("until", &args.until),
         ("cursor", &args.cursor),
-    ] {
-        query.extend(value.clone().map(|v| (key, v)));
-    }
-    let query = serde_urlencoded::to_string(&query)?;
+    ];
+    let query = list_query(args.limit, &filters)?;
     let body = get(client, &format!("/api/v1/runs?{query}")).await?;
     if client.json {
         return print_json(&body);

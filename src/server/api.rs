@@ -234,6 +234,15 @@ pub(super) fn parse_time(text: &str, now: Timestamp) -> Result<Timestamp, String
         })
 }
 
+/// A page's size as asked for (`?limit=`): 1 to 1000, 50 if not given.
+pub(super) fn page_limit(limit: Option<usize>) -> Result<usize, String> {
+    match limit {
+        None => Ok(50),
+        Some(n @ 1..=1000) => Ok(n),
+        Some(n) => Err(format!("{n} is not 1 to 1000")),
+    }
+}
+
 /// A run id from a path segment, or a 400.
 pub(super) fn parse_run_id(raw: &str) -> Result<RunId, ApiError> {
     raw.parse().map_err(|e: hookflow_engine::ids::InvalidId| {
@@ -275,11 +284,7 @@ async fn list_runs(
             .map(|c| c.parse::<RunId>())
             .transpose()
             .map_err(|e| bad("cursor", e.to_string()))?,
-        limit: match params.limit {
-            None => 50,
-            Some(n @ 1..=1000) => n,
-            Some(n) => return Err(bad("limit", format!("{n} is not 1 to 1000"))),
-        },
+        limit: page_limit(params.limit).map_err(|e| bad("limit", e))?,
     };
     let store = state.engine.store();
     let Some(text) = params.q.filter(|q| !q.trim().is_empty()) else {

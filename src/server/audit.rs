@@ -215,11 +215,7 @@ async fn list(
             .map(|c| c.parse::<LogEntryId>())
             .transpose()
             .map_err(|e| bad("before", e.to_string()))?,
-        limit: match params.limit {
-            None => 50,
-            Some(n @ 1..=1000) => n,
-            Some(n) => return Err(bad("limit", format!("{n} is not 1 to 1000"))),
-        },
+        limit: super::api::page_limit(params.limit).map_err(|e| bad("limit", e))?,
     };
     let page = state
         .engine

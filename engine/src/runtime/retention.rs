@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::Engine;
 use crate::model::Timestamp;
-use crate::store::LogKind;
+use crate::store::{LogKind, PruneLogs};
 use crate::Result;
 
 /// How many runs (or keys) one store call deletes before the sweeper yields.
@@ -119,7 +119,13 @@ impl Engine {
             (LogKind::Hooks, defaults.hook_log_max_entries),
         ] {
             loop {
-                let n = store.prune_logs(kind, logs_older_than, keep, BATCH).await?;
+                let prune = PruneLogs {
+                    kind,
+                    older_than: logs_older_than,
+                    keep,
+                    max: BATCH,
+                };
+                let n = store.prune_logs(&prune).await?;
                 swept.log_entries += n;
                 if n < BATCH {
                     break;

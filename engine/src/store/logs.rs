@@ -66,6 +66,21 @@ impl LogKind {
     }
 }
 
+/// What [`Store::prune_logs`](super::Store::prune_logs) deletes: up to `max` entries of the
+/// logs of `kind`, oldest first — those before `older_than`, and those beyond each log's newest
+/// `keep`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneLogs {
+    /// Which logs.
+    pub kind: LogKind,
+    /// Entries before this time go.
+    pub older_than: Timestamp,
+    /// Each log keeps at most this many (the newest).
+    pub keep: usize,
+    /// At most this many are deleted by one call.
+    pub max: usize,
+}
+
 /// One entry of a log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogEntry {

@@ -60,7 +60,7 @@ pub use self::coordination::{LaneEntry, LaneKey, WAIT_TURN};
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, RunStatus, StepRecord, Timestamp};
 
-pub use self::logs::{LogEntry, LogKind, LogName, LogPage, LogQuery, MAX_LOG_PAGE};
+pub use self::logs::{LogEntry, LogKind, LogName, LogPage, LogQuery, PruneLogs, MAX_LOG_PAGE};
 pub use self::quarantine::{QuarantineKind, Quarantined};
 
 /// The error a backend's own failure carries.
@@ -593,15 +593,8 @@ pub trait Store: Send + Sync + 'static {
     /// A log's entries matching a query, newest first.
     async fn read_log(&self, log: &LogName, query: &LogQuery) -> Result<LogPage>;
 
-    /// Deletes up to `max` entries of the logs of a kind, oldest first: those before `older_than`,
-    /// and those beyond each log's newest `keep`. Returns how many were deleted.
-    async fn prune_logs(
-        &self,
-        kind: LogKind,
-        older_than: Timestamp,
-        keep: usize,
-        max: usize,
-    ) -> Result<usize>;
+    /// Deletes what `prune` says (see [`PruneLogs`]); returns how many entries were deleted.
+    async fn prune_logs(&self, prune: &PruneLogs) -> Result<usize>;
 }
 
 /// What [`Store::reingest_quarantined`] did.

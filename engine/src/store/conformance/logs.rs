@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::{at, flow, Open};
-use crate::store::{LogEntry, LogKind, LogName, LogQuery, Store};
+use crate::store::{LogEntry, LogKind, LogName, LogQuery, PruneLogs, Store};
 
 /// An entry of `action` at `ms`, numbered `n` in its detail.
 fn entry(ms: i64, action: &str, n: u64) -> LogEntry {
@@ -24,6 +24,15 @@ async fn numbers(store: &Arc<dyn Store>, log: &LogName, mut query: LogQuery) -> 
             Some(next) => query.before = Some(next),
             None => return seen,
         }
+    }
+}
+
+fn prune(kind: LogKind, older_than: i64, keep: usize, max: usize) -> PruneLogs {
+    PruneLogs {
+        kind,
+        older_than: at(older_than),
+        keep,
+        max,
     }
 }
 
@@ -97,12 +106,12 @@ pub(crate) async fn logs_are_pruned_by_age_and_count(store: Arc<dyn Store>) {
     }
     // Hook logs: each flow keeps its newest 4, and nothing before t = 2.5 s; at most 3 per call.
     let pruned = store
-        .prune_logs(LogKind::Hooks, at(2_500), 4, 3)
+        .prune_logs(&prune(LogKind::Hooks, 2_500, 4, 3))
         .await
         .unwrap();
     assert_eq!(pruned, 3);
     let rest = store
-        .prune_logs(LogKind::Hooks, at(2_500), 4, 100)
+        .prune_logs(&prune(LogKind::Hooks, 2_500, 4, 100))
         .await
         .unwrap();
     assert_eq!(rest, 1);
@@ -111,14 +120,14 @@ pub(crate) async fn logs_are_pruned_by_age_and_count(store: Arc<dyn Store>) {
     // The audit record was not touched; then its count bound applies.
     assert_eq!(numbers(&store, &LogName::Audit, all(10)).await.len(), 6);
     let pruned = store
-        .prune_logs(LogKind::Audit, at(0), 2, 100)
+        .prune_logs(&prune(LogKind::Audit, 0, 2, 100))
         .await
         .unwrap();
     assert_eq!(pruned, 4);
     assert_eq!(numbers(&store, &LogName::Audit, all(10)).await, [6, 5]);
     assert_eq!(
         store
-            .prune_logs(LogKind::Audit, at(0), 2, 100)
+            .prune_logs(&prune(LogKind::Audit, 0, 2, 100))
             .await
             .unwrap(),
         0

@@ -6,7 +6,7 @@ use tokio_postgres::types::Json;
 
 use super::{db_error, decode, sql, PgStore};
 use crate::model::Timestamp;
-use crate::store::{LogEntry, LogKind, LogName, LogPage, LogQuery, Result};
+use crate::store::{LogEntry, LogName, LogPage, LogQuery, PruneLogs, Result};
 
 impl PgStore {
     /// Appends entries in one transaction.
@@ -63,15 +63,14 @@ impl PgStore {
         Ok(LogPage::of(entries, limit))
     }
 
-    /// Deletes up to `max` entries of a kind's logs: older than `older_than`, or beyond each
-    /// log's newest `keep`; oldest first.
-    pub(super) async fn prune_entries(
-        &self,
-        kind: LogKind,
-        older_than: Timestamp,
-        keep: usize,
-        max: usize,
-    ) -> Result<usize> {
+    /// Deletes what `prune` says, oldest first.
+    pub(super) async fn prune_entries(&self, prune: &PruneLogs) -> Result<usize> {
+        let PruneLogs {
+            kind,
+            older_than,
+            keep,
+            max,
+        } = *prune;
         let n = sql::execute(
             &self.lazy().await?,
             "DELETE FROM hookflow.logs WHERE (log, id) IN (

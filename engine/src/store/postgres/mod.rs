@@ -75,8 +75,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::coordination::{Allowance, LaneEntry, LaneKey};
 use super::{
-    ClaimRequest, Claimed, Committed, Decide, Ingested, Lease, LeaseToken, LogEntry, LogKind,
-    LogName, LogPage, LogQuery, NewRun, NodeId, Notices, Quarantined, Reingested, Result,
+    ClaimRequest, Claimed, Committed, Decide, Ingested, Lease, LeaseToken, LogEntry, LogName,
+    LogPage, LogQuery, NewRun, NodeId, Notices, PruneLogs, Quarantined, Reingested, Result,
     RunNotice, RunPage, RunQuery, Store, StoreError, StoreStats,
 };
 use crate::ids::{EventId, FlowId, ItemId, RunId};
@@ -930,14 +930,8 @@ impl Store for PgStore {
         self.read_entries(log, query).await
     }
 
-    async fn prune_logs(
-        &self,
-        kind: LogKind,
-        older_than: Timestamp,
-        keep: usize,
-        max: usize,
-    ) -> Result<usize> {
-        self.prune_entries(kind, older_than, keep, max).await
+    async fn prune_logs(&self, prune: &PruneLogs) -> Result<usize> {
+        self.prune_entries(prune).await
     }
 
     async fn reingest_quarantined(&self, id: &str) -> Result<Reingested> {

@@ -9,7 +9,7 @@ use super::layout::{
 };
 use crate::ids::LogEntryId;
 use crate::model::Timestamp;
-use crate::store::{LogEntry, LogKind, LogName, LogPage, LogQuery, Result};
+use crate::store::{LogEntry, LogKind, LogName, LogPage, LogQuery, PruneLogs, Result};
 
 /// The two log trees.
 #[derive(Debug)]
@@ -72,15 +72,14 @@ impl Logs {
         Ok(LogPage::of(entries, limit))
     }
 
-    /// Deletes up to `max` entries of the logs of `kind`: older than `older_than` or beyond each
-    /// log's newest `keep`.
-    pub(super) fn prune(
-        &self,
-        kind: LogKind,
-        older_than: Timestamp,
-        keep: usize,
-        max: usize,
-    ) -> Result<usize> {
+    /// Deletes what `prune` says.
+    pub(super) fn prune(&self, prune: &PruneLogs) -> Result<usize> {
+        let PruneLogs {
+            kind,
+            older_than,
+            keep,
+            max,
+        } = *prune;
         let logs = match kind {
             LogKind::Audit => vec![LogName::Audit],
             LogKind::Hooks => distinct_flows(&self.hooks, TreeName::HookLog)?

@@ -285,8 +285,8 @@ use super::coordination::{Coordination, LaneEntry, LaneKey};
 use super::inbox::Inbox;
 use super::{
     ClaimRequest, Claimed, Committed, Decide, FlowLimits, Ingested, Lease, LeaseToken, LogEntry,
-    LogKind, LogName, LogPage, LogQuery, NewRun, NodeId, Notices, Quarantined, Reingested, Result,
-    RunNotice, RunPage, RunQuery, Store, StoreError,
+    LogName, LogPage, LogQuery, NewRun, NodeId, Notices, PruneLogs, Quarantined, Reingested,
+    Result, RunNotice, RunPage, RunQuery, Store, StoreError,
 };
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
@@ -1562,14 +1562,8 @@ impl Store for SledStore {
         self.logs.read(log, query)
     }
 
-    async fn prune_logs(
-        &self,
-        kind: LogKind,
-        older_than: Timestamp,
-        keep: usize,
-        max: usize,
-    ) -> Result<usize> {
-        self.logs.prune(kind, older_than, keep, max)
+    async fn prune_logs(&self, prune: &PruneLogs) -> Result<usize> {
+        self.logs.prune(prune)
     }
 
     async fn reingest_quarantined(&self, id: &str) -> Result<Reingested> {
