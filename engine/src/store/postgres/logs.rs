@@ -65,12 +65,6 @@ impl PgStore {
 
     /// Deletes what `prune` says, oldest first.
     pub(super) async fn prune_entries(&self, prune: &PruneLogs) -> Result<usize> {
-        let PruneLogs {
-            kind,
-            older_than,
-            keep,
-            max,
-        } = *prune;
         let n = sql::execute(
             &self.lazy().await?,
             "DELETE FROM hookflow.logs WHERE (log, id) IN (
@@ -80,7 +74,12 @@ impl PgStore {
                        FROM hookflow.logs WHERE kind = $1) ranked
                   WHERE at < $2 OR newer > $3
                   ORDER BY id LIMIT $4)",
-            &[&kind.as_str(), &older_than.0, &(keep as i64), &(max as i64)],
+            &[
+                &prune.kind.as_str(),
+                &prune.older_than.0,
+                &(prune.keep as i64),
+                &(prune.max as i64),
+            ],
             "prune logs",
         )
         .await?;
