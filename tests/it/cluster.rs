@@ -404,6 +404,42 @@ async fn every_node_sees_every_nodes_hook_log_and_audit_record() {
     .await;
 }
 
+/// A store that refuses log entries (here: their table is gone) fails no action: the manual run
+/// and the replay are answered as usual, and the lost entries are logged and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_audit_write_never_fails_the_action() {
+    let url = hookflow_testpg::shared()
+        .fresh_database()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = short_lease_config();
+    let flow = "id: leads\ntrigger: { manual: }\nsteps:\n  - { id: shape, map: { x: 1 } }\n";
+    let a = node("node-a", &url, &config, &[("leads.yaml", flow)]);
+    let dropped = hookflow_testpg::shared()
+        .psql(&url)
+        .args(["-c", "DROP TABLE hookflow.logs"])
+        .output()
+        .unwrap();
+    assert!(dropped.status.success(), "{dropped:?}");
+
+    let (status, started) = a
+        .post("/api/v1/flows/leads/runs", &json!({ "body": {} }))
+        .await;
+    assert_eq!(status, 201, "{started}");
+    let run_id = started["run_id"].as_str().unwrap();
+    assert_eq!(a.finished_run(run_id).await["status"], "succeeded");
+    let (status, replayed) = a
+        .post(&format!("/api/v1/runs/{run_id}/replay"), &json!({}))
+        .await;
+    assert_eq!(status, 201, "{replayed}");
+    eventually("the lost audit entries to be counted", || async {
+        let metrics = a.metrics().await;
+        metrics
+            .contains("hookflow_log_entries_total{outcome=\"failed\"} 2")
+            .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_executes_the_revision_its_event_arrived_under_on_a_node_that_lacks_it() {
     let url = hookflow_testpg::shared()
