@@ -63,6 +63,7 @@ pub enum Command {
     },
     /// List the flows of a running server with their catch URLs; `hooks log FLOW` shows a flow's
     /// catch-hook log.
+    #[command(args_conflicts_with_subcommands = true)]
     Hooks {
         /// `log FLOW`, or nothing to list the catch URLs.
         #[command(subcommand)]
