@@ -50,7 +50,7 @@ async fn audited(server: &Server, action: &str, n: usize) -> Vec<Value> {
 }
 
 #[tokio::test]
-async fn logins_manual_runs_and_replays_are_audited_with_actor_and_address() {
+async fn logins_manual_runs_replays_and_captures_are_audited_with_actor_and_address() {
     let server = Server::start_with(
         &[("leads.yaml", LEADS)],
         &[],
@@ -82,6 +82,18 @@ async fn logins_manual_runs_and_replays_are_audited_with_actor_and_address() {
     .await;
     assert_eq!(status, 201, "{replayed}");
 
+    // A capture armed and a bulk replay, with the token.
+    let (status, _, _) = post(
+        &url("/api/v1/flows/leads/capture"),
+        &token,
+        json!({ "count": 2 }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let bulk = json!({ "flow": "leads", "since": "1h" });
+    let (status, _, replayed_all) = post(&url("/api/v1/runs/replay"), &token, bulk).await;
+    assert_eq!(status, 200, "{replayed_all}");
+
     let failed = audited(&server, "login_failed", 1).await;
     assert_eq!(failed[0]["actor"], "password");
     assert_eq!(failed[0]["address"], "127.0.0.1");
@@ -100,6 +112,15 @@ async fn logins_manual_runs_and_replays_are_audited_with_actor_and_address() {
         (&replay["actor"], &replay["run_id"], &replay["new_run_id"]),
         (&json!("token"), &json!(run_id), &replayed["run_id"])
     );
+
+    let capture = &audited(&server, "capture", 1).await[0];
+    assert_eq!(
+        (&capture["flow"], &capture["count"]),
+        (&json!("leads"), &json!(2))
+    );
+    let bulk = &audited(&server, "replay_bulk", 1).await[0];
+    assert_eq!(bulk["matched"], replayed_all["matched"], "{bulk}");
+    assert_eq!(bulk["actor"], "token");
 
     // The CLI lists them newest first; the API's errors are `{code, detail}`.
     let listed = stdout(&server.cli(&["audit", "--token", "tok-123"]));
