@@ -3,13 +3,13 @@
 //! counters of all of them for `/metrics`. Served at `GET /api/v1/flows/{flow_id}/hooks`, the
 //! newest [`KEEP_PER_FLOW`] first.
 //!
-//! Requests that started no run (duplicate, ignored, refused) are kept in the store's hook log
-//! (through the [`LogWriter`], off the request path), so they survive a restart and every node
-//! sharing the store sees them. Requests that started runs (`queued`, a batch's `accepted`) are
-//! recorded as runs already: this node keeps the newest of them in memory only, and the list
-//! merges both.
+//! This node keeps its newest requests in memory. Those that started no run (duplicate, ignored,
+//! refused) are also written to the store's hook log (through the [`LogWriter`], off the request
+//! path), so they survive a restart and every node sharing the store sees them; those that started
+//! runs (`queued`, a batch's `accepted`) are recorded as runs already. The list merges memory and
+//! store, each stored request once (by its entry id).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::extract::{Path, State};
@@ -74,7 +74,7 @@ impl HookLog {
     /// Records a request to a flow's catch hook.
     pub fn record(&self, flow: &FlowId, method: &str, bytes: usize, outcome: HookOutcome) {
         let at = Timestamp::now();
-        let entry = match &outcome {
+        let mut entry = match &outcome {
             HookOutcome::Taken { outcome, summary } => json!({
                 "at": at, "method": method, "bytes": bytes, "status": 200,
                 "outcome": outcome, "summary": summary,
@@ -95,22 +95,18 @@ impl HookLog {
             ),
             HookOutcome::Refused { code, .. } => ((flow.to_string(), "rejected", code), false),
         };
+        if let Some(writer) = self.store.as_ref().filter(|_| !started_runs) {
+            let action = entry["outcome"].as_str().unwrap_or_default().to_owned();
+            let stored = LogEntry::new(at, action, entry.clone());
+            // The id lets a list tell this node's copy from the stored one.
+            entry["id"] = json!(stored.id);
+            writer.write(LogName::Hooks(flow.clone()), stored);
+        }
         let mut inner = self.lock();
         *inner.counts.entry(key).or_default() += 1;
-        match &self.store {
-            Some(writer) if !started_runs => {
-                let action = entry["outcome"].as_str().unwrap_or_default().to_owned();
-                writer.write(
-                    LogName::Hooks(flow.clone()),
-                    LogEntry::new(at, action, entry),
-                );
-            }
-            _ => {
-                let list = inner.recent.entry(flow.clone()).or_default();
-                list.push_front(entry);
-                list.truncate(KEEP_PER_FLOW);
-            }
-        }
+        let list = inner.recent.entry(flow.clone()).or_default();
+        list.push_front(entry);
+        list.truncate(KEEP_PER_FLOW);
     }
 
     /// Counts a request to a catch URL that names no flow or has a wrong token.
@@ -139,7 +135,18 @@ impl HookLog {
             };
             let log = LogName::Hooks(flow.clone());
             let kept = state.engine.store().read_log(&log, &query).await?;
-            recent.extend(kept.entries.into_iter().map(|e| e.detail));
+            let here: HashSet<String> = recent
+                .iter()
+                .filter_map(|v| v["id"].as_str().map(str::to_owned))
+                .collect();
+            for entry in kept.entries {
+                let id = entry.id.to_string();
+                if !here.contains(&id) {
+                    let mut shown = entry.detail;
+                    shown["id"] = json!(id);
+                    recent.push(shown);
+                }
+            }
             let at = |v: &Value| v["at"].as_str().and_then(Timestamp::parse_rfc3339);
             recent.sort_by_key(|v| std::cmp::Reverse(at(v)));
             recent.truncate(KEEP_PER_FLOW);
