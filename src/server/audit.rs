@@ -79,7 +79,8 @@ pub(super) fn address_of(request: &Request) -> Option<IpAddr> {
 pub enum AuditAction {
     /// A login with the right password.
     Login,
-    /// A login refused: a wrong password, or too many failures from the address.
+    /// A login refused for a wrong password (a locked-out address's attempts are counted on
+    /// `/metrics`, not recorded: they may come at any rate).
     LoginFailed,
     /// A session ended.
     Logout,
@@ -137,25 +138,20 @@ impl AuditAction {
 }
 
 /// Records actions in the store's audit record.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct AuditRecord {
-    store: Option<LogWriter>,
+    writer: LogWriter,
 }
 
 impl AuditRecord {
-    /// An audit record kept in the store.
+    /// An audit record kept in the store through `writer`.
     pub fn kept_by(writer: LogWriter) -> Self {
-        Self {
-            store: Some(writer),
-        }
+        Self { writer }
     }
 
     /// Records that `actor` did `action`; `detail` says on what and how it went (an object).
     pub fn record(&self, actor: &Actor, action: AuditAction, detail: Value) {
         tracing::info!(actor = %actor.who, address = ?actor.address, action = action.as_str(), "audit");
-        let Some(writer) = &self.store else {
-            return;
-        };
         let mut fields = Map::new();
         fields.insert("actor".into(), json!(actor.who));
         fields.insert("address".into(), json!(actor.address));
@@ -163,7 +159,7 @@ impl AuditRecord {
             fields.extend(detail);
         }
         let entry = LogEntry::new(Timestamp::now(), action.as_str(), Value::Object(fields));
-        writer.write(LogName::Audit, entry);
+        self.writer.write(LogName::Audit, entry);
     }
 }
 

@@ -10,7 +10,8 @@
 //! throttled per client address (`throttle`).
 //!
 //! Every request let through past the checks carries its [`Actor`] (token, session or anyone,
-//! and the client's address) for the audit record; logins, failed ones included, are recorded.
+//! and the client's address) for the audit record; logins are recorded, and so are wrong
+//! passwords (not the refusals of a locked-out address, which come at any rate).
 //!
 //! Always open: the catch hooks (their token, signatures and rate limits guard them), the request
 //! inspector's receiving end, `/healthz`, the UI's page and assets (the app asks to log in), and
@@ -143,8 +144,8 @@ impl Auth {
 }
 
 /// The middleware: lets open paths through, and the rest only with a bearer token or a session
-/// (plus its CSRF token for anything but GET and HEAD).
-/// A request let through carries its [`Actor`] (for the audit record), open paths excepted.
+/// (plus its CSRF token for anything but GET and HEAD), carrying its [`Actor`] (for the audit
+/// record).
 pub(super) async fn require(
     State(state): State<AppState>,
     mut request: Request,
@@ -225,9 +226,8 @@ async fn login(
     let actor = Actor::password(Some(ip));
     if let Some(wait) = auth.throttle.locked(ip) {
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        // Not audited: a locked-out address may ask at any rate (`/metrics` counts these).
         tracing::warn!(%ip, seconds, "refused a login: too many failures from this address");
-        let why = json!({ "reason": "too_many_attempts" });
-        state.audit.record(&actor, AuditAction::LoginFailed, why);
         let mut answer = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_attempts",
