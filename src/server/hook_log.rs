@@ -17,7 +17,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use hookflow_engine::ids::FlowId;
 use hookflow_engine::model::Timestamp;
-use hookflow_engine::store::{LogEntry, LogName, LogQuery};
+use hookflow_engine::store::{LogEntry, LogName, LogQuery, Store, StoreError};
 use serde_json::{json, Value};
 
 use super::log_writer::LogWriter;
@@ -58,8 +58,8 @@ struct Inner {
 #[derive(Clone, Default)]
 pub struct HookLog {
     inner: Arc<Mutex<Inner>>,
-    /// Where requests that started no run are kept (memory only without one).
-    store: Option<LogWriter>,
+    /// Writes requests that started no run to the store (memory only without one).
+    writer: Option<LogWriter>,
 }
 
 impl HookLog {
@@ -67,7 +67,7 @@ impl HookLog {
     pub fn kept_by(writer: LogWriter) -> Self {
         Self {
             inner: Arc::default(),
-            store: Some(writer),
+            writer: Some(writer),
         }
     }
 
@@ -95,7 +95,7 @@ impl HookLog {
             ),
             HookOutcome::Refused { code, .. } => ((flow.to_string(), "rejected", code), false),
         };
-        if let Some(writer) = self.store.as_ref().filter(|_| !started_runs) {
+        if let Some(writer) = self.writer.as_ref().filter(|_| !started_runs) {
             let action = entry["outcome"].as_str().unwrap_or_default().to_owned();
             let stored = LogEntry::new(at, action, entry.clone());
             // The id lets a list tell this node's copy from the stored one.
@@ -117,24 +117,20 @@ impl HookLog {
 
     /// A flow's recent requests, newest first: those kept in memory and, with a store, those in
     /// the store's hook log.
-    pub async fn recent(
-        &self,
-        state: &AppState,
-        flow: &FlowId,
-    ) -> Result<Vec<Value>, hookflow_engine::store::StoreError> {
+    pub async fn recent(&self, store: &dyn Store, flow: &FlowId) -> Result<Vec<Value>, StoreError> {
         let mut recent: Vec<Value> = self
             .lock()
             .recent
             .get(flow)
             .map(|l| l.iter().cloned().collect())
             .unwrap_or_default();
-        if self.store.is_some() {
+        if self.writer.is_some() {
             let query = LogQuery {
                 limit: KEEP_PER_FLOW,
                 ..LogQuery::default()
             };
             let log = LogName::Hooks(flow.clone());
-            let kept = state.engine.store().read_log(&log, &query).await?;
+            let kept = store.read_log(&log, &query).await?;
             let here: HashSet<String> = recent
                 .iter()
                 .filter_map(|v| v["id"].as_str().map(str::to_owned))
@@ -177,6 +173,9 @@ async fn show(
     Path(flow_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let flow = super::api::deployed(&state, &flow_id)?;
-    let requests = state.hook_log.recent(&state, &flow.id).await?;
+    let requests = state
+        .hook_log
+        .recent(state.engine.store(), &flow.id)
+        .await?;
     Ok(Json(json!({ "flow": flow.id, "requests": requests })))
 }
