@@ -1,5 +1,5 @@
 //! The command line: `hookflow serve | validate | test | schema | run | hooks | runs | replay |
-//! capture | diff | inspect | quarantine`.
+//! capture | diff | inspect | audit | quarantine`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,8 +61,17 @@ pub enum Command {
         #[arg(long = "allow-outbound", value_name = "CIDR")]
         allow_outbound: Vec<String>,
     },
-    /// List the flows of a running server with their catch URLs.
-    Hooks(ClientArgs),
+    /// List the flows of a running server with their catch URLs; `hooks log FLOW` shows a flow's
+    /// catch-hook log.
+    #[command(args_conflicts_with_subcommands = true)]
+    Hooks {
+        /// `log FLOW`, or nothing to list the catch URLs.
+        #[command(subcommand)]
+        command: Option<HooksCommand>,
+        /// Server options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Look at runs on a running server.
     Runs {
         /// Which runs command.
@@ -128,6 +137,9 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show the server's audit record, newest first: logins (and failed ones), retries, replays,
+    /// manual runs, captures and reingests, with who, from where and when.
+    Audit(AuditArgs),
     /// Look at the accepted events a server set aside because it could not read them back
     /// (damaged on disk, or not decodable), and ingest them again once they are repaired.
     Quarantine {
@@ -135,6 +147,42 @@ pub enum Command {
         #[command(subcommand)]
         command: QuarantineCommand,
     },
+}
+
+/// `hookflow hooks …`.
+#[derive(Debug, Subcommand)]
+pub enum HooksCommand {
+    /// A flow's recent catch-hook requests, newest first, and what became of each: queued (with
+    /// its run), duplicate, ignored, or rejected and why. Those that started no run are kept in the
+    /// store (they survive a restart).
+    Log {
+        /// The flow's id.
+        flow: String,
+        /// Server options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `hookflow audit` options.
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// Only entries of this action: login, login_failed, logout, retry, replay, retry_bulk,
+    /// replay_bulk, trigger, capture, reingest.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only entries since: a time (RFC 3339) or a duration ago (`2h`, `7d`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// How many entries.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Go on after this entry (the cursor the previous page printed).
+    #[arg(long)]
+    pub before: Option<String>,
+    /// Server options.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `hookflow quarantine …`.

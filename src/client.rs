@@ -1,13 +1,13 @@
-//! Commands that talk to a running server's REST API: `hooks`, `runs list`, `runs show`,
-//! `runs retry`, `replay`, `inspect`, `trigger`, `capture`, `quarantine list`,
-//! `quarantine reingest`.
+//! Commands that talk to a running server's REST API: `hooks`, `hooks log`, `runs list`,
+//! `runs show`, `runs retry`, `replay`, `inspect`, `trigger`, `capture`, `audit`,
+//! `quarantine list`, `quarantine reingest`.
 
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use crate::cli::{BulkArgs, ClientArgs, ListArgs, ReplayArgs, RetryArgs};
+use crate::cli::{AuditArgs, BulkArgs, ClientArgs, ListArgs, ReplayArgs, RetryArgs};
 
 /// GETs an API path and returns its JSON, turning `{code, detail}` answers into errors.
 pub async fn get(client: &ClientArgs, path_and_query: &str) -> anyhow::Result<Value> {
@@ -213,20 +213,119 @@ pub async fn hooks(client: &ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `hookflow hooks log FLOW`: the flow's recent catch-hook requests, newest first.
+pub async fn hook_log(client: &ClientArgs, flow: &str) -> anyhow::Result<()> {
+    let body = get(client, &format!("/api/v1/flows/{flow}/hooks")).await?;
+    if client.json {
+        return print_json(&body);
+    }
+    let requests = body["requests"].as_array().cloned().unwrap_or_default();
+    if requests.is_empty() {
+        println!("no requests to `{flow}`'s catch URL yet");
+        return Ok(());
+    }
+    println!(
+        "{:<25} {:<10} {:<6} {:<7} {:>8}  WHAT",
+        "AT", "OUTCOME", "STATUS", "METHOD", "BYTES"
+    );
+    for r in &requests {
+        let summary = &r["summary"];
+        let what = match r["outcome"].as_str() {
+            Some("rejected") => format!("{}: {}", text(&r["reason"]), text(&r["detail"])),
+            Some("ignored") => text(&summary["reason"]),
+            Some("duplicate") => format!("original run {}", text(&summary["run_id"])),
+            _ => text(&summary["run_id"]),
+        };
+        println!(
+            "{:<25} {:<10} {:<6} {:<7} {:>8}  {what}",
+            text(&r["at"]),
+            text(&r["outcome"]),
+            text(&r["status"]),
+            text(&r["method"]),
+            text(&r["bytes"]),
+        );
+    }
+    Ok(())
+}
+
+/// A list's query string: `limit` and the filters given.
+fn list_query(limit: usize, filters: &[(&str, &Option<String>)]) -> anyhow::Result<String> {
+    let mut query = vec![("limit", limit.to_string())];
+    for (key, value) in filters {
+        query.extend(value.as_ref().map(|v| (*key, v.clone())));
+    }
+    Ok(serde_urlencoded::to_string(&query)?)
+}
+
+/// `hookflow audit`: who did what, newest first.
+pub async fn audit(args: &AuditArgs) -> anyhow::Result<()> {
+    let client = &args.client;
+    let filters = [
+        ("action", &args.action),
+        ("since", &args.since),
+        ("before", &args.before),
+    ];
+    let query = list_query(args.limit, &filters)?;
+    let body = get(client, &format!("/api/v1/audit?{query}")).await?;
+    if client.json {
+        return print_json(&body);
+    }
+    let entries = body["entries"].as_array().cloned().unwrap_or_default();
+    if entries.is_empty() {
+        println!("nothing recorded");
+        return Ok(());
+    }
+    println!(
+        "{:<25} {:<12} {:<17} {:<16} WHAT",
+        "AT", "ACTION", "ACTOR", "ADDRESS"
+    );
+    for e in &entries {
+        let what: Vec<String> = e
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| {
+                !matches!(k.as_str(), "id" | "at" | "action" | "actor" | "address") && !v.is_null()
+            })
+            .map(|(k, v)| format!("{k}={}", text(v)))
+            .collect();
+        println!(
+            "{:<25} {:<12} {:<17} {:<16} {}",
+            text(&e["at"]),
+            text(&e["action"]),
+            text(&e["actor"]),
+            text(&e["address"]),
+            what.join(" ")
+        );
+    }
+    if let Some(next) = body["next_cursor"].as_str() {
+        println!("more: hookflow audit --before {next}");
+    }
+    Ok(())
+}
+
+/// What started a run, as `runs list` shows it: `webhook`, `schedule`, `manual`, `replay` or
+/// `flow`, then `, retry` once a person retried it.
+fn started_by(run: &Value) -> String {
+    let origin = run["started_by"].as_str().unwrap_or("-");
+    if run["retried"] == true {
+        format!("{origin}, retry")
+    } else {
+        origin.to_owned()
+    }
+}
+
 /// `hookflow runs list`.
 pub async fn list_runs(args: &ListArgs) -> anyhow::Result<()> {
     let client = &args.client;
-    let mut query = vec![("limit", args.limit.to_string())];
-    for (key, value) in [
+    let filters = [
         ("flow", &args.flow),
         ("status", &args.status),
         ("since", &args.since),
         ("until", &args.until),
         ("cursor", &args.cursor),
-    ] {
-        query.extend(value.clone().map(|v| (key, v)));
-    }
-    let query = serde_urlencoded::to_string(&query)?;
+    ];
+    let query = list_query(args.limit, &filters)?;
     let body = get(client, &format!("/api/v1/runs?{query}")).await?;
     if client.json {
         return print_json(&body);
@@ -237,15 +336,16 @@ pub async fn list_runs(args: &ListArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<31} {:<24} {:<10} {:<25} REASON",
-        "RUN", "FLOW", "STATUS", "CREATED"
+        "{:<31} {:<24} {:<10} {:<16} {:<25} REASON",
+        "RUN", "FLOW", "STATUS", "STARTED BY", "CREATED"
     );
     for r in &runs {
         println!(
-            "{:<31} {:<24} {:<10} {:<25} {}",
+            "{:<31} {:<24} {:<10} {:<16} {:<25} {}",
             text(&r["id"]),
             text(&r["flow_id"]),
             text(&r["status"]),
+            started_by(r),
             text(&r["created_at"]),
             text(&r["reason"])
         );

@@ -118,6 +118,12 @@ pub struct RetentionSection {
     pub max_runs: usize,
     /// How often old runs are looked for.
     pub every: HumanDuration,
+    /// Audit record and hook log entries older than this are deleted.
+    pub log_max_age: HumanDuration,
+    /// At most this many audit record entries are kept (the newest).
+    pub audit_max_entries: usize,
+    /// At most this many hook log entries are kept per flow (the newest).
+    pub hook_log_max_entries: usize,
 }
 
 impl Default for RetentionSection {
@@ -127,6 +133,9 @@ impl Default for RetentionSection {
             max_age: HumanDuration(d.max_age),
             max_runs: d.max_runs,
             every: HumanDuration(d.every),
+            log_max_age: HumanDuration(d.log_max_age),
+            audit_max_entries: d.audit_max_entries,
+            hook_log_max_entries: d.hook_log_max_entries,
         }
     }
 }
@@ -138,6 +147,9 @@ impl RetentionSection {
             max_age: self.max_age.0,
             max_runs: self.max_runs,
             every: self.every.0,
+            log_max_age: self.log_max_age.0,
+            audit_max_entries: self.audit_max_entries,
+            hook_log_max_entries: self.hook_log_max_entries,
         }
     }
 }

@@ -37,7 +37,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use hookflow_engine::steps::Registry;
 
-use crate::cli::{Cli, Command, FlowsCommand, QuarantineCommand, RunsCommand};
+use crate::cli::{Cli, Command, FlowsCommand, HooksCommand, QuarantineCommand, RunsCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -78,7 +78,17 @@ fn main() -> ExitCode {
                 };
                 local::run(&flow, input, dry_run, &allow_outbound).await
             }
-            Command::Hooks(c) => client::hooks(&c).await.map(|()| ExitCode::SUCCESS),
+            Command::Hooks {
+                command: None,
+                client,
+            } => client::hooks(&client).await.map(|()| ExitCode::SUCCESS),
+            Command::Hooks {
+                command: Some(HooksCommand::Log { flow, client }),
+                ..
+            } => client::hook_log(&client, &flow)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Audit(args) => client::audit(&args).await.map(|()| ExitCode::SUCCESS),
             Command::Runs {
                 command: RunsCommand::List(args),
             } => client::list_runs(&args).await.map(|()| ExitCode::SUCCESS),

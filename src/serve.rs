@@ -20,11 +20,17 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::ServeArgs;
 use crate::config::{Config, LogFormat, StoreChoice};
 use crate::reload::{Env, Problems};
-use crate::server::{self, AppState, Auth, Captures, HookLimits, HookLog, Inspector};
+use crate::server::{
+    self, AppState, AuditRecord, Auth, Captures, HookLimits, HookLog, Inspector, LogWriter,
+};
 use crate::worker_runtime::WorkerRuntime;
 
 /// How long executing steps may take to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
+
+/// How long log entries (the audit record, hook logs) still waiting at shutdown may take to reach
+/// the store.
+const LOG_DRAIN: Duration = Duration::from_secs(2);
 
 /// The flows shipped in `flows/`, used when the flows directory does not exist (e.g. an installed
 /// binary started outside the repository).
@@ -183,7 +189,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         tokio::spawn(watcher);
     }
-    let hook_log = HookLog::default();
+    let (log_writer, log_task) = LogWriter::start(engine.clone());
+    let hook_log = HookLog::kept_by(log_writer.clone());
     if let Some(alerts) = alerts {
         alerts.spawn(
             engine.clone(),
@@ -214,6 +221,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: config.max_body_bytes,
         inspector: Inspector::default(),
         hook_log,
+        audit: AuditRecord::kept_by(log_writer.clone()),
+        log_writer,
         captures: Captures::default(),
         problems,
         auth,
@@ -228,6 +237,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     server::serve(listener, app, config.http.limits(), connections, shutdown).await;
     workers.await.context("the workers panicked")??;
+    // The log entries handed over before the server stopped reach the store (the alert task may
+    // hold a writer a moment longer: wait a little, not for ever).
+    let _ = tokio::time::timeout(LOG_DRAIN, log_task).await;
     engine.store().flush().await?;
     info!("stopped");
     Ok(())

@@ -110,6 +110,10 @@ ulid_id!(
     /// One unit of queued work: a step of a run, due at a time.
     ItemId, "itm", "queue item id"
 );
+ulid_id!(
+    /// One entry of a log the store keeps (the audit record, a flow's hook log).
+    LogEntryId, "log", "log entry id"
+);
 
 macro_rules! name_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {

@@ -224,13 +224,51 @@ pub struct Run {
     /// The run this one replays (same event, started again from the first step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<RunId>,
+    /// What started the run (absent in runs stored before this was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<StartedBy>,
     /// While the flow's `on_failure` steps run: why the run failed (it ends `failed` with this
     /// reason once they are done).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
 }
 
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartedBy {
+    /// A delivery to the flow's catch hook.
+    Webhook,
+    /// A tick of the flow's schedule.
+    Schedule,
+    /// A person or client asked for it (the API, the UI, `hookflow trigger`).
+    Manual,
+    /// A replay of an earlier run's event (see [`Run::replay_of`]).
+    Replay,
+    /// A `flow` step of another run (a sub-flow).
+    Flow,
+}
+
+impl StartedBy {
+    /// The name as written in the API and CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Schedule => "schedule",
+            Self::Manual => "manual",
+            Self::Replay => "replay",
+            Self::Flow => "flow",
+        }
+    }
+}
+
 impl Run {
+    /// Whether a person retried the run after it failed (`hookflow runs retry`): some step was
+    /// started again.
+    pub fn retried(&self) -> bool {
+        self.steps.iter().any(|s| s.retried > 0)
+    }
+
     /// The status of one step.
     pub fn step_status(&self, step: &StepId) -> Option<StepStatus> {
         self.steps.iter().find(|s| &s.id == step).map(|s| s.status)

@@ -234,6 +234,15 @@ pub(super) fn parse_time(text: &str, now: Timestamp) -> Result<Timestamp, String
         })
 }
 
+/// A page's size as asked for (`?limit=`): 1 to 1000, 50 if not given.
+pub(super) fn page_limit(limit: Option<usize>) -> Result<usize, String> {
+    match limit {
+        None => Ok(50),
+        Some(n @ 1..=1000) => Ok(n),
+        Some(n) => Err(format!("{n} is not 1 to 1000")),
+    }
+}
+
 /// A run id from a path segment, or a 400.
 pub(super) fn parse_run_id(raw: &str) -> Result<RunId, ApiError> {
     raw.parse().map_err(|e: hookflow_engine::ids::InvalidId| {
@@ -275,11 +284,7 @@ async fn list_runs(
             .map(|c| c.parse::<RunId>())
             .transpose()
             .map_err(|e| bad("cursor", e.to_string()))?,
-        limit: match params.limit {
-            None => 50,
-            Some(n @ 1..=1000) => n,
-            Some(n) => return Err(bad("limit", format!("{n} is not 1 to 1000"))),
-        },
+        limit: page_limit(params.limit).map_err(|e| bad("limit", e))?,
     };
     let store = state.engine.store();
     let Some(text) = params.q.filter(|q| !q.trim().is_empty()) else {
@@ -332,7 +337,7 @@ pub(super) fn run_summary(run: &Run) -> Value {
         "id": run.id, "flow_id": run.flow_id, "revision": run.revision, "event_id": run.event_id,
         "status": run.status, "created_at": run.created_at, "finished_at": run.finished_at,
         "duration_ms": duration_ms, "reason": run.reason, "replay_of": run.replay_of,
-        "title": run.title,
+        "title": run.title, "started_by": run.started_by, "retried": run.retried(),
     })
 }
 
@@ -455,6 +460,7 @@ async fn list_quarantine(State(state): State<AppState>) -> Result<Json<Value>, A
 /// decode; 404 for an unknown id, 422 (the entry stays) while the bytes still do not decode.
 async fn reingest_quarantined(
     State(state): State<AppState>,
+    axum::Extension(actor): axum::Extension<super::audit::Actor>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let done = match state.engine.store().reingest_quarantined(&id).await {
@@ -473,6 +479,9 @@ async fn reingest_quarantined(
         Ingested::Created => ("created", None),
         Ingested::Duplicate { run_id, .. } => ("duplicate", Some(run_id)),
     };
+    let what = json!({ "id": id, "outcome": outcome, "run_id": done.run_id });
+    let action = super::audit::AuditAction::Reingest;
+    state.audit.record(&actor, action, what);
     Ok(Json(json!({
         "id": id, "outcome": outcome, "run_id": done.run_id, "event_id": done.event_id,
         "original_run_id": original,

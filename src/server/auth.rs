@@ -9,6 +9,10 @@
 //! Credentials are compared in constant time (`hooks::constant_time_eq`); failed logins are
 //! throttled per client address (`throttle`).
 //!
+//! Every request let through past the checks carries its [`Actor`] (token, session or anyone,
+//! and the client's address) for the audit record; logins are recorded, and so are wrong
+//! passwords (not the refusals of a locked-out address, which come at any rate).
+//!
 //! Always open: the catch hooks (their token, signatures and rate limits guard them), the request
 //! inspector's receiving end, `/healthz`, the UI's page and assets (the app asks to log in), and
 //! the login itself.
@@ -28,6 +32,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::audit::{Actor, AuditAction};
 use super::hooks::constant_time_eq;
 use super::throttle::LoginThrottle;
 use super::{ApiError, AppState};
@@ -139,16 +144,27 @@ impl Auth {
 }
 
 /// The middleware: lets open paths through, and the rest only with a bearer token or a session
-/// (plus its CSRF token for anything but GET and HEAD).
+/// (plus its CSRF token for anything but GET and HEAD), carrying its [`Actor`] (for the audit
+/// record).
 pub(super) async fn require(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let auth = &state.auth;
     let path = request.uri().path();
     let open = OPEN_PATHS.contains(&path) || OPEN_PREFIXES.iter().any(|p| path.starts_with(p));
-    if !auth.enabled() || open || auth.bearer_ok(request.headers()) {
+    if open {
+        return next.run(request).await;
+    }
+    let address = super::audit::address_of(&request);
+    if !auth.enabled() || auth.bearer_ok(request.headers()) {
+        let actor = if auth.enabled() {
+            Actor::token(address)
+        } else {
+            Actor::anyone(address)
+        };
+        request.extensions_mut().insert(actor);
         return next.run(request).await;
     }
     let Some(csrf) = auth.session_csrf(request.headers()) else {
@@ -173,6 +189,10 @@ pub(super) async fn require(
         )
         .into_response();
     }
+    let session = cookie(request.headers(), COOKIE).unwrap_or_default();
+    request
+        .extensions_mut()
+        .insert(Actor::session(&session, address));
     next.run(request).await
 }
 
@@ -203,8 +223,10 @@ async fn login(
         .into_response();
     };
     let ip = client.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0 .0.ip());
+    let actor = Actor::password(Some(ip));
     if let Some(wait) = auth.throttle.locked(ip) {
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        // Not audited: a locked-out address may ask at any rate (`/metrics` counts these).
         tracing::warn!(%ip, seconds, "refused a login: too many failures from this address");
         let mut answer = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -220,6 +242,8 @@ async fn login(
     if !constant_time_eq(login.password.as_bytes(), password.as_bytes()) {
         auth.throttle.failed(ip);
         tracing::warn!(%ip, "refused a login: wrong password");
+        let why = json!({ "reason": "invalid_credentials" });
+        state.audit.record(&actor, AuditAction::LoginFailed, why);
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",
@@ -229,6 +253,12 @@ async fn login(
     }
     auth.throttle.succeeded(ip);
     let (id, csrf) = (random_token(), random_token());
+    let session = Actor::session(&id, Some(ip));
+    state.audit.record(
+        &actor,
+        AuditAction::Login,
+        json!({ "session": session.who() }),
+    );
     auth.sessions().insert(
         id.clone(),
         Session {
@@ -248,10 +278,15 @@ async fn login(
         .into_response()
 }
 
-async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn logout(
+    State(state): State<AppState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    headers: HeaderMap,
+) -> Response {
     if let Some(id) = cookie(&headers, COOKIE) {
         state.auth.sessions().remove(&id);
     }
+    state.audit.record(&actor, AuditAction::Logout, json!({}));
     let expired = format!("{COOKIE}=; {}; Max-Age=0", state.auth.cookie_attributes());
     (
         [(header::SET_COOKIE, expired)],

@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::extract::{Path as UrlPath, State};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use hookflow_engine::flow::Flow;
 use hookflow_engine::ids::FlowId;
 use hookflow_engine::secrets::REDACTED;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::audit::{Actor, AuditAction};
 use super::{ApiError, AppState};
 
 /// The most events one capture keeps.
@@ -139,6 +140,7 @@ fn one() -> usize {
 
 async fn arm(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     UrlPath(flow_id): UrlPath<String>,
     Json(request): Json<ArmRequest>,
 ) -> Result<Json<Value>, ApiError> {
@@ -156,6 +158,8 @@ async fn arm(
             ..Capture::default()
         },
     );
+    let what = json!({ "flow": flow.id, "count": request.count });
+    state.audit.record(&actor, AuditAction::Capture, what);
     Ok(Json(capture_json(&state, &flow)))
 }
 

@@ -3,7 +3,8 @@
 //! (a histogram by flow and kind), retries scheduled, commits refused for a lost lease, steps that
 //! panicked, outbound requests refused, client connections (open, refused, timed out), logins
 //! failed and throttled, this node's id, queue depth, store size and quarantined events (counted
-//! at most once a second), and failure alerts (open, sent, not delivered).
+//! at most once a second), failure alerts (open, sent, not delivered), and audit record and hook
+//! log entries (written, dropped, failed).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -80,6 +81,25 @@ async fn metrics(
         for (flow, _, what, n) in counts.iter().filter(|c| c.1 == kind) {
             let _ = writeln!(out, "{name}{{flow=\"{flow}\",{label}=\"{what}\"}} {n}");
         }
+    }
+
+    let writes = state.log_writer.writes();
+    describe(
+        &mut out,
+        "hookflow_log_entries_total",
+        "counter",
+        "Audit record and hook log entries, by what became of them: written to the store, dropped (too many waiting) or failed (the store refused them; logged).",
+    );
+    for (outcome, n) in [
+        ("written", &writes.written),
+        ("dropped", &writes.dropped),
+        ("failed", &writes.failed),
+    ] {
+        let n = n.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "hookflow_log_entries_total{{outcome=\"{outcome}\"}} {n}"
+        );
     }
 
     let engine = state.engine.metrics().snapshot();

@@ -5,12 +5,14 @@
 //! leaked.
 
 mod api;
+mod audit;
 mod auth;
 mod capture;
 mod connections;
 mod hook_log;
 mod hooks;
 mod inspector;
+mod log_writer;
 mod metrics;
 mod openapi;
 mod preview;
@@ -31,11 +33,13 @@ use hookflow_engine::runtime::Engine;
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
+pub use audit::AuditRecord;
 pub use auth::{Auth, MIN_PASSWORD_CHARS};
 pub use capture::Captures;
 pub use connections::{serve, ConnectionStats, Limits};
 pub use hook_log::HookLog;
 pub use inspector::Inspector;
+pub use log_writer::LogWriter;
 pub use rate_limit::HookLimits;
 
 /// What every handler shares.
@@ -51,6 +55,10 @@ pub struct AppState {
     pub inspector: Inspector,
     /// Recent catch-hook requests per flow, and their counters.
     pub hook_log: HookLog,
+    /// Who did what.
+    pub audit: AuditRecord,
+    /// Writes the hook logs and the audit record to the store.
+    pub log_writer: LogWriter,
     /// Armed sample captures.
     pub captures: Captures,
     /// The flow files' problems as last loaded.
@@ -72,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .merge(repair::router())
         .merge(inspector::router())
         .merge(hook_log::router())
+        .merge(audit::router())
         .merge(capture::router())
         .merge(preview::router())
         .merge(trigger::router())

@@ -12,13 +12,14 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
+use super::audit::AuditAction;
 use super::auth::Login;
 use super::capture::ArmRequest;
 use super::preview::PreviewRequest;
 use super::repair::{BulkBody, ReplayBody};
 use super::trigger::StartRequest;
 use super::{AppState, Auth};
-use hookflow_engine::ids::{FlowId, RunId};
+use hookflow_engine::ids::{FlowId, LogEntryId, RunId};
 
 /// A body's schema, from the type the handler reads.
 type BodySchema = fn(&mut SchemaGenerator) -> Schema;
@@ -110,6 +111,19 @@ const RUN_FILTERS: &[(&str, &str)] = &[
     ),
 ];
 
+const AUDIT_FILTERS: &[(&str, &str)] = &[
+    ("action", "only entries of this action"),
+    (
+        "since",
+        "only entries since: RFC 3339, or a duration ago (`2h`)",
+    ),
+    ("limit", "how many entries (1 to 1000, default 50)"),
+    (
+        "before",
+        "go on after this entry (`next_cursor` of the previous page)",
+    ),
+];
+
 /// Every route the server registers.
 const OPERATIONS: &[Operation] = &[
     Operation { open: true, ..op("post", "/hooks/catch/{flow_id}/{token}", "hooks", "Send an event to a flow's catch hook; JSON, form or text bodies") },
@@ -119,7 +133,7 @@ const OPERATIONS: &[Operation] = &[
     op("get", "/api/v1/flows", "flows", "The deployed flows with catch URLs, last-day activity, and the flow files' problems"),
     Operation { query: &[("revision", "a kept revision instead of the current one")], ..op("get", "/api/v1/flows/{flow_id}", "flows", "One flow, with its source") },
     op("get", "/api/v1/flows/{flow_id}/revisions", "flows", "The flow's revisions as deployed, newest first"),
-    op("get", "/api/v1/flows/{flow_id}/hooks", "flows", "The flow's catch-hook log: recent requests and what became of them"),
+    op("get", "/api/v1/flows/{flow_id}/hooks", "flows", "The flow's catch-hook log: recent requests and what became of them (those that started no run are kept in the store)"),
     Operation { body: Some(schema::<ArmRequest>), ..op("post", "/api/v1/flows/{flow_id}/capture", "authoring", "Keep the next events sent to the flow as samples") },
     op("get", "/api/v1/flows/{flow_id}/capture", "authoring", "How a capture stands"),
     op("get", "/api/v1/flows/{flow_id}/samples", "authoring", "The flow's samples"),
@@ -135,6 +149,7 @@ const OPERATIONS: &[Operation] = &[
     Operation { body: Some(schema::<BulkBody>), ..op("post", "/api/v1/runs/replay", "runs", "Replay every run of a flow matching a status and window (or count them)") },
     Operation { open: true, body: Some(schema::<Login>), ..op("post", "/api/v1/login", "access", "Log in with the admin password: a session cookie and a CSRF token") },
     op("post", "/api/v1/logout", "access", "End the session"),
+    Operation { query: AUDIT_FILTERS, ..op("get", "/api/v1/audit", "access", "The audit record: who did what (logins, retries, replays, manual runs, captures), from which address and when; newest first, cursor-paged") },
     Operation { open: true, ..op("get", "/api/v1/session", "access", "Whether a login is required, and the session's CSRF token") },
     op("get", "/api/v1/quarantine", "operations", "Accepted events the store set aside as damaged or undecodable (the quarantine)"),
     op("post", "/api/v1/quarantine/{id}/reingest", "operations", "Ingest a quarantined record again once its bytes decode; the entry is then removed (404: no such entry, 422: still undecodable)"),
@@ -193,6 +208,8 @@ fn query_schema(name: &str) -> Value {
         "since" | "until" => json!({ "type": "string", "pattern": TIME_PATTERN }),
         "flow" => json!({ "type": "string", "pattern": FlowId::PATTERN }),
         "cursor" => json!({ "type": "string", "pattern": RunId::PATTERN }),
+        "before" => json!({ "type": "string", "pattern": LogEntryId::PATTERN }),
+        "action" => json!({ "type": "string", "enum": AuditAction::names() }),
         _ => json!({ "type": "string" }),
     }
 }

@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use hookflow_engine::ids::{FlowId, RunId};
 use hookflow_engine::model::{RunStatus, Timestamp};
 use hookflow_engine::runtime::{Bulk, ReplayRevision, RunSelection};
@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::api::{parse_run_id, parse_time, run_summary};
+use super::audit::{Actor, AuditAction};
 use super::{ApiError, AppState};
 
 pub(super) fn router() -> Router<AppState> {
@@ -44,9 +45,12 @@ fn revision(raw: Option<&str>) -> Result<ReplayRevision, ApiError> {
 
 async fn retry_one(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(run_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let run = state.engine.retry_run(parse_run_id(&run_id)?).await?;
+    let what = json!({ "run_id": run.id, "flow": run.flow_id });
+    state.audit.record(&actor, AuditAction::Retry, what);
     Ok(Json(run_summary(&run)))
 }
 
@@ -60,15 +64,18 @@ pub(super) struct ReplayBody {
 
 async fn replay_one(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(run_id): Path<String>,
     bytes: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let run_id = parse_run_id(&run_id)?;
     let request: ReplayBody = body(&bytes)?;
-    let accepted = state
-        .engine
-        .replay_run(run_id, revision(request.revision.as_deref())?)
-        .await?;
+    let revision = revision(request.revision.as_deref())?;
+    let accepted = state.engine.replay_run(run_id, revision).await?;
+    let what = json!({
+        "run_id": run_id, "new_run_id": accepted.run_id, "revision": revision.to_string(),
+    });
+    state.audit.record(&actor, AuditAction::Replay, what);
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -148,7 +155,20 @@ async fn count(state: &AppState, selection: &RunSelection) -> Result<Json<Value>
     Ok(Json(json!({ "matched": ids.len(), "dry_run": true })))
 }
 
-async fn retry_many(State(state): State<AppState>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
+/// What a bulk action did, for the audit record.
+fn bulk_audit(selection: &RunSelection, bulk: &Bulk) -> Value {
+    json!({
+        "flow": selection.flow_id, "status": selection.status, "since": selection.since,
+        "until": selection.until, "matched": bulk.matched, "started": bulk.started.len(),
+        "failed": bulk.failed.len(),
+    })
+}
+
+async fn retry_many(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let request: BulkBody = body(&bytes)?;
     if request.revision.is_some() {
         return Err(ApiError::bad_request(
@@ -163,17 +183,26 @@ async fn retry_many(State(state): State<AppState>, bytes: Bytes) -> Result<Json<
     if request.dry_run {
         return count(&state, &selection).await;
     }
-    Ok(Json(bulk_json(&state.engine.retry_runs(&selection).await?)))
+    let bulk = state.engine.retry_runs(&selection).await?;
+    let what = bulk_audit(&selection, &bulk);
+    state.audit.record(&actor, AuditAction::RetryBulk, what);
+    Ok(Json(bulk_json(&bulk)))
 }
 
-async fn replay_many(State(state): State<AppState>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
+async fn replay_many(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let request: BulkBody = body(&bytes)?;
     let selection = request.selection()?;
     let revision = revision(request.revision.as_deref())?;
     if request.dry_run {
         return count(&state, &selection).await;
     }
-    Ok(Json(bulk_json(
-        &state.engine.replay_runs(&selection, revision).await?,
-    )))
+    let bulk = state.engine.replay_runs(&selection, revision).await?;
+    let mut what = bulk_audit(&selection, &bulk);
+    what["revision"] = json!(revision.to_string());
+    state.audit.record(&actor, AuditAction::ReplayBulk, what);
+    Ok(Json(bulk_json(&bulk)))
 }

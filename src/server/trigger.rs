@@ -6,10 +6,11 @@
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::audit::{Actor, AuditAction};
 use super::{ApiError, AppState};
 
 pub(super) fn router() -> Router<AppState> {
@@ -36,6 +37,7 @@ pub(super) struct StartRequest {
 
 async fn start(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     UrlPath(flow_id): UrlPath<String>,
     Json(request): Json<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -46,6 +48,7 @@ async fn start(
             format!("{e}: give `body` (and `headers`, `query`) or `sample`"),
         )
     })?;
+    let sample = request.sample.clone();
     let trigger = match (request.sample, request.body) {
         (Some(name), None) => super::preview::sample_trigger(&flow, &name)?,
         (None, Some(body)) => crate::samples::trigger(&json!({
@@ -66,6 +69,8 @@ async fn start(
         .start_manual(&flow, trigger)
         .await
         .map_err(|e| ApiError::unavailable(&e))?;
+    let what = json!({ "flow": flow.id, "run_id": accepted.run_id, "sample": sample });
+    state.audit.record(&actor, AuditAction::Trigger, what);
     Ok((
         StatusCode::CREATED,
         Json(

@@ -337,13 +337,17 @@ async fn migrate_shows_and_applies_the_schema_and_a_node_refuses_a_newer_one() {
     assert!(ok, "{text}");
     assert!(text.contains("schema version 0"), "{text}");
     assert!(text.contains("would apply 1: initial tables"), "{text}");
+    assert!(
+        text.contains("would apply 3: audit record and hook logs"),
+        "{text}"
+    );
     let (ok, text) = migrate(&["--dry-run"]);
     assert!(
         ok && text.contains("schema version 0"),
         "a dry run changes nothing: {text}"
     );
     let (ok, text) = migrate(&[]);
-    assert!(ok && text.contains("applied 1 migration(s)"), "{text}");
+    assert!(ok && text.contains("applied 2 migration(s)"), "{text}");
     let (ok, text) = migrate(&[]);
     assert!(ok && text.contains("nothing to apply"), "{text}");
 
@@ -368,6 +372,72 @@ async fn migrate_shows_and_applies_the_schema_and_a_node_refuses_a_newer_one() {
     let stderr = String::from_utf8_lossy(&serve.stderr);
     assert!(!serve.status.success(), "serve started on a newer schema");
     assert!(stderr.contains("schema is at version 999"), "{stderr}");
+}
+
+/// The stored logs are shared: a delivery node `a` refused shows in node `b`'s hook log, and what
+/// a person did on `a` in `b`'s audit record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_node_sees_every_nodes_hook_log_and_audit_record() {
+    let url = hookflow_testpg::shared()
+        .fresh_database()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = short_lease_config();
+    let signed = "id: signed\ntrigger:\n  webhook:\n    verify: { provider: github, secret: s3cret }\nsteps:\n  - { id: shape, map: { x: 1 } }\n";
+    let flows = [("signed.yaml", signed)];
+    let a = node("node-a", &url, &config, &flows);
+    let b = node("node-b", &url, &config, &flows);
+    let (status, _) = a.send("signed", &json!({ "id": 1 })).await;
+    assert_eq!(status, 401);
+    let (status, _) = a
+        .post("/api/v1/flows/signed/runs", &json!({ "body": {} }))
+        .await;
+    assert_eq!(status, 201);
+    eventually("node b to list node a's refused delivery", || async {
+        let (_, log) = b.get("/api/v1/flows/signed/hooks").await;
+        (log["requests"][0]["reason"] == "invalid_signature").then_some(())
+    })
+    .await;
+    eventually("node b to list node a's manual run", || async {
+        let (_, audit) = b.get("/api/v1/audit?action=trigger").await;
+        (audit["entries"][0]["flow"] == "signed").then_some(())
+    })
+    .await;
+}
+
+/// A store that refuses log entries (here: their table is gone) fails no action: the manual run
+/// and the replay are answered as usual, and the lost entries are logged and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_audit_write_never_fails_the_action() {
+    let url = hookflow_testpg::shared()
+        .fresh_database()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = short_lease_config();
+    let flow = "id: leads\ntrigger: { manual: }\nsteps:\n  - { id: shape, map: { x: 1 } }\n";
+    let a = node("node-a", &url, &config, &[("leads.yaml", flow)]);
+    let dropped = hookflow_testpg::shared()
+        .psql(&url)
+        .args(["-c", "DROP TABLE hookflow.logs"])
+        .output()
+        .unwrap();
+    assert!(dropped.status.success(), "{dropped:?}");
+
+    let (status, started) = a
+        .post("/api/v1/flows/leads/runs", &json!({ "body": {} }))
+        .await;
+    assert_eq!(status, 201, "{started}");
+    let run_id = started["run_id"].as_str().unwrap();
+    assert_eq!(a.finished_run(run_id).await["status"], "succeeded");
+    let (status, replayed) = a
+        .post(&format!("/api/v1/runs/{run_id}/replay"), &json!({}))
+        .await;
+    assert_eq!(status, 201, "{replayed}");
+    eventually("the lost audit entries to be counted", || async {
+        let metrics = a.metrics().await;
+        metrics
+            .contains("hookflow_log_entries_total{outcome=\"failed\"} 2")
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,6 +4,7 @@
 
 mod access;
 mod alerts;
+mod audit;
 mod authoring;
 mod bench;
 mod browser;

@@ -294,6 +294,7 @@ steps:
     browser
         .text_of("[data-step=deliver] tr[data-attempt='2']", "manual retry")
         .await;
+    browser.text_of("#run-started-by", "webhook, retried").await;
     // The step graph, coloured by the run's statuses.
     let node = browser
         .find("#run-graph g.node.succeeded[data-node='deliver']")
@@ -338,6 +339,7 @@ steps:
     let new_id = replayed.fragment().unwrap().trim_start_matches("/runs/");
     let (_, new_run) = server.get(&format!("/api/v1/runs/{new_id}")).await;
     assert_eq!(new_run["replay_of"], run_id.as_str());
+    browser.text_of("#run-started-by", "replay").await;
 
     // Filter by status.
     let (_, small) = server

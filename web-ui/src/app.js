@@ -677,7 +677,7 @@ function renderRun(run) {
     <p class="row"><span class="${esc(run.status)}" id="run-state"><strong>${esc(run.status)}</strong></span>
       <span class="muted">flow <a href="#/flows/${esc(run.flow_id)}">${esc(run.flow_id)}</a> · revision
       <a id="run-revision" href="#/flows/${encodeURIComponent(run.flow_id)}/revisions?from=${encodeURIComponent(run.revision)}">${esc(run.revision)}</a>
-      · created ${when(run.created_at)}${run.duration_ms != null ? ` · took <span id="run-took">${human(run.duration_ms)}</span>` : ""}</span></p>
+      · created ${when(run.created_at)}${run.started_by ? ` by <span id="run-started-by">${esc(run.started_by)}${run.retried ? ", retried" : ""}</span>` : ""}${run.duration_ms != null ? ` · took <span id="run-took">${human(run.duration_ms)}</span>` : ""}</span></p>
     ${run.reason ? `<p class="${esc(run.status)}" id="run-reason">${inWords(run.reason)}</p>` : ""}
     ${run.replay_of ? `<p>Replay of <a href="#/runs/${esc(run.replay_of)}"><code>${esc(run.replay_of)}</code></a></p>` : ""}
     <div class="row">

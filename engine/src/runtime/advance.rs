@@ -81,6 +81,7 @@ pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun
         reason: None,
         title: title(flow, &event.trigger),
         replay_of: None,
+        started_by: None,
         failure: None,
     };
     let items = queue_ready(flow, &mut run, now);

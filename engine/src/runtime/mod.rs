@@ -40,7 +40,9 @@ use self::catalog::Catalog;
 use self::context::{add_resume_urls, idempotency_key, run_context, take_trigger};
 use crate::flow::Flow;
 use crate::ids::{EventId, FlowId, RunId, StepId};
-use crate::model::{Event, QueueItem, Run, RunStatus, StepRecord, StepStatus, Timestamp};
+use crate::model::{
+    Event, QueueItem, Run, RunStatus, StartedBy, StepRecord, StepStatus, Timestamp,
+};
 use crate::outbound::HttpClient;
 use crate::pacing::Pacer;
 use crate::secrets::Secrets;
@@ -304,7 +306,7 @@ impl SubFlows for EngineFlows {
             expires_at: engine.now().plus(PROVIDER_DEDUPE_WINDOW),
         };
         let accepted = engine
-            .store_event(&flow, trigger, Some(key))
+            .store_event(&flow, trigger, Some(key), StartedBy::Flow)
             .await
             .map_err(|e| StepError::transient(format!("could not start the sub-flow: {e}")))?;
         Ok(accepted.run_id)
@@ -490,13 +492,15 @@ impl Engine {
     /// the original's ids.
     pub async fn ingest(&self, flow: &Flow, trigger: Value) -> Result<Accepted> {
         let dedupe = dedupe_key(flow, &trigger, self.now());
-        self.store_event(flow, trigger, dedupe).await
+        self.store_event(flow, trigger, dedupe, StartedBy::Webhook)
+            .await
     }
 
     /// Starts a run that a person asked for (`hookflow trigger`, the API, the UI), durably. It is
     /// never a duplicate: the flow's dedupe rule is for senders' repeated deliveries.
     pub async fn start_manual(&self, flow: &Flow, trigger: Value) -> Result<Accepted> {
-        self.store_event(flow, trigger, None).await
+        self.store_event(flow, trigger, None, StartedBy::Manual)
+            .await
     }
 
     async fn store_event(
@@ -504,6 +508,7 @@ impl Engine {
         flow: &Flow,
         trigger: Value,
         dedupe: Option<DedupeKey>,
+        started_by: StartedBy,
     ) -> Result<Accepted> {
         let now = self.now();
         let event = Event {
@@ -515,6 +520,7 @@ impl Engine {
         let (event_id, run_id) = (event.id, RunId::new());
         let mut new_run = advance::start(flow, event, run_id, now);
         new_run.dedupe = dedupe;
+        new_run.run.started_by = Some(started_by);
         let accepted = match self.store.ingest(new_run).await? {
             Ingested::Created => {
                 debug!(flow = %flow.id, %run_id, "event accepted");

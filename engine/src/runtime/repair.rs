@@ -8,7 +8,7 @@ use tracing::info;
 
 use super::{advance, Accepted, Engine};
 use crate::ids::{EventId, FlowId, RunId};
-use crate::model::{Event, Run, RunStatus, Timestamp};
+use crate::model::{Event, Run, RunStatus, StartedBy, Timestamp};
 use crate::store::RunQuery;
 use crate::{Error, Result};
 
@@ -132,6 +132,7 @@ impl Engine {
         };
         let mut new_run = advance::start(&flow, copy, accepted.run_id, now);
         new_run.run.replay_of = Some(run_id);
+        new_run.run.started_by = Some(StartedBy::Replay);
         store.ingest(new_run).await?;
         info!(%run_id, new_run_id = %accepted.run_id, %revision, revision_id = %flow.revision, "run replayed");
         self.wake.notify_one();

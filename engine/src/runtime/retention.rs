@@ -1,6 +1,7 @@
 //! Retention: finished runs are deleted in the background once they are older than the flow's
 //! `max_age` or beyond its newest `max_runs`, with their events and step records; expired dedupe
-//! keys are forgotten. Deletion goes in small batches, so ingest never waits long behind it.
+//! keys are forgotten; the audit record and the hook logs are kept within their own age and count.
+//! Deletion goes in small batches, so ingest never waits long behind it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use tracing::{info, warn};
 
 use super::Engine;
 use crate::model::Timestamp;
+use crate::store::{LogKind, PruneLogs};
 use crate::Result;
 
 /// How many runs (or keys) one store call deletes before the sweeper yields.
@@ -23,6 +25,12 @@ pub struct RetentionConfig {
     pub max_runs: usize,
     /// How often the sweeper runs.
     pub every: Duration,
+    /// Audit record and hook log entries older than this are deleted.
+    pub log_max_age: Duration,
+    /// At most this many audit record entries are kept (the newest).
+    pub audit_max_entries: usize,
+    /// At most this many hook log entries are kept per flow (the newest).
+    pub hook_log_max_entries: usize,
 }
 
 impl Default for RetentionConfig {
@@ -31,6 +39,9 @@ impl Default for RetentionConfig {
             max_age: Duration::from_secs(14 * 24 * 3600),
             max_runs: 10_000,
             every: Duration::from_secs(60),
+            log_max_age: Duration::from_secs(90 * 24 * 3600),
+            audit_max_entries: 100_000,
+            hook_log_max_entries: 1_000,
         }
     }
 }
@@ -42,6 +53,8 @@ pub struct Swept {
     pub runs: usize,
     /// Expired dedupe keys forgotten.
     pub dedupe_keys: usize,
+    /// Audit record and hook log entries deleted.
+    pub log_entries: usize,
 }
 
 /// Sweeps every `every` until the task is aborted.
@@ -55,6 +68,7 @@ pub(super) async fn sweep_forever(engine: Arc<Engine>) {
                 info!(
                     runs = swept.runs,
                     dedupe_keys = swept.dedupe_keys,
+                    log_entries = swept.log_entries,
                     "retention: pruned history"
                 )
             }
@@ -96,6 +110,97 @@ impl Engine {
             }
             tokio::task::yield_now().await;
         }
+        let logs_older_than = Timestamp(
+            now.millis()
+                .saturating_sub(defaults.log_max_age.as_millis() as i64),
+        );
+        for (kind, keep) in [
+            (LogKind::Audit, defaults.audit_max_entries),
+            (LogKind::Hooks, defaults.hook_log_max_entries),
+        ] {
+            loop {
+                let prune = PruneLogs {
+                    kind,
+                    older_than: logs_older_than,
+                    keep,
+                    max: BATCH,
+                };
+                let n = store.prune_logs(&prune).await?;
+                swept.log_entries += n;
+                if n < BATCH {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
         Ok(swept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::RetentionConfig;
+    use crate::model::Timestamp;
+    use crate::outbound::{HttpClient, OutboundPolicy};
+    use crate::runtime::catalog::Catalog;
+    use crate::runtime::{Engine, EngineConfig};
+    use crate::steps::Registry;
+    use crate::store::sled::SledStore;
+    use crate::store::{LogEntry, LogName, LogQuery, Store};
+
+    const DAY: i64 = 24 * 3600 * 1000;
+
+    #[tokio::test]
+    async fn a_sweep_keeps_the_logs_within_their_age_and_count() {
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+        let config = EngineConfig {
+            retention: RetentionConfig {
+                log_max_age: Duration::from_secs(10 * 24 * 3600),
+                audit_max_entries: 3,
+                hook_log_max_entries: 2,
+                ..RetentionConfig::default()
+            },
+            ..EngineConfig::default()
+        };
+        let http = HttpClient::new(OutboundPolicy::default()).unwrap();
+        let engine = Engine::new(
+            store.clone(),
+            Catalog::new(Registry::builtin()),
+            http,
+            config,
+        );
+        let now = Timestamp(100 * DAY);
+        // Day 80 is too old; days 95..=99 are young, but only the newest 3 (audit) or 2 (hooks) stay.
+        let entries: Vec<LogEntry> = [80, 95, 96, 97, 98, 99]
+            .into_iter()
+            .map(|day| LogEntry::new(Timestamp(day * DAY), "x", json!({ "day": day })))
+            .collect();
+        let hooks = LogName::Hooks("orders".parse().unwrap());
+        store.append_log(&LogName::Audit, &entries).await.unwrap();
+        store.append_log(&hooks, &entries).await.unwrap();
+
+        let swept = engine.sweep(now).await.unwrap();
+        assert_eq!(swept.log_entries, 3 + 4);
+        let days = |log: LogName| {
+            let store = store.clone();
+            async move {
+                let query = LogQuery {
+                    limit: 10,
+                    ..LogQuery::default()
+                };
+                let page = store.read_log(&log, &query).await.unwrap();
+                page.entries
+                    .iter()
+                    .map(|e| e.detail["day"].as_i64().unwrap())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(days(LogName::Audit).await, [99, 98, 97]);
+        assert_eq!(days(hooks).await, [99, 98]);
     }
 }

@@ -23,7 +23,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use super::{AbortOnDrop, Engine};
 use crate::flow::{Flow, Trigger};
 use crate::ids::FlowId;
-use crate::model::Timestamp;
+use crate::model::{StartedBy, Timestamp};
 use crate::schedule::{Missed, Schedule};
 use crate::store::DedupeKey;
 use crate::Result;
@@ -255,7 +255,9 @@ async fn fire(
         key: format!("schedule:{}", tick.millis()),
         expires_at: now.plus(TICK_KEY_WINDOW),
     };
-    let accepted = engine.store_event(flow, trigger, Some(key)).await?;
+    let accepted = engine
+        .store_event(flow, trigger, Some(key), StartedBy::Schedule)
+        .await?;
     *claimed = None;
     if accepted.duplicate {
         info!(run_id = %accepted.run_id, "tick already fired");

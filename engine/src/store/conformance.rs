@@ -98,6 +98,10 @@ pub(crate) type Open<'a> = &'a (dyn Fn() -> Arc<dyn Store> + Send + Sync);
 mod coordination;
 pub(crate) use self::coordination::*;
 
+/// The checks of the audit record and hook logs.
+mod logs;
+pub(crate) use self::logs::*;
+
 /// A lease end later than any time a check uses.
 pub(crate) const FAR_FUTURE: Timestamp = Timestamp(i64::MAX / 2);
 
@@ -170,6 +174,7 @@ pub(crate) fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun 
         ],
         reason: None,
         replay_of: None,
+        started_by: None,
         failure: None,
         title: None,
     };
@@ -1687,6 +1692,8 @@ macro_rules! conformance_suite {
             pacing_admits_at_most_max_per_window,
             pacing_honours_blocked_until,
             one_caller_claims_each_tick,
+            logs_read_newest_first_in_pages_and_filter,
+            logs_are_pruned_by_age_and_count,
         );
         $crate::store::conformance::conformance_suite!(@reopen $backend;
             state_is_kept_across_reopen,
@@ -1694,6 +1701,7 @@ macro_rules! conformance_suite {
             everything_survives_reopen,
             pacing_waits_survive_reopen,
             claimed_ticks_survive_reopen,
+            logs_survive_reopen,
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,12 +33,16 @@
 //!   duplicate, and only once the original is durable. (sled holds the keys of runs still in its
 //!   inbox in memory and writes them to its `dedupe` tree with their runs.)
 //! - Pruning removes only final runs, each together with its event and step records.
+//! - The logs beside runs (the audit record, each flow's hook log: `logs.rs`) are appended to
+//!   durably, read newest first, and pruned by age and count; every node sharing a backend reads
+//!   every node's entries.
 //! - A stored record that cannot be read is reported as [`StoreError::Corrupt`]; an acknowledged
 //!   event's record that cannot be read is quarantined, never silently skipped.
 
 mod clock;
 pub(crate) mod coordination;
 mod inbox;
+mod logs;
 mod packed;
 pub mod postgres;
 mod quarantine;
@@ -56,6 +60,7 @@ pub use self::coordination::{LaneEntry, LaneKey, WAIT_TURN};
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, RunStatus, StepRecord, Timestamp};
 
+pub use self::logs::{LogEntry, LogKind, LogName, LogPage, LogQuery, PruneLogs, MAX_LOG_PAGE};
 pub use self::quarantine::{QuarantineKind, Quarantined};
 
 /// The error a backend's own failure carries.
@@ -586,6 +591,15 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::NotQuarantined`] for an unknown id, and with [`StoreError::StillUnreadable`]
     /// (the entry stays) when the bytes still do not decode.
     async fn reingest_quarantined(&self, id: &str) -> Result<Reingested>;
+
+    /// Appends entries to a log, durably before it returns (see `logs.rs`).
+    async fn append_log(&self, log: &LogName, entries: &[LogEntry]) -> Result<()>;
+
+    /// A log's entries matching a query, newest first.
+    async fn read_log(&self, log: &LogName, query: &LogQuery) -> Result<LogPage>;
+
+    /// Deletes what `prune` says (see [`PruneLogs`]); returns how many entries were deleted.
+    async fn prune_logs(&self, prune: &PruneLogs) -> Result<usize>;
 }
 
 /// What [`Store::reingest_quarantined`] did.

@@ -29,6 +29,8 @@
 //!   keeps in memory, changed under a row lock; schedule ticks are a conditional upsert.
 //! - *Notices*: NOTIFY in the writing transaction, LISTEN on one connection per node
 //!   (`listen.rs`).
+//! - *Logs* (the audit record, hook logs): rows of `hookflow.logs`, appended through the durable
+//!   pool (`logs.rs`).
 //! - *Quarantine*: a queue item whose record this version cannot decode is parked (leased to
 //!   [`QUARANTINE_OWNER`] for ever), never deleted, and listed by `quarantined`; once readable
 //!   (after an upgrade) `reingest_quarantined` puts it back in the queue.
@@ -47,6 +49,7 @@
 mod claim;
 mod ingest;
 mod listen;
+mod logs;
 mod parked;
 mod rows;
 pub mod schema;
@@ -72,8 +75,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::coordination::{Allowance, LaneEntry, LaneKey};
 use super::{
-    ClaimRequest, Claimed, Committed, Decide, Ingested, Lease, LeaseToken, NewRun, NodeId, Notices,
-    Quarantined, Reingested, Result, RunNotice, RunPage, RunQuery, Store, StoreError, StoreStats,
+    ClaimRequest, Claimed, Committed, Decide, Ingested, Lease, LeaseToken, LogEntry, LogName,
+    LogPage, LogQuery, NewRun, NodeId, Notices, PruneLogs, Quarantined, Reingested, Result,
+    RunNotice, RunPage, RunQuery, Store, StoreError, StoreStats,
 };
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
@@ -939,6 +943,18 @@ impl Store for PgStore {
 
     async fn quarantined(&self) -> Result<Vec<Quarantined>> {
         self.parked().await
+    }
+
+    async fn append_log(&self, log: &LogName, entries: &[LogEntry]) -> Result<()> {
+        self.append_entries(log, entries).await
+    }
+
+    async fn read_log(&self, log: &LogName, query: &LogQuery) -> Result<LogPage> {
+        self.read_entries(log, query).await
+    }
+
+    async fn prune_logs(&self, prune: &PruneLogs) -> Result<usize> {
+        self.prune_entries(prune).await
     }
 
     async fn reingest_quarantined(&self, id: &str) -> Result<Reingested> {

@@ -10,7 +10,7 @@ use ::sled::Tree;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{EventId, FlowId, ItemId, RunId, StepId};
+use crate::ids::{EventId, FlowId, ItemId, LogEntryId, RunId, StepId};
 use crate::model::{QueueItem, Timestamp};
 use crate::store::packed;
 use crate::store::{Result, StoreError};
@@ -32,6 +32,8 @@ pub(super) enum TreeName {
     Dedupe,
     DedupeExpiry,
     State,
+    AuditLog,
+    HookLog,
 }
 
 impl TreeName {
@@ -49,6 +51,8 @@ impl TreeName {
             Self::Dedupe => "dedupe",
             Self::DedupeExpiry => "dedupe_expiry",
             Self::State => "state",
+            Self::AuditLog => "audit_log",
+            Self::HookLog => "hook_log",
         }
     }
 
@@ -214,6 +218,10 @@ pub(super) fn describe_key(tree: TreeName, key: &[u8]) -> String {
     let described = match tree {
         TreeName::Events => id16(key).map(|b| EventId::from_bytes(b).to_string()),
         TreeName::Runs => id16(key).map(|b| RunId::from_bytes(b).to_string()),
+        TreeName::AuditLog => id16(key).map(|b| LogEntryId::from_bytes(b).to_string()),
+        TreeName::HookLog => split_flow(key).and_then(|(flow, rest)| {
+            id16(&rest).map(|b| format!("{flow} {}", LogEntryId::from_bytes(b)))
+        }),
         TreeName::Leases => id16(key).map(|b| ItemId::from_bytes(b).to_string()),
         TreeName::StepRecords => (key.len() > 16).then(|| {
             let run = id16(&key[..16]).map(RunId::from_bytes).unwrap_or_default();

@@ -5,8 +5,8 @@
 //! from the inbox), `fresh` (new runs claimed from memory and written with their first update),
 //! `update` (run updates, written in shared transactions), `hints` (where claims start scanning),
 //! `pending_keys` (dedupe keys of runs still in the inbox), `group_commit` (acknowledgments sharing
-//! one fsync), `reingest` (quarantined inbox records ingested again), and `../inbox.rs` (the
-//! fsynced log new runs are appended to).
+//! one fsync), `reingest` (quarantined inbox records ingested again), `logs` (the audit record and
+//! the hook logs), and `../inbox.rs` (the fsynced log new runs are appended to).
 //!
 //! # The engine on one page
 //!
@@ -284,9 +284,9 @@ use tokio::sync::watch;
 use super::coordination::{Coordination, LaneEntry, LaneKey};
 use super::inbox::Inbox;
 use super::{
-    ClaimRequest, Claimed, Committed, Decide, FlowLimits, Ingested, Lease, LeaseToken, NewRun,
-    NodeId, Notices, Quarantined, Reingested, Result, RunNotice, RunPage, RunQuery, Store,
-    StoreError,
+    ClaimRequest, Claimed, Committed, Decide, FlowLimits, Ingested, Lease, LeaseToken, LogEntry,
+    LogName, LogPage, LogQuery, NewRun, NodeId, Notices, PruneLogs, Quarantined, Reingested,
+    Result, RunNotice, RunPage, RunQuery, Store, StoreError,
 };
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
@@ -295,6 +295,7 @@ mod fresh;
 mod group_commit;
 mod hints;
 mod layout;
+mod logs;
 mod new_runs;
 mod pending_keys;
 mod reingest;
@@ -312,6 +313,7 @@ use self::layout::{
     abort, backend, corrupt, decode, describe_key, distinct_flows, due_bytes, encode, flow_key,
     id16, prefix_end, queue_key, tx_error, DedupeEntry, Lease as StoredLease, TreeName, TxResult,
 };
+use self::logs::Logs;
 use self::new_runs::{EncodedRun, NewRunTrees, Promoter};
 use self::pending_keys::{PendingKey, Settling, MAX_PENDING};
 use self::update::{Batched, PendingUpdate, Prepared, UpdateBatches, Writing};
@@ -405,6 +407,8 @@ pub struct SledStore {
     notices: Notices,
     /// Lanes and pacing windows, in memory (one process); pacing waits are also kept in `state`.
     coordination: Coordination,
+    /// The audit record and the hook logs.
+    logs: Logs,
 }
 
 /// The queue items leased to this process's workers, kept in memory: a sled database is open in
@@ -686,6 +690,7 @@ impl SledStore {
             batches: UpdateBatches::default(),
             notices: Notices::default(),
             coordination: Coordination::default(),
+            logs: Logs::new(tree(TreeName::AuditLog)?, tree(TreeName::HookLog)?),
             log_file: None,
             db,
         })
@@ -1574,6 +1579,19 @@ impl Store for SledStore {
             .quarantine()
             .list()
             .map_err(|e| StoreError::unavailable("cannot list the inbox's quarantine", e))
+    }
+
+    async fn append_log(&self, log: &LogName, entries: &[LogEntry]) -> Result<()> {
+        self.logs.append(log, entries)?;
+        self.durable().await
+    }
+
+    async fn read_log(&self, log: &LogName, query: &LogQuery) -> Result<LogPage> {
+        self.logs.read(log, query)
+    }
+
+    async fn prune_logs(&self, prune: &PruneLogs) -> Result<usize> {
+        self.logs.prune(prune)
     }
 
     async fn reingest_quarantined(&self, id: &str) -> Result<Reingested> {

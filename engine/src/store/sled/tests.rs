@@ -294,6 +294,7 @@ pub(super) fn sample_run(n: i64) -> NewRun {
         steps: vec![],
         reason: None,
         replay_of: None,
+        started_by: None,
         failure: None,
         title: None,
     };
