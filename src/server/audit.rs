@@ -1,5 +1,6 @@
 //! The audit record: who did what on this server — logins (and failed ones), logouts, retries,
-//! replays (one run or in bulk), manual runs, sample captures and quarantine reingests — with the
+//! replays (one run or in bulk), manual runs, sample captures, quarantine reingests and callbacks
+//! to resume URLs — with the
 //! actor (the API token, a session, or anyone when no credential is configured), the client's
 //! address and the time. Kept in the store (every node's, on PostgreSQL), within the retention
 //! set by `retention.log_max_age` and `retention.audit_max_entries`; listed newest first by
@@ -51,6 +52,11 @@ impl Actor {
         Self::new("password".into(), address)
     }
 
+    /// Whoever holds a `wait_for_callback` step's resume URL (the URL is the credential).
+    pub(super) fn resume_url(address: Option<IpAddr>) -> Self {
+        Self::new("resume_url".into(), address)
+    }
+
     /// Anyone: the server asks for no credential.
     pub(super) fn anyone(address: Option<IpAddr>) -> Self {
         Self::new("anyone".into(), address)
@@ -98,11 +104,13 @@ pub enum AuditAction {
     Capture,
     /// A quarantined record ingested again.
     Reingest,
+    /// A waiting `wait_for_callback` step called back at its resume URL.
+    Callback,
 }
 
 impl AuditAction {
     /// Every action, as the API names them.
-    pub const ALL: [AuditAction; 10] = [
+    pub const ALL: [AuditAction; 11] = [
         Self::Login,
         Self::LoginFailed,
         Self::Logout,
@@ -113,6 +121,7 @@ impl AuditAction {
         Self::Trigger,
         Self::Capture,
         Self::Reingest,
+        Self::Callback,
     ];
 
     /// The action's name.
@@ -128,6 +137,7 @@ impl AuditAction {
             Self::Trigger => "trigger",
             Self::Capture => "capture",
             Self::Reingest => "reingest",
+            Self::Callback => "callback",
         }
     }
 

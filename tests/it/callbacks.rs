@@ -103,6 +103,16 @@ async fn a_callback_resumes_the_run_with_its_body_even_after_a_restart() {
     );
     assert_eq!(step(&run, "expire")["status"], "skipped");
 
+    // The audit record says the step was called back, from where.
+    let entry = eventually("the callback in the audit record", || async {
+        let (_, audit) = server.get("/api/v1/audit?action=callback").await;
+        audit["entries"].as_array().and_then(|e| e.first().cloned())
+    })
+    .await;
+    assert_eq!(entry["actor"], "resume_url", "{entry}");
+    assert_eq!(entry["address"], "127.0.0.1", "{entry}");
+    assert_eq!(entry["run_id"], run_id.as_str(), "{entry}");
+
     // The step is done: a second call changes nothing.
     let (status, answer) = post(&url, &json!({ "manager": "late" })).await;
     assert_eq!(
