@@ -333,10 +333,28 @@ pub struct StepProgress {
     /// For a branching step (`switch`) that ran: the path it took (`None` also when it took none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Who retried the run by hand the last time this step was retried (see `retried`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_by: Option<String>,
     /// While a `wait_for_callback` step waits (queued, its item due then): when it times out. A
     /// callback to its resume URL finishes it before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_until: Option<Timestamp>,
+}
+
+impl StepProgress {
+    /// A step at `status`, with nothing else to say yet.
+    pub fn new(id: StepId, status: StepStatus) -> Self {
+        Self {
+            id,
+            status,
+            item: None,
+            retried: 0,
+            path: None,
+            retried_by: None,
+            waiting_until: None,
+        }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -403,6 +421,10 @@ pub struct Attempt {
     /// refuses a key reused with other parameters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_under: Option<String>,
+    /// The first attempt after a person retried the run from its failed step: who did (as the
+    /// audit record names them: `token`, `session:HASH`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_by: Option<String>,
 }
 
 /// One unit of queued work: run a step of a run, due at a time. Carries ids only.

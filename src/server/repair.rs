@@ -48,7 +48,10 @@ async fn retry_one(
     Extension(actor): Extension<Actor>,
     Path(run_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let run = state.engine.retry_run(parse_run_id(&run_id)?).await?;
+    let run = state
+        .engine
+        .retry_run(parse_run_id(&run_id)?, Some(actor.who()))
+        .await?;
     let what = json!({ "run_id": run.id, "flow": run.flow_id });
     state.audit.record(&actor, AuditAction::Retry, what);
     Ok(Json(run_summary(&run)))
@@ -183,7 +186,10 @@ async fn retry_many(
     if request.dry_run {
         return count(&state, &selection).await;
     }
-    let bulk = state.engine.retry_runs(&selection).await?;
+    let bulk = state
+        .engine
+        .retry_runs(&selection, Some(actor.who()))
+        .await?;
     let what = bulk_audit(&selection, &bulk);
     state.audit.record(&actor, AuditAction::RetryBulk, what);
     Ok(Json(bulk_json(&bulk)))

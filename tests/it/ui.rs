@@ -292,7 +292,10 @@ steps:
     browser.client.accept_alert().await.unwrap();
     browser.text_of("#run-state", "succeeded").await;
     browser
-        .text_of("[data-step=deliver] tr[data-attempt='2']", "manual retry")
+        .text_of(
+            "[data-step=deliver] tr[data-attempt='2']",
+            "manual retry by anyone",
+        )
         .await;
     browser.text_of("#run-started-by", "webhook, retried").await;
     // The step graph, coloured by the run's statuses.

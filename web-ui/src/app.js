@@ -792,10 +792,11 @@ function revisionDialog({ id, heading, intro, current, original, callers, replay
 }
 
 // What started an attempt: the first try, an automatic retry (the attempt before scheduled one),
-// or a person retrying the run after the step failed for good.
+// or a person retrying the run after the step failed for good (and who, when recorded).
 function startedBy(attempts, n) {
   if (n === 0) return "first try";
-  return attempts[n - 1].retry_at ? "automatic retry" : "manual retry";
+  if (attempts[n - 1].retry_at) return "automatic retry";
+  return attempts[n].retried_by ? `manual retry by ${esc(attempts[n].retried_by)}` : "manual retry";
 }
 
 // Step kinds that call out: their input is the request sent, their output the answer.

@@ -59,14 +59,7 @@ pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun
     let steps = flow
         .steps
         .iter()
-        .map(|s| StepProgress {
-            id: s.id.clone(),
-            status: StepStatus::Pending,
-            item: None,
-            retried: 0,
-            path: None,
-            waiting_until: None,
-        })
+        .map(|s| StepProgress::new(s.id.clone(), StepStatus::Pending))
         .collect();
     let mut run = Run {
         id: run_id,
@@ -186,8 +179,14 @@ pub struct NotRetryable {
 /// Resumes a failed run from where it failed: failed and skipped steps become pending again, and
 /// those whose needs have succeeded are queued with a fresh retry budget. Succeeded steps keep their
 /// outputs and do not run again; the failed steps get a new idempotency key (a manual retry is a
-/// new request: the target may have saved its failed answer under the old key).
-pub fn retry(flow: &Flow, mut run: Run, now: Timestamp) -> Result<RunUpdate, NotRetryable> {
+/// new request: the target may have saved its failed answer under the old key). `by` is who
+/// asked (the first attempt of each retried step records it).
+pub fn retry(
+    flow: &Flow,
+    mut run: Run,
+    now: Timestamp,
+    by: Option<&str>,
+) -> Result<RunUpdate, NotRetryable> {
     if run.status != RunStatus::Failed {
         return Err(NotRetryable {
             run_id: run.id,
@@ -209,6 +208,7 @@ pub fn retry(flow: &Flow, mut run: Run, now: Timestamp) -> Result<RunUpdate, Not
         }
         if s.status == StepStatus::Failed {
             s.retried += 1;
+            s.retried_by = by.map(str::to_owned);
         }
         if matches!(s.status, StepStatus::Failed | StepStatus::Skipped) {
             s.status = StepStatus::Pending;
@@ -279,6 +279,12 @@ pub fn advance(
         _ => output,
     };
     let mut attempts = previous.map(|r| r.attempts.clone()).unwrap_or_default();
+    // The first attempt after a person retried the step says who did.
+    let retried_by = run
+        .steps
+        .iter()
+        .find(|s| s.id == done.step_id && s.retried > 0 && done.attempt == 1)
+        .and_then(|s| s.retried_by.clone());
     attempts.push(Attempt {
         // Numbered across manual retries too (each of which restarts `done.attempt` at 1).
         number: attempts.len() as u32 + 1,
@@ -288,6 +294,7 @@ pub fn advance(
         retry_at,
         node: done.node.clone(),
         sent_under: done.sent_under.clone(),
+        retried_by,
     });
     let kind = step.map_or("unknown", |s| s.kind);
     let record = StepRecord {
@@ -670,7 +677,7 @@ steps:
         let flow = flow(DIAMOND);
         let run = new_run(&flow).run;
         assert!(matches!(
-            retry(&flow, run.clone(), Timestamp(1)),
+            retry(&flow, run.clone(), Timestamp(1), None),
             Err(NotRetryable {
                 status: RunStatus::Queued,
                 ..
@@ -692,7 +699,7 @@ steps:
         let u = advance(&flow, u.run, None, &failed, Timestamp(30)).unwrap();
         assert!(!u.run.expects(&stale_c), "a failed run expects no item");
 
-        let r = retry(&flow, u.run, Timestamp(40)).unwrap();
+        let r = retry(&flow, u.run, Timestamp(40), Some("token")).unwrap();
         assert_eq!(r.run.status, RunStatus::Running);
         assert_eq!((r.run.reason.as_deref(), r.run.finished_at), (None, None));
         assert_eq!(
@@ -733,11 +740,14 @@ steps:
                 retry_at: None,
                 node: None,
                 sent_under: None,
+                retried_by: None,
             }],
             rendered_for: None,
         };
         let u = advance(&flow, r.run, Some(&before), &ok("b"), Timestamp(50)).unwrap();
-        assert_eq!(u.records[0].attempts.last().unwrap().number, 2);
+        let last = u.records[0].attempts.last().unwrap();
+        assert_eq!(last.number, 2);
+        assert_eq!(last.retried_by.as_deref(), Some("token"), "who retried it");
     }
 
     #[test]

@@ -72,8 +72,8 @@ pub struct Bulk {
 }
 
 impl Engine {
-    /// Resumes a failed run from its failed step (see [`advance::retry`]).
-    pub async fn retry_run(&self, run_id: RunId) -> Result<Run> {
+    /// Resumes a failed run from its failed step (see [`advance::retry`]); `by` is who asked.
+    pub async fn retry_run(&self, run_id: RunId, by: Option<&str>) -> Result<Run> {
         let store = self.store();
         let run = store.run(run_id).await?.ok_or(Error::RunNotFound(run_id))?;
         if run.status != RunStatus::Failed {
@@ -89,7 +89,9 @@ impl Engine {
             .await?;
         let now = self.now();
         let run = store
-            .update_run(run_id, None, &|run| advance::retry(&flow, run, now).ok())
+            .update_run(run_id, None, &|run| {
+                advance::retry(&flow, run, now, by).ok()
+            })
             .await?
             .ok_or(Error::RunNotFound(run_id))?
             .run;
@@ -163,8 +165,9 @@ impl Engine {
         }
     }
 
-    /// Retries every failed run matching a selection (the status filter is forced to `failed`).
-    pub async fn retry_runs(&self, selection: &RunSelection) -> Result<Bulk> {
+    /// Retries every failed run matching a selection (the status filter is forced to `failed`);
+    /// `by` is who asked.
+    pub async fn retry_runs(&self, selection: &RunSelection, by: Option<&str>) -> Result<Bulk> {
         let selection = RunSelection {
             status: Some(RunStatus::Failed),
             ..selection.clone()
@@ -175,7 +178,7 @@ impl Engine {
             ..Bulk::default()
         };
         for id in ids {
-            match self.retry_run(id).await {
+            match self.retry_run(id, by).await {
                 Ok(run) => bulk.started.push(run.id),
                 Err(e) => bulk.failed.push((id, e.to_string())),
             }

@@ -155,22 +155,8 @@ pub(crate) fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun 
         updated_at: due_at,
         finished_at: None,
         steps: vec![
-            StepProgress {
-                id: step("first"),
-                status: StepStatus::Queued,
-                item: None,
-                retried: 0,
-                path: None,
-                waiting_until: None,
-            },
-            StepProgress {
-                id: step("second"),
-                status: StepStatus::Pending,
-                item: None,
-                retried: 0,
-                path: None,
-                waiting_until: None,
-            },
+            StepProgress::new(step("first"), StepStatus::Queued),
+            StepProgress::new(step("second"), StepStatus::Pending),
         ],
         reason: None,
         replay_of: None,
@@ -689,14 +675,8 @@ pub(crate) async fn concurrent_updates_of_one_run_lose_nothing(store: Arc<dyn St
         tasks.spawn(async move {
             let name = format!("s{i}");
             let decide = |mut run: Run| {
-                run.steps.push(StepProgress {
-                    id: step(&name),
-                    status: StepStatus::Succeeded,
-                    item: None,
-                    retried: 0,
-                    path: None,
-                    waiting_until: None,
-                });
+                run.steps
+                    .push(StepProgress::new(step(&name), StepStatus::Succeeded));
                 let records = vec![record(run.id, &name, json!(i))];
                 Some(RunUpdate {
                     run,
