@@ -144,13 +144,92 @@ fn a_structural_error_names_line_and_field() {
         "id: f\ntrigger:\n  webhook:\n    respond: later\nsteps:\n  - id: a\n    map: { x: 1 }\n";
     let (ok, lines, _dir) = validate(&[("top.yaml", &bad), ("trigger.yaml", bad_trigger)]);
     assert!(!ok);
-    expect(&lines, "top.yaml", 7, "", "unknown field `extra`");
+    expect(
+        &lines,
+        "top.yaml",
+        7,
+        "extra",
+        "the flow has no field `extra` (its fields are id, name,",
+    );
     expect(
         &lines,
         "trigger.yaml",
         4,
         "trigger.webhook.respond",
         "unknown variant `later`",
+    );
+}
+
+#[test]
+fn one_pass_reports_a_trigger_typo_with_every_step_problem() {
+    let flow = "\
+id: f
+titel: Plan changes
+trigger:
+  webhok:
+steps:
+  - id: a
+    retry: { attemps: 3 }
+    http:
+      url: https://example.com
+      metod: POST
+  - not a step
+  - id: a
+    map: { x: 1 }
+  - id: b
+    needs: [a]
+    mapp: { x: 1 }
+";
+    let (ok, lines, _dir) = validate(&[("typos.yaml", flow)]);
+    assert!(!ok);
+    expect(
+        &lines,
+        "typos.yaml",
+        2,
+        "titel",
+        "the flow has no field `titel`: did you mean `title`?",
+    );
+    expect(
+        &lines,
+        "typos.yaml",
+        4,
+        "trigger.webhok",
+        "`trigger` has no field `webhok`: did you mean `webhook`?",
+    );
+    expect(
+        &lines,
+        "typos.yaml",
+        7,
+        "steps[0].retry.attemps",
+        "`retry` has no field `attemps`: did you mean `attempts`?",
+    );
+    expect(
+        &lines,
+        "typos.yaml",
+        10,
+        "steps[0].http.metod",
+        "`http` has no field `metod`: did you mean `method`?",
+    );
+    expect(&lines, "typos.yaml", 11, "steps[1]", "a step is a mapping");
+    expect(
+        &lines,
+        "typos.yaml",
+        12,
+        "steps[2].id",
+        "duplicate step id `a` (first used by steps[0])",
+    );
+    expect(
+        &lines,
+        "typos.yaml",
+        16,
+        "steps[3].mapp",
+        "did you mean `map`?",
+    );
+    let problems: Vec<&String> = lines.iter().filter(|l| l.starts_with("./")).collect();
+    assert_eq!(problems.len(), 7, "one line per problem: {problems:#?}");
+    assert!(
+        problems.iter().all(|l| !l.contains("its fields are")),
+        "a close name is suggested instead of every field: {problems:#?}"
     );
 }
 
