@@ -159,7 +159,13 @@ pub fn schedules(flow_path: &Path, count: usize, from: Option<&str>) -> anyhow::
         Some(text) => local_time(schedule, text)?,
         None => Timestamp::now(),
     };
-    println!("{}  `{}` ({})", flow.id, schedule.cron, schedule.timezone);
+    println!(
+        "{}  `{}` ({}){}",
+        flow.id,
+        schedule.cron,
+        schedule.timezone,
+        paused_note(flow.enabled)
+    );
     let ticks = schedule.upcoming(from, count);
     if ticks.is_empty() {
         println!("    never fires after {}", schedule.local_time(from));
@@ -168,6 +174,15 @@ pub fn schedules(flow_path: &Path, count: usize, from: Option<&str>) -> anyhow::
         println!("    {}    {}", schedule.local_time(tick), tick.to_rfc3339());
     }
     Ok(())
+}
+
+/// What `schedules` says after a paused flow's schedule: its ticks do not fire.
+pub fn paused_note(enabled: bool) -> &'static str {
+    if enabled {
+        ""
+    } else {
+        "  PAUSED (`enabled: false`): these ticks do not fire until the flow is enabled"
+    }
 }
 
 /// The one flow in a flow file, or every problem it has.

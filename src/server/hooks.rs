@@ -164,9 +164,10 @@ async fn take(
                 "rate_limited",
                 format!(
                     "this hook takes at most {per_second} requests per second: retry in {} s",
-                    wait.as_secs() + 1
+                    super::whole_seconds(wait)
                 ),
-            ));
+            )
+            .retry_after(wait));
         }
     }
     if !flow.enabled {
