@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use hookflow_engine::authoring::empty::empty_fields;
 use hookflow_engine::authoring::offline::{self, Trace};
 use hookflow_engine::authoring::unresolved::unresolved;
 use hookflow_engine::flow::{self, process_env, schema::json_schema, Flow, Trigger};
@@ -23,9 +24,10 @@ use hookflow_engine::steps::Registry;
 use hookflow_engine::store::sled::SledStore;
 use serde_json::{json, Value};
 
-/// `hookflow validate [--samples]`: prints every problem; exit code 1 if there is one. With
-/// `samples`, each flow also runs offline on each of its samples, and every expression that
-/// resolved to nothing is a problem.
+/// `hookflow validate [--samples]`: prints every problem and warning; exit code 1 if there is a
+/// problem. Each flow runs offline on each of its samples: a request field a sample would send
+/// empty and an expression that resolved to nothing are warnings; with `samples`, the latter are
+/// problems (and so is a sample that does not read).
 pub async fn validate(paths: &[PathBuf], samples: bool) -> ExitCode {
     let paths = if paths.is_empty() {
         vec![PathBuf::from("flows")]
@@ -41,22 +43,28 @@ pub async fn validate(paths: &[PathBuf], samples: bool) -> ExitCode {
     }
     let mut problems = errors.len();
     let mut checked = 0;
-    if samples {
-        for flow in &flows {
-            for (name, path) in crate::samples::list(Path::new(&flow.file), flow.id.as_str()) {
-                checked += 1;
-                let trigger = match crate::samples::load(&path) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        println!("{e:#}");
-                        problems += 1;
-                        continue;
-                    }
-                };
-                let trace = offline::run(flow, trigger, &BTreeMap::new()).await;
-                for u in unresolved(flow, &trace) {
+    for flow in &flows {
+        for (name, path) in crate::samples::list(Path::new(&flow.file), flow.id.as_str()) {
+            let trigger = match crate::samples::load(&path) {
+                Ok(t) => t,
+                Err(e) if samples => {
+                    println!("{e:#}");
+                    problems += 1;
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let trace = offline::run(flow, trigger, &BTreeMap::new()).await;
+            for warning in empty_fields(flow, &trace, &name) {
+                println!("warning: {warning}");
+            }
+            checked += 1;
+            for u in unresolved(flow, &trace) {
+                if samples {
                     println!("{u} (sample {name})");
                     problems += 1;
+                } else {
+                    println!("warning: {u} (sample {name})");
                 }
             }
         }

@@ -178,9 +178,10 @@ fn whole_seconds(wait: Duration) -> u64 {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(json!({ "code": self.code, "detail": self.detail }));
-        let retry_after = self.retry_after.or(
-            (self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_UNAVAILABLE_AFTER_SECS),
-        );
+        let retry_after = self
+            .retry_after
+            .or((self.status == StatusCode::SERVICE_UNAVAILABLE)
+                .then_some(RETRY_UNAVAILABLE_AFTER_SECS));
         match retry_after {
             Some(seconds) => {
                 let retry = [(axum::http::header::RETRY_AFTER, seconds.to_string())];

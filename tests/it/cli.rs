@@ -260,7 +260,9 @@ async fn schedules_say_when_a_flow_is_paused() {
             .to_owned()
     };
     assert!(
-        line("paused").ends_with("PAUSED (`enabled: false`): these ticks do not fire until the flow is enabled"),
+        line("paused").ends_with(
+            "PAUSED (`enabled: false`): these ticks do not fire until the flow is enabled"
+        ),
         "{listed}"
     );
     assert!(!line("running").contains("PAUSED"), "{listed}");
@@ -268,5 +270,9 @@ async fn schedules_say_when_a_flow_is_paused() {
     let offline = server.flows_dir().join("paused.yaml");
     let out = run_cli(&["schedules", offline.to_str().unwrap()], repo());
     assert!(out.status.success(), "{out:?}");
-    assert!(stdout(&out).lines().next().unwrap().contains("PAUSED"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).lines().next().unwrap().contains("PAUSED"),
+        "{}",
+        stdout(&out)
+    );
 }

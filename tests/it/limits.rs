@@ -205,7 +205,8 @@ async fn connections_past_the_cap_are_closed_at_once_and_a_freed_slot_serves_aga
 
 #[tokio::test]
 async fn a_rate_limited_hook_says_when_to_retry_in_retry_after() {
-    let flow = "id: limited\ntrigger:\n  webhook: { rate_limit: 1/m }\nsteps:\n  - { id: a, map: {} }\n";
+    let flow =
+        "id: limited\ntrigger:\n  webhook: { rate_limit: 1/m }\nsteps:\n  - { id: a, map: {} }\n";
     let server = Server::start(&[("limited.yaml", flow)]);
     let client = reqwest::Client::new();
     let url = server.catch_url("limited");

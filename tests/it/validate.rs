@@ -302,3 +302,69 @@ async fn silent_mistakes_in_a_schedule_are_warned_at_validate_and_preview() {
     );
     assert_eq!(preview["warnings"][0]["line"], 3);
 }
+
+#[tokio::test]
+async fn a_date_format_that_is_not_strftime_and_a_field_a_sample_sends_empty_are_warned() {
+    let flow = "id: notify\ntrigger:\n  webhook:\nsteps:\n  - id: post\n    http:\n      url: https://example.com/hook\n      json:\n        day: \"{{date_format trigger.received_at 'YYYY-MM-DD'}}\"\n        name: \"{{trigger.body.first}} {{trigger.body.last}}\"\n        phone: \"{{trigger.body.phone}}\"\n  - id: raw\n    http:\n      url: https://example.com/raw\n      body: \"{{trigger.body.note}}\"\n";
+    let sample = r#"{ "body": { "first": "", "last": "", "phone": "", "note": "" } }"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notify.yaml"), flow).unwrap();
+    std::fs::create_dir_all(dir.path().join("samples/notify")).unwrap();
+    std::fs::write(dir.path().join("samples/notify/blank.json"), sample).unwrap();
+    let out = run_cli(&["validate", "."], dir.path());
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "warnings do not fail validation: {shown}"
+    );
+    let warned = |needle: &str| {
+        shown
+            .lines()
+            .any(|l| l.starts_with("warning: ./") && l.contains(needle))
+    };
+    assert!(
+        warned("notify.yaml:9:14: steps[0].http.json.day: `YYYY-MM-DD` is not a strftime format: `date_format` prints it as it is written; write `%Y-%m-%d`"),
+        "{shown}"
+    );
+    assert!(
+        warned("notify.yaml:10:15: steps[0].http.json.name: on sample `blank` this field would be sent as empty text")
+            && warned("notify.yaml:15:13: steps[1].http.body: on sample `blank` this field would be sent as empty text (its expressions resolved to nothing): give a fallback such as `{{default trigger.body.note \"…\"}}`"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("json.phone"),
+        "a field that resolved to nothing is left out, not sent empty: {shown}"
+    );
+
+    let server = crate::support::Server::start(&[("notify.yaml", flow)]);
+    let samples = server.flows_dir().join("samples/notify");
+    std::fs::create_dir_all(&samples).unwrap();
+    std::fs::write(samples.join("blank.json"), sample).unwrap();
+    let (status, preview) = server
+        .post(
+            "/api/v1/flows/notify/preview",
+            &serde_json::json!({ "sample": "blank" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{preview}");
+    let warnings: Vec<(String, u64)> = preview["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["field"].as_str().unwrap().to_owned(),
+                w["line"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            ("steps[0].http.json.day".to_owned(), 9),
+            ("steps[0].http.json.name".to_owned(), 10),
+            ("steps[1].http.body".to_owned(), 15),
+        ],
+        "{preview}"
+    );
+}

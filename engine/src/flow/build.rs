@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::position::{split_serde_yaml_error, Position, PositionIndex};
-use super::spec::{FlowSpec, Missed, StepList, StepSpec, TriggerSpec, VerifySpec, COMMON_STEP_KEYS};
+use super::spec::{
+    FlowSpec, Missed, StepList, StepSpec, TriggerSpec, VerifySpec, COMMON_STEP_KEYS,
+};
 use super::{
     env, Dedupe, EnvLookup, Flow, FlowError, Retention, Route, Step, StepQueue, Trigger, Verify,
 };
@@ -262,6 +264,10 @@ pub fn parse_flow(
     }
     steps.extend(handlers);
 
+    if let Ok(doc) = serde_yaml::from_str(text) {
+        let found = super::lint::warnings(file, &doc, &problems.index);
+        problems.warnings.extend(found);
+    }
     let templates = compiler.finish(secrets);
     match id {
         Some(id) if problems.errors.is_empty() => Ok(Flow {

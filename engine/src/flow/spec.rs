@@ -92,7 +92,11 @@ pub struct ShapeProblem {
 
 /// Reads `value` as a `T`, or records why not at `path` (refined to the field inside `value`
 /// that is wrong).
-fn read<T: DeserializeOwned>(value: Value, path: &str, problems: &mut Vec<ShapeProblem>) -> Option<T> {
+fn read<T: DeserializeOwned>(
+    value: Value,
+    path: &str,
+    problems: &mut Vec<ShapeProblem>,
+) -> Option<T> {
     serde_path_to_error::deserialize(value)
         .map_err(|e| {
             let inner = e.path().to_string();
