@@ -15,6 +15,7 @@ use hookflow_engine::authoring::empty::empty_fields;
 use hookflow_engine::authoring::offline::{self, Trace};
 use hookflow_engine::authoring::unresolved::unresolved;
 use hookflow_engine::flow::{self, process_env, schema::json_schema, Flow, Trigger};
+use hookflow_engine::intake::{self, Verdict};
 use hookflow_engine::model::{RunStatus, StepStatus, Timestamp};
 use hookflow_engine::outbound::{HttpClient, OutboundPolicy};
 use hookflow_engine::runtime::catalog::Catalog;
@@ -106,7 +107,8 @@ pub enum RunInput<'a> {
 }
 
 /// `hookflow run`: one event through one flow, printing each step's input and output and every
-/// expression that resolved to nothing. A dry run is offline (nothing is sent, nothing stored);
+/// expression that resolved to nothing. An event whose type the flow's `events:` does not take is
+/// ignored, as the catch hook would. A dry run is offline (nothing is sent, nothing stored);
 /// otherwise the real runtime runs on a temporary store, without retries.
 pub async fn run(
     flow_path: &Path,
@@ -144,6 +146,12 @@ pub async fn run(
             Schedule::trigger(tick, tick)
         }
     };
+    // As the catch hook would: an event whose type the flow does not take starts nothing.
+    let screened = intake::screen(&flow, trigger.clone(), Timestamp::now());
+    if let [(_, Verdict::Ignored(why))] = screened.as_slice() {
+        println!("ignored: {why}: the catch hook answers `ignored` and starts no run");
+        return Ok(ExitCode::SUCCESS);
+    }
     let (flow, trace) = if dry_run {
         let trace = offline::run(&flow, trigger, &BTreeMap::new()).await;
         (Arc::new(flow), trace)

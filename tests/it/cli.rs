@@ -276,3 +276,34 @@ async fn schedules_say_when_a_flow_is_paused() {
         stdout(&out)
     );
 }
+
+#[test]
+fn run_ignores_an_event_type_the_flow_does_not_take_as_the_hook_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("paid.yaml");
+    std::fs::write(
+        &flow,
+        "id: paid\ntrigger:\n  webhook: { events: [invoice.paid] }\nsteps:\n  - { id: a, map: { x: 1 } }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("other.json"),
+        r#"{"type": "invoice.voided"}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("paid.json"), r#"{"type": "invoice.paid"}"#).unwrap();
+    let run = |event: &str| {
+        run_cli(
+            &["run", "paid.yaml", "--event", event, "--dry-run"],
+            dir.path(),
+        )
+    };
+    let out = run("other.json");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        stdout(&out).trim(),
+        "ignored: event type `invoice.voided` is not in this flow's events: the catch hook answers `ignored` and starts no run"
+    );
+    let out = run("paid.json");
+    assert!(stdout(&out).contains("\"x\": 1"), "{}", stdout(&out));
+}
