@@ -180,7 +180,37 @@ steps:
     needs: [a]
     mapp: { x: 1 }
 ";
-    let (ok, lines, _dir) = validate(&[("typos.yaml", flow)]);
+    // Deeper in a step's config, and in a nested step: the field itself, the closest name.
+    let nested = "\
+id: g
+trigger: { webhook: }
+steps:
+  - id: a
+    http:
+      url: https://example.com
+      auth: { bearr: x }
+  - id: b
+    foreach:
+      items: \"$.trigger.body.lines\"
+      steps:
+        - id: c
+          http: { url: \"https://example.com\", metod: POST }
+";
+    let (ok, lines, _dir) = validate(&[("typos.yaml", flow), ("nested.yaml", nested)]);
+    expect(
+        &lines,
+        "nested.yaml",
+        7,
+        "steps[0].http.auth.bearr",
+        "`auth` has no field `bearr`: did you mean `bearer`?",
+    );
+    expect(
+        &lines,
+        "nested.yaml",
+        13,
+        "steps[1].foreach.steps[0].http.metod",
+        "`http` has no field `metod`: did you mean `method`?",
+    );
     assert!(!ok);
     expect(
         &lines,
@@ -225,7 +255,10 @@ steps:
         "steps[3].mapp",
         "did you mean `map`?",
     );
-    let problems: Vec<&String> = lines.iter().filter(|l| l.starts_with("./")).collect();
+    let problems: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("./typos.yaml"))
+        .collect();
     assert_eq!(problems.len(), 7, "one line per problem: {problems:#?}");
     assert!(
         problems.iter().all(|l| !l.contains("its fields are")),

@@ -546,12 +546,13 @@ fn build_step(
     let action = match entry.build(config, &mut cx) {
         Ok(action) => action,
         Err(e) => {
-            problems.shape(&kind_path, &e.to_string());
+            problems.shape(&join_path(&kind_path, &e.path), &e.message);
             None
         }
     };
+    // Nested steps (`foreach`) report their shape errors here too: worded the same way.
     for (field, message) in cx.into_errors() {
-        problems.at(&join_path(&kind_path, &field), message);
+        problems.shape(&join_path(&kind_path, &field), &message);
     }
 
     let needs = match spec.needs {

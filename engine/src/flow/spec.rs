@@ -90,6 +90,18 @@ pub struct ShapeProblem {
     pub message: String,
 }
 
+/// Reads `value` as a `T`, or says what is wrong where inside it (the problem's path is relative
+/// to `value`: `""` for the value itself).
+pub fn read_shape<T: DeserializeOwned>(value: Value) -> Result<T, ShapeProblem> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        ShapeProblem {
+            path: if inner == "." { String::new() } else { inner },
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
 /// Reads `value` as a `T`, or records why not at `path` (refined to the field inside `value`
 /// that is wrong).
 fn read<T: DeserializeOwned>(
@@ -97,16 +109,11 @@ fn read<T: DeserializeOwned>(
     path: &str,
     problems: &mut Vec<ShapeProblem>,
 ) -> Option<T> {
-    serde_path_to_error::deserialize(value)
-        .map_err(|e| {
-            let inner = e.path().to_string();
+    read_shape(value)
+        .map_err(|problem| {
             problems.push(ShapeProblem {
-                path: if inner == "." {
-                    path.to_owned()
-                } else {
-                    join_path(path, &inner)
-                },
-                message: e.into_inner().to_string(),
+                path: join_path(path, &problem.path),
+                message: problem.message,
             });
         })
         .ok()
