@@ -62,7 +62,13 @@ impl<'de> Deserialize<'de> for Case {
                      `stubs` and `expect`, not the case",
                 ))
             }
-            Some(list) => serde_yaml::from_value(list).map_err(D::Error::custom)?,
+            Some(list) => {
+                let list: Vec<Delivery> = serde_yaml::from_value(list).map_err(D::Error::custom)?;
+                if list.is_empty() {
+                    return Err(D::Error::custom("`deliveries` lists at least one delivery"));
+                }
+                list
+            }
             None => vec![serde_yaml::from_value(serde_yaml::Value::Mapping(map))
                 .map_err(D::Error::custom)?],
         };

@@ -6,7 +6,8 @@
 //! JSON object or array is read as JSON, since `curl -d` labels everything a form); other bodies
 //! are kept as text. The flow may ask to answer with the run's result instead (`respond: result`).
 //! A flow with `verify:` has the sender's signature checked over the raw body first: a request that
-//! fails gets 401 `invalid_signature` and stores nothing.
+//! fails gets 401 `invalid_signature` and stores nothing. The signature check, the event-type
+//! filter and the dedupe key are [`intake`]'s decisions, which flow tests share.
 
 use std::time::Duration;
 
