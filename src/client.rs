@@ -99,10 +99,11 @@ pub async fn schedules(client: &ClientArgs) -> anyhow::Result<()> {
     for f in flows {
         let t = &f["trigger"];
         println!(
-            "{}  `{}` ({})",
+            "{}  `{}` ({}){}",
             text(&f["id"]),
             text(&t["cron"]),
-            text(&t["timezone"])
+            text(&t["timezone"]),
+            crate::local::paused_note(f["enabled"] != false)
         );
         for next in t["next"].as_array().into_iter().flatten() {
             println!("    next: {}", text(next));

@@ -2,18 +2,26 @@
 //! event (inline or one of the flow's samples), stubbed answers for the steps that would call out,
 //! and expectations (the run's status; a step's status, output, the request it would send, its
 //! error, the path a switch took). Cases run offline in milliseconds; a failed expectation prints a diff.
+//!
+//! A case can also go through the flow's catch hook first (`expect: { hook: … }` or `sign: true`):
+//! the signature check, the event-type filter and the dedupe key are decided by the server's own
+//! functions ([`hookflow_engine::intake`]), and a case may send several deliveries, so a repeat
+//! is a duplicate as it would be on the server. `sign: true` signs the event with the flow's own
+//! scheme and secret (given in the test file's `secrets:`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use hookflow_engine::authoring::offline::{self, Stub, Trace};
-use hookflow_engine::flow::{self, process_env, Flow};
-use hookflow_engine::model::{RunStatus, StepStatus};
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use hookflow_engine::flow::{self, process_env, Flow, Trigger};
+use hookflow_engine::intake::{self, Verdict};
+use hookflow_engine::model::{RunStatus, StepStatus, Timestamp};
+use hookflow_engine::verify::SignedRequest;
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Map, Value};
 
 /// A flow test file.
 #[derive(Debug, Deserialize)]
@@ -22,22 +30,66 @@ struct TestFile {
     /// The flow file, relative to the test file (default: the test file's name without `.test`).
     #[serde(default)]
     flow: Option<PathBuf>,
+    /// Values for the flow's `${env:NAME}` in these tests (test signing secrets), by name; the
+    /// environment is read for the others.
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
     /// The cases.
     cases: Vec<Case>,
 }
 
-/// One case: an event, stubs, expectations.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One case: what it shows, and the deliveries it sends, in order (written inline for one).
+#[derive(Debug)]
 struct Case {
     /// What the case shows, in words.
     name: String,
+    /// The deliveries.
+    deliveries: Vec<Delivery>,
+}
+
+impl<'de> Deserialize<'de> for Case {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut map = serde_yaml::Mapping::deserialize(d)?;
+        let name = map
+            .remove("name")
+            .ok_or_else(|| D::Error::missing_field("name"))?;
+        let name = serde_yaml::from_value(name).map_err(D::Error::custom)?;
+        let deliveries = match map.remove("deliveries") {
+            Some(_) if !map.is_empty() => {
+                return Err(D::Error::custom(
+                    "a case with `deliveries` gives each its own `sample`/`event`, `sign`, \
+                     `stubs` and `expect`, not the case",
+                ))
+            }
+            Some(list) => {
+                let list: Vec<Delivery> = serde_yaml::from_value(list).map_err(D::Error::custom)?;
+                if list.is_empty() {
+                    return Err(D::Error::custom("`deliveries` lists at least one delivery"));
+                }
+                list
+            }
+            None => vec![serde_yaml::from_value(serde_yaml::Value::Mapping(map))
+                .map_err(D::Error::custom)?],
+        };
+        Ok(Case { name, deliveries })
+    }
+}
+
+/// One request a case sends: an event, stubs, expectations.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Delivery {
     /// A sample of the flow, by name.
     #[serde(default)]
     sample: Option<String>,
     /// Or the request inline: `body`, and optionally `headers`, `query`, `method`.
     #[serde(default)]
     event: Option<Value>,
+    /// Sign the event with the flow's `verify` scheme and (first) secret; it then goes through
+    /// the catch hook.
+    #[serde(default)]
+    sign: bool,
     /// Canned answers by step id.
     #[serde(default)]
     stubs: BTreeMap<String, Stub>,
@@ -46,14 +98,43 @@ struct Case {
     expect: Expect,
 }
 
+/// What the catch hook did with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum HookOutcome {
+    /// A run was started.
+    Queued,
+    /// A repeat of an earlier delivery of the case (same dedupe key): no new run.
+    Duplicate,
+    /// Its type is not in the flow's `events`: no run.
+    Ignored,
+    /// Its signature does not verify: answered 401, no run.
+    Rejected,
+}
+
+impl std::fmt::Display for HookOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HookOutcome::Queued => "queued",
+            HookOutcome::Duplicate => "duplicate",
+            HookOutcome::Ignored => "ignored",
+            HookOutcome::Rejected => "rejected",
+        })
+    }
+}
+
 /// What must hold after a case's run.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Expect {
+    /// What the catch hook does with the event (checking it goes through the hook first).
+    #[serde(default)]
+    hook: Option<HookOutcome>,
     /// The run's final status.
     #[serde(default)]
     status: Option<RunStatus>,
-    /// Text the run's reason (why it failed or was filtered) contains.
+    /// Text the run's reason (why it failed or was filtered) contains, or, when the hook started
+    /// no run, its reason (`invalid_signature: …`, `event type … is not in this flow's events`).
     #[serde(default)]
     reason_contains: Option<String>,
     /// Expectations per step id.
@@ -157,11 +238,15 @@ async fn run_file(file: &Path) -> anyhow::Result<(usize, usize)> {
             file.with_file_name(name.replace(".test.", "."))
         }
     };
-    let (mut flows, errors) = flow::load(
-        std::slice::from_ref(&flow_path),
-        &crate::registry(),
-        &process_env,
-    );
+    let env = |name: &str| {
+        tests
+            .secrets
+            .get(name)
+            .cloned()
+            .or_else(|| process_env(name))
+    };
+    let (mut flows, errors) =
+        flow::load(std::slice::from_ref(&flow_path), &crate::registry(), &env);
     if let Some(e) = errors.first() {
         anyhow::bail!("the flow it tests has problems: {e}");
     }
@@ -190,25 +275,201 @@ async fn run_file(file: &Path) -> anyhow::Result<(usize, usize)> {
     Ok((passed, failed))
 }
 
-/// Runs a case; answers what did not hold.
+/// Runs a case's deliveries in order; answers what did not hold.
 async fn run_case(flow: &Flow, flow_path: &Path, case: &Case) -> anyhow::Result<Vec<String>> {
-    let trigger = match (&case.sample, &case.event) {
+    let mut seen = HashSet::new();
+    let mut problems = Vec::new();
+    let several = case.deliveries.len() > 1;
+    for (n, delivery) in case.deliveries.iter().enumerate() {
+        let found = run_delivery(flow, flow_path, delivery, &mut seen)
+            .await
+            .unwrap_or_else(|e| vec![format!("{e:#}")]);
+        problems.extend(found.into_iter().map(|p| match several {
+            true => format!("delivery {}: {p}", n + 1),
+            false => p,
+        }));
+    }
+    Ok(problems)
+}
+
+/// Sends one delivery (through the catch hook when it asks about the hook or is signed; `seen`
+/// holds the case's dedupe keys so far); answers what did not hold.
+async fn run_delivery(
+    flow: &Flow,
+    flow_path: &Path,
+    delivery: &Delivery,
+    seen: &mut HashSet<String>,
+) -> anyhow::Result<Vec<String>> {
+    let request = match (&delivery.sample, &delivery.event) {
         (Some(name), None) => {
             let path =
                 crate::samples::dir(flow_path, flow.id.as_str()).join(format!("{name}.json"));
-            crate::samples::load(&path)?
+            crate::samples::read(&path)?
         }
-        (None, Some(event)) => crate::samples::trigger(event),
+        (None, Some(event)) => event.clone(),
         _ => anyhow::bail!("give the case a `sample` or an `event`"),
     };
-    for id in case.stubs.keys().chain(case.expect.steps.keys()) {
+    for id in delivery.stubs.keys().chain(delivery.expect.steps.keys()) {
         anyhow::ensure!(
             flow.steps.iter().any(|s| s.id.as_str() == id),
             "the flow has no step `{id}`"
         );
     }
-    let trace = offline::run(flow, trigger, &case.stubs).await;
-    Ok(check(&case.expect, &trace))
+    let expect = &delivery.expect;
+    let mut problems = Vec::new();
+    let trigger = if delivery.sign || expect.hook.is_some() {
+        let hooked = through_hook(flow, request, delivery.sign, seen)?;
+        if let Some(hook) = expect.hook.filter(|h| *h != hooked.outcome) {
+            problems.push(format!(
+                "the hook answered `{}` ({}), expected `{hook}`",
+                hooked.outcome, hooked.reason
+            ));
+        }
+        let Some(trigger) = hooked.trigger else {
+            if let Some(text) = &expect.reason_contains {
+                if !hooked.reason.contains(text.as_str()) {
+                    problems.push(format!(
+                        "the hook's reason `{}` does not contain `{text}`",
+                        hooked.reason
+                    ));
+                }
+            }
+            if expect.status.is_some() || !expect.steps.is_empty() {
+                problems.push(format!(
+                    "the hook started no run (`{}`), but the case expects a run's status or steps",
+                    hooked.outcome
+                ));
+            }
+            return Ok(problems);
+        };
+        trigger
+    } else {
+        crate::samples::trigger(&request)
+    };
+    let trace = offline::run(flow, trigger, &delivery.stubs).await;
+    problems.extend(check(expect, &trace));
+    Ok(problems)
+}
+
+/// A delivery as its sender made it.
+fn sent<'a>(
+    method: &'a str,
+    url: &'a str,
+    headers: &'a [(String, String)],
+    body: &'a [u8],
+) -> SignedRequest<'a> {
+    SignedRequest {
+        method,
+        url,
+        headers,
+        body,
+    }
+}
+
+/// The URL a flow test's deliveries are signed for and checked against.
+const TEST_HOOK_URL: &str = "http://hookflow.test/hooks/catch";
+
+/// What the catch hook did with a delivery: its outcome, why, and the event to run if queued.
+struct Hooked {
+    outcome: HookOutcome,
+    reason: String,
+    trigger: Option<Value>,
+}
+
+/// Takes a delivery (`{method, headers, query, body}`) as the flow's catch hook does: signs it
+/// first when asked, then checks the signature, the event type and the dedupe key (against the
+/// case's `seen` keys) with the server's own functions.
+fn through_hook(
+    flow: &Flow,
+    mut request: Value,
+    sign: bool,
+    seen: &mut HashSet<String>,
+) -> anyhow::Result<Hooked> {
+    let Trigger::Webhook { verify, .. } = &flow.trigger else {
+        anyhow::bail!("`hook` and `sign` are for flows with a `webhook:` trigger");
+    };
+    anyhow::ensure!(
+        request.is_object(),
+        "an event is a mapping with `body` (and `headers`, `query`, `method`)"
+    );
+    let now = Timestamp::now();
+    let body = match &request["body"] {
+        Value::Null => Vec::new(),
+        Value::String(text) => text.clone().into_bytes(),
+        other => serde_json::to_vec(other)?,
+    };
+    let method = request["method"].as_str().unwrap_or("POST").to_owned();
+    let url = format!("{TEST_HOOK_URL}/{}/test", flow.id);
+    let mut headers: Vec<(String, String)> = request["headers"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, value)| {
+            let value = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned);
+            (name.to_ascii_lowercase(), value)
+        })
+        .collect();
+    if sign {
+        let verify = verify
+            .as_ref()
+            .context("`sign: true`, but the flow's webhook has no `verify:` to sign for")?;
+        let secret = verify.secrets.first().context(
+            "`sign: true` needs the flow's signing secret: give the variable its `verify.secret` \
+             names in the test file's `secrets:`",
+        )?;
+        let added = verify
+            .verifier
+            .sign(&sent(&method, &url, &headers, &body), secret, now)
+            .with_context(|| {
+                format!(
+                    "`sign: true` is not offered for `{}`: give the event its signature headers",
+                    verify.provider
+                )
+            })?;
+        headers.retain(|(name, _)| added.iter().all(|(a, _)| a != name));
+        headers.extend(added);
+    }
+    if let Some(verify) = verify {
+        if let Err(refusal) =
+            intake::check_signature(verify, &sent(&method, &url, &headers, &body), now)
+        {
+            return Ok(Hooked {
+                outcome: HookOutcome::Rejected,
+                reason: refusal.to_string(),
+                trigger: None,
+            });
+        }
+    }
+    request["headers"] = headers.into_iter().map(|(k, v)| (k, json!(v))).collect();
+    let mut events = intake::screen(flow, crate::samples::trigger(&request), now);
+    anyhow::ensure!(
+        events.len() == 1,
+        "the event is a batch of {} events: a case sends one event at a time",
+        events.len()
+    );
+    let (event, verdict) = events.remove(0);
+    Ok(match verdict {
+        Verdict::Ignored(why) => Hooked {
+            outcome: HookOutcome::Ignored,
+            reason: why,
+            trigger: None,
+        },
+        Verdict::Run(Some(key)) if !seen.insert(key.key.clone()) => Hooked {
+            outcome: HookOutcome::Duplicate,
+            reason: format!(
+                "a repeat of an earlier delivery of this case (dedupe key `{}`)",
+                key.key
+            ),
+            trigger: None,
+        },
+        Verdict::Run(_) => Hooked {
+            outcome: HookOutcome::Queued,
+            reason: "a run was started".into(),
+            trigger: Some(event),
+        },
+    })
 }
 
 fn check(expect: &Expect, trace: &Trace) -> Vec<String> {

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use hookflow_engine::authoring::empty::empty_fields;
 use hookflow_engine::authoring::offline::{self, Trace};
 use hookflow_engine::authoring::unresolved::unresolved;
 use hookflow_engine::flow::{self, process_env, schema::json_schema, Flow, Trigger};
+use hookflow_engine::intake::{self, Verdict};
 use hookflow_engine::model::{RunStatus, StepStatus, Timestamp};
 use hookflow_engine::outbound::{HttpClient, OutboundPolicy};
 use hookflow_engine::runtime::catalog::Catalog;
@@ -23,9 +25,10 @@ use hookflow_engine::steps::Registry;
 use hookflow_engine::store::sled::SledStore;
 use serde_json::{json, Value};
 
-/// `hookflow validate [--samples]`: prints every problem; exit code 1 if there is one. With
-/// `samples`, each flow also runs offline on each of its samples, and every expression that
-/// resolved to nothing is a problem.
+/// `hookflow validate [--samples]`: prints every problem and warning; exit code 1 if there is a
+/// problem. Each flow runs offline on each of its samples: a request field a sample would send
+/// empty and an expression that resolved to nothing are warnings; with `samples`, the latter are
+/// problems (and so is a sample that does not read).
 pub async fn validate(paths: &[PathBuf], samples: bool) -> ExitCode {
     let paths = if paths.is_empty() {
         vec![PathBuf::from("flows")]
@@ -41,22 +44,28 @@ pub async fn validate(paths: &[PathBuf], samples: bool) -> ExitCode {
     }
     let mut problems = errors.len();
     let mut checked = 0;
-    if samples {
-        for flow in &flows {
-            for (name, path) in crate::samples::list(Path::new(&flow.file), flow.id.as_str()) {
-                checked += 1;
-                let trigger = match crate::samples::load(&path) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        println!("{e:#}");
-                        problems += 1;
-                        continue;
-                    }
-                };
-                let trace = offline::run(flow, trigger, &BTreeMap::new()).await;
-                for u in unresolved(flow, &trace) {
+    for flow in &flows {
+        for (name, path) in crate::samples::list(Path::new(&flow.file), flow.id.as_str()) {
+            let trigger = match crate::samples::load(&path) {
+                Ok(t) => t,
+                Err(e) if samples => {
+                    println!("{e:#}");
+                    problems += 1;
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let trace = offline::run(flow, trigger, &BTreeMap::new()).await;
+            for warning in empty_fields(flow, &trace, &name) {
+                println!("warning: {warning}");
+            }
+            checked += 1;
+            for u in unresolved(flow, &trace) {
+                if samples {
                     println!("{u} (sample {name})");
                     problems += 1;
+                } else {
+                    println!("warning: {u} (sample {name})");
                 }
             }
         }
@@ -98,7 +107,8 @@ pub enum RunInput<'a> {
 }
 
 /// `hookflow run`: one event through one flow, printing each step's input and output and every
-/// expression that resolved to nothing. A dry run is offline (nothing is sent, nothing stored);
+/// expression that resolved to nothing. An event whose type the flow's `events:` does not take is
+/// ignored, as the catch hook would. A dry run is offline (nothing is sent, nothing stored);
 /// otherwise the real runtime runs on a temporary store, without retries.
 pub async fn run(
     flow_path: &Path,
@@ -136,6 +146,12 @@ pub async fn run(
             Schedule::trigger(tick, tick)
         }
     };
+    // As the catch hook would: an event whose type the flow does not take starts nothing.
+    let screened = intake::screen(&flow, trigger.clone(), Timestamp::now());
+    if let [(_, Verdict::Ignored(why))] = screened.as_slice() {
+        println!("ignored: {why}: the catch hook answers `ignored` and starts no run");
+        return Ok(ExitCode::SUCCESS);
+    }
     let (flow, trace) = if dry_run {
         let trace = offline::run(&flow, trigger, &BTreeMap::new()).await;
         (Arc::new(flow), trace)
@@ -159,7 +175,13 @@ pub fn schedules(flow_path: &Path, count: usize, from: Option<&str>) -> anyhow::
         Some(text) => local_time(schedule, text)?,
         None => Timestamp::now(),
     };
-    println!("{}  `{}` ({})", flow.id, schedule.cron, schedule.timezone);
+    println!(
+        "{}  `{}` ({}){}",
+        flow.id,
+        schedule.cron,
+        schedule.timezone,
+        paused_note(flow.enabled)
+    );
     let ticks = schedule.upcoming(from, count);
     if ticks.is_empty() {
         println!("    never fires after {}", schedule.local_time(from));
@@ -168,6 +190,15 @@ pub fn schedules(flow_path: &Path, count: usize, from: Option<&str>) -> anyhow::
         println!("    {}    {}", schedule.local_time(tick), tick.to_rfc3339());
     }
     Ok(())
+}
+
+/// What `schedules` says after a paused flow's schedule: its ticks do not fire.
+pub fn paused_note(enabled: bool) -> &'static str {
+    if enabled {
+        ""
+    } else {
+        "  PAUSED (`enabled: false`): these ticks do not fire until the flow is enabled"
+    }
 }
 
 /// The one flow in a flow file, or every problem it has.

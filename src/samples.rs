@@ -34,6 +34,11 @@ pub fn list(flow_file: &Path, flow_id: &str) -> Vec<(String, PathBuf)> {
 
 /// The trigger a sample file stands for (received now).
 pub fn load(path: &Path) -> anyhow::Result<Value> {
+    Ok(trigger(&read(path)?))
+}
+
+/// A sample file as written: the request `{method, headers, query, body}`.
+pub fn read(path: &Path) -> anyhow::Result<Value> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the sample {}", path.display()))?;
     let sample: Value = serde_json::from_str(&text)
@@ -43,7 +48,7 @@ pub fn load(path: &Path) -> anyhow::Result<Value> {
         "{}: a sample is an object with the request's `body` (and `method`, `headers`, `query`)",
         path.display()
     );
-    Ok(trigger(&sample))
+    Ok(sample)
 }
 
 /// A run's `trigger` from a request's parts (missing parts empty).

@@ -119,6 +119,12 @@ fn unbase64(text: &str) -> Vec<u8> {
 /// Stripe: `Stripe-Signature: t=…,v1=…[,v1=…]`, HMAC-SHA256 (hex) of `{t}.{body}`.
 struct Stripe;
 
+impl Stripe {
+    fn mac(secret: &str, t: &str, body: &[u8]) -> Vec<u8> {
+        hmac_sha256(secret.as_bytes(), &[t.as_bytes(), b".", body])
+    }
+}
+
 impl Verifier for Stripe {
     fn verify(
         &self,
@@ -141,10 +147,20 @@ impl Verifier for Stripe {
         if signatures.is_empty() {
             return Err("the Stripe-Signature header has no v1 signature".into());
         }
-        let signed =
-            |secret: &str| hmac_sha256(secret.as_bytes(), &[t.as_bytes(), b".", request.body]);
+        let signed = |secret: &str| Stripe::mac(secret, t, request.body);
         any_match(secrets, &signatures, signed)?;
         fresh(parse_secs(t, "Stripe-Signature t=")?, now, tolerance)
+    }
+
+    fn sign(
+        &self,
+        request: &SignedRequest<'_>,
+        secret: &str,
+        now: Timestamp,
+    ) -> Option<Vec<(String, String)>> {
+        let t = (now.millis() / 1000).to_string();
+        let mac = hex::encode(Stripe::mac(secret, &t, request.body));
+        Some(vec![("stripe-signature".into(), format!("t={t},v1={mac}"))])
     }
 
     fn event_id(&self, trigger: &Value) -> Option<String> {
@@ -169,6 +185,19 @@ impl Verifier for GitHub {
             .ok_or("the X-Hub-Signature-256 header does not start with sha256=")?;
         let expected = |secret: &str| hmac_sha256(secret.as_bytes(), &[request.body]);
         any_match(secrets, &[unhex(sig)], expected)
+    }
+
+    fn sign(
+        &self,
+        request: &SignedRequest<'_>,
+        secret: &str,
+        _now: Timestamp,
+    ) -> Option<Vec<(String, String)>> {
+        let mac = hex::encode(hmac_sha256(secret.as_bytes(), &[request.body]));
+        Some(vec![(
+            "x-hub-signature-256".into(),
+            format!("sha256={mac}"),
+        )])
     }
 
     fn event_type(&self, trigger: &Value) -> Option<String> {
@@ -196,6 +225,16 @@ impl Verifier for Shopify {
         any_match(secrets, &[sig], expected)
     }
 
+    fn sign(
+        &self,
+        request: &SignedRequest<'_>,
+        secret: &str,
+        _now: Timestamp,
+    ) -> Option<Vec<(String, String)>> {
+        let mac = BASE64.encode(hmac_sha256(secret.as_bytes(), &[request.body]));
+        Some(vec![("x-shopify-hmac-sha256".into(), mac)])
+    }
+
     fn event_type(&self, trigger: &Value) -> Option<String> {
         trigger_header(trigger, "x-shopify-topic").map(str::to_owned)
     }
@@ -209,6 +248,12 @@ impl Verifier for Shopify {
 
 /// Slack: `X-Slack-Signature: v0=…`, HMAC-SHA256 (hex) of `v0:{X-Slack-Request-Timestamp}:{body}`.
 struct Slack;
+
+impl Slack {
+    fn mac(secret: &str, t: &str, body: &[u8]) -> Vec<u8> {
+        hmac_sha256(secret.as_bytes(), &[b"v0:", t.as_bytes(), b":", body])
+    }
+}
 
 impl Verifier for Slack {
     fn verify(
@@ -224,13 +269,22 @@ impl Verifier for Slack {
             .strip_prefix("v0=")
             .ok_or("the X-Slack-Signature header does not start with v0=")?;
         fresh(parse_secs(t, "X-Slack-Request-Timestamp")?, now, tolerance)?;
-        let expected = |secret: &str| {
-            hmac_sha256(
-                secret.as_bytes(),
-                &[b"v0:", t.as_bytes(), b":", request.body],
-            )
-        };
+        let expected = |secret: &str| Slack::mac(secret, t, request.body);
         any_match(secrets, &[unhex(sig)], expected)
+    }
+
+    fn sign(
+        &self,
+        request: &SignedRequest<'_>,
+        secret: &str,
+        now: Timestamp,
+    ) -> Option<Vec<(String, String)>> {
+        let t = (now.millis() / 1000).to_string();
+        let mac = hex::encode(Slack::mac(secret, &t, request.body));
+        Some(vec![
+            ("x-slack-request-timestamp".into(), t),
+            ("x-slack-signature".into(), format!("v0={mac}")),
+        ])
     }
 
     fn event_type(&self, trigger: &Value) -> Option<String> {
@@ -284,6 +338,25 @@ impl Verifier for StandardWebhooks {
         matched.then_some(()).ok_or_else(|| NO_MATCH.into())
     }
 
+    fn sign(
+        &self,
+        request: &SignedRequest<'_>,
+        secret: &str,
+        now: Timestamp,
+    ) -> Option<Vec<(String, String)>> {
+        // A sender's message id stays (it is the event's identity); else one is made up.
+        let id = request.header("webhook-id").unwrap_or("msg_hookflow_test");
+        let t = now.millis() / 1000;
+        Some(vec![
+            ("webhook-id".into(), id.to_owned()),
+            ("webhook-timestamp".into(), t.to_string()),
+            (
+                "webhook-signature".into(),
+                standard_webhooks_signature(secret, id, t, request.body),
+            ),
+        ])
+    }
+
     fn event_id(&self, trigger: &Value) -> Option<String> {
         trigger_header(trigger, "webhook-id")
             .or_else(|| trigger_header(trigger, "svix-id"))
@@ -306,6 +379,24 @@ enum HubSpotVersion {
 /// HubSpot: one of its signature versions. HubSpot posts arrays of up to 100 events: each is a run.
 struct HubSpot(HubSpotVersion);
 
+impl HubSpot {
+    /// The signature of `request` with `secret` in this version (`t`: v3's timestamp header).
+    fn mac(&self, secret: &str, request: &SignedRequest<'_>, t: &str) -> Vec<u8> {
+        let (method, url, body) = (
+            request.method.as_bytes(),
+            request.url.as_bytes(),
+            request.body,
+        );
+        match self.0 {
+            HubSpotVersion::V1 => sha256(&[secret.as_bytes(), body]),
+            HubSpotVersion::V2 => sha256(&[secret.as_bytes(), method, url, body]),
+            HubSpotVersion::V3 => {
+                hmac_sha256(secret.as_bytes(), &[method, url, body, t.as_bytes()])
+            }
+        }
+    }
+}
+
 impl Verifier for HubSpot {
     fn verify(
         &self,
@@ -314,32 +405,41 @@ impl Verifier for HubSpot {
         now: Timestamp,
         tolerance: Duration,
     ) -> Result<(), String> {
-        let (method, url, body) = (
-            request.method.as_bytes(),
-            request.url.as_bytes(),
-            request.body,
-        );
         match self.0 {
             HubSpotVersion::V1 | HubSpotVersion::V2 => {
                 let sig = unhex(header(request, "x-hubspot-signature")?);
-                let v2 = matches!(self.0, HubSpotVersion::V2);
-                let expected = |secret: &str| match v2 {
-                    true => sha256(&[secret.as_bytes(), method, url, body]),
-                    false => sha256(&[secret.as_bytes(), body]),
-                };
-                any_match(secrets, &[sig], expected)
+                any_match(secrets, &[sig], |secret| self.mac(secret, request, ""))
             }
             HubSpotVersion::V3 => {
                 let t = header(request, "x-hubspot-request-timestamp")?;
                 let sig = unbase64(header(request, "x-hubspot-signature-v3")?);
                 let millis = parse_secs(t, "X-HubSpot-Request-Timestamp")?;
                 fresh(millis / 1000, now, tolerance)?;
-                let expected = |secret: &str| {
-                    hmac_sha256(secret.as_bytes(), &[method, url, body, t.as_bytes()])
-                };
-                any_match(secrets, &[sig], expected)
+                any_match(secrets, &[sig], |secret| self.mac(secret, request, t))
             }
         }
+    }
+
+    fn sign(
+        &self,
+        request: &SignedRequest<'_>,
+        secret: &str,
+        now: Timestamp,
+    ) -> Option<Vec<(String, String)>> {
+        Some(match self.0 {
+            HubSpotVersion::V1 | HubSpotVersion::V2 => vec![(
+                "x-hubspot-signature".into(),
+                hex::encode(self.mac(secret, request, "")),
+            )],
+            HubSpotVersion::V3 => {
+                let t = now.millis().to_string();
+                let mac = BASE64.encode(self.mac(secret, request, &t));
+                vec![
+                    ("x-hubspot-request-timestamp".into(), t),
+                    ("x-hubspot-signature-v3".into(), mac),
+                ]
+            }
+        })
     }
 
     fn event_type(&self, trigger: &Value) -> Option<String> {
@@ -500,6 +600,34 @@ mod tests {
             now,
             TOLERANCE,
         )
+    }
+
+    #[test]
+    fn what_a_provider_signs_it_verifies() {
+        let mut registry = Registry::default();
+        register(&mut registry);
+        let body = br#"{"id":"evt_1","type":"invoice.paid"}"#;
+        let now = secs(1_767_000_000);
+        for provider in registry.providers().collect::<Vec<_>>() {
+            let (_, verifier) = registry.verifier(provider).unwrap();
+            let unsigned = headers(&[("content-type", "application/json")]);
+            let url = "https://hooks.example.com/hooks/catch/f/t";
+            let Some(added) = verifier.sign(&request(url, &unsigned, body), "whsec_dGVzdA==", now)
+            else {
+                assert_eq!(provider, "twilio", "only Twilio's signing is not offered");
+                continue;
+            };
+            let signed: Vec<(String, String)> = unsigned.iter().cloned().chain(added).collect();
+            assert_eq!(
+                check(verifier.as_ref(), &signed, body, &["whsec_dGVzdA=="], now),
+                Ok(()),
+                "{provider}"
+            );
+            assert!(
+                check(verifier.as_ref(), &signed, body, &["whsec_b3RoZXI="], now).is_err(),
+                "{provider}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!   coordination; run notices; the quarantine), the injected clock, and the sled backend.
 //! - [`authoring`]: offline runs with stubbed calls, and flags for expressions that resolved to
 //!   nothing (previews, `validate --samples`, flow tests).
+//! - [`intake`]: what a catch hook decides before a run exists (signature, event type, dedupe
+//!   key), shared by the server and flow tests.
 //! - [`secrets`]: a flow's secrets, the values derived from them, and their redaction.
 //! - [`schedule`]: cron schedules in a timezone (the ticks `schedule:` flows fire at).
 //! - [`runtime`]: ingest, the queue dispatcher and workers, retry policies, the pure decision
@@ -34,6 +36,7 @@ pub mod error;
 pub mod expr;
 pub mod flow;
 pub mod ids;
+pub mod intake;
 pub mod model;
 pub mod outbound;
 pub mod pacing;

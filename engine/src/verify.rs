@@ -60,6 +60,18 @@ pub trait Verifier: Send + Sync {
     fn batches(&self) -> bool {
         false
     }
+
+    /// The headers a sender signing `request` (its `headers` are those it has already) with
+    /// `secret` at `now` would add, so flow tests can sign their events with the flow's own
+    /// scheme. `None` for a provider whose signing is not offered.
+    fn sign(
+        &self,
+        _request: &SignedRequest<'_>,
+        _secret: &str,
+        _now: Timestamp,
+    ) -> Option<Vec<(String, String)>> {
+        None
+    }
 }
 
 /// The Standard Webhooks signature (`v1,…`) of a message: HMAC-SHA256, keyed by the base64 after

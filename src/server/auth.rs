@@ -225,19 +225,16 @@ async fn login(
     let ip = client.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0 .0.ip());
     let actor = Actor::password(Some(ip));
     if let Some(wait) = auth.throttle.locked(ip) {
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let seconds = super::whole_seconds(wait);
         // Not audited: a locked-out address may ask at any rate (`/metrics` counts these).
         tracing::warn!(%ip, seconds, "refused a login: too many failures from this address");
-        let mut answer = ApiError::new(
+        return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_attempts",
             format!("too many failed logins from this address: try again in {seconds} s"),
         )
+        .retry_after(wait)
         .into_response();
-        answer
-            .headers_mut()
-            .insert(header::RETRY_AFTER, seconds.into());
-        return answer;
     }
     if !constant_time_eq(login.password.as_bytes(), password.as_bytes()) {
         auth.throttle.failed(ip);

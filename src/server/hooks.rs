@@ -6,7 +6,8 @@
 //! JSON object or array is read as JSON, since `curl -d` labels everything a form); other bodies
 //! are kept as text. The flow may ask to answer with the run's result instead (`respond: result`).
 //! A flow with `verify:` has the sender's signature checked over the raw body first: a request that
-//! fails gets 401 `invalid_signature` and stores nothing.
+//! fails gets 401 `invalid_signature` and stores nothing. The signature check, the event-type
+//! filter and the dedupe key are [`intake`]'s decisions, which flow tests share.
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use hookflow_engine::flow::{Flow, Respond, Trigger, Verify};
 use hookflow_engine::ids::FlowId;
+use hookflow_engine::intake::{self, Refusal, Verdict};
 use hookflow_engine::model::Timestamp;
 use hookflow_engine::verify::SignedRequest;
 use serde_json::{json, Map, Value};
@@ -164,9 +166,10 @@ async fn take(
                 "rate_limited",
                 format!(
                     "this hook takes at most {per_second} requests per second: retry in {} s",
-                    wait.as_secs() + 1
+                    super::whole_seconds(wait)
                 ),
-            ));
+            )
+            .retry_after(wait));
         }
     }
     if !flow.enabled {
@@ -198,8 +201,9 @@ async fn take(
         .map_err(|_| too_large())?;
     *size = bytes.len();
     if let Some(verify) = verify {
-        check_signature(state, verify, method, uri, headers, &bytes).inspect_err(|_| {
+        check_signature(state, verify, method, uri, headers, &bytes).map_err(|refusal| {
             tracing::warn!(flow = %flow_id, provider = verify.provider, "refused a catch-hook request: its signature does not verify");
+            ApiError::new(StatusCode::UNAUTHORIZED, refusal.code, refusal.detail)
         })?;
     }
     let content_type = headers
@@ -219,18 +223,21 @@ async fn take(
     ]));
 
     let batch = flow.batches() && trigger["body"].is_array();
-    let events = flow.split_batch(trigger);
+    let events = intake::screen(flow, trigger, state.engine.now());
     let mut answers = Vec::with_capacity(events.len());
-    for event in events {
+    for (event, verdict) in events {
         state.captures.offer(flow, &event).await;
-        if let Some(why) = flow.ignores(&event) {
-            tracing::info!(flow = %flow_id, reason = %why, "ignored an event");
-            answers.push((None, why));
-            continue;
-        }
+        let dedupe = match verdict {
+            Verdict::Ignored(why) => {
+                tracing::info!(flow = %flow_id, reason = %why, "ignored an event");
+                answers.push((None, why));
+                continue;
+            }
+            Verdict::Run(dedupe) => dedupe,
+        };
         let accepted = state
             .engine
-            .ingest(flow, event)
+            .ingest_keyed(flow, event, dedupe)
             .await
             .map_err(|e| ApiError::unavailable(&e))?;
         answers.push((Some(accepted), String::new()));
@@ -367,18 +374,7 @@ fn check_signature(
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(), ApiError> {
-    if verify.secrets.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "signature_not_configured",
-            format!(
-                "this flow checks {} signatures but has no signing secret yet: set the variable \
-                 its `verify.secret` names and restart",
-                verify.provider
-            ),
-        ));
-    }
+) -> Result<(), Refusal> {
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     let url = format!("{}{path}", state.base_url);
     let headers: Vec<(String, String)> = headers
@@ -394,21 +390,7 @@ fn check_signature(
         headers: &headers,
         body,
     };
-    verify
-        .verifier
-        .verify(
-            &request,
-            &verify.secrets,
-            Timestamp::now(),
-            verify.tolerance,
-        )
-        .map_err(|why| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_signature",
-                format!("the {} signature check failed: {why}", verify.provider),
-            )
-        })
+    intake::check_signature(verify, &request, Timestamp::now())
 }
 
 fn header_map(headers: &HeaderMap) -> Value {

@@ -24,6 +24,7 @@ mod throttle;
 mod trigger;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -110,6 +111,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     detail: String,
+    /// Seconds for a `Retry-After` header (a 503 without one asks for 5).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -119,7 +122,15 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            retry_after: None,
         }
+    }
+
+    /// Asks the client to wait `wait` (rounded up to whole seconds, at least 1) before trying
+    /// again, with a `Retry-After` header.
+    pub fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(whole_seconds(wait));
+        self
     }
 
     /// 404.
@@ -168,18 +179,26 @@ impl From<hookflow_engine::store::StoreError> for ApiError {
 }
 
 /// How long a sender is asked to wait after a 503 (the store unreachable, a flow paused).
-const RETRY_UNAVAILABLE_AFTER_SECS: &str = "5";
+const RETRY_UNAVAILABLE_AFTER_SECS: u64 = 5;
+
+/// A wait in whole seconds, rounded up, at least 1 (what `Retry-After` can say).
+fn whole_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(json!({ "code": self.code, "detail": self.detail }));
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            let retry = [(
-                axum::http::header::RETRY_AFTER,
-                RETRY_UNAVAILABLE_AFTER_SECS,
-            )];
-            return (self.status, retry, body).into_response();
+        let retry_after = self
+            .retry_after
+            .or((self.status == StatusCode::SERVICE_UNAVAILABLE)
+                .then_some(RETRY_UNAVAILABLE_AFTER_SECS));
+        match retry_after {
+            Some(seconds) => {
+                let retry = [(axum::http::header::RETRY_AFTER, seconds.to_string())];
+                (self.status, retry, body).into_response()
+            }
+            None => (self.status, body).into_response(),
         }
-        (self.status, body).into_response()
     }
 }

@@ -1,7 +1,8 @@
 //! Previews for authoring: `GET /api/v1/flows/{flow_id}/samples` lists a flow's samples, and
 //! `POST /api/v1/flows/{flow_id}/preview {"sample": NAME}` (or `{"event": {"body": …}}`) runs the
 //! deployed flow offline on it — nothing sent, nothing stored — and answers each step's rendered
-//! input and output, and every expression that resolved to nothing with its line and a suggestion.
+//! input and output, every expression that resolved to nothing with its line and a suggestion, and
+//! the flow's warnings with those of this run (request fields it would send empty).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,6 +10,7 @@ use std::path::Path;
 use axum::extract::{Path as UrlPath, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hookflow_engine::authoring::empty::empty_fields;
 use hookflow_engine::authoring::offline;
 use hookflow_engine::authoring::unresolved::unresolved;
 use hookflow_engine::flow::Flow;
@@ -62,8 +64,8 @@ async fn preview(
     Json(request): Json<PreviewRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let flow = super::api::deployed(&state, &flow_id)?;
-    let trigger = match (request.sample, request.event) {
-        (Some(name), None) => super::preview::sample_trigger(&flow, &name)?,
+    let trigger = match (&request.sample, request.event) {
+        (Some(name), None) => super::preview::sample_trigger(&flow, name)?,
         (None, Some(event)) => crate::samples::trigger(&event),
         _ => {
             return Err(ApiError::bad_request(
@@ -73,6 +75,7 @@ async fn preview(
         }
     };
     let trace = offline::run(&flow, trigger, &BTreeMap::new()).await;
+    let sample = request.sample.as_deref().unwrap_or("the event");
     let steps: Vec<Value> = trace
         .run
         .steps
@@ -98,6 +101,7 @@ async fn preview(
     let warnings: Vec<Value> = flow
         .warnings
         .iter()
+        .chain(&empty_fields(&flow, &trace, sample))
         .map(|w| json!({ "line": w.line, "col": w.col, "field": w.path, "message": w.message }))
         .collect();
     Ok(Json(json!({

@@ -219,10 +219,67 @@ fn flow_tests_check_every_expectation_and_show_a_diff_when_one_fails() {
     );
 }
 
+const PUSHES: &str = r#"id: pushes
+trigger:
+  webhook:
+    verify: { provider: github, secret: "${env:PUSHES_TEST_SECRET}" }
+    events: [push]
+steps:
+  - id: shape
+    map: { repo: "{{trigger.body.repository}}" }
+"#;
+
+const PUSHES_TESTS: &str = r#"secrets: { PUSHES_TEST_SECRET: a-test-secret }
+cases:
+  - name: a push runs once, its redelivery is a duplicate
+    deliveries:
+      - event: { headers: { X-GitHub-Event: push, X-GitHub-Delivery: d-1 }, body: { repository: hookflow } }
+        sign: true
+        expect: { hook: queued, steps: { shape: { output: { repo: hookflow } } } }
+      - event: { headers: { X-GitHub-Event: push, X-GitHub-Delivery: d-1 }, body: { repository: hookflow } }
+        sign: true
+        expect: { hook: duplicate, reason_contains: "`d-1`" }
+  - name: a star is ignored
+    event: { headers: { X-GitHub-Event: star, X-GitHub-Delivery: d-2 }, body: {} }
+    sign: true
+    expect: { hook: ignored, reason_contains: "event type `star`" }
+  - name: an unsigned push is rejected
+    event: { headers: { X-GitHub-Event: push }, body: {} }
+    expect: { hook: rejected, reason_contains: "invalid_signature: the github signature check failed: the x-hub-signature-256 header is missing" }
+  - name: a wrong expectation about the hook
+    event: { headers: { X-GitHub-Event: star }, body: {} }
+    sign: true
+    expect: { hook: queued, status: succeeded }
+"#;
+
+#[test]
+fn flow_tests_check_the_catch_hook_as_the_server_does() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "flows/pushes.yaml", PUSHES);
+    write(dir.path(), "flows/pushes.test.yaml", PUSHES_TESTS);
+    let out = run_cli(&["test", "flows"], dir.path());
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(shown.contains("3 case(s) passed, 1 failed"), "{shown}");
+    assert!(
+        shown.contains("✘ flows/pushes.test.yaml › a wrong expectation about the hook\n    the hook answered `ignored` (event type `star` is not in this flow's events), expected `queued`\n    the hook started no run (`ignored`), but the case expects a run's status or steps"),
+        "{shown}"
+    );
+
+    // A case gives its events inline or under `deliveries`, not both.
+    let both = "secrets: { PUSHES_TEST_SECRET: s }\ncases:\n  - name: both\n    sign: true\n    deliveries: []\n";
+    write(dir.path(), "flows/pushes.test.yaml", both);
+    let shown = text(&run_cli(&["test", "flows"], dir.path()));
+    assert!(
+        shown.contains("a case with `deliveries` gives each its own"),
+        "{shown}"
+    );
+}
+
 #[test]
 fn the_shipped_flows_have_samples_and_passing_tests() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = run_cli(&["test"], repo);
+    let out = run_cli(&["test", "flows", "docs/recipes"], repo);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(", 0 failed"), "{}", text(&out));
     let out = run_cli(&["validate", "--samples"], repo);

@@ -245,3 +245,65 @@ fn schedules_and_ticks_are_checked_offline_from_the_flow_file() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("write YYYY-MM-DDTHH:MM (in America/New_York)"));
 }
+
+#[tokio::test]
+async fn schedules_say_when_a_flow_is_paused() {
+    let paused = "id: paused\nenabled: false\ntrigger:\n  schedule: { cron: \"0 9 * * *\" }\nsteps:\n  - { id: a, map: {} }\n";
+    let running = "id: running\ntrigger:\n  schedule: { cron: \"0 9 * * *\" }\nsteps:\n  - { id: a, map: {} }\n";
+    let server = Server::start(&[("paused.yaml", paused), ("running.yaml", running)]);
+    let listed = stdout(&server.cli(&["schedules"]));
+    let line = |id: &str| {
+        listed
+            .lines()
+            .find(|l| l.starts_with(&format!("{id}  ")))
+            .unwrap_or_else(|| panic!("no {id} in {listed}"))
+            .to_owned()
+    };
+    assert!(
+        line("paused").ends_with(
+            "PAUSED (`enabled: false`): these ticks do not fire until the flow is enabled"
+        ),
+        "{listed}"
+    );
+    assert!(!line("running").contains("PAUSED"), "{listed}");
+
+    let offline = server.flows_dir().join("paused.yaml");
+    let out = run_cli(&["schedules", offline.to_str().unwrap()], repo());
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).lines().next().unwrap().contains("PAUSED"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn run_ignores_an_event_type_the_flow_does_not_take_as_the_hook_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("paid.yaml");
+    std::fs::write(
+        &flow,
+        "id: paid\ntrigger:\n  webhook: { events: [invoice.paid] }\nsteps:\n  - { id: a, map: { x: 1 } }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("other.json"),
+        r#"{"type": "invoice.voided"}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("paid.json"), r#"{"type": "invoice.paid"}"#).unwrap();
+    let run = |event: &str| {
+        run_cli(
+            &["run", "paid.yaml", "--event", event, "--dry-run"],
+            dir.path(),
+        )
+    };
+    let out = run("other.json");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        stdout(&out).trim(),
+        "ignored: event type `invoice.voided` is not in this flow's events: the catch hook answers `ignored` and starts no run"
+    );
+    let out = run("paid.json");
+    assert!(stdout(&out).contains("\"x\": 1"), "{}", stdout(&out));
+}

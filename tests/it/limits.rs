@@ -202,3 +202,29 @@ async fn connections_past_the_cap_are_closed_at_once_and_a_freed_slot_serves_aga
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_rate_limited_hook_says_when_to_retry_in_retry_after() {
+    let flow =
+        "id: limited\ntrigger:\n  webhook: { rate_limit: 1/m }\nsteps:\n  - { id: a, map: {} }\n";
+    let server = Server::start(&[("limited.yaml", flow)]);
+    let client = reqwest::Client::new();
+    let url = server.catch_url("limited");
+    let first = client.post(&url).json(&json!({})).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().get("retry-after").is_none());
+    let second = client.post(&url).json(&json!({})).send().await.unwrap();
+    assert_eq!(second.status(), 429);
+    // One request a minute: the next is allowed a minute after the first, in whole seconds.
+    let retry_after = second.headers()["retry-after"].to_str().unwrap().to_owned();
+    let answer: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(answer["code"], "rate_limited", "{answer}");
+    assert_eq!(retry_after, "60", "{answer}");
+    assert!(
+        answer["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("retry in {retry_after} s")),
+        "{answer}"
+    );
+}

@@ -106,6 +106,7 @@ steps:
   - id: shape
     map:
       email: "{{lower trigger.body.customer_email}}"
+      day: "{{date_format trigger.received_at 'YYYY-MM-DD'}}"
 "#;
 
 #[tokio::test]
@@ -146,6 +147,12 @@ async fn the_flow_page_previews_a_sample_marks_the_typo_and_captures_new_samples
         .unwrap_or_default()
         .contains("flagged"));
     assert!(line.text().await.unwrap().contains("email:"));
+    // The flow's warnings show with the preview, at their line.
+    let warning = browser.text_of(".warning", "strftime").await;
+    assert!(
+        warning.contains("line 10") && warning.contains("write `%Y-%m-%d`"),
+        "{warning}"
+    );
     // The flag links to its line.
     browser
         .find("[data-goto-line='9']")

@@ -144,13 +144,125 @@ fn a_structural_error_names_line_and_field() {
         "id: f\ntrigger:\n  webhook:\n    respond: later\nsteps:\n  - id: a\n    map: { x: 1 }\n";
     let (ok, lines, _dir) = validate(&[("top.yaml", &bad), ("trigger.yaml", bad_trigger)]);
     assert!(!ok);
-    expect(&lines, "top.yaml", 7, "", "unknown field `extra`");
+    expect(
+        &lines,
+        "top.yaml",
+        7,
+        "extra",
+        "the flow has no field `extra` (its fields are id, name,",
+    );
     expect(
         &lines,
         "trigger.yaml",
         4,
         "trigger.webhook.respond",
         "unknown variant `later`",
+    );
+}
+
+#[test]
+fn one_pass_reports_a_trigger_typo_with_every_step_problem() {
+    let flow = "\
+id: f
+titel: Plan changes
+trigger:
+  webhok:
+steps:
+  - id: a
+    retry: { attemps: 3 }
+    http:
+      url: https://example.com
+      metod: POST
+  - not a step
+  - id: a
+    map: { x: 1 }
+  - id: b
+    needs: [a]
+    mapp: { x: 1 }
+";
+    // Deeper in a step's config, and in a nested step: the field itself, the closest name.
+    let nested = "\
+id: g
+trigger: { webhook: }
+steps:
+  - id: a
+    http:
+      url: https://example.com
+      auth: { bearr: x }
+  - id: b
+    foreach:
+      items: \"$.trigger.body.lines\"
+      steps:
+        - id: c
+          http: { url: \"https://example.com\", metod: POST }
+";
+    let (ok, lines, _dir) = validate(&[("typos.yaml", flow), ("nested.yaml", nested)]);
+    expect(
+        &lines,
+        "nested.yaml",
+        7,
+        "steps[0].http.auth.bearr",
+        "`auth` has no field `bearr`: did you mean `bearer`?",
+    );
+    expect(
+        &lines,
+        "nested.yaml",
+        13,
+        "steps[1].foreach.steps[0].http.metod",
+        "`http` has no field `metod`: did you mean `method`?",
+    );
+    assert!(!ok);
+    expect(
+        &lines,
+        "typos.yaml",
+        2,
+        "titel",
+        "the flow has no field `titel`: did you mean `title`?",
+    );
+    expect(
+        &lines,
+        "typos.yaml",
+        4,
+        "trigger.webhok",
+        "`trigger` has no field `webhok`: did you mean `webhook`?",
+    );
+    expect(
+        &lines,
+        "typos.yaml",
+        7,
+        "steps[0].retry.attemps",
+        "`retry` has no field `attemps`: did you mean `attempts`?",
+    );
+    expect(
+        &lines,
+        "typos.yaml",
+        10,
+        "steps[0].http.metod",
+        "`http` has no field `metod`: did you mean `method`?",
+    );
+    expect(&lines, "typos.yaml", 11, "steps[1]", "a step is a mapping");
+    expect(
+        &lines,
+        "typos.yaml",
+        12,
+        "steps[2].id",
+        "duplicate step id `a` (first used by steps[0])",
+    );
+    expect(
+        &lines,
+        "typos.yaml",
+        16,
+        "steps[3].mapp",
+        "did you mean `map`?",
+    );
+    let problems: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("./typos.yaml"))
+        .collect();
+    assert_eq!(problems.len(), 7, "one line per problem: {problems:#?}");
+    assert!(
+        problems.iter().all(|l| !l.contains("its fields are")),
+        "a close name is suggested instead of every field: {problems:#?}"
     );
 }
 
@@ -222,4 +334,70 @@ async fn silent_mistakes_in_a_schedule_are_warned_at_validate_and_preview() {
         "{preview}"
     );
     assert_eq!(preview["warnings"][0]["line"], 3);
+}
+
+#[tokio::test]
+async fn a_date_format_that_is_not_strftime_and_a_field_a_sample_sends_empty_are_warned() {
+    let flow = "id: notify\ntrigger:\n  webhook:\nsteps:\n  - id: post\n    http:\n      url: https://example.com/hook\n      json:\n        day: \"{{date_format trigger.received_at 'YYYY-MM-DD'}}\"\n        name: \"{{trigger.body.first}} {{trigger.body.last}}\"\n        phone: \"{{trigger.body.phone}}\"\n  - id: raw\n    http:\n      url: https://example.com/raw\n      body: \"{{trigger.body.note}}\"\n";
+    let sample = r#"{ "body": { "first": "", "last": "", "phone": "", "note": "" } }"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notify.yaml"), flow).unwrap();
+    std::fs::create_dir_all(dir.path().join("samples/notify")).unwrap();
+    std::fs::write(dir.path().join("samples/notify/blank.json"), sample).unwrap();
+    let out = run_cli(&["validate", "."], dir.path());
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "warnings do not fail validation: {shown}"
+    );
+    let warned = |needle: &str| {
+        shown
+            .lines()
+            .any(|l| l.starts_with("warning: ./") && l.contains(needle))
+    };
+    assert!(
+        warned("notify.yaml:9:14: steps[0].http.json.day: `YYYY-MM-DD` is not a strftime format: `date_format` prints it as it is written; write `%Y-%m-%d`"),
+        "{shown}"
+    );
+    assert!(
+        warned("notify.yaml:10:15: steps[0].http.json.name: on sample `blank` this field would be sent as empty text")
+            && warned("notify.yaml:15:13: steps[1].http.body: on sample `blank` this field would be sent as empty text (its expressions resolved to nothing): give a fallback such as `{{default trigger.body.note \"…\"}}`"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("json.phone"),
+        "a field that resolved to nothing is left out, not sent empty: {shown}"
+    );
+
+    let server = crate::support::Server::start(&[("notify.yaml", flow)]);
+    let samples = server.flows_dir().join("samples/notify");
+    std::fs::create_dir_all(&samples).unwrap();
+    std::fs::write(samples.join("blank.json"), sample).unwrap();
+    let (status, preview) = server
+        .post(
+            "/api/v1/flows/notify/preview",
+            &serde_json::json!({ "sample": "blank" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{preview}");
+    let warnings: Vec<(String, u64)> = preview["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["field"].as_str().unwrap().to_owned(),
+                w["line"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            ("steps[0].http.json.day".to_owned(), 9),
+            ("steps[0].http.json.name".to_owned(), 10),
+            ("steps[1].http.body".to_owned(), 15),
+        ],
+        "{preview}"
+    );
 }

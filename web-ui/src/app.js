@@ -428,7 +428,7 @@ async function preview(path, sample) {
   document.querySelectorAll(".source .flagged").forEach(l => l.classList.remove("flagged"));
   try {
     const p = await api(`${path}/preview`, { method: "POST", body: JSON.stringify({ sample }) });
-    for (const u of p.unresolved) document.getElementById(`line-${u.line}`)?.classList.add("flagged");
+    for (const u of [...p.unresolved, ...p.warnings]) document.getElementById(`line-${u.line}`)?.classList.add("flagged");
     out.innerHTML = `
       <p>Preview of <strong>${esc(sample)}</strong>: the run would be <span class="${esc(p.status)}">${esc(p.status)}</span>
         ${p.reason ? `— ${esc(p.reason)}` : ""} <span class="muted">(nothing was sent)</span></p>
@@ -436,6 +436,7 @@ async function preview(path, sample) {
         ? p.unresolved.map(u => `<p class="flag unresolved" data-line="${u.line}">⚠ <button type="button" class="link" data-goto-line="${u.line}">line ${u.line}</button>, <code>${esc(u.field)}</code>:
             <code>${esc(u.path)}</code> resolved to nothing${u.suggestion ? ` — did you mean <code>${esc(u.suggestion)}</code>?` : ""}</p>`).join("")
         : `<p class="succeeded">Every expression resolved.</p>`}</div>
+      <div id="warnings">${p.warnings.map(w => `<p class="flag warning" data-line="${w.line}">⚠ <button type="button" class="link" data-goto-line="${w.line}">line ${w.line}</button>, <code>${esc(w.field)}</code>: ${esc(w.message)}</p>`).join("")}</div>
       ${p.steps.map(s => `<div class="step" data-status="${esc(s.status)}" data-step="${esc(s.id)}">
           <strong>${esc(s.id)}</strong> <span class="${esc(s.status)}">${esc(s.status)}</span>
           ${s.error ? `<p class="failed">${esc(s.error)}</p>` : ""}

@@ -148,7 +148,7 @@ fn is_missing(ctx: &Value, segments: &[String]) -> bool {
 
 /// Whether the path reads the output of a step that only described its call (or did not
 /// succeed): what it would have answered is unknown.
-fn only_described(trace: &Trace, segments: &[String]) -> bool {
+pub(crate) fn only_described(trace: &Trace, segments: &[String]) -> bool {
     let [first, step, ..] = segments else {
         return false;
     };

@@ -68,7 +68,7 @@ use handlebars::Handlebars;
 use serde_json::Value;
 
 pub use condition::{Condition, ConditionSpec, Verdict};
-pub use refs::{references, Reference};
+pub use refs::{literal_args, references, Reference};
 
 use crate::secrets::Secrets;
 

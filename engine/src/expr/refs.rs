@@ -1,7 +1,8 @@
 //! Which paths of the run context a string of a flow reads: the simple paths of a template
 //! (`{{trigger.body.email}}`, `{{lower steps.shape.email}}`) and the definite prefix of a JSONPath
 //! (`$.trigger.body.items[*].sku` reads `trigger.body.items`). Used to flag expressions that
-//! resolve to nothing before they fail a step further on.
+//! resolve to nothing before they fail a step further on. Also the text literals a string passes
+//! to a helper ([`literal_args`]), to check them before a run does.
 
 use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
 use jsonpath_rust::parser::model::{Segment, Selector};
@@ -131,6 +132,48 @@ fn parameter(param: &Parameter, optional: bool, out: &mut Vec<Reference>) {
     }
 }
 
+/// The text literals a string passes as argument `position` (0-based) of `helper`, wherever the
+/// call is (in text, blocks or subexpressions): `literal_args(t, "date_format", 1)` gives the
+/// formats written in `{{date_format x "YYYY-MM-DD"}}`.
+pub fn literal_args(text: &str, helper: &str, position: usize) -> Vec<String> {
+    let Ok(template) = Template::compile(text) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    literals_in(&template.elements, helper, position, &mut out);
+    out
+}
+
+fn literals_in(elements: &[TemplateElement], helper: &str, position: usize, out: &mut Vec<String>) {
+    for element in elements {
+        let (TemplateElement::Expression(ht)
+        | TemplateElement::HtmlExpression(ht)
+        | TemplateElement::HelperBlock(ht)) = element
+        else {
+            continue;
+        };
+        if matches!(&ht.name, Parameter::Name(n) if n == helper) {
+            if let Some(Parameter::Literal(serde_json::Value::String(s))) = ht.params.get(position)
+            {
+                out.push(s.clone());
+            }
+        }
+        for param in ht.params.iter().chain(ht.hash.values()) {
+            if let Parameter::Subexpression(sub) = param {
+                literals_in(
+                    std::slice::from_ref(sub.element.as_ref()),
+                    helper,
+                    position,
+                    out,
+                );
+            }
+        }
+        for inner in [&ht.template, &ht.inverse].into_iter().flatten() {
+            literals_in(&inner.elements, helper, position, out);
+        }
+    }
+}
+
 fn push(segments: &[String], optional: bool, out: &mut Vec<Reference>) {
     out.push(Reference {
         segments: segments.to_vec(),
@@ -189,5 +232,24 @@ mod tests {
             paths("$.trigger.body.items[*].sku"),
             [("trigger.body.items".into(), false)]
         );
+    }
+
+    #[test]
+    fn finds_the_literals_passed_to_a_helper() {
+        let formats = |t: &str| literal_args(t, "date_format", 1);
+        assert_eq!(
+            formats("On {{date_format trigger.received_at \"YYYY-MM-DD\"}}"),
+            ["YYYY-MM-DD"]
+        );
+        assert_eq!(
+            formats("{{upper (date_format (date_parse x) \"%d %b\" \"UTC\")}}"),
+            ["%d %b"]
+        );
+        assert_eq!(
+            formats("{{#if a}}{{date_format a \"DD/MM\"}}{{/if}}"),
+            ["DD/MM"]
+        );
+        assert!(formats("{{date_format a b}}").is_empty());
+        assert!(formats("{{date_add a \"YYYY\"}}").is_empty());
     }
 }

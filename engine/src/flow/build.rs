@@ -1,16 +1,20 @@
 //! Validates a flow file into a runtime [`Flow`], collecting every problem with its position.
 //!
-//! Order: parse the text into [`FlowSpec`] (a structural error stops here: the shape is unknown);
-//! then check the id, the trigger, and each step on its own (id, kind through the registry, the
-//! kind's config, `needs`), so one bad step does not hide the problems of another; then the graph
-//! (unknown `needs`, cycles).
+//! Order: parse the text into [`FlowSpec`] (only YAML that does not parse stops here; a key that
+//! does not have its shape is reported and left out); then check the id, the trigger, and each
+//! step on its own (id, kind through the registry, the kind's config, `needs`), so one bad step
+//! does not hide the problems of another; then the graph (unknown `needs`, cycles). A step that
+//! cannot be built still claims its id, so a duplicate of it is reported and `needs` naming it is
+//! not.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::position::{split_serde_yaml_error, Position, PositionIndex};
-use super::spec::{FlowSpec, Missed, StepSpec, TriggerSpec, VerifySpec, COMMON_STEP_KEYS};
+use super::spec::{
+    FlowSpec, Missed, StepList, StepSpec, TriggerSpec, VerifySpec, COMMON_STEP_KEYS,
+};
 use super::{
     env, Dedupe, EnvLookup, Flow, FlowError, Retention, Route, Step, StepQueue, Trigger, Verify,
 };
@@ -59,6 +63,30 @@ impl Problems<'_> {
         });
     }
 
+    /// Reports a value that does not have its shape, in a flow author's words: an unknown field
+    /// at its own key, with the closest known name.
+    fn shape(&mut self, path: &str, message: &str) {
+        let message = strip_location(message);
+        let Some(name) = unknown_field(&message) else {
+            self.at(path, in_words(path, &message));
+            return;
+        };
+        // serde names either the map or the unknown key itself.
+        let owner = path
+            .strip_suffix(name)
+            .filter(|p| p.is_empty() || p.ends_with('.'))
+            .map_or(path, |p| p.trim_end_matches('.'));
+        let own = join_path(owner, name);
+        let at = match self.index.key(&own) {
+            Some(_) => own,
+            None => self
+                .index
+                .find_key_under(owner, name)
+                .unwrap_or_else(|| owner.to_owned()),
+        };
+        self.at(&at, in_words(owner, &message));
+    }
+
     fn push(&mut self, path: &str, line: usize, col: usize, message: String) {
         let file = self.file.to_owned();
         self.errors.push(FlowError {
@@ -96,19 +124,24 @@ pub fn parse_flow(
         }
     };
 
-    let id = spec
-        .id
-        .parse::<FlowId>()
-        .map_err(|e| problems.at("id", e.to_string()))
-        .ok();
+    for problem in &spec.problems {
+        problems.shape(&problem.path, &problem.message);
+    }
+    let id = spec.id.as_deref().and_then(|id| {
+        id.parse::<FlowId>()
+            .map_err(|e| problems.at("id", e.to_string()))
+            .ok()
+    });
     let mut compiler = Compiler::new();
     let mut secrets = Vec::new();
     let trigger = match spec.trigger {
-        TriggerSpec {
+        // Not read (reported above): the steps are still checked.
+        None => Trigger::Manual,
+        Some(TriggerSpec {
             webhook: Some(w),
             manual: None,
             schedule: None,
-        } => {
+        }) => {
             let dedupe = w.dedupe.and_then(|key| {
                 let key = compiler
                     .text(&key)
@@ -134,16 +167,16 @@ pub fn parse_flow(
                 rate_limit,
             }
         }
-        TriggerSpec {
+        Some(TriggerSpec {
             webhook: None,
             manual: Some(_),
             schedule: None,
-        } => Trigger::Manual,
-        TriggerSpec {
+        }) => Trigger::Manual,
+        Some(TriggerSpec {
             webhook: None,
             manual: None,
             schedule: Some(s),
-        } => match Schedule::parse(&s.cron, s.timezone.as_deref()) {
+        }) => match Schedule::parse(&s.cron, s.timezone.as_deref()) {
             Ok(mut schedule) => {
                 schedule.jitter = s.jitter.map_or(Duration::ZERO, |d| d.0);
                 schedule.missed = match s.missed {
@@ -167,11 +200,11 @@ pub fn parse_flow(
                 Trigger::Manual
             }
         },
-        TriggerSpec {
+        Some(TriggerSpec {
             webhook: None,
             manual: None,
             schedule: None,
-        } => {
+        }) => {
             problems.at(
                 "trigger",
                 "the trigger is empty: use `webhook:`, `schedule:` or `manual:`",
@@ -186,7 +219,7 @@ pub fn parse_flow(
             Trigger::Manual
         }
     };
-    if spec.steps.is_empty() {
+    if spec.steps.as_ref().is_some_and(Vec::is_empty) {
         problems.at("steps", "a flow needs at least one step");
     }
     if spec.concurrency == Some(0) {
@@ -214,24 +247,26 @@ pub fn parse_flow(
         secrets: &mut secrets,
         problems: &mut problems,
     };
-    let (mut steps, first_use, explicit_needs) = cx.build_all("steps", spec.steps, false);
+    let (mut steps, first_use, explicit_needs) =
+        cx.build_all("steps", spec.steps.unwrap_or_default(), false);
     let (handlers, handler_use, _) = cx.build_all("on_failure", spec.on_failure, true);
     wire_switches(&mut steps, &explicit_needs, &first_use, &mut problems);
     check_graph("steps", &steps, &first_use, &mut problems);
     check_graph("on_failure", &handlers, &handler_use, &mut problems);
-    for handler in &handlers {
-        if let Some(first) = first_use.get(&handler.id) {
+    for (id, at) in &handler_use {
+        if let Some(first) = first_use.get(id) {
             problems.at(
-                &format!("on_failure[{}].id", handler_use[&handler.id]),
-                format!(
-                    "duplicate step id `{}` (first used by steps[{first}])",
-                    handler.id
-                ),
+                &format!("on_failure[{at}].id"),
+                format!("duplicate step id `{id}` (first used by steps[{first}])"),
             );
         }
     }
     steps.extend(handlers);
 
+    if let Ok(doc) = serde_yaml::from_str(text) {
+        let found = super::lint::warnings(file, &doc, &problems.index);
+        problems.warnings.extend(found);
+    }
     let templates = compiler.finish(secrets);
     match id {
         Some(id) if problems.errors.is_empty() => Ok(Flow {
@@ -251,7 +286,10 @@ pub fn parse_flow(
             templates,
             warnings: problems.warnings,
         }),
-        _ => Err(problems.errors),
+        _ => {
+            problems.errors.sort_by_key(|e| (e.line, e.col));
+            Err(problems.errors)
+        }
     }
 }
 
@@ -391,40 +429,42 @@ struct StepsContext<'a, 'p> {
     problems: &'a mut Problems<'p>,
 }
 
-/// Built steps, each id's index in its list, and the ids whose `needs` were written.
+/// Built steps, each id's index in its list (built or not), and the ids whose `needs` were
+/// written.
 type BuiltSteps = (Vec<Step>, HashMap<StepId, usize>, HashSet<StepId>);
 
 impl StepsContext<'_, '_> {
     /// Validates a list of steps (`steps` or `on_failure`); each step by default needs the one
     /// before it in the list.
-    fn build_all(&mut self, section: &str, specs: Vec<StepSpec>, handler: bool) -> BuiltSteps {
+    fn build_all(&mut self, section: &str, specs: StepList, handler: bool) -> BuiltSteps {
         let mut steps: Vec<Step> = Vec::with_capacity(specs.len());
         let mut index: HashMap<StepId, usize> = HashMap::new();
         let mut explicit_needs = HashSet::new();
+        let mut prev = None;
         for (i, spec) in specs.into_iter().enumerate() {
-            let prev = steps.last().map(|s| s.id.clone());
-            if spec.needs.is_some() {
-                if let Some(id) = spec.id.as_deref().and_then(|i| i.parse().ok()) {
-                    explicit_needs.insert(id);
+            // An item that is not a step at all was reported when it was read.
+            let Some(spec) = spec else { continue };
+            let here = format!("{section}[{i}]");
+            let id: Option<StepId> = spec.id.as_deref().and_then(|i| i.parse().ok());
+            if let Some(id) = &id {
+                if let Some(first) = index.get(id) {
+                    self.problems.at(
+                        &format!("{here}.id"),
+                        format!("duplicate step id `{id}` (first used by {section}[{first}])"),
+                    );
+                    continue;
+                }
+                index.insert(id.clone(), i);
+                if spec.needs.is_some() {
+                    explicit_needs.insert(id.clone());
                 }
             }
-            let here = format!("{section}[{i}]");
-            let Some(mut step) = build_step(&here, spec, prev, self) else {
-                continue;
-            };
-            step.handler = handler;
-            if let Some(first) = index.get(&step.id) {
-                self.problems.at(
-                    &format!("{here}.id"),
-                    format!(
-                        "duplicate step id `{}` (first used by {section}[{first}])",
-                        step.id
-                    ),
-                );
-                continue;
+            let step = build_step(&here, spec, prev.take(), self);
+            prev = id;
+            if let Some(mut step) = step {
+                step.handler = handler;
+                steps.push(step);
             }
-            index.insert(step.id.clone(), i);
-            steps.push(step);
         }
         (steps, index, explicit_needs)
     }
@@ -447,6 +487,9 @@ fn build_step(
     } = cx;
     let (registry, env) = (*registry, *env);
     let here = here.to_owned();
+    for problem in &spec.problems {
+        problems.shape(&join_path(&here, &problem.path), &problem.message);
+    }
     let id = match &spec.id {
         None => {
             problems.at(
@@ -503,16 +546,13 @@ fn build_step(
     let action = match entry.build(config, &mut cx) {
         Ok(action) => action,
         Err(e) => {
-            let message = e.to_string();
-            let path = unknown_field(&message)
-                .and_then(|name| problems.index.find_key_under(&kind_path, name))
-                .unwrap_or_else(|| kind_path.clone());
-            problems.at(&path, in_words(&kind_name, &strip_location(&message)));
+            problems.shape(&join_path(&kind_path, &e.path), &e.message);
             None
         }
     };
+    // Nested steps (`foreach`) report their shape errors here too: worded the same way.
     for (field, message) in cx.into_errors() {
-        problems.at(&join_path(&kind_path, &field), message);
+        problems.shape(&join_path(&kind_path, &field), &message);
     }
 
     let needs = match spec.needs {
@@ -616,6 +656,8 @@ fn wire_switches(
             for (k, id) in path.steps.iter().enumerate() {
                 let field = format!("{here}.{}[{k}]", path.field);
                 match position.get(id) {
+                    // A step that could not be built was reported already.
+                    None if index_of.contains_key(id) => {}
                     None => problems.at(&field, format!("there is no step `{id}` in this flow")),
                     Some(p) if p <= at => problems.at(
                         &field,
@@ -721,7 +763,11 @@ fn check_graph(
         marks.insert(id, Mark::Grey);
         stack.push(id);
         for need in &by_id[id].needs {
-            match marks[need] {
+            // A step that could not be built (reported already) has no edges to follow.
+            let Some(&mark) = marks.get(need) else {
+                continue;
+            };
+            match mark {
                 Mark::Grey => {
                     let start = stack.iter().position(|s| *s == need).unwrap_or(0);
                     let mut cycle: Vec<&StepId> = stack[start..].to_vec();
@@ -755,35 +801,46 @@ fn check_graph(
     }
 }
 
+/// An unknown key in a step: the closest step kind or field if there is one, else every name.
 fn unknown_key_message(key: &str, registry: &Registry) -> String {
     let kinds: Vec<&str> = registry.kinds().map(|(k, _)| k).collect();
-    let hint = closest(key, kinds.iter().copied().chain(COMMON_STEP_KEYS))
-        .map(|c| format!("did you mean `{c}`? "))
-        .unwrap_or_default();
-    format!(
-        "unknown step kind or field `{key}`: {hint}step kinds are {}; other step fields are {}",
-        kinds.join(", "),
-        COMMON_STEP_KEYS.join(", ")
-    )
+    match closest(key, kinds.iter().copied().chain(COMMON_STEP_KEYS)) {
+        Some(c) => format!("unknown step kind or field `{key}`: did you mean `{c}`?"),
+        None => format!(
+            "unknown step kind or field `{key}`: step kinds are {}; other step fields are {}",
+            kinds.join(", "),
+            COMMON_STEP_KEYS.join(", ")
+        ),
+    }
 }
 
-/// A step's configuration error as a flow author reads it: a likely typo of a field named, and a
-/// filter written as a bare list explained. Other messages are kept as they are.
-fn in_words(kind: &str, message: &str) -> String {
+/// A shape error at `path` as a flow author reads it: a likely typo of a field named (or, with
+/// no likely one, every field listed), a filter written as a bare list explained. Other messages
+/// are kept as they are.
+fn in_words(path: &str, message: &str) -> String {
+    let mut named = path;
+    while let Some(i) = named.strip_suffix(']').and_then(|p| p.rfind('[')) {
+        named = &named[..i];
+    }
+    let owner = named
+        .rsplit('.')
+        .next()
+        .filter(|name| !name.is_empty())
+        .map_or_else(|| "the flow".to_owned(), |name| format!("`{name}`"));
     if let Some(field) = unknown_field(message) {
         let expected: Vec<&str> = message
             .split_once("expected")
             .map(|(_, list)| list.split('`').skip(1).step_by(2).collect())
             .unwrap_or_default();
-        let hint = closest(field, expected.iter().copied())
-            .map(|c| format!(": did you mean `{c}`?"))
-            .unwrap_or_default();
-        return format!(
-            "`{kind}` has no field `{field}`{hint} (its fields are {})",
-            expected.join(", ")
-        );
+        return match closest(field, expected.iter().copied()) {
+            Some(c) => format!("{owner} has no field `{field}`: did you mean `{c}`?"),
+            None => format!(
+                "{owner} has no field `{field}` (its fields are {})",
+                expected.join(", ")
+            ),
+        };
     }
-    if kind == "filter" && message.contains("invalid type: sequence") {
+    if owner == "`filter`" && message.contains("invalid type: sequence") {
         return "a filter is not a bare list: write `all: [...]` (every condition must hold) or \
                 `any: [...]` (one is enough) with the conditions in the list"
             .to_owned();
@@ -792,7 +849,7 @@ fn in_words(kind: &str, message: &str) -> String {
         .strip_prefix("invalid type: ")
         .and_then(|rest| rest.split_once(", expected struct "))
     {
-        return format!("`{kind}` takes a map of fields (`name: value`), not a {found}");
+        return format!("{owner} takes a map of fields (`name: value`), not a {found}");
     }
     message.to_owned()
 }
@@ -814,25 +871,11 @@ fn strip_location(message: &str) -> String {
 /// The candidate closest to `word` by edit distance, if close enough to be a likely typo.
 fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     candidates
-        .map(|c| (edit_distance(word, c), c))
+        // Edits: insert, delete, replace, or swap two neighbours (`titel` → `title` is one).
+        .map(|c| (strsim::osa_distance(word, c), c))
         .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]
@@ -864,7 +907,10 @@ mod tests {
             closest("metod", ["method", "url"].into_iter()),
             Some("method")
         );
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(
+            closest("titel", ["id", "title", "trigger"].into_iter()),
+            Some("title")
+        );
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! All YAML parsing lives in this module. A flow file is deserialized straight from its text with
 //! serde_yaml (structural errors carry serde_yaml's location), and a [`position::PositionIndex`] of
 //! the same text locates every later, semantic error (unknown step kind, duplicate id, cycle, bad
-//! template, …). Every problem of every flow is collected; nothing stops at the first.
+//! template, …). Every problem of every flow is collected; nothing stops at the first. What a valid
+//! flow surely does not mean is a warning (`lint`, and the schedule checks in `build`).
 
 mod build;
 mod env;
+mod lint;
 pub mod position;
 pub mod schema;
 pub mod spec;

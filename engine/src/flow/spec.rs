@@ -3,20 +3,29 @@
 //! These types only describe shape; `flow::build` validates them into the runtime [`super::Flow`].
 //! A step's kind-specific config stays a `serde_yaml::Value` here, because only the step kind
 //! (found through the registry) knows its type.
+//!
+//! A flow and its steps are read key by key: a key whose value does not have its shape (a typo in
+//! `trigger`, a step's `retry: soon`) becomes a [`ShapeProblem`] and the rest is still read, so
+//! one mistake never hides another. Only YAML that does not parse at all stops reading.
 
-use std::fmt;
 use std::time::Duration;
 
 use schemars::JsonSchema;
-use serde::de::{self, MapAccess, Visitor};
+use serde::de::{self, DeserializeOwned};
 use serde::{Deserialize, Deserializer};
+use serde_yaml::{Mapping, Value};
+
+use crate::steps::join_path;
 
 /// A flow: a trigger and the steps each event runs through.
-#[derive(Debug, Deserialize, JsonSchema)]
+// Read leniently (see the module doc): a required key that is missing or misshapen is `None`,
+// with its problem in `problems`.
+#[derive(Debug, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FlowSpec {
     /// The flow's stable id (letters, digits, `_`, `-`); it appears in the catch URL.
-    pub id: String,
+    #[schemars(with = "String")]
+    pub id: Option<String>,
     /// A human name shown in the UI.
     #[serde(default)]
     pub name: Option<String>,
@@ -28,7 +37,8 @@ pub struct FlowSpec {
     #[serde(default)]
     pub title: Option<String>,
     /// What starts a run.
-    pub trigger: TriggerSpec,
+    #[schemars(with = "TriggerSpec")]
+    pub trigger: Option<TriggerSpec>,
     /// The most steps of this flow that may execute at once (default: no limit but the server's
     /// `workers`). `1` runs the flow's events one step at a time, in order of arrival.
     #[serde(default)]
@@ -41,11 +51,168 @@ pub struct FlowSpec {
     #[serde(default)]
     pub retention: Option<RetentionSpec>,
     /// The steps, run in order unless `needs` says otherwise.
-    pub steps: Vec<StepSpec>,
+    #[schemars(with = "Vec<StepSpec>")]
+    pub steps: Option<StepList>,
     /// Steps that run when a run fails for good (after its retries), e.g. an alert with the run's
     /// id and error (`{{run.id}}`, `{{run.error}}`). The run ends `failed` once they are done.
     #[serde(default)]
-    pub on_failure: Vec<StepSpec>,
+    #[schemars(with = "Vec<StepSpec>")]
+    pub on_failure: StepList,
+    /// What did not read as its shape.
+    #[schemars(skip)]
+    pub problems: Vec<ShapeProblem>,
+}
+
+/// A list of steps as read: `None` where an item is not a step at all (its problem is recorded),
+/// so the other items keep their index.
+pub type StepList = Vec<Option<StepSpec>>;
+
+/// The keys a flow file may have at the top.
+pub const FLOW_KEYS: [&str; 10] = [
+    "id",
+    "name",
+    "description",
+    "title",
+    "trigger",
+    "concurrency",
+    "enabled",
+    "retention",
+    "steps",
+    "on_failure",
+];
+
+/// A part of a flow file that does not have its shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeProblem {
+    /// The field's path, e.g. `trigger.webhok` (an unknown field) or `steps[2].retry.attempts`.
+    pub path: String,
+    /// serde's words, e.g. "unknown field `dedup`, expected one of …".
+    pub message: String,
+}
+
+/// Reads `value` as a `T`, or says what is wrong where inside it (the problem's path is relative
+/// to `value`: `""` for the value itself).
+pub fn read_shape<T: DeserializeOwned>(value: Value) -> Result<T, ShapeProblem> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        ShapeProblem {
+            path: if inner == "." { String::new() } else { inner },
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+/// Reads `value` as a `T`, or records why not at `path` (refined to the field inside `value`
+/// that is wrong).
+fn read<T: DeserializeOwned>(
+    value: Value,
+    path: &str,
+    problems: &mut Vec<ShapeProblem>,
+) -> Option<T> {
+    read_shape(value)
+        .map_err(|problem| {
+            problems.push(ShapeProblem {
+                path: join_path(path, &problem.path),
+                message: problem.message,
+            });
+        })
+        .ok()
+}
+
+/// The mapping at the top of a flow file or step, with its keys as text; a key that is not text
+/// is a problem.
+fn entries(map: Mapping, problems: &mut Vec<ShapeProblem>) -> Vec<(String, Value)> {
+    map.into_iter()
+        .filter_map(|(key, value)| match key {
+            Value::String(key) => Some((key, value)),
+            other => {
+                problems.push(ShapeProblem {
+                    path: String::new(),
+                    message: format!("a key must be a name, not `{}`", yaml_text(&other)),
+                });
+                None
+            }
+        })
+        .collect()
+}
+
+/// A YAML value as written, on one line.
+fn yaml_text(value: &Value) -> String {
+    serde_yaml::to_string(value)
+        .unwrap_or_default()
+        .trim()
+        .replace('\n', " ")
+}
+
+/// Reads a list of steps at `path`, item by item.
+fn read_steps(value: Value, path: &str, problems: &mut Vec<ShapeProblem>) -> Option<StepList> {
+    let items: Vec<Value> = read(value, path, problems)?;
+    Some(
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| read(item, &format!("{path}[{i}]"), problems))
+            .collect(),
+    )
+}
+
+impl<'de> Deserialize<'de> for FlowSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Value::Mapping(map) = Value::deserialize(d)? else {
+            return Err(de::Error::custom(
+                "a flow file is a mapping with `id`, `trigger` and `steps` at the top",
+            ));
+        };
+        let mut problems = Vec::new();
+        let mut spec = FlowSpec::default();
+        for (key, value) in entries(map, &mut problems) {
+            let p = &mut problems;
+            match key.as_str() {
+                "id" => spec.id = read(value, "id", p),
+                "name" => spec.name = read(value, "name", p).flatten(),
+                "description" => spec.description = read(value, "description", p).flatten(),
+                "title" => spec.title = read(value, "title", p).flatten(),
+                "trigger" => spec.trigger = read(value, "trigger", p),
+                "concurrency" => spec.concurrency = read(value, "concurrency", p).flatten(),
+                "enabled" => spec.enabled = read(value, "enabled", p).flatten(),
+                "retention" => spec.retention = read(value, "retention", p).flatten(),
+                "steps" => spec.steps = read_steps(value, "steps", p),
+                "on_failure" => {
+                    spec.on_failure = read_steps(value, "on_failure", p).unwrap_or_default()
+                }
+                _ => p.push(ShapeProblem {
+                    path: String::new(),
+                    message: format!(
+                        "unknown field `{key}`, expected one of {}",
+                        quoted(&FLOW_KEYS)
+                    ),
+                }),
+            }
+        }
+        for (key, missing) in [
+            ("id", spec.id.is_none()),
+            ("trigger", spec.trigger.is_none()),
+            ("steps", spec.steps.is_none()),
+        ] {
+            if missing && !problems.iter().any(|p| p.path.starts_with(key)) {
+                problems.push(ShapeProblem {
+                    path: String::new(),
+                    message: format!("missing field `{key}`"),
+                });
+            }
+        }
+        spec.problems = problems;
+        Ok(spec)
+    }
+}
+
+/// Names as serde lists them: `` `a`, `b`, `c` ``.
+fn quoted(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// How long a flow's finished runs are kept; unset fields take the server's defaults.
@@ -208,6 +375,8 @@ pub struct StepSpec {
     pub queue: Option<QueueSpec>,
     /// Every other key: the kind(s), with their config.
     pub kinds: Vec<(String, serde_yaml::Value)>,
+    /// What did not read as its shape, with paths inside the step.
+    pub problems: Vec<ShapeProblem>,
 }
 
 /// The keys every step may have besides its kind.
@@ -254,31 +423,29 @@ pub enum OnError {
 
 impl<'de> Deserialize<'de> for StepSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct StepVisitor;
-        impl<'de> Visitor<'de> for StepVisitor {
-            type Value = StepSpec;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a step: a mapping with `id` and one step kind such as `map:`")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StepSpec, A::Error> {
-                let mut step = StepSpec::default();
-                while let Some(key) = map.next_key::<String>()? {
-                    match key.as_str() {
-                        "id" => step.id = Some(map.next_value()?),
-                        "name" => step.name = map.next_value()?,
-                        "description" => step.description = map.next_value()?,
-                        "needs" => step.needs = Some(map.next_value()?),
-                        "retry" => step.retry = map.next_value()?,
-                        "timeout" => step.timeout = map.next_value()?,
-                        "on_error" => step.on_error = map.next_value()?,
-                        "queue" => step.queue = map.next_value()?,
-                        _ => step.kinds.push((key, map.next_value()?)),
-                    }
-                }
-                Ok(step)
+        let Value::Mapping(map) = Value::deserialize(d)? else {
+            return Err(de::Error::custom(
+                "a step is a mapping with `id` and one step kind such as `map:`",
+            ));
+        };
+        let mut step = StepSpec::default();
+        let mut problems = Vec::new();
+        for (key, value) in entries(map, &mut problems) {
+            let p = &mut problems;
+            match key.as_str() {
+                "id" => step.id = read(value, "id", p),
+                "name" => step.name = read(value, "name", p).flatten(),
+                "description" => step.description = read(value, "description", p).flatten(),
+                "needs" => step.needs = read(value, "needs", p),
+                "retry" => step.retry = read(value, "retry", p).flatten(),
+                "timeout" => step.timeout = read(value, "timeout", p).flatten(),
+                "on_error" => step.on_error = read(value, "on_error", p).flatten(),
+                "queue" => step.queue = read(value, "queue", p).flatten(),
+                _ => step.kinds.push((key, value)),
             }
         }
-        d.deserialize_map(StepVisitor)
+        step.problems = problems;
+        Ok(step)
     }
 }
 

@@ -303,7 +303,7 @@ impl SubFlows for EngineFlows {
             .ok_or_else(|| StepError::permanent(format!("no flow `{flow}` is deployed")))?;
         let key = DedupeKey {
             key: format!("parent:{key}"),
-            expires_at: engine.now().plus(PROVIDER_DEDUPE_WINDOW),
+            expires_at: engine.now().plus(crate::intake::PROVIDER_DEDUPE_WINDOW),
         };
         let accepted = engine
             .store_event(&flow, trigger, Some(key), StartedBy::Flow)
@@ -491,7 +491,19 @@ impl Engine {
     /// A repeated delivery (same dedupe key within the flow's window) stores nothing and answers
     /// the original's ids.
     pub async fn ingest(&self, flow: &Flow, trigger: Value) -> Result<Accepted> {
-        let dedupe = dedupe_key(flow, &trigger, self.now());
+        let dedupe = crate::intake::dedupe_key(flow, &trigger, self.now());
+        self.store_event(flow, trigger, dedupe, StartedBy::Webhook)
+            .await
+    }
+
+    /// Stores an event the catch hook screened ([`crate::intake::screen`]) with its dedupe key;
+    /// see [`Engine::ingest`].
+    pub async fn ingest_keyed(
+        &self,
+        flow: &Flow,
+        trigger: Value,
+        dedupe: Option<DedupeKey>,
+    ) -> Result<Accepted> {
         self.store_event(flow, trigger, dedupe, StartedBy::Webhook)
             .await
     }
@@ -646,7 +658,7 @@ impl Engine {
     }
 
     /// The time, from the engine's clock.
-    fn now(&self) -> Timestamp {
+    pub fn now(&self) -> Timestamp {
         self.config.clock.now()
     }
 
@@ -1331,57 +1343,6 @@ pub(crate) fn redact_result(result: StepResult, secrets: &Secrets) -> StepResult
 
 /// How many revisions a flow's history keeps (the newest).
 const MAX_HISTORY: usize = 100;
-
-/// The longest dedupe key kept as it is; longer keys are kept as their SHA-256.
-const MAX_DEDUPE_KEY: usize = 200;
-
-/// How long a provider's event id counts as a dedupe key when the flow names no rule.
-const PROVIDER_DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// The dedupe key of an event for `flow`: the flow's `dedupe` rule rendered, else the provider's
-/// event id (for a verified provider that has one); `None` when there is no key or it is empty.
-fn dedupe_key(flow: &Flow, trigger: &Value, now: Timestamp) -> Option<DedupeKey> {
-    let crate::flow::Trigger::Webhook { dedupe, verify, .. } = &flow.trigger else {
-        return None;
-    };
-    let (key, window) = match (dedupe, verify) {
-        (Some(rule), _) => {
-            let ctx = Value::Object(serde_json::Map::from_iter([(
-                "trigger".to_owned(),
-                trigger.clone(),
-            )]));
-            match rule.key.render(&flow.templates, &ctx) {
-                Ok(key) => (key.trim().to_owned(), rule.window),
-                Err(e) => {
-                    warn!(flow = %flow.id, error = %e, "the dedupe key could not be rendered; the event is not deduplicated");
-                    return None;
-                }
-            }
-        }
-        (None, Some(v)) => (v.verifier.event_id(trigger)?, PROVIDER_DEDUPE_WINDOW),
-        (None, None) => return None,
-    };
-    if key.is_empty() {
-        return None;
-    }
-    let key = if key.len() > MAX_DEDUPE_KEY {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(key.as_bytes());
-        format!(
-            "sha256:{}",
-            digest
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        )
-    } else {
-        key
-    };
-    Some(DedupeKey {
-        key,
-        expires_at: now.plus(window),
-    })
-}
 
 /// A new catch-hook token: 160 random bits, hex.
 fn new_token() -> String {

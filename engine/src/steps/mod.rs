@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::expr::{Compiler, Condition, ConditionSpec, ExprError, Templates, TextExpr, ValueExpr};
+use crate::flow::spec::{read_shape, ShapeProblem};
 use crate::flow::EnvLookup;
 use crate::ids::{RunId, StepId};
 use crate::outbound::HttpClient;
@@ -364,7 +365,7 @@ impl<'a> BuildContext<'a> {
         let action = match built {
             Ok(action) => action,
             Err(e) => {
-                self.error(&here, e.to_string());
+                self.error(&join_path(&here, &e.path), e.message);
                 None
             }
         };
@@ -442,10 +443,8 @@ pub fn join_path(a: &str, b: &str) -> String {
     }
 }
 
-type BuildFn = fn(
-    serde_yaml::Value,
-    &mut BuildContext<'_>,
-) -> Result<Option<Arc<dyn Action>>, serde_yaml::Error>;
+type BuildFn =
+    fn(serde_yaml::Value, &mut BuildContext<'_>) -> Result<Option<Arc<dyn Action>>, ShapeProblem>;
 
 /// One registered step kind.
 #[derive(Clone, Copy)]
@@ -455,12 +454,13 @@ pub struct KindEntry {
 }
 
 impl KindEntry {
-    /// Deserializes the kind's config and builds its action.
+    /// Deserializes the kind's config and builds its action; a config that does not have the
+    /// kind's shape is a problem at a path inside it.
     pub fn build(
         &self,
         config: serde_yaml::Value,
         cx: &mut BuildContext<'_>,
-    ) -> Result<Option<Arc<dyn Action>>, serde_yaml::Error> {
+    ) -> Result<Option<Arc<dyn Action>>, ShapeProblem> {
         (self.build)(config, cx)
     }
 
@@ -497,8 +497,8 @@ impl Registry {
         fn build<K: StepKind>(
             config: serde_yaml::Value,
             cx: &mut BuildContext<'_>,
-        ) -> Result<Option<Arc<dyn Action>>, serde_yaml::Error> {
-            Ok(serde_yaml::from_value::<K>(config)?.build(cx))
+        ) -> Result<Option<Arc<dyn Action>>, ShapeProblem> {
+            Ok(read_shape::<K>(config)?.build(cx))
         }
         let entry = KindEntry {
             build: build::<K>,
