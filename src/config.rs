@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use hookflow_engine::flow::spec::HumanDuration;
 use hookflow_engine::runtime::RetentionConfig;
+use hookflow_engine::steps::code::Maxima;
 use hookflow_engine::store::postgres::PgOptions;
 use serde::Deserialize;
 
@@ -71,6 +72,9 @@ pub struct Config {
     /// Failure alerts for the whole server (see `alerts.rs`).
     #[serde(default)]
     pub alerts: crate::alerts::AlertsConfig,
+    /// The most a `code` step may ask for.
+    #[serde(default)]
+    pub code: CodeSection,
 }
 
 fn default_lease() -> HumanDuration {
@@ -180,6 +184,41 @@ impl HttpSection {
     }
 }
 
+/// The most a `code` step may set its `cpu_time` and `memory_mb` to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CodeSection {
+    /// The longest CPU time a step's script may be given.
+    pub max_cpu_time: HumanDuration,
+    /// The most memory a step's script may be given, in MB.
+    pub max_memory_mb: u32,
+}
+
+impl Default for CodeSection {
+    fn default() -> Self {
+        Self::from(Maxima::default())
+    }
+}
+
+impl From<Maxima> for CodeSection {
+    fn from(m: Maxima) -> Self {
+        Self {
+            max_cpu_time: HumanDuration(m.cpu_time),
+            max_memory_mb: m.memory_mb,
+        }
+    }
+}
+
+impl CodeSection {
+    /// The engine's limits.
+    pub fn maxima(&self) -> Maxima {
+        Maxima {
+            cpu_time: self.max_cpu_time.0,
+            memory_mb: self.max_memory_mb,
+        }
+    }
+}
+
 /// Outbound HTTP settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -245,6 +284,10 @@ impl Config {
         ] {
             anyhow::ensure!(!d.0.is_zero(), "http.{name} must be longer than 0s");
         }
+        anyhow::ensure!(
+            !self.code.max_cpu_time.0.is_zero() && self.code.max_memory_mb >= 1,
+            "code.max_cpu_time must be longer than 0s and code.max_memory_mb at least 1"
+        );
         Ok(())
     }
 

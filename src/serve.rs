@@ -121,9 +121,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         lease: config.lease.0,
         ..EngineConfig::default()
     };
+    let mut registry = crate::registry();
+    registry.set_code_maxima(config.code.maxima());
     let engine = Engine::new(
         store,
-        Catalog::with_env(crate::registry(), env.clone()),
+        Catalog::with_env(registry, env.clone()),
         http,
         engine_config,
     );

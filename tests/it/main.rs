@@ -9,6 +9,7 @@ mod bench;
 mod browser;
 mod cli;
 mod cluster;
+mod code;
 mod connectors;
 mod crash;
 mod delivery;

@@ -499,8 +499,11 @@ fn build_step(
     for (field, message) in env::substitute(&mut config, env, secrets) {
         problems.at(&join_path(&kind_path, &field), message);
     }
-    let mut cx = BuildContext::new(compiler, env, secrets, registry);
-    let action = match entry.build(config, &mut cx) {
+    let mut cx = BuildContext::new(compiler, env, secrets, registry)
+        .located(&problems.index, kind_path.clone());
+    let built = entry.build(config, &mut cx);
+    let errors = cx.into_errors();
+    let action = match built {
         Ok(action) => action,
         Err(e) => {
             let message = e.to_string();
@@ -511,8 +514,12 @@ fn build_step(
             None
         }
     };
-    for (field, message) in cx.into_errors() {
-        problems.at(&join_path(&kind_path, &field), message);
+    for e in errors {
+        let path = join_path(&kind_path, &e.field);
+        match e.at {
+            Some(at) => problems.push(&path, at.line, at.col, e.message),
+            None => problems.at(&path, e.message),
+        }
     }
 
     let needs = match spec.needs {

@@ -1,0 +1,213 @@
+//! `code` (Zapier's Code, n8n's Code node): JavaScript that receives the step's rendered `input`
+//! and returns the step's output.
+//!
+//! ```yaml
+//! - id: score
+//!   code:
+//!     input: { items: "$.trigger.body.items" }
+//!     script: |
+//!       const total = input.items.reduce((sum, i) => sum + i.price * i.qty, 0);
+//!       return { total, big: total > 1000 };
+//! ```
+//!
+//! The script runs in the [`sandbox`]: the language and nothing else, a fresh engine per run, a
+//! CPU-time and a memory limit (per step, within the server's [`Maxima`]). It is compiled when the
+//! flow is loaded, so a syntax error is a flow error with its file line. The step is pure (no
+//! effects): it runs straight after the step before it and may be repeated. It runs on a blocking
+//! thread, so a slow script never holds up the async workers. Its `console` lines are kept in the
+//! step's output record on failure (`error.detail.logs`).
+
+pub mod sandbox;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use self::sandbox::{Limits, ScriptError};
+use super::{Action, BuildContext, ExecContext, Outcome, StepError, StepKind};
+use crate::expr::{Templates, ValueExpr};
+use crate::flow::position::Position;
+use crate::flow::spec::HumanDuration;
+
+/// The CPU time a script may use unless its step says otherwise.
+pub const DEFAULT_CPU_TIME: Duration = Duration::from_secs(1);
+/// The memory a script may use unless its step says otherwise, in MB.
+pub const DEFAULT_MEMORY_MB: u32 = 64;
+/// The longest script, in bytes.
+const MAX_SCRIPT_BYTES: usize = 64 * 1024;
+
+/// The most a step may ask for: the server's `code:` configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Maxima {
+    /// The longest `cpu_time` a step may set.
+    pub cpu_time: Duration,
+    /// The largest `memory_mb` a step may set.
+    pub memory_mb: u32,
+}
+
+impl Default for Maxima {
+    /// 10 s and 256 MB.
+    fn default() -> Self {
+        Self {
+            cpu_time: Duration::from_secs(10),
+            memory_mb: 256,
+        }
+    }
+}
+
+/// Run JavaScript on the step's input, e.g. `{ input: { amount: "$.trigger.body.amount" },
+/// script: "return { cents: Math.round(input.amount * 100) }" }`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeSpec {
+    /// What the script receives as `input`: any value, its strings rendered as templates or
+    /// JSONPaths as in `map` (default `null`).
+    #[serde(default)]
+    pub input: Option<Value>,
+    /// JavaScript (ES2023): the body of a function of `input`. What it returns (JSON-like) is the
+    /// step's output; what it throws fails the step with the script's line and column;
+    /// `console.log` lines are recorded. No network, files, environment, `require` or `import`.
+    pub script: String,
+    /// The CPU time the script may use (default `1s`; at most the server's
+    /// `code.max_cpu_time`, 10s unless configured).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub cpu_time: Option<HumanDuration>,
+    /// The memory the script may use, in MB (default 64; at most the server's
+    /// `code.max_memory_mb`, 256 unless configured).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub memory_mb: Option<u32>,
+}
+
+impl StepKind for CodeSpec {
+    const KIND: &'static str = "code";
+
+    fn build(self, cx: &mut BuildContext<'_>) -> Option<Arc<dyn Action>> {
+        let maxima = cx.registry.code_maxima();
+        let cpu_time = self.cpu_time.map_or(DEFAULT_CPU_TIME, |d| d.0);
+        if cpu_time.is_zero() || cpu_time > maxima.cpu_time {
+            cx.error(
+                "cpu_time",
+                format!(
+                    "`cpu_time` must be more than 0 and at most {} (the server's `code.max_cpu_time`)",
+                    humantime::format_duration(maxima.cpu_time)
+                ),
+            );
+        }
+        let memory_mb = self.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
+        if memory_mb == 0 || memory_mb > maxima.memory_mb {
+            cx.error(
+                "memory_mb",
+                format!(
+                    "`memory_mb` must be at least 1 and at most {} (the server's `code.max_memory_mb`)",
+                    maxima.memory_mb
+                ),
+            );
+        }
+        let script_at = cx.text_start("script");
+        if self.script.len() > MAX_SCRIPT_BYTES {
+            cx.error("script", "a script is at most 64 KiB");
+        } else if let Err(e) = sandbox::check(&self.script, memory_bytes(memory_mb.max(1))) {
+            let message = format!("the script does not compile: {e}");
+            match e.location() {
+                Some(at) => cx.error_at("script", in_file(script_at, at), message),
+                None => cx.error("script", message),
+            }
+        }
+        let input = cx.value("input", self.input.as_ref().unwrap_or(&Value::Null));
+        Some(Arc::new(Code {
+            input: input?,
+            script: self.script,
+            cpu_time,
+            memory_mb,
+            script_at,
+        }))
+    }
+}
+
+/// The memory limit in bytes for `mb` megabytes.
+fn memory_bytes(mb: u32) -> usize {
+    (mb as usize) << 20
+}
+
+/// Where a place in the script is in the flow file, given where the script's text starts there
+/// (exact for a block scalar `script: |`, the usual way to write one).
+fn in_file(script_at: Option<Position>, at: sandbox::Location) -> Option<Position> {
+    let start = script_at?;
+    Some(Position {
+        line: start.line + at.line as usize - 1,
+        col: start.col + at.column as usize - 1,
+    })
+}
+
+#[derive(Debug)]
+struct Code {
+    input: ValueExpr,
+    script: String,
+    cpu_time: Duration,
+    memory_mb: u32,
+    /// Where the script's text starts in the flow file, to name a failing line there.
+    script_at: Option<Position>,
+}
+
+#[async_trait]
+impl Action for Code {
+    fn is_pure(&self) -> bool {
+        true
+    }
+
+    fn render(&self, templates: &Templates, ctx: &Value) -> Result<Value, StepError> {
+        Ok(self.input.render(templates, ctx)?)
+    }
+
+    async fn execute(&self, input: Value, cx: &ExecContext) -> Result<Outcome, StepError> {
+        let limits = Limits {
+            cpu_time: self.cpu_time,
+            wall_time: cx.timeout,
+            memory_bytes: memory_bytes(self.memory_mb),
+        };
+        let script = self.script.clone();
+        let run = tokio::task::spawn_blocking(move || sandbox::run(&script, &input, limits))
+            .await
+            .map_err(|e| StepError::transient(format!("the script's thread failed: {e}")))?;
+        tracing::debug!(
+            step_id = %cx.step_id,
+            logs = run.logs.len(),
+            ok = run.result.is_ok(),
+            "code step ran"
+        );
+        match run.result {
+            Ok(output) => Ok(Outcome::Output(output)),
+            Err(e) => Err(self.failure(e, run.logs)),
+        }
+    }
+}
+
+impl Code {
+    /// The step error for a script error: the message with the script's line and column (and the
+    /// flow file's line), retryable only for an engine failure.
+    fn failure(&self, error: ScriptError, logs: Vec<String>) -> StepError {
+        let mut detail = json!({ "logs": logs });
+        let mut message = error.to_string();
+        if let Some(at) = error.location() {
+            message = format!("{message} (script line {}, column {}", at.line, at.column);
+            detail["line"] = json!(at.line);
+            detail["column"] = json!(at.column);
+            if let Some(file) = in_file(self.script_at, at) {
+                message = format!("{message}; flow file line {}", file.line);
+                detail["flow_line"] = json!(file.line);
+            }
+            message.push(')');
+        }
+        let failure = match error {
+            ScriptError::Engine(_) => StepError::transient(message),
+            _ => StepError::permanent(message),
+        };
+        failure.with_detail(detail)
+    }
+}
