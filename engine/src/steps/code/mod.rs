@@ -15,10 +15,11 @@
 //! flow is loaded, so a syntax error is a flow error with its file line. The step is pure (no
 //! effects): it runs straight after the step before it and may be repeated. It runs on a blocking
 //! thread, so a slow script never holds up the async workers. Its `console` lines are kept in the
-//! step's output record on failure (`error.detail.logs`).
+//! step's record on failure (`error.detail.logs`). [`STATS`] counts scripts for `/metrics`.
 
 pub mod sandbox;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,40 @@ pub const DEFAULT_CPU_TIME: Duration = Duration::from_secs(1);
 pub const DEFAULT_MEMORY_MB: u32 = 64;
 /// The longest script, in bytes.
 const MAX_SCRIPT_BYTES: usize = 64 * 1024;
+
+/// Scripts running now and scripts stopped at a limit, since the process started (`/metrics`).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Scripts running now.
+    pub running: AtomicU64,
+    /// Scripts stopped at their CPU-time (or wall-time) limit.
+    pub stopped_time: AtomicU64,
+    /// Scripts stopped at their memory limit.
+    pub stopped_memory: AtomicU64,
+}
+
+/// This process's [`Stats`].
+pub static STATS: Stats = Stats {
+    running: AtomicU64::new(0),
+    stopped_time: AtomicU64::new(0),
+    stopped_memory: AtomicU64::new(0),
+};
+
+/// Counts a script as running while it lives.
+struct Running;
+
+impl Running {
+    fn start() -> Self {
+        STATS.running.fetch_add(1, Ordering::Relaxed);
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        STATS.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// The most a step may ask for: the server's `code:` configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,9 +207,20 @@ impl Action for Code {
             memory_bytes: memory_bytes(self.memory_mb),
         };
         let script = self.script.clone();
-        let run = tokio::task::spawn_blocking(move || sandbox::run(&script, &input, limits))
-            .await
-            .map_err(|e| StepError::transient(format!("the script's thread failed: {e}")))?;
+        let run = tokio::task::spawn_blocking(move || {
+            let _running = Running::start();
+            sandbox::run(&script, &input, limits)
+        })
+        .await
+        .map_err(|e| StepError::transient(format!("the script's thread failed: {e}")))?;
+        let stopped = match &run.result {
+            Err(ScriptError::TimeLimit(_)) => Some(&STATS.stopped_time),
+            Err(ScriptError::MemoryLimit(_)) => Some(&STATS.stopped_memory),
+            _ => None,
+        };
+        if let Some(counter) = stopped {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::debug!(
             step_id = %cx.step_id,
             logs = run.logs.len(),
