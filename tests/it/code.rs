@@ -41,6 +41,7 @@ async fn a_code_step_computes_from_the_event_for_the_next_step_and_fails_with_it
     let run = server.finished_run(answer["run_id"].as_str().unwrap()).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
     assert_eq!(step(&run, "total")["output"], json!({ "sum": 131, "big": true }));
+    assert_eq!(step(&run, "total")["attempts"][0]["logs"], json!(["items: 2"]));
     assert_eq!(
         step(&run, "summary")["output"],
         json!({ "text": "Order of 131", "big": true })
@@ -58,9 +59,10 @@ async fn a_code_step_computes_from_the_event_for_the_next_step_and_fails_with_it
     assert!(message.ends_with("flow file line 9)"), "{message}");
     assert_eq!(error["detail"]["line"], 2, "{error}");
     assert_eq!(error["detail"]["flow_line"], 9, "{error}");
-    assert_eq!(error["detail"]["logs"], json!(["items: 2"]), "{error}");
     assert_eq!(error["retryable"], false, "{error}");
-    assert_eq!(step(&run, "total")["attempts"].as_array().unwrap().len(), 1);
+    let attempts = step(&run, "total")["attempts"].as_array().unwrap().clone();
+    assert_eq!(attempts.len(), 1, "not retried");
+    assert_eq!(attempts[0]["logs"], json!(["items: 2"]), "kept when the script fails");
 
     // The preview runs the script too.
     let (status, preview) = server

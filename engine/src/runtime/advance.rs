@@ -52,6 +52,8 @@ pub struct Attempted {
     pub node: Option<NodeId>,
     /// For a step with effects: the idempotency key its input was sent under.
     pub sent_under: Option<String>,
+    /// The lines the attempt wrote (redacted).
+    pub logs: Vec<String>,
 }
 
 /// A new run of `flow` for `event`: queued, every step pending except the roots, which are queued.
@@ -286,6 +288,7 @@ pub fn advance(
         retry_at,
         node: done.node.clone(),
         sent_under: done.sent_under.clone(),
+        logs: done.logs.clone(),
     });
     let kind = step.map_or("unknown", |s| s.kind);
     let record = StepRecord {
@@ -480,6 +483,7 @@ steps:
             retry_in,
             node: None,
             sent_under: None,
+            logs: Vec::new(),
         }
     }
 
@@ -699,6 +703,7 @@ steps:
                 retry_at: None,
                 node: None,
                 sent_under: None,
+                logs: Vec::new(),
             }],
         };
         let u = advance(&flow, r.run, Some(&before), &ok("b"), Timestamp(50)).unwrap();

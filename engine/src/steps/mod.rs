@@ -113,6 +113,29 @@ pub struct ExecContext {
     /// Small state shared by every node (a connector's cached OAuth access token); `None`
     /// offline.
     pub state: Option<SharedState>,
+    /// Where the step writes lines for its attempt's record (a `code` step's `console.log`).
+    pub log: StepLog,
+}
+
+/// Lines a step attempt writes for its record (`attempts[].logs`), shared by the clones of one
+/// [`ExecContext`] (so a `foreach` body's lines go to the `foreach` step's attempt).
+#[derive(Debug, Clone, Default)]
+pub struct StepLog(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl StepLog {
+    /// Adds lines.
+    pub fn write(&self, lines: impl IntoIterator<Item = String>) {
+        self.lines().extend(lines);
+    }
+
+    /// The lines written so far, taken out.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.lines())
+    }
+
+    fn lines(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The store's small keyed state, as steps may use it (durable, shared by the nodes of a store).

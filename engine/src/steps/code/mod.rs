@@ -14,8 +14,9 @@
 //! CPU-time and a memory limit (per step, within the server's [`Maxima`]). It is compiled when the
 //! flow is loaded, so a syntax error is a flow error with its file line. The step is pure (no
 //! effects): it runs straight after the step before it and may be repeated. It runs on a blocking
-//! thread, so a slow script never holds up the async workers. Its `console` lines are kept in the
-//! step's record on failure (`error.detail.logs`). [`STATS`] counts scripts for `/metrics`.
+//! thread, so a slow script never holds up the async workers. Its `console` lines go to the
+//! attempt's record (`attempts[].logs`), whether it succeeded or not. [`STATS`] counts scripts
+//! for `/metrics`.
 
 pub mod sandbox;
 
@@ -222,14 +223,17 @@ impl Action for Code {
             counter.fetch_add(1, Ordering::Relaxed);
         }
         tracing::debug!(
+            run_id = %cx.run_id,
             step_id = %cx.step_id,
+            attempt = cx.attempt,
             logs = run.logs.len(),
             ok = run.result.is_ok(),
             "code step ran"
         );
+        cx.log.write(run.logs);
         match run.result {
             Ok(output) => Ok(Outcome::Output(output)),
-            Err(e) => Err(self.failure(e, run.logs)),
+            Err(e) => Err(self.failure(e)),
         }
     }
 }
@@ -237,8 +241,8 @@ impl Action for Code {
 impl Code {
     /// The step error for a script error: the message with the script's line and column (and the
     /// flow file's line), retryable only for an engine failure.
-    fn failure(&self, error: ScriptError, logs: Vec<String>) -> StepError {
-        let mut detail = json!({ "logs": logs });
+    fn failure(&self, error: ScriptError) -> StepError {
+        let mut detail = json!({});
         let mut message = error.to_string();
         if let Some(at) = error.location() {
             message = format!("{message} (script line {}, column {}", at.line, at.column);
