@@ -312,7 +312,10 @@ async fn metrics(
         "counter",
         "`code` step scripts stopped at a limit, by limit (cpu_time, memory).",
     );
-    for (limit, n) in [("cpu_time", &code.stopped_time), ("memory", &code.stopped_memory)] {
+    for (limit, n) in [
+        ("cpu_time", &code.stopped_time),
+        ("memory", &code.stopped_memory),
+    ] {
         let n = n.load(std::sync::atomic::Ordering::Relaxed);
         let _ = writeln!(
             out,

@@ -38,17 +38,27 @@ async fn a_code_step_computes_from_the_event_for_the_next_step_and_fails_with_it
 
     let (status, answer) = server.send("order", &order_event("")).await;
     assert_eq!(status, 200, "{answer}");
-    let run = server.finished_run(answer["run_id"].as_str().unwrap()).await;
+    let run = server
+        .finished_run(answer["run_id"].as_str().unwrap())
+        .await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
-    assert_eq!(step(&run, "total")["output"], json!({ "sum": 131, "big": true }));
-    assert_eq!(step(&run, "total")["attempts"][0]["logs"], json!(["items: 2"]));
+    assert_eq!(
+        step(&run, "total")["output"],
+        json!({ "sum": 131, "big": true })
+    );
+    assert_eq!(
+        step(&run, "total")["attempts"][0]["logs"],
+        json!(["items: 2"])
+    );
     assert_eq!(
         step(&run, "summary")["output"],
         json!({ "text": "Order of 131", "big": true })
     );
 
     let (_, answer) = server.send("order", &order_event("BOOM")).await;
-    let run = server.finished_run(answer["run_id"].as_str().unwrap()).await;
+    let run = server
+        .finished_run(answer["run_id"].as_str().unwrap())
+        .await;
     assert_eq!(run["status"], "failed", "{run:#}");
     let error = &step(&run, "total")["error"];
     let message = error["message"].as_str().unwrap();
@@ -62,7 +72,11 @@ async fn a_code_step_computes_from_the_event_for_the_next_step_and_fails_with_it
     assert_eq!(error["retryable"], false, "{error}");
     let attempts = step(&run, "total")["attempts"].as_array().unwrap().clone();
     assert_eq!(attempts.len(), 1, "not retried");
-    assert_eq!(attempts[0]["logs"], json!(["items: 2"]), "kept when the script fails");
+    assert_eq!(
+        attempts[0]["logs"],
+        json!(["items: 2"]),
+        "kept when the script fails"
+    );
 
     // The preview runs the script too.
     let (status, preview) = server
@@ -99,7 +113,9 @@ async fn an_endless_loop_fails_at_its_cpu_limit_while_another_run_completes() {
     })
     .await;
     let (_, answer) = server.send("quick", &json!({ "n": 21 })).await;
-    let run = server.finished_run(answer["run_id"].as_str().unwrap()).await;
+    let run = server
+        .finished_run(answer["run_id"].as_str().unwrap())
+        .await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
     assert_eq!(step(&run, "double")["output"], 42);
     let (_, still) = server.get(&format!("/api/v1/runs/{spinning}")).await;
@@ -113,8 +129,7 @@ async fn an_endless_loop_fails_at_its_cpu_limit_while_another_run_completes() {
     assert_eq!(run["status"], "failed", "{run:#}");
     let error = &step(&run, "forever")["error"];
     assert_eq!(
-        error["message"],
-        "the script ran longer than its limit of 2s and was stopped",
+        error["message"], "the script ran longer than its limit of 2s and was stopped",
         "{error}"
     );
     assert!(server
@@ -123,7 +138,9 @@ async fn an_endless_loop_fails_at_its_cpu_limit_while_another_run_completes() {
         .contains("hookflow_code_scripts_stopped_total{limit=\"cpu_time\"} 1\n"));
     // The server is unharmed.
     let (_, answer) = server.send("quick", &json!({ "n": 1 })).await;
-    let run = server.finished_run(answer["run_id"].as_str().unwrap()).await;
+    let run = server
+        .finished_run(answer["run_id"].as_str().unwrap())
+        .await;
     assert_eq!(step(&run, "double")["output"], 2);
 }
 
@@ -154,11 +171,26 @@ fn validate_reports_a_script_syntax_error_at_its_line_in_the_flow_file() {
         .find(|l| l.contains("steps[0].code.script"))
         .unwrap_or_else(|| panic!("no script error in {shown}"));
     assert!(syntax.starts_with("./f.yaml:9:"), "{syntax}");
-    assert!(syntax.contains("the script does not compile: SyntaxError"), "{syntax}");
+    assert!(
+        syntax.contains("the script does not compile: SyntaxError"),
+        "{syntax}"
+    );
     assert!(
         shown.contains("./f.yaml:12:7: steps[1].code.memory_mb: `memory_mb` must be at least 1 and at most 256"),
         "{shown}"
     );
+
+    // Editors learn the step from the schema.
+    let out = run_cli(&["schema"], dir.path());
+    let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let code = &schema["$defs"]["CodeSpec"];
+    assert_eq!(code["required"], json!(["script"]), "{code:#}");
+    for field in ["input", "script", "cpu_time", "memory_mb"] {
+        assert!(
+            code["properties"][field]["description"].is_string(),
+            "{field}: {code:#}"
+        );
+    }
 }
 
 const DISCOUNT: &str = r#"id: discount
@@ -194,11 +226,19 @@ fn hookflow_run_and_test_execute_code_steps_and_stub_them() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "flows/discount.yaml", DISCOUNT);
     write(dir.path(), "flows/discount.test.yaml", DISCOUNT_TESTS);
-    write(dir.path(), "event.json", r#"{ "amount": 50, "vip": false }"#);
+    write(
+        dir.path(),
+        "event.json",
+        r#"{ "amount": 50, "vip": false }"#,
+    );
 
     let out = run_cli(&["test", "flows"], dir.path());
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("2 case(s) passed, 0 failed"), "{}", text(&out));
+    assert!(
+        text(&out).contains("2 case(s) passed, 0 failed"),
+        "{}",
+        text(&out)
+    );
 
     let out = run_cli(
         &["run", "flows/discount.yaml", "--event", "event.json"],
@@ -206,4 +246,9 @@ fn hookflow_run_and_test_execute_code_steps_and_stub_them() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("\"net\": 50"), "{}", text(&out));
+    assert!(
+        text(&out).contains("  console: pricing 50\n"),
+        "{}",
+        text(&out)
+    );
 }

@@ -309,7 +309,10 @@ impl Builder {
                     match style {
                         TScalarStyle::Literal | TScalarStyle::Folded => node.block = true,
                         TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted => {
-                            node.text = value.map(|v| Position { col: v.col + 1, ..v });
+                            node.text = value.map(|v| Position {
+                                col: v.col + 1,
+                                ..v
+                            });
                         }
                         _ => node.text = value,
                     }

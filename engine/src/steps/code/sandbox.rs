@@ -368,8 +368,10 @@ fn call<'js>(
     logs: &Rc<RefCell<Logs>>,
 ) -> Result<Value, Raised> {
     let sink = logs.clone();
-    let emit = Function::new(ctx.clone(), move |line: String| sink.borrow_mut().push(line))
-        .map_err(|e| raised(ctx, e))?;
+    let emit = Function::new(ctx.clone(), move |line: String| {
+        sink.borrow_mut().push(line)
+    })
+    .map_err(|e| raised(ctx, e))?;
     let install: Function = ctx.eval(CONSOLE).map_err(|e| raised(ctx, e))?;
     install.call::<_, ()>((emit,)).map_err(|e| raised(ctx, e))?;
 
@@ -551,7 +553,10 @@ mod tests {
             json!({ "items": [{ "price": 2.5, "qty": 2 }, { "price": 1, "qty": 3 }] }),
         );
         assert_eq!(out, json!({ "total": 8, "n": 2 }));
-        assert_eq!(run_ok("return [1, 'a', null, true]", json!(null)), json!([1, "a", null, true]));
+        assert_eq!(
+            run_ok("return [1, 'a', null, true]", json!(null)),
+            json!([1, "a", null, true])
+        );
         assert_eq!(run_ok("let x = 1;", json!(null)), Value::Null);
     }
 
@@ -565,7 +570,11 @@ mod tests {
         assert_eq!(run.logs, vec!["hello 42 {\"a\":1}", "[1,2]"]);
         assert!(matches!(run.result, Err(ScriptError::Thrown { .. })));
 
-        let many = super::run("for (let i = 0; i < 150; i++) console.log(i)", &json!({}), LIMITS);
+        let many = super::run(
+            "for (let i = 0; i < 150; i++) console.log(i)",
+            &json!({}),
+            LIMITS,
+        );
         assert_eq!(many.logs.len(), MAX_LOG_LINES + 1);
         assert_eq!(many.logs.last().unwrap(), "… 50 more line(s) not kept");
     }
@@ -580,10 +589,19 @@ mod tests {
         let err = run.result.unwrap_err();
         assert_eq!(err.to_string(), "TypeError: bad 1");
         // QuickJS places a `throw new E(…)` at the end of the constructor call.
-        assert_eq!(err.location(), Some(Location { line: 3, column: 32 }), "{err:?}");
+        assert_eq!(
+            err.location(),
+            Some(Location {
+                line: 3,
+                column: 32
+            }),
+            "{err:?}"
+        );
 
         // On the first line, columns do not count the wrapper around the script.
-        let err = super::run("return input.a.b", &json!({}), LIMITS).result.unwrap_err();
+        let err = super::run("return input.a.b", &json!({}), LIMITS)
+            .result
+            .unwrap_err();
         assert!(err.to_string().starts_with("TypeError"), "{err}");
         assert_eq!(err.location().map(|l| l.line), Some(1), "{err:?}");
         assert!(err.location().unwrap().column <= 17, "{err:?}");
@@ -596,22 +614,34 @@ mod tests {
         assert!(matches!(err, ScriptError::Syntax { .. }), "{err:?}");
         assert_eq!(err.location().map(|l| l.line), Some(2), "{err:?}");
         // A stray closing brace must not close the wrapper function early, nor run code.
-        for early in ["return 1; }); (function () {", "}); while (true) {}; (function () {"] {
+        for early in [
+            "return 1; }); (function () {",
+            "}); while (true) {}; (function () {",
+        ] {
             let err = check(early, 16 << 20).unwrap_err();
-            assert!(err.to_string().contains("closes its function early"), "{err:?}");
+            assert!(
+                err.to_string().contains("closes its function early"),
+                "{err:?}"
+            );
         }
     }
 
     #[test]
     fn an_endless_loop_is_stopped_at_the_cpu_limit() {
         let started = Instant::now();
-        let err = run("while (true) {}", &json!({}), LIMITS).result.unwrap_err();
+        let err = run("while (true) {}", &json!({}), LIMITS)
+            .result
+            .unwrap_err();
         assert_eq!(err, ScriptError::TimeLimit(LIMITS.cpu_time));
         assert!(started.elapsed() < Duration::from_secs(5));
         // Catching the interruption does not help.
-        let err = run("for (;;) { try { while (true) {} } catch (e) {} }", &json!({}), LIMITS)
-            .result
-            .unwrap_err();
+        let err = run(
+            "for (;;) { try { while (true) {} } catch (e) {} }",
+            &json!({}),
+            LIMITS,
+        )
+        .result
+        .unwrap_err();
         assert_eq!(err, ScriptError::TimeLimit(LIMITS.cpu_time));
     }
 
@@ -625,9 +655,13 @@ mod tests {
         .result
         .unwrap_err();
         assert_eq!(err, ScriptError::MemoryLimit(LIMITS.memory_bytes));
-        let err = run("let a=[]; while(true) a.push(new Array(1e6))", &json!({}), LIMITS)
-            .result
-            .unwrap_err();
+        let err = run(
+            "let a=[]; while(true) a.push(new Array(1e6))",
+            &json!({}),
+            LIMITS,
+        )
+        .result
+        .unwrap_err();
         assert!(
             matches!(err, ScriptError::MemoryLimit(_) | ScriptError::TimeLimit(_)),
             "{err:?}"
@@ -636,15 +670,28 @@ mod tests {
 
     #[test]
     fn deep_recursion_fails_cleanly() {
-        let err = run("const f = (n) => f(n + 1) + 1; return f(0)", &json!({}), LIMITS)
-            .result
-            .unwrap_err();
+        let err = run(
+            "const f = (n) => f(n + 1) + 1; return f(0)",
+            &json!({}),
+            LIMITS,
+        )
+        .result
+        .unwrap_err();
         assert!(matches!(err, ScriptError::Thrown { .. }), "{err:?}");
     }
 
     #[test]
     fn nothing_outside_the_language_is_reachable() {
-        for name in ["require", "fetch", "std", "os", "process", "setTimeout", "XMLHttpRequest", "Deno"] {
+        for name in [
+            "require",
+            "fetch",
+            "std",
+            "os",
+            "process",
+            "setTimeout",
+            "XMLHttpRequest",
+            "Deno",
+        ] {
             let out = run_ok(&format!("return typeof {name}"), json!(null));
             assert_eq!(out, json!("undefined"), "{name}");
         }
@@ -670,7 +717,10 @@ mod tests {
 
     #[test]
     fn runs_share_nothing() {
-        run_ok("globalThis.leak = 1; Object.prototype.evil = 2", json!(null));
+        run_ok(
+            "globalThis.leak = 1; Object.prototype.evil = 2",
+            json!(null),
+        );
         assert_eq!(
             run_ok("return [typeof leak, ({}).evil]", json!(null)),
             json!(["undefined", null])
