@@ -541,6 +541,10 @@ mod tests {
         memory_bytes: 32 << 20,
     };
 
+    fn run_err(source: &str) -> ScriptError {
+        run(source, &json!(null), LIMITS).result.unwrap_err()
+    }
+
     fn run_ok(source: &str, input: Value) -> Value {
         let run = run(source, &input, LIMITS);
         run.result.unwrap_or_else(|e| panic!("{source}: {e:?}"))
@@ -599,9 +603,7 @@ mod tests {
         );
 
         // On the first line, columns do not count the wrapper around the script.
-        let err = super::run("return input.a.b", &json!({}), LIMITS)
-            .result
-            .unwrap_err();
+        let err = run_err("return input.a.b");
         assert!(err.to_string().starts_with("TypeError"), "{err}");
         assert_eq!(err.location().map(|l| l.line), Some(1), "{err:?}");
         assert!(err.location().unwrap().column <= 17, "{err:?}");
@@ -629,39 +631,19 @@ mod tests {
     #[test]
     fn an_endless_loop_is_stopped_at_the_cpu_limit() {
         let started = Instant::now();
-        let err = run("while (true) {}", &json!({}), LIMITS)
-            .result
-            .unwrap_err();
+        let err = run_err("while (true) {}");
         assert_eq!(err, ScriptError::TimeLimit(LIMITS.cpu_time));
         assert!(started.elapsed() < Duration::from_secs(5));
         // Catching the interruption does not help.
-        let err = run(
-            "for (;;) { try { while (true) {} } catch (e) {} }",
-            &json!({}),
-            LIMITS,
-        )
-        .result
-        .unwrap_err();
+        let err = run_err("for (;;) { try { while (true) {} } catch (e) {} }");
         assert_eq!(err, ScriptError::TimeLimit(LIMITS.cpu_time));
     }
 
     #[test]
     fn allocating_without_end_is_stopped_at_the_memory_limit() {
-        let err = run(
-            "let a = []; while (true) a.push(new Array(1e6).fill(0));",
-            &json!({}),
-            LIMITS,
-        )
-        .result
-        .unwrap_err();
+        let err = run_err("let a = []; while (true) a.push(new Array(1e6).fill(0));");
         assert_eq!(err, ScriptError::MemoryLimit(LIMITS.memory_bytes));
-        let err = run(
-            "let a=[]; while(true) a.push(new Array(1e6))",
-            &json!({}),
-            LIMITS,
-        )
-        .result
-        .unwrap_err();
+        let err = run_err("let a=[]; while(true) a.push(new Array(1e6))");
         assert!(
             matches!(err, ScriptError::MemoryLimit(_) | ScriptError::TimeLimit(_)),
             "{err:?}"
@@ -670,13 +652,7 @@ mod tests {
 
     #[test]
     fn deep_recursion_fails_cleanly() {
-        let err = run(
-            "const f = (n) => f(n + 1) + 1; return f(0)",
-            &json!({}),
-            LIMITS,
-        )
-        .result
-        .unwrap_err();
+        let err = run_err("const f = (n) => f(n + 1) + 1; return f(0)");
         assert!(matches!(err, ScriptError::Thrown { .. }), "{err:?}");
     }
 
