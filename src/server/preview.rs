@@ -1,7 +1,7 @@
 //! Previews for authoring: `GET /api/v1/flows/{flow_id}/samples` lists a flow's samples, and
 //! `POST /api/v1/flows/{flow_id}/preview {"sample": NAME}` (or `{"event": {"body": …}}`) runs the
 //! deployed flow offline on it — nothing sent, nothing stored — and answers each step's rendered
-//! input and output, and every expression that resolved to nothing with its line and a suggestion.
+//! input and output (and a `code` step's console lines), and every expression that resolved to nothing with its line and a suggestion.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -83,6 +83,7 @@ async fn preview(
                 "id": p.id, "status": p.status,
                 "input": record.map(|r| &r.input), "output": record.and_then(|r| r.output.as_ref()),
                 "error": record.and_then(|r| r.error.as_ref()).map(|e| &e.message),
+                "logs": record.and_then(|r| r.attempts.last()).map(|a| &a.logs),
             })
         })
         .collect();

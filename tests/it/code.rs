@@ -93,6 +93,7 @@ async fn a_code_step_computes_from_the_event_for_the_next_step_and_fails_with_it
         .find(|s| s["id"] == "total")
         .unwrap();
     assert_eq!(total["output"]["sum"], 131, "{preview:#}");
+    assert_eq!(total["logs"], json!(["items: 2"]), "{preview:#}");
 }
 
 #[tokio::test]

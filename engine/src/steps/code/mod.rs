@@ -111,7 +111,6 @@ pub struct CodeSpec {
     /// The CPU time the script may use (default `1s`; at most the server's
     /// `code.max_cpu_time`, 10s unless configured).
     #[serde(default)]
-    #[schemars(with = "Option<String>")]
     pub cpu_time: Option<HumanDuration>,
     /// The memory the script may use, in MB (default 64; at most the server's
     /// `code.max_memory_mb`, 256 unless configured).
@@ -125,8 +124,10 @@ impl StepKind for CodeSpec {
 
     fn build(self, cx: &mut BuildContext<'_>) -> Option<Arc<dyn Action>> {
         let maxima = cx.registry.code_maxima();
+        let mut valid = true;
         let cpu_time = self.cpu_time.map_or(DEFAULT_CPU_TIME, |d| d.0);
         if cpu_time.is_zero() || cpu_time > maxima.cpu_time {
+            valid = false;
             cx.error(
                 "cpu_time",
                 format!(
@@ -137,6 +138,7 @@ impl StepKind for CodeSpec {
         }
         let memory_mb = self.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
         if memory_mb == 0 || memory_mb > maxima.memory_mb {
+            valid = false;
             cx.error(
                 "memory_mb",
                 format!(
@@ -147,15 +149,17 @@ impl StepKind for CodeSpec {
         }
         let script_at = cx.text_start("script");
         if self.script.len() > MAX_SCRIPT_BYTES {
+            valid = false;
             cx.error("script", "a script is at most 64 KiB");
         } else if let Err(e) = sandbox::check(&self.script, memory_bytes(memory_mb.max(1))) {
-            let message = format!("the script does not compile: {e}");
-            match e.location() {
-                Some(at) => cx.error_at("script", in_file(script_at, at), message),
-                None => cx.error("script", message),
-            }
+            valid = false;
+            let at = e.location().and_then(|at| in_file(script_at, at));
+            cx.error_at("script", at, format!("the script does not compile: {e}"));
         }
         let input = cx.value("input", self.input.as_ref().unwrap_or(&Value::Null));
+        if !valid {
+            return None;
+        }
         Some(Arc::new(Code {
             input: input?,
             script: self.script,

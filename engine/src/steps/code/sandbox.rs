@@ -2,10 +2,10 @@
 //! it but the language.
 //!
 //! Why QuickJS (through the `rquickjs` crate): it is a complete ES2023 engine in one C file that
-//! the crate builds from its bundled source (no download, no system library), and its runtime has
-//! the two controls a sandbox needs: a memory limit enforced by its allocator and an interrupt
-//! handler polled while code runs, which stops an endless loop. `boa_engine` (pure Rust) has no
-//! memory limit, and V8-based crates download prebuilt binaries.
+//! the crate builds from its bundled source (no download, no system library, no clang), and its
+//! runtime has the two controls a sandbox needs: an allocator of our own (which keeps the memory
+//! limit) and an interrupt handler polled while code runs (which stops an endless loop).
+//! `boa_engine` (pure Rust) has no memory limit, and V8-based crates download prebuilt binaries.
 //!
 //! Invariants:
 //! - A script sees only the ECMAScript built-ins, its `input` and a `console` that records lines:
@@ -53,7 +53,7 @@ const MAX_LOG_LINES: usize = 100;
 /// The longest console line kept, in characters; longer ones are cut.
 const MAX_LOG_LINE_CHARS: usize = 1000;
 /// The largest result a script may return, as JSON text.
-pub const MAX_RESULT_BYTES: usize = 1024 * 1024;
+const MAX_RESULT_BYTES: usize = 1024 * 1024;
 /// The longest a syntax check may take.
 const CHECK_TIME: Duration = Duration::from_secs(1);
 /// The native stack a script may use (deep recursion fails with a stack overflow error).
@@ -333,7 +333,8 @@ enum RaisedKind {
     Result,
 }
 
-/// Compiles the wrapped script into its function (no script code runs).
+/// Compiles the wrapped script into its function (no script code runs, unless it closes the
+/// wrapper early, which is refused).
 fn compile<'js>(ctx: &Ctx<'js>, source: &str) -> Result<Function<'js>, ScriptError> {
     let mut options = EvalOptions::default();
     options.filename = Some(SCRIPT_NAME.to_owned());
