@@ -462,4 +462,22 @@ mod tests {
         );
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080", "the default stays");
     }
+
+    #[test]
+    fn code_step_maxima_default_to_the_engines_and_are_checked() {
+        assert_eq!(Config::load(None).unwrap().code.maxima(), Maxima::default());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookflow.yaml");
+        std::fs::write(&path, "code: { max_cpu_time: 30s, max_memory_mb: 512 }\n").unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        c.validate().unwrap();
+        let expected = Maxima {
+            cpu_time: std::time::Duration::from_secs(30),
+            memory_mb: 512,
+        };
+        assert_eq!(c.code.maxima(), expected);
+        std::fs::write(&path, "code: { max_memory_mb: 0 }\n").unwrap();
+        let e = Config::load(Some(&path)).unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("code.max_memory_mb"), "{e}");
+    }
 }

@@ -97,10 +97,15 @@ async fn a_code_step_computes_from_the_event_for_the_next_step_and_fails_with_it
 }
 
 #[tokio::test]
-async fn an_endless_loop_fails_at_its_cpu_limit_while_another_run_completes() {
+async fn scripts_past_their_limits_fail_while_another_run_completes() {
     let spin = "id: spin\ntrigger: { webhook: }\nsteps:\n  - id: forever\n    code:\n      cpu_time: 2s\n      script: |\n        while (true) {}\n";
+    let hog = "id: hog\ntrigger: { webhook: }\nsteps:\n  - id: grab\n    code:\n      cpu_time: 10s\n      memory_mb: 8\n      script: let a=[]; while(true) a.push(new Array(1e6))\n";
     let quick = "id: quick\ntrigger: { webhook: }\nsteps:\n  - id: double\n    code:\n      input: \"$.trigger.body.n\"\n      script: return input * 2\n";
-    let server = Server::start(&[("spin.yaml", spin), ("quick.yaml", quick)]);
+    let server = Server::start(&[
+        ("spin.yaml", spin),
+        ("hog.yaml", hog),
+        ("quick.yaml", quick),
+    ]);
 
     let started = Instant::now();
     let (_, spinning) = server.send("spin", &json!({})).await;
@@ -137,6 +142,20 @@ async fn an_endless_loop_fails_at_its_cpu_limit_while_another_run_completes() {
         .metrics()
         .await
         .contains("hookflow_code_scripts_stopped_total{limit=\"cpu_time\"} 1\n"));
+
+    let (_, answer) = server.send("hog", &json!({})).await;
+    let run = server
+        .finished_run(answer["run_id"].as_str().unwrap())
+        .await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert_eq!(
+        step(&run, "grab")["error"]["message"],
+        "the script used more than its memory limit of 8 MB"
+    );
+    assert!(server
+        .metrics()
+        .await
+        .contains("hookflow_code_scripts_stopped_total{limit=\"memory\"} 1\n"));
     // The server is unharmed.
     let (_, answer) = server.send("quick", &json!({ "n": 1 })).await;
     let run = server

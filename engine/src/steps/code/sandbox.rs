@@ -644,7 +644,23 @@ mod tests {
     fn allocating_without_end_is_stopped_at_the_memory_limit() {
         let err = run_err("let a = []; while (true) a.push(new Array(1e6).fill(0));");
         assert_eq!(err, ScriptError::MemoryLimit(LIMITS.memory_bytes));
-        let err = run_err("let a=[]; while(true) a.push(new Array(1e6))");
+        // `new Array(1e6)` allocates no elements: many small arrays fill the memory first when
+        // time allows.
+        let roomy = Limits {
+            cpu_time: Duration::from_secs(30),
+            memory_bytes: 8 << 20,
+            ..LIMITS
+        };
+        let run = run(
+            "let a=[]; while(true) a.push(new Array(1e6))",
+            &json!(null),
+            roomy,
+        );
+        assert_eq!(run.result, Err(ScriptError::MemoryLimit(8 << 20)));
+        // Catching the failure does not get around the limit.
+        let err = run_err(
+            "let a=[]; for(;;) { try { a.push('x'.repeat(1e6) + a.length) } catch (e) {} }",
+        );
         assert!(
             matches!(err, ScriptError::MemoryLimit(_) | ScriptError::TimeLimit(_)),
             "{err:?}"
