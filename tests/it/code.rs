@@ -192,9 +192,10 @@ fn validate_reports_a_script_syntax_error_at_its_line_in_the_flow_file() {
         .unwrap_or_else(|| panic!("no script error in {shown}"));
     assert!(syntax.starts_with("./f.yaml:9:"), "{syntax}");
     assert!(
-        syntax.contains("the script does not compile: SyntaxError"),
+        syntax.contains("the script does not compile (script line 2, column"),
         "{syntax}"
     );
+    assert!(syntax.contains("): SyntaxError"), "{syntax}");
     assert!(
         shown.contains("./f.yaml:12:7: steps[1].code.memory_mb: `memory_mb` must be at least 1 and at most 256"),
         "{shown}"

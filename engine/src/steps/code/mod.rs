@@ -153,8 +153,15 @@ impl StepKind for CodeSpec {
             cx.error("script", "a script is at most 64 KiB");
         } else if let Err(e) = sandbox::check(&self.script, memory_bytes(memory_mb.max(1))) {
             valid = false;
+            let message = match e.location() {
+                Some(at) => format!(
+                    "the script does not compile (script line {}, column {}): {e}",
+                    at.line, at.column
+                ),
+                None => format!("the script does not compile: {e}"),
+            };
             let at = e.location().and_then(|at| in_file(script_at, at));
-            cx.error_at("script", at, format!("the script does not compile: {e}"));
+            cx.error_at("script", at, message);
         }
         let input = cx.value("input", self.input.as_ref().unwrap_or(&Value::Null));
         if !valid {
