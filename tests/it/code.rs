@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use crate::browser::Browser;
 use crate::support::{run_cli, step, Server};
 
 /// Line 9 of this file is the script's line 2, which throws.
@@ -94,6 +95,25 @@ async fn a_code_step_computes_from_the_event_for_the_next_step_and_fails_with_it
         .unwrap();
     assert_eq!(total["output"]["sum"], 131, "{preview:#}");
     assert_eq!(total["logs"], json!(["items: 2"]), "{preview:#}");
+}
+
+#[tokio::test]
+async fn the_run_page_shows_a_scripts_console_lines() {
+    let server = Server::start(&[("order.yaml", ORDER)]);
+    let (_, answer) = server.send("order", &order_event("")).await;
+    let run_id = answer["run_id"].as_str().unwrap().to_owned();
+    server.finished_run(&run_id).await;
+
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("{}/#/runs/{run_id}", server.base))
+        .await
+        .unwrap();
+    browser
+        .text_of("[data-step=total] .step-logs", "items: 2")
+        .await;
+    browser.close().await;
 }
 
 #[tokio::test]
