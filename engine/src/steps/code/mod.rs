@@ -272,3 +272,73 @@ impl Code {
         failure.with_detail(detail)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::authoring::offline;
+    use crate::flow::{load_sources, Flow, FlowError};
+    use crate::steps::Registry;
+
+    fn load(text: &str, registry: &Registry) -> (Vec<Flow>, Vec<FlowError>) {
+        let sources = [("f.yaml".to_owned(), Ok(text.to_owned()))];
+        load_sources(sources, registry, &|_| None)
+    }
+
+    const LOOP: &str = "id: f\ntrigger: { webhook: }\nsteps:\n  - id: each\n    foreach:\n      items: \"$.trigger.body.list\"\n      steps:\n        - id: js\n          code:\n            input: \"{{item}}\"\n            script: |\n              console.log('item', input);\n              return input * 10;\n";
+
+    #[test]
+    fn a_syntax_error_in_a_nested_script_is_placed_at_its_line() {
+        let text = LOOP.replace("return input * 10;", "return input * ;");
+        let (_, errors) = load(&text, &Registry::builtin());
+        let error = errors
+            .iter()
+            .find(|e| e.path == "steps[0].foreach.steps[0].code.script")
+            .unwrap_or_else(|| panic!("{errors:?}"));
+        assert_eq!(error.line, 13, "{error}");
+        assert!(error.message.contains("(script line 2, column"), "{error}");
+    }
+
+    #[test]
+    fn limits_past_the_servers_maxima_are_refused() {
+        let mut registry = Registry::builtin();
+        registry.set_code_maxima(Maxima {
+            cpu_time: Duration::from_secs(2),
+            memory_mb: 16,
+        });
+        let step = |limits: &str| {
+            format!("id: f\ntrigger: {{ webhook: }}\nsteps:\n  - id: js\n    code: {{ script: return 1, {limits} }}\n")
+        };
+        let (flows, errors) = load(&step("cpu_time: 2s, memory_mb: 16"), &registry);
+        assert_eq!((flows.len(), errors.len()), (1, 0), "{errors:?}");
+        let (_, errors) = load(&step("cpu_time: 3s, memory_mb: 17"), &registry);
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["steps[0].code.cpu_time", "steps[0].code.memory_mb"],
+            "{errors:?}"
+        );
+        assert!(errors[0].message.contains("at most 2s"), "{errors:?}");
+    }
+
+    #[tokio::test]
+    async fn a_nested_script_runs_per_item_and_logs_to_the_loop_step() {
+        let (flows, errors) = load(LOOP, &Registry::builtin());
+        assert!(errors.is_empty(), "{errors:?}");
+        let trigger = json!({ "body": { "list": [1, 2] } });
+        let trace = offline::run(&flows[0], trigger, &BTreeMap::new()).await;
+        let each = trace.record(&"each".parse().unwrap()).unwrap();
+        let outputs: Vec<&Value> = each.output.as_ref().unwrap()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| &i["output"])
+            .collect();
+        assert_eq!(outputs, [&json!(10), &json!(20)]);
+        assert_eq!(each.attempts[0].logs, ["item 1", "item 2"]);
+    }
+}
