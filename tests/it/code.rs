@@ -29,6 +29,15 @@ steps:
       big: "{{steps.total.big}}"
 "#;
 
+/// Sends `body` to `flow`'s catch URL; the run once it is final.
+async fn run_of(server: &Server, flow: &str, body: &Value) -> Value {
+    let (status, answer) = server.send(flow, body).await;
+    assert_eq!(status, 200, "{answer}");
+    server
+        .finished_run(answer["run_id"].as_str().unwrap())
+        .await
+}
+
 fn order_event(coupon: &str) -> Value {
     json!({ "coupon": coupon, "items": [{ "price": 40, "qty": 2 }, { "price": 25.5, "qty": 2 }] })
 }
@@ -37,11 +46,7 @@ fn order_event(coupon: &str) -> Value {
 async fn a_code_step_computes_from_the_event_for_the_next_step_and_fails_with_its_line() {
     let server = Server::start(&[("order.yaml", ORDER)]);
 
-    let (status, answer) = server.send("order", &order_event("")).await;
-    assert_eq!(status, 200, "{answer}");
-    let run = server
-        .finished_run(answer["run_id"].as_str().unwrap())
-        .await;
+    let run = run_of(&server, "order", &order_event("")).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
     assert_eq!(
         step(&run, "total")["output"],
@@ -56,10 +61,7 @@ async fn a_code_step_computes_from_the_event_for_the_next_step_and_fails_with_it
         json!({ "text": "Order of 131", "big": true })
     );
 
-    let (_, answer) = server.send("order", &order_event("BOOM")).await;
-    let run = server
-        .finished_run(answer["run_id"].as_str().unwrap())
-        .await;
+    let run = run_of(&server, "order", &order_event("BOOM")).await;
     assert_eq!(run["status"], "failed", "{run:#}");
     let error = &step(&run, "total")["error"];
     let message = error["message"].as_str().unwrap();
@@ -100,9 +102,8 @@ async fn a_code_step_computes_from_the_event_for_the_next_step_and_fails_with_it
 #[tokio::test]
 async fn the_run_page_shows_a_scripts_console_lines() {
     let server = Server::start(&[("order.yaml", ORDER)]);
-    let (_, answer) = server.send("order", &order_event("")).await;
-    let run_id = answer["run_id"].as_str().unwrap().to_owned();
-    server.finished_run(&run_id).await;
+    let run = run_of(&server, "order", &order_event("")).await;
+    let run_id = run["id"].as_str().unwrap();
 
     let browser = Browser::start().await;
     browser
@@ -138,10 +139,7 @@ async fn scripts_past_their_limits_fail_while_another_run_completes() {
             .then_some(())
     })
     .await;
-    let (_, answer) = server.send("quick", &json!({ "n": 21 })).await;
-    let run = server
-        .finished_run(answer["run_id"].as_str().unwrap())
-        .await;
+    let run = run_of(&server, "quick", &json!({ "n": 21 })).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
     assert_eq!(step(&run, "double")["output"], 42);
     let (_, still) = server.get(&format!("/api/v1/runs/{spinning}")).await;
@@ -163,10 +161,7 @@ async fn scripts_past_their_limits_fail_while_another_run_completes() {
         .await
         .contains("hookflow_code_scripts_stopped_total{limit=\"cpu_time\"} 1\n"));
 
-    let (_, answer) = server.send("hog", &json!({})).await;
-    let run = server
-        .finished_run(answer["run_id"].as_str().unwrap())
-        .await;
+    let run = run_of(&server, "hog", &json!({})).await;
     assert_eq!(run["status"], "failed", "{run:#}");
     assert_eq!(
         step(&run, "grab")["error"]["message"],
@@ -177,10 +172,7 @@ async fn scripts_past_their_limits_fail_while_another_run_completes() {
         .await
         .contains("hookflow_code_scripts_stopped_total{limit=\"memory\"} 1\n"));
     // The server is unharmed.
-    let (_, answer) = server.send("quick", &json!({ "n": 1 })).await;
-    let run = server
-        .finished_run(answer["run_id"].as_str().unwrap())
-        .await;
+    let run = run_of(&server, "quick", &json!({ "n": 1 })).await;
     assert_eq!(step(&run, "double")["output"], 2);
 }
 
