@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::browser::Browser;
-use crate::support::{run_cli, step, Server};
+use crate::support::{eventually, run_cli, step, Server};
 
 /// Line 9 of this file is the script's line 2, which throws.
 const ORDER: &str = r#"id: order
@@ -100,8 +100,12 @@ async fn a_code_step_computes_from_the_event_for_the_next_step_and_fails_with_it
 }
 
 #[tokio::test]
-async fn the_run_page_shows_a_scripts_console_lines() {
+async fn the_run_page_and_the_preview_show_a_scripts_console_lines() {
     let server = Server::start(&[("order.yaml", ORDER)]);
+    let samples = server.flows_dir().join("samples/order");
+    std::fs::create_dir_all(&samples).unwrap();
+    let sample = json!({ "body": order_event("") });
+    std::fs::write(samples.join("cart.json"), sample.to_string()).unwrap();
     let run = run_of(&server, "order", &order_event("")).await;
     let run_id = run["id"].as_str().unwrap();
 
@@ -113,6 +117,22 @@ async fn the_run_page_shows_a_scripts_console_lines() {
         .unwrap();
     browser
         .text_of("[data-step=total] .step-logs", "items: 2")
+        .await;
+
+    browser
+        .client
+        .goto(&format!("{}/#/flows/order", server.base))
+        .await
+        .unwrap();
+    let payload = browser.find("#payload").await;
+    eventually("the sample in the payload box", || async {
+        let value = payload.prop("value").await.unwrap().unwrap_or_default();
+        value.contains("25.5").then_some(())
+    })
+    .await;
+    browser.find("#preview").await.click().await.unwrap();
+    browser
+        .text_of("#preview-result [data-step=total] .step-logs", "items: 2")
         .await;
     browser.close().await;
 }
@@ -132,7 +152,7 @@ async fn scripts_past_their_limits_fail_while_another_run_completes() {
     let (_, spinning) = server.send("spin", &json!({})).await;
     let spinning = spinning["run_id"].as_str().unwrap().to_owned();
     // Wait until the loop is running, then start another run: it finishes while the loop spins.
-    crate::support::eventually("the loop to start", || async {
+    eventually("the loop to start", || async {
         let metrics = server.metrics().await;
         metrics
             .contains("\nhookflow_code_scripts_running 1\n")
