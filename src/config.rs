@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use hookflow_engine::flow::spec::HumanDuration;
 use hookflow_engine::runtime::RetentionConfig;
+use hookflow_engine::steps::code::Maxima;
 use hookflow_engine::store::postgres::PgOptions;
 use serde::Deserialize;
 
@@ -71,6 +72,9 @@ pub struct Config {
     /// Failure alerts for the whole server (see `alerts.rs`).
     #[serde(default)]
     pub alerts: crate::alerts::AlertsConfig,
+    /// The most a `code` step may ask for.
+    #[serde(default)]
+    pub code: CodeSection,
 }
 
 fn default_lease() -> HumanDuration {
@@ -192,6 +196,41 @@ impl HttpSection {
     }
 }
 
+/// The most a `code` step may set its `cpu_time` and `memory_mb` to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CodeSection {
+    /// The longest CPU time a step's script may be given.
+    pub max_cpu_time: HumanDuration,
+    /// The most memory a step's script may be given, in MB.
+    pub max_memory_mb: u32,
+}
+
+impl Default for CodeSection {
+    fn default() -> Self {
+        Self::from(Maxima::default())
+    }
+}
+
+impl From<Maxima> for CodeSection {
+    fn from(m: Maxima) -> Self {
+        Self {
+            max_cpu_time: HumanDuration(m.cpu_time),
+            max_memory_mb: m.memory_mb,
+        }
+    }
+}
+
+impl CodeSection {
+    /// The engine's limits.
+    pub fn maxima(&self) -> Maxima {
+        Maxima {
+            cpu_time: self.max_cpu_time.0,
+            memory_mb: self.max_memory_mb,
+        }
+    }
+}
+
 /// Outbound HTTP settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -257,6 +296,10 @@ impl Config {
         ] {
             anyhow::ensure!(!d.0.is_zero(), "http.{name} must be longer than 0s");
         }
+        anyhow::ensure!(
+            !self.code.max_cpu_time.0.is_zero() && self.code.max_memory_mb >= 1,
+            "code.max_cpu_time must be longer than 0s and code.max_memory_mb at least 1"
+        );
         Ok(())
     }
 
@@ -430,5 +473,23 @@ mod tests {
             std::time::Duration::from_secs(14 * 24 * 3600)
         );
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080", "the default stays");
+    }
+
+    #[test]
+    fn code_step_maxima_default_to_the_engines_and_are_checked() {
+        assert_eq!(Config::load(None).unwrap().code.maxima(), Maxima::default());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookflow.yaml");
+        std::fs::write(&path, "code: { max_cpu_time: 30s, max_memory_mb: 512 }\n").unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        c.validate().unwrap();
+        let expected = Maxima {
+            cpu_time: std::time::Duration::from_secs(30),
+            memory_mb: 512,
+        };
+        assert_eq!(c.code.maxima(), expected);
+        std::fs::write(&path, "code: { max_memory_mb: 0 }\n").unwrap();
+        let e = Config::load(Some(&path)).unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("code.max_memory_mb"), "{e}");
     }
 }

@@ -346,6 +346,9 @@ fn print_trace(flow: &Flow, trace: &Trace, dry_run: bool) -> anyhow::Result<()> 
             if let Some(err) = &r.error {
                 println!("  error: {}", err.message);
             }
+            for line in r.attempts.last().map_or(&[][..], |a| &a.logs[..]) {
+                println!("  console: {line}");
+            }
         }
     }
     let missing = unresolved(flow, trace);

@@ -128,9 +128,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         base_url: Some(base_url.clone()),
         ..EngineConfig::default()
     };
+    let mut registry = crate::registry();
+    registry.set_code_maxima(config.code.maxima());
     let engine = Engine::new(
         store,
-        Catalog::with_env(crate::registry(), env.clone()),
+        Catalog::with_env(registry, env.clone()),
         http,
         engine_config,
     );

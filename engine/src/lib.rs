@@ -7,7 +7,8 @@
 //! - [`flow`]: flow files — YAML spec, validation with `file:line:col` errors, JSON Schema.
 //! - [`expr`]: templates (handlebars), JSONPath selection and filter conditions.
 //! - [`steps`]: the `Action` contract, the kind registry, and the built-in steps `filter`, `map`,
-//!   `http` (with `paginate:`, in `steps::paging`).
+//!   `http` (with `paginate:`, in `steps::paging`), `code` (JavaScript in a QuickJS sandbox, in
+//!   `steps::code`).
 //! - [`outbound`]: the shared HTTP client and the policy that keeps actions off private networks.
 //! - [`pacing`]: rate-limit pacing per connector account.
 //! - [`store`]: the `Store` trait (the contract several nodes can share: owned, fenced leases;

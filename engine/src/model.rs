@@ -425,6 +425,9 @@ pub struct Attempt {
     /// audit record names them: `token`, `session:HASH`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retried_by: Option<String>,
+    /// The lines the attempt wrote: a `code` step's `console.log` (at most 100, redacted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<String>,
 }
 
 /// One unit of queued work: run a step of a run, due at a time. Carries ids only.

@@ -323,5 +323,33 @@ async fn metrics(
             value.load(std::sync::atomic::Ordering::Relaxed)
         );
     }
+    let code = &hookflow_engine::steps::code::STATS;
+    describe(
+        &mut out,
+        "hookflow_code_scripts_running",
+        "gauge",
+        "`code` step scripts running now.",
+    );
+    let _ = writeln!(
+        out,
+        "hookflow_code_scripts_running {}",
+        code.running.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    describe(
+        &mut out,
+        "hookflow_code_scripts_stopped_total",
+        "counter",
+        "`code` step scripts stopped at a limit, by limit (cpu_time, memory).",
+    );
+    for (limit, n) in [
+        ("cpu_time", &code.stopped_time),
+        ("memory", &code.stopped_memory),
+    ] {
+        let n = n.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "hookflow_code_scripts_stopped_total{{limit=\"{limit}\"}} {n}"
+        );
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

@@ -1,8 +1,9 @@
 //! Previews for authoring: `GET /api/v1/flows/{flow_id}/samples` lists a flow's samples, and
 //! `POST /api/v1/flows/{flow_id}/preview {"sample": NAME}` (or `{"event": {"body": …}}`) runs the
 //! deployed flow offline on it — nothing sent, nothing stored — and answers each step's rendered
-//! input and output, every expression that resolved to nothing with its line and a suggestion, and
-//! the flow's warnings with those of this run (request fields it would send empty).
+//! input and output (and a `code` step's console lines), every expression that resolved to nothing
+//! with its line and a suggestion, and the flow's warnings with those of this run (request fields
+//! it would send empty).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -86,6 +87,7 @@ async fn preview(
                 "id": p.id, "status": p.status,
                 "input": record.map(|r| &r.input), "output": record.and_then(|r| r.output.as_ref()),
                 "error": record.and_then(|r| r.error.as_ref()).map(|e| &e.message),
+                "logs": record.and_then(|r| r.attempts.last()).map(|a| &a.logs),
             })
         })
         .collect();

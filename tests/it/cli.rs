@@ -91,8 +91,8 @@ fn schema_describes_every_step_kind() {
     assert_eq!(
         kinds,
         [
-            "delay", "email", "filter", "flow", "foreach", "http", "hubspot", "map", "slack",
-            "stripe", "switch"
+            "code", "delay", "email", "filter", "flow", "foreach", "http", "hubspot", "map",
+            "slack", "stripe", "switch"
         ]
     );
     assert!(schema["properties"]["trigger"].is_object());

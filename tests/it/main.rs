@@ -11,6 +11,7 @@ mod browser;
 mod callbacks;
 mod cli;
 mod cluster;
+mod code;
 mod connectors;
 mod crash;
 mod delivery;

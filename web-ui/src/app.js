@@ -440,6 +440,7 @@ async function preview(path, sample) {
       ${p.steps.map(s => `<div class="step" data-status="${esc(s.status)}" data-step="${esc(s.id)}">
           <strong>${esc(s.id)}</strong> <span class="${esc(s.status)}">${esc(s.status)}</span>
           ${s.error ? `<p class="failed">${esc(s.error)}</p>` : ""}
+          ${consoleLines(s.logs)}
           ${s.input !== null || s.output !== null ? stepData(s) : ""}
         </div>`).join("")}`;
   } catch (e) {
@@ -699,6 +700,7 @@ function renderRun(run) {
       ${s.path ? `<span class="muted">took path <code>${esc(s.path)}</code></span>` : ""}
       ${s.waiting_until ? `<p class="waiting">Waiting for a callback until ${when(s.waiting_until)}: POST to <code class="resume-url">${esc(s.resume_url)}</code></p>` : ""}
       ${s.error ? `<p class="failed step-error">${esc(s.error.message)}</p>` : ""}
+      ${consoleLines(s.attempts.at(-1)?.logs)}
       ${s.input !== undefined ? stepData(s) : ""}
       ${s.attempts.length ? `<div class="scroll"><table class="attempts"><thead><tr><th>Attempt</th><th>Started</th><th>Took</th><th>Error</th><th>Next try</th><th>Node</th></tr></thead><tbody>
         ${s.attempts.map((a, n) => `<tr data-attempt="${esc(a.number)}"><td>${esc(a.number)}<br><small class="muted">${startedBy(s.attempts, n)}</small></td><td>${when(a.started_at)}</td><td>${human(a.duration_ms)}</td>
@@ -790,6 +792,13 @@ function revisionDialog({ id, heading, intro, current, original, callers, replay
   explain();
   dialog.addEventListener("close", () => dialog.returnValue === "replay" && replay(chosen()));
   dialog.showModal();
+}
+
+// The lines a step attempt wrote (a code step's console.log), if any.
+function consoleLines(logs) {
+  if (!logs || !logs.length) return "";
+  return `<details class="json-block" open><summary>console <small class="muted">${logs.length} line(s)</small></summary>
+    <pre class="step-logs">${esc(logs.join("\n"))}</pre></details>`;
 }
 
 // What started an attempt: the first try, an automatic retry (the attempt before scheduled one),

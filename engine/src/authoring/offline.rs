@@ -19,7 +19,7 @@ use crate::pacing::Pacer;
 use crate::runtime::advance::{self, Attempted, StepResult};
 use crate::runtime::callbacks::{resume_urls, CallbackKey};
 use crate::runtime::context::{add_resume_urls, idempotency_key, run_context};
-use crate::steps::{ExecContext, Outcome, StepError};
+use crate::steps::{ExecContext, Outcome, StepError, StepLog};
 
 /// A step's canned answer: its `output` as is, an HTTP answer (`status`, `body`, `headers`), or
 /// an `error`.
@@ -151,6 +151,7 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
         let ctx = Arc::new(ctx);
         let started_at = Timestamp::now();
         let clock = Instant::now();
+        let log = StepLog::default();
         let (mut input, result) = match step.action.render(&flow.templates, &ctx) {
             Err(e) => (Value::Null, StepResult::Failed(e)),
             Ok(input) => {
@@ -171,6 +172,7 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
                             sub_flows: None,
                             clock: Arc::new(crate::store::SystemClock),
                             state: None,
+                            log: log.clone(),
                         };
                         step.action.execute(input.clone(), &cx).await
                     }
@@ -203,6 +205,7 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
             retry_in: None,
             node: None,
             sent_under: None,
+            logs: crate::runtime::redact_lines(log.take(), &flow.secrets),
         };
         let previous = records.iter().find(|r| r.step_id == step.id);
         let Some(update) = advance::advance(flow, run.clone(), previous, &done, Timestamp::now())

@@ -542,8 +542,11 @@ fn build_step(
         problems.at(&join_path(&kind_path, &field), message);
     }
     let varies = calls_uuid(&config);
-    let mut cx = BuildContext::new(compiler, env, secrets, registry);
-    let action = match entry.build(config, &mut cx) {
+    let mut cx = BuildContext::new(compiler, env, secrets, registry)
+        .located(&problems.index, kind_path.clone());
+    let built = entry.build(config, &mut cx);
+    let errors = cx.into_errors();
+    let action = match built {
         Ok(action) => action,
         Err(e) => {
             problems.shape(&join_path(&kind_path, &e.path), &e.message);
@@ -551,8 +554,12 @@ fn build_step(
         }
     };
     // Nested steps (`foreach`) report their shape errors here too: worded the same way.
-    for (field, message) in cx.into_errors() {
-        problems.shape(&join_path(&kind_path, &field), &message);
+    for e in errors {
+        let path = join_path(&kind_path, &e.field);
+        match e.at {
+            Some(at) => problems.push(&path, at.line, at.col, e.message),
+            None => problems.shape(&path, &e.message),
+        }
     }
 
     let needs = match spec.needs {

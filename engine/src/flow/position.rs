@@ -60,6 +60,11 @@ struct Node {
     value: Option<Position>,
     /// Where the key's name starts in `path`, for mapping entries.
     name_start: Option<usize>,
+    /// For a scalar: where its text starts (after an opening quote; for a block scalar, the
+    /// first character of its first line).
+    text: Option<Position>,
+    /// Whether it is a block scalar (`|`, `>`), whose text starts on the line after its key.
+    block: bool,
 }
 
 /// Map from field path to the positions of a YAML document's keys and values.
@@ -89,7 +94,21 @@ impl PositionIndex {
                 break;
             }
         }
-        builder.index
+        let mut index = builder.index;
+        let lines: Vec<&str> = text.lines().collect();
+        // A block scalar's event is marked where the scalar ends; its indicator is on its key's
+        // line (`script: |`), and its text starts on the next.
+        for node in index.nodes.iter_mut().filter(|n| n.block) {
+            node.text = node.key.map(|k| block_text_start(&lines, k.line));
+        }
+        index
+    }
+
+    /// Where the text of the scalar at `path` starts: line and column of its first character
+    /// (for a block scalar `|` or `>`, on the line after the indicator, at its indentation).
+    /// A script written as a block scalar maps its own line N to the file's `line + N - 1`.
+    pub fn text_start(&self, path: &str) -> Option<Position> {
+        self.node(path).and_then(|n| n.text)
     }
 
     /// Position of the node at `path` (its value), e.g. `"steps[2].http.url"`,
@@ -225,13 +244,13 @@ impl Builder {
             Event::Scalar(value, style, ..) => {
                 if self.skip == 0 {
                     let synthesized = value.is_empty() && style == TScalarStyle::Plain;
-                    self.leaf(Some(value), mark, synthesized);
+                    self.leaf(Some(value), mark, synthesized, style);
                 }
                 true
             }
             Event::Alias(_) => {
                 if self.skip == 0 {
-                    self.leaf(None, mark, false);
+                    self.leaf(None, mark, false, TScalarStyle::Plain);
                 }
                 true
             }
@@ -271,7 +290,13 @@ impl Builder {
     }
 
     /// Handles a scalar (`Some`) or an alias (`None`).
-    fn leaf(&mut self, scalar: Option<String>, mark: Marker, synthesized: bool) {
+    fn leaf(
+        &mut self,
+        scalar: Option<String>,
+        mark: Marker,
+        synthesized: bool,
+        style: TScalarStyle,
+    ) {
         let pos = Position::from_marker(mark);
         self.first_key(pos);
         match self.slot() {
@@ -279,7 +304,19 @@ impl Builder {
                 // An empty value has no text of its own: its mark is that of the
                 // next token, so use its key's position (or none for an item).
                 let value = if synthesized { key } else { Some(pos) };
-                self.record(path, key, value, name_start);
+                if let Some(i) = self.record(path, key, value, name_start) {
+                    let node = &mut self.index.nodes[i];
+                    match style {
+                        TScalarStyle::Literal | TScalarStyle::Folded => node.block = true,
+                        TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted => {
+                            node.text = value.map(|v| Position {
+                                col: v.col + 1,
+                                ..v
+                            });
+                        }
+                        _ => node.text = value,
+                    }
+                }
             }
             // Aliases and empty (omitted) keys are not indexed.
             Slot::Key => self.set_pending(scalar.filter(|_| !synthesized).map(|name| (name, pos))),
@@ -347,8 +384,24 @@ impl Builder {
             key,
             value: value.into(),
             name_start,
+            text: None,
+            block: false,
         });
         Some(i)
+    }
+}
+
+/// Where the text of a block scalar whose indicator is on (1-based) `line` starts: the next line, at the
+/// indentation of its first non-blank line.
+fn block_text_start(lines: &[&str], line: usize) -> Position {
+    let indent = lines
+        .iter()
+        .skip(line)
+        .find(|l| !l.trim().is_empty())
+        .map_or(0, |l| l.len() - l.trim_start_matches(' ').len());
+    Position {
+        line: line + 1,
+        col: indent + 1,
     }
 }
 
@@ -427,6 +480,17 @@ fn split_path(msg: &str) -> Option<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_start_of_block_and_quoted_scalars() {
+        let text = "steps:\n  - id: a\n    code:\n      script: |\n\n        let x = 1;\n        return x\n      input: \"ab\"\n      other: plain\n";
+        let index = PositionIndex::new(text);
+        let at = |line, col| Some(Position { line, col });
+        assert_eq!(index.text_start("steps[0].code.script"), at(5, 9));
+        assert_eq!(index.text_start("steps[0].code.input"), at(8, 15));
+        assert_eq!(index.text_start("steps[0].code.other"), at(9, 14));
+        assert_eq!(index.text_start("steps[0].code"), None);
+    }
 
     fn p(line: usize, col: usize) -> Option<Position> {
         Some(Position { line, col })

@@ -52,6 +52,8 @@ pub struct Attempted {
     pub node: Option<NodeId>,
     /// For a step with effects: the idempotency key its input was sent under.
     pub sent_under: Option<String>,
+    /// The lines the attempt wrote (redacted).
+    pub logs: Vec<String>,
 }
 
 /// A new run of `flow` for `event`: queued, every step pending except the roots, which are queued.
@@ -295,6 +297,7 @@ pub fn advance(
         node: done.node.clone(),
         sent_under: done.sent_under.clone(),
         retried_by,
+        logs: done.logs.clone(),
     });
     let kind = step.map_or("unknown", |s| s.kind);
     let record = StepRecord {
@@ -521,6 +524,7 @@ steps:
             retry_in,
             node: None,
             sent_under: None,
+            logs: Vec::new(),
         }
     }
 
@@ -741,6 +745,7 @@ steps:
                 node: None,
                 sent_under: None,
                 retried_by: None,
+                logs: Vec::new(),
             }],
             rendered_for: None,
         };

@@ -234,6 +234,7 @@ impl Engine {
             retry_in: None,
             node: Some(self.config.node.clone()),
             sent_under: None,
+            logs: Vec::new(),
         };
         let refused = Mutex::new(None);
         let committed = store

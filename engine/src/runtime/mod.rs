@@ -46,7 +46,7 @@ use crate::model::{
 use crate::outbound::HttpClient;
 use crate::pacing::Pacer;
 use crate::secrets::Secrets;
-use crate::steps::{ExecContext, Outcome, RunOutcome, StepError, SubFlows};
+use crate::steps::{ExecContext, Outcome, RunOutcome, StepError, StepLog, SubFlows};
 pub use crate::store::RunNotice;
 use crate::store::{
     ClaimRequest, Claimed, DedupeKey, FlowLimits, Ingested, Lease, NodeId, RunUpdate, SharedClock,
@@ -1056,6 +1056,7 @@ impl Engine {
             }
             (rendered, _) => rendered,
         };
+        let log = StepLog::default();
         let (mut input, result) = match rendered {
             Err(e) => (Value::Null, StepResult::Failed(e)),
             Ok(input) => {
@@ -1092,6 +1093,7 @@ impl Engine {
                     sub_flows: Some(self.sub_flows.clone()),
                     clock: self.config.clock.clone(),
                     state: Some(crate::steps::SharedState::new(self.store.clone())),
+                    log: log.clone(),
                 };
                 // A panic fails the attempt like any error; the worker, its slot and its lease
                 // carry on.
@@ -1164,6 +1166,7 @@ impl Engine {
             retry_in,
             node: Some(self.config.node.clone()),
             sent_under,
+            logs: redact_lines(log.take(), &flow.secrets),
         }))
     }
 
@@ -1188,6 +1191,7 @@ impl Engine {
             retry_in: None,
             node: Some(self.config.node.clone()),
             sent_under: None,
+            logs: Vec::new(),
         }))
     }
 
@@ -1317,6 +1321,11 @@ fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "no message".to_owned());
     format!("step panicked: {message}")
+}
+
+/// A step's log lines with the flow's secrets redacted, as recorded.
+pub(crate) fn redact_lines(lines: Vec<String>, secrets: &Secrets) -> Vec<String> {
+    lines.iter().map(|l| secrets.redact_text(l)).collect()
 }
 
 /// The result with the flow's secrets (and values derived from them) redacted, as recorded.

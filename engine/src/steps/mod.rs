@@ -4,13 +4,14 @@
 //! step's YAML and then `build`s into an [`Action`]: the runtime object the executor calls. The
 //! engine knows kinds only through the registry, so connectors add kinds without touching the
 //! flow parser. Built-in kinds: [`filter`], [`map`], [`http`], [`switch`], [`delay`], [`foreach`],
-//! [`subflow`] (`flow:`).
+//! [`subflow`] (`flow:`), [`code`].
 //!
 //! An action works in two phases. `render` (pure, synchronous) turns the run context into the step's
 //! input — the exact thing recorded in run history as "what the step received"; `execute` then acts
 //! on that input (I/O happens only here).
 
 pub mod callback;
+pub mod code;
 pub mod delay;
 pub mod filter;
 pub mod foreach;
@@ -31,6 +32,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::expr::{Compiler, Condition, ConditionSpec, ExprError, Templates, TextExpr, ValueExpr};
+use crate::flow::position::{Position, PositionIndex};
 use crate::flow::spec::{read_shape, ShapeProblem};
 use crate::flow::EnvLookup;
 use crate::ids::{RunId, StepId};
@@ -123,6 +125,31 @@ pub struct ExecContext {
     /// Small state shared by every node (a connector's cached OAuth access token); `None`
     /// offline.
     pub state: Option<SharedState>,
+    /// Where the step writes lines for its attempt's record (a `code` step's `console.log`).
+    pub log: StepLog,
+}
+
+/// Lines a step attempt writes for its record (`attempts[].logs`), shared by the clones of one
+/// [`ExecContext`] (so a `foreach` body's lines go to the `foreach` step's attempt).
+#[derive(Debug, Clone, Default)]
+pub struct StepLog(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl StepLog {
+    /// Adds lines.
+    pub fn write(&self, lines: impl IntoIterator<Item = String>) {
+        self.lines().extend(lines);
+    }
+
+    /// The lines written so far, taken out.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.lines())
+    }
+
+    fn lines(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The store's small keyed state, as steps may use it (durable, shared by the nodes of a store).
@@ -275,7 +302,21 @@ pub struct BuildContext<'a> {
     env: EnvLookup<'a>,
     secrets: &'a mut Vec<String>,
     registry: &'a Registry,
-    errors: Vec<(String, String)>,
+    errors: Vec<BuildError>,
+    /// The flow file's positions and the path of the step's kind key in it, when known.
+    located: Option<(&'a PositionIndex, String)>,
+}
+
+/// A problem found while building a step's config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildError {
+    /// The field's path, relative to the step's kind key.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+    /// Where in the file, when the kind knows better than the field's position (a line inside
+    /// a script).
+    pub at: Option<Position>,
 }
 
 /// A step nested in another's config (a `foreach` body), built.
@@ -305,7 +346,22 @@ impl<'a> BuildContext<'a> {
             secrets,
             registry,
             errors: Vec::new(),
+            located: None,
         }
+    }
+
+    /// The same context, able to tell where a field's text is in the flow file: `index` is the
+    /// file's, `kind_path` the path of the step's kind key (`steps[2].code`).
+    pub fn located(mut self, index: &'a PositionIndex, kind_path: String) -> Self {
+        self.located = Some((index, kind_path));
+        self
+    }
+
+    /// Where the text of the string at config field `field` starts in the flow file, if known
+    /// (see [`PositionIndex::text_start`]).
+    pub fn text_start(&self, field: &str) -> Option<Position> {
+        let (index, base) = self.located.as_ref()?;
+        index.text_start(&join_path(base, field))
     }
 
     /// Builds a step written inside this one's config at `field`: `{id, <kind>: config}`. Kinds
@@ -357,10 +413,13 @@ impl<'a> BuildContext<'a> {
             return None;
         }
         let mut nested = BuildContext::new(self.compiler, self.env, self.secrets, self.registry);
+        if let Some((index, base)) = &self.located {
+            nested = nested.located(index, join_path(base, &here));
+        }
         let built = entry.build((*config).clone(), &mut nested);
-        let errors = nested.into_errors();
-        for (f, message) in errors {
-            self.error(&join_path(&here, &f), message);
+        for mut e in nested.into_errors() {
+            e.field = join_path(&here, &e.field);
+            self.errors.push(e);
         }
         let action = match built {
             Ok(action) => action,
@@ -417,18 +476,26 @@ impl<'a> BuildContext<'a> {
 
     /// Records a problem at config field `field` (relative to the step's kind key).
     pub fn error(&mut self, field: &str, message: impl Into<String>) {
-        self.errors.push((field.to_owned(), message.into()));
+        self.error_at(field, None, message);
     }
 
-    /// The problems recorded: (field path relative to the kind key, message).
-    pub fn into_errors(self) -> Vec<(String, String)> {
+    /// Records a problem at config field `field`, placed at `at` in the file when given.
+    pub fn error_at(&mut self, field: &str, at: Option<Position>, message: impl Into<String>) {
+        self.errors.push(BuildError {
+            field: field.to_owned(),
+            message: message.into(),
+            at,
+        });
+    }
+
+    /// The problems recorded.
+    pub fn into_errors(self) -> Vec<BuildError> {
         self.errors
     }
 
     fn expr_errors(&mut self, field: &str, errs: Vec<ExprError>) {
         for e in errs {
-            let path = join_path(field, &e.field);
-            self.errors.push((path, e.message));
+            self.error(&join_path(field, &e.field), e.message);
         }
     }
 }
@@ -475,10 +542,11 @@ impl KindEntry {
 pub struct Registry {
     kinds: BTreeMap<&'static str, KindEntry>,
     verifiers: BTreeMap<&'static str, Arc<dyn Verifier>>,
+    code_maxima: code::Maxima,
 }
 
 impl Registry {
-    /// The built-in kinds: `filter`, `map`, `http`, `switch`, `delay`, `foreach`, `flow`.
+    /// The built-in kinds: `filter`, `map`, `http`, `switch`, `delay`, `foreach`, `flow`, `code`.
     pub fn builtin() -> Self {
         let mut r = Self::default();
         r.register::<filter::FilterSpec>();
@@ -489,7 +557,18 @@ impl Registry {
         r.register::<callback::WaitForCallbackSpec>();
         r.register::<foreach::ForeachSpec>();
         r.register::<subflow::SubflowSpec>();
+        r.register::<code::CodeSpec>();
         r
+    }
+
+    /// The most a `code` step may ask for (the server's configuration; default [`code::Maxima`]).
+    pub fn set_code_maxima(&mut self, maxima: code::Maxima) {
+        self.code_maxima = maxima;
+    }
+
+    /// See [`Registry::set_code_maxima`].
+    pub fn code_maxima(&self) -> code::Maxima {
+        self.code_maxima
     }
 
     /// Adds a kind.
