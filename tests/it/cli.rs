@@ -91,8 +91,19 @@ fn schema_describes_every_step_kind() {
     assert_eq!(
         kinds,
         [
-            "code", "delay", "email", "filter", "flow", "foreach", "http", "hubspot", "map",
-            "slack", "stripe", "switch"
+            "code",
+            "delay",
+            "email",
+            "filter",
+            "flow",
+            "foreach",
+            "http",
+            "hubspot",
+            "map",
+            "slack",
+            "stripe",
+            "switch",
+            "wait_for_callback"
         ]
     );
     assert!(schema["properties"]["trigger"].is_object());

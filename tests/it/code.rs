@@ -124,10 +124,11 @@ async fn the_run_page_and_the_preview_show_a_scripts_console_lines() {
         .goto(&format!("{}/#/flows/order", server.base))
         .await
         .unwrap();
-    let payload = browser.find("#payload").await;
+    // Found again each time: the page renders again as its samples arrive.
     eventually("the sample in the payload box", || async {
-        let value = payload.prop("value").await.unwrap().unwrap_or_default();
-        value.contains("25.5").then_some(())
+        let payload = browser.find("#payload").await;
+        let value = payload.prop("value").await.ok().flatten();
+        value.is_some_and(|v| v.contains("25.5")).then_some(())
     })
     .await;
     browser.find("#preview").await.click().await.unwrap();

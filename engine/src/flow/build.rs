@@ -541,7 +541,7 @@ fn build_step(
     for (field, message) in env::substitute(&mut config, env, secrets) {
         problems.at(&join_path(&kind_path, &field), message);
     }
-    let varies = calls_uuid(&config);
+    let varies = crate::steps::calls_uuid(&config);
     let mut cx = BuildContext::new(compiler, env, secrets, registry)
         .located(&problems.index, kind_path.clone());
     let built = entry.build(config, &mut cx);
@@ -558,7 +558,8 @@ fn build_step(
         let path = join_path(&kind_path, &e.field);
         match e.at {
             Some(at) => problems.push(&path, at.line, at.col, e.message),
-            None => problems.shape(&path, &e.message),
+            None if is_shape_error(&e.message) => problems.shape(&path, &e.message),
+            None => problems.at(&path, e.message),
         }
     }
 
@@ -622,16 +623,6 @@ fn build_step(
         queue,
         varies,
     })
-}
-
-/// Whether a step's config calls the `uuid` helper in a template (its input then differs each
-/// time it is rendered).
-fn calls_uuid(config: &serde_yaml::Value) -> bool {
-    static CALL: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    let call = CALL.get_or_init(|| {
-        regex::Regex::new(r"(?:\{\{|\()\s*uuid\s*(?:\}\}|\))").expect("valid regex")
-    });
-    serde_yaml::to_string(config).is_ok_and(|text| call.is_match(&text))
 }
 
 /// Wires each `switch`'s paths: checks the steps they list (they exist, come after the switch,
@@ -868,6 +859,20 @@ fn unknown_field(message: &str) -> Option<&str> {
 }
 
 /// serde_yaml appends " at line L column C" to some messages; the position is shown separately.
+/// Whether `message` is serde's, about a value that does not have its shape (the others are
+/// written for the flow's author already).
+fn is_shape_error(message: &str) -> bool {
+    unknown_field(message).is_some()
+        || [
+            "invalid type: ",
+            "missing field ",
+            "unknown variant ",
+            "invalid value: ",
+        ]
+        .iter()
+        .any(|p| message.starts_with(p))
+}
+
 fn strip_location(message: &str) -> String {
     match message.rfind(" at line ") {
         Some(i) => message[..i].to_owned(),
@@ -891,7 +896,7 @@ mod tests {
 
     #[test]
     fn a_step_varies_when_a_template_calls_uuid() {
-        let varies = |yaml: &str| calls_uuid(&serde_yaml::from_str(yaml).unwrap());
+        let varies = |yaml: &str| crate::steps::calls_uuid(&serde_yaml::from_str(yaml).unwrap());
         assert!(varies("json: { id: '{{uuid}}' }"));
         assert!(varies("json: { id: '{{{ uuid }}}' }"));
         assert!(varies("text: \"{{upper (uuid)}}\""));

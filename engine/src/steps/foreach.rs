@@ -332,7 +332,7 @@ steps:
 
     #[test]
     fn nested_steps_are_checked_with_their_place() {
-        let yaml = "id: l\ntrigger: { webhook: }\nsteps:\n  - id: each\n    foreach:\n      items: \"$.trigger.body.x\"\n      steps:\n        - { id: a, mapp: {} }\n        - { id: b, delay: { for: 1s } }\n";
+        let yaml = "id: l\ntrigger: { webhook: }\nsteps:\n  - id: each\n    foreach:\n      items: \"$.trigger.body.x\"\n      steps:\n        - { id: a, mapp: {} }\n        - { id: b, delay: { for: 1s } }\n        - { id: c, map: { id: '{{uuid}}' } }\n        - { id: d, http: { url: 'https://example.com', json: { id: '{{uuid}}' } } }\n";
         let errors = parse_flow("l.yaml", yaml, &Registry::builtin(), &|_| None).unwrap_err();
         let shown: Vec<String> = errors
             .iter()
@@ -343,6 +343,7 @@ steps:
             [
                 "steps[0].foreach.steps[0].mapp: unknown step kind `mapp`",
                 "steps[0].foreach.steps[1].delay: `delay` shapes the whole run: it cannot be a nested step",
+                "steps[0].foreach.steps[3].http: a nested step with effects cannot call `{{uuid}}`: a retry of the loop renders it again and would send another id under the same idempotency key; use `{{run.idempotency_key}}` or a value from the item",
             ]
         );
     }

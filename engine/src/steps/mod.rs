@@ -40,6 +40,16 @@ use crate::outbound::HttpClient;
 use crate::pacing::Pacer;
 use crate::verify::Verifier;
 
+/// Whether a step's config calls the `uuid` helper in a template: its input then differs each
+/// time it is rendered.
+pub fn calls_uuid(config: &serde_yaml::Value) -> bool {
+    static CALL: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let call = CALL.get_or_init(|| {
+        regex::Regex::new(r"(?:\{\{|\()\s*uuid\s*(?:\}\}|\))").expect("valid regex")
+    });
+    serde_yaml::to_string(config).is_ok_and(|text| call.is_match(&text))
+}
+
 /// A step's runtime behaviour.
 #[async_trait]
 pub trait Action: Send + Sync + fmt::Debug {
@@ -428,6 +438,17 @@ impl<'a> BuildContext<'a> {
                 None
             }
         };
+        if action.as_ref().is_some_and(|a| !a.is_pure()) && calls_uuid(config) {
+            // A retry of the loop renders its steps again: the call would go out under its key
+            // with another id (Stripe refuses that), so the flow cannot say it.
+            self.error(
+                &here,
+                "a nested step with effects cannot call `{{uuid}}`: a retry of the loop renders it \
+                 again and would send another id under the same idempotency key; use \
+                 `{{run.idempotency_key}}` or a value from the item",
+            );
+            return None;
+        }
         Some(NestedStep {
             id: id?,
             kind,
