@@ -784,6 +784,7 @@ mod tests {
             sub_flows: None,
             clock: Arc::new(SystemClock),
             state: None,
+            storage: hookflow_engine::steps::storage::StepStorage::scratch(),
         }
     }
 

@@ -17,6 +17,7 @@ mod preview;
 mod rate_limit;
 mod rejections;
 mod repair;
+mod storage;
 mod throttle;
 mod trigger;
 
@@ -73,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .merge(capture::router())
         .merge(preview::router())
         .merge(trigger::router())
+        .merge(storage::router())
         .merge(metrics::router())
         .merge(openapi::router())
         .route(

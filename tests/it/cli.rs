@@ -92,7 +92,7 @@ fn schema_describes_every_step_kind() {
         kinds,
         [
             "delay", "email", "filter", "flow", "foreach", "http", "hubspot", "map", "slack",
-            "stripe", "switch"
+            "storage", "stripe", "switch"
         ]
     );
     assert!(schema["properties"]["trigger"].is_object());

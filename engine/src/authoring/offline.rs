@@ -2,6 +2,7 @@
 //! retries. Steps that would call out (HTTP, connectors) run in dry-run mode and answer what they
 //! would send, unless a [`Stub`] gives their answer. The run goes through the same decisions as
 //! a served one ([`advance`](crate::runtime::advance)), so statuses, skips and filters match.
+//! `storage` steps use scratch storage that starts empty and lasts the one run.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, OnceLock};
@@ -18,6 +19,7 @@ use crate::outbound::{HttpClient, OutboundPolicy};
 use crate::pacing::Pacer;
 use crate::runtime::advance::{self, Attempted, StepResult};
 use crate::runtime::context::{idempotency_key, run_context};
+use crate::steps::storage::StepStorage;
 use crate::steps::{ExecContext, Outcome, StepError};
 
 /// A step's canned answer: its `output` as is, an HTTP answer (`status`, `body`, `headers`), or
@@ -125,6 +127,7 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
     let mut queue: VecDeque<_> = new.items.into();
     let mut records: Vec<StepRecord> = Vec::new();
     let http = client();
+    let storage = StepStorage::scratch();
     while let Some(item) = queue.pop_front() {
         let Some(step) = flow.step(&item.step_id).filter(|_| run.expects(&item)) else {
             continue;
@@ -158,6 +161,7 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
                             sub_flows: None,
                             clock: Arc::new(crate::store::SystemClock),
                             state: None,
+                            storage: storage.clone(),
                         };
                         step.action.execute(input.clone(), &cx).await
                     }

@@ -627,7 +627,7 @@ impl Engine {
     }
 
     /// The time, from the engine's clock.
-    fn now(&self) -> Timestamp {
+    pub fn now(&self) -> Timestamp {
         self.config.clock.now()
     }
 
@@ -1051,6 +1051,7 @@ impl Engine {
                     sub_flows: Some(self.sub_flows.clone()),
                     clock: self.config.clock.clone(),
                     state: Some(crate::steps::SharedState::new(self.store.clone())),
+                    storage: crate::steps::storage::StepStorage::Store(self.store.clone()),
                 };
                 // A panic fails the attempt like any error; the worker, its slot and its lease
                 // carry on.

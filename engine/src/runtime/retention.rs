@@ -1,6 +1,7 @@
 //! Retention: finished runs are deleted in the background once they are older than the flow's
 //! `max_age` or beyond its newest `max_runs`, with their events and step records; expired dedupe
-//! keys are forgotten. Deletion goes in small batches, so ingest never waits long behind it.
+//! keys are forgotten, and expired storage entries (which already count as absent) are deleted.
+//! Deletion goes in small batches, so ingest never waits long behind it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,8 @@ pub struct Swept {
     pub runs: usize,
     /// Expired dedupe keys forgotten.
     pub dedupe_keys: usize,
+    /// Expired storage entries deleted.
+    pub storage_entries: usize,
 }
 
 /// Sweeps every `every` until the task is aborted.
@@ -55,6 +58,7 @@ pub(super) async fn sweep_forever(engine: Arc<Engine>) {
                 info!(
                     runs = swept.runs,
                     dedupe_keys = swept.dedupe_keys,
+                    storage_entries = swept.storage_entries,
                     "retention: pruned history"
                 )
             }
@@ -88,14 +92,26 @@ impl Engine {
                 tokio::task::yield_now().await;
             }
         }
-        loop {
-            let n = store.expire_dedupe(now, BATCH).await?;
-            swept.dedupe_keys += n;
-            if n < BATCH {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        swept.dedupe_keys = in_batches(|| store.expire_dedupe(now, BATCH)).await?;
+        swept.storage_entries = in_batches(|| store.expire_storage(now, BATCH)).await?;
         Ok(swept)
+    }
+}
+
+/// Calls `delete` (which deletes up to [`BATCH`]) until it deletes less than a batch, yielding
+/// between batches; how many it deleted.
+async fn in_batches<F, Fut>(delete: F) -> crate::store::Result<usize>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = crate::store::Result<usize>>,
+{
+    let mut total = 0;
+    loop {
+        let n = delete().await?;
+        total += n;
+        if n < BATCH {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
     }
 }

@@ -4,7 +4,7 @@
 //! step's YAML and then `build`s into an [`Action`]: the runtime object the executor calls. The
 //! engine knows kinds only through the registry, so connectors add kinds without touching the
 //! flow parser. Built-in kinds: [`filter`], [`map`], [`http`], [`switch`], [`delay`], [`foreach`],
-//! [`subflow`] (`flow:`).
+//! [`subflow`] (`flow:`), [`storage`].
 //!
 //! An action works in two phases. `render` (pure, synchronous) turns the run context into the step's
 //! input — the exact thing recorded in run history as "what the step received"; `execute` then acts
@@ -16,6 +16,7 @@ pub mod foreach;
 pub mod http;
 pub mod map;
 pub mod paging;
+pub mod storage;
 pub mod subflow;
 pub mod switch;
 
@@ -111,6 +112,8 @@ pub struct ExecContext {
     /// Small state shared by every node (a connector's cached OAuth access token); `None`
     /// offline.
     pub state: Option<SharedState>,
+    /// Where `storage` steps keep values: the store, or scratch storage offline.
+    pub storage: storage::StepStorage,
 }
 
 /// The store's small keyed state, as steps may use it (durable, shared by the nodes of a store).
@@ -461,7 +464,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The built-in kinds: `filter`, `map`, `http`, `switch`, `delay`, `foreach`, `flow`.
+    /// The built-in kinds: `filter`, `map`, `http`, `switch`, `delay`, `foreach`, `flow`,
+    /// `storage`.
     pub fn builtin() -> Self {
         let mut r = Self::default();
         r.register::<filter::FilterSpec>();
@@ -471,6 +475,7 @@ impl Registry {
         r.register::<delay::DelaySpec>();
         r.register::<foreach::ForeachSpec>();
         r.register::<subflow::SubflowSpec>();
+        r.register::<storage::StorageSpec>();
         r
     }
 

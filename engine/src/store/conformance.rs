@@ -98,6 +98,10 @@ pub(crate) type Open<'a> = &'a (dyn Fn() -> Arc<dyn Store> + Send + Sync);
 mod coordination;
 pub(crate) use self::coordination::*;
 
+/// The checks of storage between runs.
+mod storage;
+pub(crate) use self::storage::*;
+
 /// A lease end later than any time a check uses.
 pub(crate) const FAR_FUTURE: Timestamp = Timestamp(i64::MAX / 2);
 
@@ -1663,12 +1667,18 @@ macro_rules! conformance_suite {
             pacing_admits_at_most_max_per_window,
             pacing_honours_blocked_until,
             one_caller_claims_each_tick,
+            storage_increments_from_racing_callers_all_count,
+            storage_appends_from_racing_callers_keep_every_element,
+            storage_entries_expire_at_their_time,
+            storage_namespaces_are_isolated,
+            storage_refusals_change_nothing,
         );
         $crate::store::conformance::conformance_suite!(@reopen $backend;
             state_is_kept_across_reopen,
             everything_survives_reopen,
             pacing_waits_survive_reopen,
             claimed_ticks_survive_reopen,
+            storage_survives_reopen,
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

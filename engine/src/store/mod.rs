@@ -33,6 +33,9 @@
 //!   duplicate, and only once the original is durable. (sled holds the keys of runs still in its
 //!   inbox in memory and writes them to its `dedupe` tree with their runs.)
 //! - Pruning removes only final runs, each together with its event and step records.
+//! - Storage between runs (`storage.rs`): each operation on a key is atomic across every node
+//!   (increments and appends from concurrent runs lose nothing), and an entry whose expiry has
+//!   passed counts as absent until `expire_storage` deletes it.
 //! - A stored record that cannot be read is reported as [`StoreError::Corrupt`]; an acknowledged
 //!   event's record that cannot be read is quarantined, never silently skipped.
 
@@ -43,6 +46,7 @@ mod packed;
 pub mod postgres;
 mod quarantine;
 pub mod sled;
+pub mod storage;
 
 #[cfg(test)]
 mod conformance;
@@ -57,6 +61,7 @@ use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, RunStatus, StepRecord, Timestamp};
 
 pub use self::quarantine::{QuarantineKind, Quarantined};
+pub use self::storage::{Applied, Entry, Namespace, StorageError, StorageKey, StorageOp};
 
 /// The error a backend's own failure carries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -581,6 +586,36 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::NotQuarantined`] for an unknown id, and with [`StoreError::StillUnreadable`]
     /// (the entry stays) when the bytes still do not decode.
     async fn reingest_quarantined(&self, id: &str) -> Result<Reingested>;
+
+    // Storage between runs (see `storage.rs` for what each operation does).
+
+    /// Applies `op` to `key` in `namespace` at `now`, atomically across every caller and node:
+    /// reads the entry, applies [`storage::apply`] and writes its answer. Answers the entry
+    /// before and after, or why the operation was refused (then nothing changed). Not durable
+    /// when it returns: see [`Store::flush`].
+    async fn storage(
+        &self,
+        namespace: &Namespace,
+        key: &StorageKey,
+        op: &StorageOp,
+        now: Timestamp,
+    ) -> Result<std::result::Result<Applied, StorageError>>;
+
+    /// The namespaces holding entries live at `now`, by name, with how many each holds.
+    async fn storage_namespaces(&self, now: Timestamp) -> Result<Vec<(Namespace, u64)>>;
+
+    /// Up to `limit` entries of `namespace` live at `now`, by key (byte order), after the key
+    /// `after` if given (the cursor of the previous page).
+    async fn storage_entries(
+        &self,
+        namespace: &Namespace,
+        after: Option<&StorageKey>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<(StorageKey, Entry)>>;
+
+    /// Deletes up to `max` storage entries that expired at or before `now`; returns how many.
+    async fn expire_storage(&self, now: Timestamp, max: usize) -> Result<usize>;
 }
 
 /// What [`Store::reingest_quarantined`] did.

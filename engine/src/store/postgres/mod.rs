@@ -25,6 +25,8 @@
 //!   before it. Everything the contract says is durable when it returns (ingest, hook tokens,
 //!   revisions, state, pacing waits, schedule ticks) goes through the durable pool. A claim lost
 //!   in a database crash is like an expired lease: its holder's commit is refused.
+//! - *Storage between runs*: one row per key, changed under a per-key advisory lock (see
+//!   `storage.rs`).
 //! - *Coordination*: lanes and pacing accounts are rows holding the same state `coordination.rs`
 //!   keeps in memory, changed under a row lock; schedule ticks are a conditional upsert.
 //! - *Notices*: NOTIFY in the writing transaction, LISTEN on one connection per node
@@ -51,6 +53,7 @@ mod parked;
 mod rows;
 pub mod schema;
 mod sql;
+mod storage;
 
 #[cfg(test)]
 mod suite;
@@ -72,8 +75,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::coordination::{Allowance, LaneEntry, LaneKey};
 use super::{
-    ClaimRequest, Claimed, Committed, Decide, Ingested, Lease, LeaseToken, NewRun, NodeId, Notices,
-    Quarantined, Reingested, Result, RunNotice, RunPage, RunQuery, Store, StoreError, StoreStats,
+    Applied, ClaimRequest, Claimed, Committed, Decide, Entry, Ingested, Lease, LeaseToken,
+    Namespace, NewRun, NodeId, Notices, Quarantined, Reingested, Result, RunNotice, RunPage,
+    RunQuery, StorageError, StorageKey, StorageOp, Store, StoreError, StoreStats,
 };
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
@@ -920,5 +924,33 @@ impl Store for PgStore {
 
     async fn reingest_quarantined(&self, id: &str) -> Result<Reingested> {
         self.unpark(id).await
+    }
+
+    async fn storage(
+        &self,
+        namespace: &Namespace,
+        key: &StorageKey,
+        op: &StorageOp,
+        now: Timestamp,
+    ) -> Result<std::result::Result<Applied, StorageError>> {
+        self.storage_op(namespace, key, op, now).await
+    }
+
+    async fn storage_namespaces(&self, now: Timestamp) -> Result<Vec<(Namespace, u64)>> {
+        self.storage_namespace_counts(now).await
+    }
+
+    async fn storage_entries(
+        &self,
+        namespace: &Namespace,
+        after: Option<&StorageKey>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<(StorageKey, Entry)>> {
+        self.storage_page(namespace, after, limit, now).await
+    }
+
+    async fn expire_storage(&self, now: Timestamp, max: usize) -> Result<usize> {
+        self.storage_expire(now, max).await
     }
 }

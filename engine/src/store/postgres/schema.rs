@@ -20,11 +20,18 @@ pub struct Migration {
 }
 
 /// Every migration this version knows, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial tables",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial tables",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "storage between runs",
+        sql: include_str!("migrations/0002_storage.sql"),
+    },
+];
 
 /// Serialises schema changes between nodes (an arbitrary constant: "hookflow" in ASCII).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_666c_6f77;

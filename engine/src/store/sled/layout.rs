@@ -32,6 +32,8 @@ pub(super) enum TreeName {
     Dedupe,
     DedupeExpiry,
     State,
+    Storage,
+    StorageExpiry,
 }
 
 impl TreeName {
@@ -49,6 +51,8 @@ impl TreeName {
             Self::Dedupe => "dedupe",
             Self::DedupeExpiry => "dedupe_expiry",
             Self::State => "state",
+            Self::Storage => "storage",
+            Self::StorageExpiry => "storage_expiry",
         }
     }
 
@@ -233,6 +237,11 @@ pub(super) fn describe_key(tree: TreeName, key: &[u8]) -> String {
             split_flow(key).map(|(flow, rest)| format!("{flow} {}", text(&rest)))
         }
         TreeName::HookTokens | TreeName::State => Some(text(key)),
+        TreeName::Storage => split_flow(key).map(|(ns, rest)| format!("{ns} {}", text(&rest))),
+        TreeName::StorageExpiry => (key.len() > 8).then(|| {
+            let at = u64::from_be_bytes(key[..8].try_into().unwrap_or_default());
+            format!("{} {}", Timestamp(at as i64), text(&key[8..]).replace('\0', " "))
+        }),
         TreeName::Dedupe => split_flow(key).map(|(flow, rest)| format!("{flow} {}", text(&rest))),
         TreeName::DedupeExpiry => (key.len() > 8).then(|| {
             let at = u64::from_be_bytes(key[..8].try_into().unwrap_or_default());

@@ -5,7 +5,7 @@
 //! from the inbox), `fresh` (new runs claimed from memory and written with their first update),
 //! `update` (run updates, written in shared transactions), `hints` (where claims start scanning),
 //! `pending_keys` (dedupe keys of runs still in the inbox), `group_commit` (acknowledgments sharing
-//! one fsync), `reingest` (quarantined inbox records ingested again), and `../inbox.rs` (the
+//! one fsync), `reingest` (quarantined inbox records ingested again), `storage` (storage between runs), and `../inbox.rs` (the
 //! fsynced log new runs are appended to).
 //!
 //! # The engine on one page
@@ -284,9 +284,9 @@ use tokio::sync::watch;
 use super::coordination::{Coordination, LaneEntry, LaneKey};
 use super::inbox::Inbox;
 use super::{
-    ClaimRequest, Claimed, Committed, Decide, FlowLimits, Ingested, Lease, LeaseToken, NewRun,
-    NodeId, Notices, Quarantined, Reingested, Result, RunNotice, RunPage, RunQuery, Store,
-    StoreError,
+    Applied, ClaimRequest, Claimed, Committed, Decide, Entry, FlowLimits, Ingested, Lease,
+    LeaseToken, Namespace, NewRun, NodeId, Notices, Quarantined, Reingested, Result, RunNotice,
+    RunPage, RunQuery, StorageError, StorageKey, StorageOp, Store, StoreError,
 };
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
@@ -298,6 +298,7 @@ mod layout;
 mod new_runs;
 mod pending_keys;
 mod reingest;
+mod storage;
 #[cfg(test)]
 mod suite;
 #[cfg(test)]
@@ -405,6 +406,8 @@ pub struct SledStore {
     notices: Notices,
     /// Lanes and pacing windows, in memory (one process); pacing waits are also kept in `state`.
     coordination: Coordination,
+    /// Storage between runs.
+    storage: storage::StorageTrees,
 }
 
 /// The queue items leased to this process's workers, kept in memory: a sled database is open in
@@ -686,6 +689,10 @@ impl SledStore {
             batches: UpdateBatches::default(),
             notices: Notices::default(),
             coordination: Coordination::default(),
+            storage: storage::StorageTrees {
+                entries: tree(TreeName::Storage)?,
+                expiry: tree(TreeName::StorageExpiry)?,
+            },
             log_file: None,
             db,
         })
@@ -1553,6 +1560,34 @@ impl Store for SledStore {
             Some(inbox) => reingest::reingest(self, inbox.quarantine(), id).await,
             None => Err(StoreError::NotQuarantined(id.to_owned())),
         }
+    }
+
+    async fn storage(
+        &self,
+        namespace: &Namespace,
+        key: &StorageKey,
+        op: &StorageOp,
+        now: Timestamp,
+    ) -> Result<std::result::Result<Applied, StorageError>> {
+        self.storage.apply(namespace, key, op, now)
+    }
+
+    async fn storage_namespaces(&self, now: Timestamp) -> Result<Vec<(Namespace, u64)>> {
+        self.storage.namespaces(now)
+    }
+
+    async fn storage_entries(
+        &self,
+        namespace: &Namespace,
+        after: Option<&StorageKey>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<(StorageKey, Entry)>> {
+        self.storage.entries(namespace, after, limit, now)
+    }
+
+    async fn expire_storage(&self, now: Timestamp, max: usize) -> Result<usize> {
+        self.storage.expire(now, max)
     }
 }
 

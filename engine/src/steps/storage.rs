@@ -1,0 +1,344 @@
+//! `storage` (Storage by Zapier, n8n's static data): keeps small JSON values between runs, by key,
+//! in a namespace — the flow's own by default, or a named one that flows share. An action gets,
+//! sets (with an optional expiry), deletes, increments, or appends to a list; each is one atomic
+//! store operation (see [`crate::store::storage`]), so concurrent runs lose no increment.
+//!
+//! The rendered input is the whole request (action, namespace, key, value, …), so a retry repeats
+//! exactly it. Like any step with effects it is at least once: a crash after the store applied
+//! an increment and before the step's record was written applies it again when the step runs
+//! again. Offline runs (dry runs, previews, flow tests) use [`StepStorage::scratch`]: storage that
+//! starts empty and lasts one run, so they never touch the server's values.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Number, Value};
+
+use super::{Action, BuildContext, ExecContext, Outcome, StepError, StepKind};
+use crate::expr::{Templates, TextExpr, ValueExpr};
+use crate::flow::spec::HumanDuration;
+use crate::model::Timestamp;
+use crate::store::storage::{apply, MAX_LIST_ITEMS};
+use crate::store::{Applied, Entry, Namespace, StorageError, StorageKey, StorageOp, Store};
+
+/// The longest expiry a step may give.
+const MAX_EXPIRY: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// What a `storage` step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageAction {
+    /// Read the value (`default` when the key holds none).
+    Get,
+    /// Store `value`, replacing what the key held (and its expiry).
+    Set,
+    /// Remove the key.
+    Delete,
+    /// Add `by` (default 1) to the number the key holds (none counts as 0), atomically.
+    Increment,
+    /// Add `value` at the end of the list the key holds (none counts as empty), atomically.
+    Append,
+}
+
+/// Keep a value between runs: `get`, `set`, `delete`, `increment` or `append`, by key. The output
+/// is `{namespace, key, value, existed, expires_at}`: the value after the action (for `get`, the
+/// value read), and whether the key held a value before.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSpec {
+    /// What to do.
+    pub action: StorageAction,
+    /// The key (a template), e.g. `events:{{trigger.body.customer_id}}`: 1 to 256 bytes.
+    pub key: String,
+    /// The namespace: by default the flow's own (its id); name one (letters, digits, `_`, `-`) to
+    /// share values between flows.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"))]
+    pub namespace: Option<String>,
+    /// `set` and `append`: the value (templates and JSONPaths are rendered; a lone `{{expr}}`
+    /// keeps its JSON type). At most 64 KiB of JSON once stored.
+    #[serde(default)]
+    pub value: Option<Value>,
+    /// `increment`: how much to add (a number or a template giving one; negative subtracts).
+    /// Default 1.
+    #[serde(default)]
+    pub by: Option<Value>,
+    /// `set`, `increment`, `append`: the entry expires this long after it is written (`set`) or
+    /// created (`increment`, `append` keep an existing entry's expiry: a fixed window), e.g. `1h`.
+    /// At most 365d. Default: never.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub expires_in: Option<HumanDuration>,
+    /// `append`: keep only the newest this many items (1 to 1000). Without it, an append to a
+    /// full list (1000 items) fails.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep: Option<usize>,
+    /// `get`: the value to answer when the key holds none.
+    #[serde(default)]
+    pub default: Option<Value>,
+}
+
+impl StepKind for StorageSpec {
+    const KIND: &'static str = "storage";
+
+    fn build(self, cx: &mut BuildContext<'_>) -> Option<Arc<dyn Action>> {
+        use StorageAction as A;
+        let action = self.action;
+        let mut ok = true;
+        let mut refuse = |field: &str, applies: &str| {
+            cx.error(
+                field,
+                format!("`{field}` applies to {applies} only, not to `{}`", name(action)),
+            );
+            ok = false;
+        };
+        if self.value.is_some() && !matches!(action, A::Set | A::Append) {
+            refuse("value", "`set` and `append`");
+        }
+        if self.by.is_some() && action != A::Increment {
+            refuse("by", "`increment`");
+        }
+        if self.expires_in.is_some() && matches!(action, A::Get | A::Delete) {
+            refuse("expires_in", "`set`, `increment` and `append`");
+        }
+        if self.keep.is_some() && action != A::Append {
+            refuse("keep", "`append`");
+        }
+        if self.default.is_some() && action != A::Get {
+            refuse("default", "`get`");
+        }
+        if self.value.is_none() && matches!(action, A::Set | A::Append) {
+            cx.error("", format!("`{}` needs a `value`", name(action)));
+            ok = false;
+        }
+        if self.keep.is_some_and(|k| k == 0 || k > MAX_LIST_ITEMS) {
+            cx.error("keep", format!("keep 1 to {MAX_LIST_ITEMS} items"));
+            ok = false;
+        }
+        if self.expires_in.is_some_and(|d| d.0 > MAX_EXPIRY || d.0.is_zero()) {
+            cx.error("expires_in", "an entry expires after 1ms to 365d");
+            ok = false;
+        }
+        let namespace = match self.namespace.as_deref().map(Namespace::new) {
+            Some(Err(e)) => {
+                cx.error("namespace", e.to_string());
+                ok = false;
+                None
+            }
+            Some(Ok(n)) => Some(n),
+            None => None,
+        };
+        let key = cx.text("key", &self.key);
+        let value = self.value.and_then(|v| cx.value("value", &v));
+        let by = self.by.and_then(|v| cx.value("by", &v));
+        let default = self.default.and_then(|v| cx.value("default", &v));
+        let step = Storage {
+            action,
+            namespace,
+            key: key?,
+            value,
+            by,
+            expires_in: self.expires_in.map(|d| humantime::format_duration(d.0).to_string()),
+            keep: self.keep,
+            default,
+        };
+        ok.then(|| Arc::new(step) as Arc<dyn Action>)
+    }
+}
+
+fn name(action: StorageAction) -> &'static str {
+    match action {
+        StorageAction::Get => "get",
+        StorageAction::Set => "set",
+        StorageAction::Delete => "delete",
+        StorageAction::Increment => "increment",
+        StorageAction::Append => "append",
+    }
+}
+
+#[derive(Debug)]
+struct Storage {
+    action: StorageAction,
+    /// `None`: the flow's own.
+    namespace: Option<Namespace>,
+    key: TextExpr,
+    value: Option<ValueExpr>,
+    by: Option<ValueExpr>,
+    expires_in: Option<String>,
+    keep: Option<usize>,
+    default: Option<ValueExpr>,
+}
+
+/// The request a `storage` step renders: what `execute` carries out.
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    action: StorageAction,
+    namespace: Namespace,
+    key: StorageKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    by: Option<Number>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_in: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keep: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    default: Option<Value>,
+}
+
+impl Request {
+    /// The store operation, with expiries counted from `now`.
+    fn op(&self, now: Timestamp) -> Result<StorageOp, StepError> {
+        let expires_at = match &self.expires_in {
+            None => None,
+            Some(text) => Some(now.plus(humantime::parse_duration(text).map_err(|e| {
+                StepError::permanent(format!("`expires_in` `{text}` is not a duration: {e}"))
+            })?)),
+        };
+        let value = || self.value.clone().unwrap_or(Value::Null);
+        Ok(match self.action {
+            StorageAction::Get => StorageOp::Get,
+            StorageAction::Delete => StorageOp::Delete,
+            StorageAction::Set => StorageOp::Set {
+                value: value(),
+                expires_at,
+            },
+            StorageAction::Increment => StorageOp::Increment {
+                by: self.by.clone().unwrap_or_else(|| 1.into()),
+                expires_at,
+            },
+            StorageAction::Append => StorageOp::Append {
+                value: value(),
+                keep: self.keep,
+                expires_at,
+            },
+        })
+    }
+}
+
+#[async_trait]
+impl Action for Storage {
+    /// The request: `{action, namespace, key, …}` with the action's rendered fields.
+    fn render(&self, t: &Templates, ctx: &Value) -> Result<Value, StepError> {
+        let namespace = match &self.namespace {
+            Some(n) => n.clone(),
+            None => Namespace::new(ctx["run"]["flow"].as_str().unwrap_or_default())
+                .map_err(|e| StepError::permanent(e.to_string()))?,
+        };
+        let key = StorageKey::new(&self.key.render(t, ctx)?)
+            .map_err(|e| StepError::permanent(format!("`key` rendered a bad key: {e}")))?;
+        let by = match &self.by {
+            None => None,
+            Some(expr) => Some(number(expr.render(t, ctx)?)?),
+        };
+        let render = |expr: &Option<ValueExpr>| expr.as_ref().map(|e| e.render(t, ctx)).transpose();
+        let request = Request {
+            action: self.action,
+            namespace,
+            key,
+            value: render(&self.value)?,
+            by,
+            expires_in: self.expires_in.clone(),
+            keep: self.keep,
+            default: render(&self.default)?,
+        };
+        serde_json::to_value(request)
+            .map_err(|e| StepError::permanent(format!("cannot encode the storage request: {e}")))
+    }
+
+    async fn execute(&self, input: Value, cx: &ExecContext) -> Result<Outcome, StepError> {
+        let request: Request = serde_json::from_value(input)
+            .map_err(|e| StepError::permanent(format!("not a storage request: {e}")))?;
+        let now = cx.clock.now();
+        let op = request.op(now)?;
+        let applied = cx
+            .storage
+            .apply(&request.namespace, &request.key, &op, now)
+            .await
+            .map_err(|e| StepError::transient(format!("storage is unavailable: {e}")))?
+            .map_err(|e| StepError::permanent(e.to_string()))?;
+        let existed = applied.before.is_some();
+        let (value, expires_at) = match (request.action, applied.after) {
+            (StorageAction::Get, None) => (request.default.unwrap_or(Value::Null), None),
+            (_, Some(entry)) => (entry.value, entry.expires_at),
+            (_, None) => (Value::Null, None),
+        };
+        Ok(Outcome::Output(json!({
+            "namespace": request.namespace,
+            "key": request.key,
+            "value": value,
+            "existed": existed,
+            "expires_at": expires_at.map(Timestamp::to_rfc3339),
+        })))
+    }
+}
+
+/// `by` as rendered: a number, or text that reads as one.
+fn number(value: Value) -> Result<Number, StepError> {
+    match value {
+        Value::Number(n) => Ok(n),
+        Value::String(s) => serde_json::from_str::<Number>(s.trim()).map_err(|_| {
+            StepError::permanent(format!("`by` rendered `{s}`, which is not a number"))
+        }),
+        other => Err(StepError::permanent(format!(
+            "`by` rendered {other}, which is not a number"
+        ))),
+    }
+}
+
+/// Where `storage` steps keep their values: the runtime's store, or scratch storage for an
+/// offline run.
+#[derive(Clone)]
+pub enum StepStorage {
+    /// The store every node shares.
+    Store(Arc<dyn Store>),
+    /// Storage that starts empty and lasts as long as this handle (one offline run).
+    Scratch(Arc<Mutex<BTreeMap<(Namespace, StorageKey), Entry>>>),
+}
+
+impl std::fmt::Debug for StepStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Store(_) => "StepStorage::Store",
+            Self::Scratch(_) => "StepStorage::Scratch",
+        })
+    }
+}
+
+impl StepStorage {
+    /// Empty storage for one offline run.
+    pub fn scratch() -> Self {
+        Self::Scratch(Arc::default())
+    }
+
+    /// Applies `op` atomically (see [`Store::storage`]).
+    pub async fn apply(
+        &self,
+        namespace: &Namespace,
+        key: &StorageKey,
+        op: &StorageOp,
+        now: Timestamp,
+    ) -> crate::store::Result<Result<Applied, StorageError>> {
+        match self {
+            Self::Store(store) => store.storage(namespace, key, op, now).await,
+            Self::Scratch(entries) => {
+                let mut entries = entries.lock().unwrap_or_else(PoisonError::into_inner);
+                let slot = (namespace.clone(), key.clone());
+                let applied = match apply(key, entries.get(&slot).cloned(), op, now) {
+                    Ok(applied) => applied,
+                    Err(refused) => return Ok(Err(refused)),
+                };
+                match &applied.after {
+                    Some(entry) => entries.insert(slot, entry.clone()),
+                    None => entries.remove(&slot),
+                };
+                Ok(Ok(applied))
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Storage between runs in PostgreSQL: one row of `hookflow.storage` per key (migration
+//! `0002_storage.sql`).
+//!
+//! An operation is one transaction that first takes a transaction-scoped advisory lock on its
+//! (namespace, key) — two-key form, class [`LOCK_CLASS`], so it never meets the single-key locks
+//! of claims and migrations — then reads the row, applies [`apply`] and upserts or deletes it.
+//! The lock serialises every writer of a key across nodes, including when the row does not exist
+//! yet (a row lock could not), so concurrent increments and appends lose nothing. The transaction
+//! holds no other lock, so it cannot deadlock. Writes go through the lazy pool, like run updates:
+//! durable at the next [`Store::flush`](crate::store::Store::flush).
+
+use tokio_postgres::types::Json;
+
+use super::{db_error, decode, sql, PgStore};
+use crate::model::Timestamp;
+use crate::store::storage::{apply, Applied, Entry, Namespace, StorageError, StorageKey, StorageOp};
+use crate::store::{Result, StoreError};
+
+/// The first key of the advisory locks on storage keys ("stor" in ASCII).
+const LOCK_CLASS: i32 = 0x7374_6f72;
+
+/// An entry from a row's `value`, `expires_at`, `updated_at` columns (from `first` on).
+fn entry(row: &tokio_postgres::Row, first: usize) -> Result<Entry> {
+    Ok(Entry {
+        value: decode(row, first, "storage")?,
+        expires_at: row.get::<_, Option<i64>>(first + 1).map(Timestamp),
+        updated_at: Timestamp(row.get(first + 2)),
+    })
+}
+
+/// A column read back as a name.
+fn name<T>(text: &str, parse: fn(&str) -> std::result::Result<T, StorageError>) -> Result<T> {
+    parse(text).map_err(|e| StoreError::Corrupt {
+        tree: "storage",
+        detail: e.to_string(),
+    })
+}
+
+impl PgStore {
+    pub(super) async fn storage_op(
+        &self,
+        namespace: &Namespace,
+        key: &StorageKey,
+        op: &StorageOp,
+        now: Timestamp,
+    ) -> Result<std::result::Result<Applied, StorageError>> {
+        let (ns, k) = (namespace.as_str(), key.as_str());
+        let select = "SELECT value, expires_at, updated_at FROM hookflow.storage
+                       WHERE namespace = $1 AND key = $2";
+        if !op.writes() {
+            let row = sql::query_opt(&self.lazy().await?, select, &[&ns, &k], "read storage")
+                .await?;
+            let stored = row.map(|row| entry(&row, 0)).transpose()?;
+            return Ok(apply(key, stored, op, now));
+        }
+        let mut client = self.lazy().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_error("begin a storage change"))?;
+        sql::execute(
+            &tx,
+            "SELECT pg_advisory_xact_lock($1, hashtext($2 || chr(1) || $3))",
+            &[&LOCK_CLASS, &ns, &k],
+            "lock a storage key",
+        )
+        .await?;
+        let row = sql::query_opt(&tx, select, &[&ns, &k], "read storage").await?;
+        let stored = row.map(|row| entry(&row, 0)).transpose()?;
+        let applied = match apply(key, stored, op, now) {
+            Ok(applied) => applied,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        match &applied.after {
+            Some(after) => {
+                sql::execute(
+                    &tx,
+                    "INSERT INTO hookflow.storage (namespace, key, value, expires_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value,
+                         expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at",
+                    &[
+                        &ns,
+                        &k,
+                        &Json(&after.value),
+                        &after.expires_at.map(|t| t.0),
+                        &after.updated_at.0,
+                    ],
+                    "write storage",
+                )
+                .await?;
+            }
+            None => {
+                sql::execute(
+                    &tx,
+                    "DELETE FROM hookflow.storage WHERE namespace = $1 AND key = $2",
+                    &[&ns, &k],
+                    "delete storage",
+                )
+                .await?;
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(db_error("commit a storage change"))?;
+        Ok(Ok(applied))
+    }
+
+    pub(super) async fn storage_namespace_counts(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<(Namespace, u64)>> {
+        let rows = sql::query(
+            &self.lazy().await?,
+            "SELECT namespace, count(*) FROM hookflow.storage
+              WHERE expires_at IS NULL OR expires_at > $1
+              GROUP BY namespace ORDER BY namespace",
+            &[&now.0],
+            "list storage namespaces",
+        )
+        .await?;
+        rows.iter()
+            .map(|row| Ok((name(row.get(0), Namespace::new)?, row.get::<_, i64>(1) as u64)))
+            .collect()
+    }
+
+    pub(super) async fn storage_page(
+        &self,
+        namespace: &Namespace,
+        after: Option<&StorageKey>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<(StorageKey, Entry)>> {
+        let rows = sql::query(
+            &self.lazy().await?,
+            "SELECT key, value, expires_at, updated_at FROM hookflow.storage
+              WHERE namespace = $1 AND ($2::text IS NULL OR key > $2)
+                AND (expires_at IS NULL OR expires_at > $3)
+              ORDER BY key LIMIT $4",
+            &[
+                &namespace.as_str(),
+                &after.map(StorageKey::as_str),
+                &now.0,
+                &(limit as i64),
+            ],
+            "list storage entries",
+        )
+        .await?;
+        rows.iter()
+            .map(|row| Ok((name(row.get(0), StorageKey::new)?, entry(row, 1)?)))
+            .collect()
+    }
+
+    pub(super) async fn storage_expire(&self, now: Timestamp, max: usize) -> Result<usize> {
+        let n = sql::execute(
+            &self.lazy().await?,
+            "DELETE FROM hookflow.storage WHERE (namespace, key) IN (
+                 SELECT namespace, key FROM hookflow.storage WHERE expires_at <= $1
+                  ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            &[&now.0, &(max as i64)],
+            "expire storage entries",
+        )
+        .await?;
+        Ok(n as usize)
+    }
+}
