@@ -235,8 +235,8 @@ const OFFLINE_TESTS: &str = r#"cases:
     event: { body: { start: 40, by: 2 } }
     expect:
       steps:
-        read: { output: { value: 42, existed: true } }
-        other: { output: { value: none, existed: false } }
+        read: { output_contains: { value: 42, existed: true } }
+        other: { output: { namespace: tally, key: missing, value: none, existed: false, expires_at: null } }
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
