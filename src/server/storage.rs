@@ -157,9 +157,9 @@ async fn read(
 ) -> Result<Json<Value>, ApiError> {
     let (namespace, key) = names(&namespace, &key)?;
     let applied = apply(&state, &namespace, &key, StorageOp::Get).await?;
-    let entry = applied
-        .before
-        .ok_or_else(|| ApiError::not_found(format!("storage `{namespace}` holds no key `{key}`")))?;
+    let entry = applied.before.ok_or_else(|| {
+        ApiError::not_found(format!("storage `{namespace}` holds no key `{key}`"))
+    })?;
     Ok(Json(shown(&namespace, &key, &entry)))
 }
 

@@ -337,7 +337,10 @@ async fn migrate_shows_and_applies_the_schema_and_a_node_refuses_a_newer_one() {
     assert!(ok, "{text}");
     assert!(text.contains("schema version 0"), "{text}");
     assert!(text.contains("would apply 1: initial tables"), "{text}");
-    assert!(text.contains("would apply 2: storage between runs"), "{text}");
+    assert!(
+        text.contains("would apply 2: storage between runs"),
+        "{text}"
+    );
     let (ok, text) = migrate(&["--dry-run"]);
     assert!(
         ok && text.contains("schema version 0"),

@@ -123,11 +123,20 @@ async fn fifty_concurrent_deliveries_count_exactly_and_the_api_and_cli_read_and_
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "25");
     let out = server.cli(&["storage", "list"]);
     let text = stdout(&out);
-    assert!(text.contains("counter") && text.contains("2 key(s)"), "{text}");
+    assert!(
+        text.contains("counter") && text.contains("2 key(s)"),
+        "{text}"
+    );
     let out = server.cli(&["storage", "list", "counter"]);
     assert!(stdout(&out).contains("events:beta  25"), "{}", stdout(&out));
     let out = server.cli(&[
-        "storage", "set", "shared-log", "note: a/b", r#"{"ok":true}"#, "--expires-in", "1h",
+        "storage",
+        "set",
+        "shared-log",
+        "note: a/b",
+        r#"{"ok":true}"#,
+        "--expires-in",
+        "1h",
     ]);
     assert!(out.status.success(), "{}", stdout(&out));
     let (status, note) = server.get("/api/v1/storage/shared-log/note:%20a%2Fb").await;
@@ -143,7 +152,10 @@ async fn fifty_concurrent_deliveries_count_exactly_and_the_api_and_cli_read_and_
     // The next event counts from what the API left: the key was deleted, so it starts at 1.
     let client = reqwest::Client::new();
     let put = client
-        .put(format!("{}/api/v1/storage/counter/events:beta", server.base))
+        .put(format!(
+            "{}/api/v1/storage/counter/events:beta",
+            server.base
+        ))
         .json(&json!({ "value": 100 }))
         .send()
         .await
@@ -167,7 +179,10 @@ async fn fifty_concurrent_deliveries_count_exactly_and_the_api_and_cli_read_and_
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
-    assert_eq!(bad.json::<Value>().await.unwrap()["code"], "invalid_namespace");
+    assert_eq!(
+        bad.json::<Value>().await.unwrap()["code"],
+        "invalid_namespace"
+    );
     let big = put(
         "/api/v1/storage/counter/big",
         json!({ "value": "x".repeat(70_000) }),
@@ -175,7 +190,10 @@ async fn fifty_concurrent_deliveries_count_exactly_and_the_api_and_cli_read_and_
     .await
     .unwrap();
     assert_eq!(big.status(), 413);
-    assert_eq!(big.json::<Value>().await.unwrap()["code"], "value_too_large");
+    assert_eq!(
+        big.json::<Value>().await.unwrap()["code"],
+        "value_too_large"
+    );
     let (status, missing) = server.get("/api/v1/storage/counter/nothing-here").await;
     assert_eq!((status, missing["code"].as_str()), (404, Some("not_found")));
 }
@@ -213,7 +231,10 @@ async fn a_refused_storage_action_fails_the_step_without_retries() {
     );
     assert_eq!(bump["attempts"].as_array().map(Vec::len), Some(1), "{bump}");
     let (_, kept) = server.get("/api/v1/storage/misused/name").await;
-    assert_eq!(kept["value"], "Ada", "the refused increment changed nothing");
+    assert_eq!(
+        kept["value"], "Ada",
+        "the refused increment changed nothing"
+    );
 }
 
 /// Sets, reads and increments within one run.
@@ -259,7 +280,11 @@ async fn the_step_works_offline_in_run_test_and_preview() {
     }
     let out = run_cli(&["test", "flows"], dir.path());
     assert!(out.status.success(), "{}", stdout(&out));
-    assert!(stdout(&out).contains("1 case(s) passed"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("1 case(s) passed"),
+        "{}",
+        stdout(&out)
+    );
 
     // The preview runs on scratch storage: the server's values are neither read nor changed.
     let server = Server::start(&[("tally.yaml", OFFLINE)]);

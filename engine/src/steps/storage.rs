@@ -92,7 +92,10 @@ impl StepKind for StorageSpec {
         let mut refuse = |field: &str, applies: &str| {
             cx.error(
                 field,
-                format!("`{field}` applies to {applies} only, not to `{}`", name(action)),
+                format!(
+                    "`{field}` applies to {applies} only, not to `{}`",
+                    name(action)
+                ),
             );
             ok = false;
         };
@@ -119,7 +122,10 @@ impl StepKind for StorageSpec {
             cx.error("keep", format!("keep 1 to {MAX_LIST_ITEMS} items"));
             ok = false;
         }
-        if self.expires_in.is_some_and(|d| d.0 > MAX_EXPIRY || d.0.is_zero()) {
+        if self
+            .expires_in
+            .is_some_and(|d| d.0 > MAX_EXPIRY || d.0.is_zero())
+        {
             cx.error("expires_in", "an entry expires after 1ms to 365d");
             ok = false;
         }
@@ -142,7 +148,9 @@ impl StepKind for StorageSpec {
             key: key?,
             value,
             by,
-            expires_in: self.expires_in.map(|d| humantime::format_duration(d.0).to_string()),
+            expires_in: self
+                .expires_in
+                .map(|d| humantime::format_duration(d.0).to_string()),
             keep: self.keep,
             default,
         };

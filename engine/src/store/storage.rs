@@ -33,7 +33,9 @@ pub const MAX_LIST_ITEMS: usize = 1000;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StorageError {
     /// The namespace is not a valid name.
-    #[error("storage namespace `{0}`: use 1 to 64 letters, digits, `_` and `-`, starting with a letter")]
+    #[error(
+        "storage namespace `{0}`: use 1 to 64 letters, digits, `_` and `-`, starting with a letter"
+    )]
     BadNamespace(String),
     /// The key is empty, too long, or holds control characters.
     #[error("storage key {0}: use 1 to {MAX_KEY_BYTES} bytes of text without control characters")]
@@ -282,7 +284,9 @@ pub fn apply(
                 }
             };
             (
-                Value::Number(add(&current, by).ok_or_else(|| StorageError::Overflow(key.to_string()))?),
+                Value::Number(
+                    add(&current, by).ok_or_else(|| StorageError::Overflow(key.to_string()))?,
+                ),
                 kept_expiry(expires_at),
             )
         }
@@ -384,13 +388,28 @@ mod tests {
             json!(i64::MAX)
         );
         assert_eq!(
-            apply(&key(), Some(entry(json!(i64::MAX), None)), &by(json!(1)), Timestamp(1)),
+            apply(
+                &key(),
+                Some(entry(json!(i64::MAX), None)),
+                &by(json!(1)),
+                Timestamp(1)
+            ),
             Err(StorageError::Overflow("k".into()))
         );
-        let half = apply(&key(), Some(entry(json!(1), None)), &by(json!(0.5)), Timestamp(1));
+        let half = apply(
+            &key(),
+            Some(entry(json!(1), None)),
+            &by(json!(0.5)),
+            Timestamp(1),
+        );
         assert_eq!(half.unwrap().after.unwrap().value, json!(1.5));
         assert!(matches!(
-            apply(&key(), Some(entry(json!("x"), None)), &by(json!(1)), Timestamp(1)),
+            apply(
+                &key(),
+                Some(entry(json!("x"), None)),
+                &by(json!(1)),
+                Timestamp(1)
+            ),
             Err(StorageError::NotANumber { found: "text", .. })
         ));
     }
@@ -432,8 +451,14 @@ mod tests {
         };
         let kept = apply(&key(), stored.clone(), &inc, Timestamp(9)).unwrap();
         assert_eq!(kept.after.unwrap().expires_at, Some(Timestamp(10)));
-        let fresh = apply(&key(), stored, &inc, Timestamp(10)).unwrap().after.unwrap();
-        assert_eq!((fresh.value, fresh.expires_at), (json!(1), Some(Timestamp(99))));
+        let fresh = apply(&key(), stored, &inc, Timestamp(10))
+            .unwrap()
+            .after
+            .unwrap();
+        assert_eq!(
+            (fresh.value, fresh.expires_at),
+            (json!(1), Some(Timestamp(99)))
+        );
     }
 
     #[test]

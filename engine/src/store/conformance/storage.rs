@@ -48,7 +48,12 @@ async fn value(store: &dyn Store, n: &str, k: &str, now: Timestamp) -> Option<Va
 }
 
 /// Every live entry of a namespace, paging `page` at a time.
-async fn all_entries(store: &dyn Store, n: &str, page: usize, now: Timestamp) -> Vec<(String, Value)> {
+async fn all_entries(
+    store: &dyn Store,
+    n: &str,
+    page: usize,
+    now: Timestamp,
+) -> Vec<(String, Value)> {
     let mut all = Vec::new();
     let mut after: Option<StorageKey> = None;
     loop {
@@ -202,7 +207,10 @@ pub(crate) async fn storage_namespaces_are_isolated(store: Arc<dyn Store>) {
         .map(|(k, _)| k)
         .collect();
     assert_eq!(keys, ["a", "b", "c", "d", "e"]);
-    assert!(all_entries(s, "flow", 10, at(4)).await.is_empty(), "a prefix is not a namespace");
+    assert!(
+        all_entries(s, "flow", 10, at(4)).await.is_empty(),
+        "a prefix is not a namespace"
+    );
 }
 
 /// An operation the entry does not allow is refused and changes nothing.
@@ -213,7 +221,10 @@ pub(crate) async fn storage_refusals_change_nothing(store: Arc<dyn Store>) {
         .storage(&ns("refusals"), &key("name"), &increment(1), at(2))
         .await
         .unwrap();
-    assert!(matches!(refused, Err(StorageError::NotANumber { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(StorageError::NotANumber { .. })),
+        "{refused:?}"
+    );
     let append = StorageOp::Append {
         value: json!(1),
         keep: None,
@@ -223,7 +234,10 @@ pub(crate) async fn storage_refusals_change_nothing(store: Arc<dyn Store>) {
         .storage(&ns("refusals"), &key("name"), &append, at(2))
         .await
         .unwrap();
-    assert!(matches!(refused, Err(StorageError::NotAList { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(StorageError::NotAList { .. })),
+        "{refused:?}"
+    );
     let read = run(s, "refusals", "name", &StorageOp::Get, at(3)).await;
     assert_eq!(
         read.before,

@@ -13,7 +13,9 @@ use tokio_postgres::types::Json;
 
 use super::{db_error, decode, sql, PgStore};
 use crate::model::Timestamp;
-use crate::store::storage::{apply, Applied, Entry, Namespace, StorageError, StorageKey, StorageOp};
+use crate::store::storage::{
+    apply, Applied, Entry, Namespace, StorageError, StorageKey, StorageOp,
+};
 use crate::store::{Result, StoreError};
 
 /// The first key of the advisory locks on storage keys ("stor" in ASCII).
@@ -48,8 +50,8 @@ impl PgStore {
         let select = "SELECT value, expires_at, updated_at FROM hookflow.storage
                        WHERE namespace = $1 AND key = $2";
         if !op.writes() {
-            let row = sql::query_opt(&self.lazy().await?, select, &[&ns, &k], "read storage")
-                .await?;
+            let row =
+                sql::query_opt(&self.lazy().await?, select, &[&ns, &k], "read storage").await?;
             let stored = row.map(|row| entry(&row, 0)).transpose()?;
             return Ok(apply(key, stored, op, now));
         }
@@ -120,7 +122,12 @@ impl PgStore {
         )
         .await?;
         rows.iter()
-            .map(|row| Ok((name(row.get(0), Namespace::new)?, row.get::<_, i64>(1) as u64)))
+            .map(|row| {
+                Ok((
+                    name(row.get(0), Namespace::new)?,
+                    row.get::<_, i64>(1) as u64,
+                ))
+            })
             .collect()
     }
 

@@ -240,7 +240,11 @@ pub(super) fn describe_key(tree: TreeName, key: &[u8]) -> String {
         TreeName::Storage => split_flow(key).map(|(ns, rest)| format!("{ns} {}", text(&rest))),
         TreeName::StorageExpiry => (key.len() > 8).then(|| {
             let at = u64::from_be_bytes(key[..8].try_into().unwrap_or_default());
-            format!("{} {}", Timestamp(at as i64), text(&key[8..]).replace('\0', " "))
+            format!(
+                "{} {}",
+                Timestamp(at as i64),
+                text(&key[8..]).replace('\0', " ")
+            )
         }),
         TreeName::Dedupe => split_flow(key).map(|(flow, rest)| format!("{flow} {}", text(&rest))),
         TreeName::DedupeExpiry => (key.len() > 8).then(|| {

@@ -11,7 +11,9 @@ use ::sled::Tree;
 
 use super::layout::{abort, backend, decode, due_bytes, encode, prefix_end, tx_error, TreeName};
 use crate::model::Timestamp;
-use crate::store::storage::{apply, Applied, Entry, Namespace, StorageError, StorageKey, StorageOp};
+use crate::store::storage::{
+    apply, Applied, Entry, Namespace, StorageError, StorageKey, StorageOp,
+};
 use crate::store::{Result, StoreError};
 
 /// How many expired entries one transaction deletes.
@@ -194,8 +196,7 @@ impl StorageTrees {
                         let Some(bytes) = entries.get(raw)? else {
                             continue;
                         };
-                        let entry: Entry =
-                            decode(TreeName::Storage, raw, &bytes).map_err(abort)?;
+                        let entry: Entry = decode(TreeName::Storage, raw, &bytes).map_err(abort)?;
                         if !entry.is_live(now) {
                             entries.remove(raw)?;
                             deleted += 1;
