@@ -71,6 +71,11 @@ fn names(namespace: &str, key: &str) -> Result<(Namespace, StorageKey), ApiError
     ))
 }
 
+/// 404 for a key that holds nothing.
+fn no_key(namespace: &Namespace, key: &StorageKey) -> ApiError {
+    ApiError::not_found(format!("storage `{namespace}` holds no key `{key}`"))
+}
+
 /// An entry as the API shows it.
 fn shown(namespace: &Namespace, key: &StorageKey, entry: &Entry) -> Value {
     json!({
@@ -157,9 +162,7 @@ async fn read(
 ) -> Result<Json<Value>, ApiError> {
     let (namespace, key) = names(&namespace, &key)?;
     let applied = apply(&state, &namespace, &key, StorageOp::Get).await?;
-    let entry = applied.before.ok_or_else(|| {
-        ApiError::not_found(format!("storage `{namespace}` holds no key `{key}`"))
-    })?;
+    let entry = applied.before.ok_or_else(|| no_key(&namespace, &key))?;
     Ok(Json(shown(&namespace, &key, &entry)))
 }
 
@@ -198,9 +201,7 @@ async fn remove(
     let (namespace, key) = names(&namespace, &key)?;
     let applied = apply(&state, &namespace, &key, StorageOp::Delete).await?;
     if applied.before.is_none() {
-        return Err(ApiError::not_found(format!(
-            "storage `{namespace}` holds no key `{key}`"
-        )));
+        return Err(no_key(&namespace, &key));
     }
     Ok(Json(
         json!({ "namespace": namespace, "key": key, "deleted": true }),

@@ -19,6 +19,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
 
+use crate::expr::kind_of;
 use crate::ids::FlowId;
 use crate::model::Timestamp;
 
@@ -88,35 +89,6 @@ impl Namespace {
             .map(|_| Self(name.to_owned()))
             .map_err(|_| StorageError::BadNamespace(name.to_owned()))
     }
-
-    /// A flow's own namespace.
-    pub fn of_flow(flow: &FlowId) -> Self {
-        Self(flow.as_str().to_owned())
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for Namespace {
-    type Error = StorageError;
-    fn try_from(s: String) -> Result<Self, StorageError> {
-        Self::new(&s)
-    }
-}
-
-impl From<Namespace> for String {
-    fn from(n: Namespace) -> Self {
-        n.0
-    }
-}
-
-impl std::fmt::Display for Namespace {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// A key: 1 to [`MAX_KEY_BYTES`] bytes of text without control characters (so `0x00` can end a
@@ -141,31 +113,42 @@ impl StorageKey {
         }
         Ok(Self(key.to_owned()))
     }
-
-    /// The text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl TryFrom<String> for StorageKey {
-    type Error = StorageError;
-    fn try_from(s: String) -> Result<Self, StorageError> {
-        Self::new(&s)
-    }
+/// What a name checked by its `new` has: `as_str`, `Display`, and conversions from and into
+/// `String` (serde goes through them, so a stored or sent name is checked too).
+macro_rules! checked_text {
+    ($name:ident) => {
+        impl $name {
+            /// The text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = StorageError;
+            fn try_from(s: String) -> Result<Self, StorageError> {
+                Self::new(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(name: $name) -> Self {
+                name.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
 
-impl From<StorageKey> for String {
-    fn from(k: StorageKey) -> Self {
-        k.0
-    }
-}
-
-impl std::fmt::Display for StorageKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+checked_text!(Namespace);
+checked_text!(StorageKey);
 
 /// A stored value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -279,7 +262,7 @@ pub fn apply(
                 Some(other) => {
                     return Err(StorageError::NotANumber {
                         key: key.to_string(),
-                        found: kind(other),
+                        found: kind_of(other),
                     })
                 }
             };
@@ -301,7 +284,7 @@ pub fn apply(
                 Some(other) => {
                     return Err(StorageError::NotAList {
                         key: key.to_string(),
-                        found: kind(other),
+                        found: kind_of(other),
                     })
                 }
             };
@@ -338,18 +321,6 @@ fn add(a: &Number, b: &Number) -> Option<Number> {
     match (a.as_i64(), b.as_i64()) {
         (Some(a), Some(b)) => a.checked_add(b).map(Number::from),
         _ => Number::from_f64(a.as_f64()? + b.as_f64()?),
-    }
-}
-
-/// What a value is, in words.
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "nothing",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "text",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
     }
 }
 

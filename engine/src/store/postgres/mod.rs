@@ -240,6 +240,31 @@ impl PgStore {
         self.lazy.get().await.map_err(pool_error)
     }
 
+    /// Deletes up to `max` rows of `hookflow.{table}` (whose key columns are `key`) that expired
+    /// at or before `now`, oldest first, skipping rows another transaction holds; how many.
+    async fn delete_expired(
+        &self,
+        table: &str,
+        key: &str,
+        now: Timestamp,
+        max: usize,
+        context: &'static str,
+    ) -> Result<usize> {
+        let delete = format!(
+            "DELETE FROM hookflow.{table} WHERE ({key}) IN (
+                 SELECT {key} FROM hookflow.{table} WHERE expires_at <= $1
+                  ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        );
+        let n = sql::execute(
+            &self.lazy().await?,
+            &delete,
+            &[&now.0, &(max as i64)],
+            context,
+        )
+        .await?;
+        Ok(n as usize)
+    }
+
     /// The record in the first column of the row `select` finds by `key`, if any.
     async fn one<T: DeserializeOwned>(
         &self,
@@ -767,16 +792,8 @@ impl Store for PgStore {
     }
 
     async fn expire_dedupe(&self, now: Timestamp, max: usize) -> Result<usize> {
-        let n = sql::execute(
-            &self.lazy().await?,
-            "DELETE FROM hookflow.dedupe WHERE (flow_id, key) IN (
-                 SELECT flow_id, key FROM hookflow.dedupe WHERE expires_at <= $1
-                  ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            &[&now.0, &(max as i64)],
-            "expire dedupe keys",
-        )
-        .await?;
-        Ok(n as usize)
+        self.delete_expired("dedupe", "flow_id, key", now, max, "expire dedupe keys")
+            .await
     }
 
     async fn put_state(&self, key: &str, value: &serde_json::Value) -> Result<()> {
@@ -951,6 +968,13 @@ impl Store for PgStore {
     }
 
     async fn expire_storage(&self, now: Timestamp, max: usize) -> Result<usize> {
-        self.storage_expire(now, max).await
+        self.delete_expired(
+            "storage",
+            "namespace, key",
+            now,
+            max,
+            "expire storage entries",
+        )
+        .await
     }
 }

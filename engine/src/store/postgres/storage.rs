@@ -157,17 +157,4 @@ impl PgStore {
             .map(|row| Ok((name(row.get(0), StorageKey::new)?, entry(row, 1)?)))
             .collect()
     }
-
-    pub(super) async fn storage_expire(&self, now: Timestamp, max: usize) -> Result<usize> {
-        let n = sql::execute(
-            &self.lazy().await?,
-            "DELETE FROM hookflow.storage WHERE (namespace, key) IN (
-                 SELECT namespace, key FROM hookflow.storage WHERE expires_at <= $1
-                  ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            &[&now.0, &(max as i64)],
-            "expire storage entries",
-        )
-        .await?;
-        Ok(n as usize)
-    }
 }
