@@ -196,6 +196,14 @@ async fn fifty_concurrent_deliveries_count_exactly_and_the_api_and_cli_read_and_
     );
     let (status, missing) = server.get("/api/v1/storage/counter/nothing-here").await;
     assert_eq!((status, missing["code"].as_str()), (404, Some("not_found")));
+
+    let metrics = server.metrics().await;
+    for counted in [
+        r#"hookflow_storage_operations_total{action="increment",outcome="applied"} 51"#,
+        r#"hookflow_storage_operations_total{action="append",outcome="applied"} 51"#,
+    ] {
+        assert!(metrics.contains(counted), "{counted} in\n{metrics}");
+    }
 }
 
 /// A flow that fails one of its `storage` steps: incrementing text.
@@ -230,6 +238,10 @@ async fn a_refused_storage_action_fails_the_step_without_retries() {
         "{bump}"
     );
     assert_eq!(bump["attempts"].as_array().map(Vec::len), Some(1), "{bump}");
+    assert!(server
+        .metrics()
+        .await
+        .contains(r#"hookflow_storage_operations_total{action="increment",outcome="refused"} 1"#));
     let (_, kept) = server.get("/api/v1/storage/misused/name").await;
     assert_eq!(
         kept["value"], "Ada",

@@ -10,6 +10,7 @@
 //! starts empty and lasts one run, so they never touch the server's values.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
@@ -286,6 +287,32 @@ impl Action for Storage {
     }
 }
 
+/// What became of a store operation, for [`operation_counts`].
+const OUTCOMES: [&str; 3] = ["applied", "refused", "unavailable"];
+
+/// The store operations, by name (as [`StorageOp::name`] says them).
+const ACTIONS: [&str; 5] = ["get", "set", "delete", "increment", "append"];
+
+/// Operations `storage` steps made on the store since the process started, by action and
+/// outcome (one server per process, like the alert counters).
+static OPERATIONS: [[AtomicU64; OUTCOMES.len()]; ACTIONS.len()] =
+    [const { [const { AtomicU64::new(0) }; OUTCOMES.len()] }; ACTIONS.len()];
+
+/// `(action, outcome, count)` of the operations `storage` steps made on the store (not on
+/// scratch storage), for `/metrics`.
+pub fn operation_counts() -> Vec<(&'static str, &'static str, u64)> {
+    ACTIONS
+        .iter()
+        .zip(&OPERATIONS)
+        .flat_map(|(action, row)| {
+            OUTCOMES
+                .iter()
+                .zip(row)
+                .map(|(outcome, n)| (*action, *outcome, n.load(Ordering::Relaxed)))
+        })
+        .collect()
+}
+
 /// `by` as rendered: a number, or text that reads as one.
 fn number(value: Value) -> Result<Number, StepError> {
     match value {
@@ -333,7 +360,19 @@ impl StepStorage {
         now: Timestamp,
     ) -> crate::store::Result<Result<Applied, StorageError>> {
         match self {
-            Self::Store(store) => store.storage(namespace, key, op, now).await,
+            Self::Store(store) => {
+                let answer = store.storage(namespace, key, op, now).await;
+                let outcome = match &answer {
+                    Ok(Ok(_)) => 0,
+                    Ok(Err(_)) => 1,
+                    Err(_) => 2,
+                };
+                let action = ACTIONS.iter().position(|a| *a == op.name());
+                if let Some(action) = action {
+                    OPERATIONS[action][outcome].fetch_add(1, Ordering::Relaxed);
+                }
+                answer
+            }
             Self::Scratch(entries) => {
                 let mut entries = entries.lock().unwrap_or_else(PoisonError::into_inner);
                 let slot = (namespace.clone(), key.clone());
