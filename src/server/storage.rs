@@ -17,9 +17,9 @@ use super::{ApiError, AppState};
 /// The longest expiry a put may give: 365 days.
 const MAX_EXPIRES_IN_SECONDS: u64 = 365 * 24 * 3600;
 
-/// The keys the API document states: ASCII letters, digits and `_:@.+-`, not starting with a dot
-/// (so no client folds a `..` segment). The server takes any key a step may write, percent-encoded.
-pub(super) const KEY_PATTERN: &str = "^[A-Za-z0-9_:@+-][A-Za-z0-9_:@.+-]{0,255}$";
+/// A key, as the API document states it: exactly what [`StorageKey::new`] takes (1 to 256
+/// characters, no control characters), percent-encoded in a path.
+pub(super) const KEY_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]{1,256}$";
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -169,8 +169,12 @@ async fn read(
 async fn write(
     State(state): State<AppState>,
     Path((namespace, key)): Path<(String, String)>,
-    Json(body): Json<PutBody>,
+    Json(body): Json<serde_json::Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
+    // Read from an object only: serde would also take a struct from an array.
+    let body: PutBody = serde_json::from_value(Value::Object(body)).map_err(|e| {
+        ApiError::bad_request("invalid_body", format!("the JSON body is invalid: {e}"))
+    })?;
     let (namespace, key) = names(&namespace, &key)?;
     let expires_at = match body.expires_in_seconds {
         None => None,

@@ -52,7 +52,7 @@ pub enum StorageAction {
 pub struct StorageSpec {
     /// What to do.
     pub action: StorageAction,
-    /// The key (a template), e.g. `events:{{trigger.body.customer_id}}`: 1 to 256 bytes.
+    /// The key (a template), e.g. `events:{{trigger.body.customer_id}}`: 1 to 256 characters.
     pub key: String,
     /// The namespace: by default the flow's own (its id); name one (letters, digits, `_`, `-`) to
     /// share values between flows.

@@ -23,8 +23,8 @@ use crate::expr::kind_of;
 use crate::ids::FlowId;
 use crate::model::Timestamp;
 
-/// The longest key, in bytes.
-pub const MAX_KEY_BYTES: usize = 256;
+/// The longest key, in characters.
+pub const MAX_KEY_CHARS: usize = 256;
 /// The largest value, in bytes of JSON.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// The most items a list may hold.
@@ -39,7 +39,7 @@ pub enum StorageError {
     )]
     BadNamespace(String),
     /// The key is empty, too long, or holds control characters.
-    #[error("storage key {0}: use 1 to {MAX_KEY_BYTES} bytes of text without control characters")]
+    #[error("storage key {0}: use 1 to {MAX_KEY_CHARS} characters, no control characters")]
     BadKey(String),
     /// The value would be too large.
     #[error("the value of `{key}` would be {bytes} bytes of JSON; storage keeps at most {MAX_VALUE_BYTES}")]
@@ -91,8 +91,8 @@ impl Namespace {
     }
 }
 
-/// A key: 1 to [`MAX_KEY_BYTES`] bytes of text without control characters (so `0x00` can end a
-/// namespace in a backend's compound key).
+/// A key: 1 to [`MAX_KEY_CHARS`] characters, none of them a control character (so `0x00` can end
+/// a namespace in a backend's compound key).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct StorageKey(String);
@@ -100,12 +100,13 @@ pub struct StorageKey(String);
 impl StorageKey {
     /// A key from its text.
     pub fn new(key: &str) -> Result<Self, StorageError> {
-        if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
+        let chars = key.chars().count();
+        if chars == 0 || chars > MAX_KEY_CHARS || key.chars().any(char::is_control) {
             let shown: String = key.chars().take(40).collect();
-            let why = if key.is_empty() {
+            let why = if chars == 0 {
                 "is empty".to_owned()
-            } else if key.len() > MAX_KEY_BYTES {
-                format!("`{shown}…` is {} bytes long", key.len())
+            } else if chars > MAX_KEY_CHARS {
+                format!("`{shown}…` is {chars} characters long")
             } else {
                 format!("{shown:?} holds a control character")
             };
@@ -437,7 +438,8 @@ mod tests {
         assert!(Namespace::new("shared-counters").is_ok());
         assert!(Namespace::new("has space").is_err());
         assert!(StorageKey::new("customer:a@b.com / 1").is_ok());
-        for bad in ["", "a\nb", &"x".repeat(MAX_KEY_BYTES + 1)] {
+        assert!(StorageKey::new(&"é".repeat(MAX_KEY_CHARS)).is_ok());
+        for bad in ["", "a\nb", &"é".repeat(MAX_KEY_CHARS + 1)] {
             assert!(StorageKey::new(bad).is_err(), "{bad:?}");
         }
     }
