@@ -139,24 +139,31 @@ impl StepKind for StorageSpec {
             Some(Ok(n)) => Some(n),
             None => None,
         };
+        // Every field is compiled (so every error is recorded) before any failure ends the build.
         let key = cx.text("key", &self.key);
-        let value = self.value.and_then(|v| cx.value("value", &v));
-        let by = self.by.and_then(|v| cx.value("by", &v));
-        let default = self.default.and_then(|v| cx.value("default", &v));
+        let value = self.value.map(|v| cx.value("value", &v));
+        let by = self.by.map(|v| cx.value("by", &v));
+        let default = self.default.map(|v| cx.value("default", &v));
         let step = Storage {
             action,
             namespace,
             key: key?,
-            value,
-            by,
+            value: compiled(value)?,
+            by: compiled(by)?,
             expires_in: self
                 .expires_in
                 .map(|d| humantime::format_duration(d.0).to_string()),
             keep: self.keep,
-            default,
+            default: compiled(default)?,
         };
         ok.then(|| Arc::new(step) as Arc<dyn Action>)
     }
+}
+
+/// An optional field as compiled: `Some(None)` when it was not given, `None` when it failed to
+/// compile.
+fn compiled<T>(field: Option<Option<T>>) -> Option<Option<T>> {
+    field.map_or(Some(None), |compiled| compiled.map(Some))
 }
 
 fn name(action: StorageAction) -> &'static str {
@@ -387,5 +394,70 @@ impl StepStorage {
                 Ok(Ok(applied))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::parse_flow;
+    use crate::steps::Registry;
+
+    fn problems(steps: &str) -> Vec<String> {
+        let yaml = format!("id: t\ntrigger: {{ manual: }}\nsteps:\n{steps}");
+        match parse_flow("t.yaml", &yaml, &Registry::builtin(), &|_| None) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn every_misplaced_or_out_of_bounds_field_is_reported_at_its_line() {
+        let found = problems(
+            "  - id: a\n    storage: { action: get, key: x, by: 2, keep: 3 }\n  - id: b\n    storage: { action: set, key: \"{{nosuch_helper x}}\", value: \"{{other_missing_helper y}}\", namespace: \"a b\", expires_in: 400d }\n",
+        );
+        for expected in [
+            "t.yaml:5:",
+            "steps[0].storage.by: `by` applies to `increment` only, not to `get`",
+            "steps[0].storage.keep: `keep` applies to `append` only, not to `get`",
+            "steps[1].storage.namespace: storage namespace `a b`",
+            "steps[1].storage.expires_in: an entry expires after 1ms to 365d",
+            "steps[1].storage.key",
+            "steps[1].storage.value",
+        ] {
+            assert!(
+                found.iter().any(|p| p.contains(expected)),
+                "{expected} in {found:#?}"
+            );
+        }
+        assert!(
+            problems("  - id: a\n    storage: { action: append, key: k }\n")[0]
+                .contains("`append` needs a `value`")
+        );
+        assert!(problems("  - id: a\n    storage: { action: increment, key: k, by: \"{{trigger.body.n}}\", expires_in: 1h }\n").is_empty());
+    }
+
+    #[tokio::test]
+    async fn scratch_storage_applies_operations_like_a_store() {
+        let storage = StepStorage::scratch();
+        let (ns, key) = (Namespace::new("n").unwrap(), StorageKey::new("k").unwrap());
+        let inc = StorageOp::Increment {
+            by: 2.into(),
+            expires_at: None,
+        };
+        for expected in [2, 4] {
+            let applied = storage.apply(&ns, &key, &inc, Timestamp(1)).await.unwrap();
+            assert_eq!(applied.unwrap().after.unwrap().value, json!(expected));
+        }
+        let deleted = storage
+            .apply(&ns, &key, &StorageOp::Delete, Timestamp(2))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(deleted.before.map(|e| e.value), Some(json!(4)));
+        let read = storage
+            .apply(&ns, &key, &StorageOp::Get, Timestamp(3))
+            .await;
+        assert_eq!(read.unwrap().unwrap().before, None);
     }
 }

@@ -41,7 +41,8 @@
 //! (a claim locks candidates with `SKIP LOCKED`, so it never waits on them; `update_run` deletes
 //! its own leased item), then the run's row (`SELECT … FOR UPDATE` in `update_run`), then the
 //! rows it writes. Ingest takes dedupe keys in (flow, key) order before inserting anything.
-//! Coordination rows are locked one at a time, each in a transaction of its own.
+//! Coordination rows are locked one at a time, each in a transaction of its own; so is a storage
+//! key's advisory lock (two-key form, apart from the claims' single-key locks).
 //!
 //! Errors: a failed connection or statement is [`StoreError::Unavailable`] (the pool reconnects
 //! by itself); a deadlock or serialisation failure is [`StoreError::Conflict`].
