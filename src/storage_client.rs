@@ -2,35 +2,48 @@
 //! through `/api/v1/storage…`. Keys are percent-encoded into the path, so any key a step may
 //! write can be read and changed.
 
+use std::fmt::Write as _;
+
+use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::cli::{ClientArgs, StorageCommand};
 use crate::client::{call, print_json, text};
 
-/// Runs one `hookflow storage` command.
+/// Runs one `hookflow storage` command: prints the API's answer as text, or as JSON (`--json`).
 pub async fn run(command: &StorageCommand) -> anyhow::Result<()> {
-    match command {
+    let (client, answer, shown) = match command {
         StorageCommand::List {
             namespace: None,
             client,
             ..
-        } => namespaces(client).await,
+        } => {
+            let body = call(client, Method::GET, "/api/v1/storage", None).await?;
+            let shown = namespaces(&body);
+            (client, body, shown)
+        }
         StorageCommand::List {
             namespace: Some(namespace),
             after,
             limit,
             client,
-        } => entries(client, namespace, after.as_deref(), *limit).await,
+        } => {
+            let mut path = format!("/api/v1/storage/{}?limit={limit}", segment(namespace));
+            if let Some(after) = after {
+                let _ = write!(path, "&after={}", segment(after));
+            }
+            let body = call(client, Method::GET, &path, None).await?;
+            let shown = entries(namespace, &body);
+            (client, body, shown)
+        }
         StorageCommand::Get {
             namespace,
             key,
             client,
         } => {
-            let body = request(client, reqwest::Method::GET, namespace, key, None).await?;
-            match client.json {
-                true => print_json(&body),
-                false => print_json(&body["value"]),
-            }
+            let body = request(client, Method::GET, namespace, key, None).await?;
+            let shown = serde_json::to_string_pretty(&body["value"])?;
+            (client, body, shown)
         }
         StorageCommand::Set {
             namespace,
@@ -40,85 +53,70 @@ pub async fn run(command: &StorageCommand) -> anyhow::Result<()> {
             client,
         } => {
             let value = serde_json::from_str(value).unwrap_or_else(|_| json!(value));
-            let mut body = json!({ "value": value });
+            let mut put = json!({ "value": value });
             if let Some(text) = expires_in {
                 let d = humantime::parse_duration(text).map_err(|e| {
                     anyhow::anyhow!("--expires-in `{text}` is not a duration like `24h`: {e}")
                 })?;
-                body["expires_in_seconds"] = json!(d.as_secs().max(1));
+                put["expires_in_seconds"] = json!(d.as_secs().max(1));
             }
-            let put = request(client, reqwest::Method::PUT, namespace, key, Some(body)).await?;
-            match client.json {
-                true => print_json(&put),
-                false => {
-                    println!("stored {namespace}/{key}{}", expiry(&put));
-                    Ok(())
-                }
-            }
+            let body = request(client, Method::PUT, namespace, key, Some(put)).await?;
+            let shown = format!("stored {namespace}/{key}{}", expiry(&body));
+            (client, body, shown)
         }
         StorageCommand::Delete {
             namespace,
             key,
             client,
         } => {
-            let body = request(client, reqwest::Method::DELETE, namespace, key, None).await?;
-            match client.json {
-                true => print_json(&body),
-                false => {
-                    println!("deleted {namespace}/{key}");
-                    Ok(())
-                }
-            }
+            let body = request(client, Method::DELETE, namespace, key, None).await?;
+            (client, body, format!("deleted {namespace}/{key}"))
         }
-    }
-}
-
-async fn namespaces(client: &ClientArgs) -> anyhow::Result<()> {
-    let body = call(client, reqwest::Method::GET, "/api/v1/storage", None).await?;
+    };
     if client.json {
-        return print_json(&body);
+        return print_json(&answer);
     }
-    let list = body["namespaces"].as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
-        println!("storage holds nothing");
-    }
-    for n in &list {
-        println!("{:<40} {} key(s)", text(&n["namespace"]), text(&n["keys"]));
-    }
+    println!("{shown}");
     Ok(())
 }
 
-async fn entries(
-    client: &ClientArgs,
-    namespace: &str,
-    after: Option<&str>,
-    limit: usize,
-) -> anyhow::Result<()> {
-    let mut path = format!("/api/v1/storage/{}?limit={limit}", segment(namespace));
-    if let Some(after) = after {
-        path.push_str(&format!("&after={}", segment(after)));
+/// The namespaces with their key counts, a line each.
+fn namespaces(body: &Value) -> String {
+    let lines: Vec<String> = body["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| format!("{:<40} {} key(s)", text(&n["namespace"]), text(&n["keys"])))
+        .collect();
+    if lines.is_empty() {
+        return "storage holds nothing".to_owned();
     }
-    let body = call(client, reqwest::Method::GET, &path, None).await?;
-    if client.json {
-        return print_json(&body);
-    }
-    let list = body["entries"].as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
-        println!("`{namespace}` holds nothing");
-    }
-    for e in &list {
-        println!("{}  {}{}", text(&e["key"]), e["value"], expiry(e));
+    lines.join("\n")
+}
+
+/// A page of entries, a line each, and how to get the next page.
+fn entries(namespace: &str, body: &Value) -> String {
+    let mut lines: Vec<String> = body["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| format!("{}  {}{}", text(&e["key"]), e["value"], expiry(e)))
+        .collect();
+    if lines.is_empty() {
+        lines.push(format!("`{namespace}` holds nothing"));
     }
     if let Some(next) = body["next_cursor"].as_str() {
-        println!("more: hookflow storage list {namespace} --after {next:?}");
+        lines.push(format!(
+            "more: hookflow storage list {namespace} --after {next:?}"
+        ));
     }
-    Ok(())
+    lines.join("\n")
 }
 
 /// A request on one key.
 async fn request(
     client: &ClientArgs,
-    method: reqwest::Method,
+    method: Method,
     namespace: &str,
     key: &str,
     body: Option<Value>,
