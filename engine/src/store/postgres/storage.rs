@@ -5,9 +5,10 @@
 //! (namespace, key) — two-key form, class [`LOCK_CLASS`], so it never meets the single-key locks
 //! of claims and migrations — then reads the row, applies [`apply`] and upserts or deletes it.
 //! The lock serialises every writer of a key across nodes, including when the row does not exist
-//! yet (a row lock could not), so concurrent increments and appends lose nothing. The transaction
-//! holds no other lock, so it cannot deadlock. Writes go through the lazy pool, like run updates:
-//! durable at the next [`Store::flush`](crate::store::Store::flush).
+//! yet (a row lock could not), so concurrent increments and appends lose nothing. It then locks
+//! only its own row (`FOR UPDATE`, which the expiry sweep's `SKIP LOCKED` passes over), so it
+//! cannot deadlock. Writes go through the lazy pool, like run updates: durable at the next
+//! [`Store::flush`](crate::store::Store::flush).
 
 use tokio_postgres::types::Json;
 
@@ -67,7 +68,9 @@ impl PgStore {
             "lock a storage key",
         )
         .await?;
-        let row = sql::query_opt(&tx, select, &[&ns, &k], "read storage").await?;
+        // The row lock keeps the sweeper (`SKIP LOCKED`) off an entry being changed.
+        let locked = format!("{select} FOR UPDATE");
+        let row = sql::query_opt(&tx, &locked, &[&ns, &k], "read storage").await?;
         let stored = row.map(|row| entry(&row, 0)).transpose()?;
         let applied = match apply(key, stored, op, now) {
             Ok(applied) => applied,
