@@ -97,7 +97,7 @@ async fn apply(
     let engine = &state.engine;
     let applied = engine
         .store()
-        .storage(namespace, key, &op, engine.now())
+        .storage(namespace, key, &op, None, engine.now())
         .await?
         .map_err(refused)?;
     if op.writes() {

@@ -4,9 +4,9 @@
 //! store operation (see [`crate::store::storage`]), so concurrent runs lose no increment.
 //!
 //! The rendered input is the whole request (action, namespace, key, value, …), so a retry repeats
-//! exactly it. Like any step with effects it is at least once: a crash after the store applied
-//! an increment and before the step's record was written applies it again when the step runs
-//! again. Offline runs (dry runs, previews, flow tests) use [`StepStorage::scratch`]: storage that
+//! exactly it; a write goes to the store under the step's idempotency key, which applies it once
+//! (a retry, or the step run again after a crash between the write and its record, gets the
+//! recorded outcome back). Offline runs (dry runs, previews, flow tests) use [`StepStorage::scratch`]: storage that
 //! starts empty and lasts one run, so they never touch the server's values.
 
 use std::collections::BTreeMap;
@@ -272,9 +272,11 @@ impl Action for Storage {
             .map_err(|e| StepError::permanent(format!("not a storage request: {e}")))?;
         let now = cx.clock.now();
         let op = request.op(now)?;
+        // Retries and a re-run after a crash repeat the key: the write is applied once.
+        let once = op.writes().then_some(cx.idempotency_key.as_str());
         let applied = cx
             .storage
-            .apply(&request.namespace, &request.key, &op, now)
+            .apply(&request.namespace, &request.key, &op, once, now)
             .await
             .map_err(|e| StepError::transient(format!("storage is unavailable: {e}")))?
             .map_err(|e| StepError::permanent(e.to_string()))?;
@@ -358,17 +360,19 @@ impl StepStorage {
         Self::Scratch(Arc::default())
     }
 
-    /// Applies `op` atomically (see [`Store::storage`]).
+    /// Applies `op` atomically, once per operation key `once` (see [`Store::storage`]; scratch
+    /// storage lasts one offline run, which repeats nothing, so it applies every call).
     pub async fn apply(
         &self,
         namespace: &Namespace,
         key: &StorageKey,
         op: &StorageOp,
+        once: Option<&str>,
         now: Timestamp,
     ) -> crate::store::Result<Result<Applied, StorageError>> {
         match self {
             Self::Store(store) => {
-                let answer = store.storage(namespace, key, op, now).await;
+                let answer = store.storage(namespace, key, op, once, now).await;
                 let outcome = match &answer {
                     Ok(Ok(_)) => 0,
                     Ok(Err(_)) => 1,
@@ -446,17 +450,20 @@ mod tests {
             expires_at: None,
         };
         for expected in [2, 4] {
-            let applied = storage.apply(&ns, &key, &inc, Timestamp(1)).await.unwrap();
+            let applied = storage
+                .apply(&ns, &key, &inc, None, Timestamp(1))
+                .await
+                .unwrap();
             assert_eq!(applied.unwrap().after.unwrap().value, json!(expected));
         }
         let deleted = storage
-            .apply(&ns, &key, &StorageOp::Delete, Timestamp(2))
+            .apply(&ns, &key, &StorageOp::Delete, None, Timestamp(2))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(deleted.before.map(|e| e.value), Some(json!(4)));
         let read = storage
-            .apply(&ns, &key, &StorageOp::Get, Timestamp(3))
+            .apply(&ns, &key, &StorageOp::Get, None, Timestamp(3))
             .await;
         assert_eq!(read.unwrap().unwrap().before, None);
     }

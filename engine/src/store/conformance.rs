@@ -1672,6 +1672,7 @@ macro_rules! conformance_suite {
             storage_entries_expire_at_their_time,
             storage_namespaces_are_isolated,
             storage_refusals_change_nothing,
+            storage_a_repeated_operation_key_applies_once,
         );
         $crate::store::conformance::conformance_suite!(@reopen $backend;
             state_is_kept_across_reopen,

@@ -591,13 +591,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies `op` to `key` in `namespace` at `now`, atomically across every caller and node:
     /// reads the entry, applies [`storage::apply`] and writes its answer. Answers the entry
-    /// before and after, or why the operation was refused (then nothing changed). Not durable
-    /// when it returns: see [`Store::flush`].
+    /// before and after, or why the operation was refused (then nothing changed). A write with
+    /// an operation key `once` that was applied before (within [`storage::APPLIED_KEPT`])
+    /// changes nothing and answers what it answered then. Not durable when it returns: see
+    /// [`Store::flush`].
     async fn storage(
         &self,
         namespace: &Namespace,
         key: &StorageKey,
         op: &StorageOp,
+        once: Option<&str>,
         now: Timestamp,
     ) -> Result<std::result::Result<Applied, StorageError>>;
 
@@ -614,7 +617,9 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Vec<(StorageKey, Entry)>>;
 
-    /// Deletes up to `max` storage entries that expired at or before `now`; returns how many.
+    /// Deletes up to `max` storage entries that expired at or before `now`, and up to `max`
+    /// recorded answers of operation keys older than [`storage::APPLIED_KEPT`]; returns how many
+    /// entries and answers.
     async fn expire_storage(&self, now: Timestamp, max: usize) -> Result<usize>;
 }
 

@@ -15,6 +15,11 @@
 //!   items: an operation that would exceed either fails and changes nothing.
 //! - `set` replaces the expiry (none if not given); `increment` and `append` keep an existing
 //!   entry's expiry and give a new entry the one they carry (a fixed window: "per hour").
+//!
+//! A write may carry an operation key (a step's idempotency key, `{run_id}:{step_id}`): the
+//! backend records the answer under it, in the same transaction, for [`APPLIED_KEPT`], and a
+//! repeat with that key (an automatic retry, or the step run again after a crash) answers the
+//! recorded outcome without applying the operation again. So a step's increment counts once.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
@@ -29,6 +34,8 @@ pub const MAX_KEY_CHARS: usize = 256;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// The most items a list may hold.
 pub const MAX_LIST_ITEMS: usize = 1000;
+/// How long the answer of a write with an operation key is kept to answer its repeats.
+pub const APPLIED_KEPT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// Why a storage operation was refused. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -220,8 +227,8 @@ impl StorageOp {
     }
 }
 
-/// What an operation found and left.
-#[derive(Debug, Clone, PartialEq)]
+/// What an operation found and left (recorded under its operation key, if it has one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Applied {
     /// The live entry before the operation.
     pub before: Option<Entry>,

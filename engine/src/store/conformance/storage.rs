@@ -33,7 +33,7 @@ fn increment(by: i64) -> StorageOp {
 /// Applies `op`, expecting the store to answer and the operation to be allowed.
 async fn run(store: &dyn Store, n: &str, k: &str, op: &StorageOp, now: Timestamp) -> Applied {
     store
-        .storage(&ns(n), &key(k), op, now)
+        .storage(&ns(n), &key(k), op, None, now)
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("{} refused: {e}", op.name()))
@@ -218,7 +218,7 @@ pub(crate) async fn storage_refusals_change_nothing(store: Arc<dyn Store>) {
     let s = &*store;
     run(s, "refusals", "name", &set(json!("text"), None), at(1)).await;
     let refused = s
-        .storage(&ns("refusals"), &key("name"), &increment(1), at(2))
+        .storage(&ns("refusals"), &key("name"), &increment(1), None, at(2))
         .await
         .unwrap();
     assert!(
@@ -231,7 +231,7 @@ pub(crate) async fn storage_refusals_change_nothing(store: Arc<dyn Store>) {
         expires_at: None,
     };
     let refused = s
-        .storage(&ns("refusals"), &key("name"), &append, at(2))
+        .storage(&ns("refusals"), &key("name"), &append, None, at(2))
         .await
         .unwrap();
     assert!(
@@ -246,6 +246,66 @@ pub(crate) async fn storage_refusals_change_nothing(store: Arc<dyn Store>) {
             expires_at: None,
             updated_at: at(1),
         })
+    );
+}
+
+/// A write under an operation key is applied once, however often (or however many callers at
+/// once) it is repeated, answering the first outcome each time, until its answer is forgotten.
+pub(crate) async fn storage_a_repeated_operation_key_applies_once(store: Arc<dyn Store>) {
+    let (n, k) = (ns("once"), key("count"));
+    let first = store
+        .storage(&n, &k, &increment(1), Some("run_a:count"), at(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut tasks = JoinSet::new();
+    for i in 0..20 {
+        let store = store.clone();
+        let (n, k) = (n.clone(), k.clone());
+        tasks.spawn(async move {
+            let once = if i % 2 == 0 {
+                "run_a:count"
+            } else {
+                "run_b:count"
+            };
+            let op = increment(1);
+            let answer = store.storage(&n, &k, &op, Some(once), at(2 + i)).await;
+            (once, answer.unwrap().unwrap())
+        });
+    }
+    let mut b_answers = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (once, answer) = done.unwrap();
+        match once {
+            "run_a:count" => assert_eq!(answer, first, "a repeat answers the first outcome"),
+            _ => b_answers.push(answer),
+        }
+    }
+    assert!(b_answers.windows(2).all(|w| w[0] == w[1]), "{b_answers:?}");
+    assert_eq!(
+        b_answers[0].after.as_ref().map(|e| &e.value),
+        Some(&json!(2))
+    );
+    assert_eq!(
+        value(&*store, "once", "count", at(100)).await,
+        Some(json!(2))
+    );
+
+    let later = at(100).plus(crate::store::storage::APPLIED_KEPT);
+    assert_eq!(
+        store.expire_storage(later, 100).await.unwrap(),
+        2,
+        "both answers"
+    );
+    let again = store
+        .storage(&n, &k, &increment(1), Some("run_a:count"), later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        again.after.map(|e| e.value),
+        Some(json!(3)),
+        "forgotten: applied again"
     );
 }
 

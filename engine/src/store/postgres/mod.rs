@@ -949,9 +949,10 @@ impl Store for PgStore {
         namespace: &Namespace,
         key: &StorageKey,
         op: &StorageOp,
+        once: Option<&str>,
         now: Timestamp,
     ) -> Result<std::result::Result<Applied, StorageError>> {
-        self.storage_op(namespace, key, op, now).await
+        self.storage_op(namespace, key, op, once, now).await
     }
 
     async fn storage_namespaces(&self, now: Timestamp) -> Result<Vec<(Namespace, u64)>> {
@@ -969,13 +970,24 @@ impl Store for PgStore {
     }
 
     async fn expire_storage(&self, now: Timestamp, max: usize) -> Result<usize> {
-        self.delete_expired(
-            "storage",
-            "namespace, key",
-            now,
-            max,
-            "expire storage entries",
-        )
-        .await
+        let entries = self
+            .delete_expired(
+                "storage",
+                "namespace, key",
+                now,
+                max,
+                "expire storage entries",
+            )
+            .await?;
+        let answers = self
+            .delete_expired(
+                "storage_applied",
+                "op_key",
+                now,
+                max,
+                "forget storage answers",
+            )
+            .await?;
+        Ok(entries + answers)
     }
 }

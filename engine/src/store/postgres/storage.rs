@@ -5,7 +5,8 @@
 //! (namespace, key) — two-key form, class [`LOCK_CLASS`], so it never meets the single-key locks
 //! of claims and migrations — then reads the row, applies [`apply`] and upserts or deletes it.
 //! The lock serialises every writer of a key across nodes, including when the row does not exist
-//! yet (a row lock could not), so concurrent increments and appends lose nothing. It then locks
+//! yet (a row lock could not), so concurrent increments and appends lose nothing; a write with an
+//! operation key also reads and records its answer in `hookflow.storage_applied` under it. It then locks
 //! only its own row (`FOR UPDATE`, which the expiry sweep's `SKIP LOCKED` passes over), so it
 //! cannot deadlock. Writes go through the lazy pool, like run updates: durable at the next
 //! [`Store::flush`](crate::store::Store::flush).
@@ -15,7 +16,7 @@ use tokio_postgres::types::Json;
 use super::{db_error, decode, sql, PgStore};
 use crate::model::Timestamp;
 use crate::store::storage::{
-    apply, Applied, Entry, Namespace, StorageError, StorageKey, StorageOp,
+    apply, Applied, Entry, Namespace, StorageError, StorageKey, StorageOp, APPLIED_KEPT,
 };
 use crate::store::{Result, StoreError};
 
@@ -45,6 +46,7 @@ impl PgStore {
         namespace: &Namespace,
         key: &StorageKey,
         op: &StorageOp,
+        once: Option<&str>,
         now: Timestamp,
     ) -> Result<std::result::Result<Applied, StorageError>> {
         let (ns, k) = (namespace.as_str(), key.as_str());
@@ -68,6 +70,19 @@ impl PgStore {
             "lock a storage key",
         )
         .await?;
+        // A repeat of an operation key is on the same key, so the lock above orders it too.
+        if let Some(once) = once {
+            let recorded = sql::query_opt(
+                &tx,
+                "SELECT answer FROM hookflow.storage_applied WHERE op_key = $1",
+                &[&once],
+                "read a storage answer",
+            )
+            .await?;
+            if let Some(row) = recorded {
+                return Ok(Ok(decode(&row, 0, "storage_applied")?));
+            }
+        }
         // The row lock keeps the sweeper (`SKIP LOCKED`) off an entry being changed.
         let locked = format!("{select} FOR UPDATE");
         let row = sql::query_opt(&tx, &locked, &[&ns, &k], "read storage").await?;
@@ -104,6 +119,16 @@ impl PgStore {
                 )
                 .await?;
             }
+        }
+        if let Some(once) = once {
+            sql::execute(
+                &tx,
+                "INSERT INTO hookflow.storage_applied (op_key, answer, expires_at)
+                 VALUES ($1, $2, $3)",
+                &[&once, &Json(&applied), &now.plus(APPLIED_KEPT).0],
+                "record a storage answer",
+            )
+            .await?;
         }
         tx.commit()
             .await

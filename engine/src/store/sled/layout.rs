@@ -34,6 +34,8 @@ pub(super) enum TreeName {
     State,
     Storage,
     StorageExpiry,
+    StorageApplied,
+    StorageAppliedExpiry,
 }
 
 impl TreeName {
@@ -53,6 +55,8 @@ impl TreeName {
             Self::State => "state",
             Self::Storage => "storage",
             Self::StorageExpiry => "storage_expiry",
+            Self::StorageApplied => "storage_applied",
+            Self::StorageAppliedExpiry => "storage_applied_expiry",
         }
     }
 
@@ -236,9 +240,9 @@ pub(super) fn describe_key(tree: TreeName, key: &[u8]) -> String {
         TreeName::Revisions => {
             split_flow(key).map(|(flow, rest)| format!("{flow} {}", text(&rest)))
         }
-        TreeName::HookTokens | TreeName::State => Some(text(key)),
+        TreeName::HookTokens | TreeName::State | TreeName::StorageApplied => Some(text(key)),
         TreeName::Storage => split_flow(key).map(|(ns, rest)| format!("{ns} {}", text(&rest))),
-        TreeName::StorageExpiry => (key.len() > 8).then(|| {
+        TreeName::StorageExpiry | TreeName::StorageAppliedExpiry => (key.len() > 8).then(|| {
             let at = u64::from_be_bytes(key[..8].try_into().unwrap_or_default());
             format!(
                 "{} {}",

@@ -692,6 +692,8 @@ impl SledStore {
             storage: storage::StorageTrees {
                 entries: tree(TreeName::Storage)?,
                 expiry: tree(TreeName::StorageExpiry)?,
+                applied: tree(TreeName::StorageApplied)?,
+                applied_expiry: tree(TreeName::StorageAppliedExpiry)?,
             },
             log_file: None,
             db,
@@ -1567,9 +1569,10 @@ impl Store for SledStore {
         namespace: &Namespace,
         key: &StorageKey,
         op: &StorageOp,
+        once: Option<&str>,
         now: Timestamp,
     ) -> Result<std::result::Result<Applied, StorageError>> {
-        self.storage.apply(namespace, key, op, now)
+        self.storage.apply(namespace, key, op, once, now)
     }
 
     async fn storage_namespaces(&self, now: Timestamp) -> Result<Vec<(Namespace, u64)>> {

@@ -1,18 +1,23 @@
 //! Storage between runs in sled: the `storage` tree holds each entry under its namespace, `0x00`
 //! and its key; `storage_expiry` indexes the entries that expire, by expiry time then that same
-//! key, so the sweeper reads only what has expired.
+//! key, so the sweeper reads only what has expired. `storage_applied` holds the answers of writes
+//! made under an operation key, by that key, and `storage_applied_expiry` indexes them by when
+//! they are forgotten.
 //!
-//! Invariants: an operation reads the entry, applies [`apply`] and writes the entry and its index
-//! entry in one transaction over both trees (sled retries it on a conflict, so concurrent
-//! increments lose nothing); an entry with an expiry has exactly one index entry, at that expiry.
+//! Invariants: a write reads the entry (and its operation key's answer), applies [`apply`] and
+//! writes the entry, its index entry and the answer in one transaction over the four trees (sled
+//! retries it on a conflict, so concurrent increments lose nothing); an entry with an expiry has
+//! exactly one index entry, at that expiry, and so does each recorded answer.
 
 use ::sled::transaction::Transactional;
 use ::sled::Tree;
 
 use super::layout::{abort, backend, decode, due_bytes, encode, prefix_end, tx_error, TreeName};
 use crate::model::Timestamp;
+use serde::{Deserialize, Serialize};
+
 use crate::store::storage::{
-    apply, Applied, Entry, Namespace, StorageError, StorageKey, StorageOp,
+    apply, Applied, Entry, Namespace, StorageError, StorageKey, StorageOp, APPLIED_KEPT,
 };
 use crate::store::{Result, StoreError};
 
@@ -24,6 +29,8 @@ const EXPIRE_CHUNK: usize = 100;
 pub(super) struct StorageTrees {
     pub(super) entries: Tree,
     pub(super) expiry: Tree,
+    pub(super) applied: Tree,
+    pub(super) applied_expiry: Tree,
 }
 
 /// `storage` key: namespace, `0x00`, key.
@@ -39,6 +46,13 @@ fn expiry_key(at: Timestamp, entry_key: &[u8]) -> Vec<u8> {
     let mut k = due_bytes(at).to_vec();
     k.extend_from_slice(entry_key);
     k
+}
+
+/// The answer of a write made under an operation key, and when it is forgotten.
+#[derive(Debug, Serialize, Deserialize)]
+struct Answer {
+    applied: Applied,
+    forget_at: Timestamp,
 }
 
 /// A `storage` key split into namespace and key.
@@ -58,12 +72,13 @@ fn split(raw: &[u8]) -> Result<(Namespace, StorageKey)> {
 }
 
 impl StorageTrees {
-    /// Applies `op` in one transaction over both trees.
+    /// Applies `op` (once per operation key `once`) in one transaction over the four trees.
     pub(super) fn apply(
         &self,
         namespace: &Namespace,
         key: &StorageKey,
         op: &StorageOp,
+        once: Option<&str>,
         now: Timestamp,
     ) -> Result<std::result::Result<Applied, StorageError>> {
         let raw = entry_key(namespace, key);
@@ -80,8 +95,22 @@ impl StorageTrees {
             )?;
             return Ok(apply(key, stored, op, now));
         }
-        (&self.entries, &self.expiry)
-            .transaction(|(entries, expiry)| {
+        let trees = (
+            &self.entries,
+            &self.expiry,
+            &self.applied,
+            &self.applied_expiry,
+        );
+        trees
+            .transaction(|(entries, expiry, answers, answers_expiry)| {
+                if let Some(once) = once {
+                    if let Some(answer) = answers.get(once.as_bytes())? {
+                        let answer: Answer =
+                            decode(TreeName::StorageApplied, once.as_bytes(), &answer)
+                                .map_err(abort)?;
+                        return Ok(Ok(answer.applied));
+                    }
+                }
                 let stored = read(entries.get(&raw)?).map_err(abort)?;
                 let old_expiry = stored.as_ref().and_then(|e| e.expires_at);
                 let applied = match apply(key, stored, op, now) {
@@ -102,6 +131,15 @@ impl StorageTrees {
                     None => {
                         entries.remove(raw.as_slice())?;
                     }
+                }
+                if let Some(once) = once {
+                    let answer = Answer {
+                        applied: applied.clone(),
+                        forget_at: now.plus(APPLIED_KEPT),
+                    };
+                    let bytes = encode(TreeName::StorageApplied, &once, &answer).map_err(abort)?;
+                    answers.insert(once.as_bytes(), bytes)?;
+                    answers_expiry.insert(expiry_key(answer.forget_at, once.as_bytes()), &[])?;
                 }
                 Ok(Ok(applied))
             })
@@ -206,6 +244,27 @@ impl StorageTrees {
                 })
                 .map_err(tx_error("expire", TreeName::Storage))?;
         }
-        Ok(deleted)
+        Ok(deleted + self.forget_answers(now, max)?)
+    }
+
+    /// Deletes up to `max` recorded answers whose time is up at `now`.
+    fn forget_answers(&self, now: Timestamp, max: usize) -> Result<usize> {
+        let end = due_bytes(Timestamp(now.millis().saturating_add(1)));
+        let mut due = Vec::new();
+        for key in self.applied_expiry.range(..end).keys().take(max) {
+            due.push(key.map_err(|e| backend("scan", TreeName::StorageAppliedExpiry, &"", e))?);
+        }
+        for chunk in due.chunks(EXPIRE_CHUNK) {
+            (&self.applied, &self.applied_expiry)
+                .transaction(|(answers, answers_expiry)| {
+                    for index_key in chunk {
+                        answers_expiry.remove(index_key)?;
+                        answers.remove(&index_key[8..])?;
+                    }
+                    Ok(())
+                })
+                .map_err(tx_error("expire", TreeName::StorageApplied))?;
+        }
+        Ok(due.len())
     }
 }

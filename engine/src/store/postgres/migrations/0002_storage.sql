@@ -10,3 +10,12 @@ CREATE TABLE hookflow.storage (
     PRIMARY KEY (namespace, key)
 );
 CREATE INDEX storage_expiry ON hookflow.storage (expires_at) WHERE expires_at IS NOT NULL;
+
+-- The answers of writes made under an operation key (a step's idempotency key), so a repeat of
+-- the write answers the same without applying it twice; forgotten after `expires_at`.
+CREATE TABLE hookflow.storage_applied (
+    op_key     text PRIMARY KEY,
+    answer     json NOT NULL,
+    expires_at bigint NOT NULL
+);
+CREATE INDEX storage_applied_expiry ON hookflow.storage_applied (expires_at);
