@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use hookflow_engine::store::{Entry, Namespace, StorageError, StorageKey, StorageOp};
+use hookflow_engine::store::{Entry, Namespace, StorageCall, StorageError, StorageKey, StorageOp};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -97,7 +97,7 @@ async fn apply(
     let engine = &state.engine;
     let applied = engine
         .store()
-        .storage(namespace, key, &op, None, engine.now())
+        .storage(StorageCall::new(namespace, key, &op, engine.now()))
         .await?
         .map_err(refused)?;
     if op.writes() {

@@ -23,7 +23,7 @@ use crate::expr::{Templates, TextExpr, ValueExpr};
 use crate::flow::spec::HumanDuration;
 use crate::model::Timestamp;
 use crate::store::storage::{apply, MAX_LIST_ITEMS};
-use crate::store::{Applied, Entry, Namespace, StorageError, StorageKey, StorageOp, Store};
+use crate::store::{Entry, Namespace, StorageAnswer, StorageCall, StorageKey, StorageOp, Store};
 
 /// The longest expiry a step may give.
 const MAX_EXPIRY: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
@@ -276,7 +276,7 @@ impl Action for Storage {
         let once = op.writes().then_some(cx.idempotency_key.as_str());
         let applied = cx
             .storage
-            .apply(&request.namespace, &request.key, &op, once, now)
+            .apply(StorageCall::new(&request.namespace, &request.key, &op, now).once(once))
             .await
             .map_err(|e| StepError::transient(format!("storage is unavailable: {e}")))?
             .map_err(|e| StepError::permanent(e.to_string()))?;
@@ -362,23 +362,16 @@ impl StepStorage {
 
     /// Applies `op` atomically, once per operation key `once` (see [`Store::storage`]; scratch
     /// storage lasts one offline run, which repeats nothing, so it applies every call).
-    pub async fn apply(
-        &self,
-        namespace: &Namespace,
-        key: &StorageKey,
-        op: &StorageOp,
-        once: Option<&str>,
-        now: Timestamp,
-    ) -> crate::store::Result<Result<Applied, StorageError>> {
+    pub async fn apply(&self, call: StorageCall<'_>) -> crate::store::Result<StorageAnswer> {
         match self {
             Self::Store(store) => {
-                let answer = store.storage(namespace, key, op, once, now).await;
+                let answer = store.storage(call).await;
                 let outcome = match &answer {
                     Ok(Ok(_)) => 0,
                     Ok(Err(_)) => 1,
                     Err(_) => 2,
                 };
-                let action = ACTIONS.iter().position(|a| *a == op.name());
+                let action = ACTIONS.iter().position(|a| *a == call.op.name());
                 if let Some(action) = action {
                     OPERATIONS[action][outcome].fetch_add(1, Ordering::Relaxed);
                 }
@@ -386,8 +379,9 @@ impl StepStorage {
             }
             Self::Scratch(entries) => {
                 let mut entries = entries.lock().unwrap_or_else(PoisonError::into_inner);
-                let slot = (namespace.clone(), key.clone());
-                let applied = match apply(key, entries.get(&slot).cloned(), op, now) {
+                let slot = (call.namespace.clone(), call.key.clone());
+                let stored = entries.get(&slot).cloned();
+                let applied = match apply(call.key, stored, call.op, call.now) {
                     Ok(applied) => applied,
                     Err(refused) => return Ok(Err(refused)),
                 };
@@ -451,19 +445,24 @@ mod tests {
         };
         for expected in [2, 4] {
             let applied = storage
-                .apply(&ns, &key, &inc, None, Timestamp(1))
+                .apply(StorageCall::new(&ns, &key, &inc, Timestamp(1)))
                 .await
                 .unwrap();
             assert_eq!(applied.unwrap().after.unwrap().value, json!(expected));
         }
         let deleted = storage
-            .apply(&ns, &key, &StorageOp::Delete, None, Timestamp(2))
+            .apply(StorageCall::new(
+                &ns,
+                &key,
+                &StorageOp::Delete,
+                Timestamp(2),
+            ))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(deleted.before.map(|e| e.value), Some(json!(4)));
         let read = storage
-            .apply(&ns, &key, &StorageOp::Get, None, Timestamp(3))
+            .apply(StorageCall::new(&ns, &key, &StorageOp::Get, Timestamp(3)))
             .await;
         assert_eq!(read.unwrap().unwrap().before, None);
     }

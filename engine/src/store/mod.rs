@@ -61,7 +61,9 @@ use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, RunStatus, StepRecord, Timestamp};
 
 pub use self::quarantine::{QuarantineKind, Quarantined};
-pub use self::storage::{Applied, Entry, Namespace, StorageError, StorageKey, StorageOp};
+pub use self::storage::{
+    Applied, Entry, Namespace, StorageAnswer, StorageCall, StorageError, StorageKey, StorageOp,
+};
 
 /// The error a backend's own failure carries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -589,20 +591,13 @@ pub trait Store: Send + Sync + 'static {
 
     // Storage between runs (see `storage.rs` for what each operation does).
 
-    /// Applies `op` to `key` in `namespace` at `now`, atomically across every caller and node:
-    /// reads the entry, applies [`storage::apply`] and writes its answer. Answers the entry
-    /// before and after, or why the operation was refused (then nothing changed). A write with
-    /// an operation key `once` that was applied before (within [`storage::APPLIED_KEPT`])
-    /// changes nothing and answers what it answered then. Not durable when it returns: see
-    /// [`Store::flush`].
-    async fn storage(
-        &self,
-        namespace: &Namespace,
-        key: &StorageKey,
-        op: &StorageOp,
-        once: Option<&str>,
-        now: Timestamp,
-    ) -> Result<std::result::Result<Applied, StorageError>>;
+    /// Applies the call's `op` to its `key` in its `namespace` at its `now`, atomically across
+    /// every caller and node: reads the entry, applies [`storage::apply`] and writes its answer.
+    /// Answers the entry before and after, or why the operation was refused (then nothing
+    /// changed). A write with an operation key `once` that was applied before (within
+    /// [`storage::APPLIED_KEPT`]) changes nothing and answers what it answered then. Not durable
+    /// when it returns: see [`Store::flush`].
+    async fn storage(&self, call: StorageCall<'_>) -> Result<StorageAnswer>;
 
     /// The namespaces holding entries live at `now`, by name, with how many each holds.
     async fn storage_namespaces(&self, now: Timestamp) -> Result<Vec<(Namespace, u64)>>;

@@ -227,6 +227,47 @@ impl StorageOp {
     }
 }
 
+/// One operation on one key, as a backend is asked to apply it.
+#[derive(Debug, Clone, Copy)]
+pub struct StorageCall<'a> {
+    /// The namespace.
+    pub namespace: &'a Namespace,
+    /// The key.
+    pub key: &'a StorageKey,
+    /// What to do.
+    pub op: &'a StorageOp,
+    /// The operation key of a write to apply once (a step's idempotency key), if any.
+    pub once: Option<&'a str>,
+    /// The time expiries are read against.
+    pub now: Timestamp,
+}
+
+impl<'a> StorageCall<'a> {
+    /// `op` on `key` in `namespace` at `now`, without an operation key.
+    pub fn new(
+        namespace: &'a Namespace,
+        key: &'a StorageKey,
+        op: &'a StorageOp,
+        now: Timestamp,
+    ) -> Self {
+        Self {
+            namespace,
+            key,
+            op,
+            once: None,
+            now,
+        }
+    }
+
+    /// The same call applied once per operation key `once` (for writes).
+    pub fn once(self, once: Option<&'a str>) -> Self {
+        Self { once, ..self }
+    }
+}
+
+/// What a store answers a storage call: the outcome, or why the operation was refused.
+pub type StorageAnswer = Result<Applied, StorageError>;
+
 /// What an operation found and left (recorded under its operation key, if it has one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Applied {

@@ -9,7 +9,9 @@ use tokio::task::JoinSet;
 
 use super::{at, Open};
 use crate::model::Timestamp;
-use crate::store::{Applied, Entry, Namespace, StorageError, StorageKey, StorageOp, Store};
+use crate::store::{
+    Applied, Entry, Namespace, StorageCall, StorageError, StorageKey, StorageOp, Store,
+};
 
 fn ns(name: &str) -> Namespace {
     Namespace::new(name).unwrap()
@@ -33,7 +35,7 @@ fn increment(by: i64) -> StorageOp {
 /// Applies `op`, expecting the store to answer and the operation to be allowed.
 async fn run(store: &dyn Store, n: &str, k: &str, op: &StorageOp, now: Timestamp) -> Applied {
     store
-        .storage(&ns(n), &key(k), op, None, now)
+        .storage(StorageCall::new(&ns(n), &key(k), op, now))
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("{} refused: {e}", op.name()))
@@ -218,7 +220,12 @@ pub(crate) async fn storage_refusals_change_nothing(store: Arc<dyn Store>) {
     let s = &*store;
     run(s, "refusals", "name", &set(json!("text"), None), at(1)).await;
     let refused = s
-        .storage(&ns("refusals"), &key("name"), &increment(1), None, at(2))
+        .storage(StorageCall::new(
+            &ns("refusals"),
+            &key("name"),
+            &increment(1),
+            at(2),
+        ))
         .await
         .unwrap();
     assert!(
@@ -231,7 +238,12 @@ pub(crate) async fn storage_refusals_change_nothing(store: Arc<dyn Store>) {
         expires_at: None,
     };
     let refused = s
-        .storage(&ns("refusals"), &key("name"), &append, None, at(2))
+        .storage(StorageCall::new(
+            &ns("refusals"),
+            &key("name"),
+            &append,
+            at(2),
+        ))
         .await
         .unwrap();
     assert!(
@@ -254,7 +266,7 @@ pub(crate) async fn storage_refusals_change_nothing(store: Arc<dyn Store>) {
 pub(crate) async fn storage_a_repeated_operation_key_applies_once(store: Arc<dyn Store>) {
     let (n, k) = (ns("once"), key("count"));
     let first = store
-        .storage(&n, &k, &increment(1), Some("run_a:count"), at(1))
+        .storage(StorageCall::new(&n, &k, &increment(1), at(1)).once(Some("run_a:count")))
         .await
         .unwrap()
         .unwrap();
@@ -269,7 +281,9 @@ pub(crate) async fn storage_a_repeated_operation_key_applies_once(store: Arc<dyn
                 "run_b:count"
             };
             let op = increment(1);
-            let answer = store.storage(&n, &k, &op, Some(once), at(2 + i)).await;
+            let answer = store
+                .storage(StorageCall::new(&n, &k, &op, at(2 + i)).once(Some(once)))
+                .await;
             (once, answer.unwrap().unwrap())
         });
     }
@@ -298,7 +312,7 @@ pub(crate) async fn storage_a_repeated_operation_key_applies_once(store: Arc<dyn
         "both answers"
     );
     let again = store
-        .storage(&n, &k, &increment(1), Some("run_a:count"), later)
+        .storage(StorageCall::new(&n, &k, &increment(1), later).once(Some("run_a:count")))
         .await
         .unwrap()
         .unwrap();

@@ -76,9 +76,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::coordination::{Allowance, LaneEntry, LaneKey};
 use super::{
-    Applied, ClaimRequest, Claimed, Committed, Decide, Entry, Ingested, Lease, LeaseToken,
-    Namespace, NewRun, NodeId, Notices, Quarantined, Reingested, Result, RunNotice, RunPage,
-    RunQuery, StorageError, StorageKey, StorageOp, Store, StoreError, StoreStats,
+    ClaimRequest, Claimed, Committed, Decide, Entry, Ingested, Lease, LeaseToken, Namespace,
+    NewRun, NodeId, Notices, Quarantined, Reingested, Result, RunNotice, RunPage, RunQuery,
+    StorageAnswer, StorageCall, StorageKey, Store, StoreError, StoreStats,
 };
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
@@ -944,15 +944,8 @@ impl Store for PgStore {
         self.unpark(id).await
     }
 
-    async fn storage(
-        &self,
-        namespace: &Namespace,
-        key: &StorageKey,
-        op: &StorageOp,
-        once: Option<&str>,
-        now: Timestamp,
-    ) -> Result<std::result::Result<Applied, StorageError>> {
-        self.storage_op(namespace, key, op, once, now).await
+    async fn storage(&self, call: StorageCall<'_>) -> Result<StorageAnswer> {
+        self.storage_op(call).await
     }
 
     async fn storage_namespaces(&self, now: Timestamp) -> Result<Vec<(Namespace, u64)>> {

@@ -16,7 +16,7 @@ use tokio_postgres::types::Json;
 use super::{db_error, decode, sql, PgStore};
 use crate::model::Timestamp;
 use crate::store::storage::{
-    apply, Applied, Entry, Namespace, StorageError, StorageKey, StorageOp, APPLIED_KEPT,
+    apply, Entry, Namespace, StorageAnswer, StorageCall, StorageError, StorageKey, APPLIED_KEPT,
 };
 use crate::store::{Result, StoreError};
 
@@ -41,14 +41,14 @@ fn name<T>(text: &str, parse: fn(&str) -> std::result::Result<T, StorageError>) 
 }
 
 impl PgStore {
-    pub(super) async fn storage_op(
-        &self,
-        namespace: &Namespace,
-        key: &StorageKey,
-        op: &StorageOp,
-        once: Option<&str>,
-        now: Timestamp,
-    ) -> Result<std::result::Result<Applied, StorageError>> {
+    pub(super) async fn storage_op(&self, call: StorageCall<'_>) -> Result<StorageAnswer> {
+        let StorageCall {
+            namespace,
+            key,
+            op,
+            once,
+            now,
+        } = call;
         let (ns, k) = (namespace.as_str(), key.as_str());
         let select = "SELECT value, expires_at, updated_at FROM hookflow.storage
                        WHERE namespace = $1 AND key = $2";

@@ -284,9 +284,9 @@ use tokio::sync::watch;
 use super::coordination::{Coordination, LaneEntry, LaneKey};
 use super::inbox::Inbox;
 use super::{
-    Applied, ClaimRequest, Claimed, Committed, Decide, Entry, FlowLimits, Ingested, Lease,
-    LeaseToken, Namespace, NewRun, NodeId, Notices, Quarantined, Reingested, Result, RunNotice,
-    RunPage, RunQuery, StorageError, StorageKey, StorageOp, Store, StoreError,
+    ClaimRequest, Claimed, Committed, Decide, Entry, FlowLimits, Ingested, Lease, LeaseToken,
+    Namespace, NewRun, NodeId, Notices, Quarantined, Reingested, Result, RunNotice, RunPage,
+    RunQuery, StorageAnswer, StorageCall, StorageKey, Store, StoreError,
 };
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
@@ -1564,15 +1564,8 @@ impl Store for SledStore {
         }
     }
 
-    async fn storage(
-        &self,
-        namespace: &Namespace,
-        key: &StorageKey,
-        op: &StorageOp,
-        once: Option<&str>,
-        now: Timestamp,
-    ) -> Result<std::result::Result<Applied, StorageError>> {
-        self.storage.apply(namespace, key, op, once, now)
+    async fn storage(&self, call: StorageCall<'_>) -> Result<StorageAnswer> {
+        self.storage.apply(call)
     }
 
     async fn storage_namespaces(&self, now: Timestamp) -> Result<Vec<(Namespace, u64)>> {

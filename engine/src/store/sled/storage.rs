@@ -17,7 +17,7 @@ use crate::model::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::store::storage::{
-    apply, Applied, Entry, Namespace, StorageError, StorageKey, StorageOp, APPLIED_KEPT,
+    apply, Applied, Entry, Namespace, StorageAnswer, StorageCall, StorageKey, APPLIED_KEPT,
 };
 use crate::store::{Result, StoreError};
 
@@ -73,14 +73,14 @@ fn split(raw: &[u8]) -> Result<(Namespace, StorageKey)> {
 
 impl StorageTrees {
     /// Applies `op` (once per operation key `once`) in one transaction over the four trees.
-    pub(super) fn apply(
-        &self,
-        namespace: &Namespace,
-        key: &StorageKey,
-        op: &StorageOp,
-        once: Option<&str>,
-        now: Timestamp,
-    ) -> Result<std::result::Result<Applied, StorageError>> {
+    pub(super) fn apply(&self, call: StorageCall<'_>) -> Result<StorageAnswer> {
+        let StorageCall {
+            namespace,
+            key,
+            op,
+            once,
+            now,
+        } = call;
         let raw = entry_key(namespace, key);
         let read = |bytes: Option<::sled::IVec>| -> Result<Option<Entry>> {
             bytes
