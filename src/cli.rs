@@ -1,5 +1,5 @@
 //! The command line: `hookflow serve | validate | test | schema | run | hooks | runs | replay |
-//! capture | diff | inspect | audit | quarantine`.
+//! capture | diff | inspect | audit | quarantine | storage`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -146,6 +146,66 @@ pub enum Command {
         /// Which quarantine command.
         #[command(subcommand)]
         command: QuarantineCommand,
+    },
+    /// Look at and change a server's storage between runs (what `storage` steps keep).
+    Storage {
+        /// Which storage command.
+        #[command(subcommand)]
+        command: StorageCommand,
+    },
+}
+
+/// `hookflow storage …`.
+#[derive(Debug, Subcommand)]
+pub enum StorageCommand {
+    /// List the namespaces; with a namespace, its keys and values.
+    List {
+        /// A namespace (a flow's id, or a shared name).
+        namespace: Option<String>,
+        /// Go on after this key (printed at the end of a full page).
+        #[arg(long, requires = "namespace")]
+        after: Option<String>,
+        /// How many keys (1 to 1000).
+        #[arg(long, default_value_t = 100, requires = "namespace")]
+        limit: usize,
+        /// Server options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print one key's value.
+    Get {
+        /// The namespace.
+        namespace: String,
+        /// The key.
+        key: String,
+        /// Server options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Store a value under a key.
+    Set {
+        /// The namespace.
+        namespace: String,
+        /// The key.
+        key: String,
+        /// The value: JSON (`42`, `[1,2]`, `{"a":1}`, `"text"`); anything else is stored as text.
+        value: String,
+        /// Expire after this long (`30m`, `24h`, `7d`).
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// Server options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a key.
+    Delete {
+        /// The namespace.
+        namespace: String,
+        /// The key.
+        key: String,
+        /// Server options.
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 

@@ -1,6 +1,7 @@
 //! Commands that talk to a running server's REST API: `hooks`, `hooks log`, `runs list`,
 //! `runs show`, `runs retry`, `replay`, `inspect`, `trigger`, `capture`, `audit`,
-//! `quarantine list`, `quarantine reingest`.
+//! `quarantine list`, `quarantine reingest` (and, through [`call`], `storage …` in
+//! `storage_client.rs`).
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -19,7 +20,8 @@ async fn post(client: &ClientArgs, path: &str, body: Value) -> anyhow::Result<Va
     call(client, reqwest::Method::POST, path, Some(body)).await
 }
 
-async fn call(
+/// Sends a request to an API path (with a JSON body, if any) and returns its JSON answer.
+pub(crate) async fn call(
     client: &ClientArgs,
     method: reqwest::Method,
     path_and_query: &str,
@@ -54,7 +56,7 @@ async fn call(
     Ok(body)
 }
 
-fn print_json(v: &Value) -> anyhow::Result<()> {
+pub(crate) fn print_json(v: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -643,7 +645,8 @@ pub async fn quarantine_reingest(client: &ClientArgs, id: &str) -> anyhow::Resul
     Ok(())
 }
 
-fn text(v: &Value) -> String {
+/// A JSON value as a person reads it: text unquoted, `-` for nothing.
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".to_owned(),

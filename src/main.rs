@@ -30,6 +30,7 @@ mod reload;
 mod samples;
 mod serve;
 mod server;
+mod storage_client;
 mod worker_runtime;
 
 use std::process::ExitCode;
@@ -139,6 +140,9 @@ fn main() -> ExitCode {
             Command::Quarantine {
                 command: QuarantineCommand::Reingest { id, client },
             } => client::quarantine_reingest(&client, &id)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Storage { command } => storage_client::run(&command)
                 .await
                 .map(|()| ExitCode::SUCCESS),
         }

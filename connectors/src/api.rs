@@ -785,6 +785,7 @@ mod tests {
             clock: Arc::new(SystemClock),
             state: None,
             log: Default::default(),
+            storage: hookflow_engine::steps::storage::StepStorage::scratch(),
         }
     }
 

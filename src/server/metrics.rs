@@ -3,8 +3,8 @@
 //! (a histogram by flow and kind), retries scheduled, commits refused for a lost lease, steps that
 //! panicked, outbound requests refused, client connections (open, refused, timed out), logins
 //! failed and throttled, this node's id, queue depth, store size and quarantined events (counted
-//! at most once a second), failure alerts (open, sent, not delivered), and audit record and hook
-//! log entries (written, dropped, failed).
+//! at most once a second), failure alerts (open, sent, not delivered), audit record and hook
+//! log entries (written, dropped, failed), and `storage` steps' operations (by action and outcome).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -289,6 +289,18 @@ async fn metrics(
         "hookflow_outbound_refused_total {}",
         state.engine.http().refused()
     );
+    describe(
+        &mut out,
+        "hookflow_storage_operations_total",
+        "counter",
+        "Operations of `storage` steps on the store, by action and outcome (applied, refused, unavailable).",
+    );
+    for (action, outcome, n) in hookflow_engine::steps::storage::operation_counts() {
+        let _ = writeln!(
+            out,
+            "hookflow_storage_operations_total{{action=\"{action}\",outcome=\"{outcome}\"}} {n}"
+        );
+    }
     let alerts = &crate::alerts::STATS;
     for (name, kind, help, value) in [
         (

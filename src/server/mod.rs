@@ -20,6 +20,7 @@ mod rate_limit;
 mod rejections;
 mod repair;
 mod resume;
+mod storage;
 mod throttle;
 mod trigger;
 
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .merge(capture::router())
         .merge(preview::router())
         .merge(trigger::router())
+        .merge(storage::router())
         .merge(metrics::router())
         .merge(openapi::router())
         .route(

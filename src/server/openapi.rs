@@ -17,9 +17,11 @@ use super::auth::Login;
 use super::capture::ArmRequest;
 use super::preview::PreviewRequest;
 use super::repair::{BulkBody, ReplayBody};
+use super::storage::{PutBody, KEY_PATTERN};
 use super::trigger::StartRequest;
 use super::{AppState, Auth};
 use hookflow_engine::ids::{FlowId, LogEntryId, RunId};
+use hookflow_engine::store::Namespace;
 
 /// A body's schema, from the type the handler reads.
 type BodySchema = fn(&mut SchemaGenerator) -> Schema;
@@ -153,6 +155,11 @@ const OPERATIONS: &[Operation] = &[
     Operation { open: true, ..op("get", "/api/v1/session", "access", "Whether a login is required, and the session's CSRF token") },
     op("get", "/api/v1/quarantine", "operations", "Accepted events the store set aside as damaged or undecodable (the quarantine)"),
     op("post", "/api/v1/quarantine/{id}/reingest", "operations", "Ingest a quarantined record again once its bytes decode; the entry is then removed (404: no such entry, 422: still undecodable)"),
+    op("get", "/api/v1/storage", "storage", "Storage between runs: the namespaces holding values, with how many keys each"),
+    Operation { query: &[("after", "go on after this key (`next_cursor` of the previous page)"), ("limit", "how many entries (1 to 1000, default 100)")], ..op("get", "/api/v1/storage/{namespace}", "storage", "A namespace's entries (value, expiry), by key, cursor-paged") },
+    op("get", "/api/v1/storage/{namespace}/{key}", "storage", "One key's value and expiry (404: the key holds none)"),
+    Operation { body: Some(schema::<PutBody>), ..op("put", "/api/v1/storage/{namespace}/{key}", "storage", "Store a value under a key, with an optional expiry (413: over 64 KiB)") },
+    op("delete", "/api/v1/storage/{namespace}/{key}", "storage", "Delete a key (404: the key holds none)"),
     op("get", "/api/v1/inspector", "inspector", "The request inspector's bins"),
     op("get", "/api/v1/inspector/{bin}", "inspector", "What one bin received"),
     Operation { open: true, answer: Answer::Any, ..op("get", "/inspect/{bin}", "inspector", "Record a GET and answer 200") },
@@ -195,6 +202,8 @@ fn path_schema(name: &str) -> Value {
         "bin" => super::inspector::BIN_PATTERN,
         // A sample's file name without `.json` (captured ones are `YYYYMMDD-HHMMSS-N`).
         "name" => "^[A-Za-z0-9._-]{1,100}$",
+        "namespace" => Namespace::PATTERN,
+        "key" => KEY_PATTERN,
         other => unreachable!("no schema for the path parameter `{other}`"),
     };
     json!({ "type": "string", "pattern": pattern })
@@ -210,6 +219,7 @@ fn query_schema(name: &str) -> Value {
         "cursor" => json!({ "type": "string", "pattern": RunId::PATTERN }),
         "before" => json!({ "type": "string", "pattern": LogEntryId::PATTERN }),
         "action" => json!({ "type": "string", "enum": AuditAction::names() }),
+        "after" => json!({ "type": "string", "pattern": KEY_PATTERN }),
         _ => json!({ "type": "string" }),
     }
 }
@@ -288,7 +298,7 @@ pub fn document(auth: &Auth) -> Value {
         "info": {
             "title": "hookflow",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "hookflow's HTTP API: catch hooks, flows, runs, authoring, access, operations.",
+            "description": "hookflow's HTTP API: catch hooks, flows, runs, authoring, storage between runs, access, operations.",
         },
         "paths": paths,
         "components": { "schemas": schemas },

@@ -101,6 +101,7 @@ fn schema_describes_every_step_kind() {
             "hubspot",
             "map",
             "slack",
+            "storage",
             "stripe",
             "switch",
             "wait_for_callback"

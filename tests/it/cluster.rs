@@ -338,6 +338,10 @@ async fn migrate_shows_and_applies_the_schema_and_a_node_refuses_a_newer_one() {
     assert!(text.contains("schema version 0"), "{text}");
     assert!(text.contains("would apply 1: initial tables"), "{text}");
     assert!(
+        text.contains("would apply 2: storage between runs"),
+        "{text}"
+    );
+    assert!(
         text.contains("would apply 3: audit record and hook logs"),
         "{text}"
     );
@@ -347,7 +351,7 @@ async fn migrate_shows_and_applies_the_schema_and_a_node_refuses_a_newer_one() {
         "a dry run changes nothing: {text}"
     );
     let (ok, text) = migrate(&[]);
-    assert!(ok && text.contains("applied 2 migration(s)"), "{text}");
+    assert!(ok && text.contains("applied 3 migration(s)"), "{text}");
     let (ok, text) = migrate(&[]);
     assert!(ok && text.contains("nothing to apply"), "{text}");
 

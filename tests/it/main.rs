@@ -26,6 +26,7 @@ mod requests;
 mod resources;
 mod secrets;
 mod signatures;
+mod storage;
 mod support;
 mod ui;
 mod validate;

@@ -172,7 +172,7 @@ function stopFollowing() {
 // ---- drawings -------------------------------------------------------------------------------
 
 const KIND_ICONS = { filter: "▽", map: "⇄", http: "↗", hubspot: "H", stripe: "S", slack: "#", email: "✉", switch: "⑂",
-  delay: "◷", foreach: "↻", flow: "⤴" };
+  delay: "◷", foreach: "↻", flow: "⤴", storage: "▤" };
 
 // A flow's steps as an SVG graph: columns by depth (longest chain of `needs`), edges from needs,
 // switch paths labelled; `status` (step id → status) colours the nodes of a run.

@@ -2,6 +2,7 @@
 //! retries. Steps that would call out (HTTP, connectors) run in dry-run mode and answer what they
 //! would send, unless a [`Stub`] gives their answer. The run goes through the same decisions as
 //! a served one ([`advance`](crate::runtime::advance)), so statuses, skips and filters match.
+//! `storage` steps use scratch storage that starts empty and lasts the one run.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, OnceLock};
@@ -19,6 +20,7 @@ use crate::pacing::Pacer;
 use crate::runtime::advance::{self, Attempted, StepResult};
 use crate::runtime::callbacks::{resume_urls, CallbackKey};
 use crate::runtime::context::{add_resume_urls, idempotency_key, run_context};
+use crate::steps::storage::StepStorage;
 use crate::steps::{ExecContext, Outcome, StepError, StepLog};
 
 /// A step's canned answer: its `output` as is, an HTTP answer (`status`, `body`, `headers`), or
@@ -136,6 +138,7 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
     let mut queue: VecDeque<_> = new.items.into();
     let mut records: Vec<StepRecord> = Vec::new();
     let http = client();
+    let storage = StepStorage::scratch();
     while let Some(item) = queue.pop_front() {
         let Some(step) = flow.step(&item.step_id).filter(|_| run.expects(&item)) else {
             continue;
@@ -173,6 +176,7 @@ pub async fn run(flow: &Flow, trigger: Value, stubs: &BTreeMap<String, Stub>) ->
                             clock: Arc::new(crate::store::SystemClock),
                             state: None,
                             log: log.clone(),
+                            storage: storage.clone(),
                         };
                         step.action.execute(input.clone(), &cx).await
                     }

@@ -469,3 +469,15 @@ impl TextExpr {
         }
     }
 }
+
+/// What kind of JSON value this is, in words for error messages (`text`, `a list`, …).
+pub fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}

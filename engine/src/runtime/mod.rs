@@ -1094,6 +1094,7 @@ impl Engine {
                     clock: self.config.clock.clone(),
                     state: Some(crate::steps::SharedState::new(self.store.clone())),
                     log: log.clone(),
+                    storage: crate::steps::storage::StepStorage::Store(self.store.clone()),
                 };
                 // A panic fails the attempt like any error; the worker, its slot and its lease
                 // carry on.

@@ -1,6 +1,7 @@
 //! Retention: finished runs are deleted in the background once they are older than the flow's
 //! `max_age` or beyond its newest `max_runs`, with their events and step records; expired dedupe
-//! keys are forgotten; the audit record and the hook logs are kept within their own age and count.
+//! keys are forgotten, expired storage entries (which already count as absent) are deleted, and
+//! the audit record and the hook logs are kept within their own age and count.
 //! Deletion goes in small batches, so ingest never waits long behind it.
 
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub struct Swept {
     pub dedupe_keys: usize,
     /// Audit record and hook log entries deleted.
     pub log_entries: usize,
+    /// Expired storage entries deleted.
+    pub storage_entries: usize,
 }
 
 /// Sweeps every `every` until the task is aborted.
@@ -69,6 +72,7 @@ pub(super) async fn sweep_forever(engine: Arc<Engine>) {
                     runs = swept.runs,
                     dedupe_keys = swept.dedupe_keys,
                     log_entries = swept.log_entries,
+                    storage_entries = swept.storage_entries,
                     "retention: pruned history"
                 )
             }
@@ -102,14 +106,8 @@ impl Engine {
                 tokio::task::yield_now().await;
             }
         }
-        loop {
-            let n = store.expire_dedupe(now, BATCH).await?;
-            swept.dedupe_keys += n;
-            if n < BATCH {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        swept.dedupe_keys = in_batches(|| store.expire_dedupe(now, BATCH)).await?;
+        swept.storage_entries = in_batches(|| store.expire_storage(now, BATCH)).await?;
         let logs_older_than = Timestamp(
             now.millis()
                 .saturating_sub(defaults.log_max_age.as_millis() as i64),
@@ -118,22 +116,33 @@ impl Engine {
             (LogKind::Audit, defaults.audit_max_entries),
             (LogKind::Hooks, defaults.hook_log_max_entries),
         ] {
-            loop {
-                let prune = PruneLogs {
-                    kind,
-                    older_than: logs_older_than,
-                    keep,
-                    max: BATCH,
-                };
-                let n = store.prune_logs(&prune).await?;
-                swept.log_entries += n;
-                if n < BATCH {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
+            let prune = PruneLogs {
+                kind,
+                older_than: logs_older_than,
+                keep,
+                max: BATCH,
+            };
+            swept.log_entries += in_batches(|| store.prune_logs(&prune)).await?;
         }
         Ok(swept)
+    }
+}
+
+/// Calls `delete` (which deletes up to [`BATCH`]) until it deletes less than a batch, yielding
+/// between batches; how many it deleted.
+async fn in_batches<F, Fut>(delete: F) -> crate::store::Result<usize>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = crate::store::Result<usize>>,
+{
+    let mut total = 0;
+    loop {
+        let n = delete().await?;
+        total += n;
+        if n < BATCH {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
     }
 }
 

@@ -529,3 +529,34 @@ pub(crate) async fn a_serial_queue_keeps_its_order_with_two_runtimes(store: Arc<
     assert_eq!(order, runs, "in the order the events arrived");
     running.stop().await;
 }
+
+/// A `storage` step's expiry counts on the engine's clock, and the retention sweep deletes the
+/// entry once it has expired, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_deletes_storage_entries_once_they_expire_on_the_engines_clock() {
+    let clock = ManualClock::new(Timestamp::now());
+    let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+    let engine = engine(store.clone(), "one", Arc::new(clock.clone()));
+    let flow = flow("id: remembers\ntrigger: { manual: {} }\nsteps:\n  - id: keep\n    storage: { action: set, key: seen, value: 1, expires_in: 1h }\n");
+    let flow = engine.deploy(vec![flow]).await.unwrap().remove(0).0;
+    let running = Running::start(&[&engine]);
+    let run = engine.start_manual(&flow, json!({})).await.unwrap().run_id;
+    until_run(store.as_ref(), run, "succeeded", |r| {
+        r.status == RunStatus::Succeeded
+    })
+    .await;
+    running.stop().await;
+
+    let namespace = crate::store::Namespace::new("remembers").unwrap();
+    let listed = || store.storage_entries(&namespace, None, 10, clock.now());
+    assert_eq!(listed().await.unwrap().len(), 1);
+    clock.advance(Duration::from_secs(59 * 60));
+    assert_eq!(engine.sweep(clock.now()).await.unwrap().storage_entries, 0);
+    assert_eq!(listed().await.unwrap().len(), 1);
+    clock.advance(Duration::from_secs(60));
+    assert!(
+        listed().await.unwrap().is_empty(),
+        "expired: absent at once"
+    );
+    assert_eq!(engine.sweep(clock.now()).await.unwrap().storage_entries, 1);
+}

@@ -4,7 +4,7 @@
 //! step's YAML and then `build`s into an [`Action`]: the runtime object the executor calls. The
 //! engine knows kinds only through the registry, so connectors add kinds without touching the
 //! flow parser. Built-in kinds: [`filter`], [`map`], [`http`], [`switch`], [`delay`], [`foreach`],
-//! [`subflow`] (`flow:`), [`code`].
+//! [`subflow`] (`flow:`), [`code`], [`storage`].
 //!
 //! An action works in two phases. `render` (pure, synchronous) turns the run context into the step's
 //! input — the exact thing recorded in run history as "what the step received"; `execute` then acts
@@ -18,6 +18,7 @@ pub mod foreach;
 pub mod http;
 pub mod map;
 pub mod paging;
+pub mod storage;
 pub mod subflow;
 pub mod switch;
 
@@ -137,6 +138,8 @@ pub struct ExecContext {
     pub state: Option<SharedState>,
     /// Where the step writes lines for its attempt's record (a `code` step's `console.log`).
     pub log: StepLog,
+    /// Where `storage` steps keep values: the store, or scratch storage offline.
+    pub storage: storage::StepStorage,
 }
 
 /// Lines a step attempt writes for its record (`attempts[].logs`), shared by the clones of one
@@ -567,7 +570,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The built-in kinds: `filter`, `map`, `http`, `switch`, `delay`, `foreach`, `flow`, `code`.
+    /// The built-in kinds: `filter`, `map`, `http`, `switch`, `delay`, `foreach`, `flow`, `code`,
+    /// `storage`, `wait_for_callback`.
     pub fn builtin() -> Self {
         let mut r = Self::default();
         r.register::<filter::FilterSpec>();
@@ -579,6 +583,7 @@ impl Registry {
         r.register::<foreach::ForeachSpec>();
         r.register::<subflow::SubflowSpec>();
         r.register::<code::CodeSpec>();
+        r.register::<storage::StorageSpec>();
         r
     }
 

@@ -252,7 +252,7 @@ impl Walk<'_> {
             other => {
                 return Err(StepError::permanent(format!(
                     "`paginate.items` found {} on page {}, not a list",
-                    kind(&other),
+                    crate::expr::kind_of(&other),
                     self.pages.len()
                 )))
             }
@@ -338,17 +338,6 @@ fn origin(url: &str) -> Option<String> {
     reqwest::Url::parse(url)
         .ok()
         .map(|u| u.origin().ascii_serialization())
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "nothing",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "text",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// The `rel="next"` URL among `Link` header values (`<https://…?page=2>; rel="next", <…>; rel="last"`).

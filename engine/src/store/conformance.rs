@@ -101,6 +101,9 @@ pub(crate) use self::coordination::*;
 /// The checks of the audit record and hook logs.
 mod logs;
 pub(crate) use self::logs::*;
+/// The checks of storage between runs.
+mod storage;
+pub(crate) use self::storage::*;
 
 /// A lease end later than any time a check uses.
 pub(crate) const FAR_FUTURE: Timestamp = Timestamp(i64::MAX / 2);
@@ -1674,6 +1677,12 @@ macro_rules! conformance_suite {
             one_caller_claims_each_tick,
             logs_read_newest_first_in_pages_and_filter,
             logs_are_pruned_by_age_and_count,
+            storage_increments_from_racing_callers_all_count,
+            storage_appends_from_racing_callers_keep_every_element,
+            storage_entries_expire_at_their_time,
+            storage_namespaces_are_isolated,
+            storage_refusals_change_nothing,
+            storage_a_repeated_operation_key_applies_once,
         );
         $crate::store::conformance::conformance_suite!(@reopen $backend;
             state_is_kept_across_reopen,
@@ -1682,6 +1691,7 @@ macro_rules! conformance_suite {
             pacing_waits_survive_reopen,
             claimed_ticks_survive_reopen,
             logs_survive_reopen,
+            storage_survives_reopen,
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,6 +36,9 @@
 //! - The logs beside runs (the audit record, each flow's hook log: `logs.rs`) are appended to
 //!   durably, read newest first, and pruned by age and count; every node sharing a backend reads
 //!   every node's entries.
+//! - Storage between runs (`storage.rs`): each operation on a key is atomic across every node
+//!   (increments and appends from concurrent runs lose nothing), and an entry whose expiry has
+//!   passed counts as absent until `expire_storage` deletes it.
 //! - A stored record that cannot be read is reported as [`StoreError::Corrupt`]; an acknowledged
 //!   event's record that cannot be read is quarantined, never silently skipped.
 
@@ -47,6 +50,7 @@ mod packed;
 pub mod postgres;
 mod quarantine;
 pub mod sled;
+pub mod storage;
 
 #[cfg(test)]
 mod conformance;
@@ -62,6 +66,9 @@ use crate::model::{Event, QueueItem, Revision, Run, RunStatus, StepRecord, Times
 
 pub use self::logs::{LogEntry, LogKind, LogName, LogPage, LogQuery, PruneLogs, MAX_LOG_PAGE};
 pub use self::quarantine::{QuarantineKind, Quarantined};
+pub use self::storage::{
+    Applied, Entry, Namespace, StorageAnswer, StorageCall, StorageError, StorageKey, StorageOp,
+};
 
 /// The error a backend's own failure carries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -600,6 +607,33 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes what `prune` says (see [`PruneLogs`]); returns how many entries were deleted.
     async fn prune_logs(&self, prune: &PruneLogs) -> Result<usize>;
+    // Storage between runs (see `storage.rs` for what each operation does).
+
+    /// Applies the call's `op` to its `key` in its `namespace` at its `now`, atomically across
+    /// every caller and node: reads the entry, applies [`storage::apply`] and writes its answer.
+    /// Answers the entry before and after, or why the operation was refused (then nothing
+    /// changed). A write with an operation key `once` that was applied before (within
+    /// [`storage::APPLIED_KEPT`]) changes nothing and answers what it answered then. Not durable
+    /// when it returns: see [`Store::flush`].
+    async fn storage(&self, call: StorageCall<'_>) -> Result<StorageAnswer>;
+
+    /// The namespaces holding entries live at `now`, by name, with how many each holds.
+    async fn storage_namespaces(&self, now: Timestamp) -> Result<Vec<(Namespace, u64)>>;
+
+    /// Up to `limit` entries of `namespace` live at `now`, by key (byte order), after the key
+    /// `after` if given (the cursor of the previous page).
+    async fn storage_entries(
+        &self,
+        namespace: &Namespace,
+        after: Option<&StorageKey>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<(StorageKey, Entry)>>;
+
+    /// Deletes up to `max` storage entries that expired at or before `now`, and up to `max`
+    /// recorded answers of operation keys older than [`storage::APPLIED_KEPT`]; returns how many
+    /// entries and answers.
+    async fn expire_storage(&self, now: Timestamp, max: usize) -> Result<usize>;
 }
 
 /// What [`Store::reingest_quarantined`] did.

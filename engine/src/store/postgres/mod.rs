@@ -25,6 +25,8 @@
 //!   before it. Everything the contract says is durable when it returns (ingest, hook tokens,
 //!   revisions, state, pacing waits, schedule ticks) goes through the durable pool. A claim lost
 //!   in a database crash is like an expired lease: its holder's commit is refused.
+//! - *Storage between runs*: one row per key, changed under a per-key advisory lock (see
+//!   `storage.rs`).
 //! - *Coordination*: lanes and pacing accounts are rows holding the same state `coordination.rs`
 //!   keeps in memory, changed under a row lock; schedule ticks are a conditional upsert.
 //! - *Notices*: NOTIFY in the writing transaction, LISTEN on one connection per node
@@ -41,7 +43,8 @@
 //! (a claim locks candidates with `SKIP LOCKED`, so it never waits on them; `update_run` deletes
 //! its own leased item), then the run's row (`SELECT … FOR UPDATE` in `update_run`), then the
 //! rows it writes. Ingest takes dedupe keys in (flow, key) order before inserting anything.
-//! Coordination rows are locked one at a time, each in a transaction of its own.
+//! Coordination rows are locked one at a time, each in a transaction of its own; so is a storage
+//! key's advisory lock (two-key form, apart from the claims' single-key locks).
 //!
 //! Errors: a failed connection or statement is [`StoreError::Unavailable`] (the pool reconnects
 //! by itself); a deadlock or serialisation failure is [`StoreError::Conflict`].
@@ -54,6 +57,7 @@ mod parked;
 mod rows;
 pub mod schema;
 mod sql;
+mod storage;
 
 #[cfg(test)]
 mod suite;
@@ -75,9 +79,10 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::coordination::{Allowance, LaneEntry, LaneKey};
 use super::{
-    ClaimRequest, Claimed, Committed, Decide, Ingested, Lease, LeaseToken, LogEntry, LogName,
-    LogPage, LogQuery, NewRun, NodeId, Notices, PruneLogs, Quarantined, Reingested, Result,
-    RunNotice, RunPage, RunQuery, Store, StoreError, StoreStats,
+    ClaimRequest, Claimed, Committed, Decide, Entry, Ingested, Lease, LeaseToken, LogEntry,
+    LogName, LogPage, LogQuery, Namespace, NewRun, NodeId, Notices, PruneLogs, Quarantined,
+    Reingested, Result, RunNotice, RunPage, RunQuery, StorageAnswer, StorageCall, StorageKey,
+    Store, StoreError, StoreStats,
 };
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
@@ -238,6 +243,31 @@ impl PgStore {
     /// A session whose commits become durable at the next durable commit.
     async fn lazy(&self) -> Result<deadpool_postgres::Object> {
         self.lazy.get().await.map_err(pool_error)
+    }
+
+    /// Deletes up to `max` rows of `hookflow.{table}` (whose key columns are `key`) that expired
+    /// at or before `now`, oldest first, skipping rows another transaction holds; how many.
+    async fn delete_expired(
+        &self,
+        table: &str,
+        key: &str,
+        now: Timestamp,
+        max: usize,
+        context: &'static str,
+    ) -> Result<usize> {
+        let delete = format!(
+            "DELETE FROM hookflow.{table} WHERE ({key}) IN (
+                 SELECT {key} FROM hookflow.{table} WHERE expires_at <= $1
+                  ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        );
+        let n = sql::execute(
+            &self.lazy().await?,
+            &delete,
+            &[&now.0, &(max as i64)],
+            context,
+        )
+        .await?;
+        Ok(n as usize)
     }
 
     /// The record in the first column of the row `select` finds by `key`, if any.
@@ -767,16 +797,8 @@ impl Store for PgStore {
     }
 
     async fn expire_dedupe(&self, now: Timestamp, max: usize) -> Result<usize> {
-        let n = sql::execute(
-            &self.lazy().await?,
-            "DELETE FROM hookflow.dedupe WHERE (flow_id, key) IN (
-                 SELECT flow_id, key FROM hookflow.dedupe WHERE expires_at <= $1
-                  ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            &[&now.0, &(max as i64)],
-            "expire dedupe keys",
-        )
-        .await?;
-        Ok(n as usize)
+        self.delete_expired("dedupe", "flow_id, key", now, max, "expire dedupe keys")
+            .await
     }
 
     async fn put_state(&self, key: &str, value: &serde_json::Value) -> Result<()> {
@@ -959,5 +981,45 @@ impl Store for PgStore {
 
     async fn reingest_quarantined(&self, id: &str) -> Result<Reingested> {
         self.unpark(id).await
+    }
+
+    async fn storage(&self, call: StorageCall<'_>) -> Result<StorageAnswer> {
+        self.storage_op(call).await
+    }
+
+    async fn storage_namespaces(&self, now: Timestamp) -> Result<Vec<(Namespace, u64)>> {
+        self.storage_namespace_counts(now).await
+    }
+
+    async fn storage_entries(
+        &self,
+        namespace: &Namespace,
+        after: Option<&StorageKey>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<(StorageKey, Entry)>> {
+        self.storage_page(namespace, after, limit, now).await
+    }
+
+    async fn expire_storage(&self, now: Timestamp, max: usize) -> Result<usize> {
+        let entries = self
+            .delete_expired(
+                "storage",
+                "namespace, key",
+                now,
+                max,
+                "expire storage entries",
+            )
+            .await?;
+        let answers = self
+            .delete_expired(
+                "storage_applied",
+                "op_key",
+                now,
+                max,
+                "forget storage answers",
+            )
+            .await?;
+        Ok(entries + answers)
     }
 }

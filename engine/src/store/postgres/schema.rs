@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0001_initial.sql"),
     },
     Migration {
+        version: 2,
+        name: "storage between runs",
+        sql: include_str!("migrations/0002_storage.sql"),
+    },
+    Migration {
         version: 3,
         name: "audit record and hook logs",
         sql: include_str!("migrations/0003_audit.sql"),

@@ -34,6 +34,10 @@ pub(super) enum TreeName {
     State,
     AuditLog,
     HookLog,
+    Storage,
+    StorageExpiry,
+    StorageApplied,
+    StorageAppliedExpiry,
 }
 
 impl TreeName {
@@ -53,6 +57,10 @@ impl TreeName {
             Self::State => "state",
             Self::AuditLog => "audit_log",
             Self::HookLog => "hook_log",
+            Self::Storage => "storage",
+            Self::StorageExpiry => "storage_expiry",
+            Self::StorageApplied => "storage_applied",
+            Self::StorageAppliedExpiry => "storage_applied_expiry",
         }
     }
 
@@ -240,7 +248,16 @@ pub(super) fn describe_key(tree: TreeName, key: &[u8]) -> String {
         TreeName::Revisions => {
             split_flow(key).map(|(flow, rest)| format!("{flow} {}", text(&rest)))
         }
-        TreeName::HookTokens | TreeName::State => Some(text(key)),
+        TreeName::HookTokens | TreeName::State | TreeName::StorageApplied => Some(text(key)),
+        TreeName::Storage => split_flow(key).map(|(ns, rest)| format!("{ns} {}", text(&rest))),
+        TreeName::StorageExpiry | TreeName::StorageAppliedExpiry => (key.len() > 8).then(|| {
+            let at = u64::from_be_bytes(key[..8].try_into().unwrap_or_default());
+            format!(
+                "{} {}",
+                Timestamp(at as i64),
+                text(&key[8..]).replace('\0', " ")
+            )
+        }),
         TreeName::Dedupe => split_flow(key).map(|(flow, rest)| format!("{flow} {}", text(&rest))),
         TreeName::DedupeExpiry => (key.len() > 8).then(|| {
             let at = u64::from_be_bytes(key[..8].try_into().unwrap_or_default());

@@ -6,7 +6,8 @@
 //! `update` (run updates, written in shared transactions), `hints` (where claims start scanning),
 //! `pending_keys` (dedupe keys of runs still in the inbox), `group_commit` (acknowledgments sharing
 //! one fsync), `reingest` (quarantined inbox records ingested again), `logs` (the audit record and
-//! the hook logs), and `../inbox.rs` (the fsynced log new runs are appended to).
+//! the hook logs), `storage` (storage between runs), and `../inbox.rs` (the fsynced log new runs are
+//! appended to).
 //!
 //! # The engine on one page
 //!
@@ -284,9 +285,10 @@ use tokio::sync::watch;
 use super::coordination::{Coordination, LaneEntry, LaneKey};
 use super::inbox::Inbox;
 use super::{
-    ClaimRequest, Claimed, Committed, Decide, FlowLimits, Ingested, Lease, LeaseToken, LogEntry,
-    LogName, LogPage, LogQuery, NewRun, NodeId, Notices, PruneLogs, Quarantined, Reingested,
-    Result, RunNotice, RunPage, RunQuery, Store, StoreError,
+    ClaimRequest, Claimed, Committed, Decide, Entry, FlowLimits, Ingested, Lease, LeaseToken,
+    LogEntry, LogName, LogPage, LogQuery, Namespace, NewRun, NodeId, Notices, PruneLogs,
+    Quarantined, Reingested, Result, RunNotice, RunPage, RunQuery, StorageAnswer, StorageCall,
+    StorageKey, Store, StoreError,
 };
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
@@ -299,6 +301,7 @@ mod logs;
 mod new_runs;
 mod pending_keys;
 mod reingest;
+mod storage;
 #[cfg(test)]
 mod suite;
 #[cfg(test)]
@@ -409,6 +412,8 @@ pub struct SledStore {
     coordination: Coordination,
     /// The audit record and the hook logs.
     logs: Logs,
+    /// Storage between runs.
+    storage: storage::StorageTrees,
 }
 
 /// The queue items leased to this process's workers, kept in memory: a sled database is open in
@@ -691,6 +696,12 @@ impl SledStore {
             notices: Notices::default(),
             coordination: Coordination::default(),
             logs: Logs::new(tree(TreeName::AuditLog)?, tree(TreeName::HookLog)?),
+            storage: storage::StorageTrees {
+                entries: tree(TreeName::Storage)?,
+                expiry: tree(TreeName::StorageExpiry)?,
+                applied: tree(TreeName::StorageApplied)?,
+                applied_expiry: tree(TreeName::StorageAppliedExpiry)?,
+            },
             log_file: None,
             db,
         })
@@ -1599,6 +1610,28 @@ impl Store for SledStore {
             Some(inbox) => reingest::reingest(self, inbox.quarantine(), id).await,
             None => Err(StoreError::NotQuarantined(id.to_owned())),
         }
+    }
+
+    async fn storage(&self, call: StorageCall<'_>) -> Result<StorageAnswer> {
+        self.storage.apply(call)
+    }
+
+    async fn storage_namespaces(&self, now: Timestamp) -> Result<Vec<(Namespace, u64)>> {
+        self.storage.namespaces(now)
+    }
+
+    async fn storage_entries(
+        &self,
+        namespace: &Namespace,
+        after: Option<&StorageKey>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<(StorageKey, Entry)>> {
+        self.storage.entries(namespace, after, limit, now)
+    }
+
+    async fn expire_storage(&self, now: Timestamp, max: usize) -> Result<usize> {
+        self.storage.expire(now, max)
     }
 }
 
