@@ -1,7 +1,8 @@
 //! Failure alerts for the whole server (the configuration's `alerts:`): when runs fail for good
 //! (after their retries), when the backlog passes `backlog_over` queued steps, and when a flow's
 //! catch hook refuses more than `rejections.over` requests within `rejections.within`, a message
-//! goes to each target — an HTTP URL (the digest as JSON) or a Slack incoming webhook (its text).
+//! goes to each target — an HTTP URL (the digest as JSON), a Slack incoming webhook (its text) or
+//! email addresses (its text, through the SMTP server of the `email` step: `SMTP_HOST`, …).
 //!
 //! Invariants:
 //! - A storm is one message per `digest` window, not one per run: the first failure after a
@@ -82,8 +83,8 @@ fn default_digest() -> HumanDuration {
     HumanDuration(Duration::from_secs(60))
 }
 
-/// One target: exactly one of `url` and `slack`. Either may be `${env:NAME}` (the environment,
-/// then the secrets file), so the URL stays out of the file.
+/// One target: exactly one of `url`, `slack` and `email`. Each may be `${env:NAME}` (the
+/// environment, then the secrets file), so the URL stays out of the file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
@@ -93,6 +94,10 @@ pub struct TargetConfig {
     /// A Slack incoming-webhook URL: the digest's text is posted as the message.
     #[serde(default)]
     pub slack: Option<String>,
+    /// Email addresses, separated by commas: the digest's text is mailed through the SMTP server
+    /// the `email` step uses (`SMTP_HOST`, `SMTP_FROM`, …).
+    #[serde(default)]
+    pub email: Option<String>,
 }
 
 /// A target, resolved.
@@ -100,6 +105,10 @@ pub struct TargetConfig {
 enum Target {
     Http(reqwest::Url),
     Slack(reqwest::Url),
+    Email {
+        mailer: hookflow_connectors::email::Mailer,
+        to: String,
+    },
 }
 
 impl Target {
@@ -107,6 +116,7 @@ impl Target {
         match self {
             Target::Http(_) => "url",
             Target::Slack(_) => "slack",
+            Target::Email { .. } => "email",
         }
     }
 }
@@ -118,23 +128,31 @@ impl AlertsConfig {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                let (text, make): (&str, fn(reqwest::Url) -> Target) = match (&t.url, &t.slack) {
-                    (Some(u), None) => (u, Target::Http),
-                    (None, Some(u)) => (u, Target::Slack),
-                    _ => anyhow::bail!("alerts.to[{i}]: give exactly one of `url` and `slack`"),
-                };
-                let text = match text
+                let read = |text: &str| match text
                     .strip_prefix("${env:")
                     .and_then(|r| r.strip_suffix('}'))
                 {
                     Some(name) => env(name).with_context(|| {
                         format!("alerts.to[{i}]: `{name}` is not set (environment or secrets file)")
-                    })?,
-                    None => text.to_owned(),
+                    }),
+                    None => Ok(text.to_owned()),
                 };
-                let url = reqwest::Url::parse(&text)
-                    .map_err(|e| anyhow::anyhow!("alerts.to[{i}]: not a URL: {e}"))?;
-                Ok(make(url))
+                let url = |text: &str| {
+                    reqwest::Url::parse(&read(text)?)
+                        .map_err(|e| anyhow::anyhow!("alerts.to[{i}]: not a URL: {e}"))
+                };
+                match (&t.url, &t.slack, &t.email) {
+                    (Some(u), None, None) => Ok(Target::Http(url(u)?)),
+                    (None, Some(u), None) => Ok(Target::Slack(url(u)?)),
+                    (None, None, Some(to)) => Ok(Target::Email {
+                        mailer: hookflow_connectors::email::Mailer::from_env(env)
+                            .map_err(|e| anyhow::anyhow!("alerts.to[{i}]: email: {e}"))?,
+                        to: read(to)?,
+                    }),
+                    _ => anyhow::bail!(
+                        "alerts.to[{i}]: give exactly one of `url`, `slack` and `email`"
+                    ),
+                }
             })
             .collect()
     }
@@ -443,18 +461,34 @@ impl Sender {
         }
     }
 
+    /// POSTs `body` as JSON to `url`; why not, in words.
+    async fn post(&self, url: &reqwest::Url, body: &Value) -> Result<(), String> {
+        let sent = self.client.post(url.clone()).json(body).send().await;
+        sent.and_then(reqwest::Response::error_for_status)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// Sends one digest to every target.
     async fn send(&self, digest: &Digest) {
         let message = digest.message(&self.base_url, self.window);
         STATS.runs_failed.fetch_add(digest.count, Ordering::Relaxed);
         for target in &self.targets {
-            let (url, body) = match target {
-                Target::Http(url) => (url, message.clone()),
-                Target::Slack(url) => (url, json!({ "text": message["text"] })),
+            let sent = match target {
+                Target::Http(url) => self.post(url, &message).await,
+                Target::Slack(url) => self.post(url, &json!({ "text": message["text"] })).await,
+                Target::Email { mailer, to } => {
+                    let text = message["text"].as_str().unwrap_or_default();
+                    let subject = format!("hookflow: {}", first_sentence(text));
+                    let key = format!(
+                        "alert.{}",
+                        hookflow_engine::model::Timestamp::now().millis()
+                    );
+                    mailer.send(to, &subject, text, &key, SEND_TIMEOUT).await
+                }
             };
-            let sent = self.client.post(url.clone()).json(&body).send().await;
-            match sent.and_then(reqwest::Response::error_for_status) {
-                Ok(_) => {
+            match sent {
+                Ok(()) => {
                     STATS.sent.fetch_add(1, Ordering::Relaxed);
                     info!(target = target.name(), runs = digest.count, "alert sent");
                 }
@@ -464,6 +498,15 @@ impl Sender {
                 }
             }
         }
+    }
+}
+
+/// A digest's first sentence, for a mail's subject (at most 120 characters).
+fn first_sentence(text: &str) -> String {
+    let sentence = text.split(". ").next().unwrap_or_default();
+    match sentence.char_indices().nth(120) {
+        Some((cut, _)) => format!("{}…", &sentence[..cut]),
+        None => sentence.to_owned(),
     }
 }
 

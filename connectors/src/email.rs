@@ -133,51 +133,108 @@ impl StepKind for EmailSpec {
 
 /// The SMTP server of `account` (or the default one), from the environment.
 fn server(cx: &mut BuildContext<'_>, account: Option<&str>) -> Option<Server> {
+    let read = |cx: &mut BuildContext<'_>, name: &str, secret: bool| match secret {
+        true => cx.credential(name),
+        false => cx.setting(name),
+    };
+    let mut setting = |name: &str, secret: bool| read(cx, name, secret);
+    match server_from(account, &mut setting) {
+        Ok(server) => Some(server),
+        Err(message) => {
+            cx.error("account", message);
+            None
+        }
+    }
+}
+
+/// The SMTP server of `account` (or the default one), read through `setting` (a variable's name,
+/// and whether it is a secret); why not, in words.
+fn server_from(
+    account: Option<&str>,
+    setting: &mut dyn FnMut(&str, bool) -> Option<String>,
+) -> Result<Server, String> {
     let scope = match account {
         None => "SMTP".to_owned(),
         Some(n) if !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
             format!("SMTP_{}", n.to_ascii_uppercase())
         }
         Some(n) => {
-            cx.error(
-                "account",
-                format!("`{n}` is not an account name: use letters, digits and `_`"),
-            );
-            return None;
+            return Err(format!(
+                "`{n}` is not an account name: use letters, digits and `_`"
+            ))
         }
     };
-    let tls = match cx.setting(&format!("{scope}_TLS")).as_deref() {
+    let tls = match setting(&format!("{scope}_TLS"), false).as_deref() {
         None | Some("starttls") => Tls::Upgrade,
         Some("tls") => Tls::Implicit,
         Some("none") => Tls::None,
         Some(other) => {
-            cx.error(
-                "account",
-                format!("{scope}_TLS is `{other}`: use `starttls`, `tls` or `none`"),
-            );
-            return None;
+            return Err(format!(
+                "{scope}_TLS is `{other}`: use `starttls`, `tls` or `none`"
+            ))
         }
     };
-    let port = match cx.setting(&format!("{scope}_PORT")) {
+    let port = match setting(&format!("{scope}_PORT"), false) {
         None => None,
-        Some(p) => match p.parse() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                cx.error("account", format!("{scope}_PORT is `{p}`: not a port"));
-                return None;
-            }
-        },
+        Some(p) => Some(
+            p.parse()
+                .map_err(|_| format!("{scope}_PORT is `{p}`: not a port"))?,
+        ),
     };
-    let username = cx.setting(&format!("{scope}_USERNAME"));
-    let password = cx.credential(&format!("{scope}_PASSWORD"));
-    Some(Server {
-        host: cx.setting(&format!("{scope}_HOST")),
+    let username = setting(&format!("{scope}_USERNAME"), false);
+    let password = setting(&format!("{scope}_PASSWORD"), true);
+    Ok(Server {
+        host: setting(&format!("{scope}_HOST"), false),
         port,
         tls,
         credentials: username.map(|u| Credentials::new(u, password.unwrap_or_default())),
-        from: cx.setting(&format!("{scope}_FROM")),
+        from: setting(&format!("{scope}_FROM"), false),
         scope,
     })
+}
+
+/// Sends plain-text mail through the SMTP server the environment names (`SMTP_HOST`, …), outside
+/// any flow: the server's failure alerts.
+#[derive(Debug, Clone)]
+pub struct Mailer {
+    server: Server,
+}
+
+impl Mailer {
+    /// The default SMTP server, read through `env` (the environment, then the secrets file).
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let mut setting = |name: &str, _secret: bool| env(name).filter(|v| !v.is_empty());
+        let server = server_from(None, &mut setting)?;
+        if server.host.is_none() {
+            return Err(
+                "set `SMTP_HOST` (and `SMTP_FROM`, `SMTP_USERNAME`, `SMTP_PASSWORD`)".into(),
+            );
+        }
+        Ok(Self { server })
+    }
+
+    /// Sends `text` under `subject` to `to` (addresses separated by commas), within `timeout`;
+    /// `key` makes the `Message-ID`. Why not, in words.
+    pub async fn send(
+        &self,
+        to: &str,
+        subject: &str,
+        text: &str,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let input = json!({
+            "from": self.server.from, "to": to, "subject": subject, "text": text,
+            "date": Timestamp::now().to_rfc3339(),
+        });
+        let message = message(&input, key).map_err(|e| e.message)?;
+        let transport = self.server.transport(timeout).map_err(|e| e.message)?;
+        transport
+            .send(message)
+            .await
+            .map(|_| ())
+            .map_err(|e| smtp_error(&e).message)
+    }
 }
 
 #[derive(Debug)]

@@ -242,6 +242,6 @@ async fn list(
         })
         .collect();
     Ok(Json(
-        json!({ "entries": entries, "next_cursor": page.next }),
+        json!({ "entries": entries, "next_cursor": page.next, "actions": AuditAction::names() }),
     ))
 }

@@ -1,5 +1,6 @@
 //! Failure alerts (`alerts:` in the server configuration) with the real binary: failed runs reach
-//! an HTTP sink and a Slack-style incoming webhook, a storm arrives as digests, `/metrics` counts.
+//! an HTTP sink, a Slack-style incoming webhook and an SMTP server, a storm arrives as digests,
+//! `/metrics` counts.
 
 use std::time::Duration;
 
@@ -209,5 +210,51 @@ fn a_target_without_its_url_stops_the_server_before_it_listens() {
     assert!(
         stderr.contains("alerts.to[0]: `ALERT_SLACK_URL` is not set"),
         "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn failed_runs_are_mailed_through_the_email_steps_smtp_server() {
+    let smtp = crate::fakes::FakeSmtp::start("hookflow", "smtp-s3cret").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookflow.yaml");
+    std::fs::write(
+        &config,
+        "alerts:\n  to:\n    - { email: \"ops@acme.example, billing@acme.example\" }\n",
+    )
+    .unwrap();
+    let flow = format!(
+        "id: breaks\ntrigger: {{ webhook: }}\nsteps:\n  - id: post\n    http: {{ url: \"http://127.0.0.1:{}/down\", json: {{ a: 1 }} }}\n    retry: {{ attempts: 1 }}\n",
+        unused_port()
+    );
+    let port = smtp.port.to_string();
+    let server = Server::start_with(
+        &[("breaks.yaml", &flow)],
+        &[
+            "--allow-outbound",
+            "127.0.0.1",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[
+            ("SMTP_HOST", "127.0.0.1"),
+            ("SMTP_PORT", &port),
+            ("SMTP_TLS", "none"),
+            ("SMTP_USERNAME", "hookflow"),
+            ("SMTP_PASSWORD", "smtp-s3cret"),
+            ("SMTP_FROM", "hookflow@acme.example"),
+        ],
+    );
+    let (_, ack) = server.send("breaks", &json!({ "n": 0 })).await;
+    let run_id = ack["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(server.finished_run(&run_id).await["status"], "failed");
+    let mail = eventually("the alert mail", || async { smtp.mail().first().cloned() }).await;
+    assert_eq!(mail.from, "hookflow@acme.example");
+    assert_eq!(mail.to, ["ops@acme.example", "billing@acme.example"]);
+    assert!(mail.data.contains("Subject: hookflow: "), "{}", mail.data);
+    assert!(mail.data.contains(&run_id), "{}", mail.data);
+    assert_eq!(
+        smtp.logins(),
+        [("hookflow".to_owned(), "smtp-s3cret".to_owned())]
     );
 }

@@ -839,3 +839,56 @@ steps:
         .await;
     browser.close().await;
 }
+
+#[tokio::test]
+async fn the_audit_page_lists_who_did_what_and_filters_by_action() {
+    let flow = "id: leads\ntrigger: { manual: }\nsteps:\n  - { id: shape, map: { x: 1 } }\n";
+    let server = Server::start(&[("leads.yaml", flow)]);
+    let (status, started) = server
+        .post(
+            "/api/v1/flows/leads/runs",
+            &json!({ "body": { "email": "a@x.com" } }),
+        )
+        .await;
+    assert_eq!(status, 201, "{started}");
+    let run_id = started["run_id"].as_str().unwrap().to_owned();
+
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("{}/#/audit", server.base))
+        .await
+        .unwrap();
+    // Written off the request path: the page is opened again until the entry is there.
+    eventually("the manual run in the audit page", || async {
+        browser.client.refresh().await.ok()?;
+        let row = browser
+            .client
+            .find(fantoccini::Locator::Css("#audit tr[data-action=trigger]"))
+            .await
+            .ok()?;
+        row.text().await.ok()
+    })
+    .await;
+    let row = browser
+        .text_of("#audit tr[data-action=trigger]", "anyone")
+        .await;
+    assert!(row.contains("127.0.0.1"), "{row}");
+    browser
+        .find(&format!(
+            "#audit tr[data-action=trigger] a[href='#/runs/{run_id}']"
+        ))
+        .await;
+    assert_eq!(
+        browser.client.title().await.unwrap(),
+        "Audit record · hookflow"
+    );
+
+    // Filtered by an action nothing did: the empty state says so.
+    let select = browser.find("#audit-filter select").await;
+    select.select_by_value("login").await.unwrap();
+    browser
+        .text_of(".empty", "Nothing recorded for login yet.")
+        .await;
+    browser.close().await;
+}

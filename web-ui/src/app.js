@@ -2,7 +2,8 @@
 // hash: #/ (flows, their health and latest activity), #/flows/ID (one flow: its source, samples
 // with a mapping preview, sample capture, catch-hook log and recent runs), #/flows/ID/revisions
 // (its revisions and the difference between two), #/runs (every run, filtered, paged, live, with
-// bulk retry and replay) and #/runs/ID (one run, live: payload, steps, timeline, retry, replay).
+// bulk retry and replay), #/runs/ID (one run, live: payload, steps, timeline, retry, replay) and
+// #/audit (the audit record).
 "use strict";
 
 const esc = s => String(s ?? "").replace(/[&<>"']/g, c =>
@@ -857,6 +858,41 @@ function timeline(run) {
       · ${human(span)} in all${run.finished_at ? "" : " so far"}</p></div>`;
 }
 
+// ---- #/audit ---------------------------------------------------------------------------------
+
+// The audit record: who did what, from where, newest first; filtered by action, paged with
+// "Older entries".
+async function auditPage(query) {
+  const params = new URLSearchParams(query);
+  const action = params.get("action") || "";
+  const api_query = new URLSearchParams({ limit: "50" });
+  if (action) api_query.set("action", action);
+  if (params.get("before")) api_query.set("before", params.get("before"));
+  const { entries, next_cursor, actions } = await api(`/api/v1/audit?${api_query}`);
+  const detail = e => Object.entries(e)
+    .filter(([k]) => !["id", "at", "action", "actor", "address"].includes(k))
+    .map(([k, v]) => k === "run_id" || k === "new_run_id"
+      ? `${esc(k)} <a href="#/runs/${esc(v)}"><code>${esc(v)}</code></a>`
+      : `${esc(k)} <code>${esc(typeof v === "string" ? v : JSON.stringify(v))}</code>`)
+    .join(" · ");
+  const older = next_cursor
+    ? `<p><a id="audit-older" href="#/audit?${new URLSearchParams({ ...(action ? { action } : {}), before: next_cursor })}">Older entries →</a></p>`
+    : "";
+  app.innerHTML = `<h1>Audit record</h1>
+    <p class="muted">Who did what on this server, from which address, newest first.</p>
+    <form id="audit-filter" class="row"><label>Action <select name="action">
+      <option value="">every action</option>
+      ${actions.map(a => `<option value="${esc(a)}" ${a === action ? "selected" : ""}>${esc(a)}</option>`).join("")}
+    </select></label></form>
+    ${entries.length ? `<div class="scroll"><table class="cards" id="audit"><thead><tr><th>When</th><th>Action</th><th>Who</th><th>From</th><th>What</th></tr></thead><tbody>
+      ${entries.map(e => `<tr data-action="${esc(e.action)}"><td>${when(e.at)}</td><td><code>${esc(e.action)}</code></td>
+        <td>${esc(e.actor)}</td><td>${esc(e.address ?? "")}</td><td>${detail(e)}</td></tr>`).join("")}
+    </tbody></table></div>${older}` : `<p class="empty">Nothing recorded${action ? ` for <code>${esc(action)}</code>` : ""} yet.</p>`}`;
+  document.querySelector("#audit-filter select").addEventListener("change", ev => {
+    location.hash = ev.target.value ? `#/audit?action=${encodeURIComponent(ev.target.value)}` : "#/audit";
+  });
+}
+
 // ---- routing -------------------------------------------------------------------------------
 
 async function route() {
@@ -865,12 +901,14 @@ async function route() {
   const revisions = hash.match(/^\/flows\/([^/?]+)\/revisions(?:\?(.*))?$/);
   const run = hash.match(/^\/runs\/([^/?]+)$/);
   const runs = hash.match(/^\/runs(?:\?(.*))?$/);
+  const audit = hash.match(/^\/audit(?:\?(.*))?$/);
   stopFollowing();
   try {
     if (flow) await flowPage(decodeURIComponent(flow[1]));
     else if (revisions) await revisionsPage(decodeURIComponent(revisions[1]), revisions[2] || "");
     else if (run) await runPage(decodeURIComponent(run[1]));
     else if (runs) await runsPage(runs[1] || "");
+    else if (audit) await auditPage(audit[1] || "");
     else await home();
   } catch (e) {
     if (e instanceof LoginNeeded) {
