@@ -37,17 +37,6 @@ async fn resume_url(sink: &Sink) -> String {
     .await
 }
 
-async fn post(url: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .expect("server answers");
-    let status = r.status().as_u16();
-    (status, r.json().await.expect("JSON answer"))
-}
-
 async fn status_of(server: &Server, run_id: &str) -> Value {
     let (status, run) = server.get(&format!("/api/v1/runs/{run_id}")).await;
     assert_eq!(status, 200, "{run}");
@@ -85,10 +74,12 @@ async fn a_callback_resumes_the_run_with_its_body_even_after_a_restart() {
 
     // A token that is not the step's is refused like an unknown URL.
     let forged = format!("{}{}", &url[..url.len() - 32], "0".repeat(32));
-    let (status, answer) = post(&forged, &json!({ "manager": "eve" })).await;
+    let (status, answer) = server.post_to(&forged, &json!({ "manager": "eve" })).await;
     assert_eq!((status, answer["code"].as_str()), (404, Some("not_found")));
 
-    let (status, answer) = post(&format!("{url}?via=slack"), &json!({ "manager": "sam" })).await;
+    let (status, answer) = server
+        .post_to(&format!("{url}?via=slack"), &json!({ "manager": "sam" }))
+        .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["status"], "resumed");
     let run = server.finished_run(&run_id).await;
@@ -114,7 +105,7 @@ async fn a_callback_resumes_the_run_with_its_body_even_after_a_restart() {
     assert_eq!(entry["run_id"], run_id.as_str(), "{entry}");
 
     // The step is done: a second call changes nothing.
-    let (status, answer) = post(&url, &json!({ "manager": "late" })).await;
+    let (status, answer) = server.post_to(&url, &json!({ "manager": "late" })).await;
     assert_eq!(
         (status, answer["code"].as_str()),
         (409, Some("not_waiting"))
@@ -143,7 +134,7 @@ async fn without_a_callback_the_step_takes_its_timeout_path() {
     );
     assert_eq!(step(&run, "expire")["output"], json!({ "expired": true }));
     assert_eq!(step(&run, "grant")["status"], "skipped");
-    let (status, answer) = post(&url, &json!({})).await;
+    let (status, answer) = server.post_to(&url, &json!({})).await;
     assert_eq!(
         (status, answer["code"].as_str()),
         (409, Some("not_waiting"))

@@ -249,7 +249,7 @@ impl Server {
     }
 
     /// POSTs JSON to a URL; returns status and JSON.
-    async fn post_to(&self, url: &str, body: &Value) -> (u16, Value) {
+    pub async fn post_to(&self, url: &str, body: &Value) -> (u16, Value) {
         let r = self
             .client
             .post(url)

@@ -56,6 +56,31 @@ pub struct Attempted {
     pub logs: Vec<String>,
 }
 
+impl Attempted {
+    /// A step's ending that took no time and no call: a `wait_for_callback` step called back or
+    /// timed out, with `output`, by `node` at `at`.
+    pub fn at_once(
+        (step_id, attempt): (StepId, u32),
+        input: Value,
+        output: Value,
+        at: Timestamp,
+        node: NodeId,
+    ) -> Self {
+        Self {
+            step_id,
+            attempt,
+            input,
+            result: StepResult::Output(output),
+            started_at: at,
+            duration_ms: 0,
+            retry_in: None,
+            node: Some(node),
+            sent_under: None,
+            logs: Vec::new(),
+        }
+    }
+}
+
 /// A new run of `flow` for `event`: queued, every step pending except the roots, which are queued.
 pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun {
     let steps = flow

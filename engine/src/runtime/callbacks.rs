@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use tracing::info;
 
-use super::advance::{self, Attempted, StepResult};
+use super::advance::{self, Attempted};
 use super::Engine;
 use crate::flow::Flow;
 use crate::ids::{RunId, StepId};
@@ -219,23 +219,12 @@ impl Engine {
         let url = resume_urls(&flow, run_id, self.base_url(), key)
             .into_iter()
             .find_map(|(id, url)| (&id == step).then_some(url));
-        let done = Attempted {
-            step_id: step.clone(),
-            attempt: 1,
-            input: json!({ "resume_url": url }),
-            result: StepResult::Output(json!({
-                "path": CALLBACK_PATH,
-                "body": callback.body,
-                "query": callback.query,
-                "received_at": now,
-            })),
-            started_at: now,
-            duration_ms: 0,
-            retry_in: None,
-            node: Some(self.config.node.clone()),
-            sent_under: None,
-            logs: Vec::new(),
-        };
+        let output = json!({
+            "path": CALLBACK_PATH, "body": callback.body, "query": callback.query, "received_at": now,
+        });
+        let input = json!({ "resume_url": url });
+        let node = self.config.node.clone();
+        let done = Attempted::at_once((step.clone(), 1), input, output, now, node);
         let refused = Mutex::new(None);
         let committed = store
             .update_run(run_id, None, &|run| {

@@ -1179,21 +1179,13 @@ impl Engine {
             return Tried::Await(until);
         }
         info!("no callback came in time: the step times out");
-        Tried::Done(Box::new(Attempted {
-            step_id: item.step_id.clone(),
-            attempt: item.attempt,
-            input: serde_json::json!({ "waited_until": until }),
-            result: StepResult::Output(serde_json::json!({
-                "path": crate::steps::callback::TIMEOUT_PATH,
-                "timed_out": true,
-            })),
-            started_at: now,
-            duration_ms: 0,
-            retry_in: None,
-            node: Some(self.config.node.clone()),
-            sent_under: None,
-            logs: Vec::new(),
-        }))
+        Tried::Done(Box::new(Attempted::at_once(
+            (item.step_id.clone(), item.attempt),
+            serde_json::json!({ "waited_until": until }),
+            serde_json::json!({ "path": crate::steps::callback::TIMEOUT_PATH, "timed_out": true }),
+            now,
+            self.config.node.clone(),
+        )))
     }
 
     /// The request an earlier attempt of this step sent under `key` (its recorded input), when
