@@ -883,6 +883,7 @@ async fn the_audit_page_lists_who_did_what_and_filters_by_action() {
         browser.client.title().await.unwrap(),
         "Audit record · hookflow"
     );
+    browser.screenshot("audit").await;
 
     // Filtered by an action nothing did: the empty state says so.
     let select = browser.find("#audit-filter select").await;

@@ -870,7 +870,7 @@ async function auditPage(query) {
   if (params.get("before")) api_query.set("before", params.get("before"));
   const { entries, next_cursor, actions } = await api(`/api/v1/audit?${api_query}`);
   const detail = e => Object.entries(e)
-    .filter(([k]) => !["id", "at", "action", "actor", "address"].includes(k))
+    .filter(([k, v]) => v !== null && !["id", "at", "action", "actor", "address"].includes(k))
     .map(([k, v]) => k === "run_id" || k === "new_run_id"
       ? `${esc(k)} <a href="#/runs/${esc(v)}"><code>${esc(v)}</code></a>`
       : `${esc(k)} <code>${esc(typeof v === "string" ? v : JSON.stringify(v))}</code>`)
