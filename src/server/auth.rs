@@ -14,7 +14,7 @@
 //! passwords (not the refusals of a locked-out address, which come at any rate).
 //!
 //! Always open: the catch hooks (their token, signatures and rate limits guard them), the request
-//! inspector's receiving end, `/healthz`, the UI's page and assets (the app asks to log in), and
+//! inspector's receiving end, `/healthz`, `/readyz`, the UI's page and assets (the app asks to log in), and
 //! the login itself.
 
 use std::collections::HashMap;
@@ -47,11 +47,12 @@ const COOKIE: &str = "hookflow_session";
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
 /// Paths anyone may use.
-const OPEN_PREFIXES: [&str; 5] = [
+const OPEN_PREFIXES: [&str; 6] = [
     "/hooks/",
     "/inspect/",
     "/assets/",
     "/healthz",
+    "/readyz",
     "/api/openapi.json",
 ];
 const OPEN_PATHS: [&str; 3] = ["/", "/api/v1/login", "/api/v1/session"];

@@ -1,4 +1,4 @@
-//! The HTTP server: catch hooks, resume URLs, the REST API, the request inspector, health, and the web UI.
+//! The HTTP server: catch hooks, resume URLs, the REST API, liveness and readiness, the request inspector, health, and the web UI.
 //!
 //! Routers are functions of [`AppState`]; errors answer `{code, detail}` JSON with a 4xx or 5xx
 //! status (the framework's own rejections too: `rejections`), and internals are logged, not
@@ -93,6 +93,7 @@ pub fn router(state: AppState) -> Router {
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
+        .route("/readyz", get(ready))
         .merge(auth::router())
         .merge(hookflow_web_ui::router())
         .fallback(|| async {
@@ -105,6 +106,24 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(rejections::as_json))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// `GET /readyz`: 200 while the store answers (a load balancer sends events elsewhere otherwise:
+/// a node whose database is away answers catch hooks 503).
+async fn ready(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    match state.engine.store().next_due().await {
+        Ok(_) => Ok(Json(json!({ "status": "ready" }))),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the store does not answer");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the store does not answer: this node takes no events now",
+            ))
+        }
+    }
 }
 
 /// An error answer: a status and `{code, detail}`.

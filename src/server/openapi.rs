@@ -169,6 +169,7 @@ const OPERATIONS: &[Operation] = &[
     Operation { open: true, answer: Answer::Any, ..op("delete", "/inspect/{bin}", "inspector", "Record a DELETE and answer 200") },
     Operation { answer: Answer::Text, ..op("get", "/metrics", "operations", "Prometheus metrics") },
     Operation { open: true, ..op("get", "/healthz", "operations", "Liveness") },
+    Operation { open: true, ..op("get", "/readyz", "operations", "Readiness: 200 while the store answers, 503 otherwise") },
     Operation { open: true, ..op("get", "/api/openapi.json", "operations", "This document") },
 ];
 

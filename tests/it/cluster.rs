@@ -281,11 +281,20 @@ async fn while_postgres_is_down_hooks_answer_503_and_nothing_acknowledged_is_los
     })
     .await;
     let acked_while_down = senders.acked();
+    let (status, answer) = server.get("/readyz").await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (503, Some("unavailable"))
+    );
     cluster.start_again().unwrap();
     eventually("acknowledgments again after PostgreSQL is back", || async {
         (senders.acked() >= acked_while_down + 200).then_some(())
     })
     .await;
+    assert_eq!(
+        server.get("/readyz").await,
+        (200, json!({ "status": "ready" }))
+    );
     senders.stop();
     let (acked, statuses) = senders.finish().await;
     assert!(
