@@ -18,25 +18,32 @@ fn counts(sink: &Sink) -> Vec<u64> {
         .collect()
 }
 
+/// Writes the server configuration `yaml` into `dir`; returns its path.
+fn write_config(dir: &tempfile::TempDir, yaml: &str) -> std::path::PathBuf {
+    let config = dir.path().join("hookflow.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    config
+}
+
+/// A flow whose only step posts to a port nothing listens on, once: every run fails.
+fn breaking_flow() -> String {
+    format!(
+        "id: breaks\ntrigger: {{ webhook: }}\nsteps:\n  - id: post\n    http: {{ url: \"http://127.0.0.1:{}/down\", json: {{ a: 1 }} }}\n    retry: {{ attempts: 1 }}\n",
+        unused_port()
+    )
+}
+
 #[tokio::test]
 async fn failed_runs_are_alerted_in_digests_not_one_message_per_run() {
     let hook = Sink::start().await;
     let slack = Sink::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("hookflow.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = write_config(&dir, &format!(
             "alerts:\n  digest: {}s\n  to:\n    - {{ url: \"{}/alerts\" }}\n    - {{ slack: \"${{env:ALERT_SLACK_URL}}\" }}\n",
             DIGEST.as_secs(),
             hook.url
-        ),
-    )
-    .unwrap();
-    let flow = format!(
-        "id: breaks\ntrigger: {{ webhook: }}\nsteps:\n  - id: post\n    http: {{ url: \"http://127.0.0.1:{}/down\", json: {{ a: 1 }} }}\n    retry: {{ attempts: 1 }}\n",
-        unused_port()
-    );
+        ));
+    let flow = breaking_flow();
     let slack_url = format!("{}/services/T0/B0/x", slack.url);
     let server = Server::start_with(
         &[("breaks.yaml", &flow)],
@@ -128,15 +135,10 @@ async fn failed_runs_are_alerted_in_digests_not_one_message_per_run() {
 async fn a_backlog_and_a_hook_refusing_requests_are_alerted_once_while_they_last() {
     let hook = Sink::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("hookflow.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = write_config(&dir, &format!(
             "alerts:\n  digest: 1s\n  backlog_over: 2\n  rejections: {{ over: 2, within: 1m }}\n  to: [{{ url: \"{}/alerts\" }}]\n",
             hook.url
-        ),
-    )
-    .unwrap();
+        ));
     let queued = "id: queued\ntrigger: { webhook: }\nsteps:\n  - { id: shape, map: { a: 1 } }\n";
     let signed = "id: signed\ntrigger: { webhook: { verify: { provider: github, secret: s3cret } } }\nsteps:\n  - { id: shape, map: { a: 1 } }\n";
     // No workers: every event's run stays queued.
@@ -185,12 +187,10 @@ async fn a_backlog_and_a_hook_refusing_requests_are_alerted_once_while_they_last
 #[test]
 fn a_target_without_its_url_stops_the_server_before_it_listens() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("hookflow.yaml");
-    std::fs::write(
-        &config,
+    let config = write_config(
+        &dir,
         "alerts:\n  to:\n    - { slack: \"${env:ALERT_SLACK_URL}\" }\n",
-    )
-    .unwrap();
+    );
     let out = crate::support::hookflow()
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
@@ -217,16 +217,11 @@ fn a_target_without_its_url_stops_the_server_before_it_listens() {
 async fn failed_runs_are_mailed_through_the_email_steps_smtp_server() {
     let smtp = crate::fakes::FakeSmtp::start("hookflow", "smtp-s3cret").await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("hookflow.yaml");
-    std::fs::write(
-        &config,
+    let config = write_config(
+        &dir,
         "alerts:\n  to:\n    - { email: \"ops@acme.example, billing@acme.example\" }\n",
-    )
-    .unwrap();
-    let flow = format!(
-        "id: breaks\ntrigger: {{ webhook: }}\nsteps:\n  - id: post\n    http: {{ url: \"http://127.0.0.1:{}/down\", json: {{ a: 1 }} }}\n    retry: {{ attempts: 1 }}\n",
-        unused_port()
     );
+    let flow = breaking_flow();
     let port = smtp.port.to_string();
     let server = Server::start_with(
         &[("breaks.yaml", &flow)],

@@ -6,7 +6,9 @@
 //! (no lease) or **leased** (owner node, fencing token from a sequence, expiry), or parked (see
 //! `parked.rs`). A run is one row of `hookflow.runs`, committed with its event and first items in
 //! one transaction, or not at all. There is no other place a run or item can be: what a node
-//! holds in memory is only what it is executing.
+//! holds in memory is only what it is executing. A run that waits (a `delay`, a retry's backoff, a
+//! `wait_for_callback` step) is such a run with its item queued for later; a callback to a resume
+//! URL is an `update_run` without a lease, under the run's row lock like any other.
 //!
 //! # How each promise of the contract is kept
 //! - *Ingest is durable before the 2xx*: `ingest.rs` batches concurrent events into one

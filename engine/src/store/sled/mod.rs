@@ -34,6 +34,10 @@
 //! followed by `durable()`, before `ingest` returns. That happens for a temporary store, when `MAX_PENDING`
 //! keys are held, or when the `dedupe` tree holds the key (then nothing is written: the run is a `Duplicate`).
 //!
+//! A run that waits (a `delay`, a retry's backoff, a `wait_for_callback` step until its timeout) is
+//! **stored** with its item queued for later; a callback to a resume URL is an `update_run` without
+//! a lease, under the run's lock like any other.
+//!
 //! ## What moves it
 //!
 //! | from | event (actor) | to |
