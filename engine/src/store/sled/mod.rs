@@ -36,7 +36,7 @@
 //!
 //! A run that waits (a `delay`, a retry's backoff, a `wait_for_callback` step until its timeout) is
 //! **stored** with its item queued for later; a callback to a resume URL is an `update_run` without
-//! a lease, under the run's lock like any other.
+//! a lease, applied like any other.
 //!
 //! ## What moves it
 //!
