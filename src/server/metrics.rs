@@ -188,6 +188,17 @@ async fn metrics(
     let _ = writeln!(out, "hookflow_ingest_syncs_total {}", stats.ingest_syncs);
     describe(
         &mut out,
+        "hookflow_store_queue_vacuums_total",
+        "counter",
+        "Times this node vacuumed the PostgreSQL queue table (claimed and finished items leave dead rows that claims would step over).",
+    );
+    let _ = writeln!(
+        out,
+        "hookflow_store_queue_vacuums_total {}",
+        stats.queue_vacuums
+    );
+    describe(
+        &mut out,
         "hookflow_quarantined_total",
         "gauge",
         "Accepted events held in the quarantine (damaged or undecodable on disk), not yet ingested again.",

@@ -49,8 +49,8 @@ use crate::secrets::Secrets;
 use crate::steps::{ExecContext, Outcome, RunOutcome, StepError, StepLog, SubFlows};
 pub use crate::store::RunNotice;
 use crate::store::{
-    ClaimRequest, Claimed, DedupeKey, FlowLimits, Ingested, Lease, NodeId, RunUpdate, SharedClock,
-    Store, StoreError, SystemClock, Take,
+    ClaimRequest, Claimed, DedupeKey, FlowLimits, Ingested, Lease, LoadedRun, NodeId, RunUpdate,
+    SharedClock, Store, StoreError, SystemClock, Take,
 };
 use crate::Result;
 
@@ -984,8 +984,13 @@ impl Engine {
     /// or its run was failed because its flow revision cannot be loaded).
     async fn load(&self, item: &QueueItem, lease: &Lease) -> Result<Option<Work>> {
         let store = self.store.as_ref();
-        let run = store.run(item.run_id).await?;
-        let Some(run) = run.filter(|r| !r.status.is_final() && r.expects(item)) else {
+        let loaded = store.load_run(item.run_id).await?;
+        let Some(LoadedRun {
+            run,
+            event,
+            records,
+        }) = loaded.filter(|l| !l.run.status.is_final() && l.run.expects(item))
+        else {
             // A run that is gone or over, or an item the run no longer expects (its step is done,
             // or was queued again by a manual retry).
             store
@@ -1006,8 +1011,6 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
-        let (event, records) =
-            tokio::try_join!(store.event(run.event_id), store.step_records(run.id))?;
         let event = event.ok_or_else(|| {
             StoreError::NotFound(format!("event {} of run {}", run.event_id, run.id))
         })?;

@@ -710,6 +710,133 @@ pub(crate) async fn concurrent_updates_of_one_run_lose_nothing(store: Arc<dyn St
     assert_eq!(store.step_records(id).await.unwrap().len(), 40);
 }
 
+/// `load_run` reads what `run`, `event` and `step_records` read; a missing run is `None`.
+pub(crate) async fn load_run_reads_the_run_its_event_and_records(store: Arc<dyn Store>) {
+    let f = flow("orders");
+    let (new, claimed) = ingest_and_claim(&store, &f).await;
+    let id = new.run.id;
+    let first = record(id, "first", json!({ "plan": "PRO" }));
+    let next = item(&f, id, "second", at(200));
+    let written = commit(&store, id, Some(claimed[0].id), &|mut run: Run| {
+        run.set_step_status(&step("first"), StepStatus::Succeeded);
+        taking(run, &next, at(60_000)).map(|update| RunUpdate {
+            records: vec![first.clone()],
+            ..update
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+
+    let loaded = store.load_run(id).await.unwrap().expect("the run exists");
+    assert_eq!(loaded.run, written);
+    assert_eq!(loaded.event, Some(new.event));
+    assert_eq!(loaded.records, [first]);
+    assert!(store.load_run(RunId::new()).await.unwrap().is_none());
+}
+
+/// A worker loads its run and goes on through several steps, each commit taking the next item;
+/// a change another writer made in between (a callback) is seen by the next `decide`, not
+/// overwritten; a lease lost after the load is refused with nothing written.
+pub(crate) async fn updates_after_a_load_see_the_stored_run(store: Arc<dyn Store>) {
+    let f = flow("orders");
+    let (new, claimed) = ingest_and_claim(&store, &f).await;
+    let id = new.run.id;
+    store.load_run(id).await.unwrap().expect("the run exists");
+    let second = item(&f, id, "second", at(200));
+    let step_one = |mut run: Run| {
+        run.status = RunStatus::Running;
+        run.set_step_status(&step("first"), StepStatus::Succeeded);
+        run.set_step_status(&step("second"), StepStatus::Queued);
+        taking(run, &second, at(60_000))
+    };
+    let run = commit(&store, id, Some(claimed[0].id), &step_one)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.run(id).await.unwrap(), Some(run));
+
+    // Another writer changes the run while the worker executes its second step.
+    commit(&store, id, None, &|mut run: Run| {
+        run.title = Some("changed by a callback".into());
+        Some(RunUpdate {
+            run,
+            records: vec![],
+            enqueue: vec![],
+            take: None,
+        })
+    })
+    .await
+    .unwrap();
+    let third = item(&f, id, "third", at(300));
+    let seen = std::sync::Mutex::new(Vec::new());
+    let step_two = |mut run: Run| {
+        seen.lock().unwrap().push(run.title.clone());
+        run.steps
+            .push(StepProgress::new(step("third"), StepStatus::Queued));
+        run.set_step_status(&step("second"), StepStatus::Succeeded);
+        taking(run, &third, at(60_000)).map(|update| RunUpdate {
+            records: vec![record(id, "second", json!(2))],
+            ..update
+        })
+    };
+    let run = commit(&store, id, Some(second.id), &step_two)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seen.into_inner().unwrap().last(),
+        Some(&Some("changed by a callback".to_owned())),
+        "the last decision was made on the stored run"
+    );
+    assert_eq!(run.title.as_deref(), Some("changed by a callback"));
+    assert_eq!(
+        run.step_status(&step("second")),
+        Some(StepStatus::Succeeded)
+    );
+    assert_eq!(store.run(id).await.unwrap(), Some(run.clone()));
+
+    // The third step's lease expires and another node takes the item over: the worker's commit
+    // is refused and writes nothing.
+    assert_eq!(store.requeue_expired(FAR_FUTURE).await.unwrap(), 1);
+    let other = NodeId::new("node-b").unwrap();
+    let taken_over = store
+        .claim_due(ClaimRequest {
+            owner: &other,
+            now: FAR_FUTURE,
+            limit: 1,
+            until: FAR_FUTURE,
+            concurrency: &NO_LIMITS,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        item_ids(
+            &taken_over
+                .iter()
+                .map(|c| c.item.clone())
+                .collect::<Vec<_>>()
+        ),
+        [third.id]
+    );
+    let finish = |mut run: Run| {
+        run.status = RunStatus::Succeeded;
+        Some(RunUpdate {
+            run,
+            records: vec![record(id, "third", json!(3))],
+            enqueue: vec![],
+            take: None,
+        })
+    };
+    let refused = commit(&store, id, Some(third.id), &finish).await;
+    assert!(
+        matches!(&refused, Err(StoreError::LeaseLost { item }) if *item == third.id),
+        "{refused:?}"
+    );
+    assert_eq!(store.run(id).await.unwrap(), Some(run));
+    assert_eq!(store.step_records(id).await.unwrap().len(), 1);
+}
+
 /// Expired leases go back to the queue with their due time, and can be claimed again; leases
 /// still running stay leased.
 pub(crate) async fn requeue_expired_returns_ended_leases(store: Arc<dyn Store>) {
@@ -1654,6 +1781,8 @@ macro_rules! conformance_suite {
             claims_racing_updates_never_get_taken_items,
             decide_none_writes_nothing_but_ends_the_lease,
             concurrent_updates_of_one_run_lose_nothing,
+            load_run_reads_the_run_its_event_and_records,
+            updates_after_a_load_see_the_stored_run,
             requeue_expired_returns_ended_leases,
             a_commit_on_a_lease_no_longer_held_is_refused,
             an_expired_lease_is_handed_over_and_renewal_keeps_one,

@@ -381,6 +381,17 @@ pub struct Take {
     pub until: Timestamp,
 }
 
+/// A run as [`Store::load_run`] reads it.
+#[derive(Debug, Clone)]
+pub struct LoadedRun {
+    /// The run.
+    pub run: Run,
+    /// Its event (`None` only if the event was deleted while the run was kept).
+    pub event: Option<Event>,
+    /// Its step records (in no particular order).
+    pub records: Vec<StepRecord>,
+}
+
 /// What `update_run` wrote.
 #[derive(Debug, Clone)]
 pub struct Committed {
@@ -469,6 +480,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// The step records of a run (in no particular order).
     async fn step_records(&self, run_id: RunId) -> Result<Vec<StepRecord>>;
+
+    /// A run with its event and step records, as executing it needs them; `None` if the run does
+    /// not exist. One read where the backend can (PostgreSQL answers in one statement).
+    async fn load_run(&self, id: RunId) -> Result<Option<LoadedRun>> {
+        let Some(run) = self.run(id).await? else {
+            return Ok(None);
+        };
+        let (event, records) = tokio::try_join!(self.event(run.event_id), self.step_records(id))?;
+        Ok(Some(LoadedRun {
+            run,
+            event,
+            records,
+        }))
+    }
 
     /// Runs matching a query, newest first.
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage>;
@@ -659,4 +684,6 @@ pub struct StoreStats {
     pub ingest_syncs: u64,
     /// How many accepted events are held in the quarantine (see [`Store::quarantined`]).
     pub quarantined: u64,
+    /// How many times this node vacuumed the PostgreSQL queue table (always 0 on sled).
+    pub queue_vacuums: u64,
 }

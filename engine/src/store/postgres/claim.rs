@@ -149,6 +149,7 @@ impl PgStore {
                 }
             }
         }
+        self.queue_changes.changed(rows.len());
         self.park(&unreadable).await?;
         claimed.sort_by_key(|c| (c.item.due_at, c.item.id));
         Ok(claimed)

@@ -17,8 +17,8 @@
 //! - *Claims*: see `claim.rs` (one statement; `FOR UPDATE SKIP LOCKED`; advisory locks for
 //!   flows with a concurrency limit).
 //! - *Commits check the lease*: `update_run` deletes the finished item only where owner and token
-//!   still match, in the same transaction as the run's update; no match is `LeaseLost` and a
-//!   rollback. `requeue_expired` clears leases whose expiry passed, so a later commit by their
+//!   still match, in the same transaction as the run's update; no match is `LeaseLost` and
+//!   nothing written. The executing node's updates are usually one statement (`runs.rs`). `requeue_expired` clears leases whose expiry passed, so a later commit by their
 //!   old holder finds no match.
 //! - *When effects may start*: claims, renewals and `update_run` go through the **lazy** pool,
 //!   whose sessions commit with `synchronous_commit = off` (no wait for the disk); `flush` commits
@@ -31,6 +31,8 @@
 //!   `storage.rs`).
 //! - *Coordination*: lanes and pacing accounts are rows holding the same state `coordination.rs`
 //!   keeps in memory, changed under a row lock; schedule ticks are a conditional upsert.
+//! - *Claims stay cheap*: each node vacuums the queue table once enough of it changed
+//!   (`tidy.rs`), so claims do not step over the index entries of items already done.
 //! - *Notices*: NOTIFY in the writing transaction, LISTEN on one connection per node
 //!   (`listen.rs`).
 //! - *Logs* (the audit record, hook logs): rows of `hookflow.logs`, appended through the durable
@@ -40,11 +42,13 @@
 //!   (after an upgrade) `reingest_quarantined` puts it back in the queue.
 //!
 //! # Lock order
-//! A transaction takes row locks in one order, so two cannot wait on each other: first the
-//! advisory lock of each limited flow a claim concerns (sorted by flow id), then queue item rows
-//! (a claim locks candidates with `SKIP LOCKED`, so it never waits on them; `update_run` deletes
-//! its own leased item), then the run's row (`SELECT … FOR UPDATE` in `update_run`), then the
-//! rows it writes. Ingest takes dedupe keys in (flow, key) order before inserting anything.
+//! No two transactions can wait on each other:
+//! - A claim takes the advisory lock of each limited flow it concerns (sorted by flow id), then
+//!   locks queue items with `SKIP LOCKED`, so it never waits on a row.
+//! - `update_run` locks the run's row first, then deletes its own leased item (which only the
+//!   lease holder deletes), then writes the run's other rows (see `runs.rs`).
+//! - `requeue_expired` locks queue rows only.
+//! - Ingest takes dedupe keys in (flow, key) order before inserting anything.
 //! Coordination rows are locked one at a time, each in a transaction of its own; so is a storage
 //! key's advisory lock (two-key form, apart from the claims' single-key locks).
 //!
@@ -57,14 +61,16 @@ mod listen;
 mod logs;
 mod parked;
 mod rows;
+mod runs;
 pub mod schema;
 mod sql;
 mod storage;
 
+mod tidy;
+
 #[cfg(test)]
 mod suite;
 
-use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -81,10 +87,10 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::coordination::{Allowance, LaneEntry, LaneKey};
 use super::{
-    ClaimRequest, Claimed, Committed, Decide, Entry, Ingested, Lease, LeaseToken, LogEntry,
-    LogName, LogPage, LogQuery, Namespace, NewRun, NodeId, Notices, PruneLogs, Quarantined,
-    Reingested, Result, RunNotice, RunPage, RunQuery, StorageAnswer, StorageCall, StorageKey,
-    Store, StoreError, StoreStats,
+    ClaimRequest, Claimed, Committed, Decide, Entry, Ingested, Lease, LeaseToken, LoadedRun,
+    LogEntry, LogName, LogPage, LogQuery, Namespace, NewRun, NodeId, Notices, PruneLogs,
+    Quarantined, Reingested, Result, RunNotice, RunPage, RunQuery, StorageAnswer, StorageCall,
+    StorageKey, Store, StoreError, StoreStats,
 };
 use crate::ids::{EventId, FlowId, ItemId, RunId};
 use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
@@ -173,13 +179,17 @@ pub struct PgStore {
     writer: ingest::Writer,
     notices: Notices,
     listener: tokio::task::JoinHandle<()>,
+    tidier: tokio::task::JoinHandle<()>,
+    queue_changes: Arc<tidy::QueueChanges>,
     syncs: Arc<AtomicU64>,
     tokens: std::sync::Mutex<std::collections::HashMap<FlowId, String>>,
+    versions: runs::Versions,
 }
 
 impl Drop for PgStore {
     fn drop(&mut self) {
         self.listener.abort();
+        self.tidier.abort();
     }
 }
 
@@ -198,15 +208,19 @@ impl PgStore {
         let lazy = build_pool(options.config_committing(false)?, options.pool_size)?;
         let syncs = Arc::new(AtomicU64::new(0));
         let notices = Notices::default();
+        let queue_changes = Arc::new(tidy::QueueChanges::default());
         let store = Self {
             writer: ingest::Writer::start(pool.clone(), options.writers, syncs.clone()),
             listener: tokio::spawn(listen::listen_forever(config, notices.clone())),
+            tidier: tokio::spawn(tidy::tidy_forever(lazy.clone(), queue_changes.clone())),
+            queue_changes,
             pool,
             lazy,
             node: node.clone(),
             notices,
             syncs,
             tokens: Default::default(),
+            versions: Default::default(),
         };
         store.heartbeat(true).await?;
         Ok(store)
@@ -354,15 +368,60 @@ where
 fn decode<T: DeserializeOwned>(row: &Row, column: usize, table: &'static str) -> Result<T> {
     row.try_get::<_, Json<T>>(column)
         .map(|Json(value)| value)
-        .map_err(|e| StoreError::Corrupt {
-            tree: table,
-            detail: format!(
-                "{e}: {}",
-                std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default()
-            ),
-        })
+        .map_err(corrupt(table))
+}
+
+/// A record decoded from a `json` column that may be NULL.
+fn decode_opt<T: DeserializeOwned>(
+    row: &Row,
+    column: usize,
+    table: &'static str,
+) -> Result<Option<T>> {
+    row.try_get::<_, Option<Json<T>>>(column)
+        .map(|value| value.map(|Json(value)| value))
+        .map_err(corrupt(table))
+}
+
+/// A column of `table` that cannot be decoded.
+fn corrupt(table: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+    move |e| StoreError::Corrupt {
+        tree: table,
+        detail: format!(
+            "{e}: {}",
+            std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// Queue items as the columns of `hookflow.queue`, one array each (statement parameters).
+struct ItemColumns<'a> {
+    ids: Vec<String>,
+    runs: Vec<String>,
+    flows: Vec<String>,
+    due: Vec<i64>,
+    data: Vec<Json<&'a QueueItem>>,
+}
+
+impl<'a> ItemColumns<'a> {
+    fn of(items: impl Iterator<Item = &'a QueueItem>) -> Self {
+        let mut columns = Self {
+            ids: Vec::new(),
+            runs: Vec::new(),
+            flows: Vec::new(),
+            due: Vec::new(),
+            data: Vec::new(),
+        };
+        for item in items {
+            columns.ids.push(item.id.to_string());
+            columns.runs.push(item.run_id.to_string());
+            columns.flows.push(item.flow_id.to_string());
+            columns.due.push(item.due_at.0);
+            columns.data.push(Json(item));
+        }
+        columns
+    }
 }
 
 /// Inserts queue items, leased to `lease` (owner, expiry) when given: the new leases.
@@ -374,11 +433,13 @@ pub(super) async fn insert_items(
     if items.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<String> = items.iter().map(|i| i.id.to_string()).collect();
-    let runs: Vec<String> = items.iter().map(|i| i.run_id.to_string()).collect();
-    let flows: Vec<String> = items.iter().map(|i| i.flow_id.to_string()).collect();
-    let due: Vec<i64> = items.iter().map(|i| i.due_at.0).collect();
-    let data: Vec<Json<&QueueItem>> = items.iter().map(|i| Json(*i)).collect();
+    let ItemColumns {
+        ids,
+        runs,
+        flows,
+        due,
+        data,
+    } = ItemColumns::of(items.iter().copied());
     let Some((owner, until)) = lease else {
         sql::execute(
             tx,
@@ -464,118 +525,7 @@ impl Store for PgStore {
         done: Option<&Lease>,
         decide: Decide<'_>,
     ) -> Result<Option<Committed>> {
-        let mut client = self.lazy().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db_error("begin a run update"))?;
-        let id = run_id.to_string();
-        let finish = async {
-            let Some(lease) = done else {
-                return Ok(());
-            };
-            let finished = sql::execute(
-                &tx,
-                "DELETE FROM hookflow.queue WHERE id = $1 AND lease_owner = $2 AND lease_token = $3",
-                &[
-                    &lease.item.to_string(),
-                    &lease.owner.as_str(),
-                    &(lease.token.0 as i64),
-                ],
-                "finish a queue item",
-            )
-            .await?;
-            match finished {
-                0 => Err(StoreError::LeaseLost { item: lease.item }),
-                _ => Ok(()),
-            }
-        };
-        let read = async {
-            sql::query_opt(
-                &tx,
-                "SELECT data FROM hookflow.runs WHERE id = $1 FOR UPDATE",
-                &[&id],
-                "read a run",
-            )
-            .await
-        };
-        // Sent together (pipelined): a refused lease rolls the lock back with the transaction.
-        let ((), row) = tokio::try_join!(finish, read)?;
-        let Some(row) = row else {
-            tx.commit().await.map_err(db_error("commit a run update"))?;
-            return Ok(None);
-        };
-        let run: Run = decode(&row, 0, "runs")?;
-        let Some(update) = decide(run.clone()) else {
-            tx.commit().await.map_err(db_error("commit a run update"))?;
-            return Ok(Some(Committed {
-                run,
-                taken: Vec::new(),
-            }));
-        };
-        let (status, final_) = (update.run.status.as_str(), update.run.status.is_final());
-        let data = Json(&update.run);
-        let write_run = async {
-            sql::execute(
-                &tx,
-                "UPDATE hookflow.runs SET status = $2, final = $3, data = $4 WHERE id = $1",
-                &[&id, &status, &final_, &data],
-                "write a run",
-            )
-            .await
-        };
-        // One record per step: the last one given wins.
-        let mut records: Vec<&StepRecord> = Vec::new();
-        let mut seen = HashSet::new();
-        for record in update.records.iter().rev() {
-            if seen.insert(&record.step_id) {
-                records.push(record);
-            }
-        }
-        let steps: Vec<String> = records.iter().map(|r| r.step_id.to_string()).collect();
-        let records: Vec<Json<&StepRecord>> = records.iter().map(|r| Json(*r)).collect();
-        let write_records = async {
-            if records.is_empty() {
-                return Ok(0);
-            }
-            sql::execute(
-                &tx,
-                "INSERT INTO hookflow.step_records (run_id, step_id, data)
-                 SELECT $1, s, d FROM unnest($2::text[], $3::json[]) AS r(s, d)
-                 ON CONFLICT (run_id, step_id) DO UPDATE SET data = EXCLUDED.data",
-                &[&id, &steps, &records],
-                "write step records",
-            )
-            .await
-        };
-        let enqueue: Vec<&QueueItem> = update.enqueue.iter().collect();
-        let take: Vec<&QueueItem> = update.take.iter().flat_map(|t| &t.items).collect();
-        let taker = update.take.as_ref().map(|t| (&t.owner, t.until));
-        let notices: Vec<String> = update
-            .run
-            .status
-            .is_final()
-            .then(|| format!("{}:{}", update.run.id, update.run.status.as_str()))
-            .into_iter()
-            .collect();
-        // Sent together (pipelined on the connection): one round trip for the whole update.
-        let (_, _, _, taken, ()) = tokio::try_join!(
-            write_run,
-            write_records,
-            insert_items(&tx, &enqueue, None),
-            async {
-                match taker {
-                    Some(taker) => insert_items(&tx, &take, Some(taker)).await,
-                    None => Ok(Vec::new()),
-                }
-            },
-            ingest::notify(&tx, &notices),
-        )?;
-        tx.commit().await.map_err(db_error("commit a run update"))?;
-        Ok(Some(Committed {
-            run: update.run,
-            taken,
-        }))
+        self.update(run_id, done, decide).await
     }
 
     async fn requeue_expired(&self, now: Timestamp) -> Result<usize> {
@@ -587,6 +537,7 @@ impl Store for PgStore {
             "requeue expired leases",
         )
         .await?;
+        self.queue_changes.changed(n as usize);
         Ok(n as usize)
     }
 
@@ -617,6 +568,10 @@ impl Store for PgStore {
         .iter()
         .map(|row| decode(row, 0, "step_records"))
         .collect()
+    }
+
+    async fn load_run(&self, id: RunId) -> Result<Option<LoadedRun>> {
+        self.load(id).await
     }
 
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage> {
@@ -864,6 +819,7 @@ impl Store for PgStore {
             quarantined: row.get::<_, i64>(1) as u64,
             bytes: row.get::<_, i64>(2) as u64,
             ingest_syncs: self.syncs.load(Ordering::Relaxed),
+            queue_vacuums: self.queue_changes.vacuums(),
         })
     }
 

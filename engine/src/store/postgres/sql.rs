@@ -61,3 +61,20 @@ pub(super) async fn query_opt(
         .await
         .map_err(db_error(context))
 }
+
+/// Runs `sql`; the one row it answered (an error if none).
+pub(super) async fn query_one(
+    client: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+    context: &'static str,
+) -> Result<Row> {
+    let statement = client
+        .prepare_cached(sql)
+        .await
+        .map_err(db_error(context))?;
+    client
+        .query_one(&statement, params)
+        .await
+        .map_err(db_error(context))
+}

@@ -94,3 +94,48 @@ async fn an_unreadable_queue_item_is_parked_listed_and_put_back_once_readable() 
         .unwrap();
     assert_eq!(claimed, damaged.items);
 }
+
+/// Once a thousand queue items were claimed and finished, the node vacuums the queue table by
+/// itself (counted in the store's stats and in PostgreSQL's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_churned_queue_is_vacuumed_by_the_node() {
+    let url = <Postgres as Backend>::place();
+    let store = <Postgres as Backend>::open(&url);
+    let f = flow("orders");
+    let runs: Vec<_> = (0..1_100)
+        .map(|_| new_run(&f, crate::ids::RunId::new(), at(1)))
+        .collect();
+    ingest_all(&store, runs).await;
+    loop {
+        let claimed = claim_items(&store, at(1_000), 200, at(60_000), &NO_LIMITS)
+            .await
+            .unwrap();
+        if claimed.is_empty() {
+            break;
+        }
+        for item in claimed {
+            commit(&store, item.run_id, Some(item.id), &|_| None)
+                .await
+                .unwrap();
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.stats().await.unwrap().queue_vacuums == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queue was never vacuumed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = hookflow_testpg::shared()
+        .psql(&url)
+        .args([
+            "-Atc",
+            "SELECT vacuum_count FROM pg_stat_user_tables \
+             WHERE schemaname = 'hookflow' AND relname = 'queue'",
+        ])
+        .output()
+        .unwrap();
+    let vacuums = String::from_utf8(out.stdout).unwrap();
+    assert!(vacuums.trim().parse::<u64>().unwrap() >= 1, "{vacuums}");
+}

@@ -1492,6 +1492,7 @@ impl Store for SledStore {
             queued: self.new_runs.queue.len() as u64 + self.in_inbox(),
             bytes,
             ingest_syncs: self.inbox.as_ref().map_or(0, Inbox::syncs),
+            queue_vacuums: 0,
             quarantined: self.inbox.as_ref().map_or(0, |i| i.quarantine().held()),
         })
     }
