@@ -19,7 +19,10 @@ use crate::model::QueueItem;
 use crate::store::{ClaimRequest, Claimed, Lease, LeaseToken, Result};
 
 /// Leases up to `$2` items due at `$1` to `$3` until `$4`; a flow listed in `$5` takes at most its
-/// room in `$6`, others at most `$2`. Answers the leased items.
+/// room in `$6`, others at most `$2`. Answers the leased items. The statement is prepared once,
+/// so its plan is generic (it cannot know `$2`): the leased rows are found by primary key from an
+/// array, which keeps the plan an index lookup however large the queue (a join with `chosen`
+/// was planned as a scan of the whole queue).
 const CLAIM: &str = "
     WITH RECURSIVE flows(flow_id) AS (
         (SELECT flow_id FROM hookflow.queue WHERE lease_owner IS NULL ORDER BY flow_id LIMIT 1)
@@ -40,7 +43,7 @@ const CLAIM: &str = "
           FROM room r CROSS JOIN LATERAL (
             SELECT q.id, q.flow_id, q.due_at FROM hookflow.queue q
              WHERE q.flow_id = r.flow_id AND q.lease_owner IS NULL AND q.due_at <= $1
-             ORDER BY q.due_at, q.id
+             ORDER BY q.flow_id, q.due_at, q.id
              LIMIT r.quota
              FOR UPDATE SKIP LOCKED
           ) c
@@ -57,8 +60,7 @@ const CLAIM: &str = "
     )
     UPDATE hookflow.queue q
        SET lease_owner = $3, lease_token = nextval('hookflow.lease_tokens'), lease_until = $4
-      FROM chosen
-     WHERE q.id = chosen.id
+     WHERE q.id = ANY(ARRAY(SELECT id FROM chosen))
     RETURNING q.id, q.data, q.lease_token, q.due_at";
 
 /// Serialises claims of one limited flow until the claiming transaction ends.
