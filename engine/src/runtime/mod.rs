@@ -746,7 +746,11 @@ impl Engine {
     async fn execute(&self, claim: Claimed) -> Result<()> {
         let (held, current) = tokio::sync::watch::channel(claim.lease.clone());
         let work = async {
-            let Claimed { mut item, lease } = claim;
+            let Claimed {
+                mut item,
+                lease,
+                run,
+            } = claim;
             let mut chain = Chain {
                 lease,
                 held,
@@ -754,7 +758,8 @@ impl Engine {
                 deferred: Vec::new(),
             };
             let span = step_span(&item, &self.config.node);
-            let Some(mut work) = self.load(&item, &chain.lease).instrument(span).await? else {
+            let loading = self.load(&item, &chain.lease, run);
+            let Some(mut work) = loading.instrument(span).await? else {
                 return Ok(());
             };
             loop {
@@ -980,11 +985,20 @@ impl Engine {
         Some(update)
     }
 
-    /// What executing an item needs, or `None` when the item needs no execution (it was dropped,
-    /// or its run was failed because its flow revision cannot be loaded).
-    async fn load(&self, item: &QueueItem, lease: &Lease) -> Result<Option<Work>> {
+    /// What executing an item needs (its run as `claimed` with it, or read now), or `None` when
+    /// the item needs no execution (it was dropped, or its run was failed because its flow
+    /// revision cannot be loaded).
+    async fn load(
+        &self,
+        item: &QueueItem,
+        lease: &Lease,
+        claimed: Option<LoadedRun>,
+    ) -> Result<Option<Work>> {
         let store = self.store.as_ref();
-        let loaded = store.load_run(item.run_id).await?;
+        let loaded = match claimed {
+            Some(loaded) => Some(loaded),
+            None => store.load_run(item.run_id).await?,
+        };
         let Some(LoadedRun {
             run,
             event,

@@ -733,6 +733,26 @@ pub(crate) async fn load_run_reads_the_run_its_event_and_records(store: Arc<dyn 
     assert_eq!(loaded.event, Some(new.event));
     assert_eq!(loaded.records, [first]);
     assert!(store.load_run(RunId::new()).await.unwrap().is_none());
+
+    // A claim that reads the item's run reads what `load_run` reads.
+    let other = new_run(&f, RunId::new(), at(300));
+    ingest(&store, other.clone()).await;
+    let claimed = store
+        .claim_due(ClaimRequest {
+            owner: &node(),
+            now: at(300),
+            limit: 1,
+            until: at(60_000),
+            concurrency: &NO_LIMITS,
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    if let Some(with_claim) = &claimed[0].run {
+        let loaded = store.load_run(other.run.id).await.unwrap();
+        assert_eq!(Some(with_claim), loaded.as_ref());
+        assert_eq!(with_claim.run, other.run);
+    }
 }
 
 /// A worker loads its run and goes on through several steps, each commit taking the next item;
@@ -757,17 +777,7 @@ pub(crate) async fn updates_after_a_load_see_the_stored_run(store: Arc<dyn Store
     assert_eq!(store.run(id).await.unwrap(), Some(run));
 
     // Another writer changes the run while the worker executes its second step.
-    commit(&store, id, None, &|mut run: Run| {
-        run.title = Some("changed by a callback".into());
-        Some(RunUpdate {
-            run,
-            records: vec![],
-            enqueue: vec![],
-            take: None,
-        })
-    })
-    .await
-    .unwrap();
+    set_title(&store, id, "changed by a callback").await;
     let third = item(&f, id, "third", at(300));
     let seen = std::sync::Mutex::new(Vec::new());
     let step_two = |mut run: Run| {
@@ -835,6 +845,85 @@ pub(crate) async fn updates_after_a_load_see_the_stored_run(store: Arc<dyn Store
     );
     assert_eq!(store.run(id).await.unwrap(), Some(run));
     assert_eq!(store.step_records(id).await.unwrap().len(), 1);
+}
+
+/// Many workers finish their runs at once (a backend may write them together): each run gets its
+/// own outcome, and a run another writer changed since its worker loaded it is decided again on
+/// the stored run, whatever happens to the others.
+pub(crate) async fn workers_finishing_at_once_each_write_their_own_run(store: Arc<dyn Store>) {
+    let f = flow("orders");
+    let runs: Vec<NewRun> = (0..40)
+        .map(|_| new_run(&f, RunId::new(), at(100)))
+        .collect();
+    ingest_all(&store, runs.clone()).await;
+    let claimed = claim_items(&store, at(100), 40, at(60_000), &NO_LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 40);
+    for item in &claimed {
+        store.load_run(item.run_id).await.unwrap().unwrap();
+    }
+    // Every fourth run is changed by another writer after its worker loaded it.
+    let changed: BTreeSet<RunId> = claimed.iter().step_by(4).map(|i| i.run_id).collect();
+    for id in &changed {
+        set_title(&store, *id, "changed meanwhile").await;
+    }
+    let mut tasks = JoinSet::new();
+    for item in claimed {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let finish = |mut run: Run| {
+                run.status = RunStatus::Succeeded;
+                run.set_step_status(&step("first"), StepStatus::Succeeded);
+                let records = vec![record(run.id, "first", json!(run.id.to_string()))];
+                Some(RunUpdate {
+                    run,
+                    records,
+                    enqueue: vec![],
+                    take: None,
+                })
+            };
+            commit(&store, item.run_id, Some(item.id), &finish)
+                .await
+                .unwrap()
+                .expect("the run exists")
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    for new in &runs {
+        let id = new.run.id;
+        let run = store.run(id).await.unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Succeeded, "{id}");
+        let title = changed
+            .contains(&id)
+            .then(|| "changed meanwhile".to_owned());
+        assert_eq!(run.title, title, "{id}");
+        let records = store.step_records(id).await.unwrap();
+        assert_eq!(records, [record(id, "first", json!(id.to_string()))]);
+    }
+    assert_eq!(
+        store.requeue_expired(FAR_FUTURE).await.unwrap(),
+        0,
+        "every lease ended"
+    );
+    assert_eq!(store.next_due().await.unwrap(), None);
+}
+
+/// Sets a run's title without a lease (as a callback's update would change a run).
+async fn set_title(store: &Arc<dyn Store>, id: RunId, title: &str) {
+    commit(store, id, None, &|mut run: Run| {
+        run.title = Some(title.to_owned());
+        Some(RunUpdate {
+            run,
+            records: vec![],
+            enqueue: vec![],
+            take: None,
+        })
+    })
+    .await
+    .unwrap();
 }
 
 /// Expired leases go back to the queue with their due time, and can be claimed again; leases
@@ -1783,6 +1872,7 @@ macro_rules! conformance_suite {
             concurrent_updates_of_one_run_lose_nothing,
             load_run_reads_the_run_its_event_and_records,
             updates_after_a_load_see_the_stored_run,
+            workers_finishing_at_once_each_write_their_own_run,
             requeue_expired_returns_ended_leases,
             a_commit_on_a_lease_no_longer_held_is_refused,
             an_expired_lease_is_handed_over_and_renewal_keeps_one,

@@ -297,6 +297,9 @@ pub struct Claimed {
     pub item: QueueItem,
     /// Its lease.
     pub lease: Lease,
+    /// The item's run as the claim read it, where the backend reads it with the claim
+    /// (PostgreSQL); otherwise `None`, and [`Store::load_run`] reads it.
+    pub run: Option<LoadedRun>,
 }
 
 /// What a claim asks for.
@@ -382,7 +385,7 @@ pub struct Take {
 }
 
 /// A run as [`Store::load_run`] reads it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoadedRun {
     /// The run.
     pub run: Run,

@@ -1,5 +1,5 @@
 //! Claims on PostgreSQL: one statement finds the due items, shares them between flows, locks them
-//! (skipping items another node is claiming) and leases them.
+//! (skipping items another node is claiming), leases them and reads their runs.
 //!
 //! Invariants:
 //! - An item is leased by one claim only: candidates are locked `FOR UPDATE SKIP LOCKED`, and the
@@ -19,7 +19,8 @@ use crate::model::QueueItem;
 use crate::store::{ClaimRequest, Claimed, Lease, LeaseToken, Result};
 
 /// Leases up to `$2` items due at `$1` to `$3` until `$4`; a flow listed in `$5` takes at most its
-/// room in `$6`, others at most `$2`. Answers the leased items. The statement is prepared once,
+/// room in `$6`, others at most `$2`. Answers the leased items, each with its run (the columns
+/// [`PgStore::loaded`] reads, NULL if the run is gone). The statement is prepared once,
 /// so its plan is generic (it cannot know `$2`): the leased rows are found by primary key from an
 /// array, which keeps the plan an index lookup however large the queue (a join with `chosen`
 /// was planned as a scan of the whole queue).
@@ -57,11 +58,18 @@ const CLAIM: &str = "
         ) ranked
          ORDER BY turn, head, flow_id, due_at, id
          LIMIT $2
+    ),
+    leased AS (
+        UPDATE hookflow.queue q
+           SET lease_owner = $3, lease_token = nextval('hookflow.lease_tokens'), lease_until = $4
+         WHERE q.id = ANY(ARRAY(SELECT id FROM chosen))
+        RETURNING q.id, q.run_id, q.data, q.lease_token
     )
-    UPDATE hookflow.queue q
-       SET lease_owner = $3, lease_token = nextval('hookflow.lease_tokens'), lease_until = $4
-     WHERE q.id = ANY(ARRAY(SELECT id FROM chosen))
-    RETURNING q.id, q.data, q.lease_token, q.due_at";
+    SELECT l.id, l.data, l.lease_token, r.data, r.xmin::text, e.data,
+           (SELECT coalesce(json_agg(s.data), '[]') FROM hookflow.step_records s WHERE s.run_id = r.id)
+      FROM leased l
+      LEFT JOIN hookflow.runs r ON r.id = l.run_id
+      LEFT JOIN hookflow.events e ON e.id = r.event_id";
 
 /// Serialises claims of one limited flow until the claiming transaction ends.
 const LOCK_FLOW: &str = "SELECT pg_advisory_xact_lock(hashtextextended('hookflow.flow/' || $1, 0))";
@@ -143,6 +151,8 @@ impl PgStore {
                         token: LeaseToken(row.get::<_, i64>(2) as u64),
                         until: request.until,
                     },
+                    // A run gone or unreadable is read again (and reported) by `load_run`.
+                    run: self.loaded(row, 3).ok(),
                     item,
                 }),
                 Err(e) => {

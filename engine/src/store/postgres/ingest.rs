@@ -1,8 +1,8 @@
 //! Ingest on PostgreSQL: concurrent `ingest` calls share transactions, so the acknowledgement rate
 //! is not one commit (and one WAL flush) per event.
 //!
-//! Callers hand their new run to a channel; a few writer tasks each take what is waiting (up to
-//! [`MAX_BATCH`]) and write it in one transaction: dedupe keys first, then events, runs and queue
+//! Callers hand their new run to a [`Batcher`]; a few writer tasks each take what is waiting (up
+//! to [`MAX_BATCH`]) and write it in one transaction: dedupe keys first, then events, runs and queue
 //! items with one multi-row statement each, then the notices, then a synchronous COMMIT. Every
 //! caller of a batch is answered only after that COMMIT returns.
 //!
@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::types::Json;
 
+use super::batch::{shared_error, Batcher};
 use super::{db_error, pool_error, sql, RUN_CHANNEL};
 use crate::model::RunStatus;
 use crate::store::{Ingested, NewRun, Result, StoreError};
@@ -37,75 +37,38 @@ const TRIES: usize = 3;
 /// A notification's payload stays below PostgreSQL's 8,000-byte limit.
 const MAX_PAYLOAD: usize = 7_000;
 
-struct Pending {
-    new: NewRun,
-    reply: oneshot::Sender<Result<Ingested>>,
-}
-
-/// The writers' inbox. Dropping it ends the writer tasks once they have answered what they took.
-pub(super) struct Writer {
-    queue: mpsc::Sender<Pending>,
-}
+/// The ingest writers. Dropping it ends the writer tasks once they have answered what they took.
+pub(super) struct Writer(Batcher<NewRun, Result<Ingested>>);
 
 impl Writer {
     /// Starts `writers` writer tasks on `pool`; `syncs` counts their commits.
     pub(super) fn start(pool: Pool, writers: usize, syncs: Arc<AtomicU64>) -> Self {
-        let (queue, waiting) = mpsc::channel(MAX_BATCH * 16);
-        let waiting = Arc::new(Mutex::new(waiting));
-        for _ in 0..writers.max(1) {
-            let (pool, waiting, syncs) = (pool.clone(), waiting.clone(), syncs.clone());
-            tokio::spawn(async move {
-                while let Some(batch) = next_batch(&waiting).await {
-                    let news: Vec<&NewRun> = batch.iter().map(|p| &p.new).collect();
-                    let mut outcome = write_with_retries(&pool, &news).await;
-                    if outcome.is_ok() {
-                        syncs.fetch_add(1, Ordering::Relaxed);
-                    }
-                    for (n, pending) in batch.into_iter().enumerate() {
-                        let answer = match &mut outcome {
-                            Ok(outcomes) => Ok(outcomes[n]),
-                            Err(e) => Err(shared_error(e)),
-                        };
-                        let _ = pending.reply.send(answer);
+        Self(Batcher::start(
+            writers,
+            MAX_BATCH,
+            move |batch: Vec<NewRun>| {
+                let (pool, syncs) = (pool.clone(), syncs.clone());
+                async move {
+                    let news: Vec<&NewRun> = batch.iter().collect();
+                    let outcome = write_with_retries(&pool, &news).await;
+                    match outcome {
+                        Ok(outcomes) => {
+                            syncs.fetch_add(1, Ordering::Relaxed);
+                            outcomes.into_iter().map(Ok).collect()
+                        }
+                        Err(e) => batch
+                            .iter()
+                            .map(|_| Err(shared_error(&e, "write the event")))
+                            .collect(),
                     }
                 }
-            });
-        }
-        Self { queue }
+            },
+        ))
     }
 
     /// Writes `new` with whatever else is waiting; returns once it is committed.
     pub(super) async fn ingest(&self, new: NewRun) -> Result<Ingested> {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || StoreError::unavailable_because("the store is closing");
-        self.queue
-            .send(Pending { new, reply })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
-    }
-}
-
-/// Waits for one pending run, then takes what else is waiting, up to [`MAX_BATCH`]; `None` once
-/// the store is dropped.
-async fn next_batch(waiting: &Mutex<mpsc::Receiver<Pending>>) -> Option<Vec<Pending>> {
-    let mut waiting = waiting.lock().await;
-    let first = waiting.recv().await?;
-    let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
-        match waiting.try_recv() {
-            Ok(pending) => batch.push(pending),
-            Err(_) => break,
-        }
-    }
-    Some(batch)
-}
-
-/// The same error for each caller of a failed batch (a [`StoreError`] is not `Clone`).
-fn shared_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Conflict(why) => StoreError::Conflict(why.clone()),
-        other => StoreError::unavailable_because(format!("write the event: {other}")),
+        self.0.call(new).await?
     }
 }
 

@@ -55,7 +55,9 @@
 //! Errors: a failed connection or statement is [`StoreError::Unavailable`] (the pool reconnects
 //! by itself); a deadlock or serialisation failure is [`StoreError::Conflict`].
 
+mod batch;
 mod claim;
+mod finish;
 mod ingest;
 mod listen;
 mod logs;
@@ -113,7 +115,7 @@ pub struct PgOptions {
     pub password: Option<String>,
     /// Connections in this node's pool.
     pub pool_size: usize,
-    /// Concurrent ingest transactions.
+    /// Concurrent batch writers, of ingests and of steps' outcomes each.
     pub writers: usize,
 }
 
@@ -186,6 +188,7 @@ pub struct PgStore {
     syncs: Arc<AtomicU64>,
     tokens: std::sync::Mutex<std::collections::HashMap<FlowId, String>>,
     versions: runs::Versions,
+    finisher: finish::Finisher,
 }
 
 impl Drop for PgStore {
@@ -213,6 +216,7 @@ impl PgStore {
         let queue_changes = Arc::new(tidy::QueueChanges::default());
         let store = Self {
             writer: ingest::Writer::start(pool.clone(), options.writers, syncs.clone()),
+            finisher: finish::start(lazy.clone(), options.writers),
             listener: tokio::spawn(listen::listen_forever(config, notices.clone())),
             tidier: tokio::spawn(tidy::tidy_forever(lazy.clone(), queue_changes.clone())),
             queue_changes,

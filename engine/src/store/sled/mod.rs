@@ -1036,7 +1036,11 @@ impl Store for SledStore {
             .into_iter()
             .map(|(key, item, _)| {
                 let lease = leases.grant(item.id, key, &item.flow_id, request.owner, request.until);
-                Claimed { item, lease }
+                Claimed {
+                    item,
+                    lease,
+                    run: None,
+                }
             })
             .collect())
     }
