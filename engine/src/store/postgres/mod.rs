@@ -49,8 +49,8 @@
 //!   lease holder deletes), then writes the run's other rows (see `runs.rs`).
 //! - `requeue_expired` locks queue rows only.
 //! - Ingest takes dedupe keys in (flow, key) order before inserting anything.
-//! Coordination rows are locked one at a time, each in a transaction of its own; so is a storage
-//! key's advisory lock (two-key form, apart from the claims' single-key locks).
+//! - Coordination rows are locked one at a time, each in a transaction of its own; so is a
+//!   storage key's advisory lock (two-key form, apart from the claims' single-key locks).
 //!
 //! Errors: a failed connection or statement is [`StoreError::Unavailable`] (the pool reconnects
 //! by itself); a deadlock or serialisation failure is [`StoreError::Conflict`].
