@@ -8,6 +8,9 @@
 //!   all, whatever becomes of the others in the batch.
 //! - A batch holds at most one outcome per run; a second one (parallel branches finishing at
 //!   once) is answered "not written", and its caller takes the locked transaction.
+//! - A batch that fails (the database is away, or one run's outcome cannot be written) is
+//!   answered "not written" too: each caller then writes its own run in the locked transaction,
+//!   so one run's failure never fails the others, and each caller hears its own error.
 //! - Runs are locked in id order, so two batches (on any nodes) cannot wait on each other.
 
 use std::collections::{HashMap, HashSet};
@@ -15,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use deadpool_postgres::Pool;
 use tokio_postgres::types::Json;
 
-use super::batch::{shared_error, Batcher};
+use super::batch::Batcher;
 use super::runs::Records;
 use super::{parse_id, pool_error, sql, ItemColumns, RUN_CHANNEL};
 use crate::ids::RunId;
@@ -88,7 +91,7 @@ pub(super) struct Written {
 }
 
 /// Each outcome handed back with what was written of it (`None`: nothing, see the module docs).
-pub(super) type Finisher = Batcher<Finish, (RunUpdate, Result<Option<Written>>)>;
+pub(super) type Finisher = Batcher<Finish, (RunUpdate, Option<Written>)>;
 
 /// Starts `tasks` tasks writing batches of outcomes through `pool`.
 pub(super) fn start(pool: Pool, tasks: usize) -> Finisher {
@@ -103,16 +106,16 @@ pub(super) fn start(pool: Pool, tasks: usize) -> Finisher {
                 .filter(|(_, &f)| f)
                 .map(|(f, _)| f)
                 .collect();
-            let mut outcome = write(&pool, &once).await;
+            let mut written = write(&pool, &once).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, runs = once.len(), "a batch of steps' outcomes failed; writing each on its own");
+                HashMap::new()
+            });
             batch
                 .into_iter()
                 .zip(first)
                 .map(|(finish, first)| {
-                    let written = match &mut outcome {
-                        _ if !first => Ok(None),
-                        Ok(written) => Ok(written.remove(&finish.update.run.id)),
-                        Err(e) => Err(shared_error(e, "write a step's outcome")),
-                    };
+                    let run = finish.update.run.id;
+                    let written = if first { written.remove(&run) } else { None };
                     (finish.update, written)
                 })
                 .collect()

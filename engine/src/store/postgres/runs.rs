@@ -98,7 +98,7 @@ impl PgStore {
                     update,
                 };
                 let (update, written) = self.finisher.call(finish).await?;
-                if let Some(written) = written? {
+                if let Some(written) = written {
                     return Ok(Some(self.committed(
                         update.run,
                         written.version,

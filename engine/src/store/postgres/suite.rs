@@ -139,3 +139,67 @@ async fn a_churned_queue_is_vacuumed_by_the_node() {
     let vacuums = String::from_utf8(out.stdout).unwrap();
     assert!(vacuums.trim().parse::<u64>().unwrap() >= 1, "{vacuums}");
 }
+
+/// Workers' outcomes written together stay independent: one outcome the database refuses (it
+/// queues an item under an id already taken) fails its own commit only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_the_database_refuses_fails_alone() {
+    let url = <Postgres as Backend>::place();
+    let store = <Postgres as Backend>::open(&url);
+    let f = flow("orders");
+    let waiting = new_run(&f, crate::ids::RunId::new(), at(10_000_000));
+    let taken_id = waiting.items[0].id;
+    let runs: Vec<_> = (0..12)
+        .map(|_| new_run(&f, crate::ids::RunId::new(), at(1)))
+        .collect();
+    ingest_all(&store, runs.iter().cloned().chain([waiting])).await;
+    let claimed = claim_items(&store, at(1_000), 12, at(60_000), &NO_LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 12);
+    for item in &claimed {
+        store.load_run(item.run_id).await.unwrap().unwrap();
+    }
+    let refused = claimed[5].run_id;
+    let mut tasks = tokio::task::JoinSet::new();
+    for item in claimed {
+        let (store, f) = (store.clone(), f.clone());
+        tasks.spawn(async move {
+            let finish = |mut run: crate::model::Run| {
+                run.status = crate::model::RunStatus::Running;
+                let mut next = crate::store::conformance::item(&f, run.id, "second", at(2_000));
+                if run.id == refused {
+                    next.id = taken_id;
+                }
+                Some(crate::store::RunUpdate {
+                    run,
+                    records: vec![],
+                    enqueue: vec![next],
+                    take: None,
+                })
+            };
+            (
+                item.run_id,
+                commit(&store, item.run_id, Some(item.id), &finish).await,
+            )
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (run, outcome) = done.unwrap();
+        if run == refused {
+            assert!(outcome.is_err(), "{outcome:?}");
+        } else {
+            let written = outcome.unwrap().expect("the run exists");
+            assert_eq!(written.status, crate::model::RunStatus::Running);
+        }
+    }
+    for new in &runs {
+        let stored = store.run(new.run.id).await.unwrap().unwrap();
+        let expected = if new.run.id == refused {
+            crate::model::RunStatus::Queued
+        } else {
+            crate::model::RunStatus::Running
+        };
+        assert_eq!(stored.status, expected, "{}", new.run.id);
+    }
+}
