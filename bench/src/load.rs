@@ -96,16 +96,18 @@ pub async fn send(
     count: u64,
     concurrency: u64,
 ) -> anyhow::Result<LoadReport> {
-    send_to_all(&[url], first, count, concurrency).await
+    send_to_all(&[url], first, count, concurrency, None).await
 }
 
 /// [`send`] spread over several catch URLs (one per node): the connections take the URLs in
-/// turn.
+/// turn. With a `rate` (events per second), event `n` is not sent before its time in that pace
+/// (a connection still waiting for an answer sends late, so the pace is a ceiling).
 pub async fn send_to_all(
     urls: &[&str],
     first: u64,
     count: u64,
     concurrency: u64,
+    rate: Option<f64>,
 ) -> anyhow::Result<LoadReport> {
     let targets = urls
         .iter()
@@ -124,6 +126,10 @@ pub async fn send_to_all(
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= end {
                     return (acked, latencies, failed);
+                }
+                if let Some(rate) = rate {
+                    let due = started + Duration::from_secs_f64((n - first) as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
                 }
                 let sent = Instant::now();
                 match target.post(&mut connection, event_bytes(n)).await {

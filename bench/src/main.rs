@@ -39,6 +39,10 @@ struct Args {
     /// connections take their catch URLs in turn.
     #[arg(long, default_value_t = 1)]
     nodes: usize,
+    /// Send at most this many events per second (default: as fast as they are answered), to see
+    /// whether a node keeps pace with a steady load.
+    #[arg(long)]
+    rate: Option<f64>,
     /// The hookflow binary (default: the one beside this program).
     #[arg(long)]
     hookflow: Option<PathBuf>,
@@ -85,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
         workers: args.workers,
         compression: args.compression,
         nodes: args.nodes,
+        rate: args.rate,
         postgres: match args.store.as_str() {
             "sled" => None,
             "postgres" => Some(Postgres::Throwaway(hookflow_testpg::Cluster::start()?)),
@@ -108,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
     // Opened first, so that a bad path fails now rather than after the scenarios have run.
     let mut record = args.record.as_deref().map(results_file).transpose()?;
     let context = format!(
-        "{} | {} | {} | concurrency {}, workers {}{}{}",
+        "{} | {} | {} | concurrency {}, workers {}{}{}{}",
         shell("date -u +%F"),
         shell("git rev-parse --short HEAD"),
         machine(),
@@ -123,7 +128,10 @@ async fn main() -> anyhow::Result<()> {
             (None, _) => String::new(),
             (Some(_), 1) => ", PostgreSQL store".to_owned(),
             (Some(_), n) => format!(", PostgreSQL store, {n} nodes"),
-        }
+        },
+        args.rate
+            .map(|rate| format!(", sent at {rate} events/s"))
+            .unwrap_or_default()
     );
     println!("{HEADER}");
     for s in scenarios {

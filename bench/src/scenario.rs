@@ -46,6 +46,8 @@ pub struct Options {
     pub postgres: Option<Postgres>,
     /// Nodes sharing the PostgreSQL store (the load is spread over their catch URLs).
     pub nodes: usize,
+    /// Events per second the load generator keeps to (as fast as answered when `None`).
+    pub rate: Option<f64>,
 }
 
 /// Where the PostgreSQL store of each scenario is.
@@ -193,7 +195,8 @@ pub async fn run(scenario: Scenario, options: &Options) -> anyhow::Result<Report
         .chain(&others)
         .map(|s| s.catch_url.as_str())
         .collect();
-    let load = load::send_to_all(&urls, 0, options.count, options.concurrency).await?;
+    let load =
+        load::send_to_all(&urls, 0, options.count, options.concurrency, options.rate).await?;
     ensure!(
         load.failed == 0,
         "{} of {} events were not acknowledged",

@@ -2,9 +2,10 @@
 //! is not one commit (and one WAL flush) per event.
 //!
 //! Callers hand their new run to a [`Batcher`]; a few writer tasks each take what is waiting (up
-//! to [`MAX_BATCH`]) and write it in one transaction: dedupe keys first, then events, runs and queue
-//! items with one multi-row statement each, then the notices, then a synchronous COMMIT. Every
-//! caller of a batch is answered only after that COMMIT returns.
+//! to [`MAX_BATCH`]) and write it in one transaction, committed synchronously. A batch without
+//! dedupe keys is one statement (events, runs, first items and notices together); a batch with
+//! keys takes them first, then writes that statement, then commits. Every caller of a batch is
+//! answered only after the commit returns.
 //!
 //! Invariants:
 //! - A caller hears `Created` only once its event, run and items are committed durably; when the
@@ -20,11 +21,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::types::Json;
 
 use super::batch::{shared_error, Batcher};
-use super::{db_error, pool_error, sql, RUN_CHANNEL};
+use super::{db_error, pool_error, sql, ItemColumns, RUN_CHANNEL};
 use crate::model::RunStatus;
 use crate::store::{Ingested, NewRun, Result, StoreError};
 
@@ -113,6 +114,11 @@ async fn write(pool: &Pool, batch: &[&NewRun]) -> Result<Vec<Ingested>> {
         .collect();
 
     let mut client = pool.get().await.map_err(pool_error)?;
+    if first_with_key.is_empty() {
+        // Nothing to look up first: one statement, committed (durably) on its own.
+        insert_created(&client, batch).await?;
+        return Ok(vec![Ingested::Created; batch.len()]);
+    }
     let tx = client
         .transaction()
         .await
@@ -242,55 +248,59 @@ fn dedupe_key(new: &NewRun) -> &str {
     new.dedupe.as_ref().map_or("", |d| d.key.as_str())
 }
 
-/// Inserts the events, runs and first items of `created`, and notifies their creation.
-async fn insert_created(
-    tx: &deadpool_postgres::Transaction<'_>,
-    created: &[&NewRun],
-) -> Result<()> {
+/// Inserts the events, runs and first items of `created`, and notifies their creation, in one
+/// statement.
+async fn insert_created(client: &impl GenericClient, created: &[&NewRun]) -> Result<()> {
     let ids = |f: fn(&NewRun) -> String| -> Vec<String> { created.iter().map(|n| f(n)).collect() };
     let event_ids = ids(|n| n.event.id.to_string());
     let flows = ids(|n| n.run.flow_id.to_string());
     let received: Vec<i64> = created.iter().map(|n| n.event.received_at.0).collect();
     let events: Vec<Json<&crate::model::Event>> = created.iter().map(|n| Json(&n.event)).collect();
-    let insert_events = async {
-        sql::execute(
-            tx,
-            "INSERT INTO hookflow.events (id, flow_id, received_at, data)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::json[])",
-            &[&event_ids, &flows, &received, &events],
-            "insert events",
-        )
-        .await
-    };
-
     let run_ids = ids(|n| n.run.id.to_string());
     let statuses = ids(|n| n.run.status.as_str().to_owned());
     let finals: Vec<bool> = created.iter().map(|n| n.run.status.is_final()).collect();
     let created_at: Vec<i64> = created.iter().map(|n| n.run.created_at.0).collect();
     let runs: Vec<Json<&crate::model::Run>> = created.iter().map(|n| Json(&n.run)).collect();
-    let insert_runs = async {
-        sql::execute(
-        tx,
-        "INSERT INTO hookflow.runs (id, flow_id, event_id, status, final, created_at, data)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::int8[], $7::json[])",
-        &[&run_ids, &flows, &event_ids, &statuses, &finals, &created_at, &runs],
-        "insert runs",
-    )
-.await
-    };
-
-    let items: Vec<&crate::model::QueueItem> = created.iter().flat_map(|n| &n.items).collect();
+    let items = ItemColumns::of(created.iter().flat_map(|n| &n.items));
     let notices: Vec<String> = created
         .iter()
         .map(|n| format!("{}:{}", n.run.id, RunStatus::Queued.as_str()))
         .collect();
-    // Sent together (pipelined on the connection): one round trip for all four.
-    tokio::try_join!(
-        insert_events,
-        insert_runs,
-        super::insert_items(tx, &items, None),
-        notify(tx, &notices),
-    )?;
+    sql::execute(
+        client,
+        "WITH events AS (
+             INSERT INTO hookflow.events (id, flow_id, received_at, data)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::json[])
+         ), runs AS (
+             INSERT INTO hookflow.runs (id, flow_id, event_id, status, final, created_at, data)
+             SELECT * FROM unnest($5::text[], $2::text[], $1::text[], $6::text[], $7::bool[],
+                                  $8::int8[], $9::json[])
+         ), items AS (
+             INSERT INTO hookflow.queue (id, run_id, flow_id, due_at, data)
+             SELECT * FROM unnest($10::text[], $11::text[], $12::text[], $13::int8[], $14::json[])
+         )
+         SELECT pg_notify($15, p) FROM unnest($16::text[]) AS p",
+        &[
+            &event_ids,
+            &flows,
+            &received,
+            &events,
+            &run_ids,
+            &statuses,
+            &finals,
+            &created_at,
+            &runs,
+            &items.ids,
+            &items.runs,
+            &items.flows,
+            &items.due,
+            &items.data,
+            &RUN_CHANNEL,
+            &payloads(&notices),
+        ],
+        "insert events, runs and their first items",
+    )
+    .await?;
     Ok(())
 }
 
@@ -300,16 +310,7 @@ pub(super) async fn notify(
     tx: &deadpool_postgres::Transaction<'_>,
     notices: &[String],
 ) -> Result<()> {
-    let mut payloads: Vec<String> = Vec::new();
-    for notice in notices {
-        match payloads.last_mut() {
-            Some(last) if last.len() + notice.len() < MAX_PAYLOAD => {
-                last.push(',');
-                last.push_str(notice);
-            }
-            _ => payloads.push(notice.clone()),
-        }
-    }
+    let payloads = payloads(notices);
     if payloads.is_empty() {
         return Ok(());
     }
@@ -321,4 +322,19 @@ pub(super) async fn notify(
     )
     .await?;
     Ok(())
+}
+
+/// `notices` joined into as few notification payloads as the payload limit allows.
+fn payloads(notices: &[String]) -> Vec<String> {
+    let mut payloads: Vec<String> = Vec::new();
+    for notice in notices {
+        match payloads.last_mut() {
+            Some(last) if last.len() + notice.len() < MAX_PAYLOAD => {
+                last.push(',');
+                last.push_str(notice);
+            }
+            _ => payloads.push(notice.clone()),
+        }
+    }
+    payloads
 }
