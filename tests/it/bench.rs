@@ -13,6 +13,15 @@ async fn smoke_on(scenario: Scenario, postgres: Option<Postgres>) {
 }
 
 async fn smoke_with(scenario: Scenario, postgres: Option<Postgres>, nodes: usize) {
+    smoke_options(scenario, postgres, nodes, None).await;
+}
+
+async fn smoke_options(
+    scenario: Scenario,
+    postgres: Option<Postgres>,
+    nodes: usize,
+    rate: Option<f64>,
+) -> hookflow_bench::scenario::Report {
     let options = Options {
         hookflow: env!("CARGO_BIN_EXE_hookflow").into(),
         count: 300,
@@ -21,6 +30,7 @@ async fn smoke_with(scenario: Scenario, postgres: Option<Postgres>, nodes: usize
         compression: false,
         postgres,
         nodes,
+        rate,
     };
     let report = run(scenario, &options)
         .await
@@ -30,6 +40,18 @@ async fn smoke_with(scenario: Scenario, postgres: Option<Postgres>, nodes: usize
     assert!(
         report.rss_peak_kib > 0 && report.store_bytes > 0,
         "{report:?}"
+    );
+    report
+}
+
+/// `--rate`: 300 events at 1,000/s take at least the 299 ms their pace spreads them over.
+#[tokio::test]
+async fn a_paced_load_keeps_to_its_rate() {
+    let report = smoke_options(Scenario::Ingest, None, 1, Some(1_000.0)).await;
+    assert!(
+        report.load.elapsed >= std::time::Duration::from_millis(299),
+        "{:?}",
+        report.load.elapsed
     );
 }
 
