@@ -79,14 +79,19 @@ const FINISH_STEPS: &str = "
 
 /// One run's outcome, decided on the run at `version`, finishing the item of `lease`.
 pub(super) struct Finish {
+    /// The run's row version the outcome was decided on.
     pub version: String,
+    /// The lease of the item the step finished.
     pub lease: Lease,
+    /// The outcome.
     pub update: RunUpdate,
 }
 
 /// What was written of a [`Finish`]: the run's new version and the leases of the items taken.
 pub(super) struct Written {
+    /// The run's row version now.
     pub version: String,
+    /// The leases of the items its worker took.
     pub taken: Vec<Lease>,
 }
 

@@ -236,7 +236,9 @@ pub(super) fn notice(run: &Run) -> Option<String> {
 
 /// Step records as statement parameters.
 pub(super) struct Records<'a> {
+    /// The records' step ids.
     pub steps: Vec<String>,
+    /// The records, in the same order.
     pub data: Vec<Json<&'a StepRecord>>,
 }
 
