@@ -18,8 +18,9 @@
 //!   flows with a concurrency limit).
 //! - *Commits check the lease*: `update_run` deletes the finished item only where owner and token
 //!   still match, in the same transaction as the run's update; no match is `LeaseLost` and
-//!   nothing written. The executing node's updates are usually one statement (`runs.rs`). `requeue_expired` clears leases whose expiry passed, so a later commit by their
-//!   old holder finds no match.
+//!   nothing written. The executing workers' updates are usually written several to a statement
+//!   (`runs.rs`, `finish.rs`). `requeue_expired` clears leases whose expiry passed, so a later
+//!   commit by their old holder finds no match.
 //! - *When effects may start*: claims, renewals and `update_run` go through the **lazy** pool,
 //!   whose sessions commit with `synchronous_commit = off` (no wait for the disk); `flush` commits
 //!   a write (this node's heartbeat row) through the **durable** pool, whose sessions commit
@@ -67,7 +68,6 @@ mod runs;
 pub mod schema;
 mod sql;
 mod storage;
-
 mod tidy;
 
 #[cfg(test)]
