@@ -12,8 +12,8 @@
 //!
 //! # How each promise of the contract is kept
 //! - *Ingest is durable before the 2xx*: `ingest.rs` batches concurrent events into one
-//!   transaction with a synchronous COMMIT (every pool connection runs with
-//!   `synchronous_commit = on`).
+//!   transaction with a synchronous COMMIT (it writes through the durable pool, whose sessions
+//!   run with `synchronous_commit = on`).
 //! - *Claims*: see `claim.rs` (one statement; `FOR UPDATE SKIP LOCKED`; advisory locks for
 //!   flows with a concurrency limit).
 //! - *Commits check the lease*: `update_run` deletes the finished item only where owner and token
