@@ -251,8 +251,17 @@ pub(crate) async fn ingest(store: &Arc<dyn Store>, new: NewRun) -> Ingested {
 
 /// Sets a run's status through `update_run`.
 pub(crate) async fn set_status(store: &Arc<dyn Store>, id: RunId, status: RunStatus) {
-    let decide = move |mut run: Run| {
-        run.status = status;
+    change_run(store, id, |run| run.status = status).await;
+}
+
+/// Changes a run through `update_run` without a lease (as an API call or a callback would).
+pub(crate) async fn change_run(
+    store: &Arc<dyn Store>,
+    id: RunId,
+    change: impl Fn(&mut Run) + Send + Sync,
+) {
+    let decide = |mut run: Run| {
+        change(&mut run);
         Some(RunUpdate {
             run,
             records: vec![],
@@ -913,17 +922,7 @@ pub(crate) async fn workers_finishing_at_once_each_write_their_own_run(store: Ar
 
 /// Sets a run's title without a lease (as a callback's update would change a run).
 async fn set_title(store: &Arc<dyn Store>, id: RunId, title: &str) {
-    commit(store, id, None, &|mut run: Run| {
-        run.title = Some(title.to_owned());
-        Some(RunUpdate {
-            run,
-            records: vec![],
-            enqueue: vec![],
-            take: None,
-        })
-    })
-    .await
-    .unwrap();
+    change_run(store, id, |run| run.title = Some(title.to_owned())).await;
 }
 
 /// Expired leases go back to the queue with their due time, and can be claimed again; leases

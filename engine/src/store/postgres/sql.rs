@@ -18,10 +18,7 @@ pub(super) async fn execute(
     params: Params<'_>,
     context: &'static str,
 ) -> Result<u64> {
-    let statement = client
-        .prepare_cached(sql)
-        .await
-        .map_err(db_error(context))?;
+    let statement = prepared(client, sql, context).await?;
     client
         .execute(&statement, params)
         .await
@@ -35,10 +32,7 @@ pub(super) async fn query(
     params: Params<'_>,
     context: &'static str,
 ) -> Result<Vec<Row>> {
-    let statement = client
-        .prepare_cached(sql)
-        .await
-        .map_err(db_error(context))?;
+    let statement = prepared(client, sql, context).await?;
     client
         .query(&statement, params)
         .await
@@ -52,10 +46,7 @@ pub(super) async fn query_opt(
     params: Params<'_>,
     context: &'static str,
 ) -> Result<Option<Row>> {
-    let statement = client
-        .prepare_cached(sql)
-        .await
-        .map_err(db_error(context))?;
+    let statement = prepared(client, sql, context).await?;
     client
         .query_opt(&statement, params)
         .await
@@ -69,12 +60,18 @@ pub(super) async fn query_one(
     params: Params<'_>,
     context: &'static str,
 ) -> Result<Row> {
-    let statement = client
-        .prepare_cached(sql)
-        .await
-        .map_err(db_error(context))?;
+    let statement = prepared(client, sql, context).await?;
     client
         .query_one(&statement, params)
         .await
         .map_err(db_error(context))
+}
+
+/// `sql` prepared on this connection (once: later calls reuse it).
+async fn prepared(
+    client: &impl GenericClient,
+    sql: &str,
+    context: &'static str,
+) -> Result<tokio_postgres::Statement> {
+    client.prepare_cached(sql).await.map_err(db_error(context))
 }
