@@ -354,13 +354,21 @@ async fn migrate_shows_and_applies_the_schema_and_a_node_refuses_a_newer_one() {
         text.contains("would apply 3: audit record and hook logs"),
         "{text}"
     );
+    assert!(
+        text.contains("would apply 4: claims by flow only"),
+        "{text}"
+    );
+    assert!(
+        text.contains("would apply 5: lz4 compression where the server has it"),
+        "{text}"
+    );
     let (ok, text) = migrate(&["--dry-run"]);
     assert!(
         ok && text.contains("schema version 0"),
         "a dry run changes nothing: {text}"
     );
     let (ok, text) = migrate(&[]);
-    assert!(ok && text.contains("applied 3 migration(s)"), "{text}");
+    assert!(ok && text.contains("applied 5 migration(s)"), "{text}");
     let (ok, text) = migrate(&[]);
     assert!(ok && text.contains("nothing to apply"), "{text}");
 

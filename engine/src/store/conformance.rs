@@ -325,6 +325,33 @@ pub(crate) async fn ingest_then_read_back(store: Arc<dyn Store>) {
     assert_eq!(page.next, None);
 }
 
+/// The next due time is the earliest of any flow's queued items; leased items do not count.
+pub(crate) async fn next_due_is_the_earliest_queued_item_of_any_flow(store: Arc<dyn Store>) {
+    let runs = [
+        ("alpha", 500),
+        ("beta", 300),
+        ("gamma", 800),
+        ("alpha", 900),
+    ]
+    .map(|(name, due)| new_run(&flow(name), RunId::new(), at(due)));
+    ingest_all(&store, runs.to_vec()).await;
+    let lease = at(100_000);
+    for (now, next) in [
+        (300, Some(500)),
+        (500, Some(800)),
+        (800, Some(900)),
+        (900, None),
+    ] {
+        assert_eq!(store.next_due().await.unwrap().map(|t| t.0), Some(now));
+        let claimed = claim_items(&store, at(now), 1, lease, &FlowLimits::new())
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1, "one item is due at {now}");
+        assert_eq!(claimed[0].due_at, at(now));
+        assert_eq!(store.next_due().await.unwrap().map(|t| t.0), next);
+    }
+}
+
 /// Claims take only due items, oldest due first, at most `limit`, each once.
 pub(crate) async fn claim_respects_due_time_and_limit(store: Arc<dyn Store>) {
     let f = flow("orders");
@@ -1861,6 +1888,7 @@ macro_rules! conformance_suite {
     ($backend:ty) => {
         $crate::store::conformance::conformance_suite!(@fresh $backend;
             ingest_then_read_back,
+            next_due_is_the_earliest_queued_item_of_any_flow,
             claim_respects_due_time_and_limit,
             items_freed_or_queued_before_leased_ones_are_claimed_next,
             claimed_items_are_never_claimed_twice,

@@ -18,13 +18,11 @@ use crate::ids::FlowId;
 use crate::model::QueueItem;
 use crate::store::{ClaimRequest, Claimed, Lease, LeaseToken, Result};
 
-/// Leases up to `$2` items due at `$1` to `$3` until `$4`; a flow listed in `$5` takes at most its
-/// room in `$6`, others at most `$2`. Answers the leased items, each with its run (the columns
-/// [`PgStore::loaded`] reads, NULL if the run is gone). The statement is prepared once,
-/// so its plan is generic (it cannot know `$2`): the leased rows are found by primary key from an
-/// array, which keeps the plan an index lookup however large the queue (a join with `chosen`
-/// was planned as a scan of the whole queue).
-const CLAIM: &str = "
+/// `flows`: the flows with queued items, one probe of `queue_ready` each (a loose index scan), so
+/// reading them costs the number of flows, not of items.
+macro_rules! queued_flows {
+    () => {
+        "
     WITH RECURSIVE flows(flow_id) AS (
         (SELECT flow_id FROM hookflow.queue WHERE lease_owner IS NULL ORDER BY flow_id LIMIT 1)
         UNION ALL
@@ -32,7 +30,20 @@ const CLAIM: &str = "
                  WHERE q.lease_owner IS NULL AND q.flow_id > flows.flow_id
                  ORDER BY q.flow_id LIMIT 1)
           FROM flows WHERE flows.flow_id IS NOT NULL
-    ),
+    )"
+    };
+}
+
+/// Leases up to `$2` items due at `$1` to `$3` until `$4`; a flow listed in `$5` takes at most its
+/// room in `$6`, others at most `$2`. Answers the leased items, each with its run (the columns
+/// [`PgStore::loaded`] reads, NULL if the run is gone). It runs on sessions that plan it once
+/// (a custom plan took as long to make as to run), so the plan is generic and cannot know `$2`:
+/// the leased rows are found by primary key from an array, which keeps the plan an index lookup
+/// however large the queue (a join with `chosen` was planned as a scan of the whole queue), and
+/// a flow's candidates are read through `queue_ready`, the only index of queued items.
+const CLAIM: &str = concat!(
+    queued_flows!(),
+    ",
     room AS (
         SELECT f.flow_id, coalesce(l.room, $2) AS quota
           FROM flows f LEFT JOIN unnest($5::text[], $6::int8[]) AS l(flow_id, room)
@@ -69,7 +80,18 @@ const CLAIM: &str = "
            (SELECT coalesce(json_agg(s.data), '[]') FROM hookflow.step_records s WHERE s.run_id = r.id)
       FROM leased l
       LEFT JOIN hookflow.runs r ON r.id = l.run_id
-      LEFT JOIN hookflow.events e ON e.id = r.event_id";
+      LEFT JOIN hookflow.events e ON e.id = r.event_id"
+);
+
+/// The earliest due time of a queued item, or NULL: one probe of `queue_ready` per flow.
+pub(super) const NEXT_DUE: &str = concat!(
+    queued_flows!(),
+    "
+    SELECT min((SELECT q.due_at FROM hookflow.queue q
+                 WHERE q.flow_id = f.flow_id AND q.lease_owner IS NULL
+                 ORDER BY q.due_at LIMIT 1))
+      FROM flows f WHERE f.flow_id IS NOT NULL"
+);
 
 /// Serialises claims of one limited flow until the claiming transaction ends.
 const LOCK_FLOW: &str = "SELECT pg_advisory_xact_lock(hashtextextended('hookflow.flow/' || $1, 0))";
@@ -88,7 +110,7 @@ impl PgStore {
         }
         let limit = request.limit as i64;
         let (owner, now, until) = (request.owner.as_str(), request.now.0, request.until.0);
-        let mut client = self.lazy.get().await.map_err(pool_error)?;
+        let mut client = self.claims.get().await.map_err(pool_error)?;
         let rows = if request.concurrency.is_empty() {
             let none: (Vec<String>, Vec<i64>) = Default::default();
             sql::query(

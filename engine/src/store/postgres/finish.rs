@@ -28,11 +28,16 @@ use crate::store::{Lease, LeaseToken, Result, RunUpdate};
 /// The most outcomes one statement writes.
 const MAX_BATCH: usize = 64;
 
+/// Tasks writing batches. A statement's fixed cost is some four outcomes' worth, so fewer,
+/// larger batches cost the database less; two keep one batch written while the next gathers.
+const TASKS: usize = 2;
+
 /// Writes the outcomes `$1`–`$9` (per run: id, version, finished item, its lease's owner and
 /// token, the run's status, whether final, its record and its notice or NULL), the step records
 /// `$10`–`$12` (per record: run, step, record) and the new items `$13`–`$19` (per item: columns,
 /// then the owner and lease expiry of an item its worker takes, or NULLs), of the runs that still
-/// have their version and lease; notices go on channel `$20`. Answers, per run written, its id,
+/// have their version and lease; their notices go on channel `$20`, joined in one notification
+/// (at most [`MAX_BATCH`] notices of a run id and a status: well under the 8,000-byte limit). Answers, per run written, its id,
 /// its new version, and the ids and lease tokens of its taken items.
 const FINISH_STEPS: &str = "
     WITH batch AS (
@@ -70,7 +75,8 @@ const FINISH_STEPS: &str = "
          WHERE i.run_id IN (SELECT id FROM written)
         RETURNING id, run_id, lease_token
     ), notified AS (
-        SELECT pg_notify($20, notice) FROM written WHERE notice IS NOT NULL
+        SELECT pg_notify($20, string_agg(notice, ',')) FROM written WHERE notice IS NOT NULL
+        HAVING count(*) > 0
     )
     SELECT w.id, w.version, (SELECT count(*) FROM notified),
            ARRAY(SELECT t.id FROM items t WHERE t.run_id = w.id AND t.lease_token IS NOT NULL),
@@ -98,9 +104,9 @@ pub(super) struct Written {
 /// Each outcome handed back with what was written of it (`None`: nothing, see the module docs).
 pub(super) type Finisher = Batcher<Finish, (RunUpdate, Option<Written>)>;
 
-/// Starts `tasks` tasks writing batches of outcomes through `pool`.
-pub(super) fn start(pool: Pool, tasks: usize) -> Finisher {
-    Batcher::start(tasks, MAX_BATCH, move |batch: Vec<Finish>| {
+/// Starts the tasks writing batches of outcomes through `pool`.
+pub(super) fn start(pool: Pool) -> Finisher {
+    Batcher::start(TASKS, MAX_BATCH, move |batch: Vec<Finish>| {
         let pool = pool.clone();
         async move {
             let mut runs = HashSet::new();

@@ -21,8 +21,9 @@
 //!   nothing written. The executing workers' updates are usually written several to a statement
 //!   (`runs.rs`, `finish.rs`). `requeue_expired` clears leases whose expiry passed, so a later
 //!   commit by their old holder finds no match.
-//! - *When effects may start*: claims, renewals and `update_run` go through the **lazy** pool,
-//!   whose sessions commit with `synchronous_commit = off` (no wait for the disk); `flush` commits
+//! - *When effects may start*: claims, renewals and `update_run` go through the **lazy** pool
+//!   (claims through a pool of their own, lazy too: see `Session::Claims`), whose sessions
+//!   commit with `synchronous_commit = off` (no wait for the disk); `flush` commits
 //!   a write (this node's heartbeat row) through the **durable** pool, whose sessions commit
 //!   synchronously: that flushes the write-ahead log up to it, and so every commit any node made
 //!   before it. Everything the contract says is durable when it returns (ingest, hook tokens,
@@ -99,6 +100,9 @@ use crate::model::{Event, QueueItem, Revision, Run, StepRecord, Timestamp};
 
 pub use self::schema::SchemaError;
 
+/// Sessions a node keeps for claims: its dispatcher claims one batch at a time.
+const CLAIM_SESSIONS: usize = 2;
+
 /// The NOTIFY channel of run notices.
 const RUN_CHANNEL: &str = "hookflow_runs";
 
@@ -115,7 +119,7 @@ pub struct PgOptions {
     pub password: Option<String>,
     /// Connections in this node's pool.
     pub pool_size: usize,
-    /// Concurrent batch writers, of ingests and of steps' outcomes each.
+    /// Concurrent batch writers of ingests.
     pub writers: usize,
 }
 
@@ -133,24 +137,21 @@ impl PgOptions {
     /// The parsed connection settings, with the password applied and every session's commits
     /// synchronous (so a commit that returned is durable).
     pub fn config(&self) -> std::result::Result<tokio_postgres::Config, StoreError> {
-        self.config_committing(true)
+        self.config_for(Session::Durable)
     }
 
-    /// The connection settings with sessions that commit synchronously or not.
-    fn config_committing(
+    /// The connection settings of a kind of session.
+    fn config_for(
         &self,
-        synchronously: bool,
+        session: Session,
     ) -> std::result::Result<tokio_postgres::Config, StoreError> {
         let mut config = tokio_postgres::Config::from_str(&self.url)
             .map_err(|e| StoreError::unavailable("read the PostgreSQL URL", e))?;
         if let Some(password) = &self.password {
             config.password(password);
         }
-        let commit = if synchronously { "on" } else { "off" };
-        // JIT compilation never pays for hookflow's short statements: a claim over a large
-        // backlog is estimated costly enough to be compiled at every execution.
         config
-            .options(format!("-c synchronous_commit={commit} -c jit=off"))
+            .options(session.settings())
             .application_name("hookflow")
             .connect_timeout(Duration::from_secs(5))
             .keepalives_idle(Duration::from_secs(30));
@@ -173,12 +174,41 @@ impl PgOptions {
     }
 }
 
+/// The kinds of session a node opens, by the settings they run with.
+#[derive(Debug, Clone, Copy)]
+enum Session {
+    /// A commit is durable when it returns.
+    Durable,
+    /// A commit becomes durable at the next durable commit (see the module docs).
+    Lazy,
+    /// Lazy, and each prepared statement planned once: the claim's custom plans cost as much
+    /// to make as to run, and its generic plan reads `queue_ready` as they do (see `claim.rs`).
+    Claims,
+}
+
+impl Session {
+    /// The session's settings, as the `options` connection parameter. JIT compilation never
+    /// pays for hookflow's short statements (a claim over a large backlog was estimated costly
+    /// enough to be compiled at every execution).
+    fn settings(self) -> &'static str {
+        match self {
+            Session::Durable => "-c synchronous_commit=on -c jit=off",
+            Session::Lazy => "-c synchronous_commit=off -c jit=off",
+            Session::Claims => {
+                "-c synchronous_commit=off -c jit=off -c plan_cache_mode=force_generic_plan"
+            }
+        }
+    }
+}
+
 /// The PostgreSQL store. See the module docs.
 pub struct PgStore {
     /// Sessions whose commits are durable when they return.
     pool: Pool,
     /// Sessions whose commits become durable at the next durable commit (see the module docs).
     lazy: Pool,
+    /// Lazy sessions for claims (see [`Session::Claims`]).
+    claims: Pool,
     node: NodeId,
     writer: ingest::Writer,
     notices: Notices,
@@ -210,18 +240,20 @@ impl PgStore {
         drop(client);
 
         let pool = build_pool(config.clone(), options.writers + 4)?;
-        let lazy = build_pool(options.config_committing(false)?, options.pool_size)?;
+        let lazy = build_pool(options.config_for(Session::Lazy)?, options.pool_size)?;
+        let claims = build_pool(options.config_for(Session::Claims)?, CLAIM_SESSIONS)?;
         let syncs = Arc::new(AtomicU64::new(0));
         let notices = Notices::default();
         let queue_changes = Arc::new(tidy::QueueChanges::default());
         let store = Self {
             writer: ingest::Writer::start(pool.clone(), options.writers, syncs.clone()),
-            finisher: finish::start(lazy.clone(), options.writers),
+            finisher: finish::start(lazy.clone()),
             listener: tokio::spawn(listen::listen_forever(config, notices.clone())),
             tidier: tokio::spawn(tidy::tidy_forever(lazy.clone(), queue_changes.clone())),
             queue_changes,
             pool,
             lazy,
+            claims,
             node: node.clone(),
             notices,
             syncs,
@@ -515,7 +547,7 @@ impl Store for PgStore {
     async fn next_due(&self) -> Result<Option<Timestamp>> {
         let row = sql::query_opt(
             &self.lazy().await?,
-            "SELECT min(due_at) FROM hookflow.queue WHERE lease_owner IS NULL",
+            claim::NEXT_DUE,
             &[],
             "read the next due time",
         )

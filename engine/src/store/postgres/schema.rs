@@ -36,6 +36,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "audit record and hook logs",
         sql: include_str!("migrations/0003_audit.sql"),
     },
+    Migration {
+        version: 4,
+        name: "claims by flow only",
+        sql: include_str!("migrations/0004_claim_index.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "lz4 compression where the server has it",
+        sql: include_str!("migrations/0005_lz4.sql"),
+    },
 ];
 
 /// Serialises schema changes between nodes (an arbitrary constant: "hookflow" in ASCII).

@@ -203,3 +203,34 @@ async fn an_outcome_the_database_refuses_fails_alone() {
         assert_eq!(stored.status, expected, "{}", new.run.id);
     }
 }
+
+/// Where the server has lz4, a large event is stored compressed with it (cheaper than pglz), and
+/// reads back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_events_are_compressed_with_lz4_where_the_server_has_it() {
+    let url = <Postgres as Backend>::place();
+    let store = <Postgres as Backend>::open(&url);
+    let mut new = new_run(&flow("orders"), crate::ids::RunId::new(), at(1));
+    new.event.trigger =
+        serde_json::json!({ "body": { "note": "a Stripe-sized event ".repeat(400) } });
+    ingest_all(&store, vec![new.clone()]).await;
+    assert_eq!(store.event(new.event.id).await.unwrap(), Some(new.event));
+
+    let query = |sql: &str| {
+        let out = hookflow_testpg::shared()
+            .psql(&url)
+            .args(["-Atc", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let has_lz4 = query(
+        "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'",
+    );
+    let expected = if has_lz4 == "t" { "lz4" } else { "pglz" };
+    assert_eq!(
+        query("SELECT pg_column_compression(data) FROM hookflow.events"),
+        expected
+    );
+}
