@@ -623,6 +623,23 @@ steps:
         .await
         .unwrap();
     browser.find("#no-runs").await;
+    // A run that starts meanwhile is outside the range: the live stream does not add it.
+    let (_, answer) = server
+        .send("orders", &json!({ "email": "c@x.com", "plan": "pro" }))
+        .await;
+    server
+        .finished_run(answer["run_id"].as_str().unwrap())
+        .await;
+    browser.find("#no-runs").await;
+    assert!(
+        browser
+            .client
+            .find_all(fantoccini::Locator::Css("tr[data-run]"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "no run is listed before 2000"
+    );
     browser
         .client
         .goto(&format!(

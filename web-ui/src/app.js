@@ -599,10 +599,13 @@ async function runsPage(query) {
     cursor = next.next_cursor;
     document.getElementById("more").hidden = !cursor;
   });
-  // New and finished runs appear without a reload.
+  // New and finished runs appear without a reload, if the filter would list them.
+  const until = params.get("until");
   follow(params.get("flow") ? `?flow=${encodeURIComponent(params.get("flow"))}` : "", run => {
     if (params.get("status") && run.status !== params.get("status")) return;
     if (params.get("q")) return; // live rows carry no payload to search
+    if (until && at(run.created_at) >= at(until)) return;
+    if (ranged && at(run.created_at) < at(since)) return;
     liveRow(run);
   });
 }
