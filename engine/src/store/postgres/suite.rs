@@ -33,6 +33,17 @@ impl Backend for Postgres {
 
 conformance_suite!(Postgres);
 
+/// Runs `sql` on the database at `url` with `psql`; answers what it printed (unaligned, trimmed).
+fn psql(url: &str, sql: &str) -> String {
+    let out = hookflow_testpg::shared()
+        .psql(url)
+        .args(["-Atc", sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// A queue item this version cannot read is parked, listed in the quarantine and never claimed;
 /// once its row reads again (repaired, or read by a newer version) reingesting it puts it back in
 /// the queue. The other items go on meanwhile.
@@ -44,18 +55,11 @@ async fn an_unreadable_queue_item_is_parked_listed_and_put_back_once_readable() 
     let (damaged, fine) = (new_run(&f, run_id(1), at(1)), new_run(&f, run_id(2), at(2)));
     ingest_all(&store, [damaged.clone(), fine.clone()]).await;
     let item = damaged.items[0].id.to_string();
-    let psql = |sql: &str| {
-        let out = hookflow_testpg::shared()
-            .psql(&url)
-            .args(["-c", sql])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-    };
     // What an older version would see of a record written by a newer one.
-    psql(&format!(
-        "UPDATE hookflow.queue SET data = '{{\"id\": 7}}' WHERE id = '{item}'"
-    ));
+    psql(
+        &url,
+        &format!("UPDATE hookflow.queue SET data = '{{\"id\": 7}}' WHERE id = '{item}'"),
+    );
 
     let claimed = claim_items(&store, at(1_000), 10, at(60_000), &NO_LIMITS)
         .await
@@ -83,9 +87,10 @@ async fn an_unreadable_queue_item_is_parked_listed_and_put_back_once_readable() 
 
     // Repaired: it runs again.
     let repaired = serde_json::to_string(&damaged.items[0]).unwrap();
-    psql(&format!(
-        "UPDATE hookflow.queue SET data = '{repaired}' WHERE id = '{item}'"
-    ));
+    psql(
+        &url,
+        &format!("UPDATE hookflow.queue SET data = '{repaired}' WHERE id = '{item}'"),
+    );
     let back = store.reingest_quarantined(&item).await.unwrap();
     assert_eq!(back.run_id, damaged.run.id);
     assert!(store.quarantined().await.unwrap().is_empty());
@@ -127,16 +132,11 @@ async fn a_churned_queue_is_vacuumed_by_the_node() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let out = hookflow_testpg::shared()
-        .psql(&url)
-        .args([
-            "-Atc",
-            "SELECT vacuum_count FROM pg_stat_user_tables \
-             WHERE schemaname = 'hookflow' AND relname = 'queue'",
-        ])
-        .output()
-        .unwrap();
-    let vacuums = String::from_utf8(out.stdout).unwrap();
+    let vacuums = psql(
+        &url,
+        "SELECT vacuum_count FROM pg_stat_user_tables \
+         WHERE schemaname = 'hookflow' AND relname = 'queue'",
+    );
     assert!(vacuums.trim().parse::<u64>().unwrap() >= 1, "{vacuums}");
 }
 
@@ -216,15 +216,7 @@ async fn large_events_are_compressed_with_lz4_where_the_server_has_it() {
     ingest_all(&store, vec![new.clone()]).await;
     assert_eq!(store.event(new.event.id).await.unwrap(), Some(new.event));
 
-    let query = |sql: &str| {
-        let out = hookflow_testpg::shared()
-            .psql(&url)
-            .args(["-Atc", sql])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
+    let query = |sql: &str| psql(&url, sql);
     let has_lz4 = query(
         "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'",
     );
