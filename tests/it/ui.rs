@@ -225,6 +225,27 @@ async fn the_flow_page_previews_a_sample_marks_the_typo_and_captures_new_samples
 }
 
 #[tokio::test]
+async fn the_home_page_lists_new_runs_live() {
+    let flow = "id: leads\ntrigger: { webhook: }\nsteps:\n  - { id: shape, map: { n: \"{{trigger.body.n}}\" } }\n";
+    let server = Server::start(&[("leads.yaml", flow)]);
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("{}/#/", server.base))
+        .await
+        .unwrap();
+    browser.find("#live[data-state='live']").await;
+    let (_, answer) = server.send("leads", &json!({ "n": 1 })).await;
+    let run_id = answer["run_id"].as_str().unwrap().to_owned();
+    browser
+        .find(&format!(
+            "#runs tr[data-run='{run_id}'][data-status='succeeded']"
+        ))
+        .await;
+    browser.close().await;
+}
+
+#[tokio::test]
 async fn runs_appear_live_and_a_failed_run_is_retried_from_its_page() {
     let sink = crate::support::Sink::scripted(&[500]).await;
     let flow = format!(

@@ -236,8 +236,11 @@ function sparkline(hourly) {
 
 // ---- #/ ------------------------------------------------------------------------------------
 
+// How many runs the home page lists.
+const LATEST_RUNS = 20;
+
 async function home() {
-  const [{ flows, problems }, { runs }] = await Promise.all([api("/api/v1/flows"), api("/api/v1/runs?limit=20")]);
+  const [{ flows, problems }, { runs }] = await Promise.all([api("/api/v1/flows"), api(`/api/v1/runs?limit=${LATEST_RUNS}`)]);
   const hooks = flows.filter(f => f.catch_url);
   const logs = await Promise.all(hooks.map(async f =>
     (await api(`/api/v1/flows/${encodeURIComponent(f.id)}/hooks`)).requests.map(r => ({ ...r, flow: f.id }))));
@@ -270,6 +273,11 @@ async function home() {
       request${requests.length === 1 ? "" : "s"}${refused ? `, <span class="failed">${refused} refused</span>` : ""}</span></summary>
       <p class="muted">The latest requests to each flow's catch URL, including refused ones and why.</p>
       ${hookLog(requests, "Each flow's page has a curl line to try its catch URL.")}</details>`;
+  // The latest runs stay the latest: new ones appear on top, finished ones change in place.
+  follow("", run => {
+    liveRow(run);
+    for (const old of [...document.querySelectorAll("#runs tr")].slice(LATEST_RUNS)) old.remove();
+  });
 }
 
 // Runs as a table (rows added live by `liveRow`), or what to say while there are none.
