@@ -761,7 +761,7 @@ async fn flow_files_reload_while_the_server_runs_and_bad_edits_are_refused() {
         problem.contains("reloaded.yaml:4:") && problem.contains("mapp"),
         "{problem}"
     );
-    let page = crate::ui::rendered(&server.base);
+    let page = crate::ui::home_page(&server.base).await;
     let banner = page
         .split("class=\"card problems\"")
         .nth(1)
