@@ -37,8 +37,9 @@ const TASKS: usize = 2;
 /// `$10`–`$12` (per record: run, step, record) and the new items `$13`–`$19` (per item: columns,
 /// then the owner and lease expiry of an item its worker takes, or NULLs), of the runs that still
 /// have their version and lease; their notices go on channel `$20`, joined in one notification
-/// (at most [`MAX_BATCH`] notices of a run id and a status: well under the 8,000-byte limit). Answers, per run written, its id,
-/// its new version, and the ids and lease tokens of its taken items.
+/// (at most [`MAX_BATCH`] notices of a run id and a status: well under the 8,000-byte limit).
+/// Answers, per run written, its id, its new version, and the ids and lease tokens of its taken
+/// items.
 const FINISH_STEPS: &str = "
     WITH batch AS (
         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[],
