@@ -9,6 +9,7 @@
 //! fails gets 401 `invalid_signature` and stores nothing. The signature check, the event-type
 //! filter and the dedupe key are [`intake`]'s decisions, which flow tests share.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
@@ -54,7 +55,7 @@ async fn catch(
         .parse::<FlowId>()
         .ok()
         .and_then(|id| state.engine.catalog().current(&id));
-    let hook = flow.as_deref().and_then(Hook::of);
+    let hook = flow.as_ref().and_then(Hook::of);
     let hook = match hook {
         Some(hook) if token_matches(&state, &hook.flow.id, &token).await? => hook,
         _ => {
@@ -95,7 +96,7 @@ async fn token_matches(state: &AppState, flow_id: &FlowId, token: &str) -> Resul
 
 /// A webhook flow's catch-hook settings.
 struct Hook<'a> {
-    flow: &'a Flow,
+    flow: &'a Arc<Flow>,
     respond: Respond,
     respond_timeout: Duration,
     verify: Option<&'a Verify>,
@@ -104,7 +105,7 @@ struct Hook<'a> {
 
 impl<'a> Hook<'a> {
     /// The settings of a flow triggered by a webhook.
-    fn of(flow: &'a Flow) -> Option<Self> {
+    fn of(flow: &'a Arc<Flow>) -> Option<Self> {
         match &flow.trigger {
             Trigger::Webhook {
                 respond,

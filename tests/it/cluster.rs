@@ -467,8 +467,9 @@ async fn a_run_executes_the_revision_its_event_arrived_under_on_a_node_that_lack
         .fresh_database()
         .unwrap_or_else(|e| panic!("{e}"));
     let config = short_lease_config();
+    // The first step (pure) runs at ingest, on the node that took the event; `shape` after it.
     let revision = |v: &str| {
-        format!("id: versioned\ntrigger: {{ webhook: }}\nsteps:\n  - {{ id: shape, map: {{ version: {v} }} }}\n")
+        format!("id: versioned\ntrigger: {{ webhook: }}\nsteps:\n  - {{ id: first, map: {{}} }}\n  - {{ id: shape, map: {{ version: {v} }} }}\n")
     };
     let (old, new) = (revision("old"), revision("new"));
     // The ingest-only node still has the old file; the only node that executes has the new one.
@@ -502,4 +503,74 @@ async fn a_run_executes_the_revision_its_event_arrived_under_on_a_node_that_lack
         let attempt = &step(&run, "shape")["attempts"][0];
         assert_eq!(attempt["node"], "worker", "only the worker executes");
     }
+}
+
+/// A run's pure first step runs at ingest, on the node that took the event, even an ingest-only
+/// one: a run its filter drops is final when the event is acknowledged, and one it lets through
+/// waits with its next step queued for a node with workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pure_first_step_runs_at_ingest_even_on_an_ingest_only_node() {
+    let url = hookflow_testpg::shared()
+        .fresh_database()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = short_lease_config();
+    let flow = "id: screened\ntrigger: { webhook: }\nsteps:\n  - id: big_enough\n    filter:\n      all:\n        - { value: \"{{trigger.body.employees}}\", gte: 50 }\n  - { id: shape, map: { employees: \"{{trigger.body.employees}}\" } }\n";
+    let flows = [("screened.yaml", flow)];
+    let door = Server::start_with(
+        &flows,
+        &[
+            "--store",
+            &url,
+            "--node-id",
+            "door",
+            "--config",
+            config.path().to_str().unwrap(),
+            "--workers",
+            "0",
+        ],
+        &[],
+    );
+    let run = |ack: &Value| format!("/api/v1/runs/{}", ack["run_id"].as_str().unwrap());
+
+    let (status, small) = door.send("screened", &json!({ "employees": 10 })).await;
+    assert_eq!(status, 200, "{small}");
+    let (_, dropped) = door.get(&run(&small)).await;
+    assert_eq!(
+        dropped["status"], "filtered",
+        "final when acknowledged: {dropped:#}"
+    );
+    let filter = step(&dropped, "big_enough");
+    assert_eq!(filter["status"], "filtered", "{dropped:#}");
+    assert_eq!(filter["attempts"][0]["node"], "door", "{dropped:#}");
+    assert_eq!(step(&dropped, "shape")["status"], "skipped", "{dropped:#}");
+
+    let (_, big) = door.send("screened", &json!({ "employees": 100 })).await;
+    let (_, waiting) = door.get(&run(&big)).await;
+    assert_eq!(waiting["status"], "running", "{waiting:#}");
+    assert_eq!(
+        step(&waiting, "big_enough")["status"],
+        "succeeded",
+        "{waiting:#}"
+    );
+    assert_eq!(step(&waiting, "shape")["status"], "queued", "{waiting:#}");
+
+    let worker = node("worker", &url, &config, &flows);
+    let done = worker.finished_run(big["run_id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert_eq!(
+        step(&done, "big_enough")["attempts"][0]["node"],
+        "door",
+        "{done:#}"
+    );
+    assert_eq!(
+        step(&done, "shape")["attempts"][0]["node"],
+        "worker",
+        "{done:#}"
+    );
+    assert_eq!(step(&done, "shape")["output"]["employees"], 100, "{done:#}");
+    let metrics = door.metrics().await;
+    assert!(
+        metrics.contains("hookflow_runs_total{flow=\"screened\",status=\"filtered\"} 1"),
+        "{metrics}"
+    );
 }

@@ -110,6 +110,7 @@ pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun
         run,
         items,
         dedupe: None,
+        records: Vec::new(),
     }
 }
 

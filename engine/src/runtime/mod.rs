@@ -7,8 +7,10 @@
 //! render the step's input, execute, and commit the outcome through [`Store::update_run`] with the
 //! pure [`advance::advance`]. Ingest, commits and runs created on other nodes (store notices) wake
 //! the dispatcher; otherwise it sleeps until the
-//! next item is due (at most a second). Fixing failed runs is in `repair`, pruning history in
-//! `retention`.
+//! next item is due (at most a second). Where the store takes step records at ingest as cheaply as
+//! without (PostgreSQL), a run's pure first step runs before its event is stored, and the run is
+//! stored as that step left it (a run a filter drops never reaches a worker). Fixing failed runs is
+//! in `repair`, pruning history in `retention`.
 
 pub mod advance;
 pub mod callbacks;
@@ -49,8 +51,8 @@ use crate::secrets::Secrets;
 use crate::steps::{ExecContext, Outcome, RunOutcome, StepError, StepLog, SubFlows};
 pub use crate::store::RunNotice;
 use crate::store::{
-    ClaimRequest, Claimed, DedupeKey, FlowLimits, Ingested, Lease, LoadedRun, NodeId, RunUpdate,
-    SharedClock, Store, StoreError, SystemClock, Take,
+    ClaimRequest, Claimed, DedupeKey, FlowLimits, Ingested, Lease, LoadedRun, NewRun, NodeId,
+    RunUpdate, SharedClock, Store, StoreError, SystemClock, Take,
 };
 use crate::Result;
 
@@ -490,7 +492,7 @@ impl Engine {
     /// Stores an event for `flow` with its new run, durably; the caller may acknowledge after this.
     /// A repeated delivery (same dedupe key within the flow's window) stores nothing and answers
     /// the original's ids.
-    pub async fn ingest(&self, flow: &Flow, trigger: Value) -> Result<Accepted> {
+    pub async fn ingest(&self, flow: &Arc<Flow>, trigger: Value) -> Result<Accepted> {
         let dedupe = crate::intake::dedupe_key(flow, &trigger, self.now());
         self.store_event(flow, trigger, dedupe, StartedBy::Webhook)
             .await
@@ -500,7 +502,7 @@ impl Engine {
     /// see [`Engine::ingest`].
     pub async fn ingest_keyed(
         &self,
-        flow: &Flow,
+        flow: &Arc<Flow>,
         trigger: Value,
         dedupe: Option<DedupeKey>,
     ) -> Result<Accepted> {
@@ -510,14 +512,14 @@ impl Engine {
 
     /// Starts a run that a person asked for (`hookflow trigger`, the API, the UI), durably. It is
     /// never a duplicate: the flow's dedupe rule is for senders' repeated deliveries.
-    pub async fn start_manual(&self, flow: &Flow, trigger: Value) -> Result<Accepted> {
+    pub async fn start_manual(&self, flow: &Arc<Flow>, trigger: Value) -> Result<Accepted> {
         self.store_event(flow, trigger, None, StartedBy::Manual)
             .await
     }
 
     async fn store_event(
         &self,
-        flow: &Flow,
+        flow: &Arc<Flow>,
         trigger: Value,
         dedupe: Option<DedupeKey>,
         started_by: StartedBy,
@@ -533,10 +535,18 @@ impl Engine {
         let mut new_run = advance::start(flow, event, run_id, now);
         new_run.dedupe = dedupe;
         new_run.run.started_by = Some(started_by);
+        if self.store.takes_steps_at_ingest() {
+            self.first_step_at_ingest(flow, &mut new_run).await;
+        }
+        let ended = new_run.run.status.is_final().then(|| new_run.run.clone());
+        let queued = !new_run.items.is_empty();
         let accepted = match self.store.ingest(new_run).await? {
             Ingested::Created => {
                 debug!(flow = %flow.id, %run_id, "event accepted");
-                self.wake.notify_one();
+                if queued {
+                    self.wake.notify_one();
+                }
+                self.announce(ended);
                 Accepted {
                     event_id,
                     run_id,
@@ -553,6 +563,50 @@ impl Engine {
             }
         };
         Ok(accepted)
+    }
+
+    /// Executes a new run's first step before it is ingested, when it is the run's only item, pure
+    /// and outside any named queue (a filter, map or switch at the root), and applies its outcome:
+    /// the run is ingested with the step's record and what it queued next, or final when a filter
+    /// dropped the event (then no worker ever claims it). The step runs as a worker would run it
+    /// (same context, record and node id); a pure step gives the same outcome if run again.
+    async fn first_step_at_ingest(&self, flow: &Arc<Flow>, new: &mut NewRun) {
+        let [item] = &new.items[..] else {
+            return;
+        };
+        let eligible = flow
+            .step(&item.step_id)
+            .is_some_and(|step| step.action.is_pure() && step.queue.is_none());
+        if !eligible {
+            return;
+        }
+        let item = item.clone();
+        let resume_urls = match self.resume_urls(flow, new.run.id).await {
+            Ok(urls) => urls,
+            Err(e) => {
+                debug!(error = %e, "the first step runs on a worker: no resume URLs yet");
+                return;
+            }
+        };
+        let work = Work {
+            run: new.run.clone(),
+            flow: flow.clone(),
+            trigger: Mutex::new(std::mem::take(&mut new.event.trigger)),
+            records: Vec::new(),
+            resume_urls,
+        };
+        let span = step_span(&item, &self.config.node);
+        let tried = self.attempt(&work, &item).instrument(span).await;
+        new.event.trigger = std::mem::take(&mut *work.trigger());
+        let Tried::Done(done) = tried else {
+            return;
+        };
+        let now = self.now();
+        if let Some(update) = advance::advance(flow, new.run.clone(), None, &done, now) {
+            new.run = update.run;
+            new.items = update.enqueue;
+            new.records = update.records;
+        }
     }
 
     /// Runs as they are created and as they finish, on every node sharing the store (a receiver

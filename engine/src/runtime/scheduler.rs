@@ -202,7 +202,7 @@ fn start_cursor(schedule: &Schedule, last: Option<Timestamp>, started: Timestamp
 /// tick that could not be claimed or stored is tried again on the next pass.
 async fn fire_due(
     engine: &Engine,
-    flow: &Flow,
+    flow: &Arc<Flow>,
     schedule: &Schedule,
     mut cursor: Cursor,
     now: Timestamp,
@@ -235,7 +235,7 @@ async fn fire_due(
 /// run; a tick another scheduler claimed is left to it.
 async fn fire(
     engine: &Engine,
-    flow: &Flow,
+    flow: &Arc<Flow>,
     tick: Timestamp,
     claimed: &mut Option<Timestamp>,
 ) -> Result<()> {

@@ -173,6 +173,7 @@ pub(crate) fn new_run(flow_id: &FlowId, id: RunId, due_at: Timestamp) -> NewRun 
         run,
         items,
         dedupe: None,
+        records: Vec::new(),
     }
 }
 
@@ -323,6 +324,97 @@ pub(crate) async fn ingest_then_read_back(store: Arc<dyn Store>) {
     let page = store.list_runs(&RunQuery::default()).await.unwrap();
     assert_eq!(page.runs, vec![new.run]);
     assert_eq!(page.next, None);
+}
+
+/// A run whose first step was executed before ingest is stored with that step's record: one the
+/// step ended (a filter that dropped the event) is final, queues nothing and still holds its
+/// dedupe key; one it moved on queues its next item.
+pub(crate) async fn runs_with_step_records_are_ingested_as_written(store: Arc<dyn Store>) {
+    let orders = flow("orders");
+    let dropped_run = |n: u64| {
+        let mut new = new_run(&orders, run_id(n), at(100));
+        new.items.clear();
+        new.run.status = RunStatus::Filtered;
+        new.run.finished_at = Some(at(100));
+        new.run.steps[0].status = StepStatus::Filtered;
+        new.run.steps[1].status = StepStatus::Skipped;
+        new.records = vec![StepRecord {
+            status: StepStatus::Filtered,
+            ..record(new.run.id, "first", json!({ "passed": false }))
+        }];
+        new
+    };
+    // Notices sent before a backend listens may be missed: probe until one is heard.
+    let mut notices = store.notices();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    for n in 100.. {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no notice was ever heard"
+        );
+        let probe = dropped_run(n);
+        ingest(&store, probe.clone()).await;
+        let heard = async {
+            while notices.recv().await.ok()?.run_id != probe.run.id {}
+            Some(())
+        };
+        let wait = std::time::Duration::from_millis(200);
+        if let Ok(Some(())) = tokio::time::timeout(wait, heard).await {
+            break;
+        }
+    }
+
+    let mut dropped = dropped_run(1);
+    dropped.dedupe = Some(DedupeKey {
+        key: "evt_1".into(),
+        expires_at: at(10_000),
+    });
+    let mut moved_on = new_run(&orders, run_id(2), at(100));
+    moved_on.run.steps[0].status = StepStatus::Succeeded;
+    moved_on.run.steps[1].status = StepStatus::Queued;
+    moved_on.items = vec![item(&orders, moved_on.run.id, "second", at(100))];
+    moved_on.records = vec![record(moved_on.run.id, "first", json!({ "n": 1 }))];
+    ingest_all(&store, [dropped.clone(), moved_on.clone()]).await;
+
+    for new in [&dropped, &moved_on] {
+        assert_eq!(store.run(new.run.id).await.unwrap(), Some(new.run.clone()));
+        assert_eq!(
+            store.event(new.event.id).await.unwrap(),
+            Some(new.event.clone())
+        );
+        assert_eq!(store.step_records(new.run.id).await.unwrap(), new.records);
+    }
+    let claimed = claim_items(&store, at(5_000), 10, at(9_000), &FlowLimits::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed, moved_on.items,
+        "only the run that moved on has an item"
+    );
+    let mut repeat = new_run(&orders, run_id(3), at(200));
+    repeat.dedupe = dropped.dedupe.clone();
+    assert_eq!(
+        ingest(&store, repeat).await,
+        Ingested::Duplicate {
+            event_id: dropped.event.id,
+            run_id: dropped.run.id,
+        }
+    );
+
+    // Subscribers hear both runs created, and the dropped one filtered.
+    let mut heard = BTreeSet::new();
+    let wanted = BTreeSet::from([
+        (dropped.run.id, RunStatus::Queued),
+        (dropped.run.id, RunStatus::Filtered),
+        (moved_on.run.id, RunStatus::Queued),
+    ]);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !wanted.is_subset(&heard) {
+        match tokio::time::timeout_at(deadline, notices.recv()).await {
+            Ok(Ok(notice)) => heard.insert((notice.run_id, notice.status)),
+            outcome => panic!("notices {heard:?} but not all of {wanted:?}: {outcome:?}"),
+        };
+    }
 }
 
 /// The next due time is the earliest of any flow's queued items; leased items do not count.
@@ -1888,6 +1980,7 @@ macro_rules! conformance_suite {
     ($backend:ty) => {
         $crate::store::conformance::conformance_suite!(@fresh $backend;
             ingest_then_read_back,
+            runs_with_step_records_are_ingested_as_written,
             next_due_is_the_earliest_queued_item_of_any_flow,
             claim_respects_due_time_and_limit,
             items_freed_or_queued_before_leased_ones_are_claimed_next,

@@ -10,7 +10,8 @@
 //! backend, even where a backend (sled) cannot. Invariants every backend keeps:
 //! - `ingest` returns only after the event, run and items are durable (fsync); concurrent calls may
 //!   share one fsync (group commit). They may become readable and claimable a moment later (the
-//!   sled backend moves them from its inbox log), but never partly.
+//!   sled backend moves them from its inbox log), but never partly. A run whose pure first step was
+//!   executed before ingest is ingested with that step's record, as that step left it.
 //! - A queue item is in exactly one place: queued (due at a time) or leased. A claim returns a
 //!   [`Lease`]: the owner node, a fencing [`LeaseToken`] (never handed out twice by one backend)
 //!   and an expiry. A lease is **held** from its claim until the commit that finishes its item, or
@@ -187,12 +188,14 @@ impl Default for Notices {
 }
 
 impl Notices {
-    /// Tells subscribers about a run just created.
-    pub fn created(&self, run_id: RunId) {
+    /// Tells subscribers about a run just created: `queued`, then its final status if the steps
+    /// executed before ingest ended it.
+    pub fn created(&self, run: &Run) {
         let _ = self.0.send(RunNotice {
-            run_id,
+            run_id: run.id,
             status: RunStatus::Queued,
         });
+        self.written(run);
     }
 
     /// Tells subscribers about a run just written, if it is final.
@@ -318,18 +321,24 @@ pub struct ClaimRequest<'a> {
     pub concurrency: &'a FlowLimits,
 }
 
-/// An accepted event with its new run and the run's first queue items.
+/// An accepted event with its new run and the run's first queue items, and the records of the
+/// steps executed before ingest (see [`Store::takes_steps_at_ingest`]), if any.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewRun {
     /// The event.
     pub event: Event,
-    /// The run, status `queued`.
+    /// The run: `queued`, or as the steps executed before ingest left it (final when a filter
+    /// dropped the event).
     pub run: Run,
-    /// The first items (the flow's root steps).
+    /// The first items: the flow's root steps, or what the steps executed before ingest queued
+    /// (none when they ended the run).
     pub items: Vec<QueueItem>,
     /// The event's dedupe key, if its flow has one: a later event of the same flow with the same
     /// key, before the key expires, starts nothing.
     pub dedupe: Option<DedupeKey>,
+    /// The records of the steps executed before ingest (a pure first step); usually none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<StepRecord>,
 }
 
 /// A key that identifies repeated deliveries of one event (e.g. the provider's event id).
@@ -443,6 +452,15 @@ pub trait Store: Send + Sync + 'static {
     /// reports is durable, including an original that another call is still writing. A created
     /// run may become readable (and its items claimable) a moment after this returns.
     async fn ingest(&self, new: NewRun) -> Result<Ingested>;
+
+    /// Whether `ingest` writes a new run with step records (those of steps executed before
+    /// ingest) as cheaply as one without. The runtime then executes a run's first step before
+    /// ingesting it when the step is pure, so a run a filter drops costs no claim and no second
+    /// write. Every backend stores such runs correctly; this only says whether it is cheaper
+    /// (sled's inbox takes runs without records: the others are written to its trees directly).
+    fn takes_steps_at_ingest(&self) -> bool {
+        false
+    }
 
     /// Leases up to `request.limit` items due at or before `request.now` to `request.owner` until
     /// `request.until`, keeping each listed flow's leased items within its concurrency limit.

@@ -248,8 +248,8 @@ fn dedupe_key(new: &NewRun) -> &str {
     new.dedupe.as_ref().map_or("", |d| d.key.as_str())
 }
 
-/// Inserts the events, runs and first items of `created`, and notifies their creation, in one
-/// statement.
+/// Inserts the events, runs, first items and step records of `created`, and notifies their
+/// creation (and the end of those that ended at ingest), in one statement.
 async fn insert_created(client: &impl GenericClient, created: &[&NewRun]) -> Result<()> {
     let ids = |f: fn(&NewRun) -> String| -> Vec<String> { created.iter().map(|n| f(n)).collect() };
     let event_ids = ids(|n| n.event.id.to_string());
@@ -262,9 +262,21 @@ async fn insert_created(client: &impl GenericClient, created: &[&NewRun]) -> Res
     let created_at: Vec<i64> = created.iter().map(|n| n.run.created_at.0).collect();
     let runs: Vec<Json<&crate::model::Run>> = created.iter().map(|n| Json(&n.run)).collect();
     let items = ItemColumns::of(created.iter().flat_map(|n| &n.items));
+    let records: Vec<&crate::model::StepRecord> = created.iter().flat_map(|n| &n.records).collect();
+    let record_runs: Vec<String> = records.iter().map(|r| r.run_id.to_string()).collect();
+    let record_steps: Vec<&str> = records.iter().map(|r| r.step_id.as_str()).collect();
+    let record_data: Vec<Json<&crate::model::StepRecord>> =
+        records.iter().map(|r| Json(*r)).collect();
+    // Created (`queued`), and final at once for a run the steps executed before ingest ended.
     let notices: Vec<String> = created
         .iter()
-        .map(|n| format!("{}:{}", n.run.id, RunStatus::Queued.as_str()))
+        .flat_map(|n| {
+            let ended = n.run.status.is_final().then_some(n.run.status);
+            [Some(RunStatus::Queued), ended]
+                .into_iter()
+                .flatten()
+                .map(|status| format!("{}:{}", n.run.id, status.as_str()))
+        })
         .collect();
     sql::execute(
         client,
@@ -278,6 +290,9 @@ async fn insert_created(client: &impl GenericClient, created: &[&NewRun]) -> Res
          ), items AS (
              INSERT INTO hookflow.queue (id, run_id, flow_id, due_at, data)
              SELECT * FROM unnest($10::text[], $11::text[], $12::text[], $13::int8[], $14::json[])
+         ), records AS (
+             INSERT INTO hookflow.step_records (run_id, step_id, data)
+             SELECT * FROM unnest($17::text[], $18::text[], $19::json[])
          )
          SELECT pg_notify($15, p) FROM unnest($16::text[]) AS p",
         &[
@@ -297,6 +312,9 @@ async fn insert_created(client: &impl GenericClient, created: &[&NewRun]) -> Res
             &items.data,
             &RUN_CHANNEL,
             &payloads(&notices),
+            &record_runs,
+            &record_steps,
+            &record_data,
         ],
         "insert events, runs and their first items",
     )

@@ -517,6 +517,11 @@ impl Store for PgStore {
         self.writer.ingest(new).await
     }
 
+    /// The ingest statement writes step records as it writes queue items.
+    fn takes_steps_at_ingest(&self) -> bool {
+        true
+    }
+
     async fn claim_due(&self, request: ClaimRequest<'_>) -> Result<Vec<Claimed>> {
         self.claim(request).await
     }

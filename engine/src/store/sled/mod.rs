@@ -686,6 +686,7 @@ impl SledStore {
                 queue,
                 dedupe: tree(TreeName::Dedupe)?,
                 dedupe_expiry: tree(TreeName::DedupeExpiry)?,
+                step_records: tree(TreeName::StepRecords)?,
                 state: tree(TreeName::State)?,
                 queued: Arc::new(AtomicI64::new(queued)),
                 hints: Arc::default(),
@@ -731,7 +732,7 @@ impl SledStore {
     }
 
     /// Ingests a run with a dedupe key through the inbox, unless the key is taken (in the trees
-    /// or by a run still in the inbox) or too many keys wait in memory.
+    /// or by a run still in the inbox), too many keys wait in memory, or the run has step records.
     async fn ingest_deduped(&self, inbox: &Inbox, run: &EncodedRun) -> Result<Ingested> {
         let (key, expires_at, received_at) = run.dedupe().expect("a run with a dedupe key");
         let pending_keys = &self.new_runs.pending_keys;
@@ -740,7 +741,8 @@ impl SledStore {
                 let mut pending = pending_keys.lock();
                 if let Some(held) = pending.get(key).filter(|p| p.expires_at > received_at) {
                     KeyCheck::Held(held.clone())
-                } else if self.key_taken(key, received_at)?
+                } else if run.has_records()
+                    || self.key_taken(key, received_at)?
                     || (pending.len() >= MAX_PENDING && !pending.contains_key(key))
                 {
                     // Written under the lock, so no run can take the key in the meantime (and
@@ -1006,12 +1008,13 @@ impl Store for SledStore {
         let encoded = EncodedRun::new(&new)?;
         let ingested = match (&self.inbox, &new.dedupe) {
             // The common case: one fsynced append; the promoter moves it into the trees.
-            (Some(inbox), None) => self.append(inbox, &encoded).await,
+            (Some(inbox), None) if !encoded.has_records() => self.append(inbox, &encoded).await,
             (Some(inbox), Some(_)) => self.ingest_deduped(inbox, &encoded).await,
-            (None, _) => self.write_durably(&encoded).await,
+            // No inbox, or a run with step records (the inbox's records carry none).
+            _ => self.write_durably(&encoded).await,
         }?;
         if ingested == Ingested::Created {
-            self.notices.created(new.run.id);
+            self.notices.created(&new.run);
         }
         Ok(ingested)
     }

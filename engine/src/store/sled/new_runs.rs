@@ -14,8 +14,8 @@ use ::sled::{Db, IVec, Tree};
 use super::fresh::{Fresh, FreshRun};
 use super::hints::ScanHints;
 use super::layout::{
-    abort, corrupt, decode, encode, expiry_key, flow_key, id16, queue_key, tx_error, DedupeEntry,
-    TreeName, TxResult,
+    abort, corrupt, decode, encode, expiry_key, flow_key, id16, queue_key, record_key, tx_error,
+    DedupeEntry, TreeName, TxResult,
 };
 use super::pending_keys::PendingKeys;
 use super::PROMOTED_KEY;
@@ -211,6 +211,9 @@ pub(super) struct EncodedRun {
     pub(super) items: Vec<(Vec<u8>, Vec<u8>)>,
     /// The dedupe tree's key and entry, when the entry expires, and when the event arrived.
     dedupe: Option<(Vec<u8>, Vec<u8>, Timestamp, Timestamp)>,
+    /// The records of steps executed before ingest (keys and values). Inbox records carry none:
+    /// a run with records is written to the trees directly (see [`EncodedRun::has_records`]).
+    records: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl EncodedRun {
@@ -226,6 +229,12 @@ impl EncodedRun {
         id16(&self.event_key)
             .map(EventId::from_bytes)
             .ok_or_else(|| StoreError::unavailable_because("a new event's key is not 16 bytes"))
+    }
+
+    /// Whether steps were executed before ingest (the run has step records), so it is written to
+    /// the trees directly, never through the inbox.
+    pub(super) fn has_records(&self) -> bool {
+        !self.records.is_empty()
     }
 
     /// The run's only queue item, if it has exactly one.
@@ -330,6 +339,14 @@ impl EncodedRun {
                 .map(|item| Ok((queue_key(item), encode(TreeName::Queue, &item.id, item)?)))
                 .collect::<Result<Vec<_>>>()?,
             dedupe,
+            records: new
+                .records
+                .iter()
+                .map(|r| {
+                    let key = record_key(r.run_id, &r.step_id);
+                    Ok((key, encode(TreeName::StepRecords, &r.step_id, r)?))
+                })
+                .collect::<Result<Vec<_>>>()?,
         })
     }
 
@@ -337,6 +354,10 @@ impl EncodedRun {
     /// endian), so the promoter writes them without decoding anything; with its dedupe key first
     /// when it has one ([`DEDUPED_RUN`]).
     pub(super) fn to_record(&self) -> Vec<u8> {
+        debug_assert!(
+            !self.has_records(),
+            "a run with step records never goes to the inbox"
+        );
         let times;
         let dedupe: Vec<&[u8]> = match &self.dedupe {
             Some((key, value, expires_at, received_at)) => {
@@ -439,6 +460,7 @@ impl EncodedRun {
             index_key,
             items,
             dedupe,
+            records: Vec::new(),
         })
     }
 
@@ -478,6 +500,7 @@ impl EncodedRun {
             run,
             items,
             dedupe,
+            records: Vec::new(),
         })
     }
 }
@@ -492,6 +515,7 @@ pub(super) struct NewRunTrees {
     pub(super) queue: Tree,
     pub(super) dedupe: Tree,
     pub(super) dedupe_expiry: Tree,
+    pub(super) step_records: Tree,
     pub(super) state: Tree,
     /// How many items in the queue tree are not leased (what the promotion window counts).
     pub(super) queued: Arc<AtomicI64>,
@@ -551,10 +575,11 @@ impl NewRunTrees {
             &self.queue,
             &self.dedupe,
             &self.dedupe_expiry,
+            &self.step_records,
         );
         let outcomes = trees
             .transaction(
-                |(events, runs, by_flow, queue, dedupe_keys, expiry)| -> TxResult<Vec<Option<Ingested>>> {
+                |(events, runs, by_flow, queue, dedupe_keys, expiry, records)| -> TxResult<Vec<Option<Ingested>>> {
                     let mut outcomes = Vec::with_capacity(new.len());
                     for (run, _) in new {
                         if skip_stored && runs.get(&run.run_key)?.is_some() {
@@ -569,6 +594,9 @@ impl NewRunTrees {
                         }
                         run.create(events, by_flow, queue, None)?;
                         runs.insert(&run.run_key[..], run.run.as_slice())?;
+                        for (key, record) in &run.records {
+                            records.insert(key.as_slice(), record.as_slice())?;
+                        }
                         outcomes.push(Some(Ingested::Created));
                     }
                     Ok(outcomes)

@@ -311,6 +311,7 @@ pub(super) fn sample_run(n: i64) -> NewRun {
         run,
         items: vec![item],
         dedupe: None,
+        records: Vec::new(),
     }
 }
 
