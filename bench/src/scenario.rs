@@ -22,8 +22,8 @@ pub enum Scenario {
     IngestDedupe,
     /// (b) End to end: filter, map and an HTTP POST to the sink.
     EndToEnd,
-    /// (c) Backlog: events queued while the server executes nothing, then drained after a
-    /// restart with workers.
+    /// (c) Backlog: a map and an HTTP POST to the sink; events queued while the server executes
+    /// nothing, then drained after a restart with workers.
     Backlog,
     /// (d) A flow of 10 steps: a filter, eight maps and an HTTP POST to the sink.
     TenSteps,
@@ -107,7 +107,9 @@ fn flow(scenario: Scenario, sink: &str) -> String {
             "id: {FLOW_ID}\ntrigger:\n  webhook:\n    dedupe: \"{{{{trigger.body.id}}}}\"\nsteps:\n{drop_all}"
         ),
         Scenario::EndToEnd => format!("{head}{keep}{shape}{}", deliver("shape")),
-        Scenario::Backlog => format!("{head}{shape}"),
+        // A step with effects after the map: a node runs a pure first step at ingest (on
+        // PostgreSQL), so a map alone would leave nothing queued.
+        Scenario::Backlog => format!("{head}{shape}{}", deliver("shape")),
         Scenario::TenSteps => {
             let mut steps = format!("{head}{keep}{shape}");
             let mut previous = "shape".to_owned();
@@ -257,7 +259,10 @@ pub async fn run(scenario: Scenario, options: &Options) -> anyhow::Result<Report
         expected == acked,
         "{acked} events acknowledged but {succeeded} runs succeeded and {filtered} were filtered"
     );
-    if matches!(scenario, Scenario::EndToEnd | Scenario::TenSteps) {
+    if matches!(
+        scenario,
+        Scenario::EndToEnd | Scenario::TenSteps | Scenario::Backlog
+    ) {
         let (missing, mixed) = sink.check(&load.acked);
         ensure!(
             missing.is_empty(),
