@@ -20,21 +20,39 @@ fn short_lease_config() -> tempfile::NamedTempFile {
 
 /// Starts a node named `name` on the database at `url`.
 fn node(name: &str, url: &str, config: &tempfile::NamedTempFile, flows: &[(&str, &str)]) -> Server {
+    node_with(name, url, config, flows, &[])
+}
+
+/// Starts a node with `workers: 0`: it accepts events and executes no queued step.
+fn ingest_only_node(
+    name: &str,
+    url: &str,
+    config: &tempfile::NamedTempFile,
+    flows: &[(&str, &str)],
+) -> Server {
+    node_with(name, url, config, flows, &["--workers", "0"])
+}
+
+fn node_with(
+    name: &str,
+    url: &str,
+    config: &tempfile::NamedTempFile,
+    flows: &[(&str, &str)],
+    extra: &[&str],
+) -> Server {
     let config = config.path().to_str().unwrap();
-    Server::start_with(
-        flows,
-        &[
-            "--allow-outbound",
-            "127.0.0.1",
-            "--store",
-            url,
-            "--node-id",
-            name,
-            "--config",
-            config,
-        ],
-        &[],
-    )
+    let mut args = vec![
+        "--allow-outbound",
+        "127.0.0.1",
+        "--store",
+        url,
+        "--node-id",
+        name,
+        "--config",
+        config,
+    ];
+    args.extend_from_slice(extra);
+    Server::start_with(flows, &args, &[])
 }
 
 /// Posts numbered events (numbers never reused) to the catch URLs in turn until `stop`; records
@@ -473,21 +491,7 @@ async fn a_run_executes_the_revision_its_event_arrived_under_on_a_node_that_lack
     };
     let (old, new) = (revision("old"), revision("new"));
     // The ingest-only node still has the old file; the only node that executes has the new one.
-    let config_path = config.path().to_str().unwrap();
-    let ingest = Server::start_with(
-        &[("versioned.yaml", old.as_str())],
-        &[
-            "--store",
-            &url,
-            "--node-id",
-            "ingest",
-            "--config",
-            config_path,
-            "--workers",
-            "0",
-        ],
-        &[],
-    );
+    let ingest = ingest_only_node("ingest", &url, &config, &[("versioned.yaml", old.as_str())]);
     let worker = node("worker", &url, &config, &[("versioned.yaml", new.as_str())]);
 
     let (_, via_old) = ingest.send("versioned", &json!({})).await;
@@ -516,20 +520,7 @@ async fn a_pure_first_step_runs_at_ingest_even_on_an_ingest_only_node() {
     let config = short_lease_config();
     let flow = "id: screened\ntrigger: { webhook: }\nsteps:\n  - id: big_enough\n    filter:\n      all:\n        - { value: \"{{trigger.body.employees}}\", gte: 50 }\n  - { id: shape, map: { employees: \"{{trigger.body.employees}}\" } }\n";
     let flows = [("screened.yaml", flow)];
-    let door = Server::start_with(
-        &flows,
-        &[
-            "--store",
-            &url,
-            "--node-id",
-            "door",
-            "--config",
-            config.path().to_str().unwrap(),
-            "--workers",
-            "0",
-        ],
-        &[],
-    );
+    let door = ingest_only_node("door", &url, &config, &flows);
     let run = |ack: &Value| format!("/api/v1/runs/{}", ack["run_id"].as_str().unwrap());
 
     let (status, small) = door.send("screened", &json!({ "employees": 10 })).await;
