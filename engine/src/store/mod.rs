@@ -177,6 +177,22 @@ pub struct RunNotice {
     pub status: RunStatus,
 }
 
+impl RunNotice {
+    /// The notice of a run just created: `queued` (it has work queued), or its final status when
+    /// the steps executed before ingest ended it (one notice tells both).
+    pub fn created(run: &Run) -> Self {
+        let status = if run.status.is_final() {
+            run.status
+        } else {
+            RunStatus::Queued
+        };
+        Self {
+            run_id: run.id,
+            status,
+        }
+    }
+}
+
 /// How a backend that lives in one process publishes [`RunNotice`]s: a broadcast channel.
 #[derive(Debug, Clone)]
 pub struct Notices(tokio::sync::broadcast::Sender<RunNotice>);
@@ -188,14 +204,9 @@ impl Default for Notices {
 }
 
 impl Notices {
-    /// Tells subscribers about a run just created: `queued`, then its final status if the steps
-    /// executed before ingest ended it.
+    /// Tells subscribers about a run just created: see [`RunNotice::created`].
     pub fn created(&self, run: &Run) {
-        let _ = self.0.send(RunNotice {
-            run_id: run.id,
-            status: RunStatus::Queued,
-        });
-        self.written(run);
+        let _ = self.0.send(RunNotice::created(run));
     }
 
     /// Tells subscribers about a run just written, if it is final.

@@ -26,8 +26,7 @@ use tokio_postgres::types::Json;
 
 use super::batch::{shared_error, Batcher};
 use super::{db_error, pool_error, sql, ItemColumns, RUN_CHANNEL};
-use crate::model::RunStatus;
-use crate::store::{Ingested, NewRun, Result, StoreError};
+use crate::store::{Ingested, NewRun, Result, RunNotice, StoreError};
 
 /// The most runs one transaction writes.
 pub(super) const MAX_BATCH: usize = 256;
@@ -267,15 +266,11 @@ async fn insert_created(client: &impl GenericClient, created: &[&NewRun]) -> Res
     let record_steps: Vec<&str> = records.iter().map(|r| r.step_id.as_str()).collect();
     let record_data: Vec<Json<&crate::model::StepRecord>> =
         records.iter().map(|r| Json(*r)).collect();
-    // Created (`queued`), and final at once for a run the steps executed before ingest ended.
     let notices: Vec<String> = created
         .iter()
-        .flat_map(|n| {
-            let ended = n.run.status.is_final().then_some(n.run.status);
-            [Some(RunStatus::Queued), ended]
-                .into_iter()
-                .flatten()
-                .map(|status| format!("{}:{}", n.run.id, status.as_str()))
+        .map(|n| {
+            let notice = RunNotice::created(&n.run);
+            format!("{}:{}", notice.run_id, notice.status.as_str())
         })
         .collect();
     sql::execute(
