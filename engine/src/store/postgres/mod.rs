@@ -4,8 +4,8 @@
 //! Every table is in the `hookflow` schema (see `migrations/`); records are kept whole as `json`
 //! beside the columns queries select on. A queue item is one row of `hookflow.queue`: **queued**
 //! (no lease) or **leased** (owner node, fencing token from a sequence, expiry), or parked (see
-//! `parked.rs`). A run is one row of `hookflow.runs`, committed with its event and first items in
-//! one transaction, or not at all. There is no other place a run or item can be: what a node
+//! `parked.rs`). A run is one row of `hookflow.runs`, committed with its event and first items
+//! (and the records of a pure first step executed before ingest) in one transaction, or not at all. There is no other place a run or item can be: what a node
 //! holds in memory is only what it is executing. A run that waits (a `delay`, a retry's backoff, a
 //! `wait_for_callback` step) is such a run with its item queued for later; a callback to a resume
 //! URL is an `update_run` without a lease, under the run's row lock like any other.

@@ -32,7 +32,9 @@
 //!
 //! A run can also skip the inbox: `NewRunTrees::write` stores it directly under the `PendingKeys` lock,
 //! followed by `durable()`, before `ingest` returns. That happens for a temporary store, when `MAX_PENDING`
-//! keys are held, or when the `dedupe` tree holds the key (then nothing is written: the run is a `Duplicate`).
+//! keys are held, when the `dedupe` tree holds the key (then nothing is written: the run is a `Duplicate`),
+//! or for a run with step records (steps executed before ingest: inbox records carry none; the
+//! runtime sends such runs only to backends whose `takes_steps_at_ingest` is true, not to sled).
 //!
 //! A run that waits (a `delay`, a retry's backoff, a `wait_for_callback` step until its timeout) is
 //! **stored** with its item queued for later; a callback to a resume URL is an `update_run` without
