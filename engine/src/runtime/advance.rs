@@ -117,12 +117,10 @@ pub fn start(flow: &Flow, event: Event, run_id: RunId, now: Timestamp) -> NewRun
 /// The flow's run title for a trigger. A title that does not render, or renders no letter or
 /// digit (every field it reads missing), is left out: never an error.
 fn title(flow: &Flow, trigger: &Value) -> Option<String> {
+    // Checked first: the context copies the whole trigger.
+    let template = flow.title.as_ref()?;
     let context = json!({ "trigger": trigger });
-    let text = flow
-        .title
-        .as_ref()?
-        .render(&flow.templates, &context)
-        .ok()?;
+    let text = template.render(&flow.templates, &context).ok()?;
     text.chars().any(char::is_alphanumeric).then_some(text)
 }
 
