@@ -5,10 +5,11 @@
 //! beside the columns queries select on. A queue item is one row of `hookflow.queue`: **queued**
 //! (no lease) or **leased** (owner node, fencing token from a sequence, expiry), or parked (see
 //! `parked.rs`). A run is one row of `hookflow.runs`, committed with its event and first items
-//! (and the records of a pure first step executed before ingest) in one transaction, or not at all. There is no other place a run or item can be: what a node
-//! holds in memory is only what it is executing. A run that waits (a `delay`, a retry's backoff, a
-//! `wait_for_callback` step) is such a run with its item queued for later; a callback to a resume
-//! URL is an `update_run` without a lease, under the run's row lock like any other.
+//! (and the records of a pure first step executed before ingest) in one transaction, or not at
+//! all. There is no other place a run or item can be: what a node holds in memory is only what it
+//! is executing. A run that waits (a `delay`, a retry's backoff, a `wait_for_callback` step) is
+//! such a run with its item queued for later; a callback to a resume URL is an `update_run`
+//! without a lease, under the run's row lock like any other.
 //!
 //! # How each promise of the contract is kept
 //! - *Ingest is durable before the 2xx*: `ingest.rs` batches concurrent events into one
@@ -53,6 +54,13 @@
 //! - Ingest takes dedupe keys in (flow, key) order before inserting anything.
 //! - Coordination rows are locked one at a time, each in a transaction of its own; so is a
 //!   storage key's advisory lock (two-key form, apart from the claims' single-key locks).
+//!
+//! # Client
+//! tokio-postgres, pooled by deadpool-postgres, TLS by tokio-postgres-rustls: it sends several
+//! statements over one connection without waiting for each answer (a run's update, an ingest
+//! batch: one round trip), prepares each statement once per connection, and listens for
+//! notifications on an ordinary connection, all without a database at build time. sqlx checks its
+//! queries against a database (or saved query data) when built, and offers no such pipelining.
 //!
 //! Errors: a failed connection or statement is [`StoreError::Unavailable`] (the pool reconnects
 //! by itself); a deadlock or serialisation failure is [`StoreError::Conflict`].
